@@ -1,0 +1,78 @@
+"""Batching for training, evaluation and classification: one place for padding and order.
+
+Sequences are stored packed: one flat tensor of all their rows (token ids, or hidden states of
+a frozen trunk) plus each sequence's length. A batch gathers a few sequences and right-pads
+them to the batch's own longest one (not the dataset's), so a batch of short SMS costs little.
+Right padding is safe with causal attention: a real token only attends to tokens on its left,
+all real, so the padding value never reaches a real position; the lengths let the classifier
+find the last real token.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PackedSequences:
+    """Variable-length sequences stored end to end. rows: (sum(lengths), *feature_shape)."""
+
+    rows: torch.Tensor
+    lengths: torch.Tensor  # (N,) int64
+
+    def __post_init__(self) -> None:
+        if int(self.lengths.sum()) != len(self.rows):
+            raise ValueError(
+                f"lengths sum to {int(self.lengths.sum())}, rows hold {len(self.rows)}"
+            )
+        self.starts = torch.cumsum(self.lengths, 0) - self.lengths
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batch(
+        self, indices: torch.Tensor, pad_value: float | int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded (B, T, *feature_shape) batch of the chosen sequences, and lengths (B,)."""
+        lengths = self.lengths[indices]
+        width = int(lengths.max())
+        positions = torch.arange(width)
+        real = positions < lengths[:, None]  # (B, T): True on real tokens
+        # Row of each (sequence, position) in `rows`; padding positions point at row 0, then
+        # get overwritten, so gathering stays one vectorised index.
+        source = torch.where(real, self.starts[indices][:, None] + positions, 0)
+        out = self.rows[source]
+        out[~real] = pad_value
+        return out, lengths
+
+
+def bucketed_order(
+    lengths: torch.Tensor, batch_size: int, generator: torch.Generator, bucket_batches: int = 32
+) -> list[torch.Tensor]:
+    """Training order: shuffle, sort by length inside buckets of `bucket_batches` batches, cut
+    into batches, shuffle the batches. Batches hold similar lengths (little padding) while
+    every epoch still sees a different, seeded order."""
+    shuffled = torch.randperm(len(lengths), generator=generator)
+    bucket = batch_size * bucket_batches
+    batches = []
+    for start in range(0, len(shuffled), bucket):
+        members = shuffled[start : start + bucket]
+        members = members[torch.argsort(lengths[members], stable=True)]
+        batches.extend(members.split(batch_size))
+    order = torch.randperm(len(batches), generator=generator)
+    return [batches[i] for i in order]
+
+
+def sorted_order(lengths: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Inference order: batches of similar length, longest first (peak memory shows early)."""
+    return list(torch.argsort(lengths, descending=True, stable=True).split(batch_size))
+
+
+def iterate(
+    packed: PackedSequences, order: list[torch.Tensor], pad_value: float | int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(indices, padded batch, lengths) for each batch of `order`."""
+    for indices in order:
+        rows, lengths = packed.batch(indices, pad_value)
+        yield indices, rows, lengths

@@ -1,0 +1,97 @@
+"""Tokenized splits: GPT-2 BPE ids of each message, packed, with labels (the loaders stage).
+
+A split is stored as one safetensors file: `ids` (all tokens end to end, int32), `lengths`,
+`labels` (0 ham, 1 spam) and `lines` (the message's line in the raw file, to trace it back).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import tiktoken
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from spamgpt import atomic
+from spamgpt.batching import PackedSequences
+from spamgpt.data import LABELS
+from spamgpt.errors import ParamsError, SpamGPTError
+
+
+@dataclass
+class TokenizedSplit:
+    tokens: PackedSequences  # rows: (total tokens,) int64 ids
+    labels: torch.Tensor  # (N,) int64
+    lines: torch.Tensor  # (N,) int64
+    truncated: int = 0  # messages cut to max_length
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def encode(enc: tiktoken.Encoding, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text. Special-token text inside a message (someone typing
+    '<|endoftext|>') is encoded as plain text, never as the special token; an empty text
+    becomes the single end-of-text token, so every message has a last real token."""
+    return [row or [enc.eot_token] for row in enc.encode_ordinary_batch(texts)]
+
+
+def resolve_max_length(requested: int | None, train_ids: list[list[int]], n_ctx: int) -> int:
+    """model.max_length, or (null) the longest training message, capped at the context length."""
+    if requested is None:
+        return min(max(map(len, train_ids)), n_ctx)
+    if requested > n_ctx:
+        raise ParamsError(
+            f"model.max_length: must be <= the model's context length {n_ctx}, got {requested}"
+        )
+    return requested
+
+
+def pack(ids: list[list[int]], frame: pd.DataFrame, max_length: int) -> TokenizedSplit:
+    """Cut each message to its first `max_length` tokens and pack the split."""
+    cut = [row[:max_length] for row in ids]
+    return TokenizedSplit(
+        tokens=PackedSequences(
+            torch.tensor([t for row in cut for t in row], dtype=torch.int64),
+            torch.tensor([len(row) for row in cut], dtype=torch.int64),
+        ),
+        labels=torch.tensor([LABELS.index(label) for label in frame["label"]], dtype=torch.int64),
+        lines=torch.tensor(frame["line"].to_numpy(), dtype=torch.int64),
+        truncated=sum(len(row) > max_length for row in ids),
+    )
+
+
+def save(split: TokenizedSplit, path: Path) -> None:
+    tensors = {
+        "ids": split.tokens.rows.to(torch.int32),  # GPT-2 ids < 2**31: half the bytes of int64
+        "lengths": split.tokens.lengths,
+        "labels": split.labels,
+        "lines": split.lines,
+    }
+    with atomic.atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def load(path: Path) -> TokenizedSplit:
+    try:
+        t = load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise SpamGPTError(
+            f"{path}: cannot read tokenized split ({e}); re-run the loaders stage"
+        ) from None
+    return TokenizedSplit(
+        tokens=PackedSequences(t["ids"].to(torch.int64), t["lengths"]),
+        labels=t["labels"],
+        lines=t["lines"],
+    )
+
+
+def stats(split: TokenizedSplit) -> dict:
+    lengths = split.tokens.lengths.float()
+    return {
+        "samples": len(split),
+        "mean_tokens": round(float(lengths.mean()), 2),
+        "max_tokens": int(lengths.max()),
+        "truncated": split.truncated,
+    }

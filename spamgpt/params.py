@@ -1,0 +1,233 @@
+"""The schema of params.yaml: one dataclass per section, validated before any stage does work.
+
+Every key is declared once, here, with its type and allowed range; params.yaml holds the
+values (so there are no defaults to drift apart). `load()` rejects YAML errors, missing and
+unknown keys, wrong types and out-of-range values with a ParamsError whose one-line message
+names the key and what is allowed; stages turn it into exit code 2 before touching any output.
+"""
+
+import dataclasses
+import math
+import re
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from spamgpt.errors import ParamsError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where `1e-3` is a string; DVC's -S writes YAML 1.2, where it is a
+    number. Resolve floats the 1.2 way so `dvc exp run -S train.lr=1e-3` means 0.001."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$"
+        r"|^\.(?:nan|NaN|NAN)$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def _rule(
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    pattern: str | None = None,
+    what: str = "",
+) -> Any:
+    """A field whose value, once its type is right, must also satisfy these bounds/regex."""
+    return field(
+        metadata={"gt": gt, "ge": ge, "lt": lt, "le": le, "pattern": pattern, "what": what}
+    )
+
+
+HTTP_URL = {"pattern": r"https?://[^\s/]+\S*", "what": "an http:// or https:// URL"}
+
+
+@dataclass(frozen=True)
+class DataParams:
+    url: str = _rule(**HTTP_URL)
+    mirrors: list[str] = _rule(**HTTP_URL)
+    member: str = _rule(pattern=r"[^/\\]+", what="a file name inside the zip")
+    sha256: str = _rule(pattern=r"[0-9a-f]{64}", what="64 lowercase hex digits")
+    bad_lines: Literal["error", "skip"] = _rule()
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    dedupe: bool = _rule()
+    val: float = _rule(gt=0, lt=1)
+    test: float = _rule(gt=0, lt=1)
+    seed: int = _rule(ge=0)
+
+    def __post_init__(self) -> None:
+        if self.val + self.test >= 1:
+            raise ParamsError(
+                f"split.val + split.test: must be < 1 so that data is left to train on, "
+                f"got {self.val:g} + {self.test:g} = {self.val + self.test:g}"
+            )
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    hub_url: str = _rule(**HTTP_URL)
+    repo_id: str = _rule(pattern=r"[\w.-]+/[\w.-]+", what="'owner/name' as on the hub")
+    revision: str = _rule(pattern=r"[\w.-]+", what="a commit hash or branch name")
+    max_length: int | None = _rule(ge=2)
+    pretrained: bool = _rule()
+    init_seed: int = _rule(ge=0)
+    trainable_blocks: int | Literal["all"] = _rule(ge=0)
+    pooling: Literal["last", "mean"] = _rule()
+    dropout: float = _rule(ge=0, lt=1)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int = _rule(ge=1)
+    batch_size: int = _rule(ge=1)
+    lr: float = _rule(gt=0, le=1)
+    weight_decay: float = _rule(ge=0)
+    warmup_ratio: float = _rule(ge=0, le=1)
+    grad_clip: float | None = _rule(gt=0)
+    class_weights: Literal["balanced", "none"] = _rule()
+    patience: int = _rule(ge=1)
+    seed: int = _rule(ge=0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = _rule()
+    precision: Literal["auto", "fp32", "bf16"] = _rule()
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    threshold: float = _rule(gt=0, lt=1)
+
+
+@dataclass(frozen=True)
+class MlflowParams:
+    experiment: str = _rule(pattern=r"\S.*", what="a non-empty name")
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams
+    split: SplitParams
+    model: ModelParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    mlflow: MlflowParams
+
+
+def _is_union(tp: Any) -> bool:
+    return get_origin(tp) in (Union, types.UnionType)
+
+
+def _describe(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " or ".join(repr(a) for a in get_args(tp))
+    if _is_union(tp):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if get_origin(tp) is list:
+        return f"a list of {_describe(get_args(tp)[0])}s"
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(tp, "null")
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Does a YAML value fit the annotation? (true is no integer here; an integer is a number.)"""
+    if get_origin(tp) is Literal:
+        return any(value == a and type(value) is type(a) for a in get_args(tp))
+    if _is_union(tp):
+        return any(_fits(value, a) for a in get_args(tp))
+    if get_origin(tp) is list:
+        return isinstance(value, list) and all(_fits(v, get_args(tp)[0]) for v in value)
+    if isinstance(value, bool):
+        return tp is bool
+    if tp is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, type(None) if tp is None else tp)
+
+
+def _rule_broken(value: Any, rule: dict) -> str | None:
+    """What is wrong with a value of the right type, or None."""
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if not math.isfinite(v):
+                return f"must be a finite number, got {v}"
+            for name, word, holds in (
+                ("gt", ">", v.__gt__),
+                ("ge", ">=", v.__ge__),
+                ("lt", "<", v.__lt__),
+                ("le", "<=", v.__le__),
+            ):
+                if rule.get(name) is not None and not holds(rule[name]):
+                    return f"must be {word} {rule[name]:g}, got {v:g}"
+        if isinstance(v, str) and rule.get("pattern") and not re.fullmatch(rule["pattern"], v):
+            return f"must be {rule['what']}, got {v!r}"
+    return None
+
+
+def _build(cls: type, prefix: str, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        where = prefix.rstrip(".") or "params.yaml"
+        raise ParamsError(f"{where}: must be a mapping of keys, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ParamsError(f"{prefix}{key}: unknown key; allowed: {', '.join(fields)}")
+    values = {}
+    for name, f in fields.items():
+        key = f"{prefix}{name}"
+        if name not in raw:
+            raise ParamsError(f"{key}: missing; it must be set to {_describe(f.type)}")
+        value = raw[name]
+        if dataclasses.is_dataclass(f.type):
+            values[name] = _build(f.type, f"{key}.", value)
+            continue
+        if not _fits(value, f.type):
+            raise ParamsError(f"{key}: must be {_describe(f.type)}, got {value!r}")
+        problem = _rule_broken(value, dict(f.metadata))
+        if problem:
+            raise ParamsError(f"{key}: {problem}")
+        values[name] = value
+    return cls(**values)
+
+
+def parse(raw: Any) -> Params:
+    """Validate a parsed params.yaml document."""
+    return _build(Params, "", raw)
+
+
+def load(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml; raise ParamsError with a one-line message."""
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12Loader)
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found; run from the repository root") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}:" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ParamsError(f"{path}:{where} invalid YAML: {problem}") from None
+    return parse(raw)
+
+
+def flatten(params: Any, prefix: str = "") -> dict[str, Any]:
+    """{'train.lr': 5e-05, ...}: every key of params.yaml, flat, as MLflow params."""
+    flat: dict[str, Any] = {}
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if dataclasses.is_dataclass(value):
+            flat.update(flatten(value, f"{prefix}{f.name}."))
+        else:
+            flat[f"{prefix}{f.name}"] = value
+    return flat

@@ -1,0 +1,28 @@
+"""What every stage script shares: validated params, logging, and one-line errors."""
+
+import logging
+import sys
+from collections.abc import Callable
+
+from spamgpt import params as params_module
+from spamgpt.errors import SpamGPTError
+from spamgpt.params import Params
+
+log = logging.getLogger("spamgpt")
+
+
+def run(main: Callable[[Params], None]) -> None:
+    """Validate params.yaml, then run `main(params)`.
+
+    A SpamGPTError becomes one line on stderr and its exit code (2 for params, 1 otherwise);
+    Ctrl-C exits 130. Other exceptions keep their traceback: they are bugs, not user errors.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    try:
+        main(params_module.load())
+    except SpamGPTError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

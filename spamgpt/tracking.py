@@ -1,0 +1,214 @@
+"""MLflow wiring, in one place: where runs are stored, how a run starts, resumes and ends,
+what it is tagged with, and metrics buffered into few database writes.
+
+Runs go to MLFLOW_TRACKING_URI when set, else to SQLite at the repository root (mlflow.db,
+artifacts in mlartifacts/ beside it). The root is found from DVC_ROOT, and a temporary copy
+made by `dvc exp run --temp` or `--queue` (under <repo>/.dvc/tmp/exps/) maps back to <repo>,
+so such runs land in the same store as plain `dvc repro` runs instead of being lost with the
+copy.
+"""
+
+import contextlib
+import os
+import subprocess
+import time
+import traceback
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import mlflow
+import pandas as pd
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from spamgpt.errors import SpamGPTError
+
+DB_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+BATCH_LIMIT = 1000  # MLflow's cap on metrics per log_batch call
+
+T = TypeVar("T")
+
+
+def repo_root() -> Path:
+    """The repository the runs belong to, also from inside DVC's temporary experiment copies."""
+    root = Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+    parts = root.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / DB_FILE}"
+
+
+def _retry(call: Callable[[], T], attempts: int = 8) -> T:
+    """SQLite allows one writer: parallel runs (dvc queue start -j 2) can meet 'database is
+    locked'. Back off and try again rather than lose the run."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except MlflowException as e:
+            if "database is locked" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def connect(timeout: float = 10.0) -> str:
+    """Point MLflow at the store and check it answers, before any training is done."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as r:
+                r.read()
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise SpamGPTError(
+                f"MLflow tracking server {uri} is unreachable ({reason}); start it, or unset "
+                f"MLFLOW_TRACKING_URI to record runs in {repo_root() / DB_FILE}"
+            ) from None
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def experiment_id(name: str) -> str:
+    """The experiment's id, created on first use (artifacts beside a local SQLite store)."""
+    client = MlflowClient()
+    found = _retry(lambda: client.get_experiment_by_name(name))
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        location = (repo_root() / ARTIFACTS_DIR).as_uri()
+    try:
+        return _retry(lambda: client.create_experiment(name, artifact_location=location))
+    except MlflowException:  # created meanwhile by a parallel run
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def dvc_tags() -> dict[str, str]:
+    """The DVC experiment this execution belongs to, when run by `dvc exp run`."""
+    names = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")
+    return {name: os.environ[name] for name in names if os.environ.get(name)}
+
+
+class Run:
+    """One MLflow run, driven through the client so metrics can be buffered."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.client = MlflowClient()
+        self._pending: list[Metric] = []
+        self._logged_until: dict[str, int] = {}  # key -> last step already in the store
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(
+        cls, experiment: str, run_id: str | None = None, tags: dict[str, str] | None = None
+    ) -> Iterator["Run"]:
+        """Start a run (or reopen `run_id`); end it FINISHED, KILLED on Ctrl-C/SIGTERM, or
+        FAILED with the error as a tag, and always flush buffered metrics first."""
+        if run_id is None:
+            exp_id = experiment_id(experiment)
+            name = os.environ.get("DVC_EXP_NAME") or None
+            run = _retry(lambda: MlflowClient().create_run(exp_id, run_name=name, tags=tags))
+            run_id = run.info.run_id
+        else:
+            _retry(lambda: MlflowClient().update_run(run_id, status="RUNNING"))
+            if tags:
+                for key, value in tags.items():
+                    _retry(lambda k=key, v=value: MlflowClient().set_tag(run_id, k, v))
+        self = cls(run_id)
+        self._logged_until = self._last_steps()
+        status = "FINISHED"
+        try:
+            yield self
+        except BaseException as e:
+            status = "KILLED" if _is_interruption(e) else "FAILED"
+            with contextlib.suppress(Exception):
+                self.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
+                self.log_text(traceback.format_exc(), "error/traceback.txt")
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                self.flush()
+            _retry(lambda: self.client.set_terminated(self.run_id, status=status))
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow caps params per batch at 100
+            _retry(
+                lambda chunk=items[i : i + 100]: self.client.log_batch(self.run_id, params=chunk)
+            )
+
+    def set_tag(self, key: str, value: str) -> None:
+        _retry(lambda: self.client.set_tag(self.run_id, key, value))
+
+    def log_metrics(self, values: dict[str, float], step: int) -> None:
+        """Buffered: written in batches of up to 1000, so per-step logging stays cheap. Steps
+        the store already holds (a resumed run replaying them) are not written twice."""
+        now = int(time.time() * 1000)
+        self._pending.extend(
+            Metric(k, float(v), now, step)
+            for k, v in values.items()
+            if step > self._logged_until.get(k, -1)
+        )
+        if len(self._pending) >= BATCH_LIMIT:
+            self.flush()
+
+    def _last_steps(self) -> dict[str, int]:
+        run = _retry(lambda: self.client.get_run(self.run_id))
+        return {
+            key: max(
+                m.step for m in _retry(lambda k=key: self.client.get_metric_history(self.run_id, k))
+            )
+            for key in run.data.metrics
+        }
+
+    def flush(self) -> None:
+        while self._pending:
+            chunk, self._pending = self._pending[:BATCH_LIMIT], self._pending[BATCH_LIMIT:]
+            _retry(lambda c=chunk: self.client.log_batch(self.run_id, metrics=c))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        _retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        _retry(lambda: self.client.log_figure(self.run_id, figure, artifact_file))
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        _retry(lambda: self.client.log_dict(self.run_id, obj, artifact_file))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        _retry(lambda: self.client.log_text(self.run_id, text, artifact_file))
+
+    def log_dataset(self, frame: pd.DataFrame, name: str, sha256: str, source: str) -> None:
+        """The training data as an MLflow dataset input. MLflow caps digests at 36 characters:
+        the digest is the sha256's prefix, the whole hash is a tag beside it."""
+        dataset = mlflow.data.from_pandas(
+            frame[["label", "text"]], source=source, targets="label", name=name, digest=sha256[:36]
+        )
+        tags = [InputTag("mlflow.data.context", "training"), InputTag("sha256", sha256)]
+        entity = DatasetInput(dataset._to_mlflow_entity(), tags=tags)
+        _retry(lambda: self.client.log_inputs(self.run_id, datasets=[entity]))
+
+
+def _is_interruption(e: BaseException) -> bool:
+    return isinstance(e, KeyboardInterrupt) or getattr(e, "exit_code", None) == 130

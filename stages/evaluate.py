@@ -1,0 +1,95 @@
+"""evaluate: the best fine-tuned model on validation and test: metrics, confusion matrices,
+curves and misclassified messages, into DVC metrics/plots and the finetune MLflow run."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn import metrics as skm
+
+from spamgpt import atomic, classifier, data, loaders, metrics, paths, runtime, stage, tracking
+from spamgpt.params import Params
+from spamgpt.trunk import features, read_frozen_blocks
+
+
+def spam_probabilities(model, split: str, n_frozen: int | None, device, precision) -> np.ndarray:
+    feats = features(split, n_frozen)
+    logits = classifier.predict_logits(
+        lambda idx: feats.logits(model, idx, device), feats.packed.lengths, 64, device, precision
+    )
+    return torch.softmax(logits, dim=-1)[:, 1].numpy()
+
+
+def main(params: Params) -> None:
+    device = runtime.resolve_device(params.train.device)
+    precision = runtime.resolve_precision(params.train.precision, device)
+    runtime.use_all_cores()
+    tracking.connect()
+    model, _ = classifier.load(paths.FINETUNED_DIR)
+    model.to(device)
+    n_frozen = read_frozen_blocks()
+    run_id = json.loads((paths.FINETUNED_DIR / "mlflow_run.json").read_text())["run_id"]
+
+    splits = ("val", "test")
+    labels = {s: loaders.load(paths.tokens_file(s)).labels.numpy() for s in splits}
+    probs = {s: spam_probabilities(model, s, n_frozen, device, precision) for s in splits}
+    threshold = params.evaluate.threshold
+    reports = {s: metrics.report(labels[s], probs[s], threshold) for s in splits}
+    atomic.write_json(paths.METRICS_DIR / "eval.json", {"threshold": threshold, **reports})
+
+    test = data.read_split(paths.split_file("test"))
+    test["predicted"] = np.where(probs["test"] >= threshold, "spam", "ham")
+    test["spam_probability"] = probs["test"].round(6)
+    with atomic.atomic_open(paths.METRICS_DIR / "confusion_test.csv", "w", newline="") as f:
+        test.rename(columns={"label": "actual"})[["actual", "predicted"]].to_csv(f, index=False)
+    curves = curve_frames(labels["test"], probs["test"])
+    for name, frame in curves.items():
+        with atomic.atomic_open(paths.METRICS_DIR / f"{name}_test.csv", "w", newline="") as f:
+            frame.to_csv(f, index=False)
+    wrong = test[test["predicted"] != test["label"]]
+    misclassified = paths.REPORTS_DIR / "misclassified_test.csv"
+    with atomic.atomic_open(misclassified, "w", encoding="utf-8", newline="") as f:
+        wrong[["line", "label", "predicted", "spam_probability", "text"]].to_csv(f, index=False)
+
+    with tracking.Run.open(params.mlflow.experiment, run_id) as run:
+        run.log_metrics(metrics.flat(reports["test"], "test"), 0)
+        run.log_metrics({"test/threshold": threshold}, 0)
+        for s in splits:
+            run.log_dict(reports[s], f"evaluation/{s}_metrics.json")
+            run.log_figure(
+                metrics.confusion_figure(reports[s]["confusion_matrix"], s),
+                f"evaluation/{s}_confusion_matrix.png",
+            )
+        run.log_dict(per_class_table(reports), "evaluation/per_class_metrics.json")
+        run.log_artifact(misclassified, "evaluation")
+        for name, frame in curves.items():
+            x, y = frame.columns
+            run.log_figure(
+                metrics.curve_figure({f"test ({name})": (frame[x], frame[y])}, x, name),
+                f"evaluation/test_{name}_curve.png",
+            )
+
+
+def curve_frames(labels: np.ndarray, spam_prob: np.ndarray) -> dict[str, pd.DataFrame]:
+    """ROC and precision/recall curves as plot data."""
+    fpr, tpr, _ = skm.roc_curve(labels, spam_prob)
+    precision, recall, _ = skm.precision_recall_curve(labels, spam_prob)
+    return {
+        "roc": pd.DataFrame({"fpr": fpr, "tpr": tpr}),
+        "pr": pd.DataFrame({"recall": recall, "precision": precision}),
+    }
+
+
+def per_class_table(reports: dict) -> dict:
+    """{'split': [...], 'class': [...], 'precision': [...], ...}: MLflow shows it as a table."""
+    rows = [
+        {"split": s, "class": c, **{k: r[c][k] for k in ("precision", "recall", "f1", "support")}}
+        for s, r in reports.items()
+        for c in data.LABELS
+    ]
+    return pd.DataFrame(rows).to_dict(orient="list")
+
+
+if __name__ == "__main__":
+    stage.run(main)

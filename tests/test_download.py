@@ -1,0 +1,275 @@
+"""spamgpt.download.fetch against a local server that misbehaves on demand."""
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from fileserver import Faults, serve
+
+from spamgpt import __version__, download
+from spamgpt.download import DownloadError, fetch, sha256_file
+
+SIZE = 200_000
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_no_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Reach 127.0.0.1 directly whatever the environment says, and record backoffs instead
+    of sleeping through them."""
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+    sleeps: list[float] = []
+    monkeypatch.setattr(download, "time", SimpleNamespace(sleep=sleeps.append))
+    return sleeps
+
+
+@pytest.fixture
+def data() -> bytes:
+    return os.urandom(SIZE)
+
+
+@pytest.fixture
+def site(tmp_path: Path, data: bytes) -> Path:
+    root = tmp_path / "site"
+    (root / "good").mkdir(parents=True)
+    (root / "good" / "data.bin").write_bytes(data)
+    (root / "bad").mkdir()
+    (root / "bad" / "data.bin").write_bytes(data[:-1] + b"!")
+    return root
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    return folder
+
+
+def test_plain_download(site: Path, out: Path, data: bytes) -> None:
+    faults = Faults()
+    with serve(site, faults=faults) as url:
+        digest = fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data))
+    assert digest == sha(data) == sha256_file(out / "data.bin")
+    assert (out / "data.bin").read_bytes() == data
+    assert leftovers(out) == ["data.bin"]
+    [request] = faults.requests
+    assert request.range is None
+    assert request.headers["User-Agent"] == f"spamgpt/{__version__}"
+
+
+def test_resume_after_cut_connection(site: Path, out: Path, data: bytes, no_proxy_no_sleep) -> None:
+    faults = Faults(cut_after=50_000, cuts=1)
+    with serve(site, faults=faults) as url:
+        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data))
+    assert (out / "data.bin").read_bytes() == data
+    assert [r.range for r in faults.requests] == [None, "bytes=50000-"]
+    assert no_proxy_no_sleep == [0.5]
+    assert leftovers(out) == ["data.bin"]
+
+
+def test_interrupted_run_resumes_on_next_run(site: Path, out: Path, data: bytes) -> None:
+    faults = Faults(cut_after=70_000, cuts=1)
+    with serve(site, faults=faults) as url:
+        with pytest.raises(DownloadError, match="connection closed after 70000 of 200000"):
+            fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data), retries=0)
+        assert leftovers(out) == [".data.bin.part"]  # never under dest's own name
+        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data), retries=0)
+    assert (out / "data.bin").read_bytes() == data
+    assert faults.requests[-1].range == "bytes=70000-"
+    assert leftovers(out) == ["data.bin"]
+
+
+def test_server_ignoring_range_still_gives_right_file(site: Path, out: Path, data: bytes) -> None:
+    faults = Faults(cut_after=50_000, cuts=1, ignore_range=True)
+    with serve(site, faults=faults) as url:
+        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data))
+    assert faults.requests[-1].range == "bytes=50000-"
+    assert (out / "data.bin").read_bytes() == data
+
+
+def test_complete_partial_file_answered_416(site: Path, out: Path, data: bytes) -> None:
+    (out / ".data.bin.part").write_bytes(data)
+    faults = Faults()
+    with serve(site, faults=faults) as url:
+        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data))
+    assert [r.range for r in faults.requests] == [f"bytes={SIZE}-"]
+    assert leftovers(out) == ["data.bin"]
+
+
+def test_stale_partial_file_is_replaced(site: Path, out: Path, data: bytes) -> None:
+    (out / ".data.bin.part").write_bytes(b"x" * 1000)  # left by another mirror's file
+    faults = Faults()
+    with serve(site, faults=faults) as url:
+        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data))
+    assert [r.range for r in faults.requests] == ["bytes=1000-", None]
+    assert (out / "data.bin").read_bytes() == data
+
+
+def test_5xx_then_success(site: Path, out: Path, data: bytes, no_proxy_no_sleep) -> None:
+    faults = Faults(statuses=[500, 503])
+    with serve(site, faults=faults) as url:
+        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data))
+    assert len(faults.requests) == 3
+    assert no_proxy_no_sleep == [0.5, 1.0]
+    assert (out / "data.bin").read_bytes() == data
+
+
+def test_5xx_until_retries_run_out(site: Path, out: Path, data: bytes) -> None:
+    faults = Faults(statuses=[502] * 10)
+    with (
+        serve(site, faults=faults) as url,
+        pytest.raises(DownloadError, match=r"HTTP 502 .*gave up after 3 attempts"),
+    ):
+        fetch([f"{url}/good/data.bin"], out / "data.bin", retries=2)
+    assert len(faults.requests) == 3
+    assert leftovers(out) == []
+
+
+def test_timeout_is_retried(site: Path, out: Path, data: bytes) -> None:
+    faults = Faults(stall=0.5, stalls=1)
+    with serve(site, faults=faults) as url:
+        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data), timeout=0.1)
+    assert len(faults.requests) == 2
+    assert (out / "data.bin").read_bytes() == data
+
+
+def test_checksum_mismatch_then_mirror(site: Path, out: Path, data: bytes) -> None:
+    faults = Faults()
+    with serve(site, faults=faults) as url:
+        urls = [f"{url}/bad/data.bin", f"{url}/good/data.bin"]
+        assert fetch(urls, out / "data.bin", sha256=sha(data)) == sha(data)
+    assert [r.path for r in faults.requests] == ["/bad/data.bin", "/good/data.bin"]
+    assert (out / "data.bin").read_bytes() == data
+    assert leftovers(out) == ["data.bin"]
+
+
+def test_all_urls_fail_names_each(site: Path, out: Path, data: bytes) -> None:
+    with serve(site) as url:
+        urls = [f"{url}/bad/data.bin", f"{url}/missing/data.bin", f"{url}/bad/data.bin?again"]
+        with pytest.raises(DownloadError) as info:
+            fetch(urls, out / "data.bin", sha256=sha(data))
+    message = str(info.value)
+    got = sha((site / "bad" / "data.bin").read_bytes())
+    mismatch = f"sha256 mismatch: got {got}, expected {sha(data)}"
+    assert message == (
+        f"could not download data.bin: {urls[0]}: {mismatch}; "
+        f"{urls[1]}: HTTP 404 Not Found; {urls[2]}: {mismatch}"
+    )
+    assert leftovers(out) == []
+
+
+def test_4xx_is_not_retried_and_mirror_used(site: Path, out: Path, data: bytes) -> None:
+    faults = Faults(paths={"/private/data.bin"}, statuses=[403] * 5)
+    with serve(site, faults=faults) as url:
+        urls = [f"{url}/missing/data.bin", f"{url}/private/data.bin", f"{url}/good/data.bin"]
+        fetch(urls, out / "data.bin", sha256=sha(data))
+    paths = [r.path for r in faults.requests]
+    assert paths == ["/missing/data.bin", "/private/data.bin", "/good/data.bin"]
+    assert (out / "data.bin").read_bytes() == data
+
+
+def test_offline_reuse(site: Path, out: Path, data: bytes) -> None:
+    faults = Faults()
+    with serve(site, faults=faults) as url:
+        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data))
+        faults.requests.clear()
+        assert fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data)) == sha(data)
+        assert fetch([f"{url}/good/data.bin"], out / "data.bin") == sha(data)
+    assert faults.requests == []
+    # The server is gone now: still no network needed.
+    assert fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data)) == sha(data)
+
+
+def test_existing_wrong_dest_is_replaced(site: Path, out: Path, data: bytes) -> None:
+    (out / "data.bin").write_bytes(b"old")
+    with serve(site) as url:
+        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data))
+    assert (out / "data.bin").read_bytes() == data
+
+
+def test_zip_member_extracted(site: Path, out: Path) -> None:
+    text = b"ham\tsee you at 5\nspam\tWIN a prize now\n" * 1000
+    (site / "sms.zip").write_bytes(zip_bytes({"readme": b"hello", "SMSSpamCollection": text}))
+    with serve(site) as url:
+        digest = fetch(
+            [f"{url}/sms.zip"], out / "sms.tsv", sha256=sha(text), member="SMSSpamCollection"
+        )
+    assert digest == sha(text)
+    assert (out / "sms.tsv").read_bytes() == text
+    assert leftovers(out) == ["sms.tsv"]
+
+
+def test_zip_member_missing(site: Path, out: Path) -> None:
+    (site / "sms.zip").write_bytes(zip_bytes({"readme": b"hello"}))
+    with serve(site) as url, pytest.raises(DownloadError, match="no member 'SMSSpamCollection'"):
+        fetch([f"{url}/sms.zip"], out / "sms.tsv", member="SMSSpamCollection")
+    assert leftovers(out) == []
+
+
+def test_html_page_instead_of_zip(site: Path, out: Path) -> None:
+    (site / "sms.zip").write_bytes(zip_bytes({"SMSSpamCollection": b"ham\thi\n"}))
+    faults = Faults(html=True)
+    with serve(site, faults=faults) as url, pytest.raises(DownloadError, match="HTML page"):
+        fetch([f"{url}/sms.zip"], out / "sms.tsv", member="SMSSpamCollection")
+    assert len(faults.requests) == 1
+    assert leftovers(out) == []
+
+
+@pytest.mark.parametrize(
+    ("mangle", "reason"),
+    [
+        (lambda z: z[: len(z) // 2], "not a zip archive"),
+        (lambda z: z[:100] + bytes(b ^ 0xFF for b in z[100:600]) + z[600:], "corrupt"),
+    ],
+    ids=["truncated", "corrupt-member"],
+)
+def test_broken_zip(site: Path, out: Path, mangle, reason: str) -> None:
+    archive = zip_bytes({"SMSSpamCollection": os.urandom(5000)})
+    (site / "sms.zip").write_bytes(mangle(archive))
+    with serve(site) as url, pytest.raises(DownloadError, match=reason):
+        fetch([f"{url}/sms.zip"], out / "sms.tsv", member="SMSSpamCollection")
+    assert leftovers(out) == []
+
+
+@pytest.mark.parametrize("bad", ["file:///etc/passwd", "ftp://example.org/x", "data.bin"])
+def test_non_http_url_refused(site: Path, out: Path, bad: str) -> None:
+    with pytest.raises(DownloadError, match=f"{bad}: only http\\(s\\) URLs are allowed"):
+        fetch(["http://127.0.0.1:9/x", bad], out / "data.bin")
+    assert leftovers(out) == []
+
+
+def test_fileserver_as_a_process(site: Path, data: bytes) -> None:
+    script = Path(__file__).with_name("fileserver.py")
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(site)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        port = int(proc.stdout.readline())
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/good/data.bin", timeout=5) as r:
+            assert r.read() == data
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=5) == 0

@@ -1,0 +1,121 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from tiny_gpt2 import TEXT, make_tiny_hub
+
+from spamgpt import tokenizer
+from spamgpt.errors import SpamGPTError
+
+REAL = Path("/work/shared/hub/openai-community/gpt2")
+
+SAMPLES = [
+    "Hello, world!",
+    "WINNER!! You have won a £900 prize. Call 09061701461 now, claim code KL341.",
+    "Ok lar... Joking wif u oni... I'm gonna be home soon, don't wait up; we'll see.",
+    "  spaces   inside\tand\n\nnewlines \n",
+    "émoji 😀👍🏽 and Ünïcödé, 中文,日本語, Ελληνικά, العربية",
+    "txt STOP to 87121 :-) <3 ;) xoxo!!!???",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_hub(tmp_path_factory.mktemp("hub"))
+
+
+@pytest.fixture(scope="module")
+def enc(hub: Path):
+    return tokenizer.load(hub)
+
+
+@pytest.mark.parametrize("text", [*SAMPLES, TEXT])
+def test_round_trip(enc, text: str) -> None:
+    assert enc.decode(enc.encode_ordinary(text)) == text
+
+
+def test_merges_shorten_the_training_text(enc) -> None:
+    assert len(enc.encode_ordinary(TEXT)) < len(TEXT.encode()) / 2
+
+
+def test_endoftext_is_the_last_id(hub: Path, enc) -> None:
+    vocab = json.loads((hub / "vocab.json").read_text())
+    assert enc.eot_token == vocab["<|endoftext|>"] == len(vocab) - 1 == enc.n_vocab - 1
+    assert enc.encode("hi<|endoftext|>", allowed_special="all")[-1] == enc.eot_token
+
+
+def test_bytes_to_unicode_is_gpt2s() -> None:
+    table = tokenizer.bytes_to_unicode()
+    assert sorted(table) == list(range(256)) and len(set(table.values())) == 256
+    assert list(table)[:3] == [33, 34, 35]  # GPT-2's ids 0, 1, 2 are "!", '"', "#"
+    assert table[ord(" ")] == "Ġ" and table[ord("\n")] == "Ċ" and table[0] == "Ā"
+
+
+def test_equals_transformers(hub: Path, enc) -> None:
+    from transformers import GPT2TokenizerFast
+
+    # transformers 5 ignores vocab_file=/merges_file= (empty vocab); from_pretrained reads them.
+    ref = GPT2TokenizerFast.from_pretrained(str(hub))
+    for text in [*SAMPLES, TEXT]:
+        assert enc.encode_ordinary(text) == ref(text)["input_ids"], text
+
+
+@pytest.fixture
+def copy(hub: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(hub, tmp_path / "gpt2"))
+
+
+def rewrite_merges(folder: Path, edit) -> None:
+    path = folder / "merges.txt"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join(edit(lines)) + "\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda ls: [ls[0], ls[2], ls[1], *ls[3:]], "line 3 'Ġ t' makes a token"),
+        (lambda ls: [*ls, "Ġt he"], "line 302 'Ġt he' makes a token"),
+        (lambda ls: [*ls, "q z"], "line 302 'q z' makes a token that is not in vocab.json"),
+        (lambda ls: [*ls, "zz"], "line 302 'zz' does not join two vocab tokens"),
+        (lambda ls: ls[:-1], "299 merges do not make the 300 multi-byte tokens"),
+        (lambda ls: ls[1:], "first line is not '#version: 0.2'"),
+    ],
+)
+def test_inconsistent_merges(copy: Path, edit, message: str) -> None:
+    rewrite_merges(copy, edit)
+    with pytest.raises(SpamGPTError, match=r"merges\.txt: ") as e:
+        tokenizer.load(copy)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda v: v | {"Ġ": 0}, "two tokens share an id"),
+        (lambda v: {k: i for k, i in v.items() if k != "Ā"}, "byte 0 has no token"),
+        (lambda v: v | {"€": 557}, "entry '€': 557 is not byte-level BPE"),
+        (lambda v: {k: i for k, i in v.items() if k != "<|endoftext|>"}, "no <|endoftext|>"),
+    ],
+)
+def test_bad_vocab(copy: Path, edit, message: str) -> None:
+    path = copy / "vocab.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(SpamGPTError, match=r"vocab\.json") as e:
+        tokenizer.load(copy)
+    assert message in str(e.value)
+
+
+def test_missing_file(copy: Path) -> None:
+    (copy / "merges.txt").unlink()
+    with pytest.raises(SpamGPTError, match=r"cannot read tokenizer file .*merges\.txt"):
+        tokenizer.load(copy)
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="no real GPT-2 tokenizer files in /work/shared")
+def test_real_gpt2_files() -> None:
+    enc = tokenizer.load(REAL)
+    assert enc.encode_ordinary("Hello, world!") == [15496, 11, 995, 0]
+    assert enc.eot_token == 50256 and enc.n_vocab == 50257
