@@ -13,16 +13,18 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import tiktoken
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from spamgpt import atomic, paths, runtime
+from spamgpt import atomic, loaders, paths, runtime
 from spamgpt.batching import sorted_order
 from spamgpt.data import LABELS
 from spamgpt.errors import SpamGPTError
 from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.params import ModelParams
+from spamgpt.trunk import Features
 
 CLASSIFIER_JSON = "classifier.json"
 WEIGHTS = "model.safetensors"
@@ -134,3 +136,26 @@ def predict_logits(
             out = torch.empty(len(lengths), logits.shape[1])
         out[indices] = logits
     return out
+
+
+def classify_texts(
+    model: GPT2Classifier,
+    enc: tiktoken.Encoding,
+    texts: list[str],
+    max_length: int,
+    device: torch.device,
+    precision: str,
+    batch_size: int = 32,
+) -> tuple[torch.Tensor, list[bool]]:
+    """P(spam) of raw texts with the whole model, and which texts were cut to max_length."""
+    ids = loaders.encode(enc, texts)
+    truncated = [len(row) > max_length for row in ids]
+    tokens = Features(loaders.pack_ids(ids, max_length), start_block=None)
+    logits = predict_logits(
+        lambda idx: tokens.logits(model, idx, device),
+        tokens.packed.lengths,
+        batch_size,
+        device,
+        precision,
+    )
+    return torch.softmax(logits, dim=-1)[:, 1], truncated

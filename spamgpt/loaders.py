@@ -48,14 +48,19 @@ def resolve_max_length(requested: int | None, train_ids: list[list[int]], n_ctx:
     return requested
 
 
-def pack(ids: list[list[int]], frame: pd.DataFrame, max_length: int) -> TokenizedSplit:
-    """Cut each message to its first `max_length` tokens and pack the split."""
+def pack_ids(ids: list[list[int]], max_length: int) -> PackedSequences:
+    """Each message cut to its first `max_length` tokens, packed end to end."""
     cut = [row[:max_length] for row in ids]
+    return PackedSequences(
+        torch.tensor([t for row in cut for t in row], dtype=torch.int64),
+        torch.tensor([len(row) for row in cut], dtype=torch.int64),
+    )
+
+
+def pack(ids: list[list[int]], frame: pd.DataFrame, max_length: int) -> TokenizedSplit:
+    """A split's messages, cut to `max_length` tokens and packed, with labels."""
     return TokenizedSplit(
-        tokens=PackedSequences(
-            torch.tensor([t for row in cut for t in row], dtype=torch.int64),
-            torch.tensor([len(row) for row in cut], dtype=torch.int64),
-        ),
+        tokens=pack_ids(ids, max_length),
         labels=torch.tensor([LABELS.index(label) for label in frame["label"]], dtype=torch.int64),
         lines=torch.tensor(frame["line"].to_numpy(), dtype=torch.int64),
         truncated=sum(len(row) > max_length for row in ids),

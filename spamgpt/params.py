@@ -138,7 +138,7 @@ def _describe(tp: Any) -> str:
     if get_origin(tp) is list:
         return f"a list of {_describe(get_args(tp)[0])}s"
     names = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
-    return names.get(tp, "null")
+    return names.get(tp, "a mapping of keys" if dataclasses.is_dataclass(tp) else "null")
 
 
 def _fits(value: Any, tp: Any) -> bool:

@@ -251,14 +251,14 @@ class Trainer:
             total=len(order), initial=s.batch, desc=f"epoch {s.epoch + 1}/{p.epochs}", disable=None
         )
         for indices in order[s.batch :]:
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
             loss = self.train_step(indices)
+            s.steps.append([s.step + 1, loss, lr])
             s.batch += 1
             s.step += 1
             s.epoch_loss_sum += loss * len(indices)
             s.epoch_samples += len(indices)
-            self.logger.log_metrics(
-                {"train/loss": loss, "train/lr": self.scheduler.get_last_lr()[0]}, s.step
-            )
+            self.logger.log_metrics({"train/loss": loss, "train/lr": lr}, s.step)
             bar.update()
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             if self.stop_signal is not None:

@@ -1,0 +1,98 @@
+"""`spamgpt classify`: label your own messages with the fine-tuned model.
+
+spamgpt classify "WIN a free prize now" "see you at 7"
+spamgpt classify --file messages.txt --json      # one message per line; - for stdin
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from spamgpt import classifier, paths, runtime, tokenizer
+from spamgpt.errors import SpamGPTError
+
+EVAL_METRICS = paths.METRICS_DIR / "eval.json"
+
+
+def read_messages(args: argparse.Namespace) -> list[str]:
+    """Messages from the arguments, or one per line from --file (- for stdin). Bytes that are
+    not UTF-8 are replaced (U+FFFD), so any input gets an answer instead of a crash."""
+    if args.file is None:
+        return args.messages
+    if args.messages:
+        raise SpamGPTError("give messages as arguments or with --file, not both")
+    try:
+        raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as e:
+        raise SpamGPTError(f"cannot read {args.file}: {e.strerror}") from None
+    return raw.decode("utf-8", errors="replace").splitlines()
+
+
+def default_threshold() -> float:
+    """The threshold evaluate used (metrics/eval.json), else 0.5."""
+    try:
+        return float(json.loads(EVAL_METRICS.read_text(encoding="utf-8"))["threshold"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.5
+
+
+def classify(args: argparse.Namespace) -> None:
+    messages = read_messages(args)
+    if not messages:
+        raise SpamGPTError(
+            "no messages to classify: pass text arguments or --file PATH (- for stdin)"
+        )
+    threshold = default_threshold() if args.threshold is None else args.threshold
+    if not 0 < threshold < 1:
+        raise SpamGPTError(f"--threshold must be between 0 and 1, got {threshold}")
+    device = runtime.resolve_device(args.device)
+    precision = runtime.resolve_precision(args.precision, device)
+    runtime.use_all_cores()
+    model, meta = classifier.load(args.model, args.pretrained)
+    enc = tokenizer.load(args.model)
+    probs, truncated = classifier.classify_texts(
+        model.to(device), enc, messages, meta["max_length"], device, precision, args.batch_size
+    )
+    for text, p, cut in zip(messages, probs.tolist(), truncated, strict=True):
+        label = "spam" if p >= threshold else "ham"
+        if args.json:
+            record = {
+                "label": label,
+                "spam_probability": round(p, 6),
+                "truncated": cut,
+                "text": text,
+            }
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            note = f" [truncated to {meta['max_length']} tokens]" if cut else ""
+            print(f"{label}\t{p:.4f}\t{text}{note}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="spamgpt", description="GPT-2 SMS spam classifier")
+    commands = parser.add_subparsers(dest="command", required=True)
+    c = commands.add_parser("classify", help="label messages as ham or spam")
+    c.add_argument("messages", nargs="*", help="messages to classify")
+    c.add_argument("--file", help="read one message per line from this file (- for stdin)")
+    c.add_argument("--json", action="store_true", help="print one JSON object per message")
+    c.add_argument(
+        "--model", type=Path, default=paths.FINETUNED_DIR, help="fine-tuned model folder"
+    )
+    c.add_argument(
+        "--pretrained", type=Path, default=paths.PRETRAINED_DIR, help="base models folder"
+    )
+    c.add_argument(
+        "--threshold", type=float, help="spam probability threshold (default: evaluate's)"
+    )
+    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    c.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    c.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+    try:
+        classify(args)
+    except SpamGPTError as e:
+        print(f"spamgpt: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except BrokenPipeError:  # `spamgpt classify ... | head`
+        sys.exit(0)

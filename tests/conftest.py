@@ -1,0 +1,140 @@
+"""Fixtures shared by the end-to-end tests: a generated SMS dataset and a tiny GPT-2, served
+over HTTP on 127.0.0.1 like UCI and the Hugging Face hub, and a DVC project pointed at them."""
+
+import hashlib
+import os
+import random
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from fileserver import serve
+from tiny_gpt2 import make_tiny_hub
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_REVISION = "tiny-test"  # not in the known-hash table: accepted with a warning, recorded
+
+HAM = [
+    "Ok lar, see you at {n} then",
+    "Can you pick up some milk on the way home?",
+    'He said "I will be late, sorry',
+    "Sorry, I'll call you later. In a meeting till {n}",
+    "Are we still on for dinner tomorrow at {n}?",
+    "Happy birthday! Hope you have a great day",
+    "I'm at the station, where are you",
+    "Thanks for yesterday, it was lovely, talk soon",
+    "Don't forget mum's party on Saturday, {n} pm",
+    "Running {n} mins late, traffic is awful",
+]
+SPAM = [
+    "WINNER!! You have won a £{n}00 prize! Call 0906170{n} to claim now",
+    'FREE entry to win "cash" txt WIN to 8{n}21 T&Cs apply',
+    "URGENT! Your mobile number has been awarded £{n}000. Call 09061{n} now",
+    "Congratulations, you've been selected for a FREE holiday. Reply YES to {n}",
+    "Claim your free ringtone now! Text TONE to 8{n}75, 150p/msg",
+]
+
+
+def sms_collection(n_ham: int = 240, n_spam: int = 60, seed: int = 0) -> bytes:
+    """A small SMS Spam Collection look-alike: `label<TAB>text` lines, unbalanced quotes,
+    and a few exact duplicates, as in the real file."""
+    rng = random.Random(seed)
+    lines = [f"ham\t{rng.choice(HAM).format(n=rng.randint(1, 99))}" for _ in range(n_ham)]
+    lines += [f"spam\t{rng.choice(SPAM).format(n=rng.randint(1, 99))}" for _ in range(n_spam)]
+    rng.shuffle(lines)
+    return ("\n".join(lines) + "\n").encode()
+
+
+@dataclass
+class Mirror:
+    """A local stand-in for UCI + the hub: the URLs and hashes a params.yaml needs."""
+
+    url: str  # http://127.0.0.1:PORT
+    root: Path
+    data_sha256: str
+
+    @property
+    def zip_url(self) -> str:
+        return f"{self.url}/sms+spam+collection.zip"
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("mirror")
+    make_tiny_hub(root, layers=2, dim=32, heads=4, n_ctx=64, revision=TINY_REVISION)
+    member = sms_collection()
+    with zipfile.ZipFile(root / "sms+spam+collection.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("SMSSpamCollection", member)
+        z.writestr("readme", "generated for tests\n")
+    with serve(root) as url:
+        yield Mirror(url, root, hashlib.sha256(member).hexdigest())
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for dvc/python subprocesses: this venv first on PATH, no telemetry,
+    no tracking URI from outside, a git identity for commits on a bare CI machine."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        DO_NOT_TRACK="1",
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="spamgpt tests",
+        GIT_AUTHOR_EMAIL="tests@spamgpt.invalid",
+        GIT_COMMITTER_NAME="spamgpt tests",
+        GIT_COMMITTER_EMAIL="tests@spamgpt.invalid",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=kwargs.pop("env", subprocess_env()),
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
+    if check and result.returncode != 0:
+        tail = f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{tail}")
+    return result
+
+
+def tiny_params(mirror: Mirror, **overrides: dict) -> dict:
+    """The repository's params.yaml pointed at the mirror, sized for a 2-block toy model."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(url=mirror.zip_url, mirrors=[], sha256=mirror.data_sha256)
+    params["split"].update(val=0.2, test=0.2)
+    params["model"].update(hub_url=mirror.url, revision=TINY_REVISION)
+    params["train"].update(epochs=2, batch_size=16, lr=1e-3, device="cpu", precision="fp32")
+    for section, values in overrides.items():
+        params[section].update(values)
+    return params
+
+
+def make_project(path: Path, params: dict) -> Path:
+    """A fresh git + DVC project holding this repository's pipeline and the given params."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "stages", "spamgpt"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, path / name)
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (path / ".gitignore").write_text("mlflow.db\nmlartifacts/\n__pycache__/\n")
+    run(["git", "init", "-q"], path)
+    run(["dvc", "init", "-q"], path)
+    run(["git", "add", "-A"], path)
+    run(["git", "commit", "-qm", "project"], path)
+    return path

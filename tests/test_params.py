@@ -1,0 +1,300 @@
+"""params.yaml validation: every wrong value is refused with one line naming its key."""
+
+import copy
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from spamgpt import loaders, params, runtime, trunk
+from spamgpt.errors import ParamsError
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_TEXT = (REPO / "params.yaml").read_text(encoding="utf-8")
+REAL = yaml.safe_load(REAL_TEXT)
+
+
+def write(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+DELETE = object()
+
+
+def modified(**changes: object) -> dict:
+    """The real params.yaml with keys set, `section__key=value` (DELETE removes the key)."""
+    raw = copy.deepcopy(REAL)
+    for dotted, value in changes.items():
+        *sections, key = dotted.split("__")
+        node = raw
+        for section in sections:
+            node = node[section]
+        if value is DELETE:
+            del node[key]
+        else:
+            node[key] = value
+    return raw
+
+
+def test_real_params_load_and_flatten() -> None:
+    p = params.load(REPO / "params.yaml")
+    flat = params.flatten(p)
+    leaves = {f"{section}.{key}" for section, values in REAL.items() for key in values}
+    assert set(flat) == leaves
+    assert flat["train.lr"] == REAL["train"]["lr"] == p.train.lr
+    assert flat["data.mirrors"] == REAL["data"]["mirrors"]
+    assert flat["model.max_length"] is None
+    assert not any(isinstance(v, dict) for v in flat.values())
+
+
+def test_yaml_12_floats(tmp_path: Path) -> None:
+    """DVC's `-S train.lr=1e-3` writes `lr: 1e-3`: a number in YAML 1.2, a string in 1.1."""
+    text = REAL_TEXT.replace("lr: 5.0e-5", "lr: 1e-3").replace("dropout: 0.0", "dropout: 2E-1")
+    assert "lr: 1e-3" in text and "dropout: 2E-1" in text
+    (tmp_path / "params.yaml").write_text(text, encoding="utf-8")
+    p = params.load(tmp_path / "params.yaml")
+    assert p.train.lr == 0.001 and isinstance(p.train.lr, float)
+    assert p.model.dropout == 0.2
+    assert p.split.seed == 123 and type(p.split.seed) is int  # integers stay integers
+
+
+# (id, params.yaml content: a dict to dump or raw text, what the message must start with)
+BAD: list[tuple[str, dict | str, str]] = [
+    ("yaml-syntax", REAL_TEXT + "train: [unclosed\n", "{path}: line"),
+    ("yaml-tab-indent", REAL_TEXT.replace("  lr:", "\tlr:"), "{path}: line"),
+    ("empty-file", "", "params.yaml"),
+    ("top-level-list", "- data\n- split\n", "params.yaml"),
+    ("missing-section", modified(evaluate=DELETE), "evaluate"),
+    ("section-null", modified(train=None), "train"),
+    ("missing-key", modified(train__lr=DELETE), "train.lr"),
+    ("missing-nested-key", modified(data__sha256=DELETE), "data.sha256"),
+    ("unknown-top-key", modified(extra={"a": 1}), "extra"),
+    ("unknown-section-key", modified(train__learning_rate=0.1), "train.learning_rate"),
+    ("string-for-int", modified(train__epochs="5"), "train.epochs"),
+    ("float-for-int", modified(train__epochs=2.5), "train.epochs"),
+    ("bool-for-int", modified(train__batch_size=True), "train.batch_size"),
+    ("bool-for-float", modified(train__lr=True), "train.lr"),
+    ("list-for-string", modified(mlflow__experiment=["a"]), "mlflow.experiment"),
+    ("string-for-list", modified(data__mirrors="https://example.com/x.zip"), "data.mirrors"),
+    ("string-for-bool", modified(split__dedupe="maybe"), "split.dedupe"),
+    ("bool-for-max-length", modified(model__max_length=True), "model.max_length"),
+    ("negative-lr", modified(train__lr=-1e-4), "train.lr"),
+    ("zero-lr", modified(train__lr=0), "train.lr"),
+    ("huge-lr", modified(train__lr=5), "train.lr"),
+    ("lr-fast", modified(train__lr="fast"), "train.lr"),
+    ("nan-lr", REAL_TEXT.replace("lr: 5.0e-5", "lr: .nan"), "train.lr"),
+    ("inf-lr", REAL_TEXT.replace("lr: 5.0e-5", "lr: .inf"), "train.lr"),
+    ("nan-dropout", modified(model__dropout=math.nan), "model.dropout"),
+    ("val-plus-test-1", modified(split__val=0.5, split__test=0.5), "split.val"),
+    ("val-plus-test-over-1", modified(split__val=0.4, split__test=0.7), "split.val"),
+    ("val-0", modified(split__val=0), "split.val"),
+    ("test-1", modified(split__test=1), "split.test"),
+    ("negative-seed", modified(split__seed=-1), "split.seed"),
+    ("trainable-blocks-negative", modified(model__trainable_blocks=-1), "model.trainable_blocks"),
+    ("trainable-blocks-some", modified(model__trainable_blocks="some"), "model.trainable_blocks"),
+    ("max-length-1", modified(model__max_length=1), "model.max_length"),
+    ("pooling-max", modified(model__pooling="max"), "model.pooling"),
+    ("device-tpu", modified(train__device="tpu"), "train.device"),
+    ("device-uppercase", modified(train__device="CPU"), "train.device"),
+    ("precision-fp16", modified(train__precision="fp16"), "train.precision"),
+    ("epochs-0", modified(train__epochs=0), "train.epochs"),
+    ("batch-size-0", modified(train__batch_size=0), "train.batch_size"),
+    ("patience-0", modified(train__patience=0), "train.patience"),
+    ("grad-clip-0", modified(train__grad_clip=0), "train.grad_clip"),
+    ("warmup-over-1", modified(train__warmup_ratio=1.5), "train.warmup_ratio"),
+    ("class-weights", modified(train__class_weights="auto"), "train.class_weights"),
+    ("dropout-1", modified(model__dropout=1.0), "model.dropout"),
+    ("threshold-1", modified(evaluate__threshold=1.0), "evaluate.threshold"),
+    ("repo-id-no-owner", modified(model__repo_id="gpt2"), "model.repo_id"),
+    ("repo-id-three-parts", modified(model__repo_id="a/b/c"), "model.repo_id"),
+    ("revision-slash", modified(model__revision="main/../x"), "model.revision"),
+    ("url-ftp", modified(data__url="ftp://example.com/sms.zip"), "data.url"),
+    ("url-file", modified(data__url="file:///etc/passwd"), "data.url"),
+    ("url-no-host", modified(data__url="https:///sms.zip"), "data.url"),
+    ("mirror-file", modified(data__mirrors=["file:///tmp/sms.zip"]), "data.mirrors"),
+    (
+        "mirror-ftp-second",
+        modified(data__mirrors=["https://example.com/a.zip", "ftp://example.com/b.zip"]),
+        "data.mirrors",
+    ),
+    ("mirror-not-string", modified(data__mirrors=[1]), "data.mirrors"),
+    ("hub-url-ftp", modified(model__hub_url="ftp://huggingface.co"), "model.hub_url"),
+    ("hub-url-file", modified(model__hub_url="file:///srv/hub"), "model.hub_url"),
+    ("member-path", modified(data__member="../SMSSpamCollection"), "data.member"),
+    ("sha256-short", modified(data__sha256="abc123"), "data.sha256"),
+    ("sha256-uppercase", modified(data__sha256=REAL["data"]["sha256"].upper()), "data.sha256"),
+    ("sha256-not-hex", modified(data__sha256="g" * 64), "data.sha256"),
+    ("sha256-65", modified(data__sha256="a" * 65), "data.sha256"),
+    ("bad-lines-ignore", modified(data__bad_lines="ignore"), "data.bad_lines"),
+    ("experiment-empty", modified(mlflow__experiment=""), "mlflow.experiment"),
+    ("experiment-multiline", modified(mlflow__experiment="a\nb"), "mlflow.experiment"),
+]
+
+
+@pytest.mark.parametrize(("content", "start"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_params_are_refused_with_one_line(
+    tmp_path: Path, content: dict | str, start: str
+) -> None:
+    path = tmp_path / "params.yaml"
+    if isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    else:
+        write(path, content)
+    with pytest.raises(ParamsError) as info:
+        params.load(path)
+    message = str(info.value)
+    assert "\n" not in message and "\r" not in message
+    assert message.startswith(start.format(path=path)), message
+    assert info.value.exit_code == 2
+
+
+def test_table_is_big_enough() -> None:
+    assert len(BAD) >= 24
+    assert len({c[0] for c in BAD}) == len(BAD)
+
+
+def test_every_table_dict_differs_from_real_in_one_place() -> None:
+    """Guard against a table entry that silently equals the valid params."""
+    for name, content, _ in BAD:
+        assert content != REAL, name
+    params.parse(copy.deepcopy(REAL))  # and the real one is valid
+
+
+def test_missing_section_says_what_it_must_be() -> None:
+    with pytest.raises(ParamsError, match=r"^evaluate: missing; it must be set to a mapping"):
+        params.parse(modified(evaluate=DELETE))
+
+
+def test_optional_values_accept_null_and_all() -> None:
+    p = params.parse(modified(model__max_length=None, model__trainable_blocks="all"))
+    assert p.model.max_length is None and p.model.trainable_blocks == "all"
+    p = params.parse(modified(train__grad_clip=None, model__max_length=2, train__lr=1))
+    assert p.train.grad_clip is None and p.model.max_length == 2 and p.train.lr == 1
+
+
+def test_missing_file_is_a_params_error(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="not found"):
+        params.load(tmp_path / "params.yaml")
+
+
+# --- values that only the machine or the model can refuse ---
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_on_a_cpu_machine() -> None:
+    with pytest.raises(ParamsError) as info:
+        runtime.resolve_device("cuda")
+    assert str(info.value).startswith("train.device:") and "\n" not in str(info.value)
+    assert "cpu" in str(info.value)  # says what is allowed here
+    assert runtime.resolve_device("cpu") == torch.device("cpu")
+
+
+def test_trainable_blocks_beyond_the_model() -> None:
+    with pytest.raises(ParamsError, match=r"^model\.trainable_blocks:"):
+        trunk.frozen_blocks(2, 3)
+    assert trunk.frozen_blocks(2, 2) == 0
+    assert trunk.frozen_blocks(2, 0) == 2
+    assert trunk.frozen_blocks(2, "all") is None
+
+
+def test_max_length_beyond_the_context() -> None:
+    with pytest.raises(ParamsError, match=r"^model\.max_length:.*1024"):
+        loaders.resolve_max_length(2000, [[1, 2, 3]], 1024)
+    assert loaders.resolve_max_length(1024, [[1, 2, 3]], 1024) == 1024
+
+
+# --- a real stage refuses bad params before touching any output ---
+
+RAW = "".join(
+    f"{'spam' if i % 4 == 0 else 'ham'}\tmessage number {i} with some text\n" for i in range(40)
+)
+OLD_METRICS = '{"old": true}\n'
+OLD_TRAIN = "line,label,text\n1,ham,old\n"
+
+
+def lay_out(folder: Path, params_text: str) -> None:
+    """A DVC workspace for the split stage: params, raw data, and outputs of an earlier run."""
+    files = {
+        "params.yaml": params_text,
+        "data/raw/SMSSpamCollection": RAW,
+        "data/split/train.csv": OLD_TRAIN,
+        "metrics/data.json": OLD_METRICS,
+    }
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text, encoding="utf-8")
+
+
+def start_split_stage(folder: Path) -> subprocess.Popen:
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "stages" / "split.py")],
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": path},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative path -> content)."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+STAGE_BAD = [
+    ("lr-fast", yaml.safe_dump(modified(train__lr="fast")), "train.lr"),
+    ("val-0", yaml.safe_dump(modified(split__val=0)), "split.val"),
+    ("bad-lines-ignore", yaml.safe_dump(modified(data__bad_lines="ignore")), "data.bad_lines"),
+    ("yaml-syntax", REAL_TEXT + "train: [unclosed\n", "params.yaml: line"),
+]
+
+
+@pytest.fixture(scope="module")
+def stage_runs(tmp_path_factory: pytest.TempPathFactory):
+    """The split stage started in one workspace per case, all at once (each run is ~1.5 s of
+    imports): name -> (workspace, its files before the run, the process)."""
+    runs = {}
+    for name, text in [*((c[0], c[1]) for c in STAGE_BAD), ("good", REAL_TEXT)]:
+        folder = tmp_path_factory.mktemp(f"stage-{name}")
+        lay_out(folder, text)
+        runs[name] = (folder, listing(folder), start_split_stage(folder))
+    yield runs
+    for _, _, process in runs.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize(("name", "key"), [(c[0], c[2]) for c in STAGE_BAD])
+def test_stage_exits_2_with_one_line_and_touches_nothing(
+    stage_runs: dict, name: str, key: str
+) -> None:
+    folder, before, process = stage_runs[name]
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ") and key in lines[0]
+    assert listing(folder) == before  # nothing created, changed or removed, no temp files
+
+
+def test_stage_with_good_params_writes_its_outputs(stage_runs: dict) -> None:
+    """The control for the test above: the same workspace with valid params does get written."""
+    folder, before, process = stage_runs["good"]
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    after = listing(folder)
+    assert after["metrics/data.json"] != before["metrics/data.json"]
+    assert after["data/split/train.csv"] != before["data/split/train.csv"]
+    assert {"data/split/val.csv", "data/split/test.csv"} <= set(after)

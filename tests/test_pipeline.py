@@ -1,0 +1,170 @@
+"""The whole pipeline, end to end, as a user drives it: `dvc repro` in a fresh git + DVC
+project fetching from 127.0.0.1, then MLflow read back, `dvc exp run -S`, the diffs, plots
+and `spamgpt classify`. One project per module: the stages run once and the tests read it."""
+
+import json
+import math
+import re
+
+import pytest
+import yaml
+from conftest import REPO, make_project, run, tiny_params
+from mlflow.tracking import MlflowClient
+
+STAGES = ["download_data", "download_weights", "split", "loaders", "trunk", "finetune", "evaluate"]
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+@pytest.fixture(scope="module")
+def project(mirror, tmp_path_factory):
+    path = make_project(tmp_path_factory.mktemp("project"), tiny_params(mirror))
+    first = run(["dvc", "repro"], path)
+    return path, first.stdout + first.stderr
+
+
+@pytest.fixture(scope="module")
+def mlflow_client(project):
+    path, _ = project
+    return MlflowClient(tracking_uri=f"sqlite:///{path / 'mlflow.db'}")
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+def test_repro_runs_every_stage_in_order(project):
+    _, output = project
+    assert ran_stages(output) == STAGES
+
+
+def test_dvc_yaml_names_what_the_library_writes():
+    """dvc.yaml and spamgpt.paths must agree, or DVC would miss outputs."""
+    from spamgpt import paths
+
+    text = (REPO / "dvc.yaml").read_text()
+    for path in (
+        paths.RAW_DATA,
+        paths.SPLIT_DIR,
+        paths.TOKENS_DIR,
+        paths.TRUNK_DIR,
+        paths.FINETUNED_DIR,
+        paths.CHECKPOINT_DIR,
+    ):
+        assert str(path) in text
+
+
+def test_data_and_loader_metrics(project, mirror):
+    path, _ = project
+    data = read_json(path / "metrics/data.json")
+    assert data["raw_rows"] == 300 and data["bad_lines"] == 0
+    assert data["raw_sha256"] == mirror.data_sha256
+    assert data["duplicates_removed"] > 0  # the generator repeats some texts
+    kept = 300 - data["duplicates_removed"]
+    assert sum(data[s]["ham"] + data[s]["spam"] for s in ("train", "val", "test")) == kept
+    loaders = read_json(path / "metrics/loaders.json")
+    for split in ("train", "val", "test"):
+        assert loaders[split]["samples"] == data[split]["ham"] + data[split]["spam"]
+    weights = read_json(path / "metrics/weights.json")
+    assert weights["files"]["model.safetensors"]["verified"] is False  # unknown revision: recorded
+
+
+def test_second_repro_does_nothing(project):
+    path, _ = project
+    out = run(["dvc", "repro"], path)
+    assert ran_stages(out.stdout + out.stderr) == []
+
+
+def test_metrics_files(project):
+    path, _ = project
+    train = read_json(path / "metrics/train.json")
+    assert 1 <= train["best_epoch"] <= train["epochs_run"] <= 2
+    assert train["samples_per_second"] > 0
+    ev = read_json(path / "metrics/eval.json")
+    for split in ("val", "test"):
+        report = ev[split]
+        (tn, fp), (fn, tp) = report["confusion_matrix"]
+        assert tn + fp == report["ham"]["support"] and fn + tp == report["spam"]["support"]
+        assert report["accuracy"] == pytest.approx((tn + tp) / (tn + fp + fn + tp))
+        for key in ("macro_f1", "roc_auc", "pr_auc"):
+            assert 0 <= report[key] <= 1
+    confusion = (path / "metrics/confusion_test.csv").read_text().splitlines()
+    assert confusion[0] == "actual,predicted"
+    assert len(confusion) - 1 == ev["test"]["ham"]["support"] + ev["test"]["spam"]["support"]
+
+
+def test_mlflow_run_has_everything(project, mlflow_client):
+    path, _ = project
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    run_id = read_json(path / "models/finetuned/mlflow_run.json")["run_id"]
+    run_ = mlflow_client.get_run(run_id)
+    assert run_.info.status == "FINISHED"
+    assert run_.data.params["train.lr"] == str(params["train"]["lr"])
+    assert run_.data.params["model.repo_id"] == params["model"]["repo_id"]
+    assert run_.data.tags["data_sha256"] == read_json(path / "metrics/data.json")["raw_sha256"]
+    assert "weights_sha256" in run_.data.tags
+
+    train = read_json(path / "metrics/train.json")
+    losses = mlflow_client.get_metric_history(run_id, "train/loss")
+    assert sorted(m.step for m in losses) == list(range(1, train["steps"] + 1))
+    for key in ("val/loss", "val/accuracy", "val/spam_f1", "val/ham_recall"):
+        history = mlflow_client.get_metric_history(run_id, key)
+        assert [m.step for m in history] == list(range(1, train["epochs_run"] + 1))
+    ev = read_json(path / "metrics/eval.json")
+    assert run_.data.metrics["test/accuracy"] == pytest.approx(ev["test"]["accuracy"])
+    assert math.isfinite(run_.data.metrics["test/roc_auc"])
+
+    def listing(folder=None):
+        return {f.path for f in mlflow_client.list_artifacts(run_id, folder)}
+
+    assert {"checkpoints/best.safetensors", "checkpoints/last.safetensors"} <= listing(
+        "checkpoints"
+    )
+    evaluation = listing("evaluation")
+    for split in ("val", "test"):
+        assert f"evaluation/{split}_confusion_matrix.png" in evaluation
+        assert f"evaluation/{split}_metrics.json" in evaluation
+    assert "evaluation/misclassified_test.csv" in evaluation
+    assert "params.yaml" in listing()
+    inputs = run_.inputs.dataset_inputs
+    assert inputs and inputs[0].dataset.digest == run_.data.tags["data_sha256"][:36]
+
+
+def test_plots_render(project):
+    path, _ = project
+    out = run(["dvc", "plots", "show", "--json"], path)
+    shown = json.loads(out.stdout)["data"]
+    for name in ("training loss", "validation by epoch", "test confusion matrix"):
+        assert shown[name][0]["content"]["data"]["values"], name
+
+
+def test_classify_answers(project):
+    path, _ = project
+    out = run(
+        ["spamgpt", "classify", "--json", "WIN a FREE prize now, call 09061701", "see you at 7"],
+        path,
+    )
+    answers = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [a["text"] for a in answers] == ["WIN a FREE prize now, call 09061701", "see you at 7"]
+    for a in answers:
+        assert a["label"] in ("ham", "spam") and 0 <= a["spam_probability"] <= 1
+
+
+def test_exp_run_reruns_only_training(project, mlflow_client):
+    path, _ = project
+    out = run(["dvc", "exp", "run", "-S", "train.lr=3e-3", "-n", "faster"], path)
+    assert ran_stages(out.stdout + out.stderr) == ["finetune", "evaluate"]
+    params = run(["dvc", "params", "diff", "--json"], path)
+    assert json.loads(params.stdout)["params.yaml"]["train.lr"]["new"] == 0.003
+    changed = json.loads(run(["dvc", "metrics", "diff", "--json"], path).stdout)
+    assert "metrics/eval.json" in changed
+
+    runs = mlflow_client.search_runs(
+        [mlflow_client.get_experiment_by_name("sms-spam-gpt2").experiment_id]
+    )
+    by_name = {r.info.run_name: r for r in runs}
+    assert "faster" in by_name  # DVC_EXP_NAME names the MLflow run
+    assert by_name["faster"].data.params["train.lr"] == "0.003"
+    assert by_name["faster"].data.tags["DVC_EXP_NAME"] == "faster"
