@@ -6,6 +6,7 @@ here each line is parsed on its own and split at the first tab, and a line that 
 is never glued to another: it stops the run, or is skipped and counted.
 """
 
+import csv
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from spamgpt import atomic
 from spamgpt.errors import SpamGPTError
 
 LABELS = ("ham", "spam")  # class index = position: ham 0, spam 1
@@ -80,12 +82,18 @@ def split(frame: pd.DataFrame, val: float, test: float, seed: int) -> dict[str, 
         raise SpamGPTError(
             f"need at least 3 messages of each label to split, got {counts.to_dict()}"
         )
-    rest, test_part = train_test_split(
-        frame, test_size=test, stratify=frame["label"], random_state=seed
-    )
-    train_part, val_part = train_test_split(
-        rest, test_size=val / (1 - test), stratify=rest["label"], random_state=seed
-    )
+    try:
+        rest, test_part = train_test_split(
+            frame, test_size=test, stratify=frame["label"], random_state=seed
+        )
+        train_part, val_part = train_test_split(
+            rest, test_size=val / (1 - test), stratify=rest["label"], random_state=seed
+        )
+    except ValueError as e:  # a split too small to hold every class
+        raise SpamGPTError(
+            f"cannot split {len(frame)} messages {counts.to_dict()} into val {val:g} / test "
+            f"{test:g} with both labels in each: {e}"
+        ) from None
     return {
         name: part.sort_values("line").reset_index(drop=True)
         for name, part in (("train", train_part), ("val", val_part), ("test", test_part))
@@ -96,8 +104,15 @@ def label_counts(frame: pd.DataFrame) -> dict[str, int]:
     return {label: int((frame["label"] == label).sum()) for label in LABELS}
 
 
+def write_split(frame: pd.DataFrame, path: Path) -> None:
+    """CSV with every text quoted: a bare carriage return or a quote inside a message cannot
+    end or merge rows when the file is read back."""
+    with atomic.atomic_open(path, "w", encoding="utf-8", newline="") as f:
+        frame.to_csv(f, index=False, quoting=csv.QUOTE_NONNUMERIC)
+
+
 def read_split(path: Path) -> pd.DataFrame:
-    """A split file as written by the split stage (CSV quoting keeps every text exact)."""
+    """A split file as written by write_split, every text exactly as parsed."""
     return pd.read_csv(
         path, dtype={"line": "int64", "label": "str", "text": "str"}, keep_default_na=False
     )

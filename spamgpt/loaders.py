@@ -81,15 +81,15 @@ def save(split: TokenizedSplit, path: Path) -> None:
 def load(path: Path) -> TokenizedSplit:
     try:
         t = load_file(str(path))
-    except (OSError, SafetensorError) as e:
+        return TokenizedSplit(
+            tokens=PackedSequences(t["ids"].to(torch.int64), t["lengths"]),
+            labels=t["labels"],
+            lines=t["lines"],
+        )
+    except (OSError, SafetensorError, KeyError, ValueError) as e:
         raise SpamGPTError(
-            f"{path}: cannot read tokenized split ({e}); re-run the loaders stage"
+            f"{path}: unreadable tokenized split ({e}); re-run the loaders stage"
         ) from None
-    return TokenizedSplit(
-        tokens=PackedSequences(t["ids"].to(torch.int64), t["lengths"]),
-        labels=t["labels"],
-        lines=t["lines"],
-    )
 
 
 def stats(split: TokenizedSplit) -> dict:

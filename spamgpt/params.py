@@ -182,7 +182,8 @@ def _build(cls: type, prefix: str, raw: Any) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            raise ParamsError(f"{prefix}{key}: unknown key; allowed: {', '.join(fields)}")
+            shown = str(key).encode("unicode_escape").decode()  # keep the message one line
+            raise ParamsError(f"{prefix}{shown}: unknown key; allowed: {', '.join(fields)}")
     values = {}
     for name, f in fields.items():
         key = f"{prefix}{name}"

@@ -49,8 +49,9 @@ def main(params: Params) -> None:
             frame.to_csv(f, index=False)
     wrong = test[test["predicted"] != test["label"]]
     misclassified = paths.REPORTS_DIR / "misclassified_test.csv"
-    with atomic.atomic_open(misclassified, "w", encoding="utf-8", newline="") as f:
-        wrong[["line", "label", "predicted", "spam_probability", "text"]].to_csv(f, index=False)
+    data.write_split(
+        wrong[["line", "label", "predicted", "spam_probability", "text"]], misclassified
+    )
 
     with tracking.Run.open(params.mlflow.experiment, run_id) as run:
         run.log_metrics(metrics.flat(reports["test"], "test"), 0)

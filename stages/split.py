@@ -11,8 +11,7 @@ def main(params: Params) -> None:
     s = params.split
     splits = data.split(frame, s.val, s.test, s.seed)
     for name, part in splits.items():
-        with atomic.atomic_open(paths.split_file(name), "w", encoding="utf-8", newline="") as f:
-            part.to_csv(f, index=False)
+        data.write_split(part, paths.split_file(name))
     atomic.write_json(
         paths.METRICS_DIR / "data.json",
         {

@@ -255,7 +255,6 @@ def listing(folder: Path) -> dict[str, bytes]:
 STAGE_BAD = [
     ("lr-fast", yaml.safe_dump(modified(train__lr="fast")), "train.lr"),
     ("val-0", yaml.safe_dump(modified(split__val=0)), "split.val"),
-    ("bad-lines-ignore", yaml.safe_dump(modified(data__bad_lines="ignore")), "data.bad_lines"),
     ("yaml-syntax", REAL_TEXT + "train: [unclosed\n", "params.yaml: line"),
 ]
 

@@ -1,0 +1,156 @@
+"""Fine-tuning speed: the naive reference loop against spamgpt's fine-tune path, one process.
+
+    python bench/finetune_speed.py [--naive-samples 64] [--epochs 2] [--precision auto]
+
+Both run GPT-2 124M shapes with random weights (the same compute as the real ones) on the real
+messages (../shared/data/SMSSpamCollection, else data/raw/SMSSpamCollection), batch 8, the
+last block + final norm + head trainable:
+  (a) naive: every message padded to the longest one, the full forward pass every step;
+  (b) spamgpt: the frozen trunk computed once (timed with the first epoch), then epochs of
+      length-bucketed batches through the trainable tail only, validation each epoch.
+It prints samples/s of both, inference messages/s of `classify` over the test split, the
+peak RSS, and last `ratio: <b over a, epochs after the first>`.
+"""
+
+import argparse
+import dataclasses
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from spamgpt import classifier, data, loaders, runtime, tokenizer, trunk
+from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
+from spamgpt.params import load as load_params
+from spamgpt.train import Split, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+MESSAGES = [ROOT.parent / "shared/data/SMSSpamCollection", ROOT / "data/raw/SMSSpamCollection"]
+TOKENIZER = [
+    ROOT.parent / "shared/hub/openai-community/gpt2",
+    ROOT / "models/pretrained/openai-community/gpt2",
+]
+
+
+def first_existing(candidates: list[Path]) -> Path:
+    for path in candidates:
+        if path.exists():
+            return path
+    sys.exit(f"none of these exist: {', '.join(map(str, candidates))}")
+
+
+class Clock:
+    """A metrics logger that notes the training seconds at each epoch's end."""
+
+    def __init__(self) -> None:
+        self.trainer: Trainer | None = None
+        self.epoch_train_seconds: list[float] = []
+
+    def log_metrics(self, values: dict[str, float], step: int) -> None:
+        if "val/loss" in values:
+            self.epoch_train_seconds.append(self.trainer.state.train_seconds)
+
+    def flush(self) -> None:
+        pass
+
+
+def naive_samples_per_second(gpt: GPT2, split: loaders.TokenizedSplit, n_samples: int) -> float:
+    """The reference loop: pad everything to the longest message, run the whole model."""
+    model = GPT2Classifier(gpt)
+    trained = classifier.freeze(model, 1)
+    optimizer = torch.optim.AdamW([p for n, p in model.named_parameters() if n in trained], lr=5e-5)
+    width = int(split.tokens.lengths.max())
+    model.train()
+    started = time.perf_counter()
+    for start in range(0, n_samples, 8):
+        indices = torch.arange(start, start + 8)
+        ids, lengths = split.tokens.batch(indices, pad_value=50256)
+        ids = F.pad(ids, (0, width - ids.shape[1]), value=50256)
+        loss = F.cross_entropy(model(ids, lengths), split.labels[indices])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return n_samples / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--naive-samples", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    args = parser.parse_args()
+
+    threads = runtime.use_all_cores()
+    device = torch.device("cpu")
+    precision = runtime.resolve_precision(args.precision, device)
+    params = load_params(ROOT / "params.yaml")
+    messages = data.dedupe(data.parse_messages(first_existing(MESSAGES)).frame)
+    splits = data.split(messages, params.split.val, params.split.test, params.split.seed)
+    enc = tokenizer.load(first_existing(TOKENIZER))
+    ids = {s: loaders.encode(enc, f["text"].tolist()) for s, f in splits.items()}
+    max_length = loaders.resolve_max_length(None, [r for rows in ids.values() for r in rows], 1024)
+    tokenized = {s: loaders.pack(ids[s], splits[s], max_length) for s in splits}
+    n_train = len(tokenized["train"])
+    torch.manual_seed(0)
+    gpt = GPT2.init_random(GPTConfig())  # 124M shapes
+    print(
+        f"cpu threads {threads}, precision {precision}, {n_train} training messages, "
+        f"longest {max_length} tokens"
+    )
+
+    naive = naive_samples_per_second(gpt, tokenized["train"], args.naive_samples)
+    print(f"(a) naive loop: {naive:.2f} training samples/s over {args.naive_samples} samples")
+
+    started = time.perf_counter()
+    n_frozen = trunk.frozen_blocks(gpt.config.n_layer, 1)
+    cached = {
+        s: trunk.compute(gpt, t.tokens, n_frozen, device, precision, desc=f"trunk {s}")
+        for s, t in tokenized.items()
+    }
+    trunk_seconds = time.perf_counter() - started
+    n_tokens = sum(len(t.tokens.rows) for t in tokenized.values())
+    print(f"(b) trunk pass: {trunk_seconds:.1f} s for {n_tokens} tokens of all splits")
+
+    model = GPT2Classifier(gpt, pooling="last")
+    trained = classifier.freeze(model, 1)
+    train_params = dataclasses.replace(params.train, epochs=args.epochs, patience=args.epochs)
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as checkpoints:
+        trainer = Trainer(
+            model,
+            trained,
+            Split(trunk.Features(cached["train"], n_frozen), tokenized["train"].labels),
+            Split(trunk.Features(cached["val"], n_frozen), tokenized["val"].labels),
+            train_params,
+            device,
+            precision,
+            Path(checkpoints),
+            clock,
+        )
+        clock.trainer = trainer
+        trainer.fit({})
+    ends = clock.epoch_train_seconds
+    per_epoch = [b - a for a, b in zip([0.0, *ends[:-1]], ends, strict=True)]
+    first = n_train / (trunk_seconds + per_epoch[0])
+    later = n_train * (len(per_epoch) - 1) / max(sum(per_epoch[1:]), 1e-9)
+    print(f"(b) first epoch incl. trunk: {first:.1f} samples/s ({first / naive:.1f}x naive)")
+    print(f"(b) epochs after the first: {later:.1f} samples/s ({later / naive:.1f}x naive)")
+
+    test = splits["test"]["text"].tolist()
+    started = time.perf_counter()
+    classifier.classify_texts(model.eval(), enc, test, max_length, device, precision)
+    print(
+        f"classify: {len(test) / (time.perf_counter() - started):.1f} messages/s "
+        f"over the {len(test)} test messages (whole model)"
+    )
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS: {peak_mb:.0f} MB")
+    print(f"ratio: {later / naive:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""spamgpt.batching: packed sequences, right padding and batch orders."""
+
+import pytest
+import torch
+
+from spamgpt.batching import PackedSequences, bucketed_order, iterate, sorted_order
+
+
+def packed_ids(seqs: list[list[int]]) -> PackedSequences:
+    return PackedSequences(
+        torch.tensor([t for s in seqs for t in s], dtype=torch.int64),
+        torch.tensor([len(s) for s in seqs], dtype=torch.int64),
+    )
+
+
+SEQS = [[11, 12, 13], [21], [31, 32, 33, 34, 35], [41, 42]]
+
+
+def test_batch_of_token_rows_is_right_padded_to_its_longest() -> None:
+    packed = packed_ids(SEQS)
+    assert len(packed) == 4
+    rows, lengths = packed.batch(torch.tensor([3, 1, 0]), pad_value=-1)
+    assert rows.tolist() == [[41, 42, -1], [21, -1, -1], [11, 12, 13]]  # width 3, not 5
+    assert lengths.tolist() == [2, 1, 3]
+    assert rows.dtype == torch.int64
+
+
+def test_batch_of_one_and_of_all() -> None:
+    packed = packed_ids(SEQS)
+    rows, lengths = packed.batch(torch.tensor([2]), pad_value=0)
+    assert rows.tolist() == [[31, 32, 33, 34, 35]] and lengths.tolist() == [5]
+    rows, lengths = packed.batch(torch.arange(4), pad_value=0)
+    assert rows.shape == (4, 5)
+    for i, seq in enumerate(SEQS):
+        assert rows[i].tolist() == seq + [0] * (5 - len(seq))
+
+
+def test_batch_of_feature_rows() -> None:
+    """Hidden states of a frozen trunk: each token is a vector; padding fills whole vectors."""
+    lengths = torch.tensor([2, 4, 1])
+    rows = torch.arange(7 * 3, dtype=torch.float32).reshape(7, 3)  # token t = [3t, 3t+1, 3t+2]
+    packed = PackedSequences(rows, lengths)
+    out, out_lengths = packed.batch(torch.tensor([2, 0]), pad_value=0.5)
+    assert out.shape == (2, 2, 3) and out.dtype == torch.float32
+    assert out[0, 0].tolist() == rows[6].tolist()  # sequence 2 is token 6
+    assert out[0, 1].tolist() == [0.5, 0.5, 0.5]
+    assert out[1].tolist() == rows[0:2].tolist()  # sequence 0 is tokens 0, 1
+    assert out_lengths.tolist() == [1, 2]
+    assert packed.rows.tolist() == rows.tolist()  # padding wrote into a copy, not the store
+
+
+def test_batch_does_not_modify_the_store() -> None:
+    packed = packed_ids(SEQS)
+    before = packed.rows.clone()
+    packed.batch(torch.tensor([1, 2]), pad_value=-7)
+    assert torch.equal(packed.rows, before)
+
+
+@pytest.mark.parametrize(("n_rows", "lengths"), [(5, [2, 2]), (3, [2, 2]), (0, [1])])
+def test_lengths_must_cover_rows(n_rows: int, lengths: list[int]) -> None:
+    with pytest.raises(ValueError, match="lengths sum to"):
+        PackedSequences(torch.zeros(n_rows), torch.tensor(lengths))
+
+
+def test_iterate_yields_each_batch_of_the_order() -> None:
+    packed = packed_ids(SEQS)
+    order = [torch.tensor([2, 0]), torch.tensor([3, 1])]
+    out = list(iterate(packed, order, pad_value=0))
+    assert [i.tolist() for i, _, _ in out] == [[2, 0], [3, 1]]
+    assert out[1][1].tolist() == [[41, 42], [21, 0]]
+    assert out[0][2].tolist() == [5, 3]
+
+
+# --- orders ---
+
+
+def skewed_lengths(n: int = 2000, seed: int = 0) -> torch.Tensor:
+    """Mostly short messages, a long tail: like SMS token counts."""
+    g = torch.Generator().manual_seed(seed)
+    short = torch.randint(3, 40, (n,), generator=g)
+    long = torch.randint(40, 300, (n,), generator=g)
+    return torch.where(torch.rand(n, generator=g) < 0.15, long, short)
+
+
+def padded_size(order: list[torch.Tensor], lengths: torch.Tensor) -> int:
+    return sum(len(b) * int(lengths[b].max()) for b in order)
+
+
+def assert_partition(order: list[torch.Tensor], n: int, batch_size: int) -> None:
+    everything = torch.cat(order)
+    assert sorted(everything.tolist()) == list(range(n))  # each index exactly once
+    assert all(1 <= len(b) <= batch_size for b in order)
+    assert sum(len(b) < batch_size for b in order) <= -(-n // (batch_size * 32))  # one per bucket
+
+
+@pytest.mark.parametrize(("n", "batch_size"), [(2000, 8), (1001, 16), (7, 8), (300, 1)])
+def test_bucketed_order_is_a_partition(n: int, batch_size: int) -> None:
+    lengths = skewed_lengths(n)
+    order = bucketed_order(lengths, batch_size, torch.Generator().manual_seed(0))
+    assert_partition(order, n, batch_size)
+
+
+def test_bucketed_order_is_seeded() -> None:
+    lengths = skewed_lengths()
+
+    def order(seed: int) -> list[list[int]]:
+        return [b.tolist() for b in bucketed_order(lengths, 8, torch.Generator().manual_seed(seed))]
+
+    assert order(1) == order(1)
+    assert order(1) != order(2)
+    # one generator, two epochs: a new order each epoch
+    g = torch.Generator().manual_seed(1)
+    first, second = bucketed_order(lengths, 8, g), bucketed_order(lengths, 8, g)
+    assert [b.tolist() for b in first] != [b.tolist() for b in second]
+
+
+def test_bucketed_order_pads_much_less_than_random() -> None:
+    lengths = skewed_lengths()
+    g = torch.Generator().manual_seed(0)
+    bucketed = padded_size(bucketed_order(lengths, 8, g), lengths)
+    random = padded_size(list(torch.randperm(len(lengths), generator=g).split(8)), lengths)
+    real = int(lengths.sum())
+    assert bucketed < 0.5 * random
+    assert bucketed < 1.3 * real  # close to no padding at all
+
+
+def test_bucketed_order_batches_are_not_sorted_globally() -> None:
+    """Training still sees mixed lengths over an epoch: batches are shuffled, not longest-first."""
+    lengths = skewed_lengths()
+    order = bucketed_order(lengths, 8, torch.Generator().manual_seed(0))
+    widths = [int(lengths[b].max()) for b in order]
+    assert widths != sorted(widths) and widths != sorted(widths, reverse=True)
+
+
+@pytest.mark.parametrize(("n", "batch_size"), [(2000, 8), (13, 4), (3, 10)])
+def test_sorted_order_is_longest_first(n: int, batch_size: int) -> None:
+    lengths = skewed_lengths(n)
+    order = sorted_order(lengths, batch_size)
+    everything = torch.cat(order)
+    assert sorted(everything.tolist()) == list(range(n))
+    assert all(len(b) == batch_size for b in order[:-1]) and 1 <= len(order[-1]) <= batch_size
+    ordered = lengths[everything].tolist()
+    assert ordered == sorted(ordered, reverse=True)
+    if n >= 1000:  # many similar lengths per batch: little padding
+        assert padded_size(order, lengths) < 1.3 * int(lengths.sum())
+
+
+def test_sorted_order_is_stable_for_ties() -> None:
+    lengths = torch.tensor([2, 5, 2, 5, 2])
+    assert [b.tolist() for b in sorted_order(lengths, 2)] == [[1, 3], [0, 2], [4]]

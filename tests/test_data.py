@@ -1,0 +1,335 @@
+"""spamgpt.data: strict line-by-line parsing, de-duplication, the stratified split and the
+split files' CSV round trip."""
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from spamgpt import data
+from spamgpt.errors import SpamGPTError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def raw_file(tmp_path: Path, content: bytes) -> Path:
+    path = tmp_path / "SMSSpamCollection"
+    path.write_bytes(content)
+    return path
+
+
+def rows(parsed: data.ParsedMessages) -> list[tuple[int, str, str]]:
+    return list(parsed.frame.itertuples(index=False, name=None))
+
+
+# --- parsing ---
+
+
+def test_unbalanced_quotes_stay_on_their_own_line(tmp_path: Path) -> None:
+    path = raw_file(
+        tmp_path,
+        b'ham\tHe said "hi\nspam\tWIN "cash" now\nham\t"\nham\tquote at the end"\nspam\tlast\n',
+    )
+    assert rows(data.parse_messages(path)) == [
+        (1, "ham", 'He said "hi'),
+        (2, "spam", 'WIN "cash" now'),
+        (3, "ham", '"'),
+        (4, "ham", 'quote at the end"'),
+        (5, "spam", "last"),
+    ]
+
+
+def test_crlf_and_a_last_line_without_newline(tmp_path: Path) -> None:
+    path = raw_file(tmp_path, b'ham\tone\r\nspam\ttwo, "three"\r\nham\tfinal words')
+    parsed = data.parse_messages(path)
+    assert rows(parsed) == [
+        (1, "ham", "one"),
+        (2, "spam", 'two, "three"'),
+        (3, "ham", "final words"),
+    ]
+    assert parsed.bad_lines == Counter()
+
+
+def test_text_is_kept_exactly(tmp_path: Path) -> None:
+    """Split at the first tab only; spaces, further tabs and unicode are the message's own."""
+    texts = ["  padded  ", "a\tb\tc", "ham\tspam", "émoji 😀👍🏽, 中文", "NA", "null"]
+    content = "".join(f"ham\t{t}\n" for t in texts).encode()
+    parsed = data.parse_messages(raw_file(tmp_path, content))
+    assert parsed.frame["text"].tolist() == texts
+    assert parsed.frame["line"].tolist() == list(range(1, len(texts) + 1))
+
+
+BAD_LINES = [
+    ("no-tab", b"ham no tab here", "no_tab", "no tab"),
+    ("blank-line", b"", "no_tab", "no tab"),
+    ("unknown-label", b"eggs\tsome text", "unknown_label", "unknown label 'eggs'"),
+    ("label-uppercase", b"HAM\tsome text", "unknown_label", "unknown label 'HAM'"),
+    ("label-space", b"ham \tsome text", "unknown_label", "unknown label 'ham '"),
+    ("empty-text", b"ham\t", "empty_text", "empty text"),
+    ("whitespace-text", b"spam\t  \t ", "empty_text", "empty text"),
+    ("whitespace-text-crlf", b"spam\t \r", "empty_text", "empty text"),
+    ("undecodable", b"ham\tbad \xff\xfe bytes", "undecodable", "undecodable bytes at column 9"),
+    ("latin-1", b"spam\tWin \xa3100 now", "undecodable", "undecodable"),
+]
+GOOD_BEFORE = [b"ham\tfirst message", b'spam\tWIN "big now']
+GOOD_AFTER = [b'ham\tsays "ok', b"spam\tlast one"]
+
+
+@pytest.mark.parametrize(
+    ("line", "kind", "problem"), [c[1:] for c in BAD_LINES], ids=[c[0] for c in BAD_LINES]
+)
+def test_bad_line_stops_the_run(tmp_path: Path, line: bytes, kind: str, problem: str) -> None:
+    path = raw_file(tmp_path, b"\n".join([*GOOD_BEFORE, line, *GOOD_AFTER]) + b"\n")
+    with pytest.raises(SpamGPTError) as info:
+        data.parse_messages(path, "error")
+    message = str(info.value)
+    assert message.startswith(f"{path}:3: ")
+    assert problem in message
+    assert "\n" not in message
+    assert info.value.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "kind", "problem"), [c[1:] for c in BAD_LINES], ids=[c[0] for c in BAD_LINES]
+)
+def test_bad_line_is_skipped_and_counted(
+    tmp_path: Path, line: bytes, kind: str, problem: str
+) -> None:
+    path = raw_file(tmp_path, b"\n".join([*GOOD_BEFORE, line, *GOOD_AFTER]) + b"\n")
+    parsed = data.parse_messages(path, "skip")
+    assert rows(parsed) == [
+        (1, "ham", "first message"),
+        (2, "spam", 'WIN "big now'),
+        (4, "ham", 'says "ok'),  # the neighbours keep exactly their own text
+        (5, "spam", "last one"),
+    ]
+    assert parsed.bad_lines == Counter({kind: 1})
+
+
+def test_skip_counts_each_kind(tmp_path: Path) -> None:
+    lines = [
+        b"ham\tkeep 1",
+        b"no tab",
+        b"ham\t\xff",
+        b"nope\ttext",
+        b"ham\tkeep 2",
+        b"spam\t ",
+        b"also no tab",
+        b"\xfe\xff",
+        b"spam\tkeep 3",
+    ]
+    parsed = data.parse_messages(raw_file(tmp_path, b"\r\n".join(lines)), "skip")
+    assert parsed.frame["text"].tolist() == ["keep 1", "keep 2", "keep 3"]
+    assert parsed.frame["line"].tolist() == [1, 5, 9]
+    assert parsed.bad_lines == Counter(
+        {"no_tab": 2, "undecodable": 2, "unknown_label": 1, "empty_text": 1}
+    )
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+@pytest.mark.parametrize("content", [b"", b"ham no tab\nspam\t  \n"], ids=["empty", "all-bad"])
+def test_no_messages_is_an_error(tmp_path: Path, policy: str, content: bytes) -> None:
+    path = raw_file(tmp_path, content)
+    with pytest.raises(SpamGPTError, match=str(path)):
+        data.parse_messages(path, policy)
+
+
+# --- dedupe ---
+
+
+def test_dedupe_keeps_the_first_occurrence() -> None:
+    frame = pd.DataFrame(
+        {
+            "line": [1, 2, 3, 4, 5, 6],
+            "label": ["ham", "spam", "spam", "ham", "ham", "ham"],
+            "text": ["hi", "WIN", "hi", "Hi", "hi ", "WIN"],
+        }
+    )
+    out = data.dedupe(frame)
+    # exact texts only: "Hi" and "hi " are different messages
+    assert list(out.itertuples(index=False, name=None)) == [
+        (1, "ham", "hi"),
+        (2, "spam", "WIN"),
+        (4, "ham", "Hi"),
+        (5, "ham", "hi "),
+    ]
+    assert out.index.tolist() == [0, 1, 2, 3]
+    assert len(frame) == 6  # the input is not modified
+
+
+# --- split ---
+
+
+def messages(n_ham: int, n_spam: int) -> pd.DataFrame:
+    labels = ["ham"] * n_ham + ["spam"] * n_spam
+    order = pd.Series(range(len(labels))).sample(frac=1, random_state=0).tolist()
+    labels = [labels[i] for i in order]  # interleave the classes
+    return pd.DataFrame(
+        {
+            "line": range(1, len(labels) + 1),
+            "label": labels,
+            "text": [f"{label} message {i}" for i, label in enumerate(labels)],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("n_ham", "n_spam", "val", "test"),
+    [(700, 300, 0.1, 0.2), (523, 81, 0.15, 0.25), (4825, 747, 0.1, 0.2), (60, 12, 0.3, 0.3)],
+)
+def test_split_is_stratified_sized_and_disjoint(
+    n_ham: int, n_spam: int, val: float, test: float
+) -> None:
+    frame = messages(n_ham, n_spam)
+    parts = data.split(frame, val, test, seed=123)
+    assert list(parts) == ["train", "val", "test"]
+    n = len(frame)
+    expected = {"val": val * n, "test": test * n}
+    expected["train"] = n - expected["val"] - expected["test"]
+    spam_ratio = n_spam / n
+    for name, part in parts.items():
+        # val and test are rounded up; train, the rest, can be up to 2 short
+        assert abs(len(part) - expected[name]) < (2 if name == "train" else 1), (name, len(part))
+        spam = (part["label"] == "spam").sum()
+        assert abs(spam - spam_ratio * len(part)) <= 1, (name, spam, len(part))
+        assert part["line"].is_monotonic_increasing
+        assert part.index.tolist() == list(range(len(part)))
+    texts = [set(part["text"]) for part in parts.values()]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    together = pd.concat(parts.values()).sort_values("line").reset_index(drop=True)
+    pd.testing.assert_frame_equal(together, frame)  # every row once, label still with its text
+
+
+def test_split_is_seeded() -> None:
+    frame = messages(300, 100)
+    a = data.split(frame, 0.1, 0.2, seed=1)
+    b = data.split(frame, 0.1, 0.2, seed=1)
+    c = data.split(frame, 0.1, 0.2, seed=2)
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name])
+    assert set(a["test"]["text"]) != set(c["test"]["text"])
+    assert set(a["val"]["text"]) != set(c["val"]["text"])
+
+
+@pytest.mark.parametrize(("n_ham", "n_spam"), [(100, 2), (100, 0), (2, 100), (0, 50)])
+def test_split_needs_enough_of_each_label(n_ham: int, n_spam: int) -> None:
+    with pytest.raises(SpamGPTError, match="at least 3 messages of each label"):
+        data.split(messages(n_ham, n_spam), 0.1, 0.2, seed=0)
+
+
+def test_split_too_small_to_split_is_a_user_error() -> None:
+    with pytest.raises(SpamGPTError):
+        data.split(messages(3, 3), 0.1, 0.2, seed=0)
+
+
+def test_label_counts() -> None:
+    assert data.label_counts(messages(7, 3)) == {"ham": 7, "spam": 3}
+    assert data.label_counts(messages(0, 2)) == {"ham": 0, "spam": 2}
+
+
+# --- the split files: written as the split stage does, read back exactly ---
+
+TRICKY = [
+    'He said "hi',
+    'WIN "cash" now',
+    '"',
+    '""',
+    '"quoted"',
+    "a, b, c",
+    ",",
+    "  leading",
+    "trailing  ",
+    "  both  ",
+    "NA",
+    "N/A",
+    "#N/A",
+    "null",
+    "NULL",
+    "NaN",
+    "nan",
+    "None",
+    "-",
+    "007",
+    "1e5",
+    "True",
+    "tab\tinside",
+    "back\\slash",
+    "it's 'single'",
+    "# not a comment",
+    "émoji 😀👍🏽 and Ünïcödé, 中文, العربية",
+    "\u2028line separator",
+]
+
+
+def test_split_file_round_trip(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {
+            "line": range(1, len(TRICKY) + 1),
+            "label": ["ham", "spam"] * (len(TRICKY) // 2),
+            "text": TRICKY,
+        }
+    )
+    path = tmp_path / "train.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:  # as stages/split.py writes it
+        frame.to_csv(f, index=False)
+    back = data.read_split(path)
+    assert back["text"].tolist() == TRICKY
+    assert back["label"].tolist() == frame["label"].tolist()
+    assert back["line"].tolist() == frame["line"].tolist() and back["line"].dtype == "int64"
+    assert not back.isna().any().any()
+
+
+def run_split_stage(folder: Path, raw: bytes) -> subprocess.CompletedProcess:
+    """The real split stage on `raw`, in a workspace of its own."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["data"]["bad_lines"] = "skip"
+    (folder / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    (folder / "data" / "raw").mkdir(parents=True)
+    (folder / "data" / "raw" / "SMSSpamCollection").write_bytes(raw)
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / "split.py")],
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def read_back(folder: Path) -> list[str]:
+    return [
+        t
+        for name in ("train", "val", "test")
+        for t in data.read_split(folder / "data" / "split" / f"{name}.csv")["text"]
+    ]
+
+
+def test_split_stage_round_trip(tmp_path: Path) -> None:
+    """Through the stage itself: every tricky text comes back exactly, in exactly one split."""
+    texts = [*TRICKY, *(f"plain message {i}" for i in range(12)), TRICKY[0]]  # one duplicate
+    lines = [f"{'spam' if i % 3 == 0 else 'ham'}\t{t}" for i, t in enumerate(texts)]
+    raw = ("\n".join(lines) + "\nno tab\n").encode()
+    result = run_split_stage(tmp_path, raw)
+    assert result.returncode == 0, result.stderr
+    assert sorted(read_back(tmp_path)) == sorted(set(texts))
+    metrics = json.loads((tmp_path / "metrics" / "data.json").read_text())
+    assert metrics["raw_rows"] == len(texts)
+    assert metrics["duplicates_removed"] == 1
+    assert metrics["bad_lines"] == 1 and metrics["bad_lines_by_reason"] == {"no_tab": 1}
+    assert sum(sum(metrics[name].values()) for name in ("train", "val", "test")) == len(set(texts))
+
+
+def test_split_stage_round_trip_carriage_return(tmp_path: Path) -> None:
+    # A bare \r inside a text survives; one just before the newline is a CRLF line ending.
+    texts = ["old\rmac line break", "cr\r\rtwice", *(f"message {i}" for i in range(16))]
+    lines = [f"{'spam' if i % 3 == 0 else 'ham'}\t{t}" for i, t in enumerate(texts)]
+    result = run_split_stage(tmp_path, ("\n".join(lines) + "\n").encode())
+    assert result.returncode == 0, result.stderr
+    assert sorted(read_back(tmp_path)) == sorted(texts)
