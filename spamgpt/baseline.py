@@ -29,26 +29,23 @@ def labels_of(frame: pd.DataFrame) -> np.ndarray:
     return np.array([LABELS.index(label) for label in frame["label"]], dtype=np.int64)
 
 
-def make_model() -> Pipeline:
+def fit(train: pd.DataFrame) -> Pipeline:
+    """A model fitted on a split frame's `text` and `label` columns."""
     features = FeatureUnion(
         [
             ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True)),
-            # char_wb n-grams catch obfuscations and numbers that word tokens split apart
+            # char_wb: robust to misspellings; keeps spam's digits and symbols (£, 0906...)
             ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True)),
         ]
     )
     # balanced: spam is ~13% of the messages; random_state fixes liblinear's dual shuffling
     svm = LinearSVC(class_weight="balanced", random_state=0)
-    return Pipeline([("features", features), ("svm", svm)])
-
-
-def fit(train: pd.DataFrame) -> Pipeline:
-    """A model fitted on a split frame's `text` and `label` columns."""
-    return make_model().fit(train["text"].tolist(), labels_of(train))
+    model = Pipeline([("features", features), ("svm", svm)])
+    return model.fit(train["text"].tolist(), labels_of(train))
 
 
 def spam_probabilities(model: Pipeline, texts: Iterable[str]) -> np.ndarray:
-    """Spam scores in [0, 1]: the sigmoid of the SVM margin (>= 0.5 exactly when it says spam)."""
+    """Spam scores in [0, 1]: the sigmoid of the SVM margin (above 0.5 where it says spam)."""
     return expit(model.decision_function(list(texts)))
 
 

@@ -100,6 +100,29 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
+    def forward_at(self, x: Tensor, pos: Tensor) -> Tensor:
+        """The output at one position per sequence, (B, C), for x (B, T, C) and pos (B,).
+
+        That position still attends to every key and value at or before it, but needs only
+        its own query and output projection: for a classifier reading the last real token,
+        the final block costs one query per message instead of one per token.
+        """
+        B, T, C = x.shape
+        w_q, w_kv = self.c_attn.weight.split([C, 2 * C])  # rows: q, then k and v
+        b_q, b_kv = self.c_attn.bias.split([C, 2 * C])
+        q = F.linear(x[torch.arange(B, device=x.device), pos], w_q, b_q)  # (B, C)
+        q = q.view(B, self.n_head, 1, C // self.n_head)  # (B, nh, 1, hs)
+        k, v = (
+            t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+            for t in F.linear(x, w_kv, b_kv).split(C, dim=2)
+        )  # each (B, nh, T, hs)
+        visible = torch.arange(T, device=x.device) <= pos[:, None]  # (B, T): causal + padding
+        dropout_p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=visible[:, None, None, :], dropout_p=dropout_p
+        )  # (B, nh, 1, hs)
+        return self.resid_dropout(self.c_proj(y.reshape(B, C)))
+
 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
@@ -124,6 +147,11 @@ class Block(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
+
+    def forward_at(self, x: Tensor, pos: Tensor) -> Tensor:
+        """forward(x)[b, pos[b]] for each b, (B, C), computing the rest only as far as needed."""
+        y = x[torch.arange(len(x), device=x.device), pos] + self.attn.forward_at(self.ln_1(x), pos)
+        return y + self.mlp(self.ln_2(y))
 
 
 class GPT2(nn.Module):
@@ -243,11 +271,16 @@ class GPT2Classifier(nn.Module):
         computed once (without dropout) and cached; this gives the same logits as
         forward(idx, lengths).
         """
-        x = self.gpt.ln_f(self.gpt.blocks(hidden, start_block))  # (B, T, d)
-        lengths = lengths.to(x.device)
+        gpt, lengths = self.gpt, lengths.to(hidden.device)
         if self.pooling == "last":
-            pooled = x[torch.arange(len(x), device=x.device), lengths - 1]  # (B, d)
-        else:
-            real = torch.arange(x.shape[1], device=x.device) < lengths[:, None]  # (B, T)
-            pooled = (x * real[..., None]).sum(1) / lengths[:, None]  # (B, d)
-        return self.head(pooled)
+            # Only the last real token is read: the final block runs for that position alone.
+            x = gpt.blocks(hidden, start_block, gpt.config.n_layer - 1)
+            last = lengths - 1
+            if start_block < gpt.config.n_layer:
+                pooled = gpt.h[-1].forward_at(x, last)  # (B, d)
+            else:  # the cached states are already the final block's output
+                pooled = x[torch.arange(len(x), device=x.device), last]
+            return self.head(gpt.ln_f(pooled))
+        x = gpt.ln_f(gpt.blocks(hidden, start_block))  # (B, T, d)
+        real = torch.arange(x.shape[1], device=x.device) < lengths[:, None]  # (B, T)
+        return self.head((x * real[..., None]).sum(1) / lengths[:, None])  # mean of real tokens

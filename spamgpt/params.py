@@ -108,7 +108,7 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    threshold: float = _rule(gt=0, lt=1)
+    threshold: float | Literal["auto"] = _rule(gt=0, lt=1)
 
 
 @dataclass(frozen=True)

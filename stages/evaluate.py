@@ -34,9 +34,21 @@ def main(params: Params) -> None:
     splits = ("val", "test")
     labels = {s: loaders.load(paths.tokens_file(s)).labels.numpy() for s in splits}
     probs = {s: spam_probabilities(model, s, n_frozen, device, precision) for s in splits}
+    best_val_threshold = metrics.best_threshold(labels["val"], probs["val"])
     threshold = params.evaluate.threshold
+    if threshold == "auto":
+        threshold = best_val_threshold
     reports = {s: metrics.report(labels[s], probs[s], threshold) for s in splits}
-    atomic.write_json(paths.METRICS_DIR / "eval.json", {"threshold": threshold, **reports})
+    baseline = json.loads((paths.METRICS_DIR / "baseline.json").read_text())
+    atomic.write_json(
+        paths.METRICS_DIR / "eval.json",
+        {
+            "threshold": threshold,
+            "best_val_threshold": best_val_threshold,
+            **reports,
+            "baseline": {s: baseline[s] for s in splits},
+        },
+    )
 
     test = data.read_split(paths.split_file("test"))
     test["predicted"] = np.where(probs["test"] >= threshold, "spam", "ham")
@@ -55,7 +67,8 @@ def main(params: Params) -> None:
 
     with tracking.Run.open(params.mlflow.experiment, run_id) as run:
         run.log_metrics(metrics.flat(reports["test"], "test"), 0)
-        run.log_metrics({"test/threshold": threshold}, 0)
+        run.log_metrics(metrics.flat(baseline["test"], "baseline"), 0)
+        run.log_metrics({"test/threshold": threshold, "val/best_threshold": best_val_threshold}, 0)
         for s in splits:
             run.log_dict(reports[s], f"evaluation/{s}_metrics.json")
             run.log_figure(

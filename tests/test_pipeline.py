@@ -11,7 +11,16 @@ import yaml
 from conftest import REPO, make_project, run, tiny_params
 from mlflow.tracking import MlflowClient
 
-STAGES = ["download_data", "download_weights", "split", "loaders", "trunk", "finetune", "evaluate"]
+STAGES = [
+    "download_data",
+    "download_weights",
+    "split",
+    "baseline",
+    "loaders",
+    "trunk",
+    "finetune",
+    "evaluate",
+]
 
 
 def ran_stages(output: str) -> list[str]:
@@ -37,7 +46,19 @@ def read_json(path):
 
 def test_repro_runs_every_stage_in_order(project):
     _, output = project
-    assert ran_stages(output) == STAGES
+    ran = ran_stages(output)
+    assert sorted(ran) == sorted(STAGES)
+    for before, after in [
+        ("download_data", "split"),
+        ("split", "baseline"),
+        ("split", "loaders"),
+        ("download_weights", "loaders"),
+        ("loaders", "trunk"),
+        ("trunk", "finetune"),
+        ("finetune", "evaluate"),
+        ("baseline", "evaluate"),
+    ]:
+        assert ran.index(before) < ran.index(after)
 
 
 def test_dvc_yaml_names_what_the_library_writes():
@@ -90,6 +111,9 @@ def test_metrics_files(project):
         assert report["accuracy"] == pytest.approx((tn + tp) / (tn + fp + fn + tp))
         for key in ("macro_f1", "roc_auc", "pr_auc"):
             assert 0 <= report[key] <= 1
+    assert set(ev["baseline"]) == {"val", "test"}
+    assert ev["baseline"]["test"].keys() == ev["test"].keys()  # the same names, side by side
+    assert 0 < ev["best_val_threshold"] < 1
     confusion = (path / "metrics/confusion_test.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted"
     assert len(confusion) - 1 == ev["test"]["ham"]["support"] + ev["test"]["spam"]["support"]
@@ -115,6 +139,9 @@ def test_mlflow_run_has_everything(project, mlflow_client):
     ev = read_json(path / "metrics/eval.json")
     assert run_.data.metrics["test/accuracy"] == pytest.approx(ev["test"]["accuracy"])
     assert math.isfinite(run_.data.metrics["test/roc_auc"])
+    assert run_.data.metrics["baseline/accuracy"] == pytest.approx(
+        ev["baseline"]["test"]["accuracy"]
+    )
 
     def listing(folder=None):
         return {f.path for f in mlflow_client.list_artifacts(run_id, folder)}

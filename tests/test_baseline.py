@@ -1,0 +1,82 @@
+"""spamgpt.baseline and its stage, on the generated SMS collection split as the pipeline does."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, sms_collection
+
+from spamgpt import baseline, data, metrics, paths
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pd.DataFrame]:
+    raw = tmp_path_factory.mktemp("raw") / "SMSSpamCollection"
+    raw.write_bytes(sms_collection())
+    frame = data.dedupe(data.parse_messages(raw).frame)
+    return data.split(frame, val=0.2, test=0.2, seed=123)
+
+
+@pytest.fixture(scope="module")
+def model(splits: dict[str, pd.DataFrame]):
+    return baseline.fit(splits["train"])
+
+
+def test_held_out_accuracy(model, splits: dict[str, pd.DataFrame]) -> None:
+    test = splits["test"]
+    predicted = baseline.spam_probabilities(model, test["text"]) >= baseline.THRESHOLD
+    assert np.mean(predicted == baseline.labels_of(test)) > 0.9
+
+
+def test_scores_are_in_unit_interval_and_keep_the_svm_decisions(
+    model, splits: dict[str, pd.DataFrame]
+) -> None:
+    texts = pd.concat([splits["val"]["text"], splits["test"]["text"]])
+    scores = baseline.spam_probabilities(model, texts)
+    assert scores.shape == (len(texts),)
+    assert np.all((scores >= 0) & (scores <= 1))
+    # the sigmoid must not move the boundary: 0.5 gives the plain SVM's predictions
+    np.testing.assert_array_equal((scores > 0.5).astype(int), model.predict(texts.tolist()))
+
+
+def test_two_fits_give_identical_scores(model, splits: dict[str, pd.DataFrame]) -> None:
+    again = baseline.fit(splits["train"])
+    texts = splits["test"]["text"]
+    np.testing.assert_array_equal(
+        baseline.spam_probabilities(model, texts), baseline.spam_probabilities(again, texts)
+    )
+
+
+def test_evaluate_reports_like_the_evaluate_stage(splits: dict[str, pd.DataFrame]) -> None:
+    result = baseline.evaluate(splits["train"], splits["val"], splits["test"])
+    reference = metrics.report(np.array([0, 1]), np.array([0.2, 0.8]), 0.5)
+    assert set(result) == {"val", "test", "seconds"}
+    assert result["seconds"] > 0
+    for name in ("val", "test"):
+        assert result[name].keys() == reference.keys()
+        assert sum(map(sum, result[name]["confusion_matrix"])) == len(splits[name])
+
+
+def test_stage_writes_baseline_json(tmp_path: Path, splits: dict[str, pd.DataFrame]) -> None:
+    (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    for name, part in splits.items():
+        data.write_split(part, tmp_path / paths.split_file(name))
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "baseline.py")],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    written = json.loads((tmp_path / "metrics" / "baseline.json").read_text())
+    assert written["threshold"] == baseline.THRESHOLD
+    assert set(written) == {"threshold", "val", "test"}
+    assert written["test"]["accuracy"] > 0.9
