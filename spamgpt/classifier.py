@@ -18,12 +18,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from spamgpt import atomic, loaders, paths, runtime
+from spamgpt import atomic, loaders, lora, paths, runtime
 from spamgpt.batching import sorted_order
 from spamgpt.data import LABELS
 from spamgpt.errors import SpamGPTError
 from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
-from spamgpt.params import ModelParams
+from spamgpt.params import LoraParams, ModelParams
 from spamgpt.trunk import Features
 
 CLASSIFIER_JSON = "classifier.json"
@@ -41,6 +41,16 @@ def base_model(model: ModelParams, model_dir: Path) -> GPT2:
     with torch.random.fork_rng():
         torch.manual_seed(model.init_seed)
         return GPT2.init_random(config)
+
+
+def make_trainable(model: GPT2Classifier, m: ModelParams, lora_params: LoraParams) -> list[str]:
+    """Choose what trains (model.finetune, model.trainable_blocks); names of those parameters."""
+    if m.finetune == "lora":
+        n_layer = model.gpt.config.n_layer
+        first = 0 if m.trainable_blocks == "all" else n_layer - m.trainable_blocks
+        p = lora_params
+        return lora.add_adapters(model, first, p.targets, p.rank, p.alpha)
+    return freeze(model, m.trainable_blocks)
 
 
 def freeze(model: GPT2Classifier, trainable_blocks: int | str) -> list[str]:

@@ -89,6 +89,21 @@ class ModelParams:
     trainable_blocks: int | Literal["all"] = _rule(ge=0)
     pooling: Literal["last", "mean"] = _rule()
     dropout: float = _rule(ge=0, lt=1)
+    finetune: Literal["blocks", "lora"] = _rule()
+
+
+@dataclass(frozen=True)
+class LoraParams:
+    rank: int = _rule(ge=1)
+    alpha: float = _rule(gt=0)
+    targets: list[Literal["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]] = _rule()
+
+    def __post_init__(self) -> None:
+        if not self.targets or len(set(self.targets)) != len(self.targets):
+            raise ParamsError(
+                "lora.targets: must list each projection at most once, at least one of "
+                f"c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj; got {self.targets}"
+            )
 
 
 @dataclass(frozen=True)
@@ -121,6 +136,7 @@ class Params:
     data: DataParams
     split: SplitParams
     model: ModelParams
+    lora: LoraParams
     train: TrainParams
     evaluate: EvaluateParams
     mlflow: MlflowParams

@@ -21,11 +21,14 @@ from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.model import GPT2, GPT2Classifier
 
 
-def frozen_blocks(n_layer: int, trainable_blocks: int | str) -> int | None:
-    """How many leading blocks stay frozen: n_layer - trainable_blocks; None when everything,
-    embeddings included, trains (trainable_blocks: all), so there is no trunk to cache."""
+def frozen_blocks(
+    n_layer: int, trainable_blocks: int | str, finetune: str = "blocks"
+) -> int | None:
+    """How many leading blocks stay frozen: n_layer - trainable_blocks. With 'all', LoRA
+    still freezes the embeddings (0: cache them), a full fine-tune trains them too (None:
+    nothing to cache)."""
     if trainable_blocks == "all":
-        return None
+        return 0 if finetune == "lora" else None
     if trainable_blocks > n_layer:
         raise ParamsError(
             f"model.trainable_blocks: must be <= the model's {n_layer} blocks or 'all', "

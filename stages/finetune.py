@@ -6,7 +6,18 @@ import json
 import pandas as pd
 import torch
 
-from spamgpt import atomic, classifier, data, loaders, metrics, paths, runtime, stage, tracking
+from spamgpt import (
+    atomic,
+    classifier,
+    data,
+    loaders,
+    lora,
+    metrics,
+    paths,
+    runtime,
+    stage,
+    tracking,
+)
 from spamgpt.model import GPT2Classifier
 from spamgpt.params import PARAMS_FILE, Params, flatten
 from spamgpt.train import Split, State, Trainer, fingerprint, load_checkpoint_file
@@ -32,10 +43,13 @@ def main(params: Params) -> None:
     model_dir = paths.pretrained_dir(m.repo_id)
     torch.manual_seed(t.seed)  # the head's initialisation, dropout
     model = GPT2Classifier(classifier.base_model(m, model_dir), pooling=m.pooling).to(device)
-    trained = classifier.freeze(model, m.trainable_blocks)
+    trained = classifier.make_trainable(model, m, params.lora)
 
     data_info = read_json(paths.METRICS_DIR / "data.json")
-    key = fingerprint({**flatten(params.model), **flatten(params.train), "data": data_info})
+    trains_with = {
+        k: v for k, v in flatten(params).items() if k.startswith(("model.", "lora.", "train."))
+    }
+    key = fingerprint({**trains_with, "data": data_info})
     checkpoint = load_checkpoint_file(paths.CHECKPOINT_DIR, key)
     tags = {
         "mlflow.source.git.commit": tracking.git_commit() or "",
@@ -64,9 +78,12 @@ def main(params: Params) -> None:
             classifier.save_tensors(weights, paths.CHECKPOINT_DIR / f"{name}.safetensors")
             run.log_artifact(paths.CHECKPOINT_DIR / f"{name}.safetensors", "checkpoints")
         model.load_state_dict(state.best_weights, strict=False)
+        changed = trained
+        if m.finetune == "lora":  # fold the adapters in: plain GPT-2 weights for inference
+            changed = [*lora.merge(model), *(n for n in trained if n.startswith("head."))]
         tokens_info = read_json(paths.METRICS_DIR / "loaders.json")
         meta = classifier.classifier_meta(
-            m, trained, tokens_info["max_length"], tokens_info["pad_id"]
+            m, changed, tokens_info["max_length"], tokens_info["pad_id"]
         )
         classifier.save(model, paths.FINETUNED_DIR, meta, model_dir, full=not m.pretrained)
         atomic.write_json(paths.FINETUNED_DIR / "mlflow_run.json", {"run_id": run.run_id})

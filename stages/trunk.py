@@ -9,7 +9,8 @@ from spamgpt.params import Params
 def main(params: Params) -> None:
     model_dir = paths.pretrained_dir(params.model.repo_id)
     config = GPTConfig.from_json(model_dir / "config.json")
-    n_frozen = trunk.frozen_blocks(config.n_layer, params.model.trainable_blocks)
+    m = params.model
+    n_frozen = trunk.frozen_blocks(config.n_layer, m.trainable_blocks, m.finetune)
     device = runtime.resolve_device(params.train.device)
     precision = runtime.resolve_precision(params.train.precision, device)
     runtime.use_all_cores()

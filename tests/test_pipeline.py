@@ -195,3 +195,29 @@ def test_exp_run_reruns_only_training(project, mlflow_client):
     assert "faster" in by_name  # DVC_EXP_NAME names the MLflow run
     assert by_name["faster"].data.params["train.lr"] == "0.003"
     assert by_name["faster"].data.tags["DVC_EXP_NAME"] == "faster"
+
+
+def test_lora_recipe_runs_and_classifies(project):
+    path, _ = project
+    out = run(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "-n",
+            "lora-all",
+            "-S",
+            "model.finetune=lora",
+            "-S",
+            "model.trainable_blocks=all",
+            "-S",
+            "lora.targets=[c_attn,mlp.c_fc]",
+        ],
+        path,
+    )
+    assert ran_stages(out.stdout + out.stderr) == ["trunk", "finetune", "evaluate"]
+    meta = read_json(path / "models/finetuned/classifier.json")
+    assert "gpt.h.0.attn.c_attn.weight" in meta["trained"]  # adapters merged into the weight
+    assert not any("lora" in name for name in meta["trained"])
+    answer = run(["spamgpt", "classify", "--json", "txt WIN to claim your prize"], path)
+    assert json.loads(answer.stdout)["label"] in ("ham", "spam")

@@ -1,0 +1,64 @@
+"""LoRA adapters: start as the identity, train only adapters + head, merge exactly."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_gpt2 import make_tiny_hub
+
+from spamgpt import lora
+from spamgpt.model import GPT2, GPT2Classifier
+
+TARGETS = ["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> GPT2Classifier:
+    torch.manual_seed(0)
+    return GPT2Classifier(GPT2.from_pretrained(make_tiny_hub(tmp_path))).eval()
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 500, (3, 12), generator=g), torch.tensor([12, 5, 1])
+
+
+@torch.no_grad()
+def test_adapters_start_as_the_identity(model: GPT2Classifier) -> None:
+    idx, lengths = batch()
+    before = model(idx, lengths)
+    lora.add_adapters(model, 0, TARGETS, rank=4, alpha=8)
+    torch.testing.assert_close(model(idx, lengths), before, rtol=0, atol=0)
+
+
+def test_only_adapters_and_head_train(model: GPT2Classifier) -> None:
+    trained = lora.add_adapters(model, 1, ["c_attn"], rank=4, alpha=8)
+    assert set(trained) == {
+        "gpt.h.1.attn.c_attn.lora_A",
+        "gpt.h.1.attn.c_attn.lora_B",
+        "head.weight",
+        "head.bias",
+    }
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert "gpt.h.1.attn.c_attn.linear.weight" in frozen and "gpt.ln_f.weight" in frozen
+    idx, lengths = batch()
+    torch.nn.functional.cross_entropy(model(idx, lengths), torch.tensor([0, 1, 0])).backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert grads == set(trained)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_merge_gives_the_same_outputs(model: GPT2Classifier, pooling: str) -> None:
+    model.pooling = pooling
+    lora.add_adapters(model, 0, TARGETS, rank=4, alpha=8)
+    for name, p in model.named_parameters():
+        if ".lora_B" in name:
+            p.normal_(std=0.1)  # as if trained: B != 0
+    idx, lengths = batch()
+    adapted = model(idx, lengths)
+    changed = lora.merge(model)
+    assert len(changed) == 2 * len(TARGETS)  # tiny model: 2 blocks
+    assert not any(".lora_" in n for n, _ in model.named_parameters())
+    torch.testing.assert_close(model(idx, lengths), adapted, rtol=0, atol=1e-5)
+    assert set(changed) <= set(model.state_dict())  # plain GPT-2 names again
