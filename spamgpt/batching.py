@@ -8,7 +8,6 @@ all real, so the padding value never reaches a real position; the lengths let th
 find the last real token.
 """
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -64,15 +63,18 @@ def bucketed_order(
     return [batches[i] for i in order]
 
 
-def sorted_order(lengths: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Inference order: batches of similar length, longest first (peak memory shows early)."""
-    return list(torch.argsort(lengths, descending=True, stable=True).split(batch_size))
+INFERENCE_TOKENS = 1024  # padded tokens per inference batch: activations stay in cache
 
 
-def iterate(
-    packed: PackedSequences, order: list[torch.Tensor], pad_value: float | int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(indices, padded batch, lengths) for each batch of `order`."""
-    for indices in order:
-        rows, lengths = packed.batch(indices, pad_value)
-        yield indices, rows, lengths
+def sorted_order(lengths: torch.Tensor, max_tokens: int) -> list[torch.Tensor]:
+    """Inference order: longest first, each batch as many messages as fit in `max_tokens`
+    padded tokens. Equal-sized matrix products whatever the lengths: short messages come in
+    large batches instead of wasting a fixed batch size on a few tokens each."""
+    order = torch.argsort(lengths, descending=True, stable=True)
+    batches, start = [], 0
+    while start < len(order):
+        width = int(lengths[order[start]])  # the longest of this batch: sorted, so the first
+        count = max(1, max_tokens // width)
+        batches.append(order[start : start + count])
+        start += count
+    return batches

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from spamgpt import atomic, loaders, lora, paths, runtime
-from spamgpt.batching import sorted_order
+from spamgpt.batching import INFERENCE_TOKENS, sorted_order
 from spamgpt.data import LABELS
 from spamgpt.errors import SpamGPTError
 from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
@@ -132,14 +132,14 @@ def classifier_meta(model: ModelParams, trained: list[str], max_length: int, pad
 def predict_logits(
     logits_of: Callable[[torch.Tensor], torch.Tensor],
     lengths: torch.Tensor,
-    batch_size: int,
     device: torch.device,
     precision: str,
+    max_tokens: int = INFERENCE_TOKENS,
 ) -> torch.Tensor:
     """Float32 logits (N, classes) of N messages in their original order, where
     `logits_of(indices)` computes one batch. Batches are sorted by length: little padding."""
     out = None
-    for indices in sorted_order(lengths, batch_size):
+    for indices in sorted_order(lengths, max_tokens):
         with runtime.autocast(device, precision):
             logits = logits_of(indices).float().cpu()
         if out is None:
@@ -155,7 +155,7 @@ def classify_texts(
     max_length: int,
     device: torch.device,
     precision: str,
-    batch_size: int = 32,
+    max_tokens: int = INFERENCE_TOKENS,
 ) -> tuple[torch.Tensor, list[bool]]:
     """P(spam) of raw texts with the whole model, and which texts were cut to max_length."""
     ids = loaders.encode(enc, texts)
@@ -164,8 +164,8 @@ def classify_texts(
     logits = predict_logits(
         lambda idx: tokens.logits(model, idx, device),
         tokens.packed.lengths,
-        batch_size,
         device,
         precision,
+        max_tokens,
     )
     return torch.softmax(logits, dim=-1)[:, 1], truncated

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from spamgpt import classifier, paths, runtime, tokenizer
+from spamgpt.batching import INFERENCE_TOKENS
 from spamgpt.errors import SpamGPTError
 
 EVAL_METRICS = paths.METRICS_DIR / "eval.json"
@@ -52,7 +53,7 @@ def classify(args: argparse.Namespace) -> None:
     model, meta = classifier.load(args.model, args.pretrained)
     enc = tokenizer.load(args.model)
     probs, truncated = classifier.classify_texts(
-        model.to(device), enc, messages, meta["max_length"], device, precision, args.batch_size
+        model.to(device), enc, messages, meta["max_length"], device, precision, args.max_tokens
     )
     for text, p, cut in zip(messages, probs.tolist(), truncated, strict=True):
         label = "spam" if p >= threshold else "ham"
@@ -67,6 +68,13 @@ def classify(args: argparse.Namespace) -> None:
         else:
             note = f" [truncated to {meta['max_length']} tokens]" if cut else ""
             print(f"{label}\t{p:.4f}\t{text}{note}")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,7 +95,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     c.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        default=INFERENCE_TOKENS,
+        help="padded tokens per batch (memory vs speed)",
+    )
     args = parser.parse_args(argv)
     try:
         classify(args)

@@ -129,6 +129,8 @@ class EvaluateParams:
 @dataclass(frozen=True)
 class MlflowParams:
     experiment: str = _rule(pattern=r"\S.*", what="a non-empty name")
+    log_model: bool = _rule()
+    registered_model: str | None = _rule(pattern=r"[\w.-]+", what="a model name or null")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from spamgpt import atomic, loaders, paths, runtime
-from spamgpt.batching import PackedSequences, sorted_order
+from spamgpt.batching import INFERENCE_TOKENS, PackedSequences, sorted_order
 from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.model import GPT2, GPT2Classifier
 
@@ -63,13 +63,13 @@ def compute(
     n_frozen: int,
     device: torch.device,
     precision: str,
-    batch_size: int = 32,
+    max_tokens: int = INFERENCE_TOKENS,
     desc: str = "trunk",
 ) -> PackedSequences:
     """Hidden states entering block `n_frozen`, real tokens only, float32, on the CPU."""
     gpt.eval()
     rows = torch.empty(len(tokens.rows), gpt.config.n_embd)
-    for indices in tqdm(sorted_order(tokens.lengths, batch_size), desc=desc, disable=None):
+    for indices in tqdm(sorted_order(tokens.lengths, max_tokens), desc=desc, disable=None):
         ids, lengths = tokens.batch(indices, pad_value=0)
         with runtime.autocast(device, precision):
             hidden = gpt.blocks(gpt.embed(ids.to(device)), 0, n_frozen)

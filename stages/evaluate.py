@@ -8,7 +8,18 @@ import pandas as pd
 import torch
 from sklearn import metrics as skm
 
-from spamgpt import atomic, classifier, data, loaders, metrics, paths, runtime, stage, tracking
+from spamgpt import (
+    atomic,
+    classifier,
+    data,
+    loaders,
+    metrics,
+    paths,
+    runtime,
+    serving,
+    stage,
+    tracking,
+)
 from spamgpt.params import Params
 from spamgpt.trunk import features, read_frozen_blocks
 
@@ -16,7 +27,7 @@ from spamgpt.trunk import features, read_frozen_blocks
 def spam_probabilities(model, split: str, n_frozen: int | None, device, precision) -> np.ndarray:
     feats = features(split, n_frozen)
     logits = classifier.predict_logits(
-        lambda idx: feats.logits(model, idx, device), feats.packed.lengths, 64, device, precision
+        lambda idx: feats.logits(model, idx, device), feats.packed.lengths, device, precision
     )
     return torch.softmax(logits, dim=-1)[:, 1].numpy()
 
@@ -82,6 +93,10 @@ def main(params: Params) -> None:
             run.log_figure(
                 metrics.curve_figure({f"test ({name})": (frame[x], frame[y])}, x, name),
                 f"evaluation/test_{name}_curve.png",
+            )
+        if params.mlflow.log_model:
+            serving.log_model(
+                run.run_id, paths.FINETUNED_DIR, threshold, params.mlflow.registered_model
             )
 
 

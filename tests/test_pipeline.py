@@ -6,6 +6,7 @@ import json
 import math
 import re
 
+import mlflow
 import pytest
 import yaml
 from conftest import REPO, make_project, run, tiny_params
@@ -155,6 +156,9 @@ def test_mlflow_run_has_everything(project, mlflow_client):
         assert f"evaluation/{split}_metrics.json" in evaluation
     assert "evaluation/misclassified_test.csv" in evaluation
     assert "params.yaml" in listing()
+    mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
+    served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")  # logged by evaluate
+    assert [p.label for p in served.predict(["see you at 7"])] in (["ham"], ["spam"])
     inputs = run_.inputs.dataset_inputs
     assert inputs and inputs[0].dataset.digest == run_.data.tags["data_sha256"][:36]
 

@@ -1,0 +1,113 @@
+"""The fine-tuned classifier as an MLflow pyfunc model: `mlflow models serve`, the registry.
+
+models/finetuned holds only the trained tensors and refers to models/pretrained/<repo_id> for
+the rest, so log_model() logs a self-contained copy (every tensor, the tokenizer files) and the
+spamgpt package as code: serving needs neither folder nor this repository.
+
+    mlflow models serve -m runs:/<run_id>/model --env-manager local -p 5001
+    curl -d '{"inputs": ["WIN a prize now", "see you at 7"]}' -H 'Content-Type: application/json' \
+        localhost:5001/invocations
+    {"predictions": [{"label": "spam", "spam_probability": 0.98}, ...]}
+"""
+
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pydantic
+import torch
+from mlflow.pyfunc import PythonModel, PythonModelContext
+from mlflow.tracking import MlflowClient
+
+import spamgpt
+from spamgpt import classifier, paths, runtime, tokenizer
+from spamgpt.errors import SpamGPTError
+
+ARTIFACT = "classifier"
+# What spamgpt.classifier imports (sklearn and tqdm by way of spamgpt.data and spamgpt.trunk).
+REQUIREMENTS = ("torch", "tiktoken", "safetensors", "numpy", "pandas", "scikit-learn", "tqdm")
+INPUT_EXAMPLE = ["FREE entry to win a prize, txt WIN to 80086", "see you at 7"]
+
+
+class Prediction(pydantic.BaseModel):
+    """One message's answer; MLflow derives the output signature from these fields."""
+
+    label: str
+    spam_probability: float
+
+
+class SpamClassifierModel(PythonModel):
+    """P(spam) of each message, and its label at the threshold logged in model_config."""
+
+    def load_context(self, context: PythonModelContext) -> None:
+        folder = Path(context.artifacts[ARTIFACT])
+        self.model, meta = classifier.load(folder)
+        self.enc = tokenizer.load(folder)
+        self.max_length = meta["max_length"]
+        self.threshold = float(context.model_config["threshold"])
+        self.device = torch.device("cpu")
+        # `spamgpt classify`'s default, so both answer alike: bf16 where the CPU has it natively.
+        self.precision = runtime.resolve_precision("auto", self.device)
+
+    def __getstate__(self) -> dict:
+        # log_model runs load_context on this instance (to check the input example) before it
+        # pickles it: keep a second copy of the weights out of python_model.pkl.
+        return {}
+
+    # MLflow infers the signature from these hints and turns a one-column DataFrame into a list.
+    def predict(
+        self,
+        context: PythonModelContext,
+        model_input: list[str],
+        params: dict[str, Any] | None = None,
+    ) -> list[Prediction]:
+        if not model_input:  # classify_texts needs at least one message
+            return []
+        probs, _ = classifier.classify_texts(
+            self.model, self.enc, model_input, self.max_length, self.device, self.precision
+        )
+        return [
+            Prediction(label="spam" if p >= self.threshold else "ham", spam_probability=p)
+            for p in probs.tolist()
+        ]
+
+
+def log_model(
+    run_id: str,
+    finetuned_dir: Path,
+    threshold: float,
+    registered_model_name: str | None = None,
+    pretrained_root: Path = paths.PRETRAINED_DIR,
+) -> str:
+    """Log the classifier in `finetuned_dir` as model "model" of run `run_id` (and register it
+    under `registered_model_name`); returns the model's runs:/ URI. The run's status is left as
+    it was."""
+    if not 0 < threshold < 1:
+        raise SpamGPTError(f"threshold must be between 0 and 1, got {threshold}")
+    model, meta = classifier.load(finetuned_dir, pretrained_root)
+    # The installed versions, without local labels such as +cpu that PyPI does not serve.
+    pins = [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
+    status = MlflowClient().get_run(run_id).info.status
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / ARTIFACT  # the name it keeps inside the model's artifacts
+        folder.mkdir()
+        classifier.save(model, folder, meta, finetuned_dir, full=True)
+        # The fluent API logs into the active run; reopening it marks it RUNNING, so end_run
+        # puts back the status it had (FINISHED after training, RUNNING inside a stage).
+        mlflow.start_run(run_id=run_id)
+        try:
+            mlflow.pyfunc.log_model(
+                name="model",
+                python_model=SpamClassifierModel(),
+                artifacts={ARTIFACT: str(folder)},
+                code_paths=[str(Path(spamgpt.__file__).parent)],
+                input_example=INPUT_EXAMPLE,
+                model_config={"threshold": threshold},
+                pip_requirements=pins,
+                registered_model_name=registered_model_name,
+            )
+        finally:
+            mlflow.end_run(status=status)
+    return f"runs:/{run_id}/model"
