@@ -94,6 +94,7 @@ def log_model(
         folder = Path(tmp) / ARTIFACT  # the name it keeps inside the model's artifacts
         folder.mkdir()
         classifier.save(model, folder, meta, finetuned_dir, full=True)
+        del model  # log_model loads the copy again to check the input example: one at a time
         # The fluent API logs into the active run; reopening it marks it RUNNING, so end_run
         # puts back the status it had (FINISHED after training, RUNNING inside a stage).
         mlflow.start_run(run_id=run_id)

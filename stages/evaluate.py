@@ -24,12 +24,23 @@ from spamgpt.params import Params
 from spamgpt.trunk import features, read_frozen_blocks
 
 
-def spam_probabilities(model, split: str, n_frozen: int | None, device, precision) -> np.ndarray:
-    feats = features(split, n_frozen)
-    logits = classifier.predict_logits(
-        lambda idx: feats.logits(model, idx, device), feats.packed.lengths, device, precision
-    )
-    return torch.softmax(logits, dim=-1)[:, 1].numpy()
+def spam_probabilities(splits: tuple[str, ...], device, precision: str) -> dict[str, np.ndarray]:
+    """P(spam) of each split's messages from the fine-tuned tail over the cached trunk. The
+    model lives only in here: logging the MLflow model later loads its own copies."""
+    model, _ = classifier.load(paths.FINETUNED_DIR)
+    model.to(device)
+    n_frozen = read_frozen_blocks()
+    probs = {}
+    for split in splits:
+        feats = features(split, n_frozen)
+        logits = classifier.predict_logits(
+            lambda idx, f=feats: f.logits(model, idx, device),
+            feats.packed.lengths,
+            device,
+            precision,
+        )
+        probs[split] = torch.softmax(logits, dim=-1)[:, 1].numpy()
+    return probs
 
 
 def main(params: Params) -> None:
@@ -37,14 +48,11 @@ def main(params: Params) -> None:
     precision = runtime.resolve_precision(params.train.precision, device)
     runtime.use_all_cores()
     tracking.connect()
-    model, _ = classifier.load(paths.FINETUNED_DIR)
-    model.to(device)
-    n_frozen = read_frozen_blocks()
     run_id = json.loads((paths.FINETUNED_DIR / "mlflow_run.json").read_text())["run_id"]
 
     splits = ("val", "test")
     labels = {s: loaders.load(paths.tokens_file(s)).labels.numpy() for s in splits}
-    probs = {s: spam_probabilities(model, s, n_frozen, device, precision) for s in splits}
+    probs = spam_probabilities(splits, device, precision)
     best_val_threshold = metrics.best_threshold(labels["val"], probs["val"])
     threshold = params.evaluate.threshold
     if threshold == "auto":
