@@ -1,0 +1,80 @@
+"""Remote tracking for real: a `mlflow server` (SQLite backend, local artifact store) on
+127.0.0.1, the pipeline run with MLFLOW_TRACKING_URI pointing at it, and the run read back
+through the server, artifacts included."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import make_project, run, subprocess_env, tiny_params
+from mlflow.tracking import MlflowClient
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`mlflow server` as a team would run it, minus the network: its own database and
+    artifact folder, clients reaching both only over HTTP."""
+    root = tmp_path_factory.mktemp("server")
+    port = free_port()
+    cmd = [
+        Path(sys.executable).parent / "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(process.stderr.read().decode()[-3000:]) from None
+                time.sleep(0.5)
+        yield url, root
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_pipeline_logs_through_a_tracking_server(server, mirror, tmp_path):
+    url, root = server
+    project = make_project(tmp_path / "project", tiny_params(mirror))
+    env = {**subprocess_env(), "MLFLOW_TRACKING_URI": url}
+    run(["dvc", "repro"], project, env=env)
+
+    assert not (project / "mlflow.db").exists()  # nothing went to the local default store
+    run_id = json.loads((project / "models/finetuned/mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=url)
+    logged = client.get_run(run_id)
+    assert logged.info.status == "FINISHED"
+    assert logged.data.params["train.lr"] == "0.001"
+    assert "test/accuracy" in logged.data.metrics
+    evaluation = {f.path for f in client.list_artifacts(run_id, "evaluation")}
+    assert "evaluation/test_confusion_matrix.png" in evaluation
+    # Artifacts come back through the server, and they live in the server's folder.
+    local = client.download_artifacts(run_id, "evaluation/test_metrics.json", str(tmp_path))
+    report = json.loads(Path(local).read_text())
+    eval_json = json.loads((project / "metrics/eval.json").read_text())
+    assert report["accuracy"] == eval_json["test"]["accuracy"]
+    assert list((root / "artifacts").rglob("test_confusion_matrix.png"))
