@@ -260,17 +260,16 @@ class GPT2Classifier(nn.Module):
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, idx: Tensor, lengths: Tensor) -> Tensor:
-        """Right-padded ids (B, T) and real lengths (B,), each >= 1 -> logits (B, num_classes)."""
-        return self.forward_from(self.gpt.embed(idx), lengths, 0)
+    def forward(self, inputs: Tensor, lengths: Tensor, start_block: int | None = None) -> Tensor:
+        """Logits (B, num_classes) of right-padded messages with real lengths (B,), each >= 1.
 
-    def forward_from(self, hidden: Tensor, lengths: Tensor, start_block: int) -> Tensor:
-        """Logits (B, num_classes) from the hidden states (B, T, n_embd) entering h[start_block].
-
-        For a frozen prefix, hidden = gpt.blocks(gpt.embed(idx), 0, start_block) can be
-        computed once (without dropout) and cached; this gives the same logits as
-        forward(idx, lengths).
+        inputs: token ids (B, T); or, given start_block, the hidden states (B, T, n_embd)
+        entering h[start_block]. For a frozen prefix, gpt.blocks(gpt.embed(ids), 0, K) can be
+        computed once (without dropout) and cached; forward(cached, lengths, K) then gives the
+        logits of forward(ids, lengths). One entry point, so DistributedDataParallel sees both.
         """
+        hidden = self.gpt.embed(inputs) if start_block is None else inputs
+        start_block = start_block or 0
         gpt, lengths = self.gpt, lengths.to(hidden.device)
         if self.pooling == "last":
             # Only the last real token is read: the final block runs for that position alone.

@@ -53,7 +53,7 @@ class Features:
             ids, lengths = self.packed.batch(indices, pad_value=0)  # pad id never read (causal)
             return model(ids.to(device), lengths.to(device))
         hidden, lengths = self.packed.batch(indices, pad_value=0.0)
-        return model.forward_from(hidden.to(device), lengths.to(device), self.start_block)
+        return model(hidden.to(device), lengths.to(device), self.start_block)
 
 
 @torch.inference_mode()

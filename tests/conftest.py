@@ -132,7 +132,7 @@ def make_project(path: Path, params: dict) -> Path:
         else:
             shutil.copy(src, path / name)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (path / ".gitignore").write_text("mlflow.db\nmlartifacts/\n__pycache__/\n")
+    (path / ".gitignore").write_text("mlflow.db\nmlflow.db.lock\nmlartifacts/\n__pycache__/\n")
     run(["git", "init", "-q"], path)
     run(["dvc", "init", "-q"], path)
     run(["git", "add", "-A"], path)

@@ -156,6 +156,8 @@ def test_mlflow_run_has_everything(project, mlflow_client):
         assert f"evaluation/{split}_metrics.json" in evaluation
     assert "evaluation/misclassified_test.csv" in evaluation
     assert "params.yaml" in listing()
+    assert list((path / "mlartifacts").rglob("test_confusion_matrix.png"))  # beside mlflow.db
+    assert not (path / "mlruns").exists()
     mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
     served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")  # logged by evaluate
     assert [p.label for p in served.predict(["see you at 7"])] in (["ham"], ["spam"])
