@@ -5,6 +5,7 @@ final os.replace is atomic), is flushed and fsynced, and only then renamed into 
 """
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -19,12 +20,23 @@ def _umask() -> int:
     return mask
 
 
+def _temp_prefix(dest: Path) -> str:
+    return f".{dest.name}."
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `dest`; rename it onto `dest` if the block succeeds."""
+    """Yield a temporary path beside `dest`; rename it onto `dest` if the block succeeds.
+
+    An OSError (disk full, read-only, permission) is raised naming `dest`, not the temporary
+    name the user never sees; a failed block leaves `dest` as it was and no temporary file.
+    """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dest), suffix=".tmp", dir=dest.parent)
+    except OSError as e:
+        raise _naming(e, dest) from e
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; give it open()'s usual mode
     os.close(fd)
     tmp = Path(tmp)
@@ -33,8 +45,30 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, dest)
+    except OSError as e:
+        # A write error carries no file name, and others name the temporary file.
+        if e.filename is None or Path(e.filename) == tmp:
+            raise _naming(e, dest) from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _naming(error: OSError, dest: Path) -> OSError:
+    """The same error (errno, so the same OSError subclass) about `dest`."""
+    return OSError(error.errno, error.strerror or str(error), str(dest))
+
+
+def remove_leftovers(dest: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of writes to `dest` that a killed process left behind
+    (kill -9 skips atomic_path's clean-up). Only for a file no other process is writing now."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return []
+    stale = sorted(dest.parent.glob(f"{glob.escape(_temp_prefix(dest))}*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 @contextlib.contextmanager

@@ -119,6 +119,7 @@ class TrainParams:
     seed: int = _rule(ge=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = _rule()
     precision: Literal["auto", "fp32", "bf16"] = _rule()
+    devices: int = _rule(ge=1)
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,9 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-def use_all_cores() -> int:
-    """Intra-op threads = the cores this process may run on (torch may default to fewer)."""
+def use_all_cores(processes: int = 1) -> int:
+    """Intra-op threads = the cores this process may run on (torch may default to fewer),
+    shared out when `processes` train side by side on the same machine."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(cores or 1)
+    torch.set_num_threads(max(1, (cores or 1) // processes))
     return torch.get_num_threads()

@@ -1,6 +1,7 @@
 """What every stage script shares: validated params, logging, and one-line errors."""
 
 import logging
+import signal
 import sys
 from collections.abc import Callable
 
@@ -10,19 +11,43 @@ from spamgpt.params import Params
 
 log = logging.getLogger("spamgpt")
 
+_received: list[str] = []  # names of the SIGINT/SIGTERM signals that arrived
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # Python's SIGTERM default ends the process without unwinding (no MLflow run marked
+    # KILLED, no temporary file removed): raise it as Ctrl-C is. Recorded too, because some
+    # extensions turn the KeyboardInterrupt into another error (safetensors' load_file
+    # raises ValueError).
+    name = signal.Signals(signum).name
+    _received.append(name)
+    raise KeyboardInterrupt(name)
+
 
 def run(main: Callable[[Params], None]) -> None:
     """Validate params.yaml, then run `main(params)`.
 
     A SpamGPTError becomes one line on stderr and its exit code (2 for params, 1 otherwise);
-    Ctrl-C exits 130. Other exceptions keep their traceback: they are bugs, not user errors.
+    so does an OSError (disk full, permission denied: exit 1), naming the file. Ctrl-C and
+    SIGTERM exit 130. Other exceptions keep their traceback: they are bugs, not user errors.
     """
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     try:
         main(params_module.load())
     except SpamGPTError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"interrupted ({str(e) or 'SIGINT'})", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        if _received:
+            print(f"interrupted ({_received[0]})", file=sys.stderr)
+            sys.exit(130)
+        if not isinstance(e, OSError):
+            raise
+        where = f"{e.filename}: " if e.filename is not None else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        sys.exit(1)

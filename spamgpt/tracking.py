@@ -9,6 +9,7 @@ copy.
 """
 
 import contextlib
+import fcntl
 import os
 import subprocess
 import time
@@ -61,9 +62,30 @@ def _retry(call: Callable[[], T], attempts: int = 8) -> T:
     raise AssertionError("unreachable")
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def _create_store(uri: str, db: Path) -> None:
+    """Create the SQLite store (tables, schema migrations, MLflow's default experiment) under
+    an exclusive lock. MLflow does this unguarded on first use, so parallel runs on a fresh
+    database (dvc queue start -j 2) fail with 'table already exists' or 'duplicate column'.
+    Once created, opening it is safe in parallel and this costs one lock and one query."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
+        _retry(lambda: MlflowClient(uri).search_experiments(max_results=1))
+
+
 def connect(timeout: float = 10.0) -> str:
     """Point MLflow at the store and check it answers, before any training is done."""
     uri = tracking_uri()
+    db = _sqlite_path(uri)
+    if db is not None:
+        _create_store(uri, db)
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as r:
@@ -84,9 +106,10 @@ def experiment_id(name: str) -> str:
     found = _retry(lambda: client.get_experiment_by_name(name))
     if found is not None:
         return found.experiment_id
-    location = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        location = (repo_root() / ARTIFACTS_DIR).as_uri()
+    # Beside a SQLite file, not MLflow's default ./mlruns of whatever the working directory
+    # is; a server (http) or another database keeps its own artifact root.
+    db = _sqlite_path(mlflow.get_tracking_uri())
+    location = (db.parent / ARTIFACTS_DIR).as_uri() if db is not None else None
     try:
         return _retry(lambda: client.create_experiment(name, artifact_location=location))
     except MlflowException:  # created meanwhile by a parallel run
@@ -121,10 +144,18 @@ class Run:
     @classmethod
     @contextlib.contextmanager
     def open(
-        cls, experiment: str, run_id: str | None = None, tags: dict[str, str] | None = None
+        cls,
+        experiment: str,
+        run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        skip_logged_steps: bool = False,
     ) -> Iterator["Run"]:
         """Start a run (or reopen `run_id`); end it FINISHED, KILLED on Ctrl-C/SIGTERM, or
-        FAILED with the error as a tag, and always flush buffered metrics first."""
+        FAILED with the error as a tag, and always flush buffered metrics first.
+
+        `skip_logged_steps`: a resumed training replays steps the store may already hold
+        (flushed before a kill -9): log each (key, step) once. Off, a value logged again
+        (evaluate re-run with a new threshold) replaces the old one as the run's latest."""
         if run_id is None:
             exp_id = experiment_id(experiment)
             name = os.environ.get("DVC_EXP_NAME") or None
@@ -132,11 +163,16 @@ class Run:
             run_id = run.info.run_id
         else:
             _retry(lambda: MlflowClient().update_run(run_id, status="RUNNING"))
+            # A resumed run that failed before: its error no longer describes it (the
+            # traceback artifact stays, as the record of what happened).
+            if "error" in _retry(lambda: MlflowClient().get_run(run_id)).data.tags:
+                _retry(lambda: MlflowClient().delete_tag(run_id, "error"))
             if tags:
                 for key, value in tags.items():
                     _retry(lambda k=key, v=value: MlflowClient().set_tag(run_id, k, v))
         self = cls(run_id)
-        self._logged_until = self._last_steps()
+        if skip_logged_steps:
+            self._logged_until = self._last_steps()
         status = "FINISHED"
         try:
             yield self

@@ -11,17 +11,20 @@ visible.
 import hashlib
 import json
 import math
+import pickle
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from spamgpt import atomic, metrics, runtime
+from spamgpt import atomic, distributed, metrics, runtime
 from spamgpt.batching import bucketed_order
 from spamgpt.classifier import predict_logits
 from spamgpt.errors import SpamGPTError
@@ -36,6 +39,17 @@ class MetricsLogger(Protocol):
     def log_metrics(self, values: dict[str, float], step: int) -> None: ...
 
     def flush(self) -> None: ...
+
+
+class _NoLogger:
+    def log_metrics(self, values: dict[str, float], step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+NO_LOGGER = _NoLogger()  # for processes that train but do not record (ranks above 0)
 
 
 class Interrupted(SpamGPTError):
@@ -68,7 +82,8 @@ class State:
     epoch_loss_sum: float = 0.0  # running sums of the current epoch (mid-epoch resume)
     epoch_samples: int = 0
     train_seconds: float = 0.0
-    finished: bool = False
+    finished: bool = False  # the training loop is over (epochs or patience ran out)
+    exported: bool = False  # ...and its results were written: nothing left to resume
 
 
 def fingerprint(settings: dict) -> str:
@@ -77,18 +92,33 @@ def fingerprint(settings: dict) -> str:
 
 
 def load_checkpoint_file(checkpoint_dir: Path, expected_fingerprint: str) -> dict | None:
-    """The unfinished checkpoint of these same settings, or None (start afresh). Loaded with
-    weights_only=True: tensors and plain containers, never arbitrary pickled objects."""
+    """The checkpoint of these same settings that still has work left (training, or writing
+    the results after it), or None (start afresh). Loaded with weights_only=True: tensors and
+    plain containers, never arbitrary pickled objects.
+
+    Also removes the temporary file of a checkpoint write that kill -9 cut short: the stage
+    holds DVC's lock, so no other process is writing one now."""
     path = checkpoint_dir / CHECKPOINT
+    atomic.remove_leftovers(path)
     if not path.exists():
         return None
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a zip, or a refused pickle: all unusable
+        with warnings.catch_warnings():  # torch warns about foreign pickles: one line only
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, i.e. running the file's code.
+        raise SpamGPTError(
+            f"{path}: refused: it holds pickled objects other than tensors, which could run "
+            f"code; it is not a spamgpt checkpoint, delete it to start afresh"
+        ) from None
+    except Exception as e:  # truncated or not a zip: unusable
         raise SpamGPTError(
             f"{path}: cannot load checkpoint ({str(e).splitlines()[0]}); delete it to start afresh"
         ) from None
-    if checkpoint.get("fingerprint") != expected_fingerprint or checkpoint["state"]["finished"]:
+    if not isinstance(checkpoint, dict) or checkpoint.get("fingerprint") != expected_fingerprint:
+        return None
+    if checkpoint["state"].get("exported"):
         return None
     return checkpoint
 
@@ -153,6 +183,11 @@ class Trainer:
         self.loss_weights = None if weights is None else weights.to(device)
         self.state = State()
         self.stop_signal: int | None = None
+        # Under torchrun each process trains on its share of every batch; DDP averages the
+        # gradients of the trainable tail (frozen parameters are left out of the all-reduce).
+        self.forward_model = model
+        if distributed.world_size() > 1:
+            self.forward_model = DistributedDataParallel(model)
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -161,7 +196,10 @@ class Trainer:
 
     def save_checkpoint(self, extra: dict) -> None:
         """Atomically replace the checkpoint (a reader never sees half of it). Metrics are
-        flushed first; a resumed run skips the steps the store already has."""
+        flushed first; a resumed run skips the steps the store already has. Under torchrun
+        only rank 0 writes: every process holds the same weights and state."""
+        if not distributed.is_main():
+            return
         self.logger.flush()
         s = self.state
         checkpoint = {
@@ -175,6 +213,11 @@ class Trainer:
         }
         with atomic.atomic_path(self.checkpoint_dir / CHECKPOINT) as tmp:
             torch.save(checkpoint, tmp)
+
+    def mark_exported(self, extra: dict) -> None:
+        """The results are written: a later run with the same settings starts afresh."""
+        self.state.exported = True
+        self.save_checkpoint(extra)
 
     def load_checkpoint(self, checkpoint: dict) -> None:
         self.state = State(**checkpoint["state"], best_weights=checkpoint["best_weights"])
@@ -195,7 +238,6 @@ class Trainer:
         logits = predict_logits(
             lambda idx: val.features.logits(self.model, idx, self.device),
             val.features.packed.lengths,
-            max(self.params.batch_size, 32),
             self.device,
             self.precision,
         )
@@ -204,34 +246,60 @@ class Trainer:
         return loss, metrics.report(val.labels.numpy(), spam_prob.numpy(), 0.5)
 
     def train_step(self, indices: torch.Tensor) -> float:
-        labels = self.train_split.labels[indices].to(self.device)
+        """One optimizer step on the global batch `indices`; its weighted mean loss."""
+        labels = self.train_split.labels[indices]
+        # The weighted mean over the whole global batch: sum(w_i * loss_i) / sum(w_i), each
+        # process summing its own share. With one process this is F.cross_entropy's mean.
+        total = float(
+            labels.numel() if self.loss_weights is None else _cpu(self.loss_weights)[labels].sum()
+        )
+        mine = distributed.shard(indices)
+        share = 1.0
+        if len(mine) == 0:  # a last batch smaller than the processes: join with no weight
+            mine, share = indices[:1], 0.0
         with runtime.autocast(self.device, self.precision):
-            logits = self.train_split.features.logits(self.model, indices, self.device)
-        loss = F.cross_entropy(logits.float(), labels, weight=self.loss_weights)
-        if not torch.isfinite(loss):
+            logits = self.train_split.features.logits(self.forward_model, mine, self.device)
+        local = share * F.cross_entropy(
+            logits.float(),
+            self.train_split.labels[mine].to(self.device),
+            weight=self.loss_weights,
+            reduction="sum",
+        )
+        # One all-reduce for both: the global loss, and whether any process was signalled.
+        flag = float(self.stop_signal is not None)
+        summed = distributed.all_sum(torch.tensor([local.item(), flag], dtype=torch.float64))
+        loss = summed[0].item() / total
+        if summed[1] > 0 and self.stop_signal is None:
+            self.stop_signal = signal.SIGTERM  # another process was: stop at the same step
+        if not math.isfinite(loss):
             raise SpamGPTError(
-                f"training loss is {loss.item()} at step {self.state.step + 1} (epoch "
+                f"training loss is {loss} at step {self.state.step + 1} (epoch "
                 f"{self.state.epoch + 1}); stopped, the best checkpoint so far is kept; "
                 f"try a lower train.lr or train.precision: fp32"
             )
-        loss.backward()
+        # DDP averages gradients over processes; scaling by their number makes the result the
+        # gradient of the global mean.
+        (local * distributed.world_size() / total).backward()
         if self.params.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.trained.values(), self.params.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return loss
 
     def fit(self, checkpoint_extra: dict) -> State:
         """Train until epochs or patience run out; resumes from self.state (set by a loaded
         checkpoint). SIGINT/SIGTERM save a checkpoint, then raise Interrupted."""
         s, p = self.state, self.params
+        if s.finished:  # resumed after the loop had ended: only the results are left to write
+            return s
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
         }
         try:
             while s.epoch < p.epochs and not s.finished:
                 self._run_epoch(checkpoint_extra)
+                self._stop_if_signalled()  # one that came during validation
             s.finished = True
             self.save_checkpoint(checkpoint_extra)
         finally:
@@ -241,6 +309,12 @@ class Trainer:
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stop_signal = signum  # acted on between steps, where the state is consistent
+
+    def _stop_if_signalled(self) -> None:
+        """Raise Interrupted if a signal came; call only right after a checkpoint was saved."""
+        if self.stop_signal is not None:
+            name, step = signal.Signals(self.stop_signal).name, self.state.step
+            raise Interrupted(f"{name} at step {step}: checkpoint saved; re-run to resume")
 
     def _run_epoch(self, checkpoint_extra: dict) -> None:
         s, p = self.state, self.params
@@ -265,8 +339,7 @@ class Trainer:
                 s.train_seconds += time.perf_counter() - started
                 self.save_checkpoint(checkpoint_extra)
                 bar.close()
-                name = signal.Signals(self.stop_signal).name
-                raise Interrupted(f"{name} at step {s.step}: checkpoint saved; re-run to resume")
+                self._stop_if_signalled()
         bar.close()
         s.train_seconds += time.perf_counter() - started
 

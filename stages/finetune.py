@@ -10,6 +10,7 @@ from spamgpt import (
     atomic,
     classifier,
     data,
+    distributed,
     loaders,
     lora,
     metrics,
@@ -20,7 +21,15 @@ from spamgpt import (
 )
 from spamgpt.model import GPT2Classifier
 from spamgpt.params import PARAMS_FILE, Params, flatten
-from spamgpt.train import Split, State, Trainer, fingerprint, load_checkpoint_file
+from spamgpt.train import (
+    NO_LOGGER,
+    MetricsLogger,
+    Split,
+    State,
+    Trainer,
+    fingerprint,
+    load_checkpoint_file,
+)
 from spamgpt.trunk import features, read_frozen_blocks
 
 
@@ -32,8 +41,15 @@ def main(params: Params) -> None:
     m, t = params.model, params.train
     device = runtime.resolve_device(t.device)
     precision = runtime.resolve_precision(t.precision, device)
-    runtime.use_all_cores()
-    tracking.connect()  # an unreachable tracking server fails here, before any training
+    distributed.relaunch(t.devices)  # train.devices > 1: this script again, under torchrun
+    device = distributed.setup(device)
+    threads = runtime.use_all_cores(processes=distributed.world_size())
+    stage.log.info(
+        "rank %d of %d, %s, %s, %d threads",
+        distributed.rank(), distributed.world_size(), device, precision, threads,
+    )  # fmt: skip
+    if distributed.is_main():
+        tracking.connect()  # an unreachable tracking server fails here, before any training
 
     n_frozen = read_frozen_blocks()
     train, val = (
@@ -51,6 +67,18 @@ def main(params: Params) -> None:
     }
     key = fingerprint({**trains_with, "data": data_info})
     checkpoint = load_checkpoint_file(paths.CHECKPOINT_DIR, key)
+
+    def trainer_logging_to(logger: MetricsLogger) -> Trainer:
+        trainer = Trainer(
+            model, trained, train, val, t, device, precision, paths.CHECKPOINT_DIR, logger
+        )
+        if checkpoint:
+            trainer.load_checkpoint(checkpoint)
+        return trainer
+
+    if not distributed.is_main():  # the other processes train alongside rank 0, nothing else
+        trainer_logging_to(NO_LOGGER).fit({})
+        return
     tags = {
         "mlflow.source.git.commit": tracking.git_commit() or "",
         "data_sha256": data_info["raw_sha256"],
@@ -60,19 +88,25 @@ def main(params: Params) -> None:
         **tracking.dvc_tags(),
     }
     with tracking.Run.open(
-        params.mlflow.experiment, checkpoint and checkpoint["run_id"], tags
+        params.mlflow.experiment, checkpoint and checkpoint["run_id"], tags, skip_logged_steps=True
     ) as run:
         if checkpoint is None:
             run.log_params(flatten(params))
             frame = data.read_split(paths.split_file("train"))
             run.log_dataset(frame, "sms-spam-train", data_info["raw_sha256"], params.data.url)
             run.log_artifact(PARAMS_FILE)
-        trainer = Trainer(
-            model, trained, train, val, t, device, precision, paths.CHECKPOINT_DIR, run
-        )
+        trainer = trainer_logging_to(run)
         if checkpoint:
-            trainer.load_checkpoint(checkpoint)
-        state = trainer.fit({"fingerprint": key, "run_id": run.run_id})
+            s = trainer.state
+            stage.log.info(
+                "resuming MLflow run %s: %s",
+                run.run_id,
+                "training is done, writing its results"
+                if s.finished
+                else f"epoch {s.epoch + 1}, after step {s.step}",
+            )
+        extra = {"fingerprint": key, "run_id": run.run_id}
+        state = trainer.fit(extra)
 
         for name, weights in (("best", state.best_weights), ("last", trainer.trained_weights())):
             classifier.save_tensors(weights, paths.CHECKPOINT_DIR / f"{name}.safetensors")
@@ -88,6 +122,7 @@ def main(params: Params) -> None:
         classifier.save(model, paths.FINETUNED_DIR, meta, model_dir, full=not m.pretrained)
         atomic.write_json(paths.FINETUNED_DIR / "mlflow_run.json", {"run_id": run.run_id})
         write_metrics(state, len(train), device, precision, run)
+        trainer.mark_exported(extra)
 
 
 def write_metrics(
@@ -138,4 +173,7 @@ def write_metrics(
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    try:
+        stage.run(main)
+    finally:
+        distributed.teardown()

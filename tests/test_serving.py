@@ -1,6 +1,7 @@
 """The MLflow model end to end: logged from a fine-tuned folder, loaded back, registered, and
 served by the real `mlflow models serve` over HTTP, answering as `spamgpt classify` does."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -121,12 +122,13 @@ def server(logged: Logged):
                 time.sleep(0.2)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # it may have died on its own
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def classify_cli(logged: Logged, messages: list[str]) -> list[dict]:
