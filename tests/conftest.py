@@ -95,6 +95,20 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+def run_stage(name: str, cwd: Path, **popen: object) -> subprocess.Popen:
+    """A stage script of this repository, started in `cwd` (a workspace with params.yaml)."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "stages" / f"{name}.py")],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": path},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(
         cmd,

@@ -1,15 +1,12 @@
 """spamgpt.baseline and its stage, on the generated SMS collection split as the pipeline does."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, sms_collection
+from conftest import REPO, run_stage, sms_collection
 
 from spamgpt import baseline, data, metrics, paths
 
@@ -66,16 +63,9 @@ def test_stage_writes_baseline_json(tmp_path: Path, splits: dict[str, pd.DataFra
     (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
     for name, part in splits.items():
         data.write_split(part, tmp_path / paths.split_file(name))
-    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [sys.executable, str(REPO / "stages" / "baseline.py")],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": pythonpath},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
+    stage = run_stage("baseline", tmp_path)
+    _, stderr = stage.communicate(timeout=60)
+    assert stage.returncode == 0, stderr
     written = json.loads((tmp_path / "metrics" / "baseline.json").read_text())
     assert written["threshold"] == baseline.THRESHOLD
     assert set(written) == {"threshold", "val", "test"}

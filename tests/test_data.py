@@ -2,15 +2,14 @@
 split files' CSV round trip."""
 
 import json
-import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from conftest import run_stage
 
 from spamgpt import data
 from spamgpt.errors import SpamGPTError
@@ -292,15 +291,9 @@ def run_split_stage(folder: Path, raw: bytes) -> subprocess.CompletedProcess:
     (folder / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     (folder / "data" / "raw").mkdir(parents=True)
     (folder / "data" / "raw" / "SMSSpamCollection").write_bytes(raw)
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, str(REPO / "stages" / "split.py")],
-        cwd=folder,
-        env={**os.environ, "PYTHONPATH": path},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    stage = run_stage("split", folder)
+    stdout, stderr = stage.communicate(timeout=60)
+    return subprocess.CompletedProcess(stage.args, stage.returncode, stdout, stderr)
 
 
 def read_back(folder: Path) -> list[str]:

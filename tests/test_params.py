@@ -2,14 +2,13 @@
 
 import copy
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import run_stage
 
 from spamgpt import loaders, params, runtime, trunk
 from spamgpt.errors import ParamsError
@@ -232,15 +231,7 @@ def lay_out(folder: Path, params_text: str) -> None:
 
 
 def start_split_stage(folder: Path) -> subprocess.Popen:
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "stages" / "split.py")],
-        cwd=folder,
-        env={**os.environ, "PYTHONPATH": path},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return run_stage("split", folder)
 
 
 def listing(folder: Path) -> dict[str, bytes]:
