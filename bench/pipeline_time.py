@@ -5,15 +5,14 @@
 Lays out GPT-2 with random weights (../shared/tools/make_gpt2_hub.py, 124M shapes by default)
 and a zip of ../shared/data/SMSSpamCollection, serves both on 127.0.0.1 like the hub and UCI,
 copies this pipeline into a fresh git + DVC project pointed there, and times: the data and
-loaders stages, the trunk stage, finetune + evaluate (params.yaml's recipe, 5 epochs), and a
-`dvc exp run -S train.lr=1e-4` that reuses the trunk. Peak RSS is the largest of any stage.
+loaders stages, the trunk stage, finetune, evaluate (params.yaml's recipe, 5 epochs), and a
+`dvc exp run -S train.lr=1e-4` that reuses the trunk; with each, the peak RSS of its processes.
 """
 
 import argparse
 import contextlib
 import http.server
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -46,13 +45,23 @@ def serve(directory: Path):
         server.shutdown()
 
 
+# Runs a command and reports the peak RSS of its process tree (ru_maxrss of the children).
+PEAK = (
+    "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(rc)"
+)
+
+
 def timed(label: str, cmd: list[str], cwd: Path) -> float:
     started = time.perf_counter()
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK, *cmd], cwd=cwd, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - started
     if result.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
-    print(f"{label}: {seconds:.0f} s", flush=True)
+    peak_mb = int(result.stderr.split()[-1]) / 1024
+    print(f"{label}: {seconds:.0f} s, peak RSS {peak_mb:.0f} MB", flush=True)
     return seconds
 
 
@@ -101,7 +110,8 @@ def main() -> None:
                 project,
             )
             trunk = timed("trunk", ["dvc", "repro", "trunk"], project)
-            train = timed("finetune + evaluate", ["dvc", "repro"], project)
+            train = timed("finetune", ["dvc", "repro", "finetune"], project)
+            train += timed("evaluate", ["dvc", "repro"], project)
             print(f"trunk + finetune + evaluate: {trunk + train:.0f} s")
             timed(
                 "dvc exp run -S train.lr=1e-4",
@@ -109,8 +119,6 @@ def main() -> None:
                 project,
             )
             print((project / "metrics/train.json").read_text())
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"peak RSS of any stage: {peak:.0f} MB")
 
 
 if __name__ == "__main__":
