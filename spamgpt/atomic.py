@@ -37,11 +37,13 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dest), suffix=".tmp", dir=dest.parent)
     except OSError as e:
         raise _naming(e, dest) from e
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; give it open()'s usual mode
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
+        # mkstemp makes the file 0600, and so does safetensors' save_file: give the result
+        # open()'s usual mode, readable by the group and others as umask allows.
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, dest)

@@ -24,6 +24,12 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(name)
 
 
+def interrupted() -> str | None:
+    """The first SIGINT/SIGTERM this process received ('SIGINT'), or None: an error raised
+    after one is its consequence, not a failure of its own."""
+    return _received[0] if _received else None
+
+
 def run(main: Callable[[Params], None]) -> None:
     """Validate params.yaml, then run `main(params)`.
 
@@ -43,8 +49,8 @@ def run(main: Callable[[Params], None]) -> None:
         print(f"interrupted ({str(e) or 'SIGINT'})", file=sys.stderr)
         sys.exit(130)
     except Exception as e:
-        if _received:
-            print(f"interrupted ({_received[0]})", file=sys.stderr)
+        if interrupted():
+            print(f"interrupted ({interrupted()})", file=sys.stderr)
             sys.exit(130)
         if not isinstance(e, OSError):
             raise

@@ -26,6 +26,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from spamgpt import stage
 from spamgpt.errors import SpamGPTError
 
 DB_FILE = "mlflow.db"
@@ -247,4 +248,9 @@ class Run:
 
 
 def _is_interruption(e: BaseException) -> bool:
-    return isinstance(e, KeyboardInterrupt) or getattr(e, "exit_code", None) == 130
+    # Some extensions turn the KeyboardInterrupt of a signal into another error (see stage).
+    return (
+        isinstance(e, KeyboardInterrupt)
+        or getattr(e, "exit_code", None) == 130
+        or stage.interrupted() is not None
+    )

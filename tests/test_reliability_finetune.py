@@ -1,0 +1,374 @@
+"""finetune under fire: Ctrl-C during the trunk pass, SIGINT mid-epoch, kill -9 while a
+checkpoint is written, SIGTERM while the results are written, a NaN loss and a
+malicious checkpoint, all in one project, then `dvc repro -f` finishes the training.
+
+The interrupted and resumed training must end exactly (bit for bit, on CPU) where the
+uninterrupted run of the same project ended, in one MLflow run that holds every step once.
+Signals go to the process group, as a terminal's Ctrl-C or a job scheduler's kill does.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import pty
+import re
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import (
+    TINY_REVISION,
+    Mirror,
+    make_project,
+    run,
+    sms_collection,
+    subprocess_env,
+    tiny_params,
+)
+from fileserver import serve
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file, save_file
+from tiny_gpt2 import make_tiny_hub
+
+CHECKPOINT = Path("models/checkpoints/checkpoint.pt")
+TIMING = ("train_seconds", "samples_per_second")  # differ between any two runs
+# Everything finetune and evaluate report; train.json is compared without TIMING.
+REPORTS = [
+    "metrics/eval.json",
+    "metrics/train_loss.csv",
+    "metrics/val_epochs.csv",
+    "metrics/confusion_test.csv",
+    "metrics/roc_test.csv",
+    "metrics/pr_test.csv",
+    "reports/misclassified_test.csv",
+    "models/finetuned/model.safetensors",
+    "models/finetuned/classifier.json",
+]
+
+
+@pytest.fixture(scope="module")
+def wide_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
+    """The test SMS data and a GPT-2 of width 128: its checkpoint (one block, two AdamW
+    moments, the best weights) is ~3 MB, so a write lasts long enough to be caught."""
+    root = tmp_path_factory.mktemp("wide-mirror")
+    make_tiny_hub(root, layers=2, dim=128, heads=4, n_ctx=64, revision=TINY_REVISION)
+    member = sms_collection()
+    with zipfile.ZipFile(root / "sms+spam+collection.zip", "w") as z:
+        z.writestr("SMSSpamCollection", member)
+    with serve(root) as url:
+        yield Mirror(url, root, hashlib.sha256(member).hexdigest())
+
+
+class Stage:
+    """A stage run as from a shell: in its own process group (a signal reaches it and its
+    children), stdout and stderr on a terminal, so that tqdm draws its progress bars there
+    (every step: TQDM_MININTERVAL=0) and the test can tell how far training has got."""
+
+    def __init__(self, cmd: list[str], cwd: Path) -> None:
+        leader, terminal = pty.openpty()
+        # 50 rows of 200 columns: at its default 0 x 0, tqdm draws empty bars.
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=subprocess_env() | {"TQDM_MININTERVAL": "0"},
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=terminal,
+            stderr=terminal,
+        )
+        os.close(terminal)
+        self._chunks: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, args=(leader,), daemon=True)
+        self._reader.start()
+
+    def _read(self, fd: int) -> None:
+        with contextlib.suppress(OSError):  # EIO once the process has closed the terminal
+            while chunk := os.read(fd, 1 << 16):
+                self._chunks.append(chunk)
+        os.close(fd)
+
+    @property
+    def output(self) -> str:
+        return b"".join(self._chunks).decode(errors="replace").replace("\r\n", "\n")
+
+    def in_epoch(self, epoch: int) -> bool:
+        """Has a step of `epoch` been done, with at least two left (so that the step during
+        which a signal arrives is not the epoch's last)?"""
+        return any(
+            1 <= int(n) <= int(total) - 2
+            for n, total in re.findall(
+                rf"epoch {epoch}/\d+:[^|]*\|[^|]*\| (\d+)/(\d+)", self.output
+            )
+        )
+
+    def signal(self, sig: signal.Signals) -> None:
+        os.killpg(self.proc.pid, sig)
+
+    def wait_for(
+        self, condition: Callable[[], bool], timeout: float = 300, every: float = 0.002
+    ) -> None:
+        """Poll until `condition` holds."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.proc.poll() is not None:
+                self._reader.join(timeout=10)
+                raise AssertionError(f"exited {self.proc.returncode} first\n{self.output[-4000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out\n{self.output[-4000:]}")
+            time.sleep(every)
+
+    def finish(self) -> tuple[int, str]:
+        """(exit code, everything it printed) once it has ended."""
+        self.proc.wait(timeout=300)
+        self._reader.join(timeout=10)
+        return self.proc.returncode, self.output
+
+
+def finetune(cwd: Path) -> Stage:
+    return Stage([sys.executable, "stages/finetune.py"], cwd)
+
+
+def temp_files(project: Path) -> list[str]:
+    return sorted(p.name for p in (project / CHECKPOINT.parent).glob(".checkpoint.pt.*.tmp"))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def checkpoint_state(project: Path) -> dict:
+    checkpoint = torch.load(project / CHECKPOINT, map_location="cpu", weights_only=True)
+    return {
+        **checkpoint["state"],
+        "run_id": checkpoint["run_id"],
+        "best": checkpoint["best_weights"],
+    }
+
+
+def outputs(project: Path) -> dict[str, object]:
+    """What an interrupted-then-resumed run must reproduce exactly."""
+    train = json.loads((project / "metrics/train.json").read_text())
+    found = {"metrics/train.json": {k: v for k, v in train.items() if k not in TIMING}}
+    return found | {name: (project / name).read_bytes() for name in REPORTS}
+
+
+def lock_hashes(project: Path) -> dict[str, str]:
+    """Every output's hash in dvc.lock."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    return {
+        out["path"]: out["md5"]
+        for stage in lock["stages"].values()
+        for out in stage.get("outs", [])
+    }
+
+
+def error_line(stderr: str) -> str:
+    """The one error line of a stage's stderr (beside its log lines), never a traceback."""
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in re.split(r"[\r\n]", stderr) if line.startswith("error: ")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def story(wide_mirror: Mirror, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Drive the project through every interruption in turn; record what each left behind.
+    The tests below read the record."""
+    params = tiny_params(wide_mirror, train={"epochs": 5, "batch_size": 8, "patience": 10})
+    project = make_project(tmp_path_factory.mktemp("finetune"), params)
+    seen: dict = {"project": project}
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+
+    # Ctrl-C to `dvc repro` while the trunk stage runs (it makes data/trunk, then computes).
+    # The pass lasts ~0.1 s: stop the group at once, so that the signal lands mid-stage.
+    proc = Stage(["dvc", "repro"], project)
+    proc.wait_for((project / "data/trunk").is_dir)
+    proc.signal(signal.SIGSTOP)
+    trunk_done = (project / "data/trunk/info.json").exists()
+    proc.signal(signal.SIGINT)
+    proc.signal(signal.SIGCONT)
+    seen["trunk"] = (*proc.finish(), trunk_done)
+    repro = run(["dvc", "repro"], project)
+    seen["after_trunk"] = re.findall(r"Running stage '([^']+)'", repro.stdout)
+    seen["reference"] = outputs(project)
+    seen["reference_lock"] = lock_hashes(project)
+    seen["reference_run"] = json.loads((project / "models/finetuned/mlflow_run.json").read_text())
+
+    # SIGINT in the middle of epoch 2.
+    proc = finetune(project)
+    proc.wait_for(lambda: proc.in_epoch(2))
+    proc.signal(signal.SIGINT)
+    seen["sigint"] = (*proc.finish(), checkpoint_state(project))
+    run_id = seen["sigint"][2]["run_id"]
+    seen["sigint_status"] = client.get_run(run_id).info.status
+
+    # A NaN loss: the cached trunk features of the training split turned to NaN.
+    trunk_file = project / "data/trunk/train.safetensors"
+    good = trunk_file.read_bytes()
+    features = load_file(str(trunk_file))
+    save_file({**features, "hidden": torch.full_like(features["hidden"], float("nan"))}, trunk_file)
+    kept = sha256(project / CHECKPOINT)
+    nan = run([sys.executable, "stages/finetune.py"], project, check=False)
+    trunk_file.write_bytes(good)
+    failed = client.get_run(run_id)
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    traceback_file = client.download_artifacts(run_id, "error/traceback.txt", str(artifacts))
+    seen["nan"] = {
+        "returncode": nan.returncode,
+        "stderr": nan.stderr,
+        "checkpoint_kept": sha256(project / CHECKPOINT) == kept,
+        "status": failed.info.status,
+        "error_tag": failed.data.tags.get("error", ""),
+        "traceback": Path(traceback_file).read_text(),
+    }
+
+    # kill -9 while a checkpoint is written: stop the process as soon as a temporary file
+    # shows, and kill it if the write is still under way (else let it go on to the next).
+    proc = finetune(project)
+    while True:
+        proc.wait_for(lambda: bool(temp_files(project)), every=0.0005)  # a write: ~10 ms
+        proc.signal(signal.SIGSTOP)
+        if temp_files(project):
+            complete = sha256(project / CHECKPOINT)
+            proc.signal(signal.SIGKILL)
+            break
+        proc.signal(signal.SIGCONT)
+    proc.finish()
+    seen["sigkill"] = {
+        "temp_files": temp_files(project),
+        "checkpoint_kept": sha256(project / CHECKPOINT) == complete,
+        "status": client.get_run(run_id).info.status,
+    }
+
+    # Resumed from the last complete checkpoint, the run trains to the end; SIGTERM while it
+    # writes the model and metrics (Trainer's handler is gone by then: the stage's acts).
+    model_file = project / "models/finetuned/model.safetensors"
+    model_file.unlink()
+    proc = finetune(project)
+    proc.wait_for(model_file.exists)
+    proc.signal(signal.SIGTERM)
+    seen["export"] = (*proc.finish(), checkpoint_state(project), temp_files(project))
+    seen["export_status"] = client.get_run(run_id).info.status
+
+    # Everything again, forced: finetune resumes (only its results are left to write).
+    repro = run(["dvc", "repro", "-f"], project)
+    seen["final_log"] = repro.stdout + repro.stderr
+    seen["final"] = outputs(project)
+    seen["final_lock"] = lock_hashes(project)
+    seen["final_run"] = json.loads((project / "models/finetuned/mlflow_run.json").read_text())
+    seen["run"] = client.get_run(run_id)
+    seen["history"] = {
+        key: client.get_metric_history(run_id, key) for key in ("train/loss", "val/loss")
+    }
+    seen["reference_history"] = client.get_metric_history(
+        seen["reference_run"]["run_id"], "train/loss"
+    )
+    return seen
+
+
+def test_ctrl_c_during_the_trunk_pass(story: dict) -> None:
+    returncode, stderr, trunk_done = story["trunk"]
+    assert returncode != 0
+    assert "interrupted (SIGINT)" in stderr and "exited with 130" in stderr
+    assert not trunk_done  # it was stopped mid-stage
+    assert story["after_trunk"] == ["trunk", "finetune", "evaluate"]
+
+
+def test_sigint_mid_epoch_saves_a_checkpoint_and_ends_the_run_killed(story: dict) -> None:
+    returncode, stderr, state = story["sigint"]
+    assert returncode == 130
+    assert re.fullmatch(
+        r"error: SIGINT at step (\d+): checkpoint saved; re-run to resume", error_line(stderr)
+    )
+    assert state["epoch"] == 1 and state["batch"] >= 1  # in the middle of epoch 2
+    assert f"step {state['step']}:" in stderr
+    assert story["sigint_status"] == "KILLED"
+
+
+def test_nan_loss_names_the_step_and_keeps_the_checkpoint(story: dict) -> None:
+    nan = story["nan"]
+    resumed_at = story["sigint"][2]["step"] + 1
+    assert nan["returncode"] == 1
+    line = error_line(nan["stderr"])
+    assert line.startswith(f"error: training loss is nan at step {resumed_at} ")
+    assert nan["checkpoint_kept"]  # epoch 1 and its best weights are still there
+    assert story["sigint"][2]["best_epoch"] == 1 and story["sigint"][2]["best"]
+    assert nan["status"] == "FAILED"
+    assert f"nan at step {resumed_at}" in nan["error_tag"]
+    assert nan["traceback"].startswith("Traceback") and "SpamGPTError" in nan["traceback"]
+
+
+def test_kill_9_while_a_checkpoint_is_written(story: dict) -> None:
+    killed = story["sigkill"]
+    assert killed["temp_files"]  # it died mid-write...
+    assert killed["checkpoint_kept"]  # ...and the last complete checkpoint is untouched
+    assert killed["status"] == "RUNNING"  # nothing could end the run
+
+
+def test_sigterm_while_results_are_written(story: dict) -> None:
+    returncode, stderr, state, temp_left = story["export"]
+    assert returncode == 130
+    assert stderr.strip().splitlines()[-1] == "interrupted (SIGTERM)"
+    assert "Traceback" not in stderr
+    assert state["finished"] and not state["exported"]
+    assert temp_left == []  # the resumed run removed what kill -9 left
+    assert story["export_status"] == "KILLED"
+    assert "training is done, writing its results" in story["final_log"]
+
+
+def test_resumed_training_ends_exactly_where_the_uninterrupted_one_did(story: dict) -> None:
+    assert story["final"] == story["reference"]
+
+
+def test_one_mlflow_run_holds_every_step_once(story: dict) -> None:
+    run_ = story["run"]
+    assert story["final_run"]["run_id"] == run_.info.run_id != story["reference_run"]["run_id"]
+    assert run_.info.status == "FINISHED"
+    assert "error" not in run_.data.tags  # the NaN failure was overcome
+    losses = sorted((m.step, m.value) for m in story["history"]["train/loss"])
+    reference = sorted((m.step, m.value) for m in story["reference_history"])
+    assert [step for step, _ in losses] == list(range(1, len(reference) + 1))
+    assert losses == reference
+    assert sorted(m.step for m in story["history"]["val/loss"]) == [1, 2, 3, 4, 5]
+
+
+def test_repro_f_regenerates_identical_outputs(story: dict) -> None:
+    """Determinism: `dvc repro -f` recomputes every stage (finetune resuming, see above) and
+    each output hashes as in the first run, but for train.json's timing fields, and the run
+    id inside the checkpoint and models/finetuned/mlflow_run.json (the model files in that
+    folder are compared above)."""
+    changed = {
+        path
+        for path, md5 in story["final_lock"].items()
+        if story["reference_lock"].get(path) != md5
+    }
+    assert changed == {"metrics/train.json", "models/checkpoints", "models/finetuned"}
+
+
+def test_malicious_checkpoint_is_refused_unexecuted(story: dict) -> None:
+    project = story["project"]
+    marker = project / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"state": Payload()}, project / CHECKPOINT)
+    result = run([sys.executable, "stages/finetune.py"], project, check=False)
+    assert result.returncode == 1
+    line = error_line(result.stderr)
+    assert line.startswith(f"error: {CHECKPOINT}: refused: it holds pickled objects")
+    assert not marker.exists()

@@ -1,0 +1,213 @@
+"""MLflow tracking when it is hard: several processes creating the SQLite store at once,
+experiments run in parallel from DVC's queue, a tracking server that does not answer, and a
+run reopened by a resumed training or a re-run evaluate."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from conftest import REPO, make_project, run, subprocess_env, tiny_params
+from mlflow.tracking import MlflowClient
+
+from spamgpt import stage, tracking
+
+EXPERIMENT = "sms-spam-gpt2"
+
+# One run, as a stage would record it, started when the clock reaches argv[1].
+RECORD_A_RUN = textwrap.dedent(
+    """
+    import sys, time
+    from spamgpt import tracking
+    while time.time() < float(sys.argv[1]):
+        time.sleep(0.001)
+    tracking.connect()
+    with tracking.Run.open("parallel") as run:
+        run.log_metrics({"x": 1.0}, 1)
+    """
+)
+
+
+def test_parallel_runs_on_a_fresh_store_all_succeed(tmp_path: Path) -> None:
+    """MLflow creates a fresh SQLite store unguarded: without the lock in tracking.connect,
+    processes starting together fail with 'table already exists' or 'duplicate column'."""
+    env = subprocess_env() | {"DVC_ROOT": str(tmp_path)}
+    go = str(time.time() + 5)  # after every process has imported MLflow
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RECORD_A_RUN, go],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("parallel").experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED"] * 2
+
+
+@pytest.fixture
+def local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowClient]:
+    """tracking.connect() pointed at a fresh SQLite store under tmp_path, in this process."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    previous = mlflow.get_tracking_uri()
+    uri = tracking.connect()
+    yield MlflowClient(tracking_uri=uri)
+    mlflow.set_tracking_uri(previous)
+
+
+def steps(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_resumed_run_logs_each_step_once_and_drops_its_old_error(
+    local_store: MlflowClient,
+) -> None:
+    with pytest.raises(RuntimeError), tracking.Run.open(EXPERIMENT) as run:
+        run.log_metrics({"train/loss": 0.5}, 1)
+        run.log_metrics({"train/loss": 0.4}, 2)
+        run_id = run.run_id
+        raise RuntimeError("disk on fire")
+    failed = local_store.get_run(run_id)
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["error"] == "RuntimeError: disk on fire"
+
+    # The resumed training replays step 2 (its checkpoint was from step 1), then goes on.
+    with tracking.Run.open(EXPERIMENT, run_id, skip_logged_steps=True) as run:
+        for step, loss in ((2, 0.4), (3, 0.3)):
+            run.log_metrics({"train/loss": loss}, step)
+    resumed = local_store.get_run(run_id)
+    assert resumed.info.status == "FINISHED"
+    assert "error" not in resumed.data.tags
+    assert steps(local_store, run_id, "train/loss") == [(1, 0.5), (2, 0.4), (3, 0.3)]
+
+
+def test_reopened_run_takes_a_new_value_for_a_logged_step(local_store: MlflowClient) -> None:
+    """evaluate re-run with another threshold: its new test metrics must show."""
+    with tracking.Run.open(EXPERIMENT) as run:
+        run.log_metrics({"test/accuracy": 0.9}, 0)
+    with tracking.Run.open(EXPERIMENT, run.run_id) as reopened:
+        reopened.log_metrics({"test/accuracy": 0.8}, 0)
+    assert local_store.get_run(run.run_id).data.metrics["test/accuracy"] == 0.8
+
+
+def test_an_error_caused_by_ctrl_c_ends_the_run_killed(
+    local_store: MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """safetensors turns the KeyboardInterrupt of a Ctrl-C into a ValueError: the run must
+    still end KILLED (not FAILED), and the stage exit as interrupted."""
+    shutil.copy(REPO / "params.yaml", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(stage, "_received", [])  # this process's record of signals
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    run_ids = []
+
+    def main(params: object) -> None:
+        with tracking.Run.open(EXPERIMENT) as run:
+            run_ids.append(run.run_id)
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)  # the handler runs in here
+            except KeyboardInterrupt:
+                raise ValueError("could not determine the shape of object type") from None
+
+    try:
+        with pytest.raises(SystemExit) as info:
+            stage.run(main)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert info.value.code == 130
+    assert local_store.get_run(run_ids[0]).info.status == "KILLED"
+
+
+@pytest.fixture(scope="module")
+def project(mirror, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = make_project(tmp_path_factory.mktemp("tracking"), tiny_params(mirror))
+    run(["dvc", "repro"], path)
+    return path
+
+
+def exp_names(project: Path) -> list[str]:
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], project).stdout
+    return sorted(ref.rsplit("/", 1)[1] for ref in refs.split() if "/celery/" not in ref)
+
+
+@pytest.fixture(scope="module")
+def queued(project: Path) -> str:
+    """Two experiments from `dvc exp run --queue`, run by two workers at once: `dvc queue
+    status` once both are done."""
+    for seed in (1, 2):
+        run(
+            ["dvc", "exp", "run", "--queue", "-n", f"seed-{seed}", "-S", f"train.seed={seed}"],
+            project,
+        )
+    run(["dvc", "queue", "start", "-j", "2"], project)
+    # DVC 3 has no `dvc queue wait`. Its status costs a second of CPU: look for the
+    # experiments' git refs instead, and at the status only now and then (a failed
+    # experiment leaves no ref).
+    started = last_status = time.monotonic()
+    while exp_names(project) != ["seed-1", "seed-2"]:
+        time.sleep(1)
+        if time.monotonic() - last_status > 20:
+            status, last_status = run(["dvc", "queue", "status"], project).stdout, time.monotonic()
+            if not any(word in status for word in ("Queued", "Running")):
+                break
+        assert time.monotonic() - started < 300, "the queue did not finish"
+    return run(["dvc", "queue", "status"], project).stdout
+
+
+def test_queued_experiments_run_in_parallel_and_both_are_recorded(
+    project: Path, queued: str
+) -> None:
+    assert queued.count("Success") == 2, queued
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    by_name = {r.info.run_name: r for r in runs}
+    assert {"seed-1", "seed-2"} <= set(by_name)  # in the main store, not the temp copies
+    for seed in (1, 2):
+        recorded = by_name[f"seed-{seed}"]
+        assert recorded.info.status == "FINISHED"
+        assert recorded.data.params["train.seed"] == str(seed)
+        assert "test/accuracy" in recorded.data.metrics  # evaluate found the same run
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_tracking_server_fails_fast_before_training(project: Path) -> None:
+    """With every input in place, finetune would train afresh and write a checkpoint after
+    epoch 1: it must stop at the tracking check first."""
+    checkpoint = project / "models/checkpoints/checkpoint.pt"
+    before = checkpoint.read_bytes()
+    assert torch.load(checkpoint, weights_only=True)["state"]["exported"]  # nothing to resume
+    uri = f"http://127.0.0.1:{closed_port()}"
+    env = subprocess_env() | {"MLFLOW_TRACKING_URI": uri}
+    started = time.monotonic()
+    result = run([sys.executable, "stages/finetune.py"], project, check=False, env=env)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: MLflow tracking server {uri} is unreachable (")
+    assert line.endswith(f"unset MLFLOW_TRACKING_URI to record runs in {project / 'mlflow.db'}")
+    assert elapsed < 20  # imports (a few seconds) and one refused connection, no retries
+    assert checkpoint.read_bytes() == before
