@@ -158,8 +158,12 @@ def test_mlflow_run_has_everything(project, mlflow_client):
     assert "params.yaml" in listing()
     assert list((path / "mlartifacts").rglob("test_confusion_matrix.png"))  # beside mlflow.db
     assert not (path / "mlruns").exists()
+    previous = mlflow.get_tracking_uri()  # process-wide: restore it for the other tests
     mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
-    served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")  # logged by evaluate
+    try:
+        served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")  # logged by evaluate
+    finally:
+        mlflow.set_tracking_uri(previous)
     assert [p.label for p in served.predict(["see you at 7"])] in (["ham"], ["spam"])
     inputs = run_.inputs.dataset_inputs
     assert inputs and inputs[0].dataset.digest == run_.data.tags["data_sha256"][:36]

@@ -70,8 +70,10 @@ def logged(tmp_path_factory: pytest.TempPathFactory):
     project = tmp_path_factory.mktemp("serving")
     finetuned, pretrained = finetuned_folder(project), project / "models/pretrained"
     uri = f"sqlite:///{project / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)  # wins over the variable if another test set one
         client = MlflowClient()
         exp = client.create_experiment("spam", artifact_location=(project / "art").as_uri())
         run_id = client.create_run(exp).info.run_id
@@ -79,6 +81,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory):
         model_uri = serving.log_model(run_id, finetuned, THRESHOLD, REGISTERED, pretrained)
         env = {**subprocess_env(), "MLFLOW_TRACKING_URI": uri}
         yield Logged(project, finetuned, pretrained, run_id, model_uri, env)
+    mlflow.set_tracking_uri(previous)
 
 
 def free_port() -> int:
