@@ -7,6 +7,7 @@ uninterrupted run of the same project ended, in one MLflow run that holds every 
 Signals go to the process group, as a terminal's Ctrl-C or a job scheduler's kill does.
 """
 
+import array
 import contextlib
 import fcntl
 import hashlib
@@ -65,7 +66,7 @@ def wide_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
     moments, the best weights) is ~3 MB, so a write lasts long enough to be caught."""
     root = tmp_path_factory.mktemp("wide-mirror")
     make_tiny_hub(root, layers=2, dim=128, heads=4, n_ctx=64, revision=TINY_REVISION)
-    member = sms_collection()
+    member = sms_collection(n_ham=2000, n_spam=500)  # 762 messages: epochs of 0.1 s or more
     with zipfile.ZipFile(root / "sms+spam+collection.zip", "w") as z:
         z.writestr("SMSSpamCollection", member)
     with serve(root) as url:
@@ -92,6 +93,7 @@ class Stage:
         )
         os.close(terminal)
         self._chunks: list[bytes] = []
+        self._leader = leader
         self._reader = threading.Thread(target=self._read, args=(leader,), daemon=True)
         self._reader.start()
 
@@ -105,18 +107,28 @@ class Stage:
     def output(self) -> str:
         return b"".join(self._chunks).decode(errors="replace").replace("\r\n", "\n")
 
+    def last_step(self) -> tuple[int, int, int]:
+        """(epoch, step in it, steps in it) of the last step drawn; (0, 0, 0) before any."""
+        steps = re.findall(r"epoch (\d+)/\d+:[^|]*\|[^|]*\| (\d+)/(\d+)", self.output)
+        return tuple(map(int, steps[-1])) if steps else (0, 0, 0)
+
     def in_epoch(self, epoch: int) -> bool:
-        """Has a step of `epoch` been done, with at least two left (so that the step during
-        which a signal arrives is not the epoch's last)?"""
-        return any(
-            1 <= int(n) <= int(total) - 2
-            for n, total in re.findall(
-                rf"epoch {epoch}/\d+:[^|]*\|[^|]*\| (\d+)/(\d+)", self.output
-            )
-        )
+        """Is the last step drawn one of `epoch`, with at least two left (so that the step
+        during which a signal arrives is not the epoch's last)?"""
+        at, step, steps = self.last_step()
+        return at == epoch and 1 <= step <= steps - 2
+
+    def drain(self) -> None:
+        """Wait until the reader has taken all the output written so far (of a paused group)."""
+        pending = array.array("i", [0])
+        with contextlib.suppress(OSError):  # closed: everything was read
+            while fcntl.ioctl(self._leader, termios.FIONREAD, pending) == 0 and pending[0]:
+                time.sleep(0.001)
+        time.sleep(0.1)  # the last chunk read may still be on its way into the list
 
     def signal(self, sig: signal.Signals) -> None:
-        os.killpg(self.proc.pid, sig)
+        with contextlib.suppress(ProcessLookupError):  # the group has ended
+            os.killpg(self.proc.pid, sig)
 
     def pause(self) -> None:
         """SIGSTOP the group and wait until every process in it has stopped: kill() returns
@@ -240,10 +252,20 @@ def story(wide_mirror: Mirror, tmp_path_factory: pytest.TempPathFactory) -> dict
     seen["reference_lock"] = lock_hashes(project)
     seen["reference_run"] = json.loads((project / "models/finetuned/mlflow_run.json").read_text())
 
-    # SIGINT in the middle of epoch 2.
-    proc = finetune(project)
-    proc.wait_for(lambda: proc.in_epoch(2))
+    # SIGINT in the middle of epoch 2. An epoch lasts ~0.1 s: when the poll sees it too late,
+    # that attempt is killed and training starts again without its checkpoint.
+    for _ in range(5):
+        proc = finetune(project)
+        proc.wait_for(lambda proc=proc: proc.last_step() >= (2, 1, 0))
+        proc.pause()
+        proc.drain()
+        if proc.in_epoch(2):
+            break
+        proc.signal(signal.SIGKILL)
+        proc.finish()
+        shutil.rmtree(project / CHECKPOINT.parent)
     proc.signal(signal.SIGINT)
+    proc.signal(signal.SIGCONT)
     seen["sigint"] = (*proc.finish(), checkpoint_state(project))
     run_id = seen["sigint"][2]["run_id"]
     seen["sigint_status"] = client.get_run(run_id).info.status
@@ -288,11 +310,22 @@ def story(wide_mirror: Mirror, tmp_path_factory: pytest.TempPathFactory) -> dict
 
     # Resumed from the last complete checkpoint, the run trains to the end; SIGTERM while it
     # writes the model and metrics (Trainer's handler is gone by then: the stage's acts).
+    # Should the poll see the model too late, after the results are all written, that attempt
+    # is made again from the same checkpoint.
     model_file = project / "models/finetuned/model.safetensors"
-    model_file.unlink()
-    proc = finetune(project)
-    proc.wait_for(model_file.exists)
+    resume_from = (project / CHECKPOINT).read_bytes()
+    for _ in range(5):
+        model_file.unlink(missing_ok=True)
+        (project / CHECKPOINT).write_bytes(resume_from)
+        proc = finetune(project)
+        proc.wait_for(model_file.exists)
+        proc.pause()
+        if proc.proc.poll() is None and not checkpoint_state(project)["exported"]:
+            break
+        proc.signal(signal.SIGCONT)
+        proc.finish()
     proc.signal(signal.SIGTERM)
+    proc.signal(signal.SIGCONT)
     seen["export"] = (*proc.finish(), checkpoint_state(project), temp_files(project))
     seen["export_status"] = client.get_run(run_id).info.status
 
