@@ -149,9 +149,9 @@ def test_5xx_until_retries_run_out(site: Path, out: Path, data: bytes) -> None:
 
 
 def test_timeout_is_retried(site: Path, out: Path, data: bytes) -> None:
-    faults = Faults(stall=0.5, stalls=1)
+    faults = Faults(stall=2.0, stalls=1)
     with serve(site, faults=faults) as url:
-        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data), timeout=0.1)
+        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data), timeout=0.5)
     assert len(faults.requests) == 2
     assert (out / "data.bin").read_bytes() == data
 
