@@ -27,6 +27,9 @@ def tokens_file(split: str) -> Path:
 TRUNK_DIR = Path("data/trunk")
 TRUNK_INFO = TRUNK_DIR / "info.json"
 FINETUNED_DIR = Path("models/finetuned")
+# The MLflow run of the model in FINETUNED_DIR: beside it, so that the model's hash in dvc.lock
+# changes only with the model; in git (not DVC's cache), so each experiment's commit names it.
+MLFLOW_RUN = Path("models/mlflow_run.json")
 CHECKPOINT_DIR = Path("models/checkpoints")
 REPORTS_DIR = Path("reports")
 

@@ -48,7 +48,7 @@ def main(params: Params) -> None:
     precision = runtime.resolve_precision(params.train.precision, device)
     runtime.use_all_cores()
     tracking.connect()
-    run_id = json.loads((paths.FINETUNED_DIR / "mlflow_run.json").read_text())["run_id"]
+    run_id = json.loads(paths.MLFLOW_RUN.read_text())["run_id"]
 
     splits = ("val", "test")
     labels = {s: loaders.load(paths.tokens_file(s)).labels.numpy() for s in splits}

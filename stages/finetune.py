@@ -120,7 +120,7 @@ def main(params: Params) -> None:
             m, changed, tokens_info["max_length"], tokens_info["pad_id"]
         )
         classifier.save(model, paths.FINETUNED_DIR, meta, model_dir, full=not m.pretrained)
-        atomic.write_json(paths.FINETUNED_DIR / "mlflow_run.json", {"run_id": run.run_id})
+        atomic.write_json(paths.MLFLOW_RUN, {"run_id": run.run_id})
         write_metrics(state, len(train), device, precision, run)
         trainer.mark_exported(extra)
 
@@ -138,13 +138,8 @@ def write_metrics(
             "best_epoch": state.best_epoch,
             "epochs_run": len(state.history),
             "steps": state.step,
-            "train_seconds": round(state.train_seconds, 2),
-            "samples_per_second": round(
-                len(state.history) * n_train / max(state.train_seconds, 1e-9), 1
-            ),
             "device": device.type,
             "precision": precision,
-            "threads": torch.get_num_threads(),
             "val": {k.removeprefix("val/"): v for k, v in best.items() if k.startswith("val/")},
         },
     )
@@ -153,7 +148,18 @@ def write_metrics(
     with atomic.atomic_open(paths.METRICS_DIR / "val_epochs.csv", "w", newline="") as f:
         epochs.rename(columns=lambda c: c.replace("/", "_")).to_csv(f, index=False)
 
-    run.log_metrics({"best_epoch": state.best_epoch}, 0)
+    # Timings go to MLflow only: in the DVC metrics every run would differ from every other.
+    run.log_metrics(
+        {
+            "best_epoch": state.best_epoch,
+            "train/seconds": state.train_seconds,
+            "train/samples_per_second": len(state.history)
+            * n_train
+            / max(state.train_seconds, 1e-9),
+            "train/threads": torch.get_num_threads(),
+        },
+        0,
+    )
     figures = {
         "curves/train_loss.png": ("step", {"train/loss": (steps["step"], steps["loss"])}),
         "curves/loss_by_epoch.png": (

@@ -103,7 +103,7 @@ def test_metrics_files(project):
     path, _ = project
     train = read_json(path / "metrics/train.json")
     assert 1 <= train["best_epoch"] <= train["epochs_run"] <= 2
-    assert train["samples_per_second"] > 0
+    assert "samples_per_second" not in train  # timings differ in every run: MLflow only
     ev = read_json(path / "metrics/eval.json")
     for split in ("val", "test"):
         report = ev[split]
@@ -123,7 +123,7 @@ def test_metrics_files(project):
 def test_mlflow_run_has_everything(project, mlflow_client):
     path, _ = project
     params = yaml.safe_load((path / "params.yaml").read_text())
-    run_id = read_json(path / "models/finetuned/mlflow_run.json")["run_id"]
+    run_id = read_json(path / "models/mlflow_run.json")["run_id"]
     run_ = mlflow_client.get_run(run_id)
     assert run_.info.status == "FINISHED"
     assert run_.data.params["train.lr"] == str(params["train"]["lr"])
@@ -140,6 +140,9 @@ def test_mlflow_run_has_everything(project, mlflow_client):
     ev = read_json(path / "metrics/eval.json")
     assert run_.data.metrics["test/accuracy"] == pytest.approx(ev["test"]["accuracy"])
     assert math.isfinite(run_.data.metrics["test/roc_auc"])
+    assert (
+        run_.data.metrics["train/samples_per_second"] > 0 and run_.data.metrics["train/seconds"] > 0
+    )
     assert run_.data.metrics["baseline/accuracy"] == pytest.approx(
         ev["baseline"]["test"]["accuracy"]
     )

@@ -126,7 +126,7 @@ def read_json(path: Path) -> dict:
 
 def mlflow_run(folder: Path):
     client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
-    return client.get_run(read_json(folder / "models/finetuned/mlflow_run.json")["run_id"])
+    return client.get_run(read_json(folder / "models/mlflow_run.json")["run_id"])
 
 
 def trained_blocks(folder: Path) -> set[int]:

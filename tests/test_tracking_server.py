@@ -64,7 +64,7 @@ def test_pipeline_logs_through_a_tracking_server(server, mirror, tmp_path):
     run(["dvc", "repro"], project, env=env)
 
     assert not (project / "mlflow.db").exists()  # nothing went to the local default store
-    run_id = json.loads((project / "models/finetuned/mlflow_run.json").read_text())["run_id"]
+    run_id = json.loads((project / "models/mlflow_run.json").read_text())["run_id"]
     client = MlflowClient(tracking_uri=url)
     logged = client.get_run(run_id)
     assert logged.info.status == "FINISHED"
