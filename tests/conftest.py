@@ -18,6 +18,17 @@ from tiny_gpt2 import make_tiny_hub
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_REVISION = "tiny-test"  # not in the known-hash table: accepted with a warning, recorded
+# dvc.yaml's stages, in an order that runs each after what it needs
+STAGES = [
+    "download_data",
+    "download_weights",
+    "split",
+    "baseline",
+    "loaders",
+    "trunk",
+    "finetune",
+    "evaluate",
+]
 
 HAM = [
     "Ok lar, see you at {n} then",

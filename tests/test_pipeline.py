@@ -9,19 +9,8 @@ import re
 import mlflow
 import pytest
 import yaml
-from conftest import REPO, make_project, run, tiny_params
+from conftest import REPO, STAGES, make_project, run, tiny_params
 from mlflow.tracking import MlflowClient
-
-STAGES = [
-    "download_data",
-    "download_weights",
-    "split",
-    "baseline",
-    "loaders",
-    "trunk",
-    "finetune",
-    "evaluate",
-]
 
 
 def ran_stages(output: str) -> list[str]:

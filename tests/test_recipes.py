@@ -16,23 +16,12 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from conftest import REPO, TINY_REVISION, Mirror, sms_collection, tiny_params
+from conftest import REPO, STAGES, TINY_REVISION, Mirror, sms_collection, tiny_params
 from fileserver import serve
 from mlflow.tracking import MlflowClient
 from tiny_gpt2 import make_tiny_hub
 
 from spamgpt import params as params_module
-
-STAGES = [
-    "download_data",
-    "download_weights",
-    "split",
-    "baseline",
-    "loaders",
-    "trunk",
-    "finetune",
-    "evaluate",
-]
 
 
 def readme_recipes() -> dict[str, list[str]]:
