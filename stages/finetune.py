@@ -132,14 +132,18 @@ def write_metrics(
     epochs = pd.DataFrame(state.history)
     steps = pd.DataFrame(state.steps, columns=["step", "loss", "lr"])
     best = state.history[state.best_epoch - 1]
+    samples_per_second = len(state.history) * n_train / max(state.train_seconds, 1e-9)
     atomic.write_json(
         paths.METRICS_DIR / "train.json",
         {
             "best_epoch": state.best_epoch,
             "epochs_run": len(state.history),
             "steps": state.step,
+            "train_seconds": round(state.train_seconds, 2),
+            "samples_per_second": round(samples_per_second, 1),
             "device": device.type,
             "precision": precision,
+            "threads": torch.get_num_threads(),
             "val": {k.removeprefix("val/"): v for k, v in best.items() if k.startswith("val/")},
         },
     )
@@ -148,15 +152,11 @@ def write_metrics(
     with atomic.atomic_open(paths.METRICS_DIR / "val_epochs.csv", "w", newline="") as f:
         epochs.rename(columns=lambda c: c.replace("/", "_")).to_csv(f, index=False)
 
-    # Timings go to MLflow only: in the DVC metrics every run would differ from every other.
     run.log_metrics(
         {
             "best_epoch": state.best_epoch,
             "train/seconds": state.train_seconds,
-            "train/samples_per_second": len(state.history)
-            * n_train
-            / max(state.train_seconds, 1e-9),
-            "train/threads": torch.get_num_threads(),
+            "train/samples_per_second": samples_per_second,
         },
         0,
     )

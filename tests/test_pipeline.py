@@ -92,7 +92,7 @@ def test_metrics_files(project):
     path, _ = project
     train = read_json(path / "metrics/train.json")
     assert 1 <= train["best_epoch"] <= train["epochs_run"] <= 2
-    assert "samples_per_second" not in train  # timings differ in every run: MLflow only
+    assert train["samples_per_second"] > 0 and train["train_seconds"] > 0
     ev = read_json(path / "metrics/eval.json")
     for split in ("val", "test"):
         report = ev[split]
