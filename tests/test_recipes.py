@@ -25,10 +25,11 @@ from spamgpt import params as params_module
 
 
 def readme_recipes() -> dict[str, list[str]]:
-    """{name: ["key=value", ...]} of each `dvc exp run -n NAME -S ...` line in the README."""
+    """{name: ["key=value", ...]} of each `dvc exp run --temp -n NAME -S ...` line in the
+    README."""
     text = (REPO / "README.md").read_text().replace("\\\n", " ")
     recipes = {}
-    for line in re.findall(r"^dvc exp run -n .*$", text, flags=re.M):
+    for line in re.findall(r"^dvc exp run --temp -n .*$", text, flags=re.M):
         words = shlex.split(line, comments=True)
         recipes[words[words.index("-n") + 1]] = [
             words[i + 1] for i, word in enumerate(words) if word == "-S"
