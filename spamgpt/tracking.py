@@ -163,6 +163,7 @@ class Run:
             run = _retry(lambda: MlflowClient().create_run(exp_id, run_name=name, tags=tags))
             run_id = run.info.run_id
         else:
+            _check_exists(run_id)
             _retry(lambda: MlflowClient().update_run(run_id, status="RUNNING"))
             # A resumed run that failed before: its error no longer describes it (the
             # traceback artifact stays, as the record of what happened).
@@ -245,6 +246,21 @@ class Run:
         tags = [InputTag("mlflow.data.context", "training"), InputTag("sha256", sha256)]
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=tags)
         _retry(lambda: self.client.log_inputs(self.run_id, datasets=[entity]))
+
+
+def _check_exists(run_id: str) -> None:
+    """A run to reopen (named by a checkpoint or models/mlflow_run.json) that the store does not
+    hold: one line, not MLflow's traceback."""
+    try:
+        _retry(lambda: MlflowClient().get_run(run_id))
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise SpamGPTError(
+            f"MLflow run {run_id} is not in {tracking_uri()} (deleted, or another store?): "
+            f"set MLFLOW_TRACKING_URI to the store that holds it, or train and record anew: "
+            f"rm -r models/checkpoints && dvc repro -f finetune"
+        ) from None
 
 
 def _is_interruption(e: BaseException) -> bool:

@@ -20,6 +20,7 @@ from conftest import REPO, make_project, run, subprocess_env, tiny_params
 from mlflow.tracking import MlflowClient
 
 from spamgpt import stage, tracking
+from spamgpt.errors import SpamGPTError
 
 EXPERIMENT = "sms-spam-gpt2"
 
@@ -95,6 +96,16 @@ def test_resumed_run_logs_each_step_once_and_drops_its_old_error(
     assert resumed.info.status == "FINISHED"
     assert "error" not in resumed.data.tags
     assert steps(local_store, run_id, "train/loss") == [(1, 0.5), (2, 0.4), (3, 0.3)]
+
+
+def test_reopening_a_run_the_store_lacks_says_so_in_one_line(local_store: MlflowClient) -> None:
+    """models/mlflow_run.json names a run of a deleted store (or of another tracking URI)."""
+    missing = "0123456789abcdef0123456789abcdef"
+    with pytest.raises(SpamGPTError) as info, tracking.Run.open(EXPERIMENT, missing):
+        pass
+    message = str(info.value)
+    assert message.startswith(f"MLflow run {missing} is not in sqlite:///")
+    assert "MLFLOW_TRACKING_URI" in message and "\n" not in message
 
 
 def test_reopened_run_takes_a_new_value_for_a_logged_step(local_store: MlflowClient) -> None:
