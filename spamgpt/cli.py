@@ -16,6 +16,11 @@ from spamgpt.errors import SpamGPTError
 EVAL_METRICS = paths.METRICS_DIR / "eval.json"
 
 
+# Plain output is one tab-separated line per message: a tab or line break inside a message is
+# printed as \t, \n or \r (and a backslash as \\), so that every line still splits in three.
+ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
 def read_messages(args: argparse.Namespace) -> list[str]:
     """Messages from the arguments, or one per line from --file (- for stdin). Bytes that are
     not UTF-8 are replaced (U+FFFD), so any input gets an answer instead of a crash."""
@@ -67,7 +72,7 @@ def classify(args: argparse.Namespace) -> None:
             print(json.dumps(record, ensure_ascii=False))
         else:
             note = f" [truncated to {meta['max_length']} tokens]" if cut else ""
-            print(f"{label}\t{p:.4f}\t{text}{note}")
+            print(f"{label}\t{p:.4f}\t{text.translate(ESCAPES)}{note}")
 
 
 def positive_int(text: str) -> int:

@@ -322,6 +322,7 @@ CLI_CASES = {
     "random-bytes": (["--json", "--file", "-"], RANDOM_BYTES),
     "empty-stdin": (["--file", "-"], b""),
     "missing-file": (["--file", "/nonexistent/messages.txt"], None),
+    "tabs-and-newlines": (["call\tnow\nor\r\nnever \\o/"], None),
 }
 
 
@@ -359,6 +360,15 @@ def test_classify_answers_empty_blank_emoji_and_huge_messages(cli_runs: dict) ->
         assert rest.startswith(text)
     assert lines[3].endswith(f" [truncated to {MAX_LENGTH} tokens]")
     assert not any("truncated" in line for line in lines[:3])
+
+
+def test_classify_plain_output_escapes_tabs_and_line_breaks(cli_runs: dict) -> None:
+    result = cli_runs["tabs-and-newlines"]
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    label, _, text = line.split("\t")
+    assert label in ("ham", "spam")
+    assert text == "call\\tnow\\nor\\r\\nnever \\\\o/"
 
 
 def test_classify_answers_every_line_of_random_bytes(cli_runs: dict) -> None:
