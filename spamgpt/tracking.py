@@ -163,11 +163,11 @@ class Run:
             run = _retry(lambda: MlflowClient().create_run(exp_id, run_name=name, tags=tags))
             run_id = run.info.run_id
         else:
-            _check_exists(run_id)
+            existing = _existing_run(run_id)
             _retry(lambda: MlflowClient().update_run(run_id, status="RUNNING"))
             # A resumed run that failed before: its error no longer describes it (the
             # traceback artifact stays, as the record of what happened).
-            if "error" in _retry(lambda: MlflowClient().get_run(run_id)).data.tags:
+            if "error" in existing.data.tags:
                 _retry(lambda: MlflowClient().delete_tag(run_id, "error"))
             if tags:
                 for key, value in tags.items():
@@ -248,11 +248,11 @@ class Run:
         _retry(lambda: self.client.log_inputs(self.run_id, datasets=[entity]))
 
 
-def _check_exists(run_id: str) -> None:
-    """A run to reopen (named by a checkpoint or models/mlflow_run.json) that the store does not
-    hold: one line, not MLflow's traceback."""
+def _existing_run(run_id: str) -> mlflow.entities.Run:
+    """The run to reopen (named by a checkpoint or models/mlflow_run.json); one that the store
+    does not hold is one line, not MLflow's traceback."""
     try:
-        _retry(lambda: MlflowClient().get_run(run_id))
+        return _retry(lambda: MlflowClient().get_run(run_id))
     except MlflowException as e:
         if e.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
