@@ -1,13 +1,19 @@
 """Fixtures shared by the end-to-end tests: a generated SMS dataset and a tiny GPT-2, served
 over HTTP on 127.0.0.1 like UCI and the Hugging Face hub, and a DVC project pointed at them."""
 
+import contextlib
 import hashlib
 import os
 import random
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,16 +80,23 @@ class Mirror:
         return f"{self.url}/sms+spam+collection.zip"
 
 
-@pytest.fixture(scope="session")
-def mirror(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("mirror")
-    make_tiny_hub(root, layers=2, dim=32, heads=4, n_ctx=64, revision=TINY_REVISION)
-    member = sms_collection()
+@contextlib.contextmanager
+def serve_mirror(root: Path, member: bytes) -> Iterator[Mirror]:
+    """Serve `root` (hubs made by make_tiny_hub) on 127.0.0.1, with `member` zipped as UCI
+    ships the SMS Spam Collection (beside a readme)."""
     with zipfile.ZipFile(root / "sms+spam+collection.zip", "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("SMSSpamCollection", member)
         z.writestr("readme", "generated for tests\n")
     with serve(root) as url:
         yield Mirror(url, root, hashlib.sha256(member).hexdigest())
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
+    root = tmp_path_factory.mktemp("mirror")
+    make_tiny_hub(root, layers=2, dim=32, heads=4, n_ctx=64, revision=TINY_REVISION)
+    with serve_mirror(root, sms_collection()) as mirror:
+        yield mirror
 
 
 def subprocess_env() -> dict[str, str]:
@@ -118,6 +131,45 @@ def run_stage(name: str, cwd: Path, **popen: object) -> subprocess.Popen:
         text=True,
         **popen,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def http_service(
+    command: Callable[[int], list[str]], ready_path: str, env: dict[str, str], log: Path
+) -> Iterator[str]:
+    """Run `command(port)` on a free 127.0.0.1 port, in its own process group (its workers die
+    with it), output to `log`; yield its base URL once GET `ready_path` answers; then stop it."""
+    port = free_port()
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            command(port), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"server not up (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}{ready_path}", timeout=2):
+                    break
+            except OSError:  # refused, or not ready yet (URLError, HTTPError)
+                time.sleep(0.2)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # it may have died on its own
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:

@@ -5,19 +5,16 @@ each stage's main() in order, as `dvc exp run` would run them, on a 3-block toy 
 In one process, so that nine pipelines cost seconds: DVC's choice of which stages an override
 re-runs is tested in test_pipeline.py; here each recipe's outputs are checked."""
 
-import hashlib
 import json
 import re
 import runpy
 import shlex
-import zipfile
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
-from conftest import REPO, STAGES, TINY_REVISION, Mirror, sms_collection, tiny_params
-from fileserver import serve
+from conftest import REPO, STAGES, TINY_REVISION, Mirror, serve_mirror, sms_collection, tiny_params
 from mlflow.tracking import MlflowClient
 from tiny_gpt2 import make_tiny_hub
 
@@ -59,11 +56,8 @@ def mirror(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("recipes-mirror")
     make_tiny_hub(root, layers=3, revision=TINY_REVISION)
     make_tiny_hub(root, layers=4, repo_id="openai-community/gpt2-medium", revision="main")
-    member = sms_collection()
-    with zipfile.ZipFile(root / "sms+spam+collection.zip", "w") as z:
-        z.writestr("SMSSpamCollection", member)
-    with serve(root) as url:
-        yield Mirror(url, root, hashlib.sha256(member).hexdigest())
+    with serve_mirror(root, sms_collection()) as mirror:
+        yield mirror
 
 
 def value(text: str) -> object:

@@ -23,7 +23,6 @@ import sys
 import termios
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,11 +34,11 @@ from conftest import (
     Mirror,
     make_project,
     run,
+    serve_mirror,
     sms_collection,
     subprocess_env,
     tiny_params,
 )
-from fileserver import serve
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file, save_file
 from tiny_gpt2 import make_tiny_hub
@@ -67,10 +66,8 @@ def wide_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
     root = tmp_path_factory.mktemp("wide-mirror")
     make_tiny_hub(root, layers=2, dim=128, heads=4, n_ctx=64, revision=TINY_REVISION)
     member = sms_collection(n_ham=2000, n_spam=500)  # 762 messages: epochs of 0.1 s or more
-    with zipfile.ZipFile(root / "sms+spam+collection.zip", "w") as z:
-        z.writestr("SMSSpamCollection", member)
-    with serve(root) as url:
-        yield Mirror(url, root, hashlib.sha256(member).hexdigest())
+    with serve_mirror(root, member) as mirror:
+        yield mirror
 
 
 class Stage:

@@ -1,14 +1,8 @@
 """The MLflow model end to end: logged from a fine-tuned folder, loaded back, registered, and
 served by the real `mlflow models serve` over HTTP, answering as `spamgpt classify` does."""
 
-import contextlib
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -18,7 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from conftest import run, subprocess_env
+from conftest import http_service, run, subprocess_env
 from mlflow.tracking import MlflowClient
 from tiny_gpt2 import make_tiny_hub
 
@@ -84,12 +78,6 @@ def logged(tmp_path_factory: pytest.TempPathFactory):
     mlflow.set_tracking_uri(previous)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def post(url: str, payload: dict) -> dict:
     request = urllib.request.Request(
         url, json.dumps(payload).encode(), {"Content-Type": "application/json"}
@@ -101,37 +89,14 @@ def post(url: str, payload: dict) -> dict:
 @pytest.fixture(scope="module")
 def server(logged: Logged):
     """`mlflow models serve` on the runs:/ URI; its base URL once /ping answers."""
-    port = free_port()
-    log = logged.project / "serve.log"
     cmd = ["mlflow", "models", "serve", "-m", logged.uri, "--env-manager", "local"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [*cmd, "-p", str(port), "--host", "127.0.0.1"],
-            env=logged.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: uvicorn dies with it
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server not up (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2):
-                    break
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.2)
+    with http_service(
+        lambda port: [*cmd, "-p", str(port), "--host", "127.0.0.1"],
+        "/ping",
+        logged.env,
+        logged.project / "serve.log",
+    ) as url:
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # it may have died on its own
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 def classify_cli(logged: Logged, messages: list[str]) -> list[dict]:

@@ -3,24 +3,12 @@
 through the server, artifacts included."""
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import make_project, run, subprocess_env, tiny_params
+from conftest import http_service, make_project, run, subprocess_env, tiny_params
 from mlflow.tracking import MlflowClient
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -28,33 +16,16 @@ def server(tmp_path_factory):
     """`mlflow server` as a team would run it, minus the network: its own database and
     artifact folder, clients reaching both only over HTTP."""
     root = tmp_path_factory.mktemp("server")
-    port = free_port()
     cmd = [
-        Path(sys.executable).parent / "mlflow", "server",
+        str(Path(sys.executable).parent / "mlflow"), "server",
         "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
         "--artifacts-destination", str(root / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--host", "127.0.0.1", "--workers", "1",
     ]  # fmt: skip
-    process = subprocess.Popen(
-        cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(process.stderr.read().decode()[-3000:]) from None
-                time.sleep(0.5)
+    with http_service(
+        lambda port: [*cmd, "--port", str(port)], "/health", subprocess_env(), root / "server.log"
+    ) as url:
         yield url, root
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def test_pipeline_logs_through_a_tracking_server(server, mirror, tmp_path):
