@@ -101,7 +101,11 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
 
 def subprocess_env() -> dict[str, str]:
     """The environment for dvc/python subprocesses: this venv first on PATH, no telemetry,
-    no tracking URI from outside, a git identity for commits on a bare CI machine."""
+    no tracking URI from outside, a git identity for commits on a bare CI machine, and bash
+    as the shell DVC runs each stage's cmd with (it takes $SHELL, else /bin/sh). Where
+    /bin/sh is dash and $SHELL is unset, as on a CI machine, dash does not hand the process
+    over to the stage: a Ctrl-C kills dash itself, and DVC reports that, not the stage's
+    exit."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
@@ -115,6 +119,7 @@ def subprocess_env() -> dict[str, str]:
         NO_PROXY="127.0.0.1,localhost",
         no_proxy="127.0.0.1,localhost",
         PYTHONUNBUFFERED="1",
+        SHELL=shutil.which("bash") or "/bin/bash",
     )
     return env
 
