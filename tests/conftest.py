@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from fileserver import serve
@@ -136,6 +137,17 @@ def run_stage(name: str, cwd: Path, **popen: object) -> subprocess.Popen:
         text=True,
         **popen,
     )
+
+
+@contextlib.contextmanager
+def restored_tracking_uri() -> Iterator[None]:
+    """MLflow's tracking URI is process-wide: whatever the block sets it to (or a stage's
+    tracking.connect() does), the tests after it get the previous one back."""
+    previous = mlflow.get_tracking_uri()
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import re
 import mlflow
 import pytest
 import yaml
-from conftest import REPO, STAGES, make_project, run, tiny_params
+from conftest import REPO, STAGES, make_project, restored_tracking_uri, run, tiny_params
 from mlflow.tracking import MlflowClient
 
 
@@ -150,12 +150,9 @@ def test_mlflow_run_has_everything(project, mlflow_client):
     assert "params.yaml" in listing()
     assert list((path / "mlartifacts").rglob("test_confusion_matrix.png"))  # beside mlflow.db
     assert not (path / "mlruns").exists()
-    previous = mlflow.get_tracking_uri()  # process-wide: restore it for the other tests
-    mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
-    try:
+    with restored_tracking_uri():
+        mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
         served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")  # logged by evaluate
-    finally:
-        mlflow.set_tracking_uri(previous)
     assert [p.label for p in served.predict(["see you at 7"])] in (["ham"], ["spam"])
     inputs = run_.inputs.dataset_inputs
     assert inputs and inputs[0].dataset.digest == run_.data.tags["data_sha256"][:36]

@@ -11,10 +11,18 @@ import runpy
 import shlex
 from pathlib import Path
 
-import mlflow
 import pytest
 import yaml
-from conftest import REPO, STAGES, TINY_REVISION, Mirror, serve_mirror, sms_collection, tiny_params
+from conftest import (
+    REPO,
+    STAGES,
+    TINY_REVISION,
+    Mirror,
+    restored_tracking_uri,
+    serve_mirror,
+    sms_collection,
+    tiny_params,
+)
 from mlflow.tracking import MlflowClient
 from tiny_gpt2 import make_tiny_hub
 
@@ -81,9 +89,8 @@ def with_overrides(params: dict, overrides: list[str]) -> dict:
 @pytest.fixture(scope="module")
 def recipe_runs(mirror: Mirror, tmp_path_factory: pytest.TempPathFactory):
     """Run each recipe in a folder of its own; {name: folder}."""
-    previous_uri = mlflow.get_tracking_uri()
     runs = {}
-    with pytest.MonkeyPatch.context() as patch:
+    with restored_tracking_uri(), pytest.MonkeyPatch.context() as patch:
         for name, overrides in RECIPES.items():
             folder = tmp_path_factory.mktemp(name)
             params = tiny_params(mirror, mlflow={"log_model": False})  # tested in test_serving
@@ -100,7 +107,6 @@ def recipe_runs(mirror: Mirror, tmp_path_factory: pytest.TempPathFactory):
             for stage in STAGES:
                 runpy.run_path(str(REPO / "stages" / f"{stage}.py"))["main"](loaded)
             runs[name] = folder
-    mlflow.set_tracking_uri(previous_uri)
     return runs
 
 

@@ -13,10 +13,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import pytest
 import torch
-from conftest import REPO, make_project, run, subprocess_env, tiny_params
+from conftest import (
+    REPO,
+    make_project,
+    restored_tracking_uri,
+    run,
+    subprocess_env,
+    tiny_params,
+)
 from mlflow.tracking import MlflowClient
 
 from spamgpt import stage, tracking
@@ -66,10 +72,8 @@ def local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mlf
     """tracking.connect() pointed at a fresh SQLite store under tmp_path, in this process."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    previous = mlflow.get_tracking_uri()
-    uri = tracking.connect()
-    yield MlflowClient(tracking_uri=uri)
-    mlflow.set_tracking_uri(previous)
+    with restored_tracking_uri():
+        yield MlflowClient(tracking_uri=tracking.connect())
 
 
 def steps(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:

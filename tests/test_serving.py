@@ -12,7 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from conftest import http_service, run, subprocess_env
+from conftest import http_service, restored_tracking_uri, run, subprocess_env
 from mlflow.tracking import MlflowClient
 from tiny_gpt2 import make_tiny_hub
 
@@ -64,8 +64,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory):
     project = tmp_path_factory.mktemp("serving")
     finetuned, pretrained = finetuned_folder(project), project / "models/pretrained"
     uri = f"sqlite:///{project / 'mlflow.db'}"
-    previous = mlflow.get_tracking_uri()
-    with pytest.MonkeyPatch.context() as mp:
+    with restored_tracking_uri(), pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)  # wins over the variable if another test set one
         client = MlflowClient()
@@ -75,7 +74,6 @@ def logged(tmp_path_factory: pytest.TempPathFactory):
         model_uri = serving.log_model(run_id, finetuned, THRESHOLD, REGISTERED, pretrained)
         env = {**subprocess_env(), "MLFLOW_TRACKING_URI": uri}
         yield Logged(project, finetuned, pretrained, run_id, model_uri, env)
-    mlflow.set_tracking_uri(previous)
 
 
 def post(url: str, payload: dict) -> dict:
