@@ -23,10 +23,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spamgpt import classifier, data, loaders, runtime, tokenizer, trunk
+from spamgpt import classifier, data, runtime, tokenized, tokenizer, trunk
+from spamgpt.batching import ModelInputs
+from spamgpt.checkpoint import CheckpointSaver
 from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.params import load as load_params
-from spamgpt.train import Split, Trainer
+from spamgpt.train import Hook, Split, State, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 MESSAGES = [ROOT.parent / "shared/data/SMSSpamCollection", ROOT / "data/raw/SMSSpamCollection"]
@@ -43,22 +45,17 @@ def first_existing(candidates: list[Path]) -> Path:
     sys.exit(f"none of these exist: {', '.join(map(str, candidates))}")
 
 
-class Clock:
-    """A metrics logger that notes the training seconds at each epoch's end."""
+class Clock(Hook):
+    """Notes the training seconds so far at each epoch's end."""
 
     def __init__(self) -> None:
-        self.trainer: Trainer | None = None
         self.epoch_train_seconds: list[float] = []
 
-    def log_metrics(self, values: dict[str, float], step: int) -> None:
-        if "val/loss" in values:
-            self.epoch_train_seconds.append(self.trainer.state.train_seconds)
-
-    def flush(self) -> None:
-        pass
+    def on_epoch_end(self, state: State, entry: dict) -> None:
+        self.epoch_train_seconds.append(state.train_seconds)
 
 
-def naive_samples_per_second(gpt: GPT2, split: loaders.TokenizedSplit, n_samples: int) -> float:
+def naive_samples_per_second(gpt: GPT2, split: tokenized.TokenizedSplit, n_samples: int) -> float:
     """The reference loop: pad everything to the longest message, run the whole model."""
     model = GPT2Classifier(gpt)
     trained = classifier.freeze(model, 1)
@@ -91,10 +88,12 @@ def main() -> None:
     messages = data.dedupe(data.parse_messages(first_existing(MESSAGES)).frame)
     splits = data.split(messages, params.split.val, params.split.test, params.split.seed)
     enc = tokenizer.load(first_existing(TOKENIZER))
-    ids = {s: loaders.encode(enc, f["text"].tolist()) for s, f in splits.items()}
-    max_length = loaders.resolve_max_length(None, [r for rows in ids.values() for r in rows], 1024)
-    tokenized = {s: loaders.pack(ids[s], splits[s], max_length) for s in splits}
-    n_train = len(tokenized["train"])
+    ids = {s: tokenized.encode(enc, f["text"].tolist()) for s, f in splits.items()}
+    max_length = tokenized.resolve_max_length(
+        None, [r for rows in ids.values() for r in rows], 1024
+    )
+    packed = {s: tokenized.pack(ids[s], splits[s], max_length) for s in splits}
+    n_train = len(packed["train"])
     torch.manual_seed(0)
     gpt = GPT2.init_random(GPTConfig())  # 124M shapes
     print(
@@ -102,37 +101,27 @@ def main() -> None:
         f"longest {max_length} tokens"
     )
 
-    naive = naive_samples_per_second(gpt, tokenized["train"], args.naive_samples)
+    naive = naive_samples_per_second(gpt, packed["train"], args.naive_samples)
     print(f"(a) naive loop: {naive:.2f} training samples/s over {args.naive_samples} samples")
 
     started = time.perf_counter()
-    n_frozen = trunk.frozen_blocks(gpt.config.n_layer, 1)
+    frozen = classifier.frozen_blocks(gpt.config.n_layer, 1)
     cached = {
-        s: trunk.compute(gpt, t.tokens, n_frozen, device, precision, desc=f"trunk {s}")
-        for s, t in tokenized.items()
+        s: trunk.compute(gpt, t.tokens, frozen, device, precision, desc=f"trunk {s}")
+        for s, t in packed.items()
     }
     trunk_seconds = time.perf_counter() - started
-    n_tokens = sum(len(t.tokens.rows) for t in tokenized.values())
+    n_tokens = sum(len(t.tokens.rows) for t in packed.values())
     print(f"(b) trunk pass: {trunk_seconds:.1f} s for {n_tokens} tokens of all splits")
 
     model = GPT2Classifier(gpt, pooling="last")
     trained = classifier.freeze(model, 1)
     train_params = dataclasses.replace(params.train, epochs=args.epochs, patience=args.epochs)
     clock = Clock()
+    train, val = (Split(ModelInputs(cached[s], frozen), packed[s].labels) for s in ("train", "val"))
+    trainer = Trainer(model, trained, train, val, train_params, device, precision)
     with tempfile.TemporaryDirectory() as checkpoints:
-        trainer = Trainer(
-            model,
-            trained,
-            Split(trunk.Features(cached["train"], n_frozen), tokenized["train"].labels),
-            Split(trunk.Features(cached["val"], n_frozen), tokenized["val"].labels),
-            train_params,
-            device,
-            precision,
-            Path(checkpoints),
-            clock,
-        )
-        clock.trainer = trainer
-        trainer.fit({})
+        trainer.fit(CheckpointSaver(Path(checkpoints) / "checkpoint.pt", "bench"), hooks=(clock,))
     ends = clock.epoch_train_seconds
     per_epoch = [b - a for a, b in zip([0.0, *ends[:-1]], ends, strict=True)]
     first = n_train / (trunk_seconds + per_epoch[0])

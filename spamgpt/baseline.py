@@ -19,7 +19,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.svm import LinearSVC
 
 from spamgpt import metrics
-from spamgpt.data import LABELS
+from spamgpt.labels import LABELS
 
 THRESHOLD = 0.5  # on the spam score: the SVM's own decision boundary (margin 0)
 
@@ -44,9 +44,11 @@ def fit(train: pd.DataFrame) -> Pipeline:
     return model.fit(train["text"].tolist(), labels_of(train))
 
 
-def spam_probabilities(model: Pipeline, texts: Iterable[str]) -> np.ndarray:
-    """Spam scores in [0, 1]: the sigmoid of the SVM margin (above 0.5 where it says spam)."""
-    return expit(model.decision_function(list(texts)))
+def probabilities(model: Pipeline, texts: Iterable[str]) -> np.ndarray:
+    """(N, 2) scores in [0, 1] of ham and spam: the sigmoid of the SVM margin is the spam
+    column (above 0.5 where the SVM says spam), its complement the ham column."""
+    spam = expit(model.decision_function(list(texts)))
+    return np.column_stack([1 - spam, spam])
 
 
 def evaluate(
@@ -57,7 +59,7 @@ def evaluate(
     model = fit(train)
     seconds = time.perf_counter() - start
     reports = {
-        name: metrics.report(labels_of(frame), spam_probabilities(model, frame["text"]), threshold)
+        name: metrics.report(labels_of(frame), probabilities(model, frame["text"]), threshold)
         for name, frame in (("val", val), ("test", test))
     }
     return {**reports, "seconds": seconds}

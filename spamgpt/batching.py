@@ -46,6 +46,22 @@ class PackedSequences:
         return out, lengths
 
 
+@dataclass
+class ModelInputs:
+    """What the classifier reads for a set of messages: their token ids (frozen_blocks None),
+    or the cached hidden states after the first `frozen_blocks` blocks (rows: tokens x n_embd)."""
+
+    sequences: PackedSequences
+    frozen_blocks: int | None
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chosen messages right-padded (the pad value is never read: causal attention)."""
+        return self.sequences.batch(indices, pad_value=0)
+
+
 def bucketed_order(
     lengths: torch.Tensor, batch_size: int, generator: torch.Generator, bucket_batches: int = 32
 ) -> list[torch.Tensor]:

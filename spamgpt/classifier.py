@@ -1,69 +1,99 @@
-"""The fine-tuned classifier as files: build it, freeze it, save what trained, load, predict.
+"""The fine-tuned classifier: what trains, the model folder, and the one prediction path.
 
 A fine-tuned model folder (models/finetuned) holds classifier.json (what to rebuild), the
 tokenizer files and model.safetensors. From a pretrained base only the trained tensors are
 saved (a few MB for one block instead of the whole 500 MB model in every experiment's DVC
 cache); the base is read back from models/pretrained/<repo_id>. A randomly initialised base,
 or a self-contained copy (`full=True`, as the MLflow model needs), saves every tensor.
+
+Prediction: class_probabilities() runs the model over token ids or cached trunk output, and
+labels.predicted_classes() turns the probabilities into labels. Validation, evaluate,
+`spamgpt classify` and the MLflow model all go through these two.
 """
 
 import dataclasses
 import json
+import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import tiktoken
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from spamgpt import atomic, loaders, lora, paths, runtime
-from spamgpt.batching import INFERENCE_TOKENS, sorted_order
-from spamgpt.data import LABELS
-from spamgpt.errors import SpamGPTError
+from spamgpt import atomic, lora, paths, runtime, tokenized
+from spamgpt.batching import INFERENCE_TOKENS, ModelInputs, sorted_order
+from spamgpt.contracts import Tokenization
+from spamgpt.errors import ParamsError, SpamGPTError
+from spamgpt.labels import LABELS
 from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.params import LoraParams, ModelParams
-from spamgpt.trunk import Features
 
 CLASSIFIER_JSON = "classifier.json"
 WEIGHTS = "model.safetensors"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 
-def base_model(model: ModelParams, model_dir: Path) -> GPT2:
+def frozen_blocks(
+    n_layer: int, trainable_blocks: int | str, finetune: str = "blocks"
+) -> int | None:
+    """How many leading blocks stay frozen: n_layer - trainable_blocks. With 'all', LoRA
+    still freezes the embeddings (0: cache them), a full fine-tune trains them too (None:
+    nothing frozen, nothing to cache)."""
+    if trainable_blocks == "all":
+        return 0 if finetune == "lora" else None
+    if trainable_blocks > n_layer:
+        raise ParamsError(
+            f"model.trainable_blocks: must be <= the model's {n_layer} blocks or 'all', "
+            f"got {trainable_blocks}"
+        )
+    return n_layer - trainable_blocks
+
+
+def base_model(model: ModelParams, model_dir: str | os.PathLike) -> GPT2:
     """The pretrained GPT-2, or (model.pretrained false) the same shapes freshly initialised
     from model.init_seed, so the trunk stage and finetune build identical frozen weights."""
     if model.pretrained:
         return GPT2.from_pretrained(model_dir, dropout=model.dropout)
-    config = GPTConfig.from_json(model_dir / "config.json")
+    config = GPTConfig.from_json(Path(model_dir) / "config.json")
     config.dropout = model.dropout
     with torch.random.fork_rng():
         torch.manual_seed(model.init_seed)
         return GPT2.init_random(config)
 
 
-def make_trainable(model: GPT2Classifier, m: ModelParams, lora_params: LoraParams) -> list[str]:
-    """Choose what trains (model.finetune, model.trainable_blocks); names of those parameters."""
+def for_training(
+    m: ModelParams,
+    lora_params: LoraParams,
+    model_dir: str | os.PathLike,
+    device: torch.device,
+    seed: int,
+) -> tuple[GPT2Classifier, list[str]]:
+    """The classifier on `device` with what model.finetune and model.trainable_blocks say
+    trains, and the names of the parameters that train. Seeds torch's global RNG with
+    `seed` first: the head's and the adapters' initialisation, then dropout, follow it."""
+    torch.manual_seed(seed)
+    model = GPT2Classifier(base_model(m, model_dir), pooling=m.pooling).to(device)
     if m.finetune == "lora":
-        n_layer = model.gpt.config.n_layer
-        first = 0 if m.trainable_blocks == "all" else n_layer - m.trainable_blocks
+        frozen = frozen_blocks(model.gpt.config.n_layer, m.trainable_blocks, m.finetune)
         p = lora_params
-        return lora.add_adapters(model, first, p.targets, p.rank, p.alpha)
-    return freeze(model, m.trainable_blocks)
+        return model, lora.add_adapters(model, frozen, p.targets, p.rank, p.alpha)
+    return model, freeze(model, m.trainable_blocks)
 
 
 def freeze(model: GPT2Classifier, trainable_blocks: int | str) -> list[str]:
-    """Freeze all but the last `trainable_blocks` blocks + ln_f + head (0: head only; 'all':
-    nothing frozen). Returns the names of the parameters left trainable."""
+    """Freeze all but the last `trainable_blocks` blocks + ln_f + head (0: the head alone;
+    'all': nothing frozen). Returns the names of the parameters left trainable."""
     n_layer = model.gpt.config.n_layer
-    if trainable_blocks == "all":
+    frozen = frozen_blocks(n_layer, trainable_blocks)
+    if frozen is None:
         trainable = ("",)
-    elif trainable_blocks == 0:
+    elif frozen == n_layer:
         trainable = ("head.",)
     else:
-        first = n_layer - trainable_blocks
-        trainable = ("head.", "gpt.ln_f.", *(f"gpt.h.{i}." for i in range(first, n_layer)))
+        trainable = ("head.", "gpt.ln_f.", *(f"gpt.h.{i}." for i in range(frozen, n_layer)))
     names = []
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith(trainable))
@@ -72,8 +102,33 @@ def freeze(model: GPT2Classifier, trainable_blocks: int | str) -> list[str]:
     return names
 
 
-def save(model: GPT2Classifier, dest: Path, meta: dict, tokenizer_dir: Path, full: bool) -> None:
-    """Write the model folder: the trained tensors (meta['trained']) or, if `full`, all."""
+def export(
+    model: GPT2Classifier,
+    weights: dict[str, torch.Tensor],
+    trained_names: list[str],
+    m: ModelParams,
+    tokenization: Tokenization,
+    dest: str | os.PathLike,
+) -> None:
+    """Write the model folder of `model` with these trained `weights` (the best epoch's);
+    LoRA adapters are folded in first, so the folder holds plain GPT-2 weights."""
+    model.load_state_dict(weights, strict=False)
+    stored = trained_names
+    if m.finetune == "lora":
+        stored = [*lora.merge(model), *(n for n in trained_names if n.startswith("head."))]
+    meta = classifier_meta(m, stored, tokenization.max_length, tokenization.pad_id)
+    save(model, dest, meta, paths.pretrained_dir(m.repo_id), full=not m.pretrained)
+
+
+def save(
+    model: GPT2Classifier,
+    dest: str | os.PathLike,
+    meta: dict,
+    tokenizer_dir: str | os.PathLike,
+    full: bool,
+) -> None:
+    """Write the model folder: the tensors named in meta['trained'] or, if `full`, all."""
+    dest, tokenizer_dir = Path(dest), Path(tokenizer_dir)
     state = model.state_dict()
     names = list(state) if full else meta["trained"]
     save_tensors({n: state[n] for n in names}, dest / WEIGHTS)
@@ -84,13 +139,16 @@ def save(model: GPT2Classifier, dest: Path, meta: dict, tokenizer_dir: Path, ful
             shutil.copyfile(tokenizer_dir / name, tmp)
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
     with atomic.atomic_path(path) as tmp:
         save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, str(tmp))
 
 
-def load(folder: Path, pretrained_root: Path = paths.PRETRAINED_DIR) -> tuple[GPT2Classifier, dict]:
+def load(
+    folder: str | os.PathLike, pretrained_root: str | os.PathLike = paths.PRETRAINED_DIR
+) -> tuple[GPT2Classifier, dict]:
     """Rebuild a saved classifier; (model in eval mode, classifier.json contents)."""
+    folder, pretrained_root = Path(folder), Path(pretrained_root)
     try:
         meta = json.loads((folder / CLASSIFIER_JSON).read_text(encoding="utf-8"))
         tensors = load_file(str(folder / WEIGHTS))
@@ -128,24 +186,33 @@ def classifier_meta(model: ModelParams, trained: list[str], max_length: int, pad
     }
 
 
+def logits(
+    model: nn.Module, inputs: ModelInputs, indices: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """(B, classes) logits of the chosen messages; `model` is the classifier or its DDP
+    wrapper (which must see the call)."""
+    x, lengths = inputs.batch(indices)
+    return model(x.to(device), lengths.to(device), inputs.frozen_blocks)
+
+
 @torch.inference_mode()
-def predict_logits(
-    logits_of: Callable[[torch.Tensor], torch.Tensor],
-    lengths: torch.Tensor,
+def class_probabilities(
+    model: GPT2Classifier,
+    inputs: ModelInputs,
     device: torch.device,
     precision: str,
     max_tokens: int = INFERENCE_TOKENS,
 ) -> torch.Tensor:
-    """Float32 logits (N, classes) of N messages in their original order, where
-    `logits_of(indices)` computes one batch. Batches are sorted by length: little padding."""
+    """Float32 class probabilities (N, classes) of N messages, in their order. Batches are
+    sorted by length and hold up to `max_tokens` padded tokens: little padding."""
     out = None
-    for indices in sorted_order(lengths, max_tokens):
+    for indices in sorted_order(inputs.sequences.lengths, max_tokens):
         with runtime.autocast(device, precision):
-            logits = logits_of(indices).float().cpu()
+            batch = logits(model, inputs, indices, device).float().cpu()
         if out is None:
-            out = torch.empty(len(lengths), logits.shape[1])
-        out[indices] = logits
-    return out
+            out = torch.empty(len(inputs), batch.shape[1])
+        out[indices] = batch
+    return torch.softmax(out, dim=-1)
 
 
 def classify_texts(
@@ -157,15 +224,9 @@ def classify_texts(
     precision: str,
     max_tokens: int = INFERENCE_TOKENS,
 ) -> tuple[torch.Tensor, list[bool]]:
-    """P(spam) of raw texts with the whole model, and which texts were cut to max_length."""
-    ids = loaders.encode(enc, texts)
+    """Class probabilities (N, classes) of raw texts with the whole model, and which texts
+    were cut to max_length."""
+    ids = tokenized.encode(enc, texts)
     truncated = [len(row) > max_length for row in ids]
-    tokens = Features(loaders.pack_ids(ids, max_length), start_block=None)
-    logits = predict_logits(
-        lambda idx: tokens.logits(model, idx, device),
-        tokens.packed.lengths,
-        device,
-        precision,
-        max_tokens,
-    )
-    return torch.softmax(logits, dim=-1)[:, 1], truncated
+    inputs = ModelInputs(tokenized.pack_ids(ids, max_length), frozen_blocks=None)
+    return class_probabilities(model, inputs, device, precision, max_tokens), truncated

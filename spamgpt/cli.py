@@ -9,12 +9,10 @@ import json
 import sys
 from pathlib import Path
 
-from spamgpt import classifier, paths, runtime, tokenizer
+from spamgpt import classifier, contracts, paths, runtime, tokenizer
 from spamgpt.batching import INFERENCE_TOKENS
 from spamgpt.errors import SpamGPTError
-
-EVAL_METRICS = paths.METRICS_DIR / "eval.json"
-
+from spamgpt.labels import POSITIVE, names, predicted_classes
 
 # Plain output is one tab-separated line per message: a tab or line break inside a message is
 # printed as \t, \n or \r (and a backslash as \\), so that every line still splits in three.
@@ -35,33 +33,24 @@ def read_messages(args: argparse.Namespace) -> list[str]:
     return raw.decode("utf-8", errors="replace").splitlines()
 
 
-def default_threshold() -> float:
-    """The threshold evaluate used (metrics/eval.json), else 0.5."""
-    try:
-        return float(json.loads(EVAL_METRICS.read_text(encoding="utf-8"))["threshold"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0.5
-
-
 def classify(args: argparse.Namespace) -> None:
     messages = read_messages(args)
     if not messages:
         raise SpamGPTError(
             "no messages to classify: pass text arguments or --file PATH (- for stdin)"
         )
-    threshold = default_threshold() if args.threshold is None else args.threshold
+    threshold = contracts.read_threshold() if args.threshold is None else args.threshold
     if not 0 < threshold < 1:
         raise SpamGPTError(f"--threshold must be between 0 and 1, got {threshold}")
-    device = runtime.resolve_device(args.device)
-    precision = runtime.resolve_precision(args.precision, device)
-    runtime.use_all_cores()
+    device, precision = runtime.setup(args.device, args.precision)
     model, meta = classifier.load(args.model, args.pretrained)
     enc = tokenizer.load(args.model)
     probs, truncated = classifier.classify_texts(
         model.to(device), enc, messages, meta["max_length"], device, precision, args.max_tokens
     )
-    for text, p, cut in zip(messages, probs.tolist(), truncated, strict=True):
-        label = "spam" if p >= threshold else "ham"
+    labels = names(predicted_classes(probs.numpy(), threshold))
+    spam = probs[:, POSITIVE].tolist()
+    for text, label, p, cut in zip(messages, labels, spam, truncated, strict=True):
         if args.json:
             record = {
                 "label": label,

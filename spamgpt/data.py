@@ -7,6 +7,7 @@ is never glued to another: it stops the run, or is skipped and counted.
 """
 
 import csv
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from spamgpt import atomic
 from spamgpt.errors import SpamGPTError
-
-LABELS = ("ham", "spam")  # class index = position: ham 0, spam 1
+from spamgpt.labels import LABELS
 
 
 @dataclass
@@ -49,7 +49,7 @@ def _parse_line(raw: bytes) -> tuple[str, str]:
     return label, text
 
 
-def parse_messages(path: Path, bad_lines: str = "error") -> ParsedMessages:
+def parse_messages(path: str | os.PathLike, bad_lines: str = "error") -> ParsedMessages:
     """Parse the raw file; `bad_lines` is 'error' (raise at the first) or 'skip' (count them)."""
     lines = Path(path).read_bytes().split(b"\n")
     if lines and lines[-1] == b"":
@@ -104,14 +104,14 @@ def label_counts(frame: pd.DataFrame) -> dict[str, int]:
     return {label: int((frame["label"] == label).sum()) for label in LABELS}
 
 
-def write_split(frame: pd.DataFrame, path: Path) -> None:
+def write_split(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     """CSV with every text quoted: a bare carriage return or a quote inside a message cannot
     end or merge rows when the file is read back."""
     with atomic.atomic_open(path, "w", encoding="utf-8", newline="") as f:
         frame.to_csv(f, index=False, quoting=csv.QUOTE_NONNUMERIC)
 
 
-def read_split(path: Path) -> pd.DataFrame:
+def read_split(path: str | os.PathLike) -> pd.DataFrame:
     """A split file as written by write_split, every text exactly as parsed."""
     return pd.read_csv(
         path, dtype={"line": "int64", "label": "str", "text": "str"}, keep_default_na=False

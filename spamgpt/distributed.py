@@ -5,6 +5,7 @@ global batch order, and takes its share of each global batch; DistributedDataPar
 the gradients. Logging, checkpoints and MLflow happen on rank 0 only.
 """
 
+import logging
 import os
 import shutil
 import sys
@@ -13,6 +14,8 @@ import torch
 import torch.distributed as dist
 
 from spamgpt.errors import SpamGPTError
+
+log = logging.getLogger(__name__)
 
 
 def rank() -> int:
@@ -41,6 +44,7 @@ def relaunch(devices: int) -> None:
 
 def setup(device: torch.device) -> torch.device:
     """Join the process group when started by torchrun; the device this process uses."""
+    log.info("rank %d of %d", rank(), world_size())
     if world_size() == 1:
         return device
     if device.type == "cuda":

@@ -1,20 +1,23 @@
 """Classification metrics and their figures, shared by validation, test and the baseline."""
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 from sklearn import metrics as skm
 
-from spamgpt.data import LABELS
+from spamgpt.labels import LABELS, POSITIVE, predicted_classes
 
 
-def report(labels: np.ndarray, spam_prob: np.ndarray, threshold: float) -> dict:
+def report(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
     """One split's eval.json object: accuracy, per-class P/R/F1, AUCs, confusion
-    [[tn, fp], [fn, tp]], at `threshold` on the spam probability."""
-    labels = np.asarray(labels)
-    predicted = (np.asarray(spam_prob) >= threshold).astype(int)
+    [[tn, fp], [fn, tp]], for (N, classes) probabilities at `threshold` on the spam one."""
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+    predicted = predicted_classes(probabilities, threshold)
+    classes = list(range(len(LABELS)))
     precision, recall, f1, support = skm.precision_recall_fscore_support(
-        labels, predicted, labels=[0, 1], zero_division=0
+        labels, predicted, labels=classes, zero_division=0
     )
+    spam_prob = probabilities[:, POSITIVE]
     both = len(np.unique(labels)) == 2  # AUCs need both classes present
     out = {
         "accuracy": float(skm.accuracy_score(labels, predicted)),
@@ -29,7 +32,7 @@ def report(labels: np.ndarray, spam_prob: np.ndarray, threshold: float) -> dict:
             "f1": float(f1[i]),
             "support": int(support[i]),
         }
-    out["confusion_matrix"] = skm.confusion_matrix(labels, predicted, labels=[0, 1]).tolist()
+    out["confusion_matrix"] = skm.confusion_matrix(labels, predicted, labels=classes).tolist()
     return out
 
 
@@ -53,12 +56,33 @@ def best_threshold(labels: np.ndarray, spam_prob: np.ndarray) -> float:
     return float(thresholds[int(np.argmax(f1[:-1]))])
 
 
+def curve_frames(labels: np.ndarray, spam_prob: np.ndarray) -> dict[str, pd.DataFrame]:
+    """ROC and precision/recall curves as plot data."""
+    fpr, tpr, _ = skm.roc_curve(labels, spam_prob)
+    precision, recall, _ = skm.precision_recall_curve(labels, spam_prob)
+    return {
+        "roc": pd.DataFrame({"fpr": fpr, "tpr": tpr}),
+        "pr": pd.DataFrame({"recall": recall, "precision": precision}),
+    }
+
+
+def per_class_table(reports: dict[str, dict]) -> dict[str, list]:
+    """{'split': [...], 'class': [...], 'precision': [...], ...}: MLflow shows it as a table."""
+    rows = [
+        {"split": s, "class": c, **{k: r[c][k] for k in ("precision", "recall", "f1", "support")}}
+        for s, r in reports.items()
+        for c in LABELS
+    ]
+    return pd.DataFrame(rows).to_dict(orient="list")
+
+
 def confusion_figure(matrix: list[list[int]], title: str) -> Figure:
     """Counts and row-normalised rates side by side."""
     counts = np.asarray(matrix, dtype=float)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     fig = Figure(figsize=(8, 3.6))
     axes = fig.subplots(1, 2)
+    ticks = list(range(len(LABELS)))
     for ax, values, fmt, name in (
         (axes[0], counts, "{:.0f}", "counts"),
         (axes[1], rates, "{:.3f}", "row-normalised"),
@@ -74,8 +98,8 @@ def confusion_figure(matrix: list[list[int]], title: str) -> Figure:
                 color="white" if rates[i, j] > 0.5 else "black",
             )
         ax.set(
-            xticks=[0, 1],
-            yticks=[0, 1],
+            xticks=ticks,
+            yticks=ticks,
             xticklabels=LABELS,
             yticklabels=LABELS,
             xlabel="predicted",

@@ -8,6 +8,7 @@ the frozen prefix once per message, cache its output and train only the tail.
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +40,9 @@ class GPTConfig:
     dropout: float = 0.0
 
     @classmethod
-    def from_json(cls, path: Path) -> "GPTConfig":
+    def from_json(cls, path: str | os.PathLike) -> "GPTConfig":
         """Read a Hugging Face GPT-2 config.json, refusing what this model cannot be."""
+        path = Path(path)
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except OSError as e:
@@ -205,8 +207,9 @@ class GPT2(nn.Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, model_dir: Path, dropout: float = 0.0) -> "GPT2":
+    def from_pretrained(cls, model_dir: str | os.PathLike, dropout: float = 0.0) -> "GPT2":
         """Load model_dir/config.json and model_dir/model.safetensors (Hugging Face layout)."""
+        model_dir = Path(model_dir)
         config = GPTConfig.from_json(model_dir / "config.json")
         config.dropout = dropout
         path = model_dir / "model.safetensors"
@@ -260,26 +263,26 @@ class GPT2Classifier(nn.Module):
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, inputs: Tensor, lengths: Tensor, start_block: int | None = None) -> Tensor:
+    def forward(self, inputs: Tensor, lengths: Tensor, frozen_blocks: int | None = None) -> Tensor:
         """Logits (B, num_classes) of right-padded messages with real lengths (B,), each >= 1.
 
-        inputs: token ids (B, T); or, given start_block, the hidden states (B, T, n_embd)
-        entering h[start_block]. For a frozen prefix, gpt.blocks(gpt.embed(ids), 0, K) can be
+        inputs: token ids (B, T); or, given frozen_blocks K, the hidden states (B, T, n_embd)
+        after the first K blocks. For a frozen prefix, gpt.blocks(gpt.embed(ids), 0, K) can be
         computed once (without dropout) and cached; forward(cached, lengths, K) then gives the
         logits of forward(ids, lengths). One entry point, so DistributedDataParallel sees both.
         """
-        hidden = self.gpt.embed(inputs) if start_block is None else inputs
-        start_block = start_block or 0
+        hidden = self.gpt.embed(inputs) if frozen_blocks is None else inputs
+        start = frozen_blocks or 0
         gpt, lengths = self.gpt, lengths.to(hidden.device)
         if self.pooling == "last":
             # Only the last real token is read: the final block runs for that position alone.
-            x = gpt.blocks(hidden, start_block, gpt.config.n_layer - 1)
+            x = gpt.blocks(hidden, start, gpt.config.n_layer - 1)
             last = lengths - 1
-            if start_block < gpt.config.n_layer:
+            if start < gpt.config.n_layer:
                 pooled = gpt.h[-1].forward_at(x, last)  # (B, d)
             else:  # the cached states are already the final block's output
                 pooled = x[torch.arange(len(x), device=x.device), last]
             return self.head(gpt.ln_f(pooled))
-        x = gpt.ln_f(gpt.blocks(hidden, start_block))  # (B, T, d)
+        x = gpt.ln_f(gpt.blocks(hidden, start))  # (B, T, d)
         real = torch.arange(x.shape[1], device=x.device) < lengths[:, None]  # (B, T)
         return self.head((x * real[..., None]).sum(1) / lengths[:, None])  # mean of real tokens

@@ -1,14 +1,37 @@
-"""Where each stage reads and writes, relative to the repository root (dvc.yaml names the same)."""
+"""Every file the pipeline writes, relative to the repository root: the one place that names
+them (dvc.yaml names the same, and tests/test_dvc_yaml.py checks that it does)."""
 
 from pathlib import Path
+
+SPLITS = ("train", "val", "test")
 
 RAW_DATA = Path("data/raw/SMSSpamCollection")
 SPLIT_DIR = Path("data/split")
 TOKENS_DIR = Path("data/tokens")
-PRETRAINED_DIR = Path("models/pretrained")
-METRICS_DIR = Path("metrics")
+TRUNK_DIR = Path("data/trunk")
+TRUNK_INFO = TRUNK_DIR / "info.json"  # the frozen blocks the cache was computed with
 
-SPLITS = ("train", "val", "test")
+PRETRAINED_DIR = Path("models/pretrained")
+FINETUNED_DIR = Path("models/finetuned")
+# The MLflow run of the model in FINETUNED_DIR: beside it, so that the model's hash in dvc.lock
+# changes only with the model; in git (not DVC's cache), so each experiment's commit names it.
+MLFLOW_RUN = Path("models/mlflow_run.json")
+CHECKPOINT_DIR = Path("models/checkpoints")
+CHECKPOINT = CHECKPOINT_DIR / "checkpoint.pt"  # the resume point: weights, optimizer, state
+
+METRICS_DIR = Path("metrics")
+WEIGHTS_METRICS = METRICS_DIR / "weights.json"
+DATA_METRICS = METRICS_DIR / "data.json"
+BASELINE_METRICS = METRICS_DIR / "baseline.json"
+TOKENS_METRICS = METRICS_DIR / "loaders.json"
+TRAIN_METRICS = METRICS_DIR / "train.json"
+TRAIN_LOSS_PLOT = METRICS_DIR / "train_loss.csv"
+VAL_EPOCHS_PLOT = METRICS_DIR / "val_epochs.csv"
+EVAL_METRICS = METRICS_DIR / "eval.json"
+CONFUSION_TEST_PLOT = METRICS_DIR / "confusion_test.csv"
+
+REPORTS_DIR = Path("reports")
+MISCLASSIFIED_TEST = REPORTS_DIR / "misclassified_test.csv"
 
 
 def pretrained_dir(repo_id: str) -> Path:
@@ -24,15 +47,14 @@ def tokens_file(split: str) -> Path:
     return TOKENS_DIR / f"{split}.safetensors"
 
 
-TRUNK_DIR = Path("data/trunk")
-TRUNK_INFO = TRUNK_DIR / "info.json"
-FINETUNED_DIR = Path("models/finetuned")
-# The MLflow run of the model in FINETUNED_DIR: beside it, so that the model's hash in dvc.lock
-# changes only with the model; in git (not DVC's cache), so each experiment's commit names it.
-MLFLOW_RUN = Path("models/mlflow_run.json")
-CHECKPOINT_DIR = Path("models/checkpoints")
-REPORTS_DIR = Path("reports")
-
-
 def trunk_file(split: str) -> Path:
     return TRUNK_DIR / f"{split}.safetensors"
+
+
+def checkpoint_weights(name: str) -> Path:
+    """The trained tensors of the best or the last epoch, as safetensors."""
+    return CHECKPOINT_DIR / f"{name}.safetensors"
+
+
+def curve_plot(name: str) -> Path:
+    return METRICS_DIR / f"{name}_test.csv"

@@ -1,11 +1,14 @@
 """Where and how tensors are computed: device, precision, threads, seeds."""
 
 import contextlib
+import logging
 import os
 
 import torch
 
 from spamgpt.errors import ParamsError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -56,3 +59,13 @@ def use_all_cores(processes: int = 1) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(max(1, (cores or 1) // processes))
     return torch.get_num_threads()
+
+
+def setup(device: str, precision: str, processes: int = 1) -> tuple[torch.device, str]:
+    """The stages' preamble: train.device and train.precision resolved on this machine, and
+    every core in use (shared out among `processes` training side by side)."""
+    resolved = resolve_device(device)
+    threads = use_all_cores(processes)
+    precision = resolve_precision(precision, resolved)
+    log.info("%s, %s, %d threads", resolved, precision, threads)
+    return resolved, precision

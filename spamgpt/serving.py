@@ -10,6 +10,7 @@ spamgpt package as code: serving needs neither folder nor this repository.
     {"predictions": [{"label": "spam", "spam_probability": 0.98}, ...]}
 """
 
+import os
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -18,12 +19,14 @@ from typing import Any
 import mlflow
 import pydantic
 import torch
+from mlflow.models import Model
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
 
 import spamgpt
 from spamgpt import classifier, paths, runtime, tokenizer
 from spamgpt.errors import SpamGPTError
+from spamgpt.labels import POSITIVE, names, predicted_classes
 
 ARTIFACT = "classifier"
 # What spamgpt.classifier imports (sklearn and tqdm by way of spamgpt.data and spamgpt.trunk).
@@ -68,47 +71,52 @@ class SpamClassifierModel(PythonModel):
         probs, _ = classifier.classify_texts(
             self.model, self.enc, model_input, self.max_length, self.device, self.precision
         )
+        labels = names(predicted_classes(probs.numpy(), self.threshold))
         return [
-            Prediction(label="spam" if p >= self.threshold else "ham", spam_probability=p)
-            for p in probs.tolist()
+            Prediction(label=label, spam_probability=p)
+            for label, p in zip(labels, probs[:, POSITIVE].tolist(), strict=True)
         ]
 
 
 def log_model(
     run_id: str,
-    finetuned_dir: Path,
+    finetuned_dir: str | os.PathLike,
     threshold: float,
     registered_model_name: str | None = None,
-    pretrained_root: Path = paths.PRETRAINED_DIR,
+    pretrained_root: str | os.PathLike = paths.PRETRAINED_DIR,
 ) -> str:
     """Log the classifier in `finetuned_dir` as model "model" of run `run_id` (and register it
-    under `registered_model_name`); returns the model's runs:/ URI. The run's status is left as
-    it was."""
+    under `registered_model_name`); returns the model's runs:/ URI. The run is named, not
+    started: its status stays as it was."""
     if not 0 < threshold < 1:
         raise SpamGPTError(f"threshold must be between 0 and 1, got {threshold}")
     model, meta = classifier.load(finetuned_dir, pretrained_root)
     # The installed versions, without local labels such as +cpu that PyPI does not serve.
     pins = [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
-    status = MlflowClient().get_run(run_id).info.status
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    # Created here in the run's experiment: MLflow would otherwise put a model logged without
+    # an active run into its default experiment (./mlruns of the working directory).
+    logged = client.create_logged_model(
+        run.info.experiment_id, name="model", source_run_id=run_id, params=run.data.params
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / ARTIFACT  # the name it keeps inside the model's artifacts
         folder.mkdir()
         classifier.save(model, folder, meta, finetuned_dir, full=True)
         del model  # log_model loads the copy again to check the input example: one at a time
-        # The fluent API logs into the active run; reopening it marks it RUNNING, so end_run
-        # puts back the status it had (FINISHED after training, RUNNING inside a stage).
-        mlflow.start_run(run_id=run_id)
-        try:
-            mlflow.pyfunc.log_model(
-                name="model",
-                python_model=SpamClassifierModel(),
-                artifacts={ARTIFACT: str(folder)},
-                code_paths=[str(Path(spamgpt.__file__).parent)],
-                input_example=INPUT_EXAMPLE,
-                model_config={"threshold": threshold},
-                pip_requirements=pins,
-                registered_model_name=registered_model_name,
-            )
-        finally:
-            mlflow.end_run(status=status)
+        Model.log(
+            artifact_path=None,  # MLflow 3 names a model instead
+            name="model",
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=logged.model_id,
+            python_model=SpamClassifierModel(),
+            artifacts={ARTIFACT: str(folder)},
+            code_paths=[str(Path(spamgpt.__file__).parent)],
+            input_example=INPUT_EXAMPLE,
+            model_config={"threshold": threshold},
+            pip_requirements=pins,
+            registered_model_name=registered_model_name,
+        )
     return f"runs:/{run_id}/model"

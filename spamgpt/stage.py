@@ -1,33 +1,15 @@
 """What every stage script shares: validated params, logging, and one-line errors."""
 
 import logging
-import signal
 import sys
 from collections.abc import Callable
 
+from spamgpt import interrupts
 from spamgpt import params as params_module
 from spamgpt.errors import SpamGPTError
 from spamgpt.params import Params
 
 log = logging.getLogger("spamgpt")
-
-_received: list[str] = []  # names of the SIGINT/SIGTERM signals that arrived
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    # Python's SIGTERM default ends the process without unwinding (no MLflow run marked
-    # KILLED, no temporary file removed): raise it as Ctrl-C is. Recorded too, because some
-    # extensions turn the KeyboardInterrupt into another error (safetensors' load_file
-    # raises ValueError).
-    name = signal.Signals(signum).name
-    _received.append(name)
-    raise KeyboardInterrupt(name)
-
-
-def interrupted() -> str | None:
-    """The first SIGINT/SIGTERM this process received ('SIGINT'), or None: an error raised
-    after one is its consequence, not a failure of its own."""
-    return _received[0] if _received else None
 
 
 def run(main: Callable[[Params], None]) -> None:
@@ -38,8 +20,7 @@ def run(main: Callable[[Params], None]) -> None:
     SIGTERM exit 130. Other exceptions keep their traceback: they are bugs, not user errors.
     """
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _interrupt)
+    interrupts.raise_on_signals()
     try:
         main(params_module.load())
     except SpamGPTError as e:
@@ -49,8 +30,8 @@ def run(main: Callable[[Params], None]) -> None:
         print(f"interrupted ({str(e) or 'SIGINT'})", file=sys.stderr)
         sys.exit(130)
     except Exception as e:
-        if interrupted():
-            print(f"interrupted ({interrupted()})", file=sys.stderr)
+        if interrupts.received():
+            print(f"interrupted ({interrupts.received()})", file=sys.stderr)
             sys.exit(130)
         if not isinstance(e, OSError):
             raise

@@ -22,11 +22,11 @@ from typing import Any, TypeVar
 
 import mlflow
 import pandas as pd
-from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from spamgpt import stage
+from spamgpt import interrupts
 from spamgpt.errors import SpamGPTError
 
 DB_FILE = "mlflow.db"
@@ -127,10 +127,16 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def dvc_tags() -> dict[str, str]:
-    """The DVC experiment this execution belongs to, when run by `dvc exp run`."""
+def run_tags(data_sha256: str, weights_sha256: str) -> dict[str, str]:
+    """What a training run is tagged with: the git commit, the data's and the pretrained
+    weights' hashes, and the DVC experiment it belongs to when run by `dvc exp run`."""
     names = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")
-    return {name: os.environ[name] for name in names if os.environ.get(name)}
+    return {
+        "mlflow.source.git.commit": git_commit() or "",
+        "data_sha256": data_sha256,
+        "weights_sha256": weights_sha256,
+        **{name: os.environ[name] for name in names if os.environ.get(name)},
+    }
 
 
 class Run:
@@ -244,7 +250,7 @@ class Run:
             frame[["label", "text"]], source=source, targets="label", name=name, digest=sha256[:36]
         )
         tags = [InputTag("mlflow.data.context", "training"), InputTag("sha256", sha256)]
-        entity = DatasetInput(dataset._to_mlflow_entity(), tags=tags)
+        entity = DatasetInput(Dataset(**dataset.to_dict()), tags=tags)
         _retry(lambda: self.client.log_inputs(self.run_id, datasets=[entity]))
 
 
@@ -268,5 +274,5 @@ def _is_interruption(e: BaseException) -> bool:
     return (
         isinstance(e, KeyboardInterrupt)
         or getattr(e, "exit_code", None) == 130
-        or stage.interrupted() is not None
+        or interrupts.received() is not None
     )

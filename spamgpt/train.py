@@ -1,6 +1,7 @@
 """The fine-tuning loop: AdamW, warm-up then linear decay, gradient clipping, a class-weighted
-loss, validation every epoch, the best epoch kept by validation spam F1, early stopping, and a
-checkpoint after every epoch (or on SIGINT/SIGTERM) from which a run resumes exactly.
+loss, validation every epoch, the best epoch kept by validation spam F1, early stopping.
+Checkpoints (spamgpt.checkpoint) are written after every epoch and on SIGINT/SIGTERM, and a
+run resumes from one exactly; logging, progress and early stopping are hooks.
 
 Why this recipe: a head-only fine-tune with a weighted loss once predicted almost everything
 as spam after epoch 1, then collapsed to ham-only by epoch 3 and kept the last epoch. Keeping
@@ -8,15 +9,9 @@ the best epoch and logging per-class metrics every epoch makes such a collapse h
 visible.
 """
 
-import hashlib
-import json
 import math
-import pickle
-import signal
 import time
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -24,32 +19,13 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from spamgpt import atomic, distributed, metrics, runtime
-from spamgpt.batching import bucketed_order
-from spamgpt.classifier import predict_logits
+from spamgpt import classifier, distributed, interrupts, metrics, paths, runtime, tokenized, trunk
+from spamgpt.batching import ModelInputs, bucketed_order
+from spamgpt.checkpoint import CheckpointSaver
 from spamgpt.errors import SpamGPTError
+from spamgpt.labels import LABELS, POSITIVE
 from spamgpt.model import GPT2Classifier
 from spamgpt.params import TrainParams
-from spamgpt.trunk import Features
-
-CHECKPOINT = "checkpoint.pt"
-
-
-class MetricsLogger(Protocol):
-    def log_metrics(self, values: dict[str, float], step: int) -> None: ...
-
-    def flush(self) -> None: ...
-
-
-class _NoLogger:
-    def log_metrics(self, values: dict[str, float], step: int) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-
-NO_LOGGER = _NoLogger()  # for processes that train but do not record (ranks above 0)
 
 
 class Interrupted(SpamGPTError):
@@ -60,11 +36,17 @@ class Interrupted(SpamGPTError):
 
 @dataclass
 class Split:
-    features: Features
-    labels: torch.Tensor  # (N,) 0 ham, 1 spam
+    inputs: ModelInputs
+    labels: torch.Tensor  # (N,) class indices
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @classmethod
+    def read(cls, split: str, frozen_blocks: int | None) -> "Split":
+        """A split as the loaders and trunk stages wrote it."""
+        labels = tokenized.load(paths.tokens_file(split)).labels
+        return cls(trunk.inputs(split, frozen_blocks), labels)
 
 
 @dataclass
@@ -77,7 +59,7 @@ class State:
     history: list[dict] = field(default_factory=list)  # one entry per completed epoch
     steps: list[list[float]] = field(default_factory=list)  # [step, loss, lr] per step
     best_epoch: int = 0  # 1-based; 0 before the first validation
-    best_key: tuple[float, float] = (-1.0, 0.0)  # (val spam F1, -val loss): larger is better
+    best_score: tuple[float, float] = (-1.0, 0.0)  # (val spam F1, -val loss): larger is better
     best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
     epoch_loss_sum: float = 0.0  # running sums of the current epoch (mid-epoch resume)
     epoch_samples: int = 0
@@ -86,49 +68,81 @@ class State:
     exported: bool = False  # ...and its results were written: nothing left to resume
 
 
-def fingerprint(settings: dict) -> str:
-    """Identifies what a checkpoint was trained with: resume only into the same settings."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+class Hook:
+    """Called by the loop; override what you need. The State is the loop's: read it, and only
+    an early stop sets `finished`."""
+
+    def on_epoch_start(self, state: State, batches: int) -> None: ...
+
+    def on_step(self, state: State, loss: float, lr: float) -> None: ...
+
+    def on_epoch_end(self, state: State, entry: dict) -> None: ...
+
+    def on_fit_end(self, state: State) -> None:
+        """After the loop, also when a signal or an error ends it."""
 
 
-def load_checkpoint_file(checkpoint_dir: Path, expected_fingerprint: str) -> dict | None:
-    """The checkpoint of these same settings that still has work left (training, or writing
-    the results after it), or None (start afresh). Loaded with weights_only=True: tensors and
-    plain containers, never arbitrary pickled objects.
-
-    Also removes the temporary file of a checkpoint write that kill -9 cut short: the stage
-    holds DVC's lock, so no other process is writing one now."""
-    path = checkpoint_dir / CHECKPOINT
-    atomic.remove_leftovers(path)
-    if not path.exists():
-        return None
-    try:
-        with warnings.catch_warnings():  # torch warns about foreign pickles: one line only
-            warnings.simplefilter("ignore")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's own message suggests weights_only=False, i.e. running the file's code.
-        raise SpamGPTError(
-            f"{path}: refused: it holds pickled objects other than tensors, which could run "
-            f"code; it is not a spamgpt checkpoint, delete it to start afresh"
-        ) from None
-    except Exception as e:  # truncated or not a zip: unusable
-        raise SpamGPTError(
-            f"{path}: cannot load checkpoint ({str(e).splitlines()[0]}); delete it to start afresh"
-        ) from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("fingerprint") != expected_fingerprint:
-        return None
-    if checkpoint["state"].get("exported"):
-        return None
-    return checkpoint
+class MetricsLogger(Protocol):
+    def log_metrics(self, values: dict[str, float], step: int) -> None: ...
 
 
-def class_weights(labels: torch.Tensor, mode: str) -> torch.Tensor | None:
-    """'balanced': n / (classes * n_c), so each class carries the same total weight."""
-    if mode == "none":
-        return None
-    counts = torch.bincount(labels, minlength=2).float()
-    return len(labels) / (len(counts) * counts.clamp(min=1))
+class LogMetrics(Hook):
+    """train/loss and train/lr every step, the validation entry (val/...) every epoch."""
+
+    def __init__(self, logger: MetricsLogger) -> None:
+        self.logger = logger
+
+    def on_step(self, state: State, loss: float, lr: float) -> None:
+        self.logger.log_metrics({"train/loss": loss, "train/lr": lr}, state.step)
+
+    def on_epoch_end(self, state: State, entry: dict) -> None:
+        self.logger.log_metrics({k: v for k, v in entry.items() if "/" in k}, state.epoch)
+
+
+class ProgressBar(Hook):
+    def __init__(self, epochs: int) -> None:
+        self.epochs, self.bar = epochs, None
+
+    def on_epoch_start(self, state: State, batches: int) -> None:
+        desc = f"epoch {state.epoch + 1}/{self.epochs}"
+        self.bar = tqdm(total=batches, initial=state.batch, desc=desc, disable=None)
+
+    def on_step(self, state: State, loss: float, lr: float) -> None:
+        self.bar.update()
+        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def on_epoch_end(self, state: State, entry: dict) -> None:
+        self.bar.close()
+
+    def on_fit_end(self, state: State) -> None:
+        if self.bar is not None:
+            self.bar.close()  # an epoch cut short: its line ends before an error is printed
+
+
+class EarlyStopping(Hook):
+    """Stop when val spam F1 has not improved for `patience` epochs (the best is kept)."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+
+    def on_epoch_end(self, state: State, entry: dict) -> None:
+        if state.epoch - state.best_epoch >= self.patience:
+            state.finished = True
+
+
+def configure_optimizer(
+    trained: dict[str, torch.nn.Parameter], params: TrainParams, device: torch.device
+) -> torch.optim.AdamW:
+    """AdamW over the trained parameters; no weight decay on biases and LayerNorm gains
+    (decaying them only hurts). Fused: one pass over each tensor instead of a dozen; the
+    optimizer took 38% of a training step on a 2-core CPU (see the README's speed)."""
+    decay = [p for p in trained.values() if p.dim() >= 2]
+    no_decay = [p for p in trained.values() if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": params.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=params.lr, fused=device.type in ("cpu", "cuda"))
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -136,6 +150,14 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def class_weights(labels: torch.Tensor, mode: str, classes: int) -> torch.Tensor | None:
+    """'balanced': n / (classes * n_c), so each class carries the same total weight."""
+    if mode == "none":
+        return None
+    counts = torch.bincount(labels, minlength=classes).float()
+    return len(labels) / (len(counts) * counts.clamp(min=1))
 
 
 def epoch_order(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int) -> list:
@@ -146,206 +168,144 @@ def epoch_order(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int) -
 
 
 class Trainer:
+    """Trains the parameters named `trained_names` of `model` on `train`, validating on `val`
+    after every epoch. `fit()` runs the loop; `state_dict()` is what a checkpoint holds."""
+
     def __init__(
         self,
         model: GPT2Classifier,
-        trained: list[str],
+        trained_names: list[str],
         train: Split,
         val: Split,
         params: TrainParams,
         device: torch.device,
         precision: str,
-        checkpoint_dir: Path,
-        logger: MetricsLogger,
     ) -> None:
         self.model, self.train_split, self.val_split = model, train, val
         self.params, self.device, self.precision = params, device, precision
-        self.checkpoint_dir, self.logger = checkpoint_dir, logger
+        self.hooks: list[Hook] = []
         named = dict(model.named_parameters())
-        self.trained = {name: named[name] for name in trained}
-        # No weight decay on biases and LayerNorm gains: decaying them only hurts.
-        decay = [p for p in self.trained.values() if p.dim() >= 2]
-        no_decay = [p for p in self.trained.values() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": params.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=params.lr,
-            # One fused pass over each tensor instead of a dozen over a block's 7M weights: the
-            # optimizer took 38% of a training step on a 2-core CPU (see the README's speed).
-            fused=device.type in ("cpu", "cuda"),
-        )
-        self.batches_per_epoch = math.ceil(len(train) / params.batch_size)
-        total = params.epochs * self.batches_per_epoch
+        self.trained = {name: named[name] for name in trained_names}
+        self.optimizer = configure_optimizer(self.trained, params, device)
+        total = params.epochs * math.ceil(len(train) / params.batch_size)
         warmup = max(1, round(params.warmup_ratio * total))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, total, warmup)
         )
-        weights = class_weights(train.labels, params.class_weights)
-        self.loss_weights = None if weights is None else weights.to(device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.class_weights = class_weights(
+            train.labels, params.class_weights, model.head.out_features
+        )  # on the CPU; the loss reads a copy on the device
+        self.loss_weights = None if self.class_weights is None else self.class_weights.to(device)
         self.state = State()
-        self.stop_signal: int | None = None
+        self.pending = interrupts.Pending()  # a signal fit() holds until the step is done
         # Under torchrun each process trains on its share of every batch; DDP averages the
         # gradients of the trainable tail (frozen parameters are left out of the all-reduce).
         self.forward_model = model
         if distributed.world_size() > 1:
             self.forward_model = DistributedDataParallel(model)
 
-    # -- checkpoints -------------------------------------------------------------------------
+    def fit(self, saver: CheckpointSaver, hooks: tuple[Hook, ...] = ()) -> State:
+        """Train until epochs or patience run out, from self.state (a loaded checkpoint's),
+        calling `hooks` and early stopping. SIGINT/SIGTERM stop it between steps: a
+        checkpoint is saved, then Interrupted."""
+        s, p = self.state, self.params
+        self.hooks = [*hooks, EarlyStopping(p.patience)]
+        if s.finished:  # resumed after the loop had ended: only the results are left to write
+            return s
+        try:
+            with interrupts.held() as self.pending:
+                while s.epoch < p.epochs and not s.finished:
+                    self._train_epoch()
+                    if self.pending.signal is None:
+                        self._end_epoch()
+                    self._save_then_stop_if_signalled(saver)
+                s.finished = True
+                saver.save(self.state_dict())
+        finally:
+            self._call("on_fit_end", s)
+        return s
 
-    def trained_weights(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().cpu().clone() for n, p in self.trained.items()}
-
-    def save_checkpoint(self, extra: dict) -> None:
-        """Atomically replace the checkpoint (a reader never sees half of it). Metrics are
-        flushed first; a resumed run skips the steps the store already has. Under torchrun
-        only rank 0 writes: every process holds the same weights and state."""
-        if not distributed.is_main():
-            return
-        self.logger.flush()
-        s = self.state
-        checkpoint = {
-            **extra,
-            "state": {k: v for k, v in vars(s).items() if k != "best_weights"},
-            "best_weights": s.best_weights,
-            "weights": self.trained_weights(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-        }
-        with atomic.atomic_path(self.checkpoint_dir / CHECKPOINT) as tmp:
-            torch.save(checkpoint, tmp)
-
-    def mark_exported(self, extra: dict) -> None:
-        """The results are written: a later run with the same settings starts afresh."""
-        self.state.exported = True
-        self.save_checkpoint(extra)
-
-    def load_checkpoint(self, checkpoint: dict) -> None:
-        self.state = State(**checkpoint["state"], best_weights=checkpoint["best_weights"])
-        self.state.best_key = tuple(self.state.best_key)
-        with torch.no_grad():
-            for name, tensor in checkpoint["weights"].items():
-                self.trained[name].copy_(tensor)
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        torch.set_rng_state(checkpoint["rng"])
-
-    # -- the loop ----------------------------------------------------------------------------
-
-    def validate(self) -> tuple[float, dict]:
-        """(val loss, metrics report at threshold 0.5) with dropout off."""
-        self.model.eval()
-        val = self.val_split
-        logits = predict_logits(
-            lambda idx: val.features.logits(self.model, idx, self.device),
-            val.features.packed.lengths,
-            self.device,
-            self.precision,
-        )
-        loss = F.cross_entropy(logits, val.labels, weight=_cpu(self.loss_weights)).item()
-        spam_prob = torch.softmax(logits, dim=-1)[:, 1]
-        return loss, metrics.report(val.labels.numpy(), spam_prob.numpy(), 0.5)
+    def _train_epoch(self) -> None:
+        """The current epoch's remaining steps, or as many as come before a signal."""
+        s, p = self.state, self.params
+        lengths = self.train_split.inputs.sequences.lengths
+        order = epoch_order(lengths, p.batch_size, p.seed, s.epoch)
+        self._call("on_epoch_start", s, len(order))
+        self.model.train()
+        started = time.perf_counter()
+        for indices in order[s.batch :]:
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+            loss = self.train_step(indices)
+            s.steps.append([s.step + 1, loss, lr])
+            s.batch, s.step = s.batch + 1, s.step + 1
+            s.epoch_loss_sum += loss * len(indices)
+            s.epoch_samples += len(indices)
+            self._call("on_step", s, loss, lr)
+            if self.pending.signal is not None:
+                break
+        s.train_seconds += time.perf_counter() - started
 
     def train_step(self, indices: torch.Tensor) -> float:
         """One optimizer step on the global batch `indices`; its weighted mean loss."""
         labels = self.train_split.labels[indices]
         # The weighted mean over the whole global batch: sum(w_i * loss_i) / sum(w_i), each
         # process summing its own share. With one process this is F.cross_entropy's mean.
-        total = float(
-            labels.numel() if self.loss_weights is None else _cpu(self.loss_weights)[labels].sum()
-        )
-        mine = distributed.shard(indices)
-        share = 1.0
+        weights = self.class_weights
+        total = float(labels.numel() if weights is None else weights[labels].sum())
+        mine, share = distributed.shard(indices), 1.0
         if len(mine) == 0:  # a last batch smaller than the processes: join with no weight
             mine, share = indices[:1], 0.0
         with runtime.autocast(self.device, self.precision):
-            logits = self.train_split.features.logits(self.forward_model, mine, self.device)
+            logits = classifier.logits(
+                self.forward_model, self.train_split.inputs, mine, self.device
+            )
+        targets = self.train_split.labels[mine].to(self.device)
         local = share * F.cross_entropy(
-            logits.float(),
-            self.train_split.labels[mine].to(self.device),
-            weight=self.loss_weights,
-            reduction="sum",
+            logits.float(), targets, weight=self.loss_weights, reduction="sum"
         )
-        # One all-reduce for both: the global loss, and whether any process was signalled.
-        flag = float(self.stop_signal is not None)
-        summed = distributed.all_sum(torch.tensor([local.item(), flag], dtype=torch.float64))
+        loss = self._global_loss(local.item(), total)
+        # DDP averages gradients over processes; scaling by their number makes the result the
+        # gradient of the global mean.
+        self.scaler.scale(local * distributed.world_size() / total).backward()
+        if self.params.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trained.values(), self.params.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def _global_loss(self, local_sum: float, total: float) -> float:
+        """The global batch's mean loss, and whether any process was signalled: one
+        all-reduce for both. Stops on a loss that is not finite."""
+        flag = float(self.pending.signal is not None)
+        summed = distributed.all_sum(torch.tensor([local_sum, flag], dtype=torch.float64))
+        if summed[1] > 0 and self.pending.signal is None:
+            self.pending.signal = interrupts.SIGNALS[1]  # another process was: stop with it
         loss = summed[0].item() / total
-        if summed[1] > 0 and self.stop_signal is None:
-            self.stop_signal = signal.SIGTERM  # another process was: stop at the same step
         if not math.isfinite(loss):
             raise SpamGPTError(
                 f"training loss is {loss} at step {self.state.step + 1} (epoch "
                 f"{self.state.epoch + 1}); stopped, the best checkpoint so far is kept; "
                 f"try a lower train.lr or train.precision: fp32"
             )
-        # DDP averages gradients over processes; scaling by their number makes the result the
-        # gradient of the global mean.
-        (local * distributed.world_size() / total).backward()
-        if self.params.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.trained.values(), self.params.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return loss
 
-    def fit(self, checkpoint_extra: dict) -> State:
-        """Train until epochs or patience run out; resumes from self.state (set by a loaded
-        checkpoint). SIGINT/SIGTERM save a checkpoint, then raise Interrupted."""
-        s, p = self.state, self.params
-        if s.finished:  # resumed after the loop had ended: only the results are left to write
-            return s
-        previous = {
-            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
-        }
-        try:
-            while s.epoch < p.epochs and not s.finished:
-                self._run_epoch(checkpoint_extra)
-                self._stop_if_signalled()  # one that came during validation
-            s.finished = True
-            self.save_checkpoint(checkpoint_extra)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        return s
+    def validate(self) -> tuple[float, dict]:
+        """(val loss, metrics report at threshold 0.5) with dropout off."""
+        self.model.eval()
+        val = self.val_split
+        probs = classifier.class_probabilities(self.model, val.inputs, self.device, self.precision)
+        # The log of probabilities no smaller than float32 can hold: cross-entropy's value.
+        log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+        loss = F.nll_loss(log_probs, val.labels, weight=self.class_weights).item()
+        return loss, metrics.report(val.labels.numpy(), probs.numpy(), 0.5)
 
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self.stop_signal = signum  # acted on between steps, where the state is consistent
-
-    def _stop_if_signalled(self) -> None:
-        """Raise Interrupted if a signal came; call only right after a checkpoint was saved."""
-        if self.stop_signal is not None:
-            name, step = signal.Signals(self.stop_signal).name, self.state.step
-            raise Interrupted(f"{name} at step {step}: checkpoint saved; re-run to resume")
-
-    def _run_epoch(self, checkpoint_extra: dict) -> None:
-        s, p = self.state, self.params
-        order = epoch_order(self.train_split.features.packed.lengths, p.batch_size, p.seed, s.epoch)
-        self.model.train()
-        started = time.perf_counter()
-        bar = tqdm(
-            total=len(order), initial=s.batch, desc=f"epoch {s.epoch + 1}/{p.epochs}", disable=None
-        )
-        for indices in order[s.batch :]:
-            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
-            loss = self.train_step(indices)
-            s.steps.append([s.step + 1, loss, lr])
-            s.batch += 1
-            s.step += 1
-            s.epoch_loss_sum += loss * len(indices)
-            s.epoch_samples += len(indices)
-            self.logger.log_metrics({"train/loss": loss, "train/lr": lr}, s.step)
-            bar.update()
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            if self.stop_signal is not None:
-                s.train_seconds += time.perf_counter() - started
-                self.save_checkpoint(checkpoint_extra)
-                bar.close()
-                self._stop_if_signalled()
-        bar.close()
-        s.train_seconds += time.perf_counter() - started
-
+    def _end_epoch(self) -> None:
+        """Validate; record the epoch, keep its weights if it is the best so far."""
+        s = self.state
         val_loss, report = self.validate()
         s.epoch += 1
         entry = {
@@ -356,15 +316,44 @@ class Trainer:
             **metrics.flat(report, "val"),
         }
         s.history.append(entry)
-        self.logger.log_metrics({k: v for k, v in entry.items() if "/" in k}, s.epoch)
-        key = (report["spam"]["f1"], -val_loss)
-        if key > s.best_key:
-            s.best_epoch, s.best_key, s.best_weights = s.epoch, key, self.trained_weights()
-        elif s.epoch - s.best_epoch >= p.patience:
-            s.finished = True  # early stop: no better val spam F1 for `patience` epochs
+        score = (report[LABELS[POSITIVE]]["f1"], -val_loss)
+        if score > s.best_score:
+            s.best_epoch, s.best_score, s.best_weights = s.epoch, score, self.trained_weights()
         s.batch, s.epoch_loss_sum, s.epoch_samples = 0, 0.0, 0
-        self.save_checkpoint(checkpoint_extra)
+        self._call("on_epoch_end", s, entry)
 
+    def _save_then_stop_if_signalled(self, saver: CheckpointSaver) -> None:
+        saver.save(self.state_dict())
+        if self.pending.signal is not None:
+            name, step = self.pending.name(), self.state.step
+            raise Interrupted(f"{name} at step {step}: checkpoint saved; re-run to resume")
 
-def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.cpu()
+    def _call(self, event: str, *args: object) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(*args)
+
+    def trained_weights(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().clone() for n, p in self.trained.items()}
+
+    def state_dict(self) -> dict:
+        s = self.state
+        return {
+            "state": {k: v for k, v in vars(s).items() if k != "best_weights"},
+            "best_weights": s.best_weights,
+            "weights": self.trained_weights(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, checkpoint: dict) -> None:
+        self.state = State(**checkpoint["state"], best_weights=checkpoint["best_weights"])
+        self.state.best_score = tuple(self.state.best_score)
+        with torch.no_grad():
+            for name, tensor in checkpoint["weights"].items():
+                self.trained[name].copy_(tensor)
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        torch.set_rng_state(checkpoint["rng"])

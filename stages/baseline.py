@@ -1,6 +1,6 @@
 """baseline: TF-IDF + linear SVM on the same splits, for comparison with the fine-tuned GPT-2."""
 
-from spamgpt import atomic, baseline, data, paths, stage
+from spamgpt import baseline, contracts, data, paths, stage
 from spamgpt.params import Params
 
 
@@ -8,9 +8,7 @@ def main(_params: Params) -> None:  # no params of its own; stage.run still vali
     train, val, test = (data.read_split(paths.split_file(s)) for s in paths.SPLITS)
     result = baseline.evaluate(train, val, test)
     stage.log.info("baseline fitted in %.2f s", result.pop("seconds"))  # a time is no metric
-    atomic.write_json(
-        paths.METRICS_DIR / "baseline.json", {"threshold": baseline.THRESHOLD, **result}
-    )
+    contracts.write_baseline({"threshold": baseline.THRESHOLD, **result})
 
 
 if __name__ == "__main__":

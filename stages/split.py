@@ -1,6 +1,6 @@
 """split: parse the raw messages strictly, drop duplicate texts, split train/val/test."""
 
-from spamgpt import atomic, data, paths, stage
+from spamgpt import contracts, data, paths, stage
 from spamgpt.download import sha256_file
 from spamgpt.params import Params
 
@@ -12,8 +12,7 @@ def main(params: Params) -> None:
     splits = data.split(frame, s.val, s.test, s.seed)
     for name, part in splits.items():
         data.write_split(part, paths.split_file(name))
-    atomic.write_json(
-        paths.METRICS_DIR / "data.json",
+    contracts.write_data_report(
         {
             "raw_sha256": sha256_file(paths.RAW_DATA),
             "raw_rows": len(parsed.frame),

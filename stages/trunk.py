@@ -1,29 +1,25 @@
 """trunk: run the frozen embeddings + first blocks once over every message and cache the
 hidden states, so finetune's epochs (and evaluate) only run the trainable tail."""
 
-from spamgpt import atomic, classifier, loaders, paths, runtime, stage, trunk
+from spamgpt import classifier, contracts, paths, runtime, stage, tokenized, trunk
 from spamgpt.model import GPTConfig
 from spamgpt.params import Params
 
 
 def main(params: Params) -> None:
-    model_dir = paths.pretrained_dir(params.model.repo_id)
-    config = GPTConfig.from_json(model_dir / "config.json")
     m = params.model
-    n_frozen = trunk.frozen_blocks(config.n_layer, m.trainable_blocks, m.finetune)
-    device = runtime.resolve_device(params.train.device)
-    precision = runtime.resolve_precision(params.train.precision, device)
-    runtime.use_all_cores()
+    model_dir = paths.pretrained_dir(m.repo_id)
+    n_layer = GPTConfig.from_json(model_dir / "config.json").n_layer
+    frozen = classifier.frozen_blocks(n_layer, m.trainable_blocks, m.finetune)
+    device, precision = runtime.setup(params.train.device, params.train.precision)
     paths.TRUNK_DIR.mkdir(parents=True, exist_ok=True)
-    if n_frozen is not None:  # else everything trains: the tail is the whole model
-        gpt = classifier.base_model(params.model, model_dir).to(device)
+    if frozen is not None:  # else everything trains: the tail is the whole model
+        gpt = classifier.base_model(m, model_dir).to(device)
         for split in paths.SPLITS:
-            tokens = loaders.load(paths.tokens_file(split)).tokens
-            hidden = trunk.compute(gpt, tokens, n_frozen, device, precision, desc=f"trunk {split}")
+            tokens = tokenized.load(paths.tokens_file(split)).tokens
+            hidden = trunk.compute(gpt, tokens, frozen, device, precision, desc=f"trunk {split}")
             trunk.save(paths.trunk_file(split), hidden)
-    atomic.write_json(
-        paths.TRUNK_INFO, {"frozen_blocks": n_frozen, "device": device.type, "precision": precision}
-    )
+    contracts.write_trunk_info(frozen, device.type, precision)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def test_forward_from_cached_prefix_is_exact(gpt: GPT2, pooling: str, k: int) ->
     # Same operations on the same numbers, except with k = n_layer and last pooling, where
     # the cache holds the full final block while the uncached path runs it at one position.
     torch.testing.assert_close(
-        clf(cached, lengths, start_block=k), clf(idx, lengths), rtol=0, atol=1e-6
+        clf(cached, lengths, frozen_blocks=k), clf(idx, lengths), rtol=0, atol=1e-6
     )
 
 

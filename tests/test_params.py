@@ -10,7 +10,7 @@ import torch
 import yaml
 from conftest import run_stage
 
-from spamgpt import loaders, params, runtime, trunk
+from spamgpt import classifier, params, runtime, tokenized
 from spamgpt.errors import ParamsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,16 +196,16 @@ def test_cuda_on_a_cpu_machine() -> None:
 
 def test_trainable_blocks_beyond_the_model() -> None:
     with pytest.raises(ParamsError, match=r"^model\.trainable_blocks:"):
-        trunk.frozen_blocks(2, 3)
-    assert trunk.frozen_blocks(2, 2) == 0
-    assert trunk.frozen_blocks(2, 0) == 2
-    assert trunk.frozen_blocks(2, "all") is None
+        classifier.frozen_blocks(2, 3)
+    assert classifier.frozen_blocks(2, 2) == 0
+    assert classifier.frozen_blocks(2, 0) == 2
+    assert classifier.frozen_blocks(2, "all") is None
 
 
 def test_max_length_beyond_the_context() -> None:
     with pytest.raises(ParamsError, match=r"^model\.max_length:.*1024"):
-        loaders.resolve_max_length(2000, [[1, 2, 3]], 1024)
-    assert loaders.resolve_max_length(1024, [[1, 2, 3]], 1024) == 1024
+        tokenized.resolve_max_length(2000, [[1, 2, 3]], 1024)
+    assert tokenized.resolve_max_length(1024, [[1, 2, 3]], 1024) == 1024
 
 
 # --- a real stage refuses bad params before touching any output ---

@@ -26,10 +26,9 @@ from conftest import REPO, TINY_REVISION, sms_collection, subprocess_env, tiny_p
 from fileserver import Faults, serve
 from tiny_gpt2 import hub_dir
 
-from spamgpt import atomic, classifier, data, params, tokenizer
+from spamgpt import atomic, checkpoint, classifier, data, params, tokenizer
 from spamgpt.errors import SpamGPTError
 from spamgpt.model import GPT2, GPT2Classifier
-from spamgpt.train import load_checkpoint_file
 
 PRETRAINED = Path("models/pretrained/openai-community/gpt2")
 
@@ -278,7 +277,7 @@ def test_pickled_code_in_the_checkpoint_is_refused_unrun(tmp_path: Path, writer:
     else:
         path.write_bytes(pickle.dumps(Payload(marker), protocol=4))
     with pytest.raises(SpamGPTError) as info:
-        load_checkpoint_file(tmp_path, "fingerprint")
+        checkpoint.load(tmp_path / "checkpoint.pt", "fingerprint")
     assert str(info.value) == (
         f"{path}: refused: it holds pickled objects other than tensors, which could run code; "
         f"it is not a spamgpt checkpoint, delete it to start afresh"
@@ -290,7 +289,7 @@ def test_truncated_checkpoint_is_one_line(tmp_path: Path) -> None:
     torch.save({"state": {"finished": False}, "weights": torch.zeros(1000)}, tmp_path / "x.pt")
     (tmp_path / "checkpoint.pt").write_bytes((tmp_path / "x.pt").read_bytes()[:500])
     with pytest.raises(SpamGPTError) as info:
-        load_checkpoint_file(tmp_path, "fingerprint")
+        checkpoint.load(tmp_path / "checkpoint.pt", "fingerprint")
     message = str(info.value)
     assert message.startswith(f"{tmp_path / 'checkpoint.pt'}: cannot load checkpoint (")
     assert message.endswith("delete it to start afresh") and "\n" not in message

@@ -25,7 +25,7 @@ from conftest import (
 )
 from mlflow.tracking import MlflowClient
 
-from spamgpt import stage, tracking
+from spamgpt import interrupts, stage, tracking
 from spamgpt.errors import SpamGPTError
 
 EXPERIMENT = "sms-spam-gpt2"
@@ -128,7 +128,7 @@ def test_an_error_caused_by_ctrl_c_ends_the_run_killed(
     still end KILLED (not FAILED), and the stage exit as interrupted."""
     shutil.copy(REPO / "params.yaml", tmp_path)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(stage, "_received", [])  # this process's record of signals
+    monkeypatch.setattr(interrupts, "_received", [])  # this process's record of signals
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     run_ids = []
 

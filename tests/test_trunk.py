@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from tiny_gpt2 import make_tiny_hub
 
-from spamgpt import runtime, trunk
-from spamgpt.batching import PackedSequences
+from spamgpt import classifier, runtime, trunk
+from spamgpt.batching import ModelInputs, PackedSequences
 from spamgpt.model import GPT2, GPT2Classifier
 
 CPU = torch.device("cpu")
@@ -30,14 +30,14 @@ def messages(n: int = 40, seed: int = 0) -> PackedSequences:
 def test_cached_trunk_gives_the_uncached_logits_and_loss(model, pooling, trainable_blocks):
     model.pooling = pooling
     tokens = messages()
-    n_frozen = trunk.frozen_blocks(3, trainable_blocks)
-    cached = trunk.Features(trunk.compute(model.gpt, tokens, n_frozen, CPU, "fp32"), n_frozen)
-    uncached = trunk.Features(tokens, None)
+    n_frozen = classifier.frozen_blocks(3, trainable_blocks)
+    cached = ModelInputs(trunk.compute(model.gpt, tokens, n_frozen, CPU, "fp32"), n_frozen)
+    uncached = ModelInputs(tokens, None)
     labels = torch.randint(0, 2, (len(tokens),), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         for indices in torch.randperm(len(tokens)).split(8):  # batches of mixed lengths
-            a = cached.logits(model, indices, CPU)
-            b = uncached.logits(model, indices, CPU)
+            a = classifier.logits(model, cached, indices, CPU)
+            b = classifier.logits(model, uncached, indices, CPU)
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
             loss_a = F.cross_entropy(a, labels[indices])
             torch.testing.assert_close(
@@ -55,12 +55,12 @@ def test_trunk_keeps_real_tokens_only(model):
 @pytest.mark.skipif(not runtime.bf16_supported(CPU), reason="no native bf16 on this CPU")
 def test_bf16_probabilities_stay_close_to_fp32(model):
     model.pooling = "last"
-    tokens = trunk.Features(messages(64, seed=2), None)
+    tokens = ModelInputs(messages(64, seed=2), None)
     with torch.no_grad():
         indices = torch.arange(64)
-        fp32 = torch.softmax(tokens.logits(model, indices, CPU), -1)
+        fp32 = torch.softmax(classifier.logits(model, tokens, indices, CPU), -1)
         with runtime.autocast(CPU, "bf16"):
-            bf16 = torch.softmax(tokens.logits(model, indices, CPU).float(), -1)
+            bf16 = torch.softmax(classifier.logits(model, tokens, indices, CPU).float(), -1)
     # bf16 keeps 8 bits of mantissa: logits move by about 1%, probabilities by less.
     assert (bf16 - fp32).abs().max() < 0.02
     assert not torch.equal(bf16, fp32)  # autocast really ran in bf16

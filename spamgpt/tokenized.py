@@ -1,11 +1,12 @@
-"""Tokenized splits: GPT-2 BPE ids of each message, packed, with labels (the loaders stage).
+"""Tokenized splits: GPT-2 BPE ids of each message, packed, with labels (the loaders stage:
+DVC's name for the stage that prepares what the training loader reads).
 
 A split is stored as one safetensors file: `ids` (all tokens end to end, int32), `lengths`,
 `labels` (0 ham, 1 spam) and `lines` (the message's line in the raw file, to trace it back).
 """
 
+import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import tiktoken
@@ -15,8 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from spamgpt import atomic
 from spamgpt.batching import PackedSequences
-from spamgpt.data import LABELS
 from spamgpt.errors import ParamsError, SpamGPTError
+from spamgpt.labels import LABELS
 
 
 @dataclass
@@ -67,7 +68,7 @@ def pack(ids: list[list[int]], frame: pd.DataFrame, max_length: int) -> Tokenize
     )
 
 
-def save(split: TokenizedSplit, path: Path) -> None:
+def save(split: TokenizedSplit, path: str | os.PathLike) -> None:
     tensors = {
         "ids": split.tokens.rows.to(torch.int32),  # GPT-2 ids < 2**31: half the bytes of int64
         "lengths": split.tokens.lengths,
@@ -78,7 +79,7 @@ def save(split: TokenizedSplit, path: Path) -> None:
         save_file(tensors, str(tmp))
 
 
-def load(path: Path) -> TokenizedSplit:
+def load(path: str | os.PathLike) -> TokenizedSplit:
     try:
         t = load_file(str(path))
         return TokenizedSplit(

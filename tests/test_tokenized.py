@@ -1,4 +1,4 @@
-"""spamgpt.loaders: token ids of each message, max_length, packing and the tokens files,
+"""spamgpt.tokenized: token ids of each message, max_length, packing and the tokens files,
 with the BPE tokenizer of a tiny generated GPT-2 (no /work/shared needed)."""
 
 from pathlib import Path
@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from tiny_gpt2 import make_tiny_hub
 
-from spamgpt import loaders, tokenizer
+from spamgpt import tokenized, tokenizer
 from spamgpt.errors import ParamsError, SpamGPTError
 
 EOT_TEXT = "<|endoftext|>"
@@ -30,7 +30,7 @@ def frame(labels: list[str], lines: list[int] | None = None) -> pd.DataFrame:
 
 def test_encode_gives_the_tokenizers_ids(enc) -> None:
     texts = ["Free entry in 2 a wkly comp", "Ok lar... Joking wif u oni", "£900 prize 😀"]
-    ids = loaders.encode(enc, texts)
+    ids = tokenized.encode(enc, texts)
     assert ids == [enc.encode_ordinary(t) for t in texts]
     assert [enc.decode(row) for row in ids] == texts
     assert all(0 <= t < enc.eot_token for row in ids for t in row)
@@ -38,14 +38,14 @@ def test_encode_gives_the_tokenizers_ids(enc) -> None:
 
 def test_empty_text_is_one_end_of_text_token(enc) -> None:
     eot = enc.eot_token
-    assert loaders.encode(enc, ["", "hi", ""]) == [[eot], enc.encode_ordinary("hi"), [eot]]
+    assert tokenized.encode(enc, ["", "hi", ""]) == [[eot], enc.encode_ordinary("hi"), [eot]]
 
 
 @pytest.mark.parametrize(
     "text", [EOT_TEXT, f"win {EOT_TEXT} now", f"{EOT_TEXT}{EOT_TEXT}", "<|endoftext"]
 )
 def test_special_token_text_is_plain_text(enc, text: str) -> None:
-    [row] = loaders.encode(enc, [text])
+    [row] = tokenized.encode(enc, [text])
     assert enc.eot_token not in row
     assert len(row) > 1
     assert enc.decode(row) == text
@@ -56,17 +56,17 @@ def test_special_token_text_is_plain_text(enc, text: str) -> None:
 
 def test_max_length_null_is_the_longest_training_message(enc) -> None:
     train = [[1] * 5, [2] * 9, [3] * 3]
-    assert loaders.resolve_max_length(None, train, 64) == 9
-    assert loaders.resolve_max_length(None, [[1] * 100, [2]], 64) == 64  # capped at n_ctx
-    assert loaders.resolve_max_length(None, [[1] * 64], 64) == 64
+    assert tokenized.resolve_max_length(None, train, 64) == 9
+    assert tokenized.resolve_max_length(None, [[1] * 100, [2]], 64) == 64  # capped at n_ctx
+    assert tokenized.resolve_max_length(None, [[1] * 64], 64) == 64
 
 
 def test_max_length_set() -> None:
     train = [[1] * 5, [2] * 9]
-    assert loaders.resolve_max_length(4, train, 64) == 4  # shorter than the data: allowed
-    assert loaders.resolve_max_length(64, train, 64) == 64
+    assert tokenized.resolve_max_length(4, train, 64) == 4  # shorter than the data: allowed
+    assert tokenized.resolve_max_length(64, train, 64) == 64
     with pytest.raises(ParamsError) as info:
-        loaders.resolve_max_length(65, train, 64)
+        tokenized.resolve_max_length(65, train, 64)
     assert str(info.value).startswith("model.max_length:") and "64" in str(info.value)
     assert info.value.exit_code == 2
 
@@ -77,7 +77,7 @@ IDS = [[1, 2, 3, 4, 5], [6], [7, 8, 9], [10, 11, 12, 13]]
 
 
 def test_pack_truncates_and_counts() -> None:
-    split = loaders.pack(IDS, frame(["ham", "spam", "ham", "spam"], [10, 3, 7, 42]), 3)
+    split = tokenized.pack(IDS, frame(["ham", "spam", "ham", "spam"], [10, 3, 7, 42]), 3)
     assert split.tokens.rows.tolist() == [1, 2, 3, 6, 7, 8, 9, 10, 11, 12]
     assert split.tokens.lengths.tolist() == [3, 1, 3, 3]
     assert split.truncated == 2  # exactly max_length is not truncated
@@ -88,7 +88,7 @@ def test_pack_truncates_and_counts() -> None:
 
 
 def test_pack_without_truncation() -> None:
-    split = loaders.pack(IDS, frame(["ham"] * 4), 5)
+    split = tokenized.pack(IDS, frame(["ham"] * 4), 5)
     assert split.truncated == 0
     assert split.tokens.lengths.tolist() == [5, 1, 3, 4]
     rows, _ = split.tokens.batch(torch.tensor([3]), pad_value=0)
@@ -97,19 +97,19 @@ def test_pack_without_truncation() -> None:
 
 def test_pack_rejects_an_unknown_label() -> None:
     with pytest.raises(ValueError):
-        loaders.pack(IDS[:1], frame(["eggs"]), 3)
+        tokenized.pack(IDS[:1], frame(["eggs"]), 3)
 
 
 def test_stats() -> None:
-    split = loaders.pack(IDS, frame(["ham"] * 4), 3)  # lengths 3, 1, 3, 3
-    assert loaders.stats(split) == {
+    split = tokenized.pack(IDS, frame(["ham"] * 4), 3)  # lengths 3, 1, 3, 3
+    assert tokenized.stats(split) == {
         "samples": 4,
         "mean_tokens": 2.5,
         "max_tokens": 3,
         "truncated": 2,
     }
-    split = loaders.pack(IDS[:3], frame(["ham"] * 3), 3)  # lengths 3, 1, 3: mean 2.333...
-    assert loaders.stats(split)["mean_tokens"] == 2.33
+    split = tokenized.pack(IDS[:3], frame(["ham"] * 3), 3)  # lengths 3, 1, 3: mean 2.333...
+    assert tokenized.stats(split)["mean_tokens"] == 2.33
 
 
 # --- the tokens file ---
@@ -118,28 +118,28 @@ def test_stats() -> None:
 def test_save_load_round_trip(tmp_path: Path, enc) -> None:
     texts = ["WINNER!! claim your £900 prize", "", f"ok {EOT_TEXT}", "see you soon 😀"]
     labels = ["spam", "ham", "ham", "spam"]
-    split = loaders.pack(loaders.encode(enc, texts), frame(labels, [5, 17, 18, 5574]), 8)
+    split = tokenized.pack(tokenized.encode(enc, texts), frame(labels, [5, 17, 18, 5574]), 8)
     path = tmp_path / "tokens" / "train.safetensors"
-    loaders.save(split, path)
+    tokenized.save(split, path)
     assert sorted(p.name for p in path.parent.iterdir()) == ["train.safetensors"]  # no temp
     assert load_file(str(path))["ids"].dtype == torch.int32  # half the bytes of int64
-    back = loaders.load(path)
+    back = tokenized.load(path)
     assert back.tokens.rows.dtype == torch.int64
     assert torch.equal(back.tokens.rows, split.tokens.rows)
     assert torch.equal(back.tokens.lengths, split.tokens.lengths)
     assert torch.equal(back.labels, split.labels)
     assert torch.equal(back.lines, split.lines)
     rows, lengths = back.tokens.batch(torch.arange(4), pad_value=enc.eot_token)
-    expected = [row[:8] for row in loaders.encode(enc, texts)]
+    expected = [row[:8] for row in tokenized.encode(enc, texts)]
     assert [row[:n].tolist() for row, n in zip(rows, lengths, strict=True)] == expected
     assert back.tokens.lengths.tolist() == [min(8, len(row)) for row in expected]
 
 
 def test_save_replaces_an_old_file(tmp_path: Path) -> None:
     path = tmp_path / "val.safetensors"
-    loaders.save(loaders.pack(IDS, frame(["ham"] * 4), 5), path)
-    loaders.save(loaders.pack(IDS[:2], frame(["spam"] * 2), 5), path)
-    back = loaders.load(path)
+    tokenized.save(tokenized.pack(IDS, frame(["ham"] * 4), 5), path)
+    tokenized.save(tokenized.pack(IDS[:2], frame(["spam"] * 2), 5), path)
+    back = tokenized.load(path)
     assert back.labels.tolist() == [1, 1] and back.tokens.rows.tolist() == [1, 2, 3, 4, 5, 6]
 
 
@@ -158,13 +158,13 @@ def corruptions(good: bytes) -> dict[str, bytes]:
 )
 def test_corrupt_tokens_file_is_a_user_error(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "test.safetensors"
-    loaders.save(loaders.pack(IDS, frame(["ham"] * 4), 5), path)
+    tokenized.save(tokenized.pack(IDS, frame(["ham"] * 4), 5), path)
     if kind == "missing":
         path.unlink()
     else:
         path.write_bytes(corruptions(path.read_bytes())[kind])
     with pytest.raises(SpamGPTError) as info:
-        loaders.load(path)
+        tokenized.load(path)
     message = str(info.value)
     assert message.startswith(str(path)) and "re-run the loaders stage" in message
     assert "\n" not in message

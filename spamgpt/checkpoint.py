@@ -1,0 +1,100 @@
+"""The resume checkpoint of a training run, apart from the loop (as timm's CheckpointSaver).
+
+One file holds everything a resumed run needs: the trained tensors, the best epoch's, the
+optimizer, schedule and RNG, the loop's State, the MLflow run, and a fingerprint of the
+settings it was trained with. It is replaced atomically after every epoch and on SIGINT or
+SIGTERM; once the results are written it is marked exported, so the next run starts afresh.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from spamgpt import atomic, distributed
+from spamgpt.errors import SpamGPTError
+from spamgpt.params import Params, flatten
+
+log = logging.getLogger(__name__)
+
+FORMAT = 2  # bumped when the checkpoint's layout changes: older ones are not resumed
+
+
+def fingerprint(params: Params, data_report: dict) -> str:
+    """Identifies what a run trains with (model, lora and train params, the data): a
+    checkpoint is resumed only into the same."""
+    settings = {
+        k: v for k, v in flatten(params).items() if k.startswith(("model.", "lora.", "train."))
+    }
+    document = {**settings, "data": data_report, "format": FORMAT}
+    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load(path: str | os.PathLike, expected_fingerprint: str) -> dict | None:
+    """The checkpoint at `path` of these same settings that still has work left (training,
+    or writing the results after it), or None (start afresh). Loaded with weights_only=True:
+    tensors and plain containers, never arbitrary pickled objects.
+
+    Also removes the temporary file of a write that kill -9 cut short: the stage holds DVC's
+    lock, so no other process is writing one now."""
+    path = Path(path)
+    atomic.remove_leftovers(path)
+    if not path.exists():
+        return None
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickles: one line only
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, i.e. running the file's code.
+        raise SpamGPTError(
+            f"{path}: refused: it holds pickled objects other than tensors, which could run "
+            f"code; it is not a spamgpt checkpoint, delete it to start afresh"
+        ) from None
+    except Exception as e:  # truncated or not a zip: unusable
+        raise SpamGPTError(
+            f"{path}: cannot load checkpoint ({str(e).splitlines()[0]}); delete it to start afresh"
+        ) from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("fingerprint") != expected_fingerprint:
+        return None
+    state = checkpoint["state"]
+    if state.get("exported"):
+        return None
+    progress = (
+        "training is done, writing its results"
+        if state["finished"]
+        else f"epoch {state['epoch'] + 1}, after step {state['step']}"
+    )
+    log.info("resuming MLflow run %s: %s", checkpoint["run_id"], progress)
+    return checkpoint
+
+
+class CheckpointSaver:
+    """Writes the checkpoint of one run: `save(trainer_state)` after each epoch or signal,
+    tagged with the settings' fingerprint and the MLflow run. Under torchrun only rank 0
+    writes: every process holds the same weights and state. `before_save` runs first (the
+    metrics buffer is flushed, so a resumed run skips the steps the store already has)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fingerprint: str,
+        run_id: str | None = None,
+        before_save: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.path = Path(path)
+        self.tags = {"fingerprint": fingerprint, "run_id": run_id}
+        self.before_save = before_save
+
+    def save(self, trainer_state: dict) -> None:
+        if not distributed.is_main():
+            return
+        self.before_save()
+        with atomic.atomic_path(self.path) as tmp:
+            torch.save({**self.tags, **trainer_state}, tmp)

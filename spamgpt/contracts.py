@@ -1,0 +1,98 @@
+"""What one stage tells the next, each file written by one function and read by one.
+
+download_weights -> finetune: the weights' hash (metrics/weights.json); split -> finetune:
+the data's hash and counts (metrics/data.json); loaders -> finetune: max_length and the pad
+id (metrics/loaders.json); trunk -> finetune, evaluate: how many blocks the cache skips
+(data/trunk/info.json); finetune -> evaluate: its MLflow run (models/mlflow_run.json);
+baseline -> evaluate: its scores (metrics/baseline.json); evaluate -> classify: the threshold
+(metrics/eval.json).
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spamgpt import atomic, paths
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_weights(repo_id: str, revision: str, files: dict[str, dict]) -> None:
+    atomic.write_json(
+        paths.WEIGHTS_METRICS, {"repo_id": repo_id, "revision": revision, "files": files}
+    )
+
+
+def read_weights_sha256() -> str:
+    """The sha256 of the pretrained model.safetensors."""
+    return _read(paths.WEIGHTS_METRICS)["files"]["model.safetensors"]["sha256"]
+
+
+def write_data_report(report: dict) -> None:
+    atomic.write_json(paths.DATA_METRICS, report)
+
+
+def read_data_report() -> dict:
+    """metrics/data.json: raw_sha256, row counts, bad lines, per-split label counts."""
+    return _read(paths.DATA_METRICS)
+
+
+@dataclass(frozen=True)
+class Tokenization:
+    max_length: int  # tokens kept per message
+    pad_id: int  # the end-of-text token
+
+
+def write_tokenization(tokenization: Tokenization, split_stats: dict[str, dict]) -> None:
+    atomic.write_json(
+        paths.TOKENS_METRICS,
+        {"max_length": tokenization.max_length, "pad_id": tokenization.pad_id, **split_stats},
+    )
+
+
+def read_tokenization() -> Tokenization:
+    report = _read(paths.TOKENS_METRICS)
+    return Tokenization(report["max_length"], report["pad_id"])
+
+
+def write_trunk_info(frozen_blocks: int | None, device: str, precision: str) -> None:
+    atomic.write_json(
+        paths.TRUNK_INFO,
+        {"frozen_blocks": frozen_blocks, "device": device, "precision": precision},
+    )
+
+
+def read_frozen_blocks() -> int | None:
+    """How many leading blocks the trunk cache skips; None: nothing is cached (all train)."""
+    return _read(paths.TRUNK_INFO)["frozen_blocks"]
+
+
+def write_mlflow_run(run_id: str) -> None:
+    atomic.write_json(paths.MLFLOW_RUN, {"run_id": run_id})
+
+
+def read_mlflow_run() -> str:
+    return _read(paths.MLFLOW_RUN)["run_id"]
+
+
+def write_baseline(report: dict) -> None:
+    atomic.write_json(paths.BASELINE_METRICS, report)
+
+
+def read_baseline() -> dict:
+    return _read(paths.BASELINE_METRICS)
+
+
+def write_evaluation(report: dict) -> None:
+    atomic.write_json(paths.EVAL_METRICS, report)
+
+
+def read_threshold(default: float = 0.5) -> float:
+    """The threshold evaluate used, else `default` (no evaluation yet, or unreadable)."""
+    try:
+        return float(_read(paths.EVAL_METRICS)["threshold"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return default

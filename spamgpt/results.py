@@ -1,0 +1,153 @@
+"""What finetune and evaluate write besides the model: metrics files for DVC, plot data, and
+the same results in their MLflow run (parameters, dataset, figures, tables)."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import torch
+
+from spamgpt import atomic, classifier, contracts, data, metrics, paths
+from spamgpt.labels import LABELS, POSITIVE, names, predicted_classes
+from spamgpt.params import PARAMS_FILE, ModelParams, Params, flatten
+from spamgpt.tracking import Run
+from spamgpt.train import State, Trainer
+
+
+def log_run_inputs(run: Run, params: Params, data_report: dict) -> None:
+    """A new training run's parameters (flattened), training data and params.yaml."""
+    run.log_params(flatten(params))
+    frame = data.read_split(paths.split_file("train"))
+    run.log_dataset(frame, "sms-spam-train", data_report["raw_sha256"], params.data.url)
+    run.log_artifact(PARAMS_FILE)
+
+
+def write_model(run: Run, trainer: Trainer, m: ModelParams) -> None:
+    """After training: the best and the last epoch's trained tensors (files and artifacts),
+    the model folder of the best epoch, and the pointer to its MLflow run."""
+    best = trainer.state.best_weights
+    for name, weights in (("best", best), ("last", trainer.trained_weights())):
+        classifier.save_tensors(weights, paths.checkpoint_weights(name))
+        run.log_artifact(paths.checkpoint_weights(name), "checkpoints")
+    names, tokens = list(trainer.trained), contracts.read_tokenization()
+    classifier.export(trainer.model, best, names, m, tokens, paths.FINETUNED_DIR)
+    contracts.write_mlflow_run(run.run_id)
+
+
+def write_training(
+    run: Run, state: State, n_train: int, device: torch.device, precision: str
+) -> None:
+    """metrics/train.json, the DVC plot data, and the same curves as MLflow figures."""
+    epochs = pd.DataFrame(state.history)
+    steps = pd.DataFrame(state.steps, columns=["step", "loss", "lr"])
+    best = state.history[state.best_epoch - 1]
+    samples_per_second = len(state.history) * n_train / max(state.train_seconds, 1e-9)
+    atomic.write_json(
+        paths.TRAIN_METRICS,
+        {
+            "best_epoch": state.best_epoch,
+            "epochs_run": len(state.history),
+            "steps": state.step,
+            "train_seconds": round(state.train_seconds, 2),
+            "samples_per_second": round(samples_per_second, 1),
+            "device": device.type,
+            "precision": precision,
+            "threads": torch.get_num_threads(),
+            "val": {k.removeprefix("val/"): v for k, v in best.items() if k.startswith("val/")},
+        },
+    )
+    _write_csv(steps, paths.TRAIN_LOSS_PLOT)
+    _write_csv(epochs.rename(columns=lambda c: c.replace("/", "_")), paths.VAL_EPOCHS_PLOT)
+    run.log_metrics(
+        {
+            "best_epoch": state.best_epoch,
+            "train/seconds": state.train_seconds,
+            "train/samples_per_second": samples_per_second,
+        },
+        0,
+    )
+    positive = LABELS[POSITIVE]
+    figures = {
+        "train_loss": ("step", {"train/loss": (steps["step"], steps["loss"])}),
+        "loss_by_epoch": (
+            "epoch",
+            {c: (epochs["epoch"], epochs[c]) for c in ("train/epoch_loss", "val/loss")},
+        ),
+        "validation": (
+            "epoch",
+            {
+                c: (epochs["epoch"], epochs[c])
+                for c in (
+                    "val/accuracy",
+                    *(f"val/{positive}_{k}" for k in ("precision", "recall", "f1")),
+                )
+            },
+        ),
+    }
+    for title, (x_label, series) in figures.items():
+        run.log_figure(metrics.curve_figure(series, x_label, title), f"curves/{title}.png")
+
+
+def write_evaluation(
+    reports: dict[str, dict],
+    threshold: float,
+    best_val_threshold: float,
+    baseline: dict,
+    test_probs: np.ndarray,
+    curves: dict[str, pd.DataFrame],
+) -> None:
+    """metrics/eval.json, the test confusion and curve plot data, the misclassified test
+    messages (reports/misclassified_test.csv)."""
+    contracts.write_evaluation(
+        {
+            "threshold": threshold,
+            "best_val_threshold": best_val_threshold,
+            **reports,
+            "baseline": {s: baseline[s] for s in reports},
+        }
+    )
+    test = data.read_split(paths.split_file("test"))
+    test["predicted"] = names(predicted_classes(test_probs, threshold))
+    test["spam_probability"] = test_probs[:, POSITIVE].round(6)
+    _write_csv(
+        test.rename(columns={"label": "actual"})[["actual", "predicted"]], paths.CONFUSION_TEST_PLOT
+    )
+    for name, frame in curves.items():
+        _write_csv(frame, paths.curve_plot(name))
+    wrong = test[test["predicted"] != test["label"]]
+    columns = ["line", "label", "predicted", "spam_probability", "text"]
+    data.write_split(wrong[columns], paths.MISCLASSIFIED_TEST)
+
+
+def log_evaluation(
+    run: Run,
+    reports: dict[str, dict],
+    baseline: dict,
+    threshold: float,
+    best_val_threshold: float,
+    curves: dict[str, pd.DataFrame],
+) -> None:
+    """The evaluation into the training run: test and baseline metrics, per-split reports,
+    confusion matrices, the per-class table, misclassified messages, test curves."""
+    run.log_metrics(metrics.flat(reports["test"], "test"), 0)
+    run.log_metrics(metrics.flat(baseline["test"], "baseline"), 0)
+    run.log_metrics({"test/threshold": threshold, "val/best_threshold": best_val_threshold}, 0)
+    for s, report in reports.items():
+        run.log_dict(report, f"evaluation/{s}_metrics.json")
+        run.log_figure(
+            metrics.confusion_figure(report["confusion_matrix"], s),
+            f"evaluation/{s}_confusion_matrix.png",
+        )
+    run.log_dict(metrics.per_class_table(reports), "evaluation/per_class_metrics.json")
+    run.log_artifact(paths.MISCLASSIFIED_TEST, "evaluation")
+    for name, frame in curves.items():
+        x, y = frame.columns
+        run.log_figure(
+            metrics.curve_figure({f"test ({name})": (frame[x], frame[y])}, x, name),
+            f"evaluation/test_{name}_curve.png",
+        )
+
+
+def _write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    with atomic.atomic_open(path, "w", newline="") as f:
+        frame.to_csv(f, index=False)

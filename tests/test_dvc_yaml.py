@@ -1,0 +1,71 @@
+"""dvc.yaml's deps are complete: every project file a stage's code imports is listed, so a
+change to it re-runs the stage (and `dvc repro` never calls stale results up to date)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, STAGES
+
+PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def imported_files(path: Path) -> set[str]:
+    """The project's files (relative to the repository) that `path` imports directly."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+        else:
+            continue
+        for module in modules:
+            file = Path(*module.split(".")).with_suffix(".py")
+            package = Path(*module.split(".")) / "__init__.py"
+            if module.split(".")[0] != "spamgpt":
+                continue
+            if (REPO / file).exists():
+                found.add(file.as_posix())
+            elif (REPO / package).exists() and module == node_module(node):
+                found.add(package.as_posix())
+    return found
+
+
+def node_module(node: ast.AST) -> str | None:
+    return getattr(node, "module", None)
+
+
+def closure(script: str) -> set[str]:
+    """`script` and every project file it imports, directly or through others."""
+    seen, todo = set(), [script]
+    while todo:
+        file = todo.pop()
+        if file not in seen:
+            seen.add(file)
+            todo.extend(imported_files(REPO / file))
+    return seen
+
+
+def test_the_import_walk_sees_through_modules() -> None:
+    # download_data's script calls spamgpt.download, which does its work with spamgpt.atomic
+    files = closure("stages/download_data.py")
+    assert {"spamgpt/download.py", "spamgpt/atomic.py", "spamgpt/errors.py"} <= files
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_every_project_file_a_stage_imports_is_a_dep(name: str) -> None:
+    stage = PIPELINE[name]
+    script = stage["cmd"].split()[-1]
+    deps = set(stage["deps"])
+    missing = sorted(closure(script) - deps)
+    assert not missing, f"dvc.yaml stage {name} does not list {missing} in its deps"
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_no_stage_lists_a_module_it_does_not_use(name: str) -> None:
+    stage = PIPELINE[name]
+    listed = {d for d in stage["deps"] if d.startswith(("spamgpt/", "stages/"))}
+    unused = sorted(listed - closure(stage["cmd"].split()[-1]))
+    assert not unused, f"dvc.yaml stage {name} lists {unused}, which its code does not import"
