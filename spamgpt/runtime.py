@@ -26,12 +26,12 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def check_device_count(devices: int, device: torch.device) -> None:
-    """train.devices: on CUDA each process needs a GPU of its own; refuse more processes than
-    visible GPUs here, before torchrun starts them (they would die of 'invalid device
-    ordinal'). On the CPU any number of processes share the cores."""
-    if device.type != "cuda":
+    """train.devices: on a GPU each process needs one of its own; refuse more processes than
+    visible GPUs here, before torchrun starts them (on CUDA they would die of 'invalid device
+    ordinal'; mps is one GPU). On the CPU any number of processes share the cores."""
+    if device.type == "cpu":
         return
-    visible = torch.cuda.device_count()
+    visible = torch.cuda.device_count() if device.type == "cuda" else 1
     if devices > visible:
         allowed = "1" if visible == 1 else f"1 to {visible}"
         raise ParamsError(

@@ -206,6 +206,12 @@ def test_more_processes_than_gpus_is_refused(monkeypatch: pytest.MonkeyPatch) ->
         runtime.check_device_count(5, CUDA)
 
 
+def test_mps_is_one_gpu() -> None:
+    runtime.check_device_count(1, MPS)
+    with pytest.raises(ParamsError, match=r"^train\.devices: 2 processes need 2 GPUs, this mach"):
+        runtime.check_device_count(2, MPS)
+
+
 def test_processes_on_the_cpu_need_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     runtime.check_device_count(4, CPU)
