@@ -21,8 +21,11 @@ class LoRALinear(nn.Module):
         super().__init__()
         self.linear = linear
         self.scale = alpha / rank
-        self.lora_A = nn.Parameter(torch.empty(rank, linear.in_features))
-        self.lora_B = nn.Parameter(torch.zeros(linear.out_features, rank))
+        # On the wrapped weight's device and dtype: adapters added after model.to("cuda") must
+        # not stay on the CPU.
+        like = {"device": linear.weight.device, "dtype": linear.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(rank, linear.in_features, **like))
+        self.lora_B = nn.Parameter(torch.zeros(linear.out_features, rank, **like))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises
 
     @property

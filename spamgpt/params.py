@@ -118,7 +118,7 @@ class TrainParams:
     patience: int = _rule(ge=1)
     seed: int = _rule(ge=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = _rule()
-    precision: Literal["auto", "fp32", "bf16"] = _rule()
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _rule()
     devices: int = _rule(ge=1)
 
 

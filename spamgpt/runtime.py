@@ -28,29 +28,89 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def check_device_count(devices: int, device: torch.device) -> None:
+    """train.devices: on a GPU each process needs one of its own; refuse more processes than
+    visible GPUs here, before torchrun starts them (on CUDA they would die of 'invalid device
+    ordinal'; mps is one GPU). On the CPU any number of processes share the cores."""
+    if device.type == "cpu":
+        return
+    visible = torch.cuda.device_count() if device.type == "cuda" else 1
+    if devices > visible:
+        allowed = "1" if visible == 1 else f"1 to {visible}"
+        raise ParamsError(
+            f"train.devices: {devices} processes need {devices} GPUs, this machine has "
+            f"{visible} visible; allowed here: {allowed}"
+        )
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def bf16_supported(device: torch.device) -> bool:
+    """Does the device compute bf16 natively? Emulated bf16 is slower than fp32."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        # Ampere (sm_80) and later; the default (including_emulation=True) says yes on a T4 or
+        # V100 too, where bf16 runs slower than fp32.
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
         # Native bf16 dot products (AVX512-BF16 or AMX); emulated bf16 is slower than fp32.
         return torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return False
 
 
+def fp16_fast_on_cuda(device: torch.device) -> bool:
+    """Does this CUDA card compute fp16 faster than fp32? Yes with tensor cores (sm_70, V100,
+    and later) and on the P100 (sm_60); a GTX 10xx (sm_61) runs fp16 at 1/64 of fp32's rate."""
+    capability = torch.cuda.get_device_capability(device)
+    return capability >= (7, 0) or capability == (6, 0)
+
+
+def fp16_allowed(device: torch.device) -> bool:
+    """May train.precision be fp16 here? On CUDA and mps (autocast and GradScaler support
+    both); on a CPU only where it computes fp16 natively (AVX512-FP16 or AMX-FP16): torch's
+    CPU autocast runs float16 elsewhere too, but emulated: 4.5x slower than fp32 on a 768x768
+    product on an AVX512-BF16 CPU without FP16."""
+    if device.type == "cpu":
+        return torch.ops.mkldnn._is_mkldnn_fp16_supported()
+    return device.type in ("cuda", "mps")
+
+
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """train.precision: 'auto' is bf16 where the hardware computes it natively, else fp32."""
+    """train.precision: 'auto' is bf16 where the device computes it natively, else fp16 on a
+    CUDA card that computes fp16 fast (with a gradient scaler: see grad_scaler), else fp32.
+    An explicit choice is kept unless the device cannot compute it (or only emulated, for fp16
+    on a CPU)."""
     if requested == "auto":
-        return "bf16" if bf16_supported(device) else "fp32"
+        if bf16_supported(device):
+            return "bf16"
+        if device.type == "cuda" and fp16_fast_on_cuda(device):
+            return "fp16"
+        return "fp32"
     if requested == "bf16" and device.type == "mps":
-        raise ParamsError("train.precision: bf16 is not supported on mps; allowed: auto, fp32")
+        raise ParamsError(
+            "train.precision: bf16 is not supported on mps; allowed: auto, fp32, fp16"
+        )
+    if requested == "fp16" and not fp16_allowed(device):
+        raise ParamsError(
+            "train.precision: fp16 on this CPU would be emulated, several times slower than fp32 "
+            "(it has no AVX512-FP16 or AMX-FP16); allowed here: auto, fp32, bf16"
+        )
     return requested
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Matmuls in bf16 with float32 accumulation, norms and losses in float32; or nothing."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    """Matmuls in bf16 or fp16 with float32 accumulation, norms, softmax and losses in float32;
+    or nothing (fp32)."""
+    if precision in AUTOCAST_DTYPES:
+        return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
     return contextlib.nullcontext()
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """fp16's loss scaling: gradients below fp16's smallest number (6e-8) would become zero, so
+    the loss is multiplied before backward and the gradients divided before the step, which is
+    skipped (and the scale lowered) when they overflowed. A no-op scaler for fp32 and bf16."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 def use_all_cores(processes: int = 1) -> int:

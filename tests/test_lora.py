@@ -62,3 +62,23 @@ def test_merge_gives_the_same_outputs(model: GPT2Classifier, pooling: str) -> No
     assert not any(".lora_" in n for n, _ in model.named_parameters())
     torch.testing.assert_close(model(idx, lengths), adapted, rtol=0, atol=1e-5)
     assert set(changed) <= set(model.state_dict())  # plain GPT-2 names again
+
+
+def test_adapters_live_on_the_models_device(model: GPT2Classifier) -> None:
+    """Adapters added after model.to(device) must be created there (on CUDA they were left on
+    the CPU). The meta device stands in for a GPU: it is not the default device either."""
+    meta = torch.device("meta")
+    model.to(meta)
+    lora.add_adapters(model, 0, TARGETS, rank=4, alpha=8)
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    assert any(".lora_A" in name for name, _ in tensors)
+    assert {name: t.device for name, t in tensors if t.device != meta} == {}
+
+
+@torch.no_grad()
+def test_adapters_take_the_models_dtype(model: GPT2Classifier) -> None:
+    model.double()
+    lora.add_adapters(model, 0, TARGETS, rank=4, alpha=8)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    idx, lengths = batch()
+    assert model(idx, lengths).dtype == torch.float64

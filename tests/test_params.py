@@ -101,7 +101,8 @@ BAD: list[tuple[str, dict | str, str]] = [
     ("pooling-max", modified(model__pooling="max"), "model.pooling"),
     ("device-tpu", modified(train__device="tpu"), "train.device"),
     ("device-uppercase", modified(train__device="CPU"), "train.device"),
-    ("precision-fp16", modified(train__precision="fp16"), "train.precision"),
+    ("precision-fp8", modified(train__precision="fp8"), "train.precision"),
+    ("precision-half", modified(train__precision="half"), "train.precision"),
     ("epochs-0", modified(train__epochs=0), "train.epochs"),
     ("batch-size-0", modified(train__batch_size=0), "train.batch_size"),
     ("patience-0", modified(train__patience=0), "train.patience"),
@@ -175,6 +176,11 @@ def test_optional_values_accept_null_and_all() -> None:
     assert p.model.max_length is None and p.model.trainable_blocks == "all"
     p = params.parse(modified(train__grad_clip=None, model__max_length=2, train__lr=1))
     assert p.train.grad_clip is None and p.model.max_length == 2 and p.train.lr == 1
+
+
+def test_every_precision_is_accepted() -> None:
+    for precision in ("auto", "fp32", "bf16", "fp16"):
+        assert params.parse(modified(train__precision=precision)).train.precision == precision
 
 
 def test_missing_file_is_a_params_error(tmp_path: Path) -> None:

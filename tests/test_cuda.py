@@ -1,0 +1,74 @@
+"""The device-dependent parts on a CUDA GPU: LoRA, fp16 and bf16, the model's forward.
+
+Marked `cuda` and skipped where torch sees no GPU; on a GPU machine run them with
+`pytest -m cuda`. The tiny model keeps them to seconds.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_runtime import assert_step_close_to_fp32, batch, logits_in, tiny_classifier
+
+from spamgpt import lora, runtime
+from spamgpt.model import GPT2Classifier
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch"),
+]
+
+CPU = torch.device("cpu")
+CUDA = torch.device("cuda")
+TARGETS = ["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> GPT2Classifier:
+    return tiny_classifier(tmp_path)
+
+
+def test_lora_prepared_on_cuda_trains_a_step(model: GPT2Classifier) -> None:
+    """As the finetune stage does it: the model moves to the GPU, then the adapters are added."""
+    model.to(CUDA).train()
+    trained = lora.add_adapters(model, 0, TARGETS, rank=4, alpha=8)
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    assert {name: t.device.type for name, t in tensors if t.device.type != "cuda"} == {}
+    params = dict(model.named_parameters())
+    precision = runtime.resolve_precision("auto", CUDA)
+    optimizer = torch.optim.AdamW([params[n] for n in trained], lr=1e-3, fused=True)
+    scaler = runtime.grad_scaler(CUDA, precision)
+    idx, lengths, labels = batch(CUDA)
+    with runtime.autocast(CUDA, precision):
+        logits = model(idx, lengths)
+    loss = F.cross_entropy(logits.float(), labels)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert loss.isfinite()
+    lora_B = params["gpt.h.0.attn.c_attn.lora_B"]
+    assert lora_B.abs().sum() > 0  # started at zero: the step reached the adapters
+    lora.merge(model)
+    assert all(p.device.type == "cuda" for p in model.parameters())
+
+
+@pytest.mark.parametrize(("precision", "error"), [("fp16", 1e-2), ("bf16", 5e-2)])
+def test_low_precision_stays_close_to_fp32_on_cuda(
+    model: GPT2Classifier, precision: str, error: float
+) -> None:
+    """fp16 (11 bits of mantissa) moves logits by about 0.1%, bf16 (8 bits) by about 1%; the
+    whole model's training step, with fp16's gradient scaler, is not skipped."""
+    model.to(CUDA)
+    fp32, low = logits_in(model, CUDA, "fp32"), logits_in(model, CUDA, precision)
+    assert (low - fp32).abs().max() < error * fp32.abs().max()
+    assert not torch.equal(low, fp32)  # autocast really ran in low precision
+    assert_step_close_to_fp32(model, CUDA, precision, grad_error=error)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_forward_on_cuda_equals_the_cpu(model: GPT2Classifier, pooling: str) -> None:
+    model.pooling = pooling
+    on_cpu = logits_in(model, CPU, "fp32")
+    on_cuda = logits_in(model.to(CUDA), CUDA, "fp32")
+    torch.testing.assert_close(on_cuda, on_cpu, rtol=1e-4, atol=1e-4 * on_cpu.abs().max().item())

@@ -1,0 +1,217 @@
+"""Device and precision choices: auto picks what the device computes natively, fp16 stays close
+to fp32 (with a gradient scaler), and what a machine cannot run is a one-line ParamsError."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_gpt2 import make_tiny_hub
+
+from spamgpt import runtime
+from spamgpt.errors import ParamsError
+from spamgpt.model import GPT2, GPT2Classifier
+
+CPU = torch.device("cpu")
+CUDA = torch.device("cuda")
+MPS = torch.device("mps")
+
+
+def tiny_classifier(root: Path) -> GPT2Classifier:
+    torch.manual_seed(0)
+    return GPT2Classifier(GPT2.from_pretrained(make_tiny_hub(root)))
+
+
+def batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(token ids (8, 24), lengths, labels) of a padded batch of messages, on `device`."""
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, 500, (8, 24), generator=g)
+    lengths = torch.randint(1, 25, (8,), generator=g)
+    return idx.to(device), lengths.to(device), torch.tensor([0, 1] * 4, device=device)
+
+
+@torch.no_grad()
+def logits_in(model: GPT2Classifier, device: torch.device, precision: str) -> torch.Tensor:
+    idx, lengths, _ = batch(device)
+    with runtime.autocast(device, precision):
+        return model.eval()(idx, lengths).float().cpu()
+
+
+def training_step(
+    model: GPT2Classifier, device: torch.device, precision: str
+) -> tuple[GPT2Classifier, torch.Tensor, float]:
+    """One step of a copy of `model` as the trainer takes it (fused AdamW, grad clipping, the
+    precision's scaler): (the stepped copy, its unscaled gradients flat on the CPU, the scale
+    after the step; 1.0 without a scaler)."""
+    model = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    scaler = runtime.grad_scaler(device, precision)
+    idx, lengths, labels = batch(device)
+    with runtime.autocast(device, precision):
+        logits = model(idx, lengths)
+    scaler.scale(F.cross_entropy(logits.float(), labels)).backward()
+    scaler.unscale_(optimizer)  # before clipping: clip the true gradients
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    grads = torch.cat([p.grad.flatten().float().cpu() for p in model.parameters()])
+    scaler.step(optimizer)
+    scaler.update()
+    return model, grads, scaler.get_scale() if scaler.is_enabled() else 1.0
+
+
+def assert_step_close_to_fp32(
+    model: GPT2Classifier, device: torch.device, precision: str, grad_error: float
+) -> None:
+    """The step in `precision` was taken (no overflow), and its gradients are those of fp32's
+    step to within `grad_error` of their norm."""
+    _, fp32_grads, _ = training_step(model, device, "fp32")
+    stepped, grads, scale = training_step(model, device, precision)
+    assert scale == runtime.grad_scaler(device, precision).get_scale()  # not lowered: no skip
+    assert (grads - fp32_grads).norm() < grad_error * fp32_grads.norm()
+    assert not torch.equal(grads, fp32_grads)  # autocast really ran in low precision
+    before, after = dict(model.named_parameters()), dict(stepped.named_parameters())
+    assert not torch.equal(before["head.weight"].cpu(), after["head.weight"].cpu())
+    assert all(p.isfinite().all() for p in after.values())
+
+
+def cpu_autocast_computes_fp16() -> bool:
+    with torch.autocast("cpu", dtype=torch.float16):
+        return torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float16
+
+
+# --- precision: what auto picks ---
+
+
+def fake_cuda_card(
+    monkeypatch: pytest.MonkeyPatch, *, capability: tuple[int, int], native_bf16: bool
+) -> None:
+    """Make torch.cuda describe a card: bf16 natively (Ampere+) or only emulated (T4, V100)."""
+    monkeypatch.setattr(
+        torch.cuda,
+        "is_bf16_supported",
+        lambda including_emulation=True: native_bf16 or including_emulation,
+    )
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+
+
+def fake_cpu(monkeypatch: pytest.MonkeyPatch, *, native_bf16: bool, native_fp16: bool) -> None:
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native_bf16)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", lambda: native_fp16)
+
+
+def test_auto_is_bf16_on_a_card_that_computes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_cuda_card(monkeypatch, capability=(9, 0), native_bf16=True)  # H100
+    assert runtime.bf16_supported(CUDA)
+    assert runtime.resolve_precision("auto", CUDA) == "bf16"
+
+
+@pytest.mark.parametrize("capability", [(7, 5), (7, 0), (6, 0)], ids=["T4", "V100", "P100"])
+def test_auto_is_fp16_where_bf16_is_emulated(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int]
+) -> None:
+    fake_cuda_card(monkeypatch, capability=capability, native_bf16=False)
+    assert not runtime.bf16_supported(CUDA)  # emulated bf16 does not count
+    assert runtime.resolve_precision("auto", CUDA) == "fp16"
+
+
+def test_auto_is_fp32_on_a_card_with_slow_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_cuda_card(monkeypatch, capability=(6, 1), native_bf16=False)  # GTX 1080: fp16 at 1/64
+    assert runtime.resolve_precision("auto", CUDA) == "fp32"
+    assert runtime.resolve_precision("fp16", CUDA) == "fp16"  # asked for: slow, but it runs
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_auto_on_a_cpu_is_bf16_where_native_else_fp32(
+    monkeypatch: pytest.MonkeyPatch, native_bf16: bool
+) -> None:
+    fake_cpu(monkeypatch, native_bf16=native_bf16, native_fp16=True)
+    assert runtime.resolve_precision("auto", CPU) == ("bf16" if native_bf16 else "fp32")
+
+
+def test_auto_on_mps_is_fp32() -> None:
+    assert runtime.resolve_precision("auto", MPS) == "fp32"
+
+
+# --- precision: explicit choices ---
+
+
+def test_explicit_choices_are_kept_where_they_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_cuda_card(monkeypatch, capability=(7, 5), native_bf16=False)
+    fake_cpu(monkeypatch, native_bf16=False, native_fp16=True)
+    for device in (CPU, CUDA, MPS):
+        assert runtime.resolve_precision("fp32", device) == "fp32"
+        assert runtime.resolve_precision("fp16", device) == "fp16"
+    assert runtime.resolve_precision("bf16", CPU) == "bf16"
+    assert runtime.resolve_precision("bf16", CUDA) == "bf16"
+
+
+@pytest.mark.parametrize(
+    ("precision", "device", "allowed"),
+    [("fp16", CPU, "auto, fp32, bf16"), ("bf16", MPS, "auto, fp32, fp16")],
+    ids=["fp16-on-an-emulating-cpu", "bf16-on-mps"],
+)
+def test_what_the_device_cannot_run_is_refused(
+    monkeypatch: pytest.MonkeyPatch, precision: str, device: torch.device, allowed: str
+) -> None:
+    fake_cpu(monkeypatch, native_bf16=True, native_fp16=False)
+    with pytest.raises(ParamsError) as info:
+        runtime.resolve_precision(precision, device)
+    message = str(info.value)
+    assert message.startswith(f"train.precision: {precision} ") and "\n" not in message
+    assert message.endswith(f" {allowed}")  # says what is allowed
+
+
+def test_autocast_computes_in_the_precisions_dtype() -> None:
+    a = torch.ones(2, 2)
+    expected = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if cpu_autocast_computes_fp16():
+        expected["fp16"] = torch.float16
+    for precision, dtype in expected.items():
+        with runtime.autocast(CPU, precision):
+            assert torch.mm(a, a).dtype == dtype, precision
+
+
+def test_only_fp16_scales_gradients() -> None:
+    assert runtime.grad_scaler(CPU, "fp16").is_enabled()
+    assert not runtime.grad_scaler(CPU, "bf16").is_enabled()
+    assert not runtime.grad_scaler(CPU, "fp32").is_enabled()
+
+
+@pytest.mark.skipif(
+    not cpu_autocast_computes_fp16(), reason="this torch's CPU autocast has no float16"
+)
+def test_fp16_stays_close_to_fp32_on_the_cpu(tmp_path: Path) -> None:
+    """fp16 keeps 11 bits of mantissa: logits and gradients move by about 0.1%."""
+    model = tiny_classifier(tmp_path)
+    fp32, fp16 = logits_in(model, CPU, "fp32"), logits_in(model, CPU, "fp16")
+    assert (fp16 - fp32).abs().max() < 1e-2 * fp32.abs().max()
+    assert not torch.equal(fp16, fp32)
+    assert_step_close_to_fp32(model, CPU, "fp16", grad_error=1e-2)
+
+
+# --- train.devices ---
+
+
+def test_more_processes_than_gpus_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ParamsError) as info:
+        runtime.check_device_count(2, CUDA)
+    message = str(info.value)
+    assert message.startswith("train.devices: 2 processes need 2 GPUs, this machine has 1 visible")
+    assert "\n" not in message
+    runtime.check_device_count(1, CUDA)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    runtime.check_device_count(4, CUDA)
+    with pytest.raises(ParamsError, match=r"has 4 visible; allowed here: 1 to 4$"):
+        runtime.check_device_count(5, CUDA)
+
+
+def test_mps_is_one_gpu() -> None:
+    runtime.check_device_count(1, MPS)
+    with pytest.raises(ParamsError, match=r"^train\.devices: 2 processes need 2 GPUs, this mach"):
+        runtime.check_device_count(2, MPS)
+
+
+def test_processes_on_the_cpu_need_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    runtime.check_device_count(4, CPU)
