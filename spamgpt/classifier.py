@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from spamgpt import atomic, lora, paths, runtime, tokenized
-from spamgpt.batching import INFERENCE_TOKENS, ModelInputs, sorted_order
+from spamgpt.batching import ModelInputs, inference_tokens, sorted_order
 from spamgpt.contracts import Tokenization
 from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.labels import LABELS
@@ -201,11 +201,13 @@ def class_probabilities(
     inputs: ModelInputs,
     device: torch.device,
     precision: str,
-    max_tokens: int = INFERENCE_TOKENS,
+    max_tokens: int | None = None,
 ) -> torch.Tensor:
     """Float32 class probabilities (N, classes) of N messages, in their order. Batches are
-    sorted by length and hold up to `max_tokens` padded tokens: little padding."""
+    sorted by length and hold up to `max_tokens` padded tokens (None: what suits the
+    device): little padding."""
     out = None
+    max_tokens = max_tokens or inference_tokens(device)
     for indices in sorted_order(inputs.sequences.lengths, max_tokens):
         with runtime.autocast(device, precision):
             batch = logits(model, inputs, indices, device).float().cpu()
@@ -222,7 +224,7 @@ def classify_texts(
     max_length: int,
     device: torch.device,
     precision: str,
-    max_tokens: int = INFERENCE_TOKENS,
+    max_tokens: int | None = None,
 ) -> tuple[torch.Tensor, list[bool]]:
     """Class probabilities (N, classes) of raw texts with the whole model, and which texts
     were cut to max_length."""

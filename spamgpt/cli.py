@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from spamgpt import classifier, contracts, paths, runtime, tokenizer
-from spamgpt.batching import INFERENCE_TOKENS
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import POSITIVE, names, predicted_classes
 
@@ -88,12 +87,11 @@ def main(argv: list[str] | None = None) -> None:
         "--threshold", type=float, help="spam probability threshold (default: evaluate's)"
     )
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    c.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    c.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     c.add_argument(
         "--max-tokens",
         type=positive_int,
-        default=INFERENCE_TOKENS,
-        help="padded tokens per batch (memory vs speed)",
+        help="padded tokens per batch (memory vs speed; default: 1024 on a CPU, 32768 on a GPU)",
     )
     args = parser.parse_args(argv)
     try:

@@ -122,9 +122,10 @@ def use_all_cores(processes: int = 1) -> int:
 
 
 def setup(device: str, precision: str, processes: int = 1) -> tuple[torch.device, str]:
-    """The stages' preamble: train.device and train.precision resolved on this machine, and
-    every core in use (shared out among `processes` training side by side)."""
+    """The stages' preamble: train.device and train.precision resolved on this machine, a
+    GPU for each of `processes`, and every core in use (shared out among the processes)."""
     resolved = resolve_device(device)
+    check_device_count(processes, resolved)
     threads = use_all_cores(processes)
     precision = resolve_precision(precision, resolved)
     log.info("%s, %s, %d threads", resolved, precision, threads)

@@ -18,7 +18,6 @@ from typing import Any
 
 import mlflow
 import pydantic
-import torch
 from mlflow.models import Model
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
@@ -50,9 +49,11 @@ class SpamClassifierModel(PythonModel):
         self.enc = tokenizer.load(folder)
         self.max_length = meta["max_length"]
         self.threshold = float(context.model_config["threshold"])
-        self.device = torch.device("cpu")
-        # `spamgpt classify`'s default, so both answer alike: bf16 where the CPU has it natively.
+        # A GPU where there is one, as `spamgpt classify` does; model_config={"device": "cpu"}
+        # (mlflow.pyfunc.load_model) chooses. bf16 or fp16 where the device computes it fast.
+        self.device = runtime.resolve_device(context.model_config.get("device", "auto"))
         self.precision = runtime.resolve_precision("auto", self.device)
+        self.model.to(self.device)
 
     def __getstate__(self) -> dict:
         # log_model runs load_context on this instance (to check the input example) before it
@@ -115,7 +116,7 @@ def log_model(
             artifacts={ARTIFACT: str(folder)},
             code_paths=[str(Path(spamgpt.__file__).parent)],
             input_example=INPUT_EXAMPLE,
-            model_config={"threshold": threshold},
+            model_config={"threshold": threshold, "device": "auto"},
             pip_requirements=pins,
             registered_model_name=registered_model_name,
         )

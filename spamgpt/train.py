@@ -192,7 +192,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, total, warmup)
         )
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.scaler = runtime.grad_scaler(device, precision)  # fp16: loss scaling
         self.class_weights = class_weights(
             train.labels, params.class_weights, model.head.out_features
         )  # on the CPU; the loss reads a copy on the device

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from spamgpt import atomic, paths, runtime, tokenized
-from spamgpt.batching import INFERENCE_TOKENS, ModelInputs, PackedSequences, sorted_order
+from spamgpt.batching import ModelInputs, PackedSequences, inference_tokens, sorted_order
 from spamgpt.errors import SpamGPTError
 from spamgpt.model import GPT2
 
@@ -27,12 +27,13 @@ def compute(
     frozen_blocks: int,
     device: torch.device,
     precision: str,
-    max_tokens: int = INFERENCE_TOKENS,
+    max_tokens: int | None = None,
     desc: str = "trunk",
 ) -> PackedSequences:
     """Hidden states after the first `frozen_blocks` blocks, real tokens only, float32, on
-    the CPU."""
+    the CPU. Batches hold up to `max_tokens` padded tokens (None: what suits the device)."""
     gpt.eval()
+    max_tokens = max_tokens or inference_tokens(device)
     rows = torch.empty(len(tokens.rows), gpt.config.n_embd)
     for indices in tqdm(sorted_order(tokens.lengths, max_tokens), desc=desc, disable=None):
         ids, lengths = tokens.batch(indices, pad_value=0)

@@ -18,7 +18,7 @@ from spamgpt.train import LogMetrics, ProgressBar, Split, Trainer
 
 def main(params: Params) -> None:
     m, t = params.model, params.train
-    device, precision = runtime.setup(t.device, t.precision, distributed.world_size())
+    device, precision = runtime.setup(t.device, t.precision, t.devices)
     distributed.relaunch(t.devices)  # train.devices > 1: this script again, under torchrun
     device = distributed.setup(device)
     if distributed.is_main():

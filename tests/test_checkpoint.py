@@ -32,7 +32,9 @@ def test_saved_checkpoint_loads_back_for_the_same_fingerprint_only(tmp_path: Pat
     path = tmp_path / "checkpoint.pt"
     flushed = []
     saver = CheckpointSaver(path, "fp", run_id="run1", before_save=lambda: flushed.append(1))
-    saver.save({"state": {"finished": False, "step": 3}, "weights": {"w": torch.ones(2)}})
+    saver.save(
+        {"state": {"finished": False, "epoch": 0, "step": 3}, "weights": {"w": torch.ones(2)}}
+    )
     assert flushed == [1]  # the metrics were flushed before the checkpoint was written
     loaded = checkpoint.load(path, "fp")
     assert loaded["run_id"] == "run1" and loaded["state"]["step"] == 3
