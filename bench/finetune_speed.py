@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from spamgpt import classifier, data, runtime, tokenized, tokenizer, trunk
 from spamgpt.batching import ModelInputs
 from spamgpt.checkpoint import CheckpointSaver
+from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.params import load as load_params
 from spamgpt.train import Hook, Split, State, Trainer
@@ -119,7 +120,7 @@ def main() -> None:
     train_params = dataclasses.replace(params.train, epochs=args.epochs, patience=args.epochs)
     clock = Clock()
     train, val = (Split(ModelInputs(cached[s], frozen), packed[s].labels) for s in ("train", "val"))
-    trainer = Trainer(model, trained, train, val, train_params, device, precision)
+    trainer = Trainer(model, trained, train, val, SMS, train_params, device, precision)
     with tempfile.TemporaryDirectory() as checkpoints:
         trainer.fit(CheckpointSaver(Path(checkpoints) / "checkpoint.pt", "bench"), hooks=(clock,))
     ends = clock.epoch_train_seconds

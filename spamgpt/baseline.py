@@ -13,23 +13,28 @@ from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit
+from scipy.special import expit, softmax
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.svm import LinearSVC
 
 from spamgpt import metrics
-from spamgpt.labels import LABELS
+from spamgpt.labels import SMS, Classes
 
-THRESHOLD = 0.5  # on the spam score: the SVM's own decision boundary (margin 0)
-
-
-def labels_of(frame: pd.DataFrame) -> np.ndarray:
-    """Class indices as the evaluate stage uses them: ham 0, spam 1."""
-    return np.array([LABELS.index(label) for label in frame["label"]], dtype=np.int64)
+THRESHOLD = 0.5  # on the positive score: the SVM's own decision boundary (margin 0)
 
 
-def fit(train: pd.DataFrame) -> Pipeline:
+def labels_of(frame: pd.DataFrame, classes: Classes = SMS) -> np.ndarray:
+    """Class indices as the evaluate stage uses them (ham 0, spam 1 for SMS)."""
+    return np.array([classes.index(label) for label in frame["label"]], dtype=np.int64)
+
+
+def threshold_for(classes: Classes) -> float | None:
+    """The SVM's boundary where a threshold applies (two classes, one positive), else None."""
+    return THRESHOLD if classes.positive is not None and len(classes) == 2 else None
+
+
+def fit(train: pd.DataFrame, classes: Classes = SMS) -> Pipeline:
     """A model fitted on a split frame's `text` and `label` columns."""
     features = FeatureUnion(
         [
@@ -38,28 +43,36 @@ def fit(train: pd.DataFrame) -> Pipeline:
             ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True)),
         ]
     )
-    # balanced: spam is ~13% of the messages; random_state fixes liblinear's dual shuffling
+    # balanced: spam is ~13% of the messages; random_state fixes liblinear's dual shuffling;
+    # more than two classes: one against the rest each
     svm = LinearSVC(class_weight="balanced", random_state=0)
     model = Pipeline([("features", features), ("svm", svm)])
-    return model.fit(train["text"].tolist(), labels_of(train))
+    return model.fit(train["text"].tolist(), labels_of(train, classes))
 
 
 def probabilities(model: Pipeline, texts: Iterable[str]) -> np.ndarray:
-    """(N, 2) scores in [0, 1] of ham and spam: the sigmoid of the SVM margin is the spam
-    column (above 0.5 where the SVM says spam), its complement the ham column."""
-    spam = expit(model.decision_function(list(texts)))
-    return np.column_stack([1 - spam, spam])
+    """(N, classes) scores in [0, 1]. Two classes: the sigmoid of the SVM margin is the
+    second class's column (above 0.5 where the SVM says it), its complement the first's.
+    More: the softmax of the one-against-the-rest margins (the largest is the SVM's pick)."""
+    margins = model.decision_function(list(texts))
+    if margins.ndim == 1:
+        second = expit(margins)
+        return np.column_stack([1 - second, second])
+    return softmax(margins, axis=1)
 
 
 def evaluate(
-    train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, threshold: float = THRESHOLD
+    train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, classes: Classes = SMS
 ) -> dict:
     """Fit on train; metrics.report for val and test, and the fit time in seconds."""
     start = time.perf_counter()
-    model = fit(train)
+    model = fit(train, classes)
     seconds = time.perf_counter() - start
+    threshold = threshold_for(classes)
     reports = {
-        name: metrics.report(labels_of(frame), probabilities(model, frame["text"]), threshold)
+        name: metrics.report(
+            labels_of(frame, classes), probabilities(model, frame["text"]), threshold, classes
+        )
         for name, frame in (("val", val), ("test", test))
     }
     return {**reports, "seconds": seconds}

@@ -7,7 +7,7 @@ cache); the base is read back from models/pretrained/<repo_id>. A randomly initi
 or a self-contained copy (`full=True`, as the MLflow model needs), saves every tensor.
 
 Prediction: class_probabilities() runs the model over token ids or cached trunk output, and
-labels.predicted_classes() turns the probabilities into labels. Validation, evaluate,
+labels.Classes.predicted() turns the probabilities into labels. Validation, evaluate,
 `spamgpt classify` and the MLflow model all go through these two.
 """
 
@@ -27,7 +27,7 @@ from spamgpt import atomic, lora, paths, runtime, tokenized
 from spamgpt.batching import ModelInputs, inference_tokens, sorted_order
 from spamgpt.contracts import Tokenization
 from spamgpt.errors import ParamsError, SpamGPTError
-from spamgpt.labels import LABELS
+from spamgpt.labels import Classes
 from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.params import LoraParams, ModelParams
 
@@ -67,15 +67,17 @@ def base_model(model: ModelParams, model_dir: str | os.PathLike) -> GPT2:
 def for_training(
     m: ModelParams,
     lora_params: LoraParams,
-    model_dir: str | os.PathLike,
+    classes: Classes,
     device: torch.device,
     seed: int,
 ) -> tuple[GPT2Classifier, list[str]]:
-    """The classifier on `device` with what model.finetune and model.trainable_blocks say
-    trains, and the names of the parameters that train. Seeds torch's global RNG with
-    `seed` first: the head's and the adapters' initialisation, then dropout, follow it."""
+    """The classifier of models/pretrained/<repo_id> on `device`, with what model.finetune
+    and model.trainable_blocks say trains, and the names of the parameters that train.
+    Seeds torch's global RNG with `seed` first: the head's and the adapters' initialisation,
+    then dropout, follow it."""
     torch.manual_seed(seed)
-    model = GPT2Classifier(base_model(m, model_dir), pooling=m.pooling).to(device)
+    gpt = base_model(m, paths.pretrained_dir(m.repo_id))
+    model = GPT2Classifier(gpt, len(classes), m.pooling).to(device)
     if m.finetune == "lora":
         frozen = frozen_blocks(model.gpt.config.n_layer, m.trainable_blocks, m.finetune)
         p = lora_params
@@ -107,6 +109,7 @@ def export(
     weights: dict[str, torch.Tensor],
     trained_names: list[str],
     m: ModelParams,
+    classes: Classes,
     tokenization: Tokenization,
     dest: str | os.PathLike,
 ) -> None:
@@ -116,7 +119,7 @@ def export(
     stored = trained_names
     if m.finetune == "lora":
         stored = [*lora.merge(model), *(n for n in trained_names if n.startswith("head."))]
-    meta = classifier_meta(m, stored, tokenization.max_length, tokenization.pad_id)
+    meta = classifier_meta(m, classes, stored, tokenization.max_length, tokenization.pad_id)
     save(model, dest, meta, paths.pretrained_dir(m.repo_id), full=not m.pretrained)
 
 
@@ -172,18 +175,43 @@ def load(
     return model.eval(), meta
 
 
-def classifier_meta(model: ModelParams, trained: list[str], max_length: int, pad_id: int) -> dict:
+def classes_of(meta: dict) -> Classes:
+    """The classes a saved model answers with (classifier.json)."""
+    return Classes(tuple(meta["labels"]), meta.get("positive_label"))
+
+
+def classifier_meta(
+    model: ModelParams, classes: Classes, trained: list[str], max_length: int, pad_id: int
+) -> dict:
     """What load() needs besides the tensors."""
     return {
         "repo_id": model.repo_id,
         "revision": model.revision,
         "pretrained": model.pretrained,
         "pooling": model.pooling,
-        "labels": list(LABELS),
+        **classes.to_dict(),
         "max_length": max_length,
         "pad_id": pad_id,
         "trained": trained,
     }
+
+
+def answers(probabilities: torch.Tensor, classes: Classes, threshold: float | None) -> list[dict]:
+    """Each message's answer: its label (Classes.predicted at `threshold`), that label's
+    probability, every class's probability, and the positive class's as
+    `<positive>_probability` where there is one (`spam_probability` for SMS)."""
+    probs = probabilities.numpy().astype(float)
+    out = []
+    for row, label in zip(probs, classes.predicted(probs, threshold), strict=True):
+        answer = {
+            "label": classes.names[label],
+            "probability": row[label],
+            "probabilities": dict(zip(classes.names, row.tolist(), strict=True)),
+        }
+        if classes.positive is not None:
+            answer[f"{classes.positive}_probability"] = row[classes.positive_index]
+        out.append(answer)
+    return out
 
 
 def logits(

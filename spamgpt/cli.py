@@ -11,7 +11,6 @@ from pathlib import Path
 
 from spamgpt import classifier, contracts, paths, runtime, tokenizer
 from spamgpt.errors import SpamGPTError
-from spamgpt.labels import POSITIVE, names, predicted_classes
 
 # Plain output is one tab-separated line per message: a tab or line break inside a message is
 # printed as \t, \n or \r (and a backslash as \\), so that every line still splits in three.
@@ -39,7 +38,7 @@ def classify(args: argparse.Namespace) -> None:
             "no messages to classify: pass text arguments or --file PATH (- for stdin)"
         )
     threshold = contracts.read_threshold() if args.threshold is None else args.threshold
-    if not 0 < threshold < 1:
+    if threshold is not None and not 0 < threshold < 1:
         raise SpamGPTError(f"--threshold must be between 0 and 1, got {threshold}")
     device, precision = runtime.setup(args.device, args.precision)
     model, meta = classifier.load(args.model, args.pretrained)
@@ -47,20 +46,30 @@ def classify(args: argparse.Namespace) -> None:
     probs, truncated = classifier.classify_texts(
         model.to(device), enc, messages, meta["max_length"], device, precision, args.max_tokens
     )
-    labels = names(predicted_classes(probs.numpy(), threshold))
-    spam = probs[:, POSITIVE].tolist()
-    for text, label, p, cut in zip(messages, labels, spam, truncated, strict=True):
+    classes = classifier.classes_of(meta)
+    answers = classifier.answers(probs, classes, threshold)
+    # Plain output shows the positive class's probability where there is one, as a
+    # threshold reads it; else the label's.
+    shown = "probability" if classes.positive is None else f"{classes.positive}_probability"
+    for text, answer, cut in zip(messages, answers, truncated, strict=True):
         if args.json:
-            record = {
-                "label": label,
-                "spam_probability": round(p, 6),
-                "truncated": cut,
-                "text": text,
-            }
+            record = {**_rounded(answer), "truncated": cut, "text": text}
             print(json.dumps(record, ensure_ascii=False))
         else:
             note = f" [truncated to {meta['max_length']} tokens]" if cut else ""
-            print(f"{label}\t{p:.4f}\t{text.translate(ESCAPES)}{note}")
+            print(f"{answer['label']}\t{answer[shown]:.4f}\t{text.translate(ESCAPES)}{note}")
+
+
+def _rounded(answer: dict) -> dict:
+    """Probabilities to 6 decimals, for JSON lines people read."""
+    return {
+        k: round(v, 6)
+        if isinstance(v, float)
+        else {c: round(p, 6) for c, p in v.items()}
+        if isinstance(v, dict)
+        else v
+        for k, v in answer.items()
+    }
 
 
 def positive_int(text: str) -> int:
@@ -71,9 +80,11 @@ def positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="spamgpt", description="GPT-2 SMS spam classifier")
+    parser = argparse.ArgumentParser(
+        prog="spamgpt", description="GPT-2 fine-tuned as a text classifier"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    c = commands.add_parser("classify", help="label messages as ham or spam")
+    c = commands.add_parser("classify", help="label messages with the fine-tuned classes")
     c.add_argument("messages", nargs="*", help="messages to classify")
     c.add_argument("--file", help="read one message per line from this file (- for stdin)")
     c.add_argument("--json", action="store_true", help="print one JSON object per message")
@@ -84,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
         "--pretrained", type=Path, default=paths.PRETRAINED_DIR, help="base models folder"
     )
     c.add_argument(
-        "--threshold", type=float, help="spam probability threshold (default: evaluate's)"
+        "--threshold",
+        type=float,
+        help="threshold on the positive class's probability (default: evaluate's)",
     )
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     c.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])

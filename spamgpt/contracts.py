@@ -1,7 +1,8 @@
 """What one stage tells the next, each file written by one function and read by one.
 
 download_weights -> finetune: the weights' hash (metrics/weights.json); split -> finetune:
-the data's hash and counts (metrics/data.json); loaders -> finetune: max_length and the pad
+the data's hash and counts (metrics/data.json), which also tells loaders, baseline and
+evaluate the classes; loaders -> finetune: max_length and the pad
 id (metrics/loaders.json); trunk -> finetune, evaluate: how many blocks the cache skips
 (data/trunk/info.json); finetune -> evaluate: its MLflow run (models/mlflow_run.json);
 baseline -> evaluate: its scores (metrics/baseline.json); evaluate -> classify: the threshold
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from spamgpt import atomic, paths
+from spamgpt.labels import Classes
 
 
 def _read(path: Path) -> Any:
@@ -36,8 +38,15 @@ def write_data_report(report: dict) -> None:
 
 
 def read_data_report() -> dict:
-    """metrics/data.json: raw_sha256, row counts, bad lines, per-split label counts."""
+    """metrics/data.json: raw_sha256, row counts, bad lines, per-split label counts, the
+    classes."""
     return _read(paths.DATA_METRICS)
+
+
+def read_classes() -> Classes:
+    """The classes the split stage found (or was given), in the model's output order."""
+    report = read_data_report()
+    return Classes(tuple(report["labels"]), report["positive_label"])
 
 
 @dataclass(frozen=True)
@@ -90,9 +99,11 @@ def write_evaluation(report: dict) -> None:
     atomic.write_json(paths.EVAL_METRICS, report)
 
 
-def read_threshold(default: float = 0.5) -> float:
-    """The threshold evaluate used, else `default` (no evaluation yet, or unreadable)."""
+def read_threshold(default: float = 0.5) -> float | None:
+    """The threshold evaluate used (None: it labelled by the most probable class), else
+    `default` (no evaluation yet, or unreadable)."""
     try:
-        return float(_read(paths.EVAL_METRICS)["threshold"])
+        threshold = _read(paths.EVAL_METRICS)["threshold"]
+        return None if threshold is None else float(threshold)
     except (OSError, ValueError, KeyError, TypeError):
         return default

@@ -1,14 +1,22 @@
-"""The SMS Spam Collection: strict parsing, de-duplication and a stratified split.
+"""Labelled texts: strict readers for each format, de-duplication and a stratified split.
 
-The file is `label<TAB>text`, one message per line. Its texts contain unbalanced double quotes,
-so a CSV reader with default quoting merges neighbouring messages (5572 rows instead of 5574);
-here each line is parsed on its own and split at the first tab, and a line that does not parse
-is never glued to another: it stops the run, or is skipped and counted.
+Formats: `label_tab_text` (the SMS Spam Collection: one `label<TAB>text` per line, no header,
+split at the first tab), `csv` (RFC 4180: quoted fields may hold commas, quotes and line
+breaks), `tsv` (the same with tabs), `jsonl` (one JSON object per line) and `parquet`. Text is
+UTF-8 (a byte-order mark is tolerated). A row that does not parse, or lacks its text or label,
+or has a label outside the classes asked for, is never merged into a neighbour nor dropped in
+silence: it stops the run with its line (row, for Parquet) and what is wrong, or is skipped
+and counted by kind.
+
+Why not pandas' CSV reader for the SMS file: its texts contain unbalanced double quotes, so
+default quoting merges neighbouring messages (5572 rows instead of 5574).
 """
 
 import csv
+import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,13 +25,13 @@ from sklearn.model_selection import train_test_split
 
 from spamgpt import atomic
 from spamgpt.errors import SpamGPTError
-from spamgpt.labels import LABELS
+from spamgpt.labels import SMS
 
 
 @dataclass
 class ParsedMessages:
-    frame: pd.DataFrame  # columns: line (1-based line number in the raw file), label, text
-    bad_lines: Counter = field(default_factory=Counter)  # reason -> count (policy 'skip')
+    frame: pd.DataFrame  # columns: line (1-based line, or row, in the raw file), label, text
+    bad_lines: Counter = field(default_factory=Counter)  # kind -> count (policy 'skip')
 
 
 class _BadLine(ValueError):
@@ -32,42 +40,169 @@ class _BadLine(ValueError):
         self.kind = kind  # the key counted in metrics/data.json under bad_lines
 
 
-def _parse_line(raw: bytes) -> tuple[str, str]:
-    """(label, text) of one raw line without its newline, or _BadLine."""
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        detail = f"undecodable bytes at column {e.start + 1} (not UTF-8)"
-        raise _BadLine("undecodable", detail) from None
-    label, tab, text = line.partition("\t")
-    if not tab:
-        raise _BadLine("no_tab", "no tab between label and text")
-    if label not in LABELS:
-        raise _BadLine("unknown_label", f"unknown label {label[:20]!r}; allowed: ham, spam")
+@dataclass(frozen=True)
+class Format:
+    """How to read a raw file: data.format, data.text_column, data.label_column."""
+
+    name: str = "label_tab_text"
+    text_column: str = "text"
+    label_column: str = "label"
+
+
+def read_messages(
+    path: str | os.PathLike,
+    fmt: Format = Format(),
+    labels: tuple[str, ...] | None = SMS.names,
+    bad_lines: str = "error",
+) -> ParsedMessages:
+    """Every (line, label, text) of the raw file; `labels`: the allowed classes (None: any).
+    `bad_lines` is 'error' (raise at the first bad row) or 'skip' (count them by kind)."""
+    path = Path(path)
+    rows, skipped = [], Counter()
+    where = "row" if fmt.name == "parquet" else "line"
+    for number, parsed in _READERS[fmt.name](path, fmt):
+        try:
+            if isinstance(parsed, _BadLine):
+                raise parsed
+            rows.append((number, *_checked(*parsed, labels)))
+        except _BadLine as bad:
+            if bad_lines != "skip":
+                place = f"{path}:{number}" if where == "line" else f"{path}: row {number}"
+                raise SpamGPTError(
+                    f"{place}: {bad}; fix the {where}, or set data.bad_lines: skip to drop "
+                    f"such {where}s and count them"
+                ) from None
+            skipped[bad.kind] += 1
+    if not rows:
+        raise SpamGPTError(f"{path}: no messages (the file is empty or every {where} is bad)")
+    return ParsedMessages(pd.DataFrame(rows, columns=["line", "label", "text"]), skipped)
+
+
+def parse_messages(
+    path: str | os.PathLike, bad_lines: str = "error", labels: tuple[str, ...] | None = SMS.names
+) -> ParsedMessages:
+    """The SMS Spam Collection's format: `label<TAB>text` lines."""
+    return read_messages(path, Format(), labels, bad_lines)
+
+
+def _checked(label: object, text: object, labels: tuple[str, ...] | None) -> tuple[str, str]:
+    """(label, text) of a row as the classifier takes it, or _BadLine."""
+    if isinstance(label, bool) or not isinstance(label, (str, int)) or label == "":
+        what = "missing" if label in (None, "") else f"{type(label).__name__}, not text"
+        raise _BadLine("missing_label", f"label is {what}")
+    if not isinstance(text, str):
+        raise _BadLine("missing_text", "text is missing" if text is None else "text is not text")
+    label = str(label)
+    for value in (label, text):
+        bad = next((i for i, c in enumerate(value) if "\udc80" <= c <= "\udcff"), None)
+        if bad is not None:  # surrogateescape's stand-ins for bytes that are not UTF-8
+            detail = f"undecodable bytes at character {bad + 1} of a field (not UTF-8)"
+            raise _BadLine("undecodable", detail)
+    if labels is not None and label not in labels:
+        raise _BadLine(
+            "unknown_label", f"unknown label {label[:20]!r}; allowed: {', '.join(labels)}"
+        )
     if not text.strip():
         raise _BadLine("empty_text", "empty text")
     return label, text
 
 
-def parse_messages(path: str | os.PathLike, bad_lines: str = "error") -> ParsedMessages:
-    """Parse the raw file; `bad_lines` is 'error' (raise at the first) or 'skip' (count them)."""
-    lines = Path(path).read_bytes().split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()  # the newline that ends the last line
-    rows, skipped = [], Counter()
-    for number, raw in enumerate(lines, start=1):
-        try:
-            rows.append((number, *_parse_line(raw.removesuffix(b"\r"))))
-        except _BadLine as bad:
-            if bad_lines != "skip":
-                raise SpamGPTError(
-                    f"{path}:{number}: {bad}; fix the line, or set data.bad_lines: skip "
-                    f"to drop such lines and count them"
-                ) from None
-            skipped[bad.kind] += 1
-    if not rows:
-        raise SpamGPTError(f"{path}: no messages (the file is empty or every line is bad)")
-    return ParsedMessages(pd.DataFrame(rows, columns=["line", "label", "text"]), skipped)
+Rows = Iterator[tuple[int, tuple[object, object] | _BadLine]]
+
+
+def _label_tab_text(path: Path, fmt: Format) -> Rows:
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            line = raw.removesuffix(b"\n").removesuffix(b"\r")
+            if number == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark
+            try:
+                label, tab, text = line.decode("utf-8").partition("\t")
+            except UnicodeDecodeError as e:
+                detail = f"undecodable bytes at column {e.start + 1} (not UTF-8)"
+                yield number, _BadLine("undecodable", detail)
+                continue
+            if not tab:
+                yield number, _BadLine("no_tab", "no tab between label and text")
+                continue
+            yield number, (label, text)
+
+
+def _delimited(path: Path, fmt: Format, delimiter: str) -> Rows:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter, strict=True)
+        header = next(reader, None)
+        if header is None:
+            return
+        columns = _columns(path, header, fmt)
+        while True:
+            start = reader.line_num + 1  # a row's first line: quoted line breaks span more
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield start, _BadLine("unparseable", f"does not parse as {fmt.name.upper()}: {e}")
+                continue
+            if not row:
+                continue  # a blank line holds no row
+            if len(row) != len(header):
+                detail = f"{len(row)} fields where the header has {len(header)}"
+                yield start, _BadLine("wrong_fields", detail)
+                continue
+            yield start, (row[columns[1]], row[columns[0]])
+
+
+def _columns(path: Path, header: list, fmt: Format) -> tuple[int, int]:
+    """The positions of the text and label columns in `header`."""
+    positions = []
+    for key, name in (("text_column", fmt.text_column), ("label_column", fmt.label_column)):
+        if name not in header:
+            shown = ", ".join(map(str, header[:20]))
+            raise SpamGPTError(f"{path}: no column {name!r} (it has {shown}); set data.{key}")
+        positions.append(header.index(name))
+    return positions[0], positions[1]
+
+
+def _jsonl(path: Path, fmt: Format) -> Rows:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield number, _BadLine("unparseable", f"not a JSON object: {e.msg}")
+                continue
+            if not isinstance(row, dict):
+                yield number, _BadLine("unparseable", "not a JSON object")
+                continue
+            yield number, (row.get(fmt.label_column), row.get(fmt.text_column))
+
+
+def _parquet(path: Path, fmt: Format) -> Rows:
+    import pyarrow.parquet as pq  # pandas' engine, installed with MLflow
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow's own error types: not a Parquet file
+        raise SpamGPTError(f"{path}: not a Parquet file ({e})") from None
+    _columns(path, table.schema_arrow.names, fmt)
+    number = 0
+    for batch in table.iter_batches(columns=[fmt.label_column, fmt.text_column]):
+        labels, texts = (batch.column(i).to_pylist() for i in (0, 1))
+        for label, text in zip(labels, texts, strict=True):
+            number += 1
+            yield number, (label, text)
+
+
+_READERS = {
+    "label_tab_text": _label_tab_text,
+    "csv": lambda path, fmt: _delimited(path, fmt, ","),
+    "tsv": lambda path, fmt: _delimited(path, fmt, "\t"),
+    "jsonl": _jsonl,
+    "parquet": _parquet,
+}
 
 
 def dedupe(frame: pd.DataFrame) -> pd.DataFrame:
@@ -75,13 +210,22 @@ def dedupe(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop_duplicates(subset="text", keep="first").reset_index(drop=True)
 
 
-def split(frame: pd.DataFrame, val: float, test: float, seed: int) -> dict[str, pd.DataFrame]:
+def split(
+    frame: pd.DataFrame,
+    val: float,
+    test: float,
+    seed: int,
+    labels: tuple[str, ...] = SMS.names,
+) -> dict[str, pd.DataFrame]:
     """Stratified train/val/test split by label; fractions are of the whole frame."""
-    counts = frame["label"].value_counts()
-    if len(counts) < len(LABELS) or counts.min() < 3:
-        raise SpamGPTError(
-            f"need at least 3 messages of each label to split, got {counts.to_dict()}"
-        )
+    counts = label_counts(frame, labels)
+    for label, count in counts.items():
+        if count < 3:
+            raise SpamGPTError(
+                f"class {label!r} has {count} messages after dedupe: a split needs at least 3 "
+                f"messages of each label (one each in train, val and test); add data, or "
+                f"leave the class out with data.labels"
+            )
     try:
         rest, test_part = train_test_split(
             frame, test_size=test, stratify=frame["label"], random_state=seed
@@ -91,8 +235,8 @@ def split(frame: pd.DataFrame, val: float, test: float, seed: int) -> dict[str, 
         )
     except ValueError as e:  # a split too small to hold every class
         raise SpamGPTError(
-            f"cannot split {len(frame)} messages {counts.to_dict()} into val {val:g} / test "
-            f"{test:g} with both labels in each: {e}"
+            f"cannot split {len(frame)} messages {counts} into val {val:g} / test "
+            f"{test:g} with every class in each: {e}"
         ) from None
     return {
         name: part.sort_values("line").reset_index(drop=True)
@@ -100,8 +244,9 @@ def split(frame: pd.DataFrame, val: float, test: float, seed: int) -> dict[str, 
     }
 
 
-def label_counts(frame: pd.DataFrame) -> dict[str, int]:
-    return {label: int((frame["label"] == label).sum()) for label in LABELS}
+def label_counts(frame: pd.DataFrame, labels: tuple[str, ...] = SMS.names) -> dict[str, int]:
+    counts = frame["label"].value_counts()
+    return {label: int(counts.get(label, 0)) for label in labels}
 
 
 def write_split(frame: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -11,6 +11,7 @@ import http.client
 import os
 import re
 import shutil
+import tarfile
 import time
 import urllib.error
 import urllib.parse
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from spamgpt import __version__
 from spamgpt.atomic import atomic_path
 from spamgpt.errors import SpamGPTError
+from spamgpt.paths import repo_root
 
 USER_AGENT = f"spamgpt/{__version__}"
 CHUNK_SIZE = 1 << 16
@@ -66,11 +68,12 @@ def fetch(
     desc: str | None = None,
 ) -> str:
     """Download `dest` from the first of `urls` (primary, then mirrors) that gives a verified
-    file, and return the file's SHA-256.
+    file, and return the file's SHA-256. A URL may also be a local file path (absolute, or
+    relative to the working directory or else the repository root), which is copied.
 
-    With `member`, the download is a zip archive and `dest` receives that member of it;
-    `sha256` is then the member's, since mirrors repackage archives. An existing `dest` that
-    verifies is reused without touching the network.
+    With `member`, the download is a zip or tar archive and `dest` receives that member of
+    it; `sha256` is then the member's, since mirrors repackage archives. An existing `dest`
+    that verifies is reused without touching the network.
     """
     if isinstance(urls, str):  # a lone URL would otherwise be taken letter by letter
         urls = [urls]
@@ -78,10 +81,13 @@ def fetch(
     if not urls:
         raise DownloadError(f"no URL given to download {dest.name} from")
     for url in urls:
-        if urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https"):
-            raise DownloadError(f"refusing to download {url}: only http(s) URLs are allowed")
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        if is_url(url) and scheme not in ("http", "https"):
+            raise DownloadError(
+                f"refusing to download {url}: only http(s) URLs and local paths are allowed"
+            )
     expected = sha256.lower() if sha256 else None
-    if dest.exists():
+    if dest.exists() and all(is_url(url) for url in urls):
         digest = sha256_file(dest)
         if expected is None or digest == expected:
             return digest
@@ -90,6 +96,8 @@ def fetch(
     failures = []
     for url in urls:
         try:
+            if not is_url(url):
+                return _install_local(url, dest, expected=expected, member=member)
             return _fetch_from(
                 url,
                 dest,
@@ -103,7 +111,36 @@ def fetch(
             )
         except _UrlFailed as e:
             failures.append(f"{url}: {e}")
-    raise DownloadError(f"could not download {dest.name}: " + "; ".join(failures))
+    raise DownloadError(f"could not download {desc or dest.name}: " + "; ".join(failures))
+
+
+def is_url(source: str) -> bool:
+    """A URL (scheme://...), as opposed to a local path."""
+    return re.match(r"[A-Za-z][\w+.-]*://", source) is not None
+
+
+def local_source(source: str) -> Path:
+    """A local data path: absolute, or relative to the working directory (the repository or
+    DVC's copy of it), else to the repository root."""
+    path = Path(source).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    return repo_root() / path
+
+
+def _install_local(source: str, dest: Path, *, expected: str | None, member: str | None) -> str:
+    path = local_source(source)
+    if not path.is_file():
+        raise _UrlFailed("no such file")
+    with atomic_path(dest) as tmp:
+        if member is None:
+            shutil.copyfile(path, tmp)
+        else:
+            _extract(path, member, tmp)
+        digest = sha256_file(tmp)
+        if expected is not None and digest != expected:
+            raise _UrlFailed(f"sha256 mismatch: got {digest}, expected {expected}")
+    return digest
 
 
 def _fetch_from(
@@ -216,9 +253,9 @@ def _stream(url: str, part: Path, *, timeout: float, desc: str) -> None:
 
 
 def _install(part: Path, dest: Path, *, expected: str | None, member: str | None) -> str:
-    """Verify the download (or its zip member), move it onto `dest` and return its hash."""
-    if member is not None and not zipfile.is_zipfile(part):
-        raise _UrlFailed(_not_a_zip(part))
+    """Verify the download (or its archive member), move it onto `dest`; return its hash."""
+    if member is not None and not (zipfile.is_zipfile(part) or tarfile.is_tarfile(part)):
+        raise _UrlFailed(_not_an_archive(part))
     with atomic_path(dest) as tmp:
         if member is None:
             os.replace(part, tmp)
@@ -232,6 +269,28 @@ def _install(part: Path, dest: Path, *, expected: str | None, member: str | None
 
 
 def _extract(archive: Path, member: str, out: Path) -> None:
+    """`member` of a zip or tar (.tar.gz, .tar.bz2, .tar.xz) archive into `out`."""
+    if zipfile.is_zipfile(archive):
+        return _extract_zip(archive, member, out)
+    if not tarfile.is_tarfile(archive):
+        raise _UrlFailed(_not_an_archive(archive))
+    try:
+        with tarfile.open(archive) as tf:
+            try:
+                info = tf.getmember(member)
+            except KeyError:
+                names = ", ".join(tf.getnames()[:10]) or "nothing"
+                raise _UrlFailed(f"tar archive has no member {member!r} (it has {names})") from None
+            src = tf.extractfile(info)
+            if src is None:
+                raise _UrlFailed(f"tar member {member!r} is not a file")
+            with src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, CHUNK_SIZE)
+    except (tarfile.TarError, zlib.error, EOFError, OSError) as e:
+        raise _UrlFailed(f"corrupt or unsupported tar archive: {e}") from e
+
+
+def _extract_zip(archive: Path, member: str, out: Path) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
             try:
@@ -245,12 +304,12 @@ def _extract(archive: Path, member: str, out: Path) -> None:
         raise _UrlFailed(f"corrupt or unsupported zip archive: {e}") from e
 
 
-def _not_a_zip(path: Path) -> str:
+def _not_an_archive(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(512).lstrip().lower()
     if head.startswith(b"<"):
-        return "not a zip archive: the server sent an HTML page (an error or login page?)"
-    return "not a zip archive (truncated or corrupt download)"
+        return "not a zip or tar archive: the server sent an HTML page (an error or login page?)"
+    return "not a zip or tar archive (truncated or corrupt download)"
 
 
 def _content_range(header: str | None) -> tuple[int | None, int | None]:

@@ -5,84 +5,125 @@ import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 from sklearn import metrics as skm
 
-from spamgpt.labels import LABELS, POSITIVE, predicted_classes
+from spamgpt.labels import SMS, Classes
+from spamgpt.params import check_threshold
 
 
-def report(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
-    """One split's eval.json object: accuracy, per-class P/R/F1, AUCs, confusion
-    [[tn, fp], [fn, tp]], for (N, classes) probabilities at `threshold` on the spam one."""
+def report(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    threshold: float | None,
+    classes: Classes = SMS,
+) -> dict:
+    """One split's eval.json object: accuracy, macro F1, per-class P/R/F1/support under each
+    class's name, the positive class's ROC and PR AUCs (two classes), the confusion matrix
+    (rows actual, columns predicted: [[tn, fp], [fn, tp]] for ham/spam), for (N, classes)
+    probabilities labelled by Classes.predicted at `threshold`."""
     labels, probabilities = np.asarray(labels), np.asarray(probabilities)
-    predicted = predicted_classes(probabilities, threshold)
-    classes = list(range(len(LABELS)))
+    predicted = classes.predicted(probabilities, threshold)
+    indices = list(range(len(classes)))
     precision, recall, f1, support = skm.precision_recall_fscore_support(
-        labels, predicted, labels=classes, zero_division=0
+        labels, predicted, labels=indices, zero_division=0
     )
-    spam_prob = probabilities[:, POSITIVE]
-    both = len(np.unique(labels)) == 2  # AUCs need both classes present
+    positive = classes.positive_index
+    # AUCs: of the positive class against the other, with both present
+    both = positive is not None and len(classes) == 2 and len(np.unique(labels)) == 2
+    is_positive = labels == positive
+    scores = probabilities[:, positive] if positive is not None else None
     out = {
         "accuracy": float(skm.accuracy_score(labels, predicted)),
         "macro_f1": float(f1.mean()),
-        "roc_auc": float(skm.roc_auc_score(labels, spam_prob)) if both else None,
-        "pr_auc": float(skm.average_precision_score(labels, spam_prob)) if both else None,
+        "roc_auc": float(skm.roc_auc_score(is_positive, scores)) if both else None,
+        "pr_auc": float(skm.average_precision_score(is_positive, scores)) if both else None,
     }
-    for i, name in enumerate(LABELS):
+    for i, name in enumerate(classes.names):
         out[name] = {
             "precision": float(precision[i]),
             "recall": float(recall[i]),
             "f1": float(f1[i]),
             "support": int(support[i]),
         }
-    out["confusion_matrix"] = skm.confusion_matrix(labels, predicted, labels=classes).tolist()
+    out["confusion_matrix"] = skm.confusion_matrix(labels, predicted, labels=indices).tolist()
     return out
 
 
-def flat(rep: dict, prefix: str) -> dict[str, float]:
-    """MLflow metric names: {prefix}/accuracy, {prefix}/spam_f1, ... (no None, no matrices)."""
+def flat(rep: dict, prefix: str, classes: Classes = SMS) -> dict[str, float]:
+    """MLflow metric names: {prefix}/accuracy, {prefix}/spam_f1, ... (no None, no matrices);
+    a class's name as Classes.metric_name makes it safe."""
     out = {}
     for key, value in rep.items():
-        if isinstance(value, dict):
+        if key in classes.names:
+            name = classes.metric_name(key)
             out.update(
-                {f"{prefix}/{key}_{k}": float(v) for k, v in value.items() if k != "support"}
+                {f"{prefix}/{name}_{k}": float(v) for k, v in value.items() if k != "support"}
             )
         elif isinstance(value, float):
             out[f"{prefix}/{key}"] = value
     return out
 
 
-def best_threshold(labels: np.ndarray, spam_prob: np.ndarray) -> float:
-    """The spam-probability threshold that maximises spam F1 (chosen on validation)."""
-    precision, recall, thresholds = skm.precision_recall_curve(labels, spam_prob)
+def selection_score(rep: dict, classes: Classes) -> float:
+    """What picks the best epoch: the positive class's F1, else macro F1."""
+    return rep[classes.positive]["f1"] if classes.positive is not None else rep["macro_f1"]
+
+
+def best_threshold(labels: np.ndarray, positive_prob: np.ndarray, positive: int = 1) -> float:
+    """The positive-probability threshold that maximises the positive class's F1 (chosen on
+    validation)."""
+    precision, recall, thresholds = skm.precision_recall_curve(labels == positive, positive_prob)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     return float(thresholds[int(np.argmax(f1[:-1]))])
 
 
-def curve_frames(labels: np.ndarray, spam_prob: np.ndarray) -> dict[str, pd.DataFrame]:
-    """ROC and precision/recall curves as plot data."""
-    fpr, tpr, _ = skm.roc_curve(labels, spam_prob)
-    precision, recall, _ = skm.precision_recall_curve(labels, spam_prob)
+def choose_threshold(
+    setting: float | str | None, classes: Classes, val_labels: np.ndarray, val_probs: np.ndarray
+) -> tuple[float | None, float | None]:
+    """(the threshold evaluate uses, the one that maximises the positive class's val F1) for
+    evaluate.threshold; (None, None) without a positive class of two."""
+    positive = classes.positive_index
+    if positive is None:
+        return None, None
+    check_threshold(setting, len(classes))
+    if len(classes) != 2:
+        return None, None
+    best = best_threshold(val_labels, val_probs[:, positive], positive)
+    return (best if setting == "auto" else setting), best
+
+
+def curve_frames(
+    labels: np.ndarray, positive_prob: np.ndarray | None, positive: int = 1
+) -> dict[str, pd.DataFrame]:
+    """ROC and precision/recall curves of the positive class as plot data; empty (columns
+    only) where there is none."""
+    if positive_prob is None:
+        fpr = tpr = precision = recall = np.empty(0)
+    else:
+        fpr, tpr, _ = skm.roc_curve(labels == positive, positive_prob)
+        precision, recall, _ = skm.precision_recall_curve(labels == positive, positive_prob)
     return {
         "roc": pd.DataFrame({"fpr": fpr, "tpr": tpr}),
         "pr": pd.DataFrame({"recall": recall, "precision": precision}),
     }
 
 
-def per_class_table(reports: dict[str, dict]) -> dict[str, list]:
+def per_class_table(reports: dict[str, dict], classes: Classes = SMS) -> dict[str, list]:
     """{'split': [...], 'class': [...], 'precision': [...], ...}: MLflow shows it as a table."""
     rows = [
         {"split": s, "class": c, **{k: r[c][k] for k in ("precision", "recall", "f1", "support")}}
         for s, r in reports.items()
-        for c in LABELS
+        for c in classes.names
     ]
     return pd.DataFrame(rows).to_dict(orient="list")
 
 
-def confusion_figure(matrix: list[list[int]], title: str) -> Figure:
+def confusion_figure(matrix: list[list[int]], title: str, classes: Classes = SMS) -> Figure:
     """Counts and row-normalised rates side by side."""
     counts = np.asarray(matrix, dtype=float)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig = Figure(figsize=(8, 3.6))
+    side = max(3.6, 0.5 * len(classes) + 1.5)
+    fig = Figure(figsize=(2.2 * side, side))
     axes = fig.subplots(1, 2)
-    ticks = list(range(len(LABELS)))
+    ticks = list(range(len(classes)))
     for ax, values, fmt, name in (
         (axes[0], counts, "{:.0f}", "counts"),
         (axes[1], rates, "{:.3f}", "row-normalised"),
@@ -100,8 +141,8 @@ def confusion_figure(matrix: list[list[int]], title: str) -> Figure:
         ax.set(
             xticks=ticks,
             yticks=ticks,
-            xticklabels=LABELS,
-            yticklabels=LABELS,
+            xticklabels=classes.names,
+            yticklabels=classes.names,
             xlabel="predicted",
             ylabel="actual",
             title=f"{title} ({name})",

@@ -52,15 +52,47 @@ def _rule(
 
 
 HTTP_URL = {"pattern": r"https?://[^\s/]+\S*", "what": "an http:// or https:// URL"}
+URL_OR_PATH = {
+    "pattern": r"https?://[^\s/]+\S*|(?![A-Za-z][\w+.-]*:/)[^\s].*",
+    "what": "an http:// or https:// URL, or a local file path",
+}
+DATA_FORMATS = ("label_tab_text", "csv", "tsv", "jsonl", "parquet")
+# Names a report uses beside the classes' own: a class may not take one of them.
+REPORT_KEYS = ("accuracy", "macro_f1", "roc_auc", "pr_auc", "confusion_matrix")
 
 
 @dataclass(frozen=True)
 class DataParams:
-    url: str = _rule(**HTTP_URL)
+    url: str = _rule(**URL_OR_PATH)
     mirrors: list[str] = _rule(**HTTP_URL)
-    member: str = _rule(pattern=r"[^/\\]+", what="a file name inside the zip")
-    sha256: str = _rule(pattern=r"[0-9a-f]{64}", what="64 lowercase hex digits")
+    member: str | None = _rule(pattern=r"(?!.*\.\.)[^\\]+", what="a file name inside the archive")
+    sha256: str | None = _rule(pattern=r"[0-9a-f]{64}", what="64 lowercase hex digits or null")
+    format: Literal["label_tab_text", "csv", "tsv", "jsonl", "parquet"] = _rule()
+    text_column: str = _rule(pattern=r".+", what="a column name")
+    label_column: str = _rule(pattern=r".+", what="a column name")
+    labels: list[str | int] | None = _rule()
+    positive_label: str | int | None = _rule()
     bad_lines: Literal["error", "skip"] = _rule()
+
+    def __post_init__(self) -> None:
+        names = None if self.labels is None else [str(label) for label in self.labels]
+        if names is not None and (len(names) < 2 or len(set(names)) != len(names)):
+            raise ParamsError(
+                f"data.labels: must list at least two different classes, or be null (the "
+                f"classes found in the data); got {self.labels}"
+            )
+        for name in names or []:
+            if name in REPORT_KEYS or not name.strip():
+                raise ParamsError(
+                    f"data.labels: {name!r} cannot name a class (reports use it); "
+                    f"rename it in the data"
+                )
+        positive = self.positive_label
+        if names is not None and positive is not None and str(positive) not in names:
+            raise ParamsError(
+                f"data.positive_label: {positive!r} is not one of data.labels {names}; "
+                f"allowed: one of them, or null (macro F1 picks the best epoch)"
+            )
 
 
 @dataclass(frozen=True)
@@ -124,7 +156,7 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    threshold: float | Literal["auto"] = _rule(gt=0, lt=1)
+    threshold: float | Literal["auto"] | None = _rule(gt=0, lt=1)
 
 
 @dataclass(frozen=True)
@@ -143,6 +175,20 @@ class Params:
     train: TrainParams
     evaluate: EvaluateParams
     mlflow: MlflowParams
+
+    def __post_init__(self) -> None:
+        labels, threshold = self.data.labels, self.evaluate.threshold
+        if self.data.positive_label is not None and labels is not None:
+            check_threshold(threshold, len(labels))
+
+
+def check_threshold(threshold: float | str | None, classes: int) -> None:
+    """evaluate.threshold applies to the positive class of two: with more, it must be null."""
+    if threshold is not None and classes != 2:
+        raise ParamsError(
+            f"evaluate.threshold: a threshold applies to two classes only, the data has "
+            f"{classes}; allowed: null (the most probable class)"
+        )
 
 
 def _is_union(tp: Any) -> bool:

@@ -1,11 +1,13 @@
 """Every file the pipeline writes, relative to the repository root: the one place that names
-them (dvc.yaml names the same, and tests/test_dvc_yaml.py checks that it does)."""
+them (dvc.yaml names the same)."""
 
+import os
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
 
-RAW_DATA = Path("data/raw/SMSSpamCollection")
+LOCAL_DATA_DIR = Path("data/local")  # your own data files: download_data depends on them
+RAW_DATA = Path("data/raw/dataset")  # the verified copy of data.url (or its archive member)
 SPLIT_DIR = Path("data/split")
 TOKENS_DIR = Path("data/tokens")
 TRUNK_DIR = Path("data/trunk")
@@ -58,3 +60,15 @@ def checkpoint_weights(name: str) -> Path:
 
 def curve_plot(name: str) -> Path:
     return METRICS_DIR / f"{name}_test.csv"
+
+
+def repo_root() -> Path:
+    """The repository the stages run for, also from inside DVC's temporary experiment copies
+    (`dvc exp run --temp` or `--queue` work under <repo>/.dvc/tmp/exps/): found from DVC_ROOT,
+    else the working directory."""
+    root = Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+    parts = root.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root

@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from spamgpt import atomic, classifier, contracts, data, metrics, paths
-from spamgpt.labels import LABELS, POSITIVE, names, predicted_classes
+from spamgpt.labels import Classes
 from spamgpt.params import PARAMS_FILE, ModelParams, Params, flatten
 from spamgpt.tracking import Run
 from spamgpt.train import State, Trainer
@@ -18,8 +18,12 @@ def log_run_inputs(run: Run, params: Params, data_report: dict) -> None:
     """A new training run's parameters (flattened), training data and params.yaml."""
     run.log_params(flatten(params))
     frame = data.read_split(paths.split_file("train"))
-    run.log_dataset(frame, "sms-spam-train", data_report["raw_sha256"], params.data.url)
+    name = f"{params.mlflow.experiment}-train"
+    run.log_dataset(frame, name, data_report["raw_sha256"], params.data.url)
     run.log_artifact(PARAMS_FILE)
+    classes = Classes(tuple(data_report["labels"]), data_report["positive_label"])
+    metric_names = {name: classes.metric_name(name) for name in classes.names}
+    run.log_dict({**classes.to_dict(), "metric_names": metric_names}, "labels.json")
 
 
 def write_model(run: Run, trainer: Trainer, m: ModelParams) -> None:
@@ -30,12 +34,17 @@ def write_model(run: Run, trainer: Trainer, m: ModelParams) -> None:
         classifier.save_tensors(weights, paths.checkpoint_weights(name))
         run.log_artifact(paths.checkpoint_weights(name), "checkpoints")
     names, tokens = list(trainer.trained), contracts.read_tokenization()
-    classifier.export(trainer.model, best, names, m, tokens, paths.FINETUNED_DIR)
+    classifier.export(trainer.model, best, names, m, trainer.classes, tokens, paths.FINETUNED_DIR)
     contracts.write_mlflow_run(run.run_id)
 
 
 def write_training(
-    run: Run, state: State, n_train: int, device: torch.device, precision: str
+    run: Run,
+    state: State,
+    classes: Classes,
+    n_train: int,
+    device: torch.device,
+    precision: str,
 ) -> None:
     """metrics/train.json, the DVC plot data, and the same curves as MLflow figures."""
     epochs = pd.DataFrame(state.history)
@@ -66,7 +75,11 @@ def write_training(
         },
         0,
     )
-    positive = LABELS[POSITIVE]
+    if classes.positive is not None:
+        name = classes.metric_name(classes.positive)
+        scores = [f"val/{name}_{k}" for k in ("precision", "recall", "f1")]
+    else:
+        scores = ["val/macro_f1", *(f"val/{classes.metric_name(c)}_f1" for c in classes.names)]
     figures = {
         "train_loss": ("step", {"train/loss": (steps["step"], steps["loss"])}),
         "loss_by_epoch": (
@@ -75,13 +88,7 @@ def write_training(
         ),
         "validation": (
             "epoch",
-            {
-                c: (epochs["epoch"], epochs[c])
-                for c in (
-                    "val/accuracy",
-                    *(f"val/{positive}_{k}" for k in ("precision", "recall", "f1")),
-                )
-            },
+            {c: (epochs["epoch"], epochs[c]) for c in ("val/accuracy", *scores)},
         ),
     }
     for title, (x_label, series) in figures.items():
@@ -90,8 +97,9 @@ def write_training(
 
 def write_evaluation(
     reports: dict[str, dict],
-    threshold: float,
-    best_val_threshold: float,
+    classes: Classes,
+    threshold: float | None,
+    best_val_threshold: float | None,
     baseline: dict,
     test_probs: np.ndarray,
     curves: dict[str, pd.DataFrame],
@@ -107,40 +115,49 @@ def write_evaluation(
         }
     )
     test = data.read_split(paths.split_file("test"))
-    test["predicted"] = names(predicted_classes(test_probs, threshold))
-    test["spam_probability"] = test_probs[:, POSITIVE].round(6)
+    predicted = classes.predicted(test_probs, threshold)
+    test["predicted"] = classes.named(predicted)
+    if classes.positive is not None:  # its probability, as a threshold reads it
+        probability = f"{classes.positive}_probability"
+        test[probability] = test_probs[:, classes.positive_index].round(6)
+    else:  # the predicted class's
+        probability = "probability"
+        test[probability] = test_probs[np.arange(len(test)), predicted].round(6)
     _write_csv(
         test.rename(columns={"label": "actual"})[["actual", "predicted"]], paths.CONFUSION_TEST_PLOT
     )
     for name, frame in curves.items():
         _write_csv(frame, paths.curve_plot(name))
     wrong = test[test["predicted"] != test["label"]]
-    columns = ["line", "label", "predicted", "spam_probability", "text"]
+    columns = ["line", "label", "predicted", probability, "text"]
     data.write_split(wrong[columns], paths.MISCLASSIFIED_TEST)
 
 
 def log_evaluation(
     run: Run,
     reports: dict[str, dict],
+    classes: Classes,
     baseline: dict,
-    threshold: float,
-    best_val_threshold: float,
+    thresholds: dict[str, float | None],
     curves: dict[str, pd.DataFrame],
 ) -> None:
     """The evaluation into the training run: test and baseline metrics, per-split reports,
     confusion matrices, the per-class table, misclassified messages, test curves."""
-    run.log_metrics(metrics.flat(reports["test"], "test"), 0)
-    run.log_metrics(metrics.flat(baseline["test"], "baseline"), 0)
-    run.log_metrics({"test/threshold": threshold, "val/best_threshold": best_val_threshold}, 0)
+    run.log_metrics(metrics.flat(reports["test"], "test", classes), 0)
+    run.log_metrics(metrics.flat(baseline["test"], "baseline", classes), 0)
+    run.log_metrics({k: v for k, v in thresholds.items() if v is not None}, 0)
     for s, report in reports.items():
         run.log_dict(report, f"evaluation/{s}_metrics.json")
         run.log_figure(
-            metrics.confusion_figure(report["confusion_matrix"], s),
+            metrics.confusion_figure(report["confusion_matrix"], s, classes),
             f"evaluation/{s}_confusion_matrix.png",
         )
-    run.log_dict(metrics.per_class_table(reports), "evaluation/per_class_metrics.json")
+    table = metrics.per_class_table(reports, classes)
+    run.log_dict(table, "evaluation/per_class_metrics.json")
     run.log_artifact(paths.MISCLASSIFIED_TEST, "evaluation")
     for name, frame in curves.items():
+        if frame.empty:
+            continue
         x, y = frame.columns
         run.log_figure(
             metrics.curve_figure({f"test ({name})": (frame[x], frame[y])}, x, name),

@@ -17,15 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import pydantic
-from mlflow.models import Model
+import torch
+from mlflow.models import Model, infer_signature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
 
 import spamgpt
 from spamgpt import classifier, paths, runtime, tokenizer
 from spamgpt.errors import SpamGPTError
-from spamgpt.labels import POSITIVE, names, predicted_classes
 
 ARTIFACT = "classifier"
 # What spamgpt.classifier imports (sklearn and tqdm by way of spamgpt.data and spamgpt.trunk).
@@ -33,22 +32,17 @@ REQUIREMENTS = ("torch", "tiktoken", "safetensors", "numpy", "pandas", "scikit-l
 INPUT_EXAMPLE = ["FREE entry to win a prize, txt WIN to 80086", "see you at 7"]
 
 
-class Prediction(pydantic.BaseModel):
-    """One message's answer; MLflow derives the output signature from these fields."""
-
-    label: str
-    spam_probability: float
-
-
 class SpamClassifierModel(PythonModel):
-    """P(spam) of each message, and its label at the threshold logged in model_config."""
+    """Each message's label (at the threshold logged in model_config, where the classes have
+    a positive one), its probability and every class's: classifier.answers."""
 
     def load_context(self, context: PythonModelContext) -> None:
         folder = Path(context.artifacts[ARTIFACT])
         self.model, meta = classifier.load(folder)
+        self.classes = classifier.classes_of(meta)
         self.enc = tokenizer.load(folder)
         self.max_length = meta["max_length"]
-        self.threshold = float(context.model_config["threshold"])
+        self.threshold = context.model_config["threshold"]
         # A GPU where there is one, as `spamgpt classify` does; model_config={"device": "cpu"}
         # (mlflow.pyfunc.load_model) chooses. bf16 or fp16 where the device computes it fast.
         self.device = runtime.resolve_device(context.model_config.get("device", "auto"))
@@ -60,38 +54,42 @@ class SpamClassifierModel(PythonModel):
         # pickles it: keep a second copy of the weights out of python_model.pkl.
         return {}
 
-    # MLflow infers the signature from these hints and turns a one-column DataFrame into a list.
+    # MLflow turns a one-column DataFrame into a list from this hint; the output's signature
+    # is inferred from the answers to the input example (it carries the class names).
     def predict(
         self,
         context: PythonModelContext,
         model_input: list[str],
         params: dict[str, Any] | None = None,
-    ) -> list[Prediction]:
+    ) -> list[dict[str, Any]]:
         if not model_input:  # classify_texts needs at least one message
             return []
         probs, _ = classifier.classify_texts(
             self.model, self.enc, model_input, self.max_length, self.device, self.precision
         )
-        labels = names(predicted_classes(probs.numpy(), self.threshold))
-        return [
-            Prediction(label=label, spam_probability=p)
-            for label, p in zip(labels, probs[:, POSITIVE].tolist(), strict=True)
-        ]
+        return classifier.answers(probs, self.classes, self.threshold)
 
 
 def log_model(
     run_id: str,
     finetuned_dir: str | os.PathLike,
-    threshold: float,
+    threshold: float | None,
     registered_model_name: str | None = None,
     pretrained_root: str | os.PathLike = paths.PRETRAINED_DIR,
 ) -> str:
     """Log the classifier in `finetuned_dir` as model "model" of run `run_id` (and register it
     under `registered_model_name`); returns the model's runs:/ URI. The run is named, not
     started: its status stays as it was."""
-    if not 0 < threshold < 1:
+    if threshold is not None and not 0 < threshold < 1:
         raise SpamGPTError(f"threshold must be between 0 and 1, got {threshold}")
     model, meta = classifier.load(finetuned_dir, pretrained_root)
+    enc = tokenizer.load(finetuned_dir)
+    cpu = torch.device("cpu")
+    probs, _ = classifier.classify_texts(model, enc, INPUT_EXAMPLE, meta["max_length"], cpu, "fp32")
+    # The output's schema from real answers: it names every class.
+    signature = infer_signature(
+        INPUT_EXAMPLE, classifier.answers(probs, classifier.classes_of(meta), threshold)
+    )
     # The installed versions, without local labels such as +cpu that PyPI does not serve.
     pins = [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
     client = MlflowClient()
@@ -116,6 +114,7 @@ def log_model(
             artifacts={ARTIFACT: str(folder)},
             code_paths=[str(Path(spamgpt.__file__).parent)],
             input_example=INPUT_EXAMPLE,
+            signature=signature,
             model_config={"threshold": threshold, "device": "auto"},
             pip_requirements=pins,
             registered_model_name=registered_model_name,

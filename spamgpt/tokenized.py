@@ -2,7 +2,8 @@
 DVC's name for the stage that prepares what the training loader reads).
 
 A split is stored as one safetensors file: `ids` (all tokens end to end, int32), `lengths`,
-`labels` (0 ham, 1 spam) and `lines` (the message's line in the raw file, to trace it back).
+`labels` (class indices: ham 0, spam 1 for SMS) and `lines` (the message's line in the raw
+file, to trace it back).
 """
 
 import os
@@ -17,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from spamgpt import atomic
 from spamgpt.batching import PackedSequences
 from spamgpt.errors import ParamsError, SpamGPTError
-from spamgpt.labels import LABELS
+from spamgpt.labels import SMS, Classes
 
 
 @dataclass
@@ -58,11 +59,14 @@ def pack_ids(ids: list[list[int]], max_length: int) -> PackedSequences:
     )
 
 
-def pack(ids: list[list[int]], frame: pd.DataFrame, max_length: int) -> TokenizedSplit:
-    """A split's messages, cut to `max_length` tokens and packed, with labels."""
+def pack(
+    ids: list[list[int]], frame: pd.DataFrame, max_length: int, classes: Classes = SMS
+) -> TokenizedSplit:
+    """A split's messages, cut to `max_length` tokens and packed, with class indices."""
+    labels = [classes.index(label) for label in frame["label"]]
     return TokenizedSplit(
         tokens=pack_ids(ids, max_length),
-        labels=torch.tensor([LABELS.index(label) for label in frame["label"]], dtype=torch.int64),
+        labels=torch.tensor(labels, dtype=torch.int64),
         lines=torch.tensor(frame["line"].to_numpy(), dtype=torch.int64),
         truncated=sum(len(row) > max_length for row in ids),
     )

@@ -28,22 +28,13 @@ from mlflow.tracking import MlflowClient
 
 from spamgpt import interrupts
 from spamgpt.errors import SpamGPTError
+from spamgpt.paths import repo_root
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 BATCH_LIMIT = 1000  # MLflow's cap on metrics per log_batch call
 
 T = TypeVar("T")
-
-
-def repo_root() -> Path:
-    """The repository the runs belong to, also from inside DVC's temporary experiment copies."""
-    root = Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
-    parts = root.parts
-    for i in range(len(parts) - 3):
-        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return root
 
 
 def tracking_uri() -> str:

@@ -23,7 +23,7 @@ from spamgpt import classifier, distributed, interrupts, metrics, paths, runtime
 from spamgpt.batching import ModelInputs, bucketed_order
 from spamgpt.checkpoint import CheckpointSaver
 from spamgpt.errors import SpamGPTError
-from spamgpt.labels import LABELS, POSITIVE
+from spamgpt.labels import Classes
 from spamgpt.model import GPT2Classifier
 from spamgpt.params import TrainParams
 
@@ -59,7 +59,8 @@ class State:
     history: list[dict] = field(default_factory=list)  # one entry per completed epoch
     steps: list[list[float]] = field(default_factory=list)  # [step, loss, lr] per step
     best_epoch: int = 0  # 1-based; 0 before the first validation
-    best_score: tuple[float, float] = (-1.0, 0.0)  # (val spam F1, -val loss): larger is better
+    # (val F1 of the positive class, else macro F1; -val loss): larger is better
+    best_score: tuple[float, float] = (-1.0, 0.0)
     best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
     epoch_loss_sum: float = 0.0  # running sums of the current epoch (mid-epoch resume)
     epoch_samples: int = 0
@@ -120,7 +121,7 @@ class ProgressBar(Hook):
 
 
 class EarlyStopping(Hook):
-    """Stop when val spam F1 has not improved for `patience` epochs (the best is kept)."""
+    """Stop when the best epoch's score has not improved for `patience` epochs (it is kept)."""
 
     def __init__(self, patience: int) -> None:
         self.patience = patience
@@ -177,11 +178,13 @@ class Trainer:
         trained_names: list[str],
         train: Split,
         val: Split,
+        classes: Classes,
         params: TrainParams,
         device: torch.device,
         precision: str,
     ) -> None:
         self.model, self.train_split, self.val_split = model, train, val
+        self.classes = classes
         self.params, self.device, self.precision = params, device, precision
         self.hooks: list[Hook] = []
         named = dict(model.named_parameters())
@@ -294,14 +297,16 @@ class Trainer:
         return loss
 
     def validate(self) -> tuple[float, dict]:
-        """(val loss, metrics report at threshold 0.5) with dropout off."""
+        """(val loss, metrics report) with dropout off; labels at threshold 0.5 on the positive
+        class where there is one of two, else the most probable class."""
         self.model.eval()
         val = self.val_split
         probs = classifier.class_probabilities(self.model, val.inputs, self.device, self.precision)
         # The log of probabilities no smaller than float32 can hold: cross-entropy's value.
         log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
         loss = F.nll_loss(log_probs, val.labels, weight=self.class_weights).item()
-        return loss, metrics.report(val.labels.numpy(), probs.numpy(), 0.5)
+        threshold = 0.5 if self.classes.positive is not None and len(self.classes) == 2 else None
+        return loss, metrics.report(val.labels.numpy(), probs.numpy(), threshold, self.classes)
 
     def _end_epoch(self) -> None:
         """Validate; record the epoch, keep its weights if it is the best so far."""
@@ -313,10 +318,10 @@ class Trainer:
             "step": s.step,
             "train/epoch_loss": s.epoch_loss_sum / max(1, s.epoch_samples),
             "val/loss": val_loss,
-            **metrics.flat(report, "val"),
+            **metrics.flat(report, "val", self.classes),
         }
         s.history.append(entry)
-        score = (report[LABELS[POSITIVE]]["f1"], -val_loss)
+        score = (metrics.selection_score(report, self.classes), -val_loss)
         if score > s.best_score:
             s.best_epoch, s.best_score, s.best_weights = s.epoch, score, self.trained_weights()
         s.batch, s.epoch_loss_sum, s.epoch_samples = 0, 0.0, 0

@@ -6,9 +6,10 @@ from spamgpt.params import Params
 
 def main(_params: Params) -> None:  # no params of its own; stage.run still validates the file
     train, val, test = (data.read_split(paths.split_file(s)) for s in paths.SPLITS)
-    result = baseline.evaluate(train, val, test)
+    classes = contracts.read_classes()
+    result = baseline.evaluate(train, val, test, classes)
     stage.log.info("baseline fitted in %.2f s", result.pop("seconds"))  # a time is no metric
-    contracts.write_baseline({"threshold": baseline.THRESHOLD, **result})
+    contracts.write_baseline({"threshold": baseline.threshold_for(classes), **result})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""download_data: fetch the SMS Spam Collection archive and keep its verified member file."""
+"""download_data: fetch data.url (or copy it, a local file), keep the verified file or archive
+member."""
+
+from pathlib import Path
 
 from spamgpt import paths, stage
 from spamgpt.download import fetch
@@ -7,7 +10,8 @@ from spamgpt.params import Params
 
 def main(params: Params) -> None:
     d = params.data
-    fetch([d.url, *d.mirrors], paths.RAW_DATA, sha256=d.sha256, member=d.member, desc=d.member)
+    desc = d.member or Path(d.url).name
+    fetch([d.url, *d.mirrors], paths.RAW_DATA, sha256=d.sha256, member=d.member, desc=desc)
 
 
 if __name__ == "__main__":

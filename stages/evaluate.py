@@ -12,16 +12,17 @@ from spamgpt import (
     stage,
     tracking,
 )
-from spamgpt.labels import POSITIVE
 from spamgpt.params import Params
 from spamgpt.train import Split
 
 
 def main(params: Params) -> None:
     device, precision = runtime.setup(params.train.device, params.train.precision)
+    classes = contracts.read_classes()
+    if classes.positive is None and params.evaluate.threshold is not None:
+        stage.log.info("no data.positive_label: each message gets its most probable class")
     tracking.connect()
-    frozen = contracts.read_frozen_blocks()
-    splits = {s: Split.read(s, frozen) for s in ("val", "test")}
+    splits = {s: Split.read(s, contracts.read_frozen_blocks()) for s in ("val", "test")}
     labels = {s: split.labels.numpy() for s, split in splits.items()}
     model, _ = classifier.load(paths.FINETUNED_DIR)
     probs = {
@@ -29,19 +30,19 @@ def main(params: Params) -> None:
         for s, split in splits.items()
     }
     del model  # logging the MLflow model loads its own copies: one at a time
-    best_val_threshold = metrics.best_threshold(labels["val"], probs["val"][:, POSITIVE])
-    threshold = params.evaluate.threshold
-    if threshold == "auto":
-        threshold = best_val_threshold
-    reports = {s: metrics.report(labels[s], probs[s], threshold) for s in splits}
-    baseline = contracts.read_baseline()
-    curves = metrics.curve_frames(labels["test"], probs["test"][:, POSITIVE])
-    results.write_evaluation(
-        reports, threshold, best_val_threshold, baseline, probs["test"], curves
+    threshold, best = metrics.choose_threshold(
+        params.evaluate.threshold, classes, labels["val"], probs["val"]
     )
+    reports = {s: metrics.report(labels[s], probs[s], threshold, classes) for s in splits}
+    baseline = contracts.read_baseline()
+    positive = classes.positive_index
+    scores = None if best is None else probs["test"][:, positive]
+    curves = metrics.curve_frames(labels["test"], scores, positive)
+    results.write_evaluation(reports, classes, threshold, best, baseline, probs["test"], curves)
 
+    thresholds = {"test/threshold": threshold, "val/best_threshold": best}
     with tracking.Run.open(params.mlflow.experiment, contracts.read_mlflow_run()) as run:
-        results.log_evaluation(run, reports, baseline, threshold, best_val_threshold, curves)
+        results.log_evaluation(run, reports, classes, baseline, thresholds, curves)
         if params.mlflow.log_model:
             serving.log_model(
                 run.run_id, paths.FINETUNED_DIR, threshold, params.mlflow.registered_model

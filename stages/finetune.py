@@ -1,5 +1,5 @@
-"""finetune: train the last blocks + final norm + a 2-class head on the cached trunk, keep
-the best epoch by validation spam F1, checkpoint every epoch, record the run in MLflow."""
+"""finetune: train the last blocks + final norm + a class head on the cached trunk, keep the
+best epoch by validation F1, checkpoint every epoch, record the run in MLflow."""
 
 from spamgpt import (
     checkpoint,
@@ -25,9 +25,9 @@ def main(params: Params) -> None:
         tracking.connect()  # an unreachable tracking server fails here, before any training
     frozen = contracts.read_frozen_blocks()
     train, val = Split.read("train", frozen), Split.read("val", frozen)
-    model_dir = paths.pretrained_dir(m.repo_id)
-    model, trained_names = classifier.for_training(m, params.lora, model_dir, device, t.seed)
-    trainer = Trainer(model, trained_names, train, val, t, device, precision)
+    classes = contracts.read_classes()
+    model, trained = classifier.for_training(m, params.lora, classes, device, t.seed)
+    trainer = Trainer(model, trained, train, val, classes, t, device, precision)
     data_report = contracts.read_data_report()
     fingerprint = checkpoint.fingerprint(params, data_report)
     resume = checkpoint.load(paths.CHECKPOINT, fingerprint)
@@ -47,7 +47,7 @@ def main(params: Params) -> None:
         )
         state = trainer.fit(saver, hooks=(LogMetrics(run), ProgressBar(t.epochs)))
         results.write_model(run, trainer, m)
-        results.write_training(run, state, len(train), device, precision)
+        results.write_training(run, state, classes, len(train), device, precision)
         state.exported = True  # the results are written: a later run starts afresh
         saver.save(trainer.state_dict())
 

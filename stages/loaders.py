@@ -12,9 +12,9 @@ def main(params: Params) -> None:
     frames = {name: data.read_split(paths.split_file(name)) for name in paths.SPLITS}
     ids = {name: tokenized.encode(enc, frame["text"].tolist()) for name, frame in frames.items()}
     max_length = tokenized.resolve_max_length(params.model.max_length, ids["train"], n_ctx)
-    stats = {}
+    classes, stats = contracts.read_classes(), {}
     for name in paths.SPLITS:
-        split = tokenized.pack(ids[name], frames[name], max_length)
+        split = tokenized.pack(ids[name], frames[name], max_length, classes)
         tokenized.save(split, paths.tokens_file(name))
         stats[name] = tokenized.stats(split)
     contracts.write_tokenization(contracts.Tokenization(max_length, enc.eot_token), stats)

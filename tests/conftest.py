@@ -3,6 +3,7 @@ over HTTP on 127.0.0.1 like UCI and the Hugging Face hub, and a DVC project poin
 
 import contextlib
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -189,6 +190,15 @@ def http_service(
                 proc.wait()
 
 
+def post(url: str, payload: dict) -> dict:
+    """POST `payload` as JSON; the JSON answer."""
+    request = urllib.request.Request(
+        url, json.dumps(payload).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(
         cmd,
@@ -219,7 +229,7 @@ def tiny_params(mirror: Mirror, **overrides: dict) -> dict:
 def make_project(path: Path, params: dict) -> Path:
     """A fresh git + DVC project holding this repository's pipeline and the given params."""
     path.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "stages", "spamgpt"):
+    for name in ("dvc.yaml", "stages", "spamgpt", "data/local"):
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -290,7 +290,7 @@ def run_split_stage(folder: Path, raw: bytes) -> subprocess.CompletedProcess:
     params["data"]["bad_lines"] = "skip"
     (folder / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     (folder / "data" / "raw").mkdir(parents=True)
-    (folder / "data" / "raw" / "SMSSpamCollection").write_bytes(raw)
+    (folder / "data" / "raw" / "dataset").write_bytes(raw)
     stage = run_stage("split", folder)
     stdout, stderr = stage.communicate(timeout=60)
     return subprocess.CompletedProcess(stage.args, stage.returncode, stdout, stderr)
@@ -326,3 +326,172 @@ def test_split_stage_round_trip_carriage_return(tmp_path: Path) -> None:
     result = run_split_stage(tmp_path, ("\n".join(lines) + "\n").encode())
     assert result.returncode == 0, result.stderr
     assert sorted(read_back(tmp_path)) == sorted(texts)
+
+
+# --- your own data: CSV, TSV, JSON Lines, Parquet ---
+
+FORMAT = {
+    "csv": data.Format("csv", "body", "category"),
+    "tsv": data.Format("tsv", "body", "category"),
+    "jsonl": data.Format("jsonl", "body", "category"),
+    "parquet": data.Format("parquet", "body", "category"),
+}
+
+
+def own_file(tmp_path: Path, fmt: str, records: list[dict], extra: str = "id") -> Path:
+    """`records` ({'body', 'category'}) as a user's file of this format, with an extra column."""
+    frame = pd.DataFrame([{extra: i, **r} for i, r in enumerate(records)])
+    path = tmp_path / f"mine.{fmt}"
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+    elif fmt == "tsv":
+        frame.to_csv(path, index=False, sep="\t")
+    elif fmt == "jsonl":
+        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+    else:
+        frame.to_parquet(path, index=False)
+    return path
+
+
+TRICKY_RECORDS = [
+    {"body": 'a "quoted" word, and a comma', "category": "billing"},
+    {"body": "two\nlines, one message", "category": "outage"},
+    {"body": "tab\there and émoji 😀", "category": "billing"},
+    {"body": "  padded  ", "category": "other"},
+]
+
+
+@pytest.mark.parametrize("fmt", list(FORMAT))
+def test_every_format_reads_each_text_exactly(tmp_path: Path, fmt: str) -> None:
+    parsed = data.read_messages(own_file(tmp_path, fmt, TRICKY_RECORDS), FORMAT[fmt], None)
+    assert parsed.frame["text"].tolist() == [r["body"] for r in TRICKY_RECORDS]
+    assert parsed.frame["label"].tolist() == [r["category"] for r in TRICKY_RECORDS]
+    assert parsed.bad_lines == Counter()
+
+
+def test_csv_row_numbers_are_the_lines_where_rows_start(tmp_path: Path) -> None:
+    parsed = data.read_messages(own_file(tmp_path, "csv", TRICKY_RECORDS), FORMAT["csv"], None)
+    # header on line 1; the second record's quoted line break makes the third start on line 5
+    assert parsed.frame["line"].tolist() == [2, 3, 5, 6]
+
+
+@pytest.mark.parametrize("fmt", list(FORMAT))
+def test_integer_labels_become_class_names(tmp_path: Path, fmt: str) -> None:
+    records = [{"body": f"text {i}", "category": i % 3} for i in range(6)]
+    parsed = data.read_messages(own_file(tmp_path, fmt, records), FORMAT[fmt], None)
+    assert parsed.frame["label"].tolist() == ["0", "1", "2", "0", "1", "2"]
+
+
+def test_byte_order_mark_is_tolerated(tmp_path: Path) -> None:
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbfbody,category\nhello,a\n")
+    assert rows(data.read_messages(path, FORMAT["csv"], None)) == [(2, "a", "hello")]
+
+
+def test_a_missing_column_names_the_columns_there_are(tmp_path: Path) -> None:
+    path = own_file(tmp_path, "csv", TRICKY_RECORDS)
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, data.Format("csv", "text", "category"), None)
+    assert str(info.value) == (
+        f"{path}: no column 'text' (it has id, body, category); set data.text_column"
+    )
+
+
+BAD_ROWS = {
+    "csv": [
+        (b'7,"quoted" then more,a\n', "unparseable", "does not parse as CSV"),
+        (b"7,only two\n", "wrong_fields", "2 fields where the header has 3"),
+        (b"7,,a\n", "empty_text", "empty text"),
+        (b"7,some text,\n", "missing_label", "label is missing"),
+        (b"7,some text,zebra\n", "unknown_label", "unknown label 'zebra'"),
+        (b"7,bad \xff bytes,a\n", "undecodable", "not UTF-8"),
+    ],
+    "jsonl": [
+        (b'{"id": 7, "body": "x", \n', "unparseable", "not a JSON object"),
+        (b"[1, 2]\n", "unparseable", "not a JSON object"),
+        (b'{"id": 7, "category": "a"}\n', "missing_text", "text is missing"),
+        (b'{"id": 7, "body": "x"}\n', "missing_label", "label is missing"),
+        (b'{"id": 7, "body": "x", "category": 1.5}\n', "missing_label", "float, not text"),
+        (b'{"id": 7, "body": "   ", "category": "a"}\n', "empty_text", "empty text"),
+        (b'{"id": 7, "body": "x", "category": "zebra"}\n', "unknown_label", "unknown label"),
+    ],
+}
+HEADER = {"csv": b"id,body,category\n", "jsonl": b""}
+GOOD = {
+    "csv": (b"1,first,a\n", b"2,last,b\n"),
+    "jsonl": (
+        b'{"id": 1, "body": "first", "category": "a"}\n',
+        b'{"id": 2, "body": "last", "category": "b"}\n',
+    ),
+}
+CASES = [(fmt, *case) for fmt, cases in BAD_ROWS.items() for case in cases]
+
+
+@pytest.mark.parametrize(("fmt", "bad", "kind", "problem"), CASES)
+def test_bad_row_stops_the_run_naming_its_line(
+    tmp_path: Path, fmt: str, bad: bytes, kind: str, problem: str
+) -> None:
+    path = tmp_path / f"mine.{fmt}"
+    path.write_bytes(HEADER[fmt] + GOOD[fmt][0] + bad + GOOD[fmt][1])
+    line = 3 if fmt == "csv" else 2
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, FORMAT[fmt], ("a", "b"), "error")
+    message = str(info.value)
+    assert message.startswith(f"{path}:{line}: ") and problem in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("fmt", "bad", "kind", "problem"), CASES)
+def test_bad_row_is_skipped_counted_and_never_merged(
+    tmp_path: Path, fmt: str, bad: bytes, kind: str, problem: str
+) -> None:
+    path = tmp_path / f"mine.{fmt}"
+    path.write_bytes(HEADER[fmt] + GOOD[fmt][0] + bad + GOOD[fmt][1])
+    parsed = data.read_messages(path, FORMAT[fmt], ("a", "b"), "skip")
+    assert parsed.frame["text"].tolist() == ["first", "last"]  # neighbours exactly their own
+    assert parsed.bad_lines == Counter({kind: 1})
+
+
+def test_parquet_bad_rows_name_their_row(tmp_path: Path) -> None:
+    records = [
+        {"body": "first", "category": "a"},
+        {"body": None, "category": "a"},
+        {"body": "x", "category": None},
+        {"body": "last", "category": "b"},
+    ]
+    path = own_file(tmp_path, "parquet", records)
+    with pytest.raises(SpamGPTError, match=r"mine\.parquet: row 2: text is missing"):
+        data.read_messages(path, FORMAT["parquet"], None, "error")
+    parsed = data.read_messages(path, FORMAT["parquet"], None, "skip")
+    assert rows(parsed) == [(1, "a", "first"), (4, "b", "last")]
+    assert parsed.bad_lines == Counter({"missing_text": 1, "missing_label": 1})
+
+
+def test_not_a_parquet_file_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "mine.parquet"
+    path.write_text("body,category\nx,a\n")
+    with pytest.raises(SpamGPTError, match=r"mine\.parquet: not a Parquet file"):
+        data.read_messages(path, FORMAT["parquet"], None)
+
+
+def test_four_classes_split_stratified() -> None:
+    frame = pd.DataFrame(
+        {
+            "line": range(400),
+            "label": [c for c in "abcd" for _ in range(100)],
+            "text": [f"message {i}" for i in range(400)],
+        }
+    )
+    splits = data.split(frame, 0.1, 0.2, seed=0, labels=("a", "b", "c", "d"))
+    for name, share in (("train", 0.7), ("val", 0.1), ("test", 0.2)):
+        assert data.label_counts(splits[name], ("a", "b", "c", "d")) == dict.fromkeys(
+            "abcd", round(100 * share)
+        )
+
+
+def test_a_class_too_small_to_split_is_named() -> None:
+    frame = pd.DataFrame(
+        {"line": range(32), "label": ["a"] * 30 + ["rare"] * 2, "text": list(map(str, range(32)))}
+    )
+    with pytest.raises(SpamGPTError, match="class 'rare' has 2 messages after dedupe"):
+        data.split(frame, 0.1, 0.2, seed=0, labels=("a", "rare"))

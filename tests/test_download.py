@@ -5,6 +5,7 @@ import io
 import os
 import subprocess
 import sys
+import tarfile
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -241,7 +242,7 @@ def test_html_page_instead_of_zip(site: Path, out: Path) -> None:
 @pytest.mark.parametrize(
     ("mangle", "reason"),
     [
-        (lambda z: z[: len(z) // 2], "not a zip archive"),
+        (lambda z: z[: len(z) // 2], "not a zip or tar archive"),
         (lambda z: z[:100] + bytes(b ^ 0xFF for b in z[100:600]) + z[600:], "corrupt"),
     ],
     ids=["truncated", "corrupt-member"],
@@ -254,11 +255,54 @@ def test_broken_zip(site: Path, out: Path, mangle, reason: str) -> None:
     assert leftovers(out) == []
 
 
-@pytest.mark.parametrize("bad", ["file:///etc/passwd", "ftp://example.org/x", "data.bin"])
+@pytest.mark.parametrize("bad", ["file:///etc/passwd", "ftp://example.org/x"])
 def test_non_http_url_refused(site: Path, out: Path, bad: str) -> None:
-    with pytest.raises(DownloadError, match=f"{bad}: only http\\(s\\) URLs are allowed"):
+    allowed = "only http\\(s\\) URLs and local paths are allowed"
+    with pytest.raises(DownloadError, match=f"{bad}: {allowed}"):
         fetch(["http://127.0.0.1:9/x", bad], out / "data.bin")
     assert leftovers(out) == []
+
+
+def test_local_file_is_copied_and_verified(tmp_path: Path, out: Path, data: bytes) -> None:
+    source = tmp_path / "mine.csv"
+    source.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    assert fetch([str(source)], out / "copy", sha256=digest) == digest
+    assert (out / "copy").read_bytes() == data and source.exists()
+    source.write_bytes(data + b"changed")  # a local source is read again, never reused
+    assert fetch([str(source)], out / "copy") != digest
+    with pytest.raises(DownloadError, match=r"mine\.csv: sha256 mismatch"):
+        fetch([str(source)], out / "other", sha256=digest)
+    with pytest.raises(DownloadError, match=r"missing\.csv: no such file"):
+        fetch([str(tmp_path / "missing.csv")], out / "other")
+    assert leftovers(out) == ["copy"]
+
+
+def test_relative_local_path_is_read_from_the_working_directory(
+    tmp_path: Path, out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "data" / "local").mkdir(parents=True)
+    (tmp_path / "data" / "local" / "mine.jsonl").write_text('{"text": "hi", "label": 1}\n')
+    monkeypatch.chdir(tmp_path)
+    fetch(["data/local/mine.jsonl"], out / "copy")
+    assert (out / "copy").read_text() == '{"text": "hi", "label": 1}\n'
+
+
+@pytest.mark.parametrize("mode", ["w:gz", "w:bz2", "w:xz", "zip"])
+def test_member_of_a_local_archive(tmp_path: Path, out: Path, data: bytes, mode: str) -> None:
+    archive = tmp_path / "archive"
+    if mode == "zip":
+        archive.write_bytes(zip_bytes({"folder/mine.tsv": data, "readme": b"x"}))
+    else:
+        with tarfile.open(archive, mode) as tf:
+            info = tarfile.TarInfo("folder/mine.tsv")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    digest = hashlib.sha256(data).hexdigest()
+    assert fetch([str(archive)], out / "m", member="folder/mine.tsv", sha256=digest) == digest
+    assert (out / "m").read_bytes() == data
+    with pytest.raises(DownloadError, match="archive has no member 'other'"):
+        fetch([str(archive)], out / "n", member="other")
 
 
 def test_fileserver_as_a_process(site: Path, data: bytes) -> None:

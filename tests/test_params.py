@@ -227,7 +227,7 @@ def lay_out(folder: Path, params_text: str) -> None:
     """A DVC workspace for the split stage: params, raw data, and outputs of an earlier run."""
     files = {
         "params.yaml": params_text,
-        "data/raw/SMSSpamCollection": RAW,
+        "data/raw/dataset": RAW,
         "data/split/train.csv": OLD_TRAIN,
         "metrics/data.json": OLD_METRICS,
     }

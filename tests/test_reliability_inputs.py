@@ -28,6 +28,7 @@ from tiny_gpt2 import hub_dir
 
 from spamgpt import atomic, checkpoint, classifier, data, params, tokenizer
 from spamgpt.errors import SpamGPTError
+from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPT2Classifier
 
 PRETRAINED = Path("models/pretrained/openai-community/gpt2")
@@ -81,7 +82,7 @@ STAGE_CASES = [
         ["download_data", "split"],
         {"data": {"sha256": hashlib.sha256(b"").hexdigest()}},
         1,
-        "error: data/raw/SMSSpamCollection: no messages (the file is empty or every line is bad)",
+        "error: data/raw/dataset: no messages (the file is empty or every line is bad)",
     ),
     ("output-is-a-directory", ["split"], {}, 1, "error: data/split/train.csv: Is a directory"),
 ]
@@ -98,7 +99,7 @@ if not torch.cuda.is_available():
 # A truncated archive and a wrong checksum fail the same way as the HTML page (one
 # DownloadError naming the URL and why): test_download.py covers each reason.
 DOWNLOADS = {"html-page": "page.zip", "empty-member": "empty.zip"}
-REASONS = {"html-page": "/page.zip: not a zip archive: the server sent an HTML page"}
+REASONS = {"html-page": "/page.zip: not a zip or tar archive: the server sent an HTML page"}
 
 
 def lay_out(folder: Path, mirror, name: str, overrides: dict, url: str) -> None:
@@ -116,14 +117,14 @@ def lay_out(folder: Path, mirror, name: str, overrides: dict, url: str) -> None:
         "metrics/data.json": b'{"old": true}\n',
     }
     if name not in DOWNLOADS:
-        earlier["data/raw/SMSSpamCollection"] = sms_collection()
+        earlier["data/raw/dataset"] = sms_collection()
     if name == "output-is-a-directory":
         earlier["data/split/train.csv/keep"] = b"a folder where split writes a file"
     for path, content in earlier.items():
         (folder / path).parent.mkdir(parents=True, exist_ok=True)
         (folder / path).write_bytes(content)
     if name == "max-length-above-context":
-        frame = data.parse_messages(folder / "data/raw/SMSSpamCollection").frame
+        frame = data.parse_messages(folder / "data/raw/dataset").frame
         for split in ("train", "val", "test"):
             data.write_split(frame, folder / "data/split" / f"{split}.csv")
 
@@ -171,7 +172,7 @@ def test_stage_refuses_in_one_line_and_leaves_files_alone(
     assert REASONS.get(name, "") in line
     after = listing(folder)
     if name == "empty-member":  # the download did succeed
-        assert after.pop("data/raw/SMSSpamCollection") == b""
+        assert after.pop("data/raw/dataset") == b""
     assert after == before  # nothing created, changed or removed, no temporary file
 
 
@@ -308,7 +309,9 @@ def model(mirror, tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     net = GPT2Classifier(GPT2.from_pretrained(hub))
     model_params = params.parse(tiny_params(mirror)).model
-    meta = classifier.classifier_meta(model_params, [], MAX_LENGTH, tokenizer.load(hub).eot_token)
+    meta = classifier.classifier_meta(
+        model_params, SMS, [], MAX_LENGTH, tokenizer.load(hub).eot_token
+    )
     folder = tmp_path_factory.mktemp("classifier") / "finetuned"
     classifier.save(net, folder, meta, hub, full=True)
     return folder

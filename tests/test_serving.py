@@ -12,12 +12,13 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from conftest import http_service, restored_tracking_uri, run, subprocess_env
+from conftest import http_service, post, restored_tracking_uri, run, subprocess_env
 from mlflow.tracking import MlflowClient
 from tiny_gpt2 import make_tiny_hub
 
 from spamgpt import classifier, serving, tokenizer
 from spamgpt.errors import SpamGPTError
+from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPT2Classifier
 from spamgpt.params import ModelParams
 
@@ -51,7 +52,7 @@ def finetuned_folder(project: Path) -> Path:
         pretrained=True, init_seed=0, trainable_blocks=1, pooling="last", dropout=0.0,
         finetune="blocks",
     )  # fmt: skip
-    meta = classifier.classifier_meta(params, trained, 48, tokenizer.load(hub).eot_token)
+    meta = classifier.classifier_meta(params, SMS, trained, 48, tokenizer.load(hub).eot_token)
     folder = project / "models/finetuned"
     folder.mkdir(parents=True)
     classifier.save(model, folder, meta, hub, full=False)
@@ -74,14 +75,6 @@ def logged(tmp_path_factory: pytest.TempPathFactory):
         model_uri = serving.log_model(run_id, finetuned, THRESHOLD, REGISTERED, pretrained)
         env = {**subprocess_env(), "MLFLOW_TRACKING_URI": uri}
         yield Logged(project, finetuned, pretrained, run_id, model_uri, env)
-
-
-def post(url: str, payload: dict) -> dict:
-    request = urllib.request.Request(
-        url, json.dumps(payload).encode(), {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +129,10 @@ def test_loaded_model_predicts_like_the_cli(logged: Logged) -> None:
     model = mlflow.pyfunc.load_model(logged.uri)
     predictions = model.predict(MESSAGES)
     expected = classify_cli(logged, MESSAGES)
-    assert [p.label for p in predictions] == ["spam", "ham"]
+    assert [p["label"] for p in predictions] == ["spam", "ham"]
     for p, e in zip(predictions, expected, strict=True):
-        assert p.spam_probability == pytest.approx(e["spam_probability"], abs=1e-4)
-        assert p.label == e["label"]
+        assert p["spam_probability"] == pytest.approx(e["spam_probability"], abs=1e-4)
+        assert p["label"] == e["label"]
     # A one-column DataFrame (mlflow.evaluate, spark_udf) gets the same answers.
     assert model.predict(pd.DataFrame({"text": MESSAGES})) == predictions
     assert model.predict([]) == []
@@ -151,7 +144,7 @@ def test_served_model_answers_like_the_cli(logged: Logged, server: str) -> None:
     expected = classify_cli(logged, messages)
     assert len(answer["predictions"]) == len(messages)
     for p, e in zip(answer["predictions"], expected, strict=True):
-        assert set(p) == {"label", "spam_probability"}
+        assert set(p) == {"label", "probability", "probabilities", "spam_probability"}
         assert p["spam_probability"] == pytest.approx(e["spam_probability"], abs=1e-4)
         assert p["label"] == e["label"] == ("spam" if p["spam_probability"] >= THRESHOLD else "ham")
     assert {p["label"] for p in answer["predictions"]} == {"ham", "spam"}

@@ -10,6 +10,7 @@ import torch
 from spamgpt import checkpoint, classifier
 from spamgpt.batching import ModelInputs, PackedSequences
 from spamgpt.checkpoint import CheckpointSaver
+from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.params import TrainParams
 from spamgpt.train import (
@@ -86,7 +87,7 @@ def new_trainer(params: TrainParams = PARAMS) -> Trainer:
     gpt = GPT2.init_random(GPTConfig(n_layer=2, n_head=2, n_embd=16, n_ctx=16, vocab_size=40))
     model = GPT2Classifier(gpt)
     trained = classifier.freeze(model, 1)
-    return Trainer(model, trained, data(64, 1), data(32, 2), params, CPU, "fp32")
+    return Trainer(model, trained, data(64, 1), data(32, 2), SMS, params, CPU, "fp32")
 
 
 class Record(Hook):
