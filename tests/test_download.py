@@ -148,11 +148,14 @@ def test_5xx_until_retries_run_out(site: Path, out: Path, data: bytes) -> None:
     assert leftovers(out) == []
 
 
-def test_timeout_is_retried(site: Path, out: Path, data: bytes) -> None:
-    faults = Faults(stall=2.0, stalls=1)
+def test_timeout_is_retried(site: Path, out: Path, data: bytes, no_proxy_no_sleep) -> None:
+    """The first two requests never get an answer (they stall until the server stops): only
+    the client's timeout ends them, and the third request gets the file."""
+    faults = Faults(stall=3600, stalls=2)
     with serve(site, faults=faults) as url:
-        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data), timeout=0.5)
-    assert len(faults.requests) == 2
+        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data), timeout=0.2)
+    assert len(faults.requests) == 3
+    assert no_proxy_no_sleep == [0.5, 1.0]  # backed off after each timeout
     assert (out / "data.bin").read_bytes() == data
 
 
