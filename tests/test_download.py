@@ -11,6 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
+from conftest import run_stage, sms_collection
 from fileserver import Faults, serve
 
 from spamgpt import __version__, download
@@ -276,3 +278,38 @@ def test_fileserver_as_a_process(site: Path, data: bytes) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=5) == 0
+
+
+@pytest.mark.parametrize("primary_works", [False, True])
+def test_download_data_stage_falls_back_to_data_mirrors(
+    tmp_path: Path, primary_works: bool
+) -> None:
+    """The stage script with params.yaml's data.url and data.mirrors: the mirror is asked only
+    when the primary URL fails (here a 404), and gives the data."""
+    member = sms_collection(n_ham=20, n_spam=5)
+    site = tmp_path / "site"
+    (site / "primary").mkdir(parents=True)
+    (site / "mirror").mkdir()
+    archive = zip_bytes({"SMSSpamCollection": member, "readme": b"a mirror\n"})
+    (site / "mirror" / "sms.zip").write_bytes(archive)
+    if primary_works:
+        (site / "primary" / "sms.zip").write_bytes(archive)
+    work = tmp_path / "work"
+    work.mkdir()
+    faults = Faults()
+    with serve(site, faults=faults) as url:
+        data = {
+            "url": f"{url}/primary/sms.zip",
+            "mirrors": [f"{url}/mirror/sms.zip"],
+            "member": "SMSSpamCollection",
+            "sha256": sha(member),
+        }
+        params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+        (work / "params.yaml").write_text(yaml.safe_dump(params | {"data": params["data"] | data}))
+        stage = run_stage("download_data", work)
+        _, err = stage.communicate(timeout=120)
+    assert stage.returncode == 0, err[-3000:]
+    assert (work / "data/raw/SMSSpamCollection").read_bytes() == member
+    asked = [r.path for r in faults.requests]
+    expected = ["/primary/sms.zip"] if primary_works else ["/primary/sms.zip", "/mirror/sms.zip"]
+    assert asked == expected
