@@ -5,13 +5,18 @@ each stage's main() in order, as `dvc exp run` would run them, on a 3-block toy 
 In one process, so that nine pipelines cost seconds: DVC's choice of which stages an override
 re-runs is tested in test_pipeline.py; here each recipe's outputs are checked."""
 
+import contextlib
+import itertools
 import json
 import re
 import runpy
 import shlex
+import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -29,7 +34,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 from tiny_gpt2 import make_tiny_hub
 
-from spamgpt import classifier, loaders, metrics, trunk
+from spamgpt import classifier, cli, data, loaders, metrics, trunk
 from spamgpt import params as params_module
 from spamgpt.model import GPT2, GPTConfig
 
@@ -235,16 +240,16 @@ def test_mean_pool_and_medium_use_their_settings(recipe_runs: dict) -> None:
     )
 
 
-def val_probabilities(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, P(spam)) of the validation split, recomputed here from the saved model over
-    the cached trunk, as evaluate computes them."""
+def probabilities(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, P(spam)) of a split, recomputed here from the saved model over the cached
+    trunk, as evaluate computes them."""
     model, _ = classifier.load(folder / "models/finetuned", folder / "models/pretrained")
     n_frozen = read_json(folder / "data/trunk/info.json")["frozen_blocks"]
-    feats = trunk.Features(trunk.load(folder / "data/trunk/val.safetensors"), n_frozen)
+    feats = trunk.Features(trunk.load(folder / f"data/trunk/{split}.safetensors"), n_frozen)
     logits = classifier.predict_logits(
         lambda idx: feats.logits(model, idx, CPU), feats.packed.lengths, CPU, "fp32"
     )
-    labels = loaders.load(folder / "data/tokens/val.safetensors").labels.numpy()
+    labels = loaders.load(folder / f"data/tokens/{split}.safetensors").labels.numpy()
     return labels, torch.softmax(logits, -1)[:, 1].numpy()
 
 
@@ -252,7 +257,7 @@ def test_auto_threshold_is_the_best_on_validation(recipe_runs: dict) -> None:
     evaluation = read_json(recipe_runs["auto-thresh"] / "metrics/eval.json")
     threshold = evaluation["threshold"]
     assert threshold == evaluation["best_val_threshold"]
-    labels, probs = val_probabilities(recipe_runs["auto-thresh"])
+    labels, probs = probabilities(recipe_runs["auto-thresh"], "val")
     # these are the probabilities evaluate had: its validation report comes out of them
     assert metrics.report(labels, probs, threshold) == evaluation["val"]
 
@@ -266,6 +271,60 @@ def test_auto_threshold_is_the_best_on_validation(recipe_runs: dict) -> None:
     assert spam_f1(threshold) == pytest.approx(best, abs=1e-12)
     assert evaluation["val"]["spam"]["f1"] == pytest.approx(best, abs=1e-12)
     assert read_json(recipe_runs["head-only"] / "metrics/eval.json")["threshold"] == 0.5
+
+
+def threshold_that_matters(probs: np.ndarray) -> float:
+    """A threshold away from 0.5 (classify's fallback) and from every probability, with as
+    many of them as can be between it and 0.5: those messages tell which one was used."""
+    p = np.unique(probs)
+    gaps = [(a + b) / 2 for a, b in itertools.pairwise(p) if b - a > 1e-4]
+    gaps = [t for t in gaps if abs(t - 0.5) > 1e-4]
+    return float(max(gaps, key=lambda t: np.sum((probs - t) * (probs - 0.5) < 0)))
+
+
+def test_classify_agrees_with_evaluate_and_uses_its_threshold(
+    recipe_runs: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """evaluate re-run (in a copy of a recipe's workspace) with a threshold that splits the
+    test messages otherwise than 0.5 does; then `spamgpt classify` on them (the whole model,
+    no trunk cache) gives evaluate's probabilities and labels them at evaluate's threshold."""
+    source = recipe_runs["auto-thresh"]
+    folder = Path(shutil.copytree(source, tmp_path / "copy"))
+    with contextlib.closing(sqlite3.connect(folder / "mlflow.db")) as db, db:
+        # the copy's run keeps its artifacts in the copy
+        db.execute(
+            "UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (str(source), str(folder))
+        )
+    test = data.read_split(folder / "data/split/test.csv")
+    _, evaluated = probabilities(folder, "test")
+    threshold = threshold_that_matters(evaluated)
+    between = (evaluated - threshold) * (evaluated - 0.5) < 0
+    assert between.any()
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["evaluate"]["threshold"] = threshold
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("DVC_ROOT", str(folder))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with restored_tracking_uri():
+        runpy.run_path(str(REPO / "stages/evaluate.py"))["main"](params_module.load())
+    assert read_json(folder / "metrics/eval.json")["threshold"] == threshold
+
+    cli.main(["classify", "--json", "--device", "cpu", "--precision", "fp32", *test["text"]])
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [a["text"] for a in answers] == list(test["text"])
+    classified = np.array([a["spam_probability"] for a in answers])
+    np.testing.assert_allclose(classified, evaluated, rtol=0, atol=2e-6)  # rounded to 6 places
+    labels = [a["label"] for a in answers]
+    assert labels == list(pd.read_csv(folder / "metrics/confusion_test.csv")["predicted"])
+    assert labels == ["spam" if p >= threshold else "ham" for p in evaluated]
+    misclassified = data.read_split(folder / "reports/misclassified_test.csv")
+    by_line = dict(zip(test["line"], classified, strict=True))
+    for line, p in zip(misclassified["line"], misclassified["spam_probability"], strict=True):
+        assert by_line[line] == pytest.approx(p, abs=2e-6)
 
 
 def test_reference_recipe_keeps_duplicates_and_splits_80_10_10(recipe_runs: dict) -> None:
