@@ -96,9 +96,14 @@ def test_parallel_runs_on_a_fresh_store_all_succeed(tmp_path: Path) -> None:
         )
         for me, other in (("A", "B"), ("B", "A"))
     ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)  # a hang guard
-        assert proc.returncode == 0, err[-3000:]
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)  # a hang guard
+            assert proc.returncode == 0, err[-3000:]
+    finally:
+        for proc in procs:  # one that died early leaves the other waiting at the lock
+            proc.kill()
+            proc.wait()
     events = log.read_text().splitlines()
     first = events[[e.endswith("holds the lock") for e in events].index(True)].split()[0]
     second = "B" if first == "A" else "A"
