@@ -53,8 +53,11 @@ def bf16_supported(device: torch.device) -> bool:
         # V100 too, where bf16 runs slower than fp32.
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
-        # Native bf16 dot products (AVX512-BF16 or AMX); emulated bf16 is slower than fp32.
-        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        # Native bf16 dot products: AVX512-BF16 or AMX-BF16 (x86), the BF16 extension (ARM).
+        # Not oneDNN's check (torch.ops.mkldnn._is_mkldnn_bf16_supported): it is true on any
+        # AVX-512 CPU, where bf16 is emulated and slower than fp32.
+        caps = torch.cpu.get_capabilities()
+        return any(caps.get(flag, False) for flag in ("avx512_bf16", "amx_bf16", "bf16"))
     return False
 
 

@@ -15,7 +15,6 @@ import re
 import signal
 import sys
 import threading
-import time
 import urllib.parse
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ class Faults:
 
     paths: Collection[str] | None = None
     statuses: list[int] = field(default_factory=list)  # answer these codes first, one a request
-    stall: float = 0.0  # seconds to wait before answering...
+    stall: float = 0.0  # seconds to wait before answering (or until the server stops)...
     stalls: int = 0  # ...for this many requests
     cut_after: int | None = None  # send only this many body bytes, then drop the connection...
     cuts: int = 1  # ...for this many requests
@@ -57,6 +56,7 @@ class Faults:
     ignore_range: bool = False  # always answer 200 with the whole file
     requests: list[Request] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stopped: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def _take(self, request: Request) -> tuple[int | None, float, int | None]:
         """Record `request`; return the (status, stall, cut) faults to apply to it."""
@@ -89,7 +89,8 @@ class _Handler(BaseHTTPRequestHandler):
         request = Request("GET", path, self.headers.get("Range"), dict(self.headers.items()))
         faults = self.server.faults
         status, stall, cut = faults._take(request) if faults else (None, 0.0, None)
-        time.sleep(stall)
+        if stall and faults:
+            faults._stopped.wait(stall)  # a stalled answer ends when the server stops
         if status is not None:
             self._send(status, f"fault injected: {status}\n".encode())
             return
@@ -176,6 +177,8 @@ def serve(root: Path, *, faults: Faults | None = None) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
+        if faults:
+            faults._stopped.set()
         server.shutdown()
         server.server_close()
         thread.join()

@@ -12,6 +12,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
+from conftest import run_stage, sms_collection
 from fileserver import Faults, serve
 
 from spamgpt import __version__, download
@@ -149,11 +151,14 @@ def test_5xx_until_retries_run_out(site: Path, out: Path, data: bytes) -> None:
     assert leftovers(out) == []
 
 
-def test_timeout_is_retried(site: Path, out: Path, data: bytes) -> None:
-    faults = Faults(stall=2.0, stalls=1)
+def test_timeout_is_retried(site: Path, out: Path, data: bytes, no_proxy_no_sleep) -> None:
+    """The first two requests never get an answer (they stall until the server stops): only
+    the client's timeout ends them, and the third request gets the file."""
+    faults = Faults(stall=3600, stalls=2)
     with serve(site, faults=faults) as url:
-        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data), timeout=0.5)
-    assert len(faults.requests) == 2
+        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data), timeout=0.2)
+    assert len(faults.requests) == 3
+    assert no_proxy_no_sleep == [0.5, 1.0]  # backed off after each timeout
     assert (out / "data.bin").read_bytes() == data
 
 
@@ -317,3 +322,38 @@ def test_fileserver_as_a_process(site: Path, data: bytes) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=5) == 0
+
+
+@pytest.mark.parametrize("primary_works", [False, True])
+def test_download_data_stage_falls_back_to_data_mirrors(
+    tmp_path: Path, primary_works: bool
+) -> None:
+    """The stage script with params.yaml's data.url and data.mirrors: the mirror is asked only
+    when the primary URL fails (here a 404), and gives the data."""
+    member = sms_collection(n_ham=20, n_spam=5)
+    site = tmp_path / "site"
+    (site / "primary").mkdir(parents=True)
+    (site / "mirror").mkdir()
+    archive = zip_bytes({"SMSSpamCollection": member, "readme": b"a mirror\n"})
+    (site / "mirror" / "sms.zip").write_bytes(archive)
+    if primary_works:
+        (site / "primary" / "sms.zip").write_bytes(archive)
+    work = tmp_path / "work"
+    work.mkdir()
+    faults = Faults()
+    with serve(site, faults=faults) as url:
+        data = {
+            "url": f"{url}/primary/sms.zip",
+            "mirrors": [f"{url}/mirror/sms.zip"],
+            "member": "SMSSpamCollection",
+            "sha256": sha(member),
+        }
+        params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+        (work / "params.yaml").write_text(yaml.safe_dump(params | {"data": params["data"] | data}))
+        stage = run_stage("download_data", work)
+        _, err = stage.communicate(timeout=120)
+    assert stage.returncode == 0, err[-3000:]
+    assert (work / "data/raw/SMSSpamCollection").read_bytes() == member
+    asked = [r.path for r in faults.requests]
+    expected = ["/primary/sms.zip"] if primary_works else ["/primary/sms.zip", "/mirror/sms.zip"]
+    assert asked == expected

@@ -35,7 +35,7 @@ def test_classes_found_are_sorted_numerically_when_integers() -> None:
 
 
 def test_a_positive_class_outside_the_classes_is_a_params_error() -> None:
-    with pytest.raises(ParamsError, match="data.positive_label: 'spam' is not a class"):
+    with pytest.raises(ParamsError, match=r"data\.positive_label: 'spam' is not a class"):
         labels.found(["a", "b"], None, "spam")
 
 

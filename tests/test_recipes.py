@@ -5,13 +5,20 @@ each stage's main() in order, as `dvc exp run` would run them, on a 3-block toy 
 In one process, so that nine pipelines cost seconds: DVC's choice of which stages an override
 re-runs is tested in test_pipeline.py; here each recipe's outputs are checked."""
 
+import contextlib
+import itertools
 import json
 import re
 import runpy
 import shlex
+import shutil
+import sqlite3
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import (
     REPO,
@@ -24,9 +31,15 @@ from conftest import (
     tiny_params,
 )
 from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
 from tiny_gpt2 import make_tiny_hub
 
+from spamgpt import classifier, cli, data, metrics, tokenized, trunk
 from spamgpt import params as params_module
+from spamgpt.batching import ModelInputs
+from spamgpt.model import GPT2, GPTConfig
+
+CPU = torch.device("cpu")
 
 
 def readme_recipes() -> dict[str, list[str]]:
@@ -119,12 +132,6 @@ def mlflow_run(folder: Path):
     return client.get_run(read_json(folder / "models/mlflow_run.json")["run_id"])
 
 
-def trained_blocks(folder: Path) -> set[int]:
-    """The blocks whose weights the fine-tuned model changed."""
-    trained = read_json(folder / "models/finetuned/classifier.json")["trained"]
-    return {int(m) for m in re.findall(r"\.h\.(\d+)\.", " ".join(trained))}
-
-
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_recipe_runs_and_is_recorded(recipe_runs: dict, name: str) -> None:
     folder = recipe_runs[name]
@@ -140,18 +147,85 @@ def test_recipe_runs_and_is_recorded(recipe_runs: dict, name: str) -> None:
     assert "test/accuracy" in run.data.metrics and "baseline/accuracy" in run.data.metrics
 
 
-def test_blocks_recipes_train_what_they_say(recipe_runs: dict) -> None:
-    assert trained_blocks(recipe_runs["head-only"]) == set()
-    assert trained_blocks(recipe_runs["two-blocks"]) == {1, 2}
-    assert trained_blocks(recipe_runs["full"]) == {0, 1, 2}
-    assert trained_blocks(recipe_runs["lora"]) == {0, 1, 2}  # adapters merged into the weights
-    assert trained_blocks(recipe_runs["mean-pool"]) == {2}  # params.yaml: the last block
+def pretrained_dir(folder: Path, repo_id: str = "openai-community/gpt2") -> Path:
+    return folder / "models/pretrained" / repo_id
+
+
+def saved_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "models/finetuned/model.safetensors"))
+
+
+def block_of(name: str) -> int | None:
+    found = re.match(r"gpt\.h\.(\d+)\.", name)
+    return int(found.group(1)) if found else None
+
+
+# Which blocks each recipe trains (3-block model; params.yaml trains the last one), and what
+# else: ln_f with any block; the embeddings too in a full fine-tune; LoRA only its targets.
+TRAINED_BLOCKS = {
+    "head-only": set(),
+    "two-blocks": {1, 2},
+    "full": {0, 1, 2},
+    "lora": {0, 1, 2},  # adapters merged into the weights
+    "mean-pool": {2},
+    "auto-thresh": {2},
+}
+TRAINED_OTHERS = {"head-only": (), "lora": (), "full": ("gpt.wte.", "gpt.wpe.", "gpt.ln_f.")}
+
+
+def trains(recipe: str, name: str) -> bool:
+    """Does the recipe train this tensor of the GPT-2 (not the head)?"""
+    others = TRAINED_OTHERS.get(recipe, ("gpt.ln_f.",))
+    return block_of(name) in TRAINED_BLOCKS[recipe] or name.startswith(others)
+
+
+@pytest.mark.parametrize("name", sorted(TRAINED_BLOCKS))
+def test_trained_tensors_changed_and_frozen_ones_kept_the_pretrained_weights(
+    recipe_runs: dict, name: str
+) -> None:
+    """The saved tensors, read from model.safetensors: the head and what the recipe trains,
+    each different from the pretrained one; the model that classify and evaluate load has
+    every other tensor byte-equal to the pretrained file's."""
+    folder = recipe_runs[name]
+    gpt = GPT2.from_pretrained(pretrained_dir(folder))
+    pretrained = {f"gpt.{k}": v for k, v in gpt.state_dict().items()}
+    saved = saved_tensors(folder)
+    assert {block_of(n) for n in saved} - {None} == TRAINED_BLOCKS[name]
+    assert {"head.weight", "head.bias"} <= set(saved)
+    assert all(trains(name, n) for n in saved if not n.startswith("head."))
+    changed = {n for n, t in saved.items() if n in pretrained and not torch.equal(t, pretrained[n])}
+    if name == "lora":  # its targets' weights, in every block
+        assert {block_of(n) for n in changed} == TRAINED_BLOCKS[name]
+    else:
+        assert changed == set(saved) - {"head.weight", "head.bias"}
+    model, _ = classifier.load(folder / "models/finetuned", folder / "models/pretrained")
+    for n, t in model.state_dict().items():
+        if n in pretrained and not trains(name, n):
+            assert n not in saved
+            assert t.numpy().tobytes() == pretrained[n].numpy().tobytes(), n
 
 
 def test_random_init_keeps_every_tensor(recipe_runs: dict) -> None:
-    """Nothing of a random model can be re-read from the pretrained file: all of it is saved."""
-    meta = read_json(recipe_runs["random-init"] / "models/finetuned/classifier.json")
+    """Nothing of a random model can be re-read from the pretrained file: every tensor is
+    saved; the frozen ones are GPT2.init_random's at model.init_seed, byte for byte, and the
+    trained ones (the last block, ln_f) moved away from them."""
+    folder = recipe_runs["random-init"]
+    meta = read_json(folder / "models/finetuned/classifier.json")
     assert meta["pretrained"] is False and meta["full"] is True
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    config = GPTConfig.from_json(pretrained_dir(folder) / "config.json")
+    with torch.random.fork_rng():
+        torch.manual_seed(params["model"]["init_seed"])
+        init = {f"gpt.{k}": v for k, v in GPT2.init_random(config).state_dict().items()}
+    saved = saved_tensors(folder)
+    assert set(saved) == set(init) | {"head.weight", "head.bias"}
+    for n, t in init.items():
+        if block_of(n) == 2 or n.startswith("gpt.ln_f."):
+            if n.endswith("attn.bias"):  # the causal mask, a buffer
+                continue
+            assert not torch.equal(saved[n], t), n
+        else:
+            assert saved[n].numpy().tobytes() == t.numpy().tobytes(), n
 
 
 def test_mean_pool_and_medium_use_their_settings(recipe_runs: dict) -> None:
@@ -167,10 +241,90 @@ def test_mean_pool_and_medium_use_their_settings(recipe_runs: dict) -> None:
     )
 
 
+def probabilities(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, class probabilities) of a split, recomputed here from the saved model over
+    the cached trunk, as evaluate computes them."""
+    model, _ = classifier.load(folder / "models/finetuned", folder / "models/pretrained")
+    n_frozen = read_json(folder / "data/trunk/info.json")["frozen_blocks"]
+    inputs = ModelInputs(trunk.load(folder / f"data/trunk/{split}.safetensors"), n_frozen)
+    probs = classifier.class_probabilities(model, inputs, CPU, "fp32").numpy()
+    labels = tokenized.load(folder / f"data/tokens/{split}.safetensors").labels.numpy()
+    return labels, probs
+
+
 def test_auto_threshold_is_the_best_on_validation(recipe_runs: dict) -> None:
     evaluation = read_json(recipe_runs["auto-thresh"] / "metrics/eval.json")
-    assert evaluation["threshold"] == evaluation["best_val_threshold"]
+    threshold = evaluation["threshold"]
+    assert threshold == evaluation["best_val_threshold"]
+    labels, both = probabilities(recipe_runs["auto-thresh"], "val")
+    # these are the probabilities evaluate had: its validation report comes out of them
+    assert metrics.report(labels, both, threshold) == evaluation["val"]
+    probs = both[:, 1]
+
+    def spam_f1(t: float) -> float:
+        predicted = probs >= t
+        tp = int(np.sum(predicted & (labels == 1)))
+        return 2 * tp / (np.sum(predicted) + np.sum(labels == 1))
+
+    # every threshold predicts as one of the distinct probabilities does
+    best = max(spam_f1(t) for t in np.unique(probs))
+    assert spam_f1(threshold) == pytest.approx(best, abs=1e-12)
+    assert evaluation["val"]["spam"]["f1"] == pytest.approx(best, abs=1e-12)
     assert read_json(recipe_runs["head-only"] / "metrics/eval.json")["threshold"] == 0.5
+
+
+def threshold_that_matters(probs: np.ndarray) -> float:
+    """A threshold away from 0.5 (classify's fallback) and from every probability, with as
+    many of them as can be between it and 0.5: those messages tell which one was used."""
+    p = np.unique(probs)
+    gaps = [(a + b) / 2 for a, b in itertools.pairwise(p) if b - a > 1e-4]
+    gaps = [t for t in gaps if abs(t - 0.5) > 1e-4]
+    return float(max(gaps, key=lambda t: np.sum((probs - t) * (probs - 0.5) < 0)))
+
+
+def test_classify_agrees_with_evaluate_and_uses_its_threshold(
+    recipe_runs: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """evaluate re-run (in a copy of a recipe's workspace) with a threshold that splits the
+    test messages otherwise than 0.5 does; then `spamgpt classify` on them (the whole model,
+    no trunk cache) gives evaluate's probabilities and labels them at evaluate's threshold."""
+    source = recipe_runs["auto-thresh"]
+    folder = Path(shutil.copytree(source, tmp_path / "copy"))
+    with contextlib.closing(sqlite3.connect(folder / "mlflow.db")) as db, db:
+        # the copy's run keeps its artifacts in the copy
+        db.execute(
+            "UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (str(source), str(folder))
+        )
+    test = data.read_split(folder / "data/split/test.csv")
+    evaluated = probabilities(folder, "test")[1][:, 1]
+    threshold = threshold_that_matters(evaluated)
+    between = (evaluated - threshold) * (evaluated - 0.5) < 0
+    assert between.any()
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["evaluate"]["threshold"] = threshold
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("DVC_ROOT", str(folder))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with restored_tracking_uri():
+        runpy.run_path(str(REPO / "stages/evaluate.py"))["main"](params_module.load())
+    assert read_json(folder / "metrics/eval.json")["threshold"] == threshold
+
+    cli.main(["classify", "--json", "--device", "cpu", "--precision", "fp32", *test["text"]])
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [a["text"] for a in answers] == list(test["text"])
+    classified = np.array([a["spam_probability"] for a in answers])
+    np.testing.assert_allclose(classified, evaluated, rtol=0, atol=2e-6)  # rounded to 6 places
+    labels = [a["label"] for a in answers]
+    assert labels == list(pd.read_csv(folder / "metrics/confusion_test.csv")["predicted"])
+    assert labels == ["spam" if p >= threshold else "ham" for p in evaluated]
+    misclassified = data.read_split(folder / "reports/misclassified_test.csv")
+    by_line = dict(zip(test["line"], classified, strict=True))
+    for line, p in zip(misclassified["line"], misclassified["spam_probability"], strict=True):
+        assert by_line[line] == pytest.approx(p, abs=2e-6)
 
 
 def test_reference_recipe_keeps_duplicates_and_splits_80_10_10(recipe_runs: dict) -> None:

@@ -1,5 +1,5 @@
-"""finetune under fire: Ctrl-C during the trunk pass, SIGINT mid-epoch, kill -9 while a
-checkpoint is written, SIGTERM while the results are written, a NaN loss and a
+"""finetune under fire: Ctrl-C during the trunk pass, SIGINT mid-epoch, a NaN loss, SIGTERM
+mid-epoch, kill -9 while a checkpoint is written, SIGTERM while the results are written and a
 malicious checkpoint, all in one project, then `dvc repro -f` finishes the training.
 
 The interrupted and resumed training must end exactly (bit for bit, on CPU) where the
@@ -287,6 +287,25 @@ def story(wide_mirror: Mirror, tmp_path_factory: pytest.TempPathFactory) -> dict
         "traceback": Path(traceback_file).read_text(),
     }
 
+    # SIGTERM in the middle of epoch 3, as a job scheduler stops a job. An attempt whose poll
+    # sees the epoch too late is killed and the checkpoint put back; the steps it logged are
+    # in the store once, as after any kill -9.
+    resume_from = (project / CHECKPOINT).read_bytes()
+    for _ in range(5):
+        (project / CHECKPOINT).write_bytes(resume_from)
+        proc = finetune(project)
+        proc.wait_for(lambda proc=proc: proc.last_step() >= (3, 1, 0))
+        proc.pause()
+        proc.drain()
+        if proc.in_epoch(3):
+            break
+        proc.signal(signal.SIGKILL)
+        proc.finish()
+    proc.signal(signal.SIGTERM)
+    proc.signal(signal.SIGCONT)
+    seen["sigterm"] = (*proc.finish(), checkpoint_state(project))
+    seen["sigterm_status"] = client.get_run(run_id).info.status
+
     # kill -9 while a checkpoint is written: stop the process as soon as a temporary file
     # shows, and kill it if the write is still under way (else let it go on to the next).
     proc = finetune(project)
@@ -359,6 +378,18 @@ def test_sigint_mid_epoch_saves_a_checkpoint_and_ends_the_run_killed(story: dict
     assert state["epoch"] == 1 and state["batch"] >= 1  # in the middle of epoch 2
     assert f"step {state['step']}:" in stderr
     assert story["sigint_status"] == "KILLED"
+
+
+def test_sigterm_mid_epoch_saves_a_checkpoint_and_ends_the_run_killed(story: dict) -> None:
+    returncode, stderr, state = story["sigterm"]
+    assert returncode == 130
+    assert re.fullmatch(
+        r"error: SIGTERM at step (\d+): checkpoint saved; re-run to resume", error_line(stderr)
+    )
+    assert state["epoch"] == 2 and state["batch"] >= 1  # in the middle of epoch 3
+    assert state["step"] > story["sigint"][2]["step"]  # resumed from the SIGINT checkpoint
+    assert f"step {state['step']}:" in stderr
+    assert story["sigterm_status"] == "KILLED"
 
 
 def test_nan_loss_names_the_step_and_keeps_the_checkpoint(story: dict) -> None:

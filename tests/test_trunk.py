@@ -1,13 +1,18 @@
-"""The cached trunk is exact, and bf16 stays close to fp32."""
+"""The cached trunk is exact, and bf16 stays within its rounding of fp32."""
+
+import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
+from test_runtime import NATIVE_BF16
 from tiny_gpt2 import make_tiny_hub
 
-from spamgpt import classifier, runtime, trunk
+from spamgpt import classifier, runtime, train, trunk
 from spamgpt.batching import ModelInputs, PackedSequences
+from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.params import TrainParams
 
 CPU = torch.device("cpu")
 
@@ -52,21 +57,100 @@ def test_trunk_keeps_real_tokens_only(model):
     assert torch.equal(hidden.lengths, tokens.lengths)
 
 
-@pytest.mark.skipif(not runtime.bf16_supported(CPU), reason="no native bf16 on this CPU")
-def test_bf16_probabilities_stay_close_to_fp32(model):
-    model.pooling = "last"
-    tokens = ModelInputs(messages(64, seed=2), None)
+needs_native_bf16 = pytest.mark.skipif(
+    not NATIVE_BF16, reason="no avx512_bf16 or amx_bf16 in /proc/cpuinfo: bf16 is emulated here"
+)
+U = 2.0**-8  # bf16 keeps 8 significant bits: rounding to it moves a number by <= 2^-8 of itself
+
+
+@pytest.fixture(scope="module")
+def spread(model: GPT2Classifier) -> tuple[GPT2Classifier, ModelInputs, torch.Tensor]:
+    """A copy of the model whose head is scaled so that P(spam) spreads over 0..1 (a fresh
+    head gives logits near 0, where any error looks small), the cached trunk of 64 messages
+    below its last block, and their labels."""
+    spread = copy.deepcopy(model)
+    spread.pooling = "last"
+    tokens = messages(64, seed=2)
+    feats = ModelInputs(trunk.compute(spread.gpt, tokens, 2, CPU, "fp32"), 2)
     with torch.no_grad():
-        indices = torch.arange(64)
-        fp32 = torch.softmax(classifier.logits(model, tokens, indices, CPU), -1)
+        margin = torch.diff(classifier.logits(spread, feats, torch.arange(64), CPU)).squeeze(1)
+        spread.head.weight.mul_(3 / margin.std())
+        spread.head.bias.copy_(torch.tensor([0.0, -3 * margin.mean() / margin.std()]))
+        p = torch.softmax(classifier.logits(spread, feats, torch.arange(64), CPU), -1)[:, 1]
+    assert p.min() < 0.05 and p.max() > 0.95 and ((p > 0.2) & (p < 0.8)).sum() >= 5
+    labels = torch.randint(0, 2, (64,), generator=torch.Generator().manual_seed(3))
+    return spread, feats, labels
+
+
+def fp32_logits_and_bound(model: GPT2Classifier, feats: ModelInputs, indices: torch.Tensor):
+    """fp32 logits, and how far bf16 may move each: the head's dot product of bf16-rounded
+    weights w and input h, summed in float32, is off by <= 2u sum|w||h| (Higham, to first
+    order); h comes out of a block computed in bf16 and renormalised by ln_f, so its own
+    relative error is allowed as much again: 4u sum|w||h|."""
+    seen = {}
+    hook = model.head.register_forward_hook(lambda m, args, out: seen.update(h=args[0].float()))
+    try:
+        logits = classifier.logits(model, feats, indices, CPU)
+    finally:
+        hook.remove()
+    return logits, 4 * U * (seen["h"].abs() @ model.head.weight.abs().T)
+
+
+@needs_native_bf16
+def test_bf16_logits_stay_within_bf16_rounding_of_fp32(spread) -> None:
+    model, feats, _ = spread
+    indices = torch.arange(64)
+    with torch.no_grad():
+        fp32, bound = fp32_logits_and_bound(model, feats, indices)
         with runtime.autocast(CPU, "bf16"):
-            bf16 = torch.softmax(classifier.logits(model, tokens, indices, CPU).float(), -1)
-    # bf16 keeps 8 bits of mantissa: logits move by about 1%, probabilities by less.
-    assert (bf16 - fp32).abs().max() < 0.02
+            bf16 = classifier.logits(model, feats, indices, CPU).float()
     assert not torch.equal(bf16, fp32)  # autocast really ran in bf16
+    assert ((bf16 - fp32).abs() <= bound).all(), ((bf16 - fp32).abs() / bound).max()
+    # P(spam) = sigmoid(z1 - z0), whose slope is at most 1/4
+    p32, p16 = (torch.softmax(z, -1)[:, 1] for z in (fp32, bf16))
+    assert ((p16 - p32).abs() <= (bound[:, 0] + bound[:, 1]) / 4).all()
 
 
-def test_precision_auto_follows_the_hardware():
-    expected = "bf16" if runtime.bf16_supported(CPU) else "fp32"
-    assert runtime.resolve_precision("auto", CPU) == expected
-    assert runtime.resolve_precision("fp32", CPU) == "fp32"
+def trainer(model: GPT2Classifier, feats: ModelInputs, labels: torch.Tensor, precision: str):
+    """finetune's Trainer on a copy of `model`: its last block, ln_f and head train."""
+    model = copy.deepcopy(model).train()
+    trained = [n for n, p in model.named_parameters() if n.startswith(TAIL)]
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in trained)
+    split = train.Split(feats, labels)
+    params = TrainParams(
+        epochs=1, batch_size=64, lr=1e-3, weight_decay=0.1, warmup_ratio=0.0, grad_clip=1.0,
+        class_weights="none", patience=1, seed=0, device="cpu", precision=precision, devices=1,
+    )  # fmt: skip
+    return train.Trainer(model, trained, split, split, SMS, params, CPU, precision)
+
+
+TAIL = ("head.", "gpt.ln_f.", "gpt.h.2.")
+
+
+@needs_native_bf16
+def test_bf16_training_step_stays_within_bf16_rounding_of_fp32(spread) -> None:
+    """One training step of the tail (the default precision on this CPU) from the same
+    weights: its logits within bf16's rounding of fp32's, its loss computed from them in
+    float32, so within what that rounding allows of the fp32 loss."""
+    model, feats, labels = spread
+    indices = torch.arange(64)
+    model.train()  # dropout 0 in this model: the training forward, deterministic
+    with torch.no_grad():
+        logits, bound = fp32_logits_and_bound(model, feats, indices)
+        with runtime.autocast(CPU, "bf16"):
+            bf16_logits = classifier.logits(model, feats, indices, CPU).float()
+    model.eval()
+    assert not torch.equal(bf16_logits, logits)  # autocast really ran in bf16
+    assert ((bf16_logits - logits).abs() <= bound).all()
+    fp32, bf16 = trainer(model, feats, labels, "fp32"), trainer(model, feats, labels, "bf16")
+    loss32, loss16 = fp32.train_step(indices), bf16.train_step(indices)
+    assert loss32 == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
+    # bf16 matmuls, then a float32 loss: not a loss rounded to bf16 (2^-8 of it)
+    assert loss16 == pytest.approx(F.cross_entropy(bf16_logits, labels).item(), rel=1e-6)
+    # loss_i = -log p_true_i moves by (1 - p_true_i) (dz_true - dz_other): mean over the batch
+    p_true = torch.softmax(logits, -1)[indices, labels]
+    assert abs(loss16 - loss32) <= ((1 - p_true) * bound.sum(1)).mean().item()
+    before = dict(model.named_parameters())
+    for name, p in bf16.trained.items():  # the step updated float32 weights
+        assert p.dtype == torch.float32 and not torch.equal(p, before[name]), name

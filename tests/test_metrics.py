@@ -1,0 +1,176 @@
+"""spamgpt.metrics against numbers worked out by hand, against scikit-learn and counts of our
+own on generated data, and best_threshold against a search over every candidate threshold."""
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from spamgpt import metrics
+from spamgpt.errors import ParamsError
+from spamgpt.labels import SMS, Classes
+
+
+def two(spam_prob: np.ndarray) -> np.ndarray:
+    """(N, 2) probabilities of ham and spam from P(spam)."""
+    return np.column_stack([1 - spam_prob, spam_prob])
+
+
+# Eight messages worked out by hand, at threshold 0.5:
+#   label  0    0    0    0    0     1    1    1
+#   p      0.1  0.2  0.3  0.6  0.85  0.4  0.8  0.9
+#   pred   0    0    0    1    1     0    1    1      -> tn 3, fp 2, fn 1, tp 2
+LABELS = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+PROBS = np.array([0.1, 0.2, 0.3, 0.6, 0.85, 0.4, 0.8, 0.9])
+
+
+def test_report_of_a_hand_worked_example() -> None:
+    rep = metrics.report(LABELS, two(PROBS), 0.5)
+    assert rep["confusion_matrix"] == [[3, 2], [1, 2]]
+    assert rep["accuracy"] == pytest.approx(5 / 8)
+    assert rep["spam"] == pytest.approx(
+        {"precision": 2 / 4, "recall": 2 / 3, "f1": 4 / 7, "support": 3}
+    )
+    assert rep["ham"] == pytest.approx(
+        {"precision": 3 / 4, "recall": 3 / 5, "f1": 2 / 3, "support": 5}
+    )
+    assert rep["macro_f1"] == pytest.approx((4 / 7 + 2 / 3) / 2)
+    # ROC AUC: of the 15 (spam, ham) pairs, 0.4 outranks 3 hams, 0.8 outranks 4, 0.9 all 5.
+    assert rep["roc_auc"] == pytest.approx(12 / 15)
+    # PR AUC (average precision): recall steps of 1/3 at 0.9 (P 1), 0.8 (P 2/3), 0.4 (P 3/5).
+    assert rep["pr_auc"] == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+
+
+def test_best_threshold_of_the_hand_worked_example() -> None:
+    # spam F1 at each candidate: 0.9: 2/4, 0.85: 2/5, 0.8: 4/6, 0.6: 4/7, 0.4: 6/8, 0.3: 6/9
+    assert metrics.best_threshold(LABELS, PROBS) == 0.4
+
+
+def generated(seed: int, n: int = 500, decimals: int | None = None) -> tuple[np.ndarray, ...]:
+    """Labels (about 15% spam) and spam probabilities that lean towards them; rounded to
+    `decimals`, many probabilities tie."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.15).astype(int)
+    probs = 1 / (1 + np.exp(-(rng.normal(size=n) + 2.0 * (2 * labels - 1))))
+    return labels, probs if decimals is None else probs.round(decimals)
+
+
+def counts(labels: np.ndarray, predicted: np.ndarray) -> tuple[int, int, int, int]:
+    """(tn, fp, fn, tp)"""
+    return tuple(int(np.sum((labels == a) & (predicted == b))) for a in (0, 1) for b in (0, 1))
+
+
+def spam_f1(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:
+    _, fp, fn, tp = counts(labels, (probs >= threshold).astype(int))
+    return 2 * tp / (2 * tp + fp + fn)
+
+
+def roc_auc_by_pairs(labels: np.ndarray, probs: np.ndarray) -> float:
+    """P(a spam outranks a ham), ties counting half."""
+    spam, ham = probs[labels == 1][:, None], probs[labels == 0][None, :]
+    return float(np.mean((spam > ham) + 0.5 * (spam == ham)))
+
+
+def average_precision_by_steps(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Sum over thresholds, highest first, of (recall gained) x (precision there)."""
+    ap, last_recall = 0.0, 0.0
+    for t in np.unique(probs)[::-1]:
+        _, fp, fn, tp = counts(labels, (probs >= t).astype(int))
+        recall = tp / (tp + fn)
+        ap += (recall - last_recall) * tp / (tp + fp)
+        last_recall = recall
+    return ap
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.77])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_report_agrees_with_counts_and_scikit_learn(seed: int, threshold: float) -> None:
+    labels, probs = generated(seed, decimals=2 if seed == 2 else None)
+    rep = metrics.report(labels, two(probs), threshold)
+    predicted = (probs >= threshold).astype(int)
+    tn, fp, fn, tp = counts(labels, predicted)
+    assert rep["confusion_matrix"] == [[tn, fp], [fn, tp]]
+    assert rep["accuracy"] == pytest.approx((tn + tp) / len(labels))
+    expected = {
+        "ham": {"precision": tn / (tn + fn), "recall": tn / (tn + fp), "support": tn + fp},
+        "spam": {"precision": tp / (tp + fp), "recall": tp / (tp + fn), "support": tp + fn},
+    }
+    for name, values in expected.items():
+        p, r = values["precision"], values["recall"]
+        assert rep[name] == pytest.approx(values | {"f1": 2 * p * r / (p + r)}), name
+    assert rep["macro_f1"] == pytest.approx(skm.f1_score(labels, predicted, average="macro"))
+    assert rep["spam"]["f1"] == pytest.approx(skm.f1_score(labels, predicted))
+    assert rep["roc_auc"] == pytest.approx(roc_auc_by_pairs(labels, probs))
+    assert rep["roc_auc"] == pytest.approx(skm.roc_auc_score(labels, probs))
+    assert rep["pr_auc"] == pytest.approx(average_precision_by_steps(labels, probs))
+    assert rep["pr_auc"] == pytest.approx(skm.average_precision_score(labels, probs))
+
+
+def test_report_of_one_class_has_no_aucs_and_zero_not_nan() -> None:
+    rep = metrics.report(np.zeros(4, dtype=int), two(np.array([0.1, 0.6, 0.2, 0.3])), 0.5)
+    assert rep["roc_auc"] is None and rep["pr_auc"] is None
+    assert rep["spam"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert rep["confusion_matrix"] == [[3, 1], [0, 0]]
+
+
+@pytest.mark.parametrize("decimals", [None, 2, 1])
+@pytest.mark.parametrize("seed", range(4))
+def test_best_threshold_maximises_spam_f1_over_every_candidate(
+    seed: int, decimals: int | None
+) -> None:
+    """Candidates: each distinct probability (a threshold between two of them predicts as the
+    next one up does)."""
+    labels, probs = generated(seed, n=300, decimals=decimals)
+    best = max(spam_f1(labels, probs, t) for t in np.unique(probs))
+    chosen = metrics.best_threshold(labels, probs)
+    assert chosen in probs
+    assert spam_f1(labels, probs, chosen) == pytest.approx(best, abs=1e-12)
+
+
+def test_flat_names_every_number_but_support_and_matrix() -> None:
+    flat = metrics.flat(metrics.report(LABELS, two(PROBS), 0.5), "val")
+    per_class = [f"val/{c}_{m}" for c in ("ham", "spam") for m in ("precision", "recall", "f1")]
+    assert set(flat) == {"val/accuracy", "val/macro_f1", "val/roc_auc", "val/pr_auc", *per_class}
+    assert flat["val/spam_f1"] == pytest.approx(4 / 7)
+    assert flat["val/roc_auc"] == pytest.approx(12 / 15)
+    assert all(isinstance(v, float) for v in flat.values())
+    one_class = metrics.flat(
+        metrics.report(np.zeros(2, dtype=int), two(np.array([0.1, 0.9])), 0.5), "t"
+    )
+    assert "t/roc_auc" not in one_class and "t/pr_auc" not in one_class  # None is left out
+
+
+# --- more than two classes, and no positive class ---
+
+THREE = Classes(("billing", "outage", "sales"))
+
+
+def test_three_classes_report_per_class_and_a_3x3_matrix() -> None:
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.array(
+        [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.1, 0.1, 0.8],
+         [0.6, 0.2, 0.2]]
+    )  # fmt: skip
+    rep = metrics.report(labels, probs, None, THREE)
+    assert rep["confusion_matrix"] == [[1, 1, 0], [0, 1, 1], [1, 0, 1]]
+    assert rep["accuracy"] == pytest.approx(3 / 6)
+    assert {k: rep[k]["f1"] for k in THREE.names} == pytest.approx(
+        {"billing": 0.5, "outage": 0.5, "sales": 0.5}
+    )
+    assert rep["macro_f1"] == pytest.approx(0.5)
+    assert rep["roc_auc"] is None and rep["pr_auc"] is None
+    flat = metrics.flat(rep, "test", THREE)
+    assert flat["test/outage_recall"] == pytest.approx(0.5) and "test/roc_auc" not in flat
+    assert metrics.selection_score(rep, THREE) == rep["macro_f1"]
+
+
+def test_choose_threshold_only_for_a_positive_class_of_two() -> None:
+    labels, probs = np.array([0, 1, 1, 0]), two(np.array([0.2, 0.7, 0.4, 0.3]))
+    assert metrics.choose_threshold(0.5, SMS, labels, probs) == (0.5, 0.4)
+    assert metrics.choose_threshold("auto", SMS, labels, probs) == (0.4, 0.4)
+    assert metrics.choose_threshold(0.5, Classes(("ham", "spam")), labels, probs) == (None, None)
+    with pytest.raises(ParamsError, match=r"evaluate\.threshold: a threshold applies to two"):
+        metrics.choose_threshold(0.5, Classes(THREE.names, "outage"), labels, probs)
+    assert metrics.choose_threshold(None, Classes(THREE.names, "outage"), labels, probs) == (
+        None,
+        None,
+    )
