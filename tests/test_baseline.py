@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO, run_stage, sms_collection
 
 from spamgpt import baseline, data, metrics, paths
+from spamgpt.labels import Classes
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,9 @@ def test_stage_writes_baseline_json(tmp_path: Path, splits: dict[str, pd.DataFra
     (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
     for name, part in splits.items():
         data.write_split(part, tmp_path / paths.split_file(name))
+    (tmp_path / "metrics").mkdir()
+    classes = {"labels": ["ham", "spam"], "positive_label": "spam"}  # as the split stage tells
+    (tmp_path / paths.DATA_METRICS).write_text(json.dumps(classes))
     stage = run_stage("baseline", tmp_path)
     _, stderr = stage.communicate(timeout=60)
     assert stage.returncode == 0, stderr
@@ -72,3 +76,19 @@ def test_stage_writes_baseline_json(tmp_path: Path, splits: dict[str, pd.DataFra
     assert written["threshold"] == baseline.THRESHOLD
     assert set(written) == {"threshold", "val", "test"}
     assert written["test"]["accuracy"] > 0.9
+
+
+def test_three_classes_get_scores_that_pick_the_svm_decision() -> None:
+    rows = [("billing", f"refund invoice {i}") for i in range(30)]
+    rows += [("outage", f"site down error {i}") for i in range(30)]
+    rows += [("sales", f"price discount seats {i}") for i in range(30)]
+    frame = pd.DataFrame(rows, columns=["label", "text"])
+    classes = Classes(("billing", "outage", "sales"))
+    model = baseline.fit(frame, classes)
+    texts = ["refund my invoice", "the site is down", "a discount on seats"]
+    scores = baseline.probabilities(model, texts)
+    assert scores.shape == (3, 3)
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(scores.argmax(axis=1), model.predict(texts))
+    assert classes.named(scores.argmax(axis=1)) == ["billing", "outage", "sales"]
+    assert baseline.threshold_for(classes) is None
