@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import torch
-from mlflow.models import Model, infer_signature
+import pydantic
+from mlflow.models import Model
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
 
@@ -30,6 +30,17 @@ ARTIFACT = "classifier"
 # What spamgpt.classifier imports (sklearn and tqdm by way of spamgpt.data and spamgpt.trunk).
 REQUIREMENTS = ("torch", "tiktoken", "safetensors", "numpy", "pandas", "scikit-learn", "tqdm")
 INPUT_EXAMPLE = ["FREE entry to win a prize, txt WIN to 80086", "see you at 7"]
+
+
+class Prediction(pydantic.BaseModel):
+    """One message's answer (classifier.answers); MLflow derives the output signature from
+    these fields. The positive class's probability, `spam_probability` for SMS, is an extra
+    field named after the class; the classes are in the model's metadata."""
+
+    model_config = pydantic.ConfigDict(extra="allow")
+    label: str
+    probability: float
+    probabilities: dict[str, float]
 
 
 class SpamClassifierModel(PythonModel):
@@ -54,20 +65,19 @@ class SpamClassifierModel(PythonModel):
         # pickles it: keep a second copy of the weights out of python_model.pkl.
         return {}
 
-    # MLflow turns a one-column DataFrame into a list from this hint; the output's signature
-    # is inferred from the answers to the input example (it carries the class names).
+    # MLflow infers the signature from these hints and turns a one-column DataFrame into a list.
     def predict(
         self,
         context: PythonModelContext,
         model_input: list[str],
         params: dict[str, Any] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[Prediction]:
         if not model_input:  # classify_texts needs at least one message
             return []
         probs, _ = classifier.classify_texts(
             self.model, self.enc, model_input, self.max_length, self.device, self.precision
         )
-        return classifier.answers(probs, self.classes, self.threshold)
+        return [Prediction(**a) for a in classifier.answers(probs, self.classes, self.threshold)]
 
 
 def log_model(
@@ -83,13 +93,6 @@ def log_model(
     if threshold is not None and not 0 < threshold < 1:
         raise SpamGPTError(f"threshold must be between 0 and 1, got {threshold}")
     model, meta = classifier.load(finetuned_dir, pretrained_root)
-    enc = tokenizer.load(finetuned_dir)
-    cpu = torch.device("cpu")
-    probs, _ = classifier.classify_texts(model, enc, INPUT_EXAMPLE, meta["max_length"], cpu, "fp32")
-    # The output's schema from real answers: it names every class.
-    signature = infer_signature(
-        INPUT_EXAMPLE, classifier.answers(probs, classifier.classes_of(meta), threshold)
-    )
     # The installed versions, without local labels such as +cpu that PyPI does not serve.
     pins = [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
     client = MlflowClient()
@@ -114,7 +117,7 @@ def log_model(
             artifacts={ARTIFACT: str(folder)},
             code_paths=[str(Path(spamgpt.__file__).parent)],
             input_example=INPUT_EXAMPLE,
-            signature=signature,
+            metadata=classifier.classes_of(meta).to_dict(),  # the class names, in order
             model_config={"threshold": threshold, "device": "auto"},
             pip_requirements=pins,
             registered_model_name=registered_model_name,

@@ -16,7 +16,7 @@ import yaml
 from conftest import run_stage, sms_collection
 from fileserver import Faults, serve
 
-from spamgpt import __version__, download
+from spamgpt import __version__, download, paths
 from spamgpt.download import DownloadError, fetch, sha256_file
 
 SIZE = 200_000
@@ -353,7 +353,7 @@ def test_download_data_stage_falls_back_to_data_mirrors(
         stage = run_stage("download_data", work)
         _, err = stage.communicate(timeout=120)
     assert stage.returncode == 0, err[-3000:]
-    assert (work / "data/raw/SMSSpamCollection").read_bytes() == member
+    assert (work / paths.RAW_DATA).read_bytes() == member
     asked = [r.path for r in faults.requests]
     expected = ["/primary/sms.zip"] if primary_works else ["/primary/sms.zip", "/mirror/sms.zip"]
     assert asked == expected

@@ -151,7 +151,7 @@ def test_a_threshold_with_three_classes_and_a_positive_one_is_refused(project) -
     params["data"].update(labels=CLASSES, positive_label="outage")
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], path, check=False)
-    assert out.returncode != 0 and ran_stages(out.stdout) == ["download_data"]
+    assert out.returncode != 0 and ran_stages(out.stdout) == ["split"]  # the first that reads it
     assert (
         "error: evaluate.threshold: a threshold applies to two classes only, the data has 3; "
         "allowed: null (the most probable class)"

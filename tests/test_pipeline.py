@@ -153,7 +153,7 @@ def test_mlflow_run_has_everything(project, mlflow_client):
     with restored_tracking_uri():
         mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
         served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")  # logged by evaluate
-    assert [p["label"] for p in served.predict(["see you at 7"])] in (["ham"], ["spam"])
+    assert [p.label for p in served.predict(["see you at 7"])] in (["ham"], ["spam"])
     inputs = run_.inputs.dataset_inputs
     assert inputs and inputs[0].dataset.digest == run_.data.tags["data_sha256"][:36]
 

@@ -129,10 +129,11 @@ def test_loaded_model_predicts_like_the_cli(logged: Logged) -> None:
     model = mlflow.pyfunc.load_model(logged.uri)
     predictions = model.predict(MESSAGES)
     expected = classify_cli(logged, MESSAGES)
-    assert [p["label"] for p in predictions] == ["spam", "ham"]
+    assert [p.label for p in predictions] == ["spam", "ham"]
     for p, e in zip(predictions, expected, strict=True):
-        assert p["spam_probability"] == pytest.approx(e["spam_probability"], abs=1e-4)
-        assert p["label"] == e["label"]
+        assert p.spam_probability == pytest.approx(e["spam_probability"], abs=1e-4)
+        assert p.label == e["label"]
+        assert p.probabilities == pytest.approx(e["probabilities"], abs=1e-4)
     # A one-column DataFrame (mlflow.evaluate, spark_udf) gets the same answers.
     assert model.predict(pd.DataFrame({"text": MESSAGES})) == predictions
     assert model.predict([]) == []
@@ -163,3 +164,10 @@ def test_registered_version_predicts_the_same(logged: Logged) -> None:
     assert (version.version, version.run_id) == (1, logged.run_id)
     registered = mlflow.pyfunc.load_model(f"models:/{REGISTERED}/1").predict(MESSAGES)
     assert registered == mlflow.pyfunc.load_model(logged.uri).predict(MESSAGES)
+
+
+def test_model_names_its_classes_in_its_metadata(logged: Logged) -> None:
+    info = mlflow.models.get_model_info(logged.uri)
+    assert info.metadata == {"labels": ["ham", "spam"], "positive_label": "spam"}
+    fields = json.dumps(info.signature.outputs.to_dict())
+    assert all(f'"{name}"' in fields for name in ("label", "probability", "probabilities"))
