@@ -132,15 +132,7 @@ def _install_local(source: str, dest: Path, *, expected: str | None, member: str
     path = local_source(source)
     if not path.is_file():
         raise _UrlFailed("no such file")
-    with atomic_path(dest) as tmp:
-        if member is None:
-            shutil.copyfile(path, tmp)
-        else:
-            _extract(path, member, tmp)
-        digest = sha256_file(tmp)
-        if expected is not None and digest != expected:
-            raise _UrlFailed(f"sha256 mismatch: got {digest}, expected {expected}")
-    return digest
+    return _install(path, dest, expected=expected, member=member, move=False)
 
 
 def _fetch_from(
@@ -252,56 +244,44 @@ def _stream(url: str, part: Path, *, timeout: float, desc: str) -> None:
         raise _Transient(f"connection closed after {size} of {total} bytes")
 
 
-def _install(part: Path, dest: Path, *, expected: str | None, member: str | None) -> str:
-    """Verify the download (or its archive member), move it onto `dest`; return its hash."""
-    if member is not None and not (zipfile.is_zipfile(part) or tarfile.is_tarfile(part)):
-        raise _UrlFailed(_not_an_archive(part))
+def _install(
+    source: Path, dest: Path, *, expected: str | None, member: str | None, move: bool = True
+) -> str:
+    """Verify `source` (or its archive member) and put it at `dest`, moved (a download) or
+    copied (the user's own file); return its hash."""
     with atomic_path(dest) as tmp:
-        if member is None:
-            os.replace(part, tmp)
+        if member is not None:
+            _extract(source, member, tmp)
+        elif move:
+            os.replace(source, tmp)
         else:
-            _extract(part, member, tmp)
+            shutil.copyfile(source, tmp)
         digest = sha256_file(tmp)
         if expected is not None and digest != expected:
             raise _UrlFailed(f"sha256 mismatch: got {digest}, expected {expected}")
-    part.unlink(missing_ok=True)
+    if move:
+        source.unlink(missing_ok=True)
     return digest
 
 
 def _extract(archive: Path, member: str, out: Path) -> None:
     """`member` of a zip or tar (.tar.gz, .tar.bz2, .tar.xz) archive into `out`."""
-    if zipfile.is_zipfile(archive):
-        return _extract_zip(archive, member, out)
-    if not tarfile.is_tarfile(archive):
+    kind = "zip" if zipfile.is_zipfile(archive) else "tar" if tarfile.is_tarfile(archive) else None
+    if kind is None:
         raise _UrlFailed(_not_an_archive(archive))
     try:
-        with tarfile.open(archive) as tf:
-            try:
-                info = tf.getmember(member)
-            except KeyError:
-                names = ", ".join(tf.getnames()[:10]) or "nothing"
-                raise _UrlFailed(f"tar archive has no member {member!r} (it has {names})") from None
-            src = tf.extractfile(info)
+        with zipfile.ZipFile(archive) if kind == "zip" else tarfile.open(archive) as files:
+            names = files.namelist() if kind == "zip" else files.getnames()
+            if member not in names:
+                shown = ", ".join(names[:10]) or "nothing"
+                raise _UrlFailed(f"{kind} archive has no member {member!r} (it has {shown})")
+            src = files.open(member) if kind == "zip" else files.extractfile(member)
             if src is None:
                 raise _UrlFailed(f"tar member {member!r} is not a file")
             with src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst, CHUNK_SIZE)
-    except (tarfile.TarError, zlib.error, EOFError, OSError) as e:
-        raise _UrlFailed(f"corrupt or unsupported tar archive: {e}") from e
-
-
-def _extract_zip(archive: Path, member: str, out: Path) -> None:
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            try:
-                info = zf.getinfo(member)
-            except KeyError:
-                names = ", ".join(zf.namelist()[:10]) or "nothing"
-                raise _UrlFailed(f"zip archive has no member {member!r} (it has {names})") from None
-            with zf.open(info) as src, open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst, CHUNK_SIZE)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
-        raise _UrlFailed(f"corrupt or unsupported zip archive: {e}") from e
+    except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, NotImplementedError) as e:
+        raise _UrlFailed(f"corrupt or unsupported {kind} archive: {e}") from e
 
 
 def _not_an_archive(path: Path) -> str:

@@ -214,6 +214,23 @@ def error_line(stderr: str) -> str:
     return errors[0]
 
 
+def paused_in_epoch(project: Path, epoch: int, reset: Callable[[], object]) -> Stage:
+    """finetune started and paused in the middle of `epoch`. An epoch lasts ~0.1 s: when the
+    poll sees it too late, that attempt is killed, `reset()` puts back what the next needs,
+    and training starts again."""
+    for _ in range(5):
+        proc = finetune(project)
+        proc.wait_for(lambda proc=proc: proc.last_step() >= (epoch, 1, 0))
+        proc.pause()
+        proc.drain()
+        if proc.in_epoch(epoch):
+            return proc
+        proc.signal(signal.SIGKILL)
+        proc.finish()
+        reset()
+    pytest.fail(f"five attempts missed the middle of epoch {epoch}")
+
+
 @pytest.fixture(scope="module")
 def story(wide_mirror: Mirror, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Drive the project through every interruption in turn; record what each left behind.
@@ -251,16 +268,7 @@ def story(wide_mirror: Mirror, tmp_path_factory: pytest.TempPathFactory) -> dict
 
     # SIGINT in the middle of epoch 2. An epoch lasts ~0.1 s: when the poll sees it too late,
     # that attempt is killed and training starts again without its checkpoint.
-    for _ in range(5):
-        proc = finetune(project)
-        proc.wait_for(lambda proc=proc: proc.last_step() >= (2, 1, 0))
-        proc.pause()
-        proc.drain()
-        if proc.in_epoch(2):
-            break
-        proc.signal(signal.SIGKILL)
-        proc.finish()
-        shutil.rmtree(project / CHECKPOINT.parent)
+    proc = paused_in_epoch(project, 2, lambda: shutil.rmtree(project / CHECKPOINT.parent))
     proc.signal(signal.SIGINT)
     proc.signal(signal.SIGCONT)
     seen["sigint"] = (*proc.finish(), checkpoint_state(project))
@@ -291,16 +299,7 @@ def story(wide_mirror: Mirror, tmp_path_factory: pytest.TempPathFactory) -> dict
     # sees the epoch too late is killed and the checkpoint put back; the steps it logged are
     # in the store once, as after any kill -9.
     resume_from = (project / CHECKPOINT).read_bytes()
-    for _ in range(5):
-        (project / CHECKPOINT).write_bytes(resume_from)
-        proc = finetune(project)
-        proc.wait_for(lambda proc=proc: proc.last_step() >= (3, 1, 0))
-        proc.pause()
-        proc.drain()
-        if proc.in_epoch(3):
-            break
-        proc.signal(signal.SIGKILL)
-        proc.finish()
+    proc = paused_in_epoch(project, 3, lambda: (project / CHECKPOINT).write_bytes(resume_from))
     proc.signal(signal.SIGTERM)
     proc.signal(signal.SIGCONT)
     seen["sigterm"] = (*proc.finish(), checkpoint_state(project))
@@ -369,27 +368,20 @@ def test_ctrl_c_during_the_trunk_pass(story: dict) -> None:
     assert story["after_trunk"] == ["trunk", "finetune", "evaluate"]
 
 
-def test_sigint_mid_epoch_saves_a_checkpoint_and_ends_the_run_killed(story: dict) -> None:
-    returncode, stderr, state = story["sigint"]
+@pytest.mark.parametrize(("name", "epoch"), [("SIGINT", 2), ("SIGTERM", 3)])
+def test_signal_mid_epoch_saves_a_checkpoint_and_ends_the_run_killed(
+    story: dict, name: str, epoch: int
+) -> None:
+    returncode, stderr, state = story[name.lower()]
     assert returncode == 130
     assert re.fullmatch(
-        r"error: SIGINT at step (\d+): checkpoint saved; re-run to resume", error_line(stderr)
+        rf"error: {name} at step (\d+): checkpoint saved; re-run to resume", error_line(stderr)
     )
-    assert state["epoch"] == 1 and state["batch"] >= 1  # in the middle of epoch 2
+    assert state["epoch"] == epoch - 1 and state["batch"] >= 1  # in the middle of `epoch`
     assert f"step {state['step']}:" in stderr
-    assert story["sigint_status"] == "KILLED"
-
-
-def test_sigterm_mid_epoch_saves_a_checkpoint_and_ends_the_run_killed(story: dict) -> None:
-    returncode, stderr, state = story["sigterm"]
-    assert returncode == 130
-    assert re.fullmatch(
-        r"error: SIGTERM at step (\d+): checkpoint saved; re-run to resume", error_line(stderr)
-    )
-    assert state["epoch"] == 2 and state["batch"] >= 1  # in the middle of epoch 3
-    assert state["step"] > story["sigint"][2]["step"]  # resumed from the SIGINT checkpoint
-    assert f"step {state['step']}:" in stderr
-    assert story["sigterm_status"] == "KILLED"
+    assert story[f"{name.lower()}_status"] == "KILLED"
+    if name == "SIGTERM":
+        assert state["step"] > story["sigint"][2]["step"]  # resumed from the SIGINT checkpoint
 
 
 def test_nan_loss_names_the_step_and_keeps_the_checkpoint(story: dict) -> None:
