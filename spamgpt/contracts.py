@@ -1,11 +1,11 @@
 """What one stage tells the next, each file written by one function and read by one.
 
-download_weights -> finetune: the weights' hash (metrics/weights.json); split -> finetune:
-the data's hash and counts (metrics/data.json); loaders -> finetune: max_length and the pad
-id (metrics/loaders.json); trunk -> finetune, evaluate: how many blocks the cache skips
-(data/trunk/info.json); finetune -> evaluate: its MLflow run (models/mlflow_run.json);
-baseline -> evaluate: its scores (metrics/baseline.json); evaluate -> classify: the threshold
-(metrics/eval.json).
+download_weights -> finetune, evaluate: the weights' identity and hash (metrics/weights.json);
+split -> finetune: the data's hash and counts (metrics/data.json); loaders -> finetune:
+max_length and the pad id (metrics/loaders.json); trunk -> finetune, evaluate: how many
+blocks the cache skips (data/trunk/info.json); finetune -> evaluate: its MLflow run
+(models/mlflow_run.json); baseline -> evaluate: its scores (metrics/baseline.json);
+evaluate -> classify: the threshold (metrics/eval.json).
 """
 
 import json
@@ -20,15 +20,21 @@ def _read(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def write_weights(repo_id: str, revision: str, files: dict[str, dict]) -> None:
+def write_weights(repo_id: str, revision: str, files: dict[str, dict], hub_url: str) -> None:
     atomic.write_json(
-        paths.WEIGHTS_METRICS, {"repo_id": repo_id, "revision": revision, "files": files}
+        paths.WEIGHTS_METRICS,
+        {"repo_id": repo_id, "revision": revision, "hub_url": hub_url, "files": files},
     )
 
 
 def read_weights_sha256() -> str:
     """The sha256 of the pretrained model.safetensors."""
     return _read(paths.WEIGHTS_METRICS)["files"]["model.safetensors"]["sha256"]
+
+
+def read_weights() -> dict:
+    """metrics/weights.json: repo_id, revision, hub_url, and each file's sha256."""
+    return _read(paths.WEIGHTS_METRICS)
 
 
 def write_data_report(report: dict) -> None:

@@ -22,13 +22,15 @@ def log_run_inputs(run: Run, params: Params, data_report: dict) -> None:
     run.log_artifact(PARAMS_FILE)
 
 
-def write_model(run: Run, trainer: Trainer, m: ModelParams) -> None:
-    """After training: the best and the last epoch's trained tensors (files and artifacts),
-    the model folder of the best epoch, and the pointer to its MLflow run."""
+def write_model(run: Run, trainer: Trainer, m: ModelParams, log_checkpoints: bool = True) -> None:
+    """After training: the best and the last epoch's trained tensors (files, and artifacts
+    unless `log_checkpoints` is false), the model folder of the best epoch, and the pointer
+    to its MLflow run."""
     best = trainer.state.best_weights
     for name, weights in (("best", best), ("last", trainer.trained_weights())):
         classifier.save_tensors(weights, paths.checkpoint_weights(name))
-        run.log_artifact(paths.checkpoint_weights(name), "checkpoints")
+        if log_checkpoints:
+            run.log_artifact(paths.checkpoint_weights(name), "checkpoints")
     names, tokens = list(trainer.trained), contracts.read_tokenization()
     classifier.export(trainer.model, best, names, m, tokens, paths.FINETUNED_DIR)
     contracts.write_mlflow_run(run.run_id)

@@ -8,7 +8,6 @@ from spamgpt import (
     paths,
     results,
     runtime,
-    serving,
     stage,
     tracking,
 )
@@ -43,8 +42,22 @@ def main(params: Params) -> None:
     with tracking.Run.open(params.mlflow.experiment, contracts.read_mlflow_run()) as run:
         results.log_evaluation(run, reports, baseline, threshold, best_val_threshold, curves)
         if params.mlflow.log_model:
+            from spamgpt import serving  # mlflow.pyfunc: only where a model is logged
+
+            weights = contracts.read_weights()
+            base = serving.BaseWeights(
+                weights["repo_id"],
+                weights["revision"],
+                weights["files"]["model.safetensors"]["sha256"],
+                weights["hub_url"],
+            )
             serving.log_model(
-                run.run_id, paths.FINETUNED_DIR, threshold, params.mlflow.registered_model
+                run.run_id,
+                paths.FINETUNED_DIR,
+                threshold,
+                params.mlflow.registered_model,
+                base=base,
+                full=params.mlflow.log_model == "full",
             )
 
 

@@ -158,14 +158,24 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def http_service(
-    command: Callable[[int], list[str]], ready_path: str, env: dict[str, str], log: Path
+    command: Callable[[int], list[str]],
+    ready_path: str,
+    env: dict[str, str],
+    log: Path,
+    cwd: Path | None = None,
 ) -> Iterator[str]:
-    """Run `command(port)` on a free 127.0.0.1 port, in its own process group (its workers die
-    with it), output to `log`; yield its base URL once GET `ready_path` answers; then stop it."""
+    """Run `command(port)` on a free 127.0.0.1 port (in `cwd`), in its own process group (its
+    workers die with it), output to `log`; yield its base URL once GET `ready_path` answers;
+    then stop it."""
     port = free_port()
     with log.open("w") as out:
         proc = subprocess.Popen(
-            command(port), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command(port),
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     try:
