@@ -39,9 +39,10 @@ def main(params: Params) -> None:
         reports, threshold, best_val_threshold, baseline, probs["test"], curves
     )
 
-    with tracking.Run.open(params.mlflow.experiment, contracts.read_mlflow_run()) as run:
+    mlf = params.mlflow
+    with tracking.Run.open(mlf.experiment, contracts.read_mlflow_run()) as run:
         results.log_evaluation(run, reports, baseline, threshold, best_val_threshold, curves)
-        if params.mlflow.log_model:
+        if mlf.log_model:
             from spamgpt import serving  # mlflow.pyfunc: only where a model is logged
 
             weights = contracts.read_weights()
@@ -55,10 +56,13 @@ def main(params: Params) -> None:
                 run.run_id,
                 paths.FINETUNED_DIR,
                 threshold,
-                params.mlflow.registered_model,
+                mlf.registered_model,
                 base=base,
-                full=params.mlflow.log_model == "full",
+                full=mlf.log_model == "full",
             )
+        if mlf.log_checkpoints:
+            light = mlf.log_model is True and mlf.registered_model is None
+            results.log_best_checkpoint(run, light_model_logged=light)
 
 
 if __name__ == "__main__":

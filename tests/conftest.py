@@ -229,14 +229,13 @@ def tiny_params(mirror: Mirror, **overrides: dict) -> dict:
 def make_project(path: Path, params: dict) -> Path:
     """A fresh git + DVC project holding this repository's pipeline and the given params."""
     path.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "stages", "spamgpt"):
+    for name in ("dvc.yaml", ".gitignore", "stages", "spamgpt"):
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(src, path / name)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (path / ".gitignore").write_text("mlflow.db\nmlflow.db.lock\nmlartifacts/\n__pycache__/\n")
     run(["git", "init", "-q"], path)
     run(["dvc", "init", "-q"], path)
     run(["git", "add", "-A"], path)
