@@ -113,13 +113,20 @@ def resolve_base(base: BaseWeights) -> Path:
     return cached
 
 
+# A model log_model was handed, by the folder it logs: MLflow's run of the input example at
+# log time (load_context, then predict) takes it instead of loading the folder once more.
+_HANDED: dict[str, tuple[classifier.GPT2Classifier, dict]] = {}
+
+
 class SpamClassifierModel(PythonModel):
     """P(spam) of each message, and its label at the threshold logged in model_config."""
 
     def load_context(self, context: PythonModelContext) -> None:
         folder = Path(context.artifacts[ARTIFACT])
         base_file = folder / BASE_JSON
-        if base_file.exists():  # a light model: the base weights come from elsewhere
+        if str(folder) in _HANDED:
+            self.model, meta = _HANDED.pop(str(folder))
+        elif base_file.exists():  # a light model: the base weights come from elsewhere
             base = BaseWeights(**json.loads(base_file.read_text(encoding="utf-8")))
             self.model, meta = classifier.load(folder, resolve_base(base))
         else:
@@ -171,12 +178,14 @@ def log_model(
     pretrained_root: str | os.PathLike = paths.PRETRAINED_DIR,
     base: BaseWeights | None = None,
     full: bool = False,
+    loaded: tuple[classifier.GPT2Classifier, dict] | None = None,
 ) -> str:
     """Log the classifier in `finetuned_dir` as model "model" of run `run_id` (and register it
     under `registered_model_name`); returns the model's runs:/ URI. Light (the trained
     tensors and `base`, the identity of the weights under them) unless `full` or registered,
-    or the folder already holds every tensor. The run is named, not started: its status stays
-    as it was."""
+    or the folder already holds every tensor. `loaded`: classifier.load(finetuned_dir), if
+    the caller has it, saves loading it again. The run is named, not started: its status
+    stays as it was."""
     if not 0 < threshold < 1:
         raise SpamGPTError(f"threshold must be between 0 and 1, got {threshold}")
     finetuned_dir = Path(finetuned_dir)
@@ -192,22 +201,27 @@ def log_model(
     )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / ARTIFACT  # the name it keeps inside the model's artifacts
-        _model_folder(finetuned_dir, folder, pretrained_root, base, full)
-        Model.log(
-            artifact_path=None,  # MLflow 3 names a model instead
-            name="model",
-            flavor=_PYFUNC_UNVALIDATED,
-            run_id=run_id,
-            model_id=logged.model_id,
-            python_model=str(MODEL_CODE),
-            artifacts={ARTIFACT: str(folder)},
-            code_paths=[str(Path(spamgpt.__file__).parent)],
-            input_example=INPUT_EXAMPLE,
-            model_config={"threshold": threshold, "device": "auto"},
-            pip_requirements=pins,
-            registered_model_name=registered_model_name,
-            validate_serving_input=False,
-        )
+        loaded = _model_folder(finetuned_dir, folder, pretrained_root, base, full, loaded)
+        if loaded is not None:
+            _HANDED[str(folder)] = loaded
+        try:
+            Model.log(
+                artifact_path=None,  # MLflow 3 names a model instead
+                name="model",
+                flavor=_PYFUNC_UNVALIDATED,
+                run_id=run_id,
+                model_id=logged.model_id,
+                python_model=str(MODEL_CODE),
+                artifacts={ARTIFACT: str(folder)},
+                code_paths=[str(Path(spamgpt.__file__).parent)],
+                input_example=INPUT_EXAMPLE,
+                model_config={"threshold": threshold, "device": "auto"},
+                pip_requirements=pins,
+                registered_model_name=registered_model_name,
+                validate_serving_input=False,
+            )
+        finally:
+            _HANDED.pop(str(folder), None)
     return f"runs:/{run_id}/model"
 
 
@@ -217,19 +231,21 @@ def _model_folder(
     pretrained_root: str | os.PathLike,
     base: BaseWeights | None,
     full: bool,
-) -> None:
-    """The model's artifact folder: models/finetuned as it is plus base.json (light), or a
-    self-contained copy with every tensor (full)."""
+    loaded: tuple[classifier.GPT2Classifier, dict] | None,
+) -> tuple[classifier.GPT2Classifier, dict] | None:
+    """Write the model's artifact folder: models/finetuned as it is plus base.json (light),
+    or a self-contained copy with every tensor (full). Returns the model if it has it."""
     meta = json.loads((finetuned_dir / classifier.CLASSIFIER_JSON).read_text(encoding="utf-8"))
     if meta["full"]:  # a randomly initialised base: the folder already holds everything
         full, base = False, None
     if full:
         dest.mkdir()
-        model, meta = classifier.load(finetuned_dir, pretrained_root)
-        classifier.save(model, dest, meta, finetuned_dir, full=True)
-        return
+        loaded = loaded or classifier.load(finetuned_dir, pretrained_root)
+        classifier.save(loaded[0], dest, loaded[1], finetuned_dir, full=True)
+        return loaded
+    if base is None and not meta["full"]:
+        raise SpamGPTError("a light model needs the identity of its base weights")
     shutil.copytree(finetuned_dir, dest)
     if base is not None:
         (dest / BASE_JSON).write_text(json.dumps(dataclasses.asdict(base), indent=2) + "\n")
-    elif not meta["full"]:
-        raise SpamGPTError("a light model needs the identity of its base weights")
+    return loaded

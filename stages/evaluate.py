@@ -22,12 +22,11 @@ def main(params: Params) -> None:
     frozen = contracts.read_frozen_blocks()
     splits = {s: Split.read(s, frozen) for s in ("val", "test")}
     labels = {s: split.labels.numpy() for s, split in splits.items()}
-    model, _ = classifier.load(paths.FINETUNED_DIR)
+    model, meta = classifier.load(paths.FINETUNED_DIR)
     probs = {
         s: classifier.class_probabilities(model.to(device), split.inputs, device, precision).numpy()
         for s, split in splits.items()
     }
-    del model  # logging the MLflow model loads its own copies: one at a time
     best_val_threshold = metrics.best_threshold(labels["val"], probs["val"][:, POSITIVE])
     threshold = params.evaluate.threshold
     if threshold == "auto":
@@ -59,6 +58,7 @@ def main(params: Params) -> None:
                 mlf.registered_model,
                 base=base,
                 full=mlf.log_model == "full",
+                loaded=(model, meta),  # MLflow runs the input example on it: no second load
             )
         if mlf.log_checkpoints:
             light = mlf.log_model is True and mlf.registered_model is None

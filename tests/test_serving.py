@@ -190,7 +190,27 @@ def test_model_is_logged_as_code_not_pickled(logged: Logged, which: str) -> None
     assert "mlflow_model.py" in names and "python_model.pkl" not in names
     mlmodel = download(model_id, "MLmodel").read_text()
     assert "model_code_path" in mlmodel and "python_model.pkl" not in mlmodel
+    assert "signature:" in mlmodel and "saved_input_example_info" in mlmodel
     assert model_files(model_id, "code") == {"spamgpt"}
+
+
+def test_log_model_loads_no_second_copy_of_a_model_it_is_handed(
+    logged: Logged, monkeypatch
+) -> None:
+    """evaluate has the model in memory: MLflow's run of the input example uses it, so
+    logging reads no weights (no load, no hash of the base)."""
+    loaded = classifier.load(logged.finetuned, logged.pretrained)
+    calls = []
+    load, sha = classifier.load, serving.sha256_file
+    monkeypatch.setattr(classifier, "load", lambda *a, **k: calls.append("load") or load(*a, **k))
+    monkeypatch.setattr(serving, "sha256_file", lambda p: calls.append("hash") or sha(p))
+    client = MlflowClient()
+    run_id = client.create_run(client.get_run(logged.run_id).info.experiment_id).info.run_id
+    serving.log_model(run_id, logged.finetuned, THRESHOLD, base=logged.base, loaded=loaded)
+    assert calls == []
+    serving.log_model(run_id, logged.finetuned, THRESHOLD, base=logged.base)
+    assert calls == ["hash", "load"]  # not handed: MLflow's check loads it
+    assert serving._HANDED == {}
 
 
 def test_log_model_leaves_a_running_run_running(logged: Logged) -> None:
