@@ -32,9 +32,12 @@ def read_weights_sha256() -> str:
     return _read(paths.WEIGHTS_METRICS)["files"]["model.safetensors"]["sha256"]
 
 
-def read_weights() -> dict:
-    """metrics/weights.json: repo_id, revision, hub_url, and each file's sha256."""
-    return _read(paths.WEIGHTS_METRICS)
+def read_base_weights() -> dict[str, str]:
+    """The pretrained weights' identity: repo_id, revision, sha256 (of model.safetensors),
+    hub_url."""
+    report = _read(paths.WEIGHTS_METRICS)
+    sha256 = report["files"]["model.safetensors"]["sha256"]
+    return {k: report[k] for k in ("repo_id", "revision", "hub_url")} | {"sha256": sha256}
 
 
 def write_data_report(report: dict) -> None:

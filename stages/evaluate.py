@@ -44,22 +44,12 @@ def main(params: Params) -> None:
         if mlf.log_model:
             from spamgpt import serving  # mlflow.pyfunc: only where a model is logged
 
-            weights = contracts.read_weights()
-            base = serving.BaseWeights(
-                weights["repo_id"],
-                weights["revision"],
-                weights["files"]["model.safetensors"]["sha256"],
-                weights["hub_url"],
-            )
+            base = serving.BaseWeights(**contracts.read_base_weights())
+            full = mlf.log_model == "full"  # MLflow runs the input example on `loaded`
             serving.log_model(
-                run.run_id,
-                paths.FINETUNED_DIR,
-                threshold,
-                mlf.registered_model,
-                base=base,
-                full=mlf.log_model == "full",
-                loaded=(model, meta),  # MLflow runs the input example on it: no second load
-            )
+                run.run_id, paths.FINETUNED_DIR, threshold, mlf.registered_model,
+                base=base, full=full, loaded=(model, meta),
+            )  # fmt: skip
         if mlf.log_checkpoints:
             light = mlf.log_model is True and mlf.registered_model is None
             results.log_best_checkpoint(run, light_model_logged=light)
