@@ -1,9 +1,9 @@
 """What one stage tells the next, each file written by one function and read by one.
 
-download_weights -> finetune: the weights' hash (metrics/weights.json); split -> finetune:
-the data's hash and counts (metrics/data.json), which also tells loaders, baseline and
-evaluate the classes; loaders -> finetune: max_length and the pad
-id (metrics/loaders.json); trunk -> finetune, evaluate: how many blocks the cache skips
+download_weights -> finetune, evaluate: the weights' identity and hash (metrics/weights.json);
+split -> finetune: the data's hash and counts (metrics/data.json), which also tells loaders,
+baseline and evaluate the classes; loaders -> finetune: max_length and the pad id
+(metrics/loaders.json); trunk -> finetune, evaluate: how many blocks the cache skips
 (data/trunk/info.json); finetune -> evaluate: its MLflow run (models/mlflow_run.json);
 baseline -> evaluate: its scores (metrics/baseline.json); evaluate -> classify: the threshold
 (metrics/eval.json).
@@ -22,15 +22,24 @@ def _read(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def write_weights(repo_id: str, revision: str, files: dict[str, dict]) -> None:
+def write_weights(repo_id: str, revision: str, files: dict[str, dict], hub_url: str) -> None:
     atomic.write_json(
-        paths.WEIGHTS_METRICS, {"repo_id": repo_id, "revision": revision, "files": files}
+        paths.WEIGHTS_METRICS,
+        {"repo_id": repo_id, "revision": revision, "hub_url": hub_url, "files": files},
     )
 
 
 def read_weights_sha256() -> str:
     """The sha256 of the pretrained model.safetensors."""
     return _read(paths.WEIGHTS_METRICS)["files"]["model.safetensors"]["sha256"]
+
+
+def read_base_weights() -> dict[str, str]:
+    """The pretrained weights' identity: repo_id, revision, sha256 (of model.safetensors),
+    hub_url."""
+    report = _read(paths.WEIGHTS_METRICS)
+    sha256 = report["files"]["model.safetensors"]["sha256"]
+    return {k: report[k] for k in ("repo_id", "revision", "hub_url")} | {"sha256": sha256}
 
 
 def write_data_report(report: dict) -> None:

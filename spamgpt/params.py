@@ -162,7 +162,8 @@ class EvaluateParams:
 @dataclass(frozen=True)
 class MlflowParams:
     experiment: str = _rule(pattern=r"\S.*", what="a non-empty name")
-    log_model: bool = _rule()
+    log_model: bool | Literal["full"] = _rule()  # true: light (trained tensors), full: all
+    log_checkpoints: bool = _rule()  # the best and last trained tensors as run artifacts
     registered_model: str | None = _rule(pattern=r"[\w.-]+", what="a model name or null")
 
 

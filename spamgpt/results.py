@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from spamgpt import atomic, classifier, contracts, data, metrics, paths
+from spamgpt import atomic, classifier, contracts, data, download, metrics, paths
 from spamgpt.labels import Classes
 from spamgpt.params import PARAMS_FILE, ModelParams, Params, flatten
 from spamgpt.tracking import Run
@@ -26,16 +26,29 @@ def log_run_inputs(run: Run, params: Params, data_report: dict) -> None:
     run.log_dict({**classes.to_dict(), "metric_names": metric_names}, "labels.json")
 
 
-def write_model(run: Run, trainer: Trainer, m: ModelParams) -> None:
-    """After training: the best and the last epoch's trained tensors (files and artifacts),
-    the model folder of the best epoch, and the pointer to its MLflow run."""
+def write_model(run: Run, trainer: Trainer, m: ModelParams, log_checkpoints: bool = True) -> None:
+    """After training: the best and the last epoch's trained tensors (files; the last also as
+    an artifact unless `log_checkpoints` is false, the best is evaluate's to log), the model
+    folder of the best epoch, and the pointer to its MLflow run."""
     best = trainer.state.best_weights
     for name, weights in (("best", best), ("last", trainer.trained_weights())):
         classifier.save_tensors(weights, paths.checkpoint_weights(name))
-        run.log_artifact(paths.checkpoint_weights(name), "checkpoints")
+    if log_checkpoints:
+        run.log_artifact(paths.checkpoint_weights("last"), "checkpoints")
     names, tokens = list(trainer.trained), contracts.read_tokenization()
     classifier.export(trainer.model, best, names, m, trainer.classes, tokens, paths.FINETUNED_DIR)
     contracts.write_mlflow_run(run.run_id)
+
+
+def log_best_checkpoint(run: Run, light_model_logged: bool) -> None:
+    """checkpoints/best.safetensors into the run, unless the light MLflow model just logged
+    holds these very bytes (its model.safetensors is models/finetuned's, which is the best
+    epoch's trained tensors when nothing was merged into them): one copy, not two."""
+    best = paths.checkpoint_weights("best")
+    model = paths.FINETUNED_DIR / classifier.WEIGHTS
+    if light_model_logged and download.sha256_file(best) == download.sha256_file(model):
+        return
+    run.log_artifact(best, "checkpoints")
 
 
 def write_training(

@@ -1,8 +1,18 @@
 """The fine-tuned classifier as an MLflow pyfunc model: `mlflow models serve`, the registry.
 
-models/finetuned holds only the trained tensors and refers to models/pretrained/<repo_id> for
-the rest, so log_model() logs a self-contained copy (every tensor, the tokenizer files) and the
-spamgpt package as code: serving needs neither folder nor this repository.
+Two forms (params.yaml's mlflow.log_model):
+
+- light (`true`, the default): the model holds what was trained (models/finetuned as it is:
+  the trained tensors, classifier.json, the tokenizer files) and the identity of the base
+  weights (repo id, revision, hub URL, sha256 of model.safetensors). Loading it finds the base
+  in the workspace's models/pretrained/<repo_id> (under the current directory or the
+  repository root) if its hash matches, else downloads it from the hub into a cache folder
+  ($SPAMGPT_CACHE, default ~/.cache/spamgpt) and verifies it. A few MB per experiment.
+- full (`full`, or whenever the model is registered): every tensor; serving needs neither
+  the workspace nor the hub.
+
+The model is logged as code (python_model is spamgpt/mlflow_model.py, which sets a
+SpamClassifierModel): nothing is pickled. The spamgpt package goes with it.
 
     mlflow models serve -m runs:/<run_id>/model --env-manager local -p 5001
     curl -d '{"inputs": ["WIN a prize now", "see you at 7"]}' -H 'Content-Type: application/json' \
@@ -10,8 +20,12 @@ spamgpt package as code: serving needs neither folder nor this repository.
     {"predictions": [{"label": "spam", "spam_probability": 0.98}, ...]}
 """
 
+import dataclasses
+import json
 import os
+import shutil
 import tempfile
+import types
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -24,9 +38,16 @@ from mlflow.tracking import MlflowClient
 
 import spamgpt
 from spamgpt import classifier, paths, runtime, tokenizer
+from spamgpt.download import fetch, sha256_file
 from spamgpt.errors import SpamGPTError
+from spamgpt.hub import KNOWN_HASHES, file_url
 
 ARTIFACT = "classifier"
+BASE_JSON = "base.json"  # in a light model's artifact folder: which base weights it needs
+# The file MLflow runs to build the model (models from code): it calls mlflow.models.set_model.
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+CACHE_ENV = "SPAMGPT_CACHE"  # where light models keep base weights downloaded from the hub
+HUB_ENV = "SPAMGPT_HUB_URL"  # a hub (or mirror) to use instead of the one the model names
 # What spamgpt.classifier imports (sklearn and tqdm by way of spamgpt.data and spamgpt.trunk).
 REQUIREMENTS = ("torch", "tiktoken", "safetensors", "numpy", "pandas", "scikit-learn", "tqdm")
 INPUT_EXAMPLE = ["FREE entry to win a prize, txt WIN to 80086", "see you at 7"]
@@ -43,13 +64,77 @@ class Prediction(pydantic.BaseModel):
     probabilities: dict[str, float]
 
 
+@dataclasses.dataclass(frozen=True)
+class BaseWeights:
+    """The pretrained weights a light model is trained on top of."""
+
+    repo_id: str
+    revision: str
+    sha256: str  # of model.safetensors
+    hub_url: str
+
+    def describe(self) -> str:
+        return f"{self.repo_id}@{self.revision} (model.safetensors sha256 {self.sha256[:12]}...)"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "spamgpt")
+
+
+def resolve_base(base: BaseWeights) -> Path:
+    """A folder that holds <repo_id>/{config.json, model.safetensors} of exactly these
+    weights (classifier.load's pretrained_root): the workspace's models/pretrained when its
+    model.safetensors has the hash, else the cache, downloading into it from the hub.
+    Raises SpamGPTError, one line, when neither gives them."""
+    from spamgpt.tracking import repo_root
+
+    seen, tried = set(), []
+    for root in (Path.cwd(), repo_root()):
+        candidate = (root / paths.PRETRAINED_DIR).resolve()
+        weights = candidate / base.repo_id / classifier.WEIGHTS
+        if candidate in seen or not weights.is_file():
+            continue
+        seen.add(candidate)
+        if sha256_file(weights) == base.sha256:
+            return candidate
+        tried.append(f"{weights} holds other weights")
+    cached = cache_root() / base.revision
+    hub_url = os.environ.get(HUB_ENV) or base.hub_url
+    known = KNOWN_HASHES.get((base.repo_id, base.revision), {})
+    expected = {"config.json": known.get("config.json"), classifier.WEIGHTS: base.sha256}
+    try:
+        for name, sha in expected.items():
+            url = file_url(hub_url, base.repo_id, base.revision, name)
+            fetch([url], cached / base.repo_id / name, sha256=sha, desc=name)
+    except SpamGPTError as e:
+        tried.append(str(e))
+        raise SpamGPTError(
+            f"base weights {base.describe()} not found: {'; '.join(tried)}; put them in "
+            f"models/pretrained/{base.repo_id}, set {HUB_ENV} to a hub that has them, or log "
+            f"the model with mlflow.log_model: full"
+        ) from None
+    return cached
+
+
+# A model log_model was handed, by the folder it logs: MLflow's run of the input example at
+# log time (load_context, then predict) takes it instead of loading the folder once more.
+_HANDED: dict[str, tuple[classifier.GPT2Classifier, dict]] = {}
+
+
 class SpamClassifierModel(PythonModel):
     """Each message's label (at the threshold logged in model_config, where the classes have
     a positive one), its probability and every class's: classifier.answers."""
 
     def load_context(self, context: PythonModelContext) -> None:
         folder = Path(context.artifacts[ARTIFACT])
-        self.model, meta = classifier.load(folder)
+        base_file = folder / BASE_JSON
+        if str(folder) in _HANDED:
+            self.model, meta = _HANDED.pop(str(folder))
+        elif base_file.exists():  # a light model: the base weights come from elsewhere
+            base = BaseWeights(**json.loads(base_file.read_text(encoding="utf-8")))
+            self.model, meta = classifier.load(folder, resolve_base(base))
+        else:
+            self.model, meta = classifier.load(folder)
         self.classes = classifier.classes_of(meta)
         self.enc = tokenizer.load(folder)
         self.max_length = meta["max_length"]
@@ -59,11 +144,6 @@ class SpamClassifierModel(PythonModel):
         self.device = runtime.resolve_device(context.model_config.get("device", "auto"))
         self.precision = runtime.resolve_precision("auto", self.device)
         self.model.to(self.device)
-
-    def __getstate__(self) -> dict:
-        # log_model runs load_context on this instance (to check the input example) before it
-        # pickles it: keep a second copy of the weights out of python_model.pkl.
-        return {}
 
     # MLflow infers the signature from these hints and turns a one-column DataFrame into a list.
     def predict(
@@ -80,19 +160,37 @@ class SpamClassifierModel(PythonModel):
         return [Prediction(**a) for a in classifier.answers(probs, self.classes, self.threshold)]
 
 
+def _save_pyfunc(path: str, validate_serving_input: bool = True, **kwargs: Any) -> None:
+    mlflow.pyfunc.save_model(path, **kwargs)
+
+
+# Model.log checks the input example by loading the saved model once more and predicting,
+# unless its flavor's save_model takes validate_serving_input=False (as MLflow's transformers
+# flavor does for large models); pyfunc.save_model refuses that argument, so this flavor
+# drops it. The example is still saved, and the signature comes from predict's type hints.
+_PYFUNC_UNVALIDATED = types.SimpleNamespace(__name__="mlflow.pyfunc", save_model=_save_pyfunc)
+
+
 def log_model(
     run_id: str,
     finetuned_dir: str | os.PathLike,
     threshold: float | None,
     registered_model_name: str | None = None,
     pretrained_root: str | os.PathLike = paths.PRETRAINED_DIR,
+    base: BaseWeights | None = None,
+    full: bool = False,
+    loaded: tuple[classifier.GPT2Classifier, dict] | None = None,
 ) -> str:
     """Log the classifier in `finetuned_dir` as model "model" of run `run_id` (and register it
-    under `registered_model_name`); returns the model's runs:/ URI. The run is named, not
-    started: its status stays as it was."""
+    under `registered_model_name`); returns the model's runs:/ URI. Light (the trained
+    tensors and `base`, the identity of the weights under them) unless `full` or registered,
+    or the folder already holds every tensor. `loaded`: classifier.load(finetuned_dir), if
+    the caller has it, saves loading it again. The run is named, not started: its status
+    stays as it was."""
     if threshold is not None and not 0 < threshold < 1:
         raise SpamGPTError(f"threshold must be between 0 and 1, got {threshold}")
-    model, meta = classifier.load(finetuned_dir, pretrained_root)
+    finetuned_dir = Path(finetuned_dir)
+    full = full or registered_model_name is not None
     # The installed versions, without local labels such as +cpu that PyPI does not serve.
     pins = [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
     client = MlflowClient()
@@ -104,22 +202,57 @@ def log_model(
     )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / ARTIFACT  # the name it keeps inside the model's artifacts
-        folder.mkdir()
-        classifier.save(model, folder, meta, finetuned_dir, full=True)
-        del model  # log_model loads the copy again to check the input example: one at a time
-        Model.log(
-            artifact_path=None,  # MLflow 3 names a model instead
-            name="model",
-            flavor=mlflow.pyfunc,
-            run_id=run_id,
-            model_id=logged.model_id,
-            python_model=SpamClassifierModel(),
-            artifacts={ARTIFACT: str(folder)},
-            code_paths=[str(Path(spamgpt.__file__).parent)],
-            input_example=INPUT_EXAMPLE,
-            metadata=classifier.classes_of(meta).to_dict(),  # the class names, in order
-            model_config={"threshold": threshold, "device": "auto"},
-            pip_requirements=pins,
-            registered_model_name=registered_model_name,
-        )
+        loaded = _model_folder(finetuned_dir, folder, pretrained_root, base, full, loaded)
+        if loaded is not None:
+            _HANDED[str(folder)] = loaded
+        try:
+            Model.log(
+                artifact_path=None,  # MLflow 3 names a model instead
+                name="model",
+                flavor=_PYFUNC_UNVALIDATED,
+                run_id=run_id,
+                model_id=logged.model_id,
+                python_model=str(MODEL_CODE),
+                artifacts={ARTIFACT: str(folder)},
+                code_paths=[str(Path(spamgpt.__file__).parent)],
+                input_example=INPUT_EXAMPLE,
+                metadata=_classes(finetuned_dir),  # the class names, in order
+                model_config={"threshold": threshold, "device": "auto"},
+                pip_requirements=pins,
+                registered_model_name=registered_model_name,
+                validate_serving_input=False,
+            )
+        finally:
+            _HANDED.pop(str(folder), None)
     return f"runs:/{run_id}/model"
+
+
+def _classes(finetuned_dir: Path) -> dict:
+    meta = json.loads((finetuned_dir / classifier.CLASSIFIER_JSON).read_text(encoding="utf-8"))
+    return classifier.classes_of(meta).to_dict()
+
+
+def _model_folder(
+    finetuned_dir: Path,
+    dest: Path,
+    pretrained_root: str | os.PathLike,
+    base: BaseWeights | None,
+    full: bool,
+    loaded: tuple[classifier.GPT2Classifier, dict] | None,
+) -> tuple[classifier.GPT2Classifier, dict] | None:
+    """Write the model's artifact folder: models/finetuned as it is plus base.json (light),
+    or a self-contained copy with every tensor (full). Returns the model if it has it."""
+    meta = json.loads((finetuned_dir / classifier.CLASSIFIER_JSON).read_text(encoding="utf-8"))
+    if meta["full"]:  # a randomly initialised base: the folder already holds everything
+        full, base = False, None
+    if full:
+        dest.mkdir()
+        loaded = loaded or classifier.load(finetuned_dir, pretrained_root)
+        classifier.save(loaded[0], dest, loaded[1], finetuned_dir, full=True)
+        return loaded
+    if base is None and not meta["full"]:
+        raise SpamGPTError("a light model needs the identity of its base weights")
+    shutil.copytree(finetuned_dir, dest)
+    if base is not None:
+        (dest / BASE_JSON).write_text(json.dumps(dataclasses.asdict(base), indent=2) + "\n")
+    return loaded

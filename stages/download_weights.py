@@ -7,7 +7,7 @@ from spamgpt.params import Params
 def main(params: Params) -> None:
     m = params.model
     files = hub.download_model(m.hub_url, m.repo_id, m.revision, paths.pretrained_dir(m.repo_id))
-    contracts.write_weights(m.repo_id, m.revision, files)
+    contracts.write_weights(m.repo_id, m.revision, files, m.hub_url)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,7 @@
 """evaluate: the best fine-tuned model on validation and test: metrics, confusion matrices,
 curves and misclassified messages, into DVC metrics/plots and the finetune MLflow run."""
 
-from spamgpt import (
-    classifier,
-    contracts,
-    metrics,
-    paths,
-    results,
-    runtime,
-    serving,
-    stage,
-    tracking,
-)
+from spamgpt import classifier, contracts, metrics, paths, results, runtime, stage, tracking
 from spamgpt.params import Params
 from spamgpt.train import Split
 
@@ -24,29 +14,35 @@ def main(params: Params) -> None:
     tracking.connect()
     splits = {s: Split.read(s, contracts.read_frozen_blocks()) for s in ("val", "test")}
     labels = {s: split.labels.numpy() for s, split in splits.items()}
-    model, _ = classifier.load(paths.FINETUNED_DIR)
+    model, meta = classifier.load(paths.FINETUNED_DIR)
     probs = {
         s: classifier.class_probabilities(model.to(device), split.inputs, device, precision).numpy()
         for s, split in splits.items()
     }
-    del model  # logging the MLflow model loads its own copies: one at a time
     threshold, best = metrics.choose_threshold(
         params.evaluate.threshold, classes, labels["val"], probs["val"]
     )
     reports = {s: metrics.report(labels[s], probs[s], threshold, classes) for s in splits}
     baseline = contracts.read_baseline()
-    positive = classes.positive_index
-    scores = None if best is None else probs["test"][:, positive]
-    curves = metrics.curve_frames(labels["test"], scores, positive)
+    scores = None if best is None else probs["test"][:, classes.positive_index]
+    curves = metrics.curve_frames(labels["test"], scores, classes.positive_index)
     results.write_evaluation(reports, classes, threshold, best, baseline, probs["test"], curves)
 
-    thresholds = {"test/threshold": threshold, "val/best_threshold": best}
-    with tracking.Run.open(params.mlflow.experiment, contracts.read_mlflow_run()) as run:
+    mlf, thresholds = params.mlflow, {"test/threshold": threshold, "val/best_threshold": best}
+    with tracking.Run.open(mlf.experiment, contracts.read_mlflow_run()) as run:
         results.log_evaluation(run, reports, classes, baseline, thresholds, curves)
-        if params.mlflow.log_model:
+        if mlf.log_model:
+            from spamgpt import serving  # mlflow.pyfunc: only where a model is logged
+
+            base = serving.BaseWeights(**contracts.read_base_weights())
+            full = mlf.log_model == "full"  # MLflow runs the input example on `loaded`
             serving.log_model(
-                run.run_id, paths.FINETUNED_DIR, threshold, params.mlflow.registered_model
-            )
+                run.run_id, paths.FINETUNED_DIR, threshold, mlf.registered_model,
+                base=base, full=full, loaded=(model, meta),
+            )  # fmt: skip
+        if mlf.log_checkpoints:
+            light = mlf.log_model is True and mlf.registered_model is None
+            results.log_best_checkpoint(run, light_model_logged=light)
 
 
 if __name__ == "__main__":

@@ -159,14 +159,24 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def http_service(
-    command: Callable[[int], list[str]], ready_path: str, env: dict[str, str], log: Path
+    command: Callable[[int], list[str]],
+    ready_path: str,
+    env: dict[str, str],
+    log: Path,
+    cwd: Path | None = None,
 ) -> Iterator[str]:
-    """Run `command(port)` on a free 127.0.0.1 port, in its own process group (its workers die
-    with it), output to `log`; yield its base URL once GET `ready_path` answers; then stop it."""
+    """Run `command(port)` on a free 127.0.0.1 port (in `cwd`), in its own process group (its
+    workers die with it), output to `log`; yield its base URL once GET `ready_path` answers;
+    then stop it."""
     port = free_port()
     with log.open("w") as out:
         proc = subprocess.Popen(
-            command(port), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command(port),
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -229,14 +239,13 @@ def tiny_params(mirror: Mirror, **overrides: dict) -> dict:
 def make_project(path: Path, params: dict) -> Path:
     """A fresh git + DVC project holding this repository's pipeline and the given params."""
     path.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "stages", "spamgpt", "data/local"):
+    for name in ("dvc.yaml", ".gitignore", "stages", "spamgpt", "data/local"):
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(src, path / name)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (path / ".gitignore").write_text("mlflow.db\nmlflow.db.lock\nmlartifacts/\n__pycache__/\n")
     run(["git", "init", "-q"], path)
     run(["dvc", "init", "-q"], path)
     run(["git", "add", "-A"], path)

@@ -37,14 +37,19 @@ def node_module(node: ast.AST) -> str | None:
     return getattr(node, "module", None)
 
 
+# Files a module hands to another program by path rather than importing them.
+USED_BY_PATH = {"spamgpt/serving.py": {"spamgpt/mlflow_model.py"}}  # the MLflow model's code
+
+
 def closure(script: str) -> set[str]:
-    """`script` and every project file it imports, directly or through others."""
+    """`script` and every project file it imports (or uses by path), directly or through
+    others."""
     seen, todo = set(), [script]
     while todo:
         file = todo.pop()
         if file not in seen:
             seen.add(file)
-            todo.extend(imported_files(REPO / file))
+            todo.extend(imported_files(REPO / file) | USED_BY_PATH.get(file, set()))
     return seen
 
 

@@ -134,6 +134,9 @@ BAD: list[tuple[str, dict | str, str]] = [
     ("bad-lines-ignore", modified(data__bad_lines="ignore"), "data.bad_lines"),
     ("experiment-empty", modified(mlflow__experiment=""), "mlflow.experiment"),
     ("experiment-multiline", modified(mlflow__experiment="a\nb"), "mlflow.experiment"),
+    ("log-model-light", modified(mlflow__log_model="light"), "mlflow.log_model"),
+    ("log-model-string-true", modified(mlflow__log_model="true"), "mlflow.log_model"),
+    ("log-checkpoints-full", modified(mlflow__log_checkpoints="full"), "mlflow.log_checkpoints"),
 ]
 
 
@@ -176,6 +179,12 @@ def test_optional_values_accept_null_and_all() -> None:
     assert p.model.max_length is None and p.model.trainable_blocks == "all"
     p = params.parse(modified(train__grad_clip=None, model__max_length=2, train__lr=1))
     assert p.train.grad_clip is None and p.model.max_length == 2 and p.train.lr == 1
+
+
+def test_log_model_is_true_false_or_full() -> None:
+    for value in (True, False, "full"):
+        assert params.parse(modified(mlflow__log_model=value)).mlflow.log_model == value
+    assert params.load(REPO / "params.yaml").mlflow.log_model is True  # light, as committed
 
 
 def test_every_precision_is_accepted() -> None:

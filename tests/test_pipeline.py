@@ -5,6 +5,7 @@ and `spamgpt classify`. One project per module: the stages run once and the test
 import json
 import math
 import re
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -109,7 +110,7 @@ def test_metrics_files(project):
     assert len(confusion) - 1 == ev["test"]["ham"]["support"] + ev["test"]["spam"]["support"]
 
 
-def test_mlflow_run_has_everything(project, mlflow_client):
+def test_mlflow_run_has_everything(project, mlflow_client, monkeypatch):
     path, _ = project
     params = yaml.safe_load((path / "params.yaml").read_text())
     run_id = read_json(path / "models/mlflow_run.json")["run_id"]
@@ -139,9 +140,15 @@ def test_mlflow_run_has_everything(project, mlflow_client):
     def listing(folder=None):
         return {f.path for f in mlflow_client.list_artifacts(run_id, folder)}
 
-    assert {"checkpoints/best.safetensors", "checkpoints/last.safetensors"} <= listing(
-        "checkpoints"
-    )
+    # The best epoch's tensors are the light model's model.safetensors: not logged twice.
+    assert listing("checkpoints") == {"checkpoints/last.safetensors"}
+    (output,) = run_.outputs.model_outputs
+    model = mlflow_client.get_logged_model(output.model_id)
+    files = mlflow_client.list_logged_model_artifacts(model.model_id, "artifacts/classifier")
+    sizes = {Path(f.path).name: f.file_size for f in files}
+    best = path / "models/checkpoints/best.safetensors"
+    assert sizes["model.safetensors"] == best.stat().st_size  # the trained tensors only
+    assert "base.json" in sizes
     evaluation = listing("evaluation")
     for split in ("val", "test"):
         assert f"evaluation/{split}_confusion_matrix.png" in evaluation
@@ -150,10 +157,13 @@ def test_mlflow_run_has_everything(project, mlflow_client):
     assert "params.yaml" in listing()
     assert list((path / "mlartifacts").rglob("test_confusion_matrix.png"))  # beside mlflow.db
     assert not (path / "mlruns").exists()
+    monkeypatch.chdir(path)  # the light model finds its base weights in the workspace
+    monkeypatch.setenv("SPAMGPT_CACHE", str(path / "no-cache"))
     with restored_tracking_uri():
         mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
         served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")  # logged by evaluate
     assert [p.label for p in served.predict(["see you at 7"])] in (["ham"], ["spam"])
+    assert not (path / "no-cache").exists()  # nothing downloaded: the workspace's base
     inputs = run_.inputs.dataset_inputs
     assert inputs and inputs[0].dataset.digest == run_.data.tags["data_sha256"][:36]
 
@@ -196,7 +206,7 @@ def test_exp_run_reruns_only_training(project, mlflow_client):
     assert by_name["faster"].data.tags["DVC_EXP_NAME"] == "faster"
 
 
-def test_lora_recipe_runs_and_classifies(project):
+def test_lora_recipe_runs_and_classifies(project, mlflow_client):
     path, _ = project
     out = run(
         [
@@ -220,3 +230,7 @@ def test_lora_recipe_runs_and_classifies(project):
     assert not any("lora" in name for name in meta["trained"])
     answer = run(["spamgpt", "classify", "--json", "txt WIN to claim your prize"], path)
     assert json.loads(answer.stdout)["label"] in ("ham", "spam")
+    # Merged adapters are not the trained tensors: the best ones are logged on their own.
+    run_id = read_json(path / "models/mlflow_run.json")["run_id"]
+    logged = {f.path for f in mlflow_client.list_artifacts(run_id, "checkpoints")}
+    assert logged == {"checkpoints/best.safetensors", "checkpoints/last.safetensors"}

@@ -1,5 +1,9 @@
 """The MLflow model end to end: logged from a fine-tuned folder, loaded back, registered, and
-served by the real `mlflow models serve` over HTTP, answering as `spamgpt classify` does."""
+served by the real `mlflow models serve` over HTTP, answering as `spamgpt classify` does.
+
+The light model (the default: trained tensors + the base weights' identity) is served from
+its workspace, which holds the base, and from a machine without it that reaches the hub; the
+full one (registered) from a directory with neither workspace nor hub."""
 
 import json
 import shutil
@@ -12,11 +16,13 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from conftest import http_service, post, restored_tracking_uri, run, subprocess_env
+from conftest import free_port, http_service, post, restored_tracking_uri, run, subprocess_env
+from fileserver import serve
 from mlflow.tracking import MlflowClient
 from tiny_gpt2 import make_tiny_hub
 
 from spamgpt import classifier, serving, tokenizer
+from spamgpt.download import sha256_file
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPT2Classifier
@@ -26,6 +32,7 @@ REPO_ID = "openai-community/gpt2"
 MESSAGES = ["free entry to win a prize, txt WIN to 80086", "see you at 7"]
 THRESHOLD = 0.8  # "see you at 7" scores about 0.71: ham here, spam at the default 0.5
 REGISTERED = "sms-spam-gpt2"
+REVISION = "tiny"
 
 
 # MLflow 3.17's SQLite store uses an SQLAlchemy loader option deprecated since SQLAlchemy 2.1.
@@ -35,20 +42,22 @@ class Logged:
     finetuned: Path
     pretrained: Path
     run_id: str
-    uri: str
-    env: dict[str, str]  # for subprocesses: the venv first on PATH, this store
+    uri: str  # the light model
+    full_uri: str  # the full model, registered as REGISTERED version 1
+    base: serving.BaseWeights
+    env: dict[str, str]  # for subprocesses: the venv first on PATH, this store, no hub
 
 
 def finetuned_folder(project: Path) -> Path:
     """models/finetuned as finetune leaves it: trained tensors only, the base in
     models/pretrained/<repo_id>; the head drawn so that probabilities spread over (0, 1)."""
-    hub = make_tiny_hub(project / "hub", layers=2, dim=32, heads=4, n_ctx=64)
+    hub = make_tiny_hub(project / "hub", layers=2, dim=32, heads=4, n_ctx=64, revision=REVISION)
     shutil.copytree(hub, project / "models/pretrained" / REPO_ID)
     model = GPT2Classifier(GPT2.from_pretrained(hub))
     torch.nn.init.normal_(model.head.weight, std=0.3, generator=torch.Generator().manual_seed(0))
     trained = classifier.freeze(model, 1)
     params = ModelParams(
-        hub_url="http://127.0.0.1", repo_id=REPO_ID, revision="tiny", max_length=None,
+        hub_url="http://127.0.0.1", repo_id=REPO_ID, revision=REVISION, max_length=None,
         pretrained=True, init_seed=0, trainable_blocks=1, pooling="last", dropout=0.0,
         finetune="blocks",
     )  # fmt: skip
@@ -59,35 +68,66 @@ def finetuned_folder(project: Path) -> Path:
     return folder
 
 
+NO_HUB = f"http://127.0.0.1:{free_port()}"  # nothing listens there: refused at once
+
+
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory: pytest.TempPathFactory):
-    """A fine-tuned folder logged (and registered) into a finished run of a SQLite store."""
+    """A fine-tuned folder logged light into a finished run of a SQLite store, and logged
+    full and registered into another run. Run from the project (the workspace), no hub."""
     project = tmp_path_factory.mktemp("serving")
     finetuned, pretrained = finetuned_folder(project), project / "models/pretrained"
+    weights = pretrained / REPO_ID / "model.safetensors"
+    base = serving.BaseWeights(REPO_ID, REVISION, sha256_file(weights), NO_HUB)
     uri = f"sqlite:///{project / 'mlflow.db'}"
+    cache = project / "cache"
     with restored_tracking_uri(), pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv(serving.CACHE_ENV, str(cache))
+        mp.delenv(serving.HUB_ENV, raising=False)
+        mp.delenv("DVC_ROOT", raising=False)
+        mp.chdir(project)
         mlflow.set_tracking_uri(uri)  # wins over the variable if another test set one
         client = MlflowClient()
         exp = client.create_experiment("spam", artifact_location=(project / "art").as_uri())
-        run_id = client.create_run(exp).info.run_id
+        run_id, full_run_id = (client.create_run(exp).info.run_id for _ in range(2))
         client.set_terminated(run_id)
-        model_uri = serving.log_model(run_id, finetuned, THRESHOLD, REGISTERED, pretrained)
-        env = {**subprocess_env(), "MLFLOW_TRACKING_URI": uri}
-        yield Logged(project, finetuned, pretrained, run_id, model_uri, env)
+        client.set_terminated(full_run_id)
+        model_uri = serving.log_model(run_id, finetuned, THRESHOLD, base=base)
+        full_uri = serving.log_model(full_run_id, finetuned, THRESHOLD, REGISTERED, pretrained)
+        env = {**subprocess_env(), "MLFLOW_TRACKING_URI": uri, serving.CACHE_ENV: str(cache)}
+        yield Logged(project, finetuned, pretrained, run_id, model_uri, full_uri, base, env)
 
 
 @pytest.fixture(scope="module")
 def server(logged: Logged):
-    """`mlflow models serve` on the runs:/ URI; its base URL once /ping answers."""
+    """`mlflow models serve` on the light model's runs:/ URI, run from the workspace (which
+    holds the base weights); its base URL once /ping answers."""
     cmd = ["mlflow", "models", "serve", "-m", logged.uri, "--env-manager", "local"]
     with http_service(
         lambda port: [*cmd, "-p", str(port), "--host", "127.0.0.1"],
         "/ping",
         logged.env,
         logged.project / "serve.log",
+        cwd=logged.project,
     ) as url:
         yield url
+
+
+def model_files(model_id: str, folder: str | None = None) -> set[str]:
+    files = MlflowClient().list_logged_model_artifacts(model_id, folder)
+    return {Path(f.path).name for f in files}
+
+
+def download(model_id: str, path: str) -> Path:
+    """A file or folder of the logged model's artifacts, downloaded."""
+    location = MlflowClient().get_logged_model(model_id).artifact_location
+    return Path(mlflow.artifacts.download_artifacts(f"{location}/{path}"))
+
+
+def model_id_of(run_id: str) -> str:
+    (output,) = MlflowClient().get_run(run_id).outputs.model_outputs
+    return output.model_id
 
 
 def classify_cli(logged: Logged, messages: list[str]) -> list[dict]:
@@ -104,28 +144,84 @@ def test_logged_model_is_linked_to_its_run_which_stays_finished(logged: Logged) 
     run = client.get_run(logged.run_id)
     assert run.info.status == "FINISHED"
     assert logged.uri == f"runs:/{logged.run_id}/model"
-    (output,) = run.outputs.model_outputs
-    model = client.get_logged_model(output.model_id)
+    model = client.get_logged_model(model_id_of(logged.run_id))
     assert (model.name, model.source_run_id) == ("model", logged.run_id)
-    files = client.list_logged_model_artifacts(output.model_id, "artifacts/classifier")
-    names = {Path(f.path).name for f in files}
-    assert names == {"classifier.json", "model.safetensors", "vocab.json", "merges.txt"}
+
+
+def test_light_model_holds_the_trained_tensors_and_the_base_identity(logged: Logged) -> None:
+    model_id = model_id_of(logged.run_id)
+    names = model_files(model_id, "artifacts/classifier")
+    assert names == {
+        "classifier.json",
+        "model.safetensors",
+        "vocab.json",
+        "merges.txt",
+        "base.json",
+    }
+    folder = download(model_id, "artifacts/classifier")
+    assert sha256_file(folder / "model.safetensors") == sha256_file(
+        logged.finetuned / "model.safetensors"
+    )  # models/finetuned as it is: no base weights
+    assert json.loads((folder / "base.json").read_text()) == {
+        "repo_id": REPO_ID, "revision": REVISION, "sha256": logged.base.sha256, "hub_url": NO_HUB
+    }  # fmt: skip
+
+
+def test_full_model_holds_every_tensor(logged: Logged) -> None:
+    model_id = model_id_of(logged.full_uri.split("/")[1])
+    assert "base.json" not in model_files(model_id, "artifacts/classifier")
+    folder = download(model_id, "artifacts/classifier")
+    meta = json.loads((folder / "classifier.json").read_text())
+    assert meta["full"] is True
+
+
+@pytest.mark.parametrize("which", ["light", "full"])
+def test_model_is_logged_as_code_not_pickled(logged: Logged, which: str) -> None:
+    run_id = logged.run_id if which == "light" else logged.full_uri.split("/")[1]
+    model_id = model_id_of(run_id)
+    names = model_files(model_id)
+    assert "mlflow_model.py" in names and "python_model.pkl" not in names
+    mlmodel = download(model_id, "MLmodel").read_text()
+    assert "model_code_path" in mlmodel and "python_model.pkl" not in mlmodel
+    assert "signature:" in mlmodel and "saved_input_example_info" in mlmodel
+    assert model_files(model_id, "code") == {"spamgpt"}
+
+
+def test_log_model_loads_no_second_copy_of_a_model_it_is_handed(
+    logged: Logged, monkeypatch
+) -> None:
+    """evaluate has the model in memory: MLflow's run of the input example uses it, so
+    logging reads no weights (no load, no hash of the base)."""
+    loaded = classifier.load(logged.finetuned, logged.pretrained)
+    calls = []
+    load, sha = classifier.load, serving.sha256_file
+    monkeypatch.setattr(classifier, "load", lambda *a, **k: calls.append("load") or load(*a, **k))
+    monkeypatch.setattr(serving, "sha256_file", lambda p: calls.append("hash") or sha(p))
+    client = MlflowClient()
+    run_id = client.create_run(client.get_run(logged.run_id).info.experiment_id).info.run_id
+    serving.log_model(run_id, logged.finetuned, THRESHOLD, base=logged.base, loaded=loaded)
+    assert calls == []
+    serving.log_model(run_id, logged.finetuned, THRESHOLD, base=logged.base)
+    assert calls == ["hash", "load"]  # not handed: MLflow's check loads it
+    assert serving._HANDED == {}
 
 
 def test_log_model_leaves_a_running_run_running(logged: Logged) -> None:
     client = MlflowClient()
     run_id = client.create_run(client.get_run(logged.run_id).info.experiment_id).info.run_id
-    serving.log_model(run_id, logged.finetuned, THRESHOLD, pretrained_root=logged.pretrained)
+    serving.log_model(run_id, logged.finetuned, THRESHOLD, base=logged.base)
     assert client.get_run(run_id).info.status == "RUNNING"
     assert mlflow.active_run() is None
 
 
 def test_log_model_rejects_a_threshold_outside_0_1(logged: Logged) -> None:
     with pytest.raises(SpamGPTError, match="threshold"):
-        serving.log_model(logged.run_id, logged.finetuned, 1.0, pretrained_root=logged.pretrained)
+        serving.log_model(logged.run_id, logged.finetuned, 1.0, base=logged.base)
 
 
-def test_loaded_model_predicts_like_the_cli(logged: Logged) -> None:
+def test_loaded_model_predicts_like_the_cli(logged: Logged, monkeypatch) -> None:
+    monkeypatch.chdir(logged.project)  # the workspace: the light model's base weights
+    monkeypatch.setenv(serving.CACHE_ENV, str(logged.project / "cache"))
     model = mlflow.pyfunc.load_model(logged.uri)
     predictions = model.predict(MESSAGES)
     expected = classify_cli(logged, MESSAGES)
@@ -159,15 +255,93 @@ def test_served_model_rejects_what_is_not_a_list_of_strings(server: str) -> None
     assert "list[str]" in json.load(error.value)["message"]
 
 
-def test_registered_version_predicts_the_same(logged: Logged) -> None:
+def test_registered_version_is_full_and_predicts_the_same_without_a_workspace(
+    logged: Logged, tmp_path: Path, monkeypatch
+) -> None:
     (version,) = MlflowClient().search_model_versions(f"name='{REGISTERED}'")
-    assert (version.version, version.run_id) == (1, logged.run_id)
-    registered = mlflow.pyfunc.load_model(f"models:/{REGISTERED}/1").predict(MESSAGES)
-    assert registered == mlflow.pyfunc.load_model(logged.uri).predict(MESSAGES)
+    assert (version.version, f"runs:/{version.run_id}/model") == (1, logged.full_uri)
+    monkeypatch.chdir(logged.project)
+    light = mlflow.pyfunc.load_model(logged.uri).predict(MESSAGES)
+    # Elsewhere, nothing of the workspace and no hub: only the full model loads.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(serving.CACHE_ENV, str(tmp_path / "cache"))
+    assert mlflow.pyfunc.load_model(f"models:/{REGISTERED}/1").predict(MESSAGES) == light
+    with pytest.raises(SpamGPTError, match=r"base weights .* not found"):
+        mlflow.pyfunc.load_model(logged.uri)
+
+
+def test_light_model_refuses_other_base_weights_in_one_line(
+    logged: Logged, tmp_path: Path, monkeypatch
+) -> None:
+    """A workspace whose models/pretrained holds other weights (a new download, another
+    revision) and no hub: one line naming both, no model built on the wrong base."""
+    other = tmp_path / "models/pretrained" / REPO_ID
+    shutil.copytree(logged.pretrained / REPO_ID, other)
+    with (other / "model.safetensors").open("ab") as f:
+        f.write(b"\0")  # other bytes, other hash
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(serving.CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.raises(SpamGPTError) as error:
+        mlflow.pyfunc.load_model(logged.uri)
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"{other / 'model.safetensors'} holds other weights" in message
+    assert NO_HUB in message and "mlflow.log_model: full" in message
+
+
+def test_light_model_downloads_its_base_from_the_hub(
+    logged: Logged, tmp_path: Path, monkeypatch
+) -> None:
+    """On a machine without the workspace that reaches the hub: the base is downloaded into
+    the cache, verified, and reused from there."""
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(serving.CACHE_ENV, str(cache))
+    with serve(logged.project / "hub") as hub:
+        monkeypatch.setenv(serving.HUB_ENV, hub)
+        predictions = mlflow.pyfunc.load_model(logged.uri).predict(MESSAGES)
+    cached = cache / REVISION / REPO_ID / "model.safetensors"
+    assert sha256_file(cached) == logged.base.sha256
+    monkeypatch.setenv(serving.HUB_ENV, NO_HUB)  # now from the cache alone
+    assert mlflow.pyfunc.load_model(logged.uri).predict(MESSAGES) == predictions
+    monkeypatch.chdir(logged.project)
+    assert mlflow.pyfunc.load_model(logged.uri).predict(MESSAGES) == predictions
+
+
+def test_light_model_without_a_base_identity_is_refused(logged: Logged) -> None:
+    client = MlflowClient()
+    run_id = client.create_run(client.get_run(logged.run_id).info.experiment_id).info.run_id
+    with pytest.raises(SpamGPTError, match="base weights"):
+        serving.log_model(run_id, logged.finetuned, THRESHOLD)
+
+
+def test_full_model_is_served_from_a_directory_without_workspace(
+    logged: Logged, tmp_path: Path
+) -> None:
+    """`mlflow models serve` of the registered (full) model in an empty directory, with no
+    hub and an empty cache: it answers as the CLI does."""
+    cmd = ["mlflow", "models", "serve", "-m", f"models:/{REGISTERED}/1", "--env-manager", "local"]
+    env = {**logged.env, serving.CACHE_ENV: str(tmp_path / "cache"), serving.HUB_ENV: NO_HUB}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with http_service(
+        lambda port: [*cmd, "-p", str(port), "--host", "127.0.0.1"],
+        "/ping",
+        env,
+        tmp_path / "serve.log",
+        cwd=elsewhere,
+    ) as url:
+        answer = post(f"{url}/invocations", {"inputs": MESSAGES})
+    expected = classify_cli(logged, MESSAGES)
+    for p, e in zip(answer["predictions"], expected, strict=True):
+        assert p["spam_probability"] == pytest.approx(e["spam_probability"], abs=1e-4)
+        assert p["label"] == e["label"]
+    assert not (tmp_path / "cache").exists()  # nothing downloaded, nothing looked up
 
 
 def test_model_names_its_classes_in_its_metadata(logged: Logged) -> None:
-    info = mlflow.models.get_model_info(logged.uri)
-    assert info.metadata == {"labels": ["ham", "spam"], "positive_label": "spam"}
-    fields = json.dumps(info.signature.outputs.to_dict())
-    assert all(f'"{name}"' in fields for name in ("label", "probability", "probabilities"))
+    for uri in (logged.uri, logged.full_uri):
+        info = mlflow.models.get_model_info(uri)
+        assert info.metadata == {"labels": ["ham", "spam"], "positive_label": "spam"}
+        fields = json.dumps(info.signature.outputs.to_dict())
+        assert all(f'"{name}"' in fields for name in ("label", "probability", "probabilities"))
