@@ -3,7 +3,8 @@ DVC's name for the stage that prepares what the training loader reads).
 
 A split is stored as one safetensors file: `ids` (all tokens end to end, int32), `lengths`,
 `labels` (class indices: ham 0, spam 1 for SMS) and `lines` (the message's line in the raw
-file, to trace it back).
+file, to trace it back). The ids are read a batch at a time (spamgpt.tensorfile), the rest
+whole: a few numbers per message.
 """
 
 import os
@@ -12,10 +13,9 @@ from dataclasses import dataclass
 import pandas as pd
 import tiktoken
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from spamgpt import atomic
+from spamgpt import atomic, tensorfile
 from spamgpt.batching import PackedSequences
 from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.labels import SMS, Classes
@@ -84,14 +84,15 @@ def save(split: TokenizedSplit, path: str | os.PathLike) -> None:
 
 
 def load(path: str | os.PathLike) -> TokenizedSplit:
+    """A split's tokens, its ids left in the file and read a batch at a time (as int64)."""
     try:
-        t = load_file(str(path))
+        f = tensorfile.TensorFile(path)
         return TokenizedSplit(
-            tokens=PackedSequences(t["ids"].to(torch.int64), t["lengths"]),
-            labels=t["labels"],
-            lines=t["lines"],
+            tokens=PackedSequences(f.rows("ids", torch.int64), f.read("lengths")),
+            labels=f.read("labels"),
+            lines=f.read("lines"),
         )
-    except (OSError, SafetensorError, KeyError, ValueError) as e:
+    except (OSError, tensorfile.FormatError, KeyError, ValueError) as e:
         raise SpamGPTError(
             f"{path}: unreadable tokenized split ({e}); re-run the loaders stage"
         ) from None
