@@ -86,10 +86,10 @@ def write(
 ) -> None:
     """Compute the cache of `tokens` into `path`, each batch written as it is computed; under
     torchrun every process writes its share into one file, which appears once all have."""
-    shape = (len(tokens.rows), gpt.config.n_embd)
+    dtype = storage_dtype(precision)
     layout = {
         "lengths": (torch.int64, (len(tokens),)),
-        "hidden": (storage_dtype(precision), shape),
+        "hidden": (dtype, (len(tokens.rows), gpt.config.n_embd)),
     }
     with distributed.shared_output(path) as tmp:
         if distributed.is_main():
@@ -102,8 +102,8 @@ def write(
                 gpt, tokens, frozen_blocks, device, precision, max_tokens, desc
             )
             for indices, hidden, lengths in batches:
-                starts = tokens.starts[indices].tolist()
-                for start, row, n in zip(starts, hidden, lengths.tolist(), strict=True):
+                starts, stored = tokens.starts[indices].tolist(), hidden.to(dtype)
+                for start, row, n in zip(starts, stored, lengths.tolist(), strict=True):
                     f.write("hidden", start, row[:n])
 
 
