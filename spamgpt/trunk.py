@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import torch
 from tqdm import tqdm
 
-from spamgpt import distributed, paths, runtime, tensorfile, tokenized
+from spamgpt import atomic, distributed, paths, runtime, tensorfile, tokenized
 from spamgpt.batching import ModelInputs, PackedSequences, inference_tokens, sorted_order
 from spamgpt.errors import SpamGPTError
 from spamgpt.model import GPT2
@@ -91,6 +91,8 @@ def write(
         "lengths": (torch.int64, (len(tokens),)),
         "hidden": (dtype, (len(tokens.rows), gpt.config.n_embd)),
     }
+    if distributed.is_main():
+        atomic.remove_leftovers(path)  # a killed run's temporary file: as large as the cache
     with distributed.shared_output(path) as tmp:
         if distributed.is_main():
             tensorfile.create(tmp, layout)

@@ -216,3 +216,10 @@ def test_cache_is_bf16_when_the_trunk_runs_in_bf16(spread, tmp_path) -> None:
         rounded = classifier.logits(model, bf16, indices, CPU)
     assert not torch.equal(rounded, exact)
     assert ((rounded - exact).abs() <= bound).all(), ((rounded - exact).abs() / bound).max()
+
+
+def test_write_removes_a_killed_runs_temporary_file(model, tmp_path) -> None:
+    path = tmp_path / "test.safetensors"
+    (tmp_path / ".test.safetensors.abc123.tmp").write_bytes(b"x" * 100)  # kill -9 left it
+    trunk.write(path, model.gpt, messages(5), 2, CPU, "fp32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test.safetensors"]
