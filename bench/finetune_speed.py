@@ -89,9 +89,9 @@ def main() -> None:
     messages = data.dedupe(data.parse_messages(first_existing(MESSAGES)).frame)
     splits = data.split(messages, params.split.val, params.split.test, params.split.seed)
     enc = tokenizer.load(first_existing(TOKENIZER))
-    ids = {s: tokenized.encode(enc, f["text"].tolist()) for s, f in splits.items()}
+    ids = {s: tokenized.encode_packed(enc, f["text"].tolist()) for s, f in splits.items()}
     max_length = tokenized.resolve_max_length(
-        None, [r for rows in ids.values() for r in rows], 1024
+        None, torch.cat([packed.lengths for packed in ids.values()]), 1024
     )
     packed = {s: tokenized.pack(ids[s], splits[s], max_length) for s in splits}
     n_train = len(packed["train"])

@@ -22,6 +22,7 @@ from spamgpt import metrics
 from spamgpt.labels import SMS, Classes
 
 THRESHOLD = 0.5  # on the positive score: the SVM's own decision boundary (margin 0)
+PREDICT_CHUNK = 10_000  # messages scored at a time
 
 
 def labels_of(frame: pd.DataFrame, classes: Classes = SMS) -> np.ndarray:
@@ -32,6 +33,14 @@ def labels_of(frame: pd.DataFrame, classes: Classes = SMS) -> np.ndarray:
 def threshold_for(classes: Classes) -> float | None:
     """The SVM's boundary where a threshold applies (two classes, one positive), else None."""
     return THRESHOLD if classes.positive is not None and len(classes) == 2 else None
+
+
+def sample(train: pd.DataFrame, max_rows: int | None, seed: int = 0) -> pd.DataFrame:
+    """At most `max_rows` training messages, a seeded random sample in file order (all of
+    them when they fit: the SMS data is never sampled)."""
+    if max_rows is None or len(train) <= max_rows:
+        return train
+    return train.sample(n=max_rows, random_state=seed).sort_index()
 
 
 def fit(train: pd.DataFrame, classes: Classes = SMS) -> Pipeline:
@@ -54,7 +63,13 @@ def probabilities(model: Pipeline, texts: Iterable[str]) -> np.ndarray:
     """(N, classes) scores in [0, 1]. Two classes: the sigmoid of the SVM margin is the
     second class's column (above 0.5 where the SVM says it), its complement the first's.
     More: the softmax of the one-against-the-rest margins (the largest is the SVM's pick)."""
-    margins = model.decision_function(list(texts))
+    texts = list(texts)
+    margins = np.concatenate(  # a chunk at a time: the TF-IDF rows of all at once are large
+        [
+            model.decision_function(texts[start : start + PREDICT_CHUNK])
+            for start in range(0, len(texts), PREDICT_CHUNK)
+        ]
+    )
     if margins.ndim == 1:
         second = expit(margins)
         return np.column_stack([1 - second, second])

@@ -12,12 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
+from spamgpt.tensorfile import FileRows
+
 
 @dataclass
 class PackedSequences:
-    """Variable-length sequences stored end to end. rows: (sum(lengths), *feature_shape)."""
+    """Variable-length sequences stored end to end. rows: (sum(lengths), *feature_shape), in
+    memory or in a file (spamgpt.tensorfile.FileRows, read a batch at a time)."""
 
-    rows: torch.Tensor
+    rows: torch.Tensor | FileRows
     lengths: torch.Tensor  # (N,) int64
 
     def __post_init__(self) -> None:
@@ -36,6 +39,8 @@ class PackedSequences:
         """Right-padded (B, T, *feature_shape) batch of the chosen sequences, and lengths (B,)."""
         lengths = self.lengths[indices]
         width = int(lengths.max())
+        if isinstance(self.rows, FileRows):
+            return self.rows.padded(self.starts[indices], lengths, width, pad_value), lengths
         positions = torch.arange(width)
         real = positions < lengths[:, None]  # (B, T): True on real tokens
         # Row of each (sequence, position) in `rows`; padding positions point at row 0, then

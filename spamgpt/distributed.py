@@ -1,19 +1,28 @@
-"""Data-parallel fine-tuning over processes that torchrun starts: gloo on CPU, nccl on CUDA.
+"""Processes that torchrun starts, for the trunk pass and fine-tuning: gloo on CPU, nccl on
+CUDA.
 
-Every process holds the whole (small) trainable tail and the cached trunk, computes the same
-global batch order, and takes its share of each global batch; DistributedDataParallel averages
-the gradients. Logging, checkpoints and MLflow happen on rank 0 only.
+Fine-tuning: every process holds the whole (small) trainable tail and reads the cached trunk,
+computes the same global batch order, and takes its share of each global batch;
+DistributedDataParallel averages the gradients. Logging, checkpoints and MLflow happen on rank
+0 only. The trunk pass: each process computes every world_size-th batch into one shared file.
 """
 
+import contextlib
 import logging
 import os
 import shutil
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
+from spamgpt import atomic
 from spamgpt.errors import SpamGPTError
+
+Work = TypeVar("Work", torch.Tensor, list)
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +63,34 @@ def setup(device: torch.device) -> torch.device:
     return device
 
 
-def shard(indices: torch.Tensor) -> torch.Tensor:
-    """This process's share of a global batch (every process sees the same batch)."""
-    return indices[rank() :: world_size()]
+def shard(items: Work) -> Work:
+    """This process's share: every world_size-th item (of a global batch; of the trunk's
+    batches, which every process lists alike)."""
+    return items[rank() :: world_size()]
+
+
+def barrier() -> None:
+    """Wait for every process (nothing to wait for with one)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def shared_output(dest: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `dest` that every process writes its part of (rank 0 creates
+    the file); once the block has ended in every process, rank 0 renames it onto `dest`
+    (spamgpt.atomic). The processes share one file system: torchrun --standalone."""
+    if not is_main():
+        name = [None]
+        dist.broadcast_object_list(name, src=0)
+        yield Path(name[0])
+        dist.barrier()
+        return
+    with atomic.atomic_path(dest) as tmp:
+        if world_size() > 1:
+            dist.broadcast_object_list([str(tmp)], src=0)
+        yield tmp
+        barrier()
 
 
 def all_sum(values: torch.Tensor) -> torch.Tensor:

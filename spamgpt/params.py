@@ -111,6 +111,11 @@ class SplitParams:
 
 
 @dataclass(frozen=True)
+class BaselineParams:
+    max_train_rows: int | None = _rule(ge=1)
+
+
+@dataclass(frozen=True)
 class ModelParams:
     hub_url: str = _rule(**HTTP_URL)
     repo_id: str = _rule(pattern=r"[\w.-]+/[\w.-]+", what="'owner/name' as on the hub")
@@ -171,6 +176,7 @@ class MlflowParams:
 class Params:
     data: DataParams
     split: SplitParams
+    baseline: BaselineParams
     model: ModelParams
     lora: LoraParams
     train: TrainParams

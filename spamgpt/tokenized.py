@@ -3,22 +3,26 @@ DVC's name for the stage that prepares what the training loader reads).
 
 A split is stored as one safetensors file: `ids` (all tokens end to end, int32), `lengths`,
 `labels` (class indices: ham 0, spam 1 for SMS) and `lines` (the message's line in the raw
-file, to trace it back).
+file, to trace it back). The ids are read a batch at a time (spamgpt.tensorfile), the rest
+whole: a few numbers per message.
 """
 
+import itertools
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import tiktoken
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from spamgpt import atomic
+from spamgpt import atomic, tensorfile
 from spamgpt.batching import PackedSequences
 from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.labels import SMS, Classes
+
+ENCODE_CHUNK = 10_000  # texts per encode_ordinary_batch call (its threads share the chunk)
 
 
 @dataclass
@@ -39,10 +43,24 @@ def encode(enc: tiktoken.Encoding, texts: list[str]) -> list[list[int]]:
     return [row or [enc.eot_token] for row in enc.encode_ordinary_batch(texts)]
 
 
-def resolve_max_length(requested: int | None, train_ids: list[list[int]], n_ctx: int) -> int:
+def encode_packed(enc: tiktoken.Encoding, texts: list[str]) -> PackedSequences:
+    """`encode` of every text, packed end to end as int32 (GPT-2 ids < 2**31), a chunk of
+    texts at a time: a token costs 4 bytes here, not a Python int in a list (about 40)."""
+    ids, lengths = [np.empty(0, np.int32)], [np.empty(0, np.int64)]
+    for start in range(0, len(texts), ENCODE_CHUNK):
+        rows = encode(enc, texts[start : start + ENCODE_CHUNK])
+        lengths.append(np.fromiter(map(len, rows), np.int64, len(rows)))
+        chunk = np.fromiter(itertools.chain.from_iterable(rows), np.int32, lengths[-1].sum())
+        ids.append(chunk)
+    return PackedSequences(
+        torch.from_numpy(np.concatenate(ids)), torch.from_numpy(np.concatenate(lengths))
+    )
+
+
+def resolve_max_length(requested: int | None, train_lengths: torch.Tensor, n_ctx: int) -> int:
     """model.max_length, or (null) the longest training message, capped at the context length."""
     if requested is None:
-        return min(max(map(len, train_ids)), n_ctx)
+        return min(int(train_lengths.max()), n_ctx)
     if requested > n_ctx:
         raise ParamsError(
             f"model.max_length: must be <= the model's context length {n_ctx}, got {requested}"
@@ -59,16 +77,25 @@ def pack_ids(ids: list[list[int]], max_length: int) -> PackedSequences:
     )
 
 
+def cut(ids: PackedSequences, max_length: int) -> PackedSequences:
+    """Each message cut to its first `max_length` tokens, as int64."""
+    positions = torch.arange(len(ids.rows)) - torch.repeat_interleave(ids.starts, ids.lengths)
+    return PackedSequences(
+        ids.rows[positions < max_length].to(torch.int64), ids.lengths.clamp(max=max_length)
+    )
+
+
 def pack(
-    ids: list[list[int]], frame: pd.DataFrame, max_length: int, classes: Classes = SMS
+    ids: PackedSequences, frame: pd.DataFrame, max_length: int, classes: Classes = SMS
 ) -> TokenizedSplit:
-    """A split's messages, cut to `max_length` tokens and packed, with class indices."""
+    """A split's messages (their whole ids, from encode_packed), cut to `max_length` tokens,
+    with class indices."""
     labels = [classes.index(label) for label in frame["label"]]
     return TokenizedSplit(
-        tokens=pack_ids(ids, max_length),
+        tokens=cut(ids, max_length),
         labels=torch.tensor(labels, dtype=torch.int64),
         lines=torch.tensor(frame["line"].to_numpy(), dtype=torch.int64),
-        truncated=sum(len(row) > max_length for row in ids),
+        truncated=int((ids.lengths > max_length).sum()),
     )
 
 
@@ -84,14 +111,15 @@ def save(split: TokenizedSplit, path: str | os.PathLike) -> None:
 
 
 def load(path: str | os.PathLike) -> TokenizedSplit:
+    """A split's tokens, its ids left in the file and read a batch at a time (as int64)."""
     try:
-        t = load_file(str(path))
+        f = tensorfile.TensorFile(path)
         return TokenizedSplit(
-            tokens=PackedSequences(t["ids"].to(torch.int64), t["lengths"]),
-            labels=t["labels"],
-            lines=t["lines"],
+            tokens=PackedSequences(f.rows("ids", torch.int64), f.read("lengths")),
+            labels=f.read("labels"),
+            lines=f.read("lines"),
         )
-    except (OSError, SafetensorError, KeyError, ValueError) as e:
+    except (OSError, tensorfile.FormatError, KeyError, ValueError) as e:
         raise SpamGPTError(
             f"{path}: unreadable tokenized split ({e}); re-run the loaders stage"
         ) from None

@@ -10,8 +10,11 @@ def main(params: Params) -> None:
     enc = tokenizer.load(model_dir)
     n_ctx = GPTConfig.from_json(model_dir / "config.json").n_ctx
     frames = {name: data.read_split(paths.split_file(name)) for name in paths.SPLITS}
-    ids = {name: tokenized.encode(enc, frame["text"].tolist()) for name, frame in frames.items()}
-    max_length = tokenized.resolve_max_length(params.model.max_length, ids["train"], n_ctx)
+    ids = {
+        name: tokenized.encode_packed(enc, frame["text"].tolist()) for name, frame in frames.items()
+    }
+    train_lengths = ids["train"].lengths
+    max_length = tokenized.resolve_max_length(params.model.max_length, train_lengths, n_ctx)
     classes, stats = contracts.read_classes(), {}
     for name in paths.SPLITS:
         split = tokenized.pack(ids[name], frames[name], max_length, classes)

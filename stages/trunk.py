@@ -1,26 +1,33 @@
 """trunk: run the frozen embeddings + first blocks once over every message and cache the
-hidden states, so finetune's epochs (and evaluate) only run the trainable tail."""
+hidden states, so finetune's epochs (and evaluate) only run the trainable tail. With
+train.devices > 1, that many processes under torchrun, each computing its share."""
 
-from spamgpt import classifier, contracts, paths, runtime, stage, tokenized, trunk
+from spamgpt import classifier, contracts, distributed, paths, runtime, stage, tokenized, trunk
 from spamgpt.model import GPTConfig
 from spamgpt.params import Params
 
 
 def main(params: Params) -> None:
-    m = params.model
+    m, t = params.model, params.train
     model_dir = paths.pretrained_dir(m.repo_id)
     n_layer = GPTConfig.from_json(model_dir / "config.json").n_layer
     frozen = classifier.frozen_blocks(n_layer, m.trainable_blocks, m.finetune)
-    device, precision = runtime.setup(params.train.device, params.train.precision)
+    device, precision = runtime.setup(t.device, t.precision, t.devices)
+    distributed.relaunch(t.devices)  # train.devices > 1: this script again, under torchrun
+    device = distributed.setup(device)
     paths.TRUNK_DIR.mkdir(parents=True, exist_ok=True)
     if frozen is not None:  # else everything trains: the tail is the whole model
         gpt = classifier.base_model(m, model_dir).to(device)
         for split in paths.SPLITS:
             tokens = tokenized.load(paths.tokens_file(split)).tokens
-            hidden = trunk.compute(gpt, tokens, frozen, device, precision, desc=f"trunk {split}")
-            trunk.save(paths.trunk_file(split), hidden)
-    contracts.write_trunk_info(frozen, device.type, precision)
+            path = paths.trunk_file(split)
+            trunk.write(path, gpt, tokens, frozen, device, precision, desc=f"trunk {split}")
+    if distributed.is_main():
+        contracts.write_trunk_info(frozen, device.type, precision)
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    try:
+        stage.run(main)
+    finally:
+        distributed.teardown()

@@ -74,8 +74,27 @@ def test_stage_writes_baseline_json(tmp_path: Path, splits: dict[str, pd.DataFra
     assert stage.returncode == 0, stderr
     written = json.loads((tmp_path / "metrics" / "baseline.json").read_text())
     assert written["threshold"] == baseline.THRESHOLD
-    assert set(written) == {"threshold", "val", "test"}
+    assert set(written) == {"threshold", "train_rows", "max_train_rows", "val", "test"}
+    assert written["train_rows"] == len(splits["train"])  # fewer than the cap: all of them
+    assert written["max_train_rows"] == 100_000
     assert written["test"]["accuracy"] > 0.9
+
+
+def test_sample_caps_the_training_rows_seeded(splits: dict[str, pd.DataFrame]) -> None:
+    train = splits["train"]
+    assert baseline.sample(train, None) is train and baseline.sample(train, len(train)) is train
+    some = baseline.sample(train, 50)
+    assert len(some) == 50 and some.index.is_monotonic_increasing  # file order kept
+    assert set(some["line"]) <= set(train["line"])
+    assert some.equals(baseline.sample(train, 50))  # seeded
+    assert not some.equals(baseline.sample(train, 50, seed=1))
+
+
+def test_probabilities_in_chunks_are_those_at_once(model, splits, monkeypatch) -> None:
+    texts = splits["test"]["text"]
+    whole = baseline.probabilities(model, texts)
+    monkeypatch.setattr(baseline, "PREDICT_CHUNK", 7)
+    np.testing.assert_array_equal(baseline.probabilities(model, texts), whole)
 
 
 def test_three_classes_get_scores_that_pick_the_svm_decision() -> None:

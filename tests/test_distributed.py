@@ -5,10 +5,13 @@ import json
 
 import pandas as pd
 import pytest
+import safetensors.torch
+import torch
 import yaml
 from conftest import make_project, run, tiny_params
 
 TOLERANCE = 1e-4  # float sums in another order (all-reduce, half batches); nothing else differs
+TRUNK_TOLERANCE = 1e-5  # the same batches, sums split over another number of threads
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +52,34 @@ def test_same_validation_metrics(runs):
     for column in ("val_loss", "val_accuracy", "val_spam_f1"):
         assert (one[column] - two[column]).abs().max() < TOLERANCE, column
     assert runs[1][0]["best_epoch"] == runs[2][0]["best_epoch"]
+
+
+@pytest.fixture(scope="module")
+def trunk_caches(mirror, tmp_path_factory):
+    """The trunk stage's cache files with 1 process, then with 2: {devices: {split: bytes}},
+    and the 2-process log."""
+    path = make_project(tmp_path_factory.mktemp("trunk"), tiny_params(mirror))
+    run(["dvc", "repro", "loaders"], path)
+    caches, log = {}, ""
+    for devices in (1, 2):
+        params = yaml.safe_load((path / "params.yaml").read_text())
+        params["train"]["devices"] = devices
+        (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        out = run(["python", "stages/trunk.py"], path)
+        caches[devices] = {p.name: p.read_bytes() for p in (path / "data/trunk").iterdir()}
+        log = out.stdout + out.stderr
+    return caches, log
+
+
+def test_trunk_on_two_processes_writes_the_cache_of_one(trunk_caches):
+    caches, log = trunk_caches
+    assert "rank 0 of 2" in log and "rank 1 of 2" in log
+    names = ["info.json", "test.safetensors", "train.safetensors", "val.safetensors"]
+    assert sorted(caches[1]) == sorted(caches[2]) == names  # one file per split, no temp left
+    assert caches[2]["info.json"] == caches[1]["info.json"]
+    for name in names[1:]:  # the same batches; one thread per process instead of two
+        one, two = (safetensors.torch.load(caches[d][name]) for d in (1, 2))
+        assert torch.equal(one["lengths"], two["lengths"])
+        assert one["hidden"].dtype == two["hidden"].dtype == torch.float32  # precision fp32
+        assert not two["hidden"].eq(0).all(dim=1).any(), "a row no process wrote"
+        torch.testing.assert_close(two["hidden"], one["hidden"], rtol=0, atol=TRUNK_TOLERANCE)

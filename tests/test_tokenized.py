@@ -55,14 +55,14 @@ def test_special_token_text_is_plain_text(enc, text: str) -> None:
 
 
 def test_max_length_null_is_the_longest_training_message(enc) -> None:
-    train = [[1] * 5, [2] * 9, [3] * 3]
+    train = torch.tensor([5, 9, 3])
     assert tokenized.resolve_max_length(None, train, 64) == 9
-    assert tokenized.resolve_max_length(None, [[1] * 100, [2]], 64) == 64  # capped at n_ctx
-    assert tokenized.resolve_max_length(None, [[1] * 64], 64) == 64
+    assert tokenized.resolve_max_length(None, torch.tensor([100, 1]), 64) == 64  # capped at n_ctx
+    assert tokenized.resolve_max_length(None, torch.tensor([64]), 64) == 64
 
 
 def test_max_length_set() -> None:
-    train = [[1] * 5, [2] * 9]
+    train = torch.tensor([5, 9])
     assert tokenized.resolve_max_length(4, train, 64) == 4  # shorter than the data: allowed
     assert tokenized.resolve_max_length(64, train, 64) == 64
     with pytest.raises(ParamsError) as info:
@@ -73,7 +73,19 @@ def test_max_length_set() -> None:
 
 # --- pack ---
 
-IDS = [[1, 2, 3, 4, 5], [6], [7, 8, 9], [10, 11, 12, 13]]
+IDS_LISTS = [[1, 2, 3, 4, 5], [6], [7, 8, 9], [10, 11, 12, 13]]
+IDS = tokenized.pack_ids(IDS_LISTS, 5)  # every message whole, as encode_packed gives them
+
+
+def test_encode_packed_is_encode_packed_end_to_end(enc, monkeypatch) -> None:
+    texts = ["Free entry in 2 a wkly comp", "", "£900 prize 😀", "ok", "see you at 7"]
+    monkeypatch.setattr(tokenized, "ENCODE_CHUNK", 2)  # chunks of 2, 2 and 1 texts
+    packed = tokenized.encode_packed(enc, texts)
+    assert packed.rows.dtype == torch.int32
+    rows = tokenized.encode(enc, texts)
+    assert packed.lengths.tolist() == [len(row) for row in rows]
+    assert packed.rows.tolist() == [t for row in rows for t in row]
+    assert len(tokenized.encode_packed(enc, [])) == 0
 
 
 def test_pack_truncates_and_counts() -> None:
@@ -97,7 +109,7 @@ def test_pack_without_truncation() -> None:
 
 def test_pack_rejects_an_unknown_label() -> None:
     with pytest.raises(ValueError):
-        tokenized.pack(IDS[:1], frame(["eggs"]), 3)
+        tokenized.pack(tokenized.pack_ids(IDS_LISTS[:1], 5), frame(["eggs"]), 3)
 
 
 def test_stats() -> None:
@@ -108,7 +120,9 @@ def test_stats() -> None:
         "max_tokens": 3,
         "truncated": 2,
     }
-    split = tokenized.pack(IDS[:3], frame(["ham"] * 3), 3)  # lengths 3, 1, 3: mean 2.333...
+    split = tokenized.pack(
+        tokenized.pack_ids(IDS_LISTS[:3], 5), frame(["ham"] * 3), 3
+    )  # lengths 3, 1, 3: mean 2.333...
     assert tokenized.stats(split)["mean_tokens"] == 2.33
 
 
@@ -118,14 +132,15 @@ def test_stats() -> None:
 def test_save_load_round_trip(tmp_path: Path, enc) -> None:
     texts = ["WINNER!! claim your £900 prize", "", f"ok {EOT_TEXT}", "see you soon 😀"]
     labels = ["spam", "ham", "ham", "spam"]
-    split = tokenized.pack(tokenized.encode(enc, texts), frame(labels, [5, 17, 18, 5574]), 8)
+    ids = tokenized.encode_packed(enc, texts)
+    split = tokenized.pack(ids, frame(labels, [5, 17, 18, 5574]), 8)
     path = tmp_path / "tokens" / "train.safetensors"
     tokenized.save(split, path)
     assert sorted(p.name for p in path.parent.iterdir()) == ["train.safetensors"]  # no temp
     assert load_file(str(path))["ids"].dtype == torch.int32  # half the bytes of int64
     back = tokenized.load(path)
     assert back.tokens.rows.dtype == torch.int64
-    assert torch.equal(back.tokens.rows, split.tokens.rows)
+    assert torch.equal(back.tokens.rows[:], split.tokens.rows)
     assert torch.equal(back.tokens.lengths, split.tokens.lengths)
     assert torch.equal(back.labels, split.labels)
     assert torch.equal(back.lines, split.lines)
@@ -138,9 +153,11 @@ def test_save_load_round_trip(tmp_path: Path, enc) -> None:
 def test_save_replaces_an_old_file(tmp_path: Path) -> None:
     path = tmp_path / "val.safetensors"
     tokenized.save(tokenized.pack(IDS, frame(["ham"] * 4), 5), path)
-    tokenized.save(tokenized.pack(IDS[:2], frame(["spam"] * 2), 5), path)
+    tokenized.save(
+        tokenized.pack(tokenized.pack_ids(IDS_LISTS[:2], 5), frame(["spam"] * 2), 5), path
+    )
     back = tokenized.load(path)
-    assert back.labels.tolist() == [1, 1] and back.tokens.rows.tolist() == [1, 2, 3, 4, 5, 6]
+    assert back.labels.tolist() == [1, 1] and back.tokens.rows[:].tolist() == [1, 2, 3, 4, 5, 6]
 
 
 def corruptions(good: bytes) -> dict[str, bytes]:

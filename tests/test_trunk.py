@@ -5,10 +5,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from test_runtime import NATIVE_BF16
 from tiny_gpt2 import make_tiny_hub
 
-from spamgpt import classifier, runtime, train, trunk
+from spamgpt import classifier, runtime, tensorfile, train, trunk
 from spamgpt.batching import ModelInputs, PackedSequences
 from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPT2Classifier
@@ -154,3 +155,71 @@ def test_bf16_training_step_stays_within_bf16_rounding_of_fp32(spread) -> None:
     before = dict(model.named_parameters())
     for name, p in bf16.trained.items():  # the step updated float32 weights
         assert p.dtype == torch.float32 and not torch.equal(p, before[name]), name
+
+
+# --- the cache file: written a batch at a time, read a batch at a time ---
+
+
+def test_written_cache_reads_back_as_computed(model, tmp_path) -> None:
+    tokens = messages(40, seed=4)
+    path = tmp_path / "train.safetensors"
+    trunk.write(path, model.gpt, tokens, 2, CPU, "fp32", max_tokens=64)  # many small batches
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.safetensors"]  # no temp left
+    computed = trunk.compute(model.gpt, tokens, 2, CPU, "fp32", max_tokens=64)
+    back = trunk.load(path)
+    assert torch.equal(back.lengths, tokens.lengths)
+    assert torch.equal(load_file(str(path))["hidden"], computed.rows)  # plain safetensors
+    indices = torch.tensor([7, 0, 31])
+    assert torch.equal(back.batch(indices, 0)[0], computed.batch(indices, 0)[0])
+
+
+def test_loaded_cache_reads_only_the_batch(model, tmp_path, monkeypatch) -> None:
+    """Loading reads the lengths; a batch reads its own messages' rows, nothing more."""
+    tokens = messages(40, seed=5)
+    path = tmp_path / "val.safetensors"
+    trunk.write(path, model.gpt, tokens, 2, CPU, "fp32")
+    read = []
+    original = tensorfile.TensorFile.pread
+    monkeypatch.setattr(
+        tensorfile.TensorFile, "pread", lambda f, b, o: read.append(len(b)) or original(f, b, o)
+    )
+    cache = trunk.load(path)
+    assert sum(read) == 8 * len(tokens)  # int64 lengths
+    read.clear()
+    indices = torch.tensor([3, 9])
+    cache.batch(indices, 0)
+    row_bytes = 4 * model.gpt.config.n_embd
+    assert sum(read) == row_bytes * int(tokens.lengths[indices].sum())
+
+
+def test_cache_is_bf16_when_the_trunk_runs_in_bf16(spread, tmp_path) -> None:
+    """bf16 storage rounds each hidden value to 8 significant bits; the logits it gives move
+    by no more than the bound the tail's own bf16 autocast is allowed (4u sum|w||h|)."""
+    model, _, _ = spread
+    tokens = messages(64, seed=2)
+    trunk.write(tmp_path / "fp32", model.gpt, tokens, 2, CPU, "fp32")
+    fp32 = ModelInputs(trunk.load(tmp_path / "fp32"), 2)
+    rows = fp32.sequences.rows[:]
+    stored = trunk.storage_dtype("bf16")
+    path = tmp_path / "bf16.safetensors"
+    tensorfile.create(path, {"lengths": (torch.int64, (64,)), "hidden": (stored, rows.shape)})
+    with tensorfile.TensorFile(path, writable=True) as f:
+        f.write("lengths", 0, tokens.lengths)
+        f.write("hidden", 0, rows)
+    assert load_file(str(path))["hidden"].dtype == torch.bfloat16
+    bf16 = ModelInputs(trunk.load(path), 2)
+    assert bf16.sequences.rows.dtype == torch.float32  # read as float32
+    assert path.stat().st_size < 0.55 * (tmp_path / "fp32").stat().st_size
+    indices = torch.arange(64)
+    with torch.no_grad():
+        exact, bound = fp32_logits_and_bound(model, fp32, indices)
+        rounded = classifier.logits(model, bf16, indices, CPU)
+    assert not torch.equal(rounded, exact)
+    assert ((rounded - exact).abs() <= bound).all(), ((rounded - exact).abs() / bound).max()
+
+
+def test_write_removes_a_killed_runs_temporary_file(model, tmp_path) -> None:
+    path = tmp_path / "test.safetensors"
+    (tmp_path / ".test.safetensors.abc123.tmp").write_bytes(b"x" * 100)  # kill -9 left it
+    trunk.write(path, model.gpt, messages(5), 2, CPU, "fp32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test.safetensors"]
