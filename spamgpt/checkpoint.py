@@ -20,6 +20,7 @@ import torch
 from spamgpt import atomic, distributed
 from spamgpt.errors import SpamGPTError
 from spamgpt.params import Params, flatten
+from spamgpt.train import State, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,39 @@ def load(path: str | os.PathLike, expected_fingerprint: str) -> dict | None:
     return checkpoint
 
 
+def state_of(trainer: Trainer) -> dict:
+    """What a checkpoint holds of a trainer: its State, the trained tensors (now and at the
+    best epoch), the optimizer, schedule, loss scale and RNG."""
+    s = trainer.state
+    return {
+        "state": {k: v for k, v in vars(s).items() if k != "best_weights"},
+        "best_weights": s.best_weights,
+        "weights": trainer.trained_weights(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "rng": torch.get_rng_state(),
+    }
+
+
+def resume(trainer: Trainer, checkpoint: dict) -> None:
+    """Put `trainer` back where the run that saved `checkpoint` stopped."""
+    trainer.state = State(**checkpoint["state"], best_weights=checkpoint["best_weights"])
+    trainer.state.best_score = tuple(trainer.state.best_score)
+    with torch.no_grad():
+        for name, tensor in checkpoint["weights"].items():
+            trainer.trained[name].copy_(tensor)
+    trainer.optimizer.load_state_dict(checkpoint["optimizer"])
+    trainer.scheduler.load_state_dict(checkpoint["scheduler"])
+    trainer.scaler.load_state_dict(checkpoint["scaler"])
+    torch.set_rng_state(checkpoint["rng"])
+
+
 class CheckpointSaver:
-    """Writes the checkpoint of one run: `save(trainer_state)` after each epoch or signal,
-    tagged with the settings' fingerprint and the MLflow run. Under torchrun only rank 0
-    writes: every process holds the same weights and state. `before_save` runs first (the
-    metrics buffer is flushed, so a resumed run skips the steps the store already has)."""
+    """Writes the checkpoint of one run: `save(trainer)` after each epoch or signal, tagged
+    with the settings' fingerprint and the MLflow run. Under torchrun only rank 0 writes:
+    every process holds the same weights and state. `before_save` runs first (the metrics
+    buffer is flushed, so a resumed run skips the steps the store already has)."""
 
     def __init__(
         self,
@@ -92,9 +121,12 @@ class CheckpointSaver:
         self.tags = {"fingerprint": fingerprint, "run_id": run_id}
         self.before_save = before_save
 
-    def save(self, trainer_state: dict) -> None:
-        if not distributed.is_main():
-            return
+    def save(self, trainer: Trainer) -> None:
+        if distributed.is_main():
+            self.write(state_of(trainer))
+
+    def write(self, contents: dict) -> None:
+        """Atomically replace the checkpoint with `contents` and the tags."""
         self.before_save()
         with atomic.atomic_path(self.path) as tmp:
-            torch.save({**self.tags, **trainer_state}, tmp)
+            torch.save({**self.tags, **contents}, tmp)

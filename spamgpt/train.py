@@ -21,7 +21,6 @@ from tqdm import tqdm
 
 from spamgpt import classifier, distributed, interrupts, metrics, paths, runtime, tokenized, trunk
 from spamgpt.batching import ModelInputs, bucketed_order
-from spamgpt.checkpoint import CheckpointSaver
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
 from spamgpt.model import GPT2Classifier
@@ -32,6 +31,9 @@ class Interrupted(SpamGPTError):
     """SIGINT or SIGTERM: a checkpoint was saved; the next run resumes from it."""
 
     exit_code = 130
+
+    def __init__(self, signal_name: str, step: int) -> None:
+        super().__init__(f"{signal_name} at step {step}: checkpoint saved; re-run to resume")
 
 
 @dataclass
@@ -81,6 +83,12 @@ class Hook:
 
     def on_fit_end(self, state: State) -> None:
         """After the loop, also when a signal or an error ends it."""
+
+
+class Saver(Protocol):
+    """Where fit() puts a checkpoint: spamgpt.checkpoint.CheckpointSaver."""
+
+    def save(self, trainer: "Trainer") -> None: ...
 
 
 class MetricsLogger(Protocol):
@@ -146,6 +154,16 @@ def configure_optimizer(
     return torch.optim.AdamW(groups, lr=params.lr, fused=device.type in ("cpu", "cuda"))
 
 
+def linear_schedule(
+    optimizer: torch.optim.Optimizer, params: TrainParams, n_train: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warm-up over train.warmup_ratio of all steps (epochs of n_train messages in batches),
+    then linear decay to 0 (lr_factor)."""
+    total = params.epochs * math.ceil(n_train / params.batch_size)
+    warmup = max(1, round(params.warmup_ratio * total))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup))
+
+
 def lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up over `warmup` steps, then linear decay to 0 at `total`."""
     if step < warmup:
@@ -168,9 +186,80 @@ def epoch_order(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int) -
     return bucketed_order(lengths, batch_size, generator)
 
 
+def validation(
+    model: GPT2Classifier,
+    split: Split,
+    classes: Classes,
+    weights: torch.Tensor | None,
+    device: torch.device,
+    precision: str,
+) -> tuple[float, dict]:
+    """(loss weighted by class, metrics report) of `split` with dropout off; labels at
+    threshold 0.5 on the positive class where there is one of two, else the most probable."""
+    model.eval()
+    probs = classifier.class_probabilities(model, split.inputs, device, precision)
+    # The log of probabilities no smaller than float32 can hold: cross-entropy's value.
+    log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+    loss = F.nll_loss(log_probs, split.labels, weight=weights).item()
+    threshold = 0.5 if classes.positive is not None and len(classes) == 2 else None
+    return loss, metrics.report(split.labels.numpy(), probs.numpy(), threshold, classes)
+
+
+def global_mean_loss(local_sum: float, total: float, signalled: bool) -> tuple[float, bool]:
+    """The global batch's mean loss from each process's weighted sum, and whether any
+    process was signalled: one all-reduce for both (with one process, no communication)."""
+    summed = distributed.all_sum(torch.tensor([local_sum, float(signalled)], dtype=torch.float64))
+    return summed[0].item() / total, bool(summed[1] > 0)
+
+
+def shard_loss(
+    model: torch.nn.Module,
+    split: Split,
+    indices: torch.Tensor,
+    class_weights: torch.Tensor | None,
+    loss_weights: torch.Tensor | None,
+    device: torch.device,
+    precision: str,
+) -> tuple[torch.Tensor, float]:
+    """This process's class-weighted loss sum over its share of the global batch `indices`,
+    and the whole batch's weight: their ratio, summed over processes, is the weighted mean
+    sum(w_i * loss_i) / sum(w_i) (with one process, F.cross_entropy's mean). `class_weights`
+    on the CPU, `loss_weights` the same on the device."""
+    labels = split.labels[indices]
+    total = float(labels.numel() if class_weights is None else class_weights[labels].sum())
+    mine, share = distributed.shard(indices), 1.0
+    if len(mine) == 0:  # a last batch smaller than the processes: join with no weight
+        mine, share = indices[:1], 0.0
+    with runtime.autocast(device, precision):
+        logits = classifier.logits(model, split.inputs, mine, device)
+    targets = split.labels[mine].to(device)
+    loss = F.cross_entropy(logits.float(), targets, weight=loss_weights, reduction="sum")
+    return share * loss, total
+
+
+def stop_unless_finite(loss: float, state: State) -> None:
+    if not math.isfinite(loss):
+        raise SpamGPTError(
+            f"training loss is {loss} at step {state.step + 1} (epoch {state.epoch + 1}); "
+            f"stopped, the best checkpoint so far is kept; try a lower train.lr or "
+            f"train.precision: fp32"
+        )
+
+
+def epoch_entry(state: State, val_loss: float, report: dict, classes: Classes) -> dict:
+    """One epoch's line in the history (and metrics/val_epochs.csv, and MLflow)."""
+    return {
+        "epoch": state.epoch,
+        "step": state.step,
+        "train/epoch_loss": state.epoch_loss_sum / max(1, state.epoch_samples),
+        "val/loss": val_loss,
+        **metrics.flat(report, "val", classes),
+    }
+
+
 class Trainer:
     """Trains the parameters named `trained_names` of `model` on `train`, validating on `val`
-    after every epoch. `fit()` runs the loop; `state_dict()` is what a checkpoint holds."""
+    after every epoch: fit(). Checkpointing it and resuming it: spamgpt.checkpoint."""
 
     def __init__(
         self,
@@ -184,34 +273,26 @@ class Trainer:
         precision: str,
     ) -> None:
         self.model, self.train_split, self.val_split = model, train, val
-        self.classes = classes
-        self.params, self.device, self.precision = params, device, precision
+        self.classes, self.params, self.device, self.precision = classes, params, device, precision
         self.hooks: list[Hook] = []
         named = dict(model.named_parameters())
         self.trained = {name: named[name] for name in trained_names}
         self.optimizer = configure_optimizer(self.trained, params, device)
-        total = params.epochs * math.ceil(len(train) / params.batch_size)
-        warmup = max(1, round(params.warmup_ratio * total))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, total, warmup)
-        )
+        self.scheduler = linear_schedule(self.optimizer, params, len(train))
         self.scaler = runtime.grad_scaler(device, precision)  # fp16: loss scaling
-        self.class_weights = class_weights(
-            train.labels, params.class_weights, model.head.out_features
-        )  # on the CPU; the loss reads a copy on the device
+        # on the CPU; the training loss reads a copy on the device
+        self.class_weights = class_weights(train.labels, params.class_weights, len(classes))
         self.loss_weights = None if self.class_weights is None else self.class_weights.to(device)
         self.state = State()
         self.pending = interrupts.Pending()  # a signal fit() holds until the step is done
         # Under torchrun each process trains on its share of every batch; DDP averages the
         # gradients of the trainable tail (frozen parameters are left out of the all-reduce).
-        self.forward_model = model
-        if distributed.world_size() > 1:
-            self.forward_model = DistributedDataParallel(model)
+        parallel = distributed.world_size() > 1
+        self.forward_model = DistributedDataParallel(model) if parallel else model
 
-    def fit(self, saver: CheckpointSaver, hooks: tuple[Hook, ...] = ()) -> State:
-        """Train until epochs or patience run out, from self.state (a loaded checkpoint's),
-        calling `hooks` and early stopping. SIGINT/SIGTERM stop it between steps: a
-        checkpoint is saved, then Interrupted."""
+    def fit(self, saver: Saver, hooks: tuple[Hook, ...] = ()) -> State:
+        """Train until epochs or patience run out, from self.state, calling `hooks`. SIGINT or
+        SIGTERM stops it between steps: a checkpoint is saved, then Interrupted."""
         s, p = self.state, self.params
         self.hooks = [*hooks, EarlyStopping(p.patience)]
         if s.finished:  # resumed after the loop had ended: only the results are left to write
@@ -222,9 +303,11 @@ class Trainer:
                     self._train_epoch()
                     if self.pending.signal is None:
                         self._end_epoch()
-                    self._save_then_stop_if_signalled(saver)
+                    saver.save(self)
+                    if self.pending.signal is not None:
+                        raise Interrupted(self.pending.name(), s.step)
                 s.finished = True
-                saver.save(self.state_dict())
+                saver.save(self)
         finally:
             self._call("on_fit_end", s)
         return s
@@ -251,23 +334,14 @@ class Trainer:
 
     def train_step(self, indices: torch.Tensor) -> float:
         """One optimizer step on the global batch `indices`; its weighted mean loss."""
-        labels = self.train_split.labels[indices]
-        # The weighted mean over the whole global batch: sum(w_i * loss_i) / sum(w_i), each
-        # process summing its own share. With one process this is F.cross_entropy's mean.
-        weights = self.class_weights
-        total = float(labels.numel() if weights is None else weights[labels].sum())
-        mine, share = distributed.shard(indices), 1.0
-        if len(mine) == 0:  # a last batch smaller than the processes: join with no weight
-            mine, share = indices[:1], 0.0
-        with runtime.autocast(self.device, self.precision):
-            logits = classifier.logits(
-                self.forward_model, self.train_split.inputs, mine, self.device
-            )
-        targets = self.train_split.labels[mine].to(self.device)
-        local = share * F.cross_entropy(
-            logits.float(), targets, weight=self.loss_weights, reduction="sum"
-        )
-        loss = self._global_loss(local.item(), total)
+        local, total = shard_loss(
+            self.forward_model, self.train_split, indices, self.class_weights, self.loss_weights,
+            self.device, self.precision,
+        )  # fmt: skip
+        loss, signalled = global_mean_loss(local.item(), total, self.pending.signal is not None)
+        if signalled and self.pending.signal is None:
+            self.pending.signal = interrupts.SIGNALS[1]  # another process was: stop with it
+        stop_unless_finite(loss, self.state)
         # DDP averages gradients over processes; scaling by their number makes the result the
         # gradient of the global mean.
         self.scaler.scale(local * distributed.world_size() / total).backward()
@@ -280,46 +354,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss
 
-    def _global_loss(self, local_sum: float, total: float) -> float:
-        """The global batch's mean loss, and whether any process was signalled: one
-        all-reduce for both. Stops on a loss that is not finite."""
-        flag = float(self.pending.signal is not None)
-        summed = distributed.all_sum(torch.tensor([local_sum, flag], dtype=torch.float64))
-        if summed[1] > 0 and self.pending.signal is None:
-            self.pending.signal = interrupts.SIGNALS[1]  # another process was: stop with it
-        loss = summed[0].item() / total
-        if not math.isfinite(loss):
-            raise SpamGPTError(
-                f"training loss is {loss} at step {self.state.step + 1} (epoch "
-                f"{self.state.epoch + 1}); stopped, the best checkpoint so far is kept; "
-                f"try a lower train.lr or train.precision: fp32"
-            )
-        return loss
-
-    def validate(self) -> tuple[float, dict]:
-        """(val loss, metrics report) with dropout off; labels at threshold 0.5 on the positive
-        class where there is one of two, else the most probable class."""
-        self.model.eval()
-        val = self.val_split
-        probs = classifier.class_probabilities(self.model, val.inputs, self.device, self.precision)
-        # The log of probabilities no smaller than float32 can hold: cross-entropy's value.
-        log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
-        loss = F.nll_loss(log_probs, val.labels, weight=self.class_weights).item()
-        threshold = 0.5 if self.classes.positive is not None and len(self.classes) == 2 else None
-        return loss, metrics.report(val.labels.numpy(), probs.numpy(), threshold, self.classes)
-
     def _end_epoch(self) -> None:
         """Validate; record the epoch, keep its weights if it is the best so far."""
         s = self.state
-        val_loss, report = self.validate()
+        val_loss, report = validation(
+            self.model, self.val_split, self.classes, self.class_weights, self.device,
+            self.precision,
+        )  # fmt: skip
         s.epoch += 1
-        entry = {
-            "epoch": s.epoch,
-            "step": s.step,
-            "train/epoch_loss": s.epoch_loss_sum / max(1, s.epoch_samples),
-            "val/loss": val_loss,
-            **metrics.flat(report, "val", self.classes),
-        }
+        entry = epoch_entry(s, val_loss, report, self.classes)
         s.history.append(entry)
         score = (metrics.selection_score(report, self.classes), -val_loss)
         if score > s.best_score:
@@ -327,38 +370,9 @@ class Trainer:
         s.batch, s.epoch_loss_sum, s.epoch_samples = 0, 0.0, 0
         self._call("on_epoch_end", s, entry)
 
-    def _save_then_stop_if_signalled(self, saver: CheckpointSaver) -> None:
-        saver.save(self.state_dict())
-        if self.pending.signal is not None:
-            name, step = self.pending.name(), self.state.step
-            raise Interrupted(f"{name} at step {step}: checkpoint saved; re-run to resume")
-
     def _call(self, event: str, *args: object) -> None:
         for hook in self.hooks:
             getattr(hook, event)(*args)
 
     def trained_weights(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu().clone() for n, p in self.trained.items()}
-
-    def state_dict(self) -> dict:
-        s = self.state
-        return {
-            "state": {k: v for k, v in vars(s).items() if k != "best_weights"},
-            "best_weights": s.best_weights,
-            "weights": self.trained_weights(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": torch.get_rng_state(),
-        }
-
-    def load_state_dict(self, checkpoint: dict) -> None:
-        self.state = State(**checkpoint["state"], best_weights=checkpoint["best_weights"])
-        self.state.best_score = tuple(self.state.best_score)
-        with torch.no_grad():
-            for name, tensor in checkpoint["weights"].items():
-                self.trained[name].copy_(tensor)
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.scaler.load_state_dict(checkpoint["scaler"])
-        torch.set_rng_state(checkpoint["rng"])

@@ -32,7 +32,7 @@ def main(params: Params) -> None:
     fingerprint = checkpoint.fingerprint(params, data_report)
     resume = checkpoint.load(paths.CHECKPOINT, fingerprint)
     if resume:
-        trainer.load_state_dict(resume)
+        checkpoint.resume(trainer, resume)
     if not distributed.is_main():  # the other processes train alongside rank 0, nothing else
         trainer.fit(checkpoint.CheckpointSaver(paths.CHECKPOINT, fingerprint))
         return
@@ -49,7 +49,7 @@ def main(params: Params) -> None:
         results.write_model(run, trainer, m, params.mlflow.log_checkpoints)
         results.write_training(run, state, classes, len(train), device, precision)
         state.exported = True  # the results are written: a later run starts afresh
-        saver.save(trainer.state_dict())
+        saver.save(trainer)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def test_saved_checkpoint_loads_back_for_the_same_fingerprint_only(tmp_path: Pat
     path = tmp_path / "checkpoint.pt"
     flushed = []
     saver = CheckpointSaver(path, "fp", run_id="run1", before_save=lambda: flushed.append(1))
-    saver.save(
+    saver.write(
         {"state": {"finished": False, "epoch": 0, "step": 3}, "weights": {"w": torch.ones(2)}}
     )
     assert flushed == [1]  # the metrics were flushed before the checkpoint was written
@@ -45,7 +45,7 @@ def test_saved_checkpoint_loads_back_for_the_same_fingerprint_only(tmp_path: Pat
 
 def test_exported_checkpoint_is_not_resumed(tmp_path: Path) -> None:
     path = tmp_path / "checkpoint.pt"
-    CheckpointSaver(path, "fp").save({"state": {"finished": True, "exported": True}})
+    CheckpointSaver(path, "fp").write({"state": {"finished": True, "exported": True}})
     assert checkpoint.load(path, "fp") is None
 
 

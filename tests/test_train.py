@@ -150,7 +150,7 @@ def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(tmp_path: Path) -> N
     assert saved["state"]["step"] == 21 and saved["state"]["batch"] == 5
     assert checkpoint.load(path, "other settings") is None
     second = new_trainer()
-    second.load_state_dict(saved)
+    checkpoint.resume(second, saved)
     resumed = second.fit(CheckpointSaver(path, "fp"))
 
     assert resumed.steps == whole.steps
