@@ -5,6 +5,8 @@ and `spamgpt classify`. One project per module: the stages run once and the test
 import json
 import math
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import mlflow
@@ -234,3 +236,55 @@ def test_lora_recipe_runs_and_classifies(project, mlflow_client):
     run_id = read_json(path / "models/mlflow_run.json")["run_id"]
     logged = {f.path for f in mlflow_client.list_artifacts(run_id, "checkpoints")}
     assert logged == {"checkpoints/best.safetensors", "checkpoints/last.safetensors"}
+
+
+AUDIT = """
+import os, runpy, sys
+seen = set()
+def hook(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        mode = args[1] if len(args) > 1 and isinstance(args[1], str) else "r"
+        if "r" in mode and "+" not in mode:
+            seen.add(os.path.abspath(os.fsdecode(args[0])))
+sys.addaudithook(hook)
+try:
+    runpy.run_path(sys.argv[1], run_name="__main__")
+finally:
+    with open(sys.argv[2], "w") as f:
+        f.write("\\n".join(sorted(seen)))
+"""
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_a_stage_reads_no_project_file_its_deps_do_not_list(project, tmp_path, name):
+    """Each stage re-run in a copy of the finished project, every file it opens for reading
+    recorded: those inside the project are its deps, its outputs (finetune resumes from its
+    own checkpoint), params.yaml, or DVC's and MLflow's own files."""
+    path, _ = project
+    copy = tmp_path / "project"
+    shutil.copytree(path, copy, symlinks=True)
+    stage = yaml.safe_load((copy / "dvc.yaml").read_text())["stages"][name]
+    lock = yaml.safe_load((copy / "dvc.lock").read_text())["stages"][name]
+    listed = [d["path"] for d in lock["deps"]] + [o["path"] for o in lock.get("outs", [])]
+    listed += [next(iter(m)) if isinstance(m, dict) else m for m in stage.get("metrics", [])]
+    allowed = [copy / p for p in [*listed, "params.yaml", ".dvc", "mlflow.db", "mlartifacts"]]
+    record = tmp_path / "opened.txt"
+    script = (copy / stage["cmd"].split()[-1]).relative_to(copy)
+    run([sys.executable, "-c", AUDIT, str(script), str(record)], copy)
+    # spamgpt.atomic writes an output under a temporary name beside it (and reads it to fsync)
+    temporary = re.compile(r"\.(.+)\.[^.]+\.tmp")
+    opened = [
+        p.with_name(m[1]) if (m := temporary.fullmatch(p.name)) else p
+        for p in map(Path, record.read_text().splitlines())
+    ]
+    # (os.open relative to a directory's descriptor, as shutil.rmtree does, names no file of
+    # the project: only files that exist count)
+    inside = [p for p in opened if p.is_relative_to(copy) and p.exists()]
+    inside = [p for p in inside if "__pycache__" not in p.parts]
+    code = [copy / "stages", copy / "spamgpt"]  # imports: tests/test_dvc_yaml.py checks them
+    unlisted = [
+        str(p.relative_to(copy))
+        for p in inside
+        if not any(p == a or p.is_relative_to(a) for a in [*allowed, *code])
+    ]
+    assert not unlisted, f"stage {name} reads {unlisted}, which dvc.yaml does not list"
