@@ -28,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from spamgpt import paths
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 REVISION = "random-weights"  # not the real revision: its known hashes would not match
@@ -107,7 +109,7 @@ def main() -> None:
             z.write(SHARED / "data/SMSSpamCollection", "SMSSpamCollection")
         with serve(mirror) as url:
             project.mkdir()
-            for name in ("dvc.yaml", ".gitignore", "stages", "spamgpt"):
+            for name in paths.PIPELINE_FILES:
                 copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
                 copy(ROOT / name, project / name)
             params = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import yaml
 
+from spamgpt import paths
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 SMS = SHARED / "data/SMSSpamCollection"
@@ -112,7 +114,7 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
 
 def make_project(path: Path, data: Path, hub_url: str, overrides: list[str]) -> None:
     path.mkdir()
-    for name in ("dvc.yaml", "stages", "spamgpt", "data/local"):
+    for name in paths.PIPELINE_FILES:
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
         copy(ROOT / name, path / name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

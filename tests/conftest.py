@@ -24,6 +24,8 @@ import yaml
 from fileserver import serve
 from tiny_gpt2 import make_tiny_hub
 
+from spamgpt import paths
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_REVISION = "tiny-test"  # not in the known-hash table: accepted with a warning, recorded
 # dvc.yaml's stages, in an order that runs each after what it needs
@@ -239,7 +241,7 @@ def tiny_params(mirror: Mirror, **overrides: dict) -> dict:
 def make_project(path: Path, params: dict) -> Path:
     """A fresh git + DVC project holding this repository's pipeline and the given params."""
     path.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", ".gitignore", "stages", "spamgpt", "data/local"):
+    for name in paths.PIPELINE_FILES:
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__"))
