@@ -17,21 +17,19 @@ peak RSS of its processes. Prints a row per size and stage, then
 """
 
 import argparse
-import contextlib
 import csv
-import http.server
 import os
 import random
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
+from pipeline_time import serve
 
 from spamgpt import paths
 
@@ -39,16 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 SMS = SHARED / "data/SMSSpamCollection"
 REVISION = "random-weights"  # not the real revision: its known hashes would not match
-STAGES = [
-    "download_data",
-    "download_weights",
-    "split",
-    "baseline",
-    "loaders",
-    "trunk",
-    "finetune",
-    "evaluate",
-]
+STAGES = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])  # in order
 FLAT = ("trunk", "finetune", "evaluate")  # their memory must not grow with N
 # Runs a command and reports the peak RSS of its process tree (ru_maxrss of the children: the
 # largest single process among them, in KB).
@@ -81,22 +70,6 @@ def write_csv(path: Path, n: int) -> None:
         out.writerow(["id", "text", "label"])
         for number, (text, label) in enumerate(synthetic_messages(n), start=1):
             out.writerow([number, text, label])
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def serve(directory: Path) -> Iterator[str]:
-    handler = lambda *a: QuietHandler(*a, directory=str(directory))  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
 
 
 def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
