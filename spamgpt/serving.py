@@ -202,7 +202,8 @@ def log_model(
     )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / ARTIFACT  # the name it keeps inside the model's artifacts
-        loaded = _model_folder(finetuned_dir, folder, pretrained_root, base, full, loaded)
+        meta = json.loads((finetuned_dir / classifier.CLASSIFIER_JSON).read_text(encoding="utf-8"))
+        loaded = _model_folder(finetuned_dir, meta, folder, pretrained_root, base, full, loaded)
         if loaded is not None:
             _HANDED[str(folder)] = loaded
         try:
@@ -216,7 +217,7 @@ def log_model(
                 artifacts={ARTIFACT: str(folder)},
                 code_paths=[str(Path(spamgpt.__file__).parent)],
                 input_example=INPUT_EXAMPLE,
-                metadata=_classes(finetuned_dir),  # the class names, in order
+                metadata=classifier.classes_of(meta).to_dict(),  # the class names, in order
                 model_config={"threshold": threshold, "device": "auto"},
                 pip_requirements=pins,
                 registered_model_name=registered_model_name,
@@ -227,13 +228,9 @@ def log_model(
     return f"runs:/{run_id}/model"
 
 
-def _classes(finetuned_dir: Path) -> dict:
-    meta = json.loads((finetuned_dir / classifier.CLASSIFIER_JSON).read_text(encoding="utf-8"))
-    return classifier.classes_of(meta).to_dict()
-
-
 def _model_folder(
     finetuned_dir: Path,
+    meta: dict,
     dest: Path,
     pretrained_root: str | os.PathLike,
     base: BaseWeights | None,
@@ -241,8 +238,8 @@ def _model_folder(
     loaded: tuple[classifier.GPT2Classifier, dict] | None,
 ) -> tuple[classifier.GPT2Classifier, dict] | None:
     """Write the model's artifact folder: models/finetuned as it is plus base.json (light),
-    or a self-contained copy with every tensor (full). Returns the model if it has it."""
-    meta = json.loads((finetuned_dir / classifier.CLASSIFIER_JSON).read_text(encoding="utf-8"))
+    or a self-contained copy with every tensor (full); `meta` is its classifier.json.
+    Returns the model if it has it."""
     if meta["full"]:  # a randomly initialised base: the folder already holds everything
         full, base = False, None
     if full:
