@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from spamgpt import atomic
 from spamgpt.errors import SpamGPTError
@@ -226,6 +225,9 @@ def split(
                 f"messages of each label (one each in train, val and test); add data, or "
                 f"leave the class out with data.labels"
             )
+    # Here, not at the top: finetune and evaluate read splits and need no scikit-learn.
+    from sklearn.model_selection import train_test_split
+
     try:
         rest, test_part = train_test_split(
             frame, test_size=test, stratify=frame["label"], random_state=seed

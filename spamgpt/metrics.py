@@ -1,12 +1,19 @@
-"""Classification metrics and their figures, shared by validation, test and the baseline."""
+"""Classification metrics and their figures, shared by validation, test and the baseline.
+
+The metrics are numpy, with scikit-learn's definitions (tests/test_metrics.py checks them
+against it): a stage that only validates imports neither scikit-learn nor SciPy, 0.7 s of
+start-up on a 2-core CPU. matplotlib is imported by the figures alone."""
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
-from sklearn import metrics as skm
 
 from spamgpt.labels import SMS, Classes
 from spamgpt.params import check_threshold
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def report(
@@ -18,23 +25,24 @@ def report(
     """One split's eval.json object: accuracy, macro F1, per-class P/R/F1/support under each
     class's name, the positive class's ROC and PR AUCs (two classes), the confusion matrix
     (rows actual, columns predicted: [[tn, fp], [fn, tp]] for ham/spam), for (N, classes)
-    probabilities labelled by Classes.predicted at `threshold`."""
+    probabilities labelled by Classes.predicted at `threshold`. A ratio with nothing to
+    count (no message predicted as a class, none of it present) is 0."""
     labels, probabilities = np.asarray(labels), np.asarray(probabilities)
     predicted = classes.predicted(probabilities, threshold)
-    indices = list(range(len(classes)))
-    precision, recall, f1, support = skm.precision_recall_fscore_support(
-        labels, predicted, labels=indices, zero_division=0
-    )
+    confusion = confusion_matrix(labels, predicted, len(classes))
+    hits, support, claimed = np.diag(confusion), confusion.sum(axis=1), confusion.sum(axis=0)
+    precision, recall = _ratio(hits, claimed), _ratio(hits, support)
+    f1 = _ratio(2 * precision * recall, precision + recall)
     positive = classes.positive_index
     # AUCs: of the positive class against the other, with both present
     both = positive is not None and len(classes) == 2 and len(np.unique(labels)) == 2
     is_positive = labels == positive
     scores = probabilities[:, positive] if positive is not None else None
     out = {
-        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        "accuracy": float(hits.sum() / max(len(labels), 1)),
         "macro_f1": float(f1.mean()),
-        "roc_auc": float(skm.roc_auc_score(is_positive, scores)) if both else None,
-        "pr_auc": float(skm.average_precision_score(is_positive, scores)) if both else None,
+        "roc_auc": roc_auc(is_positive, scores) if both else None,
+        "pr_auc": average_precision(is_positive, scores) if both else None,
     }
     for i, name in enumerate(classes.names):
         out[name] = {
@@ -43,8 +51,66 @@ def report(
             "f1": float(f1[i]),
             "support": int(support[i]),
         }
-    out["confusion_matrix"] = skm.confusion_matrix(labels, predicted, labels=indices).tolist()
+    out["confusion_matrix"] = confusion.tolist()
     return out
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is (scikit-learn's zero_division=0)."""
+    return np.divide(numerator, denominator, out=np.zeros(len(numerator)), where=denominator > 0)
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes, n_classes) counts: rows the actual class, columns the predicted one."""
+    pairs = np.asarray(labels, dtype=np.int64) * n_classes + np.asarray(predicted, np.int64)
+    return np.bincount(pairs, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def _counts_above(
+    is_positive: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false positives, true positives, thresholds) when every score >= each distinct
+    score, from the highest down: the points of the ROC and precision-recall curves."""
+    order = np.argsort(scores, kind="mergesort")[::-1]
+    scores, is_positive = np.asarray(scores)[order], np.asarray(is_positive)[order]
+    last_of_each = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    tps = np.cumsum(is_positive)[last_of_each].astype(np.float64)
+    return 1.0 + last_of_each - tps, tps, scores[last_of_each]
+
+
+def roc_curve(is_positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rates, true positive rates) from (0, 0), without the points that lie
+    on a straight line between their neighbours (scikit-learn's drop_intermediate)."""
+    fps, tps, _ = _counts_above(is_positive, scores)
+    if len(fps) > 2:
+        corners = np.r_[True, (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), True]
+        fps, tps = fps[corners], tps[corners]
+    fps, tps = np.r_[0.0, fps], np.r_[0.0, tps]
+    return fps / fps[-1], tps / tps[-1]
+
+
+def roc_auc(is_positive: np.ndarray, scores: np.ndarray) -> float:
+    """The area under the ROC curve (trapezoids)."""
+    fpr, tpr = roc_curve(is_positive, scores)
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def precision_recall_curve(
+    is_positive: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, thresholds) by decreasing recall, ending at (1, 0); the
+    thresholds, one fewer, from the lowest score up."""
+    fps, tps, thresholds = _counts_above(is_positive, scores)
+    # With no positive message, recall is 1 at every threshold (as scikit-learn has it).
+    recall = tps / tps[-1] if tps[-1] > 0 else np.ones_like(tps)
+    precision = tps / (tps + fps)
+    return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0], thresholds[::-1]
+
+
+def average_precision(is_positive: np.ndarray, scores: np.ndarray) -> float:
+    """Precision at each threshold weighted by the recall it adds (no interpolation)."""
+    precision, recall, _ = precision_recall_curve(is_positive, scores)
+    return float(max(0.0, -np.sum(np.diff(recall) * precision[:-1])))
 
 
 def flat(rep: dict, prefix: str, classes: Classes = SMS) -> dict[str, float]:
@@ -70,7 +136,7 @@ def selection_score(rep: dict, classes: Classes) -> float:
 def best_threshold(labels: np.ndarray, positive_prob: np.ndarray, positive: int = 1) -> float:
     """The positive-probability threshold that maximises the positive class's F1 (chosen on
     validation)."""
-    precision, recall, thresholds = skm.precision_recall_curve(labels == positive, positive_prob)
+    precision, recall, thresholds = precision_recall_curve(labels == positive, positive_prob)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     return float(thresholds[int(np.argmax(f1[:-1]))])
 
@@ -98,8 +164,8 @@ def curve_frames(
     if positive_prob is None:
         fpr = tpr = precision = recall = np.empty(0)
     else:
-        fpr, tpr, _ = skm.roc_curve(labels == positive, positive_prob)
-        precision, recall, _ = skm.precision_recall_curve(labels == positive, positive_prob)
+        fpr, tpr = roc_curve(labels == positive, positive_prob)
+        precision, recall, _ = precision_recall_curve(labels == positive, positive_prob)
     return {
         "roc": pd.DataFrame({"fpr": fpr, "tpr": tpr}),
         "pr": pd.DataFrame({"recall": recall, "precision": precision}),
@@ -116,8 +182,10 @@ def per_class_table(reports: dict[str, dict], classes: Classes = SMS) -> dict[st
     return pd.DataFrame(rows).to_dict(orient="list")
 
 
-def confusion_figure(matrix: list[list[int]], title: str, classes: Classes = SMS) -> Figure:
+def confusion_figure(matrix: list[list[int]], title: str, classes: Classes = SMS) -> "Figure":
     """Counts and row-normalised rates side by side."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
+
     counts = np.asarray(matrix, dtype=float)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     side = max(3.6, 0.5 * len(classes) + 1.5)
@@ -151,8 +219,10 @@ def confusion_figure(matrix: list[list[int]], title: str, classes: Classes = SMS
     return fig
 
 
-def curve_figure(series: dict[str, tuple[list, list]], xlabel: str, title: str) -> Figure:
+def curve_figure(series: dict[str, tuple[list, list]], xlabel: str, title: str) -> "Figure":
     """One line per named (x, y) series."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     for name, (x, y) in series.items():

@@ -1,8 +1,12 @@
 """spamgpt.metrics against numbers worked out by hand, against scikit-learn and counts of our
 own on generated data, and best_threshold against a search over every candidate threshold."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from conftest import REPO
 from sklearn import metrics as skm
 
 from spamgpt import metrics
@@ -174,3 +178,52 @@ def test_choose_threshold_only_for_a_positive_class_of_two() -> None:
         None,
         None,
     )
+
+
+@pytest.mark.parametrize("decimals", [None, 2, 1])  # 1 decimal: many tied scores
+@pytest.mark.parametrize("seed", range(3))
+def test_curves_are_scikit_learns(seed: int, decimals: int | None) -> None:
+    """The ROC curve (corners only), the precision-recall curve and its thresholds, point
+    for point."""
+    labels, probs = generated(seed, n=300, decimals=decimals)
+    fpr, tpr = metrics.roc_curve(labels == 1, probs)
+    their_fpr, their_tpr, _ = skm.roc_curve(labels, probs)
+    np.testing.assert_allclose(fpr, their_fpr)
+    np.testing.assert_allclose(tpr, their_tpr)
+    ours = metrics.precision_recall_curve(labels == 1, probs)
+    for got, want in zip(ours, skm.precision_recall_curve(labels, probs), strict=True):
+        np.testing.assert_allclose(got, want)
+
+
+def test_precision_recall_curve_without_positives_has_recall_one() -> None:
+    precision, recall, _ = metrics.precision_recall_curve(np.zeros(3, bool), PROBS[:3])
+    assert recall.tolist() == [1.0, 1.0, 1.0, 0.0] and precision.tolist() == [0, 0, 0, 1]
+
+
+def test_three_classes_agree_with_scikit_learn() -> None:
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 3, size=200)
+    probs = rng.dirichlet(np.ones(3), size=200)
+    rep = metrics.report(labels, probs, None, THREE)
+    predicted = probs.argmax(axis=1)
+    assert rep["confusion_matrix"] == skm.confusion_matrix(labels, predicted).tolist()
+    p, r, f1, support = skm.precision_recall_fscore_support(labels, predicted, zero_division=0)
+    for i, name in enumerate(THREE.names):
+        assert rep[name] == pytest.approx(
+            {"precision": p[i], "recall": r[i], "f1": f1[i], "support": support[i]}
+        )
+    assert rep["macro_f1"] == pytest.approx(f1.mean())
+
+
+def test_finetune_imports_neither_scikit_learn_nor_matplotlib() -> None:
+    """Validation needs the metrics alone: scikit-learn (with SciPy) and matplotlib are
+    about 1 s of every finetune's start-up on a 2-core CPU."""
+    code = (
+        "import runpy, sys\n"
+        "runpy.run_path('stages/finetune.py')\n"  # its imports; main() runs only as __main__
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'matplotlib'}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
