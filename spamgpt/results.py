@@ -52,14 +52,10 @@ def log_best_checkpoint(run: Run, light_model_logged: bool) -> None:
 
 
 def write_training(
-    run: Run,
-    state: State,
-    classes: Classes,
-    n_train: int,
-    device: torch.device,
-    precision: str,
+    run: Run, state: State, n_train: int, device: torch.device, precision: str
 ) -> None:
-    """metrics/train.json, the DVC plot data, and the same curves as MLflow figures."""
+    """metrics/train.json, the DVC plot data and the run's summary metrics. No figures of
+    the curves: MLflow charts train/loss and the val/ metrics from the logged steps."""
     epochs = pd.DataFrame(state.history)
     steps = pd.DataFrame(state.steps, columns=["step", "loss", "lr"])
     best = state.history[state.best_epoch - 1]
@@ -88,24 +84,6 @@ def write_training(
         },
         0,
     )
-    if classes.positive is not None:
-        name = classes.metric_name(classes.positive)
-        scores = [f"val/{name}_{k}" for k in ("precision", "recall", "f1")]
-    else:
-        scores = ["val/macro_f1", *(f"val/{classes.metric_name(c)}_f1" for c in classes.names)]
-    figures = {
-        "train_loss": ("step", {"train/loss": (steps["step"], steps["loss"])}),
-        "loss_by_epoch": (
-            "epoch",
-            {c: (epochs["epoch"], epochs[c]) for c in ("train/epoch_loss", "val/loss")},
-        ),
-        "validation": (
-            "epoch",
-            {c: (epochs["epoch"], epochs[c]) for c in ("val/accuracy", *scores)},
-        ),
-    }
-    for title, (x_label, series) in figures.items():
-        run.log_figure(metrics.curve_figure(series, x_label, title), f"curves/{title}.png")
 
 
 def write_evaluation(

@@ -47,7 +47,7 @@ def main(params: Params) -> None:
         )
         state = trainer.fit(saver, hooks=(LogMetrics(run), ProgressBar(t.epochs)))
         results.write_model(run, trainer, m, params.mlflow.log_checkpoints)
-        results.write_training(run, state, classes, len(train), device, precision)
+        results.write_training(run, state, len(train), device, precision)
         state.exported = True  # the results are written: a later run starts afresh
         saver.save(trainer)
 
