@@ -78,10 +78,14 @@ def load(path: str | os.PathLike, expected_fingerprint: str) -> dict | None:
 
 def state_of(trainer: Trainer) -> dict:
     """What a checkpoint holds of a trainer: its State, the trained tensors (now and at the
-    best epoch), the optimizer, schedule, loss scale and RNG."""
+    best epoch), the optimizer, schedule, loss scale and RNG; once its results are exported,
+    the State alone."""
     s = trainer.state
+    state = {k: v for k, v in vars(s).items() if k != "best_weights"}
+    if s.exported:  # nothing is left to resume: the state alone says so, no tensors
+        return {"state": state}
     return {
-        "state": {k: v for k, v in vars(s).items() if k != "best_weights"},
+        "state": state,
         "best_weights": s.best_weights,
         "weights": trainer.trained_weights(),
         "optimizer": trainer.optimizer.state_dict(),

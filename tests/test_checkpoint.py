@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 import yaml
 from conftest import REPO
+from test_train import new_trainer
 
 from spamgpt import checkpoint, params
 from spamgpt.checkpoint import CheckpointSaver
@@ -46,6 +47,18 @@ def test_saved_checkpoint_loads_back_for_the_same_fingerprint_only(tmp_path: Pat
 def test_exported_checkpoint_is_not_resumed(tmp_path: Path) -> None:
     path = tmp_path / "checkpoint.pt"
     CheckpointSaver(path, "fp").write({"state": {"finished": True, "exported": True}})
+    assert checkpoint.load(path, "fp") is None
+
+
+def test_once_exported_only_the_state_is_saved(tmp_path: Path) -> None:
+    """The tensors are what a resume needs; an exported run is never resumed."""
+    path, trainer = tmp_path / "checkpoint.pt", new_trainer()
+    CheckpointSaver(path, "fp").save(trainer)
+    assert {"weights", "best_weights", "optimizer"} <= set(torch.load(path, weights_only=True))
+    trainer.state.exported = True
+    CheckpointSaver(path, "fp").save(trainer)
+    saved = torch.load(path, weights_only=True)
+    assert set(saved) == {"fingerprint", "run_id", "state"} and saved["state"]["exported"]
     assert checkpoint.load(path, "fp") is None
 
 
