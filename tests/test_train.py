@@ -5,6 +5,7 @@ losses read back from the device a chunk at a time: the same as every step, NaN 
 import dataclasses
 import io
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -141,7 +142,7 @@ def test_early_stopping_ends_after_patience_epochs_without_improvement(tmp_path:
     assert len(state.history) == state.best_epoch + 1 < 20
 
 
-def after_step(trainer: Trainer, step: int, action) -> None:
+def after_step(trainer: Trainer, step: int, action: Callable[[], object]) -> None:
     """Run `action()` right after the optimizer's `step`-th step of this trainer (counted from
     now): inside the training step, between the reads of the losses."""
     steps = [0]
@@ -249,9 +250,9 @@ def test_a_training_step_reads_nothing_back_from_the_device() -> None:
     """Steps on the meta device, where tensors have shapes but no values: reading one back
     (item(), tolist(), bool(), a NaN check), which on a GPU would wait for it, raises."""
     meta = torch.device("meta")
-    trainer = new_trainer()
-    model = trainer.model.to(meta).train()
-    trainer = Trainer(model, list(trainer.trained), *trainer_splits(), SMS, PARAMS, meta, "fp32")
+    built = new_trainer()  # the test model, and what trains in it
+    model = built.model.to(meta).train()
+    trainer = Trainer(model, list(built.trained), *trainer_splits(), SMS, PARAMS, meta, "fp32")
     losses = [trainer.train_step(torch.arange(i, i + 4)) for i in range(0, 12, 4)]
     assert [(loss.device, loss.dtype, loss.shape) for loss in losses] == [
         (meta, torch.float64, torch.Size([]))
@@ -270,7 +271,7 @@ def poison_weights(trainer: Trainer) -> None:
 @pytest.mark.parametrize(
     ("bad_step", "signal_at"),
     [
-        (24, None),  # mid-chunk: read with steps 21-25
+        (24, None),  # mid-chunk: read with steps 22-26 (epoch 2 begins at step 17)
         (32, None),  # epoch 2's last step: read before validating epoch 2
         (22, 22),  # SIGINT at the same step: read before the checkpoint is saved
     ],
