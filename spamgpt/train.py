@@ -1,7 +1,9 @@
 """The fine-tuning loop: AdamW, warm-up then linear decay, gradient clipping, a class-weighted
 loss, validation every epoch, the best epoch kept by validation spam F1, early stopping.
 Checkpoints (spamgpt.checkpoint) are written after every epoch and on SIGINT/SIGTERM, and a
-run resumes from one exactly; logging, progress and early stopping are hooks.
+run resumes from one exactly; logging, progress and early stopping are hooks. With one process
+the host does not wait for the device every step: the losses stay on it and are read back
+READ_EVERY steps at a time (Trainer._read_losses).
 
 Why this recipe: a head-only fine-tune with a weighted loss once predicted almost everything
 as spam after epoch 1, then collapsed to ham-only by epoch 3 and kept the last epoch. Keeping
@@ -9,10 +11,11 @@ the best epoch and logging per-class metrics every epoch makes such a collapse h
 visible.
 """
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +28,11 @@ from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
 from spamgpt.model import GPT2Classifier
 from spamgpt.params import TrainParams
+
+# Steps between reads of the training loss back from the device: each read waits for the device
+# to finish its queued work, so one per step stalls a GPU (the CPU waits, then the GPU waits
+# for the CPU's next launches). Also when the logged metrics and the progress bar update.
+READ_EVERY = 32
 
 
 class Interrupted(SpamGPTError):
@@ -77,7 +85,9 @@ class Hook:
 
     def on_epoch_start(self, state: State, batches: int) -> None: ...
 
-    def on_step(self, state: State, loss: float, lr: float) -> None: ...
+    def on_steps(self, state: State, steps: list[list[float]]) -> None:
+        """The steps whose losses were just read back from the device (READ_EVERY, or fewer
+        at an epoch's end or a signal): [step, loss, lr] each, the last ones of state.steps."""
 
     def on_epoch_end(self, state: State, entry: dict) -> None: ...
 
@@ -96,13 +106,14 @@ class MetricsLogger(Protocol):
 
 
 class LogMetrics(Hook):
-    """train/loss and train/lr every step, the validation entry (val/...) every epoch."""
+    """train/loss and train/lr at every step, the validation entry (val/...) every epoch."""
 
     def __init__(self, logger: MetricsLogger) -> None:
         self.logger = logger
 
-    def on_step(self, state: State, loss: float, lr: float) -> None:
-        self.logger.log_metrics({"train/loss": loss, "train/lr": lr}, state.step)
+    def on_steps(self, state: State, steps: list[list[float]]) -> None:
+        for step, loss, lr in steps:
+            self.logger.log_metrics({"train/loss": loss, "train/lr": lr}, step)
 
     def on_epoch_end(self, state: State, entry: dict) -> None:
         self.logger.log_metrics({k: v for k, v in entry.items() if "/" in k}, state.epoch)
@@ -116,9 +127,9 @@ class ProgressBar(Hook):
         desc = f"epoch {state.epoch + 1}/{self.epochs}"
         self.bar = tqdm(total=batches, initial=state.batch, desc=desc, disable=None)
 
-    def on_step(self, state: State, loss: float, lr: float) -> None:
-        self.bar.update()
-        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+    def on_steps(self, state: State, steps: list[list[float]]) -> None:
+        self.bar.set_postfix(loss=f"{steps[-1][1]:.4f}", refresh=False)
+        self.bar.update(len(steps))
 
     def on_epoch_end(self, state: State, entry: dict) -> None:
         self.bar.close()
@@ -205,11 +216,17 @@ def validation(
     return loss, metrics.report(split.labels.numpy(), probs.numpy(), threshold, classes)
 
 
-def global_mean_loss(local_sum: float, total: float, signalled: bool) -> tuple[float, bool]:
-    """The global batch's mean loss from each process's weighted sum, and whether any
-    process was signalled: one all-reduce for both (with one process, no communication)."""
-    summed = distributed.all_sum(torch.tensor([local_sum, float(signalled)], dtype=torch.float64))
-    return summed[0].item() / total, bool(summed[1] > 0)
+def global_loss_sum(local_sum: torch.Tensor, signalled: bool) -> tuple[torch.Tensor, bool]:
+    """The global batch's weighted loss sum (float64, on the device) from each process's, and
+    whether any process was signalled. Under torchrun one all-reduce carries both, and every
+    process reads the flag back: they stop at the same step. With one process: no
+    communication, and nothing is read back (the host does not wait for the device)."""
+    local_sum = local_sum.detach().double()
+    if distributed.world_size() == 1:
+        return local_sum, signalled
+    flag = torch.tensor(float(signalled), dtype=torch.float64, device=local_sum.device)
+    summed = distributed.all_sum(torch.stack([local_sum, flag]))
+    return summed[0], bool(summed[1] > 0)
 
 
 def shard_loss(
@@ -237,13 +254,14 @@ def shard_loss(
     return share * loss, total
 
 
-def stop_unless_finite(loss: float, state: State) -> None:
-    if not math.isfinite(loss):
-        raise SpamGPTError(
-            f"training loss is {loss} at step {state.step + 1} (epoch {state.epoch + 1}); "
-            f"stopped, the best checkpoint so far is kept; try a lower train.lr or "
-            f"train.precision: fp32"
-        )
+def non_finite_loss(loss: float, state: State) -> SpamGPTError:
+    """The error that stops training at a NaN or infinite `loss`, that of the step after
+    `state`'s last; the checkpoint on disk is left as it is."""
+    return SpamGPTError(
+        f"training loss is {loss} at step {state.step + 1} (epoch {state.epoch + 1}); "
+        f"stopped, the best checkpoint so far is kept; try a lower train.lr or "
+        f"train.precision: fp32"
+    )
 
 
 def epoch_entry(state: State, val_loss: float, report: dict, classes: Classes) -> dict:
@@ -255,6 +273,14 @@ def epoch_entry(state: State, val_loss: float, report: dict, classes: Classes) -
         "val/loss": val_loss,
         **metrics.flat(report, "val", classes),
     }
+
+
+class UnreadStep(NamedTuple):
+    """A training step done whose loss has not been read back from the device yet."""
+
+    loss: torch.Tensor  # float64 scalar on the device: the weighted mean loss
+    lr: float
+    samples: int  # messages in the global batch
 
 
 class Trainer:
@@ -320,28 +346,49 @@ class Trainer:
         self._call("on_epoch_start", s, len(order))
         self.model.train()
         started = time.perf_counter()
+        unread: list[UnreadStep] = []
         for indices in order[s.batch :]:
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
-            loss = self.train_step(indices)
-            s.steps.append([s.step + 1, loss, lr])
-            s.batch, s.step = s.batch + 1, s.step + 1
-            s.epoch_loss_sum += loss * len(indices)
-            s.epoch_samples += len(indices)
-            self._call("on_step", s, loss, lr)
+            unread.append(UnreadStep(self.train_step(indices), lr, len(indices)))
             if self.pending.signal is not None:
                 break
+            if len(unread) == READ_EVERY:
+                self._read_losses(unread)
+                unread = []
+        self._read_losses(unread)  # before anything validates or saves these weights
         s.train_seconds += time.perf_counter() - started
 
-    def train_step(self, indices: torch.Tensor) -> float:
-        """One optimizer step on the global batch `indices`; its weighted mean loss."""
+    def _read_losses(self, unread: list[UnreadStep]) -> None:
+        """Record the `unread` steps, their losses read back from the device at once (one wait
+        for it). The NaN check is here, not in every step, so the steps after a non-finite
+        loss have stepped on NaN gradients: it raises (once the steps before it are recorded)
+        before anything validates or checkpoints those weights, and the last checkpoint is
+        what a re-run resumes from. (fp16's GradScaler skips inf steps itself.)"""
+        if not unread:
+            return
+        s = self.state
+        losses = torch.stack([u.loss for u in unread]).tolist()
+        finite = list(itertools.takewhile(math.isfinite, losses))
+        for u, loss in zip(unread, finite, strict=False):
+            s.steps.append([s.step + 1, loss, u.lr])
+            s.batch, s.step = s.batch + 1, s.step + 1
+            s.epoch_loss_sum += loss * u.samples
+            s.epoch_samples += u.samples
+        if finite:
+            self._call("on_steps", s, s.steps[-len(finite) :])
+        if len(finite) < len(losses):
+            raise non_finite_loss(losses[len(finite)], s)
+
+    def train_step(self, indices: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on the global batch `indices`; its weighted mean loss, a float64
+        scalar left on the device (reading it would make the host wait for the device)."""
         local, total = shard_loss(
             self.forward_model, self.train_split, indices, self.class_weights, self.loss_weights,
             self.device, self.precision,
         )  # fmt: skip
-        loss, signalled = global_mean_loss(local.item(), total, self.pending.signal is not None)
+        loss_sum, signalled = global_loss_sum(local, self.pending.signal is not None)
         if signalled and self.pending.signal is None:
             self.pending.signal = interrupts.SIGNALS[1]  # another process was: stop with it
-        stop_unless_finite(loss, self.state)
         # DDP averages gradients over processes; scaling by their number makes the result the
         # gradient of the global mean.
         self.scaler.scale(local * distributed.world_size() / total).backward()
@@ -352,7 +399,7 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss
+        return loss_sum / total
 
     def _end_epoch(self) -> None:
         """Validate; record the epoch, keep its weights if it is the best so far."""

@@ -1,20 +1,28 @@
 """spamgpt.train in-process: the schedule, class weights, epoch order, the loop's hooks,
-early stopping, and a resumed run that ends exactly where an uninterrupted one does."""
+early stopping, a resumed run that ends exactly where an uninterrupted one does, and the
+losses read back from the device a chunk at a time: the same as every step, NaN included."""
 
 import dataclasses
+import io
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from tqdm import tqdm
 
-from spamgpt import checkpoint, classifier
+from spamgpt import checkpoint, classifier, train
 from spamgpt.batching import ModelInputs, PackedSequences
 from spamgpt.checkpoint import CheckpointSaver
+from spamgpt.errors import SpamGPTError
 from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.params import TrainParams
 from spamgpt.train import (
     Hook,
+    LogMetrics,
+    ProgressBar,
     Split,
     State,
     Trainer,
@@ -87,7 +95,11 @@ def new_trainer(params: TrainParams = PARAMS) -> Trainer:
     gpt = GPT2.init_random(GPTConfig(n_layer=2, n_head=2, n_embd=16, n_ctx=16, vocab_size=40))
     model = GPT2Classifier(gpt)
     trained = classifier.freeze(model, 1)
-    return Trainer(model, trained, data(64, 1), data(32, 2), SMS, params, CPU, "fp32")
+    return Trainer(model, trained, *trainer_splits(), SMS, params, CPU, "fp32")
+
+
+def trainer_splits() -> tuple[Split, Split]:
+    return data(64, 1), data(32, 2)
 
 
 class Record(Hook):
@@ -97,8 +109,10 @@ class Record(Hook):
     def on_epoch_start(self, state: State, batches: int) -> None:
         self.events.append(("start", state.epoch, batches))
 
-    def on_step(self, state: State, loss: float, lr: float) -> None:
-        self.events.append(("step", state.step))
+    def on_steps(self, state: State, steps: list[list[float]]) -> None:
+        assert state.steps[-len(steps) :] == steps and state.step == steps[-1][0]
+        self.events.extend(("step", step) for step, _, _ in steps)
+        self.events.append(("read", len(steps)))
 
     def on_epoch_end(self, state: State, entry: dict) -> None:
         self.events.append(("end", state.epoch, entry["val/loss"]))
@@ -128,26 +142,41 @@ def test_early_stopping_ends_after_patience_epochs_without_improvement(tmp_path:
     assert len(state.history) == state.best_epoch + 1 < 20
 
 
-class StopAfter(Hook):
-    """Stands in for SIGINT: notes a signal after `step`, as the signal handler would."""
+def after_step(trainer: Trainer, step: int, action: Callable[[], object]) -> None:
+    """Run `action()` right after the optimizer's `step`-th step of this trainer (counted from
+    now): inside the training step, between the reads of the losses."""
+    steps = [0]
 
-    def __init__(self, trainer: Trainer, step: int) -> None:
-        self.trainer, self.step = trainer, step
+    def hook(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        steps[0] += 1
+        if steps[0] == step:
+            action()
 
-    def on_step(self, state: State, loss: float, lr: float) -> None:
-        if state.step == self.step:
-            self.trainer.pending.signal = 2
+    trainer.optimizer.register_step_post_hook(hook)
 
 
-def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(tmp_path: Path) -> None:
+def stop_after(trainer: Trainer, step: int) -> None:
+    """Stands in for SIGINT at `step`: notes the signal as the held handler would."""
+    after_step(trainer, step, lambda: setattr(trainer.pending, "signal", signal.SIGINT))
+
+
+@pytest.mark.parametrize("read_every", [3, train.READ_EVERY])
+def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_every: int
+) -> None:
+    """The signal comes mid-chunk (step 21: epoch 2's 5th; with reads every 3 steps, steps
+    20 and 21 are unread): the checkpoint holds every step done."""
+    monkeypatch.setattr(train, "READ_EVERY", read_every)
     whole = new_trainer().fit(CheckpointSaver(tmp_path / "whole.pt", "fp"))
 
     path = tmp_path / "resumed.pt"
     first = new_trainer()
+    stop_after(first, 21)
     with pytest.raises(Exception, match="SIGINT at step 21: checkpoint saved"):
-        first.fit(CheckpointSaver(path, "fp"), hooks=(StopAfter(first, 21),))
+        first.fit(CheckpointSaver(path, "fp"))
     saved = checkpoint.load(path, "fp")
     assert saved["state"]["step"] == 21 and saved["state"]["batch"] == 5
+    assert saved["state"]["steps"] == whole.steps[:21]
     assert checkpoint.load(path, "other settings") is None
     second = new_trainer()
     checkpoint.resume(second, saved)
@@ -158,3 +187,115 @@ def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(tmp_path: Path) -> N
     assert resumed.best_epoch == whole.best_epoch
     for name, tensor in whole.best_weights.items():
         assert torch.equal(resumed.best_weights[name], tensor)
+
+
+def test_losses_read_a_chunk_at_a_time_are_those_read_every_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fit() reads the losses back 5 steps at a time (and at each epoch's end): the steps, losses,
+    rates and epoch losses it records are exactly those of reading each step's loss at once."""
+    monkeypatch.setattr(train, "READ_EVERY", 5)
+    trainer, record = new_trainer(), Record()
+    state = trainer.fit(CheckpointSaver(tmp_path / "c.pt", "fp"), hooks=(record,))
+    reads = [e[1] for e in record.events if e[0] == "read"]
+    assert reads == [5, 5, 5, 1] * 3  # 16 steps an epoch: one read per chunk
+
+    reference, epoch_losses = new_trainer(), []
+    steps = []
+    for epoch in range(3):
+        reference.model.train()
+        loss_sum = samples = 0
+        lengths = reference.train_split.inputs.sequences.lengths
+        for indices in epoch_order(lengths, PARAMS.batch_size, PARAMS.seed, epoch):
+            lr = reference.optimizer.param_groups[0]["lr"]
+            loss = reference.train_step(indices).item()
+            steps.append([len(steps) + 1, loss, lr])
+            loss_sum, samples = loss_sum + loss * len(indices), samples + len(indices)
+        epoch_losses.append(loss_sum / samples)
+    assert state.steps == steps
+    assert [h["train/epoch_loss"] for h in state.history] == epoch_losses
+    assert len({lr for _, _, lr in steps}) > 10  # the rates follow the schedule step by step
+
+
+class Logged:
+    """A metrics store: what LogMetrics wrote to it."""
+
+    def __init__(self) -> None:
+        self.metrics: list[tuple[int, dict]] = []
+
+    def log_metrics(self, values: dict[str, float], step: int) -> None:
+        self.metrics.append((step, values))
+
+
+def test_logged_metrics_and_progress_bar_follow_every_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(train, "READ_EVERY", 5)
+    logged = Logged()
+    state = new_trainer().fit(CheckpointSaver(tmp_path / "c.pt", "fp"), hooks=(LogMetrics(logged),))
+    per_step = [(step, v) for step, v in logged.metrics if "train/loss" in v]
+    assert per_step == [
+        (step, {"train/loss": loss, "train/lr": lr}) for step, loss, lr in state.steps
+    ]
+    assert [step for step, v in logged.metrics if "val/loss" in v] == [1, 2, 3]
+
+    bar = ProgressBar(epochs=3)
+    bar.bar = tqdm(total=16, file=io.StringIO())
+    bar.on_steps(state, state.steps[:5])
+    bar.on_steps(state, state.steps[5:6])
+    assert bar.bar.n == 6 and bar.bar.postfix == f"loss={state.steps[5][1]:.4f}"
+
+
+def test_a_training_step_reads_nothing_back_from_the_device() -> None:
+    """Steps on the meta device, where tensors have shapes but no values: reading one back
+    (item(), tolist(), bool(), a NaN check), which on a GPU would wait for it, raises."""
+    meta = torch.device("meta")
+    built = new_trainer()  # the test model, and what trains in it
+    model = built.model.to(meta).train()
+    trainer = Trainer(model, list(built.trained), *trainer_splits(), SMS, PARAMS, meta, "fp32")
+    losses = [trainer.train_step(torch.arange(i, i + 4)) for i in range(0, 12, 4)]
+    assert [(loss.device, loss.dtype, loss.shape) for loss in losses] == [
+        (meta, torch.float64, torch.Size([]))
+    ] * 3
+    assert trainer.scheduler.last_epoch == 3  # three whole steps
+    with pytest.raises(RuntimeError, match="meta"):
+        losses[0].item()
+
+
+def poison_weights(trainer: Trainer) -> None:
+    with torch.no_grad():
+        for p in trainer.trained.values():
+            p.fill_(float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("bad_step", "signal_at"),
+    [
+        (24, None),  # mid-chunk: read with steps 22-26 (epoch 2 begins at step 17)
+        (32, None),  # epoch 2's last step: read before validating epoch 2
+        (22, 22),  # SIGINT at the same step: read before the checkpoint is saved
+    ],
+)
+def test_a_nan_loss_stops_at_its_step_and_keeps_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad_step: int, signal_at: int | None
+) -> None:
+    """The weights turn to NaN after step bad_step - 1: the error names bad_step though it is
+    read some steps later, the steps before it are recorded, and nothing computed from the
+    NaN weights is validated, kept as best or saved (epoch 1's checkpoint stays)."""
+    monkeypatch.setattr(train, "READ_EVERY", 5)
+    trainer, record, path = new_trainer(), Record(), tmp_path / "c.pt"
+    after_step(trainer, bad_step - 1, lambda: poison_weights(trainer))
+    if signal_at is not None:
+        stop_after(trainer, signal_at)
+    message = rf"training loss is nan at step {bad_step} \(epoch 2\); stopped"
+    with pytest.raises(SpamGPTError, match=message):
+        trainer.fit(CheckpointSaver(path, "fp"), hooks=(record,))
+
+    state = trainer.state
+    assert [step for step, _, _ in state.steps] == list(range(1, bad_step))
+    assert [e[1] for e in record.events if e[0] == "step"] == list(range(1, bad_step))
+    assert [e[1] for e in record.events if e[0] == "end"] == [1]  # epoch 2 never validated
+    assert state.best_epoch == 1 and all(w.isfinite().all() for w in state.best_weights.values())
+    saved = checkpoint.load(path, "fp")
+    assert saved["state"]["epoch"] == 1 and saved["state"]["step"] == 16
+    assert all(w.isfinite().all() for w in saved["weights"].values())

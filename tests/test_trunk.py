@@ -145,7 +145,7 @@ def test_bf16_training_step_stays_within_bf16_rounding_of_fp32(spread) -> None:
     assert not torch.equal(bf16_logits, logits)  # autocast really ran in bf16
     assert ((bf16_logits - logits).abs() <= bound).all()
     fp32, bf16 = trainer(model, feats, labels, "fp32"), trainer(model, feats, labels, "bf16")
-    loss32, loss16 = fp32.train_step(indices), bf16.train_step(indices)
+    loss32, loss16 = fp32.train_step(indices).item(), bf16.train_step(indices).item()
     assert loss32 == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
     # bf16 matmuls, then a float32 loss: not a loss rounded to bf16 (2^-8 of it)
     assert loss16 == pytest.approx(F.cross_entropy(bf16_logits, labels).item(), rel=1e-6)
