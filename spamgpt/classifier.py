@@ -220,7 +220,9 @@ def logits(
     """(B, classes) logits of the chosen messages; `model` is the classifier or its DDP
     wrapper (which must see the call)."""
     x, lengths = inputs.batch(indices)
-    return model(x.to(device), lengths.to(device), inputs.frozen_blocks)
+    return model(
+        runtime.to_device(x, device), runtime.to_device(lengths, device), inputs.frozen_blocks
+    )
 
 
 @torch.inference_mode()

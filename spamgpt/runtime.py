@@ -101,6 +101,15 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return requested
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without making the host wait for the device: a plain copy to
+    a CUDA card first waits for all the work queued on it (cudaStreamSynchronize); from
+    pinned memory with non_blocking it is queued behind that work instead. Elsewhere as is."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Matmuls in bf16 or fp16 with float32 accumulation, norms, softmax and losses in float32;
     or nothing (fp32)."""

@@ -217,11 +217,13 @@ def validation(
 
 
 def global_loss_sum(local_sum: torch.Tensor, signalled: bool) -> tuple[torch.Tensor, bool]:
-    """The global batch's weighted loss sum (float64, on the device) from each process's, and
-    whether any process was signalled. Under torchrun one all-reduce carries both, and every
-    process reads the flag back: they stop at the same step. With one process: no
-    communication, and nothing is read back (the host does not wait for the device)."""
-    local_sum = local_sum.detach().double()
+    """The global batch's weighted loss sum (float64 on the device; float32 on MPS, which has
+    no float64) from each process's, and whether any process was signalled. Under torchrun
+    one all-reduce carries both, and every process reads the flag back: they stop at the same
+    step. With one process: no communication, and nothing is read back (the host does not
+    wait for the device)."""
+    local_sum = local_sum.detach()
+    local_sum = local_sum if local_sum.device.type == "mps" else local_sum.double()
     if distributed.world_size() == 1:
         return local_sum, signalled
     flag = torch.tensor(float(signalled), dtype=torch.float64, device=local_sum.device)
@@ -249,7 +251,7 @@ def shard_loss(
         mine, share = indices[:1], 0.0
     with runtime.autocast(device, precision):
         logits = classifier.logits(model, split.inputs, mine, device)
-    targets = split.labels[mine].to(device)
+    targets = runtime.to_device(split.labels[mine], device)
     loss = F.cross_entropy(logits.float(), targets, weight=loss_weights, reduction="sum")
     return share * loss, total
 

@@ -44,7 +44,7 @@ def hidden_batches(
     for indices in tqdm(mine, desc=desc, disable=None if distributed.is_main() else True):
         ids, lengths = tokens.batch(indices, pad_value=0)
         with runtime.autocast(device, precision):
-            hidden = gpt.blocks(gpt.embed(ids.to(device)), 0, frozen_blocks)
+            hidden = gpt.blocks(gpt.embed(runtime.to_device(ids, device)), 0, frozen_blocks)
         yield indices, hidden.float().cpu(), lengths
 
 

@@ -10,9 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_runtime import assert_step_close_to_fp32, batch, logits_in, tiny_classifier
+from test_train import PARAMS, new_trainer, trainer_splits
 
 from spamgpt import lora, runtime
+from spamgpt.labels import SMS
 from spamgpt.model import GPT2Classifier
+from spamgpt.train import Trainer
 
 pytestmark = [
     pytest.mark.cuda,
@@ -72,3 +75,18 @@ def test_forward_on_cuda_equals_the_cpu(model: GPT2Classifier, pooling: str) -> 
     on_cpu = logits_in(model, CPU, "fp32")
     on_cuda = logits_in(model.to(CUDA), CUDA, "fp32")
     torch.testing.assert_close(on_cuda, on_cpu, rtol=1e-4, atol=1e-4 * on_cpu.abs().max().item())
+
+
+def test_training_steps_do_not_wait_for_the_gpu() -> None:
+    """torch's sync debug mode raises on any host-device synchronisation: the batches' copies
+    to the card (pinned, non-blocking) and the loss (left on it) must make none."""
+    built = new_trainer()
+    model = built.model.to(CUDA).train()
+    trainer = Trainer(model, list(built.trained), *trainer_splits(), SMS, PARAMS, CUDA, "fp32")
+    trainer.train_step(torch.arange(0, 4))  # the first step allocates: outside the check
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = [trainer.train_step(torch.arange(i, i + 4)) for i in range(4, 16, 4)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(loss.isfinite() for loss in losses)
