@@ -330,12 +330,11 @@ class Trainer:
                 while s.epoch < p.epochs and not s.finished:
                     self._train_epoch()
                     if self.pending.signal is None:
-                        self._end_epoch()
+                        self._end_epoch()  # after the last epoch, finished: so is its save
                     saver.save(self)
                     if self.pending.signal is not None:
                         raise Interrupted(self.pending.name(), s.step)
                 s.finished = True
-                saver.save(self)
         finally:
             self._call("on_fit_end", s)
         return s
@@ -417,6 +416,7 @@ class Trainer:
         if score > s.best_score:
             s.best_epoch, s.best_score, s.best_weights = s.epoch, score, self.trained_weights()
         s.batch, s.epoch_loss_sum, s.epoch_samples = 0, 0.0, 0
+        s.finished = s.epoch >= self.params.epochs  # (or early stopping, in the hook)
         self._call("on_epoch_end", s, entry)
 
     def _call(self, event: str, *args: object) -> None:

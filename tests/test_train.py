@@ -136,6 +136,27 @@ def test_fit_calls_the_hooks_and_keeps_the_best_epoch(tmp_path: Path) -> None:
     assert set(state.best_weights) == set(trainer.trained)
 
 
+class SaveLog:
+    """A Saver that notes (epoch, finished) at each save."""
+
+    def __init__(self) -> None:
+        self.saves: list[tuple[int, bool]] = []
+
+    def save(self, trainer: Trainer) -> None:
+        self.saves.append((trainer.state.epoch, trainer.state.finished))
+
+
+@pytest.mark.parametrize(("epochs", "patience"), [(3, 5), (20, 1)])
+def test_fit_saves_once_an_epoch_the_last_one_finished(epochs: int, patience: int) -> None:
+    """The last epoch's save (all epochs run, or early stopping) already says finished: no
+    second save of the same tensors."""
+    params = dataclasses.replace(PARAMS, epochs=epochs, patience=patience, lr=1e-9)
+    log = SaveLog()
+    state = new_trainer(params).fit(log)
+    assert log.saves == [(e, e == len(state.history)) for e in range(1, len(state.history) + 1)]
+    assert state.finished
+
+
 def test_early_stopping_ends_after_patience_epochs_without_improvement(tmp_path: Path) -> None:
     params = dataclasses.replace(PARAMS, epochs=20, patience=1, lr=1e-9)  # nothing improves
     state = new_trainer(params).fit(CheckpointSaver(tmp_path / "c.pt", "fp"))
