@@ -2,7 +2,10 @@
 
 Sequences are stored packed: one flat tensor of all their rows (token ids, or hidden states of
 a frozen trunk) plus each sequence's length. A batch gathers a few sequences and right-pads
-them to the batch's own longest one (not the dataset's), so a batch of short SMS costs little.
+them to the batch's own longest one (not the dataset's), so a batch of short SMS costs little;
+inference batches round that width up to one of a few (padded_width), so that they come in a
+few shapes: bf16 autocast on a CPU caches a oneDNN kernel per input shape, and one shape per
+distinct message length grew a validation pass by 127 MB (see the README's scale section).
 Right padding is safe with causal attention: a real token only attends to tokens on its left,
 all real, so the padding value never reaches a real position; the lengths let the classifier
 find the last real token.
@@ -29,16 +32,20 @@ class PackedSequences:
                 f"lengths sum to {int(self.lengths.sum())}, rows hold {len(self.rows)}"
             )
         self.starts = torch.cumsum(self.lengths, 0) - self.lengths
+        self.longest = int(self.lengths.max()) if len(self.lengths) else 0
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def batch(
-        self, indices: torch.Tensor, pad_value: float | int
+        self, indices: torch.Tensor, pad_value: float | int, round_width: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded (B, T, *feature_shape) batch of the chosen sequences, and lengths (B,)."""
+        """Right-padded (B, T, *feature_shape) batch of the chosen sequences, and lengths (B,).
+        T is their longest length, or with `round_width` padded_width of it (inference)."""
         lengths = self.lengths[indices]
         width = int(lengths.max())
+        if round_width:
+            width = padded_width(width, self.longest)
         if isinstance(self.rows, FileRows):
             return self.rows.padded(self.starts[indices], lengths, width, pad_value), lengths
         positions = torch.arange(width)
@@ -62,9 +69,21 @@ class ModelInputs:
     def __len__(self) -> int:
         return len(self.sequences)
 
-    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, indices: torch.Tensor, round_width: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The chosen messages right-padded (the pad value is never read: causal attention)."""
-        return self.sequences.batch(indices, pad_value=0)
+        return self.sequences.batch(indices, pad_value=0, round_width=round_width)
+
+
+def padded_width(longest: int, cap: int) -> int:
+    """The width an inference batch whose longest message has `longest` tokens is padded to:
+    the next multiple of 8 up to 64, then of an eighth of the next power of two (80, 96, 112,
+    128, 160, ...: four widths per doubling, at most 25% padding), never past `cap` (the
+    longest message of the set: no wider than the model's context). A set of messages up to
+    L tokens long is batched in at most L/8 widths up to 64, 4 per doubling above."""
+    step = max(8, 1 << max(0, (longest - 1).bit_length() - 3))
+    return min(cap, -(-longest // step) * step)
 
 
 def bucketed_order(
@@ -97,13 +116,15 @@ def inference_tokens(device: torch.device) -> int:
 
 def sorted_order(lengths: torch.Tensor, max_tokens: int) -> list[torch.Tensor]:
     """Inference order: longest first, each batch as many messages as fit in `max_tokens`
-    padded tokens. Equal-sized matrix products whatever the lengths: short messages come in
-    large batches instead of wasting a fixed batch size on a few tokens each."""
+    padded tokens (at its padded_width). Equal-sized matrix products whatever the lengths:
+    short messages come in large batches instead of wasting a fixed batch size on a few
+    tokens each; and every batch of one padded width has the same shape, but the very last."""
     order = torch.argsort(lengths, descending=True, stable=True)
+    cap = int(lengths.max()) if len(lengths) else 0
     batches, start = [], 0
     while start < len(order):
-        width = int(lengths[order[start]])  # the longest of this batch: sorted, so the first
-        count = max(1, max_tokens // width)
+        longest = int(lengths[order[start]])  # of this batch: sorted, so the first
+        count = max(1, max_tokens // padded_width(longest, cap))
         batches.append(order[start : start + count])
         start += count
     return batches

@@ -215,11 +215,16 @@ def answers(probabilities: torch.Tensor, classes: Classes, threshold: float | No
 
 
 def logits(
-    model: nn.Module, inputs: ModelInputs, indices: torch.Tensor, device: torch.device
+    model: nn.Module,
+    inputs: ModelInputs,
+    indices: torch.Tensor,
+    device: torch.device,
+    round_width: bool = False,
 ) -> torch.Tensor:
     """(B, classes) logits of the chosen messages; `model` is the classifier or its DDP
-    wrapper (which must see the call)."""
-    x, lengths = inputs.batch(indices)
+    wrapper (which must see the call). round_width: padded as inference batches are
+    (ModelInputs.batch); the padding is never read, so the logits are the same."""
+    x, lengths = inputs.batch(indices, round_width)
     return model(x.to(device), lengths.to(device), inputs.frozen_blocks)
 
 
@@ -233,12 +238,12 @@ def class_probabilities(
 ) -> torch.Tensor:
     """Float32 class probabilities (N, classes) of N messages, in their order. Batches are
     sorted by length and hold up to `max_tokens` padded tokens (None: what suits the
-    device): little padding."""
+    device), in a few widths (batching.padded_width): little padding, few shapes."""
     out = None
     max_tokens = max_tokens or inference_tokens(device)
     for indices in sorted_order(inputs.sequences.lengths, max_tokens):
         with runtime.autocast(device, precision):
-            batch = logits(model, inputs, indices, device).float().cpu()
+            batch = logits(model, inputs, indices, device, round_width=True).float().cpu()
         if out is None:
             out = torch.empty(len(inputs), batch.shape[1])
         out[indices] = batch

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from spamgpt.batching import PackedSequences, bucketed_order, sorted_order
+from spamgpt.batching import PackedSequences, bucketed_order, padded_width, sorted_order
 
 
 def packed_ids(seqs: list[list[int]]) -> PackedSequences:
@@ -47,6 +47,27 @@ def test_batch_of_feature_rows() -> None:
     assert out[1].tolist() == rows[0:2].tolist()  # sequence 0 is tokens 0, 1
     assert out_lengths.tolist() == [1, 2]
     assert packed.rows.tolist() == rows.tolist()  # padding wrote into a copy, not the store
+
+
+def test_rounded_batch_is_the_unrounded_one_padded_further() -> None:
+    packed = packed_ids([list(range(10 * i, 10 * i + n)) for i, n in enumerate([3, 1, 70, 9])])
+    exact, lengths = packed.batch(torch.tensor([0, 3]), pad_value=-1)
+    rounded, rounded_lengths = packed.batch(torch.tensor([0, 3]), pad_value=-1, round_width=True)
+    assert exact.shape == (2, 9) and rounded.shape == (2, 16)
+    assert torch.equal(rounded[:, :9], exact) and (rounded[:, 9:] == -1).all()
+    assert torch.equal(rounded_lengths, lengths)
+    # never wider than the longest sequence of the set (70: not 80)
+    assert packed.batch(torch.tensor([2]), pad_value=0, round_width=True)[0].shape == (1, 70)
+
+
+def test_padded_width_rounds_up_a_little_to_few_widths() -> None:
+    widths = {longest: padded_width(longest, cap=1024) for longest in range(1, 1025)}
+    for longest, width in widths.items():
+        assert longest <= width <= 1024 and width % 8 == 0
+        assert width - longest < 8 if longest <= 64 else width <= 1.25 * longest
+    assert sorted(set(widths.values()))[:12] == [8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128]
+    assert len(set(widths.values())) == 8 + 4 * 4  # multiples of 8 to 64, 4 per doubling on
+    assert padded_width(61, cap=62) == 62 and padded_width(62, cap=62) == 62
 
 
 def test_batch_does_not_modify_the_store() -> None:
@@ -129,8 +150,10 @@ def test_sorted_order_is_longest_first_within_a_token_budget(n: int, max_tokens:
     order = sorted_order(lengths, max_tokens)
     everything = torch.cat(order)
     assert sorted(everything.tolist()) == list(range(n))
+    cap = int(lengths.max())
     for batch in order:  # the padded batch fits the budget (a single longer message may not)
-        assert len(batch) == 1 or len(batch) * int(lengths[batch].max()) <= max_tokens
+        width = padded_width(int(lengths[batch].max()), cap)
+        assert len(batch) == 1 or len(batch) * width <= max_tokens
     ordered = lengths[everything].tolist()
     assert ordered == sorted(ordered, reverse=True)
     if n >= 1000:  # many similar lengths per batch: little padding, short ones in big batches
@@ -139,5 +162,19 @@ def test_sorted_order_is_longest_first_within_a_token_budget(n: int, max_tokens:
 
 
 def test_sorted_order_is_stable_for_ties() -> None:
-    lengths = torch.tensor([2, 5, 2, 5, 2])
-    assert [b.tolist() for b in sorted_order(lengths, 10)] == [[1, 3], [0, 2, 4]]
+    lengths = torch.tensor([16, 40, 16, 40, 16])  # padded widths: themselves
+    assert [b.tolist() for b in sorted_order(lengths, 80)] == [[1, 3], [0, 2, 4]]
+
+
+def test_sorted_order_batches_come_in_few_shapes() -> None:
+    """Inference batches have one shape per padded width (bf16 autocast on a CPU caches a
+    kernel per shape), however many distinct lengths the messages have."""
+    lengths = skewed_lengths(5000)
+    packed = PackedSequences(torch.zeros(int(lengths.sum())), lengths)
+    order = sorted_order(lengths, 1024)
+    shapes = [tuple(packed.batch(b, pad_value=0, round_width=True)[0].shape) for b in order]
+    widths = {width for _, width in shapes}
+    assert len(widths) <= int(lengths.max()) / 16 + 1
+    assert len(set(shapes)) <= len(widths) + 1  # each width one batch size, but the last batch
+    unrounded = {tuple(packed.batch(b, pad_value=0)[0].shape) for b in order}
+    assert len(unrounded) > 5 * len(set(shapes))
