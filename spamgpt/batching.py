@@ -2,10 +2,11 @@
 
 Sequences are stored packed: one flat tensor of all their rows (token ids, or hidden states of
 a frozen trunk) plus each sequence's length. A batch gathers a few sequences and right-pads
-them to the batch's own longest one (not the dataset's), so a batch of short SMS costs little;
-inference batches round that width up to one of a few (padded_width), so that they come in a
-few shapes: bf16 autocast on a CPU caches a oneDNN kernel per input shape, and one shape per
-distinct message length grew a validation pass by 127 MB (see the README's scale section).
+them to the batch's own longest one (not the dataset's), so a batch of short SMS costs little,
+rounded up to one of a few widths (padded_width) so that batches come in a few shapes: bf16
+autocast on a CPU caches a oneDNN kernel per input shape, and one shape per distinct message
+length grew a validation pass by 140 MB and 1200 training steps by 210 MB (README, "Large
+datasets").
 Right padding is safe with causal attention: a real token only attends to tokens on its left,
 all real, so the padding value never reaches a real position; the lengths let the classifier
 find the last real token.
@@ -38,14 +39,12 @@ class PackedSequences:
         return len(self.lengths)
 
     def batch(
-        self, indices: torch.Tensor, pad_value: float | int, round_width: bool = False
+        self, indices: torch.Tensor, pad_value: float | int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded (B, T, *feature_shape) batch of the chosen sequences, and lengths (B,).
-        T is their longest length, or with `round_width` padded_width of it (inference)."""
+        """Right-padded (B, T, *feature_shape) batch of the chosen sequences, and lengths (B,);
+        T is padded_width of their longest length."""
         lengths = self.lengths[indices]
-        width = int(lengths.max())
-        if round_width:
-            width = padded_width(width, self.longest)
+        width = padded_width(int(lengths.max()), self.longest)
         if isinstance(self.rows, FileRows):
             return self.rows.padded(self.starts[indices], lengths, width, pad_value), lengths
         positions = torch.arange(width)
@@ -69,15 +68,13 @@ class ModelInputs:
     def __len__(self) -> int:
         return len(self.sequences)
 
-    def batch(
-        self, indices: torch.Tensor, round_width: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The chosen messages right-padded (the pad value is never read: causal attention)."""
-        return self.sequences.batch(indices, pad_value=0, round_width=round_width)
+        return self.sequences.batch(indices, pad_value=0)
 
 
 def padded_width(longest: int, cap: int) -> int:
-    """The width an inference batch whose longest message has `longest` tokens is padded to:
+    """The width a batch whose longest message has `longest` tokens is padded to:
     the next multiple of 8 up to 64, then of an eighth of the next power of two (80, 96, 112,
     128, 160, ...: four widths per doubling, at most 25% padding), never past `cap` (the
     longest message of the set: no wider than the model's context). A set of messages up to

@@ -215,16 +215,11 @@ def answers(probabilities: torch.Tensor, classes: Classes, threshold: float | No
 
 
 def logits(
-    model: nn.Module,
-    inputs: ModelInputs,
-    indices: torch.Tensor,
-    device: torch.device,
-    round_width: bool = False,
+    model: nn.Module, inputs: ModelInputs, indices: torch.Tensor, device: torch.device
 ) -> torch.Tensor:
     """(B, classes) logits of the chosen messages; `model` is the classifier or its DDP
-    wrapper (which must see the call). round_width: padded as inference batches are
-    (ModelInputs.batch); the padding is never read, so the logits are the same."""
-    x, lengths = inputs.batch(indices, round_width)
+    wrapper (which must see the call)."""
+    x, lengths = inputs.batch(indices)
     return model(x.to(device), lengths.to(device), inputs.frozen_blocks)
 
 
@@ -243,7 +238,7 @@ def class_probabilities(
     max_tokens = max_tokens or inference_tokens(device)
     for indices in sorted_order(inputs.sequences.lengths, max_tokens):
         with runtime.autocast(device, precision):
-            batch = logits(model, inputs, indices, device, round_width=True).float().cpu()
+            batch = logits(model, inputs, indices, device).float().cpu()
         if out is None:
             out = torch.empty(len(inputs), batch.shape[1])
         out[indices] = batch

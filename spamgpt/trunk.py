@@ -42,7 +42,7 @@ def hidden_batches(
     order = sorted_order(tokens.lengths, max_tokens or inference_tokens(device))
     mine = distributed.shard(order)  # longest first, dealt in turn: even shares of work
     for indices in tqdm(mine, desc=desc, disable=None if distributed.is_main() else True):
-        ids, lengths = tokens.batch(indices, pad_value=0, round_width=True)
+        ids, lengths = tokens.batch(indices, pad_value=0)
         with runtime.autocast(device, precision):
             hidden = gpt.blocks(gpt.embed(ids.to(device)), 0, frozen_blocks)
         yield indices, hidden.float().cpu(), lengths

@@ -10,7 +10,7 @@ from test_runtime import NATIVE_BF16
 from tiny_gpt2 import make_tiny_hub
 
 from spamgpt import classifier, runtime, tensorfile, train, trunk
-from spamgpt.batching import ModelInputs, PackedSequences, sorted_order
+from spamgpt.batching import ModelInputs, PackedSequences, padded_width, sorted_order
 from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPT2Classifier
 from spamgpt.params import TrainParams
@@ -53,28 +53,29 @@ def test_cached_trunk_gives_the_uncached_logits_and_loss(model, pooling, trainab
 
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 @pytest.mark.parametrize("frozen_blocks", [None, 2])
-def test_inference_batches_padded_wider_give_the_same_logits(
-    model, tmp_path, pooling, frozen_blocks
-):
-    """class_probabilities pads its batches to a few widths (batching.padded_width): the
-    padding is never read, so the logits are those of batches padded to their longest."""
+def test_padding_past_the_longest_leaves_the_logits_alone(model, tmp_path, pooling, frozen_blocks):
+    """Batches are padded past their longest message, to one of a few widths
+    (batching.padded_width); the padding is never read, so each message's probabilities are
+    those of the message alone, unpadded."""
     model.pooling = pooling
     tokens = messages(120, seed=6)
     inputs = ModelInputs(tokens, None)
     if frozen_blocks is not None:  # the cache file, as finetune and evaluate read it
         trunk.write(tmp_path / "cache", model.gpt, tokens, frozen_blocks, CPU, "fp32")
         inputs = ModelInputs(trunk.load(tmp_path / "cache"), frozen_blocks)
-    exact, widened = torch.empty(len(tokens), 2), 0
-    with torch.no_grad():
-        for indices in sorted_order(tokens.lengths, 256):
-            rounded = classifier.logits(model, inputs, indices, CPU, round_width=True)
-            exact[indices] = classifier.logits(model, inputs, indices, CPU)
-            torch.testing.assert_close(rounded, exact[indices], rtol=0, atol=1e-6)
-            widths = (inputs.batch(indices, r)[0].shape[1] for r in (True, False))
-            widened += next(widths) > next(widths)
-    assert widened >= 10  # most batches were padded wider than their longest message
+    order = sorted_order(tokens.lengths, 256)
+    widened = [
+        padded_width(int(tokens.lengths[b].max()), 59) > tokens.lengths[b].max() for b in order
+    ]
+    assert int(tokens.lengths.max()) == 59 and sum(widened) >= 10  # most batches padded wider
     probabilities = classifier.class_probabilities(model, inputs, CPU, "fp32", max_tokens=256)
-    torch.testing.assert_close(probabilities, torch.softmax(exact, -1), rtol=0, atol=1e-6)
+    rows, starts = inputs.sequences.rows, inputs.sequences.starts.tolist()
+    with torch.no_grad():
+        alone = torch.cat([
+            model(rows[start : start + n][None], torch.tensor([n]), frozen_blocks)
+            for start, n in zip(starts, tokens.lengths.tolist(), strict=True)
+        ])  # fmt: skip
+    torch.testing.assert_close(probabilities, torch.softmax(alone, -1), rtol=0, atol=1e-6)
 
 
 def test_trunk_keeps_real_tokens_only(model):
