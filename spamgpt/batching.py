@@ -2,7 +2,11 @@
 
 Sequences are stored packed: one flat tensor of all their rows (token ids, or hidden states of
 a frozen trunk) plus each sequence's length. A batch gathers a few sequences and right-pads
-them to the batch's own longest one (not the dataset's), so a batch of short SMS costs little.
+them to the batch's own longest one (not the dataset's), so a batch of short SMS costs little,
+rounded up to one of a few widths (padded_width) so that batches come in a few shapes: bf16
+autocast on a CPU caches a oneDNN kernel per input shape, and one shape per distinct message
+length grew a validation pass by 140 MB and 1200 training steps by 210 MB (README, "Large
+datasets").
 Right padding is safe with causal attention: a real token only attends to tokens on its left,
 all real, so the padding value never reaches a real position; the lengths let the classifier
 find the last real token.
@@ -29,6 +33,7 @@ class PackedSequences:
                 f"lengths sum to {int(self.lengths.sum())}, rows hold {len(self.rows)}"
             )
         self.starts = torch.cumsum(self.lengths, 0) - self.lengths
+        self.longest = int(self.lengths.max()) if len(self.lengths) else 0
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -36,9 +41,10 @@ class PackedSequences:
     def batch(
         self, indices: torch.Tensor, pad_value: float | int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded (B, T, *feature_shape) batch of the chosen sequences, and lengths (B,)."""
+        """Right-padded (B, T, *feature_shape) batch of the chosen sequences, and lengths (B,);
+        T is padded_width of their longest length."""
         lengths = self.lengths[indices]
-        width = int(lengths.max())
+        width = padded_width(int(lengths.max()), self.longest)
         if isinstance(self.rows, FileRows):
             return self.rows.padded(self.starts[indices], lengths, width, pad_value), lengths
         positions = torch.arange(width)
@@ -65,6 +71,16 @@ class ModelInputs:
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The chosen messages right-padded (the pad value is never read: causal attention)."""
         return self.sequences.batch(indices, pad_value=0)
+
+
+def padded_width(longest: int, cap: int) -> int:
+    """The width a batch whose longest message has `longest` tokens is padded to:
+    the next multiple of 8 up to 64, then of an eighth of the next power of two (80, 96, 112,
+    128, 160, ...: four widths per doubling, at most 25% padding), never past `cap` (the
+    longest message of the set: no wider than the model's context). A set of messages up to
+    L tokens long is batched in at most L/8 widths up to 64, 4 per doubling above."""
+    step = max(8, 1 << max(0, (longest - 1).bit_length() - 3))
+    return min(cap, -(-longest // step) * step)
 
 
 def bucketed_order(
@@ -97,13 +113,15 @@ def inference_tokens(device: torch.device) -> int:
 
 def sorted_order(lengths: torch.Tensor, max_tokens: int) -> list[torch.Tensor]:
     """Inference order: longest first, each batch as many messages as fit in `max_tokens`
-    padded tokens. Equal-sized matrix products whatever the lengths: short messages come in
-    large batches instead of wasting a fixed batch size on a few tokens each."""
+    padded tokens (at its padded_width). Equal-sized matrix products whatever the lengths:
+    short messages come in large batches instead of wasting a fixed batch size on a few
+    tokens each; and every batch of one padded width has the same shape, but the very last."""
     order = torch.argsort(lengths, descending=True, stable=True)
+    cap = int(lengths.max()) if len(lengths) else 0
     batches, start = [], 0
     while start < len(order):
-        width = int(lengths[order[start]])  # the longest of this batch: sorted, so the first
-        count = max(1, max_tokens // width)
+        longest = int(lengths[order[start]])  # of this batch: sorted, so the first
+        count = max(1, max_tokens // padded_width(longest, cap))
         batches.append(order[start : start + count])
         start += count
     return batches

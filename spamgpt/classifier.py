@@ -235,7 +235,7 @@ def class_probabilities(
 ) -> torch.Tensor:
     """Float32 class probabilities (N, classes) of N messages, in their order. Batches are
     sorted by length and hold up to `max_tokens` padded tokens (None: what suits the
-    device): little padding."""
+    device), in a few widths (batching.padded_width): little padding, few shapes."""
     out = None
     max_tokens = max_tokens or inference_tokens(device)
     for indices in sorted_order(inputs.sequences.lengths, max_tokens):

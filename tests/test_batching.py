@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from spamgpt.batching import PackedSequences, bucketed_order, sorted_order
+from spamgpt.batching import PackedSequences, bucketed_order, padded_width, sorted_order
 
 
 def packed_ids(seqs: list[list[int]]) -> PackedSequences:
@@ -16,13 +16,17 @@ def packed_ids(seqs: list[list[int]]) -> PackedSequences:
 SEQS = [[11, 12, 13], [21], [31, 32, 33, 34, 35], [41, 42]]
 
 
-def test_batch_of_token_rows_is_right_padded_to_its_longest() -> None:
-    packed = packed_ids(SEQS)
+def test_batch_of_token_rows_is_right_padded_to_a_width_from_its_longest() -> None:
+    """Padded to padded_width of the batch's longest (9: 16), not to the set's longest (70),
+    and never past the set's longest (70: not 80)."""
+    seqs = [list(range(100 * i, 100 * i + n)) for i, n in enumerate([3, 1, 70, 9])]
+    packed = packed_ids(seqs)
     assert len(packed) == 4
     rows, lengths = packed.batch(torch.tensor([3, 1, 0]), pad_value=-1)
-    assert rows.tolist() == [[41, 42, -1], [21, -1, -1], [11, 12, 13]]  # width 3, not 5
-    assert lengths.tolist() == [2, 1, 3]
-    assert rows.dtype == torch.int64
+    assert rows.shape == (3, 16) and rows.dtype == torch.int64
+    assert rows.tolist() == [seqs[3] + [-1] * 7, seqs[1] + [-1] * 15, seqs[0] + [-1] * 13]
+    assert lengths.tolist() == [9, 1, 3]
+    assert packed.batch(torch.tensor([2]), pad_value=0)[0].shape == (1, 70)
 
 
 def test_batch_of_one_and_of_all() -> None:
@@ -41,12 +45,23 @@ def test_batch_of_feature_rows() -> None:
     rows = torch.arange(7 * 3, dtype=torch.float32).reshape(7, 3)  # token t = [3t, 3t+1, 3t+2]
     packed = PackedSequences(rows, lengths)
     out, out_lengths = packed.batch(torch.tensor([2, 0]), pad_value=0.5)
-    assert out.shape == (2, 2, 3) and out.dtype == torch.float32
+    assert out.shape == (2, 4, 3) and out.dtype == torch.float32  # 2 rounded up: 4, the longest
     assert out[0, 0].tolist() == rows[6].tolist()  # sequence 2 is token 6
-    assert out[0, 1].tolist() == [0.5, 0.5, 0.5]
-    assert out[1].tolist() == rows[0:2].tolist()  # sequence 0 is tokens 0, 1
+    assert (out[0, 1:] == 0.5).all()
+    assert out[1, :2].tolist() == rows[0:2].tolist()  # sequence 0 is tokens 0, 1
+    assert (out[1, 2:] == 0.5).all()
     assert out_lengths.tolist() == [1, 2]
     assert packed.rows.tolist() == rows.tolist()  # padding wrote into a copy, not the store
+
+
+def test_padded_width_rounds_up_a_little_to_few_widths() -> None:
+    widths = {longest: padded_width(longest, cap=1024) for longest in range(1, 1025)}
+    for longest, width in widths.items():
+        assert longest <= width <= 1024 and width % 8 == 0
+        assert width - longest < 8 if longest <= 64 else width <= 1.25 * longest
+    assert sorted(set(widths.values()))[:12] == [8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128]
+    assert len(set(widths.values())) == 8 + 4 * 4  # multiples of 8 to 64, 4 per doubling on
+    assert padded_width(61, cap=62) == 62 and padded_width(62, cap=62) == 62
 
 
 def test_batch_does_not_modify_the_store() -> None:
@@ -129,8 +144,10 @@ def test_sorted_order_is_longest_first_within_a_token_budget(n: int, max_tokens:
     order = sorted_order(lengths, max_tokens)
     everything = torch.cat(order)
     assert sorted(everything.tolist()) == list(range(n))
+    cap = int(lengths.max())
     for batch in order:  # the padded batch fits the budget (a single longer message may not)
-        assert len(batch) == 1 or len(batch) * int(lengths[batch].max()) <= max_tokens
+        width = padded_width(int(lengths[batch].max()), cap)
+        assert len(batch) == 1 or len(batch) * width <= max_tokens
     ordered = lengths[everything].tolist()
     assert ordered == sorted(ordered, reverse=True)
     if n >= 1000:  # many similar lengths per batch: little padding, short ones in big batches
@@ -139,5 +156,22 @@ def test_sorted_order_is_longest_first_within_a_token_budget(n: int, max_tokens:
 
 
 def test_sorted_order_is_stable_for_ties() -> None:
-    lengths = torch.tensor([2, 5, 2, 5, 2])
-    assert [b.tolist() for b in sorted_order(lengths, 10)] == [[1, 3], [0, 2, 4]]
+    lengths = torch.tensor([16, 40, 16, 40, 16])  # padded widths: themselves
+    assert [b.tolist() for b in sorted_order(lengths, 80)] == [[1, 3], [0, 2, 4]]
+
+
+def test_batches_come_in_few_shapes() -> None:
+    """Batches have a few widths, and inference batches one shape per width (bf16 autocast on
+    a CPU caches a kernel per shape), however many distinct lengths the messages have."""
+    lengths = skewed_lengths(5000)
+    packed = PackedSequences(torch.zeros(int(lengths.sum())), lengths)
+    bound = int(lengths.max()) / 16 + 1
+    training = bucketed_order(lengths, 8, torch.Generator().manual_seed(0))
+    assert len({packed.batch(b, pad_value=0)[0].shape[1] for b in training}) <= bound
+    inference = sorted_order(lengths, 1024)
+    shapes = {tuple(packed.batch(b, pad_value=0)[0].shape) for b in inference}
+    widths = {width for _, width in shapes}
+    assert len(widths) <= bound
+    assert len(shapes) <= len(widths) + 1  # each width one batch size, but the last batch
+    longest = {(len(b), int(lengths[b].max())) for b in inference}  # padded to their longest
+    assert len(longest) > 5 * len(shapes)

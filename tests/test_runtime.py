@@ -307,3 +307,41 @@ def test_use_all_cores_follows_the_cpu_affinity() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.split() == ["1"], out.stderr[-2000:]
+
+
+# Records the wait policy OpenMP reads as torch loads (the first import of torch), then runs
+# a stage script's imports (run_path under another name: its main() does not run).
+WAIT_POLICY_AT_TORCH_LOAD = """
+import importlib.abc, os, runpy, sys
+seen = []
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("OMP_WAIT_POLICY"))
+sys.meta_path.insert(0, Watch())
+runpy.run_path(sys.argv[1], run_name="imported")
+print(*seen)
+"""
+
+
+@pytest.mark.parametrize(
+    ("stage", "given", "expected"),
+    [
+        *((stage, None, "PASSIVE") for stage in ("loaders", "trunk", "finetune", "evaluate")),
+        ("finetune", "ACTIVE", "ACTIVE"),
+    ],
+)
+def test_openmp_threads_wait_passively_in_the_stages_unless_told_otherwise(
+    stage: str, given: str | None, expected: str
+) -> None:
+    """OpenMP's threads sleep at a barrier instead of spinning (a spinning thread on shared
+    cores stalls its partner): OMP_WAIT_POLICY is set before torch loads, where OpenMP reads
+    it, in every stage that computes with torch; one given in the environment is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update(PYTHONPATH=str(REPO), **({"OMP_WAIT_POLICY": given} if given else {}))
+    script = str(REPO / "stages" / f"{stage}.py")
+    out = subprocess.run(
+        [sys.executable, "-c", WAIT_POLICY_AT_TORCH_LOAD, script],
+        env=env, capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert out.stdout.split() == [expected], out.stderr[-2000:]

@@ -104,7 +104,7 @@ def test_pack_without_truncation() -> None:
     assert split.truncated == 0
     assert split.tokens.lengths.tolist() == [5, 1, 3, 4]
     rows, _ = split.tokens.batch(torch.tensor([3]), pad_value=0)
-    assert rows.tolist() == [[10, 11, 12, 13]]
+    assert rows.tolist() == [[10, 11, 12, 13, 0]]  # padded to the longest message, 5
 
 
 def test_pack_rejects_an_unknown_label() -> None:

@@ -10,7 +10,7 @@ from test_runtime import NATIVE_BF16
 from tiny_gpt2 import make_tiny_hub
 
 from spamgpt import classifier, runtime, tensorfile, train, trunk
-from spamgpt.batching import ModelInputs, PackedSequences
+from spamgpt.batching import ModelInputs, PackedSequences, padded_width, sorted_order
 from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPT2Classifier
 from spamgpt.params import TrainParams
@@ -49,6 +49,33 @@ def test_cached_trunk_gives_the_uncached_logits_and_loss(model, pooling, trainab
             torch.testing.assert_close(
                 loss_a, F.cross_entropy(b, labels[indices]), rtol=0, atol=1e-6
             )
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+@pytest.mark.parametrize("frozen_blocks", [None, 2])
+def test_padding_past_the_longest_leaves_the_logits_alone(model, tmp_path, pooling, frozen_blocks):
+    """Batches are padded past their longest message, to one of a few widths
+    (batching.padded_width); the padding is never read, so each message's probabilities are
+    those of the message alone, unpadded."""
+    model.pooling = pooling
+    tokens = messages(120, seed=6)
+    inputs = ModelInputs(tokens, None)
+    if frozen_blocks is not None:  # the cache file, as finetune and evaluate read it
+        trunk.write(tmp_path / "cache", model.gpt, tokens, frozen_blocks, CPU, "fp32")
+        inputs = ModelInputs(trunk.load(tmp_path / "cache"), frozen_blocks)
+    order = sorted_order(tokens.lengths, 256)
+    widened = [
+        padded_width(int(tokens.lengths[b].max()), 59) > tokens.lengths[b].max() for b in order
+    ]
+    assert int(tokens.lengths.max()) == 59 and sum(widened) >= 10  # most batches padded wider
+    probabilities = classifier.class_probabilities(model, inputs, CPU, "fp32", max_tokens=256)
+    rows, starts = inputs.sequences.rows, inputs.sequences.starts.tolist()
+    with torch.no_grad():
+        alone = torch.cat([
+            model(rows[start : start + n][None], torch.tensor([n]), frozen_blocks)
+            for start, n in zip(starts, tokens.lengths.tolist(), strict=True)
+        ])  # fmt: skip
+    torch.testing.assert_close(probabilities, torch.softmax(alone, -1), rtol=0, atol=1e-6)
 
 
 def test_trunk_keeps_real_tokens_only(model):
