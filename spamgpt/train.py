@@ -280,7 +280,7 @@ def epoch_entry(state: State, val_loss: float, report: dict, classes: Classes) -
 class UnreadStep(NamedTuple):
     """A training step done whose loss has not been read back from the device yet."""
 
-    loss: torch.Tensor  # float64 scalar on the device: the weighted mean loss
+    loss: torch.Tensor  # scalar on the device (float64; float32 on MPS): the weighted mean
     lr: float
     samples: int  # messages in the global batch
 
@@ -381,8 +381,8 @@ class Trainer:
             raise non_finite_loss(losses[len(finite)], s)
 
     def train_step(self, indices: torch.Tensor) -> torch.Tensor:
-        """One optimizer step on the global batch `indices`; its weighted mean loss, a float64
-        scalar left on the device (reading it would make the host wait for the device)."""
+        """One optimizer step on the global batch `indices`; its weighted mean loss, a scalar
+        left on the device (reading it would make the host wait for the device)."""
         local, total = shard_loss(
             self.forward_model, self.train_split, indices, self.class_weights, self.loss_weights,
             self.device, self.precision,
