@@ -4,6 +4,7 @@ One file holds everything a resumed run needs: the trained tensors, the best epo
 optimizer, schedule and RNG, the loop's State, the MLflow run, and a fingerprint of the
 settings it was trained with. It is replaced atomically after every epoch and on SIGINT or
 SIGTERM; once the results are written it is marked exported, so the next run starts afresh.
+An epoch's checkpoint is written in the background while the next epoch trains.
 """
 
 import hashlib
@@ -11,6 +12,7 @@ import json
 import logging
 import os
 import pickle
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -112,7 +114,13 @@ class CheckpointSaver:
     """Writes the checkpoint of one run: `save(trainer)` after each epoch or signal, tagged
     with the settings' fingerprint and the MLflow run. Under torchrun only rank 0 writes:
     every process holds the same weights and state. `before_save` runs first (the metrics
-    buffer is flushed, so a resumed run skips the steps the store already has)."""
+    buffer is flushed, so a resumed run skips the steps the store already has).
+
+    save() copies what it writes onto the CPU, then writes it in a background thread (as
+    torch.distributed.checkpoint's async_save stages and writes): the next epoch trains
+    meanwhile instead of waiting for the disk. One write at a time: the next save(), and
+    wait(), wait for it and raise its error. A write killed half-way leaves the previous
+    checkpoint in place (atomic)."""
 
     def __init__(
         self,
@@ -124,13 +132,52 @@ class CheckpointSaver:
         self.path = Path(path)
         self.tags = {"fingerprint": fingerprint, "run_id": run_id}
         self.before_save = before_save
+        self._writing: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def save(self, trainer: Trainer) -> None:
-        if distributed.is_main():
-            self.write(state_of(trainer))
+        """Start writing `trainer`'s checkpoint; training may change the trainer meanwhile."""
+        if not distributed.is_main():
+            return
+        self.wait()
+        self.before_save()
+        contents = _copied({**self.tags, **state_of(trainer)})
+        self._writing = threading.Thread(target=self._write_in_background, args=(contents,))
+        self._writing.start()
+
+    def wait(self) -> None:
+        """Return once the checkpoint save() started is on disk; raise its error if it failed."""
+        if self._writing is not None:
+            self._writing.join()
+            self._writing = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
     def write(self, contents: dict) -> None:
-        """Atomically replace the checkpoint with `contents` and the tags."""
+        """Atomically replace the checkpoint with `contents` and the tags, now."""
+        self.wait()
         self.before_save()
+        self._write({**self.tags, **contents})
+
+    def _write(self, checkpoint: dict) -> None:
         with atomic.atomic_path(self.path) as tmp:
-            torch.save({**self.tags, **contents}, tmp)
+            torch.save(checkpoint, tmp)
+
+    def _write_in_background(self, checkpoint: dict) -> None:
+        try:
+            self._write(checkpoint)
+        except BaseException as e:  # raised in the training thread, by wait()
+            self._error = e
+
+
+def _copied(value: object) -> object:
+    """`value` with every container rebuilt and every tensor copied onto the CPU: what a
+    background write reads, which training can no longer change."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_copied(v) for v in value)
+    return value

@@ -28,7 +28,7 @@ from spamgpt.batching import ModelInputs, inference_tokens, sorted_order
 from spamgpt.contracts import Tokenization
 from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.labels import Classes
-from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
+from spamgpt.model import GPT2, GPT2Classifier, GPTConfig, weights_to_be_loaded
 from spamgpt.params import LoraParams, ModelParams
 
 CLASSIFIER_JSON = "classifier.json"
@@ -160,13 +160,15 @@ def load(
     except (json.JSONDecodeError, SafetensorError) as e:
         raise SpamGPTError(f"{folder}: corrupt model files ({e})") from None
     config = GPTConfig(**meta["config"])
-    if meta["full"]:
-        gpt = GPT2(config)
-    else:
-        gpt = GPT2.from_pretrained(pretrained_root / meta["repo_id"], dropout=config.dropout)
-        if gpt.config != config:
-            raise SpamGPTError(f"{pretrained_root / meta['repo_id']}: config differs from {folder}")
-    model = GPT2Classifier(gpt, num_classes=len(meta["labels"]), pooling=meta["pooling"])
+    with weights_to_be_loaded():  # every tensor comes from a file: none is drawn first
+        if meta["full"]:
+            gpt = GPT2(config)
+        else:
+            gpt = GPT2.from_pretrained(pretrained_root / meta["repo_id"], dropout=config.dropout)
+            if gpt.config != config:
+                base = pretrained_root / meta["repo_id"]
+                raise SpamGPTError(f"{base}: config differs from {folder}")
+        model = GPT2Classifier(gpt, num_classes=len(meta["labels"]), pooling=meta["pooling"])
     expected = set(model.state_dict()) if meta["full"] else set(meta["trained"])
     if set(tensors) != expected:
         missing = sorted(expected - set(tensors)) or sorted(set(tensors) - expected)

@@ -1,4 +1,6 @@
-"""What every stage script shares: validated params, logging, and one-line errors."""
+"""What every stage script shares: validated params, logging, one-line errors, and a garbage
+collector set for processes that import torch and MLflow. A stage script imports this module
+before any other (`# isort: split` after it keeps it first), so the setting covers its imports."""
 
 import atexit
 import gc
@@ -12,6 +14,14 @@ from spamgpt.errors import SpamGPTError
 from spamgpt.params import Params
 
 log = logging.getLogger("spamgpt")
+
+# Importing torch, MLflow and SQLAlchemy leaves over half a million objects alive. CPython's
+# collector runs every 700 new objects by default, and traverses its older generations again
+# and again as those objects pile up. Every 10 000 collects the same garbage and took finetune's
+# imports from 3.79 s to 3.24 s, evaluate's from 3.32 s to 2.67 s, on a 2-core CPU
+# (python bench/stage_imports.py). It stays so for the stage's lifetime.
+COLLECT_EVERY = 10_000  # new objects between collections of the youngest generation
+gc.set_threshold(COLLECT_EVERY, *gc.get_threshold()[1:])
 
 
 def skip_exit_collection() -> None:

@@ -96,9 +96,12 @@ class Hook:
 
 
 class Saver(Protocol):
-    """Where fit() puts a checkpoint: spamgpt.checkpoint.CheckpointSaver."""
+    """Where fit() puts a checkpoint: spamgpt.checkpoint.CheckpointSaver. save() may return
+    before the checkpoint is on disk; wait() returns once it is."""
 
     def save(self, trainer: "Trainer") -> None: ...
+
+    def wait(self) -> None: ...
 
 
 class MetricsLogger(Protocol):
@@ -331,12 +334,13 @@ class Trainer:
                     self._train_epoch()
                     if self.pending.signal is None:
                         self._end_epoch()  # after the last epoch, finished: so is its save
-                    saver.save(self)
+                    saver.save(self)  # written while the next epoch trains
                     if self.pending.signal is not None:
                         raise Interrupted(self.pending.name(), s.step)
                 s.finished = True
         finally:
             self._call("on_fit_end", s)
+            saver.wait()  # when fit() is done, so is every checkpoint it saved
         return s
 
     def _train_epoch(self) -> None:

@@ -1,6 +1,9 @@
 """download_weights: fetch config, tokenizer and safetensors weights of the chosen GPT-2."""
 
-from spamgpt import contracts, hub, paths, stage
+from spamgpt import stage  # first: its garbage collector setting covers the imports below
+
+# isort: split
+from spamgpt import contracts, hub, paths
 from spamgpt.params import Params
 
 

@@ -1,6 +1,9 @@
 """finetune: train the last blocks + final norm + a class head on the cached trunk, keep the
 best epoch by validation F1, checkpoint every epoch, record the run in MLflow."""
 
+from spamgpt import stage  # first: its garbage collector setting covers the imports below
+
+# isort: split
 from spamgpt import (
     checkpoint,
     classifier,
@@ -9,7 +12,6 @@ from spamgpt import (
     paths,
     results,
     runtime,
-    stage,
     tracking,
 )
 from spamgpt.params import Params
@@ -50,6 +52,7 @@ def main(params: Params) -> None:
         results.write_training(run, state, len(train), device, precision)
         state.exported = True  # the results are written: a later run starts afresh
         saver.save(trainer)
+        saver.wait()
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """spamgpt.checkpoint: the fingerprint, atomic saves, what load() resumes and refuses."""
 
+import copy
 import dataclasses
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from conftest import REPO
-from test_train import new_trainer
+from test_train import SaveLog, new_trainer
 
 from spamgpt import checkpoint, params
 from spamgpt.checkpoint import CheckpointSaver
@@ -53,13 +55,58 @@ def test_exported_checkpoint_is_not_resumed(tmp_path: Path) -> None:
 def test_once_exported_only_the_state_is_saved(tmp_path: Path) -> None:
     """The tensors are what a resume needs; an exported run is never resumed."""
     path, trainer = tmp_path / "checkpoint.pt", new_trainer()
-    CheckpointSaver(path, "fp").save(trainer)
+    saver = CheckpointSaver(path, "fp")
+    saver.save(trainer)
+    saver.wait()
     assert {"weights", "best_weights", "optimizer"} <= set(torch.load(path, weights_only=True))
     trainer.state.exported = True
-    CheckpointSaver(path, "fp").save(trainer)
+    saver.save(trainer)
+    saver.wait()
     saved = torch.load(path, weights_only=True)
     assert set(saved) == {"fingerprint", "run_id", "state"} and saved["state"]["exported"]
     assert checkpoint.load(path, "fp") is None
+
+
+def test_a_save_writes_the_trainer_as_it_was_while_training_goes_on(tmp_path: Path) -> None:
+    """The write happens in the background: what it writes is the state at save(), not what
+    the next steps make of the weights, the optimizer's moments and the step list."""
+    path, trainer = tmp_path / "checkpoint.pt", new_trainer()
+    saver = CheckpointSaver(path, "fp")
+    trainer.fit(SaveLog())  # trained: the optimizer has moments, the state steps
+    expected = copy.deepcopy(checkpoint.state_of(trainer))
+    saver.save(trainer)
+    with torch.no_grad():
+        for p in trainer.trained.values():
+            p.add_(1.0)
+        for moments in trainer.optimizer.state.values():
+            moments["exp_avg"].add_(1.0)
+    trainer.state.steps.append([999, 0.0, 0.0])
+    saver.wait()
+    saved = torch.load(path, weights_only=True)
+    assert saved["state"]["steps"] == expected["state"]["steps"]
+    assert all(torch.equal(saved["weights"][n], w) for n, w in expected["weights"].items())
+    moments = saved["optimizer"]["state"]
+    assert all(
+        torch.equal(moments[i]["exp_avg"], m["exp_avg"])
+        for i, m in expected["optimizer"]["state"].items()
+    )
+    assert not any(
+        torch.equal(moments[i]["exp_avg"], m["exp_avg"])
+        for i, m in trainer.optimizer.state_dict()["state"].items()
+    )
+
+
+def test_a_failed_background_write_is_raised_by_wait_and_by_fit(tmp_path: Path) -> None:
+    (tmp_path / "models").write_text("a file where the checkpoint folder should be")
+    path = tmp_path / "models" / "checkpoint.pt"
+    saver = CheckpointSaver(path, "fp")
+    saver.save(new_trainer())  # returns: the write fails in the background
+    with pytest.raises(OSError) as raised:
+        saver.wait()
+    assert raised.value.filename == str(path)
+    saver.wait()  # raised once
+    with pytest.raises(OSError):
+        new_trainer().fit(saver)
 
 
 def test_leftover_of_a_killed_write_is_removed(tmp_path: Path) -> None:

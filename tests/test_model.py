@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from tiny_gpt2 import make_tiny_hub
 
 from spamgpt.errors import SpamGPTError
-from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
+from spamgpt.model import GPT2, GPT2Classifier, GPTConfig, weights_to_be_loaded
 
 VOCAB = 557  # 256 bytes + the 300 merges tiny_gpt2 learns + <|endoftext|>
 
@@ -143,6 +143,26 @@ def test_init_random_is_seeded_and_scaled(hub: Path) -> None:
     assert a["h.3.mlp.c_proj.weight"].std().item() == pytest.approx(0.02 / 8**0.5, rel=0.1)
     assert torch.equal(a["h.1.ln_2.weight"], torch.ones(64))
     assert not a["h.2.attn.c_proj.bias"].any()
+
+
+def test_weights_to_be_loaded_draws_nothing_and_loads_the_same(hub: Path, gpt: GPT2) -> None:
+    torch.manual_seed(0)
+    with weights_to_be_loaded():
+        loaded = GPT2.from_pretrained(hub).eval()
+    assert torch.equal(torch.get_rng_state(), torch.manual_seed(0).get_state())  # no draw
+    ours, reference = loaded.state_dict(), gpt.state_dict()
+    assert all(torch.equal(ours[k], reference[k]) for k in reference)
+    GPT2.from_pretrained(hub)  # outside it, nn.Linear and nn.Embedding draw again
+    assert not torch.equal(torch.get_rng_state(), torch.manual_seed(0).get_state())
+
+
+def test_weights_to_be_loaded_restores_the_initialisation_after_an_error() -> None:
+    with pytest.raises(RuntimeError), weights_to_be_loaded():
+        raise RuntimeError("a missing file")
+    torch.manual_seed(0)
+    torch.nn.Embedding(4, 4)
+    torch.nn.Linear(4, 4)
+    assert not torch.equal(torch.get_rng_state(), torch.manual_seed(0).get_state())  # drawn
 
 
 def test_truncated_safetensors(copy: Path) -> None:

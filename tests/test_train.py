@@ -145,6 +145,9 @@ class SaveLog:
     def save(self, trainer: Trainer) -> None:
         self.saves.append((trainer.state.epoch, trainer.state.finished))
 
+    def wait(self) -> None:
+        pass
+
 
 @pytest.mark.parametrize(("epochs", "patience"), [(3, 5), (20, 1)])
 def test_fit_saves_once_an_epoch_the_last_one_finished(epochs: int, patience: int) -> None:

@@ -1,0 +1,66 @@
+"""Start-up of the stage scripts: the seconds their imports take in a fresh interpreter, with
+the garbage collector as spamgpt.stage sets it and with CPython's default, interleaved.
+
+    python bench/stage_imports.py [--rounds 5] [--stages finetune evaluate]
+
+Each run imports the script (runpy, not as __main__: main() does not run) and then what the
+stage imports later, inside its functions (the optimizer's torch._dynamo, MLflow's SQLite
+store, matplotlib, MLflow's pyfunc). Prints each stage's median seconds in both settings and
+their ratio.
+"""
+
+import argparse
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LATER = {  # what a stage imports inside its functions, in the order it does
+    "finetune": ["mlflow.store.tracking.sqlalchemy_store", "torch._dynamo"],
+    "evaluate": ["mlflow.store.tracking.sqlalchemy_store", "matplotlib.figure", "mlflow.pyfunc"],
+}
+# argv: script, "stage" or "default", then the later imports. spamgpt.stage is imported first
+# either way; "default" then puts CPython's thresholds back before the script's imports.
+RUN = """
+import gc, importlib, runpy, sys, time
+started = time.perf_counter()
+from spamgpt import stage
+if sys.argv[2] == "default":
+    gc.set_threshold(700, 10, 10)
+runpy.run_path(sys.argv[1], run_name="imported")
+for name in sys.argv[3:]:
+    importlib.import_module(name)
+print(time.perf_counter() - started)
+"""
+
+
+def seconds(stage: str, setting: str) -> float:
+    script = ROOT / "stages" / f"{stage}.py"
+    out = subprocess.run(
+        [sys.executable, "-c", RUN, str(script), setting, *LATER.get(stage, [])],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return float(out.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--stages", nargs="+", default=["finetune", "evaluate"])
+    args = parser.parse_args()
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for stage in args.stages:
+            for setting in ("stage", "default"):
+                times.setdefault((stage, setting), []).append(seconds(stage, setting))
+    for stage in args.stages:
+        ours, default = (statistics.median(times[stage, s]) for s in ("stage", "default"))
+        print(
+            f"{stage}: {ours:.2f} s with spamgpt.stage's collector, {default:.2f} s with "
+            f"CPython's default ({ours / default:.2f}x, median of {args.rounds})"
+        )
+
+
+if __name__ == "__main__":
+    main()
