@@ -44,15 +44,12 @@ def main(params: Params) -> None:
     with tracking.Run.open(params.mlflow.experiment, run_id, tags, skip_logged_steps=True) as run:
         if resume is None:
             results.log_run_inputs(run, params, data_report)
-        saver = checkpoint.CheckpointSaver(
-            paths.CHECKPOINT, fingerprint, run.run_id, before_save=run.flush
-        )
+        saver = checkpoint.CheckpointSaver(paths.CHECKPOINT, fingerprint, run.run_id, run.flush)
         state = trainer.fit(saver, hooks=(LogMetrics(run), ProgressBar(t.epochs)))
         results.write_model(run, trainer, m, params.mlflow.log_checkpoints)
         results.write_training(run, state, len(train), device, precision)
         state.exported = True  # the results are written: a later run starts afresh
-        saver.save(trainer)
-        saver.wait()
+        saver.write(checkpoint.state_of(trainer))  # now, not in the background
 
 
 if __name__ == "__main__":
