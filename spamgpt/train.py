@@ -428,4 +428,4 @@ class Trainer:
             getattr(hook, event)(*args)
 
     def trained_weights(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().cpu().clone() for n, p in self.trained.items()}
+        return {n: p.detach().to("cpu", copy=True) for n, p in self.trained.items()}
