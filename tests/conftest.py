@@ -22,9 +22,9 @@ import mlflow
 import pytest
 import yaml
 from fileserver import serve
-from tiny_gpt2 import make_tiny_hub
 
 from spamgpt import paths
+from spamgpt.random_hub import make_hub
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_REVISION = "tiny-test"  # not in the known-hash table: accepted with a warning, recorded
@@ -86,7 +86,7 @@ class Mirror:
 
 @contextlib.contextmanager
 def serve_mirror(root: Path, member: bytes) -> Iterator[Mirror]:
-    """Serve `root` (hubs made by make_tiny_hub) on 127.0.0.1, with `member` zipped as UCI
+    """Serve `root` (hubs made by make_hub) on 127.0.0.1, with `member` zipped as UCI
     ships the SMS Spam Collection (beside a readme)."""
     with zipfile.ZipFile(root / "sms+spam+collection.zip", "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("SMSSpamCollection", member)
@@ -98,7 +98,7 @@ def serve_mirror(root: Path, member: bytes) -> Iterator[Mirror]:
 @pytest.fixture(scope="session")
 def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
     root = tmp_path_factory.mktemp("mirror")
-    make_tiny_hub(root, layers=2, dim=32, heads=4, n_ctx=64, revision=TINY_REVISION)
+    make_hub(root, layers=2, dim=32, heads=4, n_ctx=64, revision=TINY_REVISION)
     with serve_mirror(root, sms_collection()) as mirror:
         yield mirror
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 from fileserver import serve
-from tiny_gpt2 import REVISION, make_tiny_hub
 
 from spamgpt import hub
 from spamgpt.download import DownloadError
+from spamgpt.random_hub import REVISION, make_hub
 
 REPO_ID = "openai-community/gpt2"
 
@@ -24,8 +24,8 @@ def direct(monkeypatch: pytest.MonkeyPatch) -> None:
 def site(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A tiny GPT-2 served as REPO_ID at the pinned revision (and at 'main'); (url, its files)."""
     root = tmp_path / "hub"
-    files = make_tiny_hub(root, revision=REVISION)
-    make_tiny_hub(root, revision="main")
+    files = make_hub(root, revision=REVISION)
+    make_hub(root, revision="main")
     with serve(root) as url:
         yield url, files
 

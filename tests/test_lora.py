@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_gpt2 import make_tiny_hub
 
 from spamgpt import lora
 from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.random_hub import make_hub
 
 TARGETS = ["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
 
@@ -15,7 +15,7 @@ TARGETS = ["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
 @pytest.fixture
 def model(tmp_path: Path) -> GPT2Classifier:
     torch.manual_seed(0)
-    return GPT2Classifier(GPT2.from_pretrained(make_tiny_hub(tmp_path))).eval()
+    return GPT2Classifier(GPT2.from_pretrained(make_hub(tmp_path))).eval()
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:

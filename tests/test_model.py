@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_gpt2 import make_tiny_hub
 
 from spamgpt.errors import SpamGPTError
 from spamgpt.model import GPT2, GPT2Classifier, GPTConfig, weights_to_be_loaded
+from spamgpt.random_hub import make_hub
 
-VOCAB = 557  # 256 bytes + the 300 merges tiny_gpt2 learns + <|endoftext|>
+VOCAB = 557  # 256 bytes + the 300 merges random_hub learns + <|endoftext|>
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = make_tiny_hub(tmp_path_factory.mktemp("hub"))
+    folder = make_hub(tmp_path_factory.mktemp("hub"))
     assert json.loads((folder / "config.json").read_text())["vocab_size"] == VOCAB
     return folder
 

@@ -32,12 +32,12 @@ from conftest import (
 )
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
-from tiny_gpt2 import make_tiny_hub
 
 from spamgpt import classifier, cli, data, metrics, tokenized, trunk
 from spamgpt import params as params_module
 from spamgpt.batching import ModelInputs
 from spamgpt.model import GPT2, GPTConfig
+from spamgpt.random_hub import make_hub
 
 CPU = torch.device("cpu")
 
@@ -75,8 +75,8 @@ def test_the_readme_has_the_recipes_of_issue_7() -> None:
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("recipes-mirror")
-    make_tiny_hub(root, layers=3, revision=TINY_REVISION)
-    make_tiny_hub(root, layers=4, repo_id="openai-community/gpt2-medium", revision="main")
+    make_hub(root, layers=3, revision=TINY_REVISION)
+    make_hub(root, layers=4, repo_id="openai-community/gpt2-medium", revision="main")
     with serve_mirror(root, sms_collection()) as mirror:
         yield mirror
 

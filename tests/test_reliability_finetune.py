@@ -41,7 +41,8 @@ from conftest import (
 )
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file, save_file
-from tiny_gpt2 import make_tiny_hub
+
+from spamgpt.random_hub import make_hub
 
 CHECKPOINT = Path("models/checkpoints/checkpoint.pt")
 TIMING = ("train_seconds", "samples_per_second")  # differ between any two runs
@@ -64,7 +65,7 @@ def wide_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
     """The test SMS data and a GPT-2 of width 128: its checkpoint (one block, two AdamW
     moments, the best weights) is ~3 MB, so a write lasts long enough to be caught."""
     root = tmp_path_factory.mktemp("wide-mirror")
-    make_tiny_hub(root, layers=2, dim=128, heads=4, n_ctx=64, revision=TINY_REVISION)
+    make_hub(root, layers=2, dim=128, heads=4, n_ctx=64, revision=TINY_REVISION)
     member = sms_collection(n_ham=2000, n_spam=500)  # 762 messages: epochs of 0.1 s or more
     with serve_mirror(root, member) as mirror:
         yield mirror

@@ -24,12 +24,12 @@ import torch
 import yaml
 from conftest import REPO, TINY_REVISION, sms_collection, subprocess_env, tiny_params
 from fileserver import Faults, serve
-from tiny_gpt2 import hub_dir
 
 from spamgpt import atomic, checkpoint, classifier, data, params, tokenizer
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.random_hub import hub_dir
 
 PRETRAINED = Path("models/pretrained/openai-community/gpt2")
 

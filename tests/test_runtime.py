@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import REPO
-from tiny_gpt2 import make_tiny_hub
 
 from spamgpt import runtime
 from spamgpt.errors import ParamsError
 from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.random_hub import make_hub
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
@@ -26,7 +26,7 @@ MPS = torch.device("mps")
 
 def tiny_classifier(root: Path) -> GPT2Classifier:
     torch.manual_seed(0)
-    return GPT2Classifier(GPT2.from_pretrained(make_tiny_hub(root)))
+    return GPT2Classifier(GPT2.from_pretrained(make_hub(root)))
 
 
 def batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

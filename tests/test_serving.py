@@ -19,7 +19,6 @@ import torch
 from conftest import free_port, http_service, post, restored_tracking_uri, run, subprocess_env
 from fileserver import serve
 from mlflow.tracking import MlflowClient
-from tiny_gpt2 import make_tiny_hub
 
 from spamgpt import classifier, serving, tokenizer
 from spamgpt.download import sha256_file
@@ -27,6 +26,7 @@ from spamgpt.errors import SpamGPTError
 from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPT2Classifier
 from spamgpt.params import ModelParams
+from spamgpt.random_hub import make_hub
 
 REPO_ID = "openai-community/gpt2"
 MESSAGES = ["free entry to win a prize, txt WIN to 80086", "see you at 7"]
@@ -51,7 +51,7 @@ class Logged:
 def finetuned_folder(project: Path) -> Path:
     """models/finetuned as finetune leaves it: trained tensors only, the base in
     models/pretrained/<repo_id>; the head drawn so that probabilities spread over (0, 1)."""
-    hub = make_tiny_hub(project / "hub", layers=2, dim=32, heads=4, n_ctx=64, revision=REVISION)
+    hub = make_hub(project / "hub", layers=2, dim=32, heads=4, n_ctx=64, revision=REVISION)
     shutil.copytree(hub, project / "models/pretrained" / REPO_ID)
     model = GPT2Classifier(GPT2.from_pretrained(hub))
     torch.nn.init.normal_(model.head.weight, std=0.3, generator=torch.Generator().manual_seed(0))

@@ -7,17 +7,17 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_gpt2 import make_tiny_hub
 
 from spamgpt import tokenized, tokenizer
 from spamgpt.errors import ParamsError, SpamGPTError
+from spamgpt.random_hub import make_hub
 
 EOT_TEXT = "<|endoftext|>"
 
 
 @pytest.fixture(scope="module")
 def enc(tmp_path_factory: pytest.TempPathFactory):
-    return tokenizer.load(make_tiny_hub(tmp_path_factory.mktemp("hub"), num_merges=100))
+    return tokenizer.load(make_hub(tmp_path_factory.mktemp("hub"), num_merges=100))
 
 
 def frame(labels: list[str], lines: list[int] | None = None) -> pd.DataFrame:

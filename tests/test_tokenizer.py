@@ -3,10 +3,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tiny_gpt2 import TEXT, make_tiny_hub
 
 from spamgpt import tokenizer
 from spamgpt.errors import SpamGPTError
+from spamgpt.random_hub import TEXT, make_hub
 
 # The real GPT-2 tokenizer files, where a ../shared beside the checkout has them.
 REAL = Path(__file__).resolve().parents[2] / "shared" / "hub" / "openai-community" / "gpt2"
@@ -24,7 +24,7 @@ SAMPLES = [
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_hub(tmp_path_factory.mktemp("hub"))
+    return make_hub(tmp_path_factory.mktemp("hub"))
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from test_runtime import NATIVE_BF16
-from tiny_gpt2 import make_tiny_hub
 
 from spamgpt import classifier, runtime, tensorfile, train, trunk
 from spamgpt.batching import ModelInputs, PackedSequences, padded_width, sorted_order
 from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPT2Classifier
 from spamgpt.params import TrainParams
+from spamgpt.random_hub import make_hub
 
 CPU = torch.device("cpu")
 
@@ -21,7 +21,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> GPT2Classifier:
     torch.manual_seed(0)
-    hub = make_tiny_hub(tmp_path_factory.mktemp("hub"), layers=3)
+    hub = make_hub(tmp_path_factory.mktemp("hub"), layers=3)
     return GPT2Classifier(GPT2.from_pretrained(hub)).eval()
 
 

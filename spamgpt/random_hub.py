@@ -1,13 +1,23 @@
-"""A tiny GPT-2 hub folder made from nothing but code, for tests that must not need /work/shared.
+"""A GPT-2 hub folder with random weights, made from nothing but code: for offline runs,
+benchmarks and tests, where the real hub cannot be reached.
 
-make_tiny_hub() writes `<root>/<repo_id>/resolve/<revision>/` with the files and formats of
-the real openai-community/gpt2 repository: config.json, vocab.json and merges.txt of a small
-byte-level BPE learnt on the text below, and a float32 model.safetensors with the real tensor
-names and layout (Conv1D weights as (in, out), h.N.attn.bias causal-mask buffers included).
+make_hub() writes `<root>/<repo_id>/resolve/<revision>/` with the files and formats of the
+real openai-community/gpt2 repository: config.json, vocab.json and merges.txt, and a float32
+model.safetensors with the real tensor names and layout (Conv1D weights as (in, out),
+h.N.attn.bias causal-mask buffers included). The tokenizer is a small byte-level BPE learnt on
+the text below, or the vocab.json and merges.txt of a folder given (a real GPT-2 download), so
+that messages split into the real number of tokens. Serve `root` with
+`python -m http.server --bind 127.0.0.1 --directory ROOT PORT` and set `model.hub_url` to it.
+
+    python -m spamgpt.random_hub ROOT [--layers 12 --dim 768 --heads 12 --n-ctx 1024]
+                                 [--repo-id ID --revision REV --tokenizer DIR]
 """
 
+import argparse
 import itertools
 import json
+import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -98,13 +108,15 @@ def gpt2_tensors(
     return t | {"ln_f.weight": rnd(d, mean=1.0), "ln_f.bias": rnd(d)}
 
 
-def hub_dir(root: Path, repo_id: str = "openai-community/gpt2", revision: str = REVISION) -> Path:
-    """Where make_tiny_hub() puts the files: the layout of the hub's /resolve/ URLs."""
-    return root / repo_id / "resolve" / revision
+def hub_dir(
+    root: str | os.PathLike, repo_id: str = "openai-community/gpt2", revision: str = REVISION
+) -> Path:
+    """Where make_hub() puts the files: the layout of the hub's /resolve/ URLs."""
+    return Path(root) / repo_id / "resolve" / revision
 
 
-def make_tiny_hub(
-    root: Path,
+def make_hub(
+    root: str | os.PathLike,
     *,
     layers: int = 2,
     dim: int = 32,
@@ -114,18 +126,28 @@ def make_tiny_hub(
     revision: str = REVISION,
     seed: int = 0,
     num_merges: int = 300,
+    tokenizer: str | os.PathLike | None = None,
 ) -> Path:
-    """Write a tiny GPT-2 repository under `root` and return its folder."""
+    """Write a GPT-2 repository with random weights under `root` and return its folder.
+
+    The defaults are a tiny model (2 blocks of width 32) for tests; GPT-2 124M's shapes are
+    layers=12, dim=768, heads=12, n_ctx=1024. `tokenizer`: a folder whose vocab.json and
+    merges.txt are copied instead of learning `num_merges` merges on TEXT.
+    """
     out = hub_dir(root, repo_id, revision)
     out.mkdir(parents=True, exist_ok=True)
-
-    # Ids as in GPT-2: the 256 bytes in bytes_to_unicode order, the merges, then <|endoftext|>.
-    merges = train_bpe(TEXT, num_merges)
-    tokens = [*bytes_to_unicode().values(), *(a + b for a, b in merges), EOT]
-    vocab = {token: i for i, token in enumerate(tokens)}
-    (out / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
-    (out / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if tokenizer is None:
+        # Ids as in GPT-2: the 256 bytes in bytes_to_unicode order, the merges, then EOT.
+        merges = train_bpe(TEXT, num_merges)
+        tokens = [*bytes_to_unicode().values(), *(a + b for a, b in merges), EOT]
+        vocab = {token: i for i, token in enumerate(tokens)}
+        (out / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
+        (out / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    else:
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(Path(tokenizer) / name, out / name)
+        vocab = json.loads((out / "vocab.json").read_text(encoding="utf-8"))
 
     eot = vocab[EOT]
     config = {
@@ -150,3 +172,30 @@ def make_tiny_hub(
     tensors = gpt2_tensors(layers, dim, n_ctx, len(vocab), seed)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog="python -m spamgpt.random_hub",
+        description="Write a GPT-2 hub folder with random weights in the real layout.",
+    )
+    ap.add_argument("root", help="the folder to serve; files go to ROOT/REPO_ID/resolve/REV/")
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--dim", type=int, default=768)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--n-ctx", type=int, default=1024)
+    ap.add_argument("--repo-id", default="openai-community/gpt2")
+    ap.add_argument("--revision", default="random-weights")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--merges", type=int, default=300, help="BPE merges learnt (no --tokenizer)")
+    ap.add_argument("--tokenizer", help="a folder with GPT-2's vocab.json and merges.txt to use")
+    a = ap.parse_args(argv)
+    out = make_hub(
+        a.root, layers=a.layers, dim=a.dim, heads=a.heads, n_ctx=a.n_ctx, repo_id=a.repo_id,
+        revision=a.revision, seed=a.seed, num_merges=a.merges, tokenizer=a.tokenizer,
+    )  # fmt: skip
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
