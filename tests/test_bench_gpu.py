@@ -1,0 +1,109 @@
+"""bench/gpu.sh, the GPU check, in its CPU mode: the steps a CPU can run, end to end, and the
+summary a run on a card will be read from. The full CPU mode runs every step in minutes; this
+test picks the parameter error's step (a real pipeline project, its stages run) and two GPU-only
+steps, which must be recorded as skipped."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+from conftest import REPO, run, sms_collection, subprocess_env
+
+GPU_SH = REPO / "bench/gpu.sh"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "bench/gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_mode_records_the_parameter_error_and_skips_what_needs_a_gpu(tmp_path: Path) -> None:
+    data, out = tmp_path / "SMSSpamCollection", tmp_path / "out"
+    data.write_bytes(sms_collection())
+    steps = "devices_error,pytest_cuda,fp16"
+    cmd = [GPU_SH, "--cpu-tiny", "--data", data, "--out", out, "--work", tmp_path / "work"]
+    env = {**subprocess_env(), "PYTHON": sys.executable}
+    result = run([*map(str, cmd), "--steps", steps], tmp_path, env=env)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "cpu-tiny" and summary["finished"] is True
+    machine = summary["machine"]
+    assert machine["torch"] == torch.__version__ and machine["device"].startswith("cpu")
+    assert list(summary["steps"]) == steps.split(",")  # only those, in the table's order
+    on = f"{machine['device']}, torch {torch.__version__}"
+    assert all(record["on"] == on for record in summary["steps"].values())
+
+    devices = summary["steps"]["devices_error"]
+    assert devices["status"] == "ok", devices
+    assert (devices["param"], devices["value"]) == ("train.device", "cuda")
+    for stage in ("trunk", "finetune"):
+        assert devices[stage]["exit"] == 2
+        assert devices[stage]["output"] == [
+            "error: train.device: cuda is not available on this machine; allowed here: auto, cpu"
+        ]
+        assert devices[stage]["wall_s"] > 0
+    assert devices["step_s"] >= devices["trunk"]["wall_s"] + devices["finetune"]["wall_s"]
+    for name in ("pytest_cuda", "fp16"):
+        assert summary["steps"][name] == {
+            "on": on,
+            "status": "skipped",
+            "reason": "needs a CUDA GPU",
+        }
+    assert summary["setup"]["hub_s"] > 0
+    measured = {t["target"]: (t["value"], t["met"]) for t in summary["targets"]}
+    assert measured.pop("pytest -m cuda passes") == ("skipped", None)
+    assert set(measured.values()) == {(None, None)}  # nothing measured in these steps
+
+    log = (out / "gpu.log").read_text()
+    assert "stages/trunk.py" in log and "error: train.device: cuda" in log
+    assert "failed: none" in result.stdout
+    assert not (tmp_path / "work/devices_error").exists()  # dropped once done (no --keep)
+
+
+def test_bad_data_file_is_one_line_before_any_work(tmp_path: Path) -> None:
+    env = {**subprocess_env(), "PYTHON": sys.executable}
+    missing = tmp_path / "nope.txt"
+    result = run(
+        [str(GPU_SH), "--cpu-tiny", "--data", str(missing)], tmp_path, check=False, env=env
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"--data {missing}: No such file or directory; give a file of label<TAB>text lines"
+    ]
+    assert not (tmp_path / "gpu-bench").exists()
+
+
+def test_stage_seconds_run_from_each_running_stage_line_to_the_next() -> None:
+    """DVC prints "Running stage 'x':" as a stage starts; its time ends where the next starts,
+    the last one's where the command ends."""
+    bench = load_bench()
+    lines = [
+        (0.5, "Verifying data sources in stage: 'data/local.dvc'"),
+        (1.0, "Running stage 'trunk':"),
+        (1.1, "> python stages/trunk.py"),
+        (4.0, "Running stage 'finetune':"),
+        (9.5, "Updating lock file 'dvc.lock'"),
+    ]
+    assert bench.Ran(0, lines, 10.0).stage_seconds() == {"trunk": 3.0, "finetune": 6.0}
+
+
+def test_targets_compare_the_measured_figures_with_the_issue_s_bounds() -> None:
+    bench = load_bench()
+    steps = {
+        "repro": {"train": {"samples_per_second": 3100.0}, "trunk_finetune_evaluate_s": 41.0},
+        "exp_lr": {"wall_s": 29.0, "outside_training_s": 12.5},
+        "pytest_cuda": {"status": "ok"},
+    }
+    met = {t["target"]: (t["value"], t["met"]) for t in bench.targets(steps, "gpu")}
+    assert met == {
+        "default recipe training samples/s >= 3000": (3100.0, True),
+        "full fine-tune batch 32 training samples/s >= 2000": (None, None),
+        "dvc repro trunk + finetune + evaluate s <= 40": (41.0, False),
+        "lr-only dvc exp run wall s <= 30": (29.0, True),
+        "lr-only dvc exp run outside training s <= 10": (12.5, False),
+        "pytest -m cuda passes": ("ok", True),
+    }
