@@ -68,6 +68,8 @@ SHAPES = {
 }
 # What --cpu-tiny changes in every project's params.yaml
 CPU_TINY_PARAMS = {"train.device": "cpu", "train.precision": "fp32", "train.epochs": 1}
+# Dense bf16 TFLOP/s by the vendors' datasheets, for cards named so (else --peak-tflops)
+BF16_PEAK_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0}
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
 # Queries the machine in a child process, so that this one never holds a CUDA context.
 MACHINE = """
@@ -135,7 +137,7 @@ class Bench:
     out: Path
     work: Path
     machine: dict
-    started: float = field(default_factory=time.monotonic)
+    started: float  # time.monotonic() at the start of the run
     summary: dict = field(default_factory=dict)
     hub: Path = Path()
     hub_url: str = ""
@@ -295,11 +297,38 @@ def train_metrics(project: Path) -> dict:
     return json.loads((project / paths.TRAIN_METRICS).read_text())
 
 
-def training_figures(project: Path) -> dict:
-    """What finetune recorded of its training (metrics/train.json)."""
+def training_figures(bench: Bench, project: Path) -> dict:
+    """What finetune recorded of its training (metrics/train.json), and the compute rate
+    that makes (model_tflops) with its share of the card's bf16 peak."""
     t = train_metrics(project)
     keys = ("samples_per_second", "train_seconds", "epochs_run", "steps", "device", "precision")
-    return {k: t[k] for k in keys}
+    figures = {k: t[k] for k in keys}
+    flops = sample_flops(project)
+    if flops is not None:
+        tflops = flops * t["samples_per_second"] / 1e12
+        figures["model_tflops"] = float(f"{tflops:.4g}")
+        peak = bench.machine.get("bf16_peak_tflops")
+        figures["bf16_peak_share"] = float(f"{tflops / peak:.4g}") if peak else None
+    return figures
+
+
+def sample_flops(project: Path) -> float | None:
+    """Training FLOPs per message of the blocks that train: 6 x (real tokens) x 12 d^2 per
+    block (forward 2, backward 4 per weight; a block holds 12 d^2 weights), the final block
+    with pooling last only 2 d^2 (its keys and values: its query, projection and MLP run at
+    one position). Attention scores, the head and padding are left out. None for LoRA, whose
+    frozen weights get no gradients of their own."""
+    m = yaml.safe_load((project / "params.yaml").read_text())["model"]
+    if m["finetune"] != "blocks":
+        return None
+    config = json.loads((project / paths.pretrained_dir(m["repo_id"]) / "config.json").read_text())
+    d, layers = config["n_embd"], config["n_layer"]
+    blocks = layers if m["trainable_blocks"] == "all" else int(m["trainable_blocks"])
+    if blocks == 0:
+        return None
+    weights = (blocks - 1) * 12 * d * d + (2 if m["pooling"] == "last" else 12) * d * d
+    tokens = json.loads((project / paths.TOKENS_METRICS).read_text())["train"]["mean_tokens"]
+    return 6 * tokens * weights
 
 
 # ---- the steps: each returns its figures (or raises StepSkipped / StepFailed) ----
@@ -317,7 +346,7 @@ def step_repro(bench: Bench) -> dict:
         "trunk_finetune_evaluate_s": round(
             sum(stages.get(s, 0.0) for s in ("trunk", "finetune", "evaluate")), 2
         ),
-        "train": training_figures(project),
+        "train": training_figures(bench, project),
         "test_accuracy": evaluation["test"].get("accuracy"),
     }
 
@@ -325,7 +354,7 @@ def step_repro(bench: Bench) -> dict:
 def step_exp_lr(bench: Bench) -> dict:
     project = bench.projects["repro"]
     ran = bench.dvc(project, "exp", "run", "-S", "train.lr=1e-4")
-    train = training_figures(project)
+    train = training_figures(bench, project)
     return {
         "wall_s": round(ran.wall, 2),
         "train_seconds": train["train_seconds"],
@@ -337,11 +366,11 @@ def step_exp_lr(bench: Bench) -> dict:
 
 def step_profile(bench: Bench) -> dict:
     project = bench.projects["repro"]
-    report = bench.out / "profile.json"
+    report, trace = bench.out / "profile.json", bench.out / "profile_trace.json.gz"
     steps = ["--warmup", "3", "--steps", "5"] if bench.mode == "cpu-tiny" else []
+    script = ROOT / "bench/profile_train.py"
     bench.run(
-        [sys.executable, ROOT / "bench/profile_train.py", project, "--json", report, *steps],
-        project,
+        [sys.executable, script, project, "--json", report, "--trace", trace, *steps], project
     )
     return json.loads(report.read_text())
 
@@ -439,7 +468,7 @@ def step_recipe(bench: Bench, name: str, overrides: dict[str, object]) -> dict:
     project = bench.project(name, {**overrides, "train.epochs": bench.args.recipe_epochs})
     ran = bench.dvc(project, "repro", "finetune")
     figures |= {"wall_s": round(ran.wall, 2), "stage_s": ran.stage_seconds()}
-    figures |= training_figures(project)
+    figures |= training_figures(bench, project)
     bench.drop(name)
     return figures
 
@@ -600,6 +629,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cpu-tiny", action="store_true", help="tiny shapes on the CPU, seconds")
     p.add_argument("--rows", type=int, help="use the data's first N lines (cpu-tiny: 300)")
     p.add_argument("--recipe-epochs", type=int, default=1, help="epochs of each recipe step")
+    p.add_argument("--peak-tflops", type=float, help="the card's dense bf16 peak, if not known")
     p.add_argument("--work", type=Path, help="where the projects go (default: a temp folder)")
     p.add_argument("--keep", action="store_true", help="keep every project")
     args = p.parse_args(argv)
@@ -616,6 +646,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    started = time.monotonic()
     args = parse_args(argv)
     member = read_data(args)
     mode = "cpu-tiny" if args.cpu_tiny else "gpu"
@@ -625,6 +656,9 @@ def main(argv: list[str] | None = None) -> None:
     machine = json.loads(query.stdout)
     if mode == "gpu" and not machine["gpus"]:
         sys.exit("no CUDA GPU visible to torch here; on a CPU run with --cpu-tiny")
+    if mode == "gpu":
+        known = (peak for name, peak in BF16_PEAK_TFLOPS.items() if name in machine["device"])
+        machine["bf16_peak_tflops"] = args.peak_tflops or next(known, None)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu.log").write_text("")
     work = args.work or Path(tempfile.mkdtemp(prefix="spamgpt-gpu-"))
@@ -632,13 +666,14 @@ def main(argv: list[str] | None = None) -> None:
     shim = work / "bin/python"  # DVC's stage commands call `python`: this interpreter, venv kept
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     shim.chmod(0o755)
-    bench = Bench(args, mode, args.out, work, machine)
+    bench = Bench(args, mode, args.out, work, machine, started)
     bench.hub = work / "hub"
     bench.summary = {
         "machine": machine,
         "mode": mode,
         "command": " ".join(sys.argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": False,  # true once every step has run: false in a run cut short
         "setup": {},
         "steps": {},
     }

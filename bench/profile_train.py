@@ -8,12 +8,15 @@ builds them, on train.device in train.precision; the batches are the first epoch
 --warmup steps it times --steps steps (the device synchronised before and after), then
 profiles as many more: per step, the wall time, the time the device's kernels ran (CUDA) and
 their share of the wall, and the top entries by self device time (on a CPU: self CPU time).
-Prints the profiler's table; --json writes the figures.
+Prints the profiler's table; --json writes the figures, --trace the profiled steps as a Chrome
+trace (chrome://tracing, ui.perfetto.dev).
 """
 
 import argparse
+import gzip
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,8 +41,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--trace", type=Path, help="write a Chrome trace here (.json.gz)")
     args = parser.parse_args()
-    json_path = args.json and args.json.resolve()
+    json_path, trace_path = (p and p.resolve() for p in (args.json, args.trace))
     os.chdir(args.project)  # the pipeline's paths are relative to its root
 
     params = load_params()
@@ -76,7 +80,11 @@ def main() -> None:
     averages = prof.key_averages()
     on_device = device.type == "cuda"
     if on_device:  # the kernels themselves, as the profiler's own "Self CUDA time total" sums
-        kernels = [e for e in averages if e.device_type == DeviceType.CUDA]
+        kernels = [
+            e
+            for e in averages
+            if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+        ]
         kernel_ms = sum(e.self_device_time_total for e in kernels) / 1e3 / args.steps
         top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)
     else:
@@ -116,6 +124,10 @@ def main() -> None:
         ],
     }
     print(json.dumps({k: v for k, v in figures.items() if k != "top"}))
+    if trace_path:
+        with tempfile.TemporaryDirectory() as tmp:
+            prof.export_chrome_trace(f"{tmp}/trace.json")
+            trace_path.write_bytes(gzip.compress(Path(f"{tmp}/trace.json").read_bytes()))
     if json_path:
         json_path.write_text(json.dumps(figures, indent=2) + "\n")
 
