@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
@@ -534,6 +535,7 @@ def run_step(bench: Bench, step: Step) -> None:
         except StepFailed as e:
             record |= {"status": "failed", "reason": str(e), "output_tail": e.tail}
         except Exception as e:  # a bug of this script: the steps after it still run
+            bench.log(traceback.format_exc())
             record |= {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
         record["step_s"] = round(time.monotonic() - started, 2)
     shown = {k: v for k, v in record.items() if k not in ("on", "output_tail", "top")}
