@@ -1,49 +1,44 @@
 """Fine-tuning speed: the naive reference loop against spamgpt's fine-tune path, one process.
 
-    python bench/finetune_speed.py [--naive-samples 64] [--epochs 2] [--precision auto]
+    python bench/finetune_speed.py [--data FILE] [--tokenizer DIR] [--naive-samples 64]
+                                   [--epochs 2] [--precision auto] [--tiny]
 
-Both run GPT-2 124M shapes with random weights (the same compute as the real ones) on the real
-messages (../shared/data/SMSSpamCollection, else data/raw/SMSSpamCollection), batch 8, the
-last block + final norm + head trainable:
+Both run GPT-2 124M shapes with random weights (the same compute as the real ones) on the
+messages of --data (default data/raw/dataset, what `dvc repro` downloads: the SMS Spam
+Collection), read and split as params.yaml's data and split sections say, tokenised with the
+vocab.json and merges.txt of --tokenizer (default models/pretrained/<model.repo_id>), batch 8,
+the last block + final norm + head trainable:
   (a) naive: every message padded to the longest one, the full forward pass every step;
   (b) spamgpt: the frozen trunk computed once (timed with the first epoch), then epochs of
       length-bucketed batches through the trainable tail only, validation each epoch.
 It prints samples/s of both, inference messages/s of `classify` over the test split, the
 peak RSS, and last `ratio: <b over a, epochs after the first>`.
+
+--tiny: 2 blocks 32 wide, 16 naive samples; without --data, 300 SMS-like messages
+(bench/workload.py), without --tokenizer, the random hub's small BPE: that the script runs, in
+seconds, on a clone without the pipeline's outputs.
 """
 
 import argparse
 import dataclasses
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from workload import ROOT, sms_like
 
-from spamgpt import classifier, data, runtime, tokenized, tokenizer, trunk
+from spamgpt import classifier, data, labels, paths, runtime, tokenized, tokenizer, trunk
 from spamgpt.batching import ModelInputs
 from spamgpt.checkpoint import CheckpointSaver
-from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.params import load as load_params
+from spamgpt.random_hub import make_hub
 from spamgpt.train import Hook, Split, State, Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
-MESSAGES = [ROOT.parent / "shared/data/SMSSpamCollection", ROOT / "data/raw/SMSSpamCollection"]
-TOKENIZER = [
-    ROOT.parent / "shared/hub/openai-community/gpt2",
-    ROOT / "models/pretrained/openai-community/gpt2",
-]
-
-
-def first_existing(candidates: list[Path]) -> Path:
-    for path in candidates:
-        if path.exists():
-            return path
-    sys.exit(f"none of these exist: {', '.join(map(str, candidates))}")
+TINY = GPTConfig(n_layer=2, n_head=4, n_embd=32, n_ctx=64)
 
 
 class Clock(Hook):
@@ -56,7 +51,9 @@ class Clock(Hook):
         self.epoch_train_seconds.append(state.train_seconds)
 
 
-def naive_samples_per_second(gpt: GPT2, split: tokenized.TokenizedSplit, n_samples: int) -> float:
+def naive_samples_per_second(
+    gpt: GPT2, split: tokenized.TokenizedSplit, n_samples: int, pad: int
+) -> float:
     """The reference loop: pad everything to the longest message, run the whole model."""
     model = GPT2Classifier(gpt)
     trained = classifier.freeze(model, 1)
@@ -66,8 +63,8 @@ def naive_samples_per_second(gpt: GPT2, split: tokenized.TokenizedSplit, n_sampl
     started = time.perf_counter()
     for start in range(0, n_samples, 8):
         indices = torch.arange(start, start + 8)
-        ids, lengths = split.tokens.batch(indices, pad_value=50256)
-        ids = F.pad(ids, (0, width - ids.shape[1]), value=50256)
+        ids, lengths = split.tokens.batch(indices, pad_value=pad)
+        ids = F.pad(ids, (0, width - ids.shape[1]), value=pad)
         loss = F.cross_entropy(model(ids, lengths), split.labels[indices])
         loss.backward()
         optimizer.step()
@@ -77,33 +74,51 @@ def naive_samples_per_second(gpt: GPT2, split: tokenized.TokenizedSplit, n_sampl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--naive-samples", type=int, default=64)
+    parser.add_argument("--data", type=Path, help="default: data/raw/dataset")
+    parser.add_argument("--tokenizer", type=Path, help="default: models/pretrained/<repo_id>")
+    parser.add_argument("--naive-samples", type=int)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes and data")
     args = parser.parse_args()
+    naive_samples = args.naive_samples or (16 if args.tiny else 64)
 
     threads = runtime.use_all_cores()
     device = torch.device("cpu")
     precision = runtime.resolve_precision(args.precision, device)
     params = load_params(ROOT / "params.yaml")
-    messages = data.dedupe(data.parse_messages(first_existing(MESSAGES)).frame)
-    splits = data.split(messages, params.split.val, params.split.test, params.split.seed)
-    enc = tokenizer.load(first_existing(TOKENIZER))
+    d = params.data
+    messages_file = args.data or ROOT / paths.RAW_DATA
+    fmt = data.Format(d.format, d.text_column, d.label_column)
+    tokenizer_dir = args.tokenizer or ROOT / paths.pretrained_dir(params.model.repo_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.tiny and args.data is None:
+            messages_file, fmt = Path(tmp) / "messages.txt", data.Format()
+            messages_file.write_text("\n".join(sms_like(300)) + "\n", encoding="utf-8")
+        if args.tiny and args.tokenizer is None:
+            tokenizer_dir = make_hub(tmp, layers=1, dim=8, heads=1, n_ctx=8)
+        allowed = None if d.labels is None else tuple(map(str, d.labels))
+        parsed = data.read_messages(messages_file, fmt, allowed, d.bad_lines)
+        enc = tokenizer.load(tokenizer_dir)
+    classes = labels.found(parsed.frame["label"], d.labels, d.positive_label)
+    sp = params.split
+    splits = data.split(data.dedupe(parsed.frame), sp.val, sp.test, sp.seed, classes.names)
     ids = {s: tokenized.encode_packed(enc, f["text"].tolist()) for s, f in splits.items()}
+    config = dataclasses.replace(TINY if args.tiny else GPTConfig(), vocab_size=enc.n_vocab)
     max_length = tokenized.resolve_max_length(
-        None, torch.cat([packed.lengths for packed in ids.values()]), 1024
+        None, torch.cat([packed.lengths for packed in ids.values()]), config.n_ctx
     )
-    packed = {s: tokenized.pack(ids[s], splits[s], max_length) for s in splits}
+    packed = {s: tokenized.pack(ids[s], splits[s], max_length, classes) for s in splits}
     n_train = len(packed["train"])
     torch.manual_seed(0)
-    gpt = GPT2.init_random(GPTConfig())  # 124M shapes
+    gpt = GPT2.init_random(config)
     print(
         f"cpu threads {threads}, precision {precision}, {n_train} training messages, "
         f"longest {max_length} tokens"
     )
 
-    naive = naive_samples_per_second(gpt, packed["train"], args.naive_samples)
-    print(f"(a) naive loop: {naive:.2f} training samples/s over {args.naive_samples} samples")
+    naive = naive_samples_per_second(gpt, packed["train"], naive_samples, enc.eot_token)
+    print(f"(a) naive loop: {naive:.2f} training samples/s over {naive_samples} samples")
 
     started = time.perf_counter()
     frozen = classifier.frozen_blocks(gpt.config.n_layer, 1)
@@ -120,7 +135,7 @@ def main() -> None:
     train_params = dataclasses.replace(params.train, epochs=args.epochs, patience=args.epochs)
     clock = Clock()
     train, val = (Split(ModelInputs(cached[s], frozen), packed[s].labels) for s in ("train", "val"))
-    trainer = Trainer(model, trained, train, val, SMS, train_params, device, precision)
+    trainer = Trainer(model, trained, train, val, classes, train_params, device, precision)
     with tempfile.TemporaryDirectory() as checkpoints:
         trainer.fit(CheckpointSaver(Path(checkpoints) / "checkpoint.pt", "bench"), hooks=(clock,))
     ends = clock.epoch_train_seconds

@@ -1,12 +1,12 @@
 """Start-up of the stage scripts: the seconds their imports take in a fresh interpreter, with
 the garbage collector as spamgpt.stage sets it and with CPython's default, interleaved.
 
-    python bench/stage_imports.py [--rounds 5] [--stages finetune evaluate]
+    python bench/stage_imports.py [--rounds 5] [--stages finetune evaluate] [--tiny]
 
 Each run imports the script (runpy, not as __main__: main() does not run) and then what the
 stage imports later, inside its functions (the optimizer's torch._dynamo, MLflow's SQLite
 store, matplotlib, MLflow's pyfunc). Prints each stage's median seconds in both settings and
-their ratio.
+their ratio. --tiny: one round of the split stage, that the script runs.
 """
 
 import argparse
@@ -46,9 +46,12 @@ def seconds(stage: str, setting: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--stages", nargs="+", default=["finetune", "evaluate"])
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--stages", nargs="+")
+    parser.add_argument("--tiny", action="store_true", help="one round of the split stage")
     args = parser.parse_args()
+    args.rounds = args.rounds or (1 if args.tiny else 5)
+    args.stages = args.stages or (["split"] if args.tiny else ["finetune", "evaluate"])
     times: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.rounds):
         for stage in args.stages:

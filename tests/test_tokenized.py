@@ -1,5 +1,5 @@
 """spamgpt.tokenized: token ids of each message, max_length, packing and the tokens files,
-with the BPE tokenizer of a tiny generated GPT-2 (no /work/shared needed)."""
+with the BPE tokenizer of a tiny generated GPT-2 (nothing downloaded)."""
 
 from pathlib import Path
 
