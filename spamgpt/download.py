@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -66,10 +66,13 @@ def fetch(
     backoff: float = 0.5,
     timeout: float = 30.0,
     desc: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> str:
     """Download `dest` from the first of `urls` (primary, then mirrors) that gives a verified
     file, and return the file's SHA-256. A URL may also be a local file path (absolute, or
     relative to the working directory or else the repository root), which is copied.
+    `headers` go with every request (an Authorization header only to the URL's own host:
+    not along a redirect to another), and into no message.
 
     With `member`, the download is a zip or tar archive and `dest` receives that member of
     it; `sha256` is then the member's, since mirrors repackage archives. An existing `dest`
@@ -108,6 +111,7 @@ def fetch(
                 backoff=backoff,
                 timeout=timeout,
                 desc=desc or dest.name,
+                headers=headers or {},
             )
         except _UrlFailed as e:
             failures.append(f"{url}: {e}")
@@ -146,6 +150,7 @@ def _fetch_from(
     backoff: float,
     timeout: float,
     desc: str,
+    headers: Mapping[str, str],
 ) -> str:
     if expected is None and member is None:
         # Nothing could tell a stale partial file (another mirror's, an older version's) from
@@ -153,7 +158,9 @@ def _fetch_from(
         part.unlink(missing_ok=True)
     while True:
         resumed = part.exists()
-        _download(url, part, retries=retries, backoff=backoff, timeout=timeout, desc=desc)
+        _download(
+            url, part, retries=retries, backoff=backoff, timeout=timeout, desc=desc, headers=headers
+        )
         try:
             return _install(part, dest, expected=expected, member=member)
         except _UrlFailed:
@@ -165,14 +172,21 @@ def _fetch_from(
 
 
 def _download(
-    url: str, part: Path, *, retries: int, backoff: float, timeout: float, desc: str
+    url: str,
+    part: Path,
+    *,
+    retries: int,
+    backoff: float,
+    timeout: float,
+    desc: str,
+    headers: Mapping[str, str],
 ) -> None:
     """Get the whole of `url` into `part`, retrying transient failures with backoff."""
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))
         try:
-            _stream(url, part, timeout=timeout, desc=desc)
+            _stream(url, part, timeout=timeout, desc=desc, headers=headers)
             return
         except _Transient as e:
             reason = str(e)
@@ -180,14 +194,33 @@ def _download(
     raise _UrlFailed(reason + tries)
 
 
-def _stream(url: str, part: Path, *, timeout: float, desc: str) -> None:
+class _SameHostAuthRedirect(urllib.request.HTTPRedirectHandler):
+    """Follows redirects as urllib does, but drops the Authorization header (a hub token) on
+    the way to another host, as `requests` does: a hub sends large files to a CDN."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+_OPENER = urllib.request.build_opener(_SameHostAuthRedirect)
+
+
+def _stream(url: str, part: Path, *, timeout: float, desc: str, headers: Mapping[str, str]) -> None:
     """One attempt: append the rest of `url` to `part`, resuming from the bytes it holds."""
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **headers})
     if have:
         request.add_header("Range", f"bytes={have}-")
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = _OPENER.open(request, timeout=timeout)
     except urllib.error.HTTPError as e:
         e.close()
         if e.code == 416 and have:

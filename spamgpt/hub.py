@@ -1,13 +1,28 @@
-"""GPT-2 checkpoints from the Hugging Face hub: which files, their known hashes, the download."""
+"""GPT-2 checkpoints from the Hugging Face hub: which files, their known hashes, the download.
+
+Before going to the network, each file is looked for in models/pretrained (a previous run)
+and then in the Hugging Face hub cache that `huggingface_hub` and `transformers` fill
+(HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub), and taken from there when
+it verifies as a download would. The environment variables of the Hugging Face tools apply:
+HF_ENDPOINT (the hub, when model.hub_url is left at DEFAULT_HUB_URL), HF_HUB_OFFLINE=1 (no
+network: the cache or an error naming what it lacks) and HF_TOKEN (a bearer token for
+private or gated repositories: sent to the hub only, never logged or recorded).
+"""
 
 import logging
+import os
+import shutil
 from pathlib import Path
 
-from spamgpt.download import fetch
+from spamgpt.atomic import atomic_path
+from spamgpt.download import DownloadError, fetch, sha256_file
 
 log = logging.getLogger(__name__)
 
 MODEL_FILES = ("config.json", "vocab.json", "merges.txt", "model.safetensors")
+DEFAULT_HUB_URL = "https://huggingface.co"
+ENDPOINT_ENV, OFFLINE_ENV, TOKEN_ENV = "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_TOKEN"
+_TRUE = {"1", "ON", "YES", "TRUE"}  # what huggingface_hub reads as a set boolean variable
 
 # (repo_id, revision) -> {file: sha256}, as published by the hub (LFS oid for weights).
 # A file missing here is accepted with a warning and its hash recorded in metrics/weights.json.
@@ -25,21 +40,119 @@ def file_url(hub_url: str, repo_id: str, revision: str, name: str) -> str:
     return f"{hub_url.rstrip('/')}/{repo_id}/resolve/{revision}/{name}"
 
 
+def effective_hub_url(hub_url: str) -> str:
+    """model.hub_url, or $HF_ENDPOINT where model.hub_url is left at the default."""
+    endpoint = os.environ.get(ENDPOINT_ENV, "").strip()
+    if endpoint and hub_url.rstrip("/") == DEFAULT_HUB_URL:
+        return endpoint.rstrip("/")
+    return hub_url
+
+
+def offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip().upper() in _TRUE
+
+
+def auth_headers() -> dict[str, str]:
+    """The bearer token of $HF_TOKEN, as the hub expects it; none without it."""
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def cache_dir() -> Path:
+    """The Hugging Face hub cache, found as huggingface_hub finds it."""
+    if cache := os.environ.get("HF_HUB_CACHE"):
+        return Path(cache).expanduser()
+    home = os.environ.get("HF_HOME") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "huggingface"
+    )
+    return Path(home).expanduser() / "hub"
+
+
+def cached_file(repo_id: str, revision: str, name: str) -> Path | None:
+    """models--<owner>--<name>/snapshots/<commit>/<name> in the hub cache, if there: a branch
+    or tag name is first turned into its commit by refs/<revision>, as huggingface_hub does."""
+    repo = cache_dir() / f"models--{repo_id.replace('/', '--')}"
+    commit = revision
+    ref = repo / "refs" / revision
+    if ref.is_file():
+        commit = ref.read_text(encoding="utf-8").strip()
+    path = repo / "snapshots" / commit / name
+    return path if path.is_file() else None
+
+
 def download_model(hub_url: str, repo_id: str, revision: str, dest: Path) -> dict[str, dict]:
-    """Fetch the model's files into `dest`, verified where a hash is known.
+    """Put the model's files into `dest`, verified where a hash is known: a verified copy
+    already there is kept, then the Hugging Face cache is tried, then the hub (hub_url, or
+    $HF_ENDPOINT for the default), unless $HF_HUB_OFFLINE is set.
 
     Returns {file: {"sha256": ..., "verified": bool}} for metrics/weights.json.
     """
     known = KNOWN_HASHES.get((repo_id, revision), {})
-    record = {}
+    url, no_network = effective_hub_url(hub_url), offline()
+    record, missing = {}, []
     for name in MODEL_FILES:
         expected = known.get(name)
         if expected is None:
             log.warning(
                 "no known sha256 for %s@%s/%s: accepting it unverified", repo_id, revision, name
             )
-        sha = fetch(
-            [file_url(hub_url, repo_id, revision, name)], dest / name, sha256=expected, desc=name
+        sha = _existing(dest / name, expected) or _from_cache(
+            repo_id, revision, name, dest / name, expected
         )
+        if sha is None and no_network:
+            missing.append(name)
+            continue
+        if sha is None:
+            sha = fetch(
+                [file_url(url, repo_id, revision, name)],
+                dest / name,
+                sha256=expected,
+                desc=name,
+                headers=auth_headers(),
+            )
         record[name] = {"sha256": sha, "verified": expected is not None}
+    if missing:
+        raise DownloadError(
+            f"{OFFLINE_ENV} is set and {repo_id}@{revision} has no {', '.join(missing)} in the "
+            f"Hugging Face cache {cache_dir()} (nor a verified copy in {dest}): put them there "
+            f"(huggingface-cli download {repo_id} --revision {revision}), or unset {OFFLINE_ENV}"
+        )
     return record
+
+
+def _existing(path: Path, expected: str | None) -> str | None:
+    """The hash of `path` if it is there and verifies (any file does, without a known hash)."""
+    if not path.is_file():
+        return None
+    digest = sha256_file(path)
+    return digest if expected is None or digest == expected else None
+
+
+def _from_cache(
+    repo_id: str, revision: str, name: str, dest: Path, expected: str | None
+) -> str | None:
+    """Link (or, across file systems, copy) the cached file to `dest` if it verifies; its
+    hash, or None where the cache has no good copy."""
+    cached = cached_file(repo_id, revision, name)
+    if cached is None:
+        return None
+    digest = sha256_file(cached)
+    if expected is not None and digest != expected:
+        log.warning(
+            "%s in the Hugging Face cache has sha256 %s, expected %s: not using it",
+            cached, digest, expected,
+        )  # fmt: skip
+        return None
+    blob = cached.resolve()  # the snapshot entry is usually a link into blobs/
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    linked = dest.parent / f".{dest.name}.link"
+    linked.unlink(missing_ok=True)
+    try:
+        os.link(blob, linked)
+        os.replace(linked, dest)
+    except OSError:
+        linked.unlink(missing_ok=True)
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(blob, tmp)
+    log.info("%s: taken from the Hugging Face cache (%s)", dest, cached)
+    return digest

@@ -1,4 +1,5 @@
-"""download_weights: fetch config, tokenizer and safetensors weights of the chosen GPT-2."""
+"""download_weights: fetch config, tokenizer and safetensors weights of the chosen GPT-2
+(from the Hugging Face cache where it has them)."""
 
 from spamgpt import stage  # first: its garbage collector setting covers the imports below
 
@@ -10,7 +11,9 @@ from spamgpt.params import Params
 def main(params: Params) -> None:
     m = params.model
     files = hub.download_model(m.hub_url, m.repo_id, m.revision, paths.pretrained_dir(m.repo_id))
-    contracts.write_weights(m.repo_id, m.revision, files, m.hub_url)
+    # The hub the files came from ($HF_ENDPOINT for the default): a light MLflow model
+    # fetches its base from there.
+    contracts.write_weights(m.repo_id, m.revision, files, hub.effective_hub_url(m.hub_url))
 
 
 if __name__ == "__main__":

@@ -105,12 +105,12 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
 
 def subprocess_env() -> dict[str, str]:
     """The environment for dvc/python subprocesses: this venv first on PATH, no telemetry,
-    no tracking URI from outside, a git identity for commits on a bare CI machine, and bash
-    as the shell DVC runs each stage's cmd with (it takes $SHELL, else /bin/sh). Where
-    /bin/sh is dash and $SHELL is unset, as on a CI machine, dash does not hand the process
-    over to the stage: a Ctrl-C kills dash itself, and DVC reports that, not the stage's
-    exit."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    no tracking URI or Hugging Face variable (HF_HUB_OFFLINE, HF_ENDPOINT) from outside, a
+    git identity for commits on a bare CI machine, and bash as the shell DVC runs each
+    stage's cmd with (it takes $SHELL, else /bin/sh). Where /bin/sh is dash and $SHELL is
+    unset, as on a CI machine, dash does not hand the process over to the stage: a Ctrl-C
+    kills dash itself, and DVC reports that, not the stage's exit."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "HF_"))}
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         MLFLOW_DISABLE_TELEMETRY="true",

@@ -1,5 +1,6 @@
 """A local HTTP file server for tests: serves a folder on 127.0.0.1, with Range support and
-injectable faults (cut connections, error statuses, HTML pages, stalls, ignored Range).
+injectable faults (cut connections, error statuses, HTML pages, stalls, ignored Range,
+redirects).
 
 In-process:
 
@@ -54,6 +55,7 @@ class Faults:
     cuts: int = 1  # ...for this many requests
     html: bool = False  # always answer 200 with an HTML page instead of the file
     ignore_range: bool = False  # always answer 200 with the whole file
+    redirect: str | None = None  # answer 302 to this base URL + the path asked for
     requests: list[Request] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _stopped: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -93,6 +95,9 @@ class _Handler(BaseHTTPRequestHandler):
             faults._stopped.wait(stall)  # a stalled answer ends when the server stops
         if status is not None:
             self._send(status, f"fault injected: {status}\n".encode())
+            return
+        if faults and faults.redirect and faults._applies(path):
+            self._send(302, b"", extra={"Location": faults.redirect.rstrip("/") + path})
             return
         if faults and faults.html and faults._applies(path):
             self._send(200, HTML_PAGE, content_type="text/html")

@@ -1,15 +1,16 @@
 """spamgpt.hub: a pinned revision's files are checked against their known hashes."""
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fileserver import serve
+from fileserver import Faults, serve
 
 from spamgpt import hub
 from spamgpt.download import DownloadError
-from spamgpt.random_hub import REVISION, make_hub
+from spamgpt.random_hub import REVISION, hub_dir, make_hub
 
 REPO_ID = "openai-community/gpt2"
 
@@ -78,3 +79,151 @@ def test_unknown_revision_is_accepted_unverified_with_a_warning(
     record = hub.download_model(url, REPO_ID, "main", tmp_path / "out")
     assert record == {n: {"sha256": h, "verified": False} for n, h in hashes(files).items()}
     assert "no known sha256 for openai-community/gpt2@main/model.safetensors" in caplog.text
+
+
+# The Hugging Face cache and environment variables.
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(autouse=True)
+def hf_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No Hugging Face variable from outside; an empty hub cache of this test's own."""
+    for name in ("HF_HOME", hub.ENDPOINT_ENV, hub.OFFLINE_ENV, hub.TOKEN_ENV):
+        monkeypatch.delenv(name, raising=False)
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def fill_cache(cache: Path, files: Path, names: tuple[str, ...], ref: str | None = None) -> Path:
+    """huggingface_hub's layout: snapshots/<commit>/<name> are relative links into blobs/,
+    refs/<ref> names the commit. Returns the snapshot folder."""
+    repo = cache / f"models--{REPO_ID.replace('/', '--')}"
+    snapshot = repo / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        data = (files / name).read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(exist_ok=True)
+        blob.write_bytes(data)
+        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
+    if ref is not None:
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(COMMIT)
+    return snapshot
+
+
+@pytest.fixture(scope="module")
+def hub_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny GPT-2 at COMMIT and at 'main', made once: tests only read it."""
+    root = tmp_path_factory.mktemp("hub")
+    make_hub(root, revision=COMMIT)
+    make_hub(root, revision="main")
+    return root
+
+
+@pytest.fixture
+def recorded(hub_root: Path) -> Iterator[tuple[str, Path, Faults]]:
+    """hub_root behind a server recording requests: (url, the files at COMMIT, the log)."""
+    faults = Faults()
+    with serve(hub_root, faults=faults) as url:
+        yield url, hub_dir(hub_root, REPO_ID, COMMIT), faults
+
+
+def asked(faults: Faults) -> list[str]:
+    return sorted(r.path.rsplit("/", 1)[1] for r in faults.requests)
+
+
+@pytest.mark.parametrize("revision", [COMMIT, "main"])
+def test_cached_files_are_verified_and_linked_without_the_network(
+    recorded, hf_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, revision: str
+) -> None:
+    url, files, faults = recorded
+    known = hashes(files)
+    monkeypatch.setattr(hub, "KNOWN_HASHES", {(REPO_ID, revision): known})
+    snapshot = fill_cache(hf_env, files, hub.MODEL_FILES, ref="main")
+    out = tmp_path / "out"
+    record = hub.download_model(url, REPO_ID, revision, out)
+    assert record == {n: {"sha256": known[n], "verified": True} for n in hub.MODEL_FILES}
+    assert faults.requests == []
+    assert hashes(out) == known
+    # A hard link to the blob (one file system here): no second copy of the weights.
+    weights = out / "model.safetensors"
+    assert weights.stat().st_ino == (snapshot / "model.safetensors").resolve().stat().st_ino
+    assert not weights.is_symlink()
+
+
+def test_only_what_the_cache_lacks_or_has_wrong_is_downloaded(
+    recorded, hf_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    url, files, faults = recorded
+    known = hashes(files)
+    monkeypatch.setattr(hub, "KNOWN_HASHES", {(REPO_ID, COMMIT): known})
+    snapshot = fill_cache(hf_env, files, ("config.json", "vocab.json", "merges.txt"))
+    blob = (snapshot / "vocab.json").resolve()
+    blob.write_bytes(blob.read_bytes().replace(b"{", b"{ ", 1))  # still JSON, other bytes
+    out = tmp_path / "out"
+    record = hub.download_model(url, REPO_ID, COMMIT, out)
+    assert all(r["verified"] for r in record.values()) and hashes(out) == known
+    assert asked(faults) == ["model.safetensors", "vocab.json"]
+    assert f"{snapshot / 'vocab.json'} in the Hugging Face cache has sha256" in caplog.text
+    assert blob.read_bytes() != (out / "vocab.json").read_bytes()  # the cache left as it was
+
+
+def test_unknown_hashes_from_the_cache_are_accepted_and_recorded(
+    recorded, hf_env: Path, tmp_path: Path
+) -> None:
+    url, files, faults = recorded
+    fill_cache(hf_env, files, hub.MODEL_FILES, ref="main")
+    record = hub.download_model(url, REPO_ID, "main", tmp_path / "out")
+    assert record == {n: {"sha256": h, "verified": False} for n, h in hashes(files).items()}
+    assert faults.requests == []
+
+
+def test_offline_takes_the_cache_and_names_what_it_lacks(
+    recorded, hf_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, files, faults = recorded
+    monkeypatch.setenv(hub.OFFLINE_ENV, "1")
+    fill_cache(hf_env, files, ("config.json", "merges.txt"))
+    with pytest.raises(DownloadError) as info:
+        hub.download_model(url, REPO_ID, COMMIT, tmp_path / "out")
+    message = str(info.value)
+    assert "HF_HUB_OFFLINE is set" in message and str(hf_env) in message
+    assert "no vocab.json, model.safetensors in" in message and "\n" not in message
+    assert faults.requests == []
+    fill_cache(hf_env, files, ("vocab.json", "model.safetensors"))
+    hub.download_model(url, REPO_ID, COMMIT, tmp_path / "out")
+    assert faults.requests == [] and hashes(tmp_path / "out") == hashes(files)
+
+
+def test_hf_endpoint_replaces_the_default_hub_only(
+    recorded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _, faults = recorded
+    monkeypatch.setenv(hub.ENDPOINT_ENV, url + "/")
+    hub.download_model(hub.DEFAULT_HUB_URL, REPO_ID, "main", tmp_path / "out")
+    assert asked(faults) == sorted(hub.MODEL_FILES)
+    assert hub.effective_hub_url("http://127.0.0.1:1") == "http://127.0.0.1:1"
+
+
+def test_hf_token_reaches_the_hub_but_no_other_host_nor_any_message(
+    recorded, hub_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog, capsys
+) -> None:
+    url, files, faults = recorded
+    token = "hf_secretSECRET123"
+    monkeypatch.setenv(hub.TOKEN_ENV, token)
+    hub.download_model(url, REPO_ID, "main", tmp_path / "out")
+    assert {r.headers.get("Authorization") for r in faults.requests} == {f"Bearer {token}"}
+    # A hub that sends the weights to another host (a CDN): the token stays behind.
+    front = Faults(paths={f"/{REPO_ID}/resolve/main/model.safetensors"}, redirect=url)
+    with serve(hub_root, faults=front) as front_url:
+        faults.requests.clear()
+        (tmp_path / "out" / "model.safetensors").unlink()
+        hub.download_model(front_url, REPO_ID, "main", tmp_path / "out")
+    assert front.requests[-1].headers.get("Authorization") == f"Bearer {token}"
+    assert [r.headers.get("Authorization") for r in faults.requests] == [None]
+    assert hashes(tmp_path / "out") == hashes(files)
+    output = capsys.readouterr()
+    assert token not in caplog.text + output.out + output.err
