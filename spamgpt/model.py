@@ -29,6 +29,12 @@ TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "ml
 # Causal-mask buffers that some exports save; our attention builds the mask itself.
 MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(masked_)?bias")
 POOLINGS = ("last", "mean")
+# config.json keys of GPT-2 variants this model does not compute, at the value it does.
+COMPUTE_OPTIONS = {
+    "scale_attn_weights": True,
+    "scale_attn_by_inverse_layer_idx": False,
+    "add_cross_attention": False,
+}
 
 
 @dataclass
@@ -53,6 +59,13 @@ class GPTConfig:
             raise SpamGPTError(f"{path} is not valid JSON") from None
         if not isinstance(raw, dict):
             raise SpamGPTError(f"{path} is not a JSON object")
+        model_type = raw.get("model_type", "gpt2")  # GPT-2's oldest configs have none
+        if model_type != "gpt2":
+            what = ", ".join(map(str, raw.get("architectures") or [])) or "no architecture named"
+            raise SpamGPTError(
+                f"{path}: model_type is {model_type!r} ({what}), not 'gpt2': spamgpt fine-tunes "
+                f"GPT-2-family checkpoints (gpt2, distilgpt2, gpt2-medium..xl and their fine-tunes)"
+            )
 
         def get(key: str, kind: type = int, default: float | None = None) -> Any:
             """raw[key] as a positive `kind` (int, or float which also takes an int)."""
@@ -77,6 +90,14 @@ class GPTConfig:
             raise SpamGPTError(f"{path}: n_embd {config.n_embd} is not a multiple of n_head")
         if raw.get("activation_function", "gelu_new") != "gelu_new":
             raise SpamGPTError(f"{path}: activation_function must be 'gelu_new'")
+        # GPT-2 options that change what the blocks compute, at the values this model has.
+        for key, value in {**COMPUTE_OPTIONS, "n_inner": (None, 4 * config.n_embd)}.items():
+            allowed = value if isinstance(value, tuple) else (value,)
+            if raw.get(key, allowed[0]) not in allowed:
+                raise SpamGPTError(
+                    f"{path}: {key} is {raw[key]!r}; this GPT-2 supports "
+                    + " or ".join(json.dumps(v) for v in allowed)
+                )
         return config
 
 
@@ -251,7 +272,11 @@ class GPT2(nn.Module):
         with torch.no_grad():
             for k, ours in model.state_dict().items():
                 if k not in theirs:
-                    raise SpamGPTError(f"{path}: tensor {k} is missing")
+                    seen = f"tensors named like {min(theirs)!r}" if theirs else "no other tensor"
+                    raise SpamGPTError(
+                        f"{path}: tensor {k} is missing (the file has {seen}): "
+                        f"not a complete GPT-2 checkpoint"
+                    )
                 w = theirs.pop(k)
                 want = ours.shape[::-1] if k.endswith(TRANSPOSED) else ours.shape
                 if w.shape != want:

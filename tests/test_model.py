@@ -190,6 +190,22 @@ def test_missing_tensor(copy: Path) -> None:
         GPT2.from_pretrained(copy)
 
 
+def test_another_architectures_tensors_are_refused_naming_them(copy: Path) -> None:
+    """A config.json that passes for GPT-2 over weights of another layout (Llama's names)."""
+
+    def llama(tensors: dict) -> None:
+        tensors.clear()
+        tensors["model.embed_tokens.weight"] = torch.zeros(VOCAB, 32)
+
+    edit_tensors(copy, llama)
+    with pytest.raises(SpamGPTError) as info:
+        GPT2.from_pretrained(copy)
+    assert str(info.value) == (
+        f"{copy / 'model.safetensors'}: tensor wte.weight is missing (the file has tensors "
+        "named like 'model.embed_tokens.weight'): not a complete GPT-2 checkpoint"
+    )
+
+
 def test_unexpected_tensor(copy: Path) -> None:
     edit_tensors(copy, lambda t: t.update({"h.2.ln_1.weight": torch.ones(32)}))
     with pytest.raises(SpamGPTError, match=r"unexpected tensor h\.2\.ln_1\.weight"):
@@ -247,6 +263,13 @@ def test_transposed_shape_mismatch(copy: Path) -> None:
         ({"vocab_size": True}, "'vocab_size' is True"),
         ({"n_head": 5}, "n_embd 32 is not a multiple of n_head"),
         ({"activation_function": "relu"}, "activation_function must be 'gelu_new'"),
+        (
+            {"model_type": "llama", "architectures": ["LlamaForCausalLM"]},
+            "model_type is 'llama' (LlamaForCausalLM), not 'gpt2': spamgpt fine-tunes "
+            "GPT-2-family checkpoints",
+        ),
+        ({"n_inner": 64}, "n_inner is 64; this GPT-2 supports null or 128"),
+        ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx is True"),
     ],
 )
 def test_bad_config(hub: Path, tmp_path: Path, edit: dict, message: str) -> None:
@@ -263,6 +286,14 @@ def test_config_defaults_and_n_ctx(hub: Path, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(config))
     got = GPTConfig.from_json(tmp_path / "config.json")
     assert got == GPTConfig(n_layer=2, n_head=4, n_embd=32, n_ctx=64, vocab_size=VOCAB)
+
+
+def test_a_six_block_config_without_model_type_or_n_inner_set(hub: Path, tmp_path: Path) -> None:
+    """distilgpt2's shapes (6 blocks), n_inner null as GPT-2's configs write it."""
+    config = json.loads((hub / "config.json").read_text()) | {"n_layer": 6, "n_inner": None}
+    del config["model_type"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert GPTConfig.from_json(tmp_path / "config.json").n_layer == 6
 
 
 def test_config_not_json(tmp_path: Path) -> None:
