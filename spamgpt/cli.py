@@ -2,6 +2,7 @@
 
 spamgpt classify "WIN a free prize now" "see you at 7"
 spamgpt classify --file messages.txt --json      # one message per line; - for stdin
+spamgpt export --to transformers exported/      # or --to onnx model.onnx (spamgpt.export)
 """
 
 import argparse
@@ -9,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from spamgpt import classifier, contracts, paths, runtime, tokenizer
+from spamgpt import classifier, contracts, export, paths, runtime, tokenizer
 from spamgpt.errors import SpamGPTError
 
 # Plain output is one tab-separated line per message: a tab or line break inside a message is
@@ -106,9 +107,10 @@ def main(argv: list[str] | None = None) -> None:
         type=positive_int,
         help="padded tokens per batch (memory vs speed; default: 1024 on a CPU, 32768 on a GPU)",
     )
+    export.add_command(commands)
     args = parser.parse_args(argv)
     try:
-        classify(args)
+        getattr(args, "run", classify)(args)
     except SpamGPTError as e:
         print(f"spamgpt: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

@@ -175,7 +175,9 @@ class Block(nn.Module):
 
     def forward_at(self, x: Tensor, pos: Tensor) -> Tensor:
         """forward(x)[b, pos[b]] for each b, (B, C), computing the rest only as far as needed."""
-        y = x[torch.arange(len(x), device=x.device), pos] + self.attn.forward_at(self.ln_1(x), pos)
+        # x.shape[0], not len(x): an int there would fix the batch size of an exported graph.
+        rows = torch.arange(x.shape[0], device=x.device)
+        y = x[rows, pos] + self.attn.forward_at(self.ln_1(x), pos)
         return y + self.mlp(self.ln_2(y))
 
 

@@ -1,0 +1,200 @@
+"""spamgpt.export: the transformers folder and the ONNX graph give the class probabilities of
+spamgpt's own prediction path (classifier.classify_texts), for every kind of fine-tuned folder;
+the real transformers, tokenizers and onnxruntime load them, on a tiny random GPT-2."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spamgpt import classifier, cli, export, paths, tokenizer
+from spamgpt.contracts import Tokenization
+from spamgpt.errors import SpamGPTError
+from spamgpt.labels import Classes
+from spamgpt.model import GPT2Classifier
+from spamgpt.params import LoraParams, ModelParams
+from spamgpt.random_hub import make_hub
+
+REPO_ID = "someone/gpt2-six"
+MAX_LENGTH = 24
+CPU = torch.device("cpu")
+CLASSES = Classes(("ham", "spam", "promo"), "spam")  # three: the fold solves a 3 x d system
+TEXTS = [
+    "WINNER!! You have won a £900 prize! Call 09061701461 to claim now",
+    "see you at 7",
+    "ok",
+    "tabs\tand\nnew lines, ünïcödé and emoji 🎉 too",
+    "a long message that goes on and on " * 6,  # cut to MAX_LENGTH tokens, as spamgpt cuts it
+]
+MODES = {  # every fine-tune transformers' class can hold: last-token pooling
+    "blocks": {"trainable_blocks": 2},
+    "lora": {"finetune": "lora", "trainable_blocks": 1},  # adapters merged into the weights
+    "random-base-all": {"pretrained": False, "trainable_blocks": "all"},
+}
+
+
+def model_params(**overrides) -> ModelParams:
+    values = dict(
+        hub_url="http://127.0.0.1", repo_id=REPO_ID, revision="tiny", max_length=None,
+        pretrained=True, init_seed=0, trainable_blocks=1, pooling="last", dropout=0.0,
+        finetune="blocks",
+    )  # fmt: skip
+    return ModelParams(**(values | overrides))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6-block GPT-2 (distilgpt2's depth, width 32) in models/pretrained/<REPO_ID>."""
+    root = tmp_path_factory.mktemp("export")
+    hub = make_hub(root / "hub", layers=6, dim=32, heads=4, n_ctx=64, revision="tiny", seed=3)
+    shutil.copytree(hub, root / paths.pretrained_dir(REPO_ID))
+    return root
+
+
+def finetuned(workspace: Path, name: str, **overrides) -> Path:
+    """models/finetuned as finetune writes it (classifier.export: adapters merged, only the
+    trained tensors where the base is pretrained), with every trained tensor drawn at random
+    so that a tensor exported wrongly changes the probabilities."""
+    m = model_params(**overrides)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(workspace)
+        model, trained = classifier.for_training(
+            m, LoraParams(4, 8.0, ["c_attn", "mlp.c_fc"]), CLASSES, CPU, seed=1
+        )
+        g = torch.Generator().manual_seed(2)
+        with torch.no_grad():
+            for name_, p in model.named_parameters():
+                if name_ in trained:
+                    p.add_(torch.randn(p.shape, generator=g) * (0.5 if "head" in name_ else 0.05))
+        assert model.head.bias.abs().min() > 0  # there is a bias to fold
+        dest = workspace / "finetuned" / name
+        pad = tokenizer.load(paths.pretrained_dir(REPO_ID)).eot_token
+        state = {n: p.detach().clone() for n, p in model.named_parameters()}
+        classifier.export(model, state, trained, m, CLASSES, Tokenization(MAX_LENGTH, pad), dest)
+    return dest
+
+
+def reference(workspace: Path, folder: Path) -> tuple[GPT2Classifier, dict, np.ndarray]:
+    """The folder loaded as spamgpt loads it, and spamgpt's probabilities of TEXTS."""
+    model, meta = classifier.load(folder, workspace / paths.PRETRAINED_DIR)
+    enc = tokenizer.load(folder)
+    probs, _ = classifier.classify_texts(model, enc, TEXTS, meta["max_length"], CPU, "fp32")
+    return model, meta, probs.numpy()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@torch.no_grad()
+def test_transformers_gives_spamgpts_probabilities(
+    workspace: Path, tmp_path: Path, mode: str
+) -> None:
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer, GPT2ForSequenceClassification
+
+    folder = finetuned(workspace, mode, **MODES[mode])
+    model, meta, expected = reference(workspace, folder)
+    export.to_transformers(model, meta, folder, tmp_path / "hf")
+
+    hf = GPT2ForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    batch = tok(TEXTS, padding=True, truncation=True, return_tensors="pt")
+    got = hf(**batch).logits.softmax(-1).numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+    assert hf.config.id2label == dict(enumerate(CLASSES.names))
+    assert hf.config.problem_type == "single_label_classification"
+    # The same ids from the tokenizers library alone (tokenizer.json), as servers read it.
+    enc = tokenizer.load(folder)
+    fast = Tokenizer.from_file(str(tmp_path / "hf" / "tokenizer.json"))
+    assert [e.ids for e in fast.encode_batch(TEXTS)] == enc.encode_ordinary_batch(TEXTS)
+
+
+def test_the_transformers_pipeline_answers_with_spamgpts_probabilities(
+    workspace: Path, tmp_path: Path
+) -> None:
+    from transformers import pipeline
+
+    folder = finetuned(workspace, "pipeline", trainable_blocks=1)
+    *_, expected = reference(workspace, folder)
+    pretrained = str(workspace / paths.PRETRAINED_DIR)
+    cli.main(["export", "--to", "transformers", str(tmp_path / "hf"), "--model", str(folder),
+              "--pretrained", pretrained])  # fmt: skip
+    classify = pipeline("text-classification", model=str(tmp_path / "hf"), device="cpu")
+    answers = classify(TEXTS, top_k=None, truncation=True, batch_size=2)
+    for row, answer in zip(expected, answers, strict=True):
+        got = {a["label"]: a["score"] for a in answer}
+        assert got == pytest.approx(dict(zip(CLASSES.names, row, strict=True)), abs=1e-4)
+
+
+def test_the_head_bias_folds_into_ln_f_exactly(workspace: Path) -> None:
+    model, _ = classifier.load(finetuned(workspace, "fold"), workspace / paths.PRETRAINED_DIR)
+    weight, beta = export.folded_head(model)
+    h = torch.randn(7, 32, dtype=torch.float64)
+    ours = model.head(model.gpt.ln_f(h.float())).double()
+    ln = torch.nn.functional.layer_norm(
+        h, (32,), model.gpt.ln_f.weight.double(), beta.double(), model.gpt.ln_f.eps
+    )
+    torch.testing.assert_close(ln @ weight.double().T, ours, rtol=0, atol=1e-5)
+
+
+def test_a_head_whose_bias_cannot_be_folded_is_refused(workspace: Path) -> None:
+    model, _ = classifier.load(finetuned(workspace, "dep"), workspace / paths.PRETRAINED_DIR)
+    with torch.no_grad():
+        model.head.weight[2] = model.head.weight[0] * 2  # rows dependent, biases not
+        model.head.bias.copy_(torch.tensor([0.1, 0.2, 0.3]))
+    with pytest.raises(SpamGPTError, match=r"^head\.weight's rows are linearly dependent"):
+        export.folded_head(model)
+
+
+def test_mean_pooling_is_refused_naming_the_parameter(workspace: Path, tmp_path: Path) -> None:
+    folder = finetuned(workspace, "mean", pooling="mean")
+    model, meta = classifier.load(folder, workspace / paths.PRETRAINED_DIR)
+    with pytest.raises(SpamGPTError) as info:
+        export.to_transformers(model, meta, folder, tmp_path / "hf")
+    assert str(info.value).startswith("model.pooling is 'mean': transformers'")
+    assert not (tmp_path / "hf").exists()
+
+
+@torch.no_grad()
+def test_onnx_runtime_gives_spamgpts_probabilities_on_any_batch_and_length(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """Mean pooling, which transformers cannot hold; batch and length unlike the example."""
+    import onnxruntime
+
+    folder = finetuned(workspace, "onnx", pooling="mean")
+    model, meta, expected = reference(workspace, folder)
+    export.to_onnx(model, tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    ids_in, lengths_in = session.get_inputs()
+    assert (ids_in.name, lengths_in.name) == export.ONNX_INPUTS
+    assert all(isinstance(d, str) for d in ids_in.shape)  # both axes dynamic
+    enc = tokenizer.load(folder)
+    rows = [row[:MAX_LENGTH] for row in enc.encode_ordinary_batch(TEXTS)]
+    ids = np.full((len(rows), max(map(len, rows))), meta["pad_id"], dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+    lengths = np.array([len(row) for row in rows], dtype=np.int64)
+    (got,) = session.run(None, {"input_ids": ids, "lengths": lengths})
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+    one_row = {"input_ids": ids[1:2, : lengths[1]], "lengths": lengths[1:2]}  # no padding
+    (one,) = session.run(None, one_row)
+    np.testing.assert_allclose(one, expected[1:2], rtol=0, atol=1e-4)
+
+
+def test_the_exported_config_names_the_classes_and_the_pad_token(
+    workspace: Path, tmp_path: Path
+) -> None:
+    folder = finetuned(workspace, "config")
+    model, meta = classifier.load(folder, workspace / paths.PRETRAINED_DIR)
+    export.to_transformers(model, meta, folder, tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["label2id"] == {"ham": 0, "spam": 1, "promo": 2}
+    assert config["pad_token_id"] == meta["pad_id"] == config["vocab_size"] - 1
+    assert config["n_layer"] == 6
+    files = {p.name for p in (tmp_path / "hf").iterdir()}
+    assert files == {
+        "config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer.json",
+        "tokenizer_config.json", "special_tokens_map.json",
+    }  # fmt: skip
