@@ -31,6 +31,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -39,6 +40,9 @@ from spamgpt import atomic, classifier, paths
 from spamgpt.errors import SpamGPTError
 from spamgpt.model import TRANSPOSED, GPT2Classifier
 from spamgpt.tokenizer import EOT
+
+if TYPE_CHECKING:
+    from spamgpt import tracking
 
 FORMATS = ("transformers", "onnx")
 ONNX_INPUTS, ONNX_OUTPUT = ("input_ids", "lengths"), "probabilities"
@@ -101,7 +105,7 @@ def folded_head(model: GPT2Classifier) -> tuple[torch.Tensor, torch.Tensor]:
             f"(residual {residual:.2g}), so transformers' bias-free score layer cannot hold it"
         )
     beta = (model.gpt.ln_f.bias.detach().double() + d).float()
-    return model.head.weight.detach().float(), beta
+    return model.head.weight.detach().float().cpu(), beta.cpu()
 
 
 def transformers_state(model: GPT2Classifier) -> dict[str, torch.Tensor]:
@@ -109,7 +113,7 @@ def transformers_state(model: GPT2Classifier) -> dict[str, torch.Tensor]:
     score.weight, the head's bias folded into transformer.ln_f.bias."""
     state = {}
     for name, tensor in model.gpt.state_dict().items():
-        t = tensor.detach().float()
+        t = tensor.detach().float().cpu()
         state[f"transformer.{name}"] = t.T if name.endswith(TRANSPOSED) else t
     state["score.weight"], state["transformer.ln_f.bias"] = folded_head(model)
     return {n: t.contiguous() for n, t in state.items()}
@@ -263,6 +267,26 @@ def to_onnx(model: GPT2Classifier, dest: str | os.PathLike) -> None:
         return
     with atomic.atomic_path(dest) as tmp:
         program.save(str(tmp), external_data=False)
+
+
+def log_exports(
+    run: "tracking.Run",
+    model: GPT2Classifier,
+    meta: dict,
+    tokenizer_dir: str | os.PathLike,
+    formats: list[str],
+) -> None:
+    """mlflow.export: each format as artifacts of `run`, under transformers/ (the folder)
+    and onnx/model.onnx."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if "transformers" in formats:
+            folder = Path(tmp) / "transformers"
+            to_transformers(model, meta, tokenizer_dir, folder)
+            for file in sorted(folder.iterdir()):
+                run.log_artifact(file, "transformers")
+        if "onnx" in formats:
+            to_onnx(model, Path(tmp) / "model.onnx")
+            run.log_artifact(Path(tmp) / "model.onnx", "onnx")
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:

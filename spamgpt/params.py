@@ -170,6 +170,14 @@ class MlflowParams:
     log_model: bool | Literal["full"] = _rule()  # true: light (trained tensors), full: all
     log_checkpoints: bool = _rule()  # the best and last trained tensors as run artifacts
     registered_model: str | None = _rule(pattern=r"[\w.-]+", what="a model name or null")
+    export: list[Literal["transformers", "onnx"]] = _rule()  # run artifacts (spamgpt.export)
+
+    def __post_init__(self) -> None:
+        if len(set(self.export)) != len(self.export):
+            raise ParamsError(
+                f"mlflow.export: must list each format at most once, of transformers and onnx; "
+                f"got {self.export}"
+            )
 
 
 @dataclass(frozen=True)
@@ -184,6 +192,12 @@ class Params:
     mlflow: MlflowParams
 
     def __post_init__(self) -> None:
+        if "transformers" in self.mlflow.export and self.model.pooling != "last":
+            raise ParamsError(
+                f"mlflow.export: transformers' GPT2ForSequenceClassification reads the last "
+                f"token, model.pooling is {self.model.pooling!r}; allowed: model.pooling: last, "
+                f"or mlflow.export without transformers (onnx holds any pooling)"
+            )
         labels, threshold = self.data.labels, self.evaluate.threshold
         if self.data.positive_label is not None and labels is not None:
             check_threshold(threshold, len(labels))

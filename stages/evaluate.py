@@ -43,6 +43,10 @@ def main(params: Params) -> None:
                 run.run_id, paths.FINETUNED_DIR, threshold, mlf.registered_model,
                 base=base, full=full, loaded=(model, meta),
             )  # fmt: skip
+        if mlf.export:
+            from spamgpt import export  # onnx and transformers' formats: only where asked
+
+            export.log_exports(run, model, meta, paths.FINETUNED_DIR, mlf.export)
         if mlf.log_checkpoints:
             light = mlf.log_model is True and mlf.registered_model is None
             results.log_best_checkpoint(run, light_model_logged=light)

@@ -4,13 +4,18 @@ the real transformers, tokenizers and onnxruntime load them, on a tiny random GP
 
 import json
 import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import make_project, restored_tracking_uri, run, subprocess_env, tiny_params
+from fileserver import Faults, serve
+from mlflow.tracking import MlflowClient
 
-from spamgpt import classifier, cli, export, paths, tokenizer
+from spamgpt import classifier, cli, export, hub, paths, tokenizer
 from spamgpt.contracts import Tokenization
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
@@ -147,12 +152,18 @@ def test_a_head_whose_bias_cannot_be_folded_is_refused(workspace: Path) -> None:
         export.folded_head(model)
 
 
-def test_mean_pooling_is_refused_naming_the_parameter(workspace: Path, tmp_path: Path) -> None:
+def test_mean_pooling_is_refused_naming_the_parameter(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     folder = finetuned(workspace, "mean", pooling="mean")
-    model, meta = classifier.load(folder, workspace / paths.PRETRAINED_DIR)
-    with pytest.raises(SpamGPTError) as info:
-        export.to_transformers(model, meta, folder, tmp_path / "hf")
-    assert str(info.value).startswith("model.pooling is 'mean': transformers'")
+    pretrained = str(workspace / paths.PRETRAINED_DIR)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["export", "--to", "transformers", str(tmp_path / "hf"), "--model", str(folder),
+                  "--pretrained", pretrained])  # fmt: skip
+    assert info.value.code == 1
+    error = capsys.readouterr().err
+    assert error.startswith("spamgpt: error: model.pooling is 'mean': transformers'")
+    assert error.count("\n") == 1
     assert not (tmp_path / "hf").exists()
 
 
@@ -198,3 +209,111 @@ def test_the_exported_config_names_the_classes_and_the_pad_token(
         "config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer.json",
         "tokenizer_config.json", "special_tokens_map.json",
     }  # fmt: skip
+
+
+# End to end: a 6-block GPT-2 from the "Hugging Face hub" (HF_ENDPOINT, with HF_TOKEN) through
+# `dvc repro` with mlflow.export: [transformers, onnx], then `spamgpt export --model runs:/`.
+
+SIX = "distilbert/distilgpt2"
+TOKEN = "hf_e2eSECRETtoken0123456789"
+MESSAGES = ["WINNER!! claim your £900 prize, call 09061701461", "see you at 7", "ok then"]
+
+
+@dataclass
+class Pipeline:
+    path: Path
+    run_id: str
+    requests: list  # what the hub was asked, with its headers
+    output: str  # dvc's stdout and stderr
+    hub_url: str
+
+
+@pytest.fixture(scope="module")
+def pipeline(mirror, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    root = tmp_path_factory.mktemp("six-hub")
+    make_hub(root, layers=6, dim=32, heads=4, n_ctx=64, repo_id=SIX, revision="tiny-six")
+    params = tiny_params(
+        mirror,
+        model={"hub_url": hub.DEFAULT_HUB_URL, "repo_id": SIX, "revision": "tiny-six"},
+        train={"epochs": 1},
+        mlflow={"export": ["transformers", "onnx"]},
+    )
+    path = make_project(tmp_path_factory.mktemp("six"), params)
+    faults = Faults()
+    with serve(root, faults=faults) as url:
+        env = subprocess_env() | {
+            hub.ENDPOINT_ENV: url,
+            hub.TOKEN_ENV: TOKEN,
+            "HF_HUB_CACHE": str(path / "no-hf-cache"),
+        }
+        done = run(["dvc", "repro"], path, env=env)
+    run_id = json.loads((path / paths.MLFLOW_RUN).read_text())["run_id"]
+    yield Pipeline(path, run_id, faults.requests, done.stdout + done.stderr, url)
+
+
+def spamgpt_probabilities(path: Path) -> np.ndarray:
+    """What spamgpt's own prediction path says of MESSAGES, with the project's model."""
+    model, meta = classifier.load(path / paths.FINETUNED_DIR, path / paths.PRETRAINED_DIR)
+    enc = tokenizer.load(path / paths.FINETUNED_DIR)
+    probs, _ = classifier.classify_texts(model, enc, MESSAGES, meta["max_length"], CPU, "fp32")
+    return probs.numpy()
+
+
+def test_six_blocks_come_from_hf_endpoint_with_the_token_which_is_recorded_nowhere(
+    pipeline: Pipeline,
+) -> None:
+    assert pipeline.requests, "nothing was downloaded from HF_ENDPOINT"
+    assert {r.headers.get("Authorization") for r in pipeline.requests} == {f"Bearer {TOKEN}"}
+    weights = json.loads((pipeline.path / paths.WEIGHTS_METRICS).read_text())
+    assert weights["hub_url"] == pipeline.hub_url and weights["repo_id"] == SIX
+    assert json.loads((pipeline.path / "data/trunk/info.json").read_text())["frozen_blocks"] == 5
+    assert TOKEN not in pipeline.output
+    # Every file of the project: logs, metrics, dvc.lock, the MLflow store (params, tags) and
+    # its artifacts.
+    holding = [
+        p for p in pipeline.path.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()
+    ]
+    assert holding == []
+    params = MlflowClient(f"sqlite:///{pipeline.path / 'mlflow.db'}").get_run(pipeline.run_id)
+    assert all(
+        TOKEN not in str(v) for v in [*params.data.params.values(), *params.data.tags.values()]
+    )
+
+
+@torch.no_grad()
+def test_the_logged_exports_answer_as_spamgpt_does(pipeline: Pipeline, tmp_path: Path) -> None:
+    import onnxruntime
+    from transformers import AutoTokenizer, GPT2ForSequenceClassification
+
+    expected = spamgpt_probabilities(pipeline.path)
+    store = MlflowClient(f"sqlite:///{pipeline.path / 'mlflow.db'}")
+    folder = Path(store.download_artifacts(pipeline.run_id, "transformers", str(tmp_path)))
+    hf = GPT2ForSequenceClassification.from_pretrained(folder).eval()
+    assert hf.config.n_layer == 6
+    tok = AutoTokenizer.from_pretrained(folder)
+    batch = tok(MESSAGES, padding=True, truncation=True, return_tensors="pt")
+    got = hf(**batch).logits.softmax(-1).numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+    onnx_file = store.download_artifacts(pipeline.run_id, "onnx/model.onnx", str(tmp_path))
+    session = onnxruntime.InferenceSession(onnx_file)
+    ids = batch["input_ids"].numpy()
+    lengths = batch["attention_mask"].sum(1).numpy()
+    (got,) = session.run(None, {"input_ids": ids, "lengths": lengths})
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def test_export_from_an_mlflow_model_uri(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runs:/<id>/model, the light model evaluate logged: its base from the workspace."""
+    uri = f"sqlite:///{pipeline.path / 'mlflow.db'}"
+    monkeypatch.chdir(pipeline.path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with restored_tracking_uri():
+        cli.main(["export", "--to", "transformers", str(tmp_path / "hf"), "--model",
+                  f"runs:/{pipeline.run_id}/model"])  # fmt: skip
+        logged = MlflowClient(uri).download_artifacts(
+            pipeline.run_id, "transformers/model.safetensors", str(tmp_path)
+        )
+    assert (tmp_path / "hf" / "model.safetensors").read_bytes() == Path(logged).read_bytes()

@@ -137,6 +137,13 @@ BAD: list[tuple[str, dict | str, str]] = [
     ("log-model-light", modified(mlflow__log_model="light"), "mlflow.log_model"),
     ("log-model-string-true", modified(mlflow__log_model="true"), "mlflow.log_model"),
     ("log-checkpoints-full", modified(mlflow__log_checkpoints="full"), "mlflow.log_checkpoints"),
+    ("export-torchscript", modified(mlflow__export=["torchscript"]), "mlflow.export"),
+    ("export-twice", modified(mlflow__export=["onnx", "onnx"]), "mlflow.export"),
+    (
+        "export-transformers-mean",
+        modified(mlflow__export=["transformers"], model__pooling="mean"),
+        "mlflow.export: transformers' GPT2ForSequenceClassification reads the last token",
+    ),
 ]
 
 
