@@ -21,7 +21,7 @@ from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
 from spamgpt.model import GPT2Classifier
 from spamgpt.params import LoraParams, ModelParams
-from spamgpt.random_hub import make_hub
+from spamgpt.random_hub import hub_dir, make_hub
 
 REPO_ID = "someone/gpt2-six"
 MAX_LENGTH = 24
@@ -226,6 +226,7 @@ class Pipeline:
     requests: list  # what the hub was asked, with its headers
     output: str  # dvc's stdout and stderr
     hub_url: str
+    cached: Path  # the model's folder in the Hugging Face cache
 
 
 @pytest.fixture(scope="module")
@@ -239,16 +240,28 @@ def pipeline(mirror, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipel
         mlflow={"export": ["transformers", "onnx"]},
     )
     path = make_project(tmp_path_factory.mktemp("six"), params)
+    # The tokenizer files already in the Hugging Face cache, as huggingface_hub lays them out.
+    cache = tmp_path_factory.mktemp("hf-cache")
+    repo = cache / f"models--{SIX.replace('/', '--')}"
+    for name in ("vocab.json", "merges.txt"):
+        blob = repo / "blobs" / name.replace(".", "-")
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(hub_dir(root, SIX, "tiny-six") / name, blob)
+        link = repo / "snapshots" / "c0ffee" / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path("../../blobs") / blob.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "tiny-six").write_text("c0ffee")
     faults = Faults()
     with serve(root, faults=faults) as url:
         env = subprocess_env() | {
             hub.ENDPOINT_ENV: url,
             hub.TOKEN_ENV: TOKEN,
-            "HF_HUB_CACHE": str(path / "no-hf-cache"),
+            "HF_HUB_CACHE": str(cache),
         }
         done = run(["dvc", "repro"], path, env=env)
     run_id = json.loads((path / paths.MLFLOW_RUN).read_text())["run_id"]
-    yield Pipeline(path, run_id, faults.requests, done.stdout + done.stderr, url)
+    yield Pipeline(path, run_id, faults.requests, done.stdout + done.stderr, url, repo)
 
 
 def spamgpt_probabilities(path: Path) -> np.ndarray:
@@ -262,7 +275,8 @@ def spamgpt_probabilities(path: Path) -> np.ndarray:
 def test_six_blocks_come_from_hf_endpoint_with_the_token_which_is_recorded_nowhere(
     pipeline: Pipeline,
 ) -> None:
-    assert pipeline.requests, "nothing was downloaded from HF_ENDPOINT"
+    asked = sorted(r.path.rsplit("/", 1)[1] for r in pipeline.requests)
+    assert asked == ["config.json", "model.safetensors"]  # the rest is in the cache
     assert {r.headers.get("Authorization") for r in pipeline.requests} == {f"Bearer {TOKEN}"}
     weights = json.loads((pipeline.path / paths.WEIGHTS_METRICS).read_text())
     assert weights["hub_url"] == pipeline.hub_url and weights["repo_id"] == SIX
@@ -274,6 +288,9 @@ def test_six_blocks_come_from_hf_endpoint_with_the_token_which_is_recorded_nowhe
         p for p in pipeline.path.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()
     ]
     assert holding == []
+    for name in ("vocab.json", "merges.txt"):  # the cache's copies, as DVC left them
+        blob = pipeline.cached / "blobs" / name.replace(".", "-")
+        assert blob.read_bytes() == (pipeline.path / paths.FINETUNED_DIR / name).read_bytes()
     params = MlflowClient(f"sqlite:///{pipeline.path / 'mlflow.db'}").get_run(pipeline.run_id)
     assert all(
         TOKEN not in str(v) for v in [*params.data.params.values(), *params.data.tags.values()]
