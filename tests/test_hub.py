@@ -227,3 +227,17 @@ def test_hf_token_reaches_the_hub_but_no_other_host_nor_any_message(
     assert hashes(tmp_path / "out") == hashes(files)
     output = capsys.readouterr()
     assert token not in caplog.text + output.out + output.err
+
+
+def test_the_cache_is_found_where_huggingface_hub_looks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert hub.cache_dir() == tmp_path / "hf-cache"  # HF_HUB_CACHE first
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    assert hub.cache_dir() == tmp_path / "home" / "hub"
+    monkeypatch.delenv("HF_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub.cache_dir() == tmp_path / "xdg" / "huggingface" / "hub"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert hub.cache_dir() == Path.home() / ".cache" / "huggingface" / "hub"
