@@ -2,7 +2,11 @@
 spamgpt's own prediction path (classifier.classify_texts), for every kind of fine-tuned folder;
 the real transformers, tokenizers and onnxruntime load them, on a tiny random GPT-2."""
 
+import contextlib
+import io
 import json
+import logging
+import runpy
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_project, restored_tracking_uri, run, subprocess_env, tiny_params
+import yaml
+from conftest import REPO, STAGES, restored_tracking_uri, tiny_params
 from fileserver import Faults, serve
 from mlflow.tracking import MlflowClient
 
 from spamgpt import classifier, cli, export, hub, paths, tokenizer
+from spamgpt import params as params_module
 from spamgpt.contracts import Tokenization
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
@@ -211,8 +217,10 @@ def test_the_exported_config_names_the_classes_and_the_pad_token(
     }  # fmt: skip
 
 
-# End to end: a 6-block GPT-2 from the "Hugging Face hub" (HF_ENDPOINT, with HF_TOKEN) through
-# `dvc repro` with mlflow.export: [transformers, onnx], then `spamgpt export --model runs:/`.
+# End to end: a 6-block GPT-2 from the "Hugging Face hub" (HF_ENDPOINT, with HF_TOKEN) and
+# its cache, through every stage with mlflow.export: [transformers, onnx] (each stage's main()
+# in this process, as tests/test_recipes.py runs them: DVC itself adds nothing here), then
+# `spamgpt export --model runs:/`.
 
 SIX = "distilbert/distilgpt2"
 TOKEN = "hf_e2eSECRETtoken0123456789"
@@ -224,44 +232,70 @@ class Pipeline:
     path: Path
     run_id: str
     requests: list  # what the hub was asked, with its headers
-    output: str  # dvc's stdout and stderr
+    output: str  # the stages' logs (DEBUG and up), stdout and stderr
     hub_url: str
     cached: Path  # the model's folder in the Hugging Face cache
+
+
+def fill_cache(cache: Path, hub_files: Path, names: tuple[str, ...]) -> Path:
+    """`names` in the Hugging Face cache as huggingface_hub lays them out: refs/tiny-six
+    names a commit whose snapshot links into blobs/. Returns the model's cache folder."""
+    repo = cache / f"models--{SIX.replace('/', '--')}"
+    for name in names:
+        blob = repo / "blobs" / name.replace(".", "-")
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(hub_files / name, blob)
+        link = repo / "snapshots" / "c0ffee" / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path("../../blobs") / blob.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "tiny-six").write_text("c0ffee")
+    return repo
 
 
 @pytest.fixture(scope="module")
 def pipeline(mirror, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     root = tmp_path_factory.mktemp("six-hub")
     make_hub(root, layers=6, dim=32, heads=4, n_ctx=64, repo_id=SIX, revision="tiny-six")
+    cached = fill_cache(
+        tmp_path_factory.mktemp("hf-cache"),
+        hub_dir(root, SIX, "tiny-six"),
+        ("vocab.json", "merges.txt"),
+    )
     params = tiny_params(
         mirror,
         model={"hub_url": hub.DEFAULT_HUB_URL, "repo_id": SIX, "revision": "tiny-six"},
         train={"epochs": 1},
         mlflow={"export": ["transformers", "onnx"]},
     )
-    path = make_project(tmp_path_factory.mktemp("six"), params)
-    # The tokenizer files already in the Hugging Face cache, as huggingface_hub lays them out.
-    cache = tmp_path_factory.mktemp("hf-cache")
-    repo = cache / f"models--{SIX.replace('/', '--')}"
-    for name in ("vocab.json", "merges.txt"):
-        blob = repo / "blobs" / name.replace(".", "-")
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(hub_dir(root, SIX, "tiny-six") / name, blob)
-        link = repo / "snapshots" / "c0ffee" / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(Path("../../blobs") / blob.name)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "tiny-six").write_text("c0ffee")
-    faults = Faults()
-    with serve(root, faults=faults) as url:
-        env = subprocess_env() | {
-            hub.ENDPOINT_ENV: url,
-            hub.TOKEN_ENV: TOKEN,
-            "HF_HUB_CACHE": str(cache),
-        }
-        done = run(["dvc", "repro"], path, env=env)
+    path = tmp_path_factory.mktemp("six")
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    faults, output = Faults(), io.StringIO()
+    log = logging.StreamHandler(output)
+    with (
+        serve(root, faults=faults) as url,
+        restored_tracking_uri(),
+        pytest.MonkeyPatch.context() as patch,
+        contextlib.redirect_stdout(output),
+        contextlib.redirect_stderr(output),
+    ):
+        patch.chdir(path)
+        patch.setenv("DVC_ROOT", str(path))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for name, value in [(hub.ENDPOINT_ENV, url), (hub.TOKEN_ENV, TOKEN),
+                            ("HF_HUB_CACHE", str(cached.parent))]:  # fmt: skip
+            patch.setenv(name, value)
+        patch.delenv(hub.OFFLINE_ENV, raising=False)
+        patch.setattr(logging.getLogger(), "level", logging.DEBUG)
+        logging.getLogger().addHandler(log)
+        try:
+            loaded = params_module.load()
+            for stage in STAGES:
+                runpy.run_path(str(REPO / "stages" / f"{stage}.py"))["main"](loaded)
+        finally:
+            logging.getLogger().removeHandler(log)
     run_id = json.loads((path / paths.MLFLOW_RUN).read_text())["run_id"]
-    yield Pipeline(path, run_id, faults.requests, done.stdout + done.stderr, url, repo)
+    yield Pipeline(path, run_id, faults.requests, output.getvalue(), url, cached)
 
 
 def spamgpt_probabilities(path: Path) -> np.ndarray:
@@ -281,14 +315,14 @@ def test_six_blocks_come_from_hf_endpoint_with_the_token_which_is_recorded_nowhe
     weights = json.loads((pipeline.path / paths.WEIGHTS_METRICS).read_text())
     assert weights["hub_url"] == pipeline.hub_url and weights["repo_id"] == SIX
     assert json.loads((pipeline.path / "data/trunk/info.json").read_text())["frozen_blocks"] == 5
+    assert "vocab.json: taken from the Hugging Face cache" in pipeline.output  # logs were read
     assert TOKEN not in pipeline.output
-    # Every file of the project: logs, metrics, dvc.lock, the MLflow store (params, tags) and
-    # its artifacts.
+    # Every file of the project: metrics, the MLflow store (params, tags) and its artifacts.
     holding = [
         p for p in pipeline.path.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()
     ]
     assert holding == []
-    for name in ("vocab.json", "merges.txt"):  # the cache's copies, as DVC left them
+    for name in ("vocab.json", "merges.txt"):  # the cache's copies, as they were
         blob = pipeline.cached / "blobs" / name.replace(".", "-")
         assert blob.read_bytes() == (pipeline.path / paths.FINETUNED_DIR / name).read_bytes()
     params = MlflowClient(f"sqlite:///{pipeline.path / 'mlflow.db'}").get_run(pipeline.run_id)
