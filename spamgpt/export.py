@@ -83,12 +83,23 @@ def loaded(
         yield (*classifier.load(folder, pretrained_root), folder)
 
 
+# model.truncation (classifier.json's "truncation", "head" where absent) as a transformers
+# tokenizer's truncation_side; head_tail keeps both ends, which no tokenizer setting does.
+TRUNCATION_SIDES = {"head": "right", "tail": "left"}
+
+
 def check_representable(meta: dict) -> None:
     """Refuse, in one line, a classifier GPT2ForSequenceClassification cannot compute."""
     if meta["pooling"] != "last":
         raise SpamGPTError(
             f"model.pooling is {meta['pooling']!r}: transformers' GPT2ForSequenceClassification "
             "reads the last real token only; train with model.pooling: last, or export --to onnx"
+        )
+    truncation = meta.get("truncation", "head")
+    if truncation not in TRUNCATION_SIDES:
+        raise SpamGPTError(
+            f"model.truncation is {truncation!r}: a transformers tokenizer cuts a long message "
+            f"on one side only (head or tail); export --to onnx and cut the ids as spamgpt does"
         )
 
 
@@ -197,7 +208,7 @@ def tokenizer_files(meta: dict, tokenizer_dir: Path) -> dict[str, dict]:
         "add_bos_token": False,
         "model_max_length": meta["max_length"],
         "padding_side": "right",
-        "truncation_side": "right",
+        "truncation_side": TRUNCATION_SIDES[meta.get("truncation", "head")],
         "clean_up_tokenization_spaces": False,
     }
     return {

@@ -80,13 +80,16 @@ def cached_file(repo_id: str, revision: str, name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def download_model(hub_url: str, repo_id: str, revision: str, dest: Path) -> dict[str, dict]:
+def download_model(
+    hub_url: str, repo_id: str, revision: str, dest: str | os.PathLike
+) -> dict[str, dict]:
     """Put the model's files into `dest`, verified where a hash is known: a verified copy
     already there is kept, then the Hugging Face cache is tried, then the hub (hub_url, or
     $HF_ENDPOINT for the default), unless $HF_HUB_OFFLINE is set.
 
     Returns {file: {"sha256": ..., "verified": bool}} for metrics/weights.json.
     """
+    dest = Path(dest)
     known = KNOWN_HASHES.get((repo_id, revision), {})
     url, no_network = effective_hub_url(hub_url), offline()
     record, missing = {}, []

@@ -48,12 +48,10 @@ MODES = {  # every fine-tune transformers' class can hold: last-token pooling
 
 
 def model_params(**overrides) -> ModelParams:
-    values = dict(
-        hub_url="http://127.0.0.1", repo_id=REPO_ID, revision="tiny", max_length=None,
-        pretrained=True, init_seed=0, trainable_blocks=1, pooling="last", dropout=0.0,
-        finetune="blocks",
-    )  # fmt: skip
-    return ModelParams(**(values | overrides))
+    """params.yaml's model section for REPO_ID, with these values."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["model"].update(repo_id=REPO_ID, revision="tiny", **overrides)
+    return params_module.parse(raw).model
 
 
 @pytest.fixture(scope="module")
