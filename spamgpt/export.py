@@ -48,7 +48,9 @@ FORMATS = ("transformers", "onnx")
 ONNX_INPUTS, ONNX_OUTPUT = ("input_ids", "lengths"), "probabilities"
 # A bias whose fold leaves more than this between W d and b (in float64) is refused.
 FOLD_TOLERANCE = 1e-6
-ONNX_FILE_LIMIT = 2**31 - 2**26  # protobuf's 2 GB, less room for the graph itself
+# Weights above this go to <file>.data beside the graph, as torch's exporter puts them
+# itself (an ONNX file, a protobuf, stops at 2 GB).
+ONNX_FILE_LIMIT = 1536 * 2**20
 
 
 @contextmanager
@@ -249,8 +251,8 @@ class ProbabilityGraph(nn.Module):
 
 
 def to_onnx(model: GPT2Classifier, dest: str | os.PathLike) -> None:
-    """Write the ONNX graph of `model` to `dest` (weights inside it up to 2 GB, else in
-    <dest>.data beside it)."""
+    """Write the ONNX graph of `model` to `dest` (weights inside it up to 1.5 GB, else in
+    <dest>.data beside it: gpt2-large and xl)."""
     try:
         import onnxscript  # noqa: F401  (torch's exporter needs it and onnx)
     except ImportError:
