@@ -47,7 +47,7 @@ class Clock(Hook):
     def __init__(self) -> None:
         self.epoch_train_seconds: list[float] = []
 
-    def on_epoch_end(self, state: State, entry: dict) -> None:
+    def on_epoch_end(self, state: State) -> None:
         self.epoch_train_seconds.append(state.train_seconds)
 
 

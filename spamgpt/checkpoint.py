@@ -2,7 +2,7 @@
 
 One file holds everything a resumed run needs: the trained tensors, the best epoch's, the
 optimizer, schedule and RNG, the loop's State, the MLflow run, and a fingerprint of the
-settings it was trained with. It is replaced atomically after every epoch and on SIGINT or
+settings it was trained with. It is replaced atomically after every evaluation and on SIGINT or
 SIGTERM; once the results are written it is marked exported, so the next run starts afresh.
 An epoch's checkpoint is written in the background while the next epoch trains.
 """
@@ -26,7 +26,7 @@ from spamgpt.train import State, Trainer
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bumped when the checkpoint's layout changes: older ones are not resumed
+FORMAT = 3  # bumped when the checkpoint's layout changes: older ones are not resumed
 
 
 def fingerprint(params: Params, data_report: dict) -> str:

@@ -151,6 +151,8 @@ class TrainParams:
     weight_decay: float = _rule(ge=0)
     warmup_ratio: float = _rule(ge=0, le=1)
     grad_clip: float | None = _rule(gt=0)
+    accumulation_steps: int = _rule(ge=1)
+    eval_every: int | None = _rule(ge=1)
     class_weights: Literal["balanced", "none"] = _rule()
     patience: int = _rule(ge=1)
     seed: int = _rule(ge=0)

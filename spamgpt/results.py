@@ -58,13 +58,16 @@ def write_training(
     the curves: MLflow charts train/loss and the val/ metrics from the logged steps."""
     epochs = pd.DataFrame(state.history)
     steps = pd.DataFrame(state.steps, columns=["step", "loss", "lr"])
-    best = state.history[state.best_epoch - 1]
-    samples_per_second = len(state.history) * n_train / max(state.train_seconds, 1e-9)
+    best = state.history[state.best_evaluation - 1]
+    epochs_run = state.history[-1]["epoch"]
+    samples = state.epoch * n_train + state.epoch_samples  # (an early stop mid-epoch)
+    samples_per_second = samples / max(state.train_seconds, 1e-9)
     atomic.write_json(
         paths.TRAIN_METRICS,
         {
-            "best_epoch": state.best_epoch,
-            "epochs_run": len(state.history),
+            "best_epoch": best["epoch"],
+            "best_step": best["step"],
+            "epochs_run": epochs_run,
             "steps": state.step,
             "train_seconds": round(state.train_seconds, 2),
             "samples_per_second": round(samples_per_second, 1),
@@ -78,7 +81,7 @@ def write_training(
     _write_csv(epochs.rename(columns=lambda c: c.replace("/", "_")), paths.VAL_EPOCHS_PLOT)
     run.log_metrics(
         {
-            "best_epoch": state.best_epoch,
+            "best_epoch": best["epoch"],
             "train/seconds": state.train_seconds,
             "train/samples_per_second": samples_per_second,
         },

@@ -11,11 +11,12 @@ the best epoch and logging per-class metrics every epoch makes such a collapse h
 visible.
 """
 
+import contextlib
 import itertools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -64,13 +65,13 @@ class State:
     """Everything a resumed run needs to continue exactly where this one stopped."""
 
     epoch: int = 0  # epochs completed
-    batch: int = 0  # batches completed within the current epoch
-    step: int = 0  # optimizer steps completed, over all epochs
-    history: list[dict] = field(default_factory=list)  # one entry per completed epoch
+    batch: int = 0  # optimizer updates completed within the current epoch
+    step: int = 0  # optimizer updates completed, over all epochs
+    history: list[dict] = field(default_factory=list)  # one entry per evaluation
     steps: list[list[float]] = field(default_factory=list)  # [step, loss, lr] per step
-    best_epoch: int = 0  # 1-based; 0 before the first validation
-    # (val F1 of the positive class, else macro F1; -val loss): larger is better
-    best_score: tuple[float, float] = (-1.0, 0.0)
+    best_evaluation: int = 0  # 1-based, in history; 0 before the first evaluation
+    # (val train.select_metric, -val loss): larger is better
+    best_score: tuple[float, float] = (-math.inf, -math.inf)
     best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
     epoch_loss_sum: float = 0.0  # running sums of the current epoch (mid-epoch resume)
     epoch_samples: int = 0
@@ -81,7 +82,8 @@ class State:
 
 class Hook:
     """Called by the loop; override what you need. The State is the loop's: read it, and only
-    an early stop sets `finished`."""
+    an early stop sets `finished`. An evaluation (validation) ends every epoch, or comes every
+    train.eval_every steps and after the last."""
 
     def on_epoch_start(self, state: State, batches: int) -> None: ...
 
@@ -89,7 +91,10 @@ class Hook:
         """The steps whose losses were just read back from the device (READ_EVERY, or fewer
         at an epoch's end or a signal): [step, loss, lr] each, the last ones of state.steps."""
 
-    def on_epoch_end(self, state: State, entry: dict) -> None: ...
+    def on_evaluation(self, state: State, entry: dict) -> None:
+        """`entry` was just added to state.history; state.best_evaluation is up to date."""
+
+    def on_epoch_end(self, state: State) -> None: ...
 
     def on_fit_end(self, state: State) -> None:
         """After the loop, also when a signal or an error ends it."""
@@ -109,17 +114,19 @@ class MetricsLogger(Protocol):
 
 
 class LogMetrics(Hook):
-    """train/loss and train/lr at every step, the validation entry (val/...) every epoch."""
+    """train/loss and train/lr at every step, the validation entry (val/...) at each
+    evaluation, at its entry's `axis` as the MLflow step: "epoch", or "step" (the optimizer
+    update, as train/loss: where evaluations come every train.eval_every steps)."""
 
-    def __init__(self, logger: MetricsLogger) -> None:
-        self.logger = logger
+    def __init__(self, logger: MetricsLogger, axis: Literal["epoch", "step"] = "epoch") -> None:
+        self.logger, self.axis = logger, axis
 
     def on_steps(self, state: State, steps: list[list[float]]) -> None:
         for step, loss, lr in steps:
             self.logger.log_metrics({"train/loss": loss, "train/lr": lr}, step)
 
-    def on_epoch_end(self, state: State, entry: dict) -> None:
-        self.logger.log_metrics({k: v for k, v in entry.items() if "/" in k}, state.epoch)
+    def on_evaluation(self, state: State, entry: dict) -> None:
+        self.logger.log_metrics({k: v for k, v in entry.items() if "/" in k}, entry[self.axis])
 
 
 class ProgressBar(Hook):
@@ -134,7 +141,7 @@ class ProgressBar(Hook):
         self.bar.set_postfix(loss=f"{steps[-1][1]:.4f}", refresh=False)
         self.bar.update(len(steps))
 
-    def on_epoch_end(self, state: State, entry: dict) -> None:
+    def on_epoch_end(self, state: State) -> None:
         self.bar.close()
 
     def on_fit_end(self, state: State) -> None:
@@ -143,13 +150,14 @@ class ProgressBar(Hook):
 
 
 class EarlyStopping(Hook):
-    """Stop when the best epoch's score has not improved for `patience` epochs (it is kept)."""
+    """Stop when the best evaluation has not been improved on for `patience` evaluations (it
+    is kept)."""
 
     def __init__(self, patience: int) -> None:
         self.patience = patience
 
-    def on_epoch_end(self, state: State, entry: dict) -> None:
-        if state.epoch - state.best_epoch >= self.patience:
+    def on_evaluation(self, state: State, entry: dict) -> None:
+        if len(state.history) - state.best_evaluation >= self.patience:
             state.finished = True
 
 
@@ -168,12 +176,17 @@ def configure_optimizer(
     return torch.optim.AdamW(groups, lr=params.lr, fused=device.type in ("cpu", "cuda"))
 
 
+def update_size(params: TrainParams) -> int:
+    """Messages per optimizer update: train.accumulation_steps batches of train.batch_size."""
+    return params.batch_size * params.accumulation_steps
+
+
 def linear_schedule(
     optimizer: torch.optim.Optimizer, params: TrainParams, n_train: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Warm-up over train.warmup_ratio of all steps (epochs of n_train messages in batches),
+    """Warm-up over train.warmup_ratio of all optimizer updates (epochs of n_train messages),
     then linear decay to 0 (lr_factor)."""
-    total = params.epochs * math.ceil(n_train / params.batch_size)
+    total = params.epochs * math.ceil(n_train / update_size(params))
     warmup = max(1, round(params.warmup_ratio * total))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup))
 
@@ -238,17 +251,14 @@ def shard_loss(
     model: torch.nn.Module,
     split: Split,
     indices: torch.Tensor,
-    class_weights: torch.Tensor | None,
     loss_weights: torch.Tensor | None,
     device: torch.device,
     precision: str,
-) -> tuple[torch.Tensor, float]:
-    """This process's class-weighted loss sum over its share of the global batch `indices`,
-    and the whole batch's weight: their ratio, summed over processes, is the weighted mean
-    sum(w_i * loss_i) / sum(w_i) (with one process, F.cross_entropy's mean). `class_weights`
-    on the CPU, `loss_weights` the same on the device."""
-    labels = split.labels[indices]
-    total = float(labels.numel() if class_weights is None else class_weights[labels].sum())
+) -> torch.Tensor:
+    """This process's class-weighted loss sum over its share of the global batch `indices`
+    (`loss_weights` on the device); divided by the weight of the whole update (batch_weight)
+    and summed over processes and accumulated batches, it is the update's weighted mean
+    sum(w_i * loss_i) / sum(w_i) (with one process and one batch, F.cross_entropy's mean)."""
     mine, share = distributed.shard(indices), 1.0
     if len(mine) == 0:  # a last batch smaller than the processes: join with no weight
         mine, share = indices[:1], 0.0
@@ -256,7 +266,12 @@ def shard_loss(
         logits = classifier.logits(model, split.inputs, mine, device)
     targets = runtime.to_device(split.labels[mine], device)
     loss = F.cross_entropy(logits.float(), targets, weight=loss_weights, reduction="sum")
-    return share * loss, total
+    return share * loss
+
+
+def batch_weight(labels: torch.Tensor, class_weights: torch.Tensor | None) -> float:
+    """The total weight of messages with these `labels` (their count, unweighted)."""
+    return float(labels.numel() if class_weights is None else class_weights[labels].sum())
 
 
 def non_finite_loss(loss: float, state: State) -> SpamGPTError:
@@ -269,10 +284,12 @@ def non_finite_loss(loss: float, state: State) -> SpamGPTError:
     )
 
 
-def epoch_entry(state: State, val_loss: float, report: dict, classes: Classes) -> dict:
-    """One epoch's line in the history (and metrics/val_epochs.csv, and MLflow)."""
+def evaluation_entry(state: State, val_loss: float, report: dict, classes: Classes) -> dict:
+    """One evaluation's line in the history (and metrics/val_epochs.csv, and MLflow): the
+    epoch it falls in (1-based), the steps done, the current epoch's mean training loss so far,
+    the validation metrics."""
     return {
-        "epoch": state.epoch,
+        "epoch": state.epoch + 1,
         "step": state.step,
         "train/epoch_loss": state.epoch_loss_sum / max(1, state.epoch_samples),
         "val/loss": val_loss,
@@ -315,6 +332,7 @@ class Trainer:
         self.class_weights = class_weights(train.labels, params.class_weights, len(classes))
         self.loss_weights = None if self.class_weights is None else self.class_weights.to(device)
         self.state = State()
+        self._order: tuple[int, list[torch.Tensor]] = (-1, [])  # (epoch, its updates' batches)
         self.pending = interrupts.Pending()  # a signal fit() holds until the step is done
         # Under torchrun each process trains on its share of every batch; DDP averages the
         # gradients of the trainable tail (frozen parameters are left out of the all-reduce).
@@ -322,37 +340,44 @@ class Trainer:
         self.forward_model = DistributedDataParallel(model) if parallel else model
 
     def fit(self, saver: Saver, hooks: tuple[Hook, ...] = ()) -> State:
-        """Train until epochs or patience run out, from self.state, calling `hooks`. SIGINT or
-        SIGTERM stops it between steps: a checkpoint is saved, then Interrupted."""
-        s, p = self.state, self.params
-        self.hooks = [*hooks, EarlyStopping(p.patience)]
-        if s.finished:  # resumed after the loop had ended: only the results are left to write
-            return s
+        """Train until epochs or patience run out, from self.state, calling `hooks`; a
+        checkpoint after each evaluation. SIGINT or SIGTERM stops it between steps: a
+        checkpoint is saved, then Interrupted."""
+        s = self.state
+        self.hooks = [*hooks, EarlyStopping(self.params.patience)]
         try:
             with interrupts.held() as self.pending:
-                while s.epoch < p.epochs and not s.finished:
-                    self._train_epoch()
-                    if self.pending.signal is None:
-                        self._end_epoch()  # after the last epoch, finished: so is its save
-                    saver.save(self)  # written while the next epoch trains
-                    if self.pending.signal is not None:
+                while not s.finished:  # (a run resumed after the loop ended: results left)
+                    epoch_over = self._train_steps()  # until an evaluation, the epoch's end
+                    if self.pending.signal is not None:  # ...or a signal
+                        saver.save(self)
                         raise Interrupted(self.pending.name(), s.step)
-                s.finished = True
+                    evaluated = self._evaluation_due(epoch_over)
+                    if evaluated:
+                        self._evaluate()
+                    if epoch_over:
+                        self._end_epoch()  # after the last epoch, finished: so is its save
+                    if evaluated:
+                        saver.save(self)  # written while training goes on
         finally:
             self._call("on_fit_end", s)
             saver.wait()  # when fit() is done, so is every checkpoint it saved
         return s
 
-    def _train_epoch(self) -> None:
-        """The current epoch's remaining steps, or as many as come before a signal."""
+    def _train_steps(self) -> bool:
+        """The current epoch's steps up to the next evaluation, the epoch's end or a signal;
+        whether the epoch's end was reached."""
         s, p = self.state, self.params
-        lengths = self.train_split.inputs.sequences.lengths
-        order = epoch_order(lengths, p.batch_size, p.seed, s.epoch)
-        self._call("on_epoch_start", s, len(order))
+        if self._order[0] != s.epoch:  # an epoch begins (or resumes) in this process
+            lengths = self.train_split.inputs.sequences.lengths
+            self._order = (s.epoch, epoch_order(lengths, update_size(p), p.seed, s.epoch))
+            self._call("on_epoch_start", s, len(self._order[1]))
         self.model.train()
         started = time.perf_counter()
         unread: list[UnreadStep] = []
-        for indices in order[s.batch :]:
+        for indices in self._order[1][s.batch :]:
+            if self._evaluation_due(False, s.step + len(unread)):
+                break
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
             unread.append(UnreadStep(self.train_step(indices), lr, len(indices)))
             if self.pending.signal is not None:
@@ -362,6 +387,18 @@ class Trainer:
                 unread = []
         self._read_losses(unread)  # before anything validates or saves these weights
         s.train_seconds += time.perf_counter() - started
+        return s.batch == len(self._order[1])
+
+    def _evaluation_due(self, epoch_over: bool, step: int | None = None) -> bool:
+        """Is an evaluation due after `step` (default: the steps done)? At each epoch's end,
+        or with train.eval_every once that many steps have passed since the last one, and
+        after the last epoch."""
+        s, every = self.state, self.params.eval_every
+        if every is None:
+            return epoch_over
+        last = s.history[-1]["step"] if s.history else 0
+        step = s.step if step is None else step
+        return step - last >= every or (epoch_over and s.epoch + 1 == self.params.epochs)
 
     def _read_losses(self, unread: list[UnreadStep]) -> None:
         """Record the `unread` steps, their losses read back from the device at once (one wait
@@ -385,18 +422,28 @@ class Trainer:
             raise non_finite_loss(losses[len(finite)], s)
 
     def train_step(self, indices: torch.Tensor) -> torch.Tensor:
-        """One optimizer step on the global batch `indices`; its weighted mean loss, a scalar
-        left on the device (reading it would make the host wait for the device)."""
-        local, total = shard_loss(
-            self.forward_model, self.train_split, indices, self.class_weights, self.loss_weights,
-            self.device, self.precision,
-        )  # fmt: skip
+        """One optimizer update on the global batch `indices`, accumulated over batches of
+        train.batch_size; its weighted mean loss, a scalar left on the device (reading it
+        would make the host wait for the device)."""
+        total = batch_weight(self.train_split.labels[indices], self.class_weights)
+        batches = indices.split(self.params.batch_size)
+        local = torch.zeros((), device=self.device)
+        for i, batch in enumerate(batches):
+            # DDP all-reduces the gradients on the update's last batch only; the others add
+            # theirs locally (no_sync).
+            last = i == len(batches) - 1
+            with contextlib.nullcontext() if last else self._no_sync():
+                loss = shard_loss(
+                    self.forward_model, self.train_split, batch, self.loss_weights, self.device,
+                    self.precision,
+                )  # fmt: skip
+                # DDP averages gradients over processes; scaling by their number makes the
+                # result the gradient of the global mean.
+                self.scaler.scale(loss * distributed.world_size() / total).backward()
+            local = local + loss.detach()
         loss_sum, signalled = global_loss_sum(local, self.pending.signal is not None)
         if signalled and self.pending.signal is None:
             self.pending.signal = interrupts.SIGNALS[1]  # another process was: stop with it
-        # DDP averages gradients over processes; scaling by their number makes the result the
-        # gradient of the global mean.
-        self.scaler.scale(local * distributed.world_size() / total).backward()
         if self.params.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.trained.values(), self.params.grad_clip)
@@ -406,22 +453,30 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum / total
 
-    def _end_epoch(self) -> None:
-        """Validate; record the epoch, keep its weights if it is the best so far."""
+    def _no_sync(self) -> contextlib.AbstractContextManager:
+        parallel = isinstance(self.forward_model, DistributedDataParallel)
+        return self.forward_model.no_sync() if parallel else contextlib.nullcontext()
+
+    def _evaluate(self) -> None:
+        """Validate; record the evaluation, keep its weights if it is the best so far."""
         s = self.state
         val_loss, report = validation(
             self.model, self.val_split, self.classes, self.class_weights, self.device,
             self.precision,
         )  # fmt: skip
-        s.epoch += 1
-        entry = epoch_entry(s, val_loss, report, self.classes)
+        entry = evaluation_entry(s, val_loss, report, self.classes)
         s.history.append(entry)
         score = (metrics.selection_score(report, self.classes), -val_loss)
         if score > s.best_score:
-            s.best_epoch, s.best_score, s.best_weights = s.epoch, score, self.trained_weights()
-        s.batch, s.epoch_loss_sum, s.epoch_samples = 0, 0.0, 0
-        s.finished = s.epoch >= self.params.epochs  # (or early stopping, in the hook)
-        self._call("on_epoch_end", s, entry)
+            s.best_evaluation, s.best_score = len(s.history), score
+            s.best_weights = self.trained_weights()
+        self._call("on_evaluation", s, entry)
+
+    def _end_epoch(self) -> None:
+        s = self.state
+        s.epoch, s.batch, s.epoch_loss_sum, s.epoch_samples = s.epoch + 1, 0, 0.0, 0
+        s.finished = s.finished or s.epoch >= self.params.epochs  # (or early stopping)
+        self._call("on_epoch_end", s)
 
     def _call(self, event: str, *args: object) -> None:
         for hook in self.hooks:

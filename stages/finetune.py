@@ -45,7 +45,8 @@ def main(params: Params) -> None:
         if resume is None:
             results.log_run_inputs(run, params, data_report)
         saver = checkpoint.CheckpointSaver(paths.CHECKPOINT, fingerprint, run.run_id, run.flush)
-        state = trainer.fit(saver, hooks=(LogMetrics(run), ProgressBar(t.epochs)))
+        axis = "epoch" if t.eval_every is None else "step"  # of the val/ metrics in MLflow
+        state = trainer.fit(saver, hooks=(LogMetrics(run, axis), ProgressBar(t.epochs)))
         results.write_model(run, trainer, m, params.mlflow.log_checkpoints)
         results.write_training(run, state, len(train), device, precision)
         state.exported = True  # the results are written: a later run starts afresh

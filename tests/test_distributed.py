@@ -1,5 +1,6 @@
 """Data-parallel fine-tuning: `train.devices: 2` runs finetune as 2 CPU processes under
-torchrun (gloo) and must learn what one process learns from the same global batches."""
+torchrun (gloo) and must learn what one process learns from the same global batches, here
+accumulated from two batches of half the size (train.accumulation_steps: 2)."""
 
 import json
 
@@ -16,13 +17,16 @@ TRUNK_TOLERANCE = 1e-5  # the same batches, sums split over another number of th
 
 @pytest.fixture(scope="module")
 def runs(mirror, tmp_path_factory):
-    """finetune with 1 process, then with 2, on one project: (metrics, per-step losses) each."""
+    """finetune with 1 process, then with 2 accumulating two batches of 8 into each update of
+    16, on one project: (metrics, per-step losses) each."""
     path = make_project(tmp_path_factory.mktemp("ddp"), tiny_params(mirror, train={"epochs": 2}))
     run(["dvc", "repro", "trunk"], path)
     results = {}
     for devices in (1, 2):
         params = yaml.safe_load((path / "params.yaml").read_text())
-        params["train"]["devices"] = devices
+        params["train"].update(
+            devices=devices, batch_size=16 // devices, accumulation_steps=devices
+        )
         (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         out = run(["python", "stages/finetune.py"], path)
         results[devices] = (

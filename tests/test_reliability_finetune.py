@@ -392,7 +392,7 @@ def test_nan_loss_names_the_step_and_keeps_the_checkpoint(story: dict) -> None:
     line = error_line(nan["stderr"])
     assert line.startswith(f"error: training loss is nan at step {resumed_at} ")
     assert nan["checkpoint_kept"]  # epoch 1 and its best weights are still there
-    assert story["sigint"][2]["best_epoch"] == 1 and story["sigint"][2]["best"]
+    assert story["sigint"][2]["best_evaluation"] == 1 and story["sigint"][2]["best"]
     assert nan["status"] == "FAILED"
     assert f"nan at step {resumed_at}" in nan["error_tag"]
     assert nan["traceback"].startswith("Traceback") and "SpamGPTError" in nan["traceback"]

@@ -39,6 +39,8 @@ PARAMS = TrainParams(
     weight_decay=0.1,
     warmup_ratio=0.1,
     grad_clip=1.0,
+    accumulation_steps=1,
+    eval_every=None,
     class_weights="balanced",
     patience=3,
     seed=7,
@@ -90,16 +92,16 @@ def data(n: int, seed: int) -> Split:
     return Split(ModelInputs(sequences, None), labels)
 
 
-def new_trainer(params: TrainParams = PARAMS) -> Trainer:
+def new_trainer(params: TrainParams = PARAMS, n_train: int = 64) -> Trainer:
     torch.manual_seed(0)
     gpt = GPT2.init_random(GPTConfig(n_layer=2, n_head=2, n_embd=16, n_ctx=16, vocab_size=40))
     model = GPT2Classifier(gpt)
     trained = classifier.freeze(model, 1)
-    return Trainer(model, trained, *trainer_splits(), SMS, params, CPU, "fp32")
+    return Trainer(model, trained, *trainer_splits(n_train), SMS, params, CPU, "fp32")
 
 
-def trainer_splits() -> tuple[Split, Split]:
-    return data(64, 1), data(32, 2)
+def trainer_splits(n_train: int = 64) -> tuple[Split, Split]:
+    return data(n_train, 1), data(32, 2)
 
 
 class Record(Hook):
@@ -114,8 +116,11 @@ class Record(Hook):
         self.events.extend(("step", step) for step, _, _ in steps)
         self.events.append(("read", len(steps)))
 
-    def on_epoch_end(self, state: State, entry: dict) -> None:
-        self.events.append(("end", state.epoch, entry["val/loss"]))
+    def on_evaluation(self, state: State, entry: dict) -> None:
+        self.events.append(("evaluation", entry["epoch"], entry["step"], entry["val/loss"]))
+
+    def on_epoch_end(self, state: State) -> None:
+        self.events.append(("end", state.epoch))
 
 
 def test_fit_calls_the_hooks_and_keeps_the_best_epoch(tmp_path: Path) -> None:
@@ -130,20 +135,40 @@ def test_fit_calls_the_hooks_and_keeps_the_best_epoch(tmp_path: Path) -> None:
     assert [e[1] for e in record.events if e[0] == "end"] == [1, 2, 3]
     assert state.finished and state.step == 48 and len(state.history) == 3
     best = max(state.history, key=lambda h: (h["val/spam_f1"], -h["val/loss"]))
-    assert state.best_epoch == best["epoch"]
+    assert state.history[state.best_evaluation - 1] == best
+    assert [e[1:3] for e in record.events if e[0] == "evaluation"] == [(1, 16), (2, 32), (3, 48)]
     assert state.history[0]["val/loss"] > state.history[-1]["val/loss"]  # it learns
     assert torch.equal(trainer.model.gpt.h[0].attn.c_attn.weight, frozen_before)
     assert set(state.best_weights) == set(trainer.trained)
 
 
+def test_accumulated_batches_make_the_updates_of_one_batch_that_large() -> None:
+    """Batches of 8 accumulated 4 at a time train as batches of 32: the same 10 updates
+    (150 messages: each epoch ends with a partial update of 22, 8 + 8 + 6), class-weighted
+    losses, schedule and clipping on the whole update's gradient. The weights move by up to
+    6e-3. (At a far larger lr, AdamW turns the float rounding in gradients that are zero in
+    exact arithmetic, the attention's key bias, into steps of up to lr, in both runs alike.)"""
+    large = dataclasses.replace(PARAMS, epochs=2, batch_size=32, grad_clip=0.05, lr=1e-3)
+    accumulated = dataclasses.replace(large, batch_size=8, accumulation_steps=4)
+    trainers = [new_trainer(p, n_train=150) for p in (large, accumulated)]
+    states = [t.fit(SaveLog()) for t in trainers]
+    assert [s.step for s in states] == [10, 10]
+    (_, loss, lr), (_, acc_loss, acc_lr) = states[0].steps[-1], states[1].steps[-1]
+    assert acc_loss == pytest.approx(loss, abs=1e-6) and acc_lr == lr
+    for name, weight in trainers[0].trained.items():
+        torch.testing.assert_close(trainers[1].trained[name], weight, rtol=0, atol=1e-5)
+    initial = new_trainer().trained
+    assert max((w - initial[n]).abs().max() for n, w in trainers[0].trained.items()) > 1e-3
+
+
 class SaveLog:
-    """A Saver that notes (epoch, finished) at each save."""
+    """A Saver that notes (step, finished) at each save."""
 
     def __init__(self) -> None:
         self.saves: list[tuple[int, bool]] = []
 
     def save(self, trainer: Trainer) -> None:
-        self.saves.append((trainer.state.epoch, trainer.state.finished))
+        self.saves.append((trainer.state.step, trainer.state.finished))
 
     def wait(self) -> None:
         pass
@@ -156,14 +181,33 @@ def test_fit_saves_once_an_epoch_the_last_one_finished(epochs: int, patience: in
     params = dataclasses.replace(PARAMS, epochs=epochs, patience=patience, lr=1e-9)
     log = SaveLog()
     state = new_trainer(params).fit(log)
-    assert log.saves == [(e, e == len(state.history)) for e in range(1, len(state.history) + 1)]
+    epochs_run = len(state.history)
+    assert log.saves == [(16 * e, e == epochs_run) for e in range(1, epochs_run + 1)]
     assert state.finished
+
+
+def test_eval_every_evaluates_and_saves_every_n_steps_and_after_the_last() -> None:
+    """Evaluations every 5 of 2 x 16 steps, and after the last; patience counts evaluations
+    (lr 1e-9: nothing improves the first by much), and stops mid-epoch."""
+    params = dataclasses.replace(PARAMS, epochs=2, eval_every=5, patience=10)
+    log, record = SaveLog(), Record()
+    state = new_trainer(params).fit(log, hooks=(record,))
+    evaluations = [(1, 5), (1, 10), (1, 15), (2, 20), (2, 25), (2, 30), (2, 32)]
+    assert [(h["epoch"], h["step"]) for h in state.history] == evaluations
+    assert [e[1:3] for e in record.events if e[0] == "evaluation"] == evaluations
+    assert [e for e in record.events if e[0] == "end"] == [("end", 1), ("end", 2)]
+    assert log.saves == [(step, step == 32) for _, step in evaluations]
+
+    log = SaveLog()
+    stopped = new_trainer(dataclasses.replace(params, epochs=5, lr=1e-9, patience=2)).fit(log)
+    assert len(stopped.history) == stopped.best_evaluation + 2 < 16
+    assert stopped.step == 5 * len(stopped.history) and log.saves[-1] == (stopped.step, True)
 
 
 def test_early_stopping_ends_after_patience_epochs_without_improvement(tmp_path: Path) -> None:
     params = dataclasses.replace(PARAMS, epochs=20, patience=1, lr=1e-9)  # nothing improves
     state = new_trainer(params).fit(CheckpointSaver(tmp_path / "c.pt", "fp"))
-    assert len(state.history) == state.best_epoch + 1 < 20
+    assert len(state.history) == state.best_evaluation + 1 < 20
 
 
 def after_step(trainer: Trainer, step: int, action: Callable[[], object]) -> None:
@@ -184,31 +228,45 @@ def stop_after(trainer: Trainer, step: int) -> None:
     after_step(trainer, step, lambda: setattr(trainer.pending, "signal", signal.SIGINT))
 
 
-@pytest.mark.parametrize("read_every", [3, train.READ_EVERY])
+EVERY_5_OF_2 = dataclasses.replace(PARAMS, accumulation_steps=2, eval_every=5)
+
+
+@pytest.mark.parametrize(
+    ("read_every", "params", "stop", "batch"),
+    [(3, PARAMS, 21, 5), (train.READ_EVERY, EVERY_5_OF_2, 20, 4)],
+    ids=["epochs", "eval-every-accumulated"],
+)
 def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_every: int
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    read_every: int,
+    params: TrainParams,
+    stop: int,
+    batch: int,
 ) -> None:
-    """The signal comes mid-chunk (step 21: epoch 2's 5th; with reads every 3 steps, steps
-    20 and 21 are unread): the checkpoint holds every step done."""
+    """The signal comes mid-chunk (step 21 of 16 an epoch: epoch 2's 5th; with reads every 3
+    steps, steps 20 and 21 are unread): the checkpoint holds every step done. With updates of
+    two batches (8 an epoch) and evaluations every 5 steps, it comes during step 20, after
+    which an evaluation was due: the resumed run makes it first."""
     monkeypatch.setattr(train, "READ_EVERY", read_every)
-    whole = new_trainer().fit(CheckpointSaver(tmp_path / "whole.pt", "fp"))
+    whole = new_trainer(params).fit(CheckpointSaver(tmp_path / "whole.pt", "fp"))
 
     path = tmp_path / "resumed.pt"
-    first = new_trainer()
-    stop_after(first, 21)
-    with pytest.raises(Exception, match="SIGINT at step 21: checkpoint saved"):
+    first = new_trainer(params)
+    stop_after(first, stop)
+    with pytest.raises(Exception, match=f"SIGINT at step {stop}: checkpoint saved"):
         first.fit(CheckpointSaver(path, "fp"))
     saved = checkpoint.load(path, "fp")
-    assert saved["state"]["step"] == 21 and saved["state"]["batch"] == 5
-    assert saved["state"]["steps"] == whole.steps[:21]
+    assert saved["state"]["step"] == stop and saved["state"]["batch"] == batch
+    assert saved["state"]["steps"] == whole.steps[:stop]
     assert checkpoint.load(path, "other settings") is None
-    second = new_trainer()
+    second = new_trainer(params)
     checkpoint.resume(second, saved)
     resumed = second.fit(CheckpointSaver(path, "fp"))
 
     assert resumed.steps == whole.steps
     assert resumed.history == whole.history
-    assert resumed.best_epoch == whole.best_epoch
+    assert resumed.best_evaluation == whole.best_evaluation
     for name, tensor in whole.best_weights.items():
         assert torch.equal(resumed.best_weights[name], tensor)
 
@@ -319,7 +377,8 @@ def test_a_nan_loss_stops_at_its_step_and_keeps_the_last_checkpoint(
     assert [step for step, _, _ in state.steps] == list(range(1, bad_step))
     assert [e[1] for e in record.events if e[0] == "step"] == list(range(1, bad_step))
     assert [e[1] for e in record.events if e[0] == "end"] == [1]  # epoch 2 never validated
-    assert state.best_epoch == 1 and all(w.isfinite().all() for w in state.best_weights.values())
+    assert state.best_evaluation == 1
+    assert all(w.isfinite().all() for w in state.best_weights.values())
     saved = checkpoint.load(path, "fp")
     assert saved["state"]["epoch"] == 1 and saved["state"]["step"] == 16
     assert all(w.isfinite().all() for w in saved["weights"].values())
