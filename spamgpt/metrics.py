@@ -128,9 +128,20 @@ def flat(rep: dict, prefix: str, classes: Classes = SMS) -> dict[str, float]:
     return out
 
 
-def selection_score(rep: dict, classes: Classes) -> float:
-    """What picks the best epoch: the positive class's F1, else macro F1."""
-    return rep[classes.positive]["f1"] if classes.positive is not None else rep["macro_f1"]
+def selection_score(rep: dict, val_loss: float, classes: Classes, metric: str = "auto") -> float:
+    """train.select_metric of a validation report (`val_loss` beside it), larger is better
+    (val_loss is negated): auto is the positive class's F1, else macro F1. Micro F1 of
+    single-label classes is accuracy (every error is one false positive and one false
+    negative)."""
+    if metric == "auto":
+        metric = "macro_f1" if classes.positive is None else f"{classes.positive}_f1"
+    if metric == "val_loss":
+        return -val_loss
+    if metric in ("macro_f1", "accuracy"):
+        return rep[metric]
+    if metric == "micro_f1":
+        return rep["accuracy"]
+    return rep[metric.removesuffix("_f1")]["f1"]
 
 
 def best_threshold(labels: np.ndarray, positive_prob: np.ndarray, positive: int = 1) -> float:

@@ -155,6 +155,11 @@ class TrainParams:
     eval_every: int | None = _rule(ge=1)
     class_weights: Literal["balanced", "none"] = _rule()
     patience: int = _rule(ge=1)
+    select_metric: str = _rule(
+        pattern=r"auto|macro_f1|micro_f1|accuracy|val_loss|.+_f1",
+        what="auto, macro_f1, micro_f1, accuracy, val_loss or <class>_f1",
+    )
+    min_delta: float = _rule(ge=0)
     seed: int = _rule(ge=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = _rule()
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _rule()
@@ -203,6 +208,8 @@ class Params:
         labels, threshold = self.data.labels, self.evaluate.threshold
         if self.data.positive_label is not None and labels is not None:
             check_threshold(threshold, len(labels))
+        if labels is not None:
+            check_train_classes(self.train, tuple(str(label) for label in labels))
 
 
 def check_threshold(threshold: float | str | None, classes: int) -> None:
@@ -211,6 +218,20 @@ def check_threshold(threshold: float | str | None, classes: int) -> None:
         raise ParamsError(
             f"evaluate.threshold: a threshold applies to two classes only, the data has "
             f"{classes}; allowed: null (the most probable class)"
+        )
+
+
+SELECT_METRICS = ("auto", "macro_f1", "micro_f1", "accuracy", "val_loss")
+
+
+def check_train_classes(train: TrainParams, classes: tuple[str, ...]) -> None:
+    """The train keys that name classes name these (data.labels, or the classes found):
+    train.select_metric one of SELECT_METRICS or a class's F1."""
+    allowed = [*SELECT_METRICS, *(f"{name}_f1" for name in classes)]
+    if train.select_metric not in allowed:
+        raise ParamsError(
+            f"train.select_metric: {train.select_metric!r} is not a metric of these classes; "
+            f"allowed: {', '.join(allowed)}"
         )
 
 

@@ -284,6 +284,12 @@ def non_finite_loss(loss: float, state: State) -> SpamGPTError:
     )
 
 
+def improves(score: tuple[float, float], best: tuple[float, float], min_delta: float) -> bool:
+    """Is `score` (select_metric, -val loss) better than `best`: its metric by more than
+    train.min_delta; with min_delta 0, also an equal metric at a lower val loss."""
+    return score[0] > best[0] + min_delta or (min_delta == 0 and score > best)
+
+
 def evaluation_entry(state: State, val_loss: float, report: dict, classes: Classes) -> dict:
     """One evaluation's line in the history (and metrics/val_epochs.csv, and MLflow): the
     epoch it falls in (1-based), the steps done, the current epoch's mean training loss so far,
@@ -466,8 +472,10 @@ class Trainer:
         )  # fmt: skip
         entry = evaluation_entry(s, val_loss, report, self.classes)
         s.history.append(entry)
-        score = (metrics.selection_score(report, self.classes), -val_loss)
-        if score > s.best_score:
+        p = self.params
+        selected = metrics.selection_score(report, val_loss, self.classes, p.select_metric)
+        score = (selected, -val_loss)
+        if improves(score, s.best_score, p.min_delta):
             s.best_evaluation, s.best_score = len(s.history), score
             s.best_weights = self.trained_weights()
         self._call("on_evaluation", s, entry)

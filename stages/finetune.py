@@ -14,12 +14,14 @@ from spamgpt import (
     runtime,
     tracking,
 )
-from spamgpt.params import Params
+from spamgpt.params import Params, check_train_classes
 from spamgpt.train import LogMetrics, ProgressBar, Split, Trainer
 
 
 def main(params: Params) -> None:
     m, t = params.model, params.train
+    classes = contracts.read_classes()
+    check_train_classes(t, classes.names)  # the classes found in the data, when not listed
     device, precision = runtime.setup(t.device, t.precision, t.devices)
     distributed.relaunch(t.devices)  # train.devices > 1: this script again, under torchrun
     device = distributed.setup(device)
@@ -27,7 +29,6 @@ def main(params: Params) -> None:
         tracking.connect()  # an unreachable tracking server fails here, before any training
     frozen = contracts.read_frozen_blocks()
     train, val = Split.read("train", frozen), Split.read("val", frozen)
-    classes = contracts.read_classes()
     model, trained = classifier.for_training(m, params.lora, classes, device, t.seed)
     trainer = Trainer(model, trained, train, val, classes, t, device, precision)
     data_report = contracts.read_data_report()

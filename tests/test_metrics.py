@@ -164,7 +164,25 @@ def test_three_classes_report_per_class_and_a_3x3_matrix() -> None:
     assert rep["roc_auc"] is None and rep["pr_auc"] is None
     flat = metrics.flat(rep, "test", THREE)
     assert flat["test/outage_recall"] == pytest.approx(0.5) and "test/roc_auc" not in flat
-    assert metrics.selection_score(rep, THREE) == rep["macro_f1"]
+    assert metrics.selection_score(rep, 0.7, THREE) == rep["macro_f1"]
+
+
+def test_selection_score_is_the_chosen_validation_figure() -> None:
+    rep = metrics.report(LABELS, two(PROBS), 0.5)
+    micro = skm.f1_score(LABELS, PROBS >= 0.5, average="micro")
+    expected = {
+        "auto": rep["spam"]["f1"],
+        "spam_f1": rep["spam"]["f1"],
+        "ham_f1": rep["ham"]["f1"],
+        "macro_f1": rep["macro_f1"],
+        "micro_f1": micro,
+        "accuracy": rep["accuracy"],
+        "val_loss": -0.25,  # larger is better
+    }
+    scores = {metric: metrics.selection_score(rep, 0.25, SMS, metric) for metric in expected}
+    assert scores == pytest.approx(expected)
+    assert len(set(scores.values())) >= 5  # each a different figure of this example
+    assert metrics.selection_score(rep, 0.25, Classes(SMS.names)) == rep["macro_f1"]
 
 
 def test_choose_threshold_only_for_a_positive_class_of_two() -> None:

@@ -28,6 +28,7 @@ from spamgpt.train import (
     Trainer,
     class_weights,
     epoch_order,
+    improves,
     lr_factor,
 )
 
@@ -43,6 +44,8 @@ PARAMS = TrainParams(
     eval_every=None,
     class_weights="balanced",
     patience=3,
+    select_metric="auto",
+    min_delta=0.0,
     seed=7,
     device="cpu",
     precision="fp32",
@@ -191,7 +194,9 @@ def test_eval_every_evaluates_and_saves_every_n_steps_and_after_the_last() -> No
     (lr 1e-9: nothing improves the first by much), and stops mid-epoch."""
     params = dataclasses.replace(PARAMS, epochs=2, eval_every=5, patience=10)
     log, record = SaveLog(), Record()
-    state = new_trainer(params).fit(log, hooks=(record,))
+    state = new_trainer(dataclasses.replace(params, select_metric="val_loss")).fit(log, (record,))
+    losses = [h["val/loss"] for h in state.history]
+    assert state.best_evaluation == 1 + losses.index(min(losses))
     evaluations = [(1, 5), (1, 10), (1, 15), (2, 20), (2, 25), (2, 30), (2, 32)]
     assert [(h["epoch"], h["step"]) for h in state.history] == evaluations
     assert [e[1:3] for e in record.events if e[0] == "evaluation"] == evaluations
@@ -208,6 +213,14 @@ def test_early_stopping_ends_after_patience_epochs_without_improvement(tmp_path:
     params = dataclasses.replace(PARAMS, epochs=20, patience=1, lr=1e-9)  # nothing improves
     state = new_trainer(params).fit(CheckpointSaver(tmp_path / "c.pt", "fp"))
     assert len(state.history) == state.best_evaluation + 1 < 20
+
+
+def test_an_improvement_must_exceed_min_delta() -> None:
+    best = (0.80, -0.5)  # (select_metric, -val loss)
+    assert improves((0.81, -0.9), best, 0.0) and not improves((0.81, -0.9), best, 0.02)
+    assert improves((0.83, -0.9), best, 0.02)
+    assert improves((0.80, -0.4), best, 0.0) and not improves((0.80, -0.4), best, 0.01)
+    assert not improves(best, best, 0.0)
 
 
 def after_step(trainer: Trainer, step: int, action: Callable[[], object]) -> None:
