@@ -153,7 +153,7 @@ class TrainParams:
     grad_clip: float | None = _rule(gt=0)
     accumulation_steps: int = _rule(ge=1)
     eval_every: int | None = _rule(ge=1)
-    class_weights: Literal["balanced", "none"] = _rule()
+    class_weights: Literal["balanced", "none"] | dict[str | int, float] = _rule()
     patience: int = _rule(ge=1)
     select_metric: str = _rule(
         pattern=r"auto|macro_f1|micro_f1|accuracy|val_loss|.+_f1",
@@ -164,6 +164,16 @@ class TrainParams:
     device: Literal["auto", "cpu", "cuda", "mps"] = _rule()
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _rule()
     devices: int = _rule(ge=1)
+
+    def __post_init__(self) -> None:
+        weights = self.class_weights
+        if isinstance(weights, dict):
+            for name, weight in weights.items():
+                if not (math.isfinite(weight) and weight > 0):
+                    raise ParamsError(
+                        f"train.class_weights: the weight of {name!r} must be a positive "
+                        f"number, got {weight!r}"
+                    )
 
 
 @dataclass(frozen=True)
@@ -226,7 +236,23 @@ SELECT_METRICS = ("auto", "macro_f1", "micro_f1", "accuracy", "val_loss")
 
 def check_train_classes(train: TrainParams, classes: tuple[str, ...]) -> None:
     """The train keys that name classes name these (data.labels, or the classes found):
-    train.select_metric one of SELECT_METRICS or a class's F1."""
+    train.select_metric one of SELECT_METRICS or a class's F1; a train.class_weights mapping
+    every class, and nothing else."""
+    weights = train.class_weights
+    if isinstance(weights, dict):
+        named = {str(name) for name in weights}
+        unknown = sorted(named - set(classes))
+        missing = [name for name in classes if name not in named]
+        if unknown or missing or len(named) != len(weights):
+            problem = (
+                f"{unknown[0]!r} is not a class of the data" if unknown
+                else f"no weight for {missing[0]!r}" if missing
+                else "a class is named twice"
+            )  # fmt: skip
+            raise ParamsError(
+                f"train.class_weights: {problem}; a mapping gives every class a weight: "
+                f"{', '.join(classes)}"
+            )
     allowed = [*SELECT_METRICS, *(f"{name}_f1" for name in classes)]
     if train.select_metric not in allowed:
         raise ParamsError(
@@ -246,6 +272,9 @@ def _describe(tp: Any) -> str:
         return " or ".join(_describe(a) for a in get_args(tp))
     if get_origin(tp) is list:
         return f"a list of {_describe(get_args(tp)[0])}s"
+    if get_origin(tp) is dict:
+        key, value = get_args(tp)
+        return f"a mapping {{{_describe(key)}: {_describe(value)}}}"
     names = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
     return names.get(tp, "a mapping of keys" if dataclasses.is_dataclass(tp) else "null")
 
@@ -258,6 +287,11 @@ def _fits(value: Any, tp: Any) -> bool:
         return any(_fits(value, a) for a in get_args(tp))
     if get_origin(tp) is list:
         return isinstance(value, list) and all(_fits(v, get_args(tp)[0]) for v in value)
+    if get_origin(tp) is dict:
+        key, item = get_args(tp)
+        return isinstance(value, dict) and all(
+            _fits(k, key) and _fits(v, item) for k, v in value.items()
+        )
     if isinstance(value, bool):
         return tp is bool
     if tp is float:

@@ -198,11 +198,18 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def class_weights(labels: torch.Tensor, mode: str, classes: int) -> torch.Tensor | None:
-    """'balanced': n / (classes * n_c), so each class carries the same total weight."""
-    if mode == "none":
+def class_weights(
+    labels: torch.Tensor, setting: str | dict, names: tuple[str, ...]
+) -> torch.Tensor | None:
+    """The loss weight of each class (of `names`) for train.class_weights: 'balanced' is
+    n / (classes * n_c), so each class carries the same total weight; a mapping gives each
+    class's own (its keys the class names, as params.check_train_classes made sure)."""
+    if setting == "none":
         return None
-    counts = torch.bincount(labels, minlength=classes).float()
+    if isinstance(setting, dict):
+        weights = {str(name): float(weight) for name, weight in setting.items()}
+        return torch.tensor([weights[name] for name in names])
+    counts = torch.bincount(labels, minlength=len(names)).float()
     return len(labels) / (len(counts) * counts.clamp(min=1))
 
 
@@ -335,7 +342,7 @@ class Trainer:
         self.scheduler = linear_schedule(self.optimizer, params, len(train))
         self.scaler = runtime.grad_scaler(device, precision)  # fp16: loss scaling
         # on the CPU; the training loss reads a copy on the device
-        self.class_weights = class_weights(train.labels, params.class_weights, len(classes))
+        self.class_weights = class_weights(train.labels, params.class_weights, classes.names)
         self.loss_weights = None if self.class_weights is None else self.class_weights.to(device)
         self.state = State()
         self._order: tuple[int, list[torch.Tensor]] = (-1, [])  # (epoch, its updates' batches)

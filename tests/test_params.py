@@ -117,6 +117,25 @@ BAD: list[tuple[str, dict | str, str]] = [
     ("select-metric-class", modified(train__select_metric="phish_f1"), "train.select_metric"),
     ("select-metric-loss", modified(train__select_metric="loss"), "train.select_metric"),
     ("min-delta-negative", modified(train__min_delta=-0.01), "train.min_delta"),
+    ("weights-zero", modified(train__class_weights={"ham": 1, "spam": 0}), "train.class_weights"),
+    (
+        "weights-negative",
+        modified(train__class_weights={"ham": -1, "spam": 2}),
+        "train.class_weights",
+    ),
+    (
+        "weights-string",
+        modified(train__class_weights={"ham": 1, "spam": "x"}),
+        "train.class_weights",
+    ),
+    ("weights-missing", modified(train__class_weights={"spam": 5}), "train.class_weights"),
+    (
+        "weights-unknown",
+        modified(train__class_weights={"ham": 1, "spam": 5, "x": 1}),
+        "train.class_weights",
+    ),
+    ("weights-list", modified(train__class_weights=[1, 5]), "train.class_weights"),
+    ("weights-empty", modified(train__class_weights={}), "train.class_weights"),
     ("dropout-1", modified(model__dropout=1.0), "model.dropout"),
     ("threshold-1", modified(evaluate__threshold=1.0), "evaluate.threshold"),
     ("repo-id-no-owner", modified(model__repo_id="gpt2"), "model.repo_id"),
@@ -194,6 +213,23 @@ def test_optional_values_accept_null_and_all() -> None:
     assert p.model.max_length is None and p.model.trainable_blocks == "all"
     p = params.parse(modified(train__grad_clip=None, model__max_length=2, train__lr=1))
     assert p.train.grad_clip is None and p.model.max_length == 2 and p.train.lr == 1
+
+
+def test_class_weights_mapping_and_select_metric_of_a_class() -> None:
+    p = params.parse(modified(train__class_weights={"spam": 5, "ham": 1}))
+    assert p.train.class_weights == {"spam": 5, "ham": 1}
+    integers = modified(data__labels=[0, 1], data__positive_label=1, train__select_metric="0_f1")
+    integers["train"]["class_weights"] = {0: 1, 1: 2.5}
+    p = params.parse(integers)
+    assert p.train.class_weights == {0: 1, 1: 2.5} and p.train.select_metric == "0_f1"
+    with pytest.raises(
+        ParamsError, match=r"^train\.class_weights: no weight for 'ham'; .*: ham, spam$"
+    ):
+        params.parse(modified(train__class_weights={"spam": 5}))
+    # with the classes found in the data (data.labels null), the finetune stage checks
+    found = params.parse(modified(data__labels=None, train__class_weights={"x": 1})).train
+    with pytest.raises(ParamsError, match=r"^train\.class_weights: 'x' is not a class"):
+        params.check_train_classes(found, ("ham", "spam"))
 
 
 def test_log_model_is_true_false_or_full() -> None:

@@ -61,12 +61,21 @@ def test_lr_warms_up_linearly_then_decays_to_zero() -> None:
 
 def test_balanced_class_weights_give_each_class_the_same_total() -> None:
     labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1])  # 6 ham, 2 spam
-    weights = class_weights(labels, "balanced", classes=2)
+    weights = class_weights(labels, "balanced", SMS.names)
     torch.testing.assert_close(weights, torch.tensor([8 / 12, 8 / 4]))
     assert weights[0] * 6 == pytest.approx(weights[1] * 2)
-    assert class_weights(labels, "none", classes=2) is None
+    assert class_weights(labels, "none", SMS.names) is None
     # a class absent from the labels gets a finite weight, not a division by zero
-    assert torch.isfinite(class_weights(labels, "balanced", classes=3)).all()
+    assert torch.isfinite(class_weights(labels, "balanced", ("a", "b", "c"))).all()
+
+
+def test_class_weights_of_a_mapping_follow_the_class_order() -> None:
+    labels = torch.tensor([0, 1, 2])
+    weights = class_weights(labels, {"spam": 3, "ham": 0.5}, SMS.names)
+    torch.testing.assert_close(weights, torch.tensor([0.5, 3.0]))
+    torch.testing.assert_close(
+        class_weights(labels, {2: 1, 0: 2, 1: 4}, ("0", "1", "2")), torch.tensor([2.0, 4.0, 1.0])
+    )
 
 
 def test_epoch_order_is_a_function_of_seed_and_epoch_alone() -> None:
