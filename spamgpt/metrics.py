@@ -4,11 +4,12 @@ The metrics are numpy, with scikit-learn's definitions (tests/test_metrics.py ch
 against it): a stage that only validates imports neither scikit-learn nor SciPy, 0.7 s of
 start-up on a 2-core CPU. matplotlib is imported by the figures alone."""
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from spamgpt.errors import ParamsError
 from spamgpt.labels import SMS, Classes
 from spamgpt.params import check_threshold
 
@@ -152,19 +153,73 @@ def best_threshold(labels: np.ndarray, positive_prob: np.ndarray, positive: int 
     return float(thresholds[int(np.argmax(f1[:-1]))])
 
 
+def policy_threshold(
+    policy: dict[str, float], is_positive: np.ndarray, scores: np.ndarray, name: str
+) -> dict[str, float]:
+    """The threshold on `scores` (one class's probabilities, `name` in messages) of highest
+    recall, then fewest false positives, whose precision is at least policy["min_precision"]
+    or whose false-positive rate is at most policy["max_fpr"], with the precision, recall and
+    FPR it reaches: {threshold, precision, recall, fpr}. A ParamsError when none does."""
+    ((rule, bound),) = policy.items()
+    is_positive = np.asarray(is_positive, dtype=bool)
+    if not is_positive.any():
+        raise ParamsError(
+            f"evaluate.threshold: the validation split has no {name!r} message to set "
+            f"{rule} on; use a number"
+        )
+    fps, tps, thresholds = _counts_above(is_positive, scores)
+    negatives = max(1, len(is_positive) - int(is_positive.sum()))
+    precision, recall, fpr = tps / (tps + fps), tps / tps[-1], fps / negatives
+    meets = (precision >= bound if rule == "min_precision" else fpr <= bound) & (tps > 0)
+    if not meets.any():
+        wanted, reach = (
+            (f"precision of at least {bound:g}", f"the highest is {precision.max():.4g}")
+            if rule == "min_precision"
+            else (
+                f"false-positive rate of at most {bound:g}",
+                f"the lowest is {fpr[tps > 0].min():.4g}",
+            )
+        )
+        raise ParamsError(
+            f"evaluate.threshold: no threshold gives {name!r} a validation {wanted} ({reach}); "
+            f"loosen {rule}, or use auto or a number"
+        )
+    i = int(np.flatnonzero(meets & (tps == tps[meets].max()))[0])  # cumulative: fewest fps
+    return {
+        "threshold": float(thresholds[i]),
+        "precision": float(precision[i]),
+        "recall": float(recall[i]),
+        "fpr": float(fpr[i]),
+    }
+
+
+class ThresholdChoice(NamedTuple):
+    threshold: float | None  # what evaluate applies to the positive class's probability
+    best_f1: float | None  # the one that maximises the positive class's validation F1
+    reached: dict[str, float] | None  # a policy's: validation precision, recall, fpr at it
+
+
 def choose_threshold(
-    setting: float | str | None, classes: Classes, val_labels: np.ndarray, val_probs: np.ndarray
-) -> tuple[float | None, float | None]:
-    """(the threshold evaluate uses, the one that maximises the positive class's val F1) for
-    evaluate.threshold; (None, None) without a positive class of two."""
+    setting: float | str | dict | None,
+    classes: Classes,
+    val_labels: np.ndarray,
+    val_probs: np.ndarray,
+) -> ThresholdChoice:
+    """evaluate.threshold made a number, from validation: a number as it is, auto the F1
+    optimum, a policy (policy_threshold) the one it picks; all None without a positive class
+    of two. One class's probabilities at a time, as per-class thresholds would be too."""
     positive = classes.positive_index
     if positive is None:
-        return None, None
+        return ThresholdChoice(None, None, None)
     check_threshold(setting, len(classes))
     if len(classes) != 2:
-        return None, None
-    best = best_threshold(val_labels, val_probs[:, positive], positive)
-    return (best if setting == "auto" else setting), best
+        return ThresholdChoice(None, None, None)
+    scores = val_probs[:, positive]
+    best = best_threshold(val_labels, scores, positive)
+    if isinstance(setting, dict):
+        reached = policy_threshold(setting, val_labels == positive, scores, classes.positive)
+        return ThresholdChoice(reached.pop("threshold"), best, reached)
+    return ThresholdChoice(best if setting == "auto" else setting, best, None)
 
 
 def curve_frames(

@@ -176,9 +176,31 @@ class TrainParams:
                     )
 
 
+# evaluate.threshold's cost policies: the threshold of highest validation recall whose
+# precision is at least min_precision, or whose false-positive rate is at most max_fpr.
+THRESHOLD_POLICIES = {"min_precision": "0 < min_precision <= 1", "max_fpr": "0 <= max_fpr < 1"}
+
+
 @dataclass(frozen=True)
 class EvaluateParams:
-    threshold: float | Literal["auto"] | None = _rule(gt=0, lt=1)
+    threshold: float | Literal["auto"] | dict[Literal["min_precision", "max_fpr"], float] | None = (
+        _rule(gt=0, lt=1)
+    )
+
+    def __post_init__(self) -> None:
+        policy = self.threshold
+        if not isinstance(policy, dict):
+            return
+        if len(policy) != 1:
+            raise ParamsError(
+                f"evaluate.threshold: a policy sets one of min_precision, max_fpr; got {policy}"
+            )
+        ((name, bound),) = policy.items()
+        within = 0 <= bound < 1 if name == "max_fpr" else 0 < bound <= 1
+        if not (math.isfinite(bound) and within):
+            raise ParamsError(
+                f"evaluate.threshold: {name} must be {THRESHOLD_POLICIES[name]}, got {bound:g}"
+            )
 
 
 @dataclass(frozen=True)
@@ -216,6 +238,11 @@ class Params:
                 f"or mlflow.export without transformers (onnx holds any pooling)"
             )
         labels, threshold = self.data.labels, self.evaluate.threshold
+        if isinstance(threshold, dict) and self.data.positive_label is None:
+            raise ParamsError(
+                f"evaluate.threshold: the policy {threshold} applies to the positive class; "
+                f"set data.positive_label, or use null"
+            )
         if self.data.positive_label is not None and labels is not None:
             check_threshold(threshold, len(labels))
         if labels is not None:

@@ -97,13 +97,17 @@ def write_evaluation(
     baseline: dict,
     test_probs: np.ndarray,
     curves: dict[str, pd.DataFrame],
+    val_at_threshold: dict[str, float] | None = None,
 ) -> None:
     """metrics/eval.json, the test confusion and curve plot data, the misclassified test
-    messages (reports/misclassified_test.csv)."""
+    messages (reports/misclassified_test.csv). `val_at_threshold`: the validation precision,
+    recall and FPR an evaluate.threshold policy reached."""
+    policy = {} if val_at_threshold is None else {"val_at_threshold": val_at_threshold}
     contracts.write_evaluation(
         {
             "threshold": threshold,
             "best_val_threshold": best_val_threshold,
+            **policy,
             **reports,
             "baseline": {s: baseline[s] for s in reports},
         }

@@ -22,16 +22,19 @@ def main(params: Params) -> None:
         s: classifier.class_probabilities(model.to(device), split.inputs, device, precision).numpy()
         for s, split in splits.items()
     }
-    threshold, best = metrics.choose_threshold(
+    choice = metrics.choose_threshold(
         params.evaluate.threshold, classes, labels["val"], probs["val"]
     )
+    threshold, best = choice.threshold, choice.best_f1
     reports = {s: metrics.report(labels[s], probs[s], threshold, classes) for s in splits}
     baseline = contracts.read_baseline()
     scores = None if best is None else probs["test"][:, classes.positive_index]
     curves = metrics.curve_frames(labels["test"], scores, classes.positive_index)
-    results.write_evaluation(reports, classes, threshold, best, baseline, probs["test"], curves)
-
+    results.write_evaluation(
+        reports, classes, threshold, best, baseline, probs["test"], curves, choice.reached
+    )
     mlf, thresholds = params.mlflow, {"test/threshold": threshold, "val/best_threshold": best}
+    thresholds |= {f"val/threshold_{k}": v for k, v in (choice.reached or {}).items()}
     with tracking.Run.open(mlf.experiment, contracts.read_mlflow_run()) as run:
         results.log_evaluation(run, reports, classes, baseline, thresholds, curves)
         if mlf.log_model:

@@ -187,15 +187,55 @@ def test_selection_score_is_the_chosen_validation_figure() -> None:
 
 def test_choose_threshold_only_for_a_positive_class_of_two() -> None:
     labels, probs = np.array([0, 1, 1, 0]), two(np.array([0.2, 0.7, 0.4, 0.3]))
-    assert metrics.choose_threshold(0.5, SMS, labels, probs) == (0.5, 0.4)
-    assert metrics.choose_threshold("auto", SMS, labels, probs) == (0.4, 0.4)
-    assert metrics.choose_threshold(0.5, Classes(("ham", "spam")), labels, probs) == (None, None)
+    assert metrics.choose_threshold(0.5, SMS, labels, probs) == (0.5, 0.4, None)
+    assert metrics.choose_threshold("auto", SMS, labels, probs) == (0.4, 0.4, None)
+    none = (None, None, None)
+    assert metrics.choose_threshold(0.5, Classes(("ham", "spam")), labels, probs) == none
     with pytest.raises(ParamsError, match=r"evaluate\.threshold: a threshold applies to two"):
         metrics.choose_threshold(0.5, Classes(THREE.names, "outage"), labels, probs)
-    assert metrics.choose_threshold(None, Classes(THREE.names, "outage"), labels, probs) == (
-        None,
-        None,
-    )
+    assert metrics.choose_threshold(None, Classes(THREE.names, "outage"), labels, probs) == none
+
+
+# The hand-worked example's thresholds, from the highest score down, as (threshold, tp, fp):
+# (0.9, 1, 0) (0.85, 1, 1) (0.8, 2, 1) (0.6, 2, 2) (0.4, 3, 2) (0.3, 3, 3) ...
+@pytest.mark.parametrize(
+    ("policy", "threshold", "precision", "recall", "fpr"),
+    [
+        ({"min_precision": 0.6}, 0.4, 3 / 5, 1.0, 2 / 5),
+        ({"min_precision": 0.65}, 0.8, 2 / 3, 2 / 3, 1 / 5),
+        ({"min_precision": 1.0}, 0.9, 1.0, 1 / 3, 0.0),
+        ({"max_fpr": 0.2}, 0.8, 2 / 3, 2 / 3, 1 / 5),  # not 0.85: as many found, fewer fp
+        ({"max_fpr": 0.0}, 0.9, 1.0, 1 / 3, 0.0),
+        ({"max_fpr": 0.5}, 0.4, 3 / 5, 1.0, 2 / 5),
+    ],
+)
+def test_a_policy_picks_the_highest_recall_within_its_bound(
+    policy: dict, threshold: float, precision: float, recall: float, fpr: float
+) -> None:
+    choice = metrics.choose_threshold(policy, SMS, LABELS, two(PROBS))
+    assert choice.threshold == threshold and choice.best_f1 == 0.4
+    reached = {"precision": precision, "recall": recall, "fpr": fpr}
+    assert choice.reached == pytest.approx(reached)
+    rep = metrics.report(LABELS, two(PROBS), choice.threshold)  # labels at that threshold
+    assert (rep["spam"]["precision"], rep["spam"]["recall"]) == pytest.approx((precision, recall))
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ({"min_precision": 0.9}, "precision of at least 0.9 (the highest is 0.6667)"),
+        ({"max_fpr": 0.1}, "false-positive rate of at most 0.1 (the lowest is 0.2)"),
+    ],
+)
+def test_a_policy_no_threshold_meets_is_one_line(policy: dict, message: str) -> None:
+    probs = two(np.where(PROBS == 0.85, 0.95, PROBS))  # a ham message scores highest
+    with pytest.raises(ParamsError) as info:
+        metrics.choose_threshold(policy, SMS, LABELS, probs)
+    text = str(info.value)
+    assert text.startswith("evaluate.threshold: no threshold gives 'spam' a validation ")
+    assert message in text and "\n" not in text
+    with pytest.raises(ParamsError, match="no 'spam' message"):
+        metrics.choose_threshold(policy, SMS, np.zeros(8, dtype=int), probs)
 
 
 @pytest.mark.parametrize("decimals", [None, 2, 1])  # 1 decimal: many tied scores

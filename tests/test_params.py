@@ -117,6 +117,30 @@ BAD: list[tuple[str, dict | str, str]] = [
     ("select-metric-class", modified(train__select_metric="phish_f1"), "train.select_metric"),
     ("select-metric-loss", modified(train__select_metric="loss"), "train.select_metric"),
     ("min-delta-negative", modified(train__min_delta=-0.01), "train.min_delta"),
+    (
+        "policy-precision-0",
+        modified(evaluate__threshold={"min_precision": 0}),
+        "evaluate.threshold",
+    ),
+    (
+        "policy-precision-2",
+        modified(evaluate__threshold={"min_precision": 2}),
+        "evaluate.threshold",
+    ),
+    ("policy-fpr-1", modified(evaluate__threshold={"max_fpr": 1}), "evaluate.threshold"),
+    ("policy-fpr-negative", modified(evaluate__threshold={"max_fpr": -0.1}), "evaluate.threshold"),
+    ("policy-recall", modified(evaluate__threshold={"min_recall": 0.9}), "evaluate.threshold"),
+    ("policy-empty", modified(evaluate__threshold={}), "evaluate.threshold"),
+    (
+        "policy-two",
+        modified(evaluate__threshold={"min_precision": 0.9, "max_fpr": 0.1}),
+        "evaluate.threshold",
+    ),
+    (
+        "policy-no-positive",
+        modified(evaluate__threshold={"min_precision": 0.9}, data__positive_label=None),
+        "evaluate.threshold",
+    ),
     ("weights-zero", modified(train__class_weights={"ham": 1, "spam": 0}), "train.class_weights"),
     (
         "weights-negative",
@@ -230,6 +254,16 @@ def test_class_weights_mapping_and_select_metric_of_a_class() -> None:
     found = params.parse(modified(data__labels=None, train__class_weights={"x": 1})).train
     with pytest.raises(ParamsError, match=r"^train\.class_weights: 'x' is not a class"):
         params.check_train_classes(found, ("ham", "spam"))
+
+
+def test_threshold_policies_within_their_bounds() -> None:
+    for policy in (
+        {"min_precision": 0.99},
+        {"min_precision": 1},
+        {"max_fpr": 0},
+        {"max_fpr": 1e-3},
+    ):
+        assert params.parse(modified(evaluate__threshold=policy)).evaluate.threshold == policy
 
 
 def test_log_model_is_true_false_or_full() -> None:
