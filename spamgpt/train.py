@@ -1,9 +1,10 @@
 """The fine-tuning loop: AdamW, warm-up then linear decay, gradient clipping, a class-weighted
-loss, validation every epoch, the best epoch kept by validation spam F1, early stopping.
-Checkpoints (spamgpt.checkpoint) are written after every epoch and on SIGINT/SIGTERM, and a
-run resumes from one exactly; logging, progress and early stopping are hooks. With one process
-the host does not wait for the device every step: the losses stay on it and are read back
-READ_EVERY steps at a time (Trainer._read_losses).
+loss, gradients accumulated over train.accumulation_steps batches per update, an evaluation
+(validation) every epoch or every train.eval_every updates, the best one kept by
+train.select_metric, early stopping. Checkpoints (spamgpt.checkpoint) are written after every
+evaluation and on SIGINT/SIGTERM, and a run resumes from one exactly; logging, progress and
+early stopping are hooks. With one process the host does not wait for the device every step:
+the losses stay on it and are read back READ_EVERY steps at a time (Trainer._read_losses).
 
 Why this recipe: a head-only fine-tune with a weighted loss once predicted almost everything
 as spam after epoch 1, then collapsed to ham-only by epoch 3 and kept the last epoch. Keeping

@@ -1,6 +1,7 @@
-"""Every experiment recipe in the README runs: its `-S` overrides applied to params.yaml, then
-each stage's main() in order, as `dvc exp run` would run them, on a 3-block toy GPT-2 (so that
-0, 1, 2 blocks and all differ) served on 127.0.0.1, with gpt2-medium as a 4-block one.
+"""Every experiment recipe in the README and docs/training-control.md runs: its `-S` overrides
+applied to params.yaml, then each stage's main() in order, as `dvc exp run` would run them, on
+a 3-block toy GPT-2 (so that 0, 1, 2 blocks and all differ) served on 127.0.0.1, with
+gpt2-medium as a 4-block one.
 
 In one process, so that nine pipelines cost seconds: DVC's choice of which stages an override
 re-runs is tested in test_pipeline.py; here each recipe's outputs are checked."""
@@ -8,6 +9,7 @@ re-runs is tested in test_pipeline.py; here each recipe's outputs are checked.""
 import contextlib
 import itertools
 import json
+import math
 import re
 import runpy
 import shlex
@@ -44,8 +46,9 @@ CPU = torch.device("cpu")
 
 def readme_recipes() -> dict[str, list[str]]:
     """{name: ["key=value", ...]} of each `dvc exp run --temp -n NAME -S ...` line in the
-    README."""
-    text = (REPO / "README.md").read_text().replace("\\\n", " ")
+    README and docs/training-control.md."""
+    pages = (REPO / "README.md", REPO / "docs/training-control.md")
+    text = "\n".join(page.read_text() for page in pages).replace("\\\n", " ")
     recipes = {}
     for line in re.findall(r"^dvc exp run --temp -n .*$", text, flags=re.M):
         words = shlex.split(line, comments=True)
@@ -334,3 +337,48 @@ def test_reference_recipe_keeps_duplicates_and_splits_80_10_10(recipe_runs: dict
     assert split["duplicates_removed"] == 0 and total == split["raw_rows"]
     assert sizes["test"] == pytest.approx(0.1 * total, abs=2)
     assert sizes["val"] == pytest.approx(0.1 * total, abs=2)
+
+
+def test_cost_policy_recipe_takes_the_highest_recall_within_its_fpr(recipe_runs: dict) -> None:
+    """{max_fpr: 0.05}: the validation FPR and recall eval.json records are those of its
+    threshold, recomputed from the probabilities evaluate had; every lower threshold (more
+    recall) has too many false positives; MLflow has the same figures."""
+    folder = recipe_runs["cost-policy"]
+    evaluation = read_json(folder / "metrics/eval.json")
+    threshold, reached = evaluation["threshold"], evaluation["val_at_threshold"]
+    labels, both = probabilities(folder, "val")
+    assert metrics.report(labels, both, threshold) == evaluation["val"]
+    spam, ham = labels == 1, labels == 0
+
+    def fpr(t: float) -> float:
+        return float(np.sum((both[:, 1] >= t) & ham) / np.sum(ham))
+
+    assert reached["fpr"] == pytest.approx(fpr(threshold)) and reached["fpr"] <= 0.05
+    recall = np.sum((both[:, 1] >= threshold) & spam) / np.sum(spam)
+    assert reached["recall"] == pytest.approx(recall) == evaluation["val"]["spam"]["recall"]
+    assert reached["precision"] == pytest.approx(evaluation["val"]["spam"]["precision"])
+    assert all(fpr(t) > 0.05 for t in np.unique(both[:, 1]) if t < threshold)
+    logged = mlflow_run(folder).data.metrics
+    assert {k: logged[f"val/threshold_{k}"] for k in reached} == pytest.approx(reached)
+    assert logged["test/threshold"] == threshold
+
+
+def test_long_run_recipe_evaluates_every_5_updates_of_16_messages(recipe_runs: dict) -> None:
+    folder = recipe_runs["long-run"]
+    n_train = len(data.read_split(folder / "data/split/train.csv"))
+    per_epoch = math.ceil(n_train / (4 * 4))  # updates of batch_size x accumulation_steps
+    losses = pd.read_csv(folder / "metrics/train_loss.csv")
+    evaluations = pd.read_csv(folder / "metrics/val_epochs.csv")
+    steps, last = list(evaluations["step"]), len(losses)
+    assert steps == list(range(5, last + 1, 5)) + ([last] if last % 5 else [])
+    assert list(evaluations["epoch"]) == [math.ceil(step / per_epoch) for step in steps]
+    assert last == 2 * per_epoch or last == steps[-1] < 2 * per_epoch  # or stopped early
+    train = read_json(folder / "metrics/train.json")
+    best = evaluations.iloc[0]  # train.select_metric val_loss, by more than min_delta 0.001
+    for _, evaluation in evaluations.iterrows():
+        if evaluation["val_loss"] < best["val_loss"] - 0.001:
+            best = evaluation
+    assert (train["best_step"], train["best_epoch"]) == (best["step"], best["epoch"])
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    history = client.get_metric_history(mlflow_run(folder).info.run_id, "val/loss")
+    assert sorted(m.step for m in history) == steps  # at the optimizer step, as train/loss

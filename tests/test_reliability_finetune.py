@@ -11,6 +11,7 @@ import array
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import pty
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -458,3 +460,45 @@ def test_malicious_checkpoint_is_refused_unexecuted(story: dict) -> None:
     line = error_line(result.stderr)
     assert line.startswith(f"error: {CHECKPOINT}: refused: it holds pickled objects")
     assert not marker.exists()
+
+
+def finetune_outputs(project: Path) -> dict[str, object]:
+    """What finetune writes that a resumed run must reproduce exactly."""
+    found = outputs(project)
+    return {name: found[name] for name in found if name.startswith(("models/", "metrics/t"))} | {
+        "metrics/val_epochs.csv": found["metrics/val_epochs.csv"]
+    }
+
+
+@pytest.fixture(scope="module")
+def eval_every_story(story: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """train.eval_every: 20 in a copy of the story's project (its trunk cache; a new MLflow
+    store): finetune uninterrupted, then again killed with -9 in epoch 2, so that it resumes
+    from the checkpoint of a mid-epoch evaluation, then resumed."""
+    project = tmp_path_factory.mktemp("eval-every") / "project"
+    ignore = shutil.ignore_patterns("mlflow.db*", "mlartifacts", "checkpoints")
+    shutil.copytree(story["project"], project, ignore=ignore)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"].update(epochs=2, eval_every=20)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([sys.executable, "stages/finetune.py"], project)
+    seen = {"reference": finetune_outputs(project)}
+    proc = paused_in_epoch(project, 2, lambda: shutil.rmtree(project / CHECKPOINT.parent))
+    proc.signal(signal.SIGKILL)
+    proc.finish()
+    seen["killed"] = checkpoint_state(project)
+    run([sys.executable, "stages/finetune.py"], project)
+    seen["resumed"] = finetune_outputs(project)
+    return seen
+
+
+def test_kill_9_mid_epoch_with_eval_every_resumes_exactly(eval_every_story: dict) -> None:
+    killed = eval_every_story["killed"]
+    assert not killed["exported"] and not killed["finished"]
+    assert killed["step"] % 20 == 0 and killed["batch"] > 0  # a mid-epoch evaluation's
+    assert [entry["step"] for entry in killed["history"]] == list(range(20, killed["step"] + 1, 20))
+    reference, resumed = eval_every_story["reference"], eval_every_story["resumed"]
+    assert resumed == reference
+    steps = list(pd.read_csv(io.BytesIO(reference["metrics/val_epochs.csv"]))["step"])
+    last = len(pd.read_csv(io.BytesIO(reference["metrics/train_loss.csv"])))  # a row a step
+    assert steps == sorted({*range(20, last + 1, 20), last})  # and once after the last step
