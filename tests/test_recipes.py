@@ -340,7 +340,7 @@ def test_reference_recipe_keeps_duplicates_and_splits_80_10_10(recipe_runs: dict
 
 
 def test_cost_policy_recipe_takes_the_highest_recall_within_its_fpr(recipe_runs: dict) -> None:
-    """{max_fpr: 0.05}: the validation FPR and recall eval.json records are those of its
+    """{max_fpr: 0.5}: the validation FPR and recall eval.json records are those of its
     threshold, recomputed from the probabilities evaluate had; every lower threshold (more
     recall) has too many false positives; MLflow has the same figures."""
     folder = recipe_runs["cost-policy"]
@@ -353,11 +353,15 @@ def test_cost_policy_recipe_takes_the_highest_recall_within_its_fpr(recipe_runs:
     def fpr(t: float) -> float:
         return float(np.sum((both[:, 1] >= t) & ham) / np.sum(ham))
 
-    assert reached["fpr"] == pytest.approx(fpr(threshold)) and reached["fpr"] <= 0.05
-    recall = np.sum((both[:, 1] >= threshold) & spam) / np.sum(spam)
-    assert reached["recall"] == pytest.approx(recall) == evaluation["val"]["spam"]["recall"]
+    def recall(t: float) -> float:
+        return float(np.sum((both[:, 1] >= t) & spam) / np.sum(spam))
+
+    assert reached["fpr"] == pytest.approx(fpr(threshold)) and reached["fpr"] <= 0.5
+    assert reached["recall"] == pytest.approx(recall(threshold))
+    assert reached["recall"] == pytest.approx(evaluation["val"]["spam"]["recall"])
     assert reached["precision"] == pytest.approx(evaluation["val"]["spam"]["precision"])
-    assert all(fpr(t) > 0.05 for t in np.unique(both[:, 1]) if t < threshold)
+    lower = [t for t in np.unique(both[:, 1]) if t < threshold]  # more recall, or more fp only
+    assert all(fpr(t) > 0.5 or recall(t) == reached["recall"] for t in lower)
     logged = mlflow_run(folder).data.metrics
     assert {k: logged[f"val/threshold_{k}"] for k in reached} == pytest.approx(reached)
     assert logged["test/threshold"] == threshold
