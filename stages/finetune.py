@@ -1,5 +1,5 @@
 """finetune: train the last blocks + final norm + a class head on the cached trunk, keep the
-best epoch by validation F1, checkpoint every epoch, record the run in MLflow."""
+best evaluation by train.select_metric, checkpoint at each, record the run in MLflow."""
 
 from spamgpt import stage  # first: its garbage collector setting covers the imports below
 
