@@ -26,7 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from spamgpt import classifier, contracts, runtime
 from spamgpt.params import load as load_params
-from spamgpt.train import Split, Trainer, epoch_order
+from spamgpt.train import Split, Trainer, epoch_order, update_size
 
 
 def synchronize(device: torch.device) -> None:
@@ -54,7 +54,7 @@ def main() -> None:
     classes = contracts.read_classes()
     model, trained = classifier.for_training(m, params.lora, classes, device, t.seed)
     trainer = Trainer(model, trained, train, val, classes, t, device, precision)
-    order = epoch_order(train.inputs.sequences.lengths, t.batch_size, t.seed, 0)
+    order = epoch_order(train.inputs.sequences.lengths, update_size(t), t.seed, 0)
     batches = iter(order * (1 + (args.warmup + 2 * args.steps) // len(order)))
     model.train()
 
