@@ -441,7 +441,7 @@ class Trainer:
         would make the host wait for the device)."""
         total = batch_weight(self.train_split.labels[indices], self.class_weights)
         batches = indices.split(self.params.batch_size)
-        local = torch.zeros((), device=self.device)
+        local = None  # this process's loss sum over the batches (one: no extra kernel)
         for i, batch in enumerate(batches):
             # DDP all-reduces the gradients on the update's last batch only; the others add
             # theirs locally (no_sync).
@@ -454,7 +454,7 @@ class Trainer:
                 # DDP averages gradients over processes; scaling by their number makes the
                 # result the gradient of the global mean.
                 self.scaler.scale(loss * distributed.world_size() / total).backward()
-            local = local + loss.detach()
+            local = loss.detach() if local is None else local + loss.detach()
         loss_sum, signalled = global_loss_sum(local, self.pending.signal is not None)
         if signalled and self.pending.signal is None:
             self.pending.signal = interrupts.SIGNALS[1]  # another process was: stop with it
