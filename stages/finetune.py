@@ -20,9 +20,9 @@ from spamgpt.train import LogMetrics, ProgressBar, Split, Trainer
 
 def main(params: Params) -> None:
     m, t = params.model, params.train
+    device, precision = runtime.setup(t.device, t.precision, t.devices)  # before any input
     classes = contracts.read_classes()
     check_train_classes(t, classes.names)  # the classes found in the data, when not listed
-    device, precision = runtime.setup(t.device, t.precision, t.devices)
     distributed.relaunch(t.devices)  # train.devices > 1: this script again, under torchrun
     device = distributed.setup(device)
     if distributed.is_main():
