@@ -86,10 +86,8 @@ def resolve_base(base: BaseWeights) -> Path:
     weights (classifier.load's pretrained_root): the workspace's models/pretrained when its
     model.safetensors has the hash, else the cache, downloading into it from the hub.
     Raises SpamGPTError, one line, when neither gives them."""
-    from spamgpt.tracking import repo_root
-
     seen, tried = set(), []
-    for root in (Path.cwd(), repo_root()):
+    for root in (Path.cwd(), paths.repo_root()):
         candidate = (root / paths.PRETRAINED_DIR).resolve()
         weights = candidate / base.repo_id / classifier.WEIGHTS
         if candidate in seen or not weights.is_file():

@@ -24,12 +24,13 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from spamgpt import classifier, distributed, interrupts, metrics, paths, runtime, tokenized, trunk
-from spamgpt.batching import ModelInputs, bucketed_order
+from spamgpt import classifier, distributed, interrupts, metrics, runtime
+from spamgpt.batching import bucketed_order
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
 from spamgpt.model import GPT2Classifier
 from spamgpt.params import TrainParams
+from spamgpt.trunk import Split
 
 # Steps between reads of the training loss back from the device: each read waits for the device
 # to finish its queued work, so one per step stalls a GPU (the CPU waits, then the GPU waits
@@ -44,21 +45,6 @@ class Interrupted(SpamGPTError):
 
     def __init__(self, signal_name: str, step: int) -> None:
         super().__init__(f"{signal_name} at step {step}: checkpoint saved; re-run to resume")
-
-
-@dataclass
-class Split:
-    inputs: ModelInputs
-    labels: torch.Tensor  # (N,) class indices
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @classmethod
-    def read(cls, split: str, frozen_blocks: int | None) -> "Split":
-        """A split as the loaders and trunk stages wrote it."""
-        labels = tokenized.load(paths.tokens_file(split)).labels
-        return cls(trunk.inputs(split, frozen_blocks), labels)
 
 
 @dataclass

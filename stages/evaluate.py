@@ -6,7 +6,7 @@ from spamgpt import stage  # first: its garbage collector setting covers the imp
 # isort: split
 from spamgpt import classifier, contracts, metrics, paths, results, runtime, tracking
 from spamgpt.params import Params
-from spamgpt.train import Split
+from spamgpt.trunk import Split
 
 
 def main(params: Params) -> None:

@@ -23,7 +23,6 @@ from spamgpt.train import (
     Hook,
     LogMetrics,
     ProgressBar,
-    Split,
     State,
     Trainer,
     class_weights,
@@ -31,6 +30,7 @@ from spamgpt.train import (
     improves,
     lr_factor,
 )
+from spamgpt.trunk import Split
 
 CPU = torch.device("cpu")
 PARAMS = TrainParams(
