@@ -41,7 +41,7 @@ def main(params: Params) -> None:
             from spamgpt import serving  # mlflow.pyfunc: only where a model is logged
 
             base = serving.BaseWeights(**contracts.read_base_weights())
-            full = mlf.log_model == "full"  # MLflow runs the input example on `loaded`
+            full = mlf.log_model == "full"  # its every tensor comes from `loaded`
             serving.log_model(
                 run.run_id, paths.FINETUNED_DIR, threshold, mlf.registered_model,
                 base=base, full=full, loaded=(model, meta),

@@ -5,20 +5,25 @@ The light model (the default: trained tensors + the base weights' identity) is s
 its workspace, which holds the base, and from a machine without it that reaches the hub; the
 full one (registered) from a directory with neither workspace nor hub."""
 
+import ast
 import json
+import re
 import shutil
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 import torch
-from conftest import free_port, http_service, post, restored_tracking_uri, run, subprocess_env
+from conftest import REPO, free_port, http_service, post, restored_tracking_uri, run, subprocess_env
 from fileserver import serve
 from mlflow.tracking import MlflowClient
+from test_dvc_yaml import closure
 
 from spamgpt import classifier, serving, tokenizer
 from spamgpt.download import sha256_file
@@ -187,23 +192,31 @@ def test_model_is_logged_as_code_not_pickled(logged: Logged, which: str) -> None
     assert model_files(model_id, "code") == {"spamgpt"}
 
 
-def test_log_model_loads_no_second_copy_of_a_model_it_is_handed(
-    logged: Logged, monkeypatch
-) -> None:
-    """evaluate has the model in memory: MLflow's run of the input example uses it, so
-    logging reads no weights (no load, no hash of the base)."""
-    loaded = classifier.load(logged.finetuned, logged.pretrained)
-    calls = []
-    load, sha = classifier.load, serving.sha256_file
-    monkeypatch.setattr(classifier, "load", lambda *a, **k: calls.append("load") or load(*a, **k))
-    monkeypatch.setattr(serving, "sha256_file", lambda p: calls.append("hash") or sha(p))
-    client = MlflowClient()
-    run_id = client.create_run(client.get_run(logged.run_id).info.experiment_id).info.run_id
-    serving.log_model(run_id, logged.finetuned, THRESHOLD, base=logged.base, loaded=loaded)
-    assert calls == []
-    serving.log_model(run_id, logged.finetuned, THRESHOLD, base=logged.base)
-    assert calls == ["hash", "load"]  # not handed: MLflow's check loads it
-    assert serving._HANDED == {}
+def distribution(requirement: str) -> str:
+    """The normalised distribution name a requirement ("pyyaml<7,>=5.1") names."""
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_the_pinned_requirements_are_what_the_served_model_imports() -> None:
+    """Every package the model's code (mlflow_model.py and each project file it imports)
+    imports, less MLflow and what MLflow requires itself: exactly serving.REQUIREMENTS."""
+    owners = metadata.packages_distributions()
+    imported = set()
+    for file in closure("spamgpt/mlflow_model.py"):
+        for node in ast.walk(ast.parse((REPO / file).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [node.module]
+            else:
+                continue
+            for top in {m.split(".")[0] for m in modules} - {"spamgpt"}:
+                if top not in sys.stdlib_module_names:
+                    imported |= {distribution(d) for d in owners[top]}
+    mlflow_own = {"mlflow", "mlflow-skinny", "mlflow-tracing"}
+    mlflow_own |= {distribution(r) for r in metadata.requires("mlflow-skinny") if "extra" not in r}
+    assert imported - mlflow_own == set(serving.REQUIREMENTS)
+    assert "scikit-learn" not in serving.REQUIREMENTS
 
 
 def test_log_model_leaves_a_running_run_running(logged: Logged) -> None:
