@@ -142,8 +142,6 @@ class SpamClassifierModel(PythonModel):
         model_input: list[str],
         params: dict[str, Any] | None = None,
     ) -> list[Prediction]:
-        if not model_input:  # classify_texts needs at least one message
-            return []
         probs, _ = classifier.classify_texts(
             self.model, self.enc, model_input, self.max_length, self.device, self.precision
         )
