@@ -21,6 +21,7 @@ SpamClassifierModel): nothing is pickled. The spamgpt package goes with it.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -80,6 +81,19 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "spamgpt")
 
 
+@functools.lru_cache(maxsize=16)
+def _sha256_of_version(path: Path, inode: int, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def _sha256_of(path: Path) -> str:
+    """sha256_file, once per version of a file in this process (its inode, size and mtime, as
+    DVC's state database keys its hashes): logging a light model loads it twice (MLflow's run
+    of the input example, its serving check), each time checking the same base weights."""
+    stat = path.stat()
+    return _sha256_of_version(path, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
 def resolve_base(base: BaseWeights) -> Path:
     """A folder that holds <repo_id>/{config.json, model.safetensors} of exactly these
     weights (classifier.load's pretrained_root): the workspace's models/pretrained when its
@@ -92,7 +106,7 @@ def resolve_base(base: BaseWeights) -> Path:
         if candidate in seen or not weights.is_file():
             continue
         seen.add(candidate)
-        if sha256_file(weights) == base.sha256:
+        if _sha256_of(weights) == base.sha256:
             return candidate
         tried.append(f"{weights} holds other weights")
     cached = cache_root() / base.revision

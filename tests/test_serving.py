@@ -7,6 +7,7 @@ full one (registered) from a directory with neither workspace nor hub."""
 
 import ast
 import json
+import os
 import re
 import shutil
 import sys
@@ -99,7 +100,10 @@ def logged(tmp_path_factory: pytest.TempPathFactory):
         client.set_terminated(run_id)
         client.set_terminated(full_run_id)
         model_uri = serving.log_model(run_id, finetuned, THRESHOLD, base=base)
-        full_uri = serving.log_model(full_run_id, finetuned, THRESHOLD, REGISTERED, pretrained)
+        # str paths, as a user's script may give them
+        full_uri = serving.log_model(
+            full_run_id, str(finetuned), THRESHOLD, REGISTERED, str(pretrained)
+        )
         env = {**subprocess_env(), "MLFLOW_TRACKING_URI": uri, serving.CACHE_ENV: str(cache)}
         yield Logged(project, finetuned, pretrained, run_id, model_uri, full_uri, base, env)
 
@@ -300,6 +304,32 @@ def test_light_model_refuses_other_base_weights_in_one_line(
     assert "\n" not in message
     assert f"{other / 'model.safetensors'} holds other weights" in message
     assert NO_HUB in message and "mlflow.log_model: full" in message
+
+
+def test_base_weights_changed_in_place_are_checked_again(
+    logged: Logged, tmp_path: Path, monkeypatch
+) -> None:
+    """resolve_base hashes a file once per version: the same bytes again are not re-read,
+    but bytes rewritten in place (same inode, same size, a later mtime) are."""
+    workspace = tmp_path / "models/pretrained"
+    shutil.copytree(logged.pretrained, workspace)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(serving.CACHE_ENV, str(tmp_path / "cache"))
+    assert serving.resolve_base(logged.base) == workspace
+    hashed = []
+    monkeypatch.setattr(serving, "sha256_file", lambda p: hashed.append(p) or sha256_file(p))
+    assert serving.resolve_base(logged.base) == workspace and hashed == []
+    weights = workspace / REPO_ID / "model.safetensors"
+    before = weights.stat()
+    with weights.open("r+b") as f:
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    with pytest.raises(SpamGPTError, match="holds other weights"):
+        serving.resolve_base(logged.base)
+    assert hashed == [weights]
 
 
 def test_light_model_downloads_its_base_from_the_hub(
