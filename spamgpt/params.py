@@ -8,6 +8,7 @@ names the key and what is allowed; stages turn it into exit code 2 before touchi
 
 import dataclasses
 import math
+import os
 import re
 import types
 from dataclasses import dataclass, field
@@ -377,7 +378,7 @@ def parse(raw: Any) -> Params:
     return _build(Params, "", raw)
 
 
-def load(path: str | Path = PARAMS_FILE) -> Params:
+def load(path: str | os.PathLike = PARAMS_FILE) -> Params:
     """Read and validate params.yaml; raise ParamsError with a one-line message."""
     path = Path(path)
     try:

@@ -221,7 +221,7 @@ class Run:
             chunk, self._pending = self._pending[:BATCH_LIMIT], self._pending[BATCH_LIMIT:]
             _retry(lambda c=chunk: self.client.log_batch(self.run_id, metrics=c))
 
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         _retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
