@@ -6,10 +6,9 @@ evaluation and on SIGINT/SIGTERM, and a run resumes from one exactly; logging, p
 early stopping are hooks. With one process the host does not wait for the device every step:
 the losses stay on it and are read back READ_EVERY steps at a time (Trainer._read_losses).
 
-Why this recipe: a head-only fine-tune with a weighted loss once predicted almost everything
-as spam after epoch 1, then collapsed to ham-only by epoch 3 and kept the last epoch. Keeping
-the best epoch and logging per-class metrics every epoch makes such a collapse harmless and
-visible.
+Why the best epoch and not the last: with a class-weighted loss and few trained parameters,
+the predictions can swing from one class to the other between epochs. The epoch kept is the
+one with the best validation F1, and the per-class metrics logged every epoch show a swing.
 """
 
 import contextlib
@@ -152,8 +151,8 @@ def configure_optimizer(
     trained: dict[str, torch.nn.Parameter], params: TrainParams, device: torch.device
 ) -> torch.optim.AdamW:
     """AdamW over the trained parameters; no weight decay on biases and LayerNorm gains
-    (decaying them only hurts). Fused: one pass over each tensor instead of a dozen; the
-    optimizer took 38% of a training step on a 2-core CPU (see the README's speed)."""
+    (decaying them only hurts). Fused: one pass over each tensor instead of one per operation
+    of the update, which matters when only a few blocks train and the step is mostly update."""
     decay = [p for p in trained.values() if p.dim() >= 2]
     no_decay = [p for p in trained.values() if p.dim() < 2]
     groups = [

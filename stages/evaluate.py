@@ -1,10 +1,7 @@
 """evaluate: the best fine-tuned model on validation and test: metrics, confusion matrices,
 curves and misclassified messages, into DVC metrics/plots and the finetune MLflow run."""
 
-from spamgpt import stage  # first: its garbage collector setting covers the imports below
-
-# isort: split
-from spamgpt import classifier, contracts, metrics, paths, results, runtime, tracking
+from spamgpt import classifier, contracts, metrics, paths, results, runtime, stage, tracking
 from spamgpt.params import Params
 from spamgpt.trunk import Split
 

@@ -1,9 +1,6 @@
 """finetune: train the last blocks + final norm + a class head on the cached trunk, keep the
 best evaluation by train.select_metric, checkpoint at each, record the run in MLflow."""
 
-from spamgpt import stage  # first: its garbage collector setting covers the imports below
-
-# isort: split
 from spamgpt import (
     checkpoint,
     classifier,
@@ -12,6 +9,7 @@ from spamgpt import (
     paths,
     results,
     runtime,
+    stage,
     tracking,
 )
 from spamgpt.params import Params, check_train_classes
