@@ -1,15 +1,17 @@
 """LoRA adapters: start as the identity, train only adapters + head, merge exactly."""
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 
 from spamgpt import lora
 from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.params import LoraTarget
 from spamgpt.random_hub import make_hub
 
-TARGETS = ["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+TARGETS = list(get_args(LoraTarget))  # every projection LoRA can adapt
 
 
 @pytest.fixture
