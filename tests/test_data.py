@@ -401,6 +401,7 @@ BAD_ROWS = {
     "csv": [
         (b'7,"quoted" then more,a\n', "unparseable", "does not parse as CSV"),
         (b"7,only two\n", "wrong_fields", "2 fields where the header has 3"),
+        (b"7,one too,a,many\n", "wrong_fields", "4 fields where the header has 3"),
         (b"7,,a\n", "empty_text", "empty text"),
         (b"7,some text,\n", "missing_label", "label is missing"),
         (b"7,some text,zebra\n", "unknown_label", "unknown label 'zebra'"),
