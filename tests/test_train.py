@@ -491,12 +491,12 @@ def test_gradients_are_clipped_to_train_grad_clip_before_the_step() -> None:
     assert norms[1e3] == pytest.approx(norms[None], rel=1e-6)
 
 
-def test_the_best_epoch_is_the_best_val_f1_then_the_lowest_val_loss() -> None:
+def test_the_best_evaluation_is_the_best_val_f1_then_the_lowest_val_loss() -> None:
     """Four validations of a model that gives every message the same spam probability p
     (zero head weights, a bias): p = 0.51 labels all spam (some F1); 0.3 all ham (F1 0, but
     nearer the spam share, so a lower loss); 0.55 all spam again (the same F1, a higher loss);
     0.505 all spam (the same F1, the lowest loss of the three); 0.505 again (a tie: the
-    earlier epoch stays). F1 decides, the loss breaks its ties: the 4th epoch is the best,
+    earlier epoch stays). F1 decides, the loss breaks its ties: the 4th evaluation is the best,
     not the 2nd (lowest loss), the 1st (first) nor the 5th (as good, later)."""
     trainer = new_trainer(dataclasses.replace(PARAMS, class_weights="none"))
     share = trainer.val_split.labels.float().mean().item()
@@ -507,11 +507,11 @@ def test_the_best_epoch_is_the_best_val_f1_then_the_lowest_val_loss() -> None:
         with torch.no_grad():
             head.weight.zero_()
             head.bias.copy_(torch.tensor([0.0, math.log(p / (1 - p))]))
-        trainer._end_epoch()
+        trainer._evaluate()
         losses.append(trainer.state.history[-1]["val/loss"])
     f1s = [h["val/spam_f1"] for h in trainer.state.history]
     assert f1s[0] == f1s[2] == f1s[3] == f1s[4] > f1s[1] == 0.0
     assert losses[1] < losses[3] == losses[4] < losses[0] < losses[2]
-    assert trainer.state.best_epoch == 4
+    assert trainer.state.best_evaluation == 4
     best = trainer.state.best_weights["head.bias"]
     torch.testing.assert_close(best, torch.tensor([0.0, math.log(0.505 / 0.495)]))
