@@ -299,7 +299,7 @@ def test_the_positive_class_first_gives_the_same_metrics_thresholds_and_curves()
     for key in ("accuracy", "macro_f1", "roc_auc", "pr_auc", "spam", "ham"):
         assert ours[key] == pytest.approx(reference[key]), key
     assert ours["confusion_matrix"] == [[2, 1], [2, 3]]  # rows spam, ham: tp fn / fp tn
-    assert metrics.selection_score(ours, spam_first) == reference["spam"]["f1"]
+    assert metrics.selection_score(ours, 0.0, spam_first) == reference["spam"]["f1"]
     for setting in (0.5, "auto"):
         assert metrics.choose_threshold(setting, spam_first, labels, probs) == pytest.approx(
             metrics.choose_threshold(setting, SMS, LABELS, two(PROBS))
