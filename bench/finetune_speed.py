@@ -36,7 +36,8 @@ from spamgpt.checkpoint import CheckpointSaver
 from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.params import load as load_params
 from spamgpt.random_hub import make_hub
-from spamgpt.train import Hook, Split, State, Trainer
+from spamgpt.train import Hook, State, Trainer
+from spamgpt.trunk import Split
 
 TINY = GPTConfig(n_layer=2, n_head=4, n_embd=32, n_ctx=64)
 

@@ -26,7 +26,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from spamgpt import classifier, contracts, runtime
 from spamgpt.params import load as load_params
-from spamgpt.train import Split, Trainer, epoch_order, update_size
+from spamgpt.train import Trainer, epoch_order, update_size
+from spamgpt.trunk import Split
 
 
 def synchronize(device: torch.device) -> None:

@@ -1,5 +1,5 @@
 """Start-up of the stage scripts: the seconds their imports take in a fresh interpreter, with
-the garbage collector as spamgpt.stage sets it and with CPython's default, interleaved.
+the garbage collector as spamgpt sets it in a DVC stage and with CPython's default, interleaved.
 
     python bench/stage_imports.py [--rounds 5] [--stages finetune evaluate] [--tiny]
 
@@ -10,6 +10,7 @@ their ratio. --tiny: one round of the split stage, that the script runs.
 """
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -20,26 +21,27 @@ LATER = {  # what a stage imports inside its functions, in the order it does
     "finetune": ["mlflow.store.tracking.sqlalchemy_store", "torch._dynamo"],
     "evaluate": ["mlflow.store.tracking.sqlalchemy_store", "matplotlib.figure", "mlflow.pyfunc"],
 }
-# argv: script, "stage" or "default", then the later imports. spamgpt.stage is imported first
-# either way; "default" then puts CPython's thresholds back before the script's imports.
+# argv: script, then the later imports. DVC_STAGE set (as DVC sets it) or not chooses the setting.
 RUN = """
-import gc, importlib, runpy, sys, time
+import importlib, runpy, sys, time
 started = time.perf_counter()
-from spamgpt import stage
-if sys.argv[2] == "default":
-    gc.set_threshold(700, 10, 10)
 runpy.run_path(sys.argv[1], run_name="imported")
-for name in sys.argv[3:]:
+for name in sys.argv[2:]:
     importlib.import_module(name)
 print(time.perf_counter() - started)
 """
 
 
+def environment(stage: str, setting: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DVC_STAGE"}
+    return {**env, "DVC_STAGE": stage} if setting == "stage" else env
+
+
 def seconds(stage: str, setting: str) -> float:
     script = ROOT / "stages" / f"{stage}.py"
     out = subprocess.run(
-        [sys.executable, "-c", RUN, str(script), setting, *LATER.get(stage, [])],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        [sys.executable, "-c", RUN, str(script), *LATER.get(stage, [])],
+        cwd=ROOT, capture_output=True, text=True, check=True, env=environment(stage, setting),
     )  # fmt: skip
     return float(out.stdout)
 
@@ -60,7 +62,7 @@ def main() -> None:
     for stage in args.stages:
         ours, default = (statistics.median(times[stage, s]) for s in ("stage", "default"))
         print(
-            f"{stage}: {ours:.2f} s with spamgpt.stage's collector, {default:.2f} s with "
+            f"{stage}: {ours:.2f} s with spamgpt's collector setting, {default:.2f} s with "
             f"CPython's default ({ours / default:.2f}x, median of {args.rounds})"
         )
 

@@ -4,9 +4,8 @@ Sequences are stored packed: one flat tensor of all their rows (token ids, or hi
 a frozen trunk) plus each sequence's length. A batch gathers a few sequences and right-pads
 them to the batch's own longest one (not the dataset's), so a batch of short SMS costs little,
 rounded up to one of a few widths (padded_width) so that batches come in a few shapes: bf16
-autocast on a CPU caches a oneDNN kernel per input shape, and one shape per distinct message
-length grew a validation pass by 140 MB and 1200 training steps by 210 MB (README, "Large
-datasets").
+autocast on a CPU caches a oneDNN kernel per input shape, so one shape per distinct message
+length would make that cache grow with the data.
 Right padding is safe with causal attention: a real token only attends to tokens on its left,
 all real, so the padding value never reaches a real position; the lengths let the classifier
 find the last real token.

@@ -28,7 +28,7 @@ from spamgpt.batching import ModelInputs, inference_tokens, sorted_order
 from spamgpt.contracts import Tokenization
 from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.labels import Classes
-from spamgpt.model import GPT2, GPT2Classifier, GPTConfig, weights_to_be_loaded
+from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.params import LoraParams, ModelParams
 
 CLASSIFIER_JSON = "classifier.json"
@@ -160,20 +160,26 @@ def load(
     except (json.JSONDecodeError, SafetensorError) as e:
         raise SpamGPTError(f"{folder}: corrupt model files ({e})") from None
     config = GPTConfig(**meta["config"])
-    with weights_to_be_loaded():  # every tensor comes from a file: none is drawn first
-        if meta["full"]:
+    # Every tensor comes from a file: what is not the base's is built on the meta device
+    # (nothing allocated or drawn) and takes the file's tensor as its own.
+    if meta["full"]:
+        with torch.device("meta"):
             gpt = GPT2(config)
-        else:
-            gpt = GPT2.from_pretrained(pretrained_root / meta["repo_id"], dropout=config.dropout)
-            if gpt.config != config:
-                base = pretrained_root / meta["repo_id"]
-                raise SpamGPTError(f"{base}: config differs from {folder}")
+    else:
+        base = pretrained_root / meta["repo_id"]
+        gpt = GPT2.from_pretrained(base, dropout=config.dropout, draw_initial_weights=False)
+        if gpt.config != config:
+            raise SpamGPTError(f"{base}: config differs from {folder}")
+    with torch.device("meta"):
         model = GPT2Classifier(gpt, num_classes=len(meta["labels"]), pooling=meta["pooling"])
     expected = set(model.state_dict()) if meta["full"] else set(meta["trained"])
     if set(tensors) != expected:
         missing = sorted(expected - set(tensors)) or sorted(set(tensors) - expected)
         raise SpamGPTError(f"{folder / WEIGHTS}: tensor {missing[0]} is missing or unexpected")
-    model.load_state_dict(tensors, strict=False)
+    model.load_state_dict(tensors, strict=False, assign=True)
+    unloaded = [name for name, t in model.state_dict().items() if t.is_meta]
+    if unloaded:
+        raise SpamGPTError(f"{folder / CLASSIFIER_JSON}: tensor {unloaded[0]} is not stored")
     return model.eval(), meta
 
 
@@ -238,14 +244,11 @@ def class_probabilities(
     """Float32 class probabilities (N, classes) of N messages, in their order. Batches are
     sorted by length and hold up to `max_tokens` padded tokens (None: what suits the
     device), in a few widths (batching.padded_width): little padding, few shapes."""
-    out = None
+    out = torch.empty(len(inputs), model.head.out_features)
     max_tokens = max_tokens or inference_tokens(device)
     for indices in sorted_order(inputs.sequences.lengths, max_tokens):
         with runtime.autocast(device, precision):
-            batch = logits(model, inputs, indices, device).float().cpu()
-        if out is None:
-            out = torch.empty(len(inputs), batch.shape[1])
-        out[indices] = batch
+            out[indices] = logits(model, inputs, indices, device).float().cpu()
     return torch.softmax(out, dim=-1)
 
 

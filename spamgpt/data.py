@@ -77,13 +77,6 @@ def read_messages(
     return ParsedMessages(pd.DataFrame(rows, columns=["line", "label", "text"]), skipped)
 
 
-def parse_messages(
-    path: str | os.PathLike, bad_lines: str = "error", labels: tuple[str, ...] | None = SMS.names
-) -> ParsedMessages:
-    """The SMS Spam Collection's format: `label<TAB>text` lines."""
-    return read_messages(path, Format(), labels, bad_lines)
-
-
 def _checked(label: object, text: object, labels: tuple[str, ...] | None) -> tuple[str, str]:
     """(label, text) of a row as the classifier takes it, or _BadLine."""
     if isinstance(label, bool) or not isinstance(label, (str, int)) or label == "":

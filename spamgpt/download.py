@@ -47,7 +47,7 @@ class _UrlFailed(Exception):
     """This URL will not give the file: move on to the next one."""
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file, read in chunks so that large files need little memory."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -58,7 +58,7 @@ def sha256_file(path: Path) -> str:
 
 def fetch(
     urls: Sequence[str],
-    dest: Path,
+    dest: str | os.PathLike,
     *,
     sha256: str | None = None,
     member: str | None = None,

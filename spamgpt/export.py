@@ -162,11 +162,12 @@ def transformers_config(model: GPT2Classifier, meta: dict) -> dict:
     }
 
 
-def tokenizer_files(meta: dict, tokenizer_dir: Path) -> dict[str, dict]:
+def tokenizer_files(meta: dict, tokenizer_dir: str | os.PathLike) -> dict[str, dict]:
     """tokenizer.json (for the `tokenizers` library and the servers built on it),
     tokenizer_config.json and special_tokens_map.json of GPT-2's byte-level BPE in
     `tokenizer_dir`: <|endoftext|> pads, and a message is cut on the right to the model's
     max_length, as spamgpt cuts it."""
+    tokenizer_dir = Path(tokenizer_dir)
     vocab = json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8"))
     lines = (tokenizer_dir / "merges.txt").read_text(encoding="utf-8").splitlines()[1:]
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}

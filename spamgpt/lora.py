@@ -13,8 +13,6 @@ from torch import Tensor, nn
 
 from spamgpt.model import GPT2Classifier
 
-TARGETS = ("c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # projections within a block
-
 
 class LoRALinear(nn.Module):
     def __init__(self, linear: nn.Linear, rank: int, alpha: float) -> None:

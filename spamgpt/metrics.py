@@ -1,8 +1,8 @@
 """Classification metrics and their figures, shared by validation, test and the baseline.
 
 The metrics are numpy, with scikit-learn's definitions (tests/test_metrics.py checks them
-against it): a stage that only validates imports neither scikit-learn nor SciPy, 0.7 s of
-start-up on a 2-core CPU. matplotlib is imported by the figures alone."""
+against it): a stage that only validates need not import scikit-learn and SciPy, a large part
+of its start-up. matplotlib is imported by the figures alone, for the same reason."""
 
 from typing import TYPE_CHECKING, NamedTuple
 

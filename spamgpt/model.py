@@ -11,7 +11,6 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,22 +180,6 @@ class Block(nn.Module):
         return y + self.mlp(self.ln_2(y))
 
 
-@contextlib.contextmanager
-def weights_to_be_loaded() -> Iterator[None]:
-    """Modules built inside leave their weights as allocated, undrawn (nn.Linear's and
-    nn.Embedding's reset_parameters do nothing), for a model whose every tensor is loaded
-    next: the draws were 0.6 s of loading GPT-2 124M on a 2-core CPU. Not for a model that
-    trains: its initialisation and then dropout follow the RNG as the build leaves it."""
-    saved = {cls: cls.reset_parameters for cls in (nn.Linear, nn.Embedding)}
-    try:
-        for cls in saved:
-            cls.reset_parameters = lambda self: None
-        yield
-    finally:
-        for cls, reset in saved.items():
-            cls.reset_parameters = reset
-
-
 class GPT2(nn.Module):
     """GPT-2 without the `transformer.` level; the LM head is wte itself (tied)."""
 
@@ -248,8 +231,16 @@ class GPT2(nn.Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | os.PathLike, dropout: float = 0.0) -> "GPT2":
-        """Load model_dir/config.json and model_dir/model.safetensors (Hugging Face layout)."""
+    def from_pretrained(
+        cls, model_dir: str | os.PathLike, dropout: float = 0.0, draw_initial_weights: bool = True
+    ) -> "GPT2":
+        """Load model_dir/config.json and model_dir/model.safetensors (Hugging Face layout); the
+        model takes the file's tensors as its own (load_state_dict(assign=True)).
+
+        `draw_initial_weights` false: built on the meta device, so nothing is allocated or
+        drawn before the tensors come in (for a model whose every tensor is loaded). True, as
+        for training: nn.Linear and nn.Embedding draw their default initialisation first, so
+        the head's initialisation and dropout follow the RNG as that leaves it."""
         model_dir = Path(model_dir)
         config = GPTConfig.from_json(model_dir / "config.json")
         config.dropout = dropout
@@ -270,23 +261,25 @@ class GPT2(nn.Module):
         }
         lm_head = theirs.pop("lm_head.weight", None)
 
-        model = cls(config)
-        with torch.no_grad():
-            for k, ours in model.state_dict().items():
-                if k not in theirs:
-                    seen = f"tensors named like {min(theirs)!r}" if theirs else "no other tensor"
-                    raise SpamGPTError(
-                        f"{path}: tensor {k} is missing (the file has {seen}): "
-                        f"not a complete GPT-2 checkpoint"
-                    )
-                w = theirs.pop(k)
-                want = ours.shape[::-1] if k.endswith(TRANSPOSED) else ours.shape
-                if w.shape != want:
-                    raise SpamGPTError(
-                        f"{path}: tensor {k} has shape {tuple(w.shape)}, "
-                        f"config.json implies {tuple(want)}"
-                    )
-                ours.copy_(w.t() if k.endswith(TRANSPOSED) else w)
+        with contextlib.nullcontext() if draw_initial_weights else torch.device("meta"):
+            model = cls(config)
+        state = {}
+        for k, ours in model.state_dict().items():
+            if k not in theirs:
+                seen = f"tensors named like {min(theirs)!r}" if theirs else "no other tensor"
+                raise SpamGPTError(
+                    f"{path}: tensor {k} is missing (the file has {seen}): "
+                    f"not a complete GPT-2 checkpoint"
+                )
+            w = theirs.pop(k)
+            want = ours.shape[::-1] if k.endswith(TRANSPOSED) else ours.shape
+            if w.shape != want:
+                raise SpamGPTError(
+                    f"{path}: tensor {k} has shape {tuple(w.shape)}, "
+                    f"config.json implies {tuple(want)}"
+                )
+            state[k] = w.t().contiguous() if k.endswith(TRANSPOSED) else w
+        model.load_state_dict(state, assign=True)
         if theirs:
             raise SpamGPTError(f"{path}: unexpected tensor {min(theirs)}")
         if lm_head is not None and not torch.equal(lm_head, model.wte.weight):

@@ -8,6 +8,7 @@ names the key and what is allowed; stages turn it into exit code 2 before touchi
 
 import dataclasses
 import math
+import os
 import re
 import types
 from dataclasses import dataclass, field
@@ -56,7 +57,8 @@ URL_OR_PATH = {
     "pattern": r"https?://[^\s/]+\S*|(?![A-Za-z][\w+.-]*:/)[^\s].*",
     "what": "an http:// or https:// URL, or a local file path",
 }
-DATA_FORMATS = ("label_tab_text", "csv", "tsv", "jsonl", "parquet")
+# The projections within a block that LoRA can adapt (spamgpt.lora), by their module names.
+LoraTarget = Literal["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
 # Names a report uses beside the classes' own: a class may not take one of them.
 REPORT_KEYS = ("accuracy", "macro_f1", "roc_auc", "pr_auc", "confusion_matrix")
 
@@ -133,13 +135,13 @@ class ModelParams:
 class LoraParams:
     rank: int = _rule(ge=1)
     alpha: float = _rule(gt=0)
-    targets: list[Literal["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]] = _rule()
+    targets: list[LoraTarget] = _rule()
 
     def __post_init__(self) -> None:
         if not self.targets or len(set(self.targets)) != len(self.targets):
             raise ParamsError(
                 "lora.targets: must list each projection at most once, at least one of "
-                f"c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj; got {self.targets}"
+                f"{', '.join(get_args(LoraTarget))}; got {self.targets}"
             )
 
 
@@ -377,7 +379,7 @@ def parse(raw: Any) -> Params:
     return _build(Params, "", raw)
 
 
-def load(path: str | Path = PARAMS_FILE) -> Params:
+def load(path: str | os.PathLike = PARAMS_FILE) -> Params:
     """Read and validate params.yaml; raise ParamsError with a one-line message."""
     path = Path(path)
     try:

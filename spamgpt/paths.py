@@ -8,7 +8,6 @@ SPLITS = ("train", "val", "test")
 # What a copy of the pipeline needs (the tests' and benchmarks' throwaway projects)
 PIPELINE_FILES = ("dvc.yaml", ".gitignore", "stages", "spamgpt", "data/local")
 
-LOCAL_DATA_DIR = Path("data/local")  # your own data files: download_data depends on them
 RAW_DATA = Path("data/raw/dataset")  # the verified copy of data.url (or its archive member)
 SPLIT_DIR = Path("data/split")
 TOKENS_DIR = Path("data/tokens")

@@ -1,7 +1,9 @@
-"""What finetune and evaluate write besides the model: metrics files for DVC, plot data, and
-the same results in their MLflow run (parameters, dataset, figures, tables)."""
+"""What finetune and evaluate write: the trained tensors and the model folder after training,
+metrics files for DVC, plot data, and the same results in their MLflow run (parameters,
+dataset, figures, tables)."""
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -11,7 +13,9 @@ from spamgpt import atomic, classifier, contracts, data, download, metrics, path
 from spamgpt.labels import Classes
 from spamgpt.params import PARAMS_FILE, ModelParams, Params, flatten
 from spamgpt.tracking import Run
-from spamgpt.train import State, Trainer
+
+if TYPE_CHECKING:  # finetune's results read the training loop's; evaluate's need no loop
+    from spamgpt.train import State, Trainer
 
 
 def log_run_inputs(run: Run, params: Params, data_report: dict) -> None:
@@ -26,18 +30,21 @@ def log_run_inputs(run: Run, params: Params, data_report: dict) -> None:
     run.log_dict({**classes.to_dict(), "metric_names": metric_names}, "labels.json")
 
 
-def write_model(run: Run, trainer: Trainer, m: ModelParams, log_checkpoints: bool = True) -> None:
-    """After training: the best and the last epoch's trained tensors (files; the last also as
-    an artifact unless `log_checkpoints` is false, the best is evaluate's to log), the model
-    folder of the best epoch, and the pointer to its MLflow run."""
-    best = trainer.state.best_weights
-    for name, weights in (("best", best), ("last", trainer.trained_weights())):
+def write_checkpoint_weights(run: Run, trainer: "Trainer", log_last: bool) -> None:
+    """models/checkpoints/{best,last}.safetensors: the trained tensors of the best and of the
+    last epoch; the last also into the run when `log_last` (the best is evaluate's to log)."""
+    best, last = trainer.state.best_weights, trainer.trained_weights()
+    for name, weights in (("best", best), ("last", last)):
         classifier.save_tensors(weights, paths.checkpoint_weights(name))
-    if log_checkpoints:
+    if log_last:
         run.log_artifact(paths.checkpoint_weights("last"), "checkpoints")
+
+
+def export_model(trainer: "Trainer", m: ModelParams) -> None:
+    """models/finetuned: the model folder of the best epoch."""
     names, tokens = list(trainer.trained), contracts.read_tokenization()
+    best = trainer.state.best_weights
     classifier.export(trainer.model, best, names, m, trainer.classes, tokens, paths.FINETUNED_DIR)
-    contracts.write_mlflow_run(run.run_id)
 
 
 def log_best_checkpoint(run: Run, light_model_logged: bool) -> None:
@@ -52,7 +59,7 @@ def log_best_checkpoint(run: Run, light_model_logged: bool) -> None:
 
 
 def write_training(
-    run: Run, state: State, n_train: int, device: torch.device, precision: str
+    run: Run, state: "State", n_train: int, device: torch.device, precision: str
 ) -> None:
     """metrics/train.json, the DVC plot data and the run's summary metrics. No figures of
     the curves: MLflow charts train/loss and the val/ metrics from the logged steps."""

@@ -71,8 +71,7 @@ def fp16_fast_on_cuda(device: torch.device) -> bool:
 def fp16_allowed(device: torch.device) -> bool:
     """May train.precision be fp16 here? On CUDA and mps (autocast and GradScaler support
     both); on a CPU only where it computes fp16 natively (AVX512-FP16 or AMX-FP16): torch's
-    CPU autocast runs float16 elsewhere too, but emulated: 4.5x slower than fp32 on a 768x768
-    product on an AVX512-BF16 CPU without FP16."""
+    CPU autocast runs float16 elsewhere too, but emulated, several times slower than fp32."""
     if device.type == "cpu":
         return torch.ops.mkldnn._is_mkldnn_fp16_supported()
     return device.type in ("cuda", "mps")

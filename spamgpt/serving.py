@@ -21,18 +21,17 @@ SpamClassifierModel): nothing is pickled. The spamgpt package goes with it.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
 import tempfile
-import types
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pydantic
-from mlflow.models import Model
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
 
@@ -48,8 +47,9 @@ BASE_JSON = "base.json"  # in a light model's artifact folder: which base weight
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 CACHE_ENV = "SPAMGPT_CACHE"  # where light models keep base weights downloaded from the hub
 HUB_ENV = "SPAMGPT_HUB_URL"  # a hub (or mirror) to use instead of the one the model names
-# What spamgpt.classifier imports (sklearn and tqdm by way of spamgpt.data and spamgpt.trunk).
-REQUIREMENTS = ("torch", "tiktoken", "safetensors", "numpy", "pandas", "scikit-learn", "tqdm")
+# What the served model's code imports besides MLflow and MLflow's own requirements (pydantic,
+# pyyaml): the classifier's, and tqdm by way of spamgpt.download (tests/test_serving.py).
+REQUIREMENTS = ("torch", "tiktoken", "safetensors", "numpy", "pandas", "tqdm")
 INPUT_EXAMPLE = ["FREE entry to win a prize, txt WIN to 80086", "see you at 7"]
 
 
@@ -81,21 +81,32 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "spamgpt")
 
 
+@functools.lru_cache(maxsize=16)
+def _sha256_of_version(path: Path, inode: int, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def _sha256_of(path: Path) -> str:
+    """sha256_file, once per version of a file in this process (its inode, size and mtime, as
+    DVC's state database keys its hashes): logging a light model loads it twice (MLflow's run
+    of the input example, its serving check), each time checking the same base weights."""
+    stat = path.stat()
+    return _sha256_of_version(path, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
 def resolve_base(base: BaseWeights) -> Path:
     """A folder that holds <repo_id>/{config.json, model.safetensors} of exactly these
     weights (classifier.load's pretrained_root): the workspace's models/pretrained when its
     model.safetensors has the hash, else the cache, downloading into it from the hub.
     Raises SpamGPTError, one line, when neither gives them."""
-    from spamgpt.tracking import repo_root
-
     seen, tried = set(), []
-    for root in (Path.cwd(), repo_root()):
+    for root in (Path.cwd(), paths.repo_root()):
         candidate = (root / paths.PRETRAINED_DIR).resolve()
         weights = candidate / base.repo_id / classifier.WEIGHTS
         if candidate in seen or not weights.is_file():
             continue
         seen.add(candidate)
-        if sha256_file(weights) == base.sha256:
+        if _sha256_of(weights) == base.sha256:
             return candidate
         tried.append(f"{weights} holds other weights")
     cached = cache_root() / base.revision
@@ -116,11 +127,6 @@ def resolve_base(base: BaseWeights) -> Path:
     return cached
 
 
-# A model log_model was handed, by the folder it logs: MLflow's run of the input example at
-# log time (load_context, then predict) takes it instead of loading the folder once more.
-_HANDED: dict[str, tuple[classifier.GPT2Classifier, dict]] = {}
-
-
 class SpamClassifierModel(PythonModel):
     """Each message's label (at the threshold logged in model_config, where the classes have
     a positive one), its probability and every class's: classifier.answers."""
@@ -128,9 +134,7 @@ class SpamClassifierModel(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         folder = Path(context.artifacts[ARTIFACT])
         base_file = folder / BASE_JSON
-        if str(folder) in _HANDED:
-            self.model, meta = _HANDED.pop(str(folder))
-        elif base_file.exists():  # a light model: the base weights come from elsewhere
+        if base_file.exists():  # a light model: the base weights come from elsewhere
             base = BaseWeights(**json.loads(base_file.read_text(encoding="utf-8")))
             self.model, meta = classifier.load(folder, resolve_base(base))
         else:
@@ -152,23 +156,10 @@ class SpamClassifierModel(PythonModel):
         model_input: list[str],
         params: dict[str, Any] | None = None,
     ) -> list[Prediction]:
-        if not model_input:  # classify_texts needs at least one message
-            return []
         probs, _ = classifier.classify_texts(
             self.model, self.enc, model_input, self.max_length, self.device, self.precision
         )
         return [Prediction(**a) for a in classifier.answers(probs, self.classes, self.threshold)]
-
-
-def _save_pyfunc(path: str, validate_serving_input: bool = True, **kwargs: Any) -> None:
-    mlflow.pyfunc.save_model(path, **kwargs)
-
-
-# Model.log checks the input example by loading the saved model once more and predicting,
-# unless its flavor's save_model takes validate_serving_input=False (as MLflow's transformers
-# flavor does for large models); pyfunc.save_model refuses that argument, so this flavor
-# drops it. The example is still saved, and the signature comes from predict's type hints.
-_PYFUNC_UNVALIDATED = types.SimpleNamespace(__name__="mlflow.pyfunc", save_model=_save_pyfunc)
 
 
 def log_model(
@@ -185,34 +176,27 @@ def log_model(
     under `registered_model_name`); returns the model's runs:/ URI. Light (the trained
     tensors and `base`, the identity of the weights under them) unless `full` or registered,
     or the folder already holds every tensor. `loaded`: classifier.load(finetuned_dir), if
-    the caller has it, saves loading it again. The run is named, not started: its status
-    stays as it was."""
+    the caller has it, saves loading it again to write the full form. The run's status stays
+    as it was."""
     if threshold is not None and not 0 < threshold < 1:
         raise SpamGPTError(f"threshold must be between 0 and 1, got {threshold}")
     finetuned_dir = Path(finetuned_dir)
     full = full or registered_model_name is not None
     # The installed versions, without local labels such as +cpu that PyPI does not serve.
     pins = [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
-    client = MlflowClient()
-    run = client.get_run(run_id)
-    # Created here in the run's experiment: MLflow would otherwise put a model logged without
-    # an active run into its default experiment (./mlruns of the working directory).
-    logged = client.create_logged_model(
-        run.info.experiment_id, name="model", source_run_id=run_id, params=run.data.params
-    )
+    status = MlflowClient().get_run(run_id).info.status
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / ARTIFACT  # the name it keeps inside the model's artifacts
         meta = json.loads((finetuned_dir / classifier.CLASSIFIER_JSON).read_text(encoding="utf-8"))
-        loaded = _model_folder(finetuned_dir, meta, folder, pretrained_root, base, full, loaded)
-        if loaded is not None:
-            _HANDED[str(folder)] = loaded
+        _model_folder(finetuned_dir, meta, folder, pretrained_root, base, full, loaded)
+        # MLflow logs a model into the active run (and its experiment); the run is left in
+        # the status it had: a finished one stays finished, evaluate's running one running.
+        mlflow.start_run(run_id=run_id)
         try:
-            Model.log(
-                artifact_path=None,  # MLflow 3 names a model instead
+            # MLflow runs the input example through the model loaded as a server loads it
+            # (load_context on the artifacts): the example's output, and a check that it serves.
+            mlflow.pyfunc.log_model(
                 name="model",
-                flavor=_PYFUNC_UNVALIDATED,
-                run_id=run_id,
-                model_id=logged.model_id,
                 python_model=str(MODEL_CODE),
                 artifacts={ARTIFACT: str(folder)},
                 code_paths=[str(Path(spamgpt.__file__).parent)],
@@ -221,10 +205,9 @@ def log_model(
                 model_config={"threshold": threshold, "device": "auto"},
                 pip_requirements=pins,
                 registered_model_name=registered_model_name,
-                validate_serving_input=False,
             )
         finally:
-            _HANDED.pop(str(folder), None)
+            mlflow.end_run(status)
     return f"runs:/{run_id}/model"
 
 
@@ -236,20 +219,18 @@ def _model_folder(
     base: BaseWeights | None,
     full: bool,
     loaded: tuple[classifier.GPT2Classifier, dict] | None,
-) -> tuple[classifier.GPT2Classifier, dict] | None:
+) -> None:
     """Write the model's artifact folder: models/finetuned as it is plus base.json (light),
-    or a self-contained copy with every tensor (full); `meta` is its classifier.json.
-    Returns the model if it has it."""
+    or a self-contained copy with every tensor (full); `meta` is its classifier.json."""
     if meta["full"]:  # a randomly initialised base: the folder already holds everything
         full, base = False, None
     if full:
         dest.mkdir()
         loaded = loaded or classifier.load(finetuned_dir, pretrained_root)
         classifier.save(loaded[0], dest, loaded[1], finetuned_dir, full=True)
-        return loaded
+        return
     if base is None and not meta["full"]:
         raise SpamGPTError("a light model needs the identity of its base weights")
     shutil.copytree(finetuned_dir, dest)
     if base is not None:
         (dest / BASE_JSON).write_text(json.dumps(dataclasses.asdict(base), indent=2) + "\n")
-    return loaded

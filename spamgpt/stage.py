@@ -1,6 +1,6 @@
-"""What every stage script shares: validated params, logging, one-line errors, and a garbage
-collector set for processes that import torch and MLflow. A stage script imports this module
-before any other (`# isort: split` after it keeps it first), so the setting covers its imports."""
+"""What every stage script shares: validated params, logging, one-line errors, and an exit
+that skips the interpreter's last garbage collection (the collector's threshold during a stage
+is spamgpt/__init__.py's)."""
 
 import atexit
 import gc
@@ -15,20 +15,12 @@ from spamgpt.params import Params
 
 log = logging.getLogger("spamgpt")
 
-# Importing torch, MLflow and SQLAlchemy leaves over half a million objects alive. CPython's
-# collector runs every 700 new objects by default, and traverses its older generations again
-# and again as those objects pile up. Every 10 000 collects the same garbage and took finetune's
-# imports from 3.79 s to 3.24 s, evaluate's from 3.32 s to 2.67 s, on a 2-core CPU
-# (python bench/stage_imports.py). It stays so for the stage's lifetime.
-COLLECT_EVERY = 10_000  # new objects between collections of the youngest generation
-gc.set_threshold(COLLECT_EVERY, *gc.get_threshold()[1:])
-
 
 def skip_exit_collection() -> None:
     """At exit, let the interpreter skip its last garbage collection over every object the
-    imports made (torch, MLflow's SQLAlchemy models): it took 1.5 s of each stage's wall time
-    on a 2-core CPU, for memory the OS takes back anyway. Outputs are already on disk then
-    (atomic writes, fsynced); gc.freeze() only moves objects out of the collector's reach."""
+    imports made (torch, MLflow's SQLAlchemy models): a traversal of hundreds of thousands of
+    objects, for memory the OS takes back anyway. Outputs are already on disk then (atomic
+    writes, fsynced); gc.freeze() only moves objects out of the collector's reach."""
     atexit.register(gc.freeze)
 
 

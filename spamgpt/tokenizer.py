@@ -7,6 +7,7 @@ makes token 256 + i), so load() checks that before trusting the ids as ranks.
 """
 
 import json
+import os
 from functools import cache
 from pathlib import Path
 
@@ -40,8 +41,9 @@ def _read(path: Path) -> str:
         raise SpamGPTError(f"cannot read tokenizer file {path}: {e}") from None
 
 
-def load(model_dir: Path) -> tiktoken.Encoding:
+def load(model_dir: str | os.PathLike) -> tiktoken.Encoding:
     """The tokenizer of the GPT-2 checkpoint in `model_dir`; needs no network."""
+    model_dir = Path(model_dir)
     vocab_path, merges_path = model_dir / "vocab.json", model_dir / "merges.txt"
     try:
         vocab = json.loads(_read(vocab_path))

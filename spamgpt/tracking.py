@@ -26,9 +26,8 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from spamgpt import interrupts
+from spamgpt import interrupts, paths
 from spamgpt.errors import SpamGPTError
-from spamgpt.paths import repo_root
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -38,7 +37,7 @@ T = TypeVar("T")
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / DB_FILE}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.repo_root() / DB_FILE}"
 
 
 def _retry(call: Callable[[], T], attempts: int = 8) -> T:
@@ -86,7 +85,7 @@ def connect(timeout: float = 10.0) -> str:
             reason = getattr(e, "reason", e)
             raise SpamGPTError(
                 f"MLflow tracking server {uri} is unreachable ({reason}); start it, or unset "
-                f"MLFLOW_TRACKING_URI to record runs in {repo_root() / DB_FILE}"
+                f"MLFLOW_TRACKING_URI to record runs in {paths.repo_root() / DB_FILE}"
             ) from None
     mlflow.set_tracking_uri(uri)
     return uri
@@ -111,7 +110,7 @@ def experiment_id(name: str) -> str:
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True
+            ["git", "rev-parse", "HEAD"], cwd=paths.repo_root(), capture_output=True, text=True
         )
     except OSError:
         return None
@@ -222,7 +221,7 @@ class Run:
             chunk, self._pending = self._pending[:BATCH_LIMIT], self._pending[BATCH_LIMIT:]
             _retry(lambda c=chunk: self.client.log_batch(self.run_id, metrics=c))
 
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         _retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:

@@ -6,10 +6,9 @@ evaluation and on SIGINT/SIGTERM, and a run resumes from one exactly; logging, p
 early stopping are hooks. With one process the host does not wait for the device every step:
 the losses stay on it and are read back READ_EVERY steps at a time (Trainer._read_losses).
 
-Why this recipe: a head-only fine-tune with a weighted loss once predicted almost everything
-as spam after epoch 1, then collapsed to ham-only by epoch 3 and kept the last epoch. Keeping
-the best epoch and logging per-class metrics every epoch makes such a collapse harmless and
-visible.
+Why the best epoch and not the last: with a class-weighted loss and few trained parameters,
+the predictions can swing from one class to the other between epochs. The epoch kept is the
+one with the best validation F1, and the per-class metrics logged every epoch show a swing.
 """
 
 import contextlib
@@ -24,12 +23,13 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from spamgpt import classifier, distributed, interrupts, metrics, paths, runtime, tokenized, trunk
-from spamgpt.batching import ModelInputs, bucketed_order
+from spamgpt import classifier, distributed, interrupts, metrics, runtime
+from spamgpt.batching import bucketed_order
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
 from spamgpt.model import GPT2Classifier
 from spamgpt.params import TrainParams
+from spamgpt.trunk import Split
 
 # Steps between reads of the training loss back from the device: each read waits for the device
 # to finish its queued work, so one per step stalls a GPU (the CPU waits, then the GPU waits
@@ -44,21 +44,6 @@ class Interrupted(SpamGPTError):
 
     def __init__(self, signal_name: str, step: int) -> None:
         super().__init__(f"{signal_name} at step {step}: checkpoint saved; re-run to resume")
-
-
-@dataclass
-class Split:
-    inputs: ModelInputs
-    labels: torch.Tensor  # (N,) class indices
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @classmethod
-    def read(cls, split: str, frozen_blocks: int | None) -> "Split":
-        """A split as the loaders and trunk stages wrote it."""
-        labels = tokenized.load(paths.tokens_file(split)).labels
-        return cls(trunk.inputs(split, frozen_blocks), labels)
 
 
 @dataclass
@@ -166,8 +151,8 @@ def configure_optimizer(
     trained: dict[str, torch.nn.Parameter], params: TrainParams, device: torch.device
 ) -> torch.optim.AdamW:
     """AdamW over the trained parameters; no weight decay on biases and LayerNorm gains
-    (decaying them only hurts). Fused: one pass over each tensor instead of a dozen; the
-    optimizer took 38% of a training step on a 2-core CPU (see the README's speed)."""
+    (decaying them only hurts). Fused: one pass over each tensor instead of one per operation
+    of the update, which matters when only a few blocks train and the step is mostly update."""
     decay = [p for p in trained.values() if p.dim() >= 2]
     no_decay = [p for p in trained.values() if p.dim() < 2]
     groups = [

@@ -15,6 +15,7 @@ that rounding moves), else in float32, and read as float32 either way.
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
@@ -127,3 +128,20 @@ def inputs(split: str, frozen_blocks: int | None) -> ModelInputs:
     if frozen_blocks is None:
         return ModelInputs(tokenized.load(paths.tokens_file(split)).tokens, None)
     return ModelInputs(load(paths.trunk_file(split)), frozen_blocks)
+
+
+@dataclass
+class Split:
+    """One split as the classifier reads it: its inputs and their labels."""
+
+    inputs: ModelInputs
+    labels: torch.Tensor  # (N,) class indices
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def read(cls, split: str, frozen_blocks: int | None) -> "Split":
+        """A split as the loaders and trunk stages wrote it."""
+        labels = tokenized.load(paths.tokens_file(split)).labels
+        return cls(inputs(split, frozen_blocks), labels)

@@ -1,9 +1,6 @@
 """baseline: TF-IDF + linear SVM on the same splits, for comparison with the fine-tuned GPT-2."""
 
-from spamgpt import stage  # first: its garbage collector setting covers the imports below
-
-# isort: split
-from spamgpt import baseline, contracts, data, paths
+from spamgpt import baseline, contracts, data, paths, stage
 from spamgpt.params import Params
 
 

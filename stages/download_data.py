@@ -1,12 +1,9 @@
 """download_data: fetch data.url (or copy it, a local file), keep the verified file or archive
 member."""
 
-from spamgpt import stage  # first: its garbage collector setting covers the imports below
-
-# isort: split
 from pathlib import Path
 
-from spamgpt import paths
+from spamgpt import paths, stage
 from spamgpt.download import fetch
 from spamgpt.params import Params
 

@@ -1,10 +1,7 @@
 """download_weights: fetch config, tokenizer and safetensors weights of the chosen GPT-2
 (from the Hugging Face cache where it has them)."""
 
-from spamgpt import stage  # first: its garbage collector setting covers the imports below
-
-# isort: split
-from spamgpt import contracts, hub, paths
+from spamgpt import contracts, hub, paths, stage
 from spamgpt.params import Params
 
 

@@ -1,12 +1,9 @@
 """evaluate: the best fine-tuned model on validation and test: metrics, confusion matrices,
 curves and misclassified messages, into DVC metrics/plots and the finetune MLflow run."""
 
-from spamgpt import stage  # first: its garbage collector setting covers the imports below
-
-# isort: split
-from spamgpt import classifier, contracts, metrics, paths, results, runtime, tracking
+from spamgpt import classifier, contracts, metrics, paths, results, runtime, stage, tracking
 from spamgpt.params import Params
-from spamgpt.train import Split
+from spamgpt.trunk import Split
 
 
 def main(params: Params) -> None:
@@ -41,7 +38,7 @@ def main(params: Params) -> None:
             from spamgpt import serving  # mlflow.pyfunc: only where a model is logged
 
             base = serving.BaseWeights(**contracts.read_base_weights())
-            full = mlf.log_model == "full"  # MLflow runs the input example on `loaded`
+            full = mlf.log_model == "full"  # its every tensor comes from `loaded`
             serving.log_model(
                 run.run_id, paths.FINETUNED_DIR, threshold, mlf.registered_model,
                 base=base, full=full, loaded=(model, meta),

@@ -1,9 +1,6 @@
 """finetune: train the last blocks + final norm + a class head on the cached trunk, keep the
 best evaluation by train.select_metric, checkpoint at each, record the run in MLflow."""
 
-from spamgpt import stage  # first: its garbage collector setting covers the imports below
-
-# isort: split
 from spamgpt import (
     checkpoint,
     classifier,
@@ -12,10 +9,12 @@ from spamgpt import (
     paths,
     results,
     runtime,
+    stage,
     tracking,
 )
 from spamgpt.params import Params, check_train_classes
-from spamgpt.train import LogMetrics, ProgressBar, Split, Trainer
+from spamgpt.train import LogMetrics, ProgressBar, Trainer
+from spamgpt.trunk import Split
 
 
 def main(params: Params) -> None:
@@ -48,7 +47,9 @@ def main(params: Params) -> None:
         saver = checkpoint.CheckpointSaver(paths.CHECKPOINT, fingerprint, run.run_id, run.flush)
         axis = "epoch" if t.eval_every is None else "step"  # of the val/ metrics in MLflow
         state = trainer.fit(saver, hooks=(LogMetrics(run, axis), ProgressBar(t.epochs)))
-        results.write_model(run, trainer, m, params.mlflow.log_checkpoints)
+        results.write_checkpoint_weights(run, trainer, params.mlflow.log_checkpoints)
+        results.export_model(trainer, m)
+        contracts.write_mlflow_run(run.run_id)  # which run evaluate records into
         results.write_training(run, state, len(train), device, precision)
         state.exported = True  # the results are written: a later run starts afresh
         saver.write(checkpoint.state_of(trainer))  # now, not in the background

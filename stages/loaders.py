@@ -1,9 +1,6 @@
 """loaders: GPT-2 BPE token ids of every message, per split, cut to model.max_length."""
 
-from spamgpt import stage  # first: its garbage collector setting covers the imports below
-
-# isort: split
-from spamgpt import contracts, data, paths, tokenized, tokenizer
+from spamgpt import contracts, data, paths, stage, tokenized, tokenizer
 from spamgpt.model import GPTConfig
 from spamgpt.params import Params
 

@@ -1,9 +1,6 @@
 """split: parse the raw messages strictly, drop duplicate texts, split train/val/test."""
 
-from spamgpt import stage  # first: its garbage collector setting covers the imports below
-
-# isort: split
-from spamgpt import contracts, data, labels, paths
+from spamgpt import contracts, data, labels, paths, stage
 from spamgpt.download import sha256_file
 from spamgpt.params import Params
 

@@ -2,10 +2,7 @@
 hidden states, so finetune's epochs (and evaluate) only run the trainable tail. With
 train.devices > 1, that many processes under torchrun, each computing its share."""
 
-from spamgpt import stage  # first: its garbage collector setting covers the imports below
-
-# isort: split
-from spamgpt import classifier, contracts, distributed, paths, runtime, tokenized, trunk
+from spamgpt import classifier, contracts, distributed, paths, runtime, stage, tokenized, trunk
 from spamgpt.model import GPTConfig
 from spamgpt.params import Params
 

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from fileserver import serve
 
-from spamgpt import paths
+from spamgpt import classifier, paths, runtime, tokenizer
 from spamgpt.random_hub import make_hub
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,3 +253,39 @@ def make_project(path: Path, params: dict) -> Path:
     run(["git", "add", "-A"], path)
     run(["git", "commit", "-qm", "project"], path)
     return path
+
+
+def expected_answers(
+    model_dir: Path,
+    texts: list[str],
+    threshold: float | None,
+    pretrained_root: Path = paths.PRETRAINED_DIR,
+) -> list[dict]:
+    """The prediction path's answers to `texts`, computed in this process: the model folder
+    loaded, its probabilities (classify_texts, on the device and precision `spamgpt classify`
+    and the served model resolve), then classifier.answers at `threshold`."""
+    model, meta = classifier.load(model_dir, pretrained_root)
+    device = runtime.resolve_device("auto")
+    precision = runtime.resolve_precision("auto", device)
+    enc = tokenizer.load(model_dir)
+    probs, _ = classifier.classify_texts(
+        model.to(device), enc, texts, meta["max_length"], device, precision
+    )
+    return classifier.answers(probs, classifier.classes_of(meta), threshold)
+
+
+def assert_same_answers(
+    labels: list[str],
+    spam_probabilities: list[float],
+    expected: list[dict],
+    threshold: float,
+    tolerance: float = 1e-5,
+) -> None:
+    """Answers another process gave (labels, and spam probabilities as it printed them, to
+    `tolerance`) are the prediction path's. A label is compared unless its probability is
+    within the tolerance of the threshold, where the last bits of a sum decide."""
+    assert len(labels) == len(spam_probabilities) == len(expected)
+    for label, probability, answer in zip(labels, spam_probabilities, expected, strict=True):
+        assert probability == pytest.approx(answer["spam_probability"], abs=tolerance)
+        near = abs(answer["spam_probability"] - threshold) <= tolerance
+        assert label == answer["label"] or near

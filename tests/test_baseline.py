@@ -16,7 +16,7 @@ from spamgpt.labels import Classes
 def splits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pd.DataFrame]:
     raw = tmp_path_factory.mktemp("raw") / "SMSSpamCollection"
     raw.write_bytes(sms_collection())
-    frame = data.dedupe(data.parse_messages(raw).frame)
+    frame = data.dedupe(data.read_messages(raw).frame)
     return data.split(frame, val=0.2, test=0.2, seed=123)
 
 

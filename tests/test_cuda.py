@@ -5,6 +5,7 @@ Marked `cuda` and skipped where torch sees no GPU; on a GPU machine run them wit
 """
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from test_train import PARAMS, new_trainer, trainer_splits
 from spamgpt import lora, runtime
 from spamgpt.labels import SMS
 from spamgpt.model import GPT2Classifier
+from spamgpt.params import LoraTarget
 from spamgpt.train import Trainer
 
 pytestmark = [
@@ -24,7 +26,7 @@ pytestmark = [
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
-TARGETS = ["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+TARGETS = list(get_args(LoraTarget))  # every projection LoRA can adapt
 
 
 @pytest.fixture

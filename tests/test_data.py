@@ -35,7 +35,7 @@ def test_unbalanced_quotes_stay_on_their_own_line(tmp_path: Path) -> None:
         tmp_path,
         b'ham\tHe said "hi\nspam\tWIN "cash" now\nham\t"\nham\tquote at the end"\nspam\tlast\n',
     )
-    assert rows(data.parse_messages(path)) == [
+    assert rows(data.read_messages(path)) == [
         (1, "ham", 'He said "hi'),
         (2, "spam", 'WIN "cash" now'),
         (3, "ham", '"'),
@@ -46,7 +46,7 @@ def test_unbalanced_quotes_stay_on_their_own_line(tmp_path: Path) -> None:
 
 def test_crlf_and_a_last_line_without_newline(tmp_path: Path) -> None:
     path = raw_file(tmp_path, b'ham\tone\r\nspam\ttwo, "three"\r\nham\tfinal words')
-    parsed = data.parse_messages(path)
+    parsed = data.read_messages(path)
     assert rows(parsed) == [
         (1, "ham", "one"),
         (2, "spam", 'two, "three"'),
@@ -59,7 +59,7 @@ def test_text_is_kept_exactly(tmp_path: Path) -> None:
     """Split at the first tab only; spaces, further tabs and unicode are the message's own."""
     texts = ["  padded  ", "a\tb\tc", "ham\tspam", "émoji 😀👍🏽, 中文", "NA", "null"]
     content = "".join(f"ham\t{t}\n" for t in texts).encode()
-    parsed = data.parse_messages(raw_file(tmp_path, content))
+    parsed = data.read_messages(raw_file(tmp_path, content))
     assert parsed.frame["text"].tolist() == texts
     assert parsed.frame["line"].tolist() == list(range(1, len(texts) + 1))
 
@@ -86,7 +86,7 @@ GOOD_AFTER = [b'ham\tsays "ok', b"spam\tlast one"]
 def test_bad_line_stops_the_run(tmp_path: Path, line: bytes, kind: str, problem: str) -> None:
     path = raw_file(tmp_path, b"\n".join([*GOOD_BEFORE, line, *GOOD_AFTER]) + b"\n")
     with pytest.raises(SpamGPTError) as info:
-        data.parse_messages(path, "error")
+        data.read_messages(path, bad_lines="error")
     message = str(info.value)
     assert message.startswith(f"{path}:3: ")
     assert problem in message
@@ -101,7 +101,7 @@ def test_bad_line_is_skipped_and_counted(
     tmp_path: Path, line: bytes, kind: str, problem: str
 ) -> None:
     path = raw_file(tmp_path, b"\n".join([*GOOD_BEFORE, line, *GOOD_AFTER]) + b"\n")
-    parsed = data.parse_messages(path, "skip")
+    parsed = data.read_messages(path, bad_lines="skip")
     assert rows(parsed) == [
         (1, "ham", "first message"),
         (2, "spam", 'WIN "big now'),
@@ -123,7 +123,7 @@ def test_skip_counts_each_kind(tmp_path: Path) -> None:
         b"\xfe\xff",
         b"spam\tkeep 3",
     ]
-    parsed = data.parse_messages(raw_file(tmp_path, b"\r\n".join(lines)), "skip")
+    parsed = data.read_messages(raw_file(tmp_path, b"\r\n".join(lines)), bad_lines="skip")
     assert parsed.frame["text"].tolist() == ["keep 1", "keep 2", "keep 3"]
     assert parsed.frame["line"].tolist() == [1, 5, 9]
     assert parsed.bad_lines == Counter(
@@ -136,7 +136,7 @@ def test_skip_counts_each_kind(tmp_path: Path) -> None:
 def test_no_messages_is_an_error(tmp_path: Path, policy: str, content: bytes) -> None:
     path = raw_file(tmp_path, content)
     with pytest.raises(SpamGPTError, match=str(path)):
-        data.parse_messages(path, policy)
+        data.read_messages(path, bad_lines=policy)
 
 
 # --- dedupe ---
@@ -401,6 +401,7 @@ BAD_ROWS = {
     "csv": [
         (b'7,"quoted" then more,a\n', "unparseable", "does not parse as CSV"),
         (b"7,only two\n", "wrong_fields", "2 fields where the header has 3"),
+        (b"7,one too,a,many\n", "wrong_fields", "4 fields where the header has 3"),
         (b"7,,a\n", "empty_text", "empty text"),
         (b"7,some text,\n", "missing_label", "label is missing"),
         (b"7,some text,zebra\n", "unknown_label", "unknown label 'zebra'"),

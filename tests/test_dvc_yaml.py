@@ -11,10 +11,25 @@ from conftest import REPO, STAGES
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
+def run_time_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of `tree` but those under `if TYPE_CHECKING:`, which never run: a module
+    imported only for type hints is not one the stage's results depend on."""
+    found, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        found.append(node)
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+            todo.extend(node.orelse)
+        else:
+            todo.extend(ast.iter_child_nodes(node))
+    return found
+
+
 def imported_files(path: Path) -> set[str]:
-    """The project's files (relative to the repository) that `path` imports directly."""
+    """The project's files (relative to the repository) that `path` imports directly, when
+    it runs."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in run_time_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             modules = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -31,6 +46,13 @@ def imported_files(path: Path) -> set[str]:
             elif (REPO / package).exists() and module == node_module(node):
                 found.add(package.as_posix())
     return found
+
+
+def test_imports_for_type_hints_only_are_not_followed() -> None:
+    # results.py names the training loop's types; evaluate imports results, never the loop
+    assert "spamgpt/train.py" not in imported_files(REPO / "spamgpt/results.py")
+    assert "spamgpt/train.py" not in closure("stages/evaluate.py")
+    assert "spamgpt/train.py" in closure("stages/finetune.py")
 
 
 def node_module(node: ast.AST) -> str | None:

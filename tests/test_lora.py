@@ -1,15 +1,17 @@
 """LoRA adapters: start as the identity, train only adapters + head, merge exactly."""
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 
 from spamgpt import lora
 from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.params import LoraTarget
 from spamgpt.random_hub import make_hub
 
-TARGETS = ["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+TARGETS = list(get_args(LoraTarget))  # every projection LoRA can adapt
 
 
 @pytest.fixture
@@ -82,3 +84,20 @@ def test_adapters_take_the_models_dtype(model: GPT2Classifier) -> None:
     assert {p.dtype for p in model.parameters()} == {torch.float64}
     idx, lengths = batch()
     assert model(idx, lengths).dtype == torch.float64
+
+
+@pytest.mark.parametrize(("rank", "alpha"), [(2, 8.0), (4, 1.0)])
+@torch.no_grad()
+def test_the_update_is_scaled_by_alpha_over_rank(rank: int, alpha: float) -> None:
+    """y = x (W + (alpha / r) B A)^T + b, worked out here for a Linear of 3 -> 2."""
+    linear = torch.nn.Linear(3, 2)
+    wrapped = lora.LoRALinear(linear, rank, alpha)
+    wrapped.lora_B.copy_(torch.arange(2 * rank, dtype=torch.float32).reshape(2, rank) / 10)
+    x = torch.tensor([[1.0, -2.0, 0.5]])
+    update = (alpha / rank) * (x @ wrapped.lora_A.T @ wrapped.lora_B.T)
+    expected = x @ linear.weight.T + linear.bias + update
+    torch.testing.assert_close(wrapped(x), expected)
+    assert update.abs().max() > 0.01  # the update is not lost in the tolerance
+    merged = lora.LoRALinear(torch.nn.Linear(3, 2), rank, alpha)
+    merged.load_state_dict(wrapped.state_dict())
+    torch.testing.assert_close(merged.merged()(x), expected)

@@ -285,3 +285,25 @@ def test_finetune_imports_neither_scikit_learn_nor_matplotlib() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_positive_class_first_gives_the_same_metrics_thresholds_and_curves() -> None:
+    """The hand-worked example with the columns swapped: spam first, at index 0. Every number
+    that concerns spam is the same; the confusion matrix reads in the new order."""
+    spam_first = Classes(("spam", "ham"), "spam")
+    labels, probs = 1 - LABELS, two(PROBS)[:, ::-1]
+    ours, reference = (
+        metrics.report(labels, probs, 0.5, spam_first),
+        metrics.report(LABELS, two(PROBS), 0.5, SMS),
+    )
+    for key in ("accuracy", "macro_f1", "roc_auc", "pr_auc", "spam", "ham"):
+        assert ours[key] == pytest.approx(reference[key]), key
+    assert ours["confusion_matrix"] == [[2, 1], [2, 3]]  # rows spam, ham: tp fn / fp tn
+    assert metrics.selection_score(ours, 0.0, spam_first) == reference["spam"]["f1"]
+    for setting in (0.5, "auto"):
+        assert metrics.choose_threshold(setting, spam_first, labels, probs) == pytest.approx(
+            metrics.choose_threshold(setting, SMS, LABELS, two(PROBS))
+        )
+    curves = metrics.curve_frames(labels, probs[:, 0], spam_first.positive_index)
+    for name, frame in metrics.curve_frames(LABELS, PROBS, SMS.positive_index).items():
+        assert curves[name].equals(frame), name

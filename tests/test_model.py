@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from spamgpt.errors import SpamGPTError
-from spamgpt.model import GPT2, GPT2Classifier, GPTConfig, weights_to_be_loaded
+from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.random_hub import make_hub
 
 VOCAB = 557  # 256 bytes + the 300 merges random_hub learns + <|endoftext|>
@@ -145,24 +145,33 @@ def test_init_random_is_seeded_and_scaled(hub: Path) -> None:
     assert not a["h.2.attn.c_proj.bias"].any()
 
 
-def test_weights_to_be_loaded_draws_nothing_and_loads_the_same(hub: Path, gpt: GPT2) -> None:
+def test_a_model_built_to_be_loaded_draws_nothing_and_holds_the_file_tensors(
+    hub: Path, gpt: GPT2
+) -> None:
     torch.manual_seed(0)
-    with weights_to_be_loaded():
-        loaded = GPT2.from_pretrained(hub).eval()
+    loaded = GPT2.from_pretrained(hub, draw_initial_weights=False).eval()
     assert torch.equal(torch.get_rng_state(), torch.manual_seed(0).get_state())  # no draw
+    tensors = dict(loaded.named_parameters()) | dict(loaded.named_buffers())
+    assert not any(t.is_meta for t in tensors.values())
     ours, reference = loaded.state_dict(), gpt.state_dict()
+    assert ours.keys() == reference.keys()
     assert all(torch.equal(ours[k], reference[k]) for k in reference)
-    GPT2.from_pretrained(hub)  # outside it, nn.Linear and nn.Embedding draw again
-    assert not torch.equal(torch.get_rng_state(), torch.manual_seed(0).get_state())
+    assert all(t.is_contiguous() for t in ours.values())  # the transposed ones too
+    ids = torch.randint(
+        0, gpt.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(loaded(ids), gpt.eval()(ids))
 
 
-def test_weights_to_be_loaded_restores_the_initialisation_after_an_error() -> None:
-    with pytest.raises(RuntimeError), weights_to_be_loaded():
-        raise RuntimeError("a missing file")
+def test_a_pretrained_model_for_training_draws_as_building_one_does(hub: Path) -> None:
+    """finetune's head and dropout follow the RNG as building GPT-2 leaves it."""
     torch.manual_seed(0)
-    torch.nn.Embedding(4, 4)
-    torch.nn.Linear(4, 4)
-    assert not torch.equal(torch.get_rng_state(), torch.manual_seed(0).get_state())  # drawn
+    GPT2(GPTConfig.from_json(hub / "config.json"))
+    built = torch.get_rng_state()
+    torch.manual_seed(0)
+    GPT2.from_pretrained(hub)
+    assert torch.equal(torch.get_rng_state(), built)
+    assert not torch.equal(built, torch.manual_seed(0).get_state())
 
 
 def test_truncated_safetensors(copy: Path) -> None:

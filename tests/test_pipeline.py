@@ -12,7 +12,16 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from conftest import REPO, STAGES, make_project, restored_tracking_uri, run, tiny_params
+from conftest import (
+    REPO,
+    STAGES,
+    assert_same_answers,
+    expected_answers,
+    make_project,
+    restored_tracking_uri,
+    run,
+    tiny_params,
+)
 from mlflow.tracking import MlflowClient
 
 
@@ -31,6 +40,9 @@ def project(mirror, tmp_path_factory):
 def mlflow_client(project):
     path, _ = project
     return MlflowClient(tracking_uri=f"sqlite:///{path / 'mlflow.db'}")
+
+
+PRETRAINED = "models/pretrained"  # the project's base weights, under its root
 
 
 def read_json(path):
@@ -54,20 +66,38 @@ def test_repro_runs_every_stage_in_order(project):
         assert ran.index(before) < ran.index(after)
 
 
-def test_dvc_yaml_names_what_the_library_writes():
-    """dvc.yaml and spamgpt.paths must agree, or DVC would miss outputs."""
+def declared_outputs(stage: dict) -> set[str]:
+    """The paths a dvc.yaml stage declares it writes: outs, metrics and plots, each a path or
+    a one-key mapping of a path to its options."""
+    entries = [*stage.get("outs", []), *stage.get("metrics", []), *stage.get("plots", [])]
+    return {next(iter(e)) if isinstance(e, dict) else e for e in entries}
+
+
+def test_dvc_yaml_declares_what_the_library_writes():
+    """dvc.yaml and spamgpt.paths agree, or DVC would miss outputs (or restore stale ones):
+    each file the stages write is a declared output of the stage that writes it."""
     from spamgpt import paths
 
-    text = (REPO / "dvc.yaml").read_text()
-    for path in (
-        paths.RAW_DATA,
-        paths.SPLIT_DIR,
-        paths.TOKENS_DIR,
-        paths.TRUNK_DIR,
-        paths.FINETUNED_DIR,
-        paths.CHECKPOINT_DIR,
-    ):
-        assert str(path) in text
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    writes = {
+        "download_data": [paths.RAW_DATA],
+        "download_weights": [paths.pretrained_dir("${model.repo_id}"), paths.WEIGHTS_METRICS],
+        "split": [paths.SPLIT_DIR, paths.DATA_METRICS],
+        "baseline": [paths.BASELINE_METRICS],
+        "loaders": [paths.TOKENS_DIR, paths.TOKENS_METRICS],
+        "trunk": [paths.TRUNK_DIR],
+        "finetune": [
+            paths.FINETUNED_DIR, paths.MLFLOW_RUN, paths.CHECKPOINT_DIR, paths.TRAIN_METRICS,
+            paths.TRAIN_LOSS_PLOT, paths.VAL_EPOCHS_PLOT,
+        ],
+        "evaluate": [
+            paths.MISCLASSIFIED_TEST, paths.CONFUSION_TEST_PLOT, paths.curve_plot("roc"),
+            paths.curve_plot("pr"), paths.EVAL_METRICS,
+        ],
+    }  # fmt: skip
+    assert set(writes) == set(stages)
+    for name, files in writes.items():
+        assert {str(f) for f in files} == declared_outputs(stages[name]), name
 
 
 def test_data_and_loader_metrics(project, mirror):
@@ -164,7 +194,16 @@ def test_mlflow_run_has_everything(project, mlflow_client, monkeypatch):
     with restored_tracking_uri():
         mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
         served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")  # logged by evaluate
-    assert [p.label for p in served.predict(["see you at 7"])] in (["ham"], ["spam"])
+    answers = [p.model_dump() for p in served.predict(["see you at 7", "WIN a prize now"])]
+    threshold = read_json(path / "metrics/eval.json")["threshold"]
+    expected = expected_answers(
+        path / "models/finetuned", ["see you at 7", "WIN a prize now"], threshold,
+        path / PRETRAINED,
+    )  # fmt: skip
+    assert_same_answers(
+        [a["label"] for a in answers], [a["spam_probability"] for a in answers], expected,
+        threshold,
+    )  # fmt: skip
     assert not (path / "no-cache").exists()  # nothing downloaded: the workspace's base
     inputs = run_.inputs.dataset_inputs
     assert inputs and inputs[0].dataset.digest == run_.data.tags["data_sha256"][:36]
@@ -185,9 +224,12 @@ def test_classify_answers(project):
         path,
     )
     answers = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [a["text"] for a in answers] == ["WIN a FREE prize now, call 09061701", "see you at 7"]
-    for a in answers:
-        assert a["label"] in ("ham", "spam") and 0 <= a["spam_probability"] <= 1
+    texts = ["WIN a FREE prize now, call 09061701", "see you at 7"]
+    assert [a["text"] for a in answers] == texts
+    threshold = read_json(path / "metrics/eval.json")["threshold"]
+    expected = expected_answers(path / "models/finetuned", texts, threshold, path / PRETRAINED)
+    labels, probabilities = [a["label"] for a in answers], [a["spam_probability"] for a in answers]
+    assert_same_answers(labels, probabilities, expected, threshold)
 
 
 def test_exp_run_reruns_only_training(project, mlflow_client):
@@ -230,8 +272,13 @@ def test_lora_recipe_runs_and_classifies(project, mlflow_client):
     meta = read_json(path / "models/finetuned/classifier.json")
     assert "gpt.h.0.attn.c_attn.weight" in meta["trained"]  # adapters merged into the weight
     assert not any("lora" in name for name in meta["trained"])
-    answer = run(["spamgpt", "classify", "--json", "txt WIN to claim your prize"], path)
-    assert json.loads(answer.stdout)["label"] in ("ham", "spam")
+    out = run(["spamgpt", "classify", "--json", "txt WIN to claim your prize"], path)
+    answer = json.loads(out.stdout)
+    threshold = read_json(path / "metrics/eval.json")["threshold"]
+    expected = expected_answers(
+        path / "models/finetuned", ["txt WIN to claim your prize"], threshold, path / PRETRAINED
+    )
+    assert_same_answers([answer["label"]], [answer["spam_probability"]], expected, threshold)
     # Merged adapters are not the trained tensors: the best ones are logged on their own.
     run_id = read_json(path / "models/mlflow_run.json")["run_id"]
     logged = {f.path for f in mlflow_client.list_artifacts(run_id, "checkpoints")}

@@ -22,10 +22,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY_REVISION, sms_collection, subprocess_env, tiny_params
+from conftest import (
+    REPO,
+    TINY_REVISION,
+    assert_same_answers,
+    expected_answers,
+    sms_collection,
+    subprocess_env,
+    tiny_params,
+)
 from fileserver import Faults, serve
 
-from spamgpt import atomic, checkpoint, classifier, data, params, tokenizer
+from spamgpt import atomic, checkpoint, classifier, contracts, data, params, tokenizer
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPT2Classifier
@@ -124,7 +132,7 @@ def lay_out(folder: Path, mirror, name: str, overrides: dict, url: str) -> None:
         (folder / path).parent.mkdir(parents=True, exist_ok=True)
         (folder / path).write_bytes(content)
     if name == "max-length-above-context":
-        frame = data.parse_messages(folder / "data/raw/dataset").frame
+        frame = data.read_messages(folder / "data/raw/dataset").frame
         for split in ("train", "val", "test"):
             data.write_split(frame, folder / "data/split" / f"{split}.csv")
 
@@ -350,36 +358,43 @@ def cli_runs(model: Path) -> dict[str, subprocess.CompletedProcess]:
     return results
 
 
-def test_classify_answers_empty_blank_emoji_and_huge_messages(cli_runs: dict) -> None:
+def test_classify_answers_empty_blank_emoji_and_huge_messages(cli_runs: dict, model: Path) -> None:
     result = cli_runs["odd-messages"]
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stdout.splitlines()
+    texts = CLI_CASES["odd-messages"][0]
     assert len(lines) == 4
-    for line, text in zip(lines, CLI_CASES["odd-messages"][0], strict=True):
-        label, probability, rest = line.split("\t", 2)
-        assert label in ("ham", "spam") and 0 <= float(probability) <= 1
-        assert rest.startswith(text)
+    for line, text in zip(lines, texts, strict=True):
+        assert line.split("\t", 2)[2].startswith(text)
+    labels, probabilities = zip(*(line.split("\t")[:2] for line in lines), strict=True)
+    threshold = contracts.read_threshold()  # as the command read it, in this directory
+    expected = expected_answers(model, texts, threshold)
+    assert_same_answers(list(labels), [float(p) for p in probabilities], expected, threshold, 1e-4)
     assert lines[3].endswith(f" [truncated to {MAX_LENGTH} tokens]")
     assert not any("truncated" in line for line in lines[:3])
 
 
-def test_classify_plain_output_escapes_tabs_and_line_breaks(cli_runs: dict) -> None:
+def test_classify_plain_output_escapes_tabs_and_line_breaks(cli_runs: dict, model: Path) -> None:
     result = cli_runs["tabs-and-newlines"]
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.splitlines()
-    label, _, text = line.split("\t")
-    assert label in ("ham", "spam")
+    label, probability, text = line.split("\t")
     assert text == "call\\tnow\\nor\\r\\nnever \\\\o/"
+    threshold = contracts.read_threshold()
+    expected = expected_answers(model, CLI_CASES["tabs-and-newlines"][0], threshold)
+    assert_same_answers([label], [float(probability)], expected, threshold, 1e-4)
 
 
-def test_classify_answers_every_line_of_random_bytes(cli_runs: dict) -> None:
+def test_classify_answers_every_line_of_random_bytes(cli_runs: dict, model: Path) -> None:
     result = cli_runs["random-bytes"]
     assert result.returncode == 0, result.stderr
     answers = [json.loads(line) for line in result.stdout.splitlines()]
-    expected = RANDOM_BYTES.decode("utf-8", errors="replace").splitlines()
-    assert [a["text"] for a in answers] == expected
-    assert all(a["label"] in ("ham", "spam") and 0 <= a["spam_probability"] <= 1 for a in answers)
+    texts = RANDOM_BYTES.decode("utf-8", errors="replace").splitlines()
+    assert [a["text"] for a in answers] == texts
+    threshold = contracts.read_threshold()
+    labels, probabilities = [a["label"] for a in answers], [a["spam_probability"] for a in answers]
+    assert_same_answers(labels, probabilities, expected_answers(model, texts, threshold), threshold)
 
 
 @pytest.mark.parametrize(

@@ -5,20 +5,27 @@ The light model (the default: trained tensors + the base weights' identity) is s
 its workspace, which holds the base, and from a machine without it that reaches the hub; the
 full one (registered) from a directory with neither workspace nor hub."""
 
+import ast
 import json
+import os
+import re
 import shutil
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 import torch
-from conftest import free_port, http_service, post, restored_tracking_uri, run, subprocess_env
+from conftest import REPO, free_port, http_service, post, restored_tracking_uri, run, subprocess_env
 from fileserver import serve
 from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+from test_dvc_yaml import closure
 
 from spamgpt import classifier, serving, tokenizer
 from spamgpt.download import sha256_file
@@ -94,7 +101,10 @@ def logged(tmp_path_factory: pytest.TempPathFactory):
         client.set_terminated(run_id)
         client.set_terminated(full_run_id)
         model_uri = serving.log_model(run_id, finetuned, THRESHOLD, base=base)
-        full_uri = serving.log_model(full_run_id, finetuned, THRESHOLD, REGISTERED, pretrained)
+        # str paths, as a user's script may give them
+        full_uri = serving.log_model(
+            full_run_id, str(finetuned), THRESHOLD, REGISTERED, str(pretrained)
+        )
         env = {**subprocess_env(), "MLFLOW_TRACKING_URI": uri, serving.CACHE_ENV: str(cache)}
         yield Logged(project, finetuned, pretrained, run_id, model_uri, full_uri, base, env)
 
@@ -168,11 +178,15 @@ def test_light_model_holds_the_trained_tensors_and_the_base_identity(logged: Log
 
 
 def test_full_model_holds_every_tensor(logged: Logged) -> None:
+    """Every tensor of the classifier, with the fine-tuned values, and no base to find."""
     model_id = model_id_of(logged.full_uri.split("/")[1])
     assert "base.json" not in model_files(model_id, "artifacts/classifier")
     folder = download(model_id, "artifacts/classifier")
-    meta = json.loads((folder / "classifier.json").read_text())
-    assert meta["full"] is True
+    stored = load_file(folder / "model.safetensors")
+    model, _ = classifier.load(logged.finetuned, logged.pretrained)
+    state = model.state_dict()
+    assert stored.keys() == state.keys()
+    assert all(torch.equal(stored[name], state[name]) for name in state)
 
 
 @pytest.mark.parametrize("which", ["light", "full"])
@@ -187,23 +201,31 @@ def test_model_is_logged_as_code_not_pickled(logged: Logged, which: str) -> None
     assert model_files(model_id, "code") == {"spamgpt"}
 
 
-def test_log_model_loads_no_second_copy_of_a_model_it_is_handed(
-    logged: Logged, monkeypatch
-) -> None:
-    """evaluate has the model in memory: MLflow's run of the input example uses it, so
-    logging reads no weights (no load, no hash of the base)."""
-    loaded = classifier.load(logged.finetuned, logged.pretrained)
-    calls = []
-    load, sha = classifier.load, serving.sha256_file
-    monkeypatch.setattr(classifier, "load", lambda *a, **k: calls.append("load") or load(*a, **k))
-    monkeypatch.setattr(serving, "sha256_file", lambda p: calls.append("hash") or sha(p))
-    client = MlflowClient()
-    run_id = client.create_run(client.get_run(logged.run_id).info.experiment_id).info.run_id
-    serving.log_model(run_id, logged.finetuned, THRESHOLD, base=logged.base, loaded=loaded)
-    assert calls == []
-    serving.log_model(run_id, logged.finetuned, THRESHOLD, base=logged.base)
-    assert calls == ["hash", "load"]  # not handed: MLflow's check loads it
-    assert serving._HANDED == {}
+def distribution(requirement: str) -> str:
+    """The normalised distribution name a requirement ("pyyaml<7,>=5.1") names."""
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_the_pinned_requirements_are_what_the_served_model_imports() -> None:
+    """Every package the model's code (mlflow_model.py and each project file it imports)
+    imports, less MLflow and what MLflow requires itself: exactly serving.REQUIREMENTS."""
+    owners = metadata.packages_distributions()
+    imported = set()
+    for file in closure("spamgpt/mlflow_model.py"):
+        for node in ast.walk(ast.parse((REPO / file).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [node.module]
+            else:
+                continue
+            for top in {m.split(".")[0] for m in modules} - {"spamgpt"}:
+                if top not in sys.stdlib_module_names:
+                    imported |= {distribution(d) for d in owners[top]}
+    mlflow_own = {"mlflow", "mlflow-skinny", "mlflow-tracing"}
+    mlflow_own |= {distribution(r) for r in metadata.requires("mlflow-skinny") if "extra" not in r}
+    assert imported - mlflow_own == set(serving.REQUIREMENTS)
+    assert "scikit-learn" not in serving.REQUIREMENTS
 
 
 def test_log_model_leaves_a_running_run_running(logged: Logged) -> None:
@@ -287,6 +309,32 @@ def test_light_model_refuses_other_base_weights_in_one_line(
     assert "\n" not in message
     assert f"{other / 'model.safetensors'} holds other weights" in message
     assert NO_HUB in message and "mlflow.log_model: full" in message
+
+
+def test_base_weights_changed_in_place_are_checked_again(
+    logged: Logged, tmp_path: Path, monkeypatch
+) -> None:
+    """resolve_base hashes a file once per version: the same bytes again are not re-read,
+    but bytes rewritten in place (same inode, same size, a later mtime) are."""
+    workspace = tmp_path / "models/pretrained"
+    shutil.copytree(logged.pretrained, workspace)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(serving.CACHE_ENV, str(tmp_path / "cache"))
+    assert serving.resolve_base(logged.base) == workspace
+    hashed = []
+    monkeypatch.setattr(serving, "sha256_file", lambda p: hashed.append(p) or sha256_file(p))
+    assert serving.resolve_base(logged.base) == workspace and hashed == []
+    weights = workspace / REPO_ID / "model.safetensors"
+    before = weights.stat()
+    with weights.open("r+b") as f:
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    with pytest.raises(SpamGPTError, match="holds other weights"):
+        serving.resolve_base(logged.base)
+    assert hashed == [weights]
 
 
 def test_light_model_downloads_its_base_from_the_hub(

@@ -1,42 +1,62 @@
 """spamgpt.stage: what every stage script shares at start-up and at exit."""
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from spamgpt import stage
+import spamgpt
 
 STAGES = sorted((Path(__file__).parents[1] / "stages").glob("*.py"))
 
 
 @pytest.mark.parametrize("script", STAGES, ids=lambda p: p.stem)
-def test_a_stage_script_imports_stage_before_anything_else(script: Path) -> None:
-    first = ast.parse(script.read_text()).body[1]  # after the docstring
-    assert isinstance(first, ast.ImportFrom) and first.module == "spamgpt"
-    assert [a.name for a in first.names] == ["stage"]
+def test_a_stage_script_imports_nothing_but_spamgpt_and_the_standard_library(script: Path) -> None:
+    """Every heavy import comes through spamgpt, after spamgpt/__init__.py set the collector."""
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            for top in {name.split(".")[0] for name in names} - {"spamgpt"}:
+                assert top in sys.stdlib_module_names, f"{script.name} imports {top} itself"
+
+
+SPY = (
+    "import gc, sys\n"
+    "print(gc.get_threshold()[0])\n"  # CPython's own
+    "seen = {}\n"
+    "class Spy:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        seen.setdefault(name, gc.get_threshold()[0])\n"
+    "sys.meta_path.insert(0, Spy())\n"
+    "import runpy\n"
+    "runpy.run_path(sys.argv[1], run_name='imported')\n"
+    "print(seen['torch'], seen['mlflow'], seen['sqlalchemy'], gc.get_threshold()[0])\n"
+)
 
 
 def test_torch_and_mlflow_are_imported_under_the_stage_collector_setting() -> None:
-    """What finetune imports, recorded as it happens: the collector's first threshold when
-    torch, mlflow and sqlalchemy start to load."""
+    """What finetune imports, recorded as it happens, in a process DVC runs as a stage (it sets
+    DVC_STAGE): the collector's first threshold when torch, mlflow and sqlalchemy start to load."""
     finetune = next(s for s in STAGES if s.stem == "finetune")
-    code = (
-        "import gc, sys\n"
-        "seen = {}\n"
-        "class Spy:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        seen.setdefault(name, gc.get_threshold()[0])\n"
-        "sys.meta_path.insert(0, Spy())\n"
-        "import runpy\n"
-        f"runpy.run_path({str(finetune)!r}, run_name='imported')\n"
-        "print(seen['torch'], seen['mlflow'], seen['sqlalchemy'], gc.get_threshold()[0])\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [str(stage.COLLECT_EVERY)] * 4
-    assert stage.COLLECT_EVERY > 700  # CPython's default
+    env = {**os.environ, "DVC_STAGE": "finetune"}
+    out = subprocess.run(
+        [sys.executable, "-c", SPY, str(finetune)], capture_output=True, text=True, check=True,
+        env=env,
+    )  # fmt: skip
+    default, *seen = out.stdout.split()
+    assert seen == [str(spamgpt.COLLECT_EVERY)] * 4
+    assert int(default) < spamgpt.COLLECT_EVERY
+
+
+def test_importing_spamgpt_outside_a_stage_leaves_the_collector_alone() -> None:
+    """A notebook, `spamgpt classify`, the served model: CPython's setting, or their own."""
+    code = "import gc; t = gc.get_threshold(); import spamgpt; print(gc.get_threshold() == t)"
+    env = {k: v for k, v in os.environ.items() if k != "DVC_STAGE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.split() == ["True"]
 
 
 def test_a_stage_process_freezes_its_objects_before_the_final_collection() -> None:

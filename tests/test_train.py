@@ -4,6 +4,7 @@ losses read back from the device a chunk at a time: the same as every step, NaN 
 
 import dataclasses
 import io
+import math
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,6 @@ from spamgpt.train import (
     Hook,
     LogMetrics,
     ProgressBar,
-    Split,
     State,
     Trainer,
     class_weights,
@@ -31,6 +31,7 @@ from spamgpt.train import (
     improves,
     lr_factor,
 )
+from spamgpt.trunk import Split
 
 CPU = torch.device("cpu")
 PARAMS = TrainParams(
@@ -104,9 +105,10 @@ def data(n: int, seed: int) -> Split:
     return Split(ModelInputs(sequences, None), labels)
 
 
-def new_trainer(params: TrainParams = PARAMS, n_train: int = 64) -> Trainer:
+def new_trainer(params: TrainParams = PARAMS, n_train: int = 64, dropout: float = 0.0) -> Trainer:
     torch.manual_seed(0)
-    gpt = GPT2.init_random(GPTConfig(n_layer=2, n_head=2, n_embd=16, n_ctx=16, vocab_size=40))
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=16, n_ctx=16, vocab_size=40, dropout=dropout)
+    gpt = GPT2.init_random(config)
     model = GPT2Classifier(gpt)
     trained = classifier.freeze(model, 1)
     return Trainer(model, trained, *trainer_splits(n_train), SMS, params, CPU, "fp32")
@@ -404,3 +406,112 @@ def test_a_nan_loss_stops_at_its_step_and_keeps_the_last_checkpoint(
     saved = checkpoint.load(path, "fp")
     assert saved["state"]["epoch"] == 1 and saved["state"]["step"] == 16
     assert all(w.isfinite().all() for w in saved["weights"].values())
+
+
+def test_a_resumed_run_with_dropout_ends_exactly_as_an_uninterrupted_one(tmp_path: Path) -> None:
+    """Dropout draws from the global RNG every step: the checkpoint's RNG state is what makes
+    the resumed steps drop the same units (without dropout, any RNG state would do)."""
+    params = dataclasses.replace(PARAMS, epochs=1, batch_size=8)  # 8 steps
+    whole = new_trainer(params, dropout=0.2).fit(CheckpointSaver(tmp_path / "whole.pt", "fp"))
+    path = tmp_path / "resumed.pt"
+    first = new_trainer(params, dropout=0.2)
+    stop_after(first, 5)
+    with pytest.raises(Exception, match="SIGINT at step 5"):
+        first.fit(CheckpointSaver(path, "fp"))
+    torch.manual_seed(12345)  # whatever the RNG did meanwhile
+    second = new_trainer(params, dropout=0.2)
+    checkpoint.resume(second, checkpoint.load(path, "fp"))
+    resumed = second.fit(CheckpointSaver(path, "fp"))
+    assert resumed.steps == whole.steps
+    assert all(torch.equal(resumed.best_weights[n], t) for n, t in whole.best_weights.items())
+
+
+def test_the_lr_schedule_spans_every_step_when_batches_do_not_divide_the_data() -> None:
+    """10 messages in batches of 4: three steps an epoch, the last of 2 messages; over two
+    epochs the rate decays to 0 right after the sixth step, not before it."""
+    lengths = torch.ones(10, dtype=torch.int64)
+    assert [len(b) for b in epoch_order(lengths, 4, seed=0, epoch=0)].count(2) == 1
+    steps = 2 * len(epoch_order(lengths, 4, seed=0, epoch=0))
+    params = dataclasses.replace(PARAMS, epochs=2, batch_size=4, warmup_ratio=0.0, lr=1.0)
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=params.lr)
+    schedule = train.linear_schedule(optimizer, params, n_train=10)
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates == pytest.approx([1.0, 1.0, 0.8, 0.6, 0.4, 0.2])  # one warm-up step
+    assert optimizer.param_groups[0]["lr"] == 0.0
+
+
+def uneven_batch(split: Split) -> torch.Tensor:
+    """Three messages of one class and one of the other."""
+    spam, ham = (torch.nonzero(split.labels == c).flatten() for c in (1, 0))
+    return torch.cat([ham[:3], spam[:1]])
+
+
+def test_the_loss_of_an_uneven_batch_is_the_class_weighted_mean() -> None:
+    """sum(w_i * loss_i) / sum(w_i) with the training set's balanced weights: what
+    F.cross_entropy(weight=...) computes, not the plain mean."""
+    trainer = new_trainer()
+    indices = uneven_batch(trainer.train_split)
+    with torch.no_grad():
+        logits = classifier.logits(trainer.model, trainer.train_split.inputs, indices, CPU)
+    labels = trainer.train_split.labels[indices]
+    weights = trainer.class_weights
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=weights)
+    by_hand = (weights[labels] * -logits.log_softmax(-1)[range(4), labels]).sum()
+    torch.testing.assert_close(expected, by_hand / weights[labels].sum())
+    plain = torch.nn.functional.cross_entropy(logits, labels)
+    assert abs(expected - plain) > 1e-3  # the weights matter on this batch
+    loss = trainer.train_step(indices)
+    torch.testing.assert_close(loss, expected.double())
+
+
+def test_gradients_are_clipped_to_train_grad_clip_before_the_step() -> None:
+    """The norm of the trained parameters' gradients as the optimizer sees them: grad_clip
+    where it is larger, untouched where it is not. (AdamW's update hardly changes when every
+    gradient is scaled, so the weights alone would not show a missing clip.)"""
+    norms = {}
+    for clip in (None, 1e-3, 1e3):
+        trainer = new_trainer(dataclasses.replace(PARAMS, grad_clip=clip))
+        seen = []
+        trainer.optimizer.register_step_pre_hook(
+            lambda opt, args, kwargs, seen=seen, trainer=trainer: seen.append(
+                float(torch.linalg.vector_norm(
+                    torch.stack([p.grad.norm() for p in trainer.trained.values()])
+                ))
+            )
+        )  # fmt: skip
+        trainer.train_step(uneven_batch(trainer.train_split))
+        norms[clip] = seen[0]
+    assert norms[None] > 1e-2
+    assert norms[1e-3] == pytest.approx(1e-3, rel=1e-4)
+    assert norms[1e3] == pytest.approx(norms[None], rel=1e-6)
+
+
+def test_the_best_evaluation_is_the_best_val_f1_then_the_lowest_val_loss() -> None:
+    """Four validations of a model that gives every message the same spam probability p
+    (zero head weights, a bias): p = 0.51 labels all spam (some F1); 0.3 all ham (F1 0, but
+    nearer the spam share, so a lower loss); 0.55 all spam again (the same F1, a higher loss);
+    0.505 all spam (the same F1, the lowest loss of the three); 0.505 again (a tie: the
+    earlier epoch stays). F1 decides, the loss breaks its ties: the 4th evaluation is the best,
+    not the 2nd (lowest loss), the 1st (first) nor the 5th (as good, later)."""
+    trainer = new_trainer(dataclasses.replace(PARAMS, class_weights="none"))
+    share = trainer.val_split.labels.float().mean().item()
+    assert 0 < share < 0.3
+    head = trainer.model.head
+    losses = []
+    for p in (0.51, 0.3, 0.55, 0.505, 0.505):
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.copy_(torch.tensor([0.0, math.log(p / (1 - p))]))
+        trainer._evaluate()
+        losses.append(trainer.state.history[-1]["val/loss"])
+    f1s = [h["val/spam_f1"] for h in trainer.state.history]
+    assert f1s[0] == f1s[2] == f1s[3] == f1s[4] > f1s[1] == 0.0
+    assert losses[1] < losses[3] == losses[4] < losses[0] < losses[2]
+    assert trainer.state.best_evaluation == 4
+    best = trainer.state.best_weights["head.bias"]
+    torch.testing.assert_close(best, torch.tensor([0.0, math.log(0.505 / 0.495)]))

@@ -145,7 +145,7 @@ def trainer(model: GPT2Classifier, feats: ModelInputs, labels: torch.Tensor, pre
     trained = [n for n, p in model.named_parameters() if n.startswith(TAIL)]
     for name, p in model.named_parameters():
         p.requires_grad_(name in trained)
-    split = train.Split(feats, labels)
+    split = trunk.Split(feats, labels)
     params = TrainParams(
         epochs=1, batch_size=64, lr=1e-3, weight_decay=0.1, warmup_ratio=0.0, grad_clip=1.0,
         accumulation_steps=1, eval_every=None, class_weights="none", patience=1,

@@ -1,0 +1,47 @@
+"""spamgpt.atomic: a file is replaced whole or not at all (the failure cases are in
+tests/test_reliability_inputs.py)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from spamgpt import atomic
+
+
+def test_a_reader_sees_the_old_content_until_the_block_ends(tmp_path: Path) -> None:
+    dest = tmp_path / "metrics.json"
+    dest.write_text("old")
+    with atomic.atomic_open(dest) as f:
+        f.write("new")
+        f.flush()
+        assert dest.read_text() == "old"
+        assert Path(f.name).parent == tmp_path  # beside it: the rename stays on one disk
+    assert dest.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_write_json_keeps_the_key_order_indented_with_a_final_newline(tmp_path: Path) -> None:
+    atomic.write_json(tmp_path / "sub" / "a.json", {"z": 1, "a": [1, 2]})
+    text = (tmp_path / "sub" / "a.json").read_text()
+    assert text == '{\n  "z": 1,\n  "a": [\n    1,\n    2\n  ]\n}\n'
+    assert list(json.loads(text)) == ["z", "a"]
+
+
+def test_leftovers_are_those_of_this_file_only(tmp_path: Path) -> None:
+    """A name with glob characters matches itself, and another file's leftovers stay."""
+    dest = tmp_path / "a[1].json"
+    mine = tmp_path / ".a[1].json.x1y2.tmp"
+    others = [tmp_path / ".a1.json.x1y2.tmp", tmp_path / ".b.json.x1y2.tmp", tmp_path / "a1.json"]
+    for path in [mine, *others]:
+        path.write_text("")
+    assert atomic.remove_leftovers(dest) == [mine]
+    assert all(p.exists() for p in others) and not mine.exists()
+    assert atomic.remove_leftovers(tmp_path / "missing" / "x.json") == []
+
+
+def test_a_failed_block_leaves_no_file_where_there_was_none(tmp_path: Path) -> None:
+    with pytest.raises(ValueError), atomic.atomic_path(tmp_path / "w.bin") as tmp:
+        tmp.write_bytes(b"half")
+        raise ValueError("stopped")
+    assert list(tmp_path.iterdir()) == []

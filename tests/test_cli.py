@@ -1,0 +1,83 @@
+"""spamgpt.cli: `spamgpt classify`'s arguments, output formats and one-line errors, run in
+this process (the subprocess runs are in test_pipeline.py and test_reliability_inputs.py)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from spamgpt import classifier, cli, tokenizer
+from spamgpt.labels import Classes
+from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.random_hub import make_hub
+
+TEXTS = ["hi", "see you\tat 7"]  # 2 tokens at most, and more than 4
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full model folder of a tiny GPT-2 whose head spreads the probabilities; the positive
+    class is the first."""
+    hub = make_hub(tmp_path_factory.mktemp("hub"))
+    model = GPT2Classifier(GPT2.from_pretrained(hub))
+    torch.nn.init.normal_(model.head.weight, std=0.5, generator=torch.Generator().manual_seed(0))
+    classes = Classes(("spam", "ham"), "spam")
+    meta = {"repo_id": "openai-community/gpt2", **classes.to_dict(), "pooling": "last"}
+    meta |= {"max_length": 4, "pad_id": tokenizer.load(hub).eot_token, "trained": []}
+    folder = tmp_path_factory.mktemp("model") / "finetuned"
+    classifier.save(model, folder, meta, hub, full=True)
+    return folder
+
+
+def expected(model_dir: Path, threshold: float) -> list[dict]:
+    model, meta = classifier.load(model_dir)
+    enc = tokenizer.load(model_dir)
+    probs, _ = classifier.classify_texts(model, enc, TEXTS, 4, torch.device("cpu"), "fp32")
+    return classifier.answers(probs, classifier.classes_of(meta), threshold)
+
+
+def classify(capsys, *args: str) -> tuple[int, str, str]:
+    code = 0
+    try:
+        cli.main(["classify", "--device", "cpu", "--precision", "fp32", *args])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_lines_carry_the_answers_rounded_and_the_truncation(model_dir: Path, capsys) -> None:
+    code, out, _ = classify(
+        capsys, "--model", str(model_dir), "--threshold", "0.4", "--json", *TEXTS
+    )
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [line["text"] for line in lines] == TEXTS
+    for line, answer in zip(lines, expected(model_dir, 0.4), strict=True):
+        assert line["label"] == answer["label"]
+        assert line["spam_probability"] == round(answer["spam_probability"], 6)
+        assert line["probabilities"] == {k: round(v, 6) for k, v in answer["probabilities"].items()}
+    assert [line["truncated"] for line in lines] == [False, True]
+
+
+def test_plain_lines_show_the_positive_probability_and_escape_tabs(model_dir: Path, capsys) -> None:
+    code, out, _ = classify(capsys, "--model", str(model_dir), "--threshold", "0.4", *TEXTS)
+    first, second = (line.split("\t") for line in out.splitlines())
+    answers = expected(model_dir, 0.4)
+    assert code == 0 and first[:2] == [answers[0]["label"], f"{answers[0]['spam_probability']:.4f}"]
+    assert second[2] == "see you\\tat 7 [truncated to 4 tokens]"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["hi", "--file", "x.txt"], "give messages as arguments or with --file, not both"),
+        (["--threshold", "1.5", "hi"], "--threshold must be between 0 and 1, got 1.5"),
+        ([], "no messages to classify"),
+        (["--file", "/nonexistent/m.txt"], "cannot read /nonexistent/m.txt"),
+    ],
+)
+def test_a_mistake_is_one_line_and_exit_1(capsys, args: list[str], message: str) -> None:
+    code, out, err = classify(capsys, *args)
+    assert code == 1 and out == ""
+    assert err.startswith(f"spamgpt: error: {message}") and err.count("\n") == 1

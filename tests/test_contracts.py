@@ -1,0 +1,52 @@
+"""spamgpt.contracts: what one stage writes is what the next reads back."""
+
+from pathlib import Path
+
+import pytest
+
+from spamgpt import contracts, paths
+from spamgpt.labels import Classes
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)  # the contracts' files are relative to the repository
+    return tmp_path
+
+
+def test_each_file_reads_back_what_was_written(workspace: Path) -> None:
+    files = {"model.safetensors": {"sha256": "ab" * 32, "verified": True}}
+    contracts.write_weights("openai-community/gpt2", "main", files, "https://hub")
+    assert contracts.read_weights_sha256() == "ab" * 32
+    assert contracts.read_base_weights() == {
+        "repo_id": "openai-community/gpt2", "revision": "main", "hub_url": "https://hub",
+        "sha256": "ab" * 32,
+    }  # fmt: skip
+    contracts.write_data_report({"raw_sha256": "cd", "labels": ["b", "a"], "positive_label": "a"})
+    assert contracts.read_classes() == Classes(("b", "a"), "a")  # the given order, not sorted
+    assert contracts.read_data_report()["raw_sha256"] == "cd"
+    contracts.write_tokenization(contracts.Tokenization(48, 50256), {"train": {"n": 3}})
+    assert contracts.read_tokenization() == contracts.Tokenization(48, 50256)
+    contracts.write_trunk_info(None, "cpu", "fp32")
+    assert contracts.read_frozen_blocks() is None
+    contracts.write_trunk_info(11, "cpu", "bf16")
+    assert contracts.read_frozen_blocks() == 11
+    contracts.write_mlflow_run("0123abcd")
+    assert contracts.read_mlflow_run() == "0123abcd"
+    contracts.write_baseline({"test": {"accuracy": 0.9}})
+    assert contracts.read_baseline() == {"test": {"accuracy": 0.9}}
+    assert {p.relative_to(workspace) for p in workspace.rglob("*.json")} == {
+        paths.WEIGHTS_METRICS, paths.DATA_METRICS, paths.TOKENS_METRICS, paths.TRUNK_INFO,
+        paths.MLFLOW_RUN, paths.BASELINE_METRICS,
+    }  # fmt: skip
+
+
+def test_the_threshold_is_evaluates_or_the_default(workspace: Path) -> None:
+    assert contracts.read_threshold() == 0.5  # no evaluation yet
+    assert contracts.read_threshold(0.7) == 0.7
+    contracts.write_evaluation({"threshold": 0.81})
+    assert contracts.read_threshold() == 0.81
+    contracts.write_evaluation({"threshold": None})  # labelled by the most probable class
+    assert contracts.read_threshold() is None
+    paths.EVAL_METRICS.write_text("{not json")
+    assert contracts.read_threshold() == 0.5
