@@ -306,7 +306,7 @@ finally:
 def test_a_stage_reads_no_project_file_its_deps_do_not_list(project, tmp_path, name):
     """Each stage re-run in a copy of the finished project, every file it opens for reading
     recorded: those inside the project are its deps, its outputs (finetune resumes from its
-    own checkpoint), params.yaml, or DVC's and MLflow's own files."""
+    own checkpoint), params.yaml, or DVC's, git's and MLflow's own files."""
     path, _ = project
     copy = tmp_path / "project"
     shutil.copytree(path, copy, symlinks=True)
@@ -314,7 +314,9 @@ def test_a_stage_reads_no_project_file_its_deps_do_not_list(project, tmp_path, n
     lock = yaml.safe_load((copy / "dvc.lock").read_text())["stages"][name]
     listed = [d["path"] for d in lock["deps"]] + [o["path"] for o in lock.get("outs", [])]
     listed += [next(iter(m)) if isinstance(m, dict) else m for m in stage.get("metrics", [])]
-    allowed = [copy / p for p in [*listed, "params.yaml", ".dvc", "mlflow.db", "mlartifacts"]]
+    # .git: MLflow tags a logged model with the commit it was made at, as it does a run
+    own = ["params.yaml", ".dvc", ".git", "mlflow.db", "mlartifacts"]
+    allowed = [copy / p for p in [*listed, *own]]
     record = tmp_path / "opened.txt"
     script = (copy / stage["cmd"].split()[-1]).relative_to(copy)
     run([sys.executable, "-c", AUDIT, str(script), str(record)], copy)
