@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import REPO
@@ -124,19 +125,26 @@ def predict_cli(capsys, *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def test_a_hundred_thousand_rows_with_their_ids(model_dir, tmp_path, capsys) -> None:
-    rows = [{"id": i, "message": f"invoice {i % 97} is wrong, refund"} for i in range(100_000)]
+def test_many_rows_stream_in_chunks_keeping_ids_order_and_answers(scorer, tmp_path) -> None:
+    """6,000 rows, 500 at a time: one Parquet row group per chunk written (each chunk scored
+    and written before the next), every id in input order, each row classify's answer."""
+    ids = np.random.default_rng(0).permutation(6_000).tolist()  # not sorted: order is checked
+    rows = [{"id": i, "message": f"invoice {'refund ' * (i % 7)}{i % 97}"} for i in ids]
     source = write_csv(tmp_path / "tickets.csv", rows)
-    args = ["--model", str(model_dir), "--text-column", "message", "--keep", "id"]
-    args += ["--max-tokens", "16384"]  # few, large batches: the tiny model's ops are cheap
-    code, err = predict_cli(capsys, str(source), "-o", str(tmp_path / "scored.csv"), *args)
-    assert code == 0, err
-    assert f"{tmp_path / 'scored.csv'}: 100000 rows" in err
-    out = pd.read_csv(tmp_path / "scored.csv")
-    assert out["id"].tolist() == list(range(100_000))
-    assert set(out["label"]) <= set(CLASSES.names)
-    sums = out[["p_billing", "p_outage", "p_sales"]].sum(axis=1)
-    np.testing.assert_allclose(sums, 1, atol=1e-5)
+    big_batches = dataclasses.replace(scorer, max_tokens=16384)  # the tiny model's ops are cheap
+    written, _ = predicting.predict_file(
+        source, tmp_path / "scored.parquet", big_batches, "csv", "parquet", ["message"],
+        ["id", "message"], chunk_rows=500,
+    )  # fmt: skip
+    assert written == 6_000
+    assert pq.ParquetFile(tmp_path / "scored.parquet").num_row_groups == 12
+    out = pd.read_parquet(tmp_path / "scored.parquet")
+    assert out["id"].tolist() == [str(i) for i in ids]  # a CSV field as it was
+    texts = sorted(set(out["message"]))  # lengths differ: batches are sorted by length
+    want = expected(scorer, texts).set_index(pd.Index(texts))
+    for column in ("p_billing", "p_outage", "p_sales"):
+        np.testing.assert_allclose(out[column], want.loc[out["message"], column], atol=1e-6)
+    assert out["label"].tolist() == want.loc[out["message"], "label"].tolist()
 
 
 def test_bad_rows_stop_in_one_line_or_are_skipped_and_counted(model_dir, tmp_path, capsys):
