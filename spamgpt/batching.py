@@ -110,11 +110,16 @@ def inference_tokens(device: torch.device) -> int:
     return CPU_INFERENCE_TOKENS if device.type == "cpu" else GPU_INFERENCE_TOKENS
 
 
-def sorted_order(lengths: torch.Tensor, max_tokens: int) -> list[torch.Tensor]:
+def sorted_order(
+    lengths: torch.Tensor, max_tokens: int, full_last: bool = False
+) -> list[torch.Tensor]:
     """Inference order: longest first, each batch as many messages as fit in `max_tokens`
     padded tokens (at its padded_width). Equal-sized matrix products whatever the lengths:
     short messages come in large batches instead of wasting a fixed batch size on a few
-    tokens each; and every batch of one padded width has the same shape, but the very last."""
+    tokens each; and every batch of one padded width has the same shape, but the very last.
+    `full_last`: that one too, filled up with its last message again (for many calls, as
+    spamgpt predict's chunks make: each would add a shape, and bf16 on a CPU caches a kernel
+    per shape)."""
     order = torch.argsort(lengths, descending=True, stable=True)
     cap = int(lengths.max()) if len(lengths) else 0
     batches, start = [], 0
@@ -123,4 +128,7 @@ def sorted_order(lengths: torch.Tensor, max_tokens: int) -> list[torch.Tensor]:
         count = max(1, max_tokens // padded_width(longest, cap))
         batches.append(order[start : start + count])
         start += count
+    if full_last and batches and len(batches[-1]) < count:
+        last = batches[-1]
+        batches[-1] = torch.cat([last, last[-1:].expand(count - len(last))])
     return batches

@@ -7,8 +7,9 @@ cache); the base is read back from models/pretrained/<repo_id>. A randomly initi
 or a self-contained copy (`full=True`, as the MLflow model needs), saves every tensor.
 
 Prediction: class_probabilities() runs the model over token ids or cached trunk output, and
-labels.Classes.predicted() turns the probabilities into labels. Validation, evaluate,
-`spamgpt classify` and the MLflow model all go through these two.
+labels.Classes.predicted() turns the probabilities into labels (answers() per message,
+prediction_frame() as a table). Validation, evaluate, `spamgpt classify`, `spamgpt predict`
+and the MLflow model all go through these two.
 """
 
 import dataclasses
@@ -17,6 +18,8 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import tiktoken
 import torch
 from safetensors import SafetensorError
@@ -30,6 +33,7 @@ from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.labels import Classes
 from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.params import LoraParams, ModelParams
+from spamgpt.texts import HEAD, ONE_TEXT, TextFields, Truncation
 
 CLASSIFIER_JSON = "classifier.json"
 WEIGHTS = "model.safetensors"
@@ -112,14 +116,17 @@ def export(
     classes: Classes,
     tokenization: Tokenization,
     dest: str | os.PathLike,
+    fields: TextFields = ONE_TEXT,
 ) -> None:
     """Write the model folder of `model` with these trained `weights` (the best epoch's);
-    LoRA adapters are folded in first, so the folder holds plain GPT-2 weights."""
+    LoRA adapters are folded in first, so the folder holds plain GPT-2 weights. `fields`:
+    the columns (and template) its text is made of."""
     model.load_state_dict(weights, strict=False)
     stored = trained_names
     if m.finetune == "lora":
         stored = [*lora.merge(model), *(n for n in trained_names if n.startswith("head."))]
     meta = classifier_meta(m, classes, stored, tokenization.max_length, tokenization.pad_id)
+    meta.update(fields.to_dict())
     save(model, dest, meta, paths.pretrained_dir(m.repo_id), full=not m.pretrained)
 
 
@@ -199,6 +206,7 @@ def classifier_meta(
         "pooling": model.pooling,
         **classes.to_dict(),
         "max_length": max_length,
+        **model.truncation_rule().to_dict(),
         "pad_id": pad_id,
         "trained": trained,
     }
@@ -222,6 +230,24 @@ def answers(probabilities: torch.Tensor, classes: Classes, threshold: float | No
     return out
 
 
+def prediction_frame(
+    probabilities: torch.Tensor | np.ndarray, classes: Classes, threshold: float | None
+) -> pd.DataFrame:
+    """The answers as a table, one row per message: `label` (Classes.predicted at
+    `threshold`), `probability` (the label's) and `p_<class>` for every class."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    predicted = classes.predicted(probs, threshold)
+    frame = pd.DataFrame(
+        {
+            "label": np.asarray(classes.names, dtype=object)[predicted],
+            "probability": probs[np.arange(len(probs)), predicted],
+        }
+    )
+    for i, name in enumerate(classes.names):
+        frame[f"p_{name}"] = probs[:, i]
+    return frame
+
+
 def logits(
     model: nn.Module, inputs: ModelInputs, indices: torch.Tensor, device: torch.device
 ) -> torch.Tensor:
@@ -240,13 +266,15 @@ def class_probabilities(
     device: torch.device,
     precision: str,
     max_tokens: int | None = None,
+    full_last: bool = False,
 ) -> torch.Tensor:
     """Float32 class probabilities (N, classes) of N messages, in their order. Batches are
     sorted by length and hold up to `max_tokens` padded tokens (None: what suits the
-    device), in a few widths (batching.padded_width): little padding, few shapes."""
+    device), in a few widths (batching.padded_width): little padding, few shapes
+    (`full_last`: no odd-sized last batch either, batching.sorted_order)."""
     out = torch.empty(len(inputs), model.head.out_features)
     max_tokens = max_tokens or inference_tokens(device)
-    for indices in sorted_order(inputs.sequences.lengths, max_tokens):
+    for indices in sorted_order(inputs.sequences.lengths, max_tokens, full_last):
         with runtime.autocast(device, precision):
             out[indices] = logits(model, inputs, indices, device).float().cpu()
     return torch.softmax(out, dim=-1)
@@ -260,10 +288,13 @@ def classify_texts(
     device: torch.device,
     precision: str,
     max_tokens: int | None = None,
+    truncation: Truncation = HEAD,
+    full_last: bool = False,
 ) -> tuple[torch.Tensor, list[bool]]:
     """Class probabilities (N, classes) of raw texts with the whole model, and which texts
-    were cut to max_length."""
+    were cut to max_length (the tokens kept: `truncation`, as the model was trained)."""
     ids = tokenized.encode(enc, texts)
     truncated = [len(row) > max_length for row in ids]
-    inputs = ModelInputs(tokenized.pack_ids(ids, max_length), frozen_blocks=None)
-    return class_probabilities(model, inputs, device, precision, max_tokens), truncated
+    inputs = ModelInputs(tokenized.pack_ids(ids, max_length, truncation), frozen_blocks=None)
+    probs = class_probabilities(model, inputs, device, precision, max_tokens, full_last)
+    return probs, truncated

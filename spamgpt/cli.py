@@ -1,7 +1,10 @@
-"""`spamgpt classify`: label your own messages with the fine-tuned model.
+"""`spamgpt classify`: label your own messages with the fine-tuned model; `spamgpt predict`:
+score every row of a file (spamgpt.predict).
 
 spamgpt classify "WIN a free prize now" "see you at 7"
 spamgpt classify --file messages.txt --json      # one message per line; - for stdin
+spamgpt classify '{"subject": "WIN", "body": "a prize"}'  # a model of several text fields
+spamgpt predict tickets.parquet --output scored.csv --keep id
 spamgpt export --to transformers exported/      # or --to onnx model.onnx (spamgpt.export)
 """
 
@@ -12,6 +15,7 @@ from pathlib import Path
 
 from spamgpt import classifier, contracts, export, paths, runtime, tokenizer
 from spamgpt.errors import SpamGPTError
+from spamgpt.texts import TextFields, Truncation
 
 # Plain output is one tab-separated line per message: a tab or line break inside a message is
 # printed as \t, \n or \r (and a backslash as \\), so that every line still splits in three.
@@ -44,9 +48,11 @@ def classify(args: argparse.Namespace) -> None:
     device, precision = runtime.setup(args.device, args.precision)
     model, meta = classifier.load(args.model, args.pretrained)
     enc = tokenizer.load(args.model)
+    texts = joined_fields(messages, TextFields.from_dict(meta))
     probs, truncated = classifier.classify_texts(
-        model.to(device), enc, messages, meta["max_length"], device, precision, args.max_tokens
-    )
+        model.to(device), enc, texts, meta["max_length"], device, precision, args.max_tokens,
+        Truncation.from_dict(meta),
+    )  # fmt: skip
     classes = classifier.classes_of(meta)
     answers = classifier.answers(probs, classes, threshold)
     # Plain output shows the positive class's probability where there is one, as a
@@ -59,6 +65,49 @@ def classify(args: argparse.Namespace) -> None:
         else:
             note = f" [truncated to {meta['max_length']} tokens]" if cut else ""
             print(f"{answer['label']}\t{answer[shown]:.4f}\t{text.translate(ESCAPES)}{note}")
+
+
+def joined_fields(messages: list[str], fields: TextFields) -> list[str]:
+    """The texts the model reads: each message as it is (one text field), or, for a model of
+    several fields, each a JSON object of them, joined by the model's template."""
+    if len(fields.columns) == 1:
+        return [fields.join({fields.columns[0]: m}) for m in messages]
+    texts = []
+    for number, message in enumerate(messages, start=1):
+        try:
+            record = json.loads(message)
+        except json.JSONDecodeError:
+            record = None
+        values = record if isinstance(record, dict) else {}
+        missing = [c for c in fields.columns if not isinstance(values.get(c), str)]
+        if missing:
+            raise SpamGPTError(
+                f"message {number}: the model reads the fields {', '.join(fields.columns)}: "
+                f"give each message as a JSON object of them (field {missing[0]!r} is "
+                f"missing or not text)"
+            )
+        texts.append(fields.join(values))
+    return texts
+
+
+def predict(args: argparse.Namespace) -> None:
+    from spamgpt import predict as predicting  # pandas' writers: only for this command
+
+    in_format = predicting.format_of(args.input, args.format, "--format")
+    out_format = predicting.format_of(args.output, args.output_format, "--output-format")
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        raise SpamGPTError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    threshold = "auto" if args.threshold is None else args.threshold
+    scorer = predicting.load_scorer(
+        args.model, args.pretrained, args.device, args.precision, threshold, args.max_tokens
+    )
+    rows, skipped = predicting.predict_file(
+        args.input, args.output, scorer, in_format, out_format, args.text_column, args.keep,
+        args.bad_lines,
+    )  # fmt: skip
+    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(skipped.items()))
+    note = f"; {sum(skipped.values())} bad rows skipped ({kinds})" if skipped else ""
+    print(f"{args.output}: {rows} rows{note}", file=sys.stderr)
 
 
 def _rounded(answer: dict) -> dict:
@@ -78,6 +127,38 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+def add_predict_parser(commands: argparse._SubParsersAction) -> None:
+    from spamgpt.predict import FORMATS
+
+    p = commands.add_parser(
+        "predict", help="score every row of a CSV, TSV, JSON Lines or Parquet file"
+    )
+    p.add_argument("input", help="the file to score (.csv, .tsv, .jsonl, .parquet)")
+    p.add_argument("--output", "-o", required=True, help="the file to write (same formats)")
+    p.add_argument("--format", choices=FORMATS, help="the input's format (default: extension)")
+    p.add_argument("--output-format", choices=FORMATS, help="the output's (default: extension)")
+    p.add_argument(
+        "--text-column", nargs="+", help="the text column(s) (default: the model's fields)"
+    )
+    p.add_argument("--keep", nargs="+", default=[], help="columns copied to the output")
+    p.add_argument("--bad-lines", choices=["error", "skip"], default="error")
+    p.add_argument(
+        "--model",
+        default=str(paths.FINETUNED_DIR),
+        help="a fine-tuned model folder, or a logged MLflow model (runs:/<run_id>/model)",
+    )
+    p.add_argument(
+        "--pretrained", type=Path, default=paths.PRETRAINED_DIR, help="base models folder"
+    )
+    p.add_argument(
+        "--threshold", type=float, help="on the positive class's probability (default: the model's)"
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--max-tokens", type=positive_int, help="padded tokens per batch")
+    p.set_defaults(run=predict)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         type=positive_int,
         help="padded tokens per batch (memory vs speed; default: 1024 on a CPU, 32768 on a GPU)",
     )
+    add_predict_parser(commands)
     export.add_command(commands)
     args = parser.parse_args(argv)
     try:

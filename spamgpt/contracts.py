@@ -71,6 +71,12 @@ def write_tokenization(tokenization: Tokenization, split_stats: dict[str, dict])
     )
 
 
+def read_tokens_report() -> dict:
+    """metrics/loaders.json: max_length, pad_id and each split's token stats (truncated: the
+    messages cut)."""
+    return _read(paths.TOKENS_METRICS)
+
+
 def read_tokenization() -> Tokenization:
     report = _read(paths.TOKENS_METRICS)
     return Tokenization(report["max_length"], report["pad_id"])

@@ -25,11 +25,13 @@ import pandas as pd
 from spamgpt import atomic
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import SMS
+from spamgpt.texts import TextFields
 
 
 @dataclass
 class ParsedMessages:
     frame: pd.DataFrame  # columns: line (1-based line, or row, in the raw file), label, text
+    # (and split, with a split column)
     bad_lines: Counter = field(default_factory=Counter)  # kind -> count (policy 'skip')
 
 
@@ -41,11 +43,22 @@ class _BadLine(ValueError):
 
 @dataclass(frozen=True)
 class Format:
-    """How to read a raw file: data.format, data.text_column, data.label_column."""
+    """How to read a raw file: data.format, data.text_column (one column or several),
+    data.label_column, data.text_template."""
 
     name: str = "label_tab_text"
-    text_column: str = "text"
+    text_column: str | list[str] | tuple[str, ...] = "text"
     label_column: str = "label"
+    text_template: str | None = None
+
+    @property
+    def fields(self) -> TextFields:
+        return TextFields.of(self.text_column, self.text_template)
+
+
+# The pipeline's settings, named in its messages (spamgpt predict names its options instead).
+PIPELINE_SETTINGS = {"text": "data.text_column", "label": "data.label_column"}
+PIPELINE_SKIP = "set data.bad_lines: skip to drop such {where}s and count them"
 
 
 def read_messages(
@@ -53,28 +66,121 @@ def read_messages(
     fmt: Format = Format(),
     labels: tuple[str, ...] | None = SMS.names,
     bad_lines: str = "error",
+    split_column: str | None = None,
+    split_names: dict[str, str] | None = None,
 ) -> ParsedMessages:
     """Every (line, label, text) of the raw file; `labels`: the allowed classes (None: any).
-    `bad_lines` is 'error' (raise at the first bad row) or 'skip' (count them by kind)."""
+    `bad_lines` is 'error' (raise at the first bad row) or 'skip' (count them by kind).
+    With `split_column`, each row's split too, from `split_names` ({value: split}): a value
+    outside them is a bad row ('unknown_split')."""
     path = Path(path)
+    if fmt.name == "label_tab_text":  # no header: the columns are label and text
+        fmt = Format(fmt.name)
+    fields = fmt.fields
+    columns = {c: PIPELINE_SETTINGS["text"] for c in fields.columns}
+    columns[fmt.label_column] = PIPELINE_SETTINGS["label"]
+    if split_column is not None:
+        columns[split_column] = "data.split_column"
     rows, skipped = [], Counter()
-    where = "row" if fmt.name == "parquet" else "line"
-    for number, parsed in _READERS[fmt.name](path, fmt):
+    for number, parsed in read_rows(path, fmt.name, columns):
         try:
             if isinstance(parsed, _BadLine):
                 raise parsed
-            rows.append((number, *_checked(*parsed, labels)))
+            text = _joined(parsed, fields)
+            row = (number, *_checked(parsed[fmt.label_column], text, labels))
+            if split_column is not None:
+                row = (*row, _split_of(parsed[split_column], split_column, split_names or {}))
+            rows.append(row)
         except _BadLine as bad:
             if bad_lines != "skip":
-                place = f"{path}:{number}" if where == "line" else f"{path}: row {number}"
-                raise SpamGPTError(
-                    f"{place}: {bad}; fix the {where}, or set data.bad_lines: skip to drop "
-                    f"such {where}s and count them"
-                ) from None
+                raise bad_line_error(path, fmt.name, number, bad, PIPELINE_SKIP) from None
             skipped[bad.kind] += 1
+    where = _where(fmt.name)
     if not rows:
         raise SpamGPTError(f"{path}: no messages (the file is empty or every {where} is bad)")
-    return ParsedMessages(pd.DataFrame(rows, columns=["line", "label", "text"]), skipped)
+    names = ["line", "label", "text", *(["split"] if split_column is not None else [])]
+    return ParsedMessages(pd.DataFrame(rows, columns=names), skipped)
+
+
+def read_texts(
+    path: str | os.PathLike,
+    fmt_name: str,
+    fields: TextFields,
+    keep: tuple[str, ...],
+    bad_lines: str,
+    skipped: Counter,
+    settings: dict[str, str],
+    skip_hint: str,
+) -> Iterator[tuple[str, list[object]]]:
+    """(text, the `keep` columns' values) of each row, in order, as the pipeline reads them
+    (spamgpt predict: no label). Bad rows raise, or (`bad_lines` 'skip') are counted by kind
+    into `skipped`. `settings` names the option of each column for a missing-column error:
+    {'text': ..., 'keep': ...}; `skip_hint` says how to skip bad rows."""
+    path = Path(path)
+    columns = {c: settings["text"] for c in fields.columns}
+    columns.update({c: settings["keep"] for c in keep if c not in columns})
+    for number, parsed in read_rows(path, fmt_name, columns):
+        try:
+            if isinstance(parsed, _BadLine):
+                raise parsed
+            yield _text(_joined(parsed, fields)), [parsed[c] for c in keep]
+        except _BadLine as bad:
+            if bad_lines != "skip":
+                raise bad_line_error(path, fmt_name, number, bad, skip_hint) from None
+            skipped[bad.kind] += 1
+
+
+def _where(fmt_name: str) -> str:
+    return "row" if fmt_name == "parquet" else "line"
+
+
+def bad_line_error(
+    path: str | os.PathLike, fmt_name: str, number: int, bad: ValueError, skip_hint: str
+) -> SpamGPTError:
+    """The one-line error of a bad row: where it is, what is wrong, how to go on."""
+    where = _where(fmt_name)
+    place = f"{path}:{number}" if where == "line" else f"{path}: row {number}"
+    return SpamGPTError(f"{place}: {bad}; fix the {where}, or {skip_hint.format(where=where)}")
+
+
+def _joined(row: dict[str, object], fields: TextFields) -> object:
+    """The row's text from its fields; with several, a missing one is a bad row."""
+    if len(fields.columns) == 1 and fields.template is None:
+        return row[fields.columns[0]]
+    for column in fields.columns:
+        value = row[column]
+        if not isinstance(value, str):
+            what = "missing" if value is None else "not text"
+            raise _BadLine("missing_text", f"text field {column!r} is {what}")
+    return fields.join(row)
+
+
+def _split_of(value: object, column: str, names: dict[str, str]) -> str:
+    split = names.get(str(value)) if value is not None else None
+    if split is None:
+        raise _BadLine(
+            "unknown_split",
+            f"{column} is {str(value)[:20]!r}, not a split; allowed: {', '.join(names)} "
+            f"(data.split_names)",
+        )
+    return split
+
+
+def _text(text: object) -> str:
+    """A text as the classifier takes it (no label to check), or _BadLine."""
+    if not isinstance(text, str):
+        raise _BadLine("missing_text", "text is missing" if text is None else "text is not text")
+    _check_decoded(text)
+    if not text.strip():
+        raise _BadLine("empty_text", "empty text")
+    return text
+
+
+def _check_decoded(value: str) -> None:
+    bad = next((i for i, c in enumerate(value) if "\udc80" <= c <= "\udcff"), None)
+    if bad is not None:  # surrogateescape's stand-ins for bytes that are not UTF-8
+        detail = f"undecodable bytes at character {bad + 1} of a field (not UTF-8)"
+        raise _BadLine("undecodable", detail)
 
 
 def _checked(label: object, text: object, labels: tuple[str, ...] | None) -> tuple[str, str]:
@@ -86,10 +192,7 @@ def _checked(label: object, text: object, labels: tuple[str, ...] | None) -> tup
         raise _BadLine("missing_text", "text is missing" if text is None else "text is not text")
     label = str(label)
     for value in (label, text):
-        bad = next((i for i, c in enumerate(value) if "\udc80" <= c <= "\udcff"), None)
-        if bad is not None:  # surrogateescape's stand-ins for bytes that are not UTF-8
-            detail = f"undecodable bytes at character {bad + 1} of a field (not UTF-8)"
-            raise _BadLine("undecodable", detail)
+        _check_decoded(value)
     if labels is not None and label not in labels:
         raise _BadLine(
             "unknown_label", f"unknown label {label[:20]!r}; allowed: {', '.join(labels)}"
@@ -99,10 +202,18 @@ def _checked(label: object, text: object, labels: tuple[str, ...] | None) -> tup
     return label, text
 
 
-Rows = Iterator[tuple[int, tuple[object, object] | _BadLine]]
+# Each row of a raw file: its line (row) number, and {column: value} of the columns asked
+# for, or the _BadLine it is.
+Rows = Iterator[tuple[int, dict[str, object] | _BadLine]]
 
 
-def _label_tab_text(path: Path, fmt: Format) -> Rows:
+def read_rows(path: str | os.PathLike, fmt_name: str, columns: dict[str, str]) -> Rows:
+    """The rows of a raw file with these columns ({name: the setting naming it, for the
+    error when the file lacks it}); label_tab_text has the columns label and text."""
+    return _READERS[fmt_name](Path(path), columns)
+
+
+def _label_tab_text(path: Path, columns: dict[str, str]) -> Rows:
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             line = raw.removesuffix(b"\n").removesuffix(b"\r")
@@ -117,16 +228,17 @@ def _label_tab_text(path: Path, fmt: Format) -> Rows:
             if not tab:
                 yield number, _BadLine("no_tab", "no tab between label and text")
                 continue
-            yield number, (label, text)
+            yield number, {"label": label, "text": text}
 
 
-def _delimited(path: Path, fmt: Format, delimiter: str) -> Rows:
+def _delimited(path: Path, columns: dict[str, str], delimiter: str) -> Rows:
+    name = "CSV" if delimiter == "," else "TSV"
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter, strict=True)
         header = next(reader, None)
         if header is None:
             return
-        columns = _columns(path, header, fmt)
+        positions = _columns(path, header, columns)
         while True:
             start = reader.line_num + 1  # a row's first line: quoted line breaks span more
             try:
@@ -134,7 +246,7 @@ def _delimited(path: Path, fmt: Format, delimiter: str) -> Rows:
             except StopIteration:
                 return
             except csv.Error as e:
-                yield start, _BadLine("unparseable", f"does not parse as {fmt.name.upper()}: {e}")
+                yield start, _BadLine("unparseable", f"does not parse as {name}: {e}")
                 continue
             if not row:
                 continue  # a blank line holds no row
@@ -142,21 +254,19 @@ def _delimited(path: Path, fmt: Format, delimiter: str) -> Rows:
                 detail = f"{len(row)} fields where the header has {len(header)}"
                 yield start, _BadLine("wrong_fields", detail)
                 continue
-            yield start, (row[columns[1]], row[columns[0]])
+            yield start, {c: row[i] for c, i in positions.items()}
 
 
-def _columns(path: Path, header: list, fmt: Format) -> tuple[int, int]:
-    """The positions of the text and label columns in `header`."""
-    positions = []
-    for key, name in (("text_column", fmt.text_column), ("label_column", fmt.label_column)):
+def _columns(path: Path, header: list, columns: dict[str, str]) -> dict[str, int]:
+    """The position of each column asked for in `header`."""
+    for name, setting in columns.items():
         if name not in header:
             shown = ", ".join(map(str, header[:20]))
-            raise SpamGPTError(f"{path}: no column {name!r} (it has {shown}); set data.{key}")
-        positions.append(header.index(name))
-    return positions[0], positions[1]
+            raise SpamGPTError(f"{path}: no column {name!r} (it has {shown}); set {setting}")
+    return {name: header.index(name) for name in columns}
 
 
-def _jsonl(path: Path, fmt: Format) -> Rows:
+def _jsonl(path: Path, columns: dict[str, str]) -> Rows:
     with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -169,29 +279,30 @@ def _jsonl(path: Path, fmt: Format) -> Rows:
             if not isinstance(row, dict):
                 yield number, _BadLine("unparseable", "not a JSON object")
                 continue
-            yield number, (row.get(fmt.label_column), row.get(fmt.text_column))
+            yield number, {c: row.get(c) for c in columns}
 
 
-def _parquet(path: Path, fmt: Format) -> Rows:
+def _parquet(path: Path, columns: dict[str, str]) -> Rows:
     import pyarrow.parquet as pq  # pandas' engine, installed with MLflow
 
     try:
         table = pq.ParquetFile(path)
     except Exception as e:  # pyarrow's own error types: not a Parquet file
         raise SpamGPTError(f"{path}: not a Parquet file ({e})") from None
-    _columns(path, table.schema_arrow.names, fmt)
+    _columns(path, table.schema_arrow.names, columns)
     number = 0
-    for batch in table.iter_batches(columns=[fmt.label_column, fmt.text_column]):
-        labels, texts = (batch.column(i).to_pylist() for i in (0, 1))
-        for label, text in zip(labels, texts, strict=True):
+    names = list(columns)
+    for batch in table.iter_batches(columns=names):
+        values = [batch.column(name).to_pylist() for name in names]
+        for row in zip(*values, strict=True):
             number += 1
-            yield number, (label, text)
+            yield number, dict(zip(names, row, strict=True))
 
 
 _READERS = {
     "label_tab_text": _label_tab_text,
-    "csv": lambda path, fmt: _delimited(path, fmt, ","),
-    "tsv": lambda path, fmt: _delimited(path, fmt, "\t"),
+    "csv": lambda path, columns: _delimited(path, columns, ","),
+    "tsv": lambda path, columns: _delimited(path, columns, "\t"),
     "jsonl": _jsonl,
     "parquet": _parquet,
 }

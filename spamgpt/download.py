@@ -118,6 +118,35 @@ def fetch(
     raise DownloadError(f"could not download {desc or dest.name}: " + "; ".join(failures))
 
 
+def fetch_files(
+    sources: dict[str, tuple[str, str | None]],
+    dest: str | os.PathLike,
+    setting: str = "data.files",
+) -> dict[str, str]:
+    """Fetch each {name: (URL or local path, sha256 or None)} to dest/<name>, and return
+    their hashes. `dest` (a folder; a file there before is replaced) appears only once every
+    one is verified; a failure names the source's setting (`setting`.<name>.url)."""
+    dest = Path(dest)
+    staging = dest.parent / f".{dest.name}.files"
+    shutil.rmtree(staging, ignore_errors=True)
+    hashes = {}
+    try:
+        for name, (url, sha256) in sources.items():
+            desc = f"{name} ({Path(urllib.parse.urlsplit(url).path).name})"
+            try:
+                hashes[name] = fetch([url], staging / name, sha256=sha256, desc=desc)
+            except DownloadError as e:
+                raise DownloadError(f"{setting}.{name}.url: {e}") from None
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        else:
+            dest.unlink(missing_ok=True)
+        os.replace(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return hashes
+
+
 def is_url(source: str) -> bool:
     """A URL (scheme://...), as opposed to a local path."""
     return re.match(r"[A-Za-z][\w+.-]*://", source) is not None

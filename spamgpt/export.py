@@ -65,24 +65,11 @@ def loaded(
     if "://" not in source and not source.startswith(("runs:/", "models:/")):
         yield (*classifier.load(source, pretrained_root), Path(source))
         return
-    import mlflow
+    from spamgpt import serving
 
-    from spamgpt import serving, tracking
-
-    tracking.connect()
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(source, dst_path=tmp))
-        except mlflow.exceptions.MlflowException as e:
-            raise SpamGPTError(f"--model {source}: {str(e).splitlines()[0]}") from None
-        folder = local / "artifacts" / serving.ARTIFACT
-        if not (folder / classifier.CLASSIFIER_JSON).is_file():
-            raise SpamGPTError(f"--model {source} is not a model logged by spamgpt")
-        base_file = folder / serving.BASE_JSON
-        if base_file.exists():  # a light model: its base weights come from elsewhere
-            base = serving.BaseWeights(**json.loads(base_file.read_text(encoding="utf-8")))
-            pretrained_root = serving.resolve_base(base)
-        yield (*classifier.load(folder, pretrained_root), folder)
+        folder, _ = serving.download_logged(source, tmp)
+        yield (*serving.load_artifact(folder), folder)
 
 
 # model.truncation (classifier.json's "truncation", "head" where absent) as a transformers

@@ -2,7 +2,9 @@
 runs it to get the model instead of unpickling an object."""
 
 import mlflow
+from mlflow.models import ModelConfig
 
-from spamgpt.serving import SpamClassifierModel
+from spamgpt.serving import model_for
 
-mlflow.models.set_model(SpamClassifierModel())
+# The model_config logged with the model (serving.log_model) says which input it takes.
+mlflow.models.set_model(model_for(ModelConfig().to_dict()))

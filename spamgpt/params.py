@@ -18,6 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from spamgpt.errors import ParamsError
+from spamgpt.texts import TextFields, Truncation
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -64,19 +65,84 @@ REPORT_KEYS = ("accuracy", "macro_f1", "roc_auc", "pr_auc", "confusion_matrix")
 
 
 @dataclass(frozen=True)
-class DataParams:
+class SourceParams:
+    """One given split's file: a URL or local path as data.url takes, and its sha256."""
+
     url: str = _rule(**URL_OR_PATH)
+    sha256: str | None = _rule(pattern=r"[0-9a-f]{64}", what="64 lowercase hex digits or null")
+
+
+@dataclass(frozen=True)
+class SplitFilesParams:
+    """data.files: the given splits, one file each (val null: carved from train)."""
+
+    train: SourceParams
+    val: SourceParams | None
+    test: SourceParams
+
+    def sources(self) -> dict[str, SourceParams]:
+        """The splits given, in train, val, test order."""
+        given = {"train": self.train, "val": self.val, "test": self.test}
+        return {name: source for name, source in given.items() if source is not None}
+
+
+@dataclass(frozen=True)
+class SplitNamesParams:
+    """data.split_names: the values of data.split_column that name each split."""
+
+    train: str | int = _rule()
+    val: str | int = _rule()
+    test: str | int = _rule()
+
+    def __post_init__(self) -> None:
+        values = [str(v) for v in (self.train, self.val, self.test)]
+        if len(set(values)) != 3:
+            raise ParamsError(
+                f"data.split_names: train, val and test need three different values, got {values}"
+            )
+
+
+@dataclass(frozen=True)
+class DataParams:
+    url: str | None = _rule(**URL_OR_PATH)
     mirrors: list[str] = _rule(**HTTP_URL)
     member: str | None = _rule(pattern=r"(?!.*\.\.)[^\\]+", what="a file name inside the archive")
     sha256: str | None = _rule(pattern=r"[0-9a-f]{64}", what="64 lowercase hex digits or null")
     format: Literal["label_tab_text", "csv", "tsv", "jsonl", "parquet"] = _rule()
-    text_column: str = _rule(pattern=r".+", what="a column name")
+    text_column: str | list[str] = _rule(pattern=r".+", what="a column name")
+    text_template: str | None = _rule(pattern=r"(?s).+", what="a template such as '{a}: {b}'")
     label_column: str = _rule(pattern=r".+", what="a column name")
     labels: list[str | int] | None = _rule()
     positive_label: str | int | None = _rule()
     bad_lines: Literal["error", "skip"] = _rule()
+    files: SplitFilesParams | None
+    split_column: str | None = _rule(pattern=r".+", what="a column name or null")
+    split_names: SplitNamesParams
 
     def __post_init__(self) -> None:
+        self.text_fields()  # data.text_column and data.text_template agree
+        if self.format == "label_tab_text":
+            named = {
+                "data.text_column": None if isinstance(self.text_column, str) else "a list",
+                "data.text_template": self.text_template,
+                "data.split_column": self.split_column,
+            }
+            for key, value in named.items():
+                if value is not None:
+                    raise ParamsError(
+                        f"{key}: label_tab_text files have no named columns; allowed: "
+                        f"data.format csv, tsv, jsonl or parquet"
+                    )
+        if (self.url is None) == (self.files is None):
+            raise ParamsError(
+                "data.url: set exactly one of data.url (one file) and data.files (given "
+                f"train/val/test files); got {'both' if self.url else 'neither'}"
+            )
+        if self.files is not None and self.split_column is not None:
+            raise ParamsError(
+                "data.split_column: splits one file (data.url); with data.files the splits "
+                "are given: set it to null"
+            )
         names = None if self.labels is None else [str(label) for label in self.labels]
         if names is not None and (len(names) < 2 or len(set(names)) != len(names)):
             raise ParamsError(
@@ -96,6 +162,9 @@ class DataParams:
                 f"allowed: one of them, or null (macro F1 picks the best epoch)"
             )
 
+    def text_fields(self) -> TextFields:
+        return TextFields.of(self.text_column, self.text_template)
+
 
 @dataclass(frozen=True)
 class SplitParams:
@@ -103,6 +172,9 @@ class SplitParams:
     val: float = _rule(gt=0, lt=1)
     test: float = _rule(gt=0, lt=1)
     seed: int = _rule(ge=0)
+    # a text in two splits: drop_from_train removes it from train, keep keeps it (counted
+    # either way in metrics/data.json), error stops
+    cross_duplicates: Literal["drop_from_train", "keep", "error"] = _rule()
 
     def __post_init__(self) -> None:
         if self.val + self.test >= 1:
@@ -129,6 +201,11 @@ class ModelParams:
     pooling: Literal["last", "mean"] = _rule()
     dropout: float = _rule(ge=0, lt=1)
     finetune: Literal["blocks", "lora"] = _rule()
+    truncation: Literal["head", "tail", "head_tail"] = _rule()
+    head_ratio: float = _rule(ge=0, le=1)  # head_tail: the share of max_length from the start
+
+    def truncation_rule(self) -> Truncation:
+        return Truncation(self.truncation, self.head_ratio)
 
 
 @dataclass(frozen=True)
@@ -290,6 +367,13 @@ def check_train_classes(train: TrainParams, classes: tuple[str, ...]) -> None:
         )
 
 
+def _dataclass_in(tp: Any) -> type | None:
+    """The dataclass a field holds (a section, or a mapping that may be null), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    return next((a for a in get_args(tp) if dataclasses.is_dataclass(a)), None)
+
+
 def _is_union(tp: Any) -> bool:
     return get_origin(tp) in (Union, types.UnionType)
 
@@ -362,8 +446,9 @@ def _build(cls: type, prefix: str, raw: Any) -> Any:
         if name not in raw:
             raise ParamsError(f"{key}: missing; it must be set to {_describe(f.type)}")
         value = raw[name]
-        if dataclasses.is_dataclass(f.type):
-            values[name] = _build(f.type, f"{key}.", value)
+        nested = _dataclass_in(f.type)
+        if nested is not None and not (value is None and _is_union(f.type)):
+            values[name] = _build(nested, f"{key}.", value)
             continue
         if not _fits(value, f.type):
             raise ParamsError(f"{key}: must be {_describe(f.type)}, got {value!r}")

@@ -8,7 +8,9 @@ SPLITS = ("train", "val", "test")
 # What a copy of the pipeline needs (the tests' and benchmarks' throwaway projects)
 PIPELINE_FILES = ("dvc.yaml", ".gitignore", "stages", "spamgpt", "data/local")
 
-RAW_DATA = Path("data/raw/dataset")  # the verified copy of data.url (or its archive member)
+# The verified copy of data.url (or its archive member); with given splits (data.files), a
+# folder of one file per split (raw_split_file).
+RAW_DATA = Path("data/raw/dataset")
 SPLIT_DIR = Path("data/split")
 TOKENS_DIR = Path("data/tokens")
 TRUNK_DIR = Path("data/trunk")
@@ -35,11 +37,17 @@ CONFUSION_TEST_PLOT = METRICS_DIR / "confusion_test.csv"
 
 REPORTS_DIR = Path("reports")
 MISCLASSIFIED_TEST = REPORTS_DIR / "misclassified_test.csv"
+PREDICTIONS_TEST = REPORTS_DIR / "predictions_test.csv"  # every test message's answer
 
 
 def pretrained_dir(repo_id: str) -> Path:
     """models/pretrained/<owner>/<name>: the downloaded hub files of one model."""
     return PRETRAINED_DIR / repo_id
+
+
+def raw_split_file(split: str) -> Path:
+    """The verified copy of a given split's file (data.files)."""
+    return RAW_DATA / split
 
 
 def split_file(split: str) -> Path:

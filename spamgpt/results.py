@@ -12,18 +12,31 @@ import torch
 from spamgpt import atomic, classifier, contracts, data, download, metrics, paths
 from spamgpt.labels import Classes
 from spamgpt.params import PARAMS_FILE, ModelParams, Params, flatten
+from spamgpt.texts import ONE_TEXT, TextFields
 from spamgpt.tracking import Run
 
 if TYPE_CHECKING:  # finetune's results read the training loop's; evaluate's need no loop
     from spamgpt.train import State, Trainer
 
+CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # MLflow's words
+
 
 def log_run_inputs(run: Run, params: Params, data_report: dict) -> None:
-    """A new training run's parameters (flattened), training data and params.yaml."""
+    """A new training run's parameters (flattened), data (each given split's file, with its
+    hash), the messages cut per split (truncated/<split>) and params.yaml."""
     run.log_params(flatten(params))
-    frame = data.read_split(paths.split_file("train"))
-    name = f"{params.mlflow.experiment}-train"
-    run.log_dataset(frame, name, data_report["raw_sha256"], params.data.url)
+    sources = data_report.get("sources")
+    if sources is None or "dataset" in sources:  # one file: the training split of it
+        frame = data.read_split(paths.split_file("train"))
+        name = f"{params.mlflow.experiment}-train"
+        run.log_dataset(frame, name, data_report["raw_sha256"], params.data.url)
+    else:  # given splits: each file, with its own hash
+        for split, source in sources.items():
+            frame = data.read_split(paths.split_file(split))
+            name = f"{params.mlflow.experiment}-{split}"
+            run.log_dataset(frame, name, source["sha256"], source["source"], CONTEXTS[split])
+    tokens = contracts.read_tokens_report()
+    run.log_metrics({f"truncated/{s}": tokens[s]["truncated"] for s in paths.SPLITS}, 0)
     run.log_artifact(PARAMS_FILE)
     classes = Classes(tuple(data_report["labels"]), data_report["positive_label"])
     metric_names = {name: classes.metric_name(name) for name in classes.names}
@@ -40,11 +53,11 @@ def write_checkpoint_weights(run: Run, trainer: "Trainer", log_last: bool) -> No
         run.log_artifact(paths.checkpoint_weights("last"), "checkpoints")
 
 
-def export_model(trainer: "Trainer", m: ModelParams) -> None:
-    """models/finetuned: the model folder of the best epoch."""
+def export_model(trainer: "Trainer", m: ModelParams, fields: TextFields = ONE_TEXT) -> None:
+    """models/finetuned: the model folder of the best epoch, its text made of `fields`."""
     names, tokens = list(trainer.trained), contracts.read_tokenization()
-    best = trainer.state.best_weights
-    classifier.export(trainer.model, best, names, m, trainer.classes, tokens, paths.FINETUNED_DIR)
+    best, classes = trainer.state.best_weights, trainer.classes
+    classifier.export(trainer.model, best, names, m, classes, tokens, paths.FINETUNED_DIR, fields)
 
 
 def log_best_checkpoint(run: Run, light_model_logged: bool) -> None:
@@ -106,9 +119,10 @@ def write_evaluation(
     curves: dict[str, pd.DataFrame],
     val_at_threshold: dict[str, float] | None = None,
 ) -> None:
-    """metrics/eval.json, the test confusion and curve plot data, the misclassified test
-    messages (reports/misclassified_test.csv). `val_at_threshold`: the validation precision,
-    recall and FPR an evaluate.threshold policy reached."""
+    """metrics/eval.json, the test confusion and curve plot data, every test message's
+    prediction (reports/predictions_test.csv) and the misclassified ones
+    (reports/misclassified_test.csv). `val_at_threshold`: the validation precision, recall
+    and FPR an evaluate.threshold policy reached."""
     policy = {} if val_at_threshold is None else {"val_at_threshold": val_at_threshold}
     contracts.write_evaluation(
         {
@@ -120,14 +134,16 @@ def write_evaluation(
         }
     )
     test = data.read_split(paths.split_file("test"))
-    predicted = classes.predicted(test_probs, threshold)
-    test["predicted"] = classes.named(predicted)
+    answers = classifier.prediction_frame(test_probs, classes, threshold)
+    test["predicted"] = answers.pop("label")
+    predictions = pd.concat([test[["line", "label", "predicted"]], answers.round(6)], axis=1)
+    data.write_split(predictions.assign(text=test["text"]), paths.PREDICTIONS_TEST)
     if classes.positive is not None:  # its probability, as a threshold reads it
         probability = f"{classes.positive}_probability"
         test[probability] = test_probs[:, classes.positive_index].round(6)
     else:  # the predicted class's
         probability = "probability"
-        test[probability] = test_probs[np.arange(len(test)), predicted].round(6)
+        test[probability] = answers[probability].round(6)
     _write_csv(
         test.rename(columns={"label": "actual"})[["actual", "predicted"]], paths.CONFUSION_TEST_PLOT
     )
@@ -160,6 +176,7 @@ def log_evaluation(
     table = metrics.per_class_table(reports, classes)
     run.log_dict(table, "evaluation/per_class_metrics.json")
     run.log_artifact(paths.MISCLASSIFIED_TEST, "evaluation")
+    run.log_artifact(paths.PREDICTIONS_TEST, "evaluation")
     for name, frame in curves.items():
         if frame.empty:
             continue

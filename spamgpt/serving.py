@@ -31,15 +31,21 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 import pydantic
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
+from mlflow.types.type_hints import TypeFromExample
 
 import spamgpt
 from spamgpt import classifier, paths, runtime, tokenizer
 from spamgpt.download import fetch, sha256_file
 from spamgpt.errors import SpamGPTError
 from spamgpt.hub import KNOWN_HASHES, file_url
+from spamgpt.texts import TextFields, Truncation
 
 ARTIFACT = "classifier"
 BASE_JSON = "base.json"  # in a light model's artifact folder: which base weights it needs
@@ -133,15 +139,12 @@ class SpamClassifierModel(PythonModel):
 
     def load_context(self, context: PythonModelContext) -> None:
         folder = Path(context.artifacts[ARTIFACT])
-        base_file = folder / BASE_JSON
-        if base_file.exists():  # a light model: the base weights come from elsewhere
-            base = BaseWeights(**json.loads(base_file.read_text(encoding="utf-8")))
-            self.model, meta = classifier.load(folder, resolve_base(base))
-        else:
-            self.model, meta = classifier.load(folder)
+        self.model, meta = load_artifact(folder)
         self.classes = classifier.classes_of(meta)
         self.enc = tokenizer.load(folder)
         self.max_length = meta["max_length"]
+        self.fields = TextFields.from_dict(meta)
+        self.truncation = Truncation.from_dict(meta)
         self.threshold = context.model_config["threshold"]
         # A GPU where there is one, as `spamgpt classify` does; model_config={"device": "cpu"}
         # (mlflow.pyfunc.load_model) chooses. bf16 or fp16 where the device computes it fast.
@@ -156,10 +159,73 @@ class SpamClassifierModel(PythonModel):
         model_input: list[str],
         params: dict[str, Any] | None = None,
     ) -> list[Prediction]:
+        column = self.fields.columns[0]
+        return self._answers([self.fields.join({column: text}) for text in model_input])
+
+    def _answers(self, texts: list[str]) -> list[Prediction]:
+        if not texts:  # classify_texts needs at least one message
+            return []
         probs, _ = classifier.classify_texts(
-            self.model, self.enc, model_input, self.max_length, self.device, self.precision
-        )
+            self.model, self.enc, texts, self.max_length, self.device, self.precision,
+            truncation=self.truncation,
+        )  # fmt: skip
         return [Prediction(**a) for a in classifier.answers(probs, self.classes, self.threshold)]
+
+
+class FieldsClassifierModel(SpamClassifierModel):
+    """The same for a model whose text is made of several fields (data.text_column a list):
+    a DataFrame with those columns, or one JSON object per message; the signature names
+    them, and each row's fields are joined by the model's template."""
+
+    def predict(
+        self,
+        context: PythonModelContext,
+        model_input: TypeFromExample,  # a DataFrame, as the input example is
+        params: dict[str, Any] | None = None,
+    ) -> list[Prediction]:
+        frame = pd.DataFrame(model_input)
+        missing = [c for c in self.fields.columns if c not in frame.columns]
+        if missing:
+            raise SpamGPTError(
+                f"each message needs the fields {', '.join(self.fields.columns)}; "
+                f"{missing[0]!r} is missing"
+            )
+        rows = frame[list(self.fields.columns)].astype(str).to_dict(orient="records")
+        return self._answers([self.fields.join(row) for row in rows])
+
+
+def model_for(config: dict) -> SpamClassifierModel:
+    """The pyfunc model of a logged model_config: several text fields take a DataFrame."""
+    return FieldsClassifierModel() if config.get("text_columns") else SpamClassifierModel()
+
+
+def load_artifact(folder: str | os.PathLike) -> tuple[classifier.GPT2Classifier, dict]:
+    """The classifier in a logged model's artifact folder: a light one on its base weights
+    (found as resolve_base says), a full one as it is."""
+    folder = Path(folder)
+    base_file = folder / BASE_JSON
+    if base_file.exists():  # a light model: the base weights come from elsewhere
+        base = BaseWeights(**json.loads(base_file.read_text(encoding="utf-8")))
+        return classifier.load(folder, resolve_base(base))
+    return classifier.load(folder)
+
+
+def download_logged(uri: str, dest: str | os.PathLike) -> tuple[Path, dict]:
+    """A logged model (runs:/<id>/model, models:/<name>/<version>) into `dest`: its
+    classifier folder and its model_config."""
+    from spamgpt import tracking
+
+    tracking.connect()  # the store MLFLOW_TRACKING_URI or the project's mlflow.db names
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+        config = Model.load(local).flavors["python_function"].get("config") or {}
+    except (MlflowException, OSError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SpamGPTError(f"--model {uri}: {first}") from None
+    folder = local / "artifacts" / ARTIFACT
+    if not (folder / classifier.CLASSIFIER_JSON).is_file():
+        raise SpamGPTError(f"--model {uri} is not a model logged by spamgpt")
+    return folder, config
 
 
 def log_model(
@@ -188,6 +254,13 @@ def log_model(
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / ARTIFACT  # the name it keeps inside the model's artifacts
         meta = json.loads((finetuned_dir / classifier.CLASSIFIER_JSON).read_text(encoding="utf-8"))
+        fields = TextFields.from_dict(meta)
+        several = len(fields.columns) > 1
+        if several:  # the signature names the fields; the example is a DataFrame of them
+            example = pd.DataFrame({c: INPUT_EXAMPLE for c in fields.columns})
+            signature = ModelSignature(Schema([ColSpec("string", c) for c in fields.columns]))
+        else:  # from predict's type hints: list[str]
+            example, signature = INPUT_EXAMPLE, None
         _model_folder(finetuned_dir, meta, folder, pretrained_root, base, full, loaded)
         # MLflow logs a model into the active run (and its experiment); the run is left in
         # the status it had: a finished one stays finished, evaluate's running one running.
@@ -200,9 +273,14 @@ def log_model(
                 python_model=str(MODEL_CODE),
                 artifacts={ARTIFACT: str(folder)},
                 code_paths=[str(Path(spamgpt.__file__).parent)],
-                input_example=INPUT_EXAMPLE,
+                input_example=example,
+                signature=signature,
                 metadata=classifier.classes_of(meta).to_dict(),  # the class names, in order
-                model_config={"threshold": threshold, "device": "auto"},
+                model_config={
+                    "threshold": threshold,
+                    "device": "auto",
+                    **({"text_columns": list(fields.columns)} if several else {}),
+                },
                 pip_requirements=pins,
                 registered_model_name=registered_model_name,
             )

@@ -21,6 +21,7 @@ from spamgpt import atomic, tensorfile
 from spamgpt.batching import PackedSequences
 from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.labels import SMS, Classes
+from spamgpt.texts import HEAD, Truncation
 
 ENCODE_CHUNK = 10_000  # texts per encode_ordinary_batch call (its threads share the chunk)
 
@@ -68,31 +69,40 @@ def resolve_max_length(requested: int | None, train_lengths: torch.Tensor, n_ctx
     return requested
 
 
-def pack_ids(ids: list[list[int]], max_length: int) -> PackedSequences:
-    """Each message cut to its first `max_length` tokens, packed end to end."""
-    cut = [row[:max_length] for row in ids]
+def pack_ids(
+    ids: list[list[int]], max_length: int, truncation: Truncation = HEAD
+) -> PackedSequences:
+    """Each message cut to `max_length` tokens (which ones: `truncation`), packed end to end."""
+    cut = [truncation.keep(row, max_length) for row in ids]
     return PackedSequences(
         torch.tensor([t for row in cut for t in row], dtype=torch.int64),
         torch.tensor([len(row) for row in cut], dtype=torch.int64),
     )
 
 
-def cut(ids: PackedSequences, max_length: int) -> PackedSequences:
-    """Each message cut to its first `max_length` tokens, as int64."""
+def cut(ids: PackedSequences, max_length: int, truncation: Truncation = HEAD) -> PackedSequences:
+    """Each message cut to `max_length` tokens (which ones: `truncation`), as int64."""
     positions = torch.arange(len(ids.rows)) - torch.repeat_interleave(ids.starts, ids.lengths)
-    return PackedSequences(
-        ids.rows[positions < max_length].to(torch.int64), ids.lengths.clamp(max=max_length)
-    )
+    head = truncation.head(max_length)
+    kept = positions < head
+    if head < max_length:  # and the last max_length - head tokens of the long ones
+        lengths = torch.repeat_interleave(ids.lengths, ids.lengths)  # each token's message's
+        kept |= (lengths <= max_length) | (positions >= lengths - (max_length - head))
+    return PackedSequences(ids.rows[kept].to(torch.int64), ids.lengths.clamp(max=max_length))
 
 
 def pack(
-    ids: PackedSequences, frame: pd.DataFrame, max_length: int, classes: Classes = SMS
+    ids: PackedSequences,
+    frame: pd.DataFrame,
+    max_length: int,
+    classes: Classes = SMS,
+    truncation: Truncation = HEAD,
 ) -> TokenizedSplit:
-    """A split's messages (their whole ids, from encode_packed), cut to `max_length` tokens,
-    with class indices."""
+    """A split's messages (their whole ids, from encode_packed), cut to `max_length` tokens
+    as `truncation` says, with class indices."""
     labels = [classes.index(label) for label in frame["label"]]
     return TokenizedSplit(
-        tokens=cut(ids, max_length),
+        tokens=cut(ids, max_length, truncation),
         labels=torch.tensor(labels, dtype=torch.int64),
         lines=torch.tensor(frame["line"].to_numpy(), dtype=torch.int64),
         truncated=int((ids.lengths > max_length).sum()),

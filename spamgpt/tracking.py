@@ -233,13 +233,16 @@ class Run:
     def log_text(self, text: str, artifact_file: str) -> None:
         _retry(lambda: self.client.log_text(self.run_id, text, artifact_file))
 
-    def log_dataset(self, frame: pd.DataFrame, name: str, sha256: str, source: str) -> None:
-        """The training data as an MLflow dataset input. MLflow caps digests at 36 characters:
-        the digest is the sha256's prefix, the whole hash is a tag beside it."""
+    def log_dataset(
+        self, frame: pd.DataFrame, name: str, sha256: str, source: str, context: str = "training"
+    ) -> None:
+        """Data as an MLflow dataset input, used in `context` (training, validation, testing).
+        MLflow caps digests at 36 characters: the digest is the sha256's prefix, the whole
+        hash is a tag beside it."""
         dataset = mlflow.data.from_pandas(
             frame[["label", "text"]], source=source, targets="label", name=name, digest=sha256[:36]
         )
-        tags = [InputTag("mlflow.data.context", "training"), InputTag("sha256", sha256)]
+        tags = [InputTag("mlflow.data.context", context), InputTag("sha256", sha256)]
         entity = DatasetInput(Dataset(**dataset.to_dict()), tags=tags)
         _retry(lambda: self.client.log_inputs(self.run_id, datasets=[entity]))
 

@@ -1,15 +1,22 @@
 """download_data: fetch data.url (or copy it, a local file), keep the verified file or archive
-member."""
+member; with given splits (data.files), each split's file into one folder."""
 
+import shutil
 from pathlib import Path
 
 from spamgpt import paths, stage
-from spamgpt.download import fetch
+from spamgpt.download import fetch, fetch_files
 from spamgpt.params import Params
 
 
 def main(params: Params) -> None:
     d = params.data
+    if d.files is not None:
+        sources = {name: (s.url, s.sha256) for name, s in d.files.sources().items()}
+        fetch_files(sources, paths.RAW_DATA)
+        return
+    if paths.RAW_DATA.is_dir():  # given splits' folder from before, where the file goes now
+        shutil.rmtree(paths.RAW_DATA)
     desc = d.member or Path(d.url).name
     fetch([d.url, *d.mirrors], paths.RAW_DATA, sha256=d.sha256, member=d.member, desc=desc)
 

@@ -48,7 +48,7 @@ def main(params: Params) -> None:
         axis = "epoch" if t.eval_every is None else "step"  # of the val/ metrics in MLflow
         state = trainer.fit(saver, hooks=(LogMetrics(run, axis), ProgressBar(t.epochs)))
         results.write_checkpoint_weights(run, trainer, params.mlflow.log_checkpoints)
-        results.export_model(trainer, m)
+        results.export_model(trainer, m, params.data.text_fields())
         contracts.write_mlflow_run(run.run_id)  # which run evaluate records into
         results.write_training(run, state, len(train), device, precision)
         state.exported = True  # the results are written: a later run starts afresh

@@ -1,4 +1,5 @@
-"""loaders: GPT-2 BPE token ids of every message, per split, cut to model.max_length."""
+"""loaders: GPT-2 BPE token ids of every message, per split, cut to model.max_length as
+model.truncation says."""
 
 from spamgpt import contracts, data, paths, stage, tokenized, tokenizer
 from spamgpt.model import GPTConfig
@@ -16,8 +17,9 @@ def main(params: Params) -> None:
     train_lengths = ids["train"].lengths
     max_length = tokenized.resolve_max_length(params.model.max_length, train_lengths, n_ctx)
     classes, stats = contracts.read_classes(), {}
+    truncation = params.model.truncation_rule()
     for name in paths.SPLITS:
-        split = tokenized.pack(ids[name], frames[name], max_length, classes)
+        split = tokenized.pack(ids[name], frames[name], max_length, classes, truncation)
         tokenized.save(split, paths.tokens_file(name))
         stats[name] = tokenized.stats(split)
     contracts.write_tokenization(contracts.Tokenization(max_length, enc.eot_token), stats)

@@ -175,3 +175,17 @@ def test_batches_come_in_few_shapes() -> None:
     assert len(shapes) <= len(widths) + 1  # each width one batch size, but the last batch
     longest = {(len(b), int(lengths[b].max())) for b in inference}  # padded to their longest
     assert len(longest) > 5 * len(shapes)
+
+
+def test_sorted_order_can_fill_its_last_batch_so_many_calls_add_no_shape() -> None:
+    """spamgpt predict's chunks: each call's odd-sized last batch would be a new shape."""
+    shapes = set()
+    for seed in range(5):
+        lengths = torch.randint(1, 40, (301 + seed,), generator=torch.Generator().manual_seed(seed))
+        batches = sorted_order(lengths, 256, full_last=True)
+        assert set(torch.cat(batches).tolist()) == set(range(len(lengths)))
+        for b in batches:
+            width = padded_width(int(lengths[b].max()), int(lengths.max()))
+            shapes.add((len(b), width))
+            assert len(b) == 256 // width
+    assert len(shapes) <= len({padded_width(n, 39) for n in range(1, 40)})

@@ -2,6 +2,7 @@
 spamgpt.random_hub, generated messages, nothing downloaded) and prints the figures it is for.
 The figures' values are the benchmarks' business (docs/benchmarks.md), not the tests'."""
 
+import json
 import re
 import subprocess
 import sys
@@ -63,3 +64,11 @@ def test_pipeline_time() -> None:
     wall = number(r"\(([\d.]+) s wall - ", out)
     assert 0 < outside < wall
     assert number(r"grows mlartifacts \+ mlflow.db \+ .dvc/cache by ([\d.]+) MB", out) > 0
+
+
+def test_predict() -> None:
+    out = run_bench("predict.py", "--device", "cpu")
+    *cases, summary = (json.loads(line) for line in out.splitlines() if line.startswith("{"))
+    (case,) = cases
+    assert case["messages"] == 500 and case["predict_per_s"] > 0 and case["classify_per_s"] > 0
+    assert summary["speed_ratios"] == {"tiny-500": case["speed_ratio"]}

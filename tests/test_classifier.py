@@ -48,7 +48,7 @@ def save(model: GPT2Classifier, trained: list[str], folder: Path, pretrained: Pa
     params = ModelParams(
         hub_url="http://127.0.0.1", repo_id=REPO_ID, revision="main", max_length=None,
         pretrained=True, init_seed=0, trainable_blocks=1, pooling="last", dropout=0.0,
-        finetune="blocks",
+        finetune="blocks", truncation="head", head_ratio=0.25,
     )  # fmt: skip
     eot = tokenizer.load(pretrained / REPO_ID).eot_token
     meta = classifier.classifier_meta(params, THREE, trained, 48, eot)

@@ -6,6 +6,7 @@ answering with the class names; editing the file re-runs the pipeline from the f
 import csv
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,30 @@ def test_served_model_answers_with_the_class_names(project) -> None:
         answer = post(f"{url}/invocations", {"inputs": ["refund please", "site down"]})
     for p in answer["predictions"]:
         assert p["label"] in CLASSES and set(p["probabilities"]) == set(CLASSES)
+
+
+def test_the_same_split_given_as_files_gives_the_same_metrics(project, tmp_path: Path) -> None:
+    """data/split/*.csv of the random split, given back as train/val/test files."""
+    path, _ = project
+    given = tmp_path / "given"
+    shutil.copytree(path, given, symlinks=True)  # its DVC cache: the weights are not fetched
+    for split in ("train", "val", "test"):
+        shutil.copy(given / f"data/split/{split}.csv", given / f"data/local/{split}.csv")
+    params = yaml.safe_load((given / "params.yaml").read_text())
+    files = {s: {"url": f"data/local/{s}.csv", "sha256": None} for s in ("train", "val", "test")}
+    params["data"].update(url=None, files=files, text_column="text", label_column="label")
+    (given / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["dvc", "repro"], given)
+    assert "download_weights" not in ran_stages(out.stdout)
+    report = read_json(given / "metrics/data.json")
+    assert report["cross_duplicates"] == {"train-val": 0, "train-test": 0, "val-test": 0}
+    for name in ("eval.json", "baseline.json"):
+        before, after = read_json(path / "metrics" / name), read_json(given / "metrics" / name)
+        assert after == before, name
+    assert (
+        read_json(given / "metrics/train.json")["val"]
+        == read_json(path / "metrics/train.json")["val"]
+    )
 
 
 def test_editing_the_local_file_reruns_the_pipeline(project) -> None:

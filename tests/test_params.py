@@ -44,8 +44,14 @@ def modified(**changes: object) -> dict:
 def test_real_params_load_and_flatten() -> None:
     p = params.load(REPO / "params.yaml")
     flat = params.flatten(p)
-    leaves = {f"{section}.{key}" for section, values in REAL.items() for key in values}
-    assert set(flat) == leaves
+
+    def leaves(node: dict, prefix: str = "") -> set[str]:
+        return set().union(*(
+            leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+            for k, v in node.items()
+        ))  # fmt: skip
+
+    assert set(flat) == leaves(REAL)
     assert flat["train.lr"] == REAL["train"]["lr"] == p.train.lr
     assert flat["data.mirrors"] == REAL["data"]["mirrors"]
     assert flat["model.max_length"] is None

@@ -66,7 +66,7 @@ def finetuned_folder(project: Path) -> Path:
     params = ModelParams(
         hub_url="http://127.0.0.1", repo_id=REPO_ID, revision=REVISION, max_length=None,
         pretrained=True, init_seed=0, trainable_blocks=1, pooling="last", dropout=0.0,
-        finetune="blocks",
+        finetune="blocks", truncation="head", head_ratio=0.25,
     )  # fmt: skip
     meta = classifier.classifier_meta(params, SMS, trained, 48, tokenizer.load(hub).eot_token)
     folder = project / "models/finetuned"

@@ -1,0 +1,134 @@
+"""`spamgpt predict` against the classify path, on synthetic messages and random weights.
+
+    python bench/predict.py [--device auto] [--tiny] [--cases NAME ...] [--json OUT]
+
+Cases (each a fresh model folder of random weights, self-contained):
+  tiny-10k, tiny-1M: the tests' tiny GPT-2 (2 blocks, width 32) over 10 000 and 1 000 000
+      messages; 124M-10k: GPT-2 124M shapes over 10 000. `--tiny`: 500 messages of the
+      tiny model, predict and classify (what tests/test_bench.py runs).
+Each case runs `spamgpt predict messages.csv -o scored.csv --keep id` as its own process, and
+where a classify run is named, `spamgpt classify --file messages.txt --json` over the same
+messages on the same model; both are timed from start to exit (imports, model load, reading,
+scoring, writing) and their peak RSS read from the kernel (wait4). Targets: predict's
+messages/s at least classify's; predict's peak RSS at 1 000 000 rows within 1.5x of 10 000's.
+"""
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from spamgpt import classifier, params, tokenizer
+from spamgpt.labels import SMS
+from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.random_hub import make_hub
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {
+    "tiny": {"layers": 2, "dim": 32, "heads": 4, "n_ctx": 64},
+    "124M": {"layers": 12, "dim": 768, "heads": 12, "n_ctx": 1024},
+}
+WORDS = ["free", "prize", "call", "now", "see", "you", "at", "the", "station", "win", "txt"]
+# (name, shapes, messages, also run classify)
+FULL = [("tiny-10k", "tiny", 10_000, True), ("tiny-1M", "tiny", 1_000_000, False)]
+FULL += [("124M-10k", "124M", 10_000, True)]
+TINY = [("tiny-500", "tiny", 500, True)]
+
+
+def model_folder(root: Path, shapes: str) -> Path:
+    """A self-contained fine-tuned folder (every tensor) of random weights, SMS classes."""
+    hub = make_hub(root / "hub", revision="bench", **SHAPES[shapes])
+    torch.manual_seed(0)
+    model = GPT2Classifier(GPT2.from_pretrained(hub), len(SMS))
+    m = dataclasses.replace(params.load(ROOT / "params.yaml").model, pretrained=False)
+    meta = classifier.classifier_meta(m, SMS, [], 64, tokenizer.load(hub).eot_token)
+    folder = root / "finetuned"
+    folder.mkdir()
+    classifier.save(model, folder, meta, hub, full=True)
+    return folder
+
+
+def write_messages(root: Path, n: int) -> tuple[Path, Path]:
+    """The same n messages as a CSV (id, text) and one per line (classify --file)."""
+    rng = random.Random(0)
+    texts = [" ".join(rng.choices(WORDS, k=rng.randint(3, 20))) for _ in range(n)]
+    table, lines = root / "messages.csv", root / "messages.txt"
+    with table.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text"])
+        writer.writerows(enumerate(texts))
+    lines.write_text("\n".join(texts) + "\n")
+    return table, lines
+
+
+def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of a command run to its end, its output thrown away."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024  # KiB on Linux
+
+
+def run_case(name: str, shapes: str, n: int, with_classify: bool, device: str) -> dict:
+    spamgpt = [sys.executable, "-c", "from spamgpt.cli import main; main()"]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        folder = model_folder(root, shapes)
+        table, lines = write_messages(root, n)
+        common = ["--model", str(folder), "--device", device]
+        seconds, rss = timed(
+            [*spamgpt, "predict", str(table), "-o", "scored.csv", "--keep", "id", *common], root
+        )
+        result = {
+            "case": name,
+            "messages": n,
+            "predict_per_s": round(n / seconds, 1),
+            "predict_rss_mb": round(rss),
+        }
+        if with_classify:
+            seconds, rss = timed(
+                [*spamgpt, "classify", "--file", str(lines), "--json", *common], root
+            )
+            result.update(classify_per_s=round(n / seconds, 1), classify_rss_mb=round(rss))
+            result["speed_ratio"] = round(result["predict_per_s"] / result["classify_per_s"], 2)
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--tiny", action="store_true", help="500 tiny-model messages only")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--cases", nargs="+", help="run only these (tiny-10k tiny-1M 124M-10k)")
+    args = parser.parse_args(argv)
+    cases = TINY if args.tiny else [c for c in FULL if args.cases is None or c[0] in args.cases]
+    results = [run_case(*case, args.device) for case in cases]
+    summary = {"speed_ratios": {r["case"]: r["speed_ratio"] for r in results if "speed_ratio" in r}}
+    if len(results) >= 2 and results[1]["case"].startswith("tiny"):  # rows x10 or x100
+        summary["rss_ratio"] = round(results[1]["predict_rss_mb"] / results[0]["predict_rss_mb"], 2)
+    print(json.dumps(summary))
+    if args.json:
+        args.json.write_text(json.dumps({"cases": results, **summary}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

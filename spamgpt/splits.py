@@ -1,0 +1,189 @@
+"""The split stage's work: train/val/test from one file split at random (split.val, split.test),
+from one file with a split column (data.split_column), or given as files (data.files).
+
+Given splits are read as strictly as one file (spamgpt.data, data.bad_lines per file) and
+de-duplicated within each split (split.dedupe). A text in two splits is a leak: counted per
+pair of splits and, by split.cross_duplicates, removed from train (drop_from_train), kept, or
+an error. A missing val is carved from train, stratified, by split.val. A class in val or test
+that train lacks is an error naming the class and the files: every class needs a train example.
+"""
+
+import hashlib
+from collections import Counter
+from itertools import combinations
+
+import pandas as pd
+
+from spamgpt import data, labels, paths
+from spamgpt.download import sha256_file
+from spamgpt.errors import SpamGPTError
+from spamgpt.labels import Classes
+from spamgpt.params import DataParams, SplitParams
+
+
+def split_dataset(d: DataParams, s: SplitParams) -> tuple[dict[str, pd.DataFrame], dict]:
+    """The train, val and test frames the split stage writes, and metrics/data.json."""
+    fmt = data.Format(d.format, d.text_column, d.label_column, d.text_template)
+    allowed = None if d.labels is None else tuple(map(str, d.labels))
+    if d.files is None and d.split_column is None:
+        return random_split(d, s, fmt, allowed)
+    if d.files is not None:
+        sources = {name: src.url for name, src in d.files.sources().items()}
+        files = {name: paths.raw_split_file(name) for name in sources}
+        parsed = {
+            name: data.read_messages(files[name], fmt, allowed, d.bad_lines) for name in sources
+        }
+        report = {
+            "raw_sha256": combined_sha256({name: sha256_file(f) for name, f in files.items()}),
+            "sources": {
+                name: {
+                    "source": sources[name],
+                    "sha256": sha256_file(files[name]),
+                    "rows": len(parsed[name].frame),
+                    "bad_lines": sum(parsed[name].bad_lines.values()),
+                }
+                for name in sources
+            },
+        }
+    else:
+        names = {str(value): name for name, value in vars(d.split_names).items()}
+        whole = data.read_messages(paths.RAW_DATA, fmt, allowed, d.bad_lines, d.split_column, names)
+        parsed = by_split_column(whole, d)
+        sources = dict.fromkeys(parsed, d.url)
+        sha256 = sha256_file(paths.RAW_DATA)
+        report = {
+            "raw_sha256": sha256,
+            "sources": {"dataset": {"source": d.url, "sha256": sha256, "rows": len(whole.frame)}},
+            "split_column": d.split_column,
+        }
+    frames, counts = given_splits(parsed, sources, s)
+    classes = classes_of(frames, sources, d)
+    bad = sum((p.bad_lines for p in parsed.values()), Counter())
+    report.update(
+        raw_rows=sum(len(p.frame) for p in parsed.values()),
+        bad_lines=sum(bad.values()),
+        bad_lines_by_reason=dict(bad),
+        **counts,
+        **{name: data.label_counts(frame, classes.names) for name, frame in frames.items()},
+        **classes.to_dict(),
+    )
+    return frames, report
+
+
+def random_split(
+    d: DataParams, s: SplitParams, fmt: data.Format, allowed: tuple[str, ...] | None
+) -> tuple[dict[str, pd.DataFrame], dict]:
+    """One file, split at random, stratified: split.val and split.test of it."""
+    parsed = data.read_messages(paths.RAW_DATA, fmt, allowed, d.bad_lines)
+    classes = labels.found(parsed.frame["label"], d.labels, d.positive_label)
+    frame = data.dedupe(parsed.frame) if s.dedupe else parsed.frame
+    splits = data.split(frame, s.val, s.test, s.seed, classes.names)
+    return splits, {
+        "raw_sha256": sha256_file(paths.RAW_DATA),
+        "raw_rows": len(parsed.frame),
+        "bad_lines": sum(parsed.bad_lines.values()),
+        "bad_lines_by_reason": dict(parsed.bad_lines),
+        "duplicates_removed": len(parsed.frame) - len(frame),
+        **{name: data.label_counts(part, classes.names) for name, part in splits.items()},
+        **classes.to_dict(),
+    }
+
+
+def combined_sha256(hashes: dict[str, str]) -> str:
+    """One hash of several files (their names and hashes): what the runs are tagged with."""
+    text = "".join(f"{name} {sha}\n" for name, sha in hashes.items())
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def by_split_column(whole: data.ParsedMessages, d: DataParams) -> dict[str, data.ParsedMessages]:
+    """The rows of each split named in data.split_column; train and test must have some."""
+    frame = whole.frame
+    parts = {}
+    for name in paths.SPLITS:
+        rows = frame[frame["split"] == name].drop(columns="split").reset_index(drop=True)
+        if rows.empty and name != "val":
+            value = getattr(d.split_names, name)
+            raise SpamGPTError(
+                f"{d.url}: no row has {d.split_column} {value!r} (data.split_names.{name}); "
+                f"{name} needs rows: set data.split_names.{name} to the value naming them"
+            )
+        if not rows.empty:
+            parts[name] = data.ParsedMessages(rows)
+    parts["train"].bad_lines = whole.bad_lines  # counted once, for the file
+    return parts
+
+
+def given_splits(
+    parsed: dict[str, data.ParsedMessages], sources: dict[str, str], s: SplitParams
+) -> tuple[dict[str, pd.DataFrame], dict]:
+    """De-duplicated splits with the leaks between them handled, val carved from train if
+    not given; and the counts for metrics/data.json."""
+    frames = {name: p.frame for name, p in parsed.items()}
+    removed = 0
+    if s.dedupe:
+        deduped = {name: data.dedupe(frame) for name, frame in frames.items()}
+        removed = sum(len(frames[n]) - len(deduped[n]) for n in frames)
+        frames = deduped
+    texts = {name: set(frame["text"]) for name, frame in frames.items()}
+    leaks = {f"{a}-{b}": texts[a] & texts[b] for a, b in combinations(frames, 2)}
+    counts = {
+        "duplicates_removed": removed,
+        "cross_duplicates": {pair: len(shared) for pair, shared in leaks.items()},
+    }
+    if s.cross_duplicates == "error" and any(leaks.values()):
+        pair, shared = next((p, t) for p, t in leaks.items() if t)
+        a, b = pair.split("-")
+        raise SpamGPTError(
+            f"{len(shared)} texts of {a} ({sources[a]}) are also in {b} ({sources[b]}), such "
+            f"as {sorted(shared)[0][:40]!r}: a leak; split.cross_duplicates: error stops on "
+            f"it; allowed: drop_from_train (remove them from train) or keep"
+        )
+    if s.cross_duplicates == "drop_from_train":
+        elsewhere = set().union(*(texts[n] for n in frames if n != "train"))
+        train = frames["train"]
+        frames["train"] = train[~train["text"].isin(elsewhere)].reset_index(drop=True)
+        counts["cross_duplicates_removed"] = len(train) - len(frames["train"])
+    counts["val_carved"] = "val" not in frames
+    if "val" not in frames:
+        frames["train"], frames["val"] = carve_val(frames["train"], s, sources["train"])
+    return {name: frames[name] for name in paths.SPLITS}, counts
+
+
+def carve_val(train: pd.DataFrame, s: SplitParams, source: str) -> tuple[pd.DataFrame, ...]:
+    """split.val of train as val, stratified by label, seeded by split.seed."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        rest, val = train_test_split(
+            train, test_size=s.val, stratify=train["label"], random_state=s.seed
+        )
+    except ValueError as e:  # a class too small to be in both
+        counts = train["label"].value_counts().to_dict()
+        raise SpamGPTError(
+            f"{source}: cannot carve val (split.val {s.val:g}) from train's {len(train)} "
+            f"messages {counts} with every class in both ({e}); give a val file "
+            f"(data.files.val) or more training data"
+        ) from None
+    return tuple(part.sort_values("line").reset_index(drop=True) for part in (rest, val))
+
+
+def classes_of(frames: dict[str, pd.DataFrame], sources: dict[str, str], d: DataParams) -> Classes:
+    """The classes (data.labels, or every label found), each of which train must have."""
+    found = pd.concat([frame["label"] for frame in frames.values()])
+    classes = labels.found(found, d.labels, d.positive_label)
+    in_train = set(frames["train"]["label"])
+    for name in ("val", "test"):
+        lacking = sorted(set(frames[name]["label"]) - in_train)
+        if lacking:
+            raise SpamGPTError(
+                f"class {lacking[0]!r} is in {name} ({sources.get(name, sources['train'])}) "
+                f"but not in train ({sources['train']}): the model cannot learn it; add train "
+                f"examples of it, or leave it out with data.labels"
+            )
+    for name in classes.names:
+        if name not in in_train:
+            raise SpamGPTError(
+                f"class {name!r} (data.labels) has no example in train ({sources['train']}); "
+                f"every class needs one: add some, or leave it out of data.labels"
+            )
+    return classes

@@ -1,0 +1,175 @@
+"""Given splits: separate files with leaks between them, a file with a split column, several
+text fields; bad inputs stop in one line naming the file or the parameter."""
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO
+
+from spamgpt import data, download, params, paths, splits
+from spamgpt.errors import SpamGPTError
+
+REAL = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def data_params(**data: object) -> params.Params:
+    raw = copy.deepcopy(REAL)
+    raw["data"].update(data)
+    return params.parse(raw)
+
+
+def given(**split: object) -> params.Params:
+    """Given train/val/test CSV files (data/local/<split>.csv), three classes."""
+    files = {
+        name: {"url": f"data/local/{name}.csv", "sha256": None} for name in ("train", "val", "test")
+    }
+    p = data_params(
+        url=None, mirrors=[], member=None, sha256=None, format="csv", labels=None,
+        positive_label=None, files=files,
+    )  # fmt: skip
+    return dataclasses.replace(p, split=dataclasses.replace(p.split, **split))
+
+
+def rows(prefix: str, n: int, classes: tuple[str, ...] = ("a", "b", "c")) -> list[tuple]:
+    return [(classes[i % len(classes)], f"{prefix} message {i}") for i in range(n)]
+
+
+def write_raw(name: str, records: list[tuple]) -> None:
+    """A given split's verified copy, as download_data leaves it."""
+    path = paths.raw_split_file(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(records, columns=["label", "text"]).to_csv(path, index=False)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def leaky(workspace: Path) -> None:
+    write_raw("train", [*rows("train", 30), ("a", "val message 1"), ("b", "test message 2")])
+    write_raw("val", [*rows("val", 9), ("c", "test message 2")])
+    write_raw("test", [*rows("test", 9), ("a", "test message 0")])  # and one duplicate inside
+
+
+def test_leaks_are_counted_per_pair_and_dropped_from_train(workspace: Path) -> None:
+    leaky(workspace)
+    p = given()
+    frames, report = splits.split_dataset(p.data, p.split)
+    assert report["cross_duplicates"] == {"train-val": 2, "train-test": 1, "val-test": 1}
+    assert report["cross_duplicates_removed"] == 2 and report["duplicates_removed"] == 1
+    assert {"val message 1", "test message 2"}.isdisjoint(frames["train"]["text"])
+    assert len(frames["train"]) == 30 and len(frames["test"]) == 9
+    assert report["labels"] == ["a", "b", "c"] and report["val_carved"] is False
+    sources = report["sources"]
+    assert sources["test"]["source"] == "data/local/test.csv" and sources["test"]["rows"] == 10
+    assert sources["train"]["sha256"] == download.sha256_file(paths.raw_split_file("train"))
+    kept = splits.split_dataset(p.data, given(cross_duplicates="keep").split)[0]
+    assert len(kept["train"]) == 32
+
+
+def test_leaks_can_stop_the_split(workspace: Path) -> None:
+    leaky(workspace)
+    p = given(cross_duplicates="error")
+    with pytest.raises(SpamGPTError) as e:
+        splits.split_dataset(p.data, p.split)
+    assert str(e.value).startswith(
+        "2 texts of train (data/local/train.csv) are also in val (data/local/val.csv), such as "
+    )
+    assert "allowed: drop_from_train (remove them from train) or keep" in str(e.value)
+
+
+def test_a_missing_val_is_carved_from_train_stratified(workspace: Path) -> None:
+    write_raw("train", rows("train", 60))
+    write_raw("test", rows("test", 9))
+    p = given()
+    files = dataclasses.replace(p.data.files, val=None)
+    p = dataclasses.replace(p, data=dataclasses.replace(p.data, files=files))
+    frames, report = splits.split_dataset(p.data, p.split)
+    assert report["val_carved"] is True and "val" not in report["sources"]
+    assert report["val"] == {"a": 2, "b": 2, "c": 2} and len(frames["train"]) == 54
+
+
+def test_a_class_only_in_test_names_the_class_and_the_files(workspace: Path) -> None:
+    write_raw("train", rows("train", 30, ("a", "b")))
+    write_raw("val", rows("val", 6, ("a", "b")))
+    write_raw("test", [*rows("test", 6, ("a", "b")), ("z", "only here")])
+    p = given()
+    with pytest.raises(SpamGPTError, match=r"^class 'z' is in test \(data/local/test.csv\) but "
+                       r"not in train \(data/local/train.csv\)"):  # fmt: skip
+        splits.split_dataset(p.data, p.split)
+
+
+def test_a_split_column_names_each_rows_split(workspace: Path) -> None:
+    frame = pd.DataFrame(
+        [
+            (label, text, "TRAIN" if i < 30 else "TEST")
+            for i, (label, text) in enumerate(rows("m", 40))
+        ],
+        columns=["label", "text", "part"],
+    )
+    paths.RAW_DATA.parent.mkdir(parents=True)
+    frame.to_parquet(paths.RAW_DATA, index=False)
+    names = {"train": "TRAIN", "val": "VAL", "test": "TEST"}
+    p = data_params(format="parquet", labels=None, positive_label=None, split_column="part",
+                    split_names=names)  # fmt: skip
+    frames, report = splits.split_dataset(p.data, p.split)
+    assert len(frames["test"]) == 10 and len(frames["train"]) + len(frames["val"]) == 30
+    assert report["split_column"] == "part" and report["val_carved"] is True
+    frame.loc[3, "part"] = "dev"
+    frame.to_parquet(paths.RAW_DATA, index=False)
+    with pytest.raises(SpamGPTError) as e:
+        splits.split_dataset(p.data, p.split)
+    assert str(e.value) == (
+        f"{paths.RAW_DATA}: row 4: part is 'dev', not a split; allowed: TRAIN, VAL, TEST "
+        f"(data.split_names); fix the row, or set data.bad_lines: skip to drop such rows and "
+        f"count them"
+    )
+
+
+def test_several_text_fields_are_joined_and_a_missing_one_is_a_bad_row(tmp_path: Path) -> None:
+    records = [{"label": "a", "subject": f"s{i}", "body": f"b{i}"} for i in range(12)]
+    records[5].pop("body")
+    path = tmp_path / "mail.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    fmt = data.Format("jsonl", ["subject", "body"], "label", "Subject: {subject}\n\n{body}")
+    parsed = data.read_messages(path, fmt, None, "skip")
+    assert parsed.bad_lines == {"missing_text": 1} and len(parsed.frame) == 11
+    assert parsed.frame["text"][0] == "Subject: s0\n\nb0"
+    with pytest.raises(SpamGPTError, match=r":6: text field 'body' is missing; fix the line"):
+        data.read_messages(path, fmt, None)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"text_template": "{subject}: {sender}", "format": "csv", "text_column": ["subject"]},
+         "data.text_template: names field {sender}, which is not in data.text_column (subject)"),
+        ({"url": None}, "data.url: set exactly one of data.url (one file) and data.files"),
+        ({"split_column": "part"}, "data.split_column: label_tab_text files have no named columns"),
+        ({"split_names": {"train": "a", "val": "a", "test": "b"}},
+         "data.split_names: train, val and test need three different values"),
+    ],
+)  # fmt: skip
+def test_bad_data_params_are_one_line(data: dict, message: str) -> None:
+    with pytest.raises(params.ParamsError) as e:
+        data_params(**data)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_a_missing_file_of_a_split_names_it_and_leaves_nothing(workspace: Path) -> None:
+    (workspace / "data/local").mkdir(parents=True)
+    (workspace / "data/local/train.csv").write_text("label,text\na,hi\n")
+    sources = {"train": ("data/local/train.csv", None), "test": ("data/local/test.csv", None)}
+    with pytest.raises(download.DownloadError) as e:
+        download.fetch_files(sources, paths.RAW_DATA)
+    assert str(e.value) == (
+        "data.files.test.url: could not download test (test.csv): data/local/test.csv: no such file"
+    )
+    assert not paths.RAW_DATA.exists() and not any(paths.RAW_DATA.parent.iterdir())

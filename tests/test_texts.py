@@ -1,0 +1,102 @@
+"""A message's text from its fields, and the tokens kept of a long one: the same rule in the
+loaders' packed cut and the classify path's per-message cut; head_tail learns a class decided
+by the ending where head cannot."""
+
+import dataclasses
+import random
+
+import pytest
+import torch
+from conftest import REPO
+
+from spamgpt import checkpoint, classifier, params, tokenized
+from spamgpt.batching import ModelInputs
+from spamgpt.errors import ParamsError
+from spamgpt.labels import Classes
+from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
+from spamgpt.texts import TextFields, Truncation
+from spamgpt.train import Trainer
+from spamgpt.trunk import Split
+
+
+def test_fields_join_by_a_blank_line_or_the_template() -> None:
+    row = {"subject": "WIN", "body": "a {prize}", "id": "7"}
+    assert TextFields(("subject", "body")).join(row) == "WIN\n\na {prize}"
+    assert TextFields(("body",)).join(row) == "a {prize}"
+    template = TextFields(("subject", "body"), "Subject: {subject}\n{body!r}")
+    assert template.join(row) == "Subject: WIN\n'a {prize}'"
+    renamed = template.renamed(("title", "text"))
+    assert renamed.join({"title": "WIN", "text": "a {prize}"}) == template.join(row)
+
+
+@pytest.mark.parametrize(
+    ("columns", "template", "message"),
+    [
+        (("subject", "body"), "{subject} {sender}", "data.text_template: names field {sender}"),
+        (("body",), "{} {body}", "data.text_template: {} is positional"),
+        (("body",), "{body", "data.text_template: not a valid template"),
+        (("a", "a"), None, "data.text_column: must name one column or a list of different"),
+    ],
+)
+def test_a_template_naming_a_missing_field_is_refused(columns, template, message) -> None:
+    with pytest.raises(ParamsError, match="^" + message.replace("{", r"\{").replace("(", r"\(")):
+        TextFields(columns, template)
+
+
+def test_truncation_keeps_head_tail_or_both() -> None:
+    ids = list(range(10))
+    assert Truncation("head").keep(ids, 4) == [0, 1, 2, 3]
+    assert Truncation("tail").keep(ids, 4) == [6, 7, 8, 9]
+    assert Truncation("head_tail").keep(ids, 8) == [0, 1, 4, 5, 6, 7, 8, 9]
+    assert Truncation("head_tail", 0.5).keep(ids, 4) == [0, 1, 8, 9]
+    assert Truncation("head_tail").keep(ids[:3], 4) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("side", ["head", "tail", "head_tail"])
+def test_the_packed_cut_keeps_the_same_tokens_as_the_per_message_one(side: str) -> None:
+    rng = random.Random(0)
+    rows = [[rng.randrange(1000) for _ in range(rng.randrange(1, 30))] for _ in range(50)]
+    whole = tokenized.pack_ids(rows, 10_000)  # the loaders' input: every message's whole ids
+    rule = Truncation(side, 0.3)
+    cut = tokenized.cut(whole, 9, rule)
+    per_message = tokenized.pack_ids(rows, 9, rule)
+    assert torch.equal(cut.rows, per_message.rows) and torch.equal(cut.lengths, per_message.lengths)
+
+
+def ending_decided(n: int, seed: int) -> tuple[list[list[int]], torch.Tensor]:
+    """Token ids of n long messages: 40 random tokens, then the token that decides the class."""
+    rng = random.Random(seed)
+    labels = [i % 2 for i in range(n)]
+    rows = [[rng.randrange(2, 60) for _ in range(40)] + [label] for label in labels]
+    return rows, torch.tensor(labels)
+
+
+def val_accuracy(side: str, tmp_path) -> float:
+    train_ids, train_labels = ending_decided(48, 0)
+    val_ids, val_labels = ending_decided(32, 1)
+    rule = Truncation(side)
+    split = {
+        name: Split(ModelInputs(tokenized.pack_ids(ids, 16, rule), None), labels)
+        for name, ids, labels in (
+            ("train", train_ids, train_labels),
+            ("val", val_ids, val_labels),
+        )
+    }
+    config = GPTConfig(vocab_size=64, n_ctx=64, n_embd=32, n_layer=2, n_head=4)
+    torch.manual_seed(0)
+    model = GPT2Classifier(GPT2.init_random(config), 2)
+    t = dataclasses.replace(
+        params.load(REPO / "params.yaml").train,
+        epochs=3, batch_size=16, lr=1e-2, patience=3, device="cpu", precision="fp32",
+    )  # fmt: skip
+    classes = Classes(("a", "b"))
+    trained = classifier.freeze(model, 0)  # the head alone: the last token's state decides
+    cpu = torch.device("cpu")
+    trainer = Trainer(model, trained, split["train"], split["val"], classes, t, cpu, "fp32")
+    state = trainer.fit(checkpoint.CheckpointSaver(tmp_path / f"{side}.pt", "test"))
+    return max(entry["val/accuracy"] for entry in state.history)
+
+
+def test_head_tail_learns_a_class_decided_by_the_ending_where_head_cannot(tmp_path) -> None:
+    assert val_accuracy("head_tail", tmp_path) == 1.0
+    assert val_accuracy("head", tmp_path) <= 0.75
