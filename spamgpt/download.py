@@ -93,7 +93,7 @@ def fetch(
             )
     expected = sha256.lower() if sha256 else None
     local = not all(is_url(url) for url in urls)  # a local source is read again, never reused
-    if expected is not None and not local and dest.exists() and sha256_file(dest) == expected:
+    if expected is not None and not local and dest.is_file() and sha256_file(dest) == expected:
         return expected
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.parent / f".{dest.name}.part"
@@ -330,6 +330,8 @@ def _install(
         digest = sha256_file(tmp)
         if expected is not None and digest != expected:
             raise _UrlFailed(f"sha256 mismatch: got {digest}, expected {expected}")
+        if dest.is_dir():  # given splits' folder from before (data.files): gone once verified
+            shutil.rmtree(dest)
     if move:
         source.unlink(missing_ok=True)
     return digest
