@@ -12,10 +12,13 @@ import glob
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _umask() -> int:
@@ -68,6 +71,9 @@ def replaced_dir(dest: str | os.PathLike) -> Iterator[Path]:
     the folders of a killed one (kill -9 skips the clean-up) go on the next call.
     """
     dest = Path(dest)
+    # Ctrl-C or SIGTERM while the folder is made (it exists before mkdtemp returns) would
+    # leave it behind: they wait until the block below, whose clean-up removes it.
+    unmasked = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         for stale in dest.parent.glob(f"{glob.escape(_temp_prefix(dest))}*.*"):
@@ -75,9 +81,11 @@ def replaced_dir(dest: str | os.PathLike) -> Iterator[Path]:
                 shutil.rmtree(stale)
         tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest), suffix=".tmp", dir=dest.parent))
     except OSError as e:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unmasked)
         raise _naming(e, dest) from e
     old = tmp.with_suffix(".old")
     try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unmasked)  # a waiting signal raises here
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700, as open()'s 0600 above
         moved = False

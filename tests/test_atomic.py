@@ -2,6 +2,9 @@
 failure cases of files are in tests/test_reliability_inputs.py)."""
 
 import json
+import os
+import signal
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -91,3 +94,18 @@ def test_the_folders_of_a_killed_run_are_removed_on_the_next(dest: Path) -> None
     with atomic.replaced_dir(dest) as folder:
         atomic.write_text(folder / "train.csv", "new")
     assert sorted(p.name for p in dest.parent.iterdir()) == [".splitting", "split"]
+
+
+def test_ctrl_c_as_the_folder_is_made_leaves_none(dest: Path, monkeypatch) -> None:
+    """SIGINT arriving once mkdtemp has made the folder, before replaced_dir holds its name."""
+    made = tempfile.mkdtemp
+
+    def then_ctrl_c(*args, **kwargs) -> str:
+        folder = made(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return folder
+
+    monkeypatch.setattr(tempfile, "mkdtemp", then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt), atomic.replaced_dir(dest):
+        pass
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["split"]
