@@ -305,7 +305,7 @@ def read_rows(
     fmt_name: str,
     columns: dict[str, str],
     name: str | None = None,
-    sniff: Callable[[], None] | None = None,
+    sniff: Sniff | None = None,
 ) -> Rows:
     """The rows of a raw file with these columns ({name: the setting naming it, for the
     error when the file lacks it}); label_tab_text has the columns label and text. `name`:
