@@ -298,11 +298,11 @@ class Bench:
 
 
 def train_metrics(project: Path) -> dict:
-    return json.loads((project / paths.TRAIN_METRICS).read_text())
+    return json.loads((project / paths.TRAIN_REPORT).read_text())
 
 
 def training_figures(bench: Bench, project: Path) -> dict:
-    """What finetune recorded of its training (metrics/train.json), and the compute rate
+    """What finetune recorded of its training (reports/training.json), and the compute rate
     that makes (model_tflops) with its share of the card's bf16 peak."""
     t = train_metrics(project)
     keys = ("samples_per_second", "train_seconds", "epochs_run", "steps", "device", "precision")
@@ -343,7 +343,7 @@ def step_repro(bench: Bench) -> dict:
     ran = bench.dvc(project, "repro")
     bench.projects["repro"] = project
     stages = ran.stage_seconds()
-    evaluation = json.loads((project / paths.EVAL_METRICS).read_text())
+    evaluation = json.loads((project / paths.EVAL_REPORT).read_text())
     return {
         "wall_s": round(ran.wall, 2),
         "stage_s": stages,

@@ -1,17 +1,24 @@
 """Write files so that readers see the old content or the new, never half of either.
 
 Everything goes to a temporary name in the destination's folder (same file system, so the
-final os.replace is atomic), is flushed and fsynced, and only then renamed into place.
+final os.replace is atomic), is flushed and fsynced, and only then renamed into place. A
+folder is built the same way, beside the one it replaces (replaced_dir). DVC leaves the
+pipeline's outputs to these functions (`persist: true`): a stage that fails keeps the last
+good ones.
 """
 
 import contextlib
 import glob
 import json
 import os
+import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _umask() -> int:
@@ -54,6 +61,46 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def replaced_dir(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty folder beside `dest` to write the new content of `dest` into (with
+    atomic_path, or anything else); once the block succeeds it takes the place of `dest`, whose
+    old files are then deleted. A failed block leaves `dest` as it was and no temporary folder;
+    the folders of a killed one (kill -9 skips the clean-up) go on the next call.
+    """
+    dest = Path(dest)
+    # Ctrl-C or SIGTERM while the folder is made (it exists before mkdtemp returns) would
+    # leave it behind: they wait until the block below, whose clean-up removes it.
+    unmasked = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        for stale in dest.parent.glob(f"{glob.escape(_temp_prefix(dest))}*.*"):
+            if stale.is_dir() and stale.suffix in (".tmp", ".old"):
+                shutil.rmtree(stale)
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest), suffix=".tmp", dir=dest.parent))
+    except OSError as e:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unmasked)
+        raise _naming(e, dest) from e
+    old = tmp.with_suffix(".old")
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unmasked)  # a waiting signal raises here
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700, as open()'s 0600 above
+        moved = False
+        try:
+            if dest.exists():
+                os.rename(dest, old)
+                moved = True
+            os.rename(tmp, dest)
+        except BaseException:  # a signal between the renames too: the old folder back
+            if moved and not dest.exists():
+                os.rename(old, dest)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _naming(error: OSError, dest: Path) -> OSError:

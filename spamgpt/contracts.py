@@ -10,6 +10,7 @@ baseline -> evaluate: its scores (metrics/baseline.json); evaluate -> classify: 
 """
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,9 +83,15 @@ def read_tokenization() -> Tokenization:
     return Tokenization(report["max_length"], report["pad_id"])
 
 
-def write_trunk_info(frozen_blocks: int | None, device: str, precision: str) -> None:
+def write_trunk_info(
+    frozen_blocks: int | None,
+    device: str,
+    precision: str,
+    folder: str | os.PathLike = paths.TRUNK_DIR,
+) -> None:
+    """Into `folder`: where the trunk stage builds the new TRUNK_DIR."""
     atomic.write_json(
-        paths.TRUNK_INFO,
+        Path(folder) / paths.TRUNK_INFO.name,
         {"frozen_blocks": frozen_blocks, "device": device, "precision": precision},
     )
 

@@ -13,10 +13,11 @@ default quoting merges neighbouring messages (5572 rows instead of 5574).
 """
 
 import csv
+import functools
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,19 @@ class ParsedMessages:
     frame: pd.DataFrame  # columns: line (1-based line, or row, in the raw file), label, text
     # (and split, with a split column)
     bad_lines: Counter = field(default_factory=Counter)  # kind -> count (policy 'skip')
+    unit: str = "line"  # what `line` counts: "row" for Parquet
+
+
+# How messages call each data.format
+FORMAT_NAMES = {
+    "label_tab_text": "label<TAB>text lines",
+    "csv": "CSV",
+    "tsv": "TSV",
+    "jsonl": "JSON Lines",
+    "parquet": "Parquet",
+}
+# A first row bad in these ways may be a file of another format
+_STRUCTURE = ("unparseable", "no_tab", "wrong_fields")
 
 
 class _BadLine(ValueError):
@@ -68,12 +82,17 @@ def read_messages(
     bad_lines: str = "error",
     split_column: str | None = None,
     split_names: dict[str, str] | None = None,
+    name: str | None = None,
 ) -> ParsedMessages:
     """Every (line, label, text) of the raw file; `labels`: the allowed classes (None: any).
     `bad_lines` is 'error' (raise at the first bad row) or 'skip' (count them by kind).
     With `split_column`, each row's split too, from `split_names` ({value: split}): a value
-    outside them is a bad row ('unknown_split')."""
+    outside them is a bad row ('unknown_split'). `name`: the file as messages call it, the
+    user's own (download.source_name) rather than the copy at `path` that is read; `path`
+    itself by default. A file whose first row does not parse, but reads as another format, is
+    refused as such whatever `bad_lines` says."""
     path = Path(path)
+    name = str(path) if name is None else name
     if fmt.name == "label_tab_text":  # no header: the columns are label and text
         fmt = Format(fmt.name)
     fields = fmt.fields
@@ -82,9 +101,14 @@ def read_messages(
     if split_column is not None:
         columns[split_column] = "data.split_column"
     rows, skipped = [], Counter()
-    for number, parsed in read_rows(path, fmt.name, columns):
+    if fmt.name != "parquet":
+        _refuse_binary(path, fmt.name, name)
+    sniff = functools.partial(_refuse_other_format, path, fmt.name, name)
+    for number, parsed in read_rows(path, fmt.name, columns, name, sniff):
         try:
             if isinstance(parsed, _BadLine):
+                if not rows and not skipped and parsed.kind in _STRUCTURE:
+                    sniff()
                 raise parsed
             text = _joined(parsed, fields)
             row = (number, *_checked(parsed[fmt.label_column], text, labels))
@@ -93,13 +117,81 @@ def read_messages(
             rows.append(row)
         except _BadLine as bad:
             if bad_lines != "skip":
-                raise bad_line_error(path, fmt.name, number, bad, PIPELINE_SKIP) from None
+                raise bad_line_error(name, fmt.name, number, bad, PIPELINE_SKIP) from None
             skipped[bad.kind] += 1
     where = _where(fmt.name)
     if not rows:
-        raise SpamGPTError(f"{path}: no messages (the file is empty or every {where} is bad)")
+        raise SpamGPTError(f"{name}: no messages (the file is empty or every {where} is bad)")
     names = ["line", "label", "text", *(["split"] if split_column is not None else [])]
-    return ParsedMessages(pd.DataFrame(rows, columns=names), skipped)
+    return ParsedMessages(pd.DataFrame(rows, columns=names), skipped, where)
+
+
+def skipped_summary(parsed: ParsedMessages, name: str) -> str:
+    """One line for the console: how many rows data.bad_lines: skip dropped, by kind."""
+    total, unit = sum(parsed.bad_lines.values()), parsed.unit
+    kinds = ", ".join(f"{count} {kind}" for kind, count in parsed.bad_lines.most_common())
+    return (
+        f"{name}: skipped {total} bad {unit}{'s' * (total != 1)} (data.bad_lines: skip): "
+        f"{kinds}; kept {len(parsed.frame)}"
+    )
+
+
+def _refuse_binary(path: Path, fmt_name: str, name: str) -> None:
+    """A text format given a Parquet file or an archive: say so before parsing bytes."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith((b"PAR1", b"PK\x03\x04", b"\x1f\x8b")):
+        _refuse_other_format(path, fmt_name, name)
+
+
+def _refuse_other_format(path: Path, fmt_name: str, name: str) -> None:
+    """Raise that the file is not in data.format if its beginning reads like another format."""
+    looks = _looks_like(path)
+    if looks is None or looks[0] == fmt_name:
+        return
+    other, description = looks
+    advice = f"; set data.format: {other}" if other in FORMAT_NAMES else ""
+    raise SpamGPTError(
+        f"{name} does not look like {FORMAT_NAMES[fmt_name]} (data.format: {fmt_name}): "
+        f"{description}{advice}"
+    )
+
+
+def _looks_like(path: Path) -> tuple[str, str] | None:
+    """(the format the file's beginning reads as, how to say so), or None if none does."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if head.startswith(b"PAR1"):
+        return "parquet", "it is a Parquet file"
+    if head.startswith((b"PK\x03\x04", b"\x1f\x8b")):
+        return "archive", "it is an archive (zip or gzip); data.member names the file in it"
+    line = head.removeprefix(b"\xef\xbb\xbf").split(b"\n", 1)[0].removesuffix(b"\r")
+    line = line.decode("utf-8", errors="replace")
+    try:
+        record = json.loads(line)
+    except ValueError:
+        record = None
+    if isinstance(record, dict):
+        return "jsonl", f"its first line reads like JSON Lines with keys {_listed(record)}"
+    fields = line.split("\t")
+    if len(fields) == 2:
+        return "label_tab_text", "its first line reads like label<TAB>text"
+    if len(fields) > 2 and _header_like(fields):
+        return "tsv", f"its first line reads like TSV with columns {_listed(fields)}"
+    fields = next(csv.reader([line]), [])
+    if len(fields) > 1 and _header_like(fields) and not line.startswith(("{", "[")):
+        return "csv", f"its first line reads like CSV with columns {_listed(fields)}"
+    return None
+
+
+def _header_like(fields: list[str]) -> bool:
+    """Column names, not a sentence with a comma in it: short, no space around them."""
+    return all(field and field == field.strip() and len(field) <= 64 for field in fields)
+
+
+def _listed(names) -> str:
+    shown = [str(n)[:30] for n in list(names)[:10]]
+    return ", ".join(shown) + (", ..." if len(names) > 10 else "")
 
 
 def read_texts(
@@ -205,15 +297,26 @@ def _checked(label: object, text: object, labels: tuple[str, ...] | None) -> tup
 # Each row of a raw file: its line (row) number, and {column: value} of the columns asked
 # for, or the _BadLine it is.
 Rows = Iterator[tuple[int, dict[str, object] | _BadLine]]
+Sniff = Callable[[], None]  # raises if the file reads as another format than the one given
 
 
-def read_rows(path: str | os.PathLike, fmt_name: str, columns: dict[str, str]) -> Rows:
+def read_rows(
+    path: str | os.PathLike,
+    fmt_name: str,
+    columns: dict[str, str],
+    name: str | None = None,
+    sniff: Sniff | None = None,
+) -> Rows:
     """The rows of a raw file with these columns ({name: the setting naming it, for the
-    error when the file lacks it}); label_tab_text has the columns label and text."""
-    return _READERS[fmt_name](Path(path), columns)
+    error when the file lacks it}); label_tab_text has the columns label and text. `name`:
+    the file as messages call it (`path` by default); `sniff`, called before a missing column
+    or an unreadable Parquet file is reported, may raise that the file is of another format."""
+    path = Path(path)
+    name = str(path) if name is None else name
+    return _READERS[fmt_name](path, columns, name, sniff or (lambda: None))
 
 
-def _label_tab_text(path: Path, columns: dict[str, str]) -> Rows:
+def _label_tab_text(path: Path, columns: dict[str, str], name: str, sniff: Sniff) -> Rows:
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             line = raw.removesuffix(b"\n").removesuffix(b"\r")
@@ -231,14 +334,16 @@ def _label_tab_text(path: Path, columns: dict[str, str]) -> Rows:
             yield number, {"label": label, "text": text}
 
 
-def _delimited(path: Path, columns: dict[str, str], delimiter: str) -> Rows:
-    name = "CSV" if delimiter == "," else "TSV"
+def _delimited(
+    path: Path, columns: dict[str, str], name: str, sniff: Sniff, delimiter: str
+) -> Rows:
+    kind = "CSV" if delimiter == "," else "TSV"
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter, strict=True)
         header = next(reader, None)
         if header is None:
             return
-        positions = _columns(path, header, columns)
+        positions = _columns(header, columns, name, sniff)
         while True:
             start = reader.line_num + 1  # a row's first line: quoted line breaks span more
             try:
@@ -246,7 +351,7 @@ def _delimited(path: Path, columns: dict[str, str], delimiter: str) -> Rows:
             except StopIteration:
                 return
             except csv.Error as e:
-                yield start, _BadLine("unparseable", f"does not parse as {name}: {e}")
+                yield start, _BadLine("unparseable", f"does not parse as {kind}: {e}")
                 continue
             if not row:
                 continue  # a blank line holds no row
@@ -257,16 +362,17 @@ def _delimited(path: Path, columns: dict[str, str], delimiter: str) -> Rows:
             yield start, {c: row[i] for c, i in positions.items()}
 
 
-def _columns(path: Path, header: list, columns: dict[str, str]) -> dict[str, int]:
+def _columns(header: list, columns: dict[str, str], name: str, sniff: Sniff) -> dict[str, int]:
     """The position of each column asked for in `header`."""
-    for name, setting in columns.items():
-        if name not in header:
+    for column, setting in columns.items():
+        if column not in header:
+            sniff()
             shown = ", ".join(map(str, header[:20]))
-            raise SpamGPTError(f"{path}: no column {name!r} (it has {shown}); set {setting}")
-    return {name: header.index(name) for name in columns}
+            raise SpamGPTError(f"{name}: no column {column!r} (it has {shown}); set {setting}")
+    return {column: header.index(column) for column in columns}
 
 
-def _jsonl(path: Path, columns: dict[str, str]) -> Rows:
+def _jsonl(path: Path, columns: dict[str, str], name: str, sniff: Sniff) -> Rows:
     with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -282,14 +388,15 @@ def _jsonl(path: Path, columns: dict[str, str]) -> Rows:
             yield number, {c: row.get(c) for c in columns}
 
 
-def _parquet(path: Path, columns: dict[str, str]) -> Rows:
+def _parquet(path: Path, columns: dict[str, str], name: str, sniff: Sniff) -> Rows:
     import pyarrow.parquet as pq  # pandas' engine, installed with MLflow
 
     try:
         table = pq.ParquetFile(path)
     except Exception as e:  # pyarrow's own error types: not a Parquet file
-        raise SpamGPTError(f"{path}: not a Parquet file ({e})") from None
-    _columns(path, table.schema_arrow.names, columns)
+        sniff()
+        raise SpamGPTError(f"{name}: not a Parquet file ({e})") from None
+    _columns(table.schema_arrow.names, columns, name, sniff)
     number = 0
     names = list(columns)
     for batch in table.iter_batches(columns=names):
@@ -301,8 +408,8 @@ def _parquet(path: Path, columns: dict[str, str]) -> Rows:
 
 _READERS = {
     "label_tab_text": _label_tab_text,
-    "csv": lambda path, columns: _delimited(path, columns, ","),
-    "tsv": lambda path, columns: _delimited(path, columns, "\t"),
+    "csv": lambda path, columns, name, sniff: _delimited(path, columns, name, sniff, ","),
+    "tsv": lambda path, columns, name, sniff: _delimited(path, columns, name, sniff, "\t"),
     "jsonl": _jsonl,
     "parquet": _parquet,
 }

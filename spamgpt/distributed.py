@@ -93,6 +93,17 @@ def shared_output(dest: str | os.PathLike) -> Iterator[Path]:
         barrier()
 
 
+@contextlib.contextmanager
+def replaced_dir(dest: str | os.PathLike) -> Iterator[Path]:
+    """spamgpt.atomic.replaced_dir in rank 0, which makes the folder and renames it; the other
+    processes write only into shared_output files in it, whose names rank 0 sends them."""
+    if not is_main():
+        yield Path(dest)
+        return
+    with atomic.replaced_dir(dest) as tmp:
+        yield tmp
+
+
 def all_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum over processes (identity with one)."""
     if world_size() > 1:

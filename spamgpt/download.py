@@ -76,7 +76,9 @@ def fetch(
 
     With `member`, the download is a zip or tar archive and `dest` receives that member of
     it; `sha256` is then the member's, since mirrors repackage archives. An existing `dest`
-    that verifies is reused without touching the network.
+    that matches `sha256` is reused without touching the network; without `sha256` nothing
+    tells it from an earlier URL's file (DVC leaves outputs in place: `persist`), so it is
+    fetched again.
     """
     if isinstance(urls, str):  # a lone URL would otherwise be taken letter by letter
         urls = [urls]
@@ -90,10 +92,9 @@ def fetch(
                 f"refusing to download {url}: only http(s) URLs and local paths are allowed"
             )
     expected = sha256.lower() if sha256 else None
-    if dest.exists() and all(is_url(url) for url in urls):
-        digest = sha256_file(dest)
-        if expected is None or digest == expected:
-            return digest
+    local = not all(is_url(url) for url in urls)  # a local source is read again, never reused
+    if expected is not None and not local and dest.is_file() and sha256_file(dest) == expected:
+        return expected
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.parent / f".{dest.name}.part"
     failures = []
@@ -150,6 +151,14 @@ def fetch_files(
 def is_url(source: str) -> bool:
     """A URL (scheme://...), as opposed to a local path."""
     return re.match(r"[A-Za-z][\w+.-]*://", source) is not None
+
+
+def source_name(source: str, member: str | None = None) -> str:
+    """How messages name a file given as `source` (a URL or a local path) and, for an archive,
+    its `member`: the path as given, or the URL's file name; `archive.zip/member`."""
+    name = urllib.parse.unquote(urllib.parse.urlsplit(source).path.rsplit("/", 1)[-1])
+    name = (name or source) if is_url(source) else source
+    return f"{name}/{member}" if member else name
 
 
 def local_source(source: str) -> Path:
@@ -321,6 +330,8 @@ def _install(
         digest = sha256_file(tmp)
         if expected is not None and digest != expected:
             raise _UrlFailed(f"sha256 mismatch: got {digest}, expected {expected}")
+        if dest.is_dir():  # given splits' folder from before (data.files): gone once verified
+            shutil.rmtree(dest)
     if move:
         source.unlink(missing_ok=True)
     return digest

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+PER_CLASS = ("precision", "recall", "f1")  # a class's figures besides its support
+
+
 def report(
     labels: np.ndarray,
     probabilities: np.ndarray,
@@ -53,6 +56,16 @@ def report(
             "support": int(support[i]),
         }
     out["confusion_matrix"] = confusion.tolist()
+    return out
+
+
+def compared(rep: dict, classes: Classes) -> dict:
+    """What experiments are compared by, of a report: accuracy, macro F1 and, with a positive
+    class, its precision, recall and F1 under its name (DVC's metrics files; the whole report
+    goes to a report file, as the figures of every class would not fit a terminal)."""
+    out = {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"]}
+    if classes.positive is not None:
+        out[classes.positive] = {k: rep[classes.positive][k] for k in PER_CLASS}
     return out
 
 
@@ -127,6 +140,14 @@ def flat(rep: dict, prefix: str, classes: Classes = SMS) -> dict[str, float]:
         elif isinstance(value, float):
             out[f"{prefix}/{key}"] = value
     return out
+
+
+def selection_figure(rep: dict, classes: Classes) -> dict:
+    """What train.select_metric auto selects by, under its eval.json name: {positive: {"f1":
+    ...}} or {"macro_f1": ...} (the baseline's, beside the model's test figures)."""
+    if classes.positive is not None:
+        return {classes.positive: {"f1": rep[classes.positive]["f1"]}}
+    return {"macro_f1": rep["macro_f1"]}
 
 
 def selection_score(rep: dict, val_loss: float, classes: Classes, metric: str = "auto") -> float:
@@ -222,19 +243,33 @@ def choose_threshold(
     return ThresholdChoice(best if setting == "auto" else setting, best, None)
 
 
+POINT = ("class", "point")  # a curve point's columns before its x and y
+
+
 def curve_frames(
-    labels: np.ndarray, positive_prob: np.ndarray | None, positive: int = 1
+    labels: np.ndarray, probabilities: np.ndarray, classes: Classes = SMS
 ) -> dict[str, pd.DataFrame]:
-    """ROC and precision/recall curves of the positive class as plot data; empty (columns
-    only) where there is none."""
-    if positive_prob is None:
-        fpr = tpr = precision = recall = np.empty(0)
-    else:
-        fpr, tpr = roc_curve(labels == positive, positive_prob)
-        precision, recall, _ = precision_recall_curve(labels == positive, positive_prob)
+    """ROC and precision/recall curves as plot data, columns POINT then x and y: the positive
+    class's curve (against the others), else each class's against the rest. A class that is
+    all or none of the messages has no curve."""
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+    shown = range(len(classes)) if classes.positive is None else [classes.positive_index]
+    roc, pr = [], []
+    for i in shown:
+        is_class = labels == i
+        if is_class.all() or not is_class.any():
+            continue
+        name = classes.names[i]
+        fpr, tpr = roc_curve(is_class, probabilities[:, i])
+        precision, recall, _ = precision_recall_curve(is_class, probabilities[:, i])
+        points = {"class": name, "point": np.arange(len(fpr))}  # the order to draw them in
+        roc.append(pd.DataFrame({**points, "fpr": fpr, "tpr": tpr}))
+        points["point"] = np.arange(len(recall))
+        pr.append(pd.DataFrame({**points, "recall": recall, "precision": precision}))
+    empty = {"roc": [*POINT, "fpr", "tpr"], "pr": [*POINT, "recall", "precision"]}
     return {
-        "roc": pd.DataFrame({"fpr": fpr, "tpr": tpr}),
-        "pr": pd.DataFrame({"recall": recall, "precision": precision}),
+        kind: pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=empty[kind])
+        for kind, frames in (("roc", roc), ("pr", pr))
     }
 
 

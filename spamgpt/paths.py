@@ -7,6 +7,7 @@ from pathlib import Path
 SPLITS = ("train", "val", "test")
 # What a copy of the pipeline needs (the tests' and benchmarks' throwaway projects)
 PIPELINE_FILES = ("dvc.yaml", ".gitignore", "stages", "spamgpt", "data/local")
+PLOT_TEMPLATES = Path(".dvc/plots")  # dvc.yaml's own plot templates: copied after `dvc init`
 
 # The verified copy of data.url (or its archive member); with given splits (data.files), a
 # folder of one file per split (raw_split_file).
@@ -35,7 +36,11 @@ VAL_EPOCHS_PLOT = METRICS_DIR / "val_epochs.csv"
 EVAL_METRICS = METRICS_DIR / "eval.json"
 CONFUSION_TEST_PLOT = METRICS_DIR / "confusion_test.csv"
 
+# The full reports: every figure per split and per class (DVC's metrics files, above, hold the
+# few that experiments are compared by, so that `dvc metrics show` fits on a terminal)
 REPORTS_DIR = Path("reports")
+TRAIN_REPORT = REPORTS_DIR / "training.json"
+EVAL_REPORT = REPORTS_DIR / "evaluation.json"
 MISCLASSIFIED_TEST = REPORTS_DIR / "misclassified_test.csv"
 PREDICTIONS_TEST = REPORTS_DIR / "predictions_test.csv"  # every test message's answer
 
@@ -50,16 +55,17 @@ def raw_split_file(split: str) -> Path:
     return RAW_DATA / split
 
 
-def split_file(split: str) -> Path:
-    return SPLIT_DIR / f"{split}.csv"
+def split_file(split: str, folder: str | os.PathLike = SPLIT_DIR) -> Path:
+    """`folder`: where a stage builds the new SPLIT_DIR (spamgpt.atomic.replaced_dir)."""
+    return Path(folder) / f"{split}.csv"
 
 
-def tokens_file(split: str) -> Path:
-    return TOKENS_DIR / f"{split}.safetensors"
+def tokens_file(split: str, folder: str | os.PathLike = TOKENS_DIR) -> Path:
+    return Path(folder) / f"{split}.safetensors"
 
 
-def trunk_file(split: str) -> Path:
-    return TRUNK_DIR / f"{split}.safetensors"
+def trunk_file(split: str, folder: str | os.PathLike = TRUNK_DIR) -> Path:
+    return Path(folder) / f"{split}.safetensors"
 
 
 def checkpoint_weights(name: str) -> Path:

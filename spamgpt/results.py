@@ -57,7 +57,8 @@ def export_model(trainer: "Trainer", m: ModelParams, fields: TextFields = ONE_TE
     """models/finetuned: the model folder of the best epoch, its text made of `fields`."""
     names, tokens = list(trainer.trained), contracts.read_tokenization()
     best, classes = trainer.state.best_weights, trainer.classes
-    classifier.export(trainer.model, best, names, m, classes, tokens, paths.FINETUNED_DIR, fields)
+    with atomic.replaced_dir(paths.FINETUNED_DIR) as folder:  # in place once complete
+        classifier.export(trainer.model, best, names, m, classes, tokens, folder, fields)
 
 
 def log_best_checkpoint(run: Run, light_model_logged: bool) -> None:
@@ -72,41 +73,43 @@ def log_best_checkpoint(run: Run, light_model_logged: bool) -> None:
 
 
 def write_training(
-    run: Run, state: "State", n_train: int, device: torch.device, precision: str
-) -> None:
-    """metrics/train.json, the DVC plot data and the run's summary metrics. No figures of
-    the curves: MLflow charts train/loss and the val/ metrics from the logged steps."""
+    state: "State", n_train: int, device: torch.device, precision: str
+) -> dict[str, float]:
+    """metrics/train.json (the figures to compare: best epoch and step, epochs, timings), the
+    whole report (reports/training.json: also the best evaluation's validation figures, the
+    device) and the DVC plot data. Returns the run's summary metrics (no figures of the
+    curves: MLflow charts train/loss and the val/ metrics from the logged steps)."""
     epochs = pd.DataFrame(state.history)
     steps = pd.DataFrame(state.steps, columns=["step", "loss", "lr"])
     best = state.history[state.best_evaluation - 1]
-    epochs_run = state.history[-1]["epoch"]
     samples = state.epoch * n_train + state.epoch_samples  # (an early stop mid-epoch)
     samples_per_second = samples / max(state.train_seconds, 1e-9)
+    summary = {
+        "best_epoch": best["epoch"],
+        "best_step": best["step"],
+        "epochs_run": state.history[-1]["epoch"],
+        "train_seconds": round(state.train_seconds, 2),
+        "samples_per_second": round(samples_per_second, 1),
+    }
     atomic.write_json(
-        paths.TRAIN_METRICS,
+        paths.TRAIN_REPORT,
         {
-            "best_epoch": best["epoch"],
-            "best_step": best["step"],
-            "epochs_run": epochs_run,
+            **summary,
             "steps": state.step,
-            "train_seconds": round(state.train_seconds, 2),
-            "samples_per_second": round(samples_per_second, 1),
             "device": device.type,
             "precision": precision,
             "threads": torch.get_num_threads(),
             "val": {k.removeprefix("val/"): v for k, v in best.items() if k.startswith("val/")},
         },
     )
+    atomic.write_json(paths.TRAIN_METRICS, summary)
     _write_csv(steps, paths.TRAIN_LOSS_PLOT)
     _write_csv(epochs.rename(columns=lambda c: c.replace("/", "_")), paths.VAL_EPOCHS_PLOT)
-    run.log_metrics(
-        {
-            "best_epoch": best["epoch"],
-            "train/seconds": state.train_seconds,
-            "train/samples_per_second": samples_per_second,
-        },
-        0,
-    )
+    return {
+        "best_epoch": best["epoch"],
+        "train/seconds": state.train_seconds,
+        "train/samples_per_second": samples_per_second,
+    }
 
 
 def write_evaluation(
@@ -119,18 +122,29 @@ def write_evaluation(
     curves: dict[str, pd.DataFrame],
     val_at_threshold: dict[str, float] | None = None,
 ) -> None:
-    """metrics/eval.json, the test confusion and curve plot data, every test message's
+    """metrics/eval.json (the test figures to compare, the baseline's selection figure, the
+    threshold and what a policy reached with it), the whole report of every split
+    (reports/evaluation.json), the test confusion and curve plot data, every test message's
     prediction (reports/predictions_test.csv) and the misclassified ones
     (reports/misclassified_test.csv). `val_at_threshold`: the validation precision, recall
     and FPR an evaluate.threshold policy reached."""
     policy = {} if val_at_threshold is None else {"val_at_threshold": val_at_threshold}
-    contracts.write_evaluation(
+    atomic.write_json(
+        paths.EVAL_REPORT,
         {
             "threshold": threshold,
             "best_val_threshold": best_val_threshold,
             **policy,
             **reports,
             "baseline": {s: baseline[s] for s in reports},
+        },
+    )
+    contracts.write_evaluation(
+        {
+            **metrics.compared(reports["test"], classes),
+            "threshold": threshold,
+            **policy,
+            "baseline": metrics.selection_figure(baseline["test"], classes),
         }
     )
     test = data.read_split(paths.split_file("test"))
@@ -180,11 +194,9 @@ def log_evaluation(
     for name, frame in curves.items():
         if frame.empty:
             continue
-        x, y = frame.columns
-        run.log_figure(
-            metrics.curve_figure({f"test ({name})": (frame[x], frame[y])}, x, name),
-            f"evaluation/test_{name}_curve.png",
-        )
+        x, y = frame.columns[len(metrics.POINT) :]
+        series = {f"{c} (test)": (part[x], part[y]) for c, part in frame.groupby("class")}
+        run.log_figure(metrics.curve_figure(series, x, name), f"evaluation/test_{name}_curve.png")
 
 
 def _write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -9,16 +9,20 @@ that train lacks is an error naming the class and the files: every class needs a
 """
 
 import hashlib
+import logging
+import os
 from collections import Counter
 from itertools import combinations
 
 import pandas as pd
 
 from spamgpt import data, labels, paths
-from spamgpt.download import sha256_file
+from spamgpt.download import sha256_file, source_name
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
 from spamgpt.params import DataParams, SplitParams
+
+log = logging.getLogger(__name__)
 
 
 def split_dataset(d: DataParams, s: SplitParams) -> tuple[dict[str, pd.DataFrame], dict]:
@@ -31,7 +35,8 @@ def split_dataset(d: DataParams, s: SplitParams) -> tuple[dict[str, pd.DataFrame
         sources = {name: src.url for name, src in d.files.sources().items()}
         files = {name: paths.raw_split_file(name) for name in sources}
         parsed = {
-            name: data.read_messages(files[name], fmt, allowed, d.bad_lines) for name in sources
+            name: read_source(files[name], source_name(url), fmt, allowed, d)
+            for name, url in sources.items()
         }
         report = {
             "raw_sha256": combined_sha256({name: sha256_file(f) for name, f in files.items()}),
@@ -47,7 +52,8 @@ def split_dataset(d: DataParams, s: SplitParams) -> tuple[dict[str, pd.DataFrame
         }
     else:
         names = {str(value): name for name, value in vars(d.split_names).items()}
-        whole = data.read_messages(paths.RAW_DATA, fmt, allowed, d.bad_lines, d.split_column, names)
+        source = source_name(d.url, d.member)
+        whole = read_source(paths.RAW_DATA, source, fmt, allowed, d, names)
         parsed = by_split_column(whole, d)
         sources = dict.fromkeys(parsed, d.url)
         sha256 = sha256_file(paths.RAW_DATA)
@@ -74,7 +80,7 @@ def random_split(
     d: DataParams, s: SplitParams, fmt: data.Format, allowed: tuple[str, ...] | None
 ) -> tuple[dict[str, pd.DataFrame], dict]:
     """One file, split at random, stratified: split.val and split.test of it."""
-    parsed = data.read_messages(paths.RAW_DATA, fmt, allowed, d.bad_lines)
+    parsed = read_source(paths.RAW_DATA, source_name(d.url, d.member), fmt, allowed, d)
     classes = labels.found(parsed.frame["label"], d.labels, d.positive_label)
     frame = data.dedupe(parsed.frame) if s.dedupe else parsed.frame
     splits = data.split(frame, s.val, s.test, s.seed, classes.names)
@@ -87,6 +93,24 @@ def random_split(
         **{name: data.label_counts(part, classes.names) for name, part in splits.items()},
         **classes.to_dict(),
     }
+
+
+def read_source(
+    path: str | os.PathLike,
+    name: str,
+    fmt: data.Format,
+    allowed: tuple[str, ...] | None,
+    d: DataParams,
+    split_names: dict[str, str] | None = None,
+) -> data.ParsedMessages:
+    """data.read_messages of the copy at `path` of the file the user calls `name` (its errors
+    name that file), saying on the console how many bad rows data.bad_lines: skip dropped.
+    With `split_names`, each row's split from data.split_column."""
+    split_column = None if split_names is None else d.split_column
+    parsed = data.read_messages(path, fmt, allowed, d.bad_lines, split_column, split_names, name)
+    if parsed.bad_lines:
+        log.info("%s", data.skipped_summary(parsed, name))
+    return parsed
 
 
 def combined_sha256(hashes: dict[str, str]) -> str:

@@ -16,6 +16,7 @@ import time
 import traceback
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +29,10 @@ from mlflow.tracking import MlflowClient
 
 from spamgpt import interrupts, paths
 from spamgpt.errors import SpamGPTError
+
+# The warning MLflow gives when two of its source classes claim a dataset's source, here the
+# same one twice (mlflow.data registers LocalArtifactDatasetSource twice)
+AMBIGUOUS_SOURCE = r"The specified dataset source can be interpreted in multiple ways: (\w+), \1\. "
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -239,9 +244,17 @@ class Run:
         """Data as an MLflow dataset input, used in `context` (training, validation, testing).
         MLflow caps digests at 36 characters: the digest is the sha256's prefix, the whole
         hash is a tag beside it."""
-        dataset = mlflow.data.from_pandas(
-            frame[["label", "text"]], source=source, targets="label", name=name, digest=sha256[:36]
-        )
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source class twice, then calls a local path
+            # ambiguous between the two (the same class): a warning no user can act on.
+            warnings.filterwarnings("ignore", AMBIGUOUS_SOURCE, UserWarning)
+            dataset = mlflow.data.from_pandas(
+                frame[["label", "text"]],
+                source=source,
+                targets="label",
+                name=name,
+                digest=sha256[:36],
+            )
         tags = [InputTag("mlflow.data.context", context), InputTag("sha256", sha256)]
         entity = DatasetInput(Dataset(**dataset.to_dict()), tags=tags)
         _retry(lambda: self.client.log_inputs(self.run_id, datasets=[entity]))

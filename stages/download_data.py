@@ -1,7 +1,6 @@
 """download_data: fetch data.url (or copy it, a local file), keep the verified file or archive
 member; with given splits (data.files), each split's file into one folder."""
 
-import shutil
 from pathlib import Path
 
 from spamgpt import paths, stage
@@ -15,8 +14,6 @@ def main(params: Params) -> None:
         sources = {name: (s.url, s.sha256) for name, s in d.files.sources().items()}
         fetch_files(sources, paths.RAW_DATA)
         return
-    if paths.RAW_DATA.is_dir():  # given splits' folder from before, where the file goes now
-        shutil.rmtree(paths.RAW_DATA)
     desc = d.member or Path(d.url).name
     fetch([d.url, *d.mirrors], paths.RAW_DATA, sha256=d.sha256, member=d.member, desc=desc)
 

@@ -25,8 +25,7 @@ def main(params: Params) -> None:
     threshold, best = choice.threshold, choice.best_f1
     reports = {s: metrics.report(labels[s], probs[s], threshold, classes) for s in splits}
     baseline = contracts.read_baseline()
-    scores = None if best is None else probs["test"][:, classes.positive_index]
-    curves = metrics.curve_frames(labels["test"], scores, classes.positive_index)
+    curves = metrics.curve_frames(labels["test"], probs["test"], classes)
     results.write_evaluation(
         reports, classes, threshold, best, baseline, probs["test"], curves, choice.reached
     )

@@ -50,7 +50,7 @@ def main(params: Params) -> None:
         results.write_checkpoint_weights(run, trainer, params.mlflow.log_checkpoints)
         results.export_model(trainer, m, params.data.text_fields())
         contracts.write_mlflow_run(run.run_id)  # which run evaluate records into
-        results.write_training(run, state, len(train), device, precision)
+        run.log_metrics(results.write_training(state, len(train), device, precision), 0)
         state.exported = True  # the results are written: a later run starts afresh
         saver.write(checkpoint.state_of(trainer))  # now, not in the background
 

@@ -1,7 +1,7 @@
 """loaders: GPT-2 BPE token ids of every message, per split, cut to model.max_length as
 model.truncation says."""
 
-from spamgpt import contracts, data, paths, stage, tokenized, tokenizer
+from spamgpt import atomic, contracts, data, paths, stage, tokenized, tokenizer
 from spamgpt.model import GPTConfig
 from spamgpt.params import Params
 
@@ -18,11 +18,13 @@ def main(params: Params) -> None:
     max_length = tokenized.resolve_max_length(params.model.max_length, train_lengths, n_ctx)
     classes, stats = contracts.read_classes(), {}
     truncation = params.model.truncation_rule()
-    for name in paths.SPLITS:
-        split = tokenized.pack(ids[name], frames[name], max_length, classes, truncation)
-        tokenized.save(split, paths.tokens_file(name))
-        stats[name] = tokenized.stats(split)
-    contracts.write_tokenization(contracts.Tokenization(max_length, enc.eot_token), stats)
+    # The metrics file written in the block: should it fail, the old token files stay.
+    with atomic.replaced_dir(paths.TOKENS_DIR) as folder:
+        for name in paths.SPLITS:
+            split = tokenized.pack(ids[name], frames[name], max_length, classes, truncation)
+            tokenized.save(split, paths.tokens_file(name, folder))
+            stats[name] = tokenized.stats(split)
+        contracts.write_tokenization(contracts.Tokenization(max_length, enc.eot_token), stats)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,15 @@ def main(params: Params) -> None:
     device, precision = runtime.setup(t.device, t.precision, t.devices)
     distributed.relaunch(t.devices)  # train.devices > 1: this script again, under torchrun
     device = distributed.setup(device)
-    paths.TRUNK_DIR.mkdir(parents=True, exist_ok=True)
-    if frozen is not None:  # else everything trains: the tail is the whole model
-        gpt = classifier.base_model(m, model_dir).to(device)
-        for split in paths.SPLITS:
-            tokens = tokenized.load(paths.tokens_file(split)).tokens
-            path = paths.trunk_file(split)
-            trunk.write(path, gpt, tokens, frozen, device, precision, desc=f"trunk {split}")
-    if distributed.is_main():
-        contracts.write_trunk_info(frozen, device.type, precision)
+    with distributed.replaced_dir(paths.TRUNK_DIR) as folder:
+        if frozen is not None:  # else everything trains: the tail is the whole model
+            gpt = classifier.base_model(m, model_dir).to(device)
+            for split in paths.SPLITS:
+                tokens = tokenized.load(paths.tokens_file(split)).tokens
+                path = paths.trunk_file(split, folder)
+                trunk.write(path, gpt, tokens, frozen, device, precision, desc=f"trunk {split}")
+        if distributed.is_main():
+            contracts.write_trunk_info(frozen, device.type, precision, folder)
 
 
 if __name__ == "__main__":

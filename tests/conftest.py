@@ -250,6 +250,7 @@ def make_project(path: Path, params: dict) -> Path:
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], path)
     run(["dvc", "init", "-q"], path)
+    shutil.copytree(REPO / paths.PLOT_TEMPLATES, path / paths.PLOT_TEMPLATES)
     run(["git", "add", "-A"], path)
     run(["git", "commit", "-qm", "project"], path)
     return path

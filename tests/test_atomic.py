@@ -1,7 +1,10 @@
-"""spamgpt.atomic: a file is replaced whole or not at all (the failure cases are in
-tests/test_reliability_inputs.py)."""
+"""spamgpt.atomic: a file, or a folder (replaced_dir), is replaced whole or not at all (the
+failure cases of files are in tests/test_reliability_inputs.py)."""
 
 import json
+import os
+import signal
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -45,3 +48,64 @@ def test_a_failed_block_leaves_no_file_where_there_was_none(tmp_path: Path) -> N
         tmp.write_bytes(b"half")
         raise ValueError("stopped")
     assert list(tmp_path.iterdir()) == []
+
+
+def files(folder: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in folder.iterdir()}
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    dest = tmp_path / "split"
+    dest.mkdir()
+    (dest / "train.csv").write_text("old")
+    (dest / "stale.csv").write_text("from a run before")
+    return dest
+
+
+def test_the_new_folder_takes_the_old_ones_place_whole(dest: Path) -> None:
+    with atomic.replaced_dir(dest) as folder:
+        assert folder.parent == dest.parent and folder != dest
+        atomic.write_text(folder / "train.csv", "new")
+        assert files(dest) == {"train.csv": "old", "stale.csv": "from a run before"}
+    assert files(dest) == {"train.csv": "new"}  # no file of the old folder is left
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["split"]
+
+
+def test_a_failed_block_leaves_the_folder_as_it_was(dest: Path) -> None:
+    with pytest.raises(KeyboardInterrupt), atomic.replaced_dir(dest) as folder:
+        atomic.write_text(folder / "train.csv", "half")
+        raise KeyboardInterrupt
+    assert files(dest) == {"train.csv": "old", "stale.csv": "from a run before"}
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["split"]
+
+
+def test_a_new_folder_where_there_was_none(tmp_path: Path) -> None:
+    with atomic.replaced_dir(tmp_path / "data" / "tokens") as folder:
+        atomic.write_text(folder / "train.safetensors", "ids")
+    assert files(tmp_path / "data" / "tokens") == {"train.safetensors": "ids"}
+
+
+def test_the_folders_of_a_killed_run_are_removed_on_the_next(dest: Path) -> None:
+    for name in (".split.k1ll3d.tmp", ".split.k1ll3d.old"):
+        (dest.parent / name).mkdir()
+        (dest.parent / name / "train.csv").write_text("left by kill -9")
+    (dest.parent / ".splitting").mkdir()  # not one of its folders
+    with atomic.replaced_dir(dest) as folder:
+        atomic.write_text(folder / "train.csv", "new")
+    assert sorted(p.name for p in dest.parent.iterdir()) == [".splitting", "split"]
+
+
+def test_ctrl_c_as_the_folder_is_made_leaves_none(dest: Path, monkeypatch) -> None:
+    """SIGINT arriving once mkdtemp has made the folder, before replaced_dir holds its name."""
+    made = tempfile.mkdtemp
+
+    def then_ctrl_c(*args, **kwargs) -> str:
+        folder = made(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return folder
+
+    monkeypatch.setattr(tempfile, "mkdtemp", then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt), atomic.replaced_dir(dest):
+        pass
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["split"]

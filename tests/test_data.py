@@ -284,10 +284,10 @@ def test_split_file_round_trip(tmp_path: Path) -> None:
     assert not back.isna().any().any()
 
 
-def run_split_stage(folder: Path, raw: bytes) -> subprocess.CompletedProcess:
+def run_split_stage(folder: Path, raw: bytes, **data_params: object) -> subprocess.CompletedProcess:
     """The real split stage on `raw`, in a workspace of its own."""
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["data"]["bad_lines"] = "skip"
+    params["data"].update({"bad_lines": "skip", **data_params})
     (folder / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     (folder / "data" / "raw").mkdir(parents=True)
     (folder / "data" / "raw" / "dataset").write_bytes(raw)
@@ -317,6 +317,24 @@ def test_split_stage_round_trip(tmp_path: Path) -> None:
     assert metrics["duplicates_removed"] == 1
     assert metrics["bad_lines"] == 1 and metrics["bad_lines_by_reason"] == {"no_tab": 1}
     assert sum(sum(metrics[name].values()) for name in ("train", "val", "test")) == len(set(texts))
+    # the console says so, naming data.url's file (the archive member) as the user knows it
+    skipped = [line for line in result.stderr.splitlines() if "skipped" in line]
+    assert skipped == [
+        "spamgpt.splits: sms+spam+collection.zip/SMSSpamCollection: skipped 1 bad line "
+        f"(data.bad_lines: skip): 1 no_tab; kept {len(texts)}"
+    ]
+
+
+def test_split_stage_errors_name_the_users_file(tmp_path: Path) -> None:
+    csv_file = b"id,text,label\n1,see you at 7,ham\n2,WIN a prize,spam\n"
+    own = {"url": "data/local/tickets.csv", "member": None, "sha256": None, "format": "jsonl"}
+    result = run_split_stage(tmp_path, csv_file, **own)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "error: data/local/tickets.csv does not look like JSON Lines (data.format: jsonl): "
+        "its first line reads like CSV with columns id, text, label; set data.format: csv"
+    )
+    assert not (tmp_path / "data" / "split").exists()
 
 
 def test_split_stage_round_trip_carriage_return(tmp_path: Path) -> None:
@@ -470,9 +488,89 @@ def test_parquet_bad_rows_name_their_row(tmp_path: Path) -> None:
 
 def test_not_a_parquet_file_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "mine.parquet"
-    path.write_text("body,category\nx,a\n")
+    path.write_bytes(b"\x00\x01 no format at all")
     with pytest.raises(SpamGPTError, match=r"mine\.parquet: not a Parquet file"):
         data.read_messages(path, FORMAT["parquet"], None)
+
+
+# --- messages that name the user's file and what it looks like ---
+
+PARQUET = pd.DataFrame({"text": ["hi"], "label": ["ham"]}).to_parquet()
+FIRST_LINE = "its first line reads like "
+CSV_LINE = f"{FIRST_LINE}CSV with columns id, text, label; set data.format: csv"
+LABEL_TAB = f"{FIRST_LINE}label<TAB>text; set data.format: label_tab_text"
+# (declared format, the file's first bytes, what the error says of them)
+OTHER_FORMATS = [
+    ("jsonl", b"id,text,label\n1,hi,ham\n", CSV_LINE),
+    (
+        "label_tab_text",
+        b'{"text": "hi", "label": "ham"}\n',
+        f"{FIRST_LINE}JSON Lines with keys text, label; set data.format: jsonl",
+    ),
+    (
+        "csv",
+        b"id\ttext\tlabel\n1\thi\tham\n",
+        f"{FIRST_LINE}TSV with columns id, text, label; set data.format: tsv",
+    ),
+    ("csv", b"ham\tsee you, at 7\n", LABEL_TAB),
+    ("tsv", b"ham\tsee you, at 7\n", LABEL_TAB),
+    ("parquet", b"id,text,label\n1,hi,ham\n", CSV_LINE),
+    ("csv", PARQUET, "it is a Parquet file; set data.format: parquet"),
+    (
+        "label_tab_text",
+        b"PK\x03\x04rest of a zip",
+        "it is an archive (zip or gzip); data.member names the file in it",
+    ),
+]
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+@pytest.mark.parametrize(("declared", "content", "says"), OTHER_FORMATS)
+def test_a_file_of_another_format_says_what_it_looks_like(
+    tmp_path: Path, policy: str, declared: str, content: bytes, says: str
+) -> None:
+    path = tmp_path / "dataset"
+    path.write_bytes(content)
+    fmt = data.Format(declared, "text", "label")
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, fmt, None, policy, name="tickets.csv")
+    assert str(info.value) == (
+        f"tickets.csv does not look like {data.FORMAT_NAMES[declared]} (data.format: "
+        f"{declared}): {says}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("declared", "content"),
+    [
+        ("jsonl", b'{"text": "hi", "label": \n{"text": "ok", "label": "ham"}\n'),  # broken JSON
+        ("label_tab_text", b"ham, with a comma but no tab\nham\tok\n"),  # one field: nothing
+        ("csv", b"id,body,category\n1,hi,ham\n"),  # CSV, its columns named otherwise
+    ],
+)
+def test_a_bad_first_row_of_the_format_is_no_other_format(
+    tmp_path: Path, declared: str, content: bytes
+) -> None:
+    path = tmp_path / "dataset"
+    path.write_bytes(content)
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, data.Format(declared, "text", "label"), None, name="mine")
+    assert str(info.value).startswith("mine") and "does not look like" not in str(info.value)
+
+
+def test_line_errors_name_the_file_given(tmp_path: Path) -> None:
+    path = raw_file(tmp_path, b"ham\tfine\nspam\tfine too\nno tab here\n")
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, data.Format(), None, name="texts.tsv")
+    assert str(info.value).startswith("texts.tsv:3: no tab between label and text; ")
+
+
+def test_skipped_summary_counts_each_kind(tmp_path: Path) -> None:
+    path = raw_file(tmp_path, b"ham\tkeep\nno tab\nalso none\nham\t \nspam\tkeep\n")
+    parsed = data.read_messages(path, data.Format(), None, "skip")
+    assert data.skipped_summary(parsed, "texts.tsv") == (
+        "texts.tsv: skipped 3 bad lines (data.bad_lines: skip): 2 no_tab, 1 empty_text; kept 2"
+    )
 
 
 def test_four_classes_split_stratified() -> None:

@@ -203,8 +203,10 @@ def test_offline_reuse(site: Path, out: Path, data: bytes) -> None:
         fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data))
         faults.requests.clear()
         assert fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data)) == sha(data)
+        assert faults.requests == []
+        # Without a hash, an existing file could be an earlier URL's: fetched again.
         assert fetch([f"{url}/good/data.bin"], out / "data.bin") == sha(data)
-    assert faults.requests == []
+        assert [r.path for r in faults.requests] == ["/good/data.bin"]
     # The server is gone now: still no network needed.
     assert fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data)) == sha(data)
 
@@ -357,3 +359,17 @@ def test_download_data_stage_falls_back_to_data_mirrors(
     asked = [r.path for r in faults.requests]
     expected = ["/primary/sms.zip"] if primary_works else ["/primary/sms.zip", "/mirror/sms.zip"]
     assert asked == expected
+
+
+def test_a_folder_at_dest_goes_only_once_the_file_is_verified(tmp_path: Path, out: Path) -> None:
+    """data/raw/dataset was given splits' folder (data.files), now data.url is one file: a
+    failed fetch leaves the folder (DVC does not delete it first: `persist`)."""
+    dest, source = out / "dataset", tmp_path / "messages.tsv"
+    dest.mkdir()
+    (dest / "train").write_bytes(b"ham\tkept\n")
+    source.write_bytes(b"ham\tnew\n")
+    with pytest.raises(DownloadError, match="sha256 mismatch"):
+        fetch([str(source)], dest, sha256=sha(b"other"))
+    assert (dest / "train").read_bytes() == b"ham\tkept\n"
+    assert fetch([str(source)], dest) == sha(b"ham\tnew\n")
+    assert dest.read_bytes() == b"ham\tnew\n" and leftovers(out) == ["dataset"]

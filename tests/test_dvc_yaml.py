@@ -96,3 +96,13 @@ def test_no_stage_lists_a_module_it_does_not_use(name: str) -> None:
     listed = {d for d in stage["deps"] if d.startswith(("spamgpt/", "stages/"))}
     unused = sorted(listed - closure(stage["cmd"].split()[-1]))
     assert not unused, f"dvc.yaml stage {name} lists {unused}, which its code does not import"
+
+
+def test_dvc_never_deletes_an_output_before_its_stage_runs() -> None:
+    """`persist: true` on every output: each stage replaces its own (spamgpt.atomic), so one
+    that fails leaves the last good outputs; DVC would delete them first otherwise."""
+    for name, stage in PIPELINE.items():
+        for kind in ("outs", "metrics", "plots"):
+            for out in stage.get(kind, []):
+                path, options = next(iter(out.items())) if isinstance(out, dict) else (out, {})
+                assert options.get("persist") is True, f"{name}: {path}"

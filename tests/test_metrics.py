@@ -304,6 +304,6 @@ def test_the_positive_class_first_gives_the_same_metrics_thresholds_and_curves()
         assert metrics.choose_threshold(setting, spam_first, labels, probs) == pytest.approx(
             metrics.choose_threshold(setting, SMS, LABELS, two(PROBS))
         )
-    curves = metrics.curve_frames(labels, probs[:, 0], spam_first.positive_index)
-    for name, frame in metrics.curve_frames(LABELS, PROBS, SMS.positive_index).items():
+    curves = metrics.curve_frames(labels, probs, spam_first)
+    for name, frame in metrics.curve_frames(LABELS, two(PROBS), SMS).items():
         assert curves[name].equals(frame), name

@@ -79,7 +79,7 @@ def test_classes_are_found_and_split(project) -> None:
 
 def test_metrics_are_per_class_with_a_3x3_confusion_matrix(project) -> None:
     path, _ = project
-    ev = read_json(path / "metrics/eval.json")
+    ev = read_json(path / "reports/evaluation.json")
     assert ev["threshold"] is None and ev["best_val_threshold"] is None
     for split in ("val", "test"):
         report = ev[split]
@@ -151,12 +151,11 @@ def test_the_same_split_given_as_files_gives_the_same_metrics(project, tmp_path:
     assert "download_weights" not in ran_stages(out.stdout)
     report = read_json(given / "metrics/data.json")
     assert report["cross_duplicates"] == {"train-val": 0, "train-test": 0, "val-test": 0}
-    for name in ("eval.json", "baseline.json"):
-        before, after = read_json(path / "metrics" / name), read_json(given / "metrics" / name)
-        assert after == before, name
+    for name in ("metrics/eval.json", "metrics/baseline.json", "reports/evaluation.json"):
+        assert read_json(given / name) == read_json(path / name), name
     assert (
-        read_json(given / "metrics/train.json")["val"]
-        == read_json(path / "metrics/train.json")["val"]
+        read_json(given / "reports/training.json")["val"]
+        == read_json(path / "reports/training.json")["val"]
     )
 
 

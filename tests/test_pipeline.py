@@ -2,11 +2,18 @@
 project fetching from 127.0.0.1, then MLflow read back, `dvc exp run -S`, the diffs, plots
 and `spamgpt classify`. One project per module: the stages run once and the tests read it."""
 
+import contextlib
+import hashlib
 import json
 import math
+import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -20,6 +27,7 @@ from conftest import (
     make_project,
     restored_tracking_uri,
     run,
+    subprocess_env,
     tiny_params,
 )
 from mlflow.tracking import MlflowClient
@@ -88,11 +96,12 @@ def test_dvc_yaml_declares_what_the_library_writes():
         "trunk": [paths.TRUNK_DIR],
         "finetune": [
             paths.FINETUNED_DIR, paths.MLFLOW_RUN, paths.CHECKPOINT_DIR, paths.TRAIN_METRICS,
-            paths.TRAIN_LOSS_PLOT, paths.VAL_EPOCHS_PLOT,
+            paths.TRAIN_LOSS_PLOT, paths.VAL_EPOCHS_PLOT, paths.TRAIN_REPORT,
         ],
         "evaluate": [
-            paths.MISCLASSIFIED_TEST, paths.CONFUSION_TEST_PLOT, paths.curve_plot("roc"),
-            paths.curve_plot("pr"), paths.EVAL_METRICS,
+            paths.EVAL_REPORT, paths.MISCLASSIFIED_TEST, paths.PREDICTIONS_TEST,
+            paths.CONFUSION_TEST_PLOT, paths.curve_plot("roc"), paths.curve_plot("pr"),
+            paths.EVAL_METRICS,
         ],
     }  # fmt: skip
     assert set(writes) == set(stages)
@@ -126,7 +135,18 @@ def test_metrics_files(project):
     train = read_json(path / "metrics/train.json")
     assert 1 <= train["best_epoch"] <= train["epochs_run"] <= 2
     assert train["samples_per_second"] > 0 and train["train_seconds"] > 0
-    ev = read_json(path / "metrics/eval.json")
+    assert read_json(path / "reports/training.json").items() >= train.items()
+    ev = read_json(path / "reports/evaluation.json")
+    compared = read_json(path / "metrics/eval.json")  # DVC's metrics: the test figures
+    assert compared == {
+        "accuracy": ev["test"]["accuracy"],
+        "macro_f1": ev["test"]["macro_f1"],
+        "spam": {k: ev["test"]["spam"][k] for k in ("precision", "recall", "f1")},
+        "threshold": ev["threshold"],
+        "baseline": {"spam": {"f1": ev["baseline"]["test"]["spam"]["f1"]}},
+    }
+    shown = run(["dvc", "metrics", "show"], path).stdout
+    assert max(map(len, shown.splitlines())) <= 200, shown
     for split in ("val", "test"):
         report = ev[split]
         (tn, fp), (fn, tp) = report["confusion_matrix"]
@@ -153,13 +173,13 @@ def test_mlflow_run_has_everything(project, mlflow_client, monkeypatch):
     assert run_.data.tags["data_sha256"] == read_json(path / "metrics/data.json")["raw_sha256"]
     assert "weights_sha256" in run_.data.tags
 
-    train = read_json(path / "metrics/train.json")
+    train = read_json(path / "reports/training.json")
     losses = mlflow_client.get_metric_history(run_id, "train/loss")
     assert sorted(m.step for m in losses) == list(range(1, train["steps"] + 1))
     for key in ("val/loss", "val/accuracy", "val/spam_f1", "val/ham_recall"):
         history = mlflow_client.get_metric_history(run_id, key)
         assert [m.step for m in history] == list(range(1, train["epochs_run"] + 1))
-    ev = read_json(path / "metrics/eval.json")
+    ev = read_json(path / "reports/evaluation.json")
     assert run_.data.metrics["test/accuracy"] == pytest.approx(ev["test"]["accuracy"])
     assert math.isfinite(run_.data.metrics["test/roc_auc"])
     assert (
@@ -213,8 +233,9 @@ def test_plots_render(project):
     path, _ = project
     out = run(["dvc", "plots", "show", "--json"], path)
     shown = json.loads(out.stdout)["data"]
-    for name in ("training loss", "validation by epoch", "test confusion matrix"):
-        assert shown[name][0]["content"]["data"]["values"], name
+    for name, (plot,) in shown.items():
+        assert plot["content"]["data"]["values"], name
+    assert {p["class"] for p in shown["test ROC"][0]["content"]["data"]["values"]} == {"spam"}
 
 
 def test_classify_answers(project):
@@ -337,3 +358,133 @@ def test_a_stage_reads_no_project_file_its_deps_do_not_list(project, tmp_path, n
         if not any(p == a or p.is_relative_to(a) for a in [*allowed, *code])
     ]
     assert not unlisted, f"stage {name} reads {unlisted}, which dvc.yaml does not list"
+
+
+# --- a stage that fails under `dvc repro` leaves every output as it was ---------------------
+# (dvc.yaml: `persist: true`, so DVC does not delete outputs before a stage runs.) These run
+# last: each puts back what it changed, but an interrupted finetune's resume point stays.
+
+CHECKPOINTS = "models/checkpoints"  # the resume point: an interrupted finetune updates it
+
+
+def workspace_hashes(path: Path) -> dict[str, str]:
+    """The sha256 of every file the pipeline writes or reads in the workspace (outputs,
+    metrics, plots, reports, temporary files), and of dvc.lock; the resume point aside."""
+    files = [path / "dvc.lock"] + [
+        p for folder in ("data", "models", "metrics", "reports") for p in (path / folder).rglob("*")
+    ]
+    return {
+        p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in files
+        if p.is_file() and not p.relative_to(path).as_posix().startswith(CHECKPOINTS)
+    }
+
+
+def changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
+    return {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
+
+
+@contextlib.contextmanager
+def edited(path: Path, name: str, edit) -> Iterator[None]:
+    """`name` in the project rewritten by edit(text) for the block, then put back."""
+    file = path / name
+    original = file.read_text()
+    new = edit(original)
+    assert new != original
+    file.write_text(new)
+    try:
+        yield
+    finally:
+        file.write_text(original)
+
+
+def with_params(**sections: dict):
+    def edit(text: str) -> str:
+        params = yaml.safe_load(text)
+        for section, values in sections.items():
+            params[section].update(values)
+        return yaml.safe_dump(params, sort_keys=False)
+
+    return edit
+
+
+def failed_repro(path: Path) -> str:
+    out = run(["dvc", "repro"], path, check=False)
+    assert out.returncode != 0, out.stdout
+    return out.stdout + out.stderr
+
+
+def test_bad_data_in_split_loses_nothing(project, tmp_path):
+    path, _ = project
+    bad = tmp_path / "messages.tsv"
+    bad.write_text("ham\tsee you at 7\nspam\n")
+    before, lock = workspace_hashes(path), (path / "dvc.lock").read_text()
+    params = with_params(data={"url": str(bad), "member": None, "sha256": None})
+    try:
+        with edited(path, "params.yaml", params):
+            output = failed_repro(path)
+        assert "error: " in output and "failed to reproduce 'split'" in output
+        # download_data did its job (a new copy, its dvc.lock entry); nothing else moved
+        assert changed(before, workspace_hashes(path)) == {"data/raw/dataset", "dvc.lock"}
+        old, new = (yaml.safe_load(t)["stages"] for t in (lock, (path / "dvc.lock").read_text()))
+        assert {k for k in old | new if old.get(k) != new.get(k)} == {"download_data"}
+    finally:
+        (path / "dvc.lock").write_text(lock)
+        run(["dvc", "checkout", "data/raw/dataset"], path)
+    assert workspace_hashes(path) == before
+
+
+def test_bad_parameter_refused_by_finetune_loses_nothing(project):
+    path, _ = project
+    before = workspace_hashes(path)
+    with edited(path, "params.yaml", with_params(train={"lr": -1})):
+        output = failed_repro(path)
+    assert "error: train.lr: must be > 0, got -1" in output
+    assert "failed to reproduce 'finetune'" in output
+    assert workspace_hashes(path) == before
+
+
+def test_an_exception_in_a_stage_loses_nothing(project):
+    """A bug in the trunk stage once the new cache is computed, before its last file."""
+    path, _ = project
+    before = workspace_hashes(path)
+    write_info = "        if distributed.is_main():\n            contracts.write_trunk_info("
+    bug = '        raise RuntimeError("a bug")\n' + write_info
+    with edited(path, "stages/trunk.py", lambda text: text.replace(write_info, bug)):
+        output = failed_repro(path)
+    assert "RuntimeError: a bug" in output and "failed to reproduce 'trunk'" in output
+    assert workspace_hashes(path) == before
+
+
+def test_ctrl_c_during_a_stage_loses_nothing(project, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) while finetune trains."""
+    path, _ = project
+    before = workspace_hashes(path)
+    checkpoints, kept = path / CHECKPOINTS, tmp_path / "checkpoints"
+    shutil.copytree(checkpoints, kept)
+    checkpoint = checkpoints / "checkpoint.pt"
+    written = checkpoint.stat().st_mtime_ns
+    longer = with_params(train={"epochs": 500, "patience": 500})
+    try:
+        with edited(path, "params.yaml", longer):
+            proc = subprocess.Popen(
+                ["dvc", "repro"],
+                cwd=path,
+                env=subprocess_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            deadline = time.monotonic() + 120
+            while checkpoint.stat().st_mtime_ns == written:  # an epoch trained
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+            os.killpg(proc.pid, signal.SIGINT)
+            output, _ = proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        assert "failed to reproduce 'finetune'" in output and "exited with 130" in output
+        assert workspace_hashes(path) == before
+    finally:
+        shutil.rmtree(checkpoints)
+        shutil.copytree(kept, checkpoints)

@@ -48,9 +48,10 @@ from spamgpt.random_hub import make_hub
 
 CHECKPOINT = Path("models/checkpoints/checkpoint.pt")
 TIMING = ("train_seconds", "samples_per_second")  # differ between any two runs
-# Everything finetune and evaluate report; train.json is compared without TIMING.
+# Everything finetune and evaluate report; train.json and training.json without TIMING.
 REPORTS = [
     "metrics/eval.json",
+    "reports/evaluation.json",
     "metrics/train_loss.csv",
     "metrics/val_epochs.csv",
     "metrics/confusion_test.csv",
@@ -194,8 +195,10 @@ def checkpoint_state(project: Path) -> dict:
 
 def outputs(project: Path) -> dict[str, object]:
     """What an interrupted-then-resumed run must reproduce exactly."""
-    train = json.loads((project / "metrics/train.json").read_text())
-    found = {"metrics/train.json": {k: v for k, v in train.items() if k not in TIMING}}
+    found = {}
+    for name in ("metrics/train.json", "reports/training.json"):
+        train = json.loads((project / name).read_text())
+        found[name] = {k: v for k, v in train.items() if k not in TIMING}
     return found | {name: (project / name).read_bytes() for name in REPORTS}
 
 
@@ -243,24 +246,24 @@ def story(wide_mirror: Mirror, tmp_path_factory: pytest.TempPathFactory) -> dict
     seen: dict = {"project": project}
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
 
-    # Ctrl-C to `dvc repro` while the trunk stage runs (it makes data/trunk, then computes).
-    # The pass lasts ~0.1 s: stop the group as soon as data/trunk shows, so that the signal
-    # lands mid-stage. On a loaded machine the poll can see it too late, after the stage has
-    # written its last file: then that attempt tested nothing, and it is made again from where
-    # the first began (DVC would otherwise restore the finished trunk from its caches).
+    # Ctrl-C to `dvc repro` while the trunk stage runs (it builds the new data/trunk in a
+    # temporary folder beside it, then renames it). The pass lasts ~0.1 s: stop the group as
+    # soon as that folder shows, so that the signal lands mid-stage. On a loaded machine the
+    # poll can see it too late, after the stage has renamed it: then that attempt tested
+    # nothing, and it is made again from where the first began.
     run(["dvc", "repro", "loaders", "baseline"], project)
     lock = (project / "dvc.lock").read_text()
     for _ in range(5):
         (project / "dvc.lock").write_text(lock)
-        for made in ("data/trunk", ".dvc/cache/runs"):
-            shutil.rmtree(project / made, ignore_errors=True)
+        shutil.rmtree(project / "data/trunk", ignore_errors=True)
         proc = Stage(["dvc", "repro", "trunk"], project)
-        proc.wait_for((project / "data/trunk").is_dir)
+        proc.wait_for(lambda: any((project / "data").glob(".trunk.*.tmp")))
         proc.pause()
-        trunk_done = (project / "data/trunk/info.json").exists()
+        trunk_done = (project / "data/trunk").exists()
         proc.signal(signal.SIGINT)
         proc.signal(signal.SIGCONT)
         seen["trunk"] = (*proc.finish(), trunk_done)
+        seen["trunk_leftovers"] = sorted(p.name for p in (project / "data").glob(".trunk.*"))
         if not trunk_done:
             break
     repro = run(["dvc", "repro"], project)
@@ -368,6 +371,7 @@ def test_ctrl_c_during_the_trunk_pass(story: dict) -> None:
     assert returncode != 0
     assert "interrupted (SIGINT)" in stderr and "exited with 130" in stderr
     assert not trunk_done  # it was stopped mid-stage
+    assert story["trunk_leftovers"] == []  # its temporary folder removed
     assert story["after_trunk"] == ["trunk", "finetune", "evaluate"]
 
 
@@ -436,14 +440,20 @@ def test_one_mlflow_run_holds_every_step_once(story: dict) -> None:
 
 def test_repro_f_regenerates_identical_outputs(story: dict) -> None:
     """Determinism: `dvc repro -f` recomputes every stage (finetune resuming, see above) and
-    each output hashes as in the first run, the model included, but for train.json's timing
-    fields and the MLflow run id in the checkpoint and in models/mlflow_run.json."""
+    each output hashes as in the first run, the model included, but for the timing fields of
+    train.json and training.json and the MLflow run id in the checkpoint and in
+    models/mlflow_run.json."""
     changed = {
         path
         for path, md5 in story["final_lock"].items()
         if story["reference_lock"].get(path) != md5
     }
-    assert changed == {"metrics/train.json", "models/checkpoints", "models/mlflow_run.json"}
+    assert changed == {
+        "metrics/train.json",
+        "reports/training.json",
+        "models/checkpoints",
+        "models/mlflow_run.json",
+    }
 
 
 def test_malicious_checkpoint_is_refused_unexecuted(story: dict) -> None:

@@ -90,9 +90,10 @@ STAGE_CASES = [
         ["download_data", "split"],
         {"data": {"sha256": hashlib.sha256(b"").hexdigest()}},
         1,
-        "error: data/raw/dataset: no messages (the file is empty or every line is bad)",
+        "error: empty.zip/SMSSpamCollection: no messages (the file is empty or every line is bad)",
     ),
-    ("output-is-a-directory", ["split"], {}, 1, "error: data/split/train.csv: Is a directory"),
+    # split builds data/split beside the old one and writes metrics/data.json before the swap
+    ("output-is-a-directory", ["split"], {}, 1, "error: metrics/data.json: Is a directory"),
 ]
 if not torch.cuda.is_available():
     STAGE_CASES.append(
@@ -127,7 +128,9 @@ def lay_out(folder: Path, mirror, name: str, overrides: dict, url: str) -> None:
     if name not in DOWNLOADS:
         earlier["data/raw/dataset"] = sms_collection()
     if name == "output-is-a-directory":
-        earlier["data/split/train.csv/keep"] = b"a folder where split writes a file"
+        del earlier["metrics/data.json"]
+        earlier["metrics/data.json/keep"] = b"a folder where split writes a file"
+        earlier["data/split/train.csv"] = b"the split of an earlier run"
     for path, content in earlier.items():
         (folder / path).parent.mkdir(parents=True, exist_ok=True)
         (folder / path).write_bytes(content)

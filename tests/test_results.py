@@ -1,13 +1,129 @@
-"""spamgpt.results: what evaluate writes for DVC beside the metrics, read back from the files."""
+"""spamgpt.results: what finetune and evaluate write for DVC, read back from the files and by
+DVC itself. A 10-class run's `dvc metrics show` fits a 200-column terminal and `dvc plots show`
+has data in every plot (one ROC and precision-recall line per class); the whole report is in
+reports/."""
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from conftest import REPO, run, subprocess_env
 
-from spamgpt import contracts, data, paths, results
+from spamgpt import contracts, data, metrics, paths, results
 from spamgpt.labels import Classes
+from spamgpt.train import State, evaluation_entry
+
+TEN = Classes(tuple(f"team_{i}" for i in range(10)), None)
+
+
+def evaluation(classes: Classes, n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and (n, classes) probabilities that favour the right class."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % len(TEN)
+    probs = rng.dirichlet(np.ones(len(TEN)), n)
+    probs[np.arange(n), labels] += rng.uniform(0, 1, n)
+    return labels, probs / probs.sum(axis=1, keepdims=True)
+
+
+def write_run(classes: Classes, threshold: float | None) -> None:
+    """In the working directory: what finetune (3 epochs) and evaluate write of a run."""
+    labels, probs = evaluation(classes)
+    test = pd.DataFrame({"line": range(len(labels)), "label": classes.named(labels)})
+    data.write_split(
+        test.assign(text=[f"message {i}" for i in test["line"]]), paths.split_file("test")
+    )
+    reports = {s: metrics.report(labels, probs, threshold, classes) for s in ("val", "test")}
+    baseline = {
+        s: metrics.report(labels, np.roll(probs, 1, axis=0), threshold, classes) for s in reports
+    }
+    curves = metrics.curve_frames(labels, probs, classes)
+    results.write_evaluation(reports, classes, threshold, None, baseline, probs, curves)
+    state = State()
+    for epoch in (1, 2, 3):  # each evaluated at its end
+        state.epoch, state.step, state.epoch_samples, state.epoch_loss_sum = (
+            epoch - 1,
+            10 * epoch,
+            len(labels),
+            0.5 * len(labels),
+        )
+        state.steps += [[10 * (epoch - 1) + i, 0.7 - 0.01 * i, 1e-3] for i in range(1, 11)]
+        state.history.append(evaluation_entry(state, 0.6, reports["val"], classes))
+    state.epoch, state.epoch_samples = 3, 0
+    state.best_evaluation, state.train_seconds = 2, 12.5
+    results.write_training(state, len(labels), torch.device("cpu"), "fp32")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A git + DVC project holding the pipeline's dvc.yaml and the files of one run (ham and
+    spam: tests/test_pipeline.py reads those of a real run the same ways)."""
+    path = tmp_path_factory.mktemp("results")
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, path / name)
+    run(["git", "init", "-q"], path)
+    run(["dvc", "init", "-q"], path)
+    shutil.copytree(REPO / paths.PLOT_TEMPLATES, path / paths.PLOT_TEMPLATES)
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(path)
+        write_run(TEN, None)
+    return path
+
+
+def test_dvc_metrics_show_fits_a_terminal(project):
+    path = project
+    shown = run(["dvc", "metrics", "show"], path, env={**subprocess_env(), "COLUMNS": "200"})
+    width = max(map(len, shown.stdout.splitlines()))
+    assert width <= 200, shown.stdout
+    assert [line.split()[0] for line in shown.stdout.splitlines()[1:]] == [
+        "metrics/train.json", "metrics/eval.json"
+    ]  # fmt: skip
+    evaluated = json.loads((path / paths.EVAL_METRICS).read_text())
+    assert set(evaluated) == {"accuracy", "macro_f1", "threshold", "baseline"}
+    assert set(json.loads((path / paths.TRAIN_METRICS).read_text())) == {
+        "best_epoch", "best_step", "epochs_run", "train_seconds", "samples_per_second"
+    }  # fmt: skip
+
+
+def test_the_whole_report_is_in_reports(project):
+    path = project
+    report = json.loads((path / paths.EVAL_REPORT).read_text())
+    for split in ("val", "test"):
+        assert set(TEN.names) <= report[split].keys() <= report["baseline"][split].keys()
+        assert len(report[split]["confusion_matrix"]) == len(TEN)
+    evaluated = json.loads((path / paths.EVAL_METRICS).read_text())
+    assert evaluated["accuracy"] == report["test"]["accuracy"]
+    picked_by = metrics.selection_score(report["baseline"]["test"], 0.0, TEN)
+    assert metrics.selection_score(evaluated["baseline"], 0.0, TEN) == picked_by
+    training = json.loads((path / paths.TRAIN_REPORT).read_text())
+    assert training["val"]["macro_f1"] == report["val"]["macro_f1"] and training["steps"] == 30
+
+
+def test_every_plot_has_data_and_a_line_per_class(project):
+    path = project
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], path).stdout)["data"]
+    assert set(shown) == {
+        "training loss", "loss by epoch", "validation accuracy and macro F1",
+        "test confusion matrix", "test ROC", "test precision-recall",
+    }  # fmt: skip
+    for name, (plot,) in shown.items():
+        assert plot["content"]["data"]["values"], name
+    curves = [
+        shown[name][0]["content"]["data"]["values"]
+        for name in ("test ROC", "test precision-recall")
+    ]
+    drawn = {point["class"] for curve in curves for point in curve}
+    assert shown["test ROC"][0]["content"]["encoding"]["color"]["field"] == "class"
+    assert drawn == set(TEN.names)  # no positive class: each one against the rest
+    html = path / "html"
+    run(["dvc", "plots", "show", "-o", str(html)], path)
+    assert "var spec = {};" not in (html / "index.html").read_text()
+
+
+# What evaluate writes beside the metrics, for a few messages read back from the files
 
 TEST = pd.DataFrame(
     {"line": [3, 5, 8, 9], "label": ["spam", "ham", "ham", "spam"], "text": ["a", "b", "c", "d"]}
@@ -22,9 +138,10 @@ def workspace(tmp_path: Path, monkeypatch) -> Path:
 
 
 def evaluate(classes: Classes, probs: list[list[float]], threshold: float | None) -> pd.DataFrame:
-    reports = {"test": {"accuracy": 0.5}}
-    curves = {"roc": pd.DataFrame({"fpr": [0.0, 1.0], "tpr": [0.0, 1.0]})}
-    baseline = {"test": {"accuracy": 0.9}, "val": {}}
+    labels = np.array([classes.names.index(label) for label in TEST["label"]])
+    reports = {"test": metrics.report(labels, np.array(probs), threshold, classes)}
+    curves = metrics.curve_frames(labels, np.array(probs), classes)
+    baseline = {"test": reports["test"], "val": {}}
     results.write_evaluation(reports, classes, threshold, 0.7, baseline, np.array(probs), curves)
     return data.read_split(paths.MISCLASSIFIED_TEST)
 
@@ -44,7 +161,9 @@ def test_the_positive_class_first_is_thresholded_on_its_own_column(workspace: Pa
     }  # fmt: skip
     evaluation = contracts.read_threshold()
     assert evaluation == 0.6
-    assert pd.read_csv(paths.curve_plot("roc")).columns.tolist() == ["fpr", "tpr"]
+    roc = pd.read_csv(paths.curve_plot("roc"))
+    assert roc.columns.tolist() == ["class", "point", "fpr", "tpr"]
+    assert set(roc["class"]) == {"spam"}
 
 
 def test_without_a_positive_class_the_most_probable_class_and_its_probability(

@@ -126,10 +126,11 @@ def test_a_split_column_names_each_rows_split(workspace: Path) -> None:
     frame.to_parquet(paths.RAW_DATA, index=False)
     with pytest.raises(SpamGPTError) as e:
         splits.split_dataset(p.data, p.split)
-    assert str(e.value) == (
-        f"{paths.RAW_DATA}: row 4: part is 'dev', not a split; allowed: TRAIN, VAL, TEST "
-        f"(data.split_names); fix the row, or set data.bad_lines: skip to drop such rows and "
-        f"count them"
+    assert str(e.value) == (  # the file as the user named it (data.url/data.member)
+        "sms+spam+collection.zip/SMSSpamCollection: row 4: part is 'dev', not a split; "
+        "allowed: TRAIN, VAL, TEST "
+        "(data.split_names); fix the row, or set data.bad_lines: skip to drop such rows and "
+        "count them"
     )
 
 
