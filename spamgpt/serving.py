@@ -121,8 +121,11 @@ def resolve_base(base: BaseWeights) -> Path:
     expected = {"config.json": known.get("config.json"), classifier.WEIGHTS: base.sha256}
     try:
         for name, sha in expected.items():
+            target = cached / base.repo_id / name
+            if sha is None and target.is_file():  # the cache's copy: nothing to check it by
+                continue
             url = file_url(hub_url, base.repo_id, base.revision, name)
-            fetch([url], cached / base.repo_id / name, sha256=sha, desc=name)
+            fetch([url], target, sha256=sha, desc=name)
     except SpamGPTError as e:
         tried.append(str(e))
         raise SpamGPTError(
