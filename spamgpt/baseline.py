@@ -5,7 +5,9 @@ The SVM's margin goes through a sigmoid rather than CalibratedClassifierCV: sigm
 so the 0.5 threshold gives exactly the plain SVM's predictions (its accuracy and F1), and being
 monotonic it keeps the ROC/PR AUCs; a calibrated 5-fold ensemble would be a different model
 with a shifted decision boundary, at several times the fit cost. The score is in [0, 1] but is
-not a calibrated probability.
+not a calibrated probability. Multi-label data: one SVM per label against the rest
+(OneVsRestClassifier), each label's score the sigmoid of its margin, reported as the fine-tuned
+model's (multilabel_metrics.report).
 """
 
 import time
@@ -15,10 +17,11 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit, softmax
 from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.svm import LinearSVC
 
-from spamgpt import metrics
+from spamgpt import metrics, multilabel_metrics
 from spamgpt.labels import SMS, Classes
 
 THRESHOLD = 0.5  # on the positive score: the SVM's own decision boundary (margin 0)
@@ -26,13 +29,16 @@ PREDICT_CHUNK = 10_000  # messages scored at a time
 
 
 def labels_of(frame: pd.DataFrame, classes: Classes = SMS) -> np.ndarray:
-    """Class indices as the evaluate stage uses them (ham 0, spam 1 for SMS)."""
-    return np.array([classes.index(label) for label in frame["label"]], dtype=np.int64)
+    """Class indices as the evaluate stage uses them (ham 0, spam 1 for SMS); multi-label,
+    (N, labels) 0/1."""
+    return classes.targets(frame["label"])
 
 
 def threshold_for(classes: Classes) -> float | None:
-    """The SVM's boundary where a threshold applies (two classes, one positive), else None."""
-    return THRESHOLD if classes.positive is not None and len(classes) == 2 else None
+    """The SVM's boundary where a threshold applies (two classes, one positive; or each label
+    of multi-label data), else None."""
+    binary = classes.positive is not None and len(classes) == 2
+    return THRESHOLD if binary or classes.multi_label else None
 
 
 def sample(train: pd.DataFrame, max_rows: int | None, seed: int = 0) -> pd.DataFrame:
@@ -55,14 +61,17 @@ def fit(train: pd.DataFrame, classes: Classes = SMS) -> Pipeline:
     # balanced: spam is ~13% of the messages; random_state fixes liblinear's dual shuffling;
     # more than two classes: one against the rest each
     svm = LinearSVC(class_weight="balanced", random_state=0)
+    if classes.multi_label:  # (N, labels) targets: an SVM each
+        svm = OneVsRestClassifier(svm)
     model = Pipeline([("features", features), ("svm", svm)])
     return model.fit(train["text"].tolist(), labels_of(train, classes))
 
 
-def probabilities(model: Pipeline, texts: Iterable[str]) -> np.ndarray:
+def probabilities(model: Pipeline, texts: Iterable[str], multi_label: bool = False) -> np.ndarray:
     """(N, classes) scores in [0, 1]. Two classes: the sigmoid of the SVM margin is the
     second class's column (above 0.5 where the SVM says it), its complement the first's.
-    More: the softmax of the one-against-the-rest margins (the largest is the SVM's pick)."""
+    More: the softmax of the one-against-the-rest margins (the largest is the SVM's pick).
+    `multi_label`: each label's own sigmoid."""
     texts = list(texts)
     margins = np.concatenate(  # a chunk at a time: the TF-IDF rows of all at once are large
         [
@@ -70,6 +79,8 @@ def probabilities(model: Pipeline, texts: Iterable[str]) -> np.ndarray:
             for start in range(0, len(texts), PREDICT_CHUNK)
         ]
     )
+    if multi_label:
+        return expit(margins)
     if margins.ndim == 1:
         second = expit(margins)
         return np.column_stack([1 - second, second])
@@ -84,9 +95,13 @@ def evaluate(
     model = fit(train, classes)
     seconds = time.perf_counter() - start
     threshold = threshold_for(classes)
+    score = multilabel_metrics.report if classes.multi_label else metrics.report
     reports = {
-        name: metrics.report(
-            labels_of(frame, classes), probabilities(model, frame["text"]), threshold, classes
+        name: score(
+            labels_of(frame, classes),
+            probabilities(model, frame["text"], classes.multi_label),
+            threshold,
+            classes,
         )
         for name, frame in (("val", val), ("test", test))
     }

@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from spamgpt import atomic, lora, paths, runtime, tokenized
+from spamgpt import atomic, lora, multilabel, paths, runtime, tokenized
 from spamgpt.batching import ModelInputs, inference_tokens, sorted_order
 from spamgpt.contracts import Tokenization
 from spamgpt.errors import ParamsError, SpamGPTError
@@ -81,7 +81,7 @@ def for_training(
     then dropout, follow it."""
     torch.manual_seed(seed)
     gpt = base_model(m, paths.pretrained_dir(m.repo_id))
-    model = GPT2Classifier(gpt, len(classes), m.pooling).to(device)
+    model = GPT2Classifier(gpt, len(classes), m.pooling, classes.multi_label).to(device)
     if m.finetune == "lora":
         frozen = frozen_blocks(model.gpt.config.n_layer, m.trainable_blocks, m.finetune)
         p = lora_params
@@ -178,7 +178,9 @@ def load(
         if gpt.config != config:
             raise SpamGPTError(f"{base}: config differs from {folder}")
     with torch.device("meta"):
-        model = GPT2Classifier(gpt, num_classes=len(meta["labels"]), pooling=meta["pooling"])
+        model = GPT2Classifier(
+            gpt, len(meta["labels"]), meta["pooling"], classes_of(meta).multi_label
+        )
     expected = set(model.state_dict()) if meta["full"] else set(meta["trained"])
     if set(tensors) != expected:
         missing = sorted(expected - set(tensors)) or sorted(set(tensors) - expected)
@@ -192,7 +194,7 @@ def load(
 
 def classes_of(meta: dict) -> Classes:
     """The classes a saved model answers with (classifier.json)."""
-    return Classes(tuple(meta["labels"]), meta.get("positive_label"))
+    return Classes.from_dict(meta)
 
 
 def classifier_meta(
@@ -212,11 +214,16 @@ def classifier_meta(
     }
 
 
-def answers(probabilities: torch.Tensor, classes: Classes, threshold: float | None) -> list[dict]:
+def answers(
+    probabilities: torch.Tensor, classes: Classes, threshold: float | dict[str, float] | None
+) -> list[dict]:
     """Each message's answer: its label (Classes.predicted at `threshold`), that label's
     probability, every class's probability, and the positive class's as
-    `<positive>_probability` where there is one (`spam_probability` for SMS)."""
+    `<positive>_probability` where there is one (`spam_probability` for SMS). Multi-label:
+    its `labels` and every label's probability (multilabel.answers)."""
     probs = probabilities.numpy().astype(float)
+    if classes.multi_label:
+        return multilabel.answers(probs, classes, threshold)
     out = []
     for row, label in zip(probs, classes.predicted(probs, threshold), strict=True):
         answer = {
@@ -231,11 +238,16 @@ def answers(probabilities: torch.Tensor, classes: Classes, threshold: float | No
 
 
 def prediction_frame(
-    probabilities: torch.Tensor | np.ndarray, classes: Classes, threshold: float | None
+    probabilities: torch.Tensor | np.ndarray,
+    classes: Classes,
+    threshold: float | dict[str, float] | None,
 ) -> pd.DataFrame:
     """The answers as a table, one row per message: `label` (Classes.predicted at
-    `threshold`), `probability` (the label's) and `p_<class>` for every class."""
+    `threshold`), `probability` (the label's) and `p_<class>` for every class; multi-label,
+    `labels` (a JSON list) and `p_<label>` (multilabel.prediction_frame)."""
     probs = np.asarray(probabilities, dtype=np.float64)
+    if classes.multi_label:
+        return multilabel.prediction_frame(probs, classes, threshold)
     predicted = classes.predicted(probs, threshold)
     frame = pd.DataFrame(
         {
@@ -268,7 +280,8 @@ def class_probabilities(
     max_tokens: int | None = None,
     full_last: bool = False,
 ) -> torch.Tensor:
-    """Float32 class probabilities (N, classes) of N messages, in their order. Batches are
+    """Float32 class probabilities (N, classes) of N messages, in their order (multi-label:
+    each label's own, a sigmoid of its logit; else a softmax over the classes). Batches are
     sorted by length and hold up to `max_tokens` padded tokens (None: what suits the
     device), in a few widths (batching.padded_width): little padding, few shapes
     (`full_last`: no odd-sized last batch either, batching.sorted_order)."""
@@ -277,7 +290,7 @@ def class_probabilities(
     for indices in sorted_order(inputs.sequences.lengths, max_tokens, full_last):
         with runtime.autocast(device, precision):
             out[indices] = logits(model, inputs, indices, device).float().cpu()
-    return torch.softmax(out, dim=-1)
+    return torch.sigmoid(out) if model.multi_label else torch.softmax(out, dim=-1)
 
 
 def classify_texts(

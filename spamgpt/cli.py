@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from spamgpt import classifier, contracts, export, paths, runtime, tokenizer
+from spamgpt import classifier, contracts, export, multilabel, paths, runtime, tokenizer
 from spamgpt.errors import SpamGPTError
 from spamgpt.texts import TextFields, Truncation
 
@@ -42,9 +42,9 @@ def classify(args: argparse.Namespace) -> None:
         raise SpamGPTError(
             "no messages to classify: pass text arguments or --file PATH (- for stdin)"
         )
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        raise SpamGPTError(f"--threshold must be between 0 and 1, got {args.threshold}")
     threshold = contracts.read_threshold() if args.threshold is None else args.threshold
-    if threshold is not None and not 0 < threshold < 1:
-        raise SpamGPTError(f"--threshold must be between 0 and 1, got {threshold}")
     device, precision = runtime.setup(args.device, args.precision)
     model, meta = classifier.load(args.model, args.pretrained)
     enc = tokenizer.load(args.model)
@@ -62,6 +62,11 @@ def classify(args: argparse.Namespace) -> None:
         if args.json:
             record = {**_rounded(answer), "truncated": cut, "text": text}
             print(json.dumps(record, ensure_ascii=False))
+        elif classes.multi_label:  # the labels given, then each label's probability
+            note = f" [truncated to {meta['max_length']} tokens]" if cut else ""
+            given = "|".join(answer["labels"]) or multilabel.NONE
+            probs = " ".join(f"{k}={v:.4f}" for k, v in answer["probabilities"].items())
+            print(f"{given}\t{probs}\t{text.translate(ESCAPES)}{note}")
         else:
             note = f" [truncated to {meta['max_length']} tokens]" if cut else ""
             print(f"{answer['label']}\t{answer[shown]:.4f}\t{text.translate(ESCAPES)}{note}")

@@ -55,8 +55,7 @@ def read_data_report() -> dict:
 
 def read_classes() -> Classes:
     """The classes the split stage found (or was given), in the model's output order."""
-    report = read_data_report()
-    return Classes(tuple(report["labels"]), report["positive_label"])
+    return Classes.from_dict(read_data_report())
 
 
 @dataclass(frozen=True)
@@ -121,11 +120,13 @@ def write_evaluation(report: dict) -> None:
     atomic.write_json(paths.EVAL_METRICS, report)
 
 
-def read_threshold(default: float = 0.5) -> float | None:
-    """The threshold evaluate used (None: it labelled by the most probable class), else
-    `default` (no evaluation yet, or unreadable)."""
+def read_threshold(default: float = 0.5) -> float | dict[str, float] | None:
+    """The threshold evaluate used (None: it labelled by the most probable class; multi-label:
+    {label: threshold}), else `default` (no evaluation yet, or unreadable)."""
     try:
         threshold = _read(paths.EVAL_METRICS)["threshold"]
+        if isinstance(threshold, dict):
+            return {str(k): float(v) for k, v in threshold.items()}
         return None if threshold is None else float(threshold)
     except (OSError, ValueError, KeyError, TypeError):
         return default

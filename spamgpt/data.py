@@ -64,6 +64,9 @@ class Format:
     text_column: str | list[str] | tuple[str, ...] = "text"
     label_column: str = "label"
     text_template: str | None = None
+    multi_label: bool = False  # data.label_format: multi (a set of labels per row)
+    label_separator: str = "|"  # multi: between labels in a text field (CSV, TSV)
+    allow_empty_labels: bool = False  # multi: a row may have no label
 
     @property
     def fields(self) -> TextFields:
@@ -111,7 +114,10 @@ def read_messages(
                     sniff()
                 raise parsed
             text = _joined(parsed, fields)
-            row = (number, *_checked(parsed[fmt.label_column], text, labels))
+            label = parsed[fmt.label_column]
+            if fmt.multi_label:
+                label = _label_set(label, fmt.label_separator, fmt.allow_empty_labels, labels)
+            row = (number, *_checked(label, text, labels, fmt.multi_label))
             if split_column is not None:
                 row = (*row, _split_of(parsed[split_column], split_column, split_names or {}))
             rows.append(row)
@@ -275,8 +281,41 @@ def _check_decoded(value: str) -> None:
         raise _BadLine("undecodable", detail)
 
 
-def _checked(label: object, text: object, labels: tuple[str, ...] | None) -> tuple[str, str]:
-    """(label, text) of a row as the classifier takes it, or _BadLine."""
+def _label_set(
+    value: object, separator: str, allow_empty: bool, labels: tuple[str, ...] | None
+) -> str:
+    """A multi-label row's labels as its split file holds them: a JSON list, each label once,
+    sorted; from a list (JSON Lines, Parquet) or a text split on `separator`; or _BadLine."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(separator)]
+    elif value is None:
+        value = []
+    if not isinstance(value, (list, tuple)) or any(
+        isinstance(v, bool) or not isinstance(v, (str, int)) for v in value
+    ):
+        raise _BadLine("missing_label", f"labels are {type(value).__name__}, not a list of text")
+    names = sorted({str(v) for v in value if str(v) != ""})
+    for name in names:
+        _check_decoded(name)
+        if labels is not None and name not in labels:
+            raise _BadLine(
+                "unknown_label", f"unknown label {name[:20]!r}; allowed: {', '.join(labels)}"
+            )
+    if not names and not allow_empty:
+        raise _BadLine(
+            "missing_label",
+            "no label; set data.allow_empty_labels: true where a row may have none",
+        )
+    return json.dumps(names, ensure_ascii=False)
+
+
+def _checked(
+    label: object, text: object, labels: tuple[str, ...] | None, multi_label: bool = False
+) -> tuple[str, str]:
+    """(label, text) of a row as the classifier takes it, or _BadLine; a multi-label row's
+    label is its JSON list, checked by _label_set."""
+    if multi_label:
+        labels = None
     if isinstance(label, bool) or not isinstance(label, (str, int)) or label == "":
         what = "missing" if label in (None, "") else f"{type(label).__name__}, not text"
         raise _BadLine("missing_label", f"label is {what}")
@@ -426,9 +465,11 @@ def split(
     test: float,
     seed: int,
     labels: tuple[str, ...] = SMS.names,
+    multi_label: bool = False,
 ) -> dict[str, pd.DataFrame]:
-    """Stratified train/val/test split by label; fractions are of the whole frame."""
-    counts = label_counts(frame, labels)
+    """Stratified train/val/test split by label (multi-label: by each row's rarest label,
+    stratify_key); fractions are of the whole frame."""
+    counts = label_counts(frame, labels, multi_label)
     for label, count in counts.items():
         if count < 3:
             raise SpamGPTError(
@@ -439,12 +480,12 @@ def split(
     # Here, not at the top: finetune and evaluate read splits and need no scikit-learn.
     from sklearn.model_selection import train_test_split
 
+    key = stratify_key(frame) if multi_label else frame["label"]
     try:
-        rest, test_part = train_test_split(
-            frame, test_size=test, stratify=frame["label"], random_state=seed
-        )
+        rest, test_part = train_test_split(frame, test_size=test, stratify=key, random_state=seed)
+        rest_key = stratify_key(rest) if multi_label else rest["label"]
         train_part, val_part = train_test_split(
-            rest, test_size=val / (1 - test), stratify=rest["label"], random_state=seed
+            rest, test_size=val / (1 - test), stratify=rest_key, random_state=seed
         )
     except ValueError as e:  # a split too small to hold every class
         raise SpamGPTError(
@@ -457,9 +498,40 @@ def split(
     }
 
 
-def label_counts(frame: pd.DataFrame, labels: tuple[str, ...] = SMS.names) -> dict[str, int]:
+def label_sets(frame: pd.DataFrame) -> list[list[str]]:
+    """Each row's labels, of a multi-label frame (its label column holds JSON lists)."""
+    return [json.loads(value) for value in frame["label"]]
+
+
+def stratify_key(frame: pd.DataFrame) -> pd.Series:
+    """Multi-label: the rarest label of each row (in this frame), what a split is stratified
+    on; a key held by fewer than 3 rows joins the rows with no label ('')."""
+    rows = label_sets(frame)
+    counts = Counter(name for row in rows for name in row)
+    keys = [min(row, key=lambda name: (counts[name], name)) if row else "" for row in rows]
+    key = pd.Series(keys, index=frame.index)
+    sizes = key.value_counts()
+    key = key.where(key.map(sizes) >= 3, "")
+    if 0 < (key == "").sum() < 2:  # too few to stand alone: with the most common key
+        key = key.replace("", key.value_counts().index[0])
+    return key
+
+
+def label_counts(
+    frame: pd.DataFrame, labels: tuple[str, ...] = SMS.names, multi_label: bool = False
+) -> dict[str, int]:
+    """Rows of each class (multi-label: rows carrying each label)."""
+    if multi_label:
+        counted = Counter(name for row in label_sets(frame) for name in row)
+        return {label: counted[label] for label in labels}
     counts = frame["label"].value_counts()
     return {label: int(counts.get(label, 0)) for label in labels}
+
+
+def label_conflicts(frame: pd.DataFrame) -> int:
+    """Texts that occur with two different labels (label sets): de-duplication keeps the
+    first, so the others' labels are lost; counted in metrics/data.json."""
+    return int((frame.groupby("text")["label"].nunique() > 1).sum())
 
 
 def write_split(frame: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -144,7 +144,11 @@ def transformers_config(model: GPT2Classifier, meta: dict) -> dict:
         "pad_token_id": pad,
         "id2label": {str(i): name for i, name in enumerate(labels)},
         "label2id": {name: i for i, name in enumerate(labels)},
-        "problem_type": "single_label_classification",
+        "problem_type": (
+            "multi_label_classification"
+            if meta.get("label_format") == "multi"
+            else "single_label_classification"
+        ),
         "dtype": "float32",
     }
 
@@ -228,14 +232,16 @@ def to_transformers(
 
 
 class ProbabilityGraph(nn.Module):
-    """What the ONNX graph computes: class probabilities of right-padded token ids."""
+    """What the ONNX graph computes: class probabilities of right-padded token ids (a
+    multi-label model's: each label's sigmoid, as classifier.class_probabilities)."""
 
     def __init__(self, model: GPT2Classifier) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(input_ids, lengths).float(), dim=-1)
+        logits = self.model(input_ids, lengths).float()
+        return torch.sigmoid(logits) if self.model.multi_label else torch.softmax(logits, dim=-1)
 
 
 def to_onnx(model: GPT2Classifier, dest: str | os.PathLike) -> None:

@@ -5,8 +5,13 @@ Class names are strings (an integer label 3 is the class "3"), in the order of t
 outputs. A positive class (data.positive_label) is the one whose F1 picks the best epoch and
 whose probability a threshold applies to, with two classes; without one, macro F1 picks and
 the most probable class is the label.
+
+Multi-label classes (data.label_format: multi, spamgpt.multilabel) are independent labels, a
+sigmoid each: a message carries every label whose probability reaches that label's threshold
+(0.5 where none is set), possibly none. In a split file a row's labels are a JSON list.
 """
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +25,7 @@ from spamgpt.errors import ParamsError
 class Classes:
     names: tuple[str, ...]
     positive: str | None = None
+    multi_label: bool = False
 
     def __post_init__(self) -> None:
         if self.positive is not None and self.positive not in self.names:
@@ -38,15 +44,38 @@ class Classes:
     def index(self, name: str) -> int:
         return self.names.index(name)
 
-    def predicted(self, probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    def predicted(
+        self, probabilities: np.ndarray, threshold: float | dict[str, float] | None = None
+    ) -> np.ndarray:
         """Class index of each row of (N, classes) probabilities: with a threshold (two
         classes and a positive one), the positive class where its probability is >=
-        threshold and the other elsewhere; otherwise the most probable class."""
+        threshold and the other elsewhere; otherwise the most probable class. Multi-label:
+        (N, labels) booleans, each label's probability >= its threshold (`threshold` a
+        {label: threshold} mapping, one number for all, or None: 0.5)."""
         probabilities = np.asarray(probabilities)
+        if self.multi_label:
+            return probabilities >= self.thresholds(threshold)
         if threshold is None or self.positive_index is None or len(self.names) != 2:
             return probabilities.argmax(axis=1)
         positive = self.positive_index
         return np.where(probabilities[:, positive] >= threshold, positive, 1 - positive)
+
+    def thresholds(self, threshold: float | dict[str, float] | None) -> np.ndarray:
+        """Multi-label: each label's threshold, in the order of the names."""
+        if isinstance(threshold, dict):
+            return np.array([float(threshold.get(name, 0.5)) for name in self.names])
+        return np.full(len(self.names), 0.5 if threshold is None else float(threshold))
+
+    def targets(self, values: Iterable[str]) -> np.ndarray:
+        """The training targets of a split file's label column: class indices (N,), or for
+        multi-label (N, labels) float32 indicators of each row's JSON list of labels."""
+        if not self.multi_label:
+            return np.array([self.index(value) for value in values], dtype=np.int64)
+        rows = [json.loads(value) for value in values]
+        out = np.zeros((len(rows), len(self.names)), dtype=np.float32)
+        for i, row in enumerate(rows):
+            out[i, [self.index(name) for name in row]] = 1.0
+        return out
 
     def named(self, indices: Iterable[int]) -> list[str]:
         return [self.names[i] for i in indices]
@@ -56,19 +85,34 @@ class Classes:
         return re.sub(r"[^\w.-]", "_", name, flags=re.ASCII)
 
     def to_dict(self) -> dict:
-        return {"labels": list(self.names), "positive_label": self.positive}
+        multi = {"label_format": "multi"} if self.multi_label else {}
+        return {"labels": list(self.names), "positive_label": self.positive, **multi}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Classes":
+        """The classes as to_dict wrote them (metrics/data.json, classifier.json)."""
+        multi = d.get("label_format") == "multi"
+        return cls(tuple(d["labels"]), d.get("positive_label"), multi)
 
 
 SMS = Classes(("ham", "spam"), "spam")  # the SMS Spam Collection's
 
 
-def found(labels: Iterable[str], requested: list | None, positive: str | int | None) -> Classes:
+def found(
+    labels: Iterable[str],
+    requested: list | None,
+    positive: str | int | None,
+    multi_label: bool = False,
+) -> Classes:
     """The classes of a dataset: `requested` (data.labels) in its order, or the sorted set of
-    `labels` found (numerically where every one is an integer)."""
+    `labels` found (numerically where every one is an integer); multi-label, `labels` are
+    the rows' JSON lists."""
     if requested is not None:
         names = tuple(str(label) for label in requested)
     else:
         distinct = set(labels)
+        if multi_label:
+            distinct = set().union(*(json.loads(row) for row in distinct))
         numeric = all(re.fullmatch(r"-?\d+", name) for name in distinct)
         names = tuple(sorted(distinct, key=int if numeric else None))
-    return Classes(names, None if positive is None else str(positive))
+    return Classes(names, None if positive is None else str(positive), multi_label)

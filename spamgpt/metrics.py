@@ -135,7 +135,11 @@ def flat(rep: dict, prefix: str, classes: Classes = SMS) -> dict[str, float]:
         if key in classes.names:
             name = classes.metric_name(key)
             out.update(
-                {f"{prefix}/{name}_{k}": float(v) for k, v in value.items() if k != "support"}
+                {
+                    f"{prefix}/{name}_{k}": float(v)
+                    for k, v in value.items()
+                    if k != "support" and isinstance(v, float)
+                }
             )
         elif isinstance(value, float):
             out[f"{prefix}/{key}"] = value
@@ -161,8 +165,8 @@ def selection_score(rep: dict, val_loss: float, classes: Classes, metric: str = 
         return -val_loss
     if metric in ("macro_f1", "accuracy"):
         return rep[metric]
-    if metric == "micro_f1":
-        return rep["accuracy"]
+    if metric == "micro_f1":  # (a multi-label report has its own)
+        return rep.get("micro_f1", rep["accuracy"])
     return rep[metric.removesuffix("_f1")]["f1"]
 
 

@@ -290,12 +290,15 @@ class GPT2(nn.Module):
 class GPT2Classifier(nn.Module):
     """GPT-2's final hidden states pooled over each message's real tokens, then a linear head."""
 
-    def __init__(self, gpt: GPT2, num_classes: int = 2, pooling: str = "last"):
+    def __init__(
+        self, gpt: GPT2, num_classes: int = 2, pooling: str = "last", multi_label: bool = False
+    ):
         super().__init__()
         if pooling not in POOLINGS:
             raise SpamGPTError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
         self.gpt = gpt
         self.pooling = pooling
+        self.multi_label = multi_label  # the logits are independent labels': a sigmoid each
         self.head = nn.Linear(gpt.config.n_embd, num_classes)
         # Small like GPT-2's own weights: logits start near 0, the first loss near ln(classes).
         nn.init.normal_(self.head.weight, std=0.02)

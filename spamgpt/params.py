@@ -61,7 +61,10 @@ URL_OR_PATH = {
 # The projections within a block that LoRA can adapt (spamgpt.lora), by their module names.
 LoraTarget = Literal["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
 # Names a report uses beside the classes' own: a class may not take one of them.
-REPORT_KEYS = ("accuracy", "macro_f1", "roc_auc", "pr_auc", "confusion_matrix")
+REPORT_KEYS = (
+    "accuracy", "macro_f1", "roc_auc", "pr_auc", "confusion_matrix",
+    "micro_f1", "samples_f1", "hamming_loss", "thresholds",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,9 @@ class DataParams:
     text_column: str | list[str] = _rule(pattern=r".+", what="a column name")
     text_template: str | None = _rule(pattern=r"(?s).+", what="a template such as '{a}: {b}'")
     label_column: str = _rule(pattern=r".+", what="a column name")
+    label_format: Literal["single", "multi"] = _rule()  # multi: a set of labels per row
+    label_separator: str = _rule(pattern=r".+", what="a non-empty string such as '|'")
+    allow_empty_labels: bool = _rule()  # multi: a row with no label is a real answer
     labels: list[str | int] | None = _rule()
     positive_label: str | int | None = _rule()
     bad_lines: Literal["error", "skip"] = _rule()
@@ -156,6 +162,11 @@ class DataParams:
                     f"rename it in the data"
                 )
         positive = self.positive_label
+        if self.label_format == "multi" and positive is not None:
+            raise ParamsError(
+                f"data.positive_label: multi-label data has no positive class (each label has "
+                f"its own threshold), got {positive!r}; allowed: null"
+            )
         if names is not None and positive is not None and str(positive) not in names:
             raise ParamsError(
                 f"data.positive_label: {positive!r} is not one of data.labels {names}; "

@@ -60,7 +60,7 @@ class Scorer:
     enc: tiktoken.Encoding
     device: torch.device
     precision: str
-    threshold: float | None
+    threshold: float | dict[str, float] | None
     max_tokens: int | None = None
 
     def __post_init__(self) -> None:
@@ -81,7 +81,8 @@ class Scorer:
 
 
 def output_columns(classes: Classes) -> list[str]:
-    return ["label", "probability", *(f"p_{name}" for name in classes.names), "truncated"]
+    answer = ["labels"] if classes.multi_label else ["label", "probability"]
+    return [*answer, *(f"p_{name}" for name in classes.names), "truncated"]
 
 
 def predict_file(

@@ -38,7 +38,7 @@ def log_run_inputs(run: Run, params: Params, data_report: dict) -> None:
     tokens = contracts.read_tokens_report()
     run.log_metrics({f"truncated/{s}": tokens[s]["truncated"] for s in paths.SPLITS}, 0)
     run.log_artifact(PARAMS_FILE)
-    classes = Classes(tuple(data_report["labels"]), data_report["positive_label"])
+    classes = Classes.from_dict(data_report)
     metric_names = {name: classes.metric_name(name) for name in classes.names}
     run.log_dict({**classes.to_dict(), "metric_names": metric_names}, "labels.json")
 

@@ -70,6 +70,14 @@ class Prediction(pydantic.BaseModel):
     probabilities: dict[str, float]
 
 
+class MultiLabelPrediction(pydantic.BaseModel):
+    """One message's answer of a multi-label model (multilabel.answers): the labels at or over
+    their thresholds, and every label's probability."""
+
+    labels: list[str]
+    probabilities: dict[str, float]
+
+
 @dataclasses.dataclass(frozen=True)
 class BaseWeights:
     """The pretrained weights a light model is trained on top of."""
@@ -140,6 +148,8 @@ class SpamClassifierModel(PythonModel):
     """Each message's label (at the threshold logged in model_config, where the classes have
     a positive one), its probability and every class's: classifier.answers."""
 
+    answer_type: type[pydantic.BaseModel] = Prediction
+
     def load_context(self, context: PythonModelContext) -> None:
         folder = Path(context.artifacts[ARTIFACT])
         self.model, meta = load_artifact(folder)
@@ -165,14 +175,15 @@ class SpamClassifierModel(PythonModel):
         column = self.fields.columns[0]
         return self._answers([self.fields.join({column: text}) for text in model_input])
 
-    def _answers(self, texts: list[str]) -> list[Prediction]:
+    def _answers(self, texts: list[str]) -> list:
         if not texts:  # classify_texts needs at least one message
             return []
         probs, _ = classifier.classify_texts(
             self.model, self.enc, texts, self.max_length, self.device, self.precision,
             truncation=self.truncation,
         )  # fmt: skip
-        return [Prediction(**a) for a in classifier.answers(probs, self.classes, self.threshold)]
+        answers = classifier.answers(probs, self.classes, self.threshold)
+        return [self.answer_type(**a) for a in answers]
 
 
 class FieldsClassifierModel(SpamClassifierModel):
@@ -197,9 +208,41 @@ class FieldsClassifierModel(SpamClassifierModel):
         return self._answers([self.fields.join(row) for row in rows])
 
 
+class MultiLabelClassifierModel(SpamClassifierModel):
+    """A multi-label model's: each message's labels and every label's probability."""
+
+    answer_type = MultiLabelPrediction
+
+    def predict(
+        self,
+        context: PythonModelContext,
+        model_input: list[str],
+        params: dict[str, Any] | None = None,
+    ) -> list[MultiLabelPrediction]:
+        return super().predict(context, model_input, params)
+
+
+class MultiLabelFieldsClassifierModel(FieldsClassifierModel):
+    """A multi-label model of several text fields."""
+
+    answer_type = MultiLabelPrediction
+
+    def predict(
+        self,
+        context: PythonModelContext,
+        model_input: TypeFromExample,
+        params: dict[str, Any] | None = None,
+    ) -> list[MultiLabelPrediction]:
+        return super().predict(context, model_input, params)
+
+
 def model_for(config: dict) -> SpamClassifierModel:
-    """The pyfunc model of a logged model_config: several text fields take a DataFrame."""
-    return FieldsClassifierModel() if config.get("text_columns") else SpamClassifierModel()
+    """The pyfunc model of a logged model_config: several text fields take a DataFrame; a
+    multi-label model answers label sets."""
+    fields = bool(config.get("text_columns"))
+    if config.get("multi_label"):
+        return MultiLabelFieldsClassifierModel() if fields else MultiLabelClassifierModel()
+    return FieldsClassifierModel() if fields else SpamClassifierModel()
 
 
 def load_artifact(folder: str | os.PathLike) -> tuple[classifier.GPT2Classifier, dict]:
@@ -234,7 +277,7 @@ def download_logged(uri: str, dest: str | os.PathLike) -> tuple[Path, dict]:
 def log_model(
     run_id: str,
     finetuned_dir: str | os.PathLike,
-    threshold: float | None,
+    threshold: float | dict[str, float] | None,
     registered_model_name: str | None = None,
     pretrained_root: str | os.PathLike = paths.PRETRAINED_DIR,
     base: BaseWeights | None = None,
@@ -247,7 +290,8 @@ def log_model(
     or the folder already holds every tensor. `loaded`: classifier.load(finetuned_dir), if
     the caller has it, saves loading it again to write the full form. The run's status stays
     as it was."""
-    if threshold is not None and not 0 < threshold < 1:
+    each = threshold.values() if isinstance(threshold, dict) else [threshold]
+    if any(t is not None and not 0 < t < 1 for t in each):
         raise SpamGPTError(f"threshold must be between 0 and 1, got {threshold}")
     finetuned_dir = Path(finetuned_dir)
     full = full or registered_model_name is not None
@@ -259,6 +303,7 @@ def log_model(
         meta = json.loads((finetuned_dir / classifier.CLASSIFIER_JSON).read_text(encoding="utf-8"))
         fields = TextFields.from_dict(meta)
         several = len(fields.columns) > 1
+        multi = classifier.classes_of(meta).multi_label
         if several:  # the signature names the fields; the example is a DataFrame of them
             example = pd.DataFrame({c: INPUT_EXAMPLE for c in fields.columns})
             signature = ModelSignature(Schema([ColSpec("string", c) for c in fields.columns]))
@@ -283,6 +328,7 @@ def log_model(
                     "threshold": threshold,
                     "device": "auto",
                     **({"text_columns": list(fields.columns)} if several else {}),
+                    **({"multi_label": True} if multi else {}),
                 },
                 pip_requirements=pins,
                 registered_model_name=registered_model_name,

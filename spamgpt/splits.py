@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 
 def split_dataset(d: DataParams, s: SplitParams) -> tuple[dict[str, pd.DataFrame], dict]:
     """The train, val and test frames the split stage writes, and metrics/data.json."""
-    fmt = data.Format(d.format, d.text_column, d.label_column, d.text_template)
+    multi = d.label_format == "multi"
+    fmt = data.Format(
+        d.format, d.text_column, d.label_column, d.text_template, multi, d.label_separator,
+        d.allow_empty_labels,
+    )  # fmt: skip
     allowed = None if d.labels is None else tuple(map(str, d.labels))
     if d.files is None and d.split_column is None:
         return random_split(d, s, fmt, allowed)
@@ -62,7 +66,7 @@ def split_dataset(d: DataParams, s: SplitParams) -> tuple[dict[str, pd.DataFrame
             "sources": {"dataset": {"source": d.url, "sha256": sha256, "rows": len(whole.frame)}},
             "split_column": d.split_column,
         }
-    frames, counts = given_splits(parsed, sources, s)
+    frames, counts = given_splits(parsed, sources, s, multi)
     classes = classes_of(frames, sources, d)
     bad = sum((p.bad_lines for p in parsed.values()), Counter())
     report.update(
@@ -70,9 +74,11 @@ def split_dataset(d: DataParams, s: SplitParams) -> tuple[dict[str, pd.DataFrame
         bad_lines=sum(bad.values()),
         bad_lines_by_reason=dict(bad),
         **counts,
-        **{name: data.label_counts(frame, classes.names) for name, frame in frames.items()},
+        **{name: data.label_counts(frame, classes.names, multi) for name, frame in frames.items()},
         **classes.to_dict(),
     )
+    if multi:
+        report["label_conflicts"] = sum(data.label_conflicts(p.frame) for p in parsed.values())
     return frames, report
 
 
@@ -81,16 +87,20 @@ def random_split(
 ) -> tuple[dict[str, pd.DataFrame], dict]:
     """One file, split at random, stratified: split.val and split.test of it."""
     parsed = read_source(paths.RAW_DATA, source_name(d.url, d.member), fmt, allowed, d)
-    classes = labels.found(parsed.frame["label"], d.labels, d.positive_label)
+    multi = fmt.multi_label
+    classes = labels.found(parsed.frame["label"], d.labels, d.positive_label, multi)
     frame = data.dedupe(parsed.frame) if s.dedupe else parsed.frame
-    splits = data.split(frame, s.val, s.test, s.seed, classes.names)
+    splits = data.split(frame, s.val, s.test, s.seed, classes.names, multi)
+    # Multi-label: texts given two different label sets (de-duplication keeps the first).
+    conflicts = {"label_conflicts": data.label_conflicts(parsed.frame)} if multi else {}
     return splits, {
         "raw_sha256": sha256_file(paths.RAW_DATA),
         "raw_rows": len(parsed.frame),
         "bad_lines": sum(parsed.bad_lines.values()),
         "bad_lines_by_reason": dict(parsed.bad_lines),
         "duplicates_removed": len(parsed.frame) - len(frame),
-        **{name: data.label_counts(part, classes.names) for name, part in splits.items()},
+        **conflicts,
+        **{name: data.label_counts(part, classes.names, multi) for name, part in splits.items()},
         **classes.to_dict(),
     }
 
@@ -138,7 +148,10 @@ def by_split_column(whole: data.ParsedMessages, d: DataParams) -> dict[str, data
 
 
 def given_splits(
-    parsed: dict[str, data.ParsedMessages], sources: dict[str, str], s: SplitParams
+    parsed: dict[str, data.ParsedMessages],
+    sources: dict[str, str],
+    s: SplitParams,
+    multi_label: bool = False,
 ) -> tuple[dict[str, pd.DataFrame], dict]:
     """De-duplicated splits with the leaks between them handled, val carved from train if
     not given; and the counts for metrics/data.json."""
@@ -169,18 +182,21 @@ def given_splits(
         counts["cross_duplicates_removed"] = len(train) - len(frames["train"])
     counts["val_carved"] = "val" not in frames
     if "val" not in frames:
-        frames["train"], frames["val"] = carve_val(frames["train"], s, sources["train"])
+        carved = carve_val(frames["train"], s, sources["train"], multi_label)
+        frames["train"], frames["val"] = carved
     return {name: frames[name] for name in paths.SPLITS}, counts
 
 
-def carve_val(train: pd.DataFrame, s: SplitParams, source: str) -> tuple[pd.DataFrame, ...]:
-    """split.val of train as val, stratified by label, seeded by split.seed."""
+def carve_val(
+    train: pd.DataFrame, s: SplitParams, source: str, multi_label: bool = False
+) -> tuple[pd.DataFrame, ...]:
+    """split.val of train as val, stratified by label (multi-label: data.stratify_key),
+    seeded by split.seed."""
     from sklearn.model_selection import train_test_split
 
+    key = data.stratify_key(train) if multi_label else train["label"]
     try:
-        rest, val = train_test_split(
-            train, test_size=s.val, stratify=train["label"], random_state=s.seed
-        )
+        rest, val = train_test_split(train, test_size=s.val, stratify=key, random_state=s.seed)
     except ValueError as e:  # a class too small to be in both
         counts = train["label"].value_counts().to_dict()
         raise SpamGPTError(
@@ -193,11 +209,18 @@ def carve_val(train: pd.DataFrame, s: SplitParams, source: str) -> tuple[pd.Data
 
 def classes_of(frames: dict[str, pd.DataFrame], sources: dict[str, str], d: DataParams) -> Classes:
     """The classes (data.labels, or every label found), each of which train must have."""
+    multi = d.label_format == "multi"
     found = pd.concat([frame["label"] for frame in frames.values()])
-    classes = labels.found(found, d.labels, d.positive_label)
-    in_train = set(frames["train"]["label"])
+    classes = labels.found(found, d.labels, d.positive_label, multi)
+
+    def names_in(frame: pd.DataFrame) -> set[str]:
+        if multi:
+            return set().union(*data.label_sets(frame))
+        return set(frame["label"])
+
+    in_train = names_in(frames["train"])
     for name in ("val", "test"):
-        lacking = sorted(set(frames[name]["label"]) - in_train)
+        lacking = sorted(names_in(frames[name]) - in_train)
         if lacking:
             raise SpamGPTError(
                 f"class {lacking[0]!r} is in {name} ({sources.get(name, sources['train'])}) "

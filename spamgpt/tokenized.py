@@ -2,9 +2,9 @@
 DVC's name for the stage that prepares what the training loader reads).
 
 A split is stored as one safetensors file: `ids` (all tokens end to end, int32), `lengths`,
-`labels` (class indices: ham 0, spam 1 for SMS) and `lines` (the message's line in the raw
-file, to trace it back). The ids are read a batch at a time (spamgpt.tensorfile), the rest
-whole: a few numbers per message.
+`labels` (class indices: ham 0, spam 1 for SMS; multi-label, a row of 0/1 per message) and
+`lines` (the message's line in the raw file, to trace it back). The ids are read a batch at
+a time (spamgpt.tensorfile), the rest whole: a few numbers per message.
 """
 
 import itertools
@@ -29,7 +29,7 @@ ENCODE_CHUNK = 10_000  # texts per encode_ordinary_batch call (its threads share
 @dataclass
 class TokenizedSplit:
     tokens: PackedSequences  # rows: (total tokens,) int64 ids
-    labels: torch.Tensor  # (N,) int64
+    labels: torch.Tensor  # (N,) int64; multi-label (N, labels) float32 indicators
     lines: torch.Tensor  # (N,) int64
     truncated: int = 0  # messages cut to max_length
 
@@ -100,10 +100,9 @@ def pack(
 ) -> TokenizedSplit:
     """A split's messages (their whole ids, from encode_packed), cut to `max_length` tokens
     as `truncation` says, with class indices."""
-    labels = [classes.index(label) for label in frame["label"]]
     return TokenizedSplit(
         tokens=cut(ids, max_length, truncation),
-        labels=torch.tensor(labels, dtype=torch.int64),
+        labels=torch.from_numpy(classes.targets(frame["label"])),
         lines=torch.tensor(frame["line"].to_numpy(), dtype=torch.int64),
         truncated=int((ids.lengths > max_length).sum()),
     )

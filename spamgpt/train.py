@@ -23,7 +23,15 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from spamgpt import classifier, distributed, interrupts, metrics, runtime
+from spamgpt import (
+    classifier,
+    distributed,
+    interrupts,
+    metrics,
+    multilabel,
+    multilabel_metrics,
+    runtime,
+)
 from spamgpt.batching import bucketed_order
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
@@ -218,6 +226,9 @@ def validation(
     threshold 0.5 on the positive class where there is one of two, else the most probable."""
     model.eval()
     probs = classifier.class_probabilities(model, split.inputs, device, precision)
+    if classes.multi_label:
+        loss = multilabel.validation_loss(probs, split.labels, weights)
+        return loss, multilabel_metrics.report(split.labels.numpy(), probs.numpy(), 0.5, classes)
     # The log of probabilities no smaller than float32 can hold: cross-entropy's value.
     log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
     loss = F.nll_loss(log_probs, split.labels, weight=weights).item()
@@ -258,13 +269,19 @@ def shard_loss(
     with runtime.autocast(device, precision):
         logits = classifier.logits(model, split.inputs, mine, device)
     targets = runtime.to_device(split.labels[mine], device)
+    if targets.dim() == 2:  # multi-label: (B, labels) 0/1, a sigmoid each
+        return share * multilabel.loss_sum(logits.float(), targets, loss_weights)
     loss = F.cross_entropy(logits.float(), targets, weight=loss_weights, reduction="sum")
     return share * loss
 
 
 def batch_weight(labels: torch.Tensor, class_weights: torch.Tensor | None) -> float:
-    """The total weight of messages with these `labels` (their count, unweighted)."""
-    return float(labels.numel() if class_weights is None else class_weights[labels].sum())
+    """The total weight of messages with these `labels` (their count, unweighted); multi-label
+    (N, labels) targets: their decisions (pos_weight weighs positives within the mean, as
+    torch's BCEWithLogitsLoss does)."""
+    if class_weights is None or labels.dim() == 2:
+        return float(labels.numel())
+    return float(class_weights[labels].sum())
 
 
 def non_finite_loss(loss: float, state: State) -> SpamGPTError:
@@ -328,7 +345,8 @@ class Trainer:
         self.scheduler = linear_schedule(self.optimizer, params, len(train))
         self.scaler = runtime.grad_scaler(device, precision)  # fp16: loss scaling
         # on the CPU; the training loss reads a copy on the device
-        self.class_weights = class_weights(train.labels, params.class_weights, classes.names)
+        weigh = multilabel.pos_weight if classes.multi_label else class_weights
+        self.class_weights = weigh(train.labels, params.class_weights, classes.names)
         self.loss_weights = None if self.class_weights is None else self.class_weights.to(device)
         self.state = State()
         self._order: tuple[int, list[torch.Tensor]] = (-1, [])  # (epoch, its updates' batches)

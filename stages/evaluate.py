@@ -1,7 +1,18 @@
 """evaluate: the best fine-tuned model on validation and test: metrics, confusion matrices,
 curves and misclassified messages, into DVC metrics/plots and the finetune MLflow run."""
 
-from spamgpt import classifier, contracts, metrics, paths, results, runtime, stage, tracking
+from spamgpt import (
+    classifier,
+    contracts,
+    metrics,
+    multilabel_metrics,
+    multilabel_results,
+    paths,
+    results,
+    runtime,
+    stage,
+    tracking,
+)
 from spamgpt.params import Params
 from spamgpt.trunk import Split
 
@@ -9,7 +20,9 @@ from spamgpt.trunk import Split
 def main(params: Params) -> None:
     device, precision = runtime.setup(params.train.device, params.train.precision)
     classes = contracts.read_classes()
-    if classes.positive is None and params.evaluate.threshold is not None:
+    if classes.multi_label:
+        multilabel_metrics.check_threshold(params.evaluate.threshold)
+    elif classes.positive is None and params.evaluate.threshold is not None:
         stage.log.info("no data.positive_label: each message gets its most probable class")
     tracking.connect()
     splits = {s: Split.read(s, contracts.read_frozen_blocks()) for s in ("val", "test")}
@@ -19,20 +32,27 @@ def main(params: Params) -> None:
         s: classifier.class_probabilities(model.to(device), split.inputs, device, precision).numpy()
         for s, split in splits.items()
     }
-    choice = metrics.choose_threshold(
-        params.evaluate.threshold, classes, labels["val"], probs["val"]
-    )
-    threshold, best = choice.threshold, choice.best_f1
-    reports = {s: metrics.report(labels[s], probs[s], threshold, classes) for s in splits}
-    baseline = contracts.read_baseline()
-    curves = metrics.curve_frames(labels["test"], probs["test"], classes)
-    results.write_evaluation(
-        reports, classes, threshold, best, baseline, probs["test"], curves, choice.reached
-    )
-    mlf, thresholds = params.mlflow, {"test/threshold": threshold, "val/best_threshold": best}
-    thresholds |= {f"val/threshold_{k}": v for k, v in (choice.reached or {}).items()}
+    if classes.multi_label:  # a threshold per label (spamgpt.multilabel)
+        multi = multilabel_results.evaluate(params.evaluate.threshold, classes, labels, probs)
+        threshold, mlf = multi.threshold, params.mlflow
+    else:
+        choice = metrics.choose_threshold(
+            params.evaluate.threshold, classes, labels["val"], probs["val"]
+        )
+        threshold, best = choice.threshold, choice.best_f1
+        reports = {s: metrics.report(labels[s], probs[s], threshold, classes) for s in splits}
+        baseline = contracts.read_baseline()
+        curves = metrics.curve_frames(labels["test"], probs["test"], classes)
+        results.write_evaluation(
+            reports, classes, threshold, best, baseline, probs["test"], curves, choice.reached
+        )
+        mlf, thresholds = params.mlflow, {"test/threshold": threshold, "val/best_threshold": best}
+        thresholds |= {f"val/threshold_{k}": v for k, v in (choice.reached or {}).items()}
     with tracking.Run.open(mlf.experiment, contracts.read_mlflow_run()) as run:
-        results.log_evaluation(run, reports, classes, baseline, thresholds, curves)
+        if classes.multi_label:
+            multi.log(run)
+        else:
+            results.log_evaluation(run, reports, classes, baseline, thresholds, curves)
         if mlf.log_model:
             from spamgpt import serving  # mlflow.pyfunc: only where a model is logged
 

@@ -1,0 +1,140 @@
+"""Multi-label data end to end: a JSON Lines file of tickets whose labels (a list each, maybe
+empty) depend on different words of the text, in data/local/ of a fresh git + DVC project,
+through `dvc repro` with the tiny random model trained fully: per-label metrics and the set
+metrics in metrics/eval.json, the DVC plot data and MLflow, the TF-IDF baseline beside them,
+`spamgpt classify`, `spamgpt predict` and the MLflow model answering label sets."""
+
+import json
+import random
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from conftest import make_project, run, tiny_params
+from mlflow.tracking import MlflowClient
+
+# Each label is carried by a message holding one of its words; the words of the others and
+# neutral filler around them.
+WORDS = {
+    "billing": ["INVOICE", "REFUND"],
+    "shipping": ["PARCEL", "COURIER"],
+    "urgent": ["ASAP", "URGENT"],
+}
+FILLER = ["please", "help", "with", "my", "account", "today", "thanks", "hello", "order", "the"]
+LABELS = sorted(WORDS)
+
+
+def tickets(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        labels = [name for name in LABELS if rng.random() < 0.4]
+        words = rng.sample(FILLER, 4) + [rng.choice(WORDS[name]) for name in labels]
+        rng.shuffle(words)
+        rows.append({"id": i, "body": f"{' '.join(words)} {i}", "tags": labels})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def project(mirror, tmp_path_factory):
+    params = tiny_params(mirror)
+    params["data"].update(
+        url="data/local/tickets.jsonl",
+        mirrors=[],
+        member=None,
+        sha256=None,
+        format="jsonl",
+        text_column="body",
+        label_column="tags",
+        label_format="multi",
+        allow_empty_labels=True,
+        labels=None,
+        positive_label=None,
+    )
+    params["model"].update(trainable_blocks="all", pooling="mean")
+    params["train"].update(epochs=15, batch_size=32, lr=1e-2, warmup_ratio=0.05, patience=15)
+    params["evaluate"].update(threshold="auto")
+    params["mlflow"].update(log_checkpoints=False)
+    path = make_project(tmp_path_factory.mktemp("multi"), params)
+    rows = tickets(360, seed=0)
+    rows.append({"id": 360, "body": rows[0]["body"], "tags": ["urgent"]})  # a label conflict
+    write_jsonl(path / "data/local/tickets.jsonl", rows)
+    run(["git", "add", "data/local/tickets.jsonl"], path)
+    run(["git", "commit", "-qm", "tickets"], path)
+    run(["dvc", "repro"], path)
+    return path
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_labels_are_found_split_and_conflicts_counted(project) -> None:
+    report = read_json(project / "metrics/data.json")
+    assert report["labels"] == LABELS and report["label_format"] == "multi"
+    assert report["label_conflicts"] == 1 and report["duplicates_removed"] == 1
+    for split in ("train", "val", "test"):
+        assert set(report[split]) == set(LABELS) and min(report[split].values()) > 0
+    train = pd.read_csv(project / "data/split/train.csv")
+    assert all(isinstance(json.loads(labels), list) for labels in train["label"])
+
+
+def test_reaches_micro_f1_with_the_baseline_beside_it(project) -> None:
+    ev = read_json(project / "metrics/eval.json")
+    assert set(ev["threshold"]) == set(LABELS)
+    test, rows = ev["test"], len(pd.read_csv(project / "data/split/test.csv"))
+    assert test["micro_f1"] >= 0.9, test
+    for name in LABELS:
+        label = test[name]
+        (tn, fp), (fn, tp) = label["confusion_matrix"]
+        assert tp + fn == label["support"] and tn + fp + fn + tp == rows
+        assert label["threshold"] == ev["threshold"][name]
+    for key in ("macro_f1", "samples_f1", "accuracy", "hamming_loss"):
+        assert 0 <= test[key] <= 1
+    baseline = ev["baseline"]["test"]
+    assert set(LABELS) <= set(baseline) and baseline["micro_f1"] >= 0.9
+    confusion = pd.read_csv(project / "metrics/confusion_test.csv")
+    assert set(confusion["actual"]) <= {*LABELS, "(none)"}
+    assert len(pd.read_csv(project / "metrics/roc_test.csv")) > 2
+
+
+def test_mlflow_has_per_label_and_set_metrics(project) -> None:
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    run_id = read_json(project / "models/mlflow_run.json")["run_id"]
+    metrics = client.get_run(run_id).data.metrics
+    for name in LABELS:
+        assert {f"test/{name}_f1", f"baseline/{name}_f1", f"test/threshold_{name}"} <= set(metrics)
+    assert {"test/micro_f1", "test/samples_f1", "test/hamming_loss", "val/micro_f1"} <= set(metrics)
+
+
+def test_classify_predict_and_the_mlflow_model_answer_label_sets(project, tmp_path) -> None:
+    texts = ["REFUND my PARCEL asap ASAP", "hello thanks"]
+    out = run(["spamgpt", "classify", "--json", *texts], project).stdout.splitlines()
+    answers = [json.loads(line) for line in out]
+    thresholds = read_json(project / "metrics/eval.json")["threshold"]
+    for answer in answers:  # those at or over their thresholds, every label's probability
+        p = answer["probabilities"]
+        assert set(p) == set(LABELS)
+        assert answer["labels"] == [name for name in LABELS if p[name] >= thresholds[name]]
+
+    source = tmp_path / "in.csv"
+    pd.DataFrame({"text": texts}).to_csv(source, index=False)
+    run(["spamgpt", "predict", str(source), "-o", str(tmp_path / "out.csv")], project)
+    predicted = pd.read_csv(tmp_path / "out.csv")
+    assert [json.loads(v) for v in predicted["labels"]] == [a["labels"] for a in answers]
+    for name in LABELS:
+        assert predicted[f"p_{name}"].tolist() == pytest.approx(
+            [a["probabilities"][name] for a in answers], abs=1e-5
+        )
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    run_id = read_json(project / "models/mlflow_run.json")["run_id"]
+    info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
+    assert info.metadata["label_format"] == "multi" and info.metadata["labels"] == LABELS
+    served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(texts)
+    assert [p["labels"] for p in served] == [a["labels"] for a in answers]
