@@ -16,10 +16,10 @@ from mlflow.tracking import MlflowClient
 
 # Each label is carried by a message holding one of its words; the words of the others and
 # neutral filler around them.
-WORDS = {
-    "billing": ["INVOICE", "REFUND"],
-    "shipping": ["PARCEL", "COURIER"],
-    "urgent": ["ASAP", "URGENT"],
+WORDS = {  # upper case, in letters of their own: the tiny model's tokens are mostly letters
+    "billing": ["BILL", "FEE"],
+    "shipping": ["TRUCK", "DOCK"],
+    "urgent": ["ASAP", "!!!"],
 }
 FILLER = ["please", "help", "with", "my", "account", "today", "thanks", "hello", "order", "the"]
 LABELS = sorted(WORDS)
@@ -30,7 +30,7 @@ def tickets(n: int, seed: int) -> list[dict]:
     rows = []
     for i in range(n):
         labels = [name for name in LABELS if rng.random() < 0.4]
-        words = rng.sample(FILLER, 4) + [rng.choice(WORDS[name]) for name in labels]
+        words = rng.sample(FILLER, 2) + [rng.choice(WORDS[name]) for name in labels]
         rng.shuffle(words)
         rows.append({"id": i, "body": f"{' '.join(words)} {i}", "tags": labels})
     return rows
@@ -56,8 +56,8 @@ def project(mirror, tmp_path_factory):
         labels=None,
         positive_label=None,
     )
-    params["model"].update(trainable_blocks="all", pooling="mean")
-    params["train"].update(epochs=15, batch_size=32, lr=1e-2, warmup_ratio=0.05, patience=15)
+    params["model"].update(trainable_blocks="all")
+    params["train"].update(epochs=6, batch_size=8, lr=3e-3, warmup_ratio=0.05, patience=6)
     params["evaluate"].update(threshold="auto")
     params["mlflow"].update(log_checkpoints=False)
     path = make_project(tmp_path_factory.mktemp("multi"), params)
@@ -113,7 +113,7 @@ def test_mlflow_has_per_label_and_set_metrics(project) -> None:
 
 
 def test_classify_predict_and_the_mlflow_model_answer_label_sets(project, tmp_path) -> None:
-    texts = ["REFUND my PARCEL asap ASAP", "hello thanks"]
+    texts = ["BILL my TRUCK ASAP", "hello thanks"]
     out = run(["spamgpt", "classify", "--json", *texts], project).stdout.splitlines()
     answers = [json.loads(line) for line in out]
     thresholds = read_json(project / "metrics/eval.json")["threshold"]
@@ -123,7 +123,7 @@ def test_classify_predict_and_the_mlflow_model_answer_label_sets(project, tmp_pa
         assert answer["labels"] == [name for name in LABELS if p[name] >= thresholds[name]]
 
     source = tmp_path / "in.csv"
-    pd.DataFrame({"text": texts}).to_csv(source, index=False)
+    pd.DataFrame({"body": texts}).to_csv(source, index=False)
     run(["spamgpt", "predict", str(source), "-o", str(tmp_path / "out.csv")], project)
     predicted = pd.read_csv(tmp_path / "out.csv")
     assert [json.loads(v) for v in predicted["labels"]] == [a["labels"] for a in answers]
@@ -137,4 +137,6 @@ def test_classify_predict_and_the_mlflow_model_answer_label_sets(project, tmp_pa
     info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
     assert info.metadata["label_format"] == "multi" and info.metadata["labels"] == LABELS
     served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(texts)
-    assert [p["labels"] for p in served] == [a["labels"] for a in answers]
+    assert [p.labels for p in served] == [a["labels"] for a in answers]
+    for p, answer in zip(served, answers, strict=True):
+        assert p.probabilities == pytest.approx(answer["probabilities"], abs=1e-5)
