@@ -6,6 +6,7 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -594,3 +595,68 @@ def test_a_class_too_small_to_split_is_named() -> None:
     )
     with pytest.raises(SpamGPTError, match="class 'rare' has 2 messages after dedupe"):
         data.split(frame, 0.1, 0.2, seed=0, labels=("a", "rare"))
+
+
+MULTI_RECORDS = [
+    {"body": "charged twice, send it asap", "tags": ["billing", "urgent"]},
+    {"body": "where is my parcel", "tags": ["shipping"]},
+    {"body": "just saying hello", "tags": []},
+]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
+def test_multi_labels_are_lists_or_separated_text(tmp_path: Path, fmt: str) -> None:
+    delimited = fmt in ("csv", "tsv")  # a text field: the labels joined by the separator
+    records = [
+        {"body": r["body"], "tags": "; ".join(r["tags"]) if delimited else r["tags"]}
+        for r in MULTI_RECORDS
+    ]
+    path = own_file(tmp_path, fmt, records)
+    fmt_ = data.Format(fmt, "body", "tags", None, True, ";", allow_empty_labels=True)
+    parsed = data.read_messages(path, fmt_, ("billing", "shipping", "urgent"))
+    assert [json.loads(v) for v in parsed.frame["label"]] == [r["tags"] for r in MULTI_RECORDS]
+
+
+def test_a_row_without_labels_and_an_unknown_label_are_bad_rows(tmp_path: Path) -> None:
+    path = own_file(
+        tmp_path, "jsonl", [{"body": r["body"], "tags": r["tags"]} for r in MULTI_RECORDS]
+    )
+    fmt = data.Format("jsonl", "body", "tags", None, True)
+    with pytest.raises(
+        SpamGPTError, match=r"mine\.jsonl:3: no label; set data\.allow_empty_labels"
+    ):
+        data.read_messages(path, fmt, None)
+    with pytest.raises(SpamGPTError, match=r"mine\.jsonl:1: unknown label 'urgent'; allowed"):
+        data.read_messages(path, fmt, ("billing", "shipping"))
+    skipped = data.read_messages(path, fmt, None, "skip")
+    assert skipped.bad_lines == Counter(missing_label=1) and len(skipped.frame) == 2
+
+
+def test_a_multi_label_split_keeps_every_label_in_each_split() -> None:
+    rng = np.random.default_rng(0)
+    sets = [["a"], ["b"], ["a", "b"], ["c"], ["a", "c"], []]
+    frame = pd.DataFrame(
+        {
+            "line": range(120),
+            "text": [f"message {i}" for i in range(120)],
+            "label": [json.dumps(sets[i]) for i in rng.integers(0, len(sets), 120)],
+        }
+    )
+    parts = data.split(frame, 0.2, 0.2, 123, ("a", "b", "c"), multi_label=True)
+    assert sum(len(p) for p in parts.values()) == 120
+    whole = data.label_counts(frame, ("a", "b", "c"), multi_label=True)
+    for name, part in parts.items():
+        counts = data.label_counts(part, ("a", "b", "c"), multi_label=True)
+        share = len(part) / 120
+        for label, n in counts.items():  # stratified: each label's share about the split's
+            assert abs(n - share * whole[label]) <= 3, (name, label)
+
+
+def test_label_conflicts_count_texts_with_two_label_sets() -> None:
+    frame = pd.DataFrame(
+        {
+            "text": ["x", "x", "y", "y", "z"],
+            "label": ['["a"]', '["a", "b"]', '["a"]', '["a"]', "[]"],
+        }
+    )
+    assert data.label_conflicts(frame) == 1
