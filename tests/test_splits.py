@@ -174,3 +174,17 @@ def test_a_missing_file_of_a_split_names_it_and_leaves_nothing(workspace: Path) 
         "data.files.test.url: could not download test (test.csv): data/local/test.csv: no such file"
     )
     assert not paths.RAW_DATA.exists() and not any(paths.RAW_DATA.parent.iterdir())
+
+
+def test_multi_label_given_splits_carve_val_and_count_labels(workspace: Path) -> None:
+    sets = ["a", "b", "a|b", "c", "a|c", "b|c"]
+    write_raw("train", [(sets[i % 6], f"train message {i}") for i in range(60)])
+    write_raw("test", [(sets[i % 6], f"test message {i}") for i in range(12)])
+    p = given()
+    files = dataclasses.replace(p.data.files, val=None)
+    multi = dataclasses.replace(p.data, files=files, label_format="multi")
+    frames, report = splits.split_dataset(multi, p.split)
+    assert report["labels"] == ["a", "b", "c"] and report["label_format"] == "multi"
+    assert report["label_conflicts"] == 0 and report["test"] == {"a": 6, "b": 6, "c": 6}
+    assert len(frames["val"]) == 6 and min(report["val"].values()) >= 2
+    assert json.loads(frames["train"]["label"][0]) == ["a"]
