@@ -127,7 +127,27 @@ def choose_thresholds(
     return ThresholdChoice(chosen, best, reached or None)
 
 
-def micro_curves(targets: np.ndarray, probabilities: np.ndarray) -> dict[str, pd.DataFrame]:
-    """The micro-averaged ROC and precision/recall curves (every decision one point)."""
-    truth = (np.asarray(targets) > 0.5).ravel()
-    return metrics.curve_frames(truth, np.asarray(probabilities).ravel(), True)
+def compared(rep: dict) -> dict:
+    """What experiments are compared by, of a report (DVC's metrics file, eval.json): the set
+    figures, not every label's (those are in the report file)."""
+    keys = ("accuracy", "micro_f1", "macro_f1", "samples_f1", "hamming_loss")
+    return {key: rep[key] for key in keys}
+
+
+def curve_frames(
+    targets: np.ndarray, probabilities: np.ndarray, classes: Classes
+) -> dict[str, pd.DataFrame]:
+    """Each label's ROC and precision/recall curve against the messages without it, as
+    metrics.curve_frames lays them out (a label on every message or none: no curve)."""
+    truth = np.asarray(targets) > 0.5
+    probabilities = np.asarray(probabilities)
+    parts: dict[str, list[pd.DataFrame]] = {"roc": [], "pr": []}
+    for i, name in enumerate(classes.names):
+        p = probabilities[:, i]
+        one = Classes((f"not {name}", name), name)  # the label against its absence
+        frames = metrics.curve_frames(
+            truth[:, i].astype(np.int64), np.column_stack([1 - p, p]), one
+        )
+        for kind, frame in frames.items():
+            parts[kind].append(frame)
+    return {kind: pd.concat(frames, ignore_index=True) for kind, frames in parts.items()}

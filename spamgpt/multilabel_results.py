@@ -1,6 +1,7 @@
-"""What evaluate writes for a multi-label model: eval.json (a threshold per label, each split's
-multilabel_metrics.report, the baseline's beside it), the DVC plot data (the label-pair confusion,
-micro-averaged ROC and precision-recall curves), every test message's labels and
+"""What evaluate writes for a multi-label model: eval.json (the test figures to compare, a
+threshold per label, the baseline's micro F1), reports/evaluation.json (each split's
+multilabel_metrics.report, the baseline's beside it), the DVC plot data (the label-pair
+confusion, each label's ROC and precision-recall curve), every test message's labels and
 probabilities, those whose label set is wrong, and the same in the MLflow run."""
 
 import os
@@ -53,10 +54,12 @@ class Evaluation:
         run.log_artifact(paths.MISCLASSIFIED_TEST, "evaluation")
         run.log_artifact(paths.PREDICTIONS_TEST, "evaluation")
         for name, frame in self.curves.items():
-            x, y = frame.columns
+            if frame.empty:
+                continue
+            x, y = frame.columns[len(metrics.POINT) :]
+            series = {f"{c} (test)": (part[x], part[y]) for c, part in frame.groupby("class")}
             run.log_figure(
-                metrics.curve_figure({f"test micro ({name})": (frame[x], frame[y])}, x, name),
-                f"evaluation/test_{name}_curve.png",
+                metrics.curve_figure(series, x, name), f"evaluation/test_{name}_curve.png"
             )
 
 
@@ -77,13 +80,22 @@ def evaluate(
     }
     baseline = contracts.read_baseline()
     policy = {} if choice.reached is None else {"val_at_threshold": choice.reached}
-    contracts.write_evaluation(
+    atomic.write_json(
+        paths.EVAL_REPORT,
         {
             "threshold": choice.threshold,
             "best_val_threshold": choice.best_f1,
             **policy,
             **reports,
             "baseline": {s: baseline[s] for s in reports},
+        },
+    )
+    contracts.write_evaluation(
+        {
+            **multilabel_metrics.compared(reports["test"]),
+            "threshold": choice.threshold,
+            **policy,
+            "baseline": {"micro_f1": baseline["test"]["micro_f1"]},
         }
     )
     truth = targets["test"] > 0.5
@@ -96,7 +108,7 @@ def evaluate(
     _write_csv(
         multilabel_metrics.confusion_pairs(truth, predicted, classes), paths.CONFUSION_TEST_PLOT
     )
-    curves = multilabel_metrics.micro_curves(targets["test"], probabilities["test"])
+    curves = multilabel_metrics.curve_frames(targets["test"], probabilities["test"], classes)
     for name, frame in curves.items():
         _write_csv(frame, paths.curve_plot(name))
     wrong = predictions[(truth != predicted).any(axis=1)]
