@@ -1,18 +1,9 @@
 """evaluate: the best fine-tuned model on validation and test: metrics, confusion matrices,
 curves and misclassified messages, into DVC metrics/plots and the finetune MLflow run."""
 
-from spamgpt import (
-    classifier,
-    contracts,
-    metrics,
-    multilabel_metrics,
-    multilabel_results,
-    paths,
-    results,
-    runtime,
-    stage,
-    tracking,
-)
+from spamgpt import classifier, contracts, metrics, paths, results, runtime, stage, tracking
+from spamgpt import multilabel_metrics as multi_metrics
+from spamgpt import multilabel_results as multi_results
 from spamgpt.params import Params
 from spamgpt.trunk import Split
 
@@ -21,7 +12,7 @@ def main(params: Params) -> None:
     device, precision = runtime.setup(params.train.device, params.train.precision)
     classes = contracts.read_classes()
     if classes.multi_label:
-        multilabel_metrics.check_threshold(params.evaluate.threshold)
+        multi_metrics.check_threshold(params.evaluate.threshold)
     elif classes.positive is None and params.evaluate.threshold is not None:
         stage.log.info("no data.positive_label: each message gets its most probable class")
     tracking.connect()
@@ -33,7 +24,7 @@ def main(params: Params) -> None:
         for s, split in splits.items()
     }
     if classes.multi_label:  # a threshold per label (spamgpt.multilabel)
-        multi = multilabel_results.evaluate(params.evaluate.threshold, classes, labels, probs)
+        multi = multi_results.evaluate(params.evaluate.threshold, classes, labels, probs)
         threshold, mlf = multi.threshold, params.mlflow
     else:
         choice = metrics.choose_threshold(
