@@ -72,13 +72,17 @@ def test_targets_of_a_split_file_and_the_classes_found() -> None:
     assert found == CLASSES and Classes.from_dict(found.to_dict()) == CLASSES
 
 
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory):
+    return make_hub(tmp_path_factory.mktemp("hub"), layers=2, dim=32, heads=4, n_ctx=64)
+
+
 @pytest.mark.parametrize("pooling", ["last", "mean"])
-def test_training_on_the_trunk_cache_lowers_the_loss(tmp_path, pooling) -> None:
+def test_training_on_the_trunk_cache_lowers_the_loss(hub, pooling) -> None:
     """The tail trained on cached states of the frozen first block, a BCE step the same
     whether the model reads token ids or the cache."""
     from spamgpt import tokenizer
 
-    hub = make_hub(tmp_path, layers=2, dim=32, heads=4, n_ctx=64)
     enc = tokenizer.load(hub)
     texts = ["BILL due", "TRUCK late", "ASAP BILL", "hello", "TRUCK ASAP", "BILL TRUCK"] * 4
     frame = pd.DataFrame(
@@ -105,7 +109,7 @@ def test_training_on_the_trunk_cache_lowers_the_loss(tmp_path, pooling) -> None:
             float(shard_loss(model, on_ids, *args)), rel=1e-5
         )
     trained = classifier.freeze(model, 1)  # the last block, the final norm, the head
-    params = dataclasses.replace(PARAMS, epochs=3, batch_size=8, lr=3e-3)
+    params = dataclasses.replace(PARAMS, epochs=2, batch_size=8, lr=3e-3)
     trainer = Trainer(model, trained, on_cache, on_cache, CLASSES, params, CPU, "fp32")
 
     state = trainer.fit(NoSaver())
