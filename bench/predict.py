@@ -13,8 +13,8 @@ messages on the same model; both are timed from start to exit (imports, model lo
 scoring, writing), their CPU seconds and peak RSS read from the kernel (wait4). With
 --repeat N, the cases that compare the two run them in turn N times and each keeps its
 fastest run (a shared machine's load only ever slows a run) and its largest peak RSS.
-Targets: predict's messages/s at least classify's; predict's peak RSS at 1 000 000 rows
-within 1.5x of 10 000's.
+The scored file is checked: every row, in input order, its id kept. Targets: predict's
+messages/s at least classify's; predict's peak RSS at 1 000 000 rows within 1.5x of 10 000's.
 """
 
 import argparse
@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from spamgpt import classifier, params, tokenizer
@@ -115,6 +116,9 @@ def run_case(
         for _ in range(repeat if with_classify else 1):  # in turn: load falls on both alike
             for command, args in commands.items():
                 runs[command].append(timed([*spamgpt, *args, *common], root))
+        ids = pd.read_csv(root / "scored.csv", usecols=["id"])["id"]
+        if ids.tolist() != list(range(n)):  # every row, in input order, its id kept
+            sys.exit(f"{name}: scored.csv holds {len(ids)} rows, not ids 0 to {n - 1} in order")
         result = {"case": name, "messages": n, "words": list(words), "runs": len(runs["predict"])}
         for command, timings in runs.items():
             seconds, cpu_seconds, rss = zip(*timings, strict=True)
