@@ -1,15 +1,19 @@
 """`spamgpt predict` against the classify path, on synthetic messages and random weights.
 
-    python bench/predict.py [--device auto] [--tiny] [--cases NAME ...] [--json OUT]
+    python bench/predict.py [--device auto] [--tiny] [--cases NAME ...] [--repeat N] [--json OUT]
 
 Cases (each a fresh model folder of random weights, self-contained):
   tiny-10k, tiny-1M: the tests' tiny GPT-2 (2 blocks, width 32) over 10 000 and 1 000 000
-      messages; 124M-10k: GPT-2 124M shapes over 10 000. `--tiny`: 500 messages of the
-      tiny model, predict and classify (what tests/test_bench.py runs).
+      messages of 3 to 20 words; 124M-10k: GPT-2 124M shapes over 10 000 short messages (2 to
+      6 words: a 2-core CPU scores them in minutes). `--tiny`: 500 messages of the tiny
+      model, predict and classify (what tests/test_bench.py runs).
 Each case runs `spamgpt predict messages.csv -o scored.csv --keep id` as its own process, and
 where a classify run is named, `spamgpt classify --file messages.txt --json` over the same
 messages on the same model; both are timed from start to exit (imports, model load, reading,
-scoring, writing) and their peak RSS read from the kernel (wait4). Targets: predict's
+scoring, writing), their CPU seconds and peak RSS read from the kernel (wait4). With
+--repeat N, the cases that compare the two run them in turn N times and each keeps its
+fastest run (a shared machine's load only ever slows a run) and its largest peak RSS.
+The scored file is checked: every row, in input order, its id kept. Targets: predict's
 messages/s at least classify's; predict's peak RSS at 1 000 000 rows within 1.5x of 10 000's.
 """
 
@@ -25,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from spamgpt import classifier, params, tokenizer
@@ -38,10 +43,10 @@ SHAPES = {
     "124M": {"layers": 12, "dim": 768, "heads": 12, "n_ctx": 1024},
 }
 WORDS = ["free", "prize", "call", "now", "see", "you", "at", "the", "station", "win", "txt"]
-# (name, shapes, messages, also run classify)
-FULL = [("tiny-10k", "tiny", 10_000, True), ("tiny-1M", "tiny", 1_000_000, False)]
-FULL += [("124M-10k", "124M", 10_000, True)]
-TINY = [("tiny-500", "tiny", 500, True)]
+# (name, shapes, messages, words per message, also run classify)
+FULL = [("tiny-10k", "tiny", 10_000, (3, 20), True), ("tiny-1M", "tiny", 1_000_000, (3, 20), False)]
+FULL += [("124M-10k", "124M", 10_000, (2, 6), True)]
+TINY = [("tiny-500", "tiny", 500, (3, 20), True)]
 
 
 def model_folder(root: Path, shapes: str) -> Path:
@@ -57,10 +62,11 @@ def model_folder(root: Path, shapes: str) -> Path:
     return folder
 
 
-def write_messages(root: Path, n: int) -> tuple[Path, Path]:
-    """The same n messages as a CSV (id, text) and one per line (classify --file)."""
+def write_messages(root: Path, n: int, words: tuple[int, int]) -> tuple[Path, Path]:
+    """The same n messages of words[0] to words[1] words as a CSV (id, text) and one per line
+    (classify --file)."""
     rng = random.Random(0)
-    texts = [" ".join(rng.choices(WORDS, k=rng.randint(3, 20))) for _ in range(n)]
+    texts = [" ".join(rng.choices(WORDS, k=rng.randint(*words))) for _ in range(n)]
     table, lines = root / "messages.csv", root / "messages.txt"
     with table.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -70,8 +76,9 @@ def write_messages(root: Path, n: int) -> tuple[Path, Path]:
     return table, lines
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of a command run to its end, its output thrown away."""
+def timed(cmd: list[str], cwd: Path) -> tuple[float, float, float]:
+    """(seconds, CPU seconds, peak RSS in MB) of a command run to its end, its output thrown
+    away."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -84,31 +91,44 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
     seconds = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024  # KiB on Linux
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # KiB on Linux
 
 
-def run_case(name: str, shapes: str, n: int, with_classify: bool, device: str) -> dict:
+def run_case(
+    name: str,
+    shapes: str,
+    n: int,
+    words: tuple[int, int],
+    with_classify: bool,
+    device: str,
+    repeat: int,
+) -> dict:
     spamgpt = [sys.executable, "-c", "from spamgpt.cli import main; main()"]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folder = model_folder(root, shapes)
-        table, lines = write_messages(root, n)
+        table, lines = write_messages(root, n, words)
         common = ["--model", str(folder), "--device", device]
-        seconds, rss = timed(
-            [*spamgpt, "predict", str(table), "-o", "scored.csv", "--keep", "id", *common], root
-        )
-        result = {
-            "case": name,
-            "messages": n,
-            "predict_per_s": round(n / seconds, 1),
-            "predict_rss_mb": round(rss),
-        }
+        commands = {"predict": ["predict", str(table), "-o", "scored.csv", "--keep", "id"]}
         if with_classify:
-            seconds, rss = timed(
-                [*spamgpt, "classify", "--file", str(lines), "--json", *common], root
-            )
-            result.update(classify_per_s=round(n / seconds, 1), classify_rss_mb=round(rss))
+            commands["classify"] = ["classify", "--file", str(lines), "--json"]
+        runs = {command: [] for command in commands}
+        for _ in range(repeat if with_classify else 1):  # in turn: load falls on both alike
+            for command, args in commands.items():
+                runs[command].append(timed([*spamgpt, *args, *common], root))
+        ids = pd.read_csv(root / "scored.csv", usecols=["id"])["id"]
+        if ids.tolist() != list(range(n)):  # every row, in input order, its id kept
+            sys.exit(f"{name}: scored.csv holds {len(ids)} rows, not ids 0 to {n - 1} in order")
+        result = {"case": name, "messages": n, "words": list(words), "runs": len(runs["predict"])}
+        for command, timings in runs.items():
+            seconds, cpu_seconds, rss = zip(*timings, strict=True)
+            result[f"{command}_per_s"] = round(n / min(seconds), 1)
+            result[f"{command}_cpu_s"] = round(min(cpu_seconds), 2)
+            result[f"{command}_rss_mb"] = round(max(rss))
+        if with_classify:
             result["speed_ratio"] = round(result["predict_per_s"] / result["classify_per_s"], 2)
+            # messages per CPU second: what load on other cores changes less than wall time
+            result["cpu_ratio"] = round(result["classify_cpu_s"] / result["predict_cpu_s"], 2)
     print(json.dumps(result), flush=True)
     return result
 
@@ -119,9 +139,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiny", action="store_true", help="500 tiny-model messages only")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--cases", nargs="+", help="run only these (tiny-10k tiny-1M 124M-10k)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each command, in turn")
     args = parser.parse_args(argv)
     cases = TINY if args.tiny else [c for c in FULL if args.cases is None or c[0] in args.cases]
-    results = [run_case(*case, args.device) for case in cases]
+    results = [run_case(*case, args.device, args.repeat) for case in cases]
     summary = {"speed_ratios": {r["case"]: r["speed_ratio"] for r in results if "speed_ratio" in r}}
     if len(results) >= 2 and results[1]["case"].startswith("tiny"):  # rows x10 or x100
         summary["rss_ratio"] = round(results[1]["predict_rss_mb"] / results[0]["predict_rss_mb"], 2)

@@ -271,7 +271,7 @@ def logits(
     )
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: autocast keeps no cast weights in inference mode
 def class_probabilities(
     model: GPT2Classifier,
     inputs: ModelInputs,
@@ -287,8 +287,10 @@ def class_probabilities(
     (`full_last`: no odd-sized last batch either, batching.sorted_order)."""
     out = torch.empty(len(inputs), model.head.out_features)
     max_tokens = max_tokens or inference_tokens(device)
-    for indices in sorted_order(inputs.sequences.lengths, max_tokens, full_last):
-        with runtime.autocast(device, precision):
+    # One autocast region for every batch: it keeps the weights it casts to bf16 or fp16
+    # until it ends, so they are cast once, not once per batch.
+    with runtime.autocast(device, precision):
+        for indices in sorted_order(inputs.sequences.lengths, max_tokens, full_last):
             out[indices] = logits(model, inputs, indices, device).float().cpu()
     return torch.sigmoid(out) if model.multi_label else torch.softmax(out, dim=-1)
 

@@ -9,6 +9,7 @@ a time (spamgpt.tensorfile), the rest whole: a few numbers per message.
 
 import itertools
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,8 @@ from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.labels import SMS, Classes
 from spamgpt.texts import HEAD, Truncation
 
-ENCODE_CHUNK = 10_000  # texts per encode_ordinary_batch call (its threads share the chunk)
+ENCODE_CHUNK = 10_000  # texts encoded into Python lists before they are packed as int32
+SLICE_TEXTS = 1000  # fewest texts worth a thread of their own
 
 
 @dataclass
@@ -40,8 +42,20 @@ class TokenizedSplit:
 def encode(enc: tiktoken.Encoding, texts: list[str]) -> list[list[int]]:
     """Token ids of each text. Special-token text inside a message (someone typing
     '<|endoftext|>') is encoded as plain text, never as the special token; an empty text
-    becomes the single end-of-text token, so every message has a last real token."""
-    return [row or [enc.eot_token] for row in enc.encode_ordinary_batch(texts)]
+    becomes the single end-of-text token, so every message has a last real token.
+    One contiguous slice of texts per thread torch computes with: tiktoken releases the GIL
+    while it encodes, but its own batch call hands its threads one text at a time, and for
+    short texts (an SMS) handing them out costs several times the encoding."""
+    workers = max(1, min(torch.get_num_threads(), len(texts) // SLICE_TEXTS))
+    if workers == 1:
+        rows = [enc.encode_ordinary(text) for text in texts]
+    else:
+        step = -(-len(texts) // workers)
+        slices = [texts[start : start + step] for start in range(0, len(texts), step)]
+        with ThreadPoolExecutor(workers) as pool:
+            parts = pool.map(lambda part: [enc.encode_ordinary(text) for text in part], slices)
+            rows = list(itertools.chain.from_iterable(parts))
+    return [row or [enc.eot_token] for row in rows]
 
 
 def encode_packed(enc: tiktoken.Encoding, texts: list[str]) -> PackedSequences:

@@ -180,6 +180,17 @@ def test_the_logged_model_takes_the_fields(project: Path, monkeypatch) -> None:
     assert len(answers) == 2 and answers[0].label in CLASSES
 
 
+def test_the_given_files_split_again_the_same(project: Path) -> None:
+    """`dvc repro -f` of the stages that read the given files writes every output as before
+    (dvc.lock unchanged), so nothing after them is stale: the same inputs, and the rest of
+    the pipeline regenerates identical outputs from them (test_reliability_finetune)."""
+    lock = (project / "dvc.lock").read_text()
+    out = run(["dvc", "repro", "-f", "split"], project)
+    assert re.findall(r"Running stage '([^']+)'", out.stdout) == ["download_data", "split"]
+    assert (project / "dvc.lock").read_text() == lock
+    assert json.loads(run(["dvc", "status", "--json"], project).stdout) == {}
+
+
 def test_a_changed_file_reruns_the_pipeline_but_not_the_weights(project: Path) -> None:
     write_jsonl(project / "data/local/val.jsonl", mails(24, 5, "w"))
     out = run(["dvc", "repro", "split"], project)

@@ -106,6 +106,28 @@ def test_a_class_only_in_test_names_the_class_and_the_files(workspace: Path) -> 
         splits.split_dataset(p.data, p.split)
 
 
+def test_files_holding_the_random_split_give_the_same_splits(workspace: Path) -> None:
+    """The one-file random split written out as train/val/test files reads back as the same
+    messages in the same order, with the same counts: what the later stages read (text and
+    label; `line` only traces a message to its file) is the same, so are their results."""
+    paths.RAW_DATA.parent.mkdir(parents=True)
+    records = [*rows("m", 60), ("a", "m message 0")]  # and a duplicate, which dedupe drops
+    pd.DataFrame(records, columns=["label", "text"]).to_csv(paths.RAW_DATA, index=False)
+    one = data_params(format="csv", labels=None, positive_label=None)
+    at_random, random_report = splits.split_dataset(one.data, one.split)
+    paths.RAW_DATA.unlink()
+    for name, frame in at_random.items():
+        write_raw(name, list(frame[["label", "text"]].itertuples(index=False)))
+    p = given()
+    as_given, given_report = splits.split_dataset(p.data, p.split)
+    for name in paths.SPLITS:
+        columns = ["label", "text"]
+        assert as_given[name][columns].equals(at_random[name][columns]), name
+        assert given_report[name] == random_report[name]
+    assert given_report["cross_duplicates"] == {"train-val": 0, "train-test": 0, "val-test": 0}
+    assert given_report["labels"] == random_report["labels"] == ["a", "b", "c"]
+
+
 def test_a_split_column_names_each_rows_split(workspace: Path) -> None:
     frame = pd.DataFrame(
         [

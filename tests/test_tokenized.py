@@ -36,6 +36,17 @@ def test_encode_gives_the_tokenizers_ids(enc) -> None:
     assert all(0 <= t < enc.eot_token for row in ids for t in row)
 
 
+def test_encode_in_slices_on_threads_keeps_every_text_in_its_place(enc) -> None:
+    texts = [f"message {i} " * (i % 7) for i in range(3 * tokenized.SLICE_TEXTS + 1)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # three slices, the last one shorter, whatever the cores
+    try:
+        ids = tokenized.encode(enc, texts)
+    finally:
+        torch.set_num_threads(threads)
+    assert ids == [enc.encode_ordinary(t) or [enc.eot_token] for t in texts]
+
+
 def test_empty_text_is_one_end_of_text_token(enc) -> None:
     eot = enc.eot_token
     assert tokenized.encode(enc, ["", "hi", ""]) == [[eot], enc.encode_ordinary("hi"), [eot]]
