@@ -10,7 +10,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from spamgpt import atomic, contracts, data, metrics, multilabel, multilabel_metrics, paths
+from spamgpt import (
+    atomic,
+    contracts,
+    data,
+    multilabel,
+    multilabel_metrics,
+    paths,
+    results,
+)
 from spamgpt.labels import Classes
 from spamgpt.tracking import Run
 
@@ -31,9 +39,7 @@ class Evaluation:
         """The evaluation into the training run: test and baseline metrics, each label's
         threshold, per-split reports, label-pair confusion figures, the per-label table, the
         test answers, the micro-averaged curves."""
-        classes, reports = self.classes, self.reports
-        run.log_metrics(metrics.flat(reports["test"], "test", classes), 0)
-        run.log_metrics(metrics.flat(self.baseline["test"], "baseline", classes), 0)
+        classes = self.classes
         thresholds = {}
         for name in classes.names:
             key = classes.metric_name(name)
@@ -41,26 +47,10 @@ class Evaluation:
             thresholds[f"val/best_threshold_{key}"] = self.choice.best_f1[name]
             for k, v in ((self.choice.reached or {}).get(name) or {}).items():
                 thresholds[f"val/threshold_{key}_{k}"] = v
-        run.log_metrics(thresholds, 0)
         pairs = Classes((*classes.names, multilabel.NONE))
-        for s, report in reports.items():
-            run.log_dict(report, f"evaluation/{s}_metrics.json")
-            run.log_figure(
-                metrics.confusion_figure(report["confusion_matrix"], s, pairs),
-                f"evaluation/{s}_confusion_matrix.png",
-            )
-        table = metrics.per_class_table(reports, classes)
-        run.log_dict(table, "evaluation/per_class_metrics.json")
-        run.log_artifact(paths.MISCLASSIFIED_TEST, "evaluation")
-        run.log_artifact(paths.PREDICTIONS_TEST, "evaluation")
-        for name, frame in self.curves.items():
-            if frame.empty:
-                continue
-            x, y = frame.columns[len(metrics.POINT) :]
-            series = {f"{c} (test)": (part[x], part[y]) for c, part in frame.groupby("class")}
-            run.log_figure(
-                metrics.curve_figure(series, x, name), f"evaluation/test_{name}_curve.png"
-            )
+        results.log_evaluation(
+            run, self.reports, classes, self.baseline, thresholds, self.curves, pairs
+        )
 
 
 def evaluate(

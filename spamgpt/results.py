@@ -175,16 +175,18 @@ def log_evaluation(
     baseline: dict,
     thresholds: dict[str, float | None],
     curves: dict[str, pd.DataFrame],
+    confusion_classes: Classes | None = None,
 ) -> None:
     """The evaluation into the training run: test and baseline metrics, per-split reports,
-    confusion matrices, the per-class table, misclassified messages, test curves."""
+    confusion matrices (their rows and columns `confusion_classes`, default `classes`), the
+    per-class table, misclassified messages, test curves."""
     run.log_metrics(metrics.flat(reports["test"], "test", classes), 0)
     run.log_metrics(metrics.flat(baseline["test"], "baseline", classes), 0)
     run.log_metrics({k: v for k, v in thresholds.items() if v is not None}, 0)
     for s, report in reports.items():
         run.log_dict(report, f"evaluation/{s}_metrics.json")
         run.log_figure(
-            metrics.confusion_figure(report["confusion_matrix"], s, classes),
+            metrics.confusion_figure(report["confusion_matrix"], s, confusion_classes or classes),
             f"evaluation/{s}_confusion_matrix.png",
         )
     table = metrics.per_class_table(reports, classes)
