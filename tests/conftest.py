@@ -211,6 +211,15 @@ def post(url: str, payload: dict) -> dict:
         return json.load(response)
 
 
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """One JSON object per line, as a JSON Lines data file holds them."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(
         cmd,

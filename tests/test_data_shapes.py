@@ -13,7 +13,14 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_project, restored_tracking_uri, run, tiny_params
+from conftest import (
+    make_project,
+    read_json,
+    restored_tracking_uri,
+    run,
+    tiny_params,
+    write_jsonl,
+)
 from mlflow.tracking import MlflowClient
 
 from spamgpt import cli, download
@@ -56,10 +63,6 @@ def mails(n: int, seed: int, prefix: str) -> list[dict]:
     ]
 
 
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-
-
 @pytest.fixture(scope="module")
 def project(mirror, tmp_path_factory):
     files = {s: {"url": f"data/local/{s}.jsonl", "sha256": None} for s in ("train", "val", "test")}
@@ -83,10 +86,6 @@ def project(mirror, tmp_path_factory):
     run(["git", "commit", "-qm", "mail"], path)
     run(["dvc", "repro"], path)
     return path
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
 
 
 def run_id_of(path: Path) -> str:

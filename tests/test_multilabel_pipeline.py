@@ -6,12 +6,11 @@ metrics in metrics/eval.json, the DVC plot data and MLflow, the TF-IDF baseline 
 
 import json
 import random
-from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
-from conftest import make_project, run, tiny_params
+from conftest import make_project, read_json, run, tiny_params, write_jsonl
 from mlflow.tracking import MlflowClient
 
 # Each label is carried by a message holding one of its words; the words of the others and
@@ -34,10 +33,6 @@ def tickets(n: int, seed: int) -> list[dict]:
         rng.shuffle(words)
         rows.append({"id": i, "body": f"{' '.join(words)} {i}", "tags": labels})
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +63,6 @@ def project(mirror, tmp_path_factory):
     run(["git", "commit", "-qm", "tickets"], path)
     run(["dvc", "repro"], path)
     return path
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
 
 
 def test_labels_are_found_split_and_conflicts_counted(project) -> None:

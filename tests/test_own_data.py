@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import http_service, make_project, post, run, subprocess_env, tiny_params
+from conftest import (
+    http_service,
+    make_project,
+    post,
+    read_json,
+    run,
+    subprocess_env,
+    tiny_params,
+)
 from mlflow.tracking import MlflowClient
 
 TEAMS = {
@@ -62,10 +70,6 @@ def project(mirror, tmp_path_factory):
     run(["git", "commit", "-qm", "tickets"], path)
     first = run(["dvc", "repro"], path)
     return path, first.stdout + first.stderr
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
 
 
 def test_classes_are_found_and_split(project) -> None:

@@ -25,6 +25,7 @@ from conftest import (
     assert_same_answers,
     expected_answers,
     make_project,
+    read_json,
     restored_tracking_uri,
     run,
     subprocess_env,
@@ -51,10 +52,6 @@ def mlflow_client(project):
 
 
 PRETRAINED = "models/pretrained"  # the project's base weights, under its root
-
-
-def read_json(path):
-    return json.loads(path.read_text())
 
 
 def test_repro_runs_every_stage_in_order(project):

@@ -27,6 +27,7 @@ from conftest import (
     STAGES,
     TINY_REVISION,
     Mirror,
+    read_json,
     restored_tracking_uri,
     serve_mirror,
     sms_collection,
@@ -124,10 +125,6 @@ def recipe_runs(mirror: Mirror, tmp_path_factory: pytest.TempPathFactory):
                 runpy.run_path(str(REPO / "stages" / f"{stage}.py"))["main"](loaded)
             runs[name] = folder
     return runs
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
 
 
 def mlflow_run(folder: Path):
