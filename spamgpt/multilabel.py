@@ -52,7 +52,9 @@ def validation_loss(
     return float(-(positive + (1 - targets) * log_q).mean())
 
 
-def answers(probabilities: np.ndarray, classes: Classes, threshold) -> list[dict]:
+def answers(
+    probabilities: np.ndarray, classes: Classes, threshold: float | dict[str, float] | None
+) -> list[dict]:
     """Each message's answer: `labels` (those at or over their thresholds, in the classes'
     order) and every label's probability."""
     probs = np.asarray(probabilities, dtype=float)
@@ -72,7 +74,9 @@ def label_lists(on: np.ndarray, classes: Classes) -> list[str]:
     return [json.dumps([n for n, v in zip(names, row, strict=True) if v]) for row in on]
 
 
-def prediction_frame(probabilities: np.ndarray, classes: Classes, threshold) -> pd.DataFrame:
+def prediction_frame(
+    probabilities: np.ndarray, classes: Classes, threshold: float | dict[str, float] | None
+) -> pd.DataFrame:
     """The answers as a table: `labels` (a JSON list) and `p_<label>` for every label."""
     probs = np.asarray(probabilities, dtype=np.float64)
     frame = pd.DataFrame({"labels": label_lists(classes.predicted(probs, threshold), classes)})
