@@ -106,6 +106,12 @@ def test_ctrl_c_as_the_folder_is_made_leaves_none(dest: Path, monkeypatch) -> No
         return folder
 
     monkeypatch.setattr(tempfile, "mkdtemp", then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt), atomic.replaced_dir(dest):
-        pass
+    # Python's own Ctrl-C handler, which a job started in the background (`cmd &`) lacks: it
+    # inherits SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), atomic.replaced_dir(dest):
+            pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert sorted(p.name for p in dest.parent.iterdir()) == ["split"]
