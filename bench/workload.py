@@ -7,6 +7,7 @@ The messages follow a labelled source: the SMS Spam Collection file where one is
 source line's label and word count and draws its words from the words of that class.
 """
 
+import argparse
 import contextlib
 import http.server
 import os
@@ -89,6 +90,22 @@ def bench_environment() -> None:
     for who in ("AUTHOR", "COMMITTER"):
         os.environ.update({f"GIT_{who}_NAME": "bench", f"GIT_{who}_EMAIL": "bench@spamgpt.invalid"})
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the pipeline benchmarks take alike: --data (the source the messages follow),
+    --tokenizer, the random GPT-2's shape (--layers --dim --heads --n-ctx) and -S overrides
+    of params.yaml."""
+    parser.add_argument("--data", type=Path, help="the SMS Spam Collection file")
+    parser.add_argument("--tokenizer", type=Path, help="a folder with vocab.json, merges.txt")
+    for name in ("layers", "dim", "heads", "n-ctx"):
+        parser.add_argument(f"--{name}", type=int)
+    parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value")
+
+
+def given(args: argparse.Namespace, defaults: dict) -> dict:
+    """`defaults`, each one the command line gives taking the given value."""
+    return {k: v if getattr(args, k) is None else getattr(args, k) for k, v in defaults.items()}
 
 
 def make_project(path: Path, data: dict, model: dict, overrides: list[str]) -> None:
