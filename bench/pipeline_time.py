@@ -27,17 +27,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from workload import (
-    REVISION,
-    SMS_ROWS,
-    add_workload_arguments,
-    bench_environment,
-    given,
-    make_project,
-    serve,
-    sms_like,
-    timed,
-)
+from workload import REVISION, SMS_ROWS, make_project, serve, sms_like, start, timed
 
 from spamgpt.random_hub import make_hub
 
@@ -64,14 +54,11 @@ def step(label: str, cmd: list[str], project: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_workload_arguments(parser)
     parser.add_argument("--rows", type=int, help="the first N messages (default: all)")
     parser.add_argument("--keep", type=Path, help="copy the project here at the end")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, 300 rows, 1 epoch")
-    args = parser.parse_args()
-    size = given(args, TINY if args.tiny else FULL)
+    args, size = start(parser, TINY, FULL)
     overrides = ["train.epochs=1", *args.overrides] if args.tiny else args.overrides
-    bench_environment()
 
     with tempfile.TemporaryDirectory() as tmp:
         mirror, project = Path(tmp) / "mirror", Path(tmp) / "project"

@@ -28,17 +28,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from workload import (
-    REVISION,
-    ROOT,
-    add_workload_arguments,
-    bench_environment,
-    given,
-    make_project,
-    serve,
-    sms_like,
-    timed,
-)
+from workload import REVISION, ROOT, make_project, serve, sms_like, start, timed
 
 from spamgpt.random_hub import make_hub
 
@@ -60,11 +50,8 @@ def write_csv(path: Path, n: int, source: Path | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+")
-    add_workload_arguments(parser)
     parser.add_argument("--tiny", action="store_true", help="300 messages, tiny shapes")
-    args = parser.parse_args()
-    size = given(args, TINY if args.tiny else FULL)
-    bench_environment()
+    args, size = start(parser, TINY, FULL)
     # Shared cores (as this project's machine has): OpenMP's threads sleep at a barrier instead
     # of spinning, so the ratios measure the pipeline, not the scheduler (docs/how-it-is-fast.md).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
