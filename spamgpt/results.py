@@ -160,30 +160,28 @@ def evaluate(
     probabilities: dict[str, np.ndarray],
     baseline: dict,
 ) -> Evaluation:
-    """The threshold chosen on validation (evaluate.threshold: multilabel_metrics'
-    per-label choice for multi-label classes, else metrics'), each split's report at it,
-    the test curves."""
-    if classes.multi_label:
-        choose, report = multilabel_metrics.choose_thresholds, multilabel_metrics.report
-        curve_frames = multilabel_metrics.curve_frames
+    """evaluate.threshold chosen on the val split (multi-label, one per label:
+    multilabel_metrics.choose_thresholds; else metrics.choose_threshold), each split of
+    `labels` and `probabilities` (val, test) reported at it, and the test curves; `baseline`
+    (metrics/baseline.json) goes beside."""
+    val = labels["val"], probabilities["val"]
+    if classes.multi_label:  # a threshold per label
+        choice = multilabel_metrics.choose_thresholds(setting, classes, *val)
+        report, curve_frames = multilabel_metrics.report, multilabel_metrics.curve_frames
     else:
-        choose, report, curve_frames = (
-            metrics.choose_threshold,
-            metrics.report,
-            metrics.curve_frames,
-        )
-    choice = choose(setting, classes, labels["val"], probabilities["val"])
+        choice = metrics.choose_threshold(setting, classes, *val)
+        report, curve_frames = metrics.report, metrics.curve_frames
     reports = {s: report(labels[s], probabilities[s], choice.threshold, classes) for s in labels}
     return Evaluation(
-        classes,
-        reports,
-        baseline,
-        curve_frames(labels["test"], probabilities["test"], classes),
-        labels["test"],
-        probabilities["test"],
-        choice.threshold,
-        choice.best_f1,
-        choice.reached,
+        classes=classes,
+        reports=reports,
+        baseline=baseline,
+        curves=curve_frames(labels["test"], probabilities["test"], classes),
+        test_labels=labels["test"],
+        test_probabilities=probabilities["test"],
+        threshold=choice.threshold,
+        best_val_threshold=choice.best_f1,
+        val_at_threshold=choice.reached,
     )
 
 
