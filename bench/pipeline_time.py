@@ -27,7 +27,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from workload import REVISION, SMS_ROWS, bench_environment, make_project, serve, sms_like, timed
+from workload import REVISION, SMS_ROWS, make_project, serve, sms_like, start, timed
 
 from spamgpt.random_hub import make_hub
 
@@ -54,19 +54,11 @@ def step(label: str, cmd: list[str], project: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, help="the SMS Spam Collection file")
     parser.add_argument("--rows", type=int, help="the first N messages (default: all)")
-    parser.add_argument("--tokenizer", type=Path, help="a folder with vocab.json, merges.txt")
-    for name in ("layers", "dim", "heads", "n-ctx"):
-        parser.add_argument(f"--{name}", type=int)
-    parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value")
     parser.add_argument("--keep", type=Path, help="copy the project here at the end")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, 300 rows, 1 epoch")
-    args = parser.parse_args()
-    size = {k: v if getattr(args, k) is None else getattr(args, k)
-            for k, v in (TINY if args.tiny else FULL).items()}  # fmt: skip
+    args, size = start(parser, TINY, FULL)
     overrides = ["train.epochs=1", *args.overrides] if args.tiny else args.overrides
-    bench_environment()
 
     with tempfile.TemporaryDirectory() as tmp:
         mirror, project = Path(tmp) / "mirror", Path(tmp) / "project"

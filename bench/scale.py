@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from workload import REVISION, ROOT, bench_environment, make_project, serve, sms_like, timed
+from workload import REVISION, ROOT, make_project, serve, sms_like, start, timed
 
 from spamgpt.random_hub import make_hub
 
@@ -50,16 +50,8 @@ def write_csv(path: Path, n: int, source: Path | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+")
-    parser.add_argument("--data", type=Path, help="the SMS Spam Collection file")
-    parser.add_argument("--tokenizer", type=Path, help="a folder with vocab.json, merges.txt")
-    for name in ("layers", "dim", "heads", "n-ctx"):
-        parser.add_argument(f"--{name}", type=int)
-    parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value")
     parser.add_argument("--tiny", action="store_true", help="300 messages, tiny shapes")
-    args = parser.parse_args()
-    size = {k: v if getattr(args, k) is None else getattr(args, k)
-            for k, v in (TINY if args.tiny else FULL).items()}  # fmt: skip
-    bench_environment()
+    args, size = start(parser, TINY, FULL)
     # Shared cores (as this project's machine has): OpenMP's threads sleep at a barrier instead
     # of spinning, so the ratios measure the pipeline, not the scheduler (docs/how-it-is-fast.md).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -7,6 +7,7 @@ The messages follow a labelled source: the SMS Spam Collection file where one is
 source line's label and word count and draws its words from the words of that class.
 """
 
+import argparse
 import contextlib
 import http.server
 import os
@@ -89,6 +90,25 @@ def bench_environment() -> None:
     for who in ("AUTHOR", "COMMITTER"):
         os.environ.update({f"GIT_{who}_NAME": "bench", f"GIT_{who}_EMAIL": "bench@spamgpt.invalid"})
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+def start(
+    parser: argparse.ArgumentParser, tiny: dict, full: dict
+) -> tuple[argparse.Namespace, dict]:
+    """What a pipeline benchmark starts with: its command line, with the options they share
+    (--data: the source the messages follow, --tokenizer, the random GPT-2's shape, -S
+    overrides of params.yaml); its sizes, `tiny` under --tiny else `full`, each one the
+    command line gives taking that value; the environment of bench_environment."""
+    parser.add_argument("--data", type=Path, help="the SMS Spam Collection file")
+    parser.add_argument("--tokenizer", type=Path, help="a folder with vocab.json, merges.txt")
+    for name in ("layers", "dim", "heads", "n-ctx"):
+        parser.add_argument(f"--{name}", type=int)
+    parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value")
+    args = parser.parse_args()
+    defaults = tiny if args.tiny else full
+    size = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in defaults.items()}
+    bench_environment()
+    return args, size
 
 
 def make_project(path: Path, data: dict, model: dict, overrides: list[str]) -> None:

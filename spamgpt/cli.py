@@ -134,6 +134,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--model and --pretrained of the commands that load a model folder or a logged MLflow
+    model (predict, export)."""
+    p.add_argument(
+        "--model",
+        default=str(paths.FINETUNED_DIR),
+        help="a fine-tuned model folder, or a logged MLflow model (runs:/<run_id>/model)",
+    )
+    p.add_argument(
+        "--pretrained", type=Path, default=paths.PRETRAINED_DIR, help="base models folder"
+    )
+
+
 def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     from spamgpt.predict import FORMATS
 
@@ -149,14 +162,7 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--keep", nargs="+", default=[], help="columns copied to the output")
     p.add_argument("--bad-lines", choices=["error", "skip"], default="error")
-    p.add_argument(
-        "--model",
-        default=str(paths.FINETUNED_DIR),
-        help="a fine-tuned model folder, or a logged MLflow model (runs:/<run_id>/model)",
-    )
-    p.add_argument(
-        "--pretrained", type=Path, default=paths.PRETRAINED_DIR, help="base models folder"
-    )
+    add_model_arguments(p)
     p.add_argument(
         "--threshold", type=float, help="on the positive class's probability (default: the model's)"
     )
@@ -164,6 +170,16 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--max-tokens", type=positive_int, help="padded tokens per batch")
     p.set_defaults(run=predict)
+
+
+def add_export_parser(commands: argparse._SubParsersAction) -> None:
+    e = commands.add_parser(
+        "export", help="write the fine-tuned model for transformers or ONNX Runtime"
+    )
+    e.add_argument("dest", type=Path, help="the folder (transformers) or the .onnx file to write")
+    e.add_argument("--to", required=True, choices=export.FORMATS, help="what to write")
+    add_model_arguments(e)
+    e.set_defaults(run=export.command)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -194,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         help="padded tokens per batch (memory vs speed; default: 1024 on a CPU, 32768 on a GPU)",
     )
     add_predict_parser(commands)
-    export.add_command(commands)
+    add_export_parser(commands)
     args = parser.parse_args(argv)
     try:
         getattr(args, "run", classify)(args)

@@ -296,24 +296,6 @@ def log_exports(
             run.log_artifact(Path(tmp) / "model.onnx", "onnx")
 
 
-def add_command(commands: argparse._SubParsersAction) -> None:
-    """`spamgpt export`, under the command line's subcommands."""
-    e = commands.add_parser(
-        "export", help="write the fine-tuned model for transformers or ONNX Runtime"
-    )
-    e.add_argument("dest", type=Path, help="the folder (transformers) or the .onnx file to write")
-    e.add_argument("--to", required=True, choices=FORMATS, help="what to write")
-    e.add_argument(
-        "--model",
-        default=str(paths.FINETUNED_DIR),
-        help="fine-tuned model folder, or an MLflow model URI such as runs:/<run_id>/model",
-    )
-    e.add_argument(
-        "--pretrained", type=Path, default=paths.PRETRAINED_DIR, help="base models folder"
-    )
-    e.set_defaults(run=command)
-
-
 def command(args: argparse.Namespace) -> None:
     with loaded(args.model, args.pretrained) as (model, meta, folder):
         if args.to == "transformers":

@@ -2,14 +2,26 @@
 metrics files for DVC, plot data, and the same results in their MLflow run (parameters,
 dataset, figures, tables)."""
 
+import logging
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
-from spamgpt import atomic, classifier, contracts, data, download, metrics, paths
+from spamgpt import (
+    atomic,
+    classifier,
+    contracts,
+    data,
+    download,
+    metrics,
+    multilabel,
+    multilabel_metrics,
+    paths,
+)
 from spamgpt.labels import Classes
 from spamgpt.params import PARAMS_FILE, ModelParams, Params, flatten
 from spamgpt.texts import ONE_TEXT, TextFields
@@ -17,6 +29,8 @@ from spamgpt.tracking import Run
 
 if TYPE_CHECKING:  # finetune's results read the training loop's; evaluate's need no loop
     from spamgpt.train import State, Trainer
+
+log = logging.getLogger(__name__)
 
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # MLflow's words
 
@@ -112,88 +126,172 @@ def write_training(
     }
 
 
-def write_evaluation(
-    reports: dict[str, dict],
+def check_threshold(setting: float | str | dict | None, classes: Classes) -> None:
+    """evaluate.threshold against the data's classes, before any work: multi-label data needs
+    one for its labels (a ParamsError), and without a positive class none applies."""
+    if classes.multi_label:
+        multilabel_metrics.check_threshold(setting)
+    elif classes.positive is None and setting is not None:
+        log.info("no data.positive_label: each message gets its most probable class")
+
+
+@dataclass
+class Evaluation:
+    """What evaluate found: each split's report and the baseline's (metrics/baseline.json),
+    the test curves, labels and probabilities, and the threshold applied (the positive
+    class's, None for the most probable class; multi-label, {label: threshold}) with the
+    validation-F1 optimum and what an evaluate.threshold policy reached on validation."""
+
+    classes: Classes
+    reports: dict[str, dict]
+    baseline: dict
+    curves: dict[str, pd.DataFrame]
+    test_labels: np.ndarray  # class indices (N,); multi-label, (N, labels) 0/1 targets
+    test_probabilities: np.ndarray
+    threshold: float | dict[str, float] | None
+    best_val_threshold: float | dict[str, float] | None = None
+    val_at_threshold: dict | None = None
+
+
+def evaluate(
+    setting: float | str | dict | None,
     classes: Classes,
-    threshold: float | None,
-    best_val_threshold: float | None,
+    labels: dict[str, np.ndarray],
+    probabilities: dict[str, np.ndarray],
     baseline: dict,
-    test_probs: np.ndarray,
-    curves: dict[str, pd.DataFrame],
-    val_at_threshold: dict[str, float] | None = None,
-) -> None:
+) -> Evaluation:
+    """evaluate.threshold chosen on the val split (multi-label, one per label:
+    multilabel_metrics.choose_thresholds; else metrics.choose_threshold), each split of
+    `labels` and `probabilities` (val, test) reported at it, and the test curves; `baseline`
+    (metrics/baseline.json) goes beside."""
+    val = labels["val"], probabilities["val"]
+    if classes.multi_label:  # a threshold per label
+        choice = multilabel_metrics.choose_thresholds(setting, classes, *val)
+        report, curve_frames = multilabel_metrics.report, multilabel_metrics.curve_frames
+    else:
+        choice = metrics.choose_threshold(setting, classes, *val)
+        report, curve_frames = metrics.report, metrics.curve_frames
+    reports = {s: report(labels[s], probabilities[s], choice.threshold, classes) for s in labels}
+    return Evaluation(
+        classes=classes,
+        reports=reports,
+        baseline=baseline,
+        curves=curve_frames(labels["test"], probabilities["test"], classes),
+        test_labels=labels["test"],
+        test_probabilities=probabilities["test"],
+        threshold=choice.threshold,
+        best_val_threshold=choice.best_f1,
+        val_at_threshold=choice.reached,
+    )
+
+
+def write_evaluation(evaluation: Evaluation) -> None:
     """metrics/eval.json (the test figures to compare, the baseline's selection figure, the
     threshold and what a policy reached with it), the whole report of every split
     (reports/evaluation.json), the test confusion and curve plot data, every test message's
     prediction (reports/predictions_test.csv) and the misclassified ones
-    (reports/misclassified_test.csv). `val_at_threshold`: the validation precision, recall
-    and FPR an evaluate.threshold policy reached."""
-    policy = {} if val_at_threshold is None else {"val_at_threshold": val_at_threshold}
+    (reports/misclassified_test.csv)."""
+    e, classes = evaluation, evaluation.classes
+    policy = {} if e.val_at_threshold is None else {"val_at_threshold": e.val_at_threshold}
     atomic.write_json(
         paths.EVAL_REPORT,
         {
-            "threshold": threshold,
-            "best_val_threshold": best_val_threshold,
+            "threshold": e.threshold,
+            "best_val_threshold": e.best_val_threshold,
             **policy,
-            **reports,
-            "baseline": {s: baseline[s] for s in reports},
+            **e.reports,
+            "baseline": {s: e.baseline[s] for s in e.reports},
         },
     )
+    if classes.multi_label:  # the set figures; the baseline's micro F1
+        compared = multilabel_metrics.compared(e.reports["test"])
+        baseline = {"micro_f1": e.baseline["test"]["micro_f1"]}
+    else:
+        compared = metrics.compared(e.reports["test"], classes)
+        baseline = metrics.selection_figure(e.baseline["test"], classes)
     contracts.write_evaluation(
-        {
-            **metrics.compared(reports["test"], classes),
-            "threshold": threshold,
-            **policy,
-            "baseline": metrics.selection_figure(baseline["test"], classes),
-        }
+        {**compared, "threshold": e.threshold, **policy, "baseline": baseline}
     )
     test = data.read_split(paths.split_file("test"))
-    answers = classifier.prediction_frame(test_probs, classes, threshold)
-    test["predicted"] = answers.pop("label")
+    answers = classifier.prediction_frame(e.test_probabilities, classes, e.threshold)
+    test["predicted"] = answers.pop("labels" if classes.multi_label else "label")
     predictions = pd.concat([test[["line", "label", "predicted"]], answers.round(6)], axis=1)
-    data.write_split(predictions.assign(text=test["text"]), paths.PREDICTIONS_TEST)
+    predictions = predictions.assign(text=test["text"])
+    data.write_split(predictions, paths.PREDICTIONS_TEST)
+    confusion, wrong = _test_errors(e, predictions)
+    _write_csv(confusion, paths.CONFUSION_TEST_PLOT)
+    for name, frame in e.curves.items():
+        _write_csv(frame, paths.curve_plot(name))
+    data.write_split(wrong, paths.MISCLASSIFIED_TEST)
+
+
+def _test_errors(
+    evaluation: Evaluation, predictions: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The confusion plot's (actual, predicted) rows of the test split and its misclassified
+    messages: multi-label, the label pairs (multilabel_metrics.confusion_pairs) and each
+    message whose label set is wrong, with every label's probability; otherwise each message's
+    classes and those whose class is wrong, with the probability a threshold reads (the
+    positive class's) or else the predicted class's."""
+    classes, probabilities = evaluation.classes, evaluation.test_probabilities
+    if classes.multi_label:
+        truth = evaluation.test_labels > 0.5
+        predicted = classes.predicted(probabilities, evaluation.threshold)
+        confusion = multilabel_metrics.confusion_pairs(truth, predicted, classes)
+        return confusion, predictions[(truth != predicted).any(axis=1)]
+    confusion = predictions.rename(columns={"label": "actual"})[["actual", "predicted"]]
     if classes.positive is not None:  # its probability, as a threshold reads it
         probability = f"{classes.positive}_probability"
-        test[probability] = test_probs[:, classes.positive_index].round(6)
+        shown = probabilities[:, classes.positive_index].round(6)
     else:  # the predicted class's
-        probability = "probability"
-        test[probability] = answers[probability].round(6)
-    _write_csv(
-        test.rename(columns={"label": "actual"})[["actual", "predicted"]], paths.CONFUSION_TEST_PLOT
-    )
-    for name, frame in curves.items():
-        _write_csv(frame, paths.curve_plot(name))
-    wrong = test[test["predicted"] != test["label"]]
-    columns = ["line", "label", "predicted", probability, "text"]
-    data.write_split(wrong[columns], paths.MISCLASSIFIED_TEST)
+        probability, shown = "probability", predictions["probability"]
+    wrong = predictions.assign(**{probability: shown})
+    wrong = wrong[wrong["predicted"] != wrong["label"]]
+    return confusion, wrong[["line", "label", "predicted", probability, "text"]]
 
 
-def log_evaluation(
-    run: Run,
-    reports: dict[str, dict],
-    classes: Classes,
-    baseline: dict,
-    thresholds: dict[str, float | None],
-    curves: dict[str, pd.DataFrame],
-    confusion_classes: Classes | None = None,
-) -> None:
-    """The evaluation into the training run: test and baseline metrics, per-split reports,
-    confusion matrices (their rows and columns `confusion_classes`, default `classes`), the
-    per-class table, misclassified messages, test curves."""
+def _threshold_metrics(evaluation: Evaluation) -> dict[str, float]:
+    """The thresholds as MLflow metrics: test/threshold applied, val/best_threshold (the F1
+    optimum) and val/threshold_<figure> a policy reached; multi-label, each with the label's
+    name after it."""
+    e, classes = evaluation, evaluation.classes
+    if not classes.multi_label:
+        found = {"test/threshold": e.threshold, "val/best_threshold": e.best_val_threshold}
+        found |= {f"val/threshold_{k}": v for k, v in (e.val_at_threshold or {}).items()}
+        return {k: v for k, v in found.items() if v is not None}
+    found = {}
+    for name in classes.names:
+        key = classes.metric_name(name)
+        found[f"test/threshold_{key}"] = e.threshold[name]
+        found[f"val/best_threshold_{key}"] = e.best_val_threshold[name]
+        for k, v in ((e.val_at_threshold or {}).get(name) or {}).items():
+            found[f"val/threshold_{key}_{k}"] = v
+    return found
+
+
+def log_evaluation(run: Run, evaluation: Evaluation) -> None:
+    """The evaluation into the training run: test and baseline metrics, the thresholds,
+    per-split reports, confusion matrices (multi-label, of label pairs), the per-class table,
+    the test answers and misclassified messages, test curves."""
+    reports, classes = evaluation.reports, evaluation.classes
     run.log_metrics(metrics.flat(reports["test"], "test", classes), 0)
-    run.log_metrics(metrics.flat(baseline["test"], "baseline", classes), 0)
-    run.log_metrics({k: v for k, v in thresholds.items() if v is not None}, 0)
+    run.log_metrics(metrics.flat(evaluation.baseline["test"], "baseline", classes), 0)
+    run.log_metrics(_threshold_metrics(evaluation), 0)
+    if classes.multi_label:  # the confusion of (actual, predicted) labels, "no label" one
+        confusion_classes = Classes((*classes.names, multilabel.NONE))
+    else:
+        confusion_classes = classes
     for s, report in reports.items():
         run.log_dict(report, f"evaluation/{s}_metrics.json")
         run.log_figure(
-            metrics.confusion_figure(report["confusion_matrix"], s, confusion_classes or classes),
+            metrics.confusion_figure(report["confusion_matrix"], s, confusion_classes),
             f"evaluation/{s}_confusion_matrix.png",
         )
     table = metrics.per_class_table(reports, classes)
     run.log_dict(table, "evaluation/per_class_metrics.json")
     run.log_artifact(paths.MISCLASSIFIED_TEST, "evaluation")
     run.log_artifact(paths.PREDICTIONS_TEST, "evaluation")
-    for name, frame in curves.items():
+    for name, frame in evaluation.curves.items():
         if frame.empty:
             continue
         x, y = frame.columns[len(metrics.POINT) :]

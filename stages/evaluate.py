@@ -1,9 +1,7 @@
 """evaluate: the best fine-tuned model on validation and test: metrics, confusion matrices,
 curves and misclassified messages, into DVC metrics/plots and the finetune MLflow run."""
 
-from spamgpt import classifier, contracts, metrics, paths, results, runtime, stage, tracking
-from spamgpt import multilabel_metrics as multi_metrics
-from spamgpt import multilabel_results as multi_results
+from spamgpt import classifier, contracts, paths, results, runtime, stage, tracking
 from spamgpt.params import Params
 from spamgpt.trunk import Split
 
@@ -11,10 +9,7 @@ from spamgpt.trunk import Split
 def main(params: Params) -> None:
     device, precision = runtime.setup(params.train.device, params.train.precision)
     classes = contracts.read_classes()
-    if classes.multi_label:
-        multi_metrics.check_threshold(params.evaluate.threshold)
-    elif classes.positive is None and params.evaluate.threshold is not None:
-        stage.log.info("no data.positive_label: each message gets its most probable class")
+    results.check_threshold(params.evaluate.threshold, classes)
     tracking.connect()
     splits = {s: Split.read(s, contracts.read_frozen_blocks()) for s in ("val", "test")}
     labels = {s: split.labels.numpy() for s, split in splits.items()}
@@ -23,34 +18,19 @@ def main(params: Params) -> None:
         s: classifier.class_probabilities(model.to(device), split.inputs, device, precision).numpy()
         for s, split in splits.items()
     }
-    if classes.multi_label:  # a threshold per label (spamgpt.multilabel)
-        multi = multi_results.evaluate(params.evaluate.threshold, classes, labels, probs)
-        threshold, mlf = multi.threshold, params.mlflow
-    else:
-        choice = metrics.choose_threshold(
-            params.evaluate.threshold, classes, labels["val"], probs["val"]
-        )
-        threshold, best = choice.threshold, choice.best_f1
-        reports = {s: metrics.report(labels[s], probs[s], threshold, classes) for s in splits}
-        baseline = contracts.read_baseline()
-        curves = metrics.curve_frames(labels["test"], probs["test"], classes)
-        results.write_evaluation(
-            reports, classes, threshold, best, baseline, probs["test"], curves, choice.reached
-        )
-        mlf, thresholds = params.mlflow, {"test/threshold": threshold, "val/best_threshold": best}
-        thresholds |= {f"val/threshold_{k}": v for k, v in (choice.reached or {}).items()}
+    baseline = contracts.read_baseline()
+    evaluation = results.evaluate(params.evaluate.threshold, classes, labels, probs, baseline)
+    results.write_evaluation(evaluation)
+    mlf = params.mlflow
     with tracking.Run.open(mlf.experiment, contracts.read_mlflow_run()) as run:
-        if classes.multi_label:
-            multi.log(run)
-        else:
-            results.log_evaluation(run, reports, classes, baseline, thresholds, curves)
+        results.log_evaluation(run, evaluation)
         if mlf.log_model:
             from spamgpt import serving  # mlflow.pyfunc: only where a model is logged
 
             base = serving.BaseWeights(**contracts.read_base_weights())
             full = mlf.log_model == "full"  # its every tensor comes from `loaded`
             serving.log_model(
-                run.run_id, paths.FINETUNED_DIR, threshold, mlf.registered_model,
+                run.run_id, paths.FINETUNED_DIR, evaluation.threshold, mlf.registered_model,
                 base=base, full=full, loaded=(model, meta),
             )  # fmt: skip
         if mlf.export:

@@ -41,7 +41,8 @@ def write_run(classes: Classes, threshold: float | None) -> None:
         s: metrics.report(labels, np.roll(probs, 1, axis=0), threshold, classes) for s in reports
     }
     curves = metrics.curve_frames(labels, probs, classes)
-    results.write_evaluation(reports, classes, threshold, None, baseline, probs, curves)
+    evaluated = results.Evaluation(classes, reports, baseline, curves, labels, probs, threshold)
+    results.write_evaluation(evaluated)
     state = State()
     for epoch in (1, 2, 3):  # each evaluated at its end
         state.epoch, state.step, state.epoch_samples, state.epoch_loss_sum = (
@@ -142,7 +143,10 @@ def evaluate(classes: Classes, probs: list[list[float]], threshold: float | None
     reports = {"test": metrics.report(labels, np.array(probs), threshold, classes)}
     curves = metrics.curve_frames(labels, np.array(probs), classes)
     baseline = {"test": reports["test"], "val": {}}
-    results.write_evaluation(reports, classes, threshold, 0.7, baseline, np.array(probs), curves)
+    evaluated = results.Evaluation(
+        classes, reports, baseline, curves, labels, np.array(probs), threshold, 0.7
+    )
+    results.write_evaluation(evaluated)
     return data.read_split(paths.MISCLASSIFIED_TEST)
 
 
