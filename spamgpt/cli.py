@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from spamgpt import classifier, contracts, export, multilabel, paths, runtime, tokenizer
+from spamgpt import classifier, contracts, export, labels, paths, runtime, tokenizer
 from spamgpt.errors import SpamGPTError
 from spamgpt.texts import TextFields, Truncation
 
@@ -64,7 +64,7 @@ def classify(args: argparse.Namespace) -> None:
             print(json.dumps(record, ensure_ascii=False))
         elif classes.multi_label:  # the labels given, then each label's probability
             note = f" [truncated to {meta['max_length']} tokens]" if cut else ""
-            given = "|".join(answer["labels"]) or multilabel.NONE
+            given = "|".join(answer["labels"]) or labels.NONE
             probs = " ".join(f"{k}={v:.4f}" for k, v in answer["probabilities"].items())
             print(f"{given}\t{probs}\t{text.translate(ESCAPES)}{note}")
         else:

@@ -16,6 +16,7 @@ import csv
 import functools
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -274,10 +275,13 @@ def _text(text: object) -> str:
     return text
 
 
+UNDECODED = re.compile("[\udc80-\udcff]")  # surrogateescape's stand-ins for bytes not UTF-8
+
+
 def _check_decoded(value: str) -> None:
-    bad = next((i for i, c in enumerate(value) if "\udc80" <= c <= "\udcff"), None)
-    if bad is not None:  # surrogateescape's stand-ins for bytes that are not UTF-8
-        detail = f"undecodable bytes at character {bad + 1} of a field (not UTF-8)"
+    bad = UNDECODED.search(value)
+    if bad is not None:
+        detail = f"undecodable bytes at character {bad.start() + 1} of a field (not UTF-8)"
         raise _BadLine("undecodable", detail)
 
 

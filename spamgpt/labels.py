@@ -96,6 +96,7 @@ class Classes:
 
 
 SMS = Classes(("ham", "spam"), "spam")  # the SMS Spam Collection's
+NONE = "(none)"  # a multi-label row's empty label set, as shown (and the confusion plot's)
 
 
 def found(

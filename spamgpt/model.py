@@ -180,14 +180,24 @@ class Block(nn.Module):
         return y + self.mlp(self.ln_2(y))
 
 
+class Embedding(nn.Embedding):
+    """nn.Embedding, but built on the meta device (to take every tensor from a file) it draws
+    nothing: normal_ of a meta tensor runs through torch._refs, whose first call imports
+    torch._dynamo, about 2 s of every classify, predict and serving start."""
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
 class GPT2(nn.Module):
     """GPT-2 without the `transformer.` level; the LM head is wte itself (tied)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.n_ctx, config.n_embd)
+        self.wte = Embedding(config.vocab_size, config.n_embd)
+        self.wpe = Embedding(config.n_ctx, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
@@ -301,8 +311,10 @@ class GPT2Classifier(nn.Module):
         self.multi_label = multi_label  # the logits are independent labels': a sigmoid each
         self.head = nn.Linear(gpt.config.n_embd, num_classes)
         # Small like GPT-2's own weights: logits start near 0, the first loss near ln(classes).
-        nn.init.normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        # Nothing to draw on the meta device (see Embedding).
+        if not self.head.weight.is_meta:
+            nn.init.normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, inputs: Tensor, lengths: Tensor, frozen_blocks: int | None = None) -> Tensor:
         """Logits (B, num_classes) of right-padded messages with real lengths (B,), each >= 1.

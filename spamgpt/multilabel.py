@@ -17,8 +17,6 @@ import torch.nn.functional as F
 
 from spamgpt.labels import Classes
 
-NONE = "(none)"  # the confusion plot's row and column of "no label"
-
 
 def pos_weight(
     targets: torch.Tensor, setting: str | dict, names: tuple[str, ...]

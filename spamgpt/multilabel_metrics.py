@@ -15,8 +15,7 @@ import pandas as pd
 
 from spamgpt import metrics
 from spamgpt.errors import ParamsError
-from spamgpt.labels import Classes
-from spamgpt.multilabel import NONE
+from spamgpt.labels import NONE, Classes
 
 
 def report(

@@ -18,11 +18,10 @@ from spamgpt import (
     data,
     download,
     metrics,
-    multilabel,
     multilabel_metrics,
     paths,
 )
-from spamgpt.labels import Classes
+from spamgpt.labels import NONE, Classes
 from spamgpt.params import PARAMS_FILE, ModelParams, Params, flatten
 from spamgpt.texts import ONE_TEXT, TextFields
 from spamgpt.tracking import Run
@@ -277,10 +276,8 @@ def log_evaluation(run: Run, evaluation: Evaluation) -> None:
     run.log_metrics(metrics.flat(reports["test"], "test", classes), 0)
     run.log_metrics(metrics.flat(evaluation.baseline["test"], "baseline", classes), 0)
     run.log_metrics(_threshold_metrics(evaluation), 0)
-    if classes.multi_label:  # the confusion of (actual, predicted) labels, "no label" one
-        confusion_classes = Classes((*classes.names, multilabel.NONE))
-    else:
-        confusion_classes = classes
+    # Multi-label: the confusion of (actual, predicted) labels, "no label" one of them.
+    confusion_classes = Classes((*classes.names, NONE)) if classes.multi_label else classes
     for s, report in reports.items():
         run.log_dict(report, f"evaluation/{s}_metrics.json")
         run.log_figure(

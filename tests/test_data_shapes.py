@@ -216,6 +216,8 @@ def test_a_missing_file_of_a_split_stops_in_one_line(project: Path) -> None:
 
 
 def test_one_parquet_file_with_a_split_column(project: Path) -> None:
+    """The whole pipeline again from one Parquet file whose `part` column names each row's
+    split, val carved from train."""
     parts = {"train": mails(60, 3, "p"), "test": mails(15, 4, "q")}  # no val: carved
     rows = [{**r, "part": name.upper()} for name, records in parts.items() for r in records]
     pd.DataFrame(rows).to_parquet(project / "data/local/all.parquet", index=False)
@@ -225,9 +227,14 @@ def test_one_parquet_file_with_a_split_column(project: Path) -> None:
         split_names={"train": "TRAIN", "val": "VAL", "test": "TEST"},
     )  # fmt: skip
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["dvc", "repro", "split"], project)
+    out = run(["dvc", "repro"], project)
+    assert "download_weights" not in re.findall(r"Running stage '([^']+)'", out.stdout)
     report = read_json(project / "metrics/data.json")
     assert report["split_column"] == "part" and report["val_carved"] is True
     assert report["sources"]["dataset"]["source"] == "data/local/all.parquet"
     assert sum(report["test"].values()) == 15
     assert sum(report["train"].values()) + sum(report["val"].values()) == 60
+    predictions = pd.read_csv(project / "reports/predictions_test.csv")
+    assert sorted(predictions["label"]) == sorted(r["team"] for r in parts["test"])
+    assert set(predictions["predicted"]) <= set(CLASSES)
+    assert json.loads(run(["dvc", "status", "--json"], project).stdout) == {}

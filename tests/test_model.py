@@ -1,6 +1,8 @@
 import json
 import re
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -309,3 +311,26 @@ def test_config_not_json(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{")
     with pytest.raises(SpamGPTError, match=r"config\.json is not valid JSON"):
         GPTConfig.from_json(tmp_path / "config.json")
+
+
+def test_a_model_built_on_the_meta_device_draws_nothing_and_imports_no_dynamo() -> None:
+    """What classify, predict, serving and evaluate build to load every tensor: normal_ of a
+    meta tensor would import torch._dynamo (seconds of each start); on the CPU the draws, and
+    so the RNG that training follows, are GPT-2's as before."""
+    code = (
+        "import sys, torch\n"
+        "from spamgpt.model import GPT2, GPT2Classifier, GPTConfig\n"
+        "config = GPTConfig(n_layer=1, n_head=2, n_embd=8, n_ctx=16, vocab_size=50)\n"
+        "with torch.device('meta'):\n"
+        "    model = GPT2Classifier(GPT2(config), 3)\n"
+        "print(all(p.is_meta for p in model.parameters()), 'torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=8, n_ctx=16, vocab_size=50)
+    torch.manual_seed(0)
+    model = GPT2Classifier(GPT2(config), 3)
+    torch.manual_seed(0)
+    wte, wpe = torch.randn(50, 8), torch.randn(16, 8)  # nn.Embedding's N(0, 1), in order
+    assert torch.equal(model.gpt.wte.weight, wte) and torch.equal(model.gpt.wpe.weight, wpe)
+    assert model.head.weight.std() < 0.1 and not model.head.bias.any()

@@ -23,12 +23,10 @@ CLASSES = Classes(("billing", "outage", "sales"))
 MAX_LENGTH = 12
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A self-contained model folder (every tensor) of the tiny random GPT-2, three classes,
-    its head drawn so that probabilities spread."""
-    root = tmp_path_factory.mktemp("predict")
-    hub = make_hub(root / "hub", layers=2, dim=32, heads=4, n_ctx=64, revision="tiny")
+def model_folder(root: Path, **shapes: int) -> Path:
+    """A self-contained model folder (every tensor) of a random GPT-2 of these shapes, three
+    classes, its head drawn so that probabilities spread."""
+    hub = make_hub(root / "hub", revision="tiny", **shapes)
     model = GPT2Classifier(GPT2.from_pretrained(hub), len(CLASSES))
     torch.nn.init.normal_(model.head.weight, std=0.5, generator=torch.Generator().manual_seed(0))
     m = dataclasses.replace(params.load(REPO / "params.yaml").model, pretrained=False)
@@ -38,6 +36,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder.mkdir()
     classifier.save(model, folder, meta, hub, full=True)
     return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tests' tiny random GPT-2."""
+    return model_folder(tmp_path_factory.mktemp("predict"), layers=2, dim=32, heads=4, n_ctx=64)
 
 
 @pytest.fixture(scope="module")
@@ -125,20 +129,25 @@ def predict_cli(capsys, *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def test_many_rows_stream_in_chunks_keeping_ids_order_and_answers(scorer, tmp_path) -> None:
-    """6,000 rows, 500 at a time: one Parquet row group per chunk written (each chunk scored
-    and written before the next), every id in input order, each row classify's answer."""
-    ids = np.random.default_rng(0).permutation(6_000).tolist()  # not sorted: order is checked
-    rows = [{"id": i, "message": f"invoice {'refund ' * (i % 7)}{i % 97}"} for i in ids]
-    source = write_csv(tmp_path / "tickets.csv", rows)
-    big_batches = dataclasses.replace(scorer, max_tokens=16384)  # the tiny model's ops are cheap
-    written, _ = predicting.predict_file(
-        source, tmp_path / "scored.parquet", big_batches, "csv", "parquet", ["message"],
-        ["id", "message"], chunk_rows=500,
+def test_100_000_rows_stream_through_the_cli_keeping_ids_order_and_answers(tmp_path, capsys):
+    """`spamgpt predict` of a 100,000-row CSV: one Parquet row group per chunk (each chunk
+    scored and written before the next is read), every id in input order, each row the
+    classify path's answer. A GPT-2 of one block 16 wide: the rows, not the model, are what
+    is tested."""
+    model_dir = model_folder(tmp_path, layers=1, dim=16, heads=2, n_ctx=16)
+    scorer = predicting.load_scorer(str(model_dir), model_dir, "cpu", "fp32", None)
+    n = 100_000
+    ids = np.random.default_rng(0).permutation(n).tolist()  # not sorted: order is checked
+    rows = [{"id": i, "message": f"{'refund ' * (i % 5)}{i % 97}"} for i in ids]
+    source, dest = write_csv(tmp_path / "tickets.csv", rows), tmp_path / "scored.parquet"
+    code, err = predict_cli(
+        capsys, str(source), "-o", str(dest), "--model", str(model_dir), "--text-column",
+        "message", "--keep", "id", "message", "--device", "cpu", "--precision", "fp32",
+        "--max-tokens", "16384",  # the tiny model's ops are cheap: fewer, larger batches
     )  # fmt: skip
-    assert written == 6_000
-    assert pq.ParquetFile(tmp_path / "scored.parquet").num_row_groups == 12
-    out = pd.read_parquet(tmp_path / "scored.parquet")
+    assert code == 0 and f"{dest}: {n} rows" in err
+    assert pq.ParquetFile(dest).num_row_groups == -(-n // predicting.CHUNK_ROWS)
+    out = pd.read_parquet(dest)
     assert out["id"].tolist() == [str(i) for i in ids]  # a CSV field as it was
     texts = sorted(set(out["message"]))  # lengths differ: batches are sorted by length
     want = expected(scorer, texts).set_index(pd.Index(texts))
