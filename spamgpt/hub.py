@@ -83,15 +83,12 @@ def cached_file(repo_id: str, revision: str, name: str) -> Path | None:
 def download_model(
     hub_url: str, repo_id: str, revision: str, dest: str | os.PathLike
 ) -> dict[str, dict]:
-    """Put the model's files into `dest`, verified where a hash is known: a verified copy
-    already there is kept, then the Hugging Face cache is tried, then the hub (hub_url, or
-    $HF_ENDPOINT for the default), unless $HF_HUB_OFFLINE is set.
+    """Put the model's files into `dest`, each as fetch_file gets it.
 
     Returns {file: {"sha256": ..., "verified": bool}} for metrics/weights.json.
     """
     dest = Path(dest)
     known = KNOWN_HASHES.get((repo_id, revision), {})
-    url, no_network = effective_hub_url(hub_url), offline()
     record, missing = {}, []
     for name in MODEL_FILES:
         expected = known.get(name)
@@ -99,28 +96,45 @@ def download_model(
             log.warning(
                 "no known sha256 for %s@%s/%s: accepting it unverified", repo_id, revision, name
             )
-        sha = _existing(dest / name, expected) or _from_cache(
-            repo_id, revision, name, dest / name, expected
-        )
-        if sha is None and no_network:
+        sha = fetch_file(hub_url, repo_id, revision, name, dest / name, expected)
+        if sha is None:
             missing.append(name)
             continue
-        if sha is None:
-            sha = fetch(
-                [file_url(url, repo_id, revision, name)],
-                dest / name,
-                sha256=expected,
-                desc=name,
-                headers=auth_headers(),
-            )
         record[name] = {"sha256": sha, "verified": expected is not None}
     if missing:
-        raise DownloadError(
-            f"{OFFLINE_ENV} is set and {repo_id}@{revision} has no {', '.join(missing)} in the "
-            f"Hugging Face cache {cache_dir()} (nor a verified copy in {dest}): put them there "
-            f"(huggingface-cli download {repo_id} --revision {revision}), or unset {OFFLINE_ENV}"
-        )
+        raise offline_error(repo_id, revision, missing, dest)
     return record
+
+
+def fetch_file(
+    hub_url: str,
+    repo_id: str,
+    revision: str,
+    name: str,
+    dest: str | os.PathLike,
+    expected: str | None,
+) -> str | None:
+    """One file of a hub repository at `dest`, verified where its sha256 is `expected`: a
+    verified copy already there is kept, else the Hugging Face cache's is taken, else it is
+    downloaded from the hub (hub_url, or $HF_ENDPOINT for the default; $HF_TOKEN sent) unless
+    $HF_HUB_OFFLINE is set. Its sha256; None only offline, when neither had it."""
+    dest = Path(dest)
+    sha = _existing(dest, expected) or _from_cache(repo_id, revision, name, dest, expected)
+    if sha is None and not offline():
+        url = file_url(effective_hub_url(hub_url), repo_id, revision, name)
+        sha = fetch([url], dest, sha256=expected, desc=name, headers=auth_headers())
+    return sha
+
+
+def offline_error(
+    repo_id: str, revision: str, missing: list[str], dest: str | os.PathLike
+) -> DownloadError:
+    """What to do when $HF_HUB_OFFLINE is set and the cache lacks `missing`."""
+    return DownloadError(
+        f"{OFFLINE_ENV} is set and {repo_id}@{revision} has no {', '.join(missing)} in the "
+        f"Hugging Face cache {cache_dir()} (nor a verified copy in {dest}): put them there "
+        f"(huggingface-cli download {repo_id} --revision {revision}), or unset {OFFLINE_ENV}"
+    )
 
 
 def _existing(path: Path, expected: str | None) -> str | None:

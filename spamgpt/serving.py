@@ -6,8 +6,10 @@ Two forms (params.yaml's mlflow.log_model):
   the trained tensors, classifier.json, the tokenizer files) and the identity of the base
   weights (repo id, revision, hub URL, sha256 of model.safetensors). Loading it finds the base
   in the workspace's models/pretrained/<repo_id> (under the current directory or the
-  repository root) if its hash matches, else downloads it from the hub into a cache folder
-  ($SPAMGPT_CACHE, default ~/.cache/spamgpt) and verifies it. A few MB per experiment.
+  repository root) if its hash matches, else puts it into a cache folder ($SPAMGPT_CACHE,
+  default ~/.cache/spamgpt) as download_weights does (spamgpt.hub.fetch_file: the Hugging
+  Face cache, else the hub with $HF_TOKEN; $HF_HUB_OFFLINE honoured) and verifies it. A few
+  MB per experiment.
 - full (`full`, or whenever the model is registered): every tensor; serving needs neither
   the workspace nor the hub.
 
@@ -41,10 +43,9 @@ from mlflow.types import ColSpec, Schema
 from mlflow.types.type_hints import TypeFromExample
 
 import spamgpt
-from spamgpt import classifier, paths, runtime, tokenizer
-from spamgpt.download import fetch, sha256_file
+from spamgpt import classifier, hub, paths, runtime, tokenizer
+from spamgpt.download import sha256_file
 from spamgpt.errors import SpamGPTError
-from spamgpt.hub import KNOWN_HASHES, file_url
 from spamgpt.texts import TextFields, Truncation
 
 ARTIFACT = "classifier"
@@ -111,8 +112,8 @@ def _sha256_of(path: Path) -> str:
 def resolve_base(base: BaseWeights) -> Path:
     """A folder that holds <repo_id>/{config.json, model.safetensors} of exactly these
     weights (classifier.load's pretrained_root): the workspace's models/pretrained when its
-    model.safetensors has the hash, else the cache, downloading into it from the hub.
-    Raises SpamGPTError, one line, when neither gives them."""
+    model.safetensors has the hash, else the cache, each file taken into it by
+    hub.fetch_file. Raises SpamGPTError, one line, when neither gives them."""
     seen, tried = set(), []
     for root in (Path.cwd(), paths.repo_root()):
         candidate = (root / paths.PRETRAINED_DIR).resolve()
@@ -125,15 +126,16 @@ def resolve_base(base: BaseWeights) -> Path:
         tried.append(f"{weights} holds other weights")
     cached = cache_root() / base.revision
     hub_url = os.environ.get(HUB_ENV) or base.hub_url
-    known = KNOWN_HASHES.get((base.repo_id, base.revision), {})
+    known = hub.KNOWN_HASHES.get((base.repo_id, base.revision), {})
     expected = {"config.json": known.get("config.json"), classifier.WEIGHTS: base.sha256}
     try:
+        missing = []
         for name, sha in expected.items():
             target = cached / base.repo_id / name
-            if sha is None and target.is_file():  # the cache's copy: nothing to check it by
-                continue
-            url = file_url(hub_url, base.repo_id, base.revision, name)
-            fetch([url], target, sha256=sha, desc=name)
+            if hub.fetch_file(hub_url, base.repo_id, base.revision, name, target, sha) is None:
+                missing.append(name)
+        if missing:
+            raise hub.offline_error(base.repo_id, base.revision, missing, cached)
     except SpamGPTError as e:
         tried.append(str(e))
         raise SpamGPTError(

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO, free_port, http_service, post, restored_tracking_uri, run, subprocess_env
-from fileserver import serve
+from fileserver import Faults, serve
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 from test_dvc_yaml import closure
@@ -354,6 +354,37 @@ def test_light_model_downloads_its_base_from_the_hub(
     assert mlflow.pyfunc.load_model(logged.uri).predict(MESSAGES) == predictions
     monkeypatch.chdir(logged.project)
     assert mlflow.pyfunc.load_model(logged.uri).predict(MESSAGES) == predictions
+
+
+def test_light_model_takes_its_base_as_download_weights_does(
+    logged: Logged, tmp_path: Path, monkeypatch
+) -> None:
+    """Without the workspace: from the Hugging Face cache, also offline ($HF_HUB_OFFLINE:
+    nothing else is tried, and what the cache lacks is named); else from the hub, which is
+    sent $HF_TOKEN."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(serving.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(serving.HUB_ENV, NO_HUB)
+    hf_cache = tmp_path / "hf"
+    snapshot = hf_cache / f"models--{REPO_ID.replace('/', '--')}" / "snapshots" / REVISION
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(logged.pretrained / REPO_ID / name, snapshot / name)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    predictions = mlflow.pyfunc.load_model(logged.uri).predict(MESSAGES)
+    shutil.rmtree(hf_cache)
+    shutil.rmtree(tmp_path / "cache")
+    with pytest.raises(SpamGPTError, match=r"HF_HUB_OFFLINE is set and .* has no config\.json"):
+        serving.resolve_base(logged.base)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    faults = Faults()
+    with serve(logged.project / "hub", faults=faults) as hub:
+        monkeypatch.setenv(serving.HUB_ENV, hub)
+        assert mlflow.pyfunc.load_model(logged.uri).predict(MESSAGES) == predictions
+    assert len(faults.requests) == 2
+    assert {r.headers.get("Authorization") for r in faults.requests} == {"Bearer hf_test_token"}
 
 
 def test_light_model_without_a_base_identity_is_refused(logged: Logged) -> None:
