@@ -3,6 +3,7 @@ over HTTP on 127.0.0.1 like UCI and the Hugging Face hub, and a DVC project poin
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import random
@@ -23,7 +24,7 @@ import pytest
 import yaml
 from fileserver import serve
 
-from spamgpt import classifier, paths, runtime, tokenizer
+from spamgpt import classifier, cli, paths, runtime, tokenizer
 from spamgpt.random_hub import make_hub
 
 REPO = Path(__file__).resolve().parents[1]
@@ -233,6 +234,16 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.C
         tail = f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{tail}")
     return result
+
+
+def spamgpt(args: list[str], cwd: Path) -> str:
+    """What `spamgpt ARGS` prints, run in `cwd` in this process (cli.main): the command's
+    output without a Python start and torch's import. A failing command raises SystemExit,
+    its error line on stderr."""
+    printed = io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(printed):
+        cli.main(args)
+    return printed.getvalue()
 
 
 def tiny_params(mirror: Mirror, **overrides: dict) -> dict:
