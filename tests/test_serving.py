@@ -21,7 +21,15 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, free_port, http_service, post, restored_tracking_uri, run, subprocess_env
+from conftest import (
+    REPO,
+    free_port,
+    http_service,
+    post,
+    restored_tracking_uri,
+    spamgpt,
+    subprocess_env,
+)
 from fileserver import Faults, serve
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
@@ -141,11 +149,11 @@ def model_id_of(run_id: str) -> str:
 
 
 def classify_cli(logged: Logged, messages: list[str]) -> list[dict]:
-    out = run(
-        ["spamgpt", "classify", "--json", "--threshold", str(THRESHOLD), "--model",
-         str(logged.finetuned), "--pretrained", str(logged.pretrained), *messages],
-        logged.project, env=logged.env,
-    ).stdout  # fmt: skip
+    out = spamgpt(
+        ["classify", "--json", "--threshold", str(THRESHOLD), "--model", str(logged.finetuned),
+         "--pretrained", str(logged.pretrained), *messages],
+        logged.project,
+    )  # fmt: skip
     return [json.loads(line) for line in out.splitlines()]
 
 
