@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pandas as pd
@@ -36,6 +37,7 @@ from safetensors.torch import load_file
 from test_dvc_yaml import closure
 
 from spamgpt import classifier, serving, tokenizer
+from spamgpt import download as downloads
 from spamgpt.download import sha256_file
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import SMS
@@ -84,6 +86,13 @@ def finetuned_folder(project: Path) -> Path:
 
 
 NO_HUB = f"http://127.0.0.1:{free_port()}"  # nothing listens there: refused at once
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused download is retried after backoffs (test_download.py tests them): where a
+    model here meets NO_HUB, on purpose, its retries follow at once instead (3.5 s each)."""
+    monkeypatch.setattr(downloads, "time", SimpleNamespace(sleep=lambda seconds: None))
 
 
 @pytest.fixture(scope="module")
