@@ -23,8 +23,9 @@ import mlflow
 import pytest
 import yaml
 from fileserver import serve
+from mlflow.tracking import MlflowClient
 
-from spamgpt import classifier, cli, paths, runtime, tokenizer
+from spamgpt import classifier, cli, paths, runtime, tokenizer, tracking
 from spamgpt.random_hub import make_hub
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,6 +103,16 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
     make_hub(root, layers=2, dim=32, heads=4, n_ctx=64, revision=TINY_REVISION)
     with serve_mirror(root, sms_collection()) as mirror:
         yield mirror
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store (mlflow.db) as the first run of a project creates it: its tables,
+    their migrations and the default experiment. Made once: a copy is a fresh store, without
+    the seconds each creation takes (a hundred statements, each committed to disk)."""
+    db = tmp_path_factory.mktemp("empty-store") / tracking.DB_FILE
+    MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)
+    return db
 
 
 def subprocess_env() -> dict[str, str]:

@@ -119,8 +119,11 @@ def test_parallel_runs_on_a_fresh_store_all_succeed(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowClient]:
+def local_store(
+    tmp_path: Path, empty_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[MlflowClient]:
     """tracking.connect() pointed at a fresh SQLite store under tmp_path, in this process."""
+    shutil.copy(empty_store, tmp_path / tracking.DB_FILE)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     with restored_tracking_uri():

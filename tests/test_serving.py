@@ -96,10 +96,11 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def logged(tmp_path_factory: pytest.TempPathFactory):
+def logged(empty_store: Path, tmp_path_factory: pytest.TempPathFactory):
     """A fine-tuned folder logged light into a finished run of a SQLite store, and logged
     full and registered into another run. Run from the project (the workspace), no hub."""
     project = tmp_path_factory.mktemp("serving")
+    shutil.copy(empty_store, project / "mlflow.db")
     finetuned, pretrained = finetuned_folder(project), project / "models/pretrained"
     weights = pretrained / REPO_ID / "model.safetensors"
     base = serving.BaseWeights(REPO_ID, REVISION, sha256_file(weights), NO_HUB)
