@@ -287,6 +287,32 @@ def make_project(path: Path, params: dict) -> Path:
     return path
 
 
+@dataclass
+class Reproduced:
+    """A project of tiny_params(mirror) after its first `dvc repro`."""
+
+    path: Path  # test_pipeline.py's alone: its tests change it
+    output: str  # what that `dvc repro` printed
+    snapshot: Path  # the project as the repro left it, without its MLflow store: see copy()
+
+    def copy(self, dest: Path) -> Path:
+        """A reproduced project of its own at `dest`, every stage's outputs in place and no
+        MLflow store yet (models/mlflow_run.json names a run of the original's)."""
+        shutil.copytree(self.snapshot, dest, symlinks=True)
+        return dest
+
+
+@pytest.fixture(scope="session")
+def reproduced(mirror: Mirror, tmp_path_factory: pytest.TempPathFactory) -> Reproduced:
+    """The whole pipeline run once for the modules that start from its results."""
+    path = make_project(tmp_path_factory.mktemp("project"), tiny_params(mirror))
+    first = run(["dvc", "repro"], path)
+    snapshot = tmp_path_factory.mktemp("reproduced") / "project"
+    store = shutil.ignore_patterns(f"{tracking.DB_FILE}*", tracking.ARTIFACTS_DIR)
+    shutil.copytree(path, snapshot, symlinks=True, ignore=store)
+    return Reproduced(path, first.stdout + first.stderr, snapshot)
+
+
 def expected_answers(
     model_dir: Path,
     texts: list[str],

@@ -10,18 +10,17 @@ import pytest
 import safetensors.torch
 import torch
 import yaml
-from conftest import make_project, run, tiny_params
+from conftest import run
 
 TOLERANCE = 1e-4  # float sums in another order (all-reduce, half batches); nothing else differs
 TRUNK_TOLERANCE = 1e-5  # the same batches, sums split over another number of threads
 
 
 @pytest.fixture(scope="module")
-def project(mirror, tmp_path_factory):
-    """One project for the module, its data and loaders stages run."""
-    path = make_project(tmp_path_factory.mktemp("ddp"), tiny_params(mirror, train={"epochs": 2}))
-    run(["dvc", "repro", "loaders"], path)
-    return path
+def project(reproduced, tmp_path_factory):
+    """One project for the module: a reproduced pipeline (conftest's, copied; 2 epochs), whose
+    trunk and finetune stages the fixtures below run again by their scripts."""
+    return reproduced.copy(tmp_path_factory.mktemp("ddp") / "project")
 
 
 def set_train(path: Path, **values: object) -> None:

@@ -24,13 +24,11 @@ from conftest import (
     STAGES,
     assert_same_answers,
     expected_answers,
-    make_project,
     read_json,
     restored_tracking_uri,
     run,
     spamgpt,
     subprocess_env,
-    tiny_params,
 )
 from mlflow.tracking import MlflowClient
 
@@ -40,10 +38,9 @@ def ran_stages(output: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def project(mirror, tmp_path_factory):
-    path = make_project(tmp_path_factory.mktemp("project"), tiny_params(mirror))
-    first = run(["dvc", "repro"], path)
-    return path, first.stdout + first.stderr
+def project(reproduced):
+    """conftest's reproduced project itself: the other modules work on copies of it."""
+    return reproduced.path, reproduced.output
 
 
 @pytest.fixture(scope="module")
