@@ -3,6 +3,7 @@ over HTTP on 127.0.0.1 like UCI and the Hugging Face hub, and a DVC project poin
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import random
@@ -22,8 +23,9 @@ import mlflow
 import pytest
 import yaml
 from fileserver import serve
+from mlflow.tracking import MlflowClient
 
-from spamgpt import classifier, paths, runtime, tokenizer
+from spamgpt import classifier, cli, paths, runtime, tokenizer, tracking
 from spamgpt.random_hub import make_hub
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,6 +103,16 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
     make_hub(root, layers=2, dim=32, heads=4, n_ctx=64, revision=TINY_REVISION)
     with serve_mirror(root, sms_collection()) as mirror:
         yield mirror
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store (mlflow.db) as the first run of a project creates it: its tables,
+    their migrations and the default experiment. Made once: a copy is a fresh store, without
+    the seconds each creation takes (a hundred statements, each committed to disk)."""
+    db = tmp_path_factory.mktemp("empty-store") / tracking.DB_FILE
+    MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)
+    return db
 
 
 def subprocess_env() -> dict[str, str]:
@@ -235,6 +247,16 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.C
     return result
 
 
+def spamgpt(args: list[str], cwd: Path) -> str:
+    """What `spamgpt ARGS` prints, run in `cwd` in this process (cli.main): the command's
+    output without a Python start and torch's import. A failing command raises SystemExit,
+    its error line on stderr."""
+    printed = io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(printed):
+        cli.main(args)
+    return printed.getvalue()
+
+
 def tiny_params(mirror: Mirror, **overrides: dict) -> dict:
     """The repository's params.yaml pointed at the mirror, sized for a 2-block toy model."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -263,6 +285,32 @@ def make_project(path: Path, params: dict) -> Path:
     run(["git", "add", "-A"], path)
     run(["git", "commit", "-qm", "project"], path)
     return path
+
+
+@dataclass
+class Reproduced:
+    """A project of tiny_params(mirror) after its first `dvc repro`."""
+
+    path: Path  # test_pipeline.py's alone: its tests change it
+    output: str  # what that `dvc repro` printed
+    snapshot: Path  # the project as the repro left it, without its MLflow store: see copy()
+
+    def copy(self, dest: Path) -> Path:
+        """A reproduced project of its own at `dest`, every stage's outputs in place and no
+        MLflow store yet (models/mlflow_run.json names a run of the original's)."""
+        shutil.copytree(self.snapshot, dest, symlinks=True)
+        return dest
+
+
+@pytest.fixture(scope="session")
+def reproduced(mirror: Mirror, tmp_path_factory: pytest.TempPathFactory) -> Reproduced:
+    """The whole pipeline run once for the modules that start from its results."""
+    path = make_project(tmp_path_factory.mktemp("project"), tiny_params(mirror))
+    first = run(["dvc", "repro"], path)
+    snapshot = tmp_path_factory.mktemp("reproduced") / "project"
+    store = shutil.ignore_patterns(f"{tracking.DB_FILE}*", tracking.ARTIFACTS_DIR)
+    shutil.copytree(path, snapshot, symlinks=True, ignore=store)
+    return Reproduced(path, first.stdout + first.stderr, snapshot)
 
 
 def expected_answers(

@@ -3,36 +3,58 @@ torchrun (gloo) and must learn what one process learns from the same global batc
 accumulated from two batches of half the size (train.accumulation_steps: 2)."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import safetensors.torch
 import torch
 import yaml
-from conftest import make_project, run, tiny_params
+from conftest import run
 
 TOLERANCE = 1e-4  # float sums in another order (all-reduce, half batches); nothing else differs
 TRUNK_TOLERANCE = 1e-5  # the same batches, sums split over another number of threads
 
 
 @pytest.fixture(scope="module")
-def runs(mirror, tmp_path_factory):
+def project(reproduced, tmp_path_factory):
+    """One project for the module: a reproduced pipeline (conftest's, copied; 2 epochs), whose
+    trunk and finetune stages the fixtures below run again by their scripts."""
+    return reproduced.copy(tmp_path_factory.mktemp("ddp") / "project")
+
+
+def set_train(path: Path, **values: object) -> None:
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    params["train"].update(values)
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def trunk_caches(project):
+    """The trunk stage's cache files with 2 processes, then with 1 (the cache finetune reads
+    below, as `dvc repro trunk` writes it): {devices: {split: bytes}}, and the 2-process log."""
+    caches, log = {}, ""
+    for devices in (2, 1):
+        set_train(project, devices=devices)
+        out = run(["python", "stages/trunk.py"], project)
+        caches[devices] = {p.name: p.read_bytes() for p in (project / "data/trunk").iterdir()}
+        if devices == 2:
+            log = out.stdout + out.stderr
+    return caches, log
+
+
+@pytest.fixture(scope="module")
+def runs(project, trunk_caches):
     """finetune with 1 process, then with 2 accumulating two batches of 8 into each update of
-    16, on one project: (metrics, per-step losses) each."""
-    path = make_project(tmp_path_factory.mktemp("ddp"), tiny_params(mirror, train={"epochs": 2}))
-    run(["dvc", "repro", "trunk"], path)
+    16, on the one-process trunk cache: (metrics, per-step losses) each."""
     results = {}
     for devices in (1, 2):
-        params = yaml.safe_load((path / "params.yaml").read_text())
-        params["train"].update(
-            devices=devices, batch_size=16 // devices, accumulation_steps=devices
-        )
-        (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        out = run(["python", "stages/finetune.py"], path)
+        set_train(project, devices=devices, batch_size=16 // devices, accumulation_steps=devices)
+        out = run(["python", "stages/finetune.py"], project)
         results[devices] = (
-            json.loads((path / "metrics/train.json").read_text()),
-            pd.read_csv(path / "metrics/train_loss.csv"),
-            pd.read_csv(path / "metrics/val_epochs.csv"),
+            json.loads((project / "metrics/train.json").read_text()),
+            pd.read_csv(project / "metrics/train_loss.csv"),
+            pd.read_csv(project / "metrics/val_epochs.csv"),
             out.stdout + out.stderr,
         )
     return results
@@ -56,23 +78,6 @@ def test_same_validation_metrics(runs):
     for column in ("val_loss", "val_accuracy", "val_spam_f1"):
         assert (one[column] - two[column]).abs().max() < TOLERANCE, column
     assert runs[1][0]["best_epoch"] == runs[2][0]["best_epoch"]
-
-
-@pytest.fixture(scope="module")
-def trunk_caches(mirror, tmp_path_factory):
-    """The trunk stage's cache files with 1 process, then with 2: {devices: {split: bytes}},
-    and the 2-process log."""
-    path = make_project(tmp_path_factory.mktemp("trunk"), tiny_params(mirror))
-    run(["dvc", "repro", "loaders"], path)
-    caches, log = {}, ""
-    for devices in (1, 2):
-        params = yaml.safe_load((path / "params.yaml").read_text())
-        params["train"]["devices"] = devices
-        (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        out = run(["python", "stages/trunk.py"], path)
-        caches[devices] = {p.name: p.read_bytes() for p in (path / "data/trunk").iterdir()}
-        log = out.stdout + out.stderr
-    return caches, log
 
 
 def test_trunk_on_two_processes_writes_the_cache_of_one(trunk_caches):

@@ -252,7 +252,9 @@ def fill_cache(cache: Path, hub_files: Path, names: tuple[str, ...]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pipeline(mirror, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+def pipeline(
+    mirror, empty_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pipeline]:
     root = tmp_path_factory.mktemp("six-hub")
     make_hub(root, layers=6, dim=32, heads=4, n_ctx=64, repo_id=SIX, revision="tiny-six")
     cached = fill_cache(
@@ -268,6 +270,7 @@ def pipeline(mirror, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipel
     )
     path = tmp_path_factory.mktemp("six")
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy(empty_store, path / "mlflow.db")
     faults, output = Faults(), io.StringIO()
     log = logging.StreamHandler(output)
     with (

@@ -10,7 +10,7 @@ import random
 import mlflow
 import pandas as pd
 import pytest
-from conftest import make_project, read_json, run, tiny_params, write_jsonl
+from conftest import make_project, read_json, run, spamgpt, tiny_params, write_jsonl
 from mlflow.tracking import MlflowClient
 
 # Each label is carried by a message holding one of its words; the words of the others and
@@ -107,7 +107,7 @@ def test_mlflow_has_per_label_and_set_metrics(project) -> None:
 
 def test_classify_predict_and_the_mlflow_model_answer_label_sets(project, tmp_path) -> None:
     texts = ["BILL my TRUCK ASAP", "hello thanks"]
-    out = run(["spamgpt", "classify", "--json", *texts], project).stdout.splitlines()
+    out = spamgpt(["classify", "--json", *texts], project).splitlines()
     answers = [json.loads(line) for line in out]
     thresholds = read_json(project / "metrics/eval.json")["threshold"]
     for answer in answers:  # those at or over their thresholds, every label's probability
@@ -117,7 +117,7 @@ def test_classify_predict_and_the_mlflow_model_answer_label_sets(project, tmp_pa
 
     source = tmp_path / "in.csv"
     pd.DataFrame({"body": texts}).to_csv(source, index=False)
-    run(["spamgpt", "predict", str(source), "-o", str(tmp_path / "out.csv")], project)
+    spamgpt(["predict", str(source), "-o", str(tmp_path / "out.csv")], project)
     predicted = pd.read_csv(tmp_path / "out.csv")
     assert [json.loads(v) for v in predicted["labels"]] == [a["labels"] for a in answers]
     for name in LABELS:

@@ -17,6 +17,7 @@ from conftest import (
     post,
     read_json,
     run,
+    spamgpt,
     subprocess_env,
     tiny_params,
 )
@@ -116,14 +117,14 @@ def test_mlflow_has_per_class_metrics_and_the_confusion_matrix(project, tmp_path
 
 def test_classify_answers_with_the_class_names(project) -> None:
     path, _ = project
-    out = run(["spamgpt", "classify", "--json", "the site is down", "charged twice"], path)
-    for line in out.stdout.splitlines():
+    out = spamgpt(["classify", "--json", "the site is down", "charged twice"], path)
+    for line in out.splitlines():
         answer = json.loads(line)
         assert answer["label"] in CLASSES
         assert set(answer["probabilities"]) == set(CLASSES)
         assert answer["probability"] == answer["probabilities"][answer["label"]]
         assert sum(answer["probabilities"].values()) == pytest.approx(1, abs=1e-5)
-    plain = run(["spamgpt", "classify", "the site is down"], path).stdout
+    plain = spamgpt(["classify", "the site is down"], path)
     assert plain.split("\t")[0] in CLASSES
 
 

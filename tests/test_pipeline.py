@@ -24,12 +24,11 @@ from conftest import (
     STAGES,
     assert_same_answers,
     expected_answers,
-    make_project,
     read_json,
     restored_tracking_uri,
     run,
+    spamgpt,
     subprocess_env,
-    tiny_params,
 )
 from mlflow.tracking import MlflowClient
 
@@ -39,10 +38,9 @@ def ran_stages(output: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def project(mirror, tmp_path_factory):
-    path = make_project(tmp_path_factory.mktemp("project"), tiny_params(mirror))
-    first = run(["dvc", "repro"], path)
-    return path, first.stdout + first.stderr
+def project(reproduced):
+    """conftest's reproduced project itself: the other modules work on copies of it."""
+    return reproduced.path, reproduced.output
 
 
 @pytest.fixture(scope="module")
@@ -237,11 +235,10 @@ def test_plots_render(project):
 
 def test_classify_answers(project):
     path, _ = project
-    out = run(
-        ["spamgpt", "classify", "--json", "WIN a FREE prize now, call 09061701", "see you at 7"],
-        path,
+    out = spamgpt(
+        ["classify", "--json", "WIN a FREE prize now, call 09061701", "see you at 7"], path
     )
-    answers = [json.loads(line) for line in out.stdout.splitlines()]
+    answers = [json.loads(line) for line in out.splitlines()]
     texts = ["WIN a FREE prize now, call 09061701", "see you at 7"]
     assert [a["text"] for a in answers] == texts
     threshold = read_json(path / "metrics/eval.json")["threshold"]
@@ -290,8 +287,7 @@ def test_lora_recipe_runs_and_classifies(project, mlflow_client):
     meta = read_json(path / "models/finetuned/classifier.json")
     assert "gpt.h.0.attn.c_attn.weight" in meta["trained"]  # adapters merged into the weight
     assert not any("lora" in name for name in meta["trained"])
-    out = run(["spamgpt", "classify", "--json", "txt WIN to claim your prize"], path)
-    answer = json.loads(out.stdout)
+    answer = json.loads(spamgpt(["classify", "--json", "txt WIN to claim your prize"], path))
     threshold = read_json(path / "metrics/eval.json")["threshold"]
     expected = expected_answers(
         path / "models/finetuned", ["txt WIN to claim your prize"], threshold, path / PRETRAINED

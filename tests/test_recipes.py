@@ -104,12 +104,13 @@ def with_overrides(params: dict, overrides: list[str]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def recipe_runs(mirror: Mirror, tmp_path_factory: pytest.TempPathFactory):
-    """Run each recipe in a folder of its own; {name: folder}."""
+def recipe_runs(mirror: Mirror, empty_store: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Run each recipe in a folder of its own (a fresh MLflow store each); {name: folder}."""
     runs = {}
     with restored_tracking_uri(), pytest.MonkeyPatch.context() as patch:
         for name, overrides in RECIPES.items():
             folder = tmp_path_factory.mktemp(name)
+            shutil.copy(empty_store, folder / "mlflow.db")
             params = tiny_params(mirror, mlflow={"log_model": False})  # tested in test_serving
             params["train"]["epochs"] = 2
             (folder / "params.yaml").write_text(

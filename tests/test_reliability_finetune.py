@@ -238,11 +238,12 @@ def paused_in_epoch(project: Path, epoch: int, reset: Callable[[], object]) -> S
 
 
 @pytest.fixture(scope="module")
-def story(wide_mirror: Mirror, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def story(wide_mirror: Mirror, empty_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Drive the project through every interruption in turn; record what each left behind.
     The tests below read the record."""
     params = tiny_params(wide_mirror, train={"epochs": 5, "batch_size": 8, "patience": 10})
     project = make_project(tmp_path_factory.mktemp("finetune"), params)
+    shutil.copy(empty_store, project / "mlflow.db")  # a fresh store, made once (conftest)
     seen: dict = {"project": project}
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
 
@@ -481,13 +482,16 @@ def finetune_outputs(project: Path) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def eval_every_story(story: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def eval_every_story(
+    story: dict, empty_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict:
     """train.eval_every: 20 in a copy of the story's project (its trunk cache; a new MLflow
     store): finetune uninterrupted, then again killed with -9 in epoch 2, so that it resumes
     from the checkpoint of a mid-epoch evaluation, then resumed."""
     project = tmp_path_factory.mktemp("eval-every") / "project"
     ignore = shutil.ignore_patterns("mlflow.db*", "mlartifacts", "checkpoints")
     shutil.copytree(story["project"], project, ignore=ignore)
+    shutil.copy(empty_store, project / "mlflow.db")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"].update(epochs=2, eval_every=20)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

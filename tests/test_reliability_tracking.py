@@ -18,11 +18,10 @@ import pytest
 import torch
 from conftest import (
     REPO,
-    make_project,
+    Reproduced,
     restored_tracking_uri,
     run,
     subprocess_env,
-    tiny_params,
 )
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -119,8 +118,11 @@ def test_parallel_runs_on_a_fresh_store_all_succeed(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowClient]:
+def local_store(
+    tmp_path: Path, empty_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[MlflowClient]:
     """tracking.connect() pointed at a fresh SQLite store under tmp_path, in this process."""
+    shutil.copy(empty_store, tmp_path / tracking.DB_FILE)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     with restored_tracking_uri():
@@ -275,9 +277,13 @@ def test_an_error_caused_by_ctrl_c_ends_the_run_killed(
 
 
 @pytest.fixture(scope="module")
-def project(mirror, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = make_project(tmp_path_factory.mktemp("tracking"), tiny_params(mirror))
-    run(["dvc", "repro"], path)
+def project(reproduced: Reproduced, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A reproduced pipeline (conftest's, copied), its results committed as a user commits
+    them before queueing experiments: an experiment starts from the last commit, and then
+    re-runs only the stages its -S changes (finetune and evaluate), not the whole pipeline."""
+    path = reproduced.copy(tmp_path_factory.mktemp("tracking") / "project")
+    run(["git", "add", "-A"], path)
+    run(["git", "commit", "-qm", "results"], path)
     return path
 
 

@@ -16,18 +16,28 @@ import urllib.request
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, free_port, http_service, post, restored_tracking_uri, run, subprocess_env
+from conftest import (
+    REPO,
+    free_port,
+    http_service,
+    post,
+    restored_tracking_uri,
+    spamgpt,
+    subprocess_env,
+)
 from fileserver import Faults, serve
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 from test_dvc_yaml import closure
 
 from spamgpt import classifier, serving, tokenizer
+from spamgpt import download as downloads
 from spamgpt.download import sha256_file
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import SMS
@@ -78,11 +88,19 @@ def finetuned_folder(project: Path) -> Path:
 NO_HUB = f"http://127.0.0.1:{free_port()}"  # nothing listens there: refused at once
 
 
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused download is retried after backoffs (test_download.py tests them): where a
+    model here meets NO_HUB, on purpose, its retries follow at once instead (3.5 s each)."""
+    monkeypatch.setattr(downloads, "time", SimpleNamespace(sleep=lambda seconds: None))
+
+
 @pytest.fixture(scope="module")
-def logged(tmp_path_factory: pytest.TempPathFactory):
+def logged(empty_store: Path, tmp_path_factory: pytest.TempPathFactory):
     """A fine-tuned folder logged light into a finished run of a SQLite store, and logged
     full and registered into another run. Run from the project (the workspace), no hub."""
     project = tmp_path_factory.mktemp("serving")
+    shutil.copy(empty_store, project / "mlflow.db")
     finetuned, pretrained = finetuned_folder(project), project / "models/pretrained"
     weights = pretrained / REPO_ID / "model.safetensors"
     base = serving.BaseWeights(REPO_ID, REVISION, sha256_file(weights), NO_HUB)
@@ -141,11 +159,11 @@ def model_id_of(run_id: str) -> str:
 
 
 def classify_cli(logged: Logged, messages: list[str]) -> list[dict]:
-    out = run(
-        ["spamgpt", "classify", "--json", "--threshold", str(THRESHOLD), "--model",
-         str(logged.finetuned), "--pretrained", str(logged.pretrained), *messages],
-        logged.project, env=logged.env,
-    ).stdout  # fmt: skip
+    out = spamgpt(
+        ["classify", "--json", "--threshold", str(THRESHOLD), "--model", str(logged.finetuned),
+         "--pretrained", str(logged.pretrained), *messages],
+        logged.project,
+    )  # fmt: skip
     return [json.loads(line) for line in out.splitlines()]
 
 

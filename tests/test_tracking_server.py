@@ -24,8 +24,11 @@ def server(tmp_path_factory):
         "--artifacts-destination", str(root / "artifacts"),
         "--host", "127.0.0.1", "--workers", "1",
     ]  # fmt: skip
+    # MLflow's job runner (a process and seven huey consumers, for its GenAI jobs) has no part
+    # in tracking runs: off, so that it does not take the cores the pipeline runs on.
+    env = subprocess_env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with http_service(
-        lambda port: [*cmd, "--port", str(port)], "/health", subprocess_env(), root / "server.log"
+        lambda port: [*cmd, "--port", str(port)], "/health", env, root / "server.log"
     ) as url:
         yield url, root
 
