@@ -14,11 +14,38 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _HeldSignals:
+    """SIGINT and SIGTERM noted instead of handled until release(), which puts their handlers
+    back and raises again what came, for them to handle. Held by Python's handlers, not by a
+    signal mask: a process-directed signal that the main thread masks goes to another thread
+    (torch's, a tokenizer's), and Python then runs the handler in the main thread anyway, at
+    whatever line it has reached. Python handles signals in its main thread only: elsewhere
+    there is nothing to hold."""
+
+    def __init__(self) -> None:
+        self.noted: list[int] = []
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self._note) for sig in _SIGNALS}
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.noted.append(signum)
+
+    def release(self) -> None:
+        for sig, handler in self.previous.items():  # None: not set from Python
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        self.previous = {}
+        noted, self.noted = self.noted, []
+        for signum in noted:
+            signal.raise_signal(signum)
 
 
 def _umask() -> int:
@@ -73,19 +100,21 @@ def replaced_dir(dest: str | os.PathLike) -> Iterator[Path]:
     dest = Path(dest)
     # Ctrl-C or SIGTERM while the folder is made (it exists before mkdtemp returns) would
     # leave it behind: they wait until the block below, whose clean-up removes it.
-    unmasked = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    held = _HeldSignals()
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         for stale in dest.parent.glob(f"{glob.escape(_temp_prefix(dest))}*.*"):
             if stale.is_dir() and stale.suffix in (".tmp", ".old"):
                 shutil.rmtree(stale)
         tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest), suffix=".tmp", dir=dest.parent))
-    except OSError as e:
-        signal.pthread_sigmask(signal.SIG_SETMASK, unmasked)
-        raise _naming(e, dest) from e
+    except BaseException as e:
+        held.release()
+        if isinstance(e, OSError):
+            raise _naming(e, dest) from e
+        raise
     old = tmp.with_suffix(".old")
     try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, unmasked)  # a waiting signal raises here
+        held.release()  # a signal that came raises here
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700, as open()'s 0600 above
         moved = False

@@ -251,9 +251,13 @@ def spamgpt(args: list[str], cwd: Path) -> str:
     """What `spamgpt ARGS` prints, run in `cwd` in this process (cli.main): the command's
     output without a Python start and torch's import. A failing command raises SystemExit,
     its error line on stderr."""
-    printed = io.StringIO()
-    with contextlib.chdir(cwd), contextlib.redirect_stdout(printed):
-        cli.main(args)
+    printed, before = io.StringIO(), os.getcwd()
+    os.chdir(cwd)  # not contextlib.chdir: Python 3.10 has none
+    try:
+        with contextlib.redirect_stdout(printed):
+            cli.main(args)
+    finally:
+        os.chdir(before)
     return printed.getvalue()
 
 

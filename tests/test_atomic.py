@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -96,8 +97,11 @@ def test_the_folders_of_a_killed_run_are_removed_on_the_next(dest: Path) -> None
     assert sorted(p.name for p in dest.parent.iterdir()) == [".splitting", "split"]
 
 
-def test_ctrl_c_as_the_folder_is_made_leaves_none(dest: Path, monkeypatch) -> None:
-    """SIGINT arriving once mkdtemp has made the folder, before replaced_dir holds its name."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_ctrl_c_as_the_folder_is_made_leaves_none(dest: Path, monkeypatch, threads: int) -> None:
+    """SIGINT arriving once mkdtemp has made the folder, before replaced_dir holds its name;
+    also with a second thread, as a stage has torch's (a signal the main thread masked would
+    go there, and Python would raise it in the main thread wherever that had got to)."""
     made = tempfile.mkdtemp
 
     def then_ctrl_c(*args, **kwargs) -> str:
@@ -106,12 +110,18 @@ def test_ctrl_c_as_the_folder_is_made_leaves_none(dest: Path, monkeypatch) -> No
         return folder
 
     monkeypatch.setattr(tempfile, "mkdtemp", then_ctrl_c)
+    waiting = threading.Event()
+    for _ in range(threads - 1):
+        threading.Thread(target=waiting.wait, daemon=True).start()
     # Python's own Ctrl-C handler, which a job started in the background (`cmd &`) lacks: it
     # inherits SIGINT ignored.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt), atomic.replaced_dir(dest):
             pass
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     finally:
         signal.signal(signal.SIGINT, previous)
+        waiting.set()
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()  # nothing left masked
     assert sorted(p.name for p in dest.parent.iterdir()) == ["split"]
