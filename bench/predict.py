@@ -26,7 +26,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -76,22 +75,35 @@ def write_messages(root: Path, n: int, words: tuple[int, int]) -> tuple[Path, Pa
     return table, lines
 
 
+# Runs a command and prints its [seconds, CPU seconds, peak RSS in KiB, exit code]. A child's
+# peak RSS counts what it held between fork and exec, a copy of its parent's pages: forked
+# from this process (torch, a million messages), every command would seem to hold those too.
+# A fresh interpreter of a few MB forks it instead.
+LAUNCHER = """
+import json, os, subprocess, sys, time
+started = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+seconds = time.perf_counter() - started
+code = os.waitstatus_to_exitcode(status)
+print(json.dumps([seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, code]))
+"""
+
+
 def timed(cmd: list[str], cwd: Path) -> tuple[float, float, float]:
     """(seconds, CPU seconds, peak RSS in MB) of a command run to its end, its output thrown
-    away."""
+    away, as the kernel counts them (wait4)."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    out = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, *cmd], cwd=cwd, env=env, capture_output=True, text=True
     )
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # KiB on Linux
+    seconds, cpu_seconds, rss_kib, code = json.loads(out.stdout)
+    if code != 0:
+        sys.exit(f"{' '.join(cmd)} failed: {out.stderr[-2000:]}")
+    return seconds, cpu_seconds, rss_kib / 1024  # ru_maxrss is in KiB on Linux
 
 
 def run_case(
