@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from spamgpt import classifier, contracts, export, labels, paths, runtime, tokenizer
+from spamgpt import classifier, export, labels, loader, paths, runtime
 from spamgpt.errors import SpamGPTError
 from spamgpt.texts import TextFields, Truncation
 
@@ -44,13 +44,13 @@ def classify(args: argparse.Namespace) -> None:
         )
     if args.threshold is not None and not 0 < args.threshold < 1:
         raise SpamGPTError(f"--threshold must be between 0 and 1, got {args.threshold}")
-    threshold = contracts.read_threshold() if args.threshold is None else args.threshold
     device, precision = runtime.setup(args.device, args.precision)
-    model, meta = classifier.load(args.model, args.pretrained)
-    enc = tokenizer.load(args.model)
+    loaded = loader.load_model(args.model, args.pretrained)
+    threshold = loaded.threshold if args.threshold is None else args.threshold
+    model, meta = loaded.model.to(device), loaded.meta
     texts = joined_fields(messages, TextFields.from_dict(meta))
     probs, truncated = classifier.classify_texts(
-        model.to(device), enc, texts, meta["max_length"], device, precision, args.max_tokens,
+        model, loaded.enc, texts, meta["max_length"], device, precision, args.max_tokens,
         Truncation.from_dict(meta),
     )  # fmt: skip
     classes = classifier.classes_of(meta)
@@ -135,12 +135,13 @@ def positive_int(text: str) -> int:
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """--model and --pretrained of the commands that load a model folder or a logged MLflow
-    model (predict, export)."""
+    """--model and --pretrained of the commands that load a model (classify, predict, export):
+    whatever loader.load_model takes."""
     p.add_argument(
         "--model",
         default=str(paths.FINETUNED_DIR),
-        help="a fine-tuned model folder, or a logged MLflow model (runs:/<run_id>/model)",
+        help="a fine-tuned model folder, an MLflow model folder, or a logged MLflow model "
+        "(runs:/<run_id>/model, models:/<name>/<version>)",
     )
     p.add_argument(
         "--pretrained", type=Path, default=paths.PRETRAINED_DIR, help="base models folder"
@@ -191,12 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("messages", nargs="*", help="messages to classify")
     c.add_argument("--file", help="read one message per line from this file (- for stdin)")
     c.add_argument("--json", action="store_true", help="print one JSON object per message")
-    c.add_argument(
-        "--model", type=Path, default=paths.FINETUNED_DIR, help="fine-tuned model folder"
-    )
-    c.add_argument(
-        "--pretrained", type=Path, default=paths.PRETRAINED_DIR, help="base models folder"
-    )
+    add_model_arguments(c)
     c.add_argument(
         "--threshold",
         type=float,

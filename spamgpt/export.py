@@ -28,15 +28,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from spamgpt import atomic, classifier, paths
+from spamgpt import atomic, classifier, loader
 from spamgpt.errors import SpamGPTError
 from spamgpt.model import TRANSPOSED, GPT2Classifier
 from spamgpt.tokenizer import EOT
@@ -51,25 +49,6 @@ FOLD_TOLERANCE = 1e-6
 # Weights above this go to <file>.data beside the graph, as torch's exporter puts them
 # itself (an ONNX file, a protobuf, stops at 2 GB).
 ONNX_FILE_LIMIT = 1536 * 2**20
-
-
-@contextmanager
-def loaded(
-    source: str | os.PathLike, pretrained_root: str | os.PathLike = paths.PRETRAINED_DIR
-) -> Iterator[tuple[GPT2Classifier, dict, Path]]:
-    """(model, classifier.json, the folder with its tokenizer files) of a fine-tuned model
-    folder, or of an MLflow model URI (runs:/<run_id>/model, models:/<name>/<version>),
-    downloaded for the block's duration from the tracking store MLFLOW_TRACKING_URI or
-    mlflow.db names."""
-    source = str(source)
-    if "://" not in source and not source.startswith(("runs:/", "models:/")):
-        yield (*classifier.load(source, pretrained_root), Path(source))
-        return
-    from spamgpt import serving
-
-    with tempfile.TemporaryDirectory() as tmp:
-        folder, _ = serving.download_logged(source, tmp)
-        yield (*serving.load_artifact(folder), folder)
 
 
 # model.truncation (classifier.json's "truncation", "head" where absent) as a transformers
@@ -297,9 +276,9 @@ def log_exports(
 
 
 def command(args: argparse.Namespace) -> None:
-    with loaded(args.model, args.pretrained) as (model, meta, folder):
+    with loader.opened(args.model, args.pretrained) as source:
         if args.to == "transformers":
-            to_transformers(model, meta, folder, args.dest)
+            to_transformers(source.model, source.meta, source.folder, args.dest)
         else:
-            to_onnx(model, args.dest)
+            to_onnx(source.model, args.dest)
     print(f"{args.dest}: {args.to} export of {args.model}")

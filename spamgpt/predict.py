@@ -13,7 +13,6 @@ only once complete (a temporary name beside it until then).
 import csv
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import tiktoken
 import torch
 from tqdm import tqdm
 
-from spamgpt import atomic, classifier, contracts, data, runtime, tokenizer
+from spamgpt import atomic, classifier, data, loader, runtime
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
 from spamgpt.model import GPT2Classifier
@@ -218,23 +217,13 @@ def load_scorer(
     threshold: float | str | None = "auto",
     max_tokens: int | None = None,
 ) -> Scorer:
-    """The model to score with: a fine-tuned model folder, or a logged
-    MLflow model (runs:/<id>/model, models:/<name>/<version>). `threshold` 'auto': the one
-    the model was evaluated with (metrics/eval.json for a folder, its logged config for an
-    MLflow model)."""
+    """The model to score with: any source loader.load_model takes. `threshold` 'auto': the
+    one the model was evaluated with (metrics/eval.json for a folder, its logged config for
+    an MLflow model)."""
     torch_device, precision = runtime.setup(device, precision)
-    if "://" in model or model.startswith(("runs:", "models:")):
-        from spamgpt import serving  # MLflow: only where a logged model is asked for
-
-        with tempfile.TemporaryDirectory() as tmp:
-            folder, config = serving.download_logged(model, tmp)
-            net, meta = serving.load_artifact(folder)
-            enc = tokenizer.load(folder)
-        logged_threshold = config.get("threshold")
-    else:
-        net, meta = classifier.load(model, pretrained)
-        enc = tokenizer.load(Path(model))
-        logged_threshold = contracts.read_threshold()
+    loaded = loader.load_model(model, pretrained)
     if threshold == "auto":
-        threshold = logged_threshold
-    return Scorer(net, meta, enc, torch_device, precision, threshold, max_tokens)
+        threshold = loaded.threshold
+    return Scorer(
+        loaded.model, loaded.meta, loaded.enc, torch_device, precision, threshold, max_tokens
+    )

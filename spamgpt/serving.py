@@ -8,8 +8,8 @@ Two forms (params.yaml's mlflow.log_model):
   in the workspace's models/pretrained/<repo_id> (under the current directory or the
   repository root) if its hash matches, else puts it into a cache folder ($SPAMGPT_CACHE,
   default ~/.cache/spamgpt) as download_weights does (spamgpt.hub.fetch_file: the Hugging
-  Face cache, else the hub with $HF_TOKEN; $HF_HUB_OFFLINE honoured) and verifies it. A few
-  MB per experiment.
+  Face cache, else the hub with $HF_TOKEN; $HF_HUB_OFFLINE honoured) and verifies it
+  (spamgpt.loader, which loads every model). A few MB per experiment.
 - full (`full`, or whenever the model is registered): every tensor; serving needs neither
   the workspace nor the hub.
 
@@ -23,7 +23,6 @@ SpamClassifierModel): nothing is pickled. The spamgpt package goes with it.
 """
 
 import dataclasses
-import functools
 import json
 import os
 import shutil
@@ -35,25 +34,20 @@ from typing import Any
 import mlflow
 import pandas as pd
 import pydantic
-from mlflow.exceptions import MlflowException
-from mlflow.models import Model, ModelSignature
+from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 from mlflow.types.type_hints import TypeFromExample
 
 import spamgpt
-from spamgpt import classifier, hub, paths, runtime, tokenizer
-from spamgpt.download import sha256_file
+from spamgpt import classifier, loader, paths, runtime
 from spamgpt.errors import SpamGPTError
+from spamgpt.loader import ARTIFACT, BASE_JSON, BaseWeights
 from spamgpt.texts import TextFields, Truncation
 
-ARTIFACT = "classifier"
-BASE_JSON = "base.json"  # in a light model's artifact folder: which base weights it needs
 # The file MLflow runs to build the model (models from code): it calls mlflow.models.set_model.
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
-CACHE_ENV = "SPAMGPT_CACHE"  # where light models keep base weights downloaded from the hub
-HUB_ENV = "SPAMGPT_HUB_URL"  # a hub (or mirror) to use instead of the one the model names
 # What the served model's code imports besides MLflow and MLflow's own requirements (pydantic,
 # pyyaml): the classifier's, and tqdm by way of spamgpt.download (tests/test_serving.py).
 REQUIREMENTS = ("torch", "tiktoken", "safetensors", "numpy", "pandas", "tqdm")
@@ -79,73 +73,6 @@ class MultiLabelPrediction(pydantic.BaseModel):
     probabilities: dict[str, float]
 
 
-@dataclasses.dataclass(frozen=True)
-class BaseWeights:
-    """The pretrained weights a light model is trained on top of."""
-
-    repo_id: str
-    revision: str
-    sha256: str  # of model.safetensors
-    hub_url: str
-
-    def describe(self) -> str:
-        return f"{self.repo_id}@{self.revision} (model.safetensors sha256 {self.sha256[:12]}...)"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "spamgpt")
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256_of_version(path: Path, inode: int, size: int, mtime_ns: int) -> str:
-    return sha256_file(path)
-
-
-def _sha256_of(path: Path) -> str:
-    """sha256_file, once per version of a file in this process (its inode, size and mtime, as
-    DVC's state database keys its hashes): logging a light model loads it twice (MLflow's run
-    of the input example, its serving check), each time checking the same base weights."""
-    stat = path.stat()
-    return _sha256_of_version(path, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-
-def resolve_base(base: BaseWeights) -> Path:
-    """A folder that holds <repo_id>/{config.json, model.safetensors} of exactly these
-    weights (classifier.load's pretrained_root): the workspace's models/pretrained when its
-    model.safetensors has the hash, else the cache, each file taken into it by
-    hub.fetch_file. Raises SpamGPTError, one line, when neither gives them."""
-    seen, tried = set(), []
-    for root in (Path.cwd(), paths.repo_root()):
-        candidate = (root / paths.PRETRAINED_DIR).resolve()
-        weights = candidate / base.repo_id / classifier.WEIGHTS
-        if candidate in seen or not weights.is_file():
-            continue
-        seen.add(candidate)
-        if _sha256_of(weights) == base.sha256:
-            return candidate
-        tried.append(f"{weights} holds other weights")
-    cached = cache_root() / base.revision
-    hub_url = os.environ.get(HUB_ENV) or base.hub_url
-    known = hub.KNOWN_HASHES.get((base.repo_id, base.revision), {})
-    expected = {"config.json": known.get("config.json"), classifier.WEIGHTS: base.sha256}
-    try:
-        missing = []
-        for name, sha in expected.items():
-            target = cached / base.repo_id / name
-            if hub.fetch_file(hub_url, base.repo_id, base.revision, name, target, sha) is None:
-                missing.append(name)
-        if missing:
-            raise hub.offline_error(base.repo_id, base.revision, missing, cached)
-    except SpamGPTError as e:
-        tried.append(str(e))
-        raise SpamGPTError(
-            f"base weights {base.describe()} not found: {'; '.join(tried)}; put them in "
-            f"models/pretrained/{base.repo_id}, set {HUB_ENV} to a hub that has them, or log "
-            f"the model with mlflow.log_model: full"
-        ) from None
-    return cached
-
-
 class SpamClassifierModel(PythonModel):
     """Each message's label (at the threshold logged in model_config, where the classes have
     a positive one), its probability and every class's: classifier.answers."""
@@ -153,10 +80,9 @@ class SpamClassifierModel(PythonModel):
     answer_type: type[pydantic.BaseModel] = Prediction
 
     def load_context(self, context: PythonModelContext) -> None:
-        folder = Path(context.artifacts[ARTIFACT])
-        self.model, meta = load_artifact(folder)
+        loaded = loader.load_model(context.artifacts[ARTIFACT])
+        self.model, meta, self.enc = loaded.model, loaded.meta, loaded.enc
         self.classes = classifier.classes_of(meta)
-        self.enc = tokenizer.load(folder)
         self.max_length = meta["max_length"]
         self.fields = TextFields.from_dict(meta)
         self.truncation = Truncation.from_dict(meta)
@@ -245,35 +171,6 @@ def model_for(config: dict) -> SpamClassifierModel:
     if config.get("multi_label"):
         return MultiLabelFieldsClassifierModel() if fields else MultiLabelClassifierModel()
     return FieldsClassifierModel() if fields else SpamClassifierModel()
-
-
-def load_artifact(folder: str | os.PathLike) -> tuple[classifier.GPT2Classifier, dict]:
-    """The classifier in a logged model's artifact folder: a light one on its base weights
-    (found as resolve_base says), a full one as it is."""
-    folder = Path(folder)
-    base_file = folder / BASE_JSON
-    if base_file.exists():  # a light model: the base weights come from elsewhere
-        base = BaseWeights(**json.loads(base_file.read_text(encoding="utf-8")))
-        return classifier.load(folder, resolve_base(base))
-    return classifier.load(folder)
-
-
-def download_logged(uri: str, dest: str | os.PathLike) -> tuple[Path, dict]:
-    """A logged model (runs:/<id>/model, models:/<name>/<version>) into `dest`: its
-    classifier folder and its model_config."""
-    from spamgpt import tracking
-
-    tracking.connect()  # the store MLFLOW_TRACKING_URI or the project's mlflow.db names
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
-        config = Model.load(local).flavors["python_function"].get("config") or {}
-    except (MlflowException, OSError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SpamGPTError(f"--model {uri}: {first}") from None
-    folder = local / "artifacts" / ARTIFACT
-    if not (folder / classifier.CLASSIFIER_JSON).is_file():
-        raise SpamGPTError(f"--model {uri} is not a model logged by spamgpt")
-    return folder, config
 
 
 def log_model(

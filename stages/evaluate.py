@@ -25,9 +25,9 @@ def main(params: Params) -> None:
     with tracking.Run.open(mlf.experiment, contracts.read_mlflow_run()) as run:
         results.log_evaluation(run, evaluation)
         if mlf.log_model:
-            from spamgpt import serving  # mlflow.pyfunc: only where a model is logged
+            from spamgpt import loader, serving  # mlflow.pyfunc: only where a model is logged
 
-            base = serving.BaseWeights(**contracts.read_base_weights())
+            base = loader.BaseWeights(**contracts.read_base_weights())
             full = mlf.log_model == "full"  # its every tensor comes from `loaded`
             serving.log_model(
                 run.run_id, paths.FINETUNED_DIR, evaluation.threshold, mlf.registered_model,

@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 from test_dvc_yaml import closure
 
-from spamgpt import classifier, serving, tokenizer
+from spamgpt import classifier, loader, serving, tokenizer
 from spamgpt import download as downloads
 from spamgpt.download import sha256_file
 from spamgpt.errors import SpamGPTError
@@ -61,7 +61,7 @@ class Logged:
     run_id: str
     uri: str  # the light model
     full_uri: str  # the full model, registered as REGISTERED version 1
-    base: serving.BaseWeights
+    base: loader.BaseWeights
     env: dict[str, str]  # for subprocesses: the venv first on PATH, this store, no hub
 
 
@@ -103,13 +103,13 @@ def logged(empty_store: Path, tmp_path_factory: pytest.TempPathFactory):
     shutil.copy(empty_store, project / "mlflow.db")
     finetuned, pretrained = finetuned_folder(project), project / "models/pretrained"
     weights = pretrained / REPO_ID / "model.safetensors"
-    base = serving.BaseWeights(REPO_ID, REVISION, sha256_file(weights), NO_HUB)
+    base = loader.BaseWeights(REPO_ID, REVISION, sha256_file(weights), NO_HUB)
     uri = f"sqlite:///{project / 'mlflow.db'}"
     cache = project / "cache"
     with restored_tracking_uri(), pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv(serving.CACHE_ENV, str(cache))
-        mp.delenv(serving.HUB_ENV, raising=False)
+        mp.setenv(loader.CACHE_ENV, str(cache))
+        mp.delenv(loader.HUB_ENV, raising=False)
         mp.delenv("DVC_ROOT", raising=False)
         mp.chdir(project)
         mlflow.set_tracking_uri(uri)  # wins over the variable if another test set one
@@ -123,7 +123,7 @@ def logged(empty_store: Path, tmp_path_factory: pytest.TempPathFactory):
         full_uri = serving.log_model(
             full_run_id, str(finetuned), THRESHOLD, REGISTERED, str(pretrained)
         )
-        env = {**subprocess_env(), "MLFLOW_TRACKING_URI": uri, serving.CACHE_ENV: str(cache)}
+        env = {**subprocess_env(), "MLFLOW_TRACKING_URI": uri, loader.CACHE_ENV: str(cache)}
         yield Logged(project, finetuned, pretrained, run_id, model_uri, full_uri, base, env)
 
 
@@ -261,7 +261,7 @@ def test_log_model_rejects_a_threshold_outside_0_1(logged: Logged) -> None:
 
 def test_loaded_model_predicts_like_the_cli(logged: Logged, monkeypatch) -> None:
     monkeypatch.chdir(logged.project)  # the workspace: the light model's base weights
-    monkeypatch.setenv(serving.CACHE_ENV, str(logged.project / "cache"))
+    monkeypatch.setenv(loader.CACHE_ENV, str(logged.project / "cache"))
     model = mlflow.pyfunc.load_model(logged.uri)
     predictions = model.predict(MESSAGES)
     expected = classify_cli(logged, MESSAGES)
@@ -273,6 +273,27 @@ def test_loaded_model_predicts_like_the_cli(logged: Logged, monkeypatch) -> None
     # A one-column DataFrame (mlflow.evaluate, spark_udf) gets the same answers.
     assert model.predict(pd.DataFrame({"text": MESSAGES})) == predictions
     assert model.predict([]) == []
+
+
+def test_classify_scores_a_logged_model_as_it_scores_the_folder(
+    logged: Logged, tmp_path: Path, monkeypatch
+) -> None:
+    """`spamgpt classify --model` takes what predict and export take: the light model's
+    runs:/ URI, the registered full model's models:/ URI and an MLflow model folder on disk
+    answer as the fine-tuned folder does, at the threshold logged with them (0.8: "see you
+    at 7" is ham, where the folder, with no metrics/eval.json beside it, says spam at 0.5)."""
+    monkeypatch.setenv(loader.CACHE_ENV, str(logged.project / "cache"))
+    folder_answers = classify_cli(logged, MESSAGES)
+    downloaded = Path(mlflow.artifacts.download_artifacts(logged.uri, dst_path=str(tmp_path)))
+    for source in (logged.uri, f"models:/{REGISTERED}/1", str(downloaded)):
+        out = spamgpt(["classify", "--json", "--model", source, *MESSAGES], logged.project)
+        answers = [json.loads(line) for line in out.splitlines()]
+        assert [a["label"] for a in answers] == ["spam", "ham"], source
+        for a, f in zip(answers, folder_answers, strict=True):
+            assert a["probabilities"] == pytest.approx(f["probabilities"], abs=1e-6), source
+            assert a["label"] == f["label"]
+    plain = spamgpt(["classify", "--model", str(logged.finetuned), *MESSAGES], logged.project)
+    assert [line.split("\t")[0] for line in plain.splitlines()] == ["spam", "spam"]
 
 
 def test_served_model_answers_like_the_cli(logged: Logged, server: str) -> None:
@@ -304,7 +325,7 @@ def test_registered_version_is_full_and_predicts_the_same_without_a_workspace(
     light = mlflow.pyfunc.load_model(logged.uri).predict(MESSAGES)
     # Elsewhere, nothing of the workspace and no hub: only the full model loads.
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(serving.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(loader.CACHE_ENV, str(tmp_path / "cache"))
     assert mlflow.pyfunc.load_model(f"models:/{REGISTERED}/1").predict(MESSAGES) == light
     with pytest.raises(SpamGPTError, match=r"base weights .* not found"):
         mlflow.pyfunc.load_model(logged.uri)
@@ -320,7 +341,7 @@ def test_light_model_refuses_other_base_weights_in_one_line(
     with (other / "model.safetensors").open("ab") as f:
         f.write(b"\0")  # other bytes, other hash
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(serving.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(loader.CACHE_ENV, str(tmp_path / "cache"))
     with pytest.raises(SpamGPTError) as error:
         mlflow.pyfunc.load_model(logged.uri)
     message = str(error.value)
@@ -337,11 +358,11 @@ def test_base_weights_changed_in_place_are_checked_again(
     workspace = tmp_path / "models/pretrained"
     shutil.copytree(logged.pretrained, workspace)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(serving.CACHE_ENV, str(tmp_path / "cache"))
-    assert serving.resolve_base(logged.base) == workspace
+    monkeypatch.setenv(loader.CACHE_ENV, str(tmp_path / "cache"))
+    assert loader.resolve_base(logged.base) == workspace
     hashed = []
-    monkeypatch.setattr(serving, "sha256_file", lambda p: hashed.append(p) or sha256_file(p))
-    assert serving.resolve_base(logged.base) == workspace and hashed == []
+    monkeypatch.setattr(loader, "sha256_file", lambda p: hashed.append(p) or sha256_file(p))
+    assert loader.resolve_base(logged.base) == workspace and hashed == []
     weights = workspace / REPO_ID / "model.safetensors"
     before = weights.stat()
     with weights.open("r+b") as f:
@@ -351,7 +372,7 @@ def test_base_weights_changed_in_place_are_checked_again(
         f.write(bytes([last[0] ^ 1]))
     os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
     with pytest.raises(SpamGPTError, match="holds other weights"):
-        serving.resolve_base(logged.base)
+        loader.resolve_base(logged.base)
     assert hashed == [weights]
 
 
@@ -362,13 +383,13 @@ def test_light_model_downloads_its_base_from_the_hub(
     the cache, verified, and reused from there."""
     monkeypatch.chdir(tmp_path)
     cache = tmp_path / "cache"
-    monkeypatch.setenv(serving.CACHE_ENV, str(cache))
+    monkeypatch.setenv(loader.CACHE_ENV, str(cache))
     with serve(logged.project / "hub") as hub:
-        monkeypatch.setenv(serving.HUB_ENV, hub)
+        monkeypatch.setenv(loader.HUB_ENV, hub)
         predictions = mlflow.pyfunc.load_model(logged.uri).predict(MESSAGES)
     cached = cache / REVISION / REPO_ID / "model.safetensors"
     assert sha256_file(cached) == logged.base.sha256
-    monkeypatch.setenv(serving.HUB_ENV, NO_HUB)  # now from the cache alone
+    monkeypatch.setenv(loader.HUB_ENV, NO_HUB)  # now from the cache alone
     assert mlflow.pyfunc.load_model(logged.uri).predict(MESSAGES) == predictions
     monkeypatch.chdir(logged.project)
     assert mlflow.pyfunc.load_model(logged.uri).predict(MESSAGES) == predictions
@@ -381,8 +402,8 @@ def test_light_model_takes_its_base_as_download_weights_does(
     nothing else is tried, and what the cache lacks is named); else from the hub, which is
     sent $HF_TOKEN."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(serving.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(serving.HUB_ENV, NO_HUB)
+    monkeypatch.setenv(loader.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(loader.HUB_ENV, NO_HUB)
     hf_cache = tmp_path / "hf"
     snapshot = hf_cache / f"models--{REPO_ID.replace('/', '--')}" / "snapshots" / REVISION
     snapshot.mkdir(parents=True)
@@ -394,12 +415,12 @@ def test_light_model_takes_its_base_as_download_weights_does(
     shutil.rmtree(hf_cache)
     shutil.rmtree(tmp_path / "cache")
     with pytest.raises(SpamGPTError, match=r"HF_HUB_OFFLINE is set and .* has no config\.json"):
-        serving.resolve_base(logged.base)
+        loader.resolve_base(logged.base)
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     faults = Faults()
     with serve(logged.project / "hub", faults=faults) as hub:
-        monkeypatch.setenv(serving.HUB_ENV, hub)
+        monkeypatch.setenv(loader.HUB_ENV, hub)
         assert mlflow.pyfunc.load_model(logged.uri).predict(MESSAGES) == predictions
     assert len(faults.requests) == 2
     assert {r.headers.get("Authorization") for r in faults.requests} == {"Bearer hf_test_token"}
@@ -418,7 +439,7 @@ def test_full_model_is_served_from_a_directory_without_workspace(
     """`mlflow models serve` of the registered (full) model in an empty directory, with no
     hub and an empty cache: it answers as the CLI does."""
     cmd = ["mlflow", "models", "serve", "-m", f"models:/{REGISTERED}/1", "--env-manager", "local"]
-    env = {**logged.env, serving.CACHE_ENV: str(tmp_path / "cache"), serving.HUB_ENV: NO_HUB}
+    env = {**logged.env, loader.CACHE_ENV: str(tmp_path / "cache"), loader.HUB_ENV: NO_HUB}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     with http_service(
