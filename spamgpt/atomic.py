@@ -12,40 +12,12 @@ import glob
 import json
 import os
 import shutil
-import signal
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class _HeldSignals:
-    """SIGINT and SIGTERM noted instead of handled until release(), which puts their handlers
-    back and raises again what came, for them to handle. Held by Python's handlers, not by a
-    signal mask: a process-directed signal that the main thread masks goes to another thread
-    (torch's, a tokenizer's), and Python then runs the handler in the main thread anyway, at
-    whatever line it has reached. Python handles signals in its main thread only: elsewhere
-    there is nothing to hold."""
-
-    def __init__(self) -> None:
-        self.noted: list[int] = []
-        self.previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {sig: signal.signal(sig, self._note) for sig in _SIGNALS}
-
-    def _note(self, signum: int, frame: object) -> None:
-        self.noted.append(signum)
-
-    def release(self) -> None:
-        for sig, handler in self.previous.items():  # None: not set from Python
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-        self.previous = {}
-        noted, self.noted = self.noted, []
-        for signum in noted:
-            signal.raise_signal(signum)
+from spamgpt import interrupts
 
 
 def _umask() -> int:
@@ -100,7 +72,7 @@ def replaced_dir(dest: str | os.PathLike) -> Iterator[Path]:
     dest = Path(dest)
     # Ctrl-C or SIGTERM while the folder is made (it exists before mkdtemp returns) would
     # leave it behind: they wait until the block below, whose clean-up removes it.
-    held = _HeldSignals()
+    held = interrupts.Pending().hold(record=False)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         for stale in dest.parent.glob(f"{glob.escape(_temp_prefix(dest))}*.*"):

@@ -8,7 +8,9 @@ recorded too, because some extensions turn the KeyboardInterrupt into another er
 
 import contextlib
 import signal
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[str] = []  # names of the signals that arrived, in order
@@ -32,27 +34,58 @@ def received() -> str | None:
 
 
 class Pending:
-    """The signal that arrived while held, if any; `signal` is None until one does."""
+    """SIGINT and SIGTERM noted instead of handled while held (hold() to restore()): `signal`
+    is the last that arrived (None until one does); release() puts the handlers back and
+    raises again what came, for them to handle.
 
-    signal: int | None = None
+    Held by Python's handlers, not by a signal mask: a process-directed signal that the main
+    thread masks goes to another thread (torch's, a tokenizer's), and Python then runs the
+    handler in the main thread anyway, at whatever line it has reached. Python handles
+    signals in its main thread only: elsewhere there is nothing to hold."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.noted: list[int] = []  # every one, in order
+        self._previous: dict[int, Any] = {}
+        self._record = True
 
     def name(self) -> str:
         return signal.Signals(self.signal).name
+
+    def hold(self, record: bool = True) -> "Pending":
+        """Note SIGINT/SIGTERM from now on; `record`: also in received() (release() leaves
+        that to the handlers it raises them for)."""
+        self._record = record
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._note) for sig in SIGNALS}
+        return self
+
+    def _note(self, signum: int, frame: object) -> None:
+        if self._record:
+            _received.append(signal.Signals(signum).name)
+        self.noted.append(signum)
+        self.signal = signum
+
+    def restore(self) -> None:
+        """The handlers held() replaced, back."""
+        for sig, handler in self._previous.items():  # None: not set from Python
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        self._previous = {}
+
+    def release(self) -> None:
+        """restore(), then raise again each signal noted, for the handlers now in place."""
+        self.restore()
+        noted, self.noted = self.noted, []
+        for signum in noted:
+            signal.raise_signal(signum)
 
 
 @contextlib.contextmanager
 def held() -> Iterator[Pending]:
     """Hold SIGINT/SIGTERM in the block: they are noted (and recorded), not raised, so a loop
     can stop where its state is consistent. The previous handlers come back afterwards."""
-    pending = Pending()
-
-    def note(signum: int, frame: object) -> None:
-        _received.append(signal.Signals(signum).name)
-        pending.signal = signum
-
-    previous = {sig: signal.signal(sig, note) for sig in SIGNALS}
+    pending = Pending().hold()
     try:
         yield pending
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        pending.restore()
