@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 
@@ -104,28 +105,25 @@ def read_messages(
     columns[fmt.label_column] = PIPELINE_SETTINGS["label"]
     if split_column is not None:
         columns[split_column] = "data.split_column"
-    rows, skipped = [], Counter()
     if fmt.name != "parquet":
         _refuse_binary(path, fmt.name, name)
+
+    def message(parsed: dict[str, object]) -> tuple:
+        text = _joined(parsed, fields)
+        label = parsed[fmt.label_column]
+        if fmt.multi_label:
+            label = _label_set(label, fmt.label_separator, fmt.allow_empty_labels, labels)
+        row = _checked(label, text, labels, fmt.multi_label)
+        if split_column is not None:
+            row = (*row, _split_of(parsed[split_column], split_column, split_names or {}))
+        return row
+
+    skipped: Counter = Counter()
     sniff = functools.partial(_refuse_other_format, path, fmt.name, name)
-    for number, parsed in read_rows(path, fmt.name, columns, name, sniff):
-        try:
-            if isinstance(parsed, _BadLine):
-                if not rows and not skipped and parsed.kind in _STRUCTURE:
-                    sniff()
-                raise parsed
-            text = _joined(parsed, fields)
-            label = parsed[fmt.label_column]
-            if fmt.multi_label:
-                label = _label_set(label, fmt.label_separator, fmt.allow_empty_labels, labels)
-            row = (number, *_checked(label, text, labels, fmt.multi_label))
-            if split_column is not None:
-                row = (*row, _split_of(parsed[split_column], split_column, split_names or {}))
-            rows.append(row)
-        except _BadLine as bad:
-            if bad_lines != "skip":
-                raise bad_line_error(name, fmt.name, number, bad, PIPELINE_SKIP) from None
-            skipped[bad.kind] += 1
+    good = _good_rows(
+        path, fmt.name, columns, message, bad_lines, skipped, PIPELINE_SKIP, name, sniff
+    )
+    rows = [(number, *row) for number, row in good]
     where = _where(fmt.name)
     if not rows:
         raise SpamGPTError(f"{name}: no messages (the file is empty or every {where} is bad)")
@@ -215,18 +213,15 @@ def read_texts(
     (spamgpt predict: no label). Bad rows raise, or (`bad_lines` 'skip') are counted by kind
     into `skipped`. `settings` names the option of each column for a missing-column error:
     {'text': ..., 'keep': ...}; `skip_hint` says how to skip bad rows."""
-    path = Path(path)
     columns = {c: settings["text"] for c in fields.columns}
     columns.update({c: settings["keep"] for c in keep if c not in columns})
-    for number, parsed in read_rows(path, fmt_name, columns):
-        try:
-            if isinstance(parsed, _BadLine):
-                raise parsed
-            yield _text(_joined(parsed, fields)), [parsed[c] for c in keep]
-        except _BadLine as bad:
-            if bad_lines != "skip":
-                raise bad_line_error(path, fmt_name, number, bad, skip_hint) from None
-            skipped[bad.kind] += 1
+
+    def text_and_kept(parsed: dict[str, object]) -> tuple[str, list[object]]:
+        return _text(_joined(parsed, fields)), [parsed[c] for c in keep]
+
+    good = _good_rows(path, fmt_name, columns, text_and_kept, bad_lines, skipped, skip_hint)
+    for _, row in good:
+        yield row
 
 
 def _where(fmt_name: str) -> str:
@@ -341,6 +336,7 @@ def _checked(
 # for, or the _BadLine it is.
 Rows = Iterator[tuple[int, dict[str, object] | _BadLine]]
 Sniff = Callable[[], None]  # raises if the file reads as another format than the one given
+T = TypeVar("T")  # what a reader loop makes of each good row
 
 
 def read_rows(
@@ -357,6 +353,40 @@ def read_rows(
     path = Path(path)
     name = str(path) if name is None else name
     return _READERS[fmt_name](path, columns, name, sniff or (lambda: None))
+
+
+def _good_rows(
+    path: str | os.PathLike,
+    fmt_name: str,
+    columns: dict[str, str],
+    parse: Callable[[dict[str, object]], T],
+    bad_lines: str,
+    skipped: Counter,
+    skip_hint: str,
+    name: str | None = None,
+    sniff: Sniff | None = None,
+) -> Iterator[tuple[int, T]]:
+    """The one reader loop: (line or row number, parse(row)) of each good row of the raw
+    file, in order. A bad row (as read_rows reads it, or as `parse` raises _BadLine) raises
+    one line (bad_line_error, naming `name`, `path` by default, and saying `skip_hint`), or
+    with `bad_lines` 'skip' is counted by kind into `skipped`. `sniff`: see read_rows; also
+    called when the file's first row is bad in structure (it may be of another format)."""
+    name = str(Path(path)) if name is None else name
+    good = 0
+    for number, parsed in read_rows(path, fmt_name, columns, name, sniff):
+        try:
+            if isinstance(parsed, _BadLine):
+                if sniff is not None and not good and not skipped and parsed.kind in _STRUCTURE:
+                    sniff()
+                raise parsed
+            row = parse(parsed)
+        except _BadLine as bad:
+            if bad_lines != "skip":
+                raise bad_line_error(name, fmt_name, number, bad, skip_hint) from None
+            skipped[bad.kind] += 1
+            continue
+        good += 1
+        yield number, row
 
 
 def _label_tab_text(path: Path, columns: dict[str, str], name: str, sniff: Sniff) -> Rows:
@@ -481,25 +511,35 @@ def split(
                 f"messages of each label (one each in train, val and test); add data, or "
                 f"leave the class out with data.labels"
             )
-    # Here, not at the top: finetune and evaluate read splits and need no scikit-learn.
-    from sklearn.model_selection import train_test_split
-
-    key = stratify_key(frame) if multi_label else frame["label"]
     try:
-        rest, test_part = train_test_split(frame, test_size=test, stratify=key, random_state=seed)
-        rest_key = stratify_key(rest) if multi_label else rest["label"]
-        train_part, val_part = train_test_split(
-            rest, test_size=val / (1 - test), stratify=rest_key, random_state=seed
-        )
+        rest, test_part = stratified(frame, test, seed, multi_label)
+        train_part, val_part = stratified(rest, val / (1 - test), seed, multi_label)
     except ValueError as e:  # a split too small to hold every class
         raise SpamGPTError(
             f"cannot split {len(frame)} messages {counts} into val {val:g} / test "
             f"{test:g} with every class in each: {e}"
         ) from None
-    return {
-        name: part.sort_values("line").reset_index(drop=True)
-        for name, part in (("train", train_part), ("val", val_part), ("test", test_part))
-    }
+    parts = (("train", train_part), ("val", val_part), ("test", test_part))
+    return {name: in_file_order(part) for name, part in parts}
+
+
+def stratified(
+    frame: pd.DataFrame, fraction: float, seed: int, multi_label: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The one stratified splitter: (the rest, `fraction` of `frame`), each class in the same
+    proportion in both (multi-label: each row's stratify_key), drawn from `seed`. Raises
+    scikit-learn's ValueError when a class is too small to be in both."""
+    # Here, not at the top: finetune and evaluate read splits and need no scikit-learn.
+    from sklearn.model_selection import train_test_split
+
+    key = stratify_key(frame) if multi_label else frame["label"]
+    rest, part = train_test_split(frame, test_size=fraction, stratify=key, random_state=seed)
+    return rest, part
+
+
+def in_file_order(part: pd.DataFrame) -> pd.DataFrame:
+    """A split's rows in the raw file's order (by line), numbered from 0."""
+    return part.sort_values("line").reset_index(drop=True)
 
 
 def label_sets(frame: pd.DataFrame) -> list[list[str]]:

@@ -192,11 +192,8 @@ def carve_val(
 ) -> tuple[pd.DataFrame, ...]:
     """split.val of train as val, stratified by label (multi-label: data.stratify_key),
     seeded by split.seed."""
-    from sklearn.model_selection import train_test_split
-
-    key = data.stratify_key(train) if multi_label else train["label"]
     try:
-        rest, val = train_test_split(train, test_size=s.val, stratify=key, random_state=s.seed)
+        rest, val = data.stratified(train, s.val, s.seed, multi_label)
     except ValueError as e:  # a class too small to be in both
         counts = train["label"].value_counts().to_dict()
         raise SpamGPTError(
@@ -204,7 +201,7 @@ def carve_val(
             f"messages {counts} with every class in both ({e}); give a val file "
             f"(data.files.val) or more training data"
         ) from None
-    return tuple(part.sort_values("line").reset_index(drop=True) for part in (rest, val))
+    return data.in_file_order(rest), data.in_file_order(val)
 
 
 def classes_of(frames: dict[str, pd.DataFrame], sources: dict[str, str], d: DataParams) -> Classes:
