@@ -22,13 +22,13 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.svm import LinearSVC
 
 from spamgpt import metrics, multilabel_metrics
-from spamgpt.labels import SMS, Classes
+from spamgpt.labels import Classes
 
 THRESHOLD = 0.5  # on the positive score: the SVM's own decision boundary (margin 0)
 PREDICT_CHUNK = 10_000  # messages scored at a time
 
 
-def labels_of(frame: pd.DataFrame, classes: Classes = SMS) -> np.ndarray:
+def labels_of(frame: pd.DataFrame, classes: Classes) -> np.ndarray:
     """Class indices as the evaluate stage uses them (ham 0, spam 1 for SMS); multi-label,
     (N, labels) 0/1."""
     return classes.targets(frame["label"])
@@ -49,7 +49,7 @@ def sample(train: pd.DataFrame, max_rows: int | None, seed: int = 0) -> pd.DataF
     return train.sample(n=max_rows, random_state=seed).sort_index()
 
 
-def fit(train: pd.DataFrame, classes: Classes = SMS) -> Pipeline:
+def fit(train: pd.DataFrame, classes: Classes) -> Pipeline:
     """A model fitted on a split frame's `text` and `label` columns."""
     features = FeatureUnion(
         [
@@ -87,9 +87,7 @@ def probabilities(model: Pipeline, texts: Iterable[str], multi_label: bool = Fal
     return softmax(margins, axis=1)
 
 
-def evaluate(
-    train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, classes: Classes = SMS
-) -> dict:
+def evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, classes: Classes) -> dict:
     """Fit on train; metrics.report for val and test, and the fit time in seconds."""
     start = time.perf_counter()
     model = fit(train, classes)

@@ -27,7 +27,6 @@ import pandas as pd
 
 from spamgpt import atomic
 from spamgpt.errors import SpamGPTError
-from spamgpt.labels import SMS
 from spamgpt.texts import TextFields
 
 
@@ -82,8 +81,8 @@ PIPELINE_SKIP = "set data.bad_lines: skip to drop such {where}s and count them"
 
 def read_messages(
     path: str | os.PathLike,
-    fmt: Format = Format(),
-    labels: tuple[str, ...] | None = SMS.names,
+    fmt: Format,
+    labels: tuple[str, ...] | None,
     bad_lines: str = "error",
     split_column: str | None = None,
     split_names: dict[str, str] | None = None,
@@ -498,7 +497,7 @@ def split(
     val: float,
     test: float,
     seed: int,
-    labels: tuple[str, ...] = SMS.names,
+    labels: tuple[str, ...],
     multi_label: bool = False,
 ) -> dict[str, pd.DataFrame]:
     """Stratified train/val/test split by label (multi-label: by each row's rarest label,
@@ -562,7 +561,7 @@ def stratify_key(frame: pd.DataFrame) -> pd.Series:
 
 
 def label_counts(
-    frame: pd.DataFrame, labels: tuple[str, ...] = SMS.names, multi_label: bool = False
+    frame: pd.DataFrame, labels: tuple[str, ...], multi_label: bool = False
 ) -> dict[str, int]:
     """Rows of each class (multi-label: rows carrying each label)."""
     if multi_label:

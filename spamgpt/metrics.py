@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from spamgpt.errors import ParamsError
-from spamgpt.labels import SMS, Classes
+from spamgpt.labels import Classes
 from spamgpt.params import check_threshold
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ def report(
     labels: np.ndarray,
     probabilities: np.ndarray,
     threshold: float | None,
-    classes: Classes = SMS,
+    classes: Classes,
 ) -> dict:
     """One split's eval.json object: accuracy, macro F1, per-class P/R/F1/support under each
     class's name, the positive class's ROC and PR AUCs (two classes), the confusion matrix
@@ -127,7 +127,7 @@ def average_precision(is_positive: np.ndarray, scores: np.ndarray) -> float:
     return float(max(0.0, -np.sum(np.diff(recall) * precision[:-1])))
 
 
-def flat(rep: dict, prefix: str, classes: Classes = SMS) -> dict[str, float]:
+def flat(rep: dict, prefix: str, classes: Classes) -> dict[str, float]:
     """MLflow metric names: {prefix}/accuracy, {prefix}/spam_f1, ... (no None, no matrices);
     a class's name as Classes.metric_name makes it safe."""
     out = {}
@@ -251,7 +251,7 @@ POINT = ("class", "point")  # a curve point's columns before its x and y
 
 
 def curve_frames(
-    labels: np.ndarray, probabilities: np.ndarray, classes: Classes = SMS
+    labels: np.ndarray, probabilities: np.ndarray, classes: Classes
 ) -> dict[str, pd.DataFrame]:
     """ROC and precision/recall curves as plot data, columns POINT then x and y: the positive
     class's curve (against the others), else each class's against the rest. A class that is
@@ -277,7 +277,7 @@ def curve_frames(
     }
 
 
-def per_class_table(reports: dict[str, dict], classes: Classes = SMS) -> dict[str, list]:
+def per_class_table(reports: dict[str, dict], classes: Classes) -> dict[str, list]:
     """{'split': [...], 'class': [...], 'precision': [...], ...}: MLflow shows it as a table."""
     rows = [
         {"split": s, "class": c, **{k: r[c][k] for k in ("precision", "recall", "f1", "support")}}
@@ -287,7 +287,7 @@ def per_class_table(reports: dict[str, dict], classes: Classes = SMS) -> dict[st
     return pd.DataFrame(rows).to_dict(orient="list")
 
 
-def confusion_figure(matrix: list[list[int]], title: str, classes: Classes = SMS) -> "Figure":
+def confusion_figure(matrix: list[list[int]], title: str, classes: Classes) -> "Figure":
     """Counts and row-normalised rates side by side."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 

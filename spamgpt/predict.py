@@ -109,7 +109,7 @@ def predict_file(
                 f"({', '.join(fields.columns)}); got {len(text_columns)} "
                 f"({', '.join(text_columns)}): name one column of the file for each"
             )
-        fields = fields.renamed(tuple(text_columns))
+        fields = fields.renamed(tuple(text_columns), SETTINGS["text"])
     clash = [c for c in keep if c in output_columns(scorer.classes)]
     if clash:
         raise SpamGPTError(

@@ -14,7 +14,7 @@ Two forms (params.yaml's mlflow.log_model):
   the workspace nor the hub.
 
 The model is logged as code (python_model is spamgpt/mlflow_model.py, which sets a
-SpamClassifierModel): nothing is pickled. The spamgpt package goes with it.
+TextClassifierModel): nothing is pickled. The spamgpt package goes with it.
 
     mlflow models serve -m runs:/<run_id>/model --env-manager local -p 5001
     curl -d '{"inputs": ["WIN a prize now", "see you at 7"]}' -H 'Content-Type: application/json' \
@@ -73,7 +73,7 @@ class MultiLabelPrediction(pydantic.BaseModel):
     probabilities: dict[str, float]
 
 
-class SpamClassifierModel(PythonModel):
+class TextClassifierModel(PythonModel):
     """Each message's label (at the threshold logged in model_config, where the classes have
     a positive one), its probability and every class's: classifier.answers."""
 
@@ -114,7 +114,7 @@ class SpamClassifierModel(PythonModel):
         return [self.answer_type(**a) for a in answers]
 
 
-class FieldsClassifierModel(SpamClassifierModel):
+class FieldsClassifierModel(TextClassifierModel):
     """The same for a model whose text is made of several fields (data.text_column a list):
     a DataFrame with those columns, or one JSON object per message; the signature names
     them, and each row's fields are joined by the model's template."""
@@ -136,7 +136,7 @@ class FieldsClassifierModel(SpamClassifierModel):
         return self._answers([self.fields.join(row) for row in rows])
 
 
-class MultiLabelClassifierModel(SpamClassifierModel):
+class MultiLabelClassifierModel(TextClassifierModel):
     """A multi-label model's: each message's labels and every label's probability."""
 
     answer_type = MultiLabelPrediction
@@ -164,13 +164,13 @@ class MultiLabelFieldsClassifierModel(FieldsClassifierModel):
         return super().predict(context, model_input, params)
 
 
-def model_for(config: dict) -> SpamClassifierModel:
+def model_for(config: dict) -> TextClassifierModel:
     """The pyfunc model of a logged model_config: several text fields take a DataFrame; a
     multi-label model answers label sets."""
     fields = bool(config.get("text_columns"))
     if config.get("multi_label"):
         return MultiLabelFieldsClassifierModel() if fields else MultiLabelClassifierModel()
-    return FieldsClassifierModel() if fields else SpamClassifierModel()
+    return FieldsClassifierModel() if fields else TextClassifierModel()
 
 
 def log_model(

@@ -6,7 +6,7 @@ and the served model all go through these, so a message is read the same way eve
 
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from spamgpt.errors import ParamsError
 
@@ -17,15 +17,17 @@ TRUNCATIONS = ("head", "tail", "head_tail")
 @dataclass(frozen=True)
 class TextFields:
     """The columns a message's text comes from, and the template joining them (None: the
-    fields joined by a blank line; a single field is the text itself)."""
+    fields joined by a blank line; a single field is the text itself). `setting`: where the
+    columns came from, as errors name it (data.text_column, or a command's flag)."""
 
     columns: tuple[str, ...] = ("text",)
     template: str | None = None
+    setting: str = field(default="data.text_column", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.columns or len(set(self.columns)) != len(self.columns):
             raise ParamsError(
-                f"data.text_column: must name one column or a list of different columns, "
+                f"{self.setting}: must name one column or a list of different columns, "
                 f"got {list(self.columns)}"
             )
         if self.template is not None:
@@ -33,7 +35,7 @@ class TextFields:
             if unknown:
                 raise ParamsError(
                     f"data.text_template: names field {{{unknown[0]}}}, which is not in "
-                    f"data.text_column ({', '.join(self.columns)}); allowed: those fields"
+                    f"{self.setting} ({', '.join(self.columns)}); allowed: those fields"
                 )
 
     @classmethod
@@ -52,12 +54,12 @@ class TextFields:
             return values[self.columns[0]]
         return FIELD_SEPARATOR.join(values[c] for c in self.columns)
 
-    def renamed(self, columns: tuple[str, ...]) -> "TextFields":
+    def renamed(self, columns: tuple[str, ...], setting: str) -> "TextFields":
         """The same fields read from other columns (the i-th field from columns[i]), the
-        template naming them so."""
+        template naming them so; `setting`: where the columns came from (a command's flag)."""
         names = dict(zip(self.columns, columns, strict=True))
         if self.template is None:
-            return TextFields(columns)
+            return TextFields(columns, setting=setting)
         parts = []
         for literal, name, spec, conversion in string.Formatter().parse(self.template):
             parts.append(literal.replace("{", "{{").replace("}", "}}"))
@@ -66,7 +68,7 @@ class TextFields:
                 parts.append("{" + names[base] + name[len(base) :])
                 conversion = "!" + conversion if conversion else ""
                 parts.append(conversion + (":" + spec if spec else "") + "}")
-        return TextFields(columns, "".join(parts))
+        return TextFields(columns, "".join(parts), setting)
 
     def to_dict(self) -> dict:
         return {"text_columns": list(self.columns), "text_template": self.template}

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from spamgpt import atomic, tensorfile
 from spamgpt.batching import PackedSequences
 from spamgpt.errors import ParamsError, SpamGPTError
-from spamgpt.labels import SMS, Classes
+from spamgpt.labels import Classes
 from spamgpt.texts import HEAD, Truncation
 
 ENCODE_CHUNK = 10_000  # texts encoded into Python lists before they are packed as int32
@@ -109,7 +109,7 @@ def pack(
     ids: PackedSequences,
     frame: pd.DataFrame,
     max_length: int,
-    classes: Classes = SMS,
+    classes: Classes,
     truncation: Truncation = HEAD,
 ) -> TokenizedSplit:
     """A split's messages (their whole ids, from encode_packed), cut to `max_length` tokens

@@ -14,6 +14,7 @@ from conftest import run_stage
 
 from spamgpt import data
 from spamgpt.errors import SpamGPTError
+from spamgpt.labels import SMS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ def test_unbalanced_quotes_stay_on_their_own_line(tmp_path: Path) -> None:
         tmp_path,
         b'ham\tHe said "hi\nspam\tWIN "cash" now\nham\t"\nham\tquote at the end"\nspam\tlast\n',
     )
-    assert rows(data.read_messages(path)) == [
+    assert rows(data.read_messages(path, fmt=data.Format(), labels=SMS.names)) == [
         (1, "ham", 'He said "hi'),
         (2, "spam", 'WIN "cash" now'),
         (3, "ham", '"'),
@@ -47,7 +48,7 @@ def test_unbalanced_quotes_stay_on_their_own_line(tmp_path: Path) -> None:
 
 def test_crlf_and_a_last_line_without_newline(tmp_path: Path) -> None:
     path = raw_file(tmp_path, b'ham\tone\r\nspam\ttwo, "three"\r\nham\tfinal words')
-    parsed = data.read_messages(path)
+    parsed = data.read_messages(path, fmt=data.Format(), labels=SMS.names)
     assert rows(parsed) == [
         (1, "ham", "one"),
         (2, "spam", 'two, "three"'),
@@ -60,7 +61,7 @@ def test_text_is_kept_exactly(tmp_path: Path) -> None:
     """Split at the first tab only; spaces, further tabs and unicode are the message's own."""
     texts = ["  padded  ", "a\tb\tc", "ham\tspam", "émoji 😀👍🏽, 中文", "NA", "null"]
     content = "".join(f"ham\t{t}\n" for t in texts).encode()
-    parsed = data.read_messages(raw_file(tmp_path, content))
+    parsed = data.read_messages(raw_file(tmp_path, content), fmt=data.Format(), labels=SMS.names)
     assert parsed.frame["text"].tolist() == texts
     assert parsed.frame["line"].tolist() == list(range(1, len(texts) + 1))
 
@@ -87,7 +88,7 @@ GOOD_AFTER = [b'ham\tsays "ok', b"spam\tlast one"]
 def test_bad_line_stops_the_run(tmp_path: Path, line: bytes, kind: str, problem: str) -> None:
     path = raw_file(tmp_path, b"\n".join([*GOOD_BEFORE, line, *GOOD_AFTER]) + b"\n")
     with pytest.raises(SpamGPTError) as info:
-        data.read_messages(path, bad_lines="error")
+        data.read_messages(path, bad_lines="error", fmt=data.Format(), labels=SMS.names)
     message = str(info.value)
     assert message.startswith(f"{path}:3: ")
     assert problem in message
@@ -102,7 +103,7 @@ def test_bad_line_is_skipped_and_counted(
     tmp_path: Path, line: bytes, kind: str, problem: str
 ) -> None:
     path = raw_file(tmp_path, b"\n".join([*GOOD_BEFORE, line, *GOOD_AFTER]) + b"\n")
-    parsed = data.read_messages(path, bad_lines="skip")
+    parsed = data.read_messages(path, bad_lines="skip", fmt=data.Format(), labels=SMS.names)
     assert rows(parsed) == [
         (1, "ham", "first message"),
         (2, "spam", 'WIN "big now'),
@@ -124,7 +125,12 @@ def test_skip_counts_each_kind(tmp_path: Path) -> None:
         b"\xfe\xff",
         b"spam\tkeep 3",
     ]
-    parsed = data.read_messages(raw_file(tmp_path, b"\r\n".join(lines)), bad_lines="skip")
+    parsed = data.read_messages(
+        raw_file(tmp_path, b"\r\n".join(lines)),
+        bad_lines="skip",
+        fmt=data.Format(),
+        labels=SMS.names,
+    )
     assert parsed.frame["text"].tolist() == ["keep 1", "keep 2", "keep 3"]
     assert parsed.frame["line"].tolist() == [1, 5, 9]
     assert parsed.bad_lines == Counter(
@@ -137,7 +143,7 @@ def test_skip_counts_each_kind(tmp_path: Path) -> None:
 def test_no_messages_is_an_error(tmp_path: Path, policy: str, content: bytes) -> None:
     path = raw_file(tmp_path, content)
     with pytest.raises(SpamGPTError, match=str(path)):
-        data.read_messages(path, bad_lines=policy)
+        data.read_messages(path, bad_lines=policy, fmt=data.Format(), labels=SMS.names)
 
 
 # --- dedupe ---
@@ -187,7 +193,7 @@ def test_split_is_stratified_sized_and_disjoint(
     n_ham: int, n_spam: int, val: float, test: float
 ) -> None:
     frame = messages(n_ham, n_spam)
-    parts = data.split(frame, val, test, seed=123)
+    parts = data.split(frame, val, test, seed=123, labels=SMS.names)
     assert list(parts) == ["train", "val", "test"]
     n = len(frame)
     expected = {"val": val * n, "test": test * n}
@@ -208,9 +214,9 @@ def test_split_is_stratified_sized_and_disjoint(
 
 def test_split_is_seeded() -> None:
     frame = messages(300, 100)
-    a = data.split(frame, 0.1, 0.2, seed=1)
-    b = data.split(frame, 0.1, 0.2, seed=1)
-    c = data.split(frame, 0.1, 0.2, seed=2)
+    a = data.split(frame, 0.1, 0.2, seed=1, labels=SMS.names)
+    b = data.split(frame, 0.1, 0.2, seed=1, labels=SMS.names)
+    c = data.split(frame, 0.1, 0.2, seed=2, labels=SMS.names)
     for name in a:
         pd.testing.assert_frame_equal(a[name], b[name])
     assert set(a["test"]["text"]) != set(c["test"]["text"])
@@ -220,17 +226,17 @@ def test_split_is_seeded() -> None:
 @pytest.mark.parametrize(("n_ham", "n_spam"), [(100, 2), (100, 0), (2, 100), (0, 50)])
 def test_split_needs_enough_of_each_label(n_ham: int, n_spam: int) -> None:
     with pytest.raises(SpamGPTError, match="at least 3 messages of each label"):
-        data.split(messages(n_ham, n_spam), 0.1, 0.2, seed=0)
+        data.split(messages(n_ham, n_spam), 0.1, 0.2, seed=0, labels=SMS.names)
 
 
 def test_split_too_small_to_split_is_a_user_error() -> None:
     with pytest.raises(SpamGPTError):
-        data.split(messages(3, 3), 0.1, 0.2, seed=0)
+        data.split(messages(3, 3), 0.1, 0.2, seed=0, labels=SMS.names)
 
 
 def test_label_counts() -> None:
-    assert data.label_counts(messages(7, 3)) == {"ham": 7, "spam": 3}
-    assert data.label_counts(messages(0, 2)) == {"ham": 0, "spam": 2}
+    assert data.label_counts(messages(7, 3), labels=SMS.names) == {"ham": 7, "spam": 3}
+    assert data.label_counts(messages(0, 2), labels=SMS.names) == {"ham": 0, "spam": 2}
 
 
 # --- the split files: written as the split stage does, read back exactly ---

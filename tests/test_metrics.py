@@ -28,7 +28,7 @@ PROBS = np.array([0.1, 0.2, 0.3, 0.6, 0.85, 0.4, 0.8, 0.9])
 
 
 def test_report_of_a_hand_worked_example() -> None:
-    rep = metrics.report(LABELS, two(PROBS), 0.5)
+    rep = metrics.report(LABELS, two(PROBS), 0.5, classes=SMS)
     assert rep["confusion_matrix"] == [[3, 2], [1, 2]]
     assert rep["accuracy"] == pytest.approx(5 / 8)
     assert rep["spam"] == pytest.approx(
@@ -89,7 +89,7 @@ def average_precision_by_steps(labels: np.ndarray, probs: np.ndarray) -> float:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_report_agrees_with_counts_and_scikit_learn(seed: int, threshold: float) -> None:
     labels, probs = generated(seed, decimals=2 if seed == 2 else None)
-    rep = metrics.report(labels, two(probs), threshold)
+    rep = metrics.report(labels, two(probs), threshold, classes=SMS)
     predicted = (probs >= threshold).astype(int)
     tn, fp, fn, tp = counts(labels, predicted)
     assert rep["confusion_matrix"] == [[tn, fp], [fn, tp]]
@@ -110,7 +110,9 @@ def test_report_agrees_with_counts_and_scikit_learn(seed: int, threshold: float)
 
 
 def test_report_of_one_class_has_no_aucs_and_zero_not_nan() -> None:
-    rep = metrics.report(np.zeros(4, dtype=int), two(np.array([0.1, 0.6, 0.2, 0.3])), 0.5)
+    rep = metrics.report(
+        np.zeros(4, dtype=int), two(np.array([0.1, 0.6, 0.2, 0.3])), 0.5, classes=SMS
+    )
     assert rep["roc_auc"] is None and rep["pr_auc"] is None
     assert rep["spam"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert rep["confusion_matrix"] == [[3, 1], [0, 0]]
@@ -131,14 +133,16 @@ def test_best_threshold_maximises_spam_f1_over_every_candidate(
 
 
 def test_flat_names_every_number_but_support_and_matrix() -> None:
-    flat = metrics.flat(metrics.report(LABELS, two(PROBS), 0.5), "val")
+    flat = metrics.flat(metrics.report(LABELS, two(PROBS), 0.5, classes=SMS), "val", classes=SMS)
     per_class = [f"val/{c}_{m}" for c in ("ham", "spam") for m in ("precision", "recall", "f1")]
     assert set(flat) == {"val/accuracy", "val/macro_f1", "val/roc_auc", "val/pr_auc", *per_class}
     assert flat["val/spam_f1"] == pytest.approx(4 / 7)
     assert flat["val/roc_auc"] == pytest.approx(12 / 15)
     assert all(isinstance(v, float) for v in flat.values())
     one_class = metrics.flat(
-        metrics.report(np.zeros(2, dtype=int), two(np.array([0.1, 0.9])), 0.5), "t"
+        metrics.report(np.zeros(2, dtype=int), two(np.array([0.1, 0.9])), 0.5, classes=SMS),
+        "t",
+        classes=SMS,
     )
     assert "t/roc_auc" not in one_class and "t/pr_auc" not in one_class  # None is left out
 
@@ -168,7 +172,7 @@ def test_three_classes_report_per_class_and_a_3x3_matrix() -> None:
 
 
 def test_selection_score_is_the_chosen_validation_figure() -> None:
-    rep = metrics.report(LABELS, two(PROBS), 0.5)
+    rep = metrics.report(LABELS, two(PROBS), 0.5, classes=SMS)
     micro = skm.f1_score(LABELS, PROBS >= 0.5, average="micro")
     expected = {
         "auto": rep["spam"]["f1"],
@@ -216,7 +220,9 @@ def test_a_policy_picks_the_highest_recall_within_its_bound(
     assert choice.threshold == threshold and choice.best_f1 == 0.4
     reached = {"precision": precision, "recall": recall, "fpr": fpr}
     assert choice.reached == pytest.approx(reached)
-    rep = metrics.report(LABELS, two(PROBS), choice.threshold)  # labels at that threshold
+    rep = metrics.report(
+        LABELS, two(PROBS), choice.threshold, classes=SMS
+    )  # labels at that threshold
     assert (rep["spam"]["precision"], rep["spam"]["recall"]) == pytest.approx((precision, recall))
 
 

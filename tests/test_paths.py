@@ -119,7 +119,7 @@ def test_public_functions_taking_a_path_take_a_str(tiny_hub: Path, tmp_path: Pat
     assert json.loads((tmp_path / "a.json").read_text()) == {"a": 1}
     assert [(tmp_path / n).read_bytes() for n in ("b.txt", "c.txt", "d.bin")] == [b"b", b"c", b"d"]
     # data splits, token files, the trunk cache, raw tensors
-    frame = data.read_messages(str(write_raw(tmp_path))).frame
+    frame = data.read_messages(str(write_raw(tmp_path)), fmt=data.Format(), labels=SMS.names).frame
     data.write_split(frame, f"{root}/train.csv")
     assert list(data.read_split(f"{root}/train.csv")["label"]) == ["ham", "spam"]
     split = tokenized.pack(tokenized.encode_packed(enc, list(frame["text"])), frame, 16, SMS)

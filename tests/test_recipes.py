@@ -39,6 +39,7 @@ from safetensors.torch import load_file
 from spamgpt import classifier, cli, data, metrics, tokenized, trunk
 from spamgpt import params as params_module
 from spamgpt.batching import ModelInputs
+from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPTConfig
 from spamgpt.random_hub import make_hub
 
@@ -259,7 +260,7 @@ def test_auto_threshold_is_the_best_on_validation(recipe_runs: dict) -> None:
     assert threshold == evaluation["best_val_threshold"]
     labels, both = probabilities(recipe_runs["auto-thresh"], "val")
     # these are the probabilities evaluate had: its validation report comes out of them
-    assert metrics.report(labels, both, threshold) == evaluation["val"]
+    assert metrics.report(labels, both, threshold, classes=SMS) == evaluation["val"]
     probs = both[:, 1]
 
     def spam_f1(t: float) -> float:
@@ -346,7 +347,7 @@ def test_cost_policy_recipe_takes_the_highest_recall_within_its_fpr(recipe_runs:
     threshold, reached = evaluation["threshold"], evaluation["val_at_threshold"]
     assert read_json(folder / "metrics/eval.json")["val_at_threshold"] == reached  # compared
     labels, both = probabilities(folder, "val")
-    assert metrics.report(labels, both, threshold) == evaluation["val"]
+    assert metrics.report(labels, both, threshold, classes=SMS) == evaluation["val"]
     spam, ham = labels == 1, labels == 0
 
     def fpr(t: float) -> float:

@@ -135,7 +135,9 @@ def lay_out(folder: Path, mirror, name: str, overrides: dict, url: str) -> None:
         (folder / path).parent.mkdir(parents=True, exist_ok=True)
         (folder / path).write_bytes(content)
     if name == "max-length-above-context":
-        frame = data.read_messages(folder / "data/raw/dataset").frame
+        frame = data.read_messages(
+            folder / "data/raw/dataset", fmt=data.Format(), labels=SMS.names
+        ).frame
         for split in ("train", "val", "test"):
             data.write_split(frame, folder / "data/split" / f"{split}.csv")
 

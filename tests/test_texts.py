@@ -25,7 +25,7 @@ def test_fields_join_by_a_blank_line_or_the_template() -> None:
     assert TextFields(("body",)).join(row) == "a {prize}"
     template = TextFields(("subject", "body"), "Subject: {subject}\n{body!r}")
     assert template.join(row) == "Subject: WIN\n'a {prize}'"
-    renamed = template.renamed(("title", "text"))
+    renamed = template.renamed(("title", "text"), "--text-column")
     assert renamed.join({"title": "WIN", "text": "a {prize}"}) == template.join(row)
 
 
@@ -41,6 +41,13 @@ def test_fields_join_by_a_blank_line_or_the_template() -> None:
 def test_a_template_naming_a_missing_field_is_refused(columns, template, message) -> None:
     with pytest.raises(ParamsError, match="^" + message.replace("{", r"\{").replace("(", r"\(")):
         TextFields(columns, template)
+
+
+def test_columns_from_a_flag_are_refused_naming_the_flag() -> None:
+    """spamgpt predict --text-column a a: the error names the flag, not data.text_column."""
+    for fields in (TextFields(("subject", "body")), TextFields(("a", "b"), "{a}: {b}")):
+        with pytest.raises(ParamsError, match=r"^--text-column: must name one column or a list"):
+            fields.renamed(("x", "x"), "--text-column")
 
 
 def test_truncation_keeps_head_tail_or_both() -> None:

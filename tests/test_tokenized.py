@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from spamgpt import tokenized, tokenizer
 from spamgpt.errors import ParamsError, SpamGPTError
+from spamgpt.labels import SMS
 from spamgpt.random_hub import make_hub
 
 EOT_TEXT = "<|endoftext|>"
@@ -100,7 +101,9 @@ def test_encode_packed_is_encode_packed_end_to_end(enc, monkeypatch) -> None:
 
 
 def test_pack_truncates_and_counts() -> None:
-    split = tokenized.pack(IDS, frame(["ham", "spam", "ham", "spam"], [10, 3, 7, 42]), 3)
+    split = tokenized.pack(
+        IDS, frame(["ham", "spam", "ham", "spam"], [10, 3, 7, 42]), 3, classes=SMS
+    )
     assert split.tokens.rows.tolist() == [1, 2, 3, 6, 7, 8, 9, 10, 11, 12]
     assert split.tokens.lengths.tolist() == [3, 1, 3, 3]
     assert split.truncated == 2  # exactly max_length is not truncated
@@ -111,7 +114,7 @@ def test_pack_truncates_and_counts() -> None:
 
 
 def test_pack_without_truncation() -> None:
-    split = tokenized.pack(IDS, frame(["ham"] * 4), 5)
+    split = tokenized.pack(IDS, frame(["ham"] * 4), 5, classes=SMS)
     assert split.truncated == 0
     assert split.tokens.lengths.tolist() == [5, 1, 3, 4]
     rows, _ = split.tokens.batch(torch.tensor([3]), pad_value=0)
@@ -120,11 +123,11 @@ def test_pack_without_truncation() -> None:
 
 def test_pack_rejects_an_unknown_label() -> None:
     with pytest.raises(ValueError):
-        tokenized.pack(tokenized.pack_ids(IDS_LISTS[:1], 5), frame(["eggs"]), 3)
+        tokenized.pack(tokenized.pack_ids(IDS_LISTS[:1], 5), frame(["eggs"]), 3, classes=SMS)
 
 
 def test_stats() -> None:
-    split = tokenized.pack(IDS, frame(["ham"] * 4), 3)  # lengths 3, 1, 3, 3
+    split = tokenized.pack(IDS, frame(["ham"] * 4), 3, classes=SMS)  # lengths 3, 1, 3, 3
     assert tokenized.stats(split) == {
         "samples": 4,
         "mean_tokens": 2.5,
@@ -132,7 +135,7 @@ def test_stats() -> None:
         "truncated": 2,
     }
     split = tokenized.pack(
-        tokenized.pack_ids(IDS_LISTS[:3], 5), frame(["ham"] * 3), 3
+        tokenized.pack_ids(IDS_LISTS[:3], 5), frame(["ham"] * 3), 3, classes=SMS
     )  # lengths 3, 1, 3: mean 2.333...
     assert tokenized.stats(split)["mean_tokens"] == 2.33
 
@@ -144,7 +147,7 @@ def test_save_load_round_trip(tmp_path: Path, enc) -> None:
     texts = ["WINNER!! claim your £900 prize", "", f"ok {EOT_TEXT}", "see you soon 😀"]
     labels = ["spam", "ham", "ham", "spam"]
     ids = tokenized.encode_packed(enc, texts)
-    split = tokenized.pack(ids, frame(labels, [5, 17, 18, 5574]), 8)
+    split = tokenized.pack(ids, frame(labels, [5, 17, 18, 5574]), 8, classes=SMS)
     path = tmp_path / "tokens" / "train.safetensors"
     tokenized.save(split, path)
     assert sorted(p.name for p in path.parent.iterdir()) == ["train.safetensors"]  # no temp
@@ -163,9 +166,10 @@ def test_save_load_round_trip(tmp_path: Path, enc) -> None:
 
 def test_save_replaces_an_old_file(tmp_path: Path) -> None:
     path = tmp_path / "val.safetensors"
-    tokenized.save(tokenized.pack(IDS, frame(["ham"] * 4), 5), path)
+    tokenized.save(tokenized.pack(IDS, frame(["ham"] * 4), 5, classes=SMS), path)
     tokenized.save(
-        tokenized.pack(tokenized.pack_ids(IDS_LISTS[:2], 5), frame(["spam"] * 2), 5), path
+        tokenized.pack(tokenized.pack_ids(IDS_LISTS[:2], 5), frame(["spam"] * 2), 5, classes=SMS),
+        path,
     )
     back = tokenized.load(path)
     assert back.labels.tolist() == [1, 1] and back.tokens.rows[:].tolist() == [1, 2, 3, 4, 5, 6]
@@ -186,7 +190,7 @@ def corruptions(good: bytes) -> dict[str, bytes]:
 )
 def test_corrupt_tokens_file_is_a_user_error(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "test.safetensors"
-    tokenized.save(tokenized.pack(IDS, frame(["ham"] * 4), 5), path)
+    tokenized.save(tokenized.pack(IDS, frame(["ham"] * 4), 5, classes=SMS), path)
     if kind == "missing":
         path.unlink()
     else:
