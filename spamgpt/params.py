@@ -46,11 +46,12 @@ def _rule(
     le: float | None = None,
     pattern: str | None = None,
     what: str = "",
+    doc: str = "",
 ) -> Any:
-    """A field whose value, once its type is right, must also satisfy these bounds/regex."""
-    return field(
-        metadata={"gt": gt, "ge": ge, "lt": lt, "le": le, "pattern": pattern, "what": what}
-    )
+    """A field whose value, once its type is right, must also satisfy these bounds/regex;
+    `doc`: what the key means, its line in docs/parameters.md (generated: `reference`)."""
+    rule = {"gt": gt, "ge": ge, "lt": lt, "le": le, "pattern": pattern, "what": what}
+    return field(metadata={**rule, "doc": doc})
 
 
 HTTP_URL = {"pattern": r"https?://[^\s/]+\S*", "what": "an http:// or https:// URL"}
@@ -71,8 +72,11 @@ REPORT_KEYS = (
 class SourceParams:
     """One given split's file: a URL or local path as data.url takes, and its sha256."""
 
-    url: str = _rule(**URL_OR_PATH)
-    sha256: str | None = _rule(pattern=r"[0-9a-f]{64}", what="64 lowercase hex digits or null")
+    url: str = _rule(**URL_OR_PATH, doc="the split's file: an http(s) URL or a local path")
+    sha256: str | None = _rule(
+        pattern=r"[0-9a-f]{64}", what="64 lowercase hex digits or null",
+        doc="its sha256; null: accepted, and recorded in metrics/data.json",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ class SplitFilesParams:
     """data.files: the given splits, one file each (val null: carved from train)."""
 
     train: SourceParams
-    val: SourceParams | None
+    val: SourceParams | None = _rule(doc="null: val is carved from train (split.val of it)")
     test: SourceParams
 
     def sources(self) -> dict[str, SourceParams]:
@@ -93,9 +97,9 @@ class SplitFilesParams:
 class SplitNamesParams:
     """data.split_names: the values of data.split_column that name each split."""
 
-    train: str | int = _rule()
-    val: str | int = _rule()
-    test: str | int = _rule()
+    train: str | int = _rule(doc="the data.split_column value of a training row")
+    val: str | int = _rule(doc="... of a validation row")
+    test: str | int = _rule(doc="... of a test row")
 
     def __post_init__(self) -> None:
         values = [str(v) for v in (self.train, self.val, self.test)]
@@ -107,22 +111,63 @@ class SplitNamesParams:
 
 @dataclass(frozen=True)
 class DataParams:
-    url: str | None = _rule(**URL_OR_PATH)
-    mirrors: list[str] = _rule(**HTTP_URL)
-    member: str | None = _rule(pattern=r"(?!.*\.\.)[^\\]+", what="a file name inside the archive")
-    sha256: str | None = _rule(pattern=r"[0-9a-f]{64}", what="64 lowercase hex digits or null")
-    format: Literal["label_tab_text", "csv", "tsv", "jsonl", "parquet"] = _rule()
-    text_column: str | list[str] = _rule(pattern=r".+", what="a column name")
-    text_template: str | None = _rule(pattern=r"(?s).+", what="a template such as '{a}: {b}'")
-    label_column: str = _rule(pattern=r".+", what="a column name")
-    label_format: Literal["single", "multi"] = _rule()  # multi: a set of labels per row
-    label_separator: str = _rule(pattern=r".+", what="a non-empty string such as '|'")
-    allow_empty_labels: bool = _rule()  # multi: a row with no label is a real answer
-    labels: list[str | int] | None = _rule()
-    positive_label: str | int | None = _rule()
-    bad_lines: Literal["error", "skip"] = _rule()
-    files: SplitFilesParams | None
-    split_column: str | None = _rule(pattern=r".+", what="a column name or null")
+    url: str | None = _rule(
+        **URL_OR_PATH,
+        doc="the data: an http(s) URL or a local file (absolute, or relative to the "
+        "repository); null: the splits are given as files (data.files). "
+        "[your-data.md](your-data.md)",
+    )
+    mirrors: list[str] = _rule(**HTTP_URL, doc="URLs tried, in order, when data.url fails")
+    member: str | None = _rule(
+        pattern=r"(?!.*\.\.)[^\\]+", what="a file name inside the archive",
+        doc="the file inside a zip or tar archive; null: the download is the file",
+    )  # fmt: skip
+    sha256: str | None = _rule(
+        pattern=r"[0-9a-f]{64}", what="64 lowercase hex digits or null",
+        doc="of the file (the member); null: accepted, and recorded in metrics/data.json",
+    )  # fmt: skip
+    format: Literal["label_tab_text", "csv", "tsv", "jsonl", "parquet"] = _rule(
+        doc="label_tab_text (`label<TAB>text` lines, no header), csv, tsv, jsonl or parquet"
+    )
+    text_column: str | list[str] = _rule(
+        pattern=r".+", what="a column name",
+        doc="the text's column, or a list of columns (fields) joined into the text",
+    )  # fmt: skip
+    text_template: str | None = _rule(
+        pattern=r"(?s).+", what="a template such as '{a}: {b}'",
+        doc="how the fields make the text, e.g. `Subject: {subject}` and `{body}`; null: "
+        "joined by a blank line",
+    )  # fmt: skip
+    label_column: str = _rule(pattern=r".+", what="a column name", doc="the label's column")
+    label_format: Literal["single", "multi"] = _rule(
+        doc="single: one class per row; multi: a set of labels per row, a sigmoid and a "
+        "threshold per label: [multi-label.md](multi-label.md)"
+    )
+    label_separator: str = _rule(
+        pattern=r".+", what="a non-empty string such as '|'",
+        doc="multi, CSV/TSV: between a row's labels",
+    )  # fmt: skip
+    allow_empty_labels: bool = _rule(doc="multi: a row with no label is a real answer")
+    labels: list[str | int] | None = _rule(
+        doc="exactly these classes, in this order (others are bad rows); null: every class "
+        "found, sorted"
+    )
+    positive_label: str | int | None = _rule(
+        doc="its F1 picks the best epoch, the threshold applies to its probability; null: "
+        "macro F1 picks, the most probable class is the label"
+    )
+    bad_lines: Literal["error", "skip"] = _rule(
+        doc="a bad row stops the stage naming its line (error), or is dropped and counted in "
+        "metrics/data.json (skip)"
+    )
+    files: SplitFilesParams | None = _rule(
+        doc="given splits instead of data.url: {train: {url, sha256}, val: {..} or null, "
+        "test: {..}}"
+    )
+    split_column: str | None = _rule(
+        pattern=r".+", what="a column name or null",
+        doc="a column of data.url's file naming each row's split; null: a random split",
+    )  # fmt: skip
     split_names: SplitNamesParams
 
     def __post_init__(self) -> None:
@@ -179,13 +224,14 @@ class DataParams:
 
 @dataclass(frozen=True)
 class SplitParams:
-    dedupe: bool = _rule()
-    val: float = _rule(gt=0, lt=1)
-    test: float = _rule(gt=0, lt=1)
-    seed: int = _rule(ge=0)
-    # a text in two splits: drop_from_train removes it from train, keep keeps it (counted
-    # either way in metrics/data.json), error stops
-    cross_duplicates: Literal["drop_from_train", "keep", "error"] = _rule()
+    dedupe: bool = _rule(doc="duplicate texts removed (the first kept) before splitting")
+    val: float = _rule(gt=0, lt=1, doc="the share of the data in val (stratified by class)")
+    test: float = _rule(gt=0, lt=1, doc="the share of the data in test")
+    seed: int = _rule(ge=0, doc="seeds the split")
+    cross_duplicates: Literal["drop_from_train", "keep", "error"] = _rule(
+        doc="a text in two given splits: removed from train, kept (counted either way in "
+        "metrics/data.json), or an error"
+    )
 
     def __post_init__(self) -> None:
         if self.val + self.test >= 1:
@@ -197,23 +243,51 @@ class SplitParams:
 
 @dataclass(frozen=True)
 class BaselineParams:
-    max_train_rows: int | None = _rule(ge=1)
+    max_train_rows: int | None = _rule(
+        ge=1,
+        doc="the TF-IDF baseline fits on at most this many training messages, a seeded "
+        "sample (its matrix grows with them: about 1 GB at 100k); null: all",
+    )
 
 
 @dataclass(frozen=True)
 class ModelParams:
-    hub_url: str = _rule(**HTTP_URL)
-    repo_id: str = _rule(pattern=r"[\w.-]+/[\w.-]+", what="'owner/name' as on the hub")
-    revision: str = _rule(pattern=r"[\w.-]+", what="a commit hash or branch name")
-    max_length: int | None = _rule(ge=2)
-    pretrained: bool = _rule()
-    init_seed: int = _rule(ge=0)
-    trainable_blocks: int | Literal["all"] = _rule(ge=0)
-    pooling: Literal["last", "mean"] = _rule()
-    dropout: float = _rule(ge=0, lt=1)
-    finetune: Literal["blocks", "lora"] = _rule()
-    truncation: Literal["head", "tail", "head_tail"] = _rule()
-    head_ratio: float = _rule(ge=0, le=1)  # head_tail: the share of max_length from the start
+    hub_url: str = _rule(
+        **HTTP_URL,
+        doc="the hub GPT-2's files come from: `{hub_url}/{repo_id}/resolve/{revision}/{file}`; "
+        "$HF_ENDPOINT wins where set",
+    )
+    repo_id: str = _rule(
+        pattern=r"[\w.-]+/[\w.-]+", what="'owner/name' as on the hub",
+        doc="any GPT-2 size: openai-community/gpt2, gpt2-medium, gpt2-large, gpt2-xl",
+    )  # fmt: skip
+    revision: str = _rule(
+        pattern=r"[\w.-]+", what="a commit hash or branch name",
+        doc="the commit of the weights, pinned",
+    )  # fmt: skip
+    max_length: int | None = _rule(
+        ge=2, doc="tokens kept per message; null: the longest training message's, capped at "
+        "the model's context",
+    )  # fmt: skip
+    pretrained: bool = _rule(doc="false: the same architecture randomly initialised")
+    init_seed: int = _rule(ge=0, doc="seeds that random initialisation (and nothing else)")
+    trainable_blocks: int | Literal["all"] = _rule(
+        ge=0, doc="the last N blocks + final norm + head train; 0: the head only; all: everything"
+    )
+    pooling: Literal["last", "mean"] = _rule(
+        doc="the last real token's state, or the mean over real tokens"
+    )
+    dropout: float = _rule(ge=0, lt=1, doc="dropout in the trainable blocks")
+    finetune: Literal["blocks", "lora"] = _rule(
+        doc="blocks: train those blocks' weights; lora: low-rank adapters in them"
+    )
+    truncation: Literal["head", "tail", "head_tail"] = _rule(
+        doc="which tokens of a message longer than max_length are kept: the first, the last, "
+        "or both ends"
+    )
+    head_ratio: float = _rule(
+        ge=0, le=1, doc="head_tail: the share of max_length from the start, the rest from the end"
+    )
 
     def truncation_rule(self) -> Truncation:
         return Truncation(self.truncation, self.head_ratio)
@@ -221,9 +295,11 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class LoraParams:
-    rank: int = _rule(ge=1)
-    alpha: float = _rule(gt=0)
-    targets: list[LoraTarget] = _rule()
+    rank: int = _rule(ge=1, doc="the adapters' rank")
+    alpha: float = _rule(gt=0, doc="their scale is alpha / rank")
+    targets: list[LoraTarget] = _rule(
+        doc="the projections they wrap: any of c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj"
+    )
 
     def __post_init__(self) -> None:
         if not self.targets or len(set(self.targets)) != len(self.targets):
@@ -235,25 +311,47 @@ class LoraParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = _rule(ge=1)
-    batch_size: int = _rule(ge=1)
-    lr: float = _rule(gt=0, le=1)
-    weight_decay: float = _rule(ge=0)
-    warmup_ratio: float = _rule(ge=0, le=1)
-    grad_clip: float | None = _rule(gt=0)
-    accumulation_steps: int = _rule(ge=1)
-    eval_every: int | None = _rule(ge=1)
-    class_weights: Literal["balanced", "none"] | dict[str | int, float] = _rule()
-    patience: int = _rule(ge=1)
+    epochs: int = _rule(ge=1, doc="passes over the training data at most")
+    batch_size: int = _rule(ge=1, doc="messages per batch")
+    lr: float = _rule(gt=0, le=1, doc="AdamW's peak learning rate")
+    weight_decay: float = _rule(ge=0, doc="AdamW's weight decay")
+    warmup_ratio: float = _rule(
+        ge=0, le=1, doc="the share of updates warming the rate up linearly; then linear decay"
+    )
+    grad_clip: float | None = _rule(gt=0, doc="the gradients' largest norm; null: no clipping")
+    accumulation_steps: int = _rule(
+        ge=1, doc="batches whose gradients make one update (of batch_size x this messages)"
+    )
+    eval_every: int | None = _rule(
+        ge=1, doc="updates between evaluations (and checkpoints); null: once an epoch"
+    )
+    class_weights: Literal["balanced", "none"] | dict[str | int, float] = _rule(
+        doc="the loss's class weights: balanced (n / (classes x n_c)), none, or {class: "
+        "weight} naming every class"
+    )
+    patience: int = _rule(
+        ge=1, doc="early stopping: evaluations without a better select_metric; the best is kept"
+    )
     select_metric: str = _rule(
         pattern=r"auto|macro_f1|micro_f1|accuracy|val_loss|.+_f1",
         what="auto, macro_f1, micro_f1, accuracy, val_loss or <class>_f1",
+        doc="picks the best evaluation: auto (the positive class's F1, else macro_f1), "
+        "macro_f1, micro_f1, accuracy, val_loss or <class>_f1",
     )
-    min_delta: float = _rule(ge=0)
-    seed: int = _rule(ge=0)
-    device: Literal["auto", "cpu", "cuda", "mps"] = _rule()
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = _rule()
-    devices: int = _rule(ge=1)
+    min_delta: float = _rule(
+        ge=0, doc="an improvement of select_metric smaller than this does not count"
+    )
+    seed: int = _rule(ge=0, doc="seeds training: the head, the batch order, dropout")
+    device: Literal["auto", "cpu", "cuda", "mps"] = _rule(doc="auto: cuda, mps, else cpu")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _rule(
+        doc="auto: bf16 where the hardware computes it natively, else fp16 (with loss "
+        "scaling) on a CUDA card with fast fp16, else fp32"
+    )
+    devices: int = _rule(
+        ge=1,
+        doc="processes under torchrun (one GPU each on CUDA): "
+        "[beyond-one-machine.md](beyond-one-machine.md#more-processes-more-gpus)",
+    )
 
     def __post_init__(self) -> None:
         weights = self.class_weights
@@ -274,7 +372,13 @@ THRESHOLD_POLICIES = {"min_precision": "0 < min_precision <= 1", "max_fpr": "0 <
 @dataclass(frozen=True)
 class EvaluateParams:
     threshold: float | Literal["auto"] | dict[Literal["min_precision", "max_fpr"], float] | None = (
-        _rule(gt=0, lt=1)
+        _rule(
+            gt=0,
+            lt=1,
+            doc="on the positive class's probability; auto: the one maximising its val F1; "
+            "{min_precision: p}: the highest val recall at that precision; {max_fpr: f}: ... "
+            "at that false-positive rate; null: the most probable class (beyond two classes)",
+        )
     )
 
     def __post_init__(self) -> None:
@@ -295,11 +399,24 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class MlflowParams:
-    experiment: str = _rule(pattern=r"\S.*", what="a non-empty name")
-    log_model: bool | Literal["full"] = _rule()  # true: light (trained tensors), full: all
-    log_checkpoints: bool = _rule()  # the best and last trained tensors as run artifacts
-    registered_model: str | None = _rule(pattern=r"[\w.-]+", what="a model name or null")
-    export: list[Literal["transformers", "onnx"]] = _rule()  # run artifacts (spamgpt.export)
+    experiment: str = _rule(
+        pattern=r"\S.*", what="a non-empty name", doc="the MLflow experiment runs go to"
+    )
+    log_model: bool | Literal["full"] = _rule(
+        doc="the MLflow model: true light (trained tensors + the base weights' identity), "
+        "full (every weight), false none"
+    )
+    log_checkpoints: bool = _rule(
+        doc="the best and last trained tensors as run artifacts (where the model lacks them)"
+    )
+    registered_model: str | None = _rule(
+        pattern=r"[\w.-]+", what="a model name or null",
+        doc="a name: also register each model in the MLflow registry (always full)",
+    )  # fmt: skip
+    export: list[Literal["transformers", "onnx"]] = _rule(
+        doc="also log the model for other runtimes as run artifacts: transformers, onnx "
+        "([huggingface.md](huggingface.md))"
+    )
 
     def __post_init__(self) -> None:
         if len(set(self.export)) != len(self.export):
@@ -500,3 +617,86 @@ def flatten(params: Any, prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{f.name}"] = value
     return flat
+
+
+REFERENCE = Path("docs/parameters.md")
+REFERENCE_COMMAND = "python -m spamgpt.params --markdown > docs/parameters.md"
+REFERENCE_INTRO = f"""\
+# Parameters
+
+<!-- Generated from spamgpt/params.py (each key's doc=) by `{REFERENCE_COMMAND}`:
+edit the docs there. tests/test_params.py fails when this page is stale. -->
+
+`params.yaml` holds every setting; `spamgpt/params.py` declares each key's type and range and
+is checked before a stage does any work (a wrong value: exit code 2, one line naming the key
+and what is allowed, no output touched). Each stage in `dvc.yaml` lists exactly the keys it
+reads, so `dvc exp run -S train.lr=1e-4` re-runs only finetune and evaluate. The default is
+the committed params.yaml's value (blank: not set there).
+
+| key | default | meaning |
+|---|---|---|
+"""
+REFERENCE_END = """
+Two `dvc repro -f` runs on a CPU give identical metrics files and models, timing fields aside
+(train_seconds, samples_per_second in metrics/train.json).
+"""
+
+
+def documented_keys(cls: type = Params, prefix: str = "") -> list[tuple[str, dataclasses.Field]]:
+    """Every key of params.yaml with the field declaring it, in params.yaml's order: each
+    value, and each mapping that may be null (data.files), then its keys."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        nested = _dataclass_in(f.type)
+        if nested is None or _is_union(f.type):
+            keys.append((f"{prefix}{f.name}", f))
+        if nested is not None:
+            keys.extend(documented_keys(nested, f"{prefix}{f.name}."))
+    return keys
+
+
+_UNSET = object()  # a key params.yaml does not set (under a mapping that is null)
+
+
+def _cell(text: str) -> str:
+    """Text in a Markdown table cell: a | would end it."""
+    return text.replace("|", "\\|")
+
+
+def _shown(value: Any) -> str:
+    """A value as params.yaml writes it (blank: not set)."""
+    if value is _UNSET:
+        return ""
+    if isinstance(value, str):
+        return f"`{value}`"
+    flow = yaml.safe_dump(value, default_flow_style=True, width=1000)
+    return f"`{flow.strip().removesuffix('...').strip()}`"
+
+
+def reference(params_file: str | os.PathLike = PARAMS_FILE) -> str:
+    """docs/parameters.md: each key's value in `params_file` and its doc, a row per field (a
+    field under several mappings, as data.files' url, is one row naming each key)."""
+    raw = yaml.load(Path(params_file).read_text(encoding="utf-8"), Loader=_Yaml12Loader)
+    rows: dict[int, tuple[list[str], list[str], str]] = {}
+    for key, f in documented_keys():
+        value: Any = raw
+        for part in key.split("."):
+            value = value.get(part, _UNSET) if isinstance(value, dict) else _UNSET
+        keys, values, _ = rows.setdefault(id(f), ([], [], f.metadata.get("doc", "")))
+        keys.append(key)
+        if _shown(value) and _shown(value) not in values:
+            values.append(_shown(value))
+    lines = [
+        "| " + " | ".join(_cell(", ".join(cell)) for cell in (keys, values, [doc])) + " |"
+        for keys, values, doc in rows.values()
+    ]
+    return REFERENCE_INTRO + "\n".join(lines) + "\n" + REFERENCE_END
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="params.yaml's schema")
+    parser.add_argument("--markdown", action="store_true", help=f"print {REFERENCE}")
+    if parser.parse_args().markdown:
+        print(reference(), end="")

@@ -402,3 +402,32 @@ def test_stage_with_good_params_writes_its_outputs(stage_runs: dict) -> None:
     assert after["metrics/data.json"] != before["metrics/data.json"]
     assert after["data/split/train.csv"] != before["data/split/train.csv"]
     assert {"data/split/val.csv", "data/split/test.csv"} <= set(after)
+
+
+def test_every_key_has_its_line_and_the_reference_page_is_current() -> None:
+    """docs/parameters.md is generated from each key's doc= in params.py: a key without one,
+    or a page not regenerated since, fails here."""
+    undocumented = [key for key, f in params.documented_keys() if not f.metadata.get("doc")]
+    assert not undocumented, f"give {undocumented} a doc= in spamgpt/params.py"
+    page = (REPO / params.REFERENCE).read_text(encoding="utf-8")
+    assert page == params.reference(REPO / "params.yaml"), f"stale: {params.REFERENCE_COMMAND}"
+    rows = [line.split(" | ")[0].removeprefix("| ").split(", ") for line in page.splitlines()]
+    listed = {key for row in rows for key in row}
+    flat = params.flatten(params.load(REPO / "params.yaml"))
+    assert set(flat) <= listed, sorted(set(flat) - listed)
+
+
+def test_the_reference_shows_each_value_as_params_yaml_writes_it(tmp_path: Path) -> None:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    raw["data"]["labels"] = ["a|b", "c"]
+    raw["train"]["class_weights"] = {"a|b": 2.0, "c": 1}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    rows = {
+        line.split(" | ")[0].removeprefix("| "): line.split(" | ")[1]
+        for line in params.reference(tmp_path / "params.yaml").splitlines()
+        if line.startswith("| ") and " | " in line
+    }
+    assert rows["data.labels"] == "`[a\\|b, c]`"
+    assert rows["train.class_weights"] == "`{a\\|b: 2.0, c: 1}`"
+    assert rows["train.lr"] == "`5.0e-05`" and rows["data.text_template"] == "`null`"
+    assert rows["data.files.train.url, data.files.val.url, data.files.test.url"] == ""
