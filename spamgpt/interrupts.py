@@ -1,4 +1,6 @@
-"""SIGINT and SIGTERM: raised as Ctrl-C is, or held until the training loop can act on them.
+"""SIGINT and SIGTERM: raised as Ctrl-C is, or held (Pending, the one holder) until the code
+can act on them: the training loop between steps (held()), atomic.replaced_dir once the
+folder it makes has a name to clean up (hold(), then release(), which raises them again).
 
 Python's SIGTERM default ends the process without unwinding (no MLflow run marked KILLED, no
 temporary file removed), so `raise_on_signals` makes both raise KeyboardInterrupt. Each one is
