@@ -276,6 +276,8 @@ class EvaluateParams:
     threshold: float | Literal["auto"] | dict[Literal["min_precision", "max_fpr"], float] | None = (
         _rule(gt=0, lt=1)
     )
+    # multi-label auto and policies: a label with fewer validation positives keeps 0.5
+    min_support: int = _rule(ge=1)
 
     def __post_init__(self) -> None:
         policy = self.threshold

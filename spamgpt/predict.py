@@ -220,7 +220,7 @@ def load_scorer(
 ) -> Scorer:
     """The model to score with: a fine-tuned model folder, or a logged
     MLflow model (runs:/<id>/model, models:/<name>/<version>). `threshold` 'auto': the one
-    the model was evaluated with (metrics/eval.json for a folder, its logged config for an
+    the model was evaluated with (reports/evaluation.json for a folder, its logged config for an
     MLflow model)."""
     torch_device, precision = runtime.setup(device, precision)
     if "://" in model or model.startswith(("runs:", "models:")):

@@ -78,10 +78,12 @@ def test_labels_are_found_split_and_conflicts_counted(project) -> None:
 def test_reaches_micro_f1_with_the_baseline_beside_it(project) -> None:
     compared = read_json(project / "metrics/eval.json")  # what experiments are compared by
     assert compared["micro_f1"] >= 0.9, compared
-    assert compared["baseline"]["micro_f1"] >= 0.9 and set(compared["threshold"]) == set(LABELS)
-    ev = read_json(project / "reports/evaluation.json")  # the whole report
+    assert compared["baseline"]["micro_f1"] >= 0.9 and "threshold" not in compared
+    ev = read_json(project / "reports/evaluation.json")  # the whole report, every threshold
     test, rows = ev["test"], len(pd.read_csv(project / "data/split/test.csv"))
-    assert test["micro_f1"] == compared["micro_f1"] and ev["threshold"] == compared["threshold"]
+    assert test["micro_f1"] == compared["micro_f1"] and set(ev["threshold"]) == set(LABELS)
+    kept = [name for name in LABELS if ev["val"][name]["support"] < 10]  # evaluate.min_support
+    assert ev["kept_default_threshold"] == kept
     for name in LABELS:
         label = test[name]
         (tn, fp), (fn, tp) = label["confusion_matrix"]
@@ -109,7 +111,7 @@ def test_classify_predict_and_the_mlflow_model_answer_label_sets(project, tmp_pa
     texts = ["BILL my TRUCK ASAP", "hello thanks"]
     out = spamgpt(["classify", "--json", *texts], project).splitlines()
     answers = [json.loads(line) for line in out]
-    thresholds = read_json(project / "metrics/eval.json")["threshold"]
+    thresholds = read_json(project / "reports/evaluation.json")["threshold"]
     for answer in answers:  # those at or over their thresholds, every label's probability
         p = answer["probabilities"]
         assert set(p) == set(LABELS)
