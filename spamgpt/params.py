@@ -330,7 +330,8 @@ class Params:
                 f"or mlflow.export without transformers (onnx holds any pooling)"
             )
         labels, threshold = self.data.labels, self.evaluate.threshold
-        if isinstance(threshold, dict) and self.data.positive_label is None:
+        multi = self.data.label_format == "multi"  # a policy applies to each label
+        if isinstance(threshold, dict) and self.data.positive_label is None and not multi:
             raise ParamsError(
                 f"evaluate.threshold: the policy {threshold} applies to the positive class; "
                 f"set data.positive_label, or use null"

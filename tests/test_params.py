@@ -278,6 +278,10 @@ def test_threshold_policies_within_their_bounds() -> None:
         {"max_fpr": 1e-3},
     ):
         assert params.parse(modified(evaluate__threshold=policy)).evaluate.threshold == policy
+        multi = modified(
+            evaluate__threshold=policy, data__label_format="multi", data__positive_label=None
+        )  # each label's
+        assert params.parse(multi).evaluate.threshold == policy
 
 
 def test_log_model_is_true_false_or_full() -> None:
