@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from spamgpt import metrics
-from spamgpt.errors import ParamsError
 from spamgpt.labels import NONE, Classes
+from spamgpt.params import check_threshold
 
 
 def report(
@@ -90,15 +90,6 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return np.divide(numerator, denominator, out=np.zeros(len(numerator)), where=denominator > 0)
 
 
-def check_threshold(setting: float | str | dict | None) -> None:
-    """evaluate.threshold of multi-label data: anything but null (no most probable class)."""
-    if setting is None:
-        raise ParamsError(
-            "evaluate.threshold: multi-label data needs a threshold for each label, not null; "
-            "allowed: a number in (0, 1), auto, {min_precision: p} or {max_fpr: f}"
-        )
-
-
 DEFAULT_THRESHOLD = 0.5  # a label's threshold where validation cannot choose a better one
 _PASSES = 20  # coordinate-ascent sweeps over the labels at most (each accepted move improves)
 _GAIN = 1e-12  # a move must raise the selected metric by more than rounding
@@ -138,7 +129,7 @@ def choose_thresholds(
     for that label), that raises the metric most, until no label's move raises it. A label
     with fewer than `min_support` validation positives keeps 0.5 (too few to choose on).
     auto's thresholds are therefore never worse than 0.5 for the metric on validation."""
-    check_threshold(setting)
+    check_threshold(setting, True, None)
     truth = np.asarray(val_targets) > 0.5
     probs = np.asarray(val_probs, dtype=np.float64)
     best = {

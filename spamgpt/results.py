@@ -23,6 +23,7 @@ from spamgpt import (
 )
 from spamgpt.labels import NONE, Classes
 from spamgpt.params import PARAMS_FILE, ModelParams, Params, flatten
+from spamgpt.params import check_threshold as check_threshold_setting
 from spamgpt.texts import ONE_TEXT, TextFields
 from spamgpt.tracking import Run
 
@@ -126,11 +127,10 @@ def write_training(
 
 
 def check_threshold(setting: float | str | dict | None, classes: Classes) -> None:
-    """evaluate.threshold against the data's classes, before any work: multi-label data needs
-    one for its labels (a ParamsError), and without a positive class none applies."""
-    if classes.multi_label:
-        multilabel_metrics.check_threshold(setting)
-    elif classes.positive is None and setting is not None:
+    """evaluate.threshold against the data's classes, before any work (params.check_threshold:
+    a ParamsError); without a positive class, none applies."""
+    check_threshold_setting(setting, classes.multi_label, classes.positive, len(classes))
+    if not classes.multi_label and classes.positive is None and setting is not None:
         log.info("no data.positive_label: each message gets its most probable class")
 
 
