@@ -194,70 +194,86 @@ def _ascend(
     choose_thresholds); every accepted move raises it, so it ends no lower than at `start`."""
     if objective in classes.names:  # one label's F1: the others cannot change it
         free = np.intersect1d(free, [classes.index(objective)])
-    thresholds, predicted = start.copy(), probs >= start
+    search = _Search(truth, probs, start)
     for _ in range(_PASSES):
         moved = False
         for i in free:
-            candidates, values, current = _objective_by_threshold(
-                truth, probs, predicted, i, objective, classes, policy
+            candidates, values, current = search.objective_by_threshold(
+                i, objective, len(classes), policy
             )
             top = values.max(initial=-np.inf)
             if top > current + _GAIN:
                 ties = candidates[values >= top - _GAIN]  # of those, the nearest to now
-                thresholds[i] = ties[np.argmin(np.abs(ties - thresholds[i]))]
-                predicted[:, i] = probs[:, i] >= thresholds[i]
+                search.move(i, ties[np.argmin(np.abs(ties - search.thresholds[i]))])
                 moved = True
         if not moved:
             break
-    return thresholds
+    return search.thresholds
 
 
-def _objective_by_threshold(
-    truth: np.ndarray,
-    probs: np.ndarray,
-    predicted: np.ndarray,
-    i: int,
-    objective: str,
-    classes: Classes,
-    policy: dict[str, float] | None,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """(label i's candidate thresholds: its distinct validation probabilities, the objective
-    at each with the other labels' decisions as `predicted` has them (-inf where a policy
-    is not met), the objective now)."""
-    is_pos = truth[:, i]
-    others = np.delete(truth == predicted, i, axis=1).all(axis=1)  # the rest of the set right
-    weights = np.column_stack([is_pos, ~is_pos, others & is_pos, others & ~is_pos])
-    order = np.argsort(probs[:, i], kind="mergesort")[::-1]
-    scores = probs[order, i]
-    last_of_each = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
-    above = np.cumsum(weights[order], axis=0)[last_of_each]  # counts at p >= each score
-    now = (weights & predicted[:, [i]]).sum(axis=0)
-    counts = np.vstack([above, now]).astype(np.float64)  # the candidates, then the present
-    tp, fp, right_pos, right_neg = counts.T
-    positives, negatives = is_pos.sum(), (~is_pos).sum()
-    fn = positives - tp
-    if objective == "accuracy":  # rows right elsewhere whose label i is right too
-        values = (right_pos + (others & ~is_pos).sum() - right_neg) / max(len(truth), 1)
-    elif objective in ("micro_f1", "macro_f1"):
-        rest = [
-            np.delete(counted.sum(axis=0), i)
-            for counted in (truth & predicted, ~truth & predicted, truth & ~predicted)
-        ]
-        if objective == "micro_f1":
-            values = _f1(
-                *(part.sum() + mine for part, mine in zip(rest, (tp, fp, fn), strict=True))
-            )
-        else:
-            values = (_f1(*rest).sum() + _f1(tp, fp, fn)) / len(classes)
-    else:  # this label's F1
-        values = _f1(tp, fp, fn)
-    if policy is not None:
-        ((rule, bound),) = policy.items()
-        precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp + fp > 0)
-        fpr = fp / max(negatives, 1)
-        meets = (precision >= bound if rule == "min_precision" else fpr <= bound) & (tp > 0)
-        values = np.where(meets, values, -np.inf)
-    return scores[last_of_each], values[:-1], float(values[-1])
+class _Search:
+    """The state of the ascent: each label's threshold and decisions, and what a move of one
+    label's threshold needs of the others (kept up to date move by move, so that a label's
+    every candidate is weighed in one sorted pass: O(N log N), not O(N x labels))."""
+
+    def __init__(self, truth: np.ndarray, probs: np.ndarray, start: np.ndarray) -> None:
+        self.truth, self.probs, self.thresholds = truth, probs, start.copy()
+        self.predicted = probs >= start
+        self.wrong = (truth != self.predicted).sum(axis=1)  # each message's wrong decisions
+        self.counts = self._counts(truth, self.predicted)  # (3, labels): tp, fp, fn each
+        self.orders: dict[int, np.ndarray] = {}  # a label's messages by falling probability
+
+    @staticmethod
+    def _counts(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        t, p = truth, predicted
+        return np.stack([(t & p).sum(axis=0), (~t & p).sum(axis=0), (t & ~p).sum(axis=0)])
+
+    def move(self, i: int, threshold: float) -> None:
+        self.wrong -= self.truth[:, i] != self.predicted[:, i]
+        self.thresholds[i] = threshold
+        self.predicted[:, i] = self.probs[:, i] >= threshold
+        self.wrong += self.truth[:, i] != self.predicted[:, i]
+        self.counts[:, i] = self._counts(self.truth[:, [i]], self.predicted[:, [i]])[:, 0]
+
+    def objective_by_threshold(
+        self, i: int, objective: str, n_labels: int, policy: dict[str, float] | None
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """(label i's candidate thresholds: its distinct validation probabilities, the
+        objective at each with the other labels' decisions as they are (-inf where a policy
+        is not met), the objective now)."""
+        truth, predicted = self.truth, self.predicted
+        is_pos, mine = truth[:, i], predicted[:, i]
+        others = (self.wrong - (is_pos != mine)) == 0  # the rest of the set right
+        weights = np.column_stack([is_pos, ~is_pos, others & is_pos, others & ~is_pos])
+        if i not in self.orders:
+            self.orders[i] = np.argsort(-self.probs[:, i])  # (equal ones side by side)
+        order = self.orders[i]
+        scores = self.probs[order, i]
+        last_of_each = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+        above = np.cumsum(weights[order], axis=0)[last_of_each]  # counts at p >= each score
+        now = (weights & mine[:, None]).sum(axis=0)
+        counts = np.vstack([above, now]).astype(np.float64)  # the candidates, then the present
+        tp, fp, right_pos, right_neg = counts.T
+        fn = is_pos.sum() - tp
+        if objective == "accuracy":  # rows right elsewhere whose label i is right too
+            values = (right_pos + (others & ~is_pos).sum() - right_neg) / max(len(truth), 1)
+        elif objective in ("micro_f1", "macro_f1"):
+            rest = np.delete(self.counts, i, axis=1)  # the other labels' tp, fp, fn
+            if objective == "micro_f1":
+                values = _f1(
+                    *(part.sum() + own for part, own in zip(rest, (tp, fp, fn), strict=True))
+                )
+            else:
+                values = (_f1(*rest).sum() + _f1(tp, fp, fn)) / n_labels
+        else:  # this label's F1
+            values = _f1(tp, fp, fn)
+        if policy is not None:
+            ((rule, bound),) = policy.items()
+            precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp + fp > 0)
+            fpr = fp / max(int((~is_pos).sum()), 1)
+            meets = (precision >= bound if rule == "min_precision" else fpr <= bound) & (tp > 0)
+            values = np.where(meets, values, -np.inf)
+        return scores[last_of_each], values[:-1], float(values[-1])
 
 
 def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
