@@ -95,10 +95,27 @@ def test_auto_is_never_worse_than_half_and_rare_labels_keep_it(select_metric: st
         assert per_label < at_half < chosen
 
 
+def test_auto_is_never_worse_than_half_on_random_sets() -> None:
+    """Random sizes, label rates and probabilities (rounded: many ties), every objective."""
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        n, labels = int(rng.integers(20, 120)), int(rng.integers(2, 6))
+        names = Classes(tuple(f"l{i}" for i in range(labels)), None, multi_label=True)
+        targets = rng.random((n, labels)) < rng.uniform(0.05, 0.6, labels)
+        probs = np.round(np.clip(0.3 * targets + 0.7 * rng.random((n, labels)), 0, 1), 2)
+        for objective in ("micro_f1", "macro_f1", "accuracy"):
+            choice = multilabel_metrics.choose_thresholds(
+                "auto", names, targets, probs, objective, int(rng.integers(1, 12))
+            )
+            chosen = probs >= names.thresholds(choice.threshold)
+            at_half = sk_metric(objective, targets, probs >= 0.5)
+            assert sk_metric(objective, targets, chosen) >= at_half, (n, labels, objective)
+
+
 def test_micro_f1_auto_ends_where_no_single_label_move_helps() -> None:
     """Coordinate ascent's end: no label's threshold among its validation probabilities
     (the others fixed) gives scikit-learn's micro F1 more."""
-    targets, probs = sample(seed=3)
+    targets, probs = sample(n=100, seed=3)
     choice = multilabel_metrics.choose_thresholds("auto", CLASSES, targets, probs, "micro_f1")
     chosen = CLASSES.thresholds(choice.threshold)
     reached = skm.f1_score(targets, probs >= chosen, average="micro")
