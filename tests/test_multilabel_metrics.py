@@ -116,7 +116,7 @@ def test_micro_f1_auto_ends_where_no_single_label_move_helps() -> None:
     """Coordinate ascent's end: no label's threshold among its validation probabilities
     (the others fixed) gives scikit-learn's micro F1 more."""
     targets, probs = sample(n=100, seed=3)
-    choice = multilabel_metrics.choose_thresholds("auto", CLASSES, targets, probs, "micro_f1")
+    choice = multilabel_metrics.choose_thresholds("auto", CLASSES, targets, probs, "micro_f1", 1)
     chosen = CLASSES.thresholds(choice.threshold)
     reached = skm.f1_score(targets, probs >= chosen, average="micro")
     assert reached > skm.f1_score(targets, probs >= 0.5, average="micro")
