@@ -336,8 +336,8 @@ def _label_set(
     value: object, separator: str, allow_empty: bool, labels: tuple[str, ...] | None
 ) -> list[str]:
     """A multi-label row's labels as its split file holds them (as a JSON list): each label
-    once, sorted; from a list (JSON Lines, Parquet) or a text split on `separator`; or
-    _BadLine (_Misjoined: an unknown label made of `labels` joined by another separator)."""
+    once, sorted; from a list (JSON Lines, Parquet) or a text split on `separator`. Raises
+    _BadLine, or _Misjoined for an unknown label that is `labels` joined by another separator."""
     from_text = isinstance(value, str)
     if from_text:
         value = [part.strip() for part in value.split(separator)]
