@@ -1,7 +1,7 @@
 """spamgpt.results: what finetune and evaluate write for DVC, read back from the files and by
-DVC itself. A 10-class run's `dvc metrics show` fits a 200-column terminal and `dvc plots show`
-has data in every plot (one ROC and precision-recall line per class); the whole report is in
-reports/."""
+DVC itself. A 10-class run's and a 27-label run's `dvc metrics show` fit a 200-column terminal
+and `dvc plots show` has data in every plot (one ROC and precision-recall line per class); the
+whole report, every threshold with it, is in reports/."""
 
 import json
 import shutil
