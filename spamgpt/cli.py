@@ -42,8 +42,7 @@ def classify(args: argparse.Namespace) -> None:
         raise SpamGPTError(
             "no messages to classify: pass text arguments or --file PATH (- for stdin)"
         )
-    if args.threshold is not None and not 0 < args.threshold < 1:
-        raise SpamGPTError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    labels.check_threshold_values(args.threshold, "--threshold")
     device, precision = runtime.setup(args.device, args.precision)
     loaded = loader.load_model(args.model, args.pretrained)
     threshold = loaded.threshold if args.threshold is None else args.threshold
@@ -100,8 +99,7 @@ def predict(args: argparse.Namespace) -> None:
 
     in_format = predicting.format_of(args.input, args.format, "--format")
     out_format = predicting.format_of(args.output, args.output_format, "--output-format")
-    if args.threshold is not None and not 0 < args.threshold < 1:
-        raise SpamGPTError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    labels.check_threshold_values(args.threshold, "--threshold")
     threshold = "auto" if args.threshold is None else args.threshold
     scorer = predicting.load_scorer(
         args.model, args.pretrained, args.device, args.precision, threshold, args.max_tokens

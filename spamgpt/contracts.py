@@ -6,7 +6,7 @@ baseline and evaluate the classes; loaders -> finetune: max_length and the pad i
 (metrics/loaders.json); trunk -> finetune, evaluate: how many blocks the cache skips
 (data/trunk/info.json); finetune -> evaluate: its MLflow run (models/mlflow_run.json);
 baseline -> evaluate: its scores (metrics/baseline.json); evaluate -> classify: the threshold
-(metrics/eval.json).
+(reports/evaluation.json: multi-label, a threshold per label, too wide for DVC's metrics).
 """
 
 import json
@@ -116,15 +116,21 @@ def read_baseline() -> dict:
     return _read(paths.BASELINE_METRICS)
 
 
-def write_evaluation(report: dict) -> None:
-    atomic.write_json(paths.EVAL_METRICS, report)
+def write_evaluation(compared: dict) -> None:
+    """metrics/eval.json: the figures experiments are compared by."""
+    atomic.write_json(paths.EVAL_METRICS, compared)
+
+
+def write_evaluation_report(report: dict) -> None:
+    """reports/evaluation.json: every split's whole report and the threshold applied."""
+    atomic.write_json(paths.EVAL_REPORT, report)
 
 
 def read_threshold(default: float = 0.5) -> float | dict[str, float] | None:
     """The threshold evaluate used (None: it labelled by the most probable class; multi-label:
     {label: threshold}), else `default` (no evaluation yet, or unreadable)."""
     try:
-        threshold = _read(paths.EVAL_METRICS)["threshold"]
+        threshold = _read(paths.EVAL_REPORT)["threshold"]
         if isinstance(threshold, dict):
             return {str(k): float(v) for k, v in threshold.items()}
         return None if threshold is None else float(threshold)

@@ -18,7 +18,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -104,25 +104,40 @@ def read_messages(
     columns[fmt.label_column] = PIPELINE_SETTINGS["label"]
     if split_column is not None:
         columns[split_column] = "data.split_column"
+    known: set[str] = set()  # multi: every label found
+    written: dict[str, int] = {}  # multi: each label written in a text field, its first line
     if fmt.name != "parquet":
         _refuse_binary(path, fmt.name, name)
 
-    def message(parsed: dict[str, object]) -> tuple:
+    def message(parsed: dict[str, object]) -> tuple[tuple, list[str], bool]:
+        """The row, and (multi-label) its labels and whether they were written as text."""
         text = _joined(parsed, fields)
         label = parsed[fmt.label_column]
+        row_labels, from_text = [], isinstance(label, str)
         if fmt.multi_label:
-            label = _label_set(label, fmt.label_separator, fmt.allow_empty_labels, labels)
+            row_labels = _label_set(label, fmt.label_separator, fmt.allow_empty_labels, labels)
+            label = json.dumps(row_labels, ensure_ascii=False)
         row = _checked(label, text, labels, fmt.multi_label)
         if split_column is not None:
             row = (*row, _split_of(parsed[split_column], split_column, split_names or {}))
-        return row
+        return row, row_labels, from_text
 
     skipped: Counter = Counter()
     sniff = functools.partial(_refuse_other_format, path, fmt.name, name)
     good = _good_rows(
         path, fmt.name, columns, message, bad_lines, skipped, PIPELINE_SKIP, name, sniff
     )
-    rows = [(number, *row) for number, row in good]
+    rows = []
+    for number, (row, row_labels, from_text) in good:
+        rows.append((number, *row))
+        known.update(row_labels)
+        for label_name in row_labels if from_text else ():
+            written.setdefault(label_name, number)
+    if labels is None:  # known labels: those found anywhere in the file
+        for label_name, number in sorted(written.items(), key=lambda item: item[1]):
+            mistake = _misjoined(label_name, known, fmt.label_separator)
+            if mistake is not None:
+                raise SpamGPTError(f"{_place(name, fmt.name, number)}: {mistake}")
     where = _where(fmt.name)
     if not rows:
         raise SpamGPTError(f"{name}: no messages (the file is empty or every {where} is bad)")
@@ -232,8 +247,13 @@ def bad_line_error(
 ) -> SpamGPTError:
     """The one-line error of a bad row: where it is, what is wrong, how to go on."""
     where = _where(fmt_name)
-    place = f"{path}:{number}" if where == "line" else f"{path}: row {number}"
+    place = _place(path, fmt_name, number)
     return SpamGPTError(f"{place}: {bad}; fix the {where}, or {skip_hint.format(where=where)}")
+
+
+def _place(path: str | os.PathLike, fmt_name: str, number: int) -> str:
+    """Where a row is, as errors begin: `file:line`, or `file: row n` (Parquet)."""
+    return f"{path}:{number}" if _where(fmt_name) == "line" else f"{path}: row {number}"
 
 
 def _joined(row: dict[str, object], fields: TextFields) -> object:
@@ -279,12 +299,42 @@ def _check_decoded(value: str) -> None:
         raise _BadLine("undecodable", detail)
 
 
+# What a multi-label text field may join its labels with instead of data.label_separator
+# (" ": any run of whitespace).
+OTHER_SEPARATORS = (";", ",", "/", "|", " ")
+
+
+class _Misjoined(ValueError):
+    """A label that is several known labels joined by another separator than the one set."""
+
+    def __init__(self, value: str, joiner: str, parts: list[str], separator: str) -> None:
+        super().__init__(
+            f"{json.dumps(value, ensure_ascii=False)} looks like the labels {', '.join(parts)} "
+            f"joined by {json.dumps(joiner)}, not by data.label_separator {json.dumps(separator)}; "
+            f"set data.label_separator: {json.dumps(joiner)}"
+        )
+
+
+def _misjoined(value: str, known: Collection[str], separator: str) -> _Misjoined | None:
+    """The mistake, when `value` is two or more `known` labels joined by one of
+    OTHER_SEPARATORS (other than `separator`), else None."""
+    for joiner in OTHER_SEPARATORS:
+        if joiner == separator:
+            continue
+        parts = value.split() if joiner == " " else [part.strip() for part in value.split(joiner)]
+        if len(parts) > 1 and all(part in known for part in parts):
+            return _Misjoined(value, joiner, parts, separator)
+    return None
+
+
 def _label_set(
     value: object, separator: str, allow_empty: bool, labels: tuple[str, ...] | None
-) -> str:
-    """A multi-label row's labels as its split file holds them: a JSON list, each label once,
-    sorted; from a list (JSON Lines, Parquet) or a text split on `separator`; or _BadLine."""
-    if isinstance(value, str):
+) -> list[str]:
+    """A multi-label row's labels as its split file holds them (as a JSON list): each label
+    once, sorted; from a list (JSON Lines, Parquet) or a text split on `separator`. Raises
+    _BadLine, or _Misjoined for an unknown label that is `labels` joined by another separator."""
+    from_text = isinstance(value, str)
+    if from_text:
         value = [part.strip() for part in value.split(separator)]
     elif value is None:
         value = []
@@ -296,6 +346,9 @@ def _label_set(
     for name in names:
         _check_decoded(name)
         if labels is not None and name not in labels:
+            mistake = _misjoined(name, labels, separator) if from_text else None
+            if mistake is not None:
+                raise mistake
             raise _BadLine(
                 "unknown_label", f"unknown label {name[:20]!r}; allowed: {', '.join(labels)}"
             )
@@ -304,7 +357,7 @@ def _label_set(
             "missing_label",
             "no label; set data.allow_empty_labels: true where a row may have none",
         )
-    return json.dumps(names, ensure_ascii=False)
+    return names
 
 
 def _checked(
@@ -384,6 +437,8 @@ def _good_rows(
                 raise bad_line_error(name, fmt_name, number, bad, skip_hint) from None
             skipped[bad.kind] += 1
             continue
+        except _Misjoined as mistake:  # the setting is wrong, not the row: never skipped
+            raise SpamGPTError(f"{_place(name, fmt_name, number)}: {mistake}") from None
         good += 1
         yield number, row
 

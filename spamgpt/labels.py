@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spamgpt.errors import ParamsError
+from spamgpt.errors import ParamsError, SpamGPTError
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,14 @@ class Classes:
         """The classes as to_dict wrote them (metrics/data.json, classifier.json)."""
         multi = d.get("label_format") == "multi"
         return cls(tuple(d["labels"]), d.get("positive_label"), multi)
+
+
+def check_threshold_values(threshold: float | dict[str, float] | None, name: str) -> None:
+    """A threshold to apply, from a flag or an argument (`name`): each one strictly between 0
+    and 1 (evaluate.threshold's own rule: params.check_threshold)."""
+    each = threshold.values() if isinstance(threshold, dict) else [threshold]
+    if any(t is not None and not 0 < t < 1 for t in each):
+        raise SpamGPTError(f"{name} must be between 0 and 1, got {threshold}")
 
 
 SMS = Classes(("ham", "spam"), "spam")  # the SMS Spam Collection's

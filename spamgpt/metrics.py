@@ -236,7 +236,7 @@ def choose_threshold(
     positive = classes.positive_index
     if positive is None:
         return ThresholdChoice(None, None, None)
-    check_threshold(setting, len(classes))
+    check_threshold(setting, False, classes.positive, len(classes))
     if len(classes) != 2:
         return ThresholdChoice(None, None, None)
     scores = val_probs[:, positive]

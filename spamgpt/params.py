@@ -380,21 +380,15 @@ class EvaluateParams:
             "at that false-positive rate; null: the most probable class (beyond two classes)",
         )
     )
+    min_support: int = _rule(
+        ge=1,
+        doc="multi-label auto and policies: a label with fewer validation positives keeps the "
+        "default threshold (0.5), listed in reports/evaluation.json",
+    )
 
     def __post_init__(self) -> None:
-        policy = self.threshold
-        if not isinstance(policy, dict):
-            return
-        if len(policy) != 1:
-            raise ParamsError(
-                f"evaluate.threshold: a policy sets one of min_precision, max_fpr; got {policy}"
-            )
-        ((name, bound),) = policy.items()
-        within = 0 <= bound < 1 if name == "max_fpr" else 0 < bound <= 1
-        if not (math.isfinite(bound) and within):
-            raise ParamsError(
-                f"evaluate.threshold: {name} must be {THRESHOLD_POLICIES[name]}, got {bound:g}"
-            )
+        if isinstance(self.threshold, dict):  # its bound; against the classes: Params
+            _check_policy(self.threshold)
 
 
 @dataclass(frozen=True)
@@ -444,24 +438,56 @@ class Params:
                 f"token, model.pooling is {self.model.pooling!r}; allowed: model.pooling: last, "
                 f"or mlflow.export without transformers (onnx holds any pooling)"
             )
-        labels, threshold = self.data.labels, self.evaluate.threshold
-        if isinstance(threshold, dict) and self.data.positive_label is None:
-            raise ParamsError(
-                f"evaluate.threshold: the policy {threshold} applies to the positive class; "
-                f"set data.positive_label, or use null"
-            )
-        if self.data.positive_label is not None and labels is not None:
-            check_threshold(threshold, len(labels))
+        labels, multi = self.data.labels, self.data.label_format == "multi"
+        classes = None if labels is None else len(labels)  # else known once the data is read
+        check_threshold(self.evaluate.threshold, multi, self.data.positive_label, classes)
         if labels is not None:
             check_train_classes(self.train, tuple(str(label) for label in labels))
 
 
-def check_threshold(threshold: float | str | None, classes: int) -> None:
-    """evaluate.threshold applies to the positive class of two: with more, it must be null."""
-    if threshold is not None and classes != 2:
+def check_threshold(
+    setting: float | str | dict | None,
+    multi_label: bool,
+    positive: str | int | None,
+    classes: int | None = None,
+) -> None:
+    """evaluate.threshold against the classes, the one rule (params, and evaluate once the
+    data's classes are known): multi-label data needs a threshold for each label (anything
+    but null; a policy applies to each label); otherwise a policy needs a positive class,
+    and a threshold applies to a positive class of two: with `classes` more, it must be
+    null. A policy's bound: _check_policy."""
+    if isinstance(setting, dict):
+        _check_policy(setting)
+    if multi_label:
+        if setting is None:
+            raise ParamsError(
+                "evaluate.threshold: multi-label data needs a threshold for each label, not "
+                "null; allowed: a number in (0, 1), auto, {min_precision: p} or {max_fpr: f}"
+            )
+        return
+    if isinstance(setting, dict) and positive is None:
+        raise ParamsError(
+            f"evaluate.threshold: the policy {setting} applies to the positive class; "
+            f"set data.positive_label, or use null"
+        )
+    if positive is not None and classes is not None and classes != 2 and setting is not None:
         raise ParamsError(
             f"evaluate.threshold: a threshold applies to two classes only, the data has "
             f"{classes}; allowed: null (the most probable class)"
+        )
+
+
+def _check_policy(policy: dict) -> None:
+    """A cost policy names one of THRESHOLD_POLICIES with its bound within range."""
+    if len(policy) != 1:
+        raise ParamsError(
+            f"evaluate.threshold: a policy sets one of min_precision, max_fpr; got {policy}"
+        )
+    ((name, bound),) = policy.items()
+    within = 0 <= bound < 1 if name == "max_fpr" else 0 < bound <= 1
+    if not (math.isfinite(bound) and within):
+        raise ParamsError(
+            f"evaluate.threshold: {name} must be {THRESHOLD_POLICIES[name]}, got {bound:g}"
         )
 
 

@@ -218,8 +218,8 @@ def load_scorer(
     max_tokens: int | None = None,
 ) -> Scorer:
     """The model to score with: any source loader.load_model takes. `threshold` 'auto': the
-    one the model was evaluated with (metrics/eval.json for a folder, its logged config for
-    an MLflow model)."""
+    one the model was evaluated with (reports/evaluation.json for a folder, its logged config
+    for an MLflow model)."""
     torch_device, precision = runtime.setup(device, precision)
     loaded = loader.load_model(model, pretrained)
     if threshold == "auto":

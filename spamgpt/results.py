@@ -23,6 +23,7 @@ from spamgpt import (
 )
 from spamgpt.labels import NONE, Classes
 from spamgpt.params import PARAMS_FILE, ModelParams, Params, flatten
+from spamgpt.params import check_threshold as check_threshold_setting
 from spamgpt.texts import ONE_TEXT, TextFields
 from spamgpt.tracking import Run
 
@@ -126,11 +127,10 @@ def write_training(
 
 
 def check_threshold(setting: float | str | dict | None, classes: Classes) -> None:
-    """evaluate.threshold against the data's classes, before any work: multi-label data needs
-    one for its labels (a ParamsError), and without a positive class none applies."""
-    if classes.multi_label:
-        multilabel_metrics.check_threshold(setting)
-    elif classes.positive is None and setting is not None:
+    """evaluate.threshold against the data's classes, before any work (params.check_threshold:
+    a ParamsError); without a positive class, none applies."""
+    check_threshold_setting(setting, classes.multi_label, classes.positive, len(classes))
+    if not classes.multi_label and classes.positive is None and setting is not None:
         log.info("no data.positive_label: each message gets its most probable class")
 
 
@@ -139,7 +139,8 @@ class Evaluation:
     """What evaluate found: each split's report and the baseline's (metrics/baseline.json),
     the test curves, labels and probabilities, and the threshold applied (the positive
     class's, None for the most probable class; multi-label, {label: threshold}) with the
-    validation-F1 optimum and what an evaluate.threshold policy reached on validation."""
+    validation-F1 optimum and what an evaluate.threshold policy reached on validation;
+    multi-label, the labels whose threshold stayed 0.5 for want of validation positives."""
 
     classes: Classes
     reports: dict[str, dict]
@@ -150,6 +151,7 @@ class Evaluation:
     threshold: float | dict[str, float] | None
     best_val_threshold: float | dict[str, float] | None = None
     val_at_threshold: dict | None = None
+    kept_default_threshold: list[str] | None = None
 
 
 def evaluate(
@@ -158,14 +160,21 @@ def evaluate(
     labels: dict[str, np.ndarray],
     probabilities: dict[str, np.ndarray],
     baseline: dict,
+    select_metric: str = "auto",
+    min_support: int = 10,
 ) -> Evaluation:
-    """evaluate.threshold chosen on the val split (multi-label, one per label:
+    """evaluate.threshold chosen on the val split (multi-label, one per label maximising
+    train.select_metric, labels under evaluate.min_support positives at 0.5:
     multilabel_metrics.choose_thresholds; else metrics.choose_threshold), each split of
     `labels` and `probabilities` (val, test) reported at it, and the test curves; `baseline`
     (metrics/baseline.json) goes beside."""
     val = labels["val"], probabilities["val"]
+    kept = None
     if classes.multi_label:  # a threshold per label
-        choice = multilabel_metrics.choose_thresholds(setting, classes, *val)
+        choice = multilabel_metrics.choose_thresholds(
+            setting, classes, *val, select_metric, min_support
+        )
+        kept = choice.kept_default
         report, curve_frames = multilabel_metrics.report, multilabel_metrics.curve_frames
     else:
         choice = metrics.choose_threshold(setting, classes, *val)
@@ -181,36 +190,37 @@ def evaluate(
         threshold=choice.threshold,
         best_val_threshold=choice.best_f1,
         val_at_threshold=choice.reached,
+        kept_default_threshold=kept,
     )
 
 
 def write_evaluation(evaluation: Evaluation) -> None:
-    """metrics/eval.json (the test figures to compare, the baseline's selection figure, the
-    threshold and what a policy reached with it), the whole report of every split
-    (reports/evaluation.json), the test confusion and curve plot data, every test message's
-    prediction (reports/predictions_test.csv) and the misclassified ones
-    (reports/misclassified_test.csv)."""
+    """metrics/eval.json (the test figures to compare, the baseline's selection figure and,
+    of a positive class, the threshold and what a policy reached with it), the whole report
+    of every split (reports/evaluation.json, with every threshold: what classify reads), the
+    test confusion and curve plot data, every test message's prediction
+    (reports/predictions_test.csv) and the misclassified ones (reports/misclassified_test.csv)."""
     e, classes = evaluation, evaluation.classes
     policy = {} if e.val_at_threshold is None else {"val_at_threshold": e.val_at_threshold}
-    atomic.write_json(
-        paths.EVAL_REPORT,
+    kept = e.kept_default_threshold
+    contracts.write_evaluation_report(
         {
             "threshold": e.threshold,
             "best_val_threshold": e.best_val_threshold,
             **policy,
+            **({} if kept is None else {"kept_default_threshold": kept}),
             **e.reports,
             "baseline": {s: e.baseline[s] for s in e.reports},
-        },
+        }
     )
-    if classes.multi_label:  # the set figures; the baseline's micro F1
+    if classes.multi_label:  # the set figures and the baseline's micro F1: a label's are wide
         compared = multilabel_metrics.compared(e.reports["test"])
-        baseline = {"micro_f1": e.baseline["test"]["micro_f1"]}
+        compared["baseline"] = {"micro_f1": e.baseline["test"]["micro_f1"]}
     else:
         compared = metrics.compared(e.reports["test"], classes)
         baseline = metrics.selection_figure(e.baseline["test"], classes)
-    contracts.write_evaluation(
-        {**compared, "threshold": e.threshold, **policy, "baseline": baseline}
-    )
+        compared |= {"threshold": e.threshold, **policy, "baseline": baseline}
+    contracts.write_evaluation(compared)
     test = data.read_split(paths.split_file("test"))
     answers = classifier.prediction_frame(e.test_probabilities, classes, e.threshold)
     test["predicted"] = answers.pop("labels" if classes.multi_label else "label")

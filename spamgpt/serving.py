@@ -41,7 +41,7 @@ from mlflow.types import ColSpec, Schema
 from mlflow.types.type_hints import TypeFromExample
 
 import spamgpt
-from spamgpt import classifier, loader, paths, runtime
+from spamgpt import classifier, labels, loader, paths, runtime
 from spamgpt.errors import SpamGPTError
 from spamgpt.loader import ARTIFACT, BASE_JSON, BaseWeights
 from spamgpt.texts import TextFields, Truncation
@@ -189,9 +189,7 @@ def log_model(
     or the folder already holds every tensor. `loaded`: classifier.load(finetuned_dir), if
     the caller has it, saves loading it again to write the full form. The run's status stays
     as it was."""
-    each = threshold.values() if isinstance(threshold, dict) else [threshold]
-    if any(t is not None and not 0 < t < 1 for t in each):
-        raise SpamGPTError(f"threshold must be between 0 and 1, got {threshold}")
+    labels.check_threshold_values(threshold, "threshold")
     finetuned_dir = Path(finetuned_dir)
     full = full or registered_model_name is not None
     # The installed versions, without local labels such as +cpu that PyPI does not serve.

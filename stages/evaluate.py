@@ -19,7 +19,10 @@ def main(params: Params) -> None:
         for s, split in splits.items()
     }
     baseline = contracts.read_baseline()
-    evaluation = results.evaluate(params.evaluate.threshold, classes, labels, probs, baseline)
+    evaluation = results.evaluate(
+        params.evaluate.threshold, classes, labels, probs, baseline,
+        params.train.select_metric, params.evaluate.min_support,
+    )  # fmt: skip
     results.write_evaluation(evaluation)
     mlf = params.mlflow
     with tracking.Run.open(mlf.experiment, contracts.read_mlflow_run()) as run:

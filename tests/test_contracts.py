@@ -44,9 +44,13 @@ def test_each_file_reads_back_what_was_written(workspace: Path) -> None:
 def test_the_threshold_is_evaluates_or_the_default(workspace: Path) -> None:
     assert contracts.read_threshold() == 0.5  # no evaluation yet
     assert contracts.read_threshold(0.7) == 0.7
-    contracts.write_evaluation({"threshold": 0.81})
+    contracts.write_evaluation_report({"threshold": 0.81})
     assert contracts.read_threshold() == 0.81
-    contracts.write_evaluation({"threshold": None})  # labelled by the most probable class
+    contracts.write_evaluation_report({"threshold": None})  # labelled by the most probable class
     assert contracts.read_threshold() is None
-    paths.EVAL_METRICS.write_text("{not json")
+    contracts.write_evaluation_report({"threshold": {"billing": 0.3, "urgent": 0.5}})
+    assert contracts.read_threshold() == {"billing": 0.3, "urgent": 0.5}  # each label's
+    contracts.write_evaluation({"accuracy": 0.9})  # DVC's metrics: not where a threshold is
+    assert contracts.read_threshold() == {"billing": 0.3, "urgent": 0.5}
+    paths.EVAL_REPORT.write_text("{not json")
     assert contracts.read_threshold() == 0.5

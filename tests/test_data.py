@@ -638,6 +638,65 @@ def test_a_row_without_labels_and_an_unknown_label_are_bad_rows(tmp_path: Path) 
     assert skipped.bad_lines == Counter(missing_label=1) and len(skipped.frame) == 2
 
 
+TAGS = "id,body,tags\n" + "".join(
+    f"{i},text {i},{tags}\n"
+    for i, tags in enumerate(["a|b", "c", "b|c", "a", "b", "c|a", "b", "a|b|c", "c", "a"])
+)  # labels a, b, c joined by data.label_separator "|", on lines 2 to 11
+
+
+@pytest.mark.parametrize(
+    ("value", "joiner"),
+    [("a;b;c", ";"), ("a, c", ","), ("b/c", "/"), ("a b", " "), ("a  c\tb", " ")],
+)
+def test_labels_joined_by_another_separator_name_the_file_line_and_separator(
+    tmp_path: Path, value: str, joiner: str
+) -> None:
+    """One row written with another separator, among rows using data.label_separator, and
+    the same when data.labels names the labels."""
+    path = tmp_path / "tags.csv"
+    path.write_text(TAGS + f'10,text 10,"{value}"\n' + "11,text 11,b|a\n")
+    fmt = data.Format("csv", "body", "tags", None, True, "|")
+    parts = ", ".join(value.split() if joiner == " " else (v.strip() for v in value.split(joiner)))
+    expected = (
+        f'tags.csv:12: "{value}" looks like the labels {parts} joined by "{joiner}", not by '
+        f'data.label_separator "|"; set data.label_separator: "{joiner}"'
+    ).replace("\t", "\\t")
+    for labels in (None, ("a", "b", "c")):
+        for bad_lines in ("error", "skip"):  # the setting is wrong, not the row: no skipping
+            with pytest.raises(SpamGPTError) as info:
+                data.read_messages(path, fmt, labels, bad_lines, name="tags.csv")
+            assert str(info.value) == expected
+
+
+def test_the_first_of_several_misjoined_rows_is_named_and_real_labels_pass(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tags.tsv"
+    tsv = TAGS.replace(",", "\t")
+    path.write_text(tsv + "10\ttext 10\tb;c\n11\ttext 11\ta;b\n")
+    fmt = data.Format("tsv", "body", "tags", None, True, "|")
+    with pytest.raises(SpamGPTError, match=r'^tags\.tsv:12: "b;c" looks like the labels b, c '):
+        data.read_messages(path, fmt, None, name="tags.tsv")
+    # a label holding a separator, whose parts are not all labels: a label of its own
+    path.write_text(tsv + "10\ttext 10\tC/C++\n11\ttext 11\ta;x\n")
+    parsed = data.read_messages(path, fmt, None, name="tags.tsv")
+    assert [json.loads(v) for v in parsed.frame["label"][-2:]] == [["C/C++"], ["a;x"]]
+    # with ";" set, "a;b" is two labels
+    path.write_text(TAGS.replace("|", ";"))
+    fmt = data.Format("csv", "body", "tags", None, True, ";")
+    assert json.loads(data.read_messages(path, fmt, None).frame["label"][0]) == ["a", "b"]
+
+
+def test_a_list_element_is_not_taken_for_a_separator_mistake(tmp_path: Path) -> None:
+    """JSON Lines lists hold labels as given: data.label_separator does not apply to them."""
+    records = [{"body": f"text {i}", "tags": tags} for i, tags in enumerate([["a"], ["b"]] * 3)]
+    path = own_file(tmp_path, "jsonl", [*records, {"body": "odd", "tags": ["a;b"]}])
+    fmt = data.Format("jsonl", "body", "tags", None, True)
+    assert json.loads(data.read_messages(path, fmt, None).frame["label"].iloc[-1]) == ["a;b"]
+    with pytest.raises(SpamGPTError, match=r"mine\.jsonl:7: unknown label 'a;b'; allowed: a, b"):
+        data.read_messages(path, fmt, ("a", "b"))
+
+
 def test_a_multi_label_split_keeps_every_label_in_each_split() -> None:
     rng = np.random.default_rng(0)
     sets = [["a"], ["b"], ["a", "b"], ["c"], ["a", "c"], []]

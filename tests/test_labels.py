@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from spamgpt import labels
-from spamgpt.errors import ParamsError
+from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.labels import SMS, Classes
 
 PROBS = np.array([[0.7, 0.3], [0.45, 0.55], [0.2, 0.8]])
@@ -42,3 +42,12 @@ def test_a_positive_class_outside_the_classes_is_a_params_error() -> None:
 def test_metric_names_are_made_safe() -> None:
     assert SMS.metric_name("spam") == "spam"
     assert Classes(("a",)).metric_name("café & co?") == "caf____co_"
+
+
+def test_a_threshold_to_apply_is_strictly_between_0_and_1() -> None:
+    for fine in (None, 0.5, 1e-6, {"billing": 0.3, "urgent": 0.999}):
+        labels.check_threshold_values(fine, "--threshold")
+    for wrong in (0.0, 1.0, 1.5, {"billing": 0.3, "urgent": 1.0}):
+        with pytest.raises(SpamGPTError) as info:
+            labels.check_threshold_values(wrong, "--threshold")
+        assert str(info.value) == f"--threshold must be between 0 and 1, got {wrong}"

@@ -52,24 +52,132 @@ def test_label_pair_confusion_counts_found_missed_and_claimed_labels() -> None:
     assert matrix.tolist() == [[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0]]
 
 
-def test_auto_picks_each_labels_validation_f1_optimum() -> None:
+RARE = Classes(("billing", "shipping", "refund", "fraud", "legal"), None, multi_label=True)
+
+
+def rare_labels(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two common labels the model separates, and three with 4 validation positives each
+    that it barely scores (every probability under 0.2): each rare label's own F1 optimum
+    is a tiny threshold that claims it for many messages without it."""
+    rng = np.random.default_rng(seed)
+    targets = np.zeros((n, 5), dtype=np.float32)
+    targets[:, :2] = rng.random((n, 2)) < [0.4, 0.3]
+    for j in (2, 3, 4):
+        targets[rng.choice(n, 4, replace=False), j] = 1
+    probs = np.clip(0.3 * targets + rng.random((n, 5)) * 0.6, 0, 1)
+    probs[:, 2:] = 0.05 * targets[:, 2:] + rng.random((n, 3)) * 0.12
+    return targets, probs
+
+
+def sk_metric(objective: str, targets: np.ndarray, predicted: np.ndarray) -> float:
+    """The selected metric as scikit-learn computes it."""
+    if objective == "accuracy":
+        return skm.accuracy_score(targets, predicted)
+    average = objective.removesuffix("_f1")
+    return skm.f1_score(targets, predicted, average=average, zero_division=0)
+
+
+@pytest.mark.parametrize("select_metric", ["micro_f1", "macro_f1", "accuracy", "auto"])
+def test_auto_is_never_worse_than_half_and_rare_labels_keep_it(select_metric: str) -> None:
+    targets, probs = rare_labels()
+    choice = multilabel_metrics.choose_thresholds("auto", RARE, targets, probs, select_metric)
+    objective = "macro_f1" if select_metric == "auto" else select_metric
+    at_half = sk_metric(objective, targets, probs >= 0.5)
+    chosen = sk_metric(objective, targets, probs >= RARE.thresholds(choice.threshold))
+    assert chosen >= at_half
+    assert choice.kept_default == ["refund", "fraud", "legal"]  # 4 positives each, under 10
+    assert [choice.threshold[name] for name in choice.kept_default] == [0.5, 0.5, 0.5]
+    assert choice.threshold["billing"] != 0.5 and choice.reached is None
+    # each label's own F1 optimum (the former auto) claims rare labels everywhere
+    assert max(choice.best_f1[name] for name in choice.kept_default) < 0.2
+    per_label = sk_metric(objective, targets, probs >= RARE.thresholds(choice.best_f1))
+    if objective == "micro_f1":
+        assert per_label < at_half < chosen
+
+
+def test_auto_is_never_worse_than_half_on_random_sets() -> None:
+    """Random sizes, label rates and probabilities (rounded: many ties), every objective."""
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        n, labels = int(rng.integers(20, 120)), int(rng.integers(2, 6))
+        names = Classes(tuple(f"l{i}" for i in range(labels)), None, multi_label=True)
+        targets = rng.random((n, labels)) < rng.uniform(0.05, 0.6, labels)
+        probs = np.round(np.clip(0.3 * targets + 0.7 * rng.random((n, labels)), 0, 1), 2)
+        for objective in ("micro_f1", "macro_f1", "accuracy"):
+            choice = multilabel_metrics.choose_thresholds(
+                "auto", names, targets, probs, objective, int(rng.integers(1, 12))
+            )
+            chosen = probs >= names.thresholds(choice.threshold)
+            at_half = sk_metric(objective, targets, probs >= 0.5)
+            assert sk_metric(objective, targets, chosen) >= at_half, (n, labels, objective)
+
+
+def test_micro_f1_auto_ends_where_no_single_label_move_helps() -> None:
+    """Coordinate ascent's end: no label's threshold among its validation probabilities
+    (the others fixed) gives scikit-learn's micro F1 more."""
+    targets, probs = sample(n=100, seed=3)
+    choice = multilabel_metrics.choose_thresholds("auto", CLASSES, targets, probs, "micro_f1", 1)
+    chosen = CLASSES.thresholds(choice.threshold)
+    reached = skm.f1_score(targets, probs >= chosen, average="micro")
+    assert reached > skm.f1_score(targets, probs >= 0.5, average="micro")
+    for i in range(len(CLASSES)):
+        for t in np.unique(probs[:, i]):
+            moved = chosen.copy()
+            moved[i] = t
+            assert skm.f1_score(targets, probs >= moved, average="micro") <= reached + 1e-12
+
+
+def test_macro_f1_auto_is_each_labels_f1_optimum() -> None:
+    """Macro F1 is the labels' mean: its optimum is each label's own."""
     targets, probs = sample()
-    choice = multilabel_metrics.choose_thresholds("auto", CLASSES, targets, probs)
-    assert choice.threshold == choice.best_f1 and choice.reached is None
+    choice = multilabel_metrics.choose_thresholds("auto", CLASSES, targets, probs, "macro_f1")
+    assert choice.kept_default == []  # 200 messages: every label has 10 positives or more
     for i, name in enumerate(CLASSES.names):
         best = max(skm.f1_score(targets[:, i], probs[:, i] >= t) for t in np.unique(probs[:, i]))
         assert skm.f1_score(targets[:, i], probs[:, i] >= choice.threshold[name]) == best
 
 
+def test_min_support_and_a_labels_f1_choose_which_labels_move() -> None:
+    targets, probs = sample()
+    support = targets.sum(axis=0).astype(int)  # billing, shipping, urgent
+    cut = int(support[2]) + 1  # urgent just under it, the others over
+    choice = multilabel_metrics.choose_thresholds("auto", CLASSES, targets, probs, "auto", cut)
+    assert choice.kept_default == ["urgent"] and choice.threshold["urgent"] == 0.5
+    at_support = multilabel_metrics.choose_thresholds(
+        "auto", CLASSES, targets, probs, "auto", int(support[2])
+    )
+    assert at_support.kept_default == []  # as many positives as min_support: chosen
+    one = multilabel_metrics.choose_thresholds("auto", CLASSES, targets, probs, "shipping_f1")
+    assert one.threshold["billing"] == one.threshold["urgent"] == 0.5  # they cannot change it
+    assert one.threshold["shipping"] == one.best_f1["shipping"]
+
+
 def test_a_number_applies_to_every_label_and_a_policy_to_each() -> None:
     targets, probs = sample()
     fixed = multilabel_metrics.choose_thresholds(0.7, CLASSES, targets, probs)
-    assert fixed.threshold == dict.fromkeys(CLASSES.names, 0.7)
-    policy = multilabel_metrics.choose_thresholds({"min_precision": 0.9}, CLASSES, targets, probs)
+    assert fixed.threshold == dict.fromkeys(CLASSES.names, 0.7) and fixed.kept_default == []
+    policy = multilabel_metrics.choose_thresholds(
+        {"min_precision": 0.9}, CLASSES, targets, probs, "micro_f1"
+    )
     for i, name in enumerate(CLASSES.names):
         predicted = probs[:, i] >= policy.threshold[name]
         precision = skm.precision_score(targets[:, i], predicted)
         assert precision >= 0.9 and policy.reached[name]["precision"] == pytest.approx(precision)
+        recall = skm.recall_score(targets[:, i], predicted)
+        assert policy.reached[name]["recall"] == pytest.approx(recall)
+
+
+def test_a_policy_leaves_rare_labels_at_half() -> None:
+    targets, probs = rare_labels()
+    policy = multilabel_metrics.choose_thresholds({"max_fpr": 0.05}, RARE, targets, probs)
+    assert policy.kept_default == ["refund", "fraud", "legal"]
+    for i, name in enumerate(RARE.names):
+        fpr = (probs[:, i] >= policy.threshold[name])[targets[:, i] == 0].mean()
+        assert policy.reached[name]["fpr"] == pytest.approx(fpr)
+        if name in policy.kept_default:
+            assert policy.threshold[name] == 0.5
+        else:
+            assert fpr <= 0.05
 
 
 def test_null_and_an_unreachable_policy_are_refused_in_one_line() -> None:

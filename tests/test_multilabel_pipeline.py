@@ -10,6 +10,7 @@ import random
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 from conftest import make_project, read_json, run, spamgpt, tiny_params, write_jsonl
 from mlflow.tracking import MlflowClient
 
@@ -78,10 +79,12 @@ def test_labels_are_found_split_and_conflicts_counted(project) -> None:
 def test_reaches_micro_f1_with_the_baseline_beside_it(project) -> None:
     compared = read_json(project / "metrics/eval.json")  # what experiments are compared by
     assert compared["micro_f1"] >= 0.9, compared
-    assert compared["baseline"]["micro_f1"] >= 0.9 and set(compared["threshold"]) == set(LABELS)
-    ev = read_json(project / "reports/evaluation.json")  # the whole report
+    assert compared["baseline"]["micro_f1"] >= 0.9 and "threshold" not in compared
+    ev = read_json(project / "reports/evaluation.json")  # the whole report, every threshold
     test, rows = ev["test"], len(pd.read_csv(project / "data/split/test.csv"))
-    assert test["micro_f1"] == compared["micro_f1"] and ev["threshold"] == compared["threshold"]
+    assert test["micro_f1"] == compared["micro_f1"] and set(ev["threshold"]) == set(LABELS)
+    kept = [name for name in LABELS if ev["val"][name]["support"] < 10]  # evaluate.min_support
+    assert ev["kept_default_threshold"] == kept
     for name in LABELS:
         label = test[name]
         (tn, fp), (fn, tp) = label["confusion_matrix"]
@@ -109,7 +112,7 @@ def test_classify_predict_and_the_mlflow_model_answer_label_sets(project, tmp_pa
     texts = ["BILL my TRUCK ASAP", "hello thanks"]
     out = spamgpt(["classify", "--json", *texts], project).splitlines()
     answers = [json.loads(line) for line in out]
-    thresholds = read_json(project / "metrics/eval.json")["threshold"]
+    thresholds = read_json(project / "reports/evaluation.json")["threshold"]
     for answer in answers:  # those at or over their thresholds, every label's probability
         p = answer["probabilities"]
         assert set(p) == set(LABELS)
@@ -133,3 +136,27 @@ def test_classify_predict_and_the_mlflow_model_answer_label_sets(project, tmp_pa
     assert [p.labels for p in served] == [a["labels"] for a in answers]
     for p, answer in zip(served, answers, strict=True):
         assert p.probabilities == pytest.approx(answer["probabilities"], abs=1e-5)
+
+
+def test_a_cost_policy_applies_to_each_label_through_dvc_repro(project) -> None:
+    """(Last: it changes the project's threshold.) Only evaluate re-runs; each label's
+    threshold meets the policy on validation, all of them in the report, none in DVC's
+    metrics."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"]["threshold"] = {"min_precision": 0.9}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["dvc", "repro"], project).stdout
+    ran = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
+    assert ran == ["evaluate"]
+    ev = read_json(project / "reports/evaluation.json")
+    assert set(ev["val_at_threshold"]) == set(LABELS)
+    for name in LABELS:
+        reached = ev["val_at_threshold"][name]
+        if name in ev["kept_default_threshold"]:
+            assert ev["threshold"][name] == 0.5
+        else:
+            assert reached["precision"] >= 0.9
+        (_, fp), (_, tp) = ev["val"][name]["confusion_matrix"]
+        assert reached["precision"] == (tp / (tp + fp) if tp + fp else 0.0)
+    compared = read_json(project / "metrics/eval.json")
+    assert "threshold" not in compared and "val_at_threshold" not in compared

@@ -278,6 +278,29 @@ def test_threshold_policies_within_their_bounds() -> None:
         {"max_fpr": 1e-3},
     ):
         assert params.parse(modified(evaluate__threshold=policy)).evaluate.threshold == policy
+        multi = modified(
+            evaluate__threshold=policy, data__label_format="multi", data__positive_label=None
+        )  # each label's
+        assert params.parse(multi).evaluate.threshold == policy
+
+
+def test_evaluate_threshold_is_checked_against_the_classes_in_one_place() -> None:
+    """params.check_threshold: at load with what params.yaml says of the classes, and again
+    (evaluate, metrics) once the data's are known."""
+    multi = modified(
+        evaluate__threshold=None, data__label_format="multi", data__positive_label=None
+    )
+    with pytest.raises(ParamsError, match=r"^evaluate\.threshold: multi-label data needs a thr"):
+        params.parse(multi)  # at load, not after training
+    for setting in (0.5, "auto", {"max_fpr": 0.1}):
+        params.check_threshold(setting, True, None, 27)
+    params.check_threshold(0.5, False, None, 3)  # no positive class: none applies, none refused
+    params.check_threshold(None, False, "spam", 3)
+    with pytest.raises(ParamsError, match=r"applies to two classes only, the data has 3; "):
+        params.check_threshold("auto", False, "spam", 3)
+    params.check_threshold("auto", False, "spam", None)  # classes not known yet
+    with pytest.raises(ParamsError, match=r"^evaluate\.threshold: max_fpr must be 0 <= max_fpr"):
+        params.check_threshold({"max_fpr": 1.0}, True, None)
 
 
 def test_log_model_is_true_false_or_full() -> None:

@@ -1,7 +1,7 @@
 """spamgpt.results: what finetune and evaluate write for DVC, read back from the files and by
-DVC itself. A 10-class run's `dvc metrics show` fits a 200-column terminal and `dvc plots show`
-has data in every plot (one ROC and precision-recall line per class); the whole report is in
-reports/."""
+DVC itself. A 10-class run's and a 27-label run's `dvc metrics show` fit a 200-column terminal
+and `dvc plots show` has data in every plot (one ROC and precision-recall line per class); the
+whole report, every threshold with it, is in reports/."""
 
 import json
 import shutil
@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import REPO, run, subprocess_env
 
-from spamgpt import contracts, data, metrics, paths, results
+from spamgpt import contracts, data, metrics, multilabel, multilabel_metrics, paths, results
 from spamgpt.labels import Classes
 from spamgpt.train import State, evaluation_entry
 
@@ -87,6 +87,66 @@ def test_dvc_metrics_show_fits_a_terminal(project):
     assert set(json.loads((path / paths.TRAIN_METRICS).read_text())) == {
         "best_epoch", "best_step", "epochs_run", "train_seconds", "samples_per_second"
     }  # fmt: skip
+
+
+# 27 labels, as long as real tags (`interface::graphical`)
+MANY = Classes(tuple(f"topic::subject_{i:02d}" for i in range(27)), None, multi_label=True)
+
+
+def write_multilabel_evaluation(classes: Classes, n: int = 240, seed: int = 0) -> None:
+    """In the working directory: what evaluate writes of a multi-label run, its thresholds
+    chosen by auto (a few labels too rare to choose on)."""
+    rng = np.random.default_rng(seed)
+    rates = np.where(np.arange(len(classes)) % 9 == 0, 0.02, 0.2)  # every 9th label rare
+    targets = (rng.random((n, len(classes))) < rates).astype(np.float32)
+    probs = np.clip(0.4 * targets + 0.6 * rng.random(targets.shape), 0, 1)
+    labels, probabilities = {"val": targets, "test": targets}, {"val": probs, "test": probs}
+    reference = {s: multilabel_metrics.report(targets, probs * 0.9, 0.5, classes) for s in labels}
+    evaluated = results.evaluate("auto", classes, labels, probabilities, reference, "micro_f1")
+    test = pd.DataFrame({"line": range(n), "label": multilabel.label_lists(targets > 0.5, classes)})
+    data.write_split(test.assign(text=[f"message {i}" for i in range(n)]), paths.split_file("test"))
+    results.write_evaluation(evaluated)
+
+
+@pytest.fixture(scope="module")
+def many_labels(tmp_path_factory):
+    """The project of `project`, evaluated on 27 labels."""
+    path = tmp_path_factory.mktemp("many-labels")
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, path / name)
+    run(["git", "init", "-q"], path)
+    run(["dvc", "init", "-q"], path)
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(path)
+        write_run(TEN, None)
+        write_multilabel_evaluation(MANY)
+    return path
+
+
+def test_many_labels_metrics_hold_the_set_figures_and_the_report_each_label(many_labels):
+    path = many_labels
+    evaluated = json.loads((path / paths.EVAL_METRICS).read_text())
+    assert evaluated == {
+        **{k: evaluated[k] for k in ("accuracy", "micro_f1", "macro_f1", "samples_f1")},
+        "hamming_loss": evaluated["hamming_loss"],
+        "baseline": {"micro_f1": evaluated["baseline"]["micro_f1"]},
+    }  # 6 figures, whatever the number of labels
+    report = json.loads((path / paths.EVAL_REPORT).read_text())
+    assert report["test"]["micro_f1"] == evaluated["micro_f1"]
+    assert set(report["threshold"]) == set(MANY.names)
+    rare = [name for i, name in enumerate(MANY.names) if report["val"][name]["support"] < 10]
+    assert rare and report["kept_default_threshold"] == rare
+    assert all(report["threshold"][name] == 0.5 for name in rare)
+    with pytest.MonkeyPatch.context() as m:  # classify's thresholds: the report's
+        m.chdir(path)
+        assert contracts.read_threshold() == report["threshold"]
+
+
+def test_many_labels_dvc_metrics_show_fits_a_terminal(many_labels):
+    env = {**subprocess_env(), "COLUMNS": "200"}
+    shown = run(["dvc", "metrics", "show"], many_labels, env=env).stdout
+    assert max(map(len, shown.splitlines())) <= 200, shown
+    assert "threshold" not in shown and "topic::" not in shown
 
 
 def test_the_whole_report_is_in_reports(project):
