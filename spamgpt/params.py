@@ -201,6 +201,14 @@ class BaselineParams:
 
 
 @dataclass(frozen=True)
+class AuditParams:
+    """The label audit (spamgpt.audit): on or off, and its k of k-fold."""
+
+    enabled: bool
+    folds: int = _rule(ge=2, le=20)
+
+
+@dataclass(frozen=True)
 class ModelParams:
     hub_url: str = _rule(**HTTP_URL)
     repo_id: str = _rule(pattern=r"[\w.-]+/[\w.-]+", what="'owner/name' as on the hub")
@@ -314,6 +322,7 @@ class Params:
     data: DataParams
     split: SplitParams
     baseline: BaselineParams
+    audit: AuditParams
     model: ModelParams
     lora: LoraParams
     train: TrainParams
