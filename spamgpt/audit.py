@@ -13,6 +13,7 @@ per class, and a sigmoid of SVM margins is not one.
 """
 
 import json
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -183,15 +184,14 @@ def summary(table: pd.DataFrame, audited: dict[str, int], classes: Classes) -> d
     """metrics/audit.json's counts: rows audited and flagged, per split and per given label
     (multi-label: flagged rows carrying each label)."""
     per_split = table.groupby("split").size()
-    given = targets_of(table, classes).reshape(len(table), -1)
-    per_label = (
-        given.sum(axis=0)
-        if classes.multi_label
-        else np.bincount(given.ravel(), minlength=len(classes))
+    carried = Counter(
+        name
+        for value in table["label"]
+        for name in (json.loads(value) if classes.multi_label else [value])
     )
     return {
         "rows": sum(audited.values()),
         "label_issues": len(table),
         "by_split": {name: int(per_split.get(name, 0)) for name in audited},
-        "by_label": {name: int(n) for name, n in zip(classes.names, per_label, strict=True)},
+        "by_label": {name: carried[name] for name in classes.names},
     }

@@ -174,3 +174,12 @@ def test_disabled_audit_writes_an_empty_report(split_project) -> None:
 def test_more_folds_than_rows_is_one_clear_error() -> None:
     with pytest.raises(audit.SpamGPTError, match=r"^audit\.folds: 9 folds of 8 .* 2 to 8$"):
         audit.check_folds(9, 8)
+
+
+def test_summary_of_no_issues() -> None:
+    empty = pd.DataFrame(columns=contracts.LABEL_ISSUE_COLUMNS)
+    report = audit.summary(empty, {"train": 10, "val": 3}, SMS)
+    assert report == {
+        "rows": 13, "label_issues": 0, "by_split": {"train": 0, "val": 0},
+        "by_label": {"ham": 0, "spam": 0},
+    }  # fmt: skip
