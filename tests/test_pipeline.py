@@ -290,7 +290,7 @@ def test_lora_recipe_runs_and_classifies(project, mlflow_client):
         ],
         path,
     )
-    assert ran_stages(out.stdout + out.stderr) == ["trunk", "finetune", "evaluate"]
+    assert ran_stages(out.stdout + out.stderr) == ["trunk", "audit", "finetune", "evaluate"]
     meta = read_json(path / "models/finetuned/classifier.json")
     assert "gpt.h.0.attn.c_attn.weight" in meta["trained"]  # adapters merged into the weight
     assert not any("lora" in name for name in meta["trained"])
