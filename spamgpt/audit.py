@@ -14,6 +14,7 @@ per class, and a sigmoid of SVM margins is not one.
 
 import json
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -26,22 +27,26 @@ from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
 from spamgpt.params import DataParams
 
+if TYPE_CHECKING:
+    from scipy.sparse import csr_matrix
+    from sklearn.multiclass import OneVsRestClassifier
+
 AUDITED_SPLITS = ("train", "val")  # test is never looked at: it stays an unbiased judge
 POOL_CHUNK = 2048  # messages whose hidden states are read from the trunk cache at a time
 SEED = 0  # the folds' shuffle
 
 
-def logistic(C: float, multi_label: bool):
-    """Logistic regression (liblinear: a few times faster than lbfgs on the sparse TF-IDF
-    rows), one per label for multi-label data."""
+def logistic(C: float) -> "OneVsRestClassifier":
+    """Logistic regression, one per class against the rest (liblinear, a few times faster
+    than lbfgs on the sparse TF-IDF rows, fits one class at a time); multi-label: one per
+    label, each its own probability."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
 
-    head = LogisticRegression(C=C, solver="liblinear", max_iter=1000)
-    return OneVsRestClassifier(head) if multi_label else head
+    return OneVsRestClassifier(LogisticRegression(C=C, solver="liblinear", max_iter=1000))
 
 
-def tfidf_features(texts: list[str]):
+def tfidf_features(texts: list[str]) -> "csr_matrix":
     """The baseline's TF-IDF rows of every audited text, fitted once on all of them: the
     vocabulary and IDF see no label, so no fold learns from its held-out rows' labels."""
     return baseline.features().fit_transform(texts)
@@ -54,7 +59,11 @@ def standardised(hidden: np.ndarray) -> np.ndarray:
 
 
 def out_of_fold(
-    features: object, targets: np.ndarray, folds: int, C: float, multi_label: bool = False
+    features: "np.ndarray | csr_matrix",
+    targets: np.ndarray,
+    folds: int,
+    C: float,
+    multi_label: bool = False,
 ) -> np.ndarray:
     """(N, classes) probabilities of each row from logistic regression fitted on the other
     folds: stratified by class (multi-label: shuffled) folds."""
@@ -62,7 +71,7 @@ def out_of_fold(
 
     split = KFold if multi_label else StratifiedKFold
     cv = split(n_splits=folds, shuffle=True, random_state=SEED)
-    model = logistic(C, multi_label)
+    model = logistic(C)
     return cross_val_predict(model, features, targets, cv=cv, method="predict_proba")
 
 

@@ -183,3 +183,26 @@ def test_summary_of_no_issues() -> None:
         "rows": 13, "label_issues": 0, "by_split": {"train": 0, "val": 0},
         "by_label": {"ham": 0, "spam": 0},
     }  # fmt: skip
+
+
+def test_three_classes_flips_are_found() -> None:
+    """More than two classes: one logistic regression per class against the rest."""
+    words = {"billing": ["invoice", "refund", "charge", "paid", "card", "price"],
+             "outage": ["down", "offline", "error", "crash", "slow", "broken"],
+             "sales": ["demo", "quote", "buy", "trial", "plan", "upgrade"]}  # fmt: skip
+    classes = Classes(tuple(words))
+    rng = np.random.default_rng(10)
+    truth = rng.integers(0, 3, 450)
+    texts = [
+        " ".join([*rng.choice(words[classes.names[c]], 5), *rng.choice(SHARED, 2)]) + f" #{i}"
+        for i, c in enumerate(truth)
+    ]
+    planted = flipped(450, 0.05, seed=11)
+    given = truth.copy()
+    given[planted] = (given[planted] + rng.integers(1, 3, len(planted))) % 3
+    frame = pd.DataFrame({"line": np.arange(1, 451), "label": classes.named(given), "text": texts})
+    table, probs = audit.audit({"train": frame}, {"train": "t.csv"}, classes, folds=5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    recall, false_share = found_and_false(table["line"] - 1, planted)
+    assert recall >= 0.8 and false_share <= 0.3, (recall, false_share)
+    assert list(table["suggested"]) == classes.named(truth[table["line"] - 1])
