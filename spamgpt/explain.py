@@ -20,6 +20,7 @@ import pandas as pd
 import tiktoken
 import torch
 
+from spamgpt import tokenized
 from spamgpt.labels import Classes
 from spamgpt.model import GPT2Classifier
 from spamgpt.texts import Truncation
@@ -131,8 +132,6 @@ def explain_texts(
 ) -> list[Explanation]:
     """Each text's explanation for its class index in `targets`, over the tokens the model
     reads (cut to max_length as it was trained)."""
-    from spamgpt import tokenized
-
     model.eval()
     out = []
     for ids, target in zip(tokenized.encode(enc, texts), targets, strict=True):
