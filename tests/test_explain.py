@@ -66,7 +66,17 @@ def trigger_data(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tens
     return ids, lengths, labels
 
 
-def test_a_planted_trigger_token_gets_the_largest_attribution() -> None:
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread is faster than handing each op to several (and far faster on
+    a shared machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_planted_trigger_token_gets_the_largest_attribution(one_thread) -> None:
     model = tiny(2).train()
     gen = torch.Generator().manual_seed(3)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
