@@ -7,10 +7,11 @@
 GPT-2 with random weights (spamgpt.random_hub, 124M shapes by default) and the messages zipped
 as UCI ships them, both served on 127.0.0.1 like the hub and UCI; this pipeline copied into a
 fresh git + DVC project pointed there. It times the data and loaders stages, the trunk stage,
-finetune, evaluate (params.yaml's recipe) and a `dvc exp run -S train.lr=1e-4` that reuses the
-trunk; with each, the peak RSS of its processes. For the experiment it also reports what an
-experiment costs beyond its training: its wall time minus metrics/train.json's train_seconds,
-and how much it grows the stores (the MLflow artifacts, mlflow.db and the DVC cache).
+the label audit, finetune, evaluate (params.yaml's recipe) and a `dvc exp run -S
+train.lr=1e-4` that reuses the trunk; with each, the peak RSS of its processes. For the
+experiment it also reports what an experiment costs beyond its training: its wall time minus
+metrics/train.json's train_seconds, and how much it grows the stores (the MLflow artifacts,
+mlflow.db and the DVC cache).
 
 --data: the SMS Spam Collection file (label<TAB>text lines); without it, generated SMS-like
 messages (bench/workload.py). --tokenizer: a folder with GPT-2's vocab.json and merges.txt
@@ -80,9 +81,10 @@ def main() -> None:
             step("download, split, baseline, loaders", ["dvc", "repro", "loaders", "baseline"],
                  project)  # fmt: skip
             trunk = step("trunk", ["dvc", "repro", "trunk"], project)
+            trunk += step("audit", ["dvc", "repro", "audit"], project)
             train = step("finetune", ["dvc", "repro", "finetune"], project)
             train += step("evaluate", ["dvc", "repro"], project)
-            print(f"trunk + finetune + evaluate: {trunk + train:.0f} s")
+            print(f"trunk + audit + finetune + evaluate: {trunk + train:.0f} s")
             before = store_bytes(project)
             experiment = ["dvc", "exp", "run", "-S", "train.lr=1e-4"]
             wall = step("dvc exp run -S train.lr=1e-4", experiment, project)

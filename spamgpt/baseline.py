@@ -49,21 +49,25 @@ def sample(train: pd.DataFrame, max_rows: int | None, seed: int = 0) -> pd.DataF
     return train.sample(n=max_rows, random_state=seed).sort_index()
 
 
-def fit(train: pd.DataFrame, classes: Classes) -> Pipeline:
-    """A model fitted on a split frame's `text` and `label` columns."""
-    features = FeatureUnion(
+def features() -> FeatureUnion:
+    """TF-IDF of word 1-2-grams and character 2-5-grams, unfitted (also the label audit's)."""
+    return FeatureUnion(
         [
             ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True)),
             # char_wb: robust to misspellings; keeps spam's digits and symbols (£, 0906...)
             ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True)),
         ]
     )
+
+
+def fit(train: pd.DataFrame, classes: Classes) -> Pipeline:
+    """A model fitted on a split frame's `text` and `label` columns."""
     # balanced: spam is ~13% of the messages; random_state fixes liblinear's dual shuffling;
     # more than two classes: one against the rest each
     svm = LinearSVC(class_weight="balanced", random_state=0)
     if classes.multi_label:  # (N, labels) targets: an SVM each
         svm = OneVsRestClassifier(svm)
-    model = Pipeline([("features", features), ("svm", svm)])
+    model = Pipeline([("features", features()), ("svm", svm)])
     return model.fit(train["text"].tolist(), labels_of(train, classes))
 
 

@@ -54,12 +54,21 @@ def classify(args: argparse.Namespace) -> None:
     )  # fmt: skip
     classes = classifier.classes_of(meta)
     answers = classifier.answers(probs, classes, threshold)
+    explained = [None] * len(answers)
+    if args.explain:  # integrated gradients: a forward and backward pass per path point
+        from spamgpt import explain
+
+        explained = explain.explain_answers(model, loaded.enc, texts, answers, classes, meta)
     # Plain output shows the positive class's probability where there is one, as a
     # threshold reads it; else the label's.
     shown = "probability" if classes.positive is None else f"{classes.positive}_probability"
-    for text, answer, cut in zip(messages, answers, truncated, strict=True):
+    for text, answer, cut, why in zip(messages, answers, truncated, explained, strict=True):
+        if why is not None and not args.json:  # the text read, its strongest tokens marked
+            text = why.marked()
         if args.json:
             record = {**_rounded(answer), "truncated": cut, "text": text}
+            if why is not None:
+                record["explanation"] = why.to_dict()
             print(json.dumps(record, ensure_ascii=False))
         elif classes.multi_label:  # the labels given, then each label's probability
             note = f" [truncated to {meta['max_length']} tokens]" if cut else ""
@@ -106,7 +115,7 @@ def predict(args: argparse.Namespace) -> None:
     )
     rows, skipped = predicting.predict_file(
         args.input, args.output, scorer, in_format, out_format, args.text_column, args.keep,
-        args.bad_lines,
+        args.bad_lines, explain_top=args.explain_top,
     )  # fmt: skip
     kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(skipped.items()))
     note = f"; {sum(skipped.values())} bad rows skipped ({kinds})" if skipped else ""
@@ -168,6 +177,13 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--max-tokens", type=positive_int, help="padded tokens per batch")
+    p.add_argument(
+        "--explain-top",
+        type=positive_int,
+        metavar="K",
+        help="add `top_tokens`: each row's K tokens most for its label (integrated gradients; "
+        "slow: docs/explain.md)",
+    )
     p.set_defaults(run=predict)
 
 
@@ -190,6 +206,12 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("messages", nargs="*", help="messages to classify")
     c.add_argument("--file", help="read one message per line from this file (- for stdin)")
     c.add_argument("--json", action="store_true", help="print one JSON object per message")
+    c.add_argument(
+        "--explain",
+        action="store_true",
+        help="each token's attribution to the label (integrated gradients): the text with its "
+        "strongest tokens [[marked]]; with --json, every token's (docs/explain.md)",
+    )
     add_model_arguments(c)
     c.add_argument(
         "--threshold",

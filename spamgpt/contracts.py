@@ -5,15 +5,20 @@ split -> finetune: the data's hash and counts (metrics/data.json), which also te
 baseline and evaluate the classes; loaders -> finetune: max_length and the pad id
 (metrics/loaders.json); trunk -> finetune, evaluate: how many blocks the cache skips
 (data/trunk/info.json); finetune -> evaluate: its MLflow run (models/mlflow_run.json);
-baseline -> evaluate: its scores (metrics/baseline.json); evaluate -> classify: the threshold
-(reports/evaluation.json: multi-label, a threshold per label, too wide for DVC's metrics).
+baseline -> evaluate: its scores (metrics/baseline.json); audit -> evaluate: the label
+issues' counts (metrics/audit.json) and table (reports/label_issues.csv); evaluate -> classify:
+the threshold (reports/evaluation.json: multi-label, a threshold per label, too wide for DVC's
+metrics).
 """
 
+import csv
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from spamgpt import atomic, paths
 from spamgpt.labels import Classes
@@ -114,6 +119,35 @@ def write_baseline(report: dict) -> None:
 
 def read_baseline() -> dict:
     return _read(paths.BASELINE_METRICS)
+
+
+def write_audit(report: dict) -> None:
+    atomic.write_json(paths.AUDIT_METRICS, report)
+
+
+def read_audit() -> dict:
+    """metrics/audit.json: enabled, and where it ran, the rows audited and flagged."""
+    return _read(paths.AUDIT_METRICS)
+
+
+LABEL_ISSUE_COLUMNS = ("split", "file", "line", "text", "label", "suggested", "score")
+
+
+def write_label_issues(table: pd.DataFrame) -> None:
+    """reports/label_issues.csv, every text quoted as in the split files (a line break in a
+    message cannot split its row)."""
+    with atomic.atomic_open(paths.LABEL_ISSUES, "w", encoding="utf-8", newline="") as f:
+        table.reindex(columns=list(LABEL_ISSUE_COLUMNS)).to_csv(
+            f, index=False, quoting=csv.QUOTE_NONNUMERIC
+        )
+
+
+def read_label_issues() -> pd.DataFrame:
+    return pd.read_csv(
+        paths.LABEL_ISSUES,
+        dtype={"line": "int64", "label": "str", "suggested": "str", "text": "str"},
+        keep_default_na=False,
+    )
 
 
 def write_evaluation(compared: dict) -> None:

@@ -251,6 +251,19 @@ class BaselineParams:
 
 
 @dataclass(frozen=True)
+class AuditParams:
+    """The label audit (spamgpt.audit): on or off, and its k of k-fold."""
+
+    enabled: bool = _rule(
+        doc="find likely label errors in train and val (reports/label_issues.csv, never fixed: "
+        "[label-issues.md](label-issues.md)); false: the stage writes an empty table"
+    )
+    folds: int = _rule(
+        ge=2, le=20, doc="k of the k-fold that gives every audited row a held-out probability"
+    )
+
+
+@dataclass(frozen=True)
 class ModelParams:
     hub_url: str = _rule(
         **HTTP_URL,
@@ -425,6 +438,7 @@ class Params:
     data: DataParams
     split: SplitParams
     baseline: BaselineParams
+    audit: AuditParams
     model: ModelParams
     lora: LoraParams
     train: TrainParams

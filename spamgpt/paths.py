@@ -29,6 +29,7 @@ METRICS_DIR = Path("metrics")
 WEIGHTS_METRICS = METRICS_DIR / "weights.json"
 DATA_METRICS = METRICS_DIR / "data.json"
 BASELINE_METRICS = METRICS_DIR / "baseline.json"
+AUDIT_METRICS = METRICS_DIR / "audit.json"  # the label audit's counts
 TOKENS_METRICS = METRICS_DIR / "loaders.json"
 TRAIN_METRICS = METRICS_DIR / "train.json"
 TRAIN_LOSS_PLOT = METRICS_DIR / "train_loss.csv"
@@ -43,6 +44,7 @@ TRAIN_REPORT = REPORTS_DIR / "training.json"
 EVAL_REPORT = REPORTS_DIR / "evaluation.json"
 MISCLASSIFIED_TEST = REPORTS_DIR / "misclassified_test.csv"
 PREDICTIONS_TEST = REPORTS_DIR / "predictions_test.csv"  # every test message's answer
+LABEL_ISSUES = REPORTS_DIR / "label_issues.csv"  # train and val rows whose label looks wrong
 
 
 def pretrained_dir(repo_id: str) -> Path:

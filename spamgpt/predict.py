@@ -24,7 +24,7 @@ import tiktoken
 import torch
 from tqdm import tqdm
 
-from spamgpt import atomic, classifier, data, loader, runtime
+from spamgpt import atomic, classifier, data, explain, loader, runtime
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
 from spamgpt.model import GPT2Classifier
@@ -94,10 +94,12 @@ def predict_file(
     keep: list[str] | None = None,
     bad_lines: str = "error",
     chunk_rows: int = CHUNK_ROWS,
+    explain_top: int | None = None,
 ) -> tuple[int, Counter]:
     """Score every row of `source` into `dest`; (rows written, bad rows skipped by kind).
     `text_columns`: the file's columns of the model's text fields, in the model's order
-    (None: the model's own names)."""
+    (None: the model's own names). `explain_top`: a `top_tokens` column, each row's that many
+    strongest tokens (spamgpt.explain)."""
     source, keep = Path(source), list(keep or [])
     if not source.is_file():
         raise SpamGPTError(f"{source}: no such file")
@@ -127,7 +129,13 @@ def predict_file(
             for chunk in _chunks(rows, chunk_rows):
                 texts = [text for text, _ in chunk]
                 kept = pd.DataFrame([values for _, values in chunk], columns=keep, dtype=object)
-                write(pd.concat([kept, scorer.score(texts)], axis=1))
+                scored = scorer.score(texts)
+                if explain_top:
+                    scored["top_tokens"] = explain.top_tokens(
+                        scorer.model, scorer.enc, texts, scored, scorer.classes, scorer.meta,
+                        explain_top,
+                    )  # fmt: skip
+                write(pd.concat([kept, scored], axis=1))
                 written += len(chunk)
                 bar.update(len(chunk))
         if written == 0:

@@ -306,6 +306,17 @@ def log_evaluation(run: Run, evaluation: Evaluation) -> None:
         run.log_figure(metrics.curve_figure(series, x, name), f"evaluation/test_{name}_curve.png")
 
 
+def log_label_issues(run: Run, report: dict) -> None:
+    """The label audit (metrics/audit.json) into the run: its counts, and its table of
+    suspects (reports/label_issues.csv) as an MLflow table; nothing where it is disabled."""
+    if not report["enabled"]:
+        return
+    counts = {"audit/rows": report["rows"], "audit/label_issues": report["label_issues"]}
+    counts |= {f"audit/label_issues_{s}": n for s, n in report["by_split"].items()}
+    run.log_metrics(counts, 0)
+    run.log_table(contracts.read_label_issues(), "audit/label_issues.json")
+
+
 def _write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     with atomic.atomic_open(path, "w", newline="") as f:
         frame.to_csv(f, index=False)

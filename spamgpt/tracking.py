@@ -235,6 +235,10 @@ class Run:
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         _retry(lambda: self.client.log_dict(self.run_id, obj, artifact_file))
 
+    def log_table(self, frame: pd.DataFrame, artifact_file: str) -> None:
+        """A table MLflow's UI shows as one (artifact_file: a .json path)."""
+        _retry(lambda: self.client.log_table(self.run_id, frame, artifact_file))
+
     def log_text(self, text: str, artifact_file: str) -> None:
         _retry(lambda: self.client.log_text(self.run_id, text, artifact_file))
 

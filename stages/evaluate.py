@@ -27,6 +27,7 @@ def main(params: Params) -> None:
     mlf = params.mlflow
     with tracking.Run.open(mlf.experiment, contracts.read_mlflow_run()) as run:
         results.log_evaluation(run, evaluation)
+        results.log_label_issues(run, contracts.read_audit())
         if mlf.log_model:
             from spamgpt import loader, serving  # mlflow.pyfunc: only where a model is logged
 

@@ -38,6 +38,7 @@ STAGES = [
     "baseline",
     "loaders",
     "trunk",
+    "audit",
     "finetune",
     "evaluate",
 ]

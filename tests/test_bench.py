@@ -48,7 +48,7 @@ def test_scale() -> None:
     rows = re.findall(r"^\s+300 (\w+)\s+([\d.]+)\s+(\d+)$", out, re.MULTILINE)
     stages = [stage for stage, _, _ in rows]
     assert stages == [
-        "download_data", "download_weights", "split", "baseline", "loaders", "trunk",
+        "download_data", "download_weights", "split", "baseline", "loaders", "trunk", "audit",
         "finetune", "evaluate",
     ]  # fmt: skip
     assert all(float(seconds) > 0 and int(peak) > 0 for _, seconds, peak in rows)
@@ -58,7 +58,7 @@ def test_scale() -> None:
 
 def test_pipeline_time() -> None:
     out = run_bench("pipeline_time.py")
-    for step in ("download, split, baseline, loaders", "trunk", "finetune", "evaluate"):
+    for step in ("download, split, baseline, loaders", "trunk", "audit", "finetune", "evaluate"):
         assert number(rf"^{step}: (\d+) s, peak RSS \d+ MB$", out) >= 0
     outside = number(r"experiment outside training: ([\d.]+) s", out)
     wall = number(r"\(([\d.]+) s wall - ", out)

@@ -108,6 +108,18 @@ def test_mlflow_has_per_label_and_set_metrics(project) -> None:
     assert {"test/micro_f1", "test/samples_f1", "test/hamming_loss", "val/micro_f1"} <= set(metrics)
 
 
+def test_the_label_audit_reads_label_sets(project) -> None:
+    report = read_json(project / "metrics/audit.json")
+    audited = sum(len(pd.read_csv(project / f"data/split/{s}.csv")) for s in ("train", "val"))
+    assert report["enabled"] and report["rows"] == audited
+    assert report["models"] == ["tfidf"]  # every block trains: no trunk cache to probe
+    assert set(report["by_label"]) == set(LABELS)
+    issues = pd.read_csv(project / "reports/label_issues.csv", keep_default_na=False)
+    assert len(issues) == report["label_issues"]
+    for given, suggested in zip(issues["label"], issues["suggested"], strict=True):
+        assert set(json.loads(given)) <= set(LABELS) and set(json.loads(suggested)) <= set(LABELS)
+
+
 def test_classify_predict_and_the_mlflow_model_answer_label_sets(project, tmp_path) -> None:
     texts = ["BILL my TRUCK ASAP", "hello thanks"]
     out = spamgpt(["classify", "--json", *texts], project).splitlines()

@@ -63,6 +63,8 @@ def test_repro_runs_every_stage_in_order(project):
         ("download_weights", "loaders"),
         ("loaders", "trunk"),
         ("trunk", "finetune"),
+        ("trunk", "audit"),
+        ("audit", "evaluate"),
         ("finetune", "evaluate"),
         ("baseline", "evaluate"),
     ]:
@@ -89,6 +91,7 @@ def test_dvc_yaml_declares_what_the_library_writes():
         "baseline": [paths.BASELINE_METRICS],
         "loaders": [paths.TOKENS_DIR, paths.TOKENS_METRICS],
         "trunk": [paths.TRUNK_DIR],
+        "audit": [paths.LABEL_ISSUES, paths.AUDIT_METRICS],
         "finetune": [
             paths.FINETUNED_DIR, paths.MLFLOW_RUN, paths.CHECKPOINT_DIR, paths.TRAIN_METRICS,
             paths.TRAIN_LOSS_PLOT, paths.VAL_EPOCHS_PLOT, paths.TRAIN_REPORT,
@@ -201,6 +204,10 @@ def test_mlflow_run_has_everything(project, mlflow_client, monkeypatch):
         assert f"evaluation/{split}_confusion_matrix.png" in evaluation
         assert f"evaluation/{split}_metrics.json" in evaluation
     assert "evaluation/misclassified_test.csv" in evaluation
+    audit = read_json(path / "metrics/audit.json")  # the label audit's table and counts
+    assert "audit/label_issues.json" in listing("audit")
+    assert run_.data.metrics["audit/label_issues"] == audit["label_issues"]
+    assert run_.data.metrics["audit/rows"] == audit["rows"]
     assert "params.yaml" in listing()
     assert list((path / "mlartifacts").rglob("test_confusion_matrix.png"))  # beside mlflow.db
     assert not (path / "mlruns").exists()
@@ -283,7 +290,7 @@ def test_lora_recipe_runs_and_classifies(project, mlflow_client):
         ],
         path,
     )
-    assert ran_stages(out.stdout + out.stderr) == ["trunk", "finetune", "evaluate"]
+    assert ran_stages(out.stdout + out.stderr) == ["trunk", "audit", "finetune", "evaluate"]
     meta = read_json(path / "models/finetuned/classifier.json")
     assert "gpt.h.0.attn.c_attn.weight" in meta["trained"]  # adapters merged into the weight
     assert not any("lora" in name for name in meta["trained"])

@@ -373,7 +373,7 @@ def test_ctrl_c_during_the_trunk_pass(story: dict) -> None:
     assert "interrupted (SIGINT)" in stderr and "exited with 130" in stderr
     assert not trunk_done  # it was stopped mid-stage
     assert story["trunk_leftovers"] == []  # its temporary folder removed
-    assert story["after_trunk"] == ["trunk", "finetune", "evaluate"]
+    assert story["after_trunk"] == ["trunk", "audit", "finetune", "evaluate"]
 
 
 @pytest.mark.parametrize(("name", "epoch"), [("SIGINT", 2), ("SIGTERM", 3)])

@@ -1,0 +1,38 @@
+"""audit: likely label errors in train and val, by confident learning over out-of-fold
+probabilities of cheap models (spamgpt.audit). Reported in reports/label_issues.csv for a
+person to review, never fixed; audit.enabled: false writes an empty report."""
+
+import time
+
+import pandas as pd
+
+from spamgpt import audit, contracts, data, paths, stage
+from spamgpt.params import Params
+
+
+def main(params: Params) -> None:
+    settings = params.audit
+    if not settings.enabled:
+        contracts.write_label_issues(pd.DataFrame(columns=contracts.LABEL_ISSUE_COLUMNS))
+        contracts.write_audit({"enabled": False})
+        return
+    start = time.perf_counter()
+    classes = contracts.read_classes()
+    frames = {s: data.read_split(paths.split_file(s)) for s in audit.AUDITED_SPLITS}
+    rows = sum(len(frame) for frame in frames.values())
+    audit.check_folds(settings.folds, rows)
+    hidden = audit.trunk_features(audit.AUDITED_SPLITS, rows)
+    files = {s: audit.source_file(s, params.data) for s in frames}
+    table, _ = audit.audit(frames, files, classes, settings.folds, hidden)
+    contracts.write_label_issues(table)
+    models = ["tfidf"] + ["trunk"] * (hidden is not None)
+    summary = audit.summary(table, {s: len(f) for s, f in frames.items()}, classes)
+    contracts.write_audit({"enabled": True, "folds": settings.folds, "models": models, **summary})
+    stage.log.info(
+        "%d of %d rows flagged as likely label errors (%s), in %.1f s: %s",
+        len(table), rows, " + ".join(models), time.perf_counter() - start, paths.LABEL_ISSUES,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    stage.run(main)

@@ -1,0 +1,208 @@
+"""spamgpt.audit and its stage: planted label flips are what it reports, single- and
+multi-label, and its CSV names each suspect's line in the user's file."""
+
+import json
+import runpy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import REPO
+
+from spamgpt import audit, contracts, data, paths
+from spamgpt import params as params_module
+from spamgpt.batching import PackedSequences
+from spamgpt.labels import SMS, Classes
+
+SPAM_WORDS = ("win", "prize", "claim", "free", "cash", "urgent", "call", "txt", "award", "bonus")
+HAM_WORDS = ("see", "you", "later", "dinner", "home", "tonight", "love", "mum", "thanks", "lunch")
+SHARED = ("the", "a", "to", "and", "is", "on", "at", "for", "it")
+
+
+def messages(n: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """`n` texts of 8 words, spam (1) drawn mostly from spam words, ham (0) from ham words."""
+    rng = np.random.default_rng(seed)
+    classes = (rng.random(n) < 0.3).astype(int)
+    texts = []
+    for i, c in enumerate(classes):
+        own = SPAM_WORDS if c else HAM_WORDS
+        words = [*rng.choice(own, 6), *rng.choice(SHARED, 2)]
+        texts.append(" ".join(rng.permutation(words)) + f" {i}")  # each text unique
+    return texts, classes
+
+
+def flipped(n: int, share: float, seed: int) -> np.ndarray:
+    """Indices of the `share` of `n` rows whose label the test flips."""
+    return np.random.default_rng(seed).choice(n, int(n * share), replace=False)
+
+
+def found_and_false(reported: pd.Series, planted: np.ndarray) -> tuple[float, float]:
+    """The share of planted rows reported, and the share of reports that are clean rows."""
+    reported, planted = set(reported), set(planted.tolist())
+    return len(reported & planted) / len(planted), len(reported - planted) / max(1, len(reported))
+
+
+def test_planted_flips_are_found_and_ranked_first() -> None:
+    texts, truth = messages(600, seed=1)
+    planted = flipped(600, 0.05, seed=2)
+    given = truth.copy()
+    given[planted] = 1 - given[planted]
+    frame = pd.DataFrame({"line": np.arange(1, 601), "label": SMS.named(given), "text": texts})
+    frames = {"train": frame.iloc[:500], "val": frame.iloc[500:].reset_index(drop=True)}
+    table, probs = audit.audit(frames, {"train": "sms.txt", "val": "sms.txt"}, SMS, folds=5)
+    assert probs.shape == (600, 2)
+    recall, false_share = found_and_false(table["line"] - 1, planted)
+    assert recall >= 0.8 and false_share <= 0.3, (recall, false_share)
+    top = table["line"].head(len(planted) // 2) - 1  # the most confident half: all planted
+    assert set(top) <= set(planted.tolist())
+    # each suspect's suggestion is its true class, and scores rise down the table
+    assert list(table["suggested"]) == [SMS.names[truth[line - 1]] for line in table["line"]]
+    assert (np.diff(table["score"]) >= 0).all()
+    assert set(table["split"]) <= {"train", "val"} and (table["file"] == "sms.txt").all()
+
+
+def test_trunk_features_join_the_tfidf_model() -> None:
+    """A second model whose features are the true class (plus noise) keeps the flips found."""
+    texts, truth = messages(400, seed=3)
+    planted = flipped(400, 0.05, seed=4)
+    given = truth.copy()
+    given[planted] = 1 - given[planted]
+    frame = pd.DataFrame({"line": np.arange(1, 401), "label": SMS.named(given), "text": texts})
+    rng = np.random.default_rng(5)
+    hidden = rng.normal(size=(400, 16)) + 3 * truth[:, None]
+    table, probs = audit.audit({"train": frame}, {"train": "x"}, SMS, folds=4, hidden=hidden)
+    recall, false_share = found_and_false(table["line"] - 1, planted)
+    assert recall >= 0.8 and false_share <= 0.3, (recall, false_share)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+
+
+def test_multi_label_flips_are_found() -> None:
+    """Three labels, each carried by its own words; 5% of rows gain or lose one label."""
+    vocab = {"billing": "invoice refund charge paid", "outage": "down offline error crash",
+             "urgent": "asap now immediately critical"}  # fmt: skip
+    names = tuple(vocab)
+    rng = np.random.default_rng(6)
+    truth = rng.random((600, 3)) < 0.35
+    texts = []
+    for i, row in enumerate(truth):
+        carried = [label for label, on in zip(names, row, strict=True) if on]
+        words = [word for label in carried for word in vocab[label].split()]
+        words += list(rng.choice(SHARED, 3))
+        texts.append(" ".join(rng.permutation(words)) + f" ticket {i}")
+    planted = flipped(600, 0.05, seed=7)
+    given = truth.copy()
+    which = rng.integers(0, 3, len(planted))
+    given[planted, which] = ~given[planted, which]
+    labels = [json.dumps([n for n, on in zip(names, row, strict=True) if on]) for row in given]
+    frame = pd.DataFrame({"line": np.arange(1, 601), "label": labels, "text": texts})
+    classes = Classes(names, None, multi_label=True)
+    table, probs = audit.audit({"train": frame}, {"train": "t.csv"}, classes, folds=5)
+    assert probs.shape == (600, 3)
+    recall, false_share = found_and_false(table["line"] - 1, planted)
+    assert recall >= 0.8 and false_share <= 0.3, (recall, false_share)
+    for line, suggestion in zip(table["line"], table["suggested"], strict=True):
+        if line - 1 in set(planted.tolist()):
+            expected = [n for n, on in zip(names, truth[line - 1], strict=True) if on]
+            assert json.loads(suggestion) == expected
+    report = audit.summary(table, {"train": 600}, classes)
+    assert report["label_issues"] == len(table) and report["by_split"] == {"train": len(table)}
+    carried = np.array([[n in json.loads(v) for n in names] for v in table["label"]])
+    assert report["by_label"] == dict(zip(names, carried.sum(axis=0).tolist(), strict=True))
+
+
+def test_mean_hidden_reads_the_packed_cache() -> None:
+    rows = torch.arange(12.0).reshape(6, 2)  # messages of 1, 3 and 2 tokens
+    sequences = PackedSequences(rows, torch.tensor([1, 3, 2]))
+    expected = [[0.0, 1.0], [4.0, 5.0], [9.0, 10.0]]
+    np.testing.assert_allclose(audit.mean_hidden(sequences), expected)
+
+
+@pytest.fixture
+def split_project(tmp_path, monkeypatch) -> tuple:
+    """A folder with the SMS-like file (5% of labels flipped), split by the split stage, and
+    a trunk cache of nothing: the audit stage's inputs."""
+    texts, truth = messages(400, seed=8)
+    planted = flipped(400, 0.05, seed=9)
+    given = truth.copy()
+    given[planted] = 1 - given[planted]
+    lines = [f"{label}\t{text}" for label, text in zip(SMS.named(given), texts, strict=True)]
+    monkeypatch.chdir(tmp_path)
+    paths.RAW_DATA.parent.mkdir(parents=True)
+    paths.RAW_DATA.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(url="messages.txt", mirrors=[], member=None, sha256=None)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    runpy.run_path(str(REPO / "stages/split.py"))["main"](params_module.load())
+    paths.TRUNK_DIR.mkdir()
+    contracts.write_trunk_info(None, "cpu", "fp32")
+    return tmp_path, lines, planted
+
+
+def test_stage_writes_the_suspects_with_their_lines(split_project) -> None:
+    _, lines, planted = split_project
+    runpy.run_path(str(REPO / "stages/audit.py"))["main"](params_module.load())
+    table = contracts.read_label_issues()
+    assert list(table.columns) == list(contracts.LABEL_ISSUE_COLUMNS)
+    assert len(table) > 0 and (table["file"] == "messages.txt").all()
+    for row in table.itertuples():  # its line in the user's file is that text with that label
+        assert lines[row.line - 1] == f"{row.label}\t{row.text}"
+    test_lines = set(data.read_split(paths.split_file("test"))["line"])
+    assert not test_lines & set(table["line"])  # test is never audited
+    recall, false_share = found_and_false(table["line"] - 1, np.setdiff1d(planted, [
+        line - 1 for line in test_lines
+    ]))  # fmt: skip
+    assert recall >= 0.8 and false_share <= 0.3
+    report = contracts.read_audit()
+    assert report["enabled"] and report["models"] == ["tfidf"] and report["folds"] == 5
+    assert report["label_issues"] == len(table) and report["rows"] == 400 - len(test_lines)
+    assert sum(report["by_split"].values()) == len(table)
+
+
+def test_disabled_audit_writes_an_empty_report(split_project) -> None:
+    path, _, _ = split_project
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    params["audit"]["enabled"] = False
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
+    runpy.run_path(str(REPO / "stages/audit.py"))["main"](params_module.load())
+    assert contracts.read_audit() == {"enabled": False}
+    table = contracts.read_label_issues()
+    assert table.empty and list(table.columns) == list(contracts.LABEL_ISSUE_COLUMNS)
+
+
+def test_more_folds_than_rows_is_one_clear_error() -> None:
+    with pytest.raises(audit.SpamGPTError, match=r"^audit\.folds: 9 folds of 8 .* 2 to 8$"):
+        audit.check_folds(9, 8)
+
+
+def test_summary_of_no_issues() -> None:
+    empty = pd.DataFrame(columns=contracts.LABEL_ISSUE_COLUMNS)
+    report = audit.summary(empty, {"train": 10, "val": 3}, SMS)
+    assert report == {
+        "rows": 13, "label_issues": 0, "by_split": {"train": 0, "val": 0},
+        "by_label": {"ham": 0, "spam": 0},
+    }  # fmt: skip
+
+
+def test_three_classes_flips_are_found() -> None:
+    """More than two classes: one logistic regression per class against the rest."""
+    words = {"billing": ["invoice", "refund", "charge", "paid", "card", "price"],
+             "outage": ["down", "offline", "error", "crash", "slow", "broken"],
+             "sales": ["demo", "quote", "buy", "trial", "plan", "upgrade"]}  # fmt: skip
+    classes = Classes(tuple(words))
+    rng = np.random.default_rng(10)
+    truth = rng.integers(0, 3, 450)
+    texts = [
+        " ".join([*rng.choice(words[classes.names[c]], 5), *rng.choice(SHARED, 2)]) + f" #{i}"
+        for i, c in enumerate(truth)
+    ]
+    planted = flipped(450, 0.05, seed=11)
+    given = truth.copy()
+    given[planted] = (given[planted] + rng.integers(1, 3, len(planted))) % 3
+    frame = pd.DataFrame({"line": np.arange(1, 451), "label": classes.named(given), "text": texts})
+    table, probs = audit.audit({"train": frame}, {"train": "t.csv"}, classes, folds=5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    recall, false_share = found_and_false(table["line"] - 1, planted)
+    assert recall >= 0.8 and false_share <= 0.3, (recall, false_share)
+    assert list(table["suggested"]) == classes.named(truth[table["line"] - 1])

@@ -1,0 +1,168 @@
+"""spamgpt.explain: integrated gradients' completeness on a tiny GPT-2, a planted trigger
+token found on a model trained to key on it, and `classify --explain` / `predict --explain-top`."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from spamgpt import classifier, cli, explain, tokenizer
+from spamgpt.labels import Classes
+from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
+from spamgpt.random_hub import make_hub
+from spamgpt.texts import HEAD
+
+TRIGGER = 7  # the token that decides the class in the trained fixture
+
+
+def tiny(seed: int, pooling: str = "last", classes: int = 2, multi: bool = False):
+    torch.manual_seed(seed)
+    config = GPTConfig(vocab_size=64, n_ctx=32, n_embd=32, n_layer=2, n_head=4)
+    model = GPT2Classifier(GPT2.init_random(config), classes, pooling, multi_label=multi)
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    ("pooling", "classes", "multi"), [("last", 2, False), ("mean", 3, False), ("last", 3, True)]
+)
+def test_attributions_sum_to_the_log_odds_change(pooling: str, classes: int, multi: bool) -> None:
+    """Completeness: sum of attributions = log-odds at the text - at the zero baseline."""
+    model = tiny(0, pooling, classes, multi)
+    gen = torch.Generator().manual_seed(1)
+    for target in range(classes):
+        ids = torch.randint(0, 64, (9,), generator=gen)
+        attributions, delta = explain.integrated_gradients(model, ids, target, steps=32)
+        tokens = model.gpt.wte(ids).detach()
+        positions = model.gpt.wpe(torch.arange(9)).detach()
+        with torch.no_grad():
+            ends = torch.stack([torch.zeros_like(tokens), tokens]) + positions
+            logits = model(ends, torch.tensor([9, 9]), 0)
+        if multi:
+            change = float(logits[1, target] - logits[0, target])
+        else:  # two classes: the difference of the logits; more: against their log-sum-exp
+            others = [c for c in range(classes) if c != target]
+            odds = logits[:, target] - torch.logsumexp(logits[:, others], dim=1)
+            change = float(odds[1] - odds[0])
+        assert abs(change) > 0.01  # the test means something
+        assert float(attributions.sum()) == pytest.approx(change, rel=0.02, abs=1e-3)
+        assert delta == pytest.approx(float(attributions.sum()) - change, abs=1e-4)
+    # the model's own logits at the text agree with its ordinary forward pass
+    ids = torch.randint(0, 64, (5,), generator=gen)
+    direct = model(ids[None], torch.tensor([5]))
+    via = model((model.gpt.wte(ids) + model.gpt.wpe(torch.arange(5)))[None], torch.tensor([5]), 0)
+    torch.testing.assert_close(direct, via)
+
+
+def trigger_data(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n messages of 6 to 12 tokens from 8..63; half hold TRIGGER at a random place (class 1)."""
+    lengths = torch.randint(6, 13, (n,), generator=gen)
+    ids = torch.randint(8, 64, (n, 12), generator=gen)
+    labels = torch.arange(n) % 2
+    where = (torch.rand(n, generator=gen) * lengths).long()
+    ids[labels == 1, where[labels == 1]] = TRIGGER
+    return ids, lengths, labels
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread is faster than handing each op to several (and far faster on
+    a shared machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_planted_trigger_token_gets_the_largest_attribution(one_thread) -> None:
+    model = tiny(2).train()
+    gen = torch.Generator().manual_seed(3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        ids, lengths, labels = trigger_data(64, gen)
+        loss = torch.nn.functional.cross_entropy(model(ids, lengths), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    ids, lengths, labels = trigger_data(60, gen)
+    with torch.no_grad():
+        assert (model(ids, lengths).argmax(1) == labels).float().mean() >= 0.95  # it learnt
+    hits = []
+    for row, n in zip(ids[labels == 1], lengths[labels == 1], strict=True):
+        attributions, _ = explain.integrated_gradients(model, row[:n], 1)
+        hits.append(int(row[attributions.argmax()]) == TRIGGER)
+    assert sum(hits) / len(hits) >= 0.9, hits
+
+
+def test_pieces_join_into_the_text_and_the_strongest_are_marked(tmp_path: Path) -> None:
+    enc = tokenizer.load(make_hub(tmp_path))
+    text = "WIN £900 now, call"
+    ids = enc.encode_ordinary(text)
+    pieces = explain.pieces(enc, ids)
+    assert "".join(pieces) == text and len(pieces) == len(ids)
+    attributions = [0.0] * len(ids)
+    attributions[0], attributions[-1] = 2.0, 1.0
+    e = explain.Explanation("spam", pieces, attributions, 0.0)
+    first, middle, last = pieces[0], "".join(pieces[1:-1]), pieces[-1]
+    assert e.marked(1) == f"[[{first}]]{middle}{last}"
+    core = last.lstrip()  # a token's leading space stays outside the mark
+    assert e.marked(2) == f"[[{first}]]{middle}{last[: len(last) - len(core)]}[[{core}]]"
+    assert [t["token"] for t in e.top(5)] == [pieces[0], pieces[-1]]  # positive ones only
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    hub = make_hub(tmp_path_factory.mktemp("hub"))
+    model = GPT2Classifier(GPT2.from_pretrained(hub))
+    torch.nn.init.normal_(model.head.weight, std=0.5, generator=torch.Generator().manual_seed(0))
+    classes = Classes(("ham", "spam"), "spam")
+    meta = {"repo_id": "openai-community/gpt2", **classes.to_dict(), "pooling": "last"}
+    meta |= {"max_length": 16, "pad_id": tokenizer.load(hub).eot_token, "trained": []}
+    folder = tmp_path_factory.mktemp("model") / "finetuned"
+    classifier.save(model, folder, meta, hub, full=True)
+    return folder
+
+
+def run_cli(capsys, *args: str) -> str:
+    cli.main([*args])
+    return capsys.readouterr().out
+
+
+def test_classify_explain_marks_and_json_gives_every_token(model_dir: Path, capsys) -> None:
+    texts = ["WIN a prize now", "see you at 7"]
+    common = ["--model", str(model_dir), "--device", "cpu", "--precision", "fp32", "--explain"]
+    lines = [
+        json.loads(x) for x in run_cli(capsys, "classify", *common, "--json", *texts).splitlines()
+    ]
+    model, meta = classifier.load(model_dir)
+    enc = tokenizer.load(model_dir)
+    classes = classifier.classes_of(meta)
+    for line, text in zip(lines, texts, strict=True):
+        why = line["explanation"]
+        assert why["label"] == line["label"] and "".join(why["tokens"]) == text
+        target = classes.index(line["label"])
+        ids = torch.tensor(enc.encode_ordinary(text))
+        attributions, _ = explain.integrated_gradients(model, ids, target)
+        assert why["attributions"] == pytest.approx(attributions.tolist(), abs=1e-5)
+    plain = run_cli(capsys, "classify", *common, *texts).splitlines()
+    for out, line in zip(plain, lines, strict=True):
+        assert out.split("\t")[2] == line["explanation"]["marked"] and "[[" in out
+
+
+def test_predict_explain_top_adds_the_strongest_tokens(model_dir: Path, tmp_path, capsys) -> None:
+    source = tmp_path / "in.csv"
+    pd.DataFrame({"id": [1, 2], "text": ["WIN a prize now", "see you at 7"]}).to_csv(source)
+    out = tmp_path / "out.csv"
+    cli.main(["predict", str(source), "-o", str(out), "--keep", "id", "--model", str(model_dir),
+              "--device", "cpu", "--precision", "fp32", "--explain-top", "2"])  # fmt: skip
+    scored = pd.read_csv(out)
+    model, meta = classifier.load(model_dir)
+    enc = tokenizer.load(model_dir)
+    classes = classifier.classes_of(meta)
+    for text, label, top in zip(["WIN a prize now", "see you at 7"], scored["label"],
+                                scored["top_tokens"], strict=True):  # fmt: skip
+        (e,) = explain.explain_texts(model, enc, [text], [classes.index(label)], classes, 16, HEAD)
+        assert json.loads(top) == e.top(2) and 1 <= len(e.top(2)) <= 2
