@@ -13,7 +13,6 @@ import logging
 import os
 from collections import Counter
 from itertools import combinations
-from pathlib import Path
 
 import pandas as pd
 
@@ -39,7 +38,7 @@ def split_dataset(d: DataParams, s: SplitParams) -> tuple[dict[str, pd.DataFrame
     if d.files is not None:
         sources = {name: src.url for name, src in d.files.sources().items()}
         files = {name: paths.raw_split_file(name) for name in sources}
-        check_same_columns(files, {name: source_name(url) for name, url in sources.items()}, fmt)
+        _check_same_columns(files, {name: source_name(url) for name, url in sources.items()}, fmt)
         parsed = {
             name: read_source(files[name], source_name(url), fmt, allowed, d)
             for name, url in sources.items()
@@ -125,7 +124,9 @@ def read_source(
     return parsed
 
 
-def check_same_columns(files: dict[str, Path], names: dict[str, str], fmt: data.Format) -> None:
+def _check_same_columns(
+    files: dict[str, str | os.PathLike], names: dict[str, str], fmt: data.Format
+) -> None:
     """A given split's file that lacks a column the pipeline reads while another split's file
     has it: that file is what is wrong, not data.text_column or data.label_column, so the error
     names it and the columns the other files have. (A column no file has is the setting's
