@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, Mirror, Reproduced, free_port, run, subprocess_env
 
-from spamgpt import paths, tracking
+from spamgpt import tracking
 
 MARKER = "<!-- runnable -->"
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -82,13 +82,10 @@ def docs_project(
 
 @pytest.mark.parametrize("block", BLOCKS, ids=str)
 def test_a_runnable_block_runs_as_written(block: Block, docs_project: dict[str, str]) -> None:
-    # Each block starts from the committed params.yaml (a `dvc exp run -S` leaves its change
-    # there) and without the pretrained files: download_weights keeps a file already there when
-    # the revision has no known hash, so a block naming a hub or revision that serves nothing
-    # would pass after one that worked.
+    # Each block starts from the committed params.yaml: a `dvc exp run -S` leaves its change
+    # there, and a block leaving out a parameter would pass after one that set it.
     project = Path(docs_project["project"])
     run(["git", "checkout", "--", "params.yaml"], project)
-    shutil.rmtree(project / paths.PRETRAINED_DIR, ignore_errors=True)
     code = block.code
     for pattern, stand_in in SUBSTITUTIONS:
         code = re.sub(pattern, stand_in.format(**docs_project).replace("\\", r"\\"), code)
