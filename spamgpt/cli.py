@@ -155,6 +155,23 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    """--device and --precision of the commands that run the model (classify, predict)."""
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="where the model runs (auto: CUDA, then MPS, then the CPU)",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="the arithmetic it runs in (auto: bf16 where the device computes it natively, "
+        "else fp16 on CUDA, else fp32)",
+    )
+
+
 def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     from spamgpt.predict import FORMATS
 
@@ -169,13 +186,17 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
         "--text-column", nargs="+", help="the text column(s) (default: the model's fields)"
     )
     p.add_argument("--keep", nargs="+", default=[], help="columns copied to the output")
-    p.add_argument("--bad-lines", choices=["error", "skip"], default="error")
+    p.add_argument(
+        "--bad-lines",
+        choices=["error", "skip"],
+        default="error",
+        help="a row that does not parse: stop there (error) or leave it out and count it (skip)",
+    )
     add_model_arguments(p)
     p.add_argument(
         "--threshold", type=float, help="on the positive class's probability (default: the model's)"
     )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    add_runtime_arguments(p)
     p.add_argument("--max-tokens", type=positive_int, help="padded tokens per batch")
     p.add_argument(
         "--explain-top",
@@ -197,7 +218,8 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     e.set_defaults(run=export.command)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The `spamgpt` command line: classify, predict, export."""
     parser = argparse.ArgumentParser(
         prog="spamgpt", description="GPT-2 fine-tuned as a text classifier"
     )
@@ -218,8 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         help="threshold on the positive class's probability (default: evaluate's)",
     )
-    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    c.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    add_runtime_arguments(c)
     c.add_argument(
         "--max-tokens",
         type=positive_int,
@@ -227,7 +248,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_predict_parser(commands)
     add_export_parser(commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     try:
         getattr(args, "run", classify)(args)
     except SpamGPTError as e:

@@ -35,6 +35,11 @@ def write_weights(repo_id: str, revision: str, files: dict[str, dict], hub_url: 
     )
 
 
+def read_weights() -> dict | None:
+    """metrics/weights.json as download_weights last wrote it; None before it ever ran."""
+    return _read(paths.WEIGHTS_METRICS) if Path(paths.WEIGHTS_METRICS).is_file() else None
+
+
 def read_weights_sha256() -> str:
     """The sha256 of the pretrained model.safetensors."""
     return _read(paths.WEIGHTS_METRICS)["files"]["model.safetensors"]["sha256"]

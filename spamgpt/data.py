@@ -533,6 +533,25 @@ def _parquet(path: Path, columns: dict[str, str], name: str, sniff: Sniff) -> Ro
             yield number, dict(zip(names, row, strict=True))
 
 
+def header_columns(path: str | os.PathLike, fmt_name: str) -> list[str] | None:
+    """The column names a CSV, TSV or Parquet file declares (its header, its schema); None for
+    formats without one (JSON Lines names its fields per row, label_tab_text has none) or a
+    file that does not read as its format (reading it reports that)."""
+    path = Path(path)
+    try:
+        if fmt_name in ("csv", "tsv"):
+            delimiter = "," if fmt_name == "csv" else "\t"
+            with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+                return next(csv.reader(f, delimiter=delimiter, strict=True), [])
+        if fmt_name == "parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.ParquetFile(path).schema_arrow.names)
+    except Exception:  # csv.Error, pyarrow's errors: read_rows says what is wrong
+        return None
+    return None
+
+
 _READERS = {
     "label_tab_text": _label_tab_text,
     "csv": lambda path, columns, name, sniff: _delimited(path, columns, name, sniff, ","),

@@ -81,14 +81,23 @@ def cached_file(repo_id: str, revision: str, name: str) -> Path | None:
 
 
 def download_model(
-    hub_url: str, repo_id: str, revision: str, dest: str | os.PathLike
+    hub_url: str,
+    repo_id: str,
+    revision: str,
+    dest: str | os.PathLike,
+    recorded: dict | None = None,
 ) -> dict[str, dict]:
-    """Put the model's files into `dest`, each as fetch_file gets it.
+    """Put the model's files into `dest`, each as fetch_file gets it. `recorded`: the last
+    metrics/weights.json, if any: a file without a known hash already in `dest` is kept only
+    where it says that file came from this hub, repository and revision, with this hash (else a
+    new model.revision or model.hub_url would keep the last model's files).
 
     Returns {file: {"sha256": ..., "verified": bool}} for metrics/weights.json.
     """
     dest = Path(dest)
     known = KNOWN_HASHES.get((repo_id, revision), {})
+    source = (repo_id, revision, effective_hub_url(hub_url))
+    same = recorded is not None and tuple(recorded.get(k) for k in SOURCE_KEYS) == source
     record, missing = {}, []
     for name in MODEL_FILES:
         expected = known.get(name)
@@ -96,7 +105,8 @@ def download_model(
             log.warning(
                 "no known sha256 for %s@%s/%s: accepting it unverified", repo_id, revision, name
             )
-        sha = fetch_file(hub_url, repo_id, revision, name, dest / name, expected)
+        kept = recorded["files"].get(name, {}).get("sha256") if same else None
+        sha = fetch_file(hub_url, repo_id, revision, name, dest / name, expected, kept)
         if sha is None:
             missing.append(name)
             continue
@@ -106,6 +116,9 @@ def download_model(
     return record
 
 
+SOURCE_KEYS = ("repo_id", "revision", "hub_url")  # of metrics/weights.json: where files came from
+
+
 def fetch_file(
     hub_url: str,
     repo_id: str,
@@ -113,13 +126,17 @@ def fetch_file(
     name: str,
     dest: str | os.PathLike,
     expected: str | None,
+    recorded: str | None = None,
 ) -> str | None:
     """One file of a hub repository at `dest`, verified where its sha256 is `expected`: a
-    verified copy already there is kept, else the Hugging Face cache's is taken, else it is
-    downloaded from the hub (hub_url, or $HF_ENDPOINT for the default; $HF_TOKEN sent) unless
-    $HF_HUB_OFFLINE is set. Its sha256; None only offline, when neither had it."""
+    copy already there is kept if it has that hash (or, without one, the `recorded` hash of
+    the copy last fetched from this source), else the Hugging Face cache's is taken, else it
+    is downloaded from the hub (hub_url, or $HF_ENDPOINT for the default; $HF_TOKEN sent)
+    unless $HF_HUB_OFFLINE is set. Its sha256; None only offline, when neither had it."""
     dest = Path(dest)
-    sha = _existing(dest, expected) or _from_cache(repo_id, revision, name, dest, expected)
+    sha = _existing(dest, expected or recorded) or _from_cache(
+        repo_id, revision, name, dest, expected
+    )
     if sha is None and not offline():
         url = file_url(effective_hub_url(hub_url), repo_id, revision, name)
         sha = fetch([url], dest, sha256=expected, desc=name, headers=auth_headers())
@@ -137,12 +154,12 @@ def offline_error(
     )
 
 
-def _existing(path: Path, expected: str | None) -> str | None:
-    """The hash of `path` if it is there and verifies (any file does, without a known hash)."""
-    if not path.is_file():
+def _existing(path: Path, wanted: str | None) -> str | None:
+    """The hash of `path` if it is there and has the `wanted` hash (None: nothing is)."""
+    if wanted is None or not path.is_file():
         return None
     digest = sha256_file(path)
-    return digest if expected is None or digest == expected else None
+    return digest if digest == wanted else None
 
 
 def _from_cache(

@@ -288,38 +288,55 @@ def per_class_table(reports: dict[str, dict], classes: Classes) -> dict[str, lis
 
 
 def confusion_figure(matrix: list[list[int]], title: str, classes: Classes) -> "Figure":
-    """Counts and row-normalised rates side by side."""
+    """Counts and row-normalised rates side by side, sized to the classes: a cell wide enough
+    for its number, room for the longest class name, the column names rotated once they would
+    not fit side by side, and smaller text (zeros left blank) beyond a dozen classes, so 30
+    classes stay readable."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
     counts = np.asarray(matrix, dtype=float)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    side = max(3.6, 0.5 * len(classes) + 1.5)
-    fig = Figure(figsize=(2.2 * side, side))
+    n = len(classes)
+    many = n > 12
+    cell_font = 7 if many else 10  # points
+    cell = 0.45 if many else 0.5  # inches: "0.12" at 7 pt, "0.123" at 10 pt, with a margin
+    longest = max(len(name) for name in classes.names)
+    rotate = n > 2 and longest * 0.6 * 10 / 72 > cell  # names wider than their column
+    names_room = longest * 0.6 * 10 / 72 + 0.4  # inches of 10-pt text, and the axis label
+    side = max(3.6, cell * n + names_room + 0.6)
+    fig = Figure(figsize=(2 * side + 0.4, side + (names_room if rotate else 0.3)))
     axes = fig.subplots(1, 2)
-    ticks = list(range(len(classes)))
+    ticks = list(range(n))
+    rate_format = "{:.2f}" if many else "{:.3f}"
     for ax, values, fmt, name in (
         (axes[0], counts, "{:.0f}", "counts"),
-        (axes[1], rates, "{:.3f}", "row-normalised"),
+        (axes[1], rates, rate_format, "row-normalised"),
     ):
         ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
         for (i, j), v in np.ndenumerate(values):
+            if many and counts[i, j] == 0:
+                continue
             ax.text(
                 j,
                 i,
                 fmt.format(v),
                 ha="center",
                 va="center",
+                fontsize=cell_font,
                 color="white" if rates[i, j] > 0.5 else "black",
             )
         ax.set(
             xticks=ticks,
             yticks=ticks,
-            xticklabels=classes.names,
-            yticklabels=classes.names,
             xlabel="predicted",
             ylabel="actual",
             title=f"{title} ({name})",
         )
+        ax.set_yticklabels(classes.names)
+        if rotate:
+            ax.set_xticklabels(classes.names, rotation=90)  # upright boxes: none overlaps
+        else:
+            ax.set_xticklabels(classes.names)
     fig.tight_layout()
     return fig
 

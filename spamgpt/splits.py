@@ -38,6 +38,7 @@ def split_dataset(d: DataParams, s: SplitParams) -> tuple[dict[str, pd.DataFrame
     if d.files is not None:
         sources = {name: src.url for name, src in d.files.sources().items()}
         files = {name: paths.raw_split_file(name) for name in sources}
+        _check_same_columns(files, {name: source_name(url) for name, url in sources.items()}, fmt)
         parsed = {
             name: read_source(files[name], source_name(url), fmt, allowed, d)
             for name, url in sources.items()
@@ -121,6 +122,30 @@ def read_source(
     if parsed.bad_lines:
         log.info("%s", data.skipped_summary(parsed, name))
     return parsed
+
+
+def _check_same_columns(
+    files: dict[str, str | os.PathLike], names: dict[str, str], fmt: data.Format
+) -> None:
+    """A given split's file that lacks a column the pipeline reads while another split's file
+    has it: that file is what is wrong, not data.text_column or data.label_column, so the error
+    names it and the columns the other files have. (A column no file has is the setting's
+    error, from data.read_rows.)"""
+    needed = [*fmt.fields.columns, fmt.label_column]
+    headers = {split: data.header_columns(f, fmt.name) for split, f in files.items()}
+    for split, header in headers.items():
+        if header is None:
+            continue
+        for column in needed:
+            having = [s for s, h in headers.items() if h is not None and column in h]
+            if column in header or not having:
+                continue
+            other = having[0]
+            raise SpamGPTError(
+                f"{names[split]} (data.files.{split}): no column {column!r} (it has "
+                f"{', '.join(header[:20])}), though {names[other]} (data.files.{other}) has "
+                f"{', '.join(headers[other][:20])}: give {names[split]} the same columns"
+            )
 
 
 def combined_sha256(hashes: dict[str, str]) -> str:

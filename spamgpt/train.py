@@ -13,10 +13,12 @@ one with the best validation F1, and the per-class metrics logged every epoch sh
 
 import contextlib
 import itertools
+import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol, TextIO
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,8 @@ from spamgpt.trunk import Split
 # to finish its queued work, so one per step stalls a GPU (the CPU waits, then the GPU waits
 # for the CPU's next launches). Also when the logged metrics and the progress bar update.
 READ_EVERY = 32
+
+log = logging.getLogger(__name__)
 
 
 class Interrupted(SpamGPTError):
@@ -141,6 +145,68 @@ class ProgressBar(Hook):
     def on_fit_end(self, state: State) -> None:
         if self.bar is not None:
             self.bar.close()  # an epoch cut short: its line ends before an error is printed
+
+
+def selected_key(metric: str, classes: Classes) -> str:
+    """The evaluation entry's key (evaluation_entry) of train.select_metric: what picks the
+    best evaluation, as metrics.selection_score reads it from the report."""
+    if metric == "auto":
+        metric = "macro_f1" if classes.positive is None else f"{classes.positive}_f1"
+    if metric == "val_loss":
+        return "val/loss"
+    if metric in ("macro_f1", "accuracy"):
+        return f"val/{metric}"
+    if metric == "micro_f1":  # single-label: accuracy (metrics.selection_score)
+        return "val/micro_f1" if classes.multi_label else "val/accuracy"
+    return f"val/{classes.metric_name(metric.removesuffix('_f1'))}_f1"
+
+
+class ProgressLines(Hook):
+    """One plain line per evaluation, for output that is not a terminal (a log file, CI, a
+    queued experiment), where the bar draws nothing: the epoch and step, the epoch's training
+    loss so far, the selected validation metric (and whether it is the best yet), training
+    samples/s since the previous line, and the seconds since it (validation included)."""
+
+    def __init__(self, epochs: int, metric_key: str) -> None:
+        self.epochs, self.metric_key = epochs, metric_key
+        self.samples, self.seen = 0, 0  # since the last line; of the epoch, counted so far
+        self.train_seconds: float | None = None  # state.train_seconds at the last line
+        self.since = time.perf_counter()
+
+    def on_epoch_start(self, state: State, batches: int) -> None:
+        self.seen = state.epoch_samples  # 0, or where a resumed epoch stopped
+        if self.train_seconds is None:  # (a resumed run's state counts the runs before it)
+            self.train_seconds = state.train_seconds
+
+    def on_steps(self, state: State, steps: list[list[float]]) -> None:
+        self.samples += state.epoch_samples - self.seen
+        self.seen = state.epoch_samples
+
+    def on_evaluation(self, state: State, entry: dict) -> None:
+        now = time.perf_counter()
+        log.info("%s", self.line(state, entry, now - self.since))
+        self.samples, self.train_seconds, self.since = 0, state.train_seconds, now
+
+    def line(self, state: State, entry: dict, seconds: float) -> str:
+        trained = state.train_seconds - (self.train_seconds or 0.0)
+        rate = self.samples / trained if trained > 0 else 0.0
+        best = " (best)" if state.best_evaluation == len(state.history) else ""
+        metric = self.metric_key.removeprefix("val/")
+        return (
+            f"epoch {entry['epoch']}/{self.epochs} step {entry['step']}: "
+            f"train loss {entry['train/epoch_loss']:.4f}, "
+            f"val {metric} {entry[self.metric_key]:.4f}{best}, "
+            f"{rate:.1f} samples/s, {seconds:.1f} s"
+        )
+
+
+def progress(epochs: int, metric_key: str, stream: TextIO | None = None) -> Hook:
+    """The bar on a terminal; one line per evaluation where the bar would draw nothing (tqdm,
+    as ProgressBar makes it, draws on stderr only when that is a terminal)."""
+    stream = sys.stderr if stream is None else stream
+    if stream.isatty():
+        return ProgressBar(epochs)
+    return ProgressLines(epochs, metric_key)
 
 
 class EarlyStopping(Hook):

@@ -7,7 +7,8 @@ from spamgpt.params import Params
 
 def main(params: Params) -> None:
     m = params.model
-    files = hub.download_model(m.hub_url, m.repo_id, m.revision, paths.pretrained_dir(m.repo_id))
+    dest = paths.pretrained_dir(m.repo_id)
+    files = hub.download_model(m.hub_url, m.repo_id, m.revision, dest, contracts.read_weights())
     # The hub the files came from ($HF_ENDPOINT for the default): a light MLflow model
     # fetches its base from there.
     contracts.write_weights(m.repo_id, m.revision, files, hub.effective_hub_url(m.hub_url))

@@ -13,7 +13,7 @@ from spamgpt import (
     tracking,
 )
 from spamgpt.params import Params, check_train_classes
-from spamgpt.train import LogMetrics, ProgressBar, Trainer
+from spamgpt.train import LogMetrics, Trainer, progress, selected_key
 from spamgpt.trunk import Split
 
 
@@ -46,7 +46,8 @@ def main(params: Params) -> None:
             results.log_run_inputs(run, params, data_report)
         saver = checkpoint.CheckpointSaver(paths.CHECKPOINT, fingerprint, run.run_id, run.flush)
         axis = "epoch" if t.eval_every is None else "step"  # of the val/ metrics in MLflow
-        state = trainer.fit(saver, hooks=(LogMetrics(run, axis), ProgressBar(t.epochs)))
+        shown = progress(t.epochs, selected_key(t.select_metric, classes))
+        state = trainer.fit(saver, hooks=(LogMetrics(run, axis), shown))
         results.write_checkpoint_weights(run, trainer, params.mlflow.log_checkpoints)
         results.export_model(trainer, m, params.data.text_fields())
         contracts.write_mlflow_run(run.run_id)  # which run evaluate records into

@@ -1,6 +1,7 @@
 """spamgpt.cli: `spamgpt classify`'s arguments, output formats and one-line errors, run in
 this process (the subprocess runs are in test_pipeline.py and test_reliability_inputs.py)."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -81,3 +82,18 @@ def test_a_mistake_is_one_line_and_exit_1(capsys, args: list[str], message: str)
     code, out, err = classify(capsys, *args)
     assert code == 1 and out == ""
     assert err.startswith(f"spamgpt: error: {message}") and err.count("\n") == 1
+
+
+def test_every_option_of_every_command_has_help(capsys) -> None:
+    """`spamgpt <command> --help` explains each option: none is listed bare."""
+    commands = next(
+        a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    assert sorted(commands.choices) == ["classify", "export", "predict"]
+    for name, parser in commands.choices.items():
+        bare = [a.dest for a in parser._actions if not a.help]
+        assert bare == [], f"spamgpt {name}: options without help: {bare}"
+    with pytest.raises(SystemExit):
+        cli.main(["classify", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal width
+    assert "--precision {auto,fp32,bf16,fp16} the arithmetic it runs in (auto: bf16" in shown

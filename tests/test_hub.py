@@ -241,3 +241,28 @@ def test_the_cache_is_found_where_huggingface_hub_looks(
     assert hub.cache_dir() == tmp_path / "xdg" / "huggingface" / "hub"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert hub.cache_dir() == Path.home() / ".cache" / "huggingface" / "hub"
+
+
+def test_an_unverified_file_is_kept_only_when_recorded_from_the_same_source(
+    tmp_path: Path,
+) -> None:
+    """A revision without known hashes: the files already in dest are another revision's
+    (the tiny model at 'main', served wider at 'wide'); asked for 'wide', they are replaced,
+    and a revision the hub lacks fails instead of keeping them. Recorded as from 'wide' on this
+    hub, with their hashes, they are kept, with the hub gone."""
+    root, out = tmp_path / "hub", tmp_path / "out"
+    make_hub(root, revision="main")
+    wide = make_hub(root, dim=64, revision="wide")
+    with serve(root) as url:
+        hub.download_model(url, REPO_ID, "main", out)
+        old = hashes(out)
+        record = hub.download_model(url, REPO_ID, "main", out)
+        assert hashes(out) == old and record["config.json"]["sha256"] == old["config.json"]
+        with pytest.raises(DownloadError, match="404"):
+            hub.download_model(url, REPO_ID, "absent", out)
+        record = hub.download_model(url, REPO_ID, "wide", out)
+        assert hashes(out) == hashes(wide) != old
+    weights = {"repo_id": REPO_ID, "revision": "wide", "hub_url": url, "files": record}
+    assert hub.download_model(url, REPO_ID, "wide", out, weights) == record  # nothing served
+    with pytest.raises(DownloadError):
+        hub.download_model(url, REPO_ID, "wide", out, {**weights, "revision": "main"})

@@ -313,3 +313,41 @@ def test_the_positive_class_first_gives_the_same_metrics_thresholds_and_curves()
     curves = metrics.curve_frames(labels, probs, spam_first)
     for name, frame in metrics.curve_frames(LABELS, two(PROBS), SMS).items():
         assert curves[name].equals(frame), name
+
+
+def _overlapping(boxes: list) -> list[tuple[int, int]]:
+    """Pairs of drawn boxes (matplotlib Bboxes, in pixels) that overlap by more than a pixel."""
+    return [
+        (i, j)
+        for i, a in enumerate(boxes)
+        for j, b in enumerate(boxes[i + 1 :], start=i + 1)
+        if min(a.x1, b.x1) - max(a.x0, b.x0) > 1 and min(a.y1, b.y1) - max(a.y0, b.y0) > 1
+    ]
+
+
+def test_the_confusion_figure_stays_readable_at_30_classes() -> None:
+    """30 classes with 27-character names and a confusion in every row: the figure grows
+    with the classes, and once drawn no two class names, and no two cell numbers, overlap,
+    and every name lies inside the figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    names = tuple(f"category-{i:02d}-of-the-package" for i in range(30))
+    matrix = (np.eye(30, dtype=int) * 40 + np.roll(np.eye(30, dtype=int), 1, axis=1) * 3).tolist()
+    small = metrics.confusion_figure([[50, 2], [3, 9]], "test", SMS)
+    fig = metrics.confusion_figure(matrix, "test", Classes(names))
+    assert fig.get_size_inches()[0] > 3 * small.get_size_inches()[0]
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    whole = fig.bbox
+    for ax in fig.axes:
+        for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+            boxes = [label.get_window_extent(renderer) for label in labels]
+            assert [label.get_text() for label in labels] == list(names)
+            assert _overlapping(boxes) == []
+            assert all(whole.x0 <= b.x0 and b.x1 <= whole.x1 for b in boxes)
+            assert all(whole.y0 <= b.y0 and b.y1 <= whole.y1 for b in boxes)
+        cells = [t.get_window_extent(renderer) for t in ax.texts]
+        assert len(cells) == 60 and _overlapping(cells) == []
+    x_labels = fig.axes[0].get_xticklabels()
+    assert x_labels[0].get_rotation() == 90  # side by side, 27 characters would not fit a cell

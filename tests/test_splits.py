@@ -210,3 +210,29 @@ def test_multi_label_given_splits_carve_val_and_count_labels(workspace: Path) ->
     assert report["label_conflicts"] == 0 and report["test"] == {"a": 6, "b": 6, "c": 6}
     assert len(frames["val"]) == 6 and min(report["val"].values()) >= 2
     assert json.loads(frames["train"]["label"][0]) == ["a"]
+
+
+def test_a_given_file_without_a_column_the_others_have_is_named(workspace: Path) -> None:
+    """The test file lacks the text column train and val have: the file is what is wrong, so
+    the error names it and train's columns, not data.text_column."""
+    write_raw("train", rows("train", 30))
+    write_raw("val", rows("val", 6))
+    test = paths.raw_split_file("test")
+    pd.DataFrame(rows("test", 6), columns=["label", "body"]).to_csv(test, index=False)
+    p = given()
+    with pytest.raises(SpamGPTError) as e:
+        splits.split_dataset(p.data, p.split)
+    assert str(e.value) == (
+        "data/local/test.csv (data.files.test): no column 'text' (it has label, body), though "
+        "data/local/train.csv (data.files.train) has label, text: give data/local/test.csv "
+        "the same columns"
+    )
+
+
+def test_a_column_no_given_file_has_is_the_setting(workspace: Path) -> None:
+    for name, n in (("train", 30), ("val", 6), ("test", 6)):
+        write_raw(name, rows(name, n))
+    p = given()
+    p = dataclasses.replace(p, data=dataclasses.replace(p.data, text_column="body"))
+    with pytest.raises(SpamGPTError, match=r"no column 'body' .*; set data.text_column$"):
+        splits.split_dataset(p.data, p.split)

@@ -5,6 +5,7 @@ losses read back from the device a chunk at a time: the same as every step, NaN 
 import dataclasses
 import io
 import math
+import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -13,11 +14,11 @@ import pytest
 import torch
 from tqdm import tqdm
 
-from spamgpt import checkpoint, classifier, train
+from spamgpt import checkpoint, classifier, metrics, train
 from spamgpt.batching import ModelInputs, PackedSequences
 from spamgpt.checkpoint import CheckpointSaver
 from spamgpt.errors import SpamGPTError
-from spamgpt.labels import SMS
+from spamgpt.labels import SMS, Classes
 from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.params import TrainParams
 from spamgpt.train import (
@@ -515,3 +516,77 @@ def test_the_best_evaluation_is_the_best_val_f1_then_the_lowest_val_loss() -> No
     assert trainer.state.best_evaluation == 4
     best = trainer.state.best_weights["head.bias"]
     torch.testing.assert_close(best, torch.tensor([0.0, math.log(0.505 / 0.495)]))
+
+
+class CountedLines(train.ProgressLines):
+    """ProgressLines that also keeps the samples each line was computed from."""
+
+    def __init__(self, epochs: int, metric_key: str) -> None:
+        super().__init__(epochs, metric_key)
+        self.counted: list[int] = []
+
+    def line(self, state: State, entry: dict, seconds: float) -> str:
+        self.counted.append(self.samples)
+        return super().line(state, entry, seconds)
+
+
+def test_off_a_terminal_each_evaluation_logs_one_plain_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three epochs of 64 messages, an evaluation each: three lines, each with its epoch, step,
+    the epoch's training loss and val spam F1 (auto) as the history has them, the best one
+    marked, the samples trained since the line before, the seconds."""
+    lines = CountedLines(PARAMS.epochs, train.selected_key("auto", SMS))
+    with caplog.at_level("INFO", logger="spamgpt.train"):
+        state = new_trainer().fit(CheckpointSaver(tmp_path / "c.pt", "fp"), hooks=(lines,))
+    logged = [r.getMessage() for r in caplog.records if r.name == "spamgpt.train"]
+    assert len(logged) == len(state.history) == 3 and lines.counted == [64, 64, 64]
+    scores = [(e["val/spam_f1"], -e["val/loss"]) for e in state.history]  # what selects
+    for n, (message, entry) in enumerate(zip(logged, state.history, strict=True), start=1):
+        best = " (best)" if scores[n - 1] == max(scores[:n]) else ""
+        start = (
+            f"epoch {n}/3 step {16 * n}: train loss {entry['train/epoch_loss']:.4f}, "
+            f"val spam_f1 {entry['val/spam_f1']:.4f}"
+        )
+        assert message.startswith(start)
+        pattern = re.escape(best) + r", \d+\.\d samples/s, \d+\.\d s"
+        assert re.fullmatch(pattern, message[len(start) :])
+
+
+def test_the_line_divides_samples_by_training_seconds() -> None:
+    lines = train.ProgressLines(5, "val/loss")
+    lines.samples, lines.train_seconds = 300, 10.0
+    state = State(train_seconds=14.0, history=[{}, {}], best_evaluation=1)
+    entry = {"epoch": 2, "step": 80, "train/epoch_loss": 0.25, "val/loss": 0.123456}
+    assert lines.line(state, entry, 6.04) == (
+        "epoch 2/5 step 80: train loss 0.2500, val loss 0.1235, 75.0 samples/s, 6.0 s"
+    )
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_bar_on_a_terminal_lines_elsewhere() -> None:
+    assert isinstance(train.progress(3, "val/loss", Terminal()), ProgressBar)
+    shown = train.progress(3, "val/spam_f1", io.StringIO())
+    assert isinstance(shown, train.ProgressLines) and shown.metric_key == "val/spam_f1"
+
+
+def test_the_selected_key_reads_the_figure_the_selection_scores() -> None:
+    """Each train.select_metric names the entry's figure metrics.selection_score picks by."""
+    three = Classes(("a b", "c", "d"), "c")
+    report = {
+        "a b": {"f1": 0.5, "precision": 0.4, "recall": 0.6, "support": 3},
+        "c": {"f1": 0.7, "precision": 0.8, "recall": 0.6, "support": 2},
+        "d": {"f1": 0.2, "precision": 0.1, "recall": 0.3, "support": 5},
+        "accuracy": 0.65,
+        "macro_f1": 0.45,
+    }
+    entry = {"val/loss": 0.9, **metrics.flat(report, "val", three)}
+    for metric in ("auto", "macro_f1", "accuracy", "micro_f1", "a b_f1", "d_f1"):
+        score = metrics.selection_score(report, 0.9, three, metric)
+        assert entry[train.selected_key(metric, three)] == score, metric
+    assert entry[train.selected_key("val_loss", three)] == 0.9
+    assert train.selected_key("auto", Classes(("x", "y", "z"))) == "val/macro_f1"
