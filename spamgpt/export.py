@@ -13,21 +13,28 @@ That class computes what spamgpt's classifier does but for two things, handled e
   which spamgpt's tokenization gives a message only as its sole token (an empty message), and
   then position 0 is both that token and the last real one.
 
-Mean pooling has no counterpart there and is refused, naming model.pooling. Everything else
+Mean pooling has no counterpart there and is refused, naming model.pooling. A head_tail
+model's tokenizer cuts on the right, as no tokenizer cuts both ends: config.json's "spamgpt"
+records the cut (and the text fields and their template) for the few lines in
+docs/huggingface.md that cut the ids as spamgpt does. Everything else
 (LoRA adapters are merged when finetune writes the folder; a partly trained model is
 completed from its base weights) is plain GPT-2 weights.
 
 `spamgpt export --to onnx FILE` writes the classifier (any pooling) as an ONNX graph from
 token ids (batch, sequence) int64 and lengths (batch,) int64 to class probabilities (batch,
-classes) float32, both axes dynamic; it needs the onnx and onnxscript packages (pip install
-onnx onnxscript).
+classes) float32, both axes dynamic, the same record in its metadata; it needs the onnx and
+onnxscript packages (spamgpt's requirements). What loads the exports (onnxruntime,
+transformers) is the `export` extra: pip install "spamgpt[export]".
 """
 
 import argparse
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +46,7 @@ from torch import nn
 from spamgpt import atomic, classifier, paths
 from spamgpt.errors import SpamGPTError
 from spamgpt.model import TRANSPOSED, GPT2Classifier
+from spamgpt.texts import TextFields, Truncation
 from spamgpt.tokenizer import EOT
 
 if TYPE_CHECKING:
@@ -73,8 +81,25 @@ def loaded(
 
 
 # model.truncation (classifier.json's "truncation", "head" where absent) as a transformers
-# tokenizer's truncation_side; head_tail keeps both ends, which no tokenizer setting does.
-TRUNCATION_SIDES = {"head": "right", "tail": "left"}
+# tokenizer's truncation_side; head_tail keeps both ends, which no tokenizer setting does: its
+# tokenizer cuts on the right, and RECORDED's truncation says how spamgpt cuts the ids
+# (docs/huggingface.md has the few lines).
+TRUNCATION_SIDES = {"head": "right", "tail": "left", "head_tail": "right"}
+# The key, in a transformers config.json and in an ONNX graph's metadata (a JSON string), of
+# what spamgpt does to a message before the model reads it (`recorded`).
+RECORDED = "spamgpt"
+
+
+def recorded(meta: dict) -> dict:
+    """How a message becomes the model's input, for users of an export: its text fields and
+    the template joining them (texts.TextFields: null joins fields by a blank line), then
+    the cut of its ids to max_length (texts.Truncation), and the classes in output order."""
+    return {
+        **TextFields.from_dict(meta).to_dict(),
+        "max_length": meta["max_length"],
+        **Truncation.from_dict(meta).to_dict(),
+        "labels": list(meta["labels"]),
+    }
 
 
 def check_representable(meta: dict) -> None:
@@ -83,12 +108,6 @@ def check_representable(meta: dict) -> None:
         raise SpamGPTError(
             f"model.pooling is {meta['pooling']!r}: transformers' GPT2ForSequenceClassification "
             "reads the last real token only; train with model.pooling: last, or export --to onnx"
-        )
-    truncation = meta.get("truncation", "head")
-    if truncation not in TRUNCATION_SIDES:
-        raise SpamGPTError(
-            f"model.truncation is {truncation!r}: a transformers tokenizer cuts a long message "
-            f"on one side only (head or tail); export --to onnx and cut the ids as spamgpt does"
         )
 
 
@@ -150,6 +169,7 @@ def transformers_config(model: GPT2Classifier, meta: dict) -> dict:
             else "single_label_classification"
         ),
         "dtype": "float32",
+        RECORDED: recorded(meta),
     }
 
 
@@ -231,6 +251,38 @@ def to_transformers(
             shutil.copyfile(tokenizer_dir / name, tmp)
 
 
+class _UpstreamNotice(logging.Filter):
+    """Drops one logger's records whose message starts with `prefix`."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+@contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """torch.onnx.export without two notices of torch's own that say nothing of this model:
+    each torchvision operator it skips registering (torchvision is not a dependency), and
+    the FutureWarning of torch.export's own use of the deprecated pytree LeafSpec. Only those
+    exact messages; any other warning is shown."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    notice = _UpstreamNotice("torchvision is not installed. Skipping torchvision::")
+    registration.addFilter(notice)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore",
+                message=re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),
+                category=FutureWarning,
+            )
+            yield
+    finally:
+        registration.removeFilter(notice)
+
+
 class ProbabilityGraph(nn.Module):
     """What the ONNX graph computes: class probabilities of right-padded token ids (a
     multi-label model's: each label's sigmoid, as classifier.class_probabilities)."""
@@ -244,14 +296,15 @@ class ProbabilityGraph(nn.Module):
         return torch.sigmoid(logits) if self.model.multi_label else torch.softmax(logits, dim=-1)
 
 
-def to_onnx(model: GPT2Classifier, dest: str | os.PathLike) -> None:
+def to_onnx(model: GPT2Classifier, meta: dict, dest: str | os.PathLike) -> None:
     """Write the ONNX graph of `model` to `dest` (weights inside it up to 1.5 GB, else in
-    <dest>.data beside it: gpt2-large and xl)."""
+    <dest>.data beside it: gpt2-large and xl), `recorded(meta)` in its metadata."""
     try:
         import onnxscript  # noqa: F401  (torch's exporter needs it and onnx)
     except ImportError:
         raise SpamGPTError(
-            "export --to onnx needs the onnx and onnxscript packages: pip install onnx onnxscript"
+            "export --to onnx needs the onnx and onnxscript packages: "
+            'pip install onnx onnxscript, or pip install "spamgpt[export]"'
         ) from None
     dest = Path(dest)
     graph = ProbabilityGraph(model.float().cpu()).eval()
@@ -259,15 +312,23 @@ def to_onnx(model: GPT2Classifier, dest: str | os.PathLike) -> None:
     example = (torch.zeros(2, min(8, n_ctx), dtype=torch.int64), torch.tensor([3, 1]))
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence", max=n_ctx)
-    program = torch.onnx.export(
-        graph,
-        example,
-        input_names=list(ONNX_INPUTS),
-        output_names=[ONNX_OUTPUT],
-        dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "lengths": {0: batch}},
-        dynamo=True,
-        verbose=False,
-    )
+    # lengths' axis is input_ids' batch, which the exporter infers from the graph: naming the
+    # Dim `batch` twice would make it warn that the second name is not used.
+    dynamic_shapes = {
+        "input_ids": {0: batch, 1: sequence},
+        "lengths": {0: torch.export.Dim.DYNAMIC},
+    }
+    with quiet_exporter():
+        program = torch.onnx.export(
+            graph,
+            example,
+            input_names=list(ONNX_INPUTS),
+            output_names=[ONNX_OUTPUT],
+            dynamic_shapes=dynamic_shapes,
+            dynamo=True,
+            verbose=False,
+        )
+    program.model.metadata_props[RECORDED] = json.dumps(recorded(meta))
     dest.parent.mkdir(parents=True, exist_ok=True)
     if sum(p.numel() * 4 for p in model.parameters()) > ONNX_FILE_LIMIT:
         program.save(str(dest), external_data=True)  # it names the data file after dest
@@ -292,7 +353,7 @@ def log_exports(
             for file in sorted(folder.iterdir()):
                 run.log_artifact(file, "transformers")
         if "onnx" in formats:
-            to_onnx(model, Path(tmp) / "model.onnx")
+            to_onnx(model, meta, Path(tmp) / "model.onnx")
             run.log_artifact(Path(tmp) / "model.onnx", "onnx")
 
 
@@ -301,5 +362,5 @@ def command(args: argparse.Namespace) -> None:
         if args.to == "transformers":
             to_transformers(model, meta, folder, args.dest)
         else:
-            to_onnx(model, args.dest)
+            to_onnx(model, meta, args.dest)
     print(f"{args.dest}: {args.to} export of {args.model}")

@@ -6,8 +6,11 @@ import contextlib
 import io
 import json
 import logging
+import re
 import runpy
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, STAGES, restored_tracking_uri, tiny_params
+from conftest import REPO, STAGES, restored_tracking_uri, subprocess_env, tiny_params
 from fileserver import Faults, serve
 from mlflow.tracking import MlflowClient
 
@@ -28,6 +31,7 @@ from spamgpt.labels import Classes
 from spamgpt.model import GPT2Classifier
 from spamgpt.params import LoraParams, ModelParams
 from spamgpt.random_hub import hub_dir, make_hub
+from spamgpt.texts import ONE_TEXT, TextFields, Truncation
 
 REPO_ID = "someone/gpt2-six"
 MAX_LENGTH = 24
@@ -63,7 +67,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def finetuned(workspace: Path, name: str, **overrides) -> Path:
+def finetuned(workspace: Path, name: str, fields: TextFields = ONE_TEXT, **overrides) -> Path:
     """models/finetuned as finetune writes it (classifier.export: adapters merged, only the
     trained tensors where the base is pretrained), with every trained tensor drawn at random
     so that a tensor exported wrongly changes the probabilities."""
@@ -82,7 +86,8 @@ def finetuned(workspace: Path, name: str, **overrides) -> Path:
         dest = workspace / "finetuned" / name
         pad = tokenizer.load(paths.pretrained_dir(REPO_ID)).eot_token
         state = {n: p.detach().clone() for n, p in model.named_parameters()}
-        classifier.export(model, state, trained, m, CLASSES, Tokenization(MAX_LENGTH, pad), dest)
+        tokenization = Tokenization(MAX_LENGTH, pad)
+        classifier.export(model, state, trained, m, CLASSES, tokenization, dest, fields)
     return dest
 
 
@@ -180,7 +185,7 @@ def test_onnx_runtime_gives_spamgpts_probabilities_on_any_batch_and_length(
 
     folder = finetuned(workspace, "onnx", pooling="mean")
     model, meta, expected = reference(workspace, folder)
-    export.to_onnx(model, tmp_path / "model.onnx")
+    export.to_onnx(model, meta, tmp_path / "model.onnx")
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
     ids_in, lengths_in = session.get_inputs()
     assert (ids_in.name, lengths_in.name) == export.ONNX_INPUTS
@@ -213,6 +218,137 @@ def test_the_exported_config_names_the_classes_and_the_pad_token(
         "config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer.json",
         "tokenizer_config.json", "special_tokens_map.json",
     }  # fmt: skip
+
+
+# Several text fields and head_tail: what both exports record, and docs/huggingface.md's
+# recipes, run as they are written there, against spamgpt's own texts, ids and probabilities.
+
+DOCS = REPO / "docs" / "huggingface.md"
+FIELDS = TextFields(("name", "description"))  # joined by a blank line
+TEMPLATED = TextFields(("name", "description"), "{name}: {description}")
+ROWS = [
+    {"name": "prize-bot", "description": "WIN a FREE prize now, txt WIN to 80086"},
+    {"name": "a long name " * 3, "description": "that goes on and on, " * 8 + "and ends here"},
+    {"name": "ünïcödé 🎉", "description": "see you at 7"},
+]
+
+
+def docs_recipe(containing: str, **replaced: str) -> str:
+    """The ```python block of docs/huggingface.md that contains `containing`, with its
+    example paths and rows replaced (`rows = [...]` by `rows = ROWS`)."""
+    parts = DOCS.read_text(encoding="utf-8").split("```python\n")[1:]
+    (block,) = [b for b in (p.split("```")[0] for p in parts) if containing in b]
+    block = re.sub(r"^rows = \[.*$", "rows = ROWS", block, flags=re.MULTILINE)
+    for old, new in replaced.items():
+        assert old in block
+        block = block.replace(old, new)
+    return block
+
+
+def run_recipes(*recipes: str) -> dict:
+    """docs/huggingface.md's text_of and cut_ids, then `recipes`, in one namespace."""
+    namespace = {"ROWS": ROWS}
+    for source in (docs_recipe("def cut_ids"), *recipes):
+        exec(compile(source, str(DOCS), "exec"), namespace)
+    return namespace
+
+
+def spamgpts_answers(workspace: Path, folder: Path) -> np.ndarray:
+    """spamgpt's probabilities of ROWS (its fields joined, its ids cut as the model says)."""
+    model, meta = classifier.load(folder, workspace / paths.PRETRAINED_DIR)
+    texts = [TextFields.from_dict(meta).join(row) for row in ROWS]
+    probs, truncated = classifier.classify_texts(
+        model, tokenizer.load(folder), texts, meta["max_length"], CPU, "fp32",
+        truncation=Truncation.from_dict(meta),
+    )  # fmt: skip
+    assert truncated[1] and not truncated[0]  # the long row is cut
+    return probs.numpy()
+
+
+def test_the_documented_cut_and_join_are_spamgpts(workspace: Path) -> None:
+    recipes = run_recipes()
+    cut_ids, text_of = recipes["cut_ids"], recipes["text_of"]
+    ids = list(range(100, 160))
+    for side, ratio in [("head", 0.25), ("tail", 0.25), ("head_tail", 0.25), ("head_tail", 0.5),
+                        ("head_tail", 0.3), ("head_tail", 0.0), ("head_tail", 1.0)]:  # fmt: skip
+        rule = Truncation(side, ratio)
+        for length in (0, 1, 7, 23, 24, 25, 31, 60):
+            for max_length in (1, 7, 24):
+                recorded = {"max_length": max_length, **rule.to_dict()}
+                assert cut_ids(ids[:length], recorded) == rule.keep(ids[:length], max_length)
+    for fields in (FIELDS, TEMPLATED, TextFields(("name",))):
+        assert [text_of(row, fields.to_dict()) for row in ROWS] == list(map(fields.join, ROWS))
+
+
+@torch.no_grad()
+def test_a_head_tail_model_of_several_fields_exports_to_transformers_with_its_cut(
+    workspace: Path, tmp_path: Path
+) -> None:
+    folder = finetuned(workspace, "head_tail", FIELDS, truncation="head_tail", head_ratio=0.3)
+    expected = spamgpts_answers(workspace, folder)
+    pretrained = str(workspace / paths.PRETRAINED_DIR)
+    cli.main(["export", "--to", "transformers", str(tmp_path / "hf"), "--model", str(folder),
+              "--pretrained", pretrained])  # fmt: skip
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config[export.RECORDED] == {
+        "text_columns": ["name", "description"], "text_template": None, "max_length": MAX_LENGTH,
+        "truncation": "head_tail", "head_ratio": 0.3, "labels": list(CLASSES.names),
+    }  # fmt: skip
+    recipe = docs_recipe("GPT2ForSequenceClassification.from_pretrained", **{
+        '"exported/"': repr(str(tmp_path / "hf"))})  # fmt: skip
+    got = run_recipes(recipe)["probabilities"].numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def test_the_documented_pipeline_joins_the_recorded_fields_by_the_template(
+    workspace: Path, tmp_path: Path
+) -> None:
+    folder = finetuned(workspace, "templated", TEMPLATED)
+    expected = spamgpts_answers(workspace, folder)
+    pretrained = str(workspace / paths.PRETRAINED_DIR)
+    cli.main(["export", "--to", "transformers", str(tmp_path / "hf"), "--model", str(folder),
+              "--pretrained", pretrained])  # fmt: skip
+    recipe = docs_recipe("answers = classify(", **{'"exported/"': repr(str(tmp_path / "hf"))})
+    answers = run_recipes(recipe)["answers"]
+    for row, answer in zip(expected, answers, strict=True):
+        got = {a["label"]: a["score"] for a in answer}
+        assert got == pytest.approx(dict(zip(CLASSES.names, row, strict=True)), abs=1e-4)
+
+
+def test_the_documented_onnx_recipe_needs_no_transformers_export(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """A head_tail model of several fields: the graph's metadata, the model folder's
+    vocabulary and the documented lines give spamgpt's probabilities."""
+    folder = finetuned(workspace, "onnx_head_tail", FIELDS, truncation="head_tail")
+    expected = spamgpts_answers(workspace, folder)
+    pretrained = str(workspace / paths.PRETRAINED_DIR)
+    cli.main(["export", "--to", "onnx", str(tmp_path / "model.onnx"), "--model", str(folder),
+              "--pretrained", pretrained])  # fmt: skip
+    recipe = docs_recipe("onnxruntime.InferenceSession", **{
+        '"model.onnx"': repr(str(tmp_path / "model.onnx")),
+        '"models/finetuned/vocab.json"': repr(str(folder / "vocab.json")),
+        '"models/finetuned/merges.txt"': repr(str(folder / "merges.txt")),
+    })  # fmt: skip
+    recipes = run_recipes(recipe)
+    assert recipes["recorded"]["truncation"] == "head_tail"
+    assert recipes["recorded"]["text_columns"] == ["name", "description"]
+    np.testing.assert_allclose(recipes["probabilities"], expected, rtol=0, atol=1e-4)
+
+
+def test_the_onnx_export_prints_no_warning(workspace: Path, tmp_path: Path) -> None:
+    """torch's exporter, run as a user runs it: nothing on stderr, warnings shown."""
+    folder = finetuned(workspace, "quiet")
+    dest = tmp_path / "model.onnx"
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", "from spamgpt.cli import main; main()",
+         "export", "--to", "onnx", str(dest), "--model", str(folder),
+         "--pretrained", str(workspace / paths.PRETRAINED_DIR)],
+        capture_output=True, text=True, env={**subprocess_env(), "PYTHONPATH": str(REPO)},
+        check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == f"{dest}: onnx export of {folder}\n"
 
 
 # End to end: a 6-block GPT-2 from the "Hugging Face hub" (HF_ENDPOINT, with HF_TOKEN) and
