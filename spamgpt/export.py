@@ -40,19 +40,26 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
-from spamgpt import atomic, classifier, paths
+from spamgpt import atomic, classifier, contracts, metrics, multilabel_metrics, paths, tokenized
+from spamgpt.batching import ModelInputs, inference_tokens, sorted_order
 from spamgpt.errors import SpamGPTError
 from spamgpt.model import TRANSPOSED, GPT2Classifier
 from spamgpt.texts import TextFields, Truncation
 from spamgpt.tokenizer import EOT
 
 if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+
     from spamgpt import tracking
 
 FORMATS = ("transformers", "onnx")
+QUANTIZATIONS = ("int8",)
+MAX_DROP = 0.005  # --max-drop's default: of the selected test metric, int8 against fp32
+CPU = torch.device("cpu")
 ONNX_INPUTS, ONNX_OUTPUT = ("input_ids", "lengths"), "probabilities"
 # A bias whose fold leaves more than this between W d and b (in float64) is refused.
 FOLD_TOLERANCE = 1e-6
@@ -337,6 +344,152 @@ def to_onnx(model: GPT2Classifier, meta: dict, dest: str | os.PathLike) -> None:
         program.save(str(tmp), external_data=False)
 
 
+def _onnxruntime():
+    """onnxruntime, or one line naming the extra that installs it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise SpamGPTError(
+            'export --quantize int8 needs onnxruntime: pip install "spamgpt[export]"'
+        ) from None
+    return onnxruntime
+
+
+def onnx_probabilities(session: "InferenceSession", inputs: ModelInputs) -> np.ndarray:
+    """Class probabilities (N, classes) of token-id messages from an ONNX graph of to_onnx,
+    batched as classifier.class_probabilities batches them on a CPU."""
+    out = np.empty((len(inputs), session.get_outputs()[0].shape[1]), dtype=np.float32)
+    for indices in sorted_order(inputs.sequences.lengths, inference_tokens(CPU)):
+        ids, lengths = inputs.batch(indices)
+        feed = {"input_ids": ids.numpy(), "lengths": lengths.numpy()}
+        out[indices.numpy()] = session.run(None, feed)[0]
+    return out
+
+
+def quantize_int8(fp32_file: str | os.PathLike, dest: str | os.PathLike) -> dict:
+    """ONNX Runtime's dynamic quantization of `fp32_file` into `dest`, after its
+    pre-processing (shape inference, graph optimisation: the head's and last block's Gemm
+    become MatMul, which it quantizes): int8 weights of every MatMul and of the embeddings
+    (Gather), activations quantized at run time. Returns how, for the report."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = Path(dest).with_name(Path(dest).name + ".prepared.onnx")
+    quant_pre_process(str(fp32_file), str(prepared))
+    quantize_dynamic(prepared, dest, weight_type=QuantType.QInt8, per_channel=False)
+    prepared.unlink()
+    return {"method": "dynamic", "weight_type": "int8", "per_channel": False}
+
+
+def split_report(probabilities: np.ndarray, split: tokenized.TokenizedSplit, meta: dict) -> dict:
+    """The test split's report at evaluate's threshold, as evaluate computes it."""
+    classes = classifier.classes_of(meta)
+    report = multilabel_metrics.report if classes.multi_label else metrics.report
+    return report(split.labels.numpy(), probabilities, contracts.read_threshold(), classes)
+
+
+def selected_metric(meta: dict) -> str:
+    """The figure the gate compares: the positive class's F1 where there is one, else macro
+    F1 (train.select_metric's auto)."""
+    classes = classifier.classes_of(meta)
+    return "macro_f1" if classes.positive is None else f"{classes.positive}_f1"
+
+
+def gated_int8(
+    model: GPT2Classifier, meta: dict, dest: str | os.PathLike, max_drop: float, source: str
+) -> dict:
+    """Write the int8 ONNX graph of `model` to `dest` if its selected test figure is within
+    `max_drop` of the PyTorch fp32 model's on the same ids (data/tokens/test.safetensors, at
+    evaluate's threshold), with that comparison in reports/export_onnx_int8.json; else
+    refuse, with nothing written. Returns the comparison."""
+    _onnxruntime()  # before any work
+    test_file = paths.tokens_file("test")
+    if not test_file.is_file():
+        raise SpamGPTError(
+            f"export --quantize int8 scores the model on the test split: {test_file} not "
+            f"found; run the pipeline (dvc repro) in this folder first"
+        )
+    test = tokenized.load(test_file)
+    metric = selected_metric(meta)
+    dest = Path(dest)
+    created = next((p for p in reversed(dest.parents) if not p.exists()), None)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return _gated_int8(model, meta, dest, max_drop, source, test, metric)
+    except BaseException:
+        if created is not None:  # refused or failed: no folder of ours is left behind
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _gated_int8(
+    model: GPT2Classifier,
+    meta: dict,
+    dest: Path,
+    max_drop: float,
+    source: str,
+    test: tokenized.TokenizedSplit,
+    metric: str,
+) -> dict:
+    onnxruntime = _onnxruntime()
+    inputs = ModelInputs(test.tokens, frozen_blocks=None)
+    classes = classifier.classes_of(meta)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
+        to_onnx(model, meta, Path(tmp) / "fp32.onnx")
+        quantized = Path(tmp) / "int8.onnx"
+        how = quantize_int8(Path(tmp) / "fp32.onnx", quantized)
+        session = onnxruntime.InferenceSession(str(quantized))
+        figures = {}
+        for name, probabilities in [
+            ("pytorch_fp32", classifier.class_probabilities(model, inputs, CPU, "fp32").numpy()),
+            ("onnx_int8", onnx_probabilities(session, inputs)),
+        ]:
+            report = split_report(probabilities, test, meta)
+            figures[name] = {
+                metric: metrics.selection_score(report, 0.0, classes, metric),
+                "report": report,
+            }
+        drop = figures["pytorch_fp32"][metric] - figures["onnx_int8"][metric]
+        comparison = {
+            "model": source, "split": "test", "messages": len(test), "metric": metric,
+            "threshold": contracts.read_threshold(), "max_drop": max_drop, "drop": drop,
+            "quantization": how, **figures,
+        }  # fmt: skip
+        if not drop <= max_drop:
+            raise SpamGPTError(
+                f"--max-drop {max_drop:g}: the int8 ONNX model's test {metric} is "
+                f"{figures['onnx_int8'][metric]:.4f}, the PyTorch model's "
+                f"{figures['pytorch_fp32'][metric]:.4f} (a drop of {drop:.4f}); nothing written"
+            )
+        atomic.write_json(paths.EXPORT_ONNX_INT8_REPORT, comparison)
+        os.replace(quantized, dest)
+    return comparison
+
+
+def log_gate(comparison: dict, run_id: str) -> None:
+    """The int8 export's figures into MLflow run `run_id` (its status left as it is)."""
+    from mlflow.tracking import MlflowClient
+
+    from spamgpt import tracking
+
+    tracking.connect()
+    client, metric = MlflowClient(), comparison["metric"]
+    for name in ("pytorch_fp32", "onnx_int8"):
+        client.log_metric(run_id, f"export/{name}/test_{metric}", comparison[name][metric])
+    client.log_metric(run_id, "export/onnx_int8/drop", comparison["drop"])
+    client.log_artifact(run_id, str(paths.EXPORT_ONNX_INT8_REPORT), "export")
+
+
+def run_of(source: str) -> str | None:
+    """The MLflow run a model belongs to: runs:/<id>/..., or the workspace's model's run
+    (models/mlflow_run.json); None for another folder or a registered model."""
+    if source.startswith("runs:/"):
+        return source.removeprefix("runs:/").split("/")[0]
+    if Path(source).resolve() == paths.FINETUNED_DIR.resolve() and paths.MLFLOW_RUN.is_file():
+        return contracts.read_mlflow_run()
+    return None
+
+
 def log_exports(
     run: "tracking.Run",
     model: GPT2Classifier,
@@ -358,9 +511,27 @@ def log_exports(
 
 
 def command(args: argparse.Namespace) -> None:
+    quantize = getattr(args, "quantize", None)
+    if quantize and args.to != "onnx":
+        raise SpamGPTError(f"--quantize {quantize}: only with --to onnx")
+    if quantize and not args.max_drop >= 0:
+        raise SpamGPTError(f"--max-drop must be 0 or more, got {args.max_drop}")
     with loaded(args.model, args.pretrained) as (model, meta, folder):
         if args.to == "transformers":
             to_transformers(model, meta, folder, args.dest)
+        elif quantize:
+            comparison = gated_int8(model, meta, args.dest, args.max_drop, str(args.model))
         else:
             to_onnx(model, meta, args.dest)
+    if quantize:
+        run_id = run_of(str(args.model))
+        if run_id is not None:
+            log_gate(comparison, run_id)
+        metric = comparison["metric"]
+        print(
+            f"{args.dest}: int8 onnx export of {args.model}; test {metric} "
+            f"{comparison['onnx_int8'][metric]:.4f} (PyTorch fp32 "
+            f"{comparison['pytorch_fp32'][metric]:.4f}), {paths.EXPORT_ONNX_INT8_REPORT}"
+        )
+        return
     print(f"{args.dest}: {args.to} export of {args.model}")

@@ -23,8 +23,9 @@ from conftest import REPO, STAGES, restored_tracking_uri, subprocess_env, tiny_p
 from fileserver import Faults, serve
 from mlflow.tracking import MlflowClient
 
-from spamgpt import classifier, cli, export, hub, paths, tokenizer
+from spamgpt import classifier, cli, contracts, export, hub, paths, tokenized, tokenizer, tracking
 from spamgpt import params as params_module
+from spamgpt.batching import ModelInputs, PackedSequences
 from spamgpt.contracts import Tokenization
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
@@ -32,6 +33,7 @@ from spamgpt.model import GPT2Classifier
 from spamgpt.params import LoraParams, ModelParams
 from spamgpt.random_hub import hub_dir, make_hub
 from spamgpt.texts import ONE_TEXT, TextFields, Truncation
+from spamgpt.tokenized import TokenizedSplit
 
 REPO_ID = "someone/gpt2-six"
 MAX_LENGTH = 24
@@ -505,3 +507,99 @@ def test_export_from_an_mlflow_model_uri(
             pipeline.run_id, "transformers/model.safetensors", str(tmp_path)
         )
     assert (tmp_path / "hf" / "model.safetensors").read_bytes() == Path(logged).read_bytes()
+
+
+# --quantize int8 and its accuracy gate, on the tiny pipeline's model, test tokens and
+# evaluation (conftest.reproduced, copied), with an MLflow store whose run is the model's.
+
+
+@pytest.fixture(scope="module")
+def gated(reproduced, empty_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = reproduced.copy(tmp_path_factory.mktemp("gate") / "project")
+    shutil.copy(empty_store, path / "mlflow.db")
+    with pytest.MonkeyPatch.context() as patch, restored_tracking_uri():
+        patch.chdir(path)
+        patch.setenv("DVC_ROOT", str(path))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        tracking.connect()
+        run = MlflowClient().create_run(tracking.experiment_id("gate"))
+        contracts.write_mlflow_run(run.info.run_id)
+    return path
+
+
+def export_int8(project: Path, *args: str) -> None:
+    with pytest.MonkeyPatch.context() as patch, restored_tracking_uri():
+        patch.chdir(project)
+        patch.setenv("DVC_ROOT", str(project))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        cli.main(["export", "--to", "onnx", "--quantize", "int8", *args])
+
+
+def test_the_int8_export_passes_the_gate_and_reports_beside_pytorch(gated: Path) -> None:
+    import onnx
+
+    dest = gated / "exports" / "int8.onnx"
+    export_int8(gated, str(dest))
+    graph = onnx.load(str(dest))
+    assert "MatMulInteger" in {node.op_type for node in graph.graph.node}  # int8 weights
+    report = json.loads((gated / paths.EXPORT_ONNX_INT8_REPORT).read_text())
+    evaluated = json.loads((gated / paths.EVAL_METRICS).read_text())
+    assert report["metric"] == "spam_f1" and report["max_drop"] == export.MAX_DROP
+    # The PyTorch figure is evaluate's own, on the same ids at the same threshold.
+    assert report["pytorch_fp32"]["spam_f1"] == pytest.approx(evaluated["spam"]["f1"], abs=1e-9)
+    assert report["threshold"] == evaluated["threshold"]
+    assert report["pytorch_fp32"]["report"]["accuracy"] == evaluated["accuracy"]
+    assert report["drop"] <= export.MAX_DROP
+    drop = report["pytorch_fp32"]["spam_f1"] - report["onnx_int8"]["spam_f1"]
+    assert report["drop"] == pytest.approx(drop)
+    run_id = json.loads((gated / paths.MLFLOW_RUN).read_text())["run_id"]
+    logged = MlflowClient(f"sqlite:///{gated / 'mlflow.db'}").get_run(run_id).data.metrics
+    assert logged["export/onnx_int8/test_spam_f1"] == report["onnx_int8"]["spam_f1"]
+    assert logged["export/pytorch_fp32/test_spam_f1"] == report["pytorch_fp32"]["spam_f1"]
+
+
+@torch.no_grad()
+def test_the_gate_refuses_a_model_that_int8_breaks_and_leaves_nothing(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A planted outlier: one feature that block 0's layer norm sets to exactly 0 reaches
+    its MLP through a weight 10^4 times the others. The float model is unchanged by it
+    (0 times anything), but int8 with one scale per tensor rounds every other weight of that
+    matrix to 0. The test split: 300 random messages labelled with the float model's own
+    answers, so that it scores 1.0 and any drop is the int8 model's."""
+    folder = finetuned(workspace, "planted", trainable_blocks="all")
+    model, meta = classifier.load(folder, workspace / paths.PRETRAINED_DIR)
+    block = model.gpt.h[0]
+    block.ln_2.weight[0] = block.ln_2.bias[0] = 0.0
+    block.mlp.c_fc.weight[:, 0] = 1e4 * block.mlp.c_fc.weight.abs().max()
+    planted = tmp_path / "planted"
+    classifier.save(model, planted, meta, folder, full=True)
+    g = torch.Generator().manual_seed(5)
+    lengths = torch.randint(1, MAX_LENGTH + 1, (300,), generator=g)
+    ids = torch.randint(0, meta["pad_id"], (int(lengths.sum()),), generator=g)
+    inputs = ModelInputs(PackedSequences(ids, lengths), frozen_blocks=None)
+    probabilities = classifier.class_probabilities(model, inputs, CPU, "fp32").numpy()
+    labels = CLASSES.predicted(probabilities, 0.5)  # evaluate's threshold where it has none
+    assert (labels == CLASSES.positive_index).sum() >= 20  # spam to find
+    project = tmp_path / "project"
+    split = TokenizedSplit(inputs.sequences, torch.from_numpy(labels), torch.arange(300))
+    (project / paths.TOKENS_DIR).mkdir(parents=True)
+    tokenized.save(split, project / paths.tokens_file("test"))
+    dest = tmp_path / "new" / "int8.onnx"
+    args = ["--model", str(planted), "--pretrained", str(workspace / paths.PRETRAINED_DIR)]
+    with pytest.raises(SystemExit) as info:
+        export_int8(project, str(dest), *args)
+    assert info.value.code == 1
+    error = capsys.readouterr().err
+    assert re.fullmatch(
+        r"spamgpt: error: --max-drop 0\.005: the int8 ONNX model's test spam_f1 is \d\.\d{4}, "
+        r"the PyTorch model's 1\.0000 \(a drop of \d\.\d{4}\); nothing written\n",
+        error,
+    )
+    assert not (tmp_path / "new").exists()  # not even the folder
+    assert sorted(p.name for p in project.rglob("*")) == ["data", "test.safetensors", "tokens"]
+    # The same model passes with room for that drop: the gate, not the export, refused it.
+    export_int8(project, str(dest), *args, "--max-drop", "1")
+    assert dest.is_file()
+    report = json.loads((project / paths.EXPORT_ONNX_INT8_REPORT).read_text())
+    assert report["onnx_int8"]["spam_f1"] < 0.5 < report["pytorch_fp32"]["spam_f1"] == 1.0
