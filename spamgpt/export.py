@@ -45,15 +45,13 @@ import torch
 from torch import nn
 
 from spamgpt import atomic, classifier, contracts, metrics, multilabel_metrics, paths, tokenized
-from spamgpt.batching import ModelInputs, inference_tokens, sorted_order
+from spamgpt.batching import ModelInputs
 from spamgpt.errors import SpamGPTError
 from spamgpt.model import TRANSPOSED, GPT2Classifier
 from spamgpt.texts import TextFields, Truncation
 from spamgpt.tokenizer import EOT
 
 if TYPE_CHECKING:
-    from onnxruntime import InferenceSession
-
     from spamgpt import tracking
 
 FORMATS = ("transformers", "onnx")
@@ -355,17 +353,6 @@ def _onnxruntime():
     return onnxruntime
 
 
-def onnx_probabilities(session: "InferenceSession", inputs: ModelInputs) -> np.ndarray:
-    """Class probabilities (N, classes) of token-id messages from an ONNX graph of to_onnx,
-    batched as classifier.class_probabilities batches them on a CPU."""
-    out = np.empty((len(inputs), session.get_outputs()[0].shape[1]), dtype=np.float32)
-    for indices in sorted_order(inputs.sequences.lengths, inference_tokens(CPU)):
-        ids, lengths = inputs.batch(indices)
-        feed = {"input_ids": ids.numpy(), "lengths": lengths.numpy()}
-        out[indices.numpy()] = session.run(None, feed)[0]
-    return out
-
-
 def quantize_int8(fp32_file: str | os.PathLike, dest: str | os.PathLike) -> dict:
     """ONNX Runtime's dynamic quantization of `fp32_file` into `dest`, after its
     pre-processing (shape inference, graph optimisation: the head's and last block's Gemm
@@ -396,12 +383,17 @@ def selected_metric(meta: dict) -> str:
 
 
 def gated_int8(
-    model: GPT2Classifier, meta: dict, dest: str | os.PathLike, max_drop: float, source: str
+    model: GPT2Classifier,
+    meta: dict,
+    dest: str | os.PathLike,
+    max_drop: float,
+    source: str,
+    report: str | os.PathLike | None = paths.EXPORT_ONNX_INT8_REPORT,
 ) -> dict:
     """Write the int8 ONNX graph of `model` to `dest` if its selected test figure is within
     `max_drop` of the PyTorch fp32 model's on the same ids (data/tokens/test.safetensors, at
-    evaluate's threshold), with that comparison in reports/export_onnx_int8.json; else
-    refuse, with nothing written. Returns the comparison."""
+    evaluate's threshold), with that comparison in `report` (None: none); else refuse, with
+    nothing written. Returns the comparison."""
     _onnxruntime()  # before any work
     test_file = paths.tokens_file("test")
     if not test_file.is_file():
@@ -415,11 +407,14 @@ def gated_int8(
     created = next((p for p in reversed(dest.parents) if not p.exists()), None)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return _gated_int8(model, meta, dest, max_drop, source, test, metric)
+        comparison = _gated_int8(model, meta, dest, max_drop, source, test, metric)
     except BaseException:
         if created is not None:  # refused or failed: no folder of ours is left behind
             shutil.rmtree(created, ignore_errors=True)
         raise
+    if report is not None:
+        atomic.write_json(report, comparison)
+    return comparison
 
 
 def _gated_int8(
@@ -431,6 +426,8 @@ def _gated_int8(
     test: tokenized.TokenizedSplit,
     metric: str,
 ) -> dict:
+    from spamgpt.serving import onnx_probabilities  # mlflow: only where it scores
+
     onnxruntime = _onnxruntime()
     inputs = ModelInputs(test.tokens, frozen_blocks=None)
     classes = classifier.classes_of(meta)
@@ -461,7 +458,6 @@ def _gated_int8(
                 f"{figures['onnx_int8'][metric]:.4f}, the PyTorch model's "
                 f"{figures['pytorch_fp32'][metric]:.4f} (a drop of {drop:.4f}); nothing written"
             )
-        atomic.write_json(paths.EXPORT_ONNX_INT8_REPORT, comparison)
         os.replace(quantized, dest)
     return comparison
 
@@ -488,6 +484,26 @@ def run_of(source: str) -> str | None:
     if Path(source).resolve() == paths.FINETUNED_DIR.resolve() and paths.MLFLOW_RUN.is_file():
         return contracts.read_mlflow_run()
     return None
+
+
+@contextmanager
+def served_onnx(
+    model: GPT2Classifier, meta: dict, runtime: str, run: "tracking.Run"
+) -> Iterator[Path | None]:
+    """mlflow.serve's ONNX graph of `model` for the logged model to carry, for the block's
+    duration: None for pytorch; onnx-int8 only through the accuracy gate (gated_int8, the
+    default --max-drop), its comparison logged into `run`."""
+    if runtime == "pytorch":
+        yield None
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = Path(tmp) / "model.onnx"
+        if runtime == "onnx":
+            to_onnx(model, meta, graph)
+        else:
+            comparison = gated_int8(model, meta, graph, MAX_DROP, "mlflow.serve", report=None)
+            run.log_dict(comparison, "export/served_onnx_int8.json")
+        yield graph
 
 
 def log_exports(

@@ -300,8 +300,15 @@ class MlflowParams:
     log_checkpoints: bool = _rule()  # the best and last trained tensors as run artifacts
     registered_model: str | None = _rule(pattern=r"[\w.-]+", what="a model name or null")
     export: list[Literal["transformers", "onnx"]] = _rule()  # run artifacts (spamgpt.export)
+    serve: Literal["pytorch", "onnx", "onnx-int8"] = _rule()  # what the logged model scores with
 
     def __post_init__(self) -> None:
+        if self.serve != "pytorch" and not self.log_model:
+            raise ParamsError(
+                f"mlflow.serve: {self.serve} is what the logged MLflow model scores with, and "
+                f"mlflow.log_model is false; allowed: mlflow.log_model true or full, or "
+                f"mlflow.serve: pytorch"
+            )
         if len(set(self.export)) != len(self.export):
             raise ParamsError(
                 f"mlflow.export: must list each format at most once, of transformers and onnx; "

@@ -14,7 +14,9 @@ Two forms (params.yaml's mlflow.log_model):
   the workspace nor the hub.
 
 The model is logged as code (python_model is spamgpt/mlflow_model.py, which sets a
-SpamClassifierModel): nothing is pickled. The spamgpt package goes with it.
+SpamClassifierModel): nothing is pickled. The spamgpt package goes with it. With mlflow.serve
+onnx or onnx-int8 it also carries the ONNX graph (spamgpt.export) and scores with
+onnxruntime: the same input, fields, cut, threshold and answers, no base weights needed.
 
     mlflow models serve -m runs:/<run_id>/model --env-manager local -p 5001
     curl -d '{"inputs": ["WIN a prize now", "see you at 7"]}' -H 'Content-Type: application/json' \
@@ -30,11 +32,13 @@ import shutil
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pydantic
+import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
@@ -43,12 +47,22 @@ from mlflow.types import ColSpec, Schema
 from mlflow.types.type_hints import TypeFromExample
 
 import spamgpt
-from spamgpt import classifier, hub, paths, runtime, tokenizer
+from spamgpt import classifier, hub, paths, runtime, tokenized, tokenizer
+from spamgpt.batching import ModelInputs, inference_tokens, sorted_order
 from spamgpt.download import sha256_file
 from spamgpt.errors import SpamGPTError
 from spamgpt.texts import TextFields, Truncation
 
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+
+CPU = torch.device("cpu")
 ARTIFACT = "classifier"
+# mlflow.serve: what the logged model scores with. onnx, onnx-int8: the model also carries the
+# ONNX graph (spamgpt.export) as this artifact and scores with onnxruntime; the classifier
+# folder then gives the tokenizer, fields, cut and classes, not weights.
+RUNTIMES = ("pytorch", "onnx", "onnx-int8")
+ONNX_ARTIFACT = "onnx"
 BASE_JSON = "base.json"  # in a light model's artifact folder: which base weights it needs
 # The file MLflow runs to build the model (models from code): it calls mlflow.models.set_model.
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
@@ -57,6 +71,7 @@ HUB_ENV = "SPAMGPT_HUB_URL"  # a hub (or mirror) to use instead of the one the m
 # What the served model's code imports besides MLflow and MLflow's own requirements (pydantic,
 # pyyaml): the classifier's, and tqdm by way of spamgpt.download (tests/test_serving.py).
 REQUIREMENTS = ("torch", "tiktoken", "safetensors", "numpy", "pandas", "tqdm")
+ONNX_REQUIREMENTS = ("onnxruntime",)  # a model logged with an ONNX graph, besides
 INPUT_EXAMPLE = ["FREE entry to win a prize, txt WIN to 80086", "see you at 7"]
 
 
@@ -154,7 +169,14 @@ class SpamClassifierModel(PythonModel):
 
     def load_context(self, context: PythonModelContext) -> None:
         folder = Path(context.artifacts[ARTIFACT])
-        self.model, meta = load_artifact(folder)
+        self.session = None
+        if ONNX_ARTIFACT in context.artifacts:  # onnxruntime scores: no PyTorch weights
+            import onnxruntime
+
+            meta = json.loads((folder / classifier.CLASSIFIER_JSON).read_text(encoding="utf-8"))
+            self.session = onnxruntime.InferenceSession(context.artifacts[ONNX_ARTIFACT])
+        else:
+            self.model, meta = load_artifact(folder)
         self.classes = classifier.classes_of(meta)
         self.enc = tokenizer.load(folder)
         self.max_length = meta["max_length"]
@@ -165,7 +187,8 @@ class SpamClassifierModel(PythonModel):
         # (mlflow.pyfunc.load_model) chooses. bf16 or fp16 where the device computes it fast.
         self.device = runtime.resolve_device(context.model_config.get("device", "auto"))
         self.precision = runtime.resolve_precision("auto", self.device)
-        self.model.to(self.device)
+        if self.session is None:
+            self.model.to(self.device)
 
     # MLflow infers the signature from these hints and turns a one-column DataFrame into a list.
     def predict(
@@ -180,6 +203,13 @@ class SpamClassifierModel(PythonModel):
     def _answers(self, texts: list[str]) -> list:
         if not texts:  # classify_texts needs at least one message
             return []
+        if self.session is not None:
+            ids = tokenized.pack_ids(
+                tokenized.encode(self.enc, texts), self.max_length, self.truncation
+            )
+            probs = torch.from_numpy(onnx_probabilities(self.session, ModelInputs(ids, None)))
+            answers = classifier.answers(probs, self.classes, self.threshold)
+            return [self.answer_type(**a) for a in answers]
         probs, _ = classifier.classify_texts(
             self.model, self.enc, texts, self.max_length, self.device, self.precision,
             truncation=self.truncation,
@@ -247,6 +277,17 @@ def model_for(config: dict) -> SpamClassifierModel:
     return FieldsClassifierModel() if fields else SpamClassifierModel()
 
 
+def onnx_probabilities(session: "InferenceSession", inputs: ModelInputs) -> np.ndarray:
+    """Class probabilities (N, classes) of token-id messages from an ONNX graph of
+    spamgpt.export, batched as classifier.class_probabilities batches them on a CPU."""
+    out = np.empty((len(inputs), session.get_outputs()[0].shape[1]), dtype=np.float32)
+    for indices in sorted_order(inputs.sequences.lengths, inference_tokens(CPU)):
+        ids, lengths = inputs.batch(indices)
+        feed = {"input_ids": ids.numpy(), "lengths": lengths.numpy()}
+        out[indices.numpy()] = session.run(None, feed)[0]
+    return out
+
+
 def load_artifact(folder: str | os.PathLike) -> tuple[classifier.GPT2Classifier, dict]:
     """The classifier in a logged model's artifact folder: a light one on its base weights
     (found as resolve_base says), a full one as it is."""
@@ -285,20 +326,24 @@ def log_model(
     base: BaseWeights | None = None,
     full: bool = False,
     loaded: tuple[classifier.GPT2Classifier, dict] | None = None,
+    onnx_file: str | os.PathLike | None = None,
 ) -> str:
     """Log the classifier in `finetuned_dir` as model "model" of run `run_id` (and register it
     under `registered_model_name`); returns the model's runs:/ URI. Light (the trained
     tensors and `base`, the identity of the weights under them) unless `full` or registered,
     or the folder already holds every tensor. `loaded`: classifier.load(finetuned_dir), if
-    the caller has it, saves loading it again to write the full form. The run's status stays
-    as it was."""
+    the caller has it, saves loading it again to write the full form. `onnx_file`: the
+    model's ONNX graph (spamgpt.export, float or int8), carried and scored with onnxruntime
+    (mlflow.serve: onnx, onnx-int8). The run's status stays as it was."""
     each = threshold.values() if isinstance(threshold, dict) else [threshold]
     if any(t is not None and not 0 < t < 1 for t in each):
         raise SpamGPTError(f"threshold must be between 0 and 1, got {threshold}")
     finetuned_dir = Path(finetuned_dir)
     full = full or registered_model_name is not None
     # The installed versions, without local labels such as +cpu that PyPI does not serve.
-    pins = [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
+    packages = REQUIREMENTS + (ONNX_REQUIREMENTS if onnx_file is not None else ())
+    pins = [f"{name}=={metadata.version(name).split('+')[0]}" for name in packages]
+    artifacts = {} if onnx_file is None else {ONNX_ARTIFACT: str(onnx_file)}
     status = MlflowClient().get_run(run_id).info.status
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / ARTIFACT  # the name it keeps inside the model's artifacts
@@ -321,7 +366,7 @@ def log_model(
             mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(MODEL_CODE),
-                artifacts={ARTIFACT: str(folder)},
+                artifacts={ARTIFACT: str(folder), **artifacts},
                 code_paths=[str(Path(spamgpt.__file__).parent)],
                 input_example=example,
                 signature=signature,

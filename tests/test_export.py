@@ -404,7 +404,7 @@ def pipeline(
         mirror,
         model={"hub_url": hub.DEFAULT_HUB_URL, "repo_id": SIX, "revision": "tiny-six"},
         train={"epochs": 1},
-        mlflow={"export": ["transformers", "onnx"]},
+        mlflow={"export": ["transformers", "onnx"], "serve": "onnx-int8"},
     )
     path = tmp_path_factory.mktemp("six")
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -491,6 +491,29 @@ def test_the_logged_exports_answer_as_spamgpt_does(pipeline: Pipeline, tmp_path:
     lengths = batch["attention_mask"].sum(1).numpy()
     (got,) = session.run(None, {"input_ids": ids, "lengths": lengths})
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def test_the_logged_model_serves_the_gated_int8_graph(pipeline: Pipeline) -> None:
+    """mlflow.serve: onnx-int8: evaluate logs the model with the int8 graph that passed the
+    gate on the test split, and the gate's figures; the model answers as spamgpt does."""
+    import mlflow
+    import onnx
+
+    uri = f"sqlite:///{pipeline.path / 'mlflow.db'}"
+    gate = MlflowClient(uri).download_artifacts(pipeline.run_id, "export/served_onnx_int8.json")
+    gate = json.loads(Path(gate).read_text())
+    assert gate["drop"] <= export.MAX_DROP and gate["messages"] > 0
+    with restored_tracking_uri(), pytest.MonkeyPatch.context() as patch:
+        patch.chdir(pipeline.path)
+        mlflow.set_tracking_uri(uri)
+        loaded = mlflow.pyfunc.load_model(f"runs:/{pipeline.run_id}/model")
+        answers = loaded.predict(MESSAGES)
+        local = mlflow.artifacts.download_artifacts(f"runs:/{pipeline.run_id}/model")
+    assert loaded.unwrap_python_model().session is not None  # onnxruntime scores
+    (graph,) = Path(local).rglob("*.onnx")
+    assert "MatMulInteger" in {node.op_type for node in onnx.load(str(graph)).graph.node}
+    got = np.array([list(a.probabilities.values()) for a in answers])
+    np.testing.assert_allclose(got, spamgpt_probabilities(pipeline.path), rtol=0, atol=0.03)
 
 
 def test_export_from_an_mlflow_model_uri(
