@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -462,18 +463,25 @@ def _gated_int8(
     return comparison
 
 
-def log_gate(comparison: dict, run_id: str) -> None:
-    """The int8 export's figures into MLflow run `run_id` (its status left as it is)."""
+def log_gate(comparison: dict, run_id: str) -> str | None:
+    """The int8 export's figures into MLflow run `run_id` (its status left as it is); a
+    line saying why not where the store does not hold that run, else None."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from spamgpt import tracking
 
     tracking.connect()
     client, metric = MlflowClient(), comparison["metric"]
+    try:
+        client.get_run(run_id)
+    except MlflowException as e:
+        return f"not logged to MLflow run {run_id}: {str(e).splitlines()[0]}"
     for name in ("pytorch_fp32", "onnx_int8"):
         client.log_metric(run_id, f"export/{name}/test_{metric}", comparison[name][metric])
     client.log_metric(run_id, "export/onnx_int8/drop", comparison["drop"])
     client.log_artifact(run_id, str(paths.EXPORT_ONNX_INT8_REPORT), "export")
+    return None
 
 
 def run_of(source: str) -> str | None:
@@ -541,8 +549,9 @@ def command(args: argparse.Namespace) -> None:
             to_onnx(model, meta, args.dest)
     if quantize:
         run_id = run_of(str(args.model))
-        if run_id is not None:
-            log_gate(comparison, run_id)
+        unlogged = None if run_id is None else log_gate(comparison, run_id)
+        if unlogged is not None:
+            print(f"spamgpt: {unlogged}", file=sys.stderr)
         metric = comparison["metric"]
         print(
             f"{args.dest}: int8 onnx export of {args.model}; test {metric} "
