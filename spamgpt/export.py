@@ -354,19 +354,22 @@ def _onnxruntime():
     return onnxruntime
 
 
-def quantize_int8(fp32_file: str | os.PathLike, dest: str | os.PathLike) -> dict:
+def quantize_int8(
+    fp32_file: str | os.PathLike, dest: str | os.PathLike, per_channel: bool = False
+) -> dict:
     """ONNX Runtime's dynamic quantization of `fp32_file` into `dest`, after its
     pre-processing (shape inference, graph optimisation: the head's and last block's Gemm
     become MatMul, which it quantizes): int8 weights of every MatMul and of the embeddings
-    (Gather), activations quantized at run time. Returns how, for the report."""
+    (Gather), activations quantized at run time; one scale per weight tensor, or per output
+    channel (`per_channel`, bench/onnx_int8.py measures both). Returns how, for the report."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = Path(dest).with_name(Path(dest).name + ".prepared.onnx")
     quant_pre_process(str(fp32_file), str(prepared))
-    quantize_dynamic(prepared, dest, weight_type=QuantType.QInt8, per_channel=False)
+    quantize_dynamic(prepared, dest, weight_type=QuantType.QInt8, per_channel=per_channel)
     prepared.unlink()
-    return {"method": "dynamic", "weight_type": "int8", "per_channel": False}
+    return {"method": "dynamic", "weight_type": "int8", "per_channel": per_channel}
 
 
 def split_report(probabilities: np.ndarray, split: tokenized.TokenizedSplit, meta: dict) -> dict:
