@@ -626,3 +626,21 @@ def test_the_gate_refuses_a_model_that_int8_breaks_and_leaves_nothing(
     assert dest.is_file()
     report = json.loads((project / paths.EXPORT_ONNX_INT8_REPORT).read_text())
     assert report["onnx_int8"]["spam_f1"] < 0.5 < report["pytorch_fp32"]["spam_f1"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--to", "onnx", "--quantize", "int8", "--max-drop", "-0.1"],
+         "--max-drop must be 0 or more, got -0.1"),
+        (["--to", "transformers", "--quantize", "int8"], "--quantize int8: only with --to onnx"),
+    ],
+)  # fmt: skip
+def test_bad_quantize_arguments_are_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], line: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["export", str(tmp_path / "out" / "model.onnx"), *args])
+    assert info.value.code == 1
+    assert capsys.readouterr().err == f"spamgpt: error: {line}\n"
+    assert not (tmp_path / "out").exists()
