@@ -214,6 +214,17 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     )
     e.add_argument("dest", type=Path, help="the folder (transformers) or the .onnx file to write")
     e.add_argument("--to", required=True, choices=export.FORMATS, help="what to write")
+    e.add_argument(
+        "--quantize",
+        choices=export.QUANTIZATIONS,
+        help="onnx: int8 weights (ONNX Runtime), written only if the test figure holds",
+    )
+    e.add_argument(
+        "--max-drop",
+        type=float,
+        default=export.MAX_DROP,
+        help="--quantize: the most the selected test metric may drop (default: %(default)s)",
+    )
     add_model_arguments(e)
     e.set_defaults(run=export.command)
 

@@ -208,7 +208,12 @@ def resolve_base(base: BaseWeights) -> Path:
         missing = []
         for name, sha in expected.items():
             target = cached / base.repo_id / name
-            if hub.fetch_file(hub_url, base.repo_id, base.revision, name, target, sha) is None:
+            # The cache holds this revision's files only: one with no known hash is kept.
+            kept = _sha256_of(target) if sha is None and target.is_file() else None
+            if (
+                hub.fetch_file(hub_url, base.repo_id, base.revision, name, target, sha, kept)
+                is None
+            ):
                 missing.append(name)
         if missing:
             raise hub.offline_error(base.repo_id, base.revision, missing, cached)

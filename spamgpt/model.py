@@ -132,8 +132,10 @@ class CausalSelfAttention(nn.Module):
         the final block costs one query per message instead of one per token.
         """
         B, T, C = x.shape
-        w_q, w_kv = self.c_attn.weight.split([C, 2 * C])  # rows: q, then k and v
-        b_q, b_kv = self.c_attn.bias.split([C, 2 * C])
+        # Rows: q, then k and v. Slices, not split(): an exported graph folds a slice of a
+        # constant weight into a constant (ONNX constant folding skips multi-output Split).
+        w, b = self.c_attn.weight, self.c_attn.bias
+        w_q, w_kv, b_q, b_kv = w[:C], w[C:], b[:C], b[C:]
         q = F.linear(x[torch.arange(B, device=x.device), pos], w_q, b_q)  # (B, C)
         q = q.view(B, self.n_head, 1, C // self.n_head)  # (B, nh, 1, hs)
         k, v = (

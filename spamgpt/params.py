@@ -424,8 +424,18 @@ class MlflowParams:
         doc="also log the model for other runtimes as run artifacts: transformers, onnx "
         "([huggingface.md](huggingface.md))"
     )
+    serve: Literal["pytorch", "onnx", "onnx-int8"] = _rule(
+        doc="what the logged MLflow model scores with: pytorch, or onnx / onnx-int8 (it carries "
+        "the ONNX graph and scores with onnxruntime; int8 only past the accuracy gate)"
+    )
 
     def __post_init__(self) -> None:
+        if self.serve != "pytorch" and not self.log_model:
+            raise ParamsError(
+                f"mlflow.serve: {self.serve} is what the logged MLflow model scores with, and "
+                f"mlflow.log_model is false; allowed: mlflow.log_model true or full, or "
+                f"mlflow.serve: pytorch"
+            )
         if len(set(self.export)) != len(self.export):
             raise ParamsError(
                 f"mlflow.export: must list each format at most once, of transformers and onnx; "

@@ -45,6 +45,8 @@ EVAL_REPORT = REPORTS_DIR / "evaluation.json"
 MISCLASSIFIED_TEST = REPORTS_DIR / "misclassified_test.csv"
 PREDICTIONS_TEST = REPORTS_DIR / "predictions_test.csv"  # every test message's answer
 LABEL_ISSUES = REPORTS_DIR / "label_issues.csv"  # train and val rows whose label looks wrong
+# `spamgpt export --to onnx --quantize int8`: the int8 graph's test figures beside PyTorch's
+EXPORT_ONNX_INT8_REPORT = REPORTS_DIR / "export_onnx_int8.json"
 
 
 def pretrained_dir(repo_id: str) -> Path:

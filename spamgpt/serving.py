@@ -14,7 +14,9 @@ Two forms (params.yaml's mlflow.log_model):
   the workspace nor the hub.
 
 The model is logged as code (python_model is spamgpt/mlflow_model.py, which sets a
-TextClassifierModel): nothing is pickled. The spamgpt package goes with it.
+TextClassifierModel): nothing is pickled. The spamgpt package goes with it. With mlflow.serve
+onnx or onnx-int8 it also carries the ONNX graph (spamgpt.export) and scores with
+onnxruntime: the same input, fields, cut, threshold and answers, no base weights needed.
 
     mlflow models serve -m runs:/<run_id>/model --env-manager local -p 5001
     curl -d '{"inputs": ["WIN a prize now", "see you at 7"]}' -H 'Content-Type: application/json' \
@@ -29,11 +31,13 @@ import shutil
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pydantic
+import torch
 from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
@@ -41,16 +45,27 @@ from mlflow.types import ColSpec, Schema
 from mlflow.types.type_hints import TypeFromExample
 
 import spamgpt
-from spamgpt import classifier, labels, loader, paths, runtime
+from spamgpt import classifier, labels, loader, paths, runtime, tokenized, tokenizer
+from spamgpt.batching import ModelInputs, inference_tokens, sorted_order
 from spamgpt.errors import SpamGPTError
 from spamgpt.loader import ARTIFACT, BASE_JSON, BaseWeights
 from spamgpt.texts import TextFields, Truncation
 
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+
+CPU = torch.device("cpu")
+# mlflow.serve: what the logged model scores with. onnx, onnx-int8: the model also carries the
+# ONNX graph (spamgpt.export) as this artifact and scores with onnxruntime; the classifier
+# folder then gives the tokenizer, fields, cut and classes, not weights.
+RUNTIMES = ("pytorch", "onnx", "onnx-int8")
+ONNX_ARTIFACT = "onnx"
 # The file MLflow runs to build the model (models from code): it calls mlflow.models.set_model.
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 # What the served model's code imports besides MLflow and MLflow's own requirements (pydantic,
 # pyyaml): the classifier's, and tqdm by way of spamgpt.download (tests/test_serving.py).
 REQUIREMENTS = ("torch", "tiktoken", "safetensors", "numpy", "pandas", "tqdm")
+ONNX_REQUIREMENTS = ("onnxruntime",)  # a model logged with an ONNX graph, besides
 INPUT_EXAMPLE = ["FREE entry to win a prize, txt WIN to 80086", "see you at 7"]
 
 
@@ -80,8 +95,17 @@ class TextClassifierModel(PythonModel):
     answer_type: type[pydantic.BaseModel] = Prediction
 
     def load_context(self, context: PythonModelContext) -> None:
-        loaded = loader.load_model(context.artifacts[ARTIFACT])
-        self.model, meta, self.enc = loaded.model, loaded.meta, loaded.enc
+        folder = Path(context.artifacts[ARTIFACT])
+        self.session = None
+        if ONNX_ARTIFACT in context.artifacts:  # onnxruntime scores: no PyTorch weights
+            import onnxruntime
+
+            meta = json.loads((folder / classifier.CLASSIFIER_JSON).read_text(encoding="utf-8"))
+            self.enc = tokenizer.load(folder)
+            self.session = onnxruntime.InferenceSession(context.artifacts[ONNX_ARTIFACT])
+        else:
+            loaded = loader.load_model(folder)
+            self.model, meta, self.enc = loaded.model, loaded.meta, loaded.enc
         self.classes = classifier.classes_of(meta)
         self.max_length = meta["max_length"]
         self.fields = TextFields.from_dict(meta)
@@ -91,7 +115,8 @@ class TextClassifierModel(PythonModel):
         # (mlflow.pyfunc.load_model) chooses. bf16 or fp16 where the device computes it fast.
         self.device = runtime.resolve_device(context.model_config.get("device", "auto"))
         self.precision = runtime.resolve_precision("auto", self.device)
-        self.model.to(self.device)
+        if self.session is None:
+            self.model.to(self.device)
 
     # MLflow infers the signature from these hints and turns a one-column DataFrame into a list.
     def predict(
@@ -106,6 +131,13 @@ class TextClassifierModel(PythonModel):
     def _answers(self, texts: list[str]) -> list:
         if not texts:  # classify_texts needs at least one message
             return []
+        if self.session is not None:
+            ids = tokenized.pack_ids(
+                tokenized.encode(self.enc, texts), self.max_length, self.truncation
+            )
+            probs = torch.from_numpy(onnx_probabilities(self.session, ModelInputs(ids, None)))
+            answers = classifier.answers(probs, self.classes, self.threshold)
+            return [self.answer_type(**a) for a in answers]
         probs, _ = classifier.classify_texts(
             self.model, self.enc, texts, self.max_length, self.device, self.precision,
             truncation=self.truncation,
@@ -173,6 +205,17 @@ def model_for(config: dict) -> TextClassifierModel:
     return FieldsClassifierModel() if fields else TextClassifierModel()
 
 
+def onnx_probabilities(session: "InferenceSession", inputs: ModelInputs) -> np.ndarray:
+    """Class probabilities (N, classes) of token-id messages from an ONNX graph of
+    spamgpt.export, batched as classifier.class_probabilities batches them on a CPU."""
+    out = np.empty((len(inputs), session.get_outputs()[0].shape[1]), dtype=np.float32)
+    for indices in sorted_order(inputs.sequences.lengths, inference_tokens(CPU)):
+        ids, lengths = inputs.batch(indices)
+        feed = {"input_ids": ids.numpy(), "lengths": lengths.numpy()}
+        out[indices.numpy()] = session.run(None, feed)[0]
+    return out
+
+
 def log_model(
     run_id: str,
     finetuned_dir: str | os.PathLike,
@@ -182,18 +225,22 @@ def log_model(
     base: BaseWeights | None = None,
     full: bool = False,
     loaded: tuple[classifier.GPT2Classifier, dict] | None = None,
+    onnx_file: str | os.PathLike | None = None,
 ) -> str:
     """Log the classifier in `finetuned_dir` as model "model" of run `run_id` (and register it
     under `registered_model_name`); returns the model's runs:/ URI. Light (the trained
     tensors and `base`, the identity of the weights under them) unless `full` or registered,
     or the folder already holds every tensor. `loaded`: classifier.load(finetuned_dir), if
-    the caller has it, saves loading it again to write the full form. The run's status stays
-    as it was."""
+    the caller has it, saves loading it again to write the full form. `onnx_file`: the
+    model's ONNX graph (spamgpt.export, float or int8), carried and scored with onnxruntime
+    (mlflow.serve: onnx, onnx-int8). The run's status stays as it was."""
     labels.check_threshold_values(threshold, "threshold")
     finetuned_dir = Path(finetuned_dir)
     full = full or registered_model_name is not None
     # The installed versions, without local labels such as +cpu that PyPI does not serve.
-    pins = [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
+    packages = REQUIREMENTS + (ONNX_REQUIREMENTS if onnx_file is not None else ())
+    pins = [f"{name}=={metadata.version(name).split('+')[0]}" for name in packages]
+    artifacts = {} if onnx_file is None else {ONNX_ARTIFACT: str(onnx_file)}
     status = MlflowClient().get_run(run_id).info.status
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / ARTIFACT  # the name it keeps inside the model's artifacts
@@ -216,7 +263,7 @@ def log_model(
             mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(MODEL_CODE),
-                artifacts={ARTIFACT: str(folder)},
+                artifacts={ARTIFACT: str(folder), **artifacts},
                 code_paths=[str(Path(spamgpt.__file__).parent)],
                 input_example=example,
                 signature=signature,

@@ -29,14 +29,19 @@ def main(params: Params) -> None:
         results.log_evaluation(run, evaluation)
         results.log_label_issues(run, contracts.read_audit())
         if mlf.log_model:
-            from spamgpt import loader, serving  # mlflow.pyfunc: only where a model is logged
+            from spamgpt import (  # mlflow.pyfunc: only where a model is logged
+                export,
+                loader,
+                serving,
+            )
 
             base = loader.BaseWeights(**contracts.read_base_weights())
             full = mlf.log_model == "full"  # its every tensor comes from `loaded`
-            serving.log_model(
-                run.run_id, paths.FINETUNED_DIR, evaluation.threshold, mlf.registered_model,
-                base=base, full=full, loaded=(model, meta),
-            )  # fmt: skip
+            with export.served_onnx(model, meta, mlf.serve, run) as onnx_file:
+                serving.log_model(
+                    run.run_id, paths.FINETUNED_DIR, evaluation.threshold, mlf.registered_model,
+                    base=base, full=full, loaded=(model, meta), onnx_file=onnx_file,
+                )  # fmt: skip
         if mlf.export:
             from spamgpt import export  # onnx and transformers' formats: only where asked
 

@@ -72,3 +72,13 @@ def test_predict() -> None:
     (case,) = cases
     assert case["messages"] == 500 and case["predict_per_s"] > 0 and case["classify_per_s"] > 0
     assert summary["speed_ratios"] == {"tiny-500": case["speed_ratio"]}
+
+
+def test_onnx_int8() -> None:
+    out = run_bench("onnx_int8.py", "--messages", "5", "--rounds", "1")
+    for variant in ("pytorch fp32", "onnx fp32", "onnx int8", "onnx int8 per-channel"):
+        assert number(rf"^{variant}: ([\d.]+) messages/s at batch 1$", out) > 0
+    assert number(r"^int8 over pytorch fp32: ([\d.]+)x$", out) > 0
+    for variant in ("onnx int8", "onnx int8 per-channel"):
+        gap = rf"^largest \|{variant} - pytorch fp32\| probability: ([\d.]+)$"
+        assert number(gap, out) < 0.05

@@ -6,8 +6,11 @@ import contextlib
 import io
 import json
 import logging
+import re
 import runpy
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,18 +19,21 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, STAGES, restored_tracking_uri, tiny_params
+from conftest import REPO, STAGES, restored_tracking_uri, subprocess_env, tiny_params
 from fileserver import Faults, serve
 from mlflow.tracking import MlflowClient
 
-from spamgpt import classifier, cli, export, hub, paths, tokenizer
+from spamgpt import classifier, cli, contracts, export, hub, paths, tokenized, tokenizer, tracking
 from spamgpt import params as params_module
+from spamgpt.batching import ModelInputs, PackedSequences
 from spamgpt.contracts import Tokenization
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
 from spamgpt.model import GPT2Classifier
 from spamgpt.params import LoraParams, ModelParams
 from spamgpt.random_hub import hub_dir, make_hub
+from spamgpt.texts import ONE_TEXT, TextFields, Truncation
+from spamgpt.tokenized import TokenizedSplit
 
 REPO_ID = "someone/gpt2-six"
 MAX_LENGTH = 24
@@ -63,7 +69,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def finetuned(workspace: Path, name: str, **overrides) -> Path:
+def finetuned(workspace: Path, name: str, fields: TextFields = ONE_TEXT, **overrides) -> Path:
     """models/finetuned as finetune writes it (classifier.export: adapters merged, only the
     trained tensors where the base is pretrained), with every trained tensor drawn at random
     so that a tensor exported wrongly changes the probabilities."""
@@ -82,7 +88,8 @@ def finetuned(workspace: Path, name: str, **overrides) -> Path:
         dest = workspace / "finetuned" / name
         pad = tokenizer.load(paths.pretrained_dir(REPO_ID)).eot_token
         state = {n: p.detach().clone() for n, p in model.named_parameters()}
-        classifier.export(model, state, trained, m, CLASSES, Tokenization(MAX_LENGTH, pad), dest)
+        tokenization = Tokenization(MAX_LENGTH, pad)
+        classifier.export(model, state, trained, m, CLASSES, tokenization, dest, fields)
     return dest
 
 
@@ -180,7 +187,7 @@ def test_onnx_runtime_gives_spamgpts_probabilities_on_any_batch_and_length(
 
     folder = finetuned(workspace, "onnx", pooling="mean")
     model, meta, expected = reference(workspace, folder)
-    export.to_onnx(model, tmp_path / "model.onnx")
+    export.to_onnx(model, meta, tmp_path / "model.onnx")
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
     ids_in, lengths_in = session.get_inputs()
     assert (ids_in.name, lengths_in.name) == export.ONNX_INPUTS
@@ -213,6 +220,137 @@ def test_the_exported_config_names_the_classes_and_the_pad_token(
         "config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer.json",
         "tokenizer_config.json", "special_tokens_map.json",
     }  # fmt: skip
+
+
+# Several text fields and head_tail: what both exports record, and docs/huggingface.md's
+# recipes, run as they are written there, against spamgpt's own texts, ids and probabilities.
+
+DOCS = REPO / "docs" / "huggingface.md"
+FIELDS = TextFields(("name", "description"))  # joined by a blank line
+TEMPLATED = TextFields(("name", "description"), "{name}: {description}")
+ROWS = [
+    {"name": "prize-bot", "description": "WIN a FREE prize now, txt WIN to 80086"},
+    {"name": "a long name " * 3, "description": "that goes on and on, " * 8 + "and ends here"},
+    {"name": "ünïcödé 🎉", "description": "see you at 7"},
+]
+
+
+def docs_recipe(containing: str, **replaced: str) -> str:
+    """The ```python block of docs/huggingface.md that contains `containing`, with its
+    example paths and rows replaced (`rows = [...]` by `rows = ROWS`)."""
+    parts = DOCS.read_text(encoding="utf-8").split("```python\n")[1:]
+    (block,) = [b for b in (p.split("```")[0] for p in parts) if containing in b]
+    block = re.sub(r"^rows = \[.*$", "rows = ROWS", block, flags=re.MULTILINE)
+    for old, new in replaced.items():
+        assert old in block
+        block = block.replace(old, new)
+    return block
+
+
+def run_recipes(*recipes: str) -> dict:
+    """docs/huggingface.md's text_of and cut_ids, then `recipes`, in one namespace."""
+    namespace = {"ROWS": ROWS}
+    for source in (docs_recipe("def cut_ids"), *recipes):
+        exec(compile(source, str(DOCS), "exec"), namespace)
+    return namespace
+
+
+def spamgpts_answers(workspace: Path, folder: Path) -> np.ndarray:
+    """spamgpt's probabilities of ROWS (its fields joined, its ids cut as the model says)."""
+    model, meta = classifier.load(folder, workspace / paths.PRETRAINED_DIR)
+    texts = [TextFields.from_dict(meta).join(row) for row in ROWS]
+    probs, truncated = classifier.classify_texts(
+        model, tokenizer.load(folder), texts, meta["max_length"], CPU, "fp32",
+        truncation=Truncation.from_dict(meta),
+    )  # fmt: skip
+    assert truncated[1] and not truncated[0]  # the long row is cut
+    return probs.numpy()
+
+
+def test_the_documented_cut_and_join_are_spamgpts(workspace: Path) -> None:
+    recipes = run_recipes()
+    cut_ids, text_of = recipes["cut_ids"], recipes["text_of"]
+    ids = list(range(100, 160))
+    for side, ratio in [("head", 0.25), ("tail", 0.25), ("head_tail", 0.25), ("head_tail", 0.5),
+                        ("head_tail", 0.3), ("head_tail", 0.0), ("head_tail", 1.0)]:  # fmt: skip
+        rule = Truncation(side, ratio)
+        for length in (0, 1, 7, 23, 24, 25, 31, 60):
+            for max_length in (1, 7, 24):
+                recorded = {"max_length": max_length, **rule.to_dict()}
+                assert cut_ids(ids[:length], recorded) == rule.keep(ids[:length], max_length)
+    for fields in (FIELDS, TEMPLATED, TextFields(("name",))):
+        assert [text_of(row, fields.to_dict()) for row in ROWS] == list(map(fields.join, ROWS))
+
+
+@torch.no_grad()
+def test_a_head_tail_model_of_several_fields_exports_to_transformers_with_its_cut(
+    workspace: Path, tmp_path: Path
+) -> None:
+    folder = finetuned(workspace, "head_tail", FIELDS, truncation="head_tail", head_ratio=0.3)
+    expected = spamgpts_answers(workspace, folder)
+    pretrained = str(workspace / paths.PRETRAINED_DIR)
+    cli.main(["export", "--to", "transformers", str(tmp_path / "hf"), "--model", str(folder),
+              "--pretrained", pretrained])  # fmt: skip
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config[export.RECORDED] == {
+        "text_columns": ["name", "description"], "text_template": None, "max_length": MAX_LENGTH,
+        "truncation": "head_tail", "head_ratio": 0.3, "labels": list(CLASSES.names),
+    }  # fmt: skip
+    recipe = docs_recipe("GPT2ForSequenceClassification.from_pretrained", **{
+        '"exported/"': repr(str(tmp_path / "hf"))})  # fmt: skip
+    got = run_recipes(recipe)["probabilities"].numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def test_the_documented_pipeline_joins_the_recorded_fields_by_the_template(
+    workspace: Path, tmp_path: Path
+) -> None:
+    folder = finetuned(workspace, "templated", TEMPLATED)
+    expected = spamgpts_answers(workspace, folder)
+    pretrained = str(workspace / paths.PRETRAINED_DIR)
+    cli.main(["export", "--to", "transformers", str(tmp_path / "hf"), "--model", str(folder),
+              "--pretrained", pretrained])  # fmt: skip
+    recipe = docs_recipe("answers = classify(", **{'"exported/"': repr(str(tmp_path / "hf"))})
+    answers = run_recipes(recipe)["answers"]
+    for row, answer in zip(expected, answers, strict=True):
+        got = {a["label"]: a["score"] for a in answer}
+        assert got == pytest.approx(dict(zip(CLASSES.names, row, strict=True)), abs=1e-4)
+
+
+def test_the_documented_onnx_recipe_needs_no_transformers_export(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """A head_tail model of several fields: the graph's metadata, the model folder's
+    vocabulary and the documented lines give spamgpt's probabilities."""
+    folder = finetuned(workspace, "onnx_head_tail", FIELDS, truncation="head_tail")
+    expected = spamgpts_answers(workspace, folder)
+    pretrained = str(workspace / paths.PRETRAINED_DIR)
+    cli.main(["export", "--to", "onnx", str(tmp_path / "model.onnx"), "--model", str(folder),
+              "--pretrained", pretrained])  # fmt: skip
+    recipe = docs_recipe("onnxruntime.InferenceSession", **{
+        '"model.onnx"': repr(str(tmp_path / "model.onnx")),
+        '"models/finetuned/vocab.json"': repr(str(folder / "vocab.json")),
+        '"models/finetuned/merges.txt"': repr(str(folder / "merges.txt")),
+    })  # fmt: skip
+    recipes = run_recipes(recipe)
+    assert recipes["recorded"]["truncation"] == "head_tail"
+    assert recipes["recorded"]["text_columns"] == ["name", "description"]
+    np.testing.assert_allclose(recipes["probabilities"], expected, rtol=0, atol=1e-4)
+
+
+def test_the_onnx_export_prints_no_warning(workspace: Path, tmp_path: Path) -> None:
+    """torch's exporter, run as a user runs it: nothing on stderr, warnings shown."""
+    folder = finetuned(workspace, "quiet")
+    dest = tmp_path / "model.onnx"
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", "from spamgpt.cli import main; main()",
+         "export", "--to", "onnx", str(dest), "--model", str(folder),
+         "--pretrained", str(workspace / paths.PRETRAINED_DIR)],
+        capture_output=True, text=True, env={**subprocess_env(), "PYTHONPATH": str(REPO)},
+        check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == f"{dest}: onnx export of {folder}\n"
 
 
 # End to end: a 6-block GPT-2 from the "Hugging Face hub" (HF_ENDPOINT, with HF_TOKEN) and
@@ -266,7 +404,7 @@ def pipeline(
         mirror,
         model={"hub_url": hub.DEFAULT_HUB_URL, "repo_id": SIX, "revision": "tiny-six"},
         train={"epochs": 1},
-        mlflow={"export": ["transformers", "onnx"]},
+        mlflow={"export": ["transformers", "onnx"], "serve": "onnx-int8"},
     )
     path = tmp_path_factory.mktemp("six")
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -355,6 +493,29 @@ def test_the_logged_exports_answer_as_spamgpt_does(pipeline: Pipeline, tmp_path:
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 
 
+def test_the_logged_model_serves_the_gated_int8_graph(pipeline: Pipeline) -> None:
+    """mlflow.serve: onnx-int8: evaluate logs the model with the int8 graph that passed the
+    gate on the test split, and the gate's figures; the model answers as spamgpt does."""
+    import mlflow
+    import onnx
+
+    uri = f"sqlite:///{pipeline.path / 'mlflow.db'}"
+    gate = MlflowClient(uri).download_artifacts(pipeline.run_id, "export/served_onnx_int8.json")
+    gate = json.loads(Path(gate).read_text())
+    assert gate["drop"] <= export.MAX_DROP and gate["messages"] > 0
+    with restored_tracking_uri(), pytest.MonkeyPatch.context() as patch:
+        patch.chdir(pipeline.path)
+        mlflow.set_tracking_uri(uri)
+        loaded = mlflow.pyfunc.load_model(f"runs:/{pipeline.run_id}/model")
+        answers = loaded.predict(MESSAGES)
+        local = mlflow.artifacts.download_artifacts(f"runs:/{pipeline.run_id}/model")
+    assert loaded.unwrap_python_model().session is not None  # onnxruntime scores
+    (graph,) = Path(local).rglob("*.onnx")
+    assert "MatMulInteger" in {node.op_type for node in onnx.load(str(graph)).graph.node}
+    got = np.array([list(a.probabilities.values()) for a in answers])
+    np.testing.assert_allclose(got, spamgpt_probabilities(pipeline.path), rtol=0, atol=0.03)
+
+
 def test_export_from_an_mlflow_model_uri(
     pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -369,3 +530,117 @@ def test_export_from_an_mlflow_model_uri(
             pipeline.run_id, "transformers/model.safetensors", str(tmp_path)
         )
     assert (tmp_path / "hf" / "model.safetensors").read_bytes() == Path(logged).read_bytes()
+
+
+# --quantize int8 and its accuracy gate, on the tiny pipeline's model, test tokens and
+# evaluation (conftest.reproduced, copied), with an MLflow store whose run is the model's.
+
+
+@pytest.fixture(scope="module")
+def gated(reproduced, empty_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = reproduced.copy(tmp_path_factory.mktemp("gate") / "project")
+    shutil.copy(empty_store, path / "mlflow.db")
+    with pytest.MonkeyPatch.context() as patch, restored_tracking_uri():
+        patch.chdir(path)
+        patch.setenv("DVC_ROOT", str(path))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        tracking.connect()
+        run = MlflowClient().create_run(tracking.experiment_id("gate"))
+        contracts.write_mlflow_run(run.info.run_id)
+    return path
+
+
+def export_int8(project: Path, *args: str) -> None:
+    with pytest.MonkeyPatch.context() as patch, restored_tracking_uri():
+        patch.chdir(project)
+        patch.setenv("DVC_ROOT", str(project))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        cli.main(["export", "--to", "onnx", "--quantize", "int8", *args])
+
+
+def test_the_int8_export_passes_the_gate_and_reports_beside_pytorch(gated: Path) -> None:
+    import onnx
+
+    dest = gated / "exports" / "int8.onnx"
+    export_int8(gated, str(dest))
+    graph = onnx.load(str(dest))
+    assert "MatMulInteger" in {node.op_type for node in graph.graph.node}  # int8 weights
+    report = json.loads((gated / paths.EXPORT_ONNX_INT8_REPORT).read_text())
+    evaluated = json.loads((gated / paths.EVAL_METRICS).read_text())
+    assert report["metric"] == "spam_f1" and report["max_drop"] == export.MAX_DROP
+    # The PyTorch figure is evaluate's own, on the same ids at the same threshold.
+    assert report["pytorch_fp32"]["spam_f1"] == pytest.approx(evaluated["spam"]["f1"], abs=1e-9)
+    assert report["threshold"] == evaluated["threshold"]
+    assert report["pytorch_fp32"]["report"]["accuracy"] == evaluated["accuracy"]
+    assert report["drop"] <= export.MAX_DROP
+    drop = report["pytorch_fp32"]["spam_f1"] - report["onnx_int8"]["spam_f1"]
+    assert report["drop"] == pytest.approx(drop)
+    run_id = json.loads((gated / paths.MLFLOW_RUN).read_text())["run_id"]
+    logged = MlflowClient(f"sqlite:///{gated / 'mlflow.db'}").get_run(run_id).data.metrics
+    assert logged["export/onnx_int8/test_spam_f1"] == report["onnx_int8"]["spam_f1"]
+    assert logged["export/pytorch_fp32/test_spam_f1"] == report["pytorch_fp32"]["spam_f1"]
+
+
+@torch.no_grad()
+def test_the_gate_refuses_a_model_that_int8_breaks_and_leaves_nothing(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A planted outlier: one feature that block 0's layer norm sets to exactly 0 reaches
+    its MLP through a weight 10^4 times the others. The float model is unchanged by it
+    (0 times anything), but int8 with one scale per tensor rounds every other weight of that
+    matrix to 0. The test split: 300 random messages labelled with the float model's own
+    answers, so that it scores 1.0 and any drop is the int8 model's."""
+    folder = finetuned(workspace, "planted", trainable_blocks="all")
+    model, meta = classifier.load(folder, workspace / paths.PRETRAINED_DIR)
+    block = model.gpt.h[0]
+    block.ln_2.weight[0] = block.ln_2.bias[0] = 0.0
+    block.mlp.c_fc.weight[:, 0] = 1e4 * block.mlp.c_fc.weight.abs().max()
+    planted = tmp_path / "planted"
+    classifier.save(model, planted, meta, folder, full=True)
+    g = torch.Generator().manual_seed(5)
+    lengths = torch.randint(1, MAX_LENGTH + 1, (300,), generator=g)
+    ids = torch.randint(0, meta["pad_id"], (int(lengths.sum()),), generator=g)
+    inputs = ModelInputs(PackedSequences(ids, lengths), frozen_blocks=None)
+    probabilities = classifier.class_probabilities(model, inputs, CPU, "fp32").numpy()
+    labels = CLASSES.predicted(probabilities, 0.5)  # evaluate's threshold where it has none
+    assert (labels == CLASSES.positive_index).sum() >= 20  # spam to find
+    project = tmp_path / "project"
+    split = TokenizedSplit(inputs.sequences, torch.from_numpy(labels), torch.arange(300))
+    (project / paths.TOKENS_DIR).mkdir(parents=True)
+    tokenized.save(split, project / paths.tokens_file("test"))
+    dest = tmp_path / "new" / "int8.onnx"
+    args = ["--model", str(planted), "--pretrained", str(workspace / paths.PRETRAINED_DIR)]
+    with pytest.raises(SystemExit) as info:
+        export_int8(project, str(dest), *args)
+    assert info.value.code == 1
+    error = capsys.readouterr().err
+    assert re.fullmatch(
+        r"spamgpt: error: --max-drop 0\.005: the int8 ONNX model's test spam_f1 is \d\.\d{4}, "
+        r"the PyTorch model's 1\.0000 \(a drop of \d\.\d{4}\); nothing written\n",
+        error,
+    )
+    assert not (tmp_path / "new").exists()  # not even the folder
+    assert sorted(p.name for p in project.rglob("*")) == ["data", "test.safetensors", "tokens"]
+    # The same model passes with room for that drop: the gate, not the export, refused it.
+    export_int8(project, str(dest), *args, "--max-drop", "1")
+    assert dest.is_file()
+    report = json.loads((project / paths.EXPORT_ONNX_INT8_REPORT).read_text())
+    assert report["onnx_int8"]["spam_f1"] < 0.5 < report["pytorch_fp32"]["spam_f1"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--to", "onnx", "--quantize", "int8", "--max-drop", "-0.1"],
+         "--max-drop must be 0 or more, got -0.1"),
+        (["--to", "transformers", "--quantize", "int8"], "--quantize int8: only with --to onnx"),
+    ],
+)  # fmt: skip
+def test_bad_quantize_arguments_are_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], line: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["export", str(tmp_path / "out" / "model.onnx"), *args])
+    assert info.value.code == 1
+    assert capsys.readouterr().err == f"spamgpt: error: {line}\n"
+    assert not (tmp_path / "out").exists()

@@ -204,6 +204,12 @@ BAD: list[tuple[str, dict | str, str]] = [
     ("log-checkpoints-full", modified(mlflow__log_checkpoints="full"), "mlflow.log_checkpoints"),
     ("export-torchscript", modified(mlflow__export=["torchscript"]), "mlflow.export"),
     ("export-twice", modified(mlflow__export=["onnx", "onnx"]), "mlflow.export"),
+    ("serve-tensorrt", modified(mlflow__serve="tensorrt"), "mlflow.serve"),
+    (
+        "serve-onnx-no-model",
+        modified(mlflow__serve="onnx", mlflow__log_model=False),
+        "mlflow.serve: onnx is what the logged MLflow model scores with, and mlflow.log_model",
+    ),
     (
         "export-transformers-mean",
         modified(mlflow__export=["transformers"], model__pooling="mean"),

@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 from test_dvc_yaml import closure
 
-from spamgpt import classifier, loader, serving, tokenizer
+from spamgpt import classifier, export, loader, serving, tokenizer
 from spamgpt import download as downloads
 from spamgpt.download import sha256_file
 from spamgpt.errors import SpamGPTError
@@ -158,10 +158,10 @@ def model_id_of(run_id: str) -> str:
     return output.model_id
 
 
-def classify_cli(logged: Logged, messages: list[str]) -> list[dict]:
+def classify_cli(logged: Logged, messages: list[str], *options: str) -> list[dict]:
     out = spamgpt(
         ["classify", "--json", "--threshold", str(THRESHOLD), "--model", str(logged.finetuned),
-         "--pretrained", str(logged.pretrained), *messages],
+         "--pretrained", str(logged.pretrained), *options, *messages],
         logged.project,
     )  # fmt: skip
     return [json.loads(line) for line in out.splitlines()]
@@ -242,7 +242,7 @@ def test_the_pinned_requirements_are_what_the_served_model_imports() -> None:
                     imported |= {distribution(d) for d in owners[top]}
     mlflow_own = {"mlflow", "mlflow-skinny", "mlflow-tracing"}
     mlflow_own |= {distribution(r) for r in metadata.requires("mlflow-skinny") if "extra" not in r}
-    assert imported - mlflow_own == set(serving.REQUIREMENTS)
+    assert imported - mlflow_own == {*serving.REQUIREMENTS, *serving.ONNX_REQUIREMENTS}
     assert "scikit-learn" not in serving.REQUIREMENTS
 
 
@@ -294,6 +294,41 @@ def test_classify_scores_a_logged_model_as_it_scores_the_folder(
             assert a["label"] == f["label"]
     plain = spamgpt(["classify", "--model", str(logged.finetuned), *MESSAGES], logged.project)
     assert [line.split("\t")[0] for line in plain.splitlines()] == ["spam", "spam"]
+
+
+@pytest.mark.parametrize(("runtime", "tolerance"), [("onnx", 1e-4), ("onnx-int8", 0.03)])
+def test_the_onnx_model_answers_like_the_cli(
+    logged: Logged, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime: str, tolerance: float
+) -> None:
+    """mlflow.serve: onnx and onnx-int8. The light model carries the graph and scores with
+    onnxruntime: loaded where there are no base weights (it needs none), it answers with
+    the same schema, probabilities and threshold as `spamgpt classify`."""
+    model, meta = classifier.load(logged.finetuned, logged.pretrained)
+    graph = tmp_path / "model.onnx"
+    export.to_onnx(model, meta, graph)
+    if runtime == "onnx-int8":
+        export.quantize_int8(graph, tmp_path / "int8.onnx")
+        graph = tmp_path / "int8.onnx"
+    client = MlflowClient()
+    run_id = client.create_run(client.get_run(logged.run_id).info.experiment_id).info.run_id
+    uri = serving.log_model(run_id, logged.finetuned, THRESHOLD, base=logged.base, onnx_file=graph)
+    pinned = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text()
+    assert f"onnxruntime=={metadata.version('onnxruntime')}" in pinned.split()
+    messages = [*MESSAGES, "", "🎉🎉 you won!! 📱 call now", "a long message " * 40]
+    expected = classify_cli(logged, messages, "--precision", "fp32")  # onnxruntime's
+    monkeypatch.chdir(tmp_path)  # no workspace, no hub: the graph holds every weight
+    monkeypatch.setenv(loader.CACHE_ENV, str(tmp_path / "cache"))
+    loaded = mlflow.pyfunc.load_model(uri)
+    predictions = loaded.predict(messages)
+    for p, e in zip(predictions, expected, strict=True):
+        assert set(p.model_dump()) == {"label", "probability", "probabilities", "spam_probability"}
+        assert p.spam_probability == pytest.approx(e["spam_probability"], abs=tolerance)
+        assert p.probabilities == pytest.approx(e["probabilities"], abs=tolerance)
+        if abs(e["spam_probability"] - THRESHOLD) > tolerance:
+            assert p.label == e["label"]
+    assert {p.label for p in predictions} == {"ham", "spam"}
+    assert loaded.predict([]) == []
+    assert not (tmp_path / "cache").exists()  # no base weights were looked for
 
 
 def test_served_model_answers_like_the_cli(logged: Logged, server: str) -> None:
