@@ -254,6 +254,9 @@ class TrainParams:
     device: Literal["auto", "cpu", "cuda", "mps"] = _rule()
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _rule()
     devices: int = _rule(ge=1)
+    # The training step as CUDA graphs, one per padded width (spamgpt.train.StaticStep);
+    # auto: on CUDA. true elsewhere: the same fixed-shape step, run eagerly.
+    cuda_graphs: Literal["auto"] | bool = _rule()
 
     def __post_init__(self) -> None:
         weights = self.class_weights
