@@ -43,6 +43,7 @@ TRAIN_REPORT = REPORTS_DIR / "training.json"
 EVAL_REPORT = REPORTS_DIR / "evaluation.json"
 MISCLASSIFIED_TEST = REPORTS_DIR / "misclassified_test.csv"
 PREDICTIONS_TEST = REPORTS_DIR / "predictions_test.csv"  # every test message's answer
+TIMELINES_DIR = REPORTS_DIR / "timelines"  # each stage's phases (imports, load, train, ...)
 
 
 def pretrained_dir(repo_id: str) -> Path:
@@ -71,6 +72,11 @@ def trunk_file(split: str, folder: str | os.PathLike = TRUNK_DIR) -> Path:
 def checkpoint_weights(name: str) -> Path:
     """The trained tensors of the best or the last epoch, as safetensors."""
     return CHECKPOINT_DIR / f"{name}.safetensors"
+
+
+def timeline(stage: str) -> Path:
+    """The seconds of each phase of a stage's last run (spamgpt.stage.write_timeline)."""
+    return TIMELINES_DIR / f"{stage}.json"
 
 
 def curve_plot(name: str) -> Path:

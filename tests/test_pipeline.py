@@ -4,6 +4,7 @@ and `spamgpt classify`. One project per module: the stages run once and the test
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -56,6 +57,14 @@ def test_repro_runs_every_stage_in_order(project):
     _, output = project
     ran = ran_stages(output)
     assert sorted(ran) == sorted(STAGES)
+    for name in STAGES:  # each stage's phases, the first from the process's start
+        phases = read_json(project[0] / "reports/timelines" / f"{name}.json")["phases"]
+        assert [p["phase"] for p in phases][:3] == ["imports", "params", "main"]
+        assert phases[0]["start_s"] == 0 and phases[0]["seconds"] > 0
+        for p, after in itertools.pairwise(phases):
+            assert p["start_s"] + p["seconds"] == pytest.approx(after["start_s"], abs=2e-3)
+    finetune = read_json(project[0] / "reports/timelines/finetune.json")["phases"]
+    assert [p["phase"] for p in finetune][3:] == ["load", "train", "save", "log"]
     for before, after in [
         ("download_data", "split"),
         ("split", "baseline"),
@@ -101,6 +110,7 @@ def test_dvc_yaml_declares_what_the_library_writes():
     }  # fmt: skip
     assert set(writes) == set(stages)
     for name, files in writes.items():
+        files = [*files, paths.timeline(name)]  # every stage's phases (spamgpt.stage)
         assert {str(f) for f in files} == declared_outputs(stages[name]), name
 
 
@@ -180,6 +190,9 @@ def test_mlflow_run_has_everything(project, mlflow_client, monkeypatch):
     assert (
         run_.data.metrics["train/samples_per_second"] > 0 and run_.data.metrics["train/seconds"] > 0
     )
+    timelines = {k for k in run_.data.metrics if k.startswith("timeline/")}
+    assert {"timeline/finetune/train_s", "timeline/evaluate/predict_s"} <= timelines
+    assert run_.data.metrics["timeline/finetune/train_s"] >= train["train_seconds"] - 0.01
     assert run_.data.metrics["baseline/accuracy"] == pytest.approx(
         ev["baseline"]["test"]["accuracy"]
     )
