@@ -425,17 +425,23 @@ def test_bad_data_in_split_loses_nothing(project, tmp_path):
     bad = tmp_path / "messages.tsv"
     bad.write_text("ham\tsee you at 7\nspam\n")
     before, lock = workspace_hashes(path), (path / "dvc.lock").read_text()
+    timeline = path / "reports/timelines/download_data.json"  # not in DVC's cache: kept here
+    kept = timeline.read_bytes()
     params = with_params(data={"url": str(bad), "member": None, "sha256": None})
     try:
         with edited(path, "params.yaml", params):
             output = failed_repro(path)
         assert "error: " in output and "failed to reproduce 'split'" in output
-        # download_data did its job (a new copy, its dvc.lock entry); nothing else moved
-        assert changed(before, workspace_hashes(path)) == {"data/raw/dataset", "dvc.lock"}
+        # download_data did its job (a new copy, its timeline, its dvc.lock entry); nothing
+        # else moved
+        assert changed(before, workspace_hashes(path)) == {
+            "data/raw/dataset", "reports/timelines/download_data.json", "dvc.lock"
+        }  # fmt: skip
         old, new = (yaml.safe_load(t)["stages"] for t in (lock, (path / "dvc.lock").read_text()))
         assert {k for k in old | new if old.get(k) != new.get(k)} == {"download_data"}
     finally:
         (path / "dvc.lock").write_text(lock)
+        timeline.write_bytes(kept)
         run(["dvc", "checkout", "data/raw/dataset"], path)
     assert workspace_hashes(path) == before
 
