@@ -356,8 +356,9 @@ class StaticStep:
         self.buffers: dict[int, dict[str, torch.Tensor]] = {}  # by width
         self.warm: set[int] = set()  # widths updated eagerly once
         self.captured: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        # The fused step reads these while it runs (group["lr"] stays the schedule's float).
-        groups = trainer.optimizer.param_groups
+        # Under graphs the fused step reads these while it runs (group["lr"] stays the
+        # schedule's float, filled in before each update).
+        groups = trainer.optimizer.param_groups if graphs else []
         self.lrs = [torch.tensor(g["lr"], device=trainer.device) for g in groups]
 
     def update(self, indices: torch.Tensor) -> torch.Tensor:
