@@ -447,8 +447,7 @@ def test_repro_f_regenerates_identical_outputs(story: dict) -> None:
     changed = {
         path
         for path, md5 in story["final_lock"].items()
-        if story["reference_lock"].get(path) != md5
-        and not path.startswith("reports/timelines/")
+        if story["reference_lock"].get(path) != md5 and not path.startswith("reports/timelines/")
     }
     assert changed == {
         "metrics/train.json",
