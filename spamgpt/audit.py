@@ -204,3 +204,8 @@ def summary(table: pd.DataFrame, audited: dict[str, int], classes: Classes) -> d
         "by_split": {name: int(per_split.get(name, 0)) for name in audited},
         "by_label": {name: carried[name] for name in classes.names},
     }
+
+
+def no_issues() -> pd.DataFrame:
+    """The table of a run that audits nothing (audit.enabled: false): its columns only."""
+    return pd.DataFrame(columns=contracts.LABEL_ISSUE_COLUMNS)

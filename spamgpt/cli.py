@@ -13,9 +13,18 @@ import json
 import sys
 from pathlib import Path
 
-from spamgpt import classifier, export, labels, loader, paths, runtime
+from spamgpt import paths
 from spamgpt.errors import SpamGPTError
 from spamgpt.texts import TextFields, Truncation
+
+# The choices of predict's --format and export's --to and --quantize, and --max-drop's default
+# (spamgpt.predict.FORMATS, spamgpt.export's FORMATS, QUANTIZATIONS, MAX_DROP:
+# tests/test_cli.py keeps them equal), here so that `--help` and a refused argument import
+# neither torch nor numpy: each command imports what it runs.
+SCORED_FORMATS = ("csv", "tsv", "jsonl", "parquet")
+EXPORT_FORMATS = ("transformers", "onnx")
+EXPORT_QUANTIZATIONS = ("int8",)
+EXPORT_MAX_DROP = 0.005
 
 # Plain output is one tab-separated line per message: a tab or line break inside a message is
 # printed as \t, \n or \r (and a backslash as \\), so that every line still splits in three.
@@ -37,6 +46,8 @@ def read_messages(args: argparse.Namespace) -> list[str]:
 
 
 def classify(args: argparse.Namespace) -> None:
+    from spamgpt import classifier, labels, loader, runtime
+
     messages = read_messages(args)
     if not messages:
         raise SpamGPTError(
@@ -104,6 +115,7 @@ def joined_fields(messages: list[str], fields: TextFields) -> list[str]:
 
 
 def predict(args: argparse.Namespace) -> None:
+    from spamgpt import labels
     from spamgpt import predict as predicting  # pandas' writers: only for this command
 
     in_format = predicting.format_of(args.input, args.format, "--format")
@@ -173,15 +185,17 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_predict_parser(commands: argparse._SubParsersAction) -> None:
-    from spamgpt.predict import FORMATS
-
     p = commands.add_parser(
         "predict", help="score every row of a CSV, TSV, JSON Lines or Parquet file"
     )
     p.add_argument("input", help="the file to score (.csv, .tsv, .jsonl, .parquet)")
     p.add_argument("--output", "-o", required=True, help="the file to write (same formats)")
-    p.add_argument("--format", choices=FORMATS, help="the input's format (default: extension)")
-    p.add_argument("--output-format", choices=FORMATS, help="the output's (default: extension)")
+    p.add_argument(
+        "--format", choices=SCORED_FORMATS, help="the input's format (default: extension)"
+    )
+    p.add_argument(
+        "--output-format", choices=SCORED_FORMATS, help="the output's (default: extension)"
+    )
     p.add_argument(
         "--text-column", nargs="+", help="the text column(s) (default: the model's fields)"
     )
@@ -213,20 +227,26 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
         "export", help="write the fine-tuned model for transformers or ONNX Runtime"
     )
     e.add_argument("dest", type=Path, help="the folder (transformers) or the .onnx file to write")
-    e.add_argument("--to", required=True, choices=export.FORMATS, help="what to write")
+    e.add_argument("--to", required=True, choices=EXPORT_FORMATS, help="what to write")
     e.add_argument(
         "--quantize",
-        choices=export.QUANTIZATIONS,
+        choices=EXPORT_QUANTIZATIONS,
         help="onnx: int8 weights (ONNX Runtime), written only if the test figure holds",
     )
     e.add_argument(
         "--max-drop",
         type=float,
-        default=export.MAX_DROP,
+        default=EXPORT_MAX_DROP,
         help="--quantize: the most the selected test metric may drop (default: %(default)s)",
     )
     add_model_arguments(e)
-    e.set_defaults(run=export.command)
+    e.set_defaults(run=export_command)
+
+
+def export_command(args: argparse.Namespace) -> None:
+    from spamgpt import export
+
+    export.command(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -365,6 +365,10 @@ class TrainParams:
         doc="processes under torchrun (one GPU each on CUDA): "
         "[beyond-one-machine.md](beyond-one-machine.md#more-processes-more-gpus)",
     )
+    cuda_graphs: Literal["auto"] | bool = _rule(
+        doc="the training step as CUDA graphs, one per padded width (auto: on CUDA); true "
+        "elsewhere: the same fixed-shape step, run eagerly ([gpu.md](gpu.md))"
+    )
 
     def __post_init__(self) -> None:
         weights = self.class_weights

@@ -47,6 +47,7 @@ PREDICTIONS_TEST = REPORTS_DIR / "predictions_test.csv"  # every test message's 
 LABEL_ISSUES = REPORTS_DIR / "label_issues.csv"  # train and val rows whose label looks wrong
 # `spamgpt export --to onnx --quantize int8`: the int8 graph's test figures beside PyTorch's
 EXPORT_ONNX_INT8_REPORT = REPORTS_DIR / "export_onnx_int8.json"
+TIMELINES_DIR = REPORTS_DIR / "timelines"  # each stage's phases (imports, load, train, ...)
 
 
 def pretrained_dir(repo_id: str) -> Path:
@@ -75,6 +76,11 @@ def trunk_file(split: str, folder: str | os.PathLike = TRUNK_DIR) -> Path:
 def checkpoint_weights(name: str) -> Path:
     """The trained tensors of the best or the last epoch, as safetensors."""
     return CHECKPOINT_DIR / f"{name}.safetensors"
+
+
+def timeline(stage: str) -> Path:
+    """The seconds of each phase of a stage's last run (spamgpt.stage.write_timeline)."""
+    return TIMELINES_DIR / f"{stage}.json"
 
 
 def curve_plot(name: str) -> Path:

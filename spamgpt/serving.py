@@ -251,15 +251,17 @@ def log_model(
         if several:  # the signature names the fields; the example is a DataFrame of them
             example = pd.DataFrame({c: INPUT_EXAMPLE for c in fields.columns})
             signature = ModelSignature(Schema([ColSpec("string", c) for c in fields.columns]))
-        else:  # from predict's type hints: list[str]
-            example, signature = INPUT_EXAMPLE, None
+        else:  # from predict's type hints (list[str] in, list[Prediction] out), and no
+            # example: MLflow would load the model twice to run it (the output against the
+            # hints, then as a server), seconds of evaluate for a schema the hints already give
+            example, signature = None, None
         _model_folder(finetuned_dir, meta, folder, pretrained_root, base, full, loaded)
         # MLflow logs a model into the active run (and its experiment); the run is left in
         # the status it had: a finished one stays finished, evaluate's running one running.
         mlflow.start_run(run_id=run_id)
         try:
-            # MLflow runs the input example through the model loaded as a server loads it
-            # (load_context on the artifacts): the example's output, and a check that it serves.
+            # With fields, MLflow runs the input example through the model loaded as a server
+            # loads it (load_context on the artifacts): a check that the DataFrame serves.
             mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(MODEL_CODE),

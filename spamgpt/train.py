@@ -222,18 +222,23 @@ class EarlyStopping(Hook):
 
 
 def configure_optimizer(
-    trained: dict[str, torch.nn.Parameter], params: TrainParams, device: torch.device
+    trained: dict[str, torch.nn.Parameter],
+    params: TrainParams,
+    device: torch.device,
+    capturable: bool = False,
 ) -> torch.optim.AdamW:
     """AdamW over the trained parameters; no weight decay on biases and LayerNorm gains
     (decaying them only hurts). Fused: one pass over each tensor instead of one per operation
-    of the update, which matters when only a few blocks train and the step is mostly update."""
+    of the update, which matters when only a few blocks train and the step is mostly update.
+    `capturable`: its step count on the device, so a CUDA graph can hold the step."""
     decay = [p for p in trained.values() if p.dim() >= 2]
     no_decay = [p for p in trained.values() if p.dim() < 2]
     groups = [
         {"params": decay, "weight_decay": params.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=params.lr, fused=device.type in ("cpu", "cuda"))
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=params.lr, fused=fused, capturable=capturable)
 
 
 def update_size(params: TrainParams) -> int:
@@ -379,6 +384,174 @@ def evaluation_entry(state: State, val_loss: float, report: dict, classes: Class
     }
 
 
+def graph_mode(setting: str | bool, device: torch.device, precision: str) -> bool | None:
+    """How train.cuda_graphs trains on `device`: True, the StaticStep captured as CUDA
+    graphs; False, the StaticStep run eagerly (true on a CPU or MPS); None, the plain step
+    (false; auto off CUDA; and, with one log line, where graphs cannot be used)."""
+    if setting is False or (setting == "auto" and device.type != "cuda"):
+        return None
+    cannot = (
+        "train.devices > 1 (each process's all-reduce)" if distributed.world_size() > 1
+        else "fp16 (the loss scale's checks)" if precision == "fp16"
+        else None
+    )  # fmt: skip
+    if cannot is not None:
+        log.info("train.cuda_graphs: not with %s; the plain step", cannot)
+        return None
+    return device.type == "cuda"
+
+
+class StaticStep:
+    """One optimizer update on fixed-shape buffers, one set per padded width (of the update's
+    longest message): train.batch_size x train.accumulation_steps rows, so a short last update
+    is filled up with rows of weight 0, which add exactly 0 to the loss and the gradients;
+    the loss is the weighted sum over the rows divided by their total weight, the mean of
+    Trainer's plain step over the real rows. With `graphs` (CUDA) the whole update (forward,
+    loss, backward, clipping, the fused AdamW step reading the learning rate from a device
+    tensor) is captured once per width, after an eager update of that width has warmed it up,
+    then replayed: a few launches per update instead of a thousand. A capture that fails is
+    said in one log line and the updates run eagerly. Without `graphs` it runs eagerly."""
+
+    def __init__(self, trainer: "Trainer", graphs: bool) -> None:
+        self.trainer, self.graphs = trainer, graphs
+        p = trainer.params
+        self.rows = p.batch_size * p.accumulation_steps
+        self.buffers: dict[int, dict[str, torch.Tensor]] = {}  # by width
+        self.warm: set[int] = set()  # widths updated eagerly once
+        self.captured: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # Under graphs the fused step reads these while it runs (group["lr"] stays the
+        # schedule's float, filled in before each update).
+        groups = trainer.optimizer.param_groups if graphs else []
+        self.lrs = [torch.tensor(g["lr"], device=trainer.device) for g in groups]
+
+    def update(self, indices: torch.Tensor) -> torch.Tensor:
+        """The update on the global batch `indices`; its weighted mean loss (float64), a
+        scalar left on the device."""
+        width, buffers = self._fill(indices)
+        if not self.graphs:
+            return self._update(buffers)
+        for lr, group in zip(self.lrs, self.trainer.optimizer.param_groups, strict=True):
+            lr.fill_(group["lr"])
+        if width in self.captured:
+            graph, loss = self.captured[width]
+            graph.replay()
+            return loss.clone()  # the next replay overwrites `loss`
+        if width not in self.warm:
+            self.warm.add(width)
+            return self._eager_warm_up(buffers)
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                loss = self._update(buffers)
+        except Exception as e:  # an op the graph cannot hold: nothing ran, the update is due
+            log.info("train.cuda_graphs: capture failed (%s); the updates run eagerly", e)
+            self.graphs = False
+            return self._update(buffers)
+        self.captured[width] = (graph, loss)
+        graph.replay()
+        return loss.clone()
+
+    def _fill(self, indices: torch.Tensor) -> tuple[int, dict[str, torch.Tensor]]:
+        """Copy the update's messages into the first rows of its width's buffers; the rest get
+        weight 0 (their inputs are left as they are, finite: a length-1 message)."""
+        t, pad = self.trainer, self.rows - len(indices)
+        x, lengths = t.train_split.inputs.batch(indices)
+        labels = t.train_split.labels[indices]
+        weights = (
+            t.class_weights[labels] if t.class_weights is not None and labels.dim() == 1
+            else torch.ones(len(labels))
+        )  # fmt: skip
+        host = {
+            "lengths": torch.cat([lengths, lengths.new_ones(pad)]),
+            "targets": torch.cat([labels, labels.new_zeros(pad, *labels.shape[1:])]),
+            "weights": torch.cat([weights.float(), torch.zeros(pad)]),
+        }
+        width = x.shape[1]
+        if width not in self.buffers:
+            self.buffers[width] = {
+                "x": x.new_zeros(self.rows, *x.shape[1:], device=t.device),
+                **{k: torch.empty_like(v, device=t.device) for k, v in host.items()},
+            }
+        buffers = self.buffers[width]
+        copy_in(buffers["x"][: len(indices)], x)
+        for name, tensor in host.items():
+            copy_in(buffers[name], tensor)
+        return width, buffers
+
+    def _update(self, buffers: dict[str, torch.Tensor]) -> torch.Tensor:
+        t = self.trainer
+        t.optimizer.zero_grad(set_to_none=True)  # in a graph: its own gradient tensors
+        total = buffers["weights"].sum()  # batch_weight's: multi-label, of its decisions
+        if buffers["targets"].dim() == 2:
+            total = total * buffers["targets"].shape[1]
+        local = None  # the loss sum over the batches
+        for rows in range(0, self.rows, t.params.batch_size):
+            batch = {k: v[rows : rows + t.params.batch_size] for k, v in buffers.items()}
+            with self._autocast():
+                logits = t.model(batch["x"], batch["lengths"], t.train_split.inputs.frozen_blocks)
+            loss = weighted_loss_sum(logits.float(), batch, t.loss_weights)
+            t.scaler.scale(loss / total).backward()
+            local = loss.detach() if local is None else local + loss.detach()
+        if t.params.grad_clip is not None:
+            t.scaler.unscale_(t.optimizer)
+            torch.nn.utils.clip_grad_norm_(t.trained.values(), t.params.grad_clip)
+        groups = t.optimizer.param_groups
+        rates = [g["lr"] for g in groups]
+        if self.graphs:
+            for group, lr in zip(groups, self.lrs, strict=True):
+                group["lr"] = lr
+        try:
+            t.scaler.step(t.optimizer)
+        finally:
+            for group, rate in zip(groups, rates, strict=True):
+                group["lr"] = rate
+        t.scaler.update()
+        return local.double() / total.double()
+
+    def _eager_warm_up(self, buffers: dict[str, torch.Tensor]) -> torch.Tensor:
+        """An eager update on a side stream, as CUDA graphs want before a capture (lazy
+        initialisations happen outside it); the optimizer's state exists after it."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            loss = self._update(buffers)
+        torch.cuda.current_stream().wait_stream(side)
+        return loss
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """runtime.autocast, without its cache of cast weights under graphs (a graph would
+        keep reading the casts of its capture, stale after the first step)."""
+        t = self.trainer
+        if t.precision not in runtime.AUTOCAST_DTYPES:
+            return contextlib.nullcontext()
+        dtype = runtime.AUTOCAST_DTYPES[t.precision]
+        return torch.autocast(t.device.type, dtype=dtype, cache_enabled=not self.graphs)
+
+
+def copy_in(buffer: torch.Tensor, host: torch.Tensor) -> None:
+    """Copy a host tensor into a device `buffer` without making the host wait (pinned memory,
+    queued behind the device's work; runtime.to_device)."""
+    if buffer.device.type == "cuda":
+        buffer.copy_(host.pin_memory(), non_blocking=True)
+    else:
+        buffer.copy_(host)
+
+
+def weighted_loss_sum(
+    logits: torch.Tensor, batch: dict[str, torch.Tensor], loss_weights: torch.Tensor | None
+) -> torch.Tensor:
+    """sum(w_i * loss_i) over the rows, w_i their `weights` (the class weight, or 1; 0 for
+    rows that fill up a short batch); multi-label: each row's summed binary cross-entropy
+    (pos_weight `loss_weights`)."""
+    targets, weights = batch["targets"], batch["weights"]
+    if targets.dim() == 2:
+        per_label = F.binary_cross_entropy_with_logits(
+            logits, targets, pos_weight=loss_weights, reduction="none"
+        )
+        return (per_label * weights[:, None]).sum()
+    return (F.cross_entropy(logits, targets, reduction="none") * weights).sum()
+
+
 class UnreadStep(NamedTuple):
     """A training step done whose loss has not been read back from the device yet."""
 
@@ -407,7 +580,8 @@ class Trainer:
         self.hooks: list[Hook] = []
         named = dict(model.named_parameters())
         self.trained = {name: named[name] for name in trained_names}
-        self.optimizer = configure_optimizer(self.trained, params, device)
+        graphs = graph_mode(params.cuda_graphs, device, precision)
+        self.optimizer = configure_optimizer(self.trained, params, device, graphs is True)
         self.scheduler = linear_schedule(self.optimizer, params, len(train))
         self.scaler = runtime.grad_scaler(device, precision)  # fp16: loss scaling
         # on the CPU; the training loss reads a copy on the device
@@ -421,6 +595,7 @@ class Trainer:
         # gradients of the trainable tail (frozen parameters are left out of the all-reduce).
         parallel = distributed.world_size() > 1
         self.forward_model = DistributedDataParallel(model) if parallel else model
+        self.static = None if graphs is None else StaticStep(self, graphs)
 
     def fit(self, saver: Saver, hooks: tuple[Hook, ...] = ()) -> State:
         """Train until epochs or patience run out, from self.state, calling `hooks`; a
@@ -508,6 +683,10 @@ class Trainer:
         """One optimizer update on the global batch `indices`, accumulated over batches of
         train.batch_size; its weighted mean loss, a scalar left on the device (reading it
         would make the host wait for the device)."""
+        if self.static is not None:  # train.cuda_graphs
+            loss = self.static.update(indices)
+            self.scheduler.step()
+            return loss
         total = batch_weight(self.train_split.labels[indices], self.class_weights)
         batches = indices.split(self.params.batch_size)
         local = None  # this process's loss sum over the batches (one: no extra kernel)

@@ -4,8 +4,6 @@ person to review, never fixed; audit.enabled: false writes an empty report."""
 
 import time
 
-import pandas as pd
-
 from spamgpt import audit, contracts, data, paths, stage
 from spamgpt.params import Params
 
@@ -13,7 +11,7 @@ from spamgpt.params import Params
 def main(params: Params) -> None:
     settings = params.audit
     if not settings.enabled:
-        contracts.write_label_issues(pd.DataFrame(columns=contracts.LABEL_ISSUE_COLUMNS))
+        contracts.write_label_issues(audit.no_issues())
         contracts.write_audit({"enabled": False})
         return
     start = time.perf_counter()

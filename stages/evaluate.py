@@ -11,13 +11,16 @@ def main(params: Params) -> None:
     classes = contracts.read_classes()
     results.check_threshold(params.evaluate.threshold, classes)
     tracking.connect()
+    stage.phase("load")
     splits = {s: Split.read(s, contracts.read_frozen_blocks()) for s in ("val", "test")}
     labels = {s: split.labels.numpy() for s, split in splits.items()}
     model, meta = classifier.load(paths.FINETUNED_DIR)
+    stage.phase("predict")
     probs = {
         s: classifier.class_probabilities(model.to(device), split.inputs, device, precision).numpy()
         for s, split in splits.items()
     }
+    stage.phase("save")
     baseline = contracts.read_baseline()
     evaluation = results.evaluate(
         params.evaluate.threshold, classes, labels, probs, baseline,
@@ -25,6 +28,7 @@ def main(params: Params) -> None:
     )  # fmt: skip
     results.write_evaluation(evaluation)
     mlf = params.mlflow
+    stage.phase("log")
     with tracking.Run.open(mlf.experiment, contracts.read_mlflow_run()) as run:
         results.log_evaluation(run, evaluation)
         results.log_label_issues(run, contracts.read_audit())
@@ -49,6 +53,7 @@ def main(params: Params) -> None:
         if mlf.log_checkpoints:
             light = mlf.log_model is True and mlf.registered_model is None
             results.log_best_checkpoint(run, light_model_logged=light)
+        run.log_metrics(stage.timeline_metrics(), 0)  # its phases until now
 
 
 if __name__ == "__main__":

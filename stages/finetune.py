@@ -26,6 +26,7 @@ def main(params: Params) -> None:
     device = distributed.setup(device)
     if distributed.is_main():
         tracking.connect()  # an unreachable tracking server fails here, before any training
+    stage.phase("load")
     frozen = contracts.read_frozen_blocks()
     train, val = Split.read("train", frozen), Split.read("val", frozen)
     model, trained = classifier.for_training(m, params.lora, classes, device, t.seed)
@@ -35,6 +36,7 @@ def main(params: Params) -> None:
     resume = checkpoint.load(paths.CHECKPOINT, fingerprint)
     if resume:
         checkpoint.resume(trainer, resume)
+    stage.phase("train")
     if not distributed.is_main():  # the other processes train alongside rank 0, nothing else
         trainer.fit(checkpoint.CheckpointSaver(paths.CHECKPOINT, fingerprint))
         return
@@ -48,12 +50,15 @@ def main(params: Params) -> None:
         axis = "epoch" if t.eval_every is None else "step"  # of the val/ metrics in MLflow
         shown = progress(t.epochs, selected_key(t.select_metric, classes))
         state = trainer.fit(saver, hooks=(LogMetrics(run, axis), shown))
+        stage.phase("save")
         results.write_checkpoint_weights(run, trainer, params.mlflow.log_checkpoints)
         results.export_model(trainer, m, params.data.text_fields())
         contracts.write_mlflow_run(run.run_id)  # which run evaluate records into
         run.log_metrics(results.write_training(state, len(train), device, precision), 0)
         state.exported = True  # the results are written: a later run starts afresh
         saver.write(checkpoint.state_of(trainer))  # now, not in the background
+        stage.phase("log")  # the run's metrics until now; its close after
+        run.log_metrics(stage.timeline_metrics(), 0)
 
 
 if __name__ == "__main__":

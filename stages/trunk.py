@@ -17,7 +17,9 @@ def main(params: Params) -> None:
     device = distributed.setup(device)
     with distributed.replaced_dir(paths.TRUNK_DIR) as folder:
         if frozen is not None:  # else everything trains: the tail is the whole model
+            stage.phase("load")
             gpt = classifier.base_model(m, model_dir).to(device)
+            stage.phase("compute")
             for split in paths.SPLITS:
                 tokens = tokenized.load(paths.tokens_file(split)).tokens
                 path = paths.trunk_file(split, folder)

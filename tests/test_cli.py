@@ -97,3 +97,35 @@ def test_every_option_of_every_command_has_help(capsys) -> None:
         cli.main(["classify", "--help"])
     shown = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal width
     assert "--precision {auto,fp32,bf16,fp16} the arithmetic it runs in (auto: bf16" in shown
+
+
+HELP_IMPORTS = (
+    "import sys\n"
+    "from spamgpt import cli\n"
+    "for command in ('classify', 'predict', 'export'):\n"
+    "    try:\n"
+    "        cli.main([command, '--help'])\n"
+    "    except SystemExit:\n"
+    "        pass\n"
+    "print(sorted({'torch', 'numpy', 'pandas'} & set(sys.modules)))\n"
+)
+
+
+def test_help_imports_neither_torch_nor_numpy() -> None:
+    """`spamgpt predict --help` took 5.6 s on a GPU machine: torch's import, to print help. In
+    a fresh interpreter, each command's help imports none of torch, numpy and pandas; the
+    choices the parser offers are the commands' own."""
+    import subprocess
+    import sys
+
+    from spamgpt import export, predict
+
+    out = subprocess.run(
+        [sys.executable, "-c", HELP_IMPORTS], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.splitlines()[-1] == "[]"
+    assert "--max-tokens" in out.stdout and "--output-format" in out.stdout
+    assert cli.SCORED_FORMATS == predict.FORMATS and cli.EXPORT_FORMATS == export.FORMATS
+    assert (
+        cli.EXPORT_QUANTIZATIONS == export.QUANTIZATIONS and cli.EXPORT_MAX_DROP == export.MAX_DROP
+    )

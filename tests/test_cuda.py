@@ -4,6 +4,7 @@ Marked `cuda` and skipped where torch sees no GPU; on a GPU machine run them wit
 `pytest -m cuda`. The tiny model keeps them to seconds.
 """
 
+import dataclasses
 from pathlib import Path
 from typing import get_args
 
@@ -11,13 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_runtime import assert_step_close_to_fp32, batch, logits_in, tiny_classifier
-from test_train import PARAMS, new_trainer, trainer_splits
+from test_train import PARAMS, assert_same_weights, new_trainer, trainer_splits, updates
 
-from spamgpt import lora, runtime
+from spamgpt import classifier, lora, runtime
 from spamgpt.labels import SMS
 from spamgpt.model import GPT2Classifier
-from spamgpt.params import LoraTarget
-from spamgpt.train import Trainer
+from spamgpt.params import LoraTarget, TrainParams
+from spamgpt.train import Trainer, epoch_order
 
 pytestmark = [
     pytest.mark.cuda,
@@ -92,3 +93,49 @@ def test_training_steps_do_not_wait_for_the_gpu() -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(loss.isfinite() for loss in losses)
+
+
+def cuda_trainer(params: TrainParams, trainable_blocks: int | str, precision: str) -> Trainer:
+    built = new_trainer(params, n_train=70)
+    model = built.model.to(CUDA).train()
+    trained = classifier.freeze(model, trainable_blocks)
+    return Trainer(model, trained, *trainer_splits(70), SMS, params, CUDA, precision)
+
+
+@pytest.mark.parametrize(
+    ("trainable_blocks", "precision", "accumulation"),
+    [(1, "fp32", 1), ("all", "fp32", 1), (1, "bf16", 1), ("all", "fp32", 3)],
+)
+def test_cuda_graph_replays_give_the_eager_static_steps_results(
+    trainable_blocks: int | str, precision: str, accumulation: int
+) -> None:
+    """train.cuda_graphs on CUDA: each width's first update eager, the second captured, the
+    rest replayed; over an epoch of 70 messages (a short last update), the losses and weights
+    of the same static step run eagerly, and of the plain step. Replays make no host sync."""
+    params = dataclasses.replace(
+        PARAMS, batch_size=4, accumulation_steps=accumulation, lr=1e-3, cuda_graphs=True
+    )
+    runs = []
+    for graphs in (True, False):
+        trainer = cuda_trainer(params, trainable_blocks, precision)
+        trainer.static.graphs = graphs
+        runs.append((trainer, updates(trainer)))
+    (replayed, losses), (eager, eager_losses) = runs
+    assert replayed.static.graphs and replayed.static.captured  # no fallback: it replayed
+    assert losses == pytest.approx(eager_losses, rel=1e-5, abs=1e-5)
+    steps = len(losses)
+    if precision == "fp32":
+        assert_same_weights(replayed, eager, steps)
+        plain_params = dataclasses.replace(params, cuda_graphs=False)
+        plain = cuda_trainer(plain_params, trainable_blocks, "fp32")
+        assert updates(plain) == pytest.approx(losses, rel=1e-5, abs=1e-5)
+    width = next(iter(replayed.static.captured))
+    inputs = replayed.train_split.inputs
+    order = epoch_order(inputs.sequences.lengths, 4 * accumulation, seed=0, epoch=0)
+    indices = next(b for b in order if inputs.batch(b)[0].shape[1] == width)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = replayed.train_step(indices)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert loss.isfinite()

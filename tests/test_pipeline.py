@@ -4,6 +4,7 @@ and `spamgpt classify`. One project per module: the stages run once and the test
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -56,6 +57,14 @@ def test_repro_runs_every_stage_in_order(project):
     _, output = project
     ran = ran_stages(output)
     assert sorted(ran) == sorted(STAGES)
+    for name in STAGES:  # each stage's phases, the first from the process's start
+        phases = read_json(project[0] / "reports/timelines" / f"{name}.json")["phases"]
+        assert [p["phase"] for p in phases][:3] == ["imports", "params", "main"]
+        assert phases[0]["start_s"] == 0 and phases[0]["seconds"] > 0
+        for p, after in itertools.pairwise(phases):
+            assert p["start_s"] + p["seconds"] == pytest.approx(after["start_s"], abs=2e-3)
+    finetune = read_json(project[0] / "reports/timelines/finetune.json")["phases"]
+    assert [p["phase"] for p in finetune][3:] == ["load", "train", "save", "log"]
     for before, after in [
         ("download_data", "split"),
         ("split", "baseline"),
@@ -104,6 +113,7 @@ def test_dvc_yaml_declares_what_the_library_writes():
     }  # fmt: skip
     assert set(writes) == set(stages)
     for name, files in writes.items():
+        files = [*files, paths.timeline(name)]  # every stage's phases (spamgpt.stage)
         assert {str(f) for f in files} == declared_outputs(stages[name]), name
 
 
@@ -183,6 +193,9 @@ def test_mlflow_run_has_everything(project, mlflow_client, monkeypatch):
     assert (
         run_.data.metrics["train/samples_per_second"] > 0 and run_.data.metrics["train/seconds"] > 0
     )
+    timelines = {k for k in run_.data.metrics if k.startswith("timeline/")}
+    assert {"timeline/finetune/train_s", "timeline/evaluate/predict_s"} <= timelines
+    assert run_.data.metrics["timeline/finetune/train_s"] >= train["train_seconds"] - 0.01
     assert run_.data.metrics["baseline/accuracy"] == pytest.approx(
         ev["baseline"]["test"]["accuracy"]
     )
@@ -419,17 +432,23 @@ def test_bad_data_in_split_loses_nothing(project, tmp_path):
     bad = tmp_path / "messages.tsv"
     bad.write_text("ham\tsee you at 7\nspam\n")
     before, lock = workspace_hashes(path), (path / "dvc.lock").read_text()
+    timeline = path / "reports/timelines/download_data.json"  # not in DVC's cache: kept here
+    kept = timeline.read_bytes()
     params = with_params(data={"url": str(bad), "member": None, "sha256": None})
     try:
         with edited(path, "params.yaml", params):
             output = failed_repro(path)
         assert "error: " in output and "failed to reproduce 'split'" in output
-        # download_data did its job (a new copy, its dvc.lock entry); nothing else moved
-        assert changed(before, workspace_hashes(path)) == {"data/raw/dataset", "dvc.lock"}
+        # download_data did its job (a new copy, its timeline, its dvc.lock entry); nothing
+        # else moved
+        assert changed(before, workspace_hashes(path)) == {
+            "data/raw/dataset", "reports/timelines/download_data.json", "dvc.lock"
+        }  # fmt: skip
         old, new = (yaml.safe_load(t)["stages"] for t in (lock, (path / "dvc.lock").read_text()))
         assert {k for k in old | new if old.get(k) != new.get(k)} == {"download_data"}
     finally:
         (path / "dvc.lock").write_text(lock)
+        timeline.write_bytes(kept)
         run(["dvc", "checkout", "data/raw/dataset"], path)
     assert workspace_hashes(path) == before
 

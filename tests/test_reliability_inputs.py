@@ -184,8 +184,9 @@ def test_stage_refuses_in_one_line_and_leaves_files_alone(
     assert line.startswith(start), line
     assert REASONS.get(name, "") in line
     after = listing(folder)
-    if name == "empty-member":  # the download did succeed
+    if name == "empty-member":  # the download did succeed, and wrote its phases' timeline
         assert after.pop("data/raw/dataset") == b""
+        assert b'"imports"' in after.pop("reports/timelines/download_data.json")
     assert after == before  # nothing created, changed or removed, no temporary file
 
 

@@ -1,9 +1,12 @@
 """spamgpt.stage: what every stage script shares at start-up and at exit."""
 
 import ast
+import itertools
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +75,35 @@ def test_a_stage_process_freezes_its_objects_before_the_final_collection() -> No
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, frozen = (int(line.split()[1]) for line in out.stdout.splitlines())
     assert before == 0 and frozen > 10_000  # the imports' objects
+
+
+def test_a_stage_writes_the_timeline_of_its_phases(tmp_path: Path, monkeypatch) -> None:
+    """stage.run: imports (from the process's start), params, then the phases main() names,
+    each starting where the one before ended, in reports/timelines/<stage>.json; a phase
+    named twice adds up in the MLflow metrics."""
+    from spamgpt import stage
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(stage, "PHASES", [("imports", 0.0)])
+    monkeypatch.setattr(stage, "NAME", "example")
+    monkeypatch.setattr(stage.params_module, "load", lambda: "params")
+    logged = {}
+
+    def main(params: str) -> None:
+        assert params == "params"
+        for name in ("load", "train", "load"):
+            stage.phase(name)
+            time.sleep(0.05)
+        logged.update(stage.timeline_metrics())
+
+    stage.run(main)
+    written = json.loads((tmp_path / "reports/timelines/example.json").read_text())
+    phases = written["phases"]
+    assert written["stage"] == "example"
+    assert [p["phase"] for p in phases] == ["imports", "params", "main", "load", "train", "load"]
+    assert phases[0]["start_s"] == 0 and phases[0]["seconds"] > 0  # this process's imports
+    for p, after in itertools.pairwise(phases):
+        assert p["start_s"] + p["seconds"] == pytest.approx(after["start_s"], abs=2e-3)
+    assert all(p["seconds"] >= 0.05 for p in phases[3:5])  # slept in each
+    assert logged["timeline/example/load_s"] >= 0.1  # both load phases
+    assert set(logged) == {f"timeline/example/{p['phase']}_s" for p in phases}

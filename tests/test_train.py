@@ -52,6 +52,7 @@ PARAMS = TrainParams(
     device="cpu",
     precision="fp32",
     devices=1,
+    cuda_graphs=False,
 )
 
 
@@ -590,3 +591,110 @@ def test_the_selected_key_reads_the_figure_the_selection_scores() -> None:
         assert entry[train.selected_key(metric, three)] == score, metric
     assert entry[train.selected_key("val_loss", three)] == 0.9
     assert train.selected_key("auto", Classes(("x", "y", "z"))) == "val/macro_f1"
+
+
+def multi_label_trainer(params: TrainParams) -> Trainer:
+    """Three labels: whether token 5, 6 and 7 occur (a message may have several, or none)."""
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=16, n_ctx=16, vocab_size=40)
+    model = GPT2Classifier(GPT2.init_random(config), 3, multi_label=True)
+    splits = []
+    for split in trainer_splits(70):
+        seq = split.inputs.sequences
+        rows = [seq.rows[s : s + n].tolist() for s, n in zip(seq.starts, seq.lengths, strict=True)]
+        labels = torch.tensor([[float(t in row) for t in (5, 6, 7)] for row in rows])
+        splits.append(Split(split.inputs, labels))
+    classes = Classes(("five", "six", "seven"), multi_label=True)
+    return Trainer(model, classifier.freeze(model, 1), *splits, classes, params, CPU, "fp32")
+
+
+def updates(trainer: Trainer, epochs: int = 1) -> list[float]:
+    """Every update of `epochs` epochs in their order (each with a short update); the losses
+    read back."""
+    losses = []
+    for epoch in range(epochs):
+        size = train.update_size(trainer.params)
+        lengths = trainer.train_split.inputs.sequences.lengths
+        for indices in epoch_order(lengths, size, trainer.params.seed, epoch):
+            losses.append(float(trainer.train_step(indices)))
+    return losses
+
+
+STATIC_CASES = {
+    "balanced": dict(class_weights="balanced"),
+    "unweighted": dict(class_weights="none"),
+    "mapping": dict(class_weights={"ham": 0.5, "spam": 4.0}),
+    "accumulated": dict(batch_size=4, accumulation_steps=3),
+    "no clip": dict(grad_clip=None),
+}
+
+
+@pytest.mark.parametrize("case", [*STATIC_CASES, "multi-label"])
+def test_the_static_step_gives_the_plain_steps_losses_and_weights(case: str) -> None:
+    """train.cuda_graphs true on a CPU: each update copied into its width's fixed-shape
+    buffers (70 messages in updates of 8 or 12: each epoch ends with a short one, filled up
+    with rows of weight 0), run eagerly. Its losses and weights are the plain step's, to
+    float32 rounding, over an epoch."""
+    given = {"batch_size": 8, "lr": 1e-3, **STATIC_CASES.get(case, {})}
+    base = dataclasses.replace(PARAMS, **given)
+    runs = []
+    for graphs in (False, True):
+        params = dataclasses.replace(base, cuda_graphs=graphs)
+        built = multi_label_trainer(params) if case == "multi-label" else new_trainer(params, 70)
+        assert (built.static is not None) == graphs
+        initial = built.trained_weights()
+        runs.append((built, updates(built)))
+    (plain, plain_losses), (static, static_losses) = runs
+    assert 70 % train.update_size(base) != 0  # a short last update in every epoch
+    assert static.static.buffers  # the static step ran, in its widths' buffers
+    assert all(len(b["weights"]) == train.update_size(base) for b in static.static.buffers.values())
+    assert static_losses == pytest.approx(plain_losses, rel=1e-6, abs=1e-6)
+    moved = max(float((w.detach() - initial[n]).abs().max()) for n, w in plain.trained.items())
+    assert moved > 1e-3  # the updates moved the weights: the comparison means something
+    assert_same_weights(static, plain, steps=len(plain_losses))
+
+
+def assert_same_weights(trainer: Trainer, expected: Trainer, steps: int) -> None:
+    """The trained weights to 1e-6, but the attention's key bias (c_attn.bias's middle third):
+    its gradient is 0 in exact arithmetic (q.(k + b) adds the same q.b to every score of a
+    row, which softmax ignores), so AdamW, dividing by its tiny second moment, turns float
+    rounding there into steps of up to lr, different in runs that round differently."""
+    for name, weight in expected.trained.items():
+        ours, weight = trainer.trained[name].detach(), weight.detach()
+        if name.endswith("attn.c_attn.bias"):
+            third = len(weight) // 3
+            key = slice(third, 2 * third)
+            lr = expected.params.lr
+            assert (ours[key] - weight[key]).abs().max() <= 2 * lr * steps
+            ours, weight = (
+                torch.cat([ours[:third], ours[2 * third :]]),
+                torch.cat([weight[:third], weight[2 * third :]]),
+            )
+        torch.testing.assert_close(ours, weight, rtol=0, atol=1e-6, msg=name)
+
+
+def test_the_static_steps_filler_rows_weigh_nothing() -> None:
+    """A short update's buffers: its messages first with their class weights, then rows of
+    weight 0 and length 1; whatever those rows hold, the loss and the gradients are those of
+    the messages alone."""
+    params = dataclasses.replace(PARAMS, cuda_graphs=True)
+    trainer = new_trainer(params)
+    indices = uneven_batch(trainer.train_split)[:3]  # 3 messages in buffers of 4 rows
+    width, buffers = trainer.static._fill(indices)
+    labels = trainer.train_split.labels[indices]
+    torch.testing.assert_close(
+        buffers["weights"], torch.cat([trainer.class_weights[labels], torch.zeros(1)])
+    )
+    assert buffers["lengths"][3] == 1 and buffers["x"].shape == (4, width)
+    buffers["x"][3] = 39  # filler rows keep whatever they held: any token
+    plain = new_trainer()
+    torch.testing.assert_close(trainer.train_step(indices), plain.train_step(indices))
+    assert_same_weights(trainer, plain, steps=1)
+
+
+def test_cuda_graphs_false_or_auto_off_cuda_is_the_plain_step() -> None:
+    for setting in (False, "auto"):
+        assert new_trainer(dataclasses.replace(PARAMS, cuda_graphs=setting)).static is None
+    assert train.graph_mode(True, CPU, "fp32") is False  # the static step, eagerly
+    assert train.graph_mode(True, torch.device("cuda"), "fp16") is None  # loss scaling
+    assert train.graph_mode("auto", torch.device("cuda"), "bf16") is True

@@ -150,7 +150,7 @@ def trainer(model: GPT2Classifier, feats: ModelInputs, labels: torch.Tensor, pre
         epochs=1, batch_size=64, lr=1e-3, weight_decay=0.1, warmup_ratio=0.0, grad_clip=1.0,
         accumulation_steps=1, eval_every=None, class_weights="none", patience=1,
         select_metric="auto", min_delta=0.0, seed=0,
-        device="cpu", precision=precision, devices=1,
+        device="cpu", precision=precision, devices=1, cuda_graphs=False,
     )  # fmt: skip
     return train.Trainer(model, trained, split, split, SMS, params, CPU, precision)
 
