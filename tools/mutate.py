@@ -47,7 +47,7 @@ def mutate(module: str, max_children: int, show: bool) -> None:
     results = SourceFileMutationData(path=source)
     results.load()
     for name, exit_code in results.exit_code_by_key.items():
-        if status_by_exit_code[exit_code] != "killed":
+        if status_by_exit_code[exit_code] not in ("killed", "timeout"):
             results.exit_code_by_key[name] = None
     if results.exit_code_by_key:
         results.save()
@@ -62,11 +62,11 @@ def mutate(module: str, max_children: int, show: bool) -> None:
         status = status_by_exit_code[exit_code]
         if status == "survived" and name in equivalent:
             status = "equivalent"
-        elif status != "killed":
+        elif status not in ("killed", "timeout"):  # a timeout: the tests hang, caught too
             survivors.append((name, status))
         statuses[status] += 1
     generated = sum(statuses.values())
-    surviving = generated - statuses["killed"] - statuses["equivalent"]
+    surviving = len(survivors)
     percent = 100 * surviving / max(1, generated - statuses["equivalent"])
     print(f"\n{module}: {generated} generated, {dict(statuses)}, {percent:.1f}% surviving")
     for name, status in survivors:
