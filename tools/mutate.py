@@ -42,6 +42,10 @@ def mutate(module: str, max_children: int, show: bool) -> None:
     config = configuration.config()
     config.only_mutate = [source]
     config.pytest_add_cli_args_test_selection = [f"tests/test_{module}.py"]
+    # the tests read the repo's files too (params.yaml, dvc.yaml, docs): all of them are copied
+    config.also_copy += [
+        Path(name) for name in os.listdir(".") if name not in ("mutants", "spamgpt")
+    ]
     # mutmut keeps a mutant's result until its function changes: check again every mutant the
     # tests did not kill last time, since tests may have been added since.
     results = SourceFileMutationData(path=source)
@@ -92,7 +96,8 @@ def main() -> None:
     for module in args.modules:
         workspace = ROOT / "mutants" / module
         workspace.mkdir(parents=True, exist_ok=True)
-        for name in ("spamgpt", "tests", "pyproject.toml"):
+        tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+        for name in {path.split("/")[0] for path in tracked.stdout.splitlines()}:
             if not (workspace / name).exists():
                 (workspace / name).symlink_to(ROOT / name)
         command = [sys.executable, Path(__file__).resolve(), module, "--in-workspace"]
