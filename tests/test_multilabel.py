@@ -153,3 +153,16 @@ def test_answers_and_the_prediction_frame_from_float32_lists() -> None:
     assert frame["p_billing"].dtype == np.float64
     assert frame["p_billing"].tolist() == [float(np.float32(0.9)), float(np.float32(0.1))]
     assert multilabel.label_lists(np.array([[1, 0, 1]], bool), CLASSES) == ['["billing", "urgent"]']
+
+
+def test_answers_of_integer_probabilities_are_floats_and_widths_must_match() -> None:
+    answers = multilabel.answers(np.array([[1, 0, 1]]), CLASSES, None)
+    assert json.dumps(answers[0]["probabilities"]) == (
+        '{"billing": 1.0, "shipping": 0.0, "urgent": 1.0}'
+    )
+    frame = multilabel.prediction_frame(np.array([[1, 0, 0]]), CLASSES, None)
+    assert frame["p_billing"].dtype == np.float64 and frame["labels"].tolist() == ['["billing"]']
+    with pytest.raises(ValueError):  # one probability for three labels: refused, not zipped
+        multilabel.answers(np.array([[0.7]]), CLASSES, None)
+    with pytest.raises(ValueError):
+        multilabel.label_lists(np.array([[True, False]]), CLASSES)
