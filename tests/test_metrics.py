@@ -307,3 +307,103 @@ def test_the_positive_class_first_gives_the_same_metrics_thresholds_and_curves()
     curves = metrics.curve_frames(labels, probs, spam_first)
     for name, frame in metrics.curve_frames(LABELS, two(PROBS), SMS).items():
         assert curves[name].equals(frame), name
+
+
+# --- pinned by mutation testing (tools/mutate.py metrics) ---
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+# scores on a coarse grid: many ties, as real probabilities rounded in a report have
+scores = st.lists(st.integers(0, 20).map(lambda i: i / 20), min_size=2, max_size=60)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    data=st.data(),
+    probs=scores,
+    threshold=st.sampled_from([None, 0.25, 0.5, 0.8]),
+    positive_first=st.booleans(),
+)
+def test_any_two_class_report_is_scikit_learns(
+    data: st.DataObject, probs: list[float], threshold: float | None, positive_first: bool
+) -> None:
+    labels = np.array(
+        data.draw(st.lists(st.integers(0, 1), min_size=len(probs), max_size=len(probs)))
+    )
+    classes = Classes(("spam", "ham"), "spam") if positive_first else SMS
+    positive = classes.positive_index
+    p = np.array(probs)
+    probabilities = np.column_stack([p, 1 - p]) if positive_first else two(p)
+    rep = metrics.report(labels, probabilities, threshold, classes)
+    predicted = classes.predicted(probabilities, threshold)
+    assert rep["accuracy"] == pytest.approx(skm.accuracy_score(labels, predicted))
+    assert rep["macro_f1"] == pytest.approx(
+        skm.f1_score(labels, predicted, average="macro", labels=[0, 1], zero_division=0)
+    )
+    sk = skm.precision_recall_fscore_support(labels, predicted, labels=[0, 1], zero_division=0)
+    for i, name in enumerate(classes.names):
+        got = rep[name]
+        assert [got["precision"], got["recall"], got["f1"]] == pytest.approx([s[i] for s in sk[:3]])
+        assert got["support"] == sk[3][i]
+    assert (
+        rep["confusion_matrix"] == skm.confusion_matrix(labels, predicted, labels=[0, 1]).tolist()
+    )
+    if len(np.unique(labels)) == 2:
+        is_positive, score = labels == positive, probabilities[:, positive]
+        assert rep["roc_auc"] == pytest.approx(skm.roc_auc_score(is_positive, score))
+        assert rep["pr_auc"] == pytest.approx(skm.average_precision_score(is_positive, score))
+    else:
+        assert rep["roc_auc"] is None and rep["pr_auc"] is None
+
+
+def policy_by_hand(rule: str, bound: float, labels: np.ndarray, score: np.ndarray) -> dict | None:
+    """Every distinct score as a threshold (score >= it is positive): of those meeting the
+    bound with a positive found, the highest recall, then the fewest false positives."""
+    best = None
+    for t in sorted(set(score.tolist()), reverse=True):
+        on = score >= t
+        tp, fp = int((on & labels).sum()), int((on & ~labels).sum())
+        precision, recall = tp / (tp + fp), tp / labels.sum()
+        fpr = fp / max(1, int((~labels).sum()))
+        meets = precision >= bound if rule == "min_precision" else fpr <= bound
+        if tp > 0 and meets and (best is None or (recall, -fp) > (best["recall"], -best["fp"])):
+            best = {"threshold": t, "precision": precision, "recall": recall, "fpr": fpr, "fp": fp}
+    return best
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.data(),
+    probs=scores,
+    rule=st.sampled_from(["min_precision", "max_fpr"]),
+    bound=st.sampled_from([0.0, 0.1, 0.5, 0.75, 0.9, 1.0]),
+)
+def test_any_policy_threshold_is_the_one_found_by_trying_every_score(
+    data: st.DataObject, probs: list[float], rule: str, bound: float
+) -> None:
+    size = len(probs)
+    labels = np.array(data.draw(st.lists(st.booleans(), min_size=size, max_size=size)))
+    score = np.array(probs)
+    expected = policy_by_hand(rule, bound, labels, score) if labels.any() else None
+    if expected is None:
+        with pytest.raises(ParamsError, match=r"^evaluate\.threshold: "):
+            metrics.policy_threshold({rule: bound}, labels, score, "spam")
+        return
+    expected.pop("fp")
+    assert metrics.policy_threshold({rule: bound}, labels, score, "spam") == pytest.approx(expected)
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data(), probs=scores)
+def test_any_best_threshold_reaches_the_best_f1_of_every_score(
+    data: st.DataObject, probs: list[float]
+) -> None:
+    size = len(probs)
+    labels = np.array(data.draw(st.lists(st.integers(0, 1), min_size=size, max_size=size)))
+    score = np.array(probs)
+    if not labels.any():
+        return
+    f1 = {t: skm.f1_score(labels, score >= t, zero_division=0) for t in set(probs)}
+    best = metrics.best_threshold(labels, score)
+    assert f1[best] == pytest.approx(max(f1.values()))
