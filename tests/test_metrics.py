@@ -407,3 +407,64 @@ def test_any_best_threshold_reaches_the_best_f1_of_every_score(
     f1 = {t: skm.f1_score(labels, score >= t, zero_division=0) for t in set(probs)}
     best = metrics.best_threshold(labels, score)
     assert f1[best] == pytest.approx(max(f1.values()))
+
+
+def test_compared_and_selection_figures_are_the_reports_own() -> None:
+    rep = metrics.report(LABELS, two(PROBS), 0.5)
+    assert metrics.compared(rep, SMS) == {
+        "accuracy": rep["accuracy"],
+        "macro_f1": rep["macro_f1"],
+        "spam": {"precision": 0.5, "recall": 2 / 3, "f1": rep["spam"]["f1"]},
+    }
+    plain = Classes(("ham", "spam"))
+    assert metrics.compared(rep, plain) == {"accuracy": 0.625, "macro_f1": rep["macro_f1"]}
+    assert metrics.selection_figure(rep, SMS) == {"spam": {"f1": rep["spam"]["f1"]}}
+    assert metrics.selection_figure(rep, plain) == {"macro_f1": rep["macro_f1"]}
+
+
+def test_the_per_class_table_has_a_row_per_split_and_class() -> None:
+    val, test = metrics.report(LABELS, two(PROBS), 0.5), metrics.report(LABELS, two(PROBS), 0.7)
+    table = metrics.per_class_table({"val": val, "test": test})
+    assert table["split"] == ["val", "val", "test", "test"]
+    assert table["class"] == ["ham", "spam", "ham", "spam"]
+    assert table["support"] == [5, 3, 5, 3]
+    assert table["recall"] == [val["ham"]["recall"], 2 / 3, test["ham"]["recall"], 2 / 3]
+    assert list(table) == ["split", "class", "precision", "recall", "f1", "support"]
+
+
+def test_curve_frames_are_scikit_learns_curves_point_by_point() -> None:
+    frames = metrics.curve_frames(LABELS, two(PROBS))
+    fpr, tpr, _ = skm.roc_curve(LABELS == 1, PROBS)
+    roc = frames["roc"]
+    assert list(roc.columns) == ["class", "point", "fpr", "tpr"]
+    assert roc["class"].tolist() == ["spam"] * len(fpr) and roc["point"].tolist() == list(
+        range(len(fpr))
+    )
+    np.testing.assert_allclose(roc["fpr"], fpr)
+    np.testing.assert_allclose(roc["tpr"], tpr)
+    precision, recall, _ = skm.precision_recall_curve(LABELS == 1, PROBS)
+    pr = frames["pr"]
+    assert list(pr.columns) == ["class", "point", "recall", "precision"]
+    assert pr["point"].tolist() == list(range(len(recall)))
+    np.testing.assert_allclose(pr["recall"], recall)
+    np.testing.assert_allclose(pr["precision"], precision)
+    # without a positive class: each class against the rest, but one that is every message
+    three = Classes(("a", "b", "c"))
+    labels = np.array([0, 0, 1, 1, 0])
+    probs = np.array(
+        [[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.5, 0.4, 0.1], [0.3, 0.3, 0.4]]
+    )
+    frames = metrics.curve_frames(labels, probs, three)
+    assert frames["roc"]["class"].unique().tolist() == ["a", "b"]  # c: no message
+    a = frames["roc"][frames["roc"]["class"] == "a"]
+    fpr, tpr, _ = skm.roc_curve(labels == 0, probs[:, 0])
+    np.testing.assert_allclose(a["fpr"], fpr)
+    np.testing.assert_allclose(a["tpr"], tpr)
+    none = metrics.curve_frames(np.zeros(3, int), two(np.array([0.1, 0.2, 0.3])))
+    assert none["roc"].empty and list(none["roc"].columns) == ["class", "point", "fpr", "tpr"]
+    assert none["pr"].empty and list(none["pr"].columns) == [
+        "class",
+        "point",
+        "recall",
+        "precision",
+    ]
