@@ -468,3 +468,27 @@ def test_curve_frames_are_scikit_learns_curves_point_by_point() -> None:
         "recall",
         "precision",
     ]
+
+
+def test_small_edges_of_the_report_and_curves() -> None:
+    assert metrics.report(np.array([1]), two(np.array([0.9])), 0.5)["accuracy"] == 1.0
+    # float labels as a split's reader may give them
+    matrix = metrics.confusion_matrix(np.array([0.0, 1.0, 1.0]), np.array([1.0, 1.0, 0.0]), 2)
+    assert matrix.tolist() == [[0, 1], [1, 1]]
+    # three thresholds on one straight line: the middle point is dropped, as scikit-learn does
+    labels, scores = np.array([1, 1, 0, 1, 0]), np.array([0.9, 0.8, 0.8, 0.7, 0.7])
+    fpr, tpr = metrics.roc_curve(labels == 1, scores)
+    sk_fpr, sk_tpr, _ = skm.roc_curve(labels, scores)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    rep = {"micro_f1": 0.7, "accuracy": 0.5}
+    assert (
+        metrics.selection_score(rep, 0.1, Classes(("a", "b"), multi_label=True), "micro_f1") == 0.7
+    )
+
+
+def test_a_max_fpr_policy_error_gives_the_lowest_rate_that_finds_a_positive() -> None:
+    labels = np.array([0, 0, 1, 0, 0, 0])  # two ham messages score above the spam one
+    scores = np.array([0.99, 0.98, 0.5, 0.4, 0.3, 0.2])
+    with pytest.raises(ParamsError, match=r"\(the lowest is 0\.4\)"):
+        metrics.policy_threshold({"max_fpr": 0.1}, labels, scores, "spam")
