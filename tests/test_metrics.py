@@ -492,3 +492,36 @@ def test_a_max_fpr_policy_error_gives_the_lowest_rate_that_finds_a_positive() ->
     scores = np.array([0.99, 0.98, 0.5, 0.4, 0.3, 0.2])
     with pytest.raises(ParamsError, match=r"\(the lowest is 0\.4\)"):
         metrics.policy_threshold({"max_fpr": 0.1}, labels, scores, "spam")
+
+
+def test_the_confusion_figure_shows_counts_and_row_rates() -> None:
+    fig = metrics.confusion_figure([[3, 1], [0, 0]], "test", SMS)
+    assert tuple(fig.get_size_inches()) == pytest.approx((2.2 * 3.6, 3.6))
+    five = metrics.confusion_figure(np.eye(5).tolist(), "t", Classes(("a", "b", "c", "d", "e")))
+    assert tuple(five.get_size_inches()) == pytest.approx((2.2 * 4.0, 4.0))  # 0.5 * 5 + 1.5
+    counts, rates = fig.axes
+    rows = {"counts": ["3", "1", "0", "0"], "row-normalised": ["0.750", "0.250", "0.000", "0.000"]}
+    for ax, (name, texts) in zip((counts, rates), rows.items(), strict=True):
+        assert ax.get_title() == f"test ({name})"
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted", "actual")
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["ham", "spam"]
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["ham", "spam"]
+        assert list(ax.get_xticks()) == [0, 1] and list(ax.get_yticks()) == [0, 1]
+        assert [t.get_text() for t in ax.texts] == texts
+        assert [t.get_position() for t in ax.texts] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+        assert [t.get_color() for t in ax.texts] == ["white", "black", "black", "black"]
+        assert {(t.get_ha(), t.get_va()) for t in ax.texts} == {("center", "center")}
+        [image] = ax.images
+        np.testing.assert_allclose(image.get_array(), [[0.75, 0.25], [0.0, 0.0]])
+        assert image.get_cmap().name == "Blues" and image.get_clim() == (0, 1)
+
+
+def test_the_curve_figure_draws_one_labelled_line_per_series() -> None:
+    fig = metrics.curve_figure({"val": ([0, 1], [0.5, 0.25]), "test": ([0, 2], [1, 0])}, "x", "T")
+    [ax] = fig.axes
+    assert tuple(fig.get_size_inches()) == (6, 4)
+    assert [line.get_label() for line in ax.lines] == ["val", "test"]
+    assert ax.lines[0].get_xydata().tolist() == [[0, 0.5], [1, 0.25]]
+    assert (ax.get_xlabel(), ax.get_title()) == ("x", "T")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["val", "test"]
+    assert all(line.get_alpha() == 0.3 and line.get_visible() for line in ax.get_xgridlines())
