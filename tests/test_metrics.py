@@ -525,3 +525,20 @@ def test_the_curve_figure_draws_one_labelled_line_per_series() -> None:
     assert (ax.get_xlabel(), ax.get_title()) == ("x", "T")
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["val", "test"]
     assert all(line.get_alpha() == 0.3 and line.get_visible() for line in ax.get_xgridlines())
+
+
+def test_best_threshold_is_the_f1_optimum_where_precision_and_recall_sum_under_one() -> None:
+    # top 3: precision 1/3, recall 1/2, F1 0.4; everything: precision 2/9, recall 1, F1 0.36
+    labels = np.array([0, 0, 1, 0, 0, 0, 0, 0, 1])
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
+    assert metrics.best_threshold(labels, scores) == 0.7
+
+
+def test_curve_frames_skip_a_class_without_messages_before_others() -> None:
+    three = Classes(("a", "b", "c"))
+    labels = np.array([1, 2, 1, 2])  # no "a": skipped, "b" and "c" still drawn
+    probs = np.array([[0.1, 0.6, 0.3], [0.2, 0.3, 0.5], [0.3, 0.4, 0.3], [0.1, 0.5, 0.4]])
+    frames = metrics.curve_frames(labels, probs, three)
+    for frame in frames.values():
+        assert frame["class"].unique().tolist() == ["b", "c"]
+        assert frame.index.tolist() == list(range(len(frame)))  # one index over both
