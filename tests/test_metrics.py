@@ -495,12 +495,12 @@ def test_a_max_fpr_policy_error_gives_the_lowest_rate_that_finds_a_positive() ->
 
 
 def test_the_confusion_figure_shows_counts_and_row_rates() -> None:
-    fig = metrics.confusion_figure([[3, 1], [0, 0]], "test", SMS)
+    fig = metrics.confusion_figure([[3, 1], [0, 1]], "test", SMS)
     assert tuple(fig.get_size_inches()) == pytest.approx((2.2 * 3.6, 3.6))
     five = metrics.confusion_figure(np.eye(5).tolist(), "t", Classes(("a", "b", "c", "d", "e")))
     assert tuple(five.get_size_inches()) == pytest.approx((2.2 * 4.0, 4.0))  # 0.5 * 5 + 1.5
     counts, rates = fig.axes
-    rows = {"counts": ["3", "1", "0", "0"], "row-normalised": ["0.750", "0.250", "0.000", "0.000"]}
+    rows = {"counts": ["3", "1", "0", "1"], "row-normalised": ["0.750", "0.250", "0.000", "1.000"]}
     for ax, (name, texts) in zip((counts, rates), rows.items(), strict=True):
         assert ax.get_title() == f"test ({name})"
         assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted", "actual")
@@ -509,19 +509,25 @@ def test_the_confusion_figure_shows_counts_and_row_rates() -> None:
         assert list(ax.get_xticks()) == [0, 1] and list(ax.get_yticks()) == [0, 1]
         assert [t.get_text() for t in ax.texts] == texts
         assert [t.get_position() for t in ax.texts] == [(0, 0), (1, 0), (0, 1), (1, 1)]
-        assert [t.get_color() for t in ax.texts] == ["white", "black", "black", "black"]
+        assert [t.get_color() for t in ax.texts] == ["white", "black", "black", "white"]
         assert {(t.get_ha(), t.get_va()) for t in ax.texts} == {("center", "center")}
         [image] = ax.images
-        np.testing.assert_allclose(image.get_array(), [[0.75, 0.25], [0.0, 0.0]])
+        np.testing.assert_allclose(image.get_array(), [[0.75, 0.25], [0.0, 1.0]])
         assert image.get_cmap().name == "Blues" and image.get_clim() == (0, 1)
+    assert counts.get_position().x1 < rates.get_position().x0  # side by side
+    assert counts.get_position().y0 == rates.get_position().y0
+    # no rate under 0.5 here: the colour scale still starts at 0; exactly 0.5 is dark text
+    half = metrics.confusion_figure([[1, 1], [1, 3]], "v", SMS).axes[0]
+    assert half.images[0].get_clim() == (0, 1)
+    assert [t.get_color() for t in half.texts] == ["black", "black", "black", "white"]
 
 
 def test_the_curve_figure_draws_one_labelled_line_per_series() -> None:
-    fig = metrics.curve_figure({"val": ([0, 1], [0.5, 0.25]), "test": ([0, 2], [1, 0])}, "x", "T")
+    fig = metrics.curve_figure({"val": ([0.5, 1], [0.5, 0.25]), "test": ([0, 2], [1, 0])}, "x", "T")
     [ax] = fig.axes
     assert tuple(fig.get_size_inches()) == (6, 4)
     assert [line.get_label() for line in ax.lines] == ["val", "test"]
-    assert ax.lines[0].get_xydata().tolist() == [[0, 0.5], [1, 0.25]]
+    assert ax.lines[0].get_xydata().tolist() == [[0.5, 0.5], [1, 0.25]]
     assert (ax.get_xlabel(), ax.get_title()) == ("x", "T")
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["val", "test"]
     assert all(line.get_alpha() == 0.3 and line.get_visible() for line in ax.get_xgridlines())
