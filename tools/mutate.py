@@ -29,7 +29,7 @@ def equivalent_mutants() -> set[str]:
 
 
 def mutate(module: str, max_children: int, show: bool) -> None:
-    """Runs in mutants/<module>/, a workspace linking the repo's package, tests and settings."""
+    """Runs in mutants/<module>/, a workspace linking every top-level entry the repo tracks."""
     from _pytest.nodes import Node
     from mutmut import __main__ as mutmut_cli
     from mutmut import configuration
