@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO
+from test_train import PARAMS as TRAIN_PARAMS
 from test_train import SaveLog, new_trainer
 
 from spamgpt import checkpoint, params
@@ -136,8 +137,11 @@ def test_fingerprint_is_the_sha256_of_the_sorted_training_settings_and_data() ->
     assert checkpoint.fingerprint(longer, DATA) != expected
 
 
+ONE_EPOCH = dataclasses.replace(TRAIN_PARAMS, epochs=1)
+
+
 def test_a_resumed_trainer_is_the_saved_one(tmp_path: Path, caplog) -> None:
-    path, trainer = tmp_path / "checkpoint.pt", new_trainer()
+    path, trainer = tmp_path / "checkpoint.pt", new_trainer(ONE_EPOCH, n_train=16)
     trainer.fit(SaveLog())
     saver = CheckpointSaver(path, "fp", run_id="r1")
     saver.save(trainer)
@@ -154,7 +158,7 @@ def test_a_resumed_trainer_is_the_saved_one(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="spamgpt.checkpoint"):
         loaded = checkpoint.load(path, "fp")
     assert "resuming MLflow run r1: training is done, writing its results" in caplog.text
-    resumed = new_trainer()
+    resumed = new_trainer(ONE_EPOCH, n_train=16)
     checkpoint.resume(resumed, loaded)
     assert torch.equal(torch.get_rng_state(), saved["rng"])
     expected, got = vars(trainer.state), vars(resumed.state)
