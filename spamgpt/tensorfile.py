@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
 import torch
 
 DTYPES = {
@@ -146,13 +145,14 @@ class FileRows:
     def _read(self, starts: list[int], lengths: list[int]) -> torch.Tensor:
         """Rows starts[i] .. starts[i] + lengths[i] - 1 of each i, end to end."""
         row_bytes = self.info.row_bytes
-        buffer = np.empty(sum(lengths) * row_bytes, np.uint8)
-        view, position = memoryview(buffer), 0
+        # torch's own buffer: numpy's of no bytes has stride 0, which torch cannot view as dtype
+        buffer = torch.empty(sum(lengths) * row_bytes, dtype=torch.uint8)
+        view, position = memoryview(buffer.numpy()), 0
         for start, length in zip(starts, lengths, strict=True):
             end = position + length * row_bytes
             self.file.pread(view[position:end], self.info.offset + start * row_bytes)
             position = end
-        stored = torch.from_numpy(buffer).view(self.info.dtype)
+        stored = buffer.view(self.info.dtype)
         return stored.reshape(sum(lengths), *self.shape[1:]).to(self.dtype)
 
     def padded(

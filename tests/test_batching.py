@@ -189,3 +189,107 @@ def test_sorted_order_can_fill_its_last_batch_so_many_calls_add_no_shape() -> No
             shapes.add((len(b), width))
             assert len(b) == 256 // width
     assert len(shapes) <= len({padded_width(n, 39) for n in range(1, 40)})
+
+
+# --- pinned by mutation testing (tools/mutate.py batching) ---
+
+from hypothesis import example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from spamgpt import tensorfile  # noqa: E402
+from spamgpt.batching import ModelInputs, inference_tokens  # noqa: E402
+
+
+def padded_reference(seqs: list[list[int]], indices: list[int], pad: int) -> list[list[int]]:
+    """Right padding by hand: each chosen sequence, then `pad` up to padded_width."""
+    longest = max(len(seqs[i]) for i in indices)
+    width = padded_width(longest, max(len(s) for s in seqs))
+    return [seqs[i] + [pad] * (width - len(seqs[i])) for i in indices]
+
+
+# every message has a token at least (tokenized.encode: an empty text is <|endoftext|>)
+sequence_sets = st.lists(
+    st.lists(st.integers(0, 50_000), min_size=1, max_size=90), min_size=1, max_size=12
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seqs=sequence_sets, data=st.data(), pad=st.integers(-5, 5))
+def test_any_batch_is_its_sequences_right_padded_in_memory_and_from_a_file(
+    seqs: list[list[int]], data: st.DataObject, pad: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    indices = data.draw(st.lists(st.integers(0, len(seqs) - 1), min_size=1, max_size=8))
+    expected = padded_reference(seqs, indices, pad)
+    packed = packed_ids(seqs)
+    rows, lengths = packed.batch(torch.tensor(indices), pad_value=pad)
+    assert rows.tolist() == expected and lengths.tolist() == [len(seqs[i]) for i in indices]
+    path = tmp_path_factory.mktemp("rows") / "ids.safetensors"
+    tensorfile.create(path, {"ids": (torch.int64, (len(packed.rows),))})
+    with tensorfile.TensorFile(path, writable=True) as f:
+        f.write("ids", 0, packed.rows)
+        from_file = PackedSequences(f.rows("ids"), packed.lengths)
+        rows, lengths = from_file.batch(torch.tensor(indices), pad_value=pad)
+        assert rows.tolist() == expected and lengths.tolist() == [len(seqs[i]) for i in indices]
+
+
+def test_an_empty_sequence_is_all_padding() -> None:
+    """In memory; the pipeline's messages have one token at least."""
+    packed = packed_ids([[7], []])  # one row in all: padding must not index past it
+    rows, lengths = packed.batch(torch.tensor([1, 0]), pad_value=-1)
+    assert rows.tolist() == [[-1], [7]] and lengths.tolist() == [0, 1]
+
+
+def test_an_empty_set_of_sequences() -> None:
+    empty = torch.zeros(0, dtype=torch.int64)
+    assert PackedSequences(empty, empty).longest == 0 and len(PackedSequences(empty, empty)) == 0
+    assert sorted_order(empty, 64) == [] and sorted_order(empty, 64, full_last=True) == []
+
+
+def test_model_inputs_pad_token_ids_with_zero() -> None:
+    inputs = ModelInputs(packed_ids(SEQS), frozen_blocks=None)
+    assert len(inputs) == 4
+    rows, lengths = inputs.batch(torch.tensor([1, 3]))
+    # padded to padded_width(2, cap 5): the set's longest
+    assert rows.tolist() == [[21, 0, 0, 0, 0], [41, 42, 0, 0, 0]] and lengths.tolist() == [1, 2]
+
+
+def test_inference_batch_tokens_by_device() -> None:
+    assert inference_tokens(torch.device("cpu")) == 1024
+    assert inference_tokens(torch.device("cuda")) == 32768
+    assert inference_tokens(torch.device("mps")) == 32768
+
+
+def bucketed_reference(lengths: torch.Tensor, batch_size: int, seed: int) -> set[tuple[int, ...]]:
+    """The batches bucketed_order must cut: the seeded shuffle's buckets of 32 batches, each
+    sorted by length (ties in shuffled order), cut into batches (in any order)."""
+    shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
+    batches = set()
+    for start in range(0, len(shuffled), 32 * batch_size):
+        bucket = sorted(shuffled[start : start + 32 * batch_size], key=lambda i: int(lengths[i]))
+        batches |= {tuple(bucket[i : i + batch_size]) for i in range(0, len(bucket), batch_size)}
+    return batches
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 6), min_size=1, max_size=400),  # many ties
+    batch_size=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
+@example(lengths=[1, 2] * 200, batch_size=5, seed=0)  # ties past where torch sorts unstably
+def test_bucketed_order_cuts_sorted_buckets_of_32_batches(
+    lengths: list[int], batch_size: int, seed: int
+) -> None:
+    lengths = torch.tensor(lengths)
+    order = bucketed_order(lengths, batch_size, torch.Generator().manual_seed(seed))
+    assert {tuple(b.tolist()) for b in order} == bucketed_reference(lengths, batch_size, seed)
+    assert len(order) == sum(
+        -(-min(32 * batch_size, len(lengths) - s) // batch_size)
+        for s in range(0, len(lengths), 32 * batch_size)
+    )
+
+
+def test_sorted_order_keeps_ties_in_their_order_however_many() -> None:
+    lengths = torch.tensor([8] * 70 + [16] * 70)  # past the size where torch sorts unstably
+    order = torch.cat(sorted_order(lengths, 64)).tolist()
+    assert order == list(range(70, 140)) + list(range(70))

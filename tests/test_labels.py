@@ -51,3 +51,56 @@ def test_a_threshold_to_apply_is_strictly_between_0_and_1() -> None:
         with pytest.raises(SpamGPTError) as info:
             labels.check_threshold_values(wrong, "--threshold")
         assert str(info.value) == f"--threshold must be between 0 and 1, got {wrong}"
+
+
+def test_a_threshold_needs_two_classes_and_a_positive_one() -> None:
+    three = Classes(("a", "b", "c"), "b")
+    probs = np.array([[0.5, 0.2, 0.3], [0.1, 0.3, 0.6]])
+    np.testing.assert_array_equal(three.predicted(probs, 0.1), [0, 2])  # argmax, no threshold
+    np.testing.assert_array_equal(Classes(("a", "b")).predicted(PROBS, 0.6), [0, 1, 1])
+
+
+def test_multi_label_predictions_are_each_label_at_or_over_its_threshold() -> None:
+    multi = Classes(("x", "y", "z"), multi_label=True)
+    probs = np.array([[0.5, 0.49, 0.9], [0.2, 0.7, 0.3]])
+    np.testing.assert_array_equal(multi.predicted(probs), [[1, 0, 1], [0, 1, 0]])  # 0.5 each
+    np.testing.assert_array_equal(multi.predicted(probs, 0.3), [[1, 1, 1], [0, 1, 1]])
+    per_label = multi.predicted(probs, {"x": 0.6, "z": 0.95})  # y: 0.5, not set
+    np.testing.assert_array_equal(per_label, [[0, 0, 0], [0, 1, 0]])
+    np.testing.assert_array_equal(multi.thresholds({"y": 0.1}), [0.5, 0.1, 0.5])
+    np.testing.assert_array_equal(multi.thresholds(None), [0.5, 0.5, 0.5])
+    np.testing.assert_array_equal(multi.thresholds(0.25), [0.25, 0.25, 0.25])
+
+
+def test_targets_are_class_indices_or_multi_label_indicators() -> None:
+    single = SMS.targets(["spam", "ham", "spam"])
+    assert single.dtype == np.int64
+    np.testing.assert_array_equal(single, [1, 0, 1])
+    assert SMS.targets([]).dtype == np.int64  # not numpy's float64 of an empty list
+    multi = Classes(("x", "y", "z"), multi_label=True)
+    out = multi.targets(['["z", "x"]', "[]", '["y"]'])
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [[1, 0, 1], [0, 0, 0], [0, 1, 0]])
+    assert SMS.index("spam") == 1 and SMS.index("ham") == 0
+
+
+def test_multi_label_classes_found_are_the_union_of_the_rows_lists() -> None:
+    found = labels.found(['["b", "a"]', "[]", '["c"]', '["b", "a"]'], None, None, True)
+    assert found.names == ("a", "b", "c") and found.multi_label and found.positive is None
+    assert labels.found(['["10"]', '["9"]'], None, None, True).names == ("9", "10")
+    assert not labels.found(["a"], None, None).multi_label
+
+
+def test_classes_round_trip_through_their_dict() -> None:
+    assert SMS.to_dict() == {"labels": ["ham", "spam"], "positive_label": "spam"}
+    multi = Classes(("x", "y"), multi_label=True)
+    d = multi.to_dict()
+    assert d == {"labels": ["x", "y"], "positive_label": None, "label_format": "multi"}
+    assert Classes.from_dict(d) == multi
+    assert Classes.from_dict(SMS.to_dict()) == SMS
+    assert Classes.from_dict({"labels": ["a", "b"]}) == Classes(("a", "b"))
+
+
+def test_the_positive_class_error_lists_the_allowed_classes() -> None:
+    with pytest.raises(ParamsError, match=r"allowed: one of a, b, or null$"):
+        Classes(("a", "b"), "c")

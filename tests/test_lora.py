@@ -101,3 +101,27 @@ def test_the_update_is_scaled_by_alpha_over_rank(rank: int, alpha: float) -> Non
     merged = lora.LoRALinear(torch.nn.Linear(3, 2), rank, alpha)
     merged.load_state_dict(wrapped.state_dict())
     torch.testing.assert_close(merged.merged()(x), expected)
+
+
+# --- pinned by mutation testing (tools/mutate.py lora) ---
+
+
+def test_adapter_a_starts_as_nn_linear_initialises_its_weight() -> None:
+    """kaiming_uniform_(a=sqrt(5)): uniform within 1/sqrt(in_features), as nn.Linear's."""
+    torch.manual_seed(0)
+    adapter = lora.LoRALinear(torch.nn.Linear(64, 32), rank=16, alpha=16)
+    bound = 1 / 64**0.5
+    assert adapter.lora_A.shape == (16, 64) and adapter.lora_A.abs().max() <= bound
+    assert adapter.lora_A.abs().max() > 0.95 * bound  # 1024 draws: one near the bound
+    assert torch.equal(adapter.lora_B, torch.zeros(32, 16))
+
+
+def test_targets_and_merged_names_are_paths_from_the_model() -> None:
+    nested = torch.nn.Module()
+    nested.a = torch.nn.Module()
+    nested.a.b = torch.nn.Module()
+    nested.a.b.c = torch.nn.Linear(2, 2)
+    parent, name = lora._parent_and_name(nested, "a.b.c")  # the parent: all before the last dot
+    assert parent is nested.a.b and name == "c"
+    root = torch.nn.Sequential(lora.LoRALinear(torch.nn.Linear(4, 3), 2, 4))
+    assert lora.merge(root) == ["0.weight"] and isinstance(root[0], torch.nn.Linear)

@@ -351,3 +351,249 @@ def test_the_confusion_figure_stays_readable_at_30_classes() -> None:
         assert len(cells) == 60 and _overlapping(cells) == []
     x_labels = fig.axes[0].get_xticklabels()
     assert x_labels[0].get_rotation() == 90  # side by side, 27 characters would not fit a cell
+
+
+# --- pinned by mutation testing (tools/mutate.py metrics) ---
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+# scores on a coarse grid: many ties, as real probabilities rounded in a report have
+scores = st.lists(st.integers(0, 20).map(lambda i: i / 20), min_size=2, max_size=60)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    data=st.data(),
+    probs=scores,
+    threshold=st.sampled_from([None, 0.25, 0.5, 0.8]),
+    positive_first=st.booleans(),
+)
+def test_any_two_class_report_is_scikit_learns(
+    data: st.DataObject, probs: list[float], threshold: float | None, positive_first: bool
+) -> None:
+    labels = np.array(
+        data.draw(st.lists(st.integers(0, 1), min_size=len(probs), max_size=len(probs)))
+    )
+    classes = Classes(("spam", "ham"), "spam") if positive_first else SMS
+    positive = classes.positive_index
+    p = np.array(probs)
+    probabilities = np.column_stack([p, 1 - p]) if positive_first else two(p)
+    rep = metrics.report(labels, probabilities, threshold, classes)
+    predicted = classes.predicted(probabilities, threshold)
+    assert rep["accuracy"] == pytest.approx(skm.accuracy_score(labels, predicted))
+    assert rep["macro_f1"] == pytest.approx(
+        skm.f1_score(labels, predicted, average="macro", labels=[0, 1], zero_division=0)
+    )
+    sk = skm.precision_recall_fscore_support(labels, predicted, labels=[0, 1], zero_division=0)
+    for i, name in enumerate(classes.names):
+        got = rep[name]
+        assert [got["precision"], got["recall"], got["f1"]] == pytest.approx([s[i] for s in sk[:3]])
+        assert got["support"] == sk[3][i]
+    assert (
+        rep["confusion_matrix"] == skm.confusion_matrix(labels, predicted, labels=[0, 1]).tolist()
+    )
+    if len(np.unique(labels)) == 2:
+        is_positive, score = labels == positive, probabilities[:, positive]
+        assert rep["roc_auc"] == pytest.approx(skm.roc_auc_score(is_positive, score))
+        assert rep["pr_auc"] == pytest.approx(skm.average_precision_score(is_positive, score))
+    else:
+        assert rep["roc_auc"] is None and rep["pr_auc"] is None
+
+
+def policy_by_hand(rule: str, bound: float, labels: np.ndarray, score: np.ndarray) -> dict | None:
+    """Every distinct score as a threshold (score >= it is positive): of those meeting the
+    bound with a positive found, the highest recall, then the fewest false positives."""
+    best = None
+    for t in sorted(set(score.tolist()), reverse=True):
+        on = score >= t
+        tp, fp = int((on & labels).sum()), int((on & ~labels).sum())
+        precision, recall = tp / (tp + fp), tp / labels.sum()
+        fpr = fp / max(1, int((~labels).sum()))
+        meets = precision >= bound if rule == "min_precision" else fpr <= bound
+        if tp > 0 and meets and (best is None or (recall, -fp) > (best["recall"], -best["fp"])):
+            best = {"threshold": t, "precision": precision, "recall": recall, "fpr": fpr, "fp": fp}
+    return best
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.data(),
+    probs=scores,
+    rule=st.sampled_from(["min_precision", "max_fpr"]),
+    bound=st.sampled_from([0.0, 0.1, 0.5, 0.75, 0.9, 1.0]),
+)
+def test_any_policy_threshold_is_the_one_found_by_trying_every_score(
+    data: st.DataObject, probs: list[float], rule: str, bound: float
+) -> None:
+    size = len(probs)
+    labels = np.array(data.draw(st.lists(st.booleans(), min_size=size, max_size=size)))
+    score = np.array(probs)
+    expected = policy_by_hand(rule, bound, labels, score) if labels.any() else None
+    if expected is None:
+        with pytest.raises(ParamsError, match=r"^evaluate\.threshold: "):
+            metrics.policy_threshold({rule: bound}, labels, score, "spam")
+        return
+    expected.pop("fp")
+    assert metrics.policy_threshold({rule: bound}, labels, score, "spam") == pytest.approx(expected)
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data(), probs=scores)
+def test_any_best_threshold_reaches_the_best_f1_of_every_score(
+    data: st.DataObject, probs: list[float]
+) -> None:
+    size = len(probs)
+    labels = np.array(data.draw(st.lists(st.integers(0, 1), min_size=size, max_size=size)))
+    score = np.array(probs)
+    if not labels.any():
+        return
+    f1 = {t: skm.f1_score(labels, score >= t, zero_division=0) for t in set(probs)}
+    best = metrics.best_threshold(labels, score)
+    assert f1[best] == pytest.approx(max(f1.values()))
+
+
+def test_compared_and_selection_figures_are_the_reports_own() -> None:
+    rep = metrics.report(LABELS, two(PROBS), 0.5, SMS)
+    assert metrics.compared(rep, SMS) == {
+        "accuracy": rep["accuracy"],
+        "macro_f1": rep["macro_f1"],
+        "spam": {"precision": 0.5, "recall": 2 / 3, "f1": rep["spam"]["f1"]},
+    }
+    plain = Classes(("ham", "spam"))
+    assert metrics.compared(rep, plain) == {"accuracy": 0.625, "macro_f1": rep["macro_f1"]}
+    assert metrics.selection_figure(rep, SMS) == {"spam": {"f1": rep["spam"]["f1"]}}
+    assert metrics.selection_figure(rep, plain) == {"macro_f1": rep["macro_f1"]}
+
+
+def test_the_per_class_table_has_a_row_per_split_and_class() -> None:
+    val, test = (
+        metrics.report(LABELS, two(PROBS), 0.5, SMS),
+        metrics.report(LABELS, two(PROBS), 0.7, SMS),
+    )
+    table = metrics.per_class_table({"val": val, "test": test}, SMS)
+    assert table["split"] == ["val", "val", "test", "test"]
+    assert table["class"] == ["ham", "spam", "ham", "spam"]
+    assert table["support"] == [5, 3, 5, 3]
+    assert table["recall"] == [val["ham"]["recall"], 2 / 3, test["ham"]["recall"], 2 / 3]
+    assert list(table) == ["split", "class", "precision", "recall", "f1", "support"]
+
+
+def test_curve_frames_are_scikit_learns_curves_point_by_point() -> None:
+    frames = metrics.curve_frames(LABELS, two(PROBS), SMS)
+    fpr, tpr, _ = skm.roc_curve(LABELS == 1, PROBS)
+    roc = frames["roc"]
+    assert list(roc.columns) == ["class", "point", "fpr", "tpr"]
+    assert roc["class"].tolist() == ["spam"] * len(fpr) and roc["point"].tolist() == list(
+        range(len(fpr))
+    )
+    np.testing.assert_allclose(roc["fpr"], fpr)
+    np.testing.assert_allclose(roc["tpr"], tpr)
+    precision, recall, _ = skm.precision_recall_curve(LABELS == 1, PROBS)
+    pr = frames["pr"]
+    assert list(pr.columns) == ["class", "point", "recall", "precision"]
+    assert pr["point"].tolist() == list(range(len(recall)))
+    np.testing.assert_allclose(pr["recall"], recall)
+    np.testing.assert_allclose(pr["precision"], precision)
+    # without a positive class: each class against the rest, but one that is every message
+    three = Classes(("a", "b", "c"))
+    labels = np.array([0, 0, 1, 1, 0])
+    probs = np.array(
+        [[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.5, 0.4, 0.1], [0.3, 0.3, 0.4]]
+    )
+    frames = metrics.curve_frames(labels, probs, three)
+    assert frames["roc"]["class"].unique().tolist() == ["a", "b"]  # c: no message
+    a = frames["roc"][frames["roc"]["class"] == "a"]
+    fpr, tpr, _ = skm.roc_curve(labels == 0, probs[:, 0])
+    np.testing.assert_allclose(a["fpr"], fpr)
+    np.testing.assert_allclose(a["tpr"], tpr)
+    none = metrics.curve_frames(np.zeros(3, int), two(np.array([0.1, 0.2, 0.3])), SMS)
+    assert none["roc"].empty and list(none["roc"].columns) == ["class", "point", "fpr", "tpr"]
+    assert none["pr"].empty and list(none["pr"].columns) == [
+        "class",
+        "point",
+        "recall",
+        "precision",
+    ]
+
+
+def test_small_edges_of_the_report_and_curves() -> None:
+    assert metrics.report(np.array([1]), two(np.array([0.9])), 0.5, SMS)["accuracy"] == 1.0
+    # float labels as a split's reader may give them
+    matrix = metrics.confusion_matrix(np.array([0.0, 1.0, 1.0]), np.array([1.0, 1.0, 0.0]), 2)
+    assert matrix.tolist() == [[0, 1], [1, 1]]
+    # three thresholds on one straight line: the middle point is dropped, as scikit-learn does
+    labels, scores = np.array([1, 1, 0, 1, 0]), np.array([0.9, 0.8, 0.8, 0.7, 0.7])
+    fpr, tpr = metrics.roc_curve(labels == 1, scores)
+    sk_fpr, sk_tpr, _ = skm.roc_curve(labels, scores)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    rep = {"micro_f1": 0.7, "accuracy": 0.5}
+    assert (
+        metrics.selection_score(rep, 0.1, Classes(("a", "b"), multi_label=True), "micro_f1") == 0.7
+    )
+
+
+def test_a_max_fpr_policy_error_gives_the_lowest_rate_that_finds_a_positive() -> None:
+    labels = np.array([0, 0, 1, 0, 0, 0])  # two ham messages score above the spam one
+    scores = np.array([0.99, 0.98, 0.5, 0.4, 0.3, 0.2])
+    with pytest.raises(ParamsError, match=r"\(the lowest is 0\.4\)"):
+        metrics.policy_threshold({"max_fpr": 0.1}, labels, scores, "spam")
+
+
+def test_the_confusion_figure_shows_counts_and_row_rates() -> None:
+    fig = metrics.confusion_figure([[3, 1], [0, 1]], "test", SMS)
+    assert tuple(fig.get_size_inches()) == pytest.approx((2 * 3.6 + 0.4, 3.6 + 0.3))  # at least
+    names = tuple("abcdefghij")  # one-letter names: a side of 0.5 in a cell, + 1/12 + 0.4 + 0.6
+    ten = metrics.confusion_figure(np.eye(10).tolist(), "t", Classes(names))
+    side = 0.5 * 10 + 0.6 * 10 / 72 + 0.4 + 0.6
+    assert tuple(ten.get_size_inches()) == pytest.approx((2 * side + 0.4, side + 0.3))
+    counts, rates = fig.axes
+    rows = {"counts": ["3", "1", "0", "1"], "row-normalised": ["0.750", "0.250", "0.000", "1.000"]}
+    for ax, (name, texts) in zip((counts, rates), rows.items(), strict=True):
+        assert ax.get_title() == f"test ({name})"
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted", "actual")
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["ham", "spam"]
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["ham", "spam"]
+        assert list(ax.get_xticks()) == [0, 1] and list(ax.get_yticks()) == [0, 1]
+        assert [t.get_text() for t in ax.texts] == texts
+        assert [t.get_position() for t in ax.texts] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+        assert [t.get_color() for t in ax.texts] == ["white", "black", "black", "white"]
+        assert {(t.get_ha(), t.get_va()) for t in ax.texts} == {("center", "center")}
+        [image] = ax.images
+        np.testing.assert_allclose(image.get_array(), [[0.75, 0.25], [0.0, 1.0]])
+        assert image.get_cmap().name == "Blues" and image.get_clim() == (0, 1)
+    assert counts.get_position().x1 < rates.get_position().x0  # side by side
+    assert counts.get_position().y0 == rates.get_position().y0
+    # no rate under 0.5 here: the colour scale still starts at 0; exactly 0.5 is dark text
+    half = metrics.confusion_figure([[1, 1], [1, 3]], "v", SMS).axes[0]
+    assert half.images[0].get_clim() == (0, 1)
+    assert [t.get_color() for t in half.texts] == ["black", "black", "black", "white"]
+
+
+def test_the_curve_figure_draws_one_labelled_line_per_series() -> None:
+    fig = metrics.curve_figure({"val": ([0.5, 1], [0.5, 0.25]), "test": ([0, 2], [1, 0])}, "x", "T")
+    [ax] = fig.axes
+    assert tuple(fig.get_size_inches()) == (6, 4)
+    assert [line.get_label() for line in ax.lines] == ["val", "test"]
+    assert ax.lines[0].get_xydata().tolist() == [[0.5, 0.5], [1, 0.25]]
+    assert (ax.get_xlabel(), ax.get_title()) == ("x", "T")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["val", "test"]
+    assert all(line.get_alpha() == 0.3 and line.get_visible() for line in ax.get_xgridlines())
+
+
+def test_best_threshold_is_the_f1_optimum_where_precision_and_recall_sum_under_one() -> None:
+    # top 3: precision 1/3, recall 1/2, F1 0.4; everything: precision 2/9, recall 1, F1 0.36
+    labels = np.array([0, 0, 1, 0, 0, 0, 0, 0, 1])
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
+    assert metrics.best_threshold(labels, scores) == 0.7
+
+
+def test_curve_frames_skip_a_class_without_messages_before_others() -> None:
+    three = Classes(("a", "b", "c"))
+    labels = np.array([1, 2, 1, 2])  # no "a": skipped, "b" and "c" still drawn
+    probs = np.array([[0.1, 0.6, 0.3], [0.2, 0.3, 0.5], [0.3, 0.4, 0.3], [0.1, 0.5, 0.4]])
+    frames = metrics.curve_frames(labels, probs, three)
+    for frame in frames.values():
+        assert frame["class"].unique().tolist() == ["b", "c"]
+        assert frame.index.tolist() == list(range(len(frame)))  # one index over both

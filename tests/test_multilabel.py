@@ -115,3 +115,54 @@ def test_training_on_the_trunk_cache_lowers_the_loss(hub, pooling) -> None:
     state = trainer.fit(NoSaver())
     losses = [entry["val/loss"] for entry in state.history]
     assert losses[-1] < losses[0] and "val/micro_f1" in state.history[-1]
+
+
+# --- pinned by mutation testing (tools/mutate.py multilabel) ---
+
+
+def test_a_label_without_positives_weighs_all_its_negatives_and_names_are_strings() -> None:
+    targets = torch.tensor([[1, 0], [1, 0], [0, 0]], dtype=torch.float32)
+    weights = multilabel.pos_weight(targets, "balanced", ("a", "b"))
+    assert weights.tolist() == [0.5, 3.0]  # b: 3 negatives over no positive (counted as 1)
+    assert multilabel.pos_weight(targets, {1: 2, 0: 0.5}, ("0", "1")).tolist() == [0.5, 2.0]
+
+
+def test_validation_loss_by_hand_and_finite_at_certain_mistakes() -> None:
+    probs = torch.tensor([[0.8, 0.4], [0.3, 0.9]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    by_hand = -(np.log(0.8) + np.log(0.6) + np.log(0.7) + np.log(0.9)) / 4
+    assert multilabel.validation_loss(probs, targets, None) == pytest.approx(by_hand, rel=1e-6)
+    weighted = -(2 * np.log(0.8) + np.log(0.6) + np.log(0.7) + 3 * np.log(0.9)) / 4
+    loss = multilabel.validation_loss(probs, targets, torch.tensor([2.0, 3.0]))
+    assert loss == pytest.approx(weighted, rel=1e-6)
+    # a certain wrong answer costs -log(tiny) (float32: 87.34), not infinity
+    certain = multilabel.validation_loss(
+        torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]]), None
+    )
+    assert certain == pytest.approx(-np.log(np.finfo(np.float32).tiny), rel=1e-6)
+
+
+def test_answers_and_the_prediction_frame_from_float32_lists() -> None:
+    probs = np.array([[0.9, 0.2, 0.6], [0.1, 0.1, 0.1]], dtype=np.float32)
+    answers = multilabel.answers(probs.tolist(), CLASSES, None)
+    assert [a["labels"] for a in answers] == [["billing", "urgent"], []]
+    assert answers[1]["probabilities"] == dict.fromkeys(CLASSES.names, float(np.float32(0.1)))
+    frame = multilabel.prediction_frame(probs.tolist(), CLASSES, {"urgent": 0.7})
+    assert frame.columns.tolist() == ["labels", "p_billing", "p_shipping", "p_urgent"]
+    assert frame["labels"].tolist() == ['["billing"]', "[]"]
+    assert frame["p_billing"].dtype == np.float64
+    assert frame["p_billing"].tolist() == [float(np.float32(0.9)), float(np.float32(0.1))]
+    assert multilabel.label_lists(np.array([[1, 0, 1]], bool), CLASSES) == ['["billing", "urgent"]']
+
+
+def test_answers_of_integer_probabilities_are_floats_and_widths_must_match() -> None:
+    answers = multilabel.answers(np.array([[1, 0, 1]]), CLASSES, None)
+    assert json.dumps(answers[0]["probabilities"]) == (
+        '{"billing": 1.0, "shipping": 0.0, "urgent": 1.0}'
+    )
+    frame = multilabel.prediction_frame(np.array([[1, 0, 0]]), CLASSES, None)
+    assert frame["p_billing"].dtype == np.float64 and frame["labels"].tolist() == ['["billing"]']
+    with pytest.raises(ValueError):  # one probability for three labels: refused, not zipped
+        multilabel.answers(np.array([[0.7]]), CLASSES, None)
+    with pytest.raises(ValueError):
+        multilabel.label_lists(np.array([[True, False]]), CLASSES)

@@ -307,3 +307,26 @@ def test_use_all_cores_follows_the_cpu_affinity() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.split() == ["1"], out.stderr[-2000:]
+
+
+# --- pinned by mutation testing (tools/mutate.py runtime) ---
+
+
+def test_an_explicit_device_must_be_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert runtime.resolve_device("cpu") == CPU and runtime.resolve_device("mps") == MPS
+    with pytest.raises(ParamsError) as info:
+        runtime.resolve_device("cuda")
+    assert str(info.value) == (
+        "train.device: cuda is not available on this machine; allowed here: auto, mps, cpu"
+    )
+
+
+def test_one_visible_gpu_allows_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ParamsError, match=r"has 1 visible; allowed here: 1$"):
+        runtime.check_device_count(2, CUDA)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ParamsError, match=r"has 2 visible; allowed here: 1 to 2$"):
+        runtime.check_device_count(3, CUDA)

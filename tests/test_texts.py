@@ -107,3 +107,78 @@ def val_accuracy(side: str, tmp_path) -> float:
 def test_head_tail_learns_a_class_decided_by_the_ending_where_head_cannot(tmp_path) -> None:
     assert val_accuracy("head_tail", tmp_path) == 1.0
     assert val_accuracy("head", tmp_path) <= 0.75
+
+
+# --- pinned by mutation testing (tools/mutate.py texts) ---
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from spamgpt.texts import HEAD, ONE_TEXT, template_fields  # noqa: E402
+
+
+def test_template_fields_are_the_base_names_past_escaped_braces() -> None:
+    assert template_fields("{{literal}} {a.real} then {b[0]}{c!r:>9}") == ["a", "b", "c"]
+    assert template_fields("{x.y[1]} {{") == ["x"]
+    assert template_fields("no fields") == []
+
+
+def test_text_fields_of_one_column_or_a_list() -> None:
+    assert TextFields.of("body") == TextFields(("body",))
+    assert TextFields.of(["subject", "body"], "{subject}: {body}") == TextFields(
+        ("subject", "body"), "{subject}: {body}"
+    )
+    assert TextFields.of(("a", "b")).columns == ("a", "b")
+
+
+def test_a_missing_field_error_names_the_columns() -> None:
+    with pytest.raises(ParamsError, match=r"\(subject, body\); allowed: those fields$"):
+        TextFields(("subject", "body"), "{sender}")
+
+
+def test_renamed_keeps_literal_braces_conversions_specs_and_attributes() -> None:
+    fields = TextFields(("a", "b"), "{{lit}} {a!r:>6}|{b[0]}|{a.upper}|{b:_<3}")
+    renamed = fields.renamed(("x", "y"), "--text-column")
+    assert renamed == TextFields(("x", "y"), "{{lit}} {x!r:>6}|{y[0]}|{x.upper}|{y:_<3}")
+    assert fields.renamed(("x", "y"), "--text-column").columns == ("x", "y")
+    assert TextFields(("a", "b")).renamed(("x", "y"), "--text-column") == TextFields(("x", "y"))
+    with pytest.raises(ValueError):  # one new name per field
+        fields.renamed(("x",), "--text-column")
+
+
+field_values = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
+template_parts = st.lists(
+    st.one_of(
+        st.sampled_from(["{a}", "{b}", "{a!r}", "{b:>7}", "{a[0]}", "{{", "}}", "\n"]),
+        st.text(alphabet="xyz :-", max_size=5),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(parts=template_parts, a=field_values.filter(bool), b=field_values)
+def test_a_renamed_template_reads_the_same_text_from_the_new_columns(
+    parts: list[str], a: str, b: str
+) -> None:
+    fields = TextFields(("a", "b"), "".join(parts))
+    renamed = fields.renamed(("title", "body"), "--text-column")
+    assert renamed.join({"title": a, "body": b}) == fields.join({"a": a, "b": b})
+
+
+def test_truncation_is_refused_by_name() -> None:
+    with pytest.raises(ParamsError, match=r"^model\.truncation: must be one of head, tail, "):
+        Truncation("middle")
+    with pytest.raises(ParamsError, match=r"head_tail, got 'middle'$"):
+        Truncation("middle")
+
+
+def test_fields_and_truncation_round_trip_through_classifier_json() -> None:
+    fields = TextFields(("s", "b"), "{s}: {b}")
+    assert fields.to_dict() == {"text_columns": ["s", "b"], "text_template": "{s}: {b}"}
+    assert TextFields.from_dict(fields.to_dict()) == fields
+    assert TextFields.from_dict({}) == ONE_TEXT == TextFields(("text",), None)
+    rule = Truncation("head_tail", 0.4)
+    assert rule.to_dict() == {"truncation": "head_tail", "head_ratio": 0.4}
+    assert Truncation.from_dict(rule.to_dict()) == rule
+    assert Truncation.from_dict({}) == HEAD == Truncation("head", 0.25)

@@ -200,3 +200,64 @@ def test_corrupt_tokens_file_is_a_user_error(tmp_path: Path, kind: str) -> None:
     message = str(info.value)
     assert message.startswith(str(path)) and "re-run the loaders stage" in message
     assert "\n" not in message
+
+
+# --- pinned by mutation testing (tools/mutate.py tokenized) ---
+
+from hypothesis import example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from spamgpt.texts import Truncation  # noqa: E402
+
+
+def keep_by_hand(row: list[int], max_length: int, side: str, head_ratio: float) -> list[int]:
+    if len(row) <= max_length:
+        return row
+    head = {"head": max_length, "tail": 0}.get(
+        side, min(max_length, round(max_length * head_ratio))
+    )
+    return row[:head] + row[len(row) - (max_length - head) :]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.lists(st.lists(st.integers(0, 50_000), min_size=1, max_size=30), max_size=10),
+    max_length=st.integers(1, 25),
+    side=st.sampled_from(["head", "tail", "head_tail"]),
+    head_ratio=st.floats(0, 1),
+)
+@example(rows=[list(range(10)), [5] * 4], max_length=4, side="head_tail", head_ratio=0.5)
+def test_the_packed_cut_keeps_each_messages_head_tail_or_both(
+    rows: list[list[int]], max_length: int, side: str, head_ratio: float
+) -> None:
+    whole = tokenized.pack_ids(rows, 10_000)
+    whole = tokenized.PackedSequences(whole.rows.to(torch.int32), whole.lengths)  # as stored
+    kept = tokenized.cut(whole, max_length, Truncation(side, head_ratio))
+    expected = [keep_by_hand(row, max_length, side, head_ratio) for row in rows]
+    assert kept.rows.dtype == torch.int64
+    assert kept.rows.tolist() == [t for row in expected for t in row]
+    assert kept.lengths.tolist() == [len(row) for row in expected]
+
+
+def test_pack_cuts_as_its_truncation_says() -> None:
+    labels = frame(["ham"] * 4)
+    labels["line"] = labels["line"].astype("int32")
+    split = tokenized.pack(IDS, labels, 3, SMS, truncation=Truncation("tail"))
+    assert split.tokens.rows.tolist() == [3, 4, 5, 6, 7, 8, 9, 11, 12, 13]
+    assert split.lines.dtype == torch.int64
+
+
+def test_no_messages_encode_and_pack_as_int64(enc) -> None:
+    assert tokenized.encode(enc, []) == []
+    empty = tokenized.pack_ids([], 5)
+    assert empty.rows.dtype == empty.lengths.dtype == torch.int64 and len(empty) == 0
+
+
+def test_encode_in_slices_of_uneven_size(enc) -> None:
+    texts = [f"text {i}" for i in range(tokenized.SLICE_TEXTS * 3 // 2)]  # 1.5 slices' worth
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert tokenized.encode(enc, texts) == [enc.encode_ordinary(t) for t in texts]
+    finally:
+        torch.set_num_threads(threads)
