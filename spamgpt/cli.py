@@ -46,7 +46,7 @@ def classify(args: argparse.Namespace) -> None:
         raise SpamGPTError(f"--threshold must be between 0 and 1, got {args.threshold}")
     threshold = contracts.read_threshold() if args.threshold is None else args.threshold
     device, precision = runtime.setup(args.device, args.precision)
-    model, meta = classifier.load(args.model, args.pretrained)
+    model, meta = classifier.load(args.model, args.pretrained, contracts.read_temperature())
     enc = tokenizer.load(args.model)
     texts = joined_fields(messages, TextFields.from_dict(meta))
     probs, truncated = classifier.classify_texts(

@@ -6,7 +6,7 @@ baseline and evaluate the classes; loaders -> finetune: max_length and the pad i
 (metrics/loaders.json); trunk -> finetune, evaluate: how many blocks the cache skips
 (data/trunk/info.json); finetune -> evaluate: its MLflow run (models/mlflow_run.json);
 baseline -> evaluate: its scores (metrics/baseline.json); evaluate -> classify: the threshold
-(metrics/eval.json).
+(metrics/eval.json) and the temperature (models/calibration.json).
 """
 
 import json
@@ -130,3 +130,22 @@ def read_threshold(default: float = 0.5) -> float | dict[str, float] | None:
         return None if threshold is None else float(threshold)
     except (OSError, ValueError, KeyError, TypeError):
         return default
+
+
+def write_calibration(method: str, temperature: float | dict[str, float]) -> None:
+    atomic.write_json(paths.CALIBRATION, {"method": method, "temperature": temperature})
+
+
+def read_temperature() -> float | dict[str, float] | None:
+    """The temperature evaluate fitted (multi-label: {label: T}); None where there is none
+    (no evaluation yet, evaluate.calibration none, or unreadable): the raw probabilities."""
+    try:
+        calibration = _read(paths.CALIBRATION)
+        if calibration["method"] == "none":
+            return None
+        temperature = calibration["temperature"]
+        if isinstance(temperature, dict):
+            return {str(k): float(v) for k, v in temperature.items()}
+        return float(temperature)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from spamgpt import atomic, classifier, paths
+from spamgpt import atomic, classifier, contracts, paths
 from spamgpt.errors import SpamGPTError
 from spamgpt.model import TRANSPOSED, GPT2Classifier
 from spamgpt.tokenizer import EOT
@@ -63,7 +63,9 @@ def loaded(
     mlflow.db names."""
     source = str(source)
     if "://" not in source and not source.startswith(("runs:/", "models:/")):
-        yield (*classifier.load(source, pretrained_root), Path(source))
+        # models/finetuned's head with evaluate's temperature folded in, as classify gives it
+        temperature = contracts.read_temperature()
+        yield (*classifier.load(source, pretrained_root, temperature), Path(source))
         return
     from spamgpt import serving
 

@@ -276,6 +276,7 @@ class EvaluateParams:
     threshold: float | Literal["auto"] | dict[Literal["min_precision", "max_fpr"], float] | None = (
         _rule(gt=0, lt=1)
     )
+    calibration: Literal["temperature", "none"] = _rule()  # spamgpt.calibration
 
     def __post_init__(self) -> None:
         policy = self.threshold

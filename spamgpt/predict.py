@@ -232,7 +232,7 @@ def load_scorer(
             enc = tokenizer.load(folder)
         logged_threshold = config.get("threshold")
     else:
-        net, meta = classifier.load(model, pretrained)
+        net, meta = classifier.load(model, pretrained, contracts.read_temperature())
         enc = tokenizer.load(Path(model))
         logged_threshold = contracts.read_threshold()
     if threshold == "auto":

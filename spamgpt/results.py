@@ -13,6 +13,7 @@ import torch
 
 from spamgpt import (
     atomic,
+    calibration,
     classifier,
     contracts,
     data,
@@ -135,6 +136,76 @@ def check_threshold(setting: float | str | dict | None, classes: Classes) -> Non
 
 
 @dataclass
+class Calibration:
+    """evaluate.calibration's outcome: the method, the temperature folded into the head
+    (multi-label, {label: T}; None for none), each split's ECE, Brier score and log loss
+    uncalibrated (and calibrated, with a temperature), and the test reliability diagram's
+    plot data (calibration.reliability_frame)."""
+
+    method: str
+    temperature: float | dict[str, float] | None
+    scores: dict[str, dict[str, dict]]
+    reliability: pd.DataFrame
+
+    def report(self) -> dict:
+        """reports/evaluation.json's "calibration"."""
+        return {
+            "method": self.method,
+            "temperature": self.temperature,
+            "bins": calibration.BINS,
+            **self.scores,
+        }
+
+    def headline(self, multi_label: bool) -> dict:
+        """metrics/eval.json's "calibration": the test figures of the probabilities given
+        (ECE, Brier, log loss; multi-label, pooled over labels), the uncalibrated ECE beside
+        them, and the temperature (single-label: per label is the report's)."""
+        test = self.scores["test"]
+        given = test.get("calibrated", test["uncalibrated"])
+        out = {k: given[k] for k in ("ece", "brier", "log_loss")}
+        if "calibrated" in test:
+            out["ece_uncalibrated"] = test["uncalibrated"]["ece"]
+            if not multi_label:
+                out = {"temperature": self.temperature, **out}
+        return out
+
+
+def calibrate(
+    method: str, classes: Classes, labels: dict[str, np.ndarray], logits: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], Calibration]:
+    """Each split's float32 probabilities as the model gives them once `method`
+    (evaluate.calibration) is applied: temperature, softmax/sigmoid of logits / T with T
+    fitted on the val split (calibration.fit_temperature); none, of the logits as they are.
+    Each split's ECE, Brier score and log loss, before and after."""
+    multi = classes.multi_label
+    fitted = np.ones(len(classes))
+    if method == "temperature":
+        fitted = calibration.fit_temperature(logits["val"], labels["val"], multi)
+    names = list(classes.names)
+    probabilities, scores = {}, {}
+    for s, z in logits.items():
+        # torch's float32 softmax/sigmoid, as the model's own forward pass gives them (T = 1:
+        # exactly the uncalibrated probabilities)
+        scaled = torch.from_numpy(z).float() / torch.from_numpy(fitted).float()
+        probs = torch.sigmoid(scaled) if multi else torch.softmax(scaled, dim=-1)
+        probabilities[s] = probs.numpy()
+        scores[s] = {"uncalibrated": calibration.scores(labels[s], z, 1.0, multi, names)}
+        if method == "temperature":
+            scores[s]["calibrated"] = calibration.scores(labels[s], z, fitted, multi, names)
+    curves = {"uncalibrated": calibration.probabilities(logits["test"], 1.0, multi)}
+    if method == "temperature":
+        curves["calibrated"] = calibration.probabilities(logits["test"], fitted, multi)
+    reliability = calibration.reliability_frame(labels["test"], curves, multi)
+    if method == "none":
+        temperature = None
+    elif multi:
+        temperature = {name: float(t) for name, t in zip(names, fitted, strict=True)}
+    else:
+        temperature = float(fitted[0])
+    return probabilities, Calibration(method, temperature, scores, reliability)
+
+
+@dataclass
 class Evaluation:
     """What evaluate found: each split's report and the baseline's (metrics/baseline.json),
     the test curves, labels and probabilities, and the threshold applied (the positive
@@ -150,6 +221,7 @@ class Evaluation:
     threshold: float | dict[str, float] | None
     best_val_threshold: float | dict[str, float] | None = None
     val_at_threshold: dict | None = None
+    calibration: Calibration | None = None  # evaluate's (calibrate), the probabilities' origin
 
 
 def evaluate(
@@ -200,6 +272,7 @@ def write_evaluation(evaluation: Evaluation) -> None:
             **policy,
             **e.reports,
             "baseline": {s: e.baseline[s] for s in e.reports},
+            **({"calibration": e.calibration.report()} if e.calibration else {}),
         },
     )
     if classes.multi_label:  # the set figures; the baseline's micro F1
@@ -208,9 +281,13 @@ def write_evaluation(evaluation: Evaluation) -> None:
     else:
         compared = metrics.compared(e.reports["test"], classes)
         baseline = metrics.selection_figure(e.baseline["test"], classes)
+    headline = {"calibration": e.calibration.headline(classes.multi_label)} if e.calibration else {}
     contracts.write_evaluation(
-        {**compared, "threshold": e.threshold, **policy, "baseline": baseline}
+        {**compared, "threshold": e.threshold, **policy, "baseline": baseline, **headline}
     )
+    if e.calibration:
+        contracts.write_calibration(e.calibration.method, e.calibration.temperature)
+        _write_csv(e.calibration.reliability, paths.RELIABILITY_TEST_PLOT)
     test = data.read_split(paths.split_file("test"))
     answers = classifier.prediction_frame(e.test_probabilities, classes, e.threshold)
     test["predicted"] = answers.pop("labels" if classes.multi_label else "label")
@@ -288,12 +365,37 @@ def log_evaluation(run: Run, evaluation: Evaluation) -> None:
     run.log_dict(table, "evaluation/per_class_metrics.json")
     run.log_artifact(paths.MISCLASSIFIED_TEST, "evaluation")
     run.log_artifact(paths.PREDICTIONS_TEST, "evaluation")
+    if evaluation.calibration:
+        _log_calibration(run, evaluation.calibration, classes)
     for name, frame in evaluation.curves.items():
         if frame.empty:
             continue
         x, y = frame.columns[len(metrics.POINT) :]
         series = {f"{c} (test)": (part[x], part[y]) for c, part in frame.groupby("class")}
         run.log_figure(metrics.curve_figure(series, x, name), f"evaluation/test_{name}_curve.png")
+
+
+def _log_calibration(run: Run, found: Calibration, classes: Classes) -> None:
+    """<split>/ece, brier, log_loss of the probabilities given (and <split>/ece_uncalibrated
+    beside them), calibration/temperature (multi-label, one per label), the whole calibration
+    report and the test reliability diagram."""
+    figures = {}
+    for s, by_kind in found.scores.items():
+        given = by_kind.get("calibrated", by_kind["uncalibrated"])
+        figures |= {f"{s}/{k}": given[k] for k in ("ece", "brier", "log_loss")}
+        if "calibrated" in by_kind:
+            figures[f"{s}/ece_uncalibrated"] = by_kind["uncalibrated"]["ece"]
+    if isinstance(found.temperature, dict):
+        for name, t in found.temperature.items():
+            figures[f"calibration/temperature_{classes.metric_name(name)}"] = t
+    elif found.temperature is not None:
+        figures["calibration/temperature"] = found.temperature
+    run.log_metrics(figures, 0)
+    run.log_dict(found.report(), "evaluation/calibration.json")
+    frame = found.reliability
+    series = {c: (part["confidence"], part["accuracy"]) for c, part in frame.groupby("class")}
+    figure = metrics.curve_figure(series, "confidence", "test reliability (observed frequency)")
+    run.log_figure(figure, "evaluation/test_reliability.png")
 
 
 def _write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:

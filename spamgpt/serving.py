@@ -285,13 +285,16 @@ def log_model(
     base: BaseWeights | None = None,
     full: bool = False,
     loaded: tuple[classifier.GPT2Classifier, dict] | None = None,
+    temperature: float | dict[str, float] | None = None,
 ) -> str:
     """Log the classifier in `finetuned_dir` as model "model" of run `run_id` (and register it
     under `registered_model_name`); returns the model's runs:/ URI. Light (the trained
     tensors and `base`, the identity of the weights under them) unless `full` or registered,
     or the folder already holds every tensor. `loaded`: classifier.load(finetuned_dir), if
-    the caller has it, saves loading it again to write the full form. The run's status stays
-    as it was."""
+    the caller has it, saves loading it again to write the full form. `temperature`:
+    evaluate's, written into the model's classifier.json, which classifier.load folds into
+    the head (the served probabilities are the calibrated ones). The run's status stays as
+    it was."""
     each = threshold.values() if isinstance(threshold, dict) else [threshold]
     if any(t is not None and not 0 < t < 1 for t in each):
         raise SpamGPTError(f"threshold must be between 0 and 1, got {threshold}")
@@ -312,6 +315,11 @@ def log_model(
         else:  # from predict's type hints: list[str]
             example, signature = INPUT_EXAMPLE, None
         _model_folder(finetuned_dir, meta, folder, pretrained_root, base, full, loaded)
+        if temperature is not None:  # the tensors stay models/finetuned's own
+            config_file = folder / classifier.CLASSIFIER_JSON
+            written = json.loads(config_file.read_text(encoding="utf-8"))
+            written[classifier.TEMPERATURE] = temperature
+            config_file.write_text(json.dumps(written, indent=2) + "\n", encoding="utf-8")
         # MLflow logs a model into the active run (and its experiment); the run is left in
         # the status it had: a finished one stays finished, evaluate's running one running.
         mlflow.start_run(run_id=run_id)

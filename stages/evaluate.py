@@ -14,12 +14,14 @@ def main(params: Params) -> None:
     splits = {s: Split.read(s, contracts.read_frozen_blocks()) for s in ("val", "test")}
     labels = {s: split.labels.numpy() for s, split in splits.items()}
     model, meta = classifier.load(paths.FINETUNED_DIR)
-    probs = {
-        s: classifier.class_probabilities(model.to(device), split.inputs, device, precision).numpy()
+    logits = {
+        s: classifier.class_logits(model.to(device), split.inputs, device, precision).numpy()
         for s, split in splits.items()
     }
+    probs, calibration = results.calibrate(params.evaluate.calibration, classes, labels, logits)
     baseline = contracts.read_baseline()
     evaluation = results.evaluate(params.evaluate.threshold, classes, labels, probs, baseline)
+    evaluation.calibration = calibration
     results.write_evaluation(evaluation)
     mlf = params.mlflow
     with tracking.Run.open(mlf.experiment, contracts.read_mlflow_run()) as run:
@@ -31,8 +33,10 @@ def main(params: Params) -> None:
             full = mlf.log_model == "full"  # its every tensor comes from `loaded`
             serving.log_model(
                 run.run_id, paths.FINETUNED_DIR, evaluation.threshold, mlf.registered_model,
-                base=base, full=full, loaded=(model, meta),
+                base=base, full=full, loaded=(model, meta), temperature=calibration.temperature,
             )  # fmt: skip
+        # The exports' weights are the model's own: the temperature folded into its head
+        classifier.fold_temperature(model, calibration.temperature, classes)
         if mlf.export:
             from spamgpt import export  # onnx and transformers' formats: only where asked
 
