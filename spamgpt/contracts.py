@@ -132,8 +132,9 @@ def read_threshold(default: float = 0.5) -> float | dict[str, float] | None:
         return default
 
 
-def write_calibration(method: str, temperature: float | dict[str, float]) -> None:
-    atomic.write_json(paths.CALIBRATION, {"method": method, "temperature": temperature})
+def write_calibration(summary: dict) -> None:
+    """`summary`: "method", "temperature" (read_temperature's) and the test figures."""
+    atomic.write_json(paths.CALIBRATION, summary)
 
 
 def read_temperature() -> float | dict[str, float] | None:

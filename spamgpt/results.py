@@ -156,18 +156,17 @@ class Calibration:
             **self.scores,
         }
 
-    def headline(self, multi_label: bool) -> dict:
-        """metrics/eval.json's "calibration": the test figures of the probabilities given
-        (ECE, Brier, log loss; multi-label, pooled over labels), the uncalibrated ECE beside
-        them, and the temperature (single-label: per label is the report's)."""
+    def summary(self) -> dict:
+        """models/calibration.json: the method and the temperature classify folds in, and the
+        test ECE and log loss of the probabilities given (multi-label, pooled over labels),
+        with the uncalibrated ECE beside them. Not in metrics/eval.json: the SMS run's
+        `dvc metrics show` already fills 200 columns."""
         test = self.scores["test"]
         given = test.get("calibrated", test["uncalibrated"])
-        out = {k: given[k] for k in ("ece", "brier", "log_loss")}
+        figures = {"ece": given["ece"], "log_loss": given["log_loss"]}
         if "calibrated" in test:
-            out["ece_uncalibrated"] = test["uncalibrated"]["ece"]
-            if not multi_label:
-                out = {"temperature": self.temperature, **out}
-        return out
+            figures["ece_uncalibrated"] = test["uncalibrated"]["ece"]
+        return {"method": self.method, "temperature": self.temperature, "test": figures}
 
 
 def calibrate(
@@ -281,12 +280,11 @@ def write_evaluation(evaluation: Evaluation) -> None:
     else:
         compared = metrics.compared(e.reports["test"], classes)
         baseline = metrics.selection_figure(e.baseline["test"], classes)
-    headline = {"calibration": e.calibration.headline(classes.multi_label)} if e.calibration else {}
     contracts.write_evaluation(
-        {**compared, "threshold": e.threshold, **policy, "baseline": baseline, **headline}
+        {**compared, "threshold": e.threshold, **policy, "baseline": baseline}
     )
     if e.calibration:
-        contracts.write_calibration(e.calibration.method, e.calibration.temperature)
+        contracts.write_calibration(e.calibration.summary())
         _write_csv(e.calibration.reliability, paths.RELIABILITY_TEST_PLOT)
     test = data.read_split(paths.split_file("test"))
     answers = classifier.prediction_frame(e.test_probabilities, classes, e.threshold)

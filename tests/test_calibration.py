@@ -156,4 +156,10 @@ def test_calibrate_none_is_todays_probabilities_and_temperature_keeps_decisions(
     assert np.array_equal(calibrated["test"].argmax(axis=1), today.argmax(axis=1))
     before, after = found.scores["test"]["uncalibrated"], found.scores["test"]["calibrated"]
     assert after["log_loss"] < before["log_loss"] and after["ece"] < before["ece"]
-    assert found.headline(multi_label=False)["ece_uncalibrated"] == before["ece"]
+    assert found.summary() == {
+        "method": "temperature",
+        "temperature": found.temperature,
+        "test": {
+            "ece": after["ece"], "log_loss": after["log_loss"], "ece_uncalibrated": before["ece"]
+        },
+    }  # fmt: skip
