@@ -183,11 +183,7 @@ def calibrate(
     names = list(classes.names)
     probabilities, scores = {}, {}
     for s, z in logits.items():
-        # torch's float32 softmax/sigmoid, as the model's own forward pass gives them (T = 1:
-        # exactly the uncalibrated probabilities)
-        scaled = torch.from_numpy(z).float() / torch.from_numpy(fitted).float()
-        probs = torch.sigmoid(scaled) if multi else torch.softmax(scaled, dim=-1)
-        probabilities[s] = probs.numpy()
+        probabilities[s] = calibrated_probabilities(z, fitted, multi)
         scores[s] = {"uncalibrated": calibration.scores(labels[s], z, 1.0, multi, names)}
         if method == "temperature":
             scores[s]["calibrated"] = calibration.scores(labels[s], z, fitted, multi, names)
@@ -202,6 +198,18 @@ def calibrate(
     else:
         temperature = float(fitted[0])
     return probabilities, Calibration(method, temperature, scores, reliability)
+
+
+def calibrated_probabilities(
+    logits: np.ndarray, temperature: np.ndarray, multi_label: bool
+) -> np.ndarray:
+    """torch's float32 softmax (multi-label: sigmoid) of logits / temperature (one, or one
+    per class), as the model's own forward pass computes them; T = 1: exactly the
+    uncalibrated probabilities."""
+    scaled = torch.from_numpy(np.asarray(logits)).float() / torch.as_tensor(
+        temperature, dtype=torch.float32
+    )
+    return (torch.sigmoid(scaled) if multi_label else torch.softmax(scaled, dim=-1)).numpy()
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, STAGES, restored_tracking_uri, tiny_params
+from conftest import REPO, STAGES, evaluated_temperature, restored_tracking_uri, tiny_params
 from fileserver import Faults, serve
 from mlflow.tracking import MlflowClient
 
@@ -300,8 +300,11 @@ def pipeline(
 
 
 def spamgpt_probabilities(path: Path) -> np.ndarray:
-    """What spamgpt's own prediction path says of MESSAGES, with the project's model."""
-    model, meta = classifier.load(path / paths.FINETUNED_DIR, path / paths.PRETRAINED_DIR)
+    """What spamgpt's own prediction path says of MESSAGES, with the project's model and the
+    temperature evaluate fitted (the exports' heads have it folded in)."""
+    model, meta = classifier.load(
+        path / paths.FINETUNED_DIR, path / paths.PRETRAINED_DIR, evaluated_temperature(path)
+    )
     enc = tokenizer.load(path / paths.FINETUNED_DIR)
     probs, _ = classifier.classify_texts(model, enc, MESSAGES, meta["max_length"], CPU, "fp32")
     return probs.numpy()
