@@ -17,8 +17,13 @@ against brier_score_loss and log_loss):
   the label's probability against its presence, Brier (p - y)^2, log loss the binary
   cross-entropy; pooled over all pairs, and per label."""
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 BINS = 15  # equal-width confidence bins of the expected calibration error
 # The temperatures a fit may reach: a split the model separates perfectly drives the log
@@ -181,3 +186,20 @@ def reliability_frame(
             )
         )
     return pd.concat(frames, ignore_index=True)
+
+
+def reliability_figure(frame: pd.DataFrame, title: str) -> "Figure":
+    """The reliability diagram of reliability_frame's data: each curve's bins as points (mean
+    confidence, observed frequency), the perfect diagonal dashed."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
+
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    for name, part in frame.groupby("class", sort=False):
+        style = {"linestyle": "--", "color": "grey"} if name == "perfect" else {"marker": "o"}
+        ax.plot(part["confidence"], part["accuracy"], label=name, **style)
+    ax.set(xlabel="confidence", ylabel="observed frequency", title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

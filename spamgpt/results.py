@@ -398,9 +398,7 @@ def _log_calibration(run: Run, found: Calibration, classes: Classes) -> None:
         figures["calibration/temperature"] = found.temperature
     run.log_metrics(figures, 0)
     run.log_dict(found.report(), "evaluation/calibration.json")
-    frame = found.reliability
-    series = {c: (part["confidence"], part["accuracy"]) for c, part in frame.groupby("class")}
-    figure = metrics.curve_figure(series, "confidence", "test reliability (observed frequency)")
+    figure = calibration.reliability_figure(found.reliability, "test reliability")
     run.log_figure(figure, "evaluation/test_reliability.png")
 
 

@@ -163,3 +163,14 @@ def test_calibrate_none_is_todays_probabilities_and_temperature_keeps_decisions(
             "ece": after["ece"], "log_loss": after["log_loss"], "ece_uncalibrated": before["ece"]
         },
     }  # fmt: skip
+
+
+def test_reliability_figure_draws_each_curve_and_the_diagonal() -> None:
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.22, 0.78]])
+    curves = {"uncalibrated": probs, "calibrated": np.sqrt(probs) / np.sqrt(probs).sum(1)[:, None]}
+    frame = calibration.reliability_frame(np.array([0, 0, 1]), curves, multi_label=False)
+    (axes,) = calibration.reliability_figure(frame, "test reliability").axes
+    drawn = {line.get_label(): line.get_xydata().ravel().tolist() for line in axes.get_lines()}
+    assert drawn["perfect"] == [0.0, 0.0, 1.0, 1.0]
+    assert drawn["uncalibrated"] == pytest.approx([0.7, 0.0, 0.78, 1.0, 0.9, 1.0])
+    assert set(drawn) == {"perfect", "uncalibrated", "calibrated"}
