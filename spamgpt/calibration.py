@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 BINS = 15  # equal-width confidence bins of the expected calibration error
-# The temperatures a fit may reach: a split the model separates perfectly drives the log
-# loss's optimum to T -> 0, and one it gets all wrong to T -> infinity.
+# The temperatures a fit searches. A split the model separates perfectly drives the log loss's
+# optimum to T -> 0 (and one it gets all wrong to T -> infinity): such a T would round every
+# float32 probability to 0 or 1, tying messages a ranking tells apart, so T stays 1 there.
 T_RANGE = (0.01, 100.0)
 BISECTIONS = 100  # halvings of log(1/T)'s range: far below float64's resolution of T
 
@@ -35,8 +36,9 @@ BISECTIONS = 100  # halvings of log(1/T)'s range: far below float64's resolution
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, multi_label: bool) -> np.ndarray:
     """The temperature(s) minimising the log loss of softmax(logits / T) for class indices
     `labels` (N,), or, multi-label, of sigmoid(logits[:, j] / T_j) for 0/1 targets (N, labels):
-    shape (1,), or (labels,). A label all present or all absent keeps T = 1 (its log loss only
-    falls as T does: there is nothing to fit)."""
+    shape (1,), or (labels,). T = 1 where the optimum is outside T_RANGE (the split separated
+    perfectly, or all wrong) and for a label all present or all absent (its log loss only
+    falls as T does): there is nothing to fit."""
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels)
     if not multi_label:
@@ -62,13 +64,11 @@ def _sigmoid_slope(z: np.ndarray, y: np.ndarray, beta: float) -> float:
 
 
 def _bisect(slope) -> float:
-    """T = 1/beta at the root of the increasing `slope` (a convex loss's derivative in beta),
-    clamped to T_RANGE."""
+    """T = 1/beta at the root of the increasing `slope` (a convex loss's derivative in beta);
+    1 where the root is outside T_RANGE."""
     lo, hi = np.log(1 / T_RANGE[1]), np.log(1 / T_RANGE[0])  # log beta
-    if slope(np.exp(lo)) >= 0:
-        return T_RANGE[1]
-    if slope(np.exp(hi)) <= 0:
-        return T_RANGE[0]
+    if slope(np.exp(lo)) >= 0 or slope(np.exp(hi)) <= 0:
+        return 1.0
     for _ in range(BISECTIONS):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if slope(np.exp(mid)) < 0 else (lo, mid)

@@ -178,9 +178,15 @@ def calibrate(
     Each split's ECE, Brier score and log loss, before and after."""
     multi = classes.multi_label
     fitted = np.ones(len(classes))
+    names = list(classes.names)
     if method == "temperature":
         fitted = calibration.fit_temperature(logits["val"], labels["val"], multi)
-    names = list(classes.names)
+        if (fitted == 1.0).any():  # fit_temperature found nothing to fit
+            kept = [n for n, t in zip(names, fitted, strict=True) if t == 1.0] if multi else []
+            log.info(
+                "evaluate.calibration: T = 1 for %s: on validation, one value or separated "
+                "perfectly, nothing to fit", ", ".join(kept) or "the classes",
+            )  # fmt: skip
     probabilities, scores = {}, {}
     for s, z in logits.items():
         probabilities[s] = calibrated_probabilities(z, fitted, multi)

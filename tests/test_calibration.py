@@ -51,10 +51,15 @@ def test_multi_label_fits_one_temperature_per_label() -> None:
     assert fitted[2] == 1.0
 
 
-def test_a_separable_split_stops_at_the_smallest_temperature() -> None:
+def test_a_split_separated_perfectly_or_all_wrong_keeps_temperature_1() -> None:
+    # the log loss's optimum is T -> 0 (or infinity): every probability would round to 0 or 1
     z = np.array([[0.0, 1.0], [1.0, 0.0]])
-    assert calibration.fit_temperature(z, np.array([1, 0]), False)[0] == calibration.T_RANGE[0]
-    assert calibration.fit_temperature(z, np.array([0, 1]), False)[0] == calibration.T_RANGE[1]
+    assert calibration.fit_temperature(z, np.array([1, 0]), False)[0] == 1.0
+    assert calibration.fit_temperature(z, np.array([0, 1]), False)[0] == 1.0
+    y = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    separated = np.array([[2.0, -1.0], [-2.0, 1.0], [0.5, -0.3]])  # label 1: one wrong
+    fitted = calibration.fit_temperature(separated, y, multi_label=True)
+    assert fitted[0] == 1.0 and fitted[1] != 1.0
 
 
 def test_scores_are_scikit_learns() -> None:
