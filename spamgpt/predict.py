@@ -221,7 +221,8 @@ def load_scorer(
     """The model to score with: a fine-tuned model folder, or a logged
     MLflow model (runs:/<id>/model, models:/<name>/<version>). `threshold` 'auto': the one
     the model was evaluated with (metrics/eval.json for a folder, its logged config for an
-    MLflow model)."""
+    MLflow model). A folder's head takes evaluate's temperature (models/calibration.json), an
+    MLflow model's its own (classifier.load)."""
     torch_device, precision = runtime.setup(device, precision)
     if "://" in model or model.startswith(("runs:", "models:")):
         from spamgpt import serving  # MLflow: only where a logged model is asked for

@@ -1,5 +1,6 @@
-"""evaluate: the best fine-tuned model on validation and test: metrics, confusion matrices,
-curves and misclassified messages, into DVC metrics/plots and the finetune MLflow run."""
+"""evaluate: the best fine-tuned model on validation and test: its calibration (a temperature
+fitted on validation), metrics, confusion matrices, curves and misclassified messages, into
+DVC metrics/plots and the finetune MLflow run."""
 
 from spamgpt import classifier, contracts, paths, results, runtime, stage, tracking
 from spamgpt.params import Params
