@@ -20,7 +20,7 @@ from conftest import REPO, STAGES, evaluated_temperature, restored_tracking_uri,
 from fileserver import Faults, serve
 from mlflow.tracking import MlflowClient
 
-from spamgpt import classifier, cli, export, hub, paths, tokenizer
+from spamgpt import classifier, cli, contracts, export, hub, paths, tokenizer
 from spamgpt import params as params_module
 from spamgpt.contracts import Tokenization
 from spamgpt.errors import SpamGPTError
@@ -372,3 +372,28 @@ def test_export_from_an_mlflow_model_uri(
             pipeline.run_id, "transformers/model.safetensors", str(tmp_path)
         )
     assert (tmp_path / "hf" / "model.safetensors").read_bytes() == Path(logged).read_bytes()
+
+
+@torch.no_grad()
+def test_export_of_a_folder_folds_evaluates_temperature(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`spamgpt export` of models/finetuned, run where evaluate wrote models/calibration.json:
+    the ONNX graph gives the calibrated probabilities, as classify does."""
+    import onnxruntime
+
+    folder = finetuned(workspace, "calibrated", trainable_blocks=1)
+    monkeypatch.chdir(tmp_path)
+    contracts.write_calibration({"method": "temperature", "temperature": 2.5})
+    cli.main(["export", "--to", "onnx", "model.onnx", "--model", str(folder),
+              "--pretrained", str(workspace / paths.PRETRAINED_DIR)])  # fmt: skip
+    model, meta = classifier.load(folder, workspace / paths.PRETRAINED_DIR, temperature=2.5)
+    enc = tokenizer.load(folder)
+    expected, _ = classifier.classify_texts(model, enc, TEXTS, meta["max_length"], CPU, "fp32")
+    *_, uncalibrated = reference(workspace, folder)
+    assert not np.allclose(expected.numpy(), uncalibrated, atol=1e-3)
+    session = onnxruntime.InferenceSession("model.onnx")
+    for text, want in zip(TEXTS, expected.numpy(), strict=True):
+        ids = np.array([enc.encode_ordinary(text)[:MAX_LENGTH]], dtype=np.int64)
+        (got,) = session.run(None, {"input_ids": ids, "lengths": np.array([ids.shape[1]])})
+        np.testing.assert_allclose(got[0], want, rtol=0, atol=1e-5)
