@@ -211,6 +211,12 @@ def fold_temperature(
     if temperature is None:
         return
     if isinstance(temperature, dict):
+        if set(temperature) != set(classes.names):
+            raise SpamGPTError(
+                f"the temperatures are of the labels {', '.join(sorted(temperature))}, the model "
+                f"has {', '.join(classes.names)}: evaluate another model's? (run evaluate again, "
+                f"{paths.CALIBRATION})"
+            )
         each = [float(temperature[name]) for name in classes.names]
     else:
         each = [float(temperature)] * len(classes)

@@ -8,6 +8,7 @@ import torch
 from sklearn.metrics import brier_score_loss, log_loss
 
 from spamgpt import calibration, classifier, results
+from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
 from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
 
@@ -145,6 +146,12 @@ def test_folding_equals_dividing_the_logits(names, multi_label, temperature) -> 
     divided = calibration.probabilities(raw.numpy(), np.array(t), multi_label)
     activation = torch.sigmoid if multi_label else lambda x: torch.softmax(x, dim=-1)
     assert activation(folded).numpy() == pytest.approx(divided, abs=1e-6)
+
+
+def test_temperatures_of_other_labels_are_refused_in_one_line() -> None:
+    model = tiny_classifier(2, multi_label=True)
+    with pytest.raises(SpamGPTError, match=r"labels a, c, the model has a, b: evaluate another"):
+        classifier.fold_temperature(model, {"a": 2.0, "c": 1.0}, Classes(("a", "b"), None, True))
 
 
 def test_calibrate_none_is_todays_probabilities_and_temperature_keeps_decisions() -> None:
