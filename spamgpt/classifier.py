@@ -38,6 +38,9 @@ from spamgpt.texts import HEAD, ONE_TEXT, TextFields, Truncation
 CLASSIFIER_JSON = "classifier.json"
 WEIGHTS = "model.safetensors"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
+# classifier.json's key for a temperature load() folds into the head (a logged MLflow model's;
+# models/finetuned has none: evaluate fits it afterwards, contracts.read_temperature)
+TEMPERATURE = "temperature"
 
 
 def frozen_blocks(
@@ -155,9 +158,14 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> N
 
 
 def load(
-    folder: str | os.PathLike, pretrained_root: str | os.PathLike = paths.PRETRAINED_DIR
+    folder: str | os.PathLike,
+    pretrained_root: str | os.PathLike = paths.PRETRAINED_DIR,
+    temperature: float | dict[str, float] | None = None,
 ) -> tuple[GPT2Classifier, dict]:
-    """Rebuild a saved classifier; (model in eval mode, classifier.json contents)."""
+    """Rebuild a saved classifier; (model in eval mode, classifier.json contents). The
+    temperature its classifier.json names (a logged MLflow model's), else `temperature`
+    (evaluate's, contracts.read_temperature, for models/finetuned), is folded into the head:
+    its probabilities are the calibrated ones."""
     folder, pretrained_root = Path(folder), Path(pretrained_root)
     try:
         meta = json.loads((folder / CLASSIFIER_JSON).read_text(encoding="utf-8"))
@@ -189,7 +197,34 @@ def load(
     unloaded = [name for name, t in model.state_dict().items() if t.is_meta]
     if unloaded:
         raise SpamGPTError(f"{folder / CLASSIFIER_JSON}: tensor {unloaded[0]} is not stored")
+    fold_temperature(model, meta.get(TEMPERATURE, temperature), classes_of(meta))
     return model.eval(), meta
+
+
+def fold_temperature(
+    model: GPT2Classifier, temperature: float | dict[str, float] | None, classes: Classes
+) -> None:
+    """Divide the head's logits by `temperature` (multi-label: {label: T}, each label's own)
+    by dividing its weight and bias, in place: logits / T in the same forward pass, so every
+    runtime the weights go to (transformers, ONNX) gives the calibrated probabilities. None:
+    unchanged."""
+    if temperature is None:
+        return
+    if isinstance(temperature, dict):
+        if set(temperature) != set(classes.names):
+            raise SpamGPTError(
+                f"the temperatures are of the labels {', '.join(sorted(temperature))}, the model "
+                f"has {', '.join(classes.names)}: evaluate another model's? (run evaluate again, "
+                f"{paths.CALIBRATION})"
+            )
+        each = [float(temperature[name]) for name in classes.names]
+    else:
+        each = [float(temperature)] * len(classes)
+    t = torch.tensor(each, dtype=torch.float64)
+    head = model.head
+    with torch.no_grad():  # in float64 on the CPU (MPS has none), then back: rounded once
+        head.weight.copy_(head.weight.cpu().double() / t[:, None])
+        head.bias.copy_(head.bias.cpu().double() / t)
 
 
 def classes_of(meta: dict) -> Classes:
@@ -271,7 +306,6 @@ def logits(
     )
 
 
-@torch.no_grad()  # not inference_mode: autocast keeps no cast weights in inference mode
 def class_probabilities(
     model: GPT2Classifier,
     inputs: ModelInputs,
@@ -281,10 +315,25 @@ def class_probabilities(
     full_last: bool = False,
 ) -> torch.Tensor:
     """Float32 class probabilities (N, classes) of N messages, in their order (multi-label:
-    each label's own, a sigmoid of its logit; else a softmax over the classes). Batches are
-    sorted by length and hold up to `max_tokens` padded tokens (None: what suits the
-    device), in a few widths (batching.padded_width): little padding, few shapes
-    (`full_last`: no odd-sized last batch either, batching.sorted_order)."""
+    each label's own, a sigmoid of its logit; else a softmax over the classes): of
+    class_logits."""
+    out = class_logits(model, inputs, device, precision, max_tokens, full_last)
+    return torch.sigmoid(out) if model.multi_label else torch.softmax(out, dim=-1)
+
+
+@torch.no_grad()  # not inference_mode: autocast keeps no cast weights in inference mode
+def class_logits(
+    model: GPT2Classifier,
+    inputs: ModelInputs,
+    device: torch.device,
+    precision: str,
+    max_tokens: int | None = None,
+    full_last: bool = False,
+) -> torch.Tensor:
+    """Float32 logits (N, classes) of N messages, in their order. Batches are sorted by
+    length and hold up to `max_tokens` padded tokens (None: what suits the device), in a few
+    widths (batching.padded_width): little padding, few shapes (`full_last`: no odd-sized
+    last batch either, batching.sorted_order)."""
     out = torch.empty(len(inputs), model.head.out_features)
     max_tokens = max_tokens or inference_tokens(device)
     # One autocast region for every batch: it keeps the weights it casts to bf16 or fp16
@@ -292,7 +341,7 @@ def class_probabilities(
     with runtime.autocast(device, precision):
         for indices in sorted_order(inputs.sequences.lengths, max_tokens, full_last):
             out[indices] = logits(model, inputs, indices, device).float().cpu()
-    return torch.sigmoid(out) if model.multi_label else torch.softmax(out, dim=-1)
+    return out
 
 
 def classify_texts(

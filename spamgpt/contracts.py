@@ -8,7 +8,7 @@ baseline and evaluate the classes; loaders -> finetune: max_length and the pad i
 baseline -> evaluate: its scores (metrics/baseline.json); audit -> evaluate: the label
 issues' counts (metrics/audit.json) and table (reports/label_issues.csv); evaluate -> classify:
 the threshold (reports/evaluation.json: multi-label, a threshold per label, too wide for DVC's
-metrics).
+metrics) and the temperature (models/calibration.json).
 """
 
 import csv
@@ -175,3 +175,23 @@ def read_threshold(default: float = 0.5) -> float | dict[str, float] | None:
         return None if threshold is None else float(threshold)
     except (OSError, ValueError, KeyError, TypeError):
         return default
+
+
+def write_calibration(summary: dict) -> None:
+    """`summary`: "method", "temperature" (read_temperature's) and the test figures."""
+    atomic.write_json(paths.CALIBRATION, summary)
+
+
+def read_temperature() -> float | dict[str, float] | None:
+    """The temperature evaluate fitted (multi-label: {label: T}); None where there is none
+    (no evaluation yet, evaluate.calibration none, or unreadable): the raw probabilities."""
+    try:
+        calibration = _read(paths.CALIBRATION)
+        if calibration["method"] == "none":
+            return None
+        temperature = calibration["temperature"]
+        if isinstance(temperature, dict):
+            return {str(k): float(v) for k, v in temperature.items()}
+        return float(temperature)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

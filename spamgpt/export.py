@@ -28,6 +28,7 @@ transformers) is the `export` extra: pip install "spamgpt[export]".
 """
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -489,14 +490,22 @@ def run_of(source: str) -> str | None:
 
 @contextmanager
 def served_onnx(
-    model: GPT2Classifier, meta: dict, runtime: str, run: "tracking.Run"
+    model: GPT2Classifier,
+    meta: dict,
+    runtime: str,
+    run: "tracking.Run",
+    temperature: float | dict[str, float] | None = None,
 ) -> Iterator[Path | None]:
     """mlflow.serve's ONNX graph of `model` for the logged model to carry, for the block's
     duration: None for pytorch; onnx-int8 only through the accuracy gate (gated_int8, the
-    default --max-drop), its comparison logged into `run`."""
+    default --max-drop), its comparison logged into `run`. `temperature` (evaluate's) is
+    folded into the graph's head, on a copy: the graph gives the calibrated probabilities."""
     if runtime == "pytorch":
         yield None
         return
+    if temperature is not None:
+        model = copy.deepcopy(model)
+        classifier.fold_temperature(model, temperature, classifier.classes_of(meta))
     with tempfile.TemporaryDirectory() as tmp:
         graph = Path(tmp) / "model.onnx"
         if runtime == "onnx":

@@ -105,7 +105,9 @@ def opened(
     if (folder / MLMODEL).is_file():
         yield _from_mlflow_model(folder, pretrained_root, str(source))
     elif (folder / classifier.CLASSIFIER_JSON).is_file():
-        yield _loaded(folder, pretrained_root, contracts.read_threshold())
+        yield _loaded(
+            folder, pretrained_root, contracts.read_threshold(), contracts.read_temperature()
+        )
     elif _is_transformers_export(folder):
         raise SpamGPTError(
             f"{setting} {source} is a transformers export: load it with transformers "
@@ -138,15 +140,20 @@ def _from_mlflow_model(
 
 
 def _loaded(
-    folder: Path, pretrained_root: str | os.PathLike, threshold: float | dict | None
+    folder: Path,
+    pretrained_root: str | os.PathLike,
+    threshold: float | dict | None,
+    temperature: float | dict | None = None,
 ) -> LoadedModel:
     """The classifier folder `folder`: a light logged one on its base weights (found as
-    resolve_base says), else on `pretrained_root`'s (or none: every tensor inside)."""
+    resolve_base says), else on `pretrained_root`'s (or none: every tensor inside); its head
+    takes `temperature` (a fine-tuned folder's: evaluate's) unless its classifier.json names
+    one (a logged model's): classifier.load."""
     base_file = folder / BASE_JSON
     if base_file.exists():
         base = BaseWeights(**json.loads(base_file.read_text(encoding="utf-8")))
         pretrained_root = resolve_base(base)
-    model, meta = classifier.load(folder, pretrained_root)
+    model, meta = classifier.load(folder, pretrained_root, temperature)
     return LoadedModel(model, meta, tokenizer.load(folder), folder, threshold)
 
 

@@ -22,6 +22,9 @@ FINETUNED_DIR = Path("models/finetuned")
 # The MLflow run of the model in FINETUNED_DIR: beside it, so that the model's hash in dvc.lock
 # changes only with the model; in git (not DVC's cache), so each experiment's commit names it.
 MLFLOW_RUN = Path("models/mlflow_run.json")
+# The temperature evaluate fitted (evaluate.calibration), which classify, predict and export
+# fold into models/finetuned's head: beside the model, in git, as the MLflow run is.
+CALIBRATION = Path("models/calibration.json")
 CHECKPOINT_DIR = Path("models/checkpoints")
 CHECKPOINT = CHECKPOINT_DIR / "checkpoint.pt"  # the resume point: weights, optimizer, state
 
@@ -36,6 +39,7 @@ TRAIN_LOSS_PLOT = METRICS_DIR / "train_loss.csv"
 VAL_EPOCHS_PLOT = METRICS_DIR / "val_epochs.csv"
 EVAL_METRICS = METRICS_DIR / "eval.json"
 CONFUSION_TEST_PLOT = METRICS_DIR / "confusion_test.csv"
+RELIABILITY_TEST_PLOT = METRICS_DIR / "reliability_test.csv"  # before and after calibration
 
 # The full reports: every figure per split and per class (DVC's metrics files, above, hold the
 # few that experiments are compared by, so that `dvc metrics show` fits on a terminal)

@@ -227,7 +227,8 @@ def load_scorer(
 ) -> Scorer:
     """The model to score with: any source loader.load_model takes. `threshold` 'auto': the
     one the model was evaluated with (reports/evaluation.json for a folder, its logged config
-    for an MLflow model)."""
+    for an MLflow model); a folder's head takes evaluate's temperature (models/calibration.json),
+    an MLflow model's its own."""
     torch_device, precision = runtime.setup(device, precision)
     loaded = loader.load_model(model, pretrained)
     if threshold == "auto":

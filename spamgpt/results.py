@@ -13,6 +13,7 @@ import torch
 
 from spamgpt import (
     atomic,
+    calibration,
     classifier,
     contracts,
     data,
@@ -135,6 +136,89 @@ def check_threshold(setting: float | str | dict | None, classes: Classes) -> Non
 
 
 @dataclass
+class Calibration:
+    """evaluate.calibration's outcome: the method, the temperature folded into the head
+    (multi-label, {label: T}; None for none), each split's ECE, Brier score and log loss
+    uncalibrated (and calibrated, with a temperature), and the test reliability diagram's
+    plot data (calibration.reliability_frame)."""
+
+    method: str
+    temperature: float | dict[str, float] | None
+    scores: dict[str, dict[str, dict]]
+    reliability: pd.DataFrame
+
+    def report(self) -> dict:
+        """reports/evaluation.json's "calibration"."""
+        return {
+            "method": self.method,
+            "temperature": self.temperature,
+            "bins": calibration.BINS,
+            **self.scores,
+        }
+
+    def summary(self) -> dict:
+        """models/calibration.json: the method and the temperature classify folds in, and the
+        test ECE and log loss of the probabilities given (multi-label, pooled over labels),
+        with the uncalibrated ECE beside them. Not in metrics/eval.json: the SMS run's
+        `dvc metrics show` already fills 200 columns."""
+        test = self.scores["test"]
+        given = test.get("calibrated", test["uncalibrated"])
+        figures = {"ece": given["ece"], "log_loss": given["log_loss"]}
+        if "calibrated" in test:
+            figures["ece_uncalibrated"] = test["uncalibrated"]["ece"]
+        return {"method": self.method, "temperature": self.temperature, "test": figures}
+
+
+def calibrate(
+    method: str, classes: Classes, labels: dict[str, np.ndarray], logits: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], Calibration]:
+    """Each split's float32 probabilities as the model gives them once `method`
+    (evaluate.calibration) is applied: temperature, softmax/sigmoid of logits / T with T
+    fitted on the val split (calibration.fit_temperature); none, of the logits as they are.
+    Each split's ECE, Brier score and log loss, before and after."""
+    multi = classes.multi_label
+    fitted = np.ones(len(classes))
+    names = list(classes.names)
+    if method == "temperature":
+        fitted = calibration.fit_temperature(logits["val"], labels["val"], multi)
+        if (fitted == 1.0).any():  # fit_temperature found nothing to fit
+            kept = [n for n, t in zip(names, fitted, strict=True) if t == 1.0] if multi else []
+            log.info(
+                "evaluate.calibration: T = 1 for %s: on validation, one value or separated "
+                "perfectly, nothing to fit", ", ".join(kept) or "the classes",
+            )  # fmt: skip
+    probabilities, scores = {}, {}
+    for s, z in logits.items():
+        probabilities[s] = calibrated_probabilities(z, fitted, multi)
+        scores[s] = {"uncalibrated": calibration.scores(labels[s], z, 1.0, multi, names)}
+        if method == "temperature":
+            scores[s]["calibrated"] = calibration.scores(labels[s], z, fitted, multi, names)
+    curves = {"uncalibrated": calibration.probabilities(logits["test"], 1.0, multi)}
+    if method == "temperature":
+        curves["calibrated"] = calibration.probabilities(logits["test"], fitted, multi)
+    reliability = calibration.reliability_frame(labels["test"], curves, multi)
+    if method == "none":
+        temperature = None
+    elif multi:
+        temperature = {name: float(t) for name, t in zip(names, fitted, strict=True)}
+    else:
+        temperature = float(fitted[0])
+    return probabilities, Calibration(method, temperature, scores, reliability)
+
+
+def calibrated_probabilities(
+    logits: np.ndarray, temperature: np.ndarray, multi_label: bool
+) -> np.ndarray:
+    """torch's float32 softmax (multi-label: sigmoid) of logits / temperature (one, or one
+    per class), as the model's own forward pass computes them; T = 1: exactly the
+    uncalibrated probabilities."""
+    scaled = torch.from_numpy(np.asarray(logits)).float() / torch.as_tensor(
+        temperature, dtype=torch.float32
+    )
+    return (torch.sigmoid(scaled) if multi_label else torch.softmax(scaled, dim=-1)).numpy()
+
+
+@dataclass
 class Evaluation:
     """What evaluate found: each split's report and the baseline's (metrics/baseline.json),
     the test curves, labels and probabilities, and the threshold applied (the positive
@@ -152,6 +236,7 @@ class Evaluation:
     best_val_threshold: float | dict[str, float] | None = None
     val_at_threshold: dict | None = None
     kept_default_threshold: list[str] | None = None
+    calibration: Calibration | None = None  # evaluate's (calibrate), the probabilities' origin
 
 
 def evaluate(
@@ -162,12 +247,14 @@ def evaluate(
     baseline: dict,
     select_metric: str = "auto",
     min_support: int = 10,
+    calibration: Calibration | None = None,
 ) -> Evaluation:
     """evaluate.threshold chosen on the val split (multi-label, one per label maximising
     train.select_metric, labels under evaluate.min_support positives at 0.5:
     multilabel_metrics.choose_thresholds; else metrics.choose_threshold), each split of
     `labels` and `probabilities` (val, test) reported at it, and the test curves; `baseline`
-    (metrics/baseline.json) goes beside."""
+    (metrics/baseline.json) goes beside; `calibration`: how `probabilities` were made
+    (calibrate)."""
     val = labels["val"], probabilities["val"]
     kept = None
     if classes.multi_label:  # a threshold per label
@@ -191,6 +278,7 @@ def evaluate(
         best_val_threshold=choice.best_f1,
         val_at_threshold=choice.reached,
         kept_default_threshold=kept,
+        calibration=calibration,
     )
 
 
@@ -211,7 +299,8 @@ def write_evaluation(evaluation: Evaluation) -> None:
             **({} if kept is None else {"kept_default_threshold": kept}),
             **e.reports,
             "baseline": {s: e.baseline[s] for s in e.reports},
-        }
+            **({"calibration": e.calibration.report()} if e.calibration else {}),
+        },
     )
     if classes.multi_label:  # the set figures and the baseline's micro F1: a label's are wide
         compared = multilabel_metrics.compared(e.reports["test"])
@@ -221,6 +310,9 @@ def write_evaluation(evaluation: Evaluation) -> None:
         baseline = metrics.selection_figure(e.baseline["test"], classes)
         compared |= {"threshold": e.threshold, **policy, "baseline": baseline}
     contracts.write_evaluation(compared)
+    if e.calibration:
+        contracts.write_calibration(e.calibration.summary())
+        _write_csv(e.calibration.reliability, paths.RELIABILITY_TEST_PLOT)
     test = data.read_split(paths.split_file("test"))
     answers = classifier.prediction_frame(e.test_probabilities, classes, e.threshold)
     test["predicted"] = answers.pop("labels" if classes.multi_label else "label")
@@ -298,6 +390,8 @@ def log_evaluation(run: Run, evaluation: Evaluation) -> None:
     run.log_dict(table, "evaluation/per_class_metrics.json")
     run.log_artifact(paths.MISCLASSIFIED_TEST, "evaluation")
     run.log_artifact(paths.PREDICTIONS_TEST, "evaluation")
+    if evaluation.calibration:
+        _log_calibration(run, evaluation.calibration, classes)
     for name, frame in evaluation.curves.items():
         if frame.empty:
             continue
@@ -315,6 +409,27 @@ def log_label_issues(run: Run, report: dict) -> None:
     counts |= {f"audit/label_issues_{s}": n for s, n in report["by_split"].items()}
     run.log_metrics(counts, 0)
     run.log_table(contracts.read_label_issues(), "audit/label_issues.json")
+
+
+def _log_calibration(run: Run, found: Calibration, classes: Classes) -> None:
+    """<split>/ece, brier, log_loss of the probabilities given (and <split>/ece_uncalibrated
+    beside them), calibration/temperature (multi-label, one per label), the whole calibration
+    report and the test reliability diagram."""
+    figures = {}
+    for s, by_kind in found.scores.items():
+        given = by_kind.get("calibrated", by_kind["uncalibrated"])
+        figures |= {f"{s}/{k}": given[k] for k in ("ece", "brier", "log_loss")}
+        if "calibrated" in by_kind:
+            figures[f"{s}/ece_uncalibrated"] = by_kind["uncalibrated"]["ece"]
+    if isinstance(found.temperature, dict):
+        for name, t in found.temperature.items():
+            figures[f"calibration/temperature_{classes.metric_name(name)}"] = t
+    elif found.temperature is not None:
+        figures["calibration/temperature"] = found.temperature
+    run.log_metrics(figures, 0)
+    run.log_dict(found.report(), "evaluation/calibration.json")
+    figure = calibration.reliability_figure(found.reliability, "test reliability")
+    run.log_figure(figure, "evaluation/test_reliability.png")
 
 
 def _write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -1,5 +1,6 @@
-"""evaluate: the best fine-tuned model on validation and test: metrics, confusion matrices,
-curves and misclassified messages, into DVC metrics/plots and the finetune MLflow run."""
+"""evaluate: the best fine-tuned model on validation and test: its calibration (a temperature
+fitted on validation), metrics, confusion matrices, curves and misclassified messages, into
+DVC metrics/plots and the finetune MLflow run."""
 
 from spamgpt import classifier, contracts, paths, results, runtime, stage, tracking
 from spamgpt.params import Params
@@ -16,15 +17,15 @@ def main(params: Params) -> None:
     labels = {s: split.labels.numpy() for s, split in splits.items()}
     model, meta = classifier.load(paths.FINETUNED_DIR)
     stage.phase("predict")
-    probs = {
-        s: classifier.class_probabilities(model.to(device), split.inputs, device, precision).numpy()
+    logits = {
+        s: classifier.class_logits(model.to(device), split.inputs, device, precision).numpy()
         for s, split in splits.items()
     }
     stage.phase("save")
-    baseline = contracts.read_baseline()
+    probs, calibration = results.calibrate(params.evaluate.calibration, classes, labels, logits)
     evaluation = results.evaluate(
-        params.evaluate.threshold, classes, labels, probs, baseline,
-        params.train.select_metric, params.evaluate.min_support,
+        params.evaluate.threshold, classes, labels, probs, contracts.read_baseline(),
+        params.train.select_metric, params.evaluate.min_support, calibration,
     )  # fmt: skip
     results.write_evaluation(evaluation)
     mlf = params.mlflow
@@ -33,19 +34,18 @@ def main(params: Params) -> None:
         results.log_evaluation(run, evaluation)
         results.log_label_issues(run, contracts.read_audit())
         if mlf.log_model:
-            from spamgpt import (  # mlflow.pyfunc: only where a model is logged
-                export,
-                loader,
-                serving,
-            )
+            from spamgpt import export, loader, serving  # mlflow.pyfunc: only where logged
 
             base = loader.BaseWeights(**contracts.read_base_weights())
             full = mlf.log_model == "full"  # its every tensor comes from `loaded`
-            with export.served_onnx(model, meta, mlf.serve, run) as onnx_file:
+            with export.served_onnx(model, meta, mlf.serve, run, calibration.temperature) as onnx:
                 serving.log_model(
                     run.run_id, paths.FINETUNED_DIR, evaluation.threshold, mlf.registered_model,
-                    base=base, full=full, loaded=(model, meta), onnx_file=onnx_file,
+                    base=base, full=full, loaded=(model, meta), onnx_file=onnx,
+                    temperature=calibration.temperature,
                 )  # fmt: skip
+        # The exports' weights are the model's own: the temperature folded into its head
+        classifier.fold_temperature(model, calibration.temperature, classes)
         if mlf.export:
             from spamgpt import export  # onnx and transformers' formats: only where asked
 
@@ -53,7 +53,6 @@ def main(params: Params) -> None:
         if mlf.log_checkpoints:
             light = mlf.log_model is True and mlf.registered_model is None
             results.log_best_checkpoint(run, light_model_logged=light)
-        run.log_metrics(stage.timeline_metrics(), 0)  # its phases until now
 
 
 if __name__ == "__main__":

@@ -323,11 +323,13 @@ def expected_answers(
     texts: list[str],
     threshold: float | None,
     pretrained_root: Path = paths.PRETRAINED_DIR,
+    temperature: float | dict[str, float] | None = None,
 ) -> list[dict]:
     """The prediction path's answers to `texts`, computed in this process: the model folder
-    loaded, its probabilities (classify_texts, on the device and precision `spamgpt classify`
-    and the served model resolve), then classifier.answers at `threshold`."""
-    model, meta = classifier.load(model_dir, pretrained_root)
+    loaded (`temperature` folded into its head: evaluate's, as classify applies it), its
+    probabilities (classify_texts, on the device and precision `spamgpt classify` and the
+    served model resolve), then classifier.answers at `threshold`."""
+    model, meta = classifier.load(model_dir, pretrained_root, temperature)
     device = runtime.resolve_device("auto")
     precision = runtime.resolve_precision("auto", device)
     enc = tokenizer.load(model_dir)
@@ -335,6 +337,12 @@ def expected_answers(
         model.to(device), enc, texts, meta["max_length"], device, precision
     )
     return classifier.answers(probs, classifier.classes_of(meta), threshold)
+
+
+def evaluated_temperature(project: Path) -> float | dict[str, float] | None:
+    """The temperature evaluate fitted in `project` (models/calibration.json)."""
+    calibration = read_json(project / paths.CALIBRATION)
+    return None if calibration["method"] == "none" else calibration["temperature"]
 
 
 def assert_same_answers(

@@ -54,3 +54,16 @@ def test_the_threshold_is_evaluates_or_the_default(workspace: Path) -> None:
     assert contracts.read_threshold() == {"billing": 0.3, "urgent": 0.5}
     paths.EVAL_REPORT.write_text("{not json")
     assert contracts.read_threshold() == 0.5
+
+
+def test_the_temperature_is_evaluates_or_none(workspace: Path) -> None:
+    assert contracts.read_temperature() is None  # no evaluation yet: the raw probabilities
+    contracts.write_calibration({"method": "temperature", "temperature": 1.75, "test": {}})
+    assert contracts.read_temperature() == 1.75
+    per_label = {"billing": 0.5, "urgent": 2}
+    contracts.write_calibration({"method": "temperature", "temperature": per_label})
+    assert contracts.read_temperature() == {"billing": 0.5, "urgent": 2.0}
+    contracts.write_calibration({"method": "none", "temperature": None})
+    assert contracts.read_temperature() is None
+    paths.CALIBRATION.write_text("{not json")
+    assert contracts.read_temperature() is None

@@ -19,7 +19,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, STAGES, restored_tracking_uri, subprocess_env, tiny_params
+from conftest import (
+    REPO,
+    STAGES,
+    evaluated_temperature,
+    restored_tracking_uri,
+    subprocess_env,
+    tiny_params,
+)
 from fileserver import Faults, serve
 from mlflow.tracking import MlflowClient
 
@@ -438,8 +445,11 @@ def pipeline(
 
 
 def spamgpt_probabilities(path: Path) -> np.ndarray:
-    """What spamgpt's own prediction path says of MESSAGES, with the project's model."""
-    model, meta = classifier.load(path / paths.FINETUNED_DIR, path / paths.PRETRAINED_DIR)
+    """What spamgpt's own prediction path says of MESSAGES, with the project's model and the
+    temperature evaluate fitted (the exports' heads have it folded in)."""
+    model, meta = classifier.load(
+        path / paths.FINETUNED_DIR, path / paths.PRETRAINED_DIR, evaluated_temperature(path)
+    )
     enc = tokenizer.load(path / paths.FINETUNED_DIR)
     probs, _ = classifier.classify_texts(model, enc, MESSAGES, meta["max_length"], CPU, "fp32")
     return probs.numpy()
@@ -644,3 +654,28 @@ def test_bad_quantize_arguments_are_refused_in_one_line(
     assert info.value.code == 1
     assert capsys.readouterr().err == f"spamgpt: error: {line}\n"
     assert not (tmp_path / "out").exists()
+
+
+@torch.no_grad()
+def test_export_of_a_folder_folds_evaluates_temperature(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`spamgpt export` of models/finetuned, run where evaluate wrote models/calibration.json:
+    the ONNX graph gives the calibrated probabilities, as classify does."""
+    import onnxruntime
+
+    folder = finetuned(workspace, "calibrated", trainable_blocks=1)
+    monkeypatch.chdir(tmp_path)
+    contracts.write_calibration({"method": "temperature", "temperature": 2.5})
+    cli.main(["export", "--to", "onnx", "model.onnx", "--model", str(folder),
+              "--pretrained", str(workspace / paths.PRETRAINED_DIR)])  # fmt: skip
+    model, meta = classifier.load(folder, workspace / paths.PRETRAINED_DIR, temperature=2.5)
+    enc = tokenizer.load(folder)
+    expected, _ = classifier.classify_texts(model, enc, TEXTS, meta["max_length"], CPU, "fp32")
+    *_, uncalibrated = reference(workspace, folder)
+    assert not np.allclose(expected.numpy(), uncalibrated, atol=1e-3)
+    session = onnxruntime.InferenceSession("model.onnx")
+    for text, want in zip(TEXTS, expected.numpy(), strict=True):
+        ids = np.array([enc.encode_ordinary(text)[:MAX_LENGTH]], dtype=np.int64)
+        (got,) = session.run(None, {"input_ids": ids, "lengths": np.array([ids.shape[1]])})
+        np.testing.assert_allclose(got[0], want, rtol=0, atol=1e-5)

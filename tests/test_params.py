@@ -168,6 +168,7 @@ BAD: list[tuple[str, dict | str, str]] = [
     ("weights-empty", modified(train__class_weights={}), "train.class_weights"),
     ("dropout-1", modified(model__dropout=1.0), "model.dropout"),
     ("threshold-1", modified(evaluate__threshold=1.0), "evaluate.threshold"),
+    ("calibration-platt", modified(evaluate__calibration="platt"), "evaluate.calibration"),
     ("repo-id-no-owner", modified(model__repo_id="gpt2"), "model.repo_id"),
     ("repo-id-three-parts", modified(model__repo_id="a/b/c"), "model.repo_id"),
     ("revision-slash", modified(model__revision="main/../x"), "model.revision"),

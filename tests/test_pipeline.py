@@ -18,12 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import (
     REPO,
     STAGES,
     assert_same_answers,
+    evaluated_temperature,
     expected_answers,
     read_json,
     restored_tracking_uri,
@@ -108,7 +111,7 @@ def test_dvc_yaml_declares_what_the_library_writes():
         "evaluate": [
             paths.EVAL_REPORT, paths.MISCLASSIFIED_TEST, paths.PREDICTIONS_TEST,
             paths.CONFUSION_TEST_PLOT, paths.curve_plot("roc"), paths.curve_plot("pr"),
-            paths.EVAL_METRICS,
+            paths.RELIABILITY_TEST_PLOT, paths.CALIBRATION, paths.EVAL_METRICS,
         ],
     }  # fmt: skip
     assert set(writes) == set(stages)
@@ -152,6 +155,12 @@ def test_metrics_files(project):
         "spam": {k: ev["test"]["spam"][k] for k in ("precision", "recall", "f1")},
         "threshold": ev["threshold"],
         "baseline": {"spam": {"f1": ev["baseline"]["test"]["spam"]["f1"]}},
+    }
+    calibration = read_json(path / "models/calibration.json")
+    assert calibration["test"] == {
+        "ece": ev["calibration"]["test"]["calibrated"]["ece"],
+        "log_loss": ev["calibration"]["test"]["calibrated"]["log_loss"],
+        "ece_uncalibrated": ev["calibration"]["test"]["uncalibrated"]["ece"],
     }
     shown = run(["dvc", "metrics", "show"], path).stdout
     assert max(map(len, shown.splitlines())) <= 200, shown
@@ -199,6 +208,12 @@ def test_mlflow_run_has_everything(project, mlflow_client, monkeypatch):
     assert run_.data.metrics["baseline/accuracy"] == pytest.approx(
         ev["baseline"]["test"]["accuracy"]
     )
+    calibration = ev["calibration"]
+    assert run_.data.metrics["calibration/temperature"] == pytest.approx(calibration["temperature"])
+    assert run_.data.metrics["test/ece"] == pytest.approx(calibration["test"]["calibrated"]["ece"])
+    assert run_.data.metrics["val/ece_uncalibrated"] == pytest.approx(
+        calibration["val"]["uncalibrated"]["ece"]
+    )
 
     def listing(folder=None):
         return {f.path for f in mlflow_client.list_artifacts(run_id, folder)}
@@ -213,6 +228,8 @@ def test_mlflow_run_has_everything(project, mlflow_client, monkeypatch):
     assert sizes["model.safetensors"] == best.stat().st_size  # the trained tensors only
     assert "base.json" in sizes
     evaluation = listing("evaluation")
+    assert "evaluation/test_reliability.png" in evaluation
+    assert "evaluation/calibration.json" in evaluation
     for split in ("val", "test"):
         assert f"evaluation/{split}_confusion_matrix.png" in evaluation
         assert f"evaluation/{split}_metrics.json" in evaluation
@@ -233,7 +250,7 @@ def test_mlflow_run_has_everything(project, mlflow_client, monkeypatch):
     threshold = read_json(path / "metrics/eval.json")["threshold"]
     expected = expected_answers(
         path / "models/finetuned", ["see you at 7", "WIN a prize now"], threshold,
-        path / PRETRAINED,
+        path / PRETRAINED, evaluated_temperature(path),
     )  # fmt: skip
     assert_same_answers(
         [a["label"] for a in answers], [a["spam_probability"] for a in answers], expected,
@@ -251,6 +268,8 @@ def test_plots_render(project):
     for name, (plot,) in shown.items():
         assert plot["content"]["data"]["values"], name
     assert {p["class"] for p in shown["test ROC"][0]["content"]["data"]["values"]} == {"spam"}
+    reliability = shown["test reliability"][0]["content"]["data"]["values"]
+    assert {p["class"] for p in reliability} == {"perfect", "uncalibrated", "calibrated"}
 
 
 def test_classify_answers(project):
@@ -262,9 +281,63 @@ def test_classify_answers(project):
     texts = ["WIN a FREE prize now, call 09061701", "see you at 7"]
     assert [a["text"] for a in answers] == texts
     threshold = read_json(path / "metrics/eval.json")["threshold"]
-    expected = expected_answers(path / "models/finetuned", texts, threshold, path / PRETRAINED)
+    temperature = evaluated_temperature(path)
+    expected = expected_answers(
+        path / "models/finetuned", texts, threshold, path / PRETRAINED, temperature
+    )
     labels, probabilities = [a["label"] for a in answers], [a["spam_probability"] for a in answers]
     assert_same_answers(labels, probabilities, expected, threshold)
+
+
+def test_classify_gives_evaluates_calibrated_probabilities(project):
+    """The test messages' spam probabilities in reports/predictions_test.csv (evaluate's,
+    calibrated, from the trunk cache) are what `spamgpt classify` gives (the whole model,
+    evaluate's temperature folded into its head), both in fp32 (classify's auto is bf16 on a
+    CPU that has it)."""
+    path, _ = project
+    temperature = evaluated_temperature(path)
+    assert temperature is not None and temperature != 1.0
+    predictions = pd.read_csv(path / "reports/predictions_test.csv")
+    texts = predictions["text"].tolist()
+    answers = [
+        json.loads(line)
+        for line in spamgpt(
+            ["classify", "--json", "--precision", "fp32", *texts], path
+        ).splitlines()
+    ]
+    assert [a["spam_probability"] for a in answers] == pytest.approx(
+        predictions["p_spam"].tolist(), abs=2e-6
+    )
+    assert [a["label"] for a in answers] == predictions["predicted"].tolist()
+
+
+def test_calibration_keeps_decisions_and_rankings(project, monkeypatch):
+    """The uncalibrated probabilities (evaluate.calibration: none) give the test figures
+    evaluate reported with the calibrated ones at 0.5: accuracy, P/R/F1, confusion, ROC and
+    PR AUC; the calibrated ones are better calibrated on validation, where T was fitted."""
+    from spamgpt import classifier, contracts, metrics, paths, results
+    from spamgpt.trunk import Split
+
+    path, _ = project
+    monkeypatch.chdir(path)
+    ev = read_json(path / "reports/evaluation.json")
+    assert ev["threshold"] == 0.5
+    classes = contracts.read_classes()
+    splits = {s: Split.read(s, contracts.read_frozen_blocks()) for s in ("val", "test")}
+    model, _ = classifier.load(paths.FINETUNED_DIR)
+    cpu = torch.device("cpu")
+    logits = {
+        s: classifier.class_logits(model, x.inputs, cpu, "fp32").numpy() for s, x in splits.items()
+    }
+    labels = {s: x.labels.numpy() for s, x in splits.items()}
+    raw, none = results.calibrate("none", classes, labels, logits)
+    uncalibrated = metrics.report(labels["test"], raw["test"], 0.5, classes)
+    for key in ("accuracy", "macro_f1", "roc_auc", "pr_auc", "confusion_matrix", "spam", "ham"):
+        assert uncalibrated[key] == ev["test"][key], key
+    calibration = ev["calibration"]
+    assert none.scores["test"]["uncalibrated"] == calibration["test"]["uncalibrated"]
+    val = calibration["val"]
+    assert val["calibrated"]["log_loss"] <= val["uncalibrated"]["log_loss"]
 
 
 def test_exp_run_reruns_only_training(project, mlflow_client):
@@ -310,8 +383,9 @@ def test_lora_recipe_runs_and_classifies(project, mlflow_client):
     answer = json.loads(spamgpt(["classify", "--json", "txt WIN to claim your prize"], path))
     threshold = read_json(path / "metrics/eval.json")["threshold"]
     expected = expected_answers(
-        path / "models/finetuned", ["txt WIN to claim your prize"], threshold, path / PRETRAINED
-    )
+        path / "models/finetuned", ["txt WIN to claim your prize"], threshold, path / PRETRAINED,
+        evaluated_temperature(path),
+    )  # fmt: skip
     assert_same_answers([answer["label"]], [answer["spam_probability"]], expected, threshold)
     # Merged adapters are not the trained tensors: the best ones are logged on their own.
     run_id = read_json(path / "models/mlflow_run.json")["run_id"]

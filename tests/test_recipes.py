@@ -27,6 +27,7 @@ from conftest import (
     STAGES,
     TINY_REVISION,
     Mirror,
+    evaluated_temperature,
     read_json,
     restored_tracking_uri,
     serve_mirror,
@@ -36,7 +37,7 @@ from conftest import (
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from spamgpt import classifier, cli, data, metrics, tokenized, trunk
+from spamgpt import classifier, cli, data, metrics, results, tokenized, trunk
 from spamgpt import params as params_module
 from spamgpt.batching import ModelInputs
 from spamgpt.labels import SMS
@@ -245,11 +246,14 @@ def test_mean_pool_and_medium_use_their_settings(recipe_runs: dict) -> None:
 
 def probabilities(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(labels, class probabilities) of a split, recomputed here from the saved model over
-    the cached trunk, as evaluate computes them."""
+    the cached trunk, as evaluate computes them (its logits divided by evaluate's
+    temperature)."""
     model, _ = classifier.load(folder / "models/finetuned", folder / "models/pretrained")
     n_frozen = read_json(folder / "data/trunk/info.json")["frozen_blocks"]
     inputs = ModelInputs(trunk.load(folder / f"data/trunk/{split}.safetensors"), n_frozen)
-    probs = classifier.class_probabilities(model, inputs, CPU, "fp32").numpy()
+    logits = classifier.class_logits(model, inputs, CPU, "fp32").numpy()
+    temperature = evaluated_temperature(folder) or 1.0
+    probs = results.calibrated_probabilities(logits, temperature, multi_label=False)
     labels = tokenized.load(folder / f"data/tokens/{split}.safetensors").labels.numpy()
     return labels, probs
 

@@ -375,7 +375,7 @@ def test_classify_answers_empty_blank_emoji_and_huge_messages(cli_runs: dict, mo
         assert line.split("\t", 2)[2].startswith(text)
     labels, probabilities = zip(*(line.split("\t")[:2] for line in lines), strict=True)
     threshold = contracts.read_threshold()  # as the command read it, in this directory
-    expected = expected_answers(model, texts, threshold)
+    expected = expected_answers(model, texts, threshold, temperature=contracts.read_temperature())
     assert_same_answers(list(labels), [float(p) for p in probabilities], expected, threshold, 1e-4)
     assert lines[3].endswith(f" [truncated to {MAX_LENGTH} tokens]")
     assert not any("truncated" in line for line in lines[:3])
@@ -388,7 +388,12 @@ def test_classify_plain_output_escapes_tabs_and_line_breaks(cli_runs: dict, mode
     label, probability, text = line.split("\t")
     assert text == "call\\tnow\\nor\\r\\nnever \\\\o/"
     threshold = contracts.read_threshold()
-    expected = expected_answers(model, CLI_CASES["tabs-and-newlines"][0], threshold)
+    expected = expected_answers(
+        model,
+        CLI_CASES["tabs-and-newlines"][0],
+        threshold,
+        temperature=contracts.read_temperature(),
+    )
     assert_same_answers([label], [float(probability)], expected, threshold, 1e-4)
 
 
@@ -400,7 +405,12 @@ def test_classify_answers_every_line_of_random_bytes(cli_runs: dict, model: Path
     assert [a["text"] for a in answers] == texts
     threshold = contracts.read_threshold()
     labels, probabilities = [a["label"] for a in answers], [a["spam_probability"] for a in answers]
-    assert_same_answers(labels, probabilities, expected_answers(model, texts, threshold), threshold)
+    assert_same_answers(
+        labels,
+        probabilities,
+        expected_answers(model, texts, threshold, temperature=contracts.read_temperature()),
+        threshold,
+    )
 
 
 @pytest.mark.parametrize(

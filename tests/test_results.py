@@ -41,7 +41,13 @@ def write_run(classes: Classes, threshold: float | None) -> None:
         s: metrics.report(labels, np.roll(probs, 1, axis=0), threshold, classes) for s in reports
     }
     curves = metrics.curve_frames(labels, probs, classes)
-    evaluated = results.Evaluation(classes, reports, baseline, curves, labels, probs, threshold)
+    splits = {s: labels for s in reports}
+    _, calibration = results.calibrate(
+        "temperature", classes, splits, {s: np.log(probs) for s in reports}
+    )
+    evaluated = results.Evaluation(
+        classes, reports, baseline, curves, labels, probs, threshold, calibration=calibration
+    )
     results.write_evaluation(evaluated)
     state = State()
     for epoch in (1, 2, 3):  # each evaluated at its end
@@ -159,6 +165,14 @@ def test_the_whole_report_is_in_reports(project):
     assert evaluated["accuracy"] == report["test"]["accuracy"]
     picked_by = metrics.selection_score(report["baseline"]["test"], 0.0, TEN)
     assert metrics.selection_score(evaluated["baseline"], 0.0, TEN) == picked_by
+    calibration = report["calibration"]
+    assert calibration["method"] == "temperature" and calibration["bins"] == 15
+    for split in ("val", "test"):
+        assert set(calibration[split]) == {"uncalibrated", "calibrated"}
+    summary = json.loads((path / paths.CALIBRATION).read_text())
+    assert summary["test"]["ece"] == calibration["test"]["calibrated"]["ece"]
+    assert summary["temperature"] == calibration["temperature"] > 0
+    assert contracts.read_temperature() is None  # read where classify reads, here no project
     training = json.loads((path / paths.TRAIN_REPORT).read_text())
     assert training["val"]["macro_f1"] == report["val"]["macro_f1"] and training["steps"] == 30
 
@@ -168,7 +182,7 @@ def test_every_plot_has_data_and_a_line_per_class(project):
     shown = json.loads(run(["dvc", "plots", "show", "--json"], path).stdout)["data"]
     assert set(shown) == {
         "training loss", "loss by epoch", "validation accuracy and macro F1",
-        "test confusion matrix", "test ROC", "test precision-recall",
+        "test confusion matrix", "test ROC", "test precision-recall", "test reliability",
     }  # fmt: skip
     for name, (plot,) in shown.items():
         assert plot["content"]["data"]["values"], name
@@ -179,6 +193,8 @@ def test_every_plot_has_data_and_a_line_per_class(project):
     drawn = {point["class"] for curve in curves for point in curve}
     assert shown["test ROC"][0]["content"]["encoding"]["color"]["field"] == "class"
     assert drawn == set(TEN.names)  # no positive class: each one against the rest
+    reliability = shown["test reliability"][0]["content"]["data"]["values"]
+    assert {point["class"] for point in reliability} == {"perfect", "uncalibrated", "calibrated"}
     html = path / "html"
     run(["dvc", "plots", "show", "-o", str(html)], path)
     assert "var spec = {};" not in (html / "index.html").read_text()

@@ -332,6 +332,37 @@ def test_the_onnx_model_answers_like_the_cli(
     assert not (tmp_path / "cache").exists()  # no base weights were looked for
 
 
+@pytest.mark.parametrize("full", [False, True])
+def test_a_temperature_is_written_beside_the_tensors_and_folded_as_it_loads(
+    logged: Logged, tmp_path: Path, monkeypatch, full: bool
+) -> None:
+    """evaluate's temperature travels in the logged model's classifier.json, its tensors
+    models/finetuned's own (light) or the whole model's (full); loaded, the head divides by
+    it: the probabilities of classifier.load with that temperature, bit for bit."""
+    monkeypatch.chdir(logged.project)
+    monkeypatch.setenv(loader.CACHE_ENV, str(logged.project / "cache"))
+    client = MlflowClient()
+    run_id = client.create_run(client.get_experiment_by_name("spam").experiment_id).info.run_id
+    client.set_terminated(run_id)
+    uri = serving.log_model(
+        run_id, logged.finetuned, THRESHOLD, base=logged.base, full=full, temperature=2.5
+    )
+    local = loader.download_logged(uri, tmp_path)
+    folder = local / "artifacts" / loader.ARTIFACT
+    assert json.loads((folder / classifier.CLASSIFIER_JSON).read_text())["temperature"] == 2.5
+    raw, _ = classifier.load(logged.finetuned, logged.pretrained)
+    assert torch.equal(load_file(folder / "model.safetensors")["head.weight"], raw.head.weight)
+    logged_model = loader.load_model(local)
+    served, meta = logged_model.model, logged_model.meta
+    expected, _ = classifier.load(logged.finetuned, logged.pretrained, temperature=2.5)
+    enc, cpu = tokenizer.load(folder), torch.device("cpu")
+    got, _ = classifier.classify_texts(served, enc, MESSAGES, meta["max_length"], cpu, "fp32")
+    want, _ = classifier.classify_texts(expected, enc, MESSAGES, meta["max_length"], cpu, "fp32")
+    assert torch.equal(got, want)
+    uncalibrated, _ = classifier.classify_texts(raw, enc, MESSAGES, meta["max_length"], cpu, "fp32")
+    assert not torch.allclose(got, uncalibrated)
+
+
 def test_served_model_answers_like_the_cli(logged: Logged, server: str) -> None:
     messages = [*MESSAGES, "", "🎉🎉 you won!! 📱 call now"]
     answer = post(f"{server}/invocations", {"inputs": messages})

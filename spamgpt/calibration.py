@@ -1,0 +1,205 @@
+"""Temperature scaling (evaluate.calibration): one temperature T, fitted on the validation split
+by log loss, divides the logits (multi-label: one T per label); and the figures that say how
+far probabilities are from frequencies: expected calibration error, Brier score, log loss.
+
+T > 0 keeps each logit's sign and every ordering of logits, so decisions at 0.5 (two classes,
+or each label), the most probable class and every ranking metric (ROC and PR AUC) are those
+of the uncalibrated model; only the probabilities move. Each label's log loss is convex in
+1/T, so the fit is a bisection on the sign of its derivative, exact to float64.
+
+The figures are numpy, with scikit-learn's definitions (tests/test_calibration.py checks them
+against brier_score_loss and log_loss):
+- single-label: ECE on the top class's probability (confidence) against whether that class is
+  the true one; Brier score the mean over messages of sum_k (p_k - y_k)^2, halved for two
+  classes (the positive class's (p - y)^2, as scikit-learn's binary form); log loss the mean
+  -log p(true class).
+- multi-label: every (message, label) pair as a binary prediction of its probability: ECE on
+  the label's probability against its presence, Brier (p - y)^2, log loss the binary
+  cross-entropy; pooled over all pairs, and per label."""
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+BINS = 15  # equal-width confidence bins of the expected calibration error
+# The temperatures a fit searches. A split the model separates perfectly drives the log loss's
+# optimum to T -> 0 (and one it gets all wrong to T -> infinity): such a T would round every
+# float32 probability to 0 or 1, tying messages a ranking tells apart, so T stays 1 there.
+T_RANGE = (0.01, 100.0)
+BISECTIONS = 100  # halvings of log(1/T)'s range: far below float64's resolution of T
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, multi_label: bool) -> np.ndarray:
+    """The temperature(s) minimising the log loss of softmax(logits / T) for class indices
+    `labels` (N,), or, multi-label, of sigmoid(logits[:, j] / T_j) for 0/1 targets (N, labels):
+    shape (1,), or (labels,). T = 1 where the optimum is outside T_RANGE (the split separated
+    perfectly, or all wrong) and for a label all present or all absent (its log loss only
+    falls as T does): there is nothing to fit."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels)
+    if not multi_label:
+        return np.array([_bisect(lambda beta: _softmax_slope(z, y, beta))])
+    out = np.ones(z.shape[1])
+    for j in range(z.shape[1]):
+        yj = y[:, j] > 0.5
+        if yj.all() or not yj.any():
+            continue
+        out[j] = _bisect(lambda beta, zj=z[:, j], yj=yj: _sigmoid_slope(zj, yj, beta))
+    return out
+
+
+def _softmax_slope(z: np.ndarray, y: np.ndarray, beta: float) -> float:
+    """d/d(beta) of the mean of logsumexp(beta z) - beta z_y: E_p[z] - z_y."""
+    p = _softmax(beta * z)
+    return float(np.mean((p * z).sum(axis=1) - z[np.arange(len(z)), y]))
+
+
+def _sigmoid_slope(z: np.ndarray, y: np.ndarray, beta: float) -> float:
+    """d/d(beta) of the mean binary cross-entropy of sigmoid(beta z): (sigmoid - y) z."""
+    return float(np.mean((_sigmoid(beta * z) - y) * z))
+
+
+def _bisect(slope) -> float:
+    """T = 1/beta at the root of the increasing `slope` (a convex loss's derivative in beta);
+    1 where the root is outside T_RANGE."""
+    lo, hi = np.log(1 / T_RANGE[1]), np.log(1 / T_RANGE[0])  # log beta
+    if slope(np.exp(lo)) >= 0 or slope(np.exp(hi)) <= 0:
+        return 1.0
+    for _ in range(BISECTIONS):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if slope(np.exp(mid)) < 0 else (lo, mid)
+    return float(1 / np.exp((lo + hi) / 2))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+def probabilities(logits: np.ndarray, temperature: np.ndarray, multi_label: bool) -> np.ndarray:
+    """float64 softmax (multi-label: sigmoid) of logits / temperature."""
+    z = np.asarray(logits, dtype=np.float64) / np.asarray(temperature, dtype=np.float64)
+    return _sigmoid(z) if multi_label else _softmax(z)
+
+
+def expected_calibration_error(confidence: np.ndarray, outcome: np.ndarray) -> float:
+    """Sum over BINS equal-width bins of confidence ((0, 1/15], ..., (14/15, 1]; 0 in the
+    first) of the bin's share of predictions times |mean outcome - mean confidence|."""
+    confidence, outcome = np.asarray(confidence, float).ravel(), np.asarray(outcome, float).ravel()
+    bins = _bin_of(confidence)
+    gap = np.bincount(bins, outcome - confidence, minlength=BINS)
+    return float(np.abs(gap).sum() / max(len(confidence), 1))
+
+
+def _bin_of(confidence: np.ndarray) -> np.ndarray:
+    return np.clip(np.ceil(confidence * BINS).astype(int) - 1, 0, BINS - 1)
+
+
+def _confidence_outcome(
+    probs: np.ndarray, labels: np.ndarray, multi_label: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """What ECE and the reliability diagram compare: the top class's probability and whether
+    it is right; multi-label, each label's probability and its presence."""
+    if multi_label:
+        return probs, (np.asarray(labels) > 0.5).astype(float)
+    return probs.max(axis=1), (probs.argmax(axis=1) == labels).astype(float)
+
+
+def scores(
+    labels: np.ndarray,
+    logits: np.ndarray,
+    temperature: np.ndarray,
+    multi_label: bool,
+    names: list[str] | None = None,
+) -> dict:
+    """{"ece", "brier", "log_loss"} of softmax/sigmoid(logits / temperature) against `labels`
+    (class indices, or multi-label 0/1 targets); multi-label also "per_label": {name: those
+    three} for the label `names`."""
+    z = np.asarray(logits, dtype=np.float64) / np.asarray(temperature, dtype=np.float64)
+    probs = probabilities(logits, temperature, multi_label)
+    if multi_label:
+        y = (np.asarray(labels) > 0.5).astype(float)
+        brier = (probs - y) ** 2
+        log_loss = np.logaddexp(0.0, z) - y * z  # binary cross-entropy with logits
+        per_label = {
+            name: {
+                "ece": expected_calibration_error(probs[:, j], y[:, j]),
+                "brier": float(brier[:, j].mean()),
+                "log_loss": float(log_loss[:, j].mean()),
+            }
+            for j, name in enumerate(names or range(z.shape[1]))
+        }
+        pooled = {
+            "ece": expected_calibration_error(probs, y),
+            "brier": float(brier.mean()),
+            "log_loss": float(log_loss.mean()),
+        }
+        return {**pooled, "per_label": per_label}
+    labels = np.asarray(labels)
+    one_hot = np.eye(z.shape[1])[labels]
+    brier = ((probs - one_hot) ** 2).sum(axis=1).mean() / (2 if z.shape[1] == 2 else 1)
+    log_softmax = z - z.max(axis=1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(axis=1, keepdims=True))
+    return {
+        "ece": expected_calibration_error(*_confidence_outcome(probs, labels, False)),
+        "brier": float(brier),
+        "log_loss": float(-log_softmax[np.arange(len(z)), labels].mean()),
+    }
+
+
+def reliability_frame(
+    labels: np.ndarray, probabilities_by_name: dict[str, np.ndarray], multi_label: bool
+) -> pd.DataFrame:
+    """The reliability diagram's plot data: for each named set of probabilities, each
+    non-empty bin's mean confidence and observed frequency (accuracy of the top class;
+    multi-label, presence of the label, pooled over labels) and count; columns class (the
+    curve's name), point, confidence, accuracy, count; and the diagonal of perfect
+    calibration as the curve "perfect"."""
+    frames = [
+        pd.DataFrame(
+            {"class": "perfect", "point": [0, 1], "confidence": [0.0, 1.0], "accuracy": [0.0, 1.0]}
+        ).assign(count=0)
+    ]
+    for name, probs in probabilities_by_name.items():
+        confidence, outcome = _confidence_outcome(np.asarray(probs), labels, multi_label)
+        confidence, outcome = confidence.ravel(), outcome.ravel()
+        bins = _bin_of(confidence)
+        count = np.bincount(bins, minlength=BINS)
+        used = count > 0
+        frames.append(
+            pd.DataFrame(
+                {
+                    "class": name,
+                    "point": np.arange(used.sum()),
+                    "confidence": np.bincount(bins, confidence, BINS)[used] / count[used],
+                    "accuracy": np.bincount(bins, outcome, BINS)[used] / count[used],
+                    "count": count[used],
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def reliability_figure(frame: pd.DataFrame, title: str) -> "Figure":
+    """The reliability diagram of reliability_frame's data: each curve's bins as points (mean
+    confidence, observed frequency), the perfect diagonal dashed."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
+
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    for name, part in frame.groupby("class", sort=False):
+        style = {"linestyle": "--", "color": "grey"} if name == "perfect" else {"marker": "o"}
+        ax.plot(part["confidence"], part["accuracy"], label=name, **style)
+    ax.set(xlabel="confidence", ylabel="observed frequency", title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
