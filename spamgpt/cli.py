@@ -6,6 +6,7 @@ spamgpt classify --file messages.txt --json      # one message per line; - for s
 spamgpt classify '{"subject": "WIN", "body": "a prize"}'  # a model of several text fields
 spamgpt predict tickets.parquet --output scored.csv --keep id
 spamgpt export --to transformers exported/      # or --to onnx model.onnx (spamgpt.export)
+spamgpt serve --model runs:/<run_id>/model -p 5001  # batching across requests (serve_batched)
 """
 
 import argparse
@@ -183,6 +184,33 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     e.set_defaults(run=export.command)
 
 
+def add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    s = commands.add_parser(
+        "serve", help="serve the model over HTTP, batching across requests (LitServe)"
+    )
+    add_model_arguments(s)
+    s.add_argument("--port", "-p", type=int, default=5001)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--max-batch-size", type=positive_int, default=16, help="requests a batch")
+    s.add_argument(
+        "--batch-timeout", type=float, default=0.01, help="seconds a batch waits to fill"
+    )
+    s.add_argument("--engine", default="torch", choices=["torch"], help="what scores")
+    s.add_argument(
+        "--threshold", type=float, help="on the positive class's probability (default: the model's)"
+    )
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    s.add_argument("--max-tokens", type=positive_int, help="padded tokens per batch")
+    s.set_defaults(run=serve)
+
+
+def serve(args: argparse.Namespace) -> None:
+    from spamgpt import serve_batched  # LitServe: only for this command
+
+    serve_batched.command(args)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="spamgpt", description="GPT-2 fine-tuned as a text classifier"
@@ -207,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_predict_parser(commands)
     add_export_parser(commands)
+    add_serve_parser(commands)
     args = parser.parse_args(argv)
     try:
         getattr(args, "run", classify)(args)
