@@ -215,13 +215,17 @@ class BatchedClassifier(litserve.LitAPI):
     def batch(self, requests: list[list[str]]) -> list[list[str]]:
         return requests
 
-    def predict(self, requests: list[list[str]]) -> list[list[dict]]:
+    def predict(self, x: list) -> list:
+        """A batch's answers, a list per request; with max_batch_size 1 LitServe hands over
+        one request's texts, unbatched, and takes its answers."""
+        requests = x if self.max_batch_size > 1 else [x]
         texts = [text for request in requests for text in request]
         print(
             f"batch: {len(requests)} requests, {len(texts)} messages", file=sys.stderr, flush=True
         )
         answers = iter(self.engine.answers(texts))
-        return [[next(answers) for _ in request] for request in requests]
+        out = [[next(answers) for _ in request] for request in requests]
+        return out if self.max_batch_size > 1 else out[0]
 
     def unbatch(self, output: list[list[dict]]) -> list[list[dict]]:
         return output
