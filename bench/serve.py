@@ -17,6 +17,7 @@ cost is in the figures. `--tiny`: the tests' tiny GPT-2, few requests (tests/tes
 """
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -51,10 +52,9 @@ class Server:
     name: str
     precision: str  # what it computes in: the answers are checked against classify's
     args: tuple[str, ...]  # the command, less the port
-    env: tuple[tuple[str, str], ...] = ()  # set for it besides the bench's
 
 
-def servers(model_uri: str, batch_timeout: float, mlserver_python: Path | None) -> list[Server]:
+def servers(model_uri: str, batch_timeout: float) -> list[Server]:
     """The servers compared. MLflow's scoring server runs the pyfunc model at precision
     'auto' (bf16 where the CPU computes it natively, as classify's default). An ONNX Runtime
     variant is one more entry: `spamgpt serve --engine onnx` once serve_batched.ENGINES has it,
@@ -77,20 +77,6 @@ def servers(model_uri: str, batch_timeout: float, mlserver_python: Path | None) 
             (*serve, "--max-batch-size", "16", *timeout, "--precision", "fp32"),
         ),
     ]
-    if mlserver_python is not None:  # MLServer's adaptive batching, its own environment
-        bin_dir = str(Path(mlserver_python).parent)
-        found.append(
-            Server(
-                f"mlflow models serve --enable-mlserver, batch 16 ({auto})",
-                auto,
-                (str(mlserver_python), "-m", *mlflow, "--enable-mlserver", "-h", "127.0.0.1"),
-                (
-                    ("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}"),
-                    ("MLSERVER_MODEL_MAX_BATCH_SIZE", "16"),
-                    ("MLSERVER_MODEL_MAX_BATCH_TIME", str(batch_timeout)),
-                ),
-            )
-        )
     if runtime.bf16_supported(torch.device("cpu")):
         found.append(
             Server(
@@ -129,12 +115,13 @@ def started(args: tuple[str, ...], env: dict, log: Path) -> Iterator[int]:
                 time.sleep(0.2)
         yield port
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # it may have died on its own
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def run_load(
@@ -233,11 +220,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30, help="at most, per load")
     parser.add_argument("--batch-timeout", type=float, default=0.005)
     parser.add_argument("--json", type=Path, help="write the figures here too")
-    parser.add_argument(
-        "--mlserver-python",
-        type=Path,
-        help="a python with mlserver-mlflow 1.7.1 installed (a throwaway venv: docs/serving.md)",
-    )
     args = parser.parse_args()
     requests, seconds = (24, 5.0) if args.tiny else (args.requests, args.seconds)
     rows = []
@@ -249,14 +231,14 @@ def main() -> None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         pool = [line.split("\t", 1)[1] for line in sms_like(512)]
         expected = {}
-        compared = servers(uri, args.batch_timeout, args.mlserver_python)
+        compared = servers(uri, args.batch_timeout)
         if args.tiny:  # the plain scoring server and the batching one: enough to test it
             compared = [compared[0], compared[2]]
         for server in compared:
             if server.precision not in expected:
                 expected[server.precision] = classify_answers(folder, pool, server.precision, env)
             log = root / "server.log"
-            with started(server.args, {**env, **dict(server.env)}, log) as port:
+            with started(server.args, env, log) as port:
                 run_load(port, pool, 64, 2, 2, 60)  # warm-up: first calls, both shapes
                 run_load(port, pool, 1, 2, 2, 60)
                 for load, per_request, threads in LOADS:
