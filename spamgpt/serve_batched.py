@@ -249,11 +249,10 @@ def serve(
     engine: str = "torch",
 ) -> None:
     """Run the batching server until it is stopped (SIGINT/SIGTERM)."""
-    if max_batch_size < 1 or batch_timeout < 0:
-        raise SpamGPTError(
-            f"--max-batch-size must be >= 1 and --batch-timeout >= 0, "
-            f"got {max_batch_size} and {batch_timeout}"
-        )
+    if max_batch_size < 1:
+        raise SpamGPTError(f"--max-batch-size must be at least 1, got {max_batch_size}")
+    if batch_timeout < 0:
+        raise SpamGPTError(f"--batch-timeout must be >= 0 seconds, got {batch_timeout}")
     fields = model_fields(settings.model, settings.pretrained)
     api = BatchedClassifier(
         settings, engine, fields, max_batch_size=max_batch_size, batch_timeout=batch_timeout

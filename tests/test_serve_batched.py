@@ -140,3 +140,21 @@ def test_fields_of_a_model_of_several_are_joined_by_its_template() -> None:
     with pytest.raises(Refused, match="message 1 is str: each message must be an object of"):
         texts_of(b'{"inputs": ["WIN"]}', fields)
     assert texts_of(b'{"inputs": ["WIN"]}', ONE_TEXT) == ["WIN"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        (["--batch-timeout", "-1"], "--batch-timeout must be >= 0 seconds, got -1.0"),
+        (["--threshold", "2"], "--threshold must be between 0 and 1, got 2.0"),
+        (["--model", "nowhere"], "--model nowhere: no such folder"),
+    ],
+)
+def test_bad_flags_are_refused_in_one_line(
+    flags: list[str], error: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        spamgpt(["serve", "--model", str(tmp_path), *flags], tmp_path)
+    assert exit_.value.code != 0
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"spamgpt: error: {error}")
