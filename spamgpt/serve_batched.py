@@ -102,11 +102,13 @@ def texts_of(body: bytes, fields: TextFields) -> list[str]:
         columns, rows = split.get("columns"), split.get("data")
         if not isinstance(columns, list) or not isinstance(rows, list):
             raise Refused(400, "dataframe_split must hold a columns list and a data list")
+        if not all(isinstance(c, str) for c in columns):
+            raise Refused(400, "dataframe_split: the columns must be names (strings)")
         if not all(isinstance(row, list) and len(row) == len(columns) for row in rows):
             raise Refused(400, f"dataframe_split: each data row must hold {len(columns)} values")
         records = [dict(zip(columns, row, strict=True)) for row in rows]
     elif isinstance(records, dict) and forms[0] == "inputs":  # columns of values
-        records = pd_records(records)
+        records = records_of_columns(records)
     if not isinstance(records, list):
         raise Refused(400, f"{forms[0]} must be a list of messages")
     if not records:
@@ -114,11 +116,11 @@ def texts_of(body: bytes, fields: TextFields) -> list[str]:
     return [_text(record, number, fields) for number, record in enumerate(records, start=1)]
 
 
-def pd_records(columns: dict) -> list | None:
+def records_of_columns(columns: dict) -> list | None:
     """{"inputs": {column: [values]}} as records; None when the columns are not lists of one
     length."""
     values = list(columns.values())
-    if not all(isinstance(v, list) and len(v) == len(values[0]) for v in values):
+    if not values or not all(isinstance(v, list) and len(v) == len(values[0]) for v in values):
         return None
     return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
 

@@ -140,6 +140,12 @@ def test_fields_of_a_model_of_several_are_joined_by_its_template() -> None:
     with pytest.raises(Refused, match="message 1 is str: each message must be an object of"):
         texts_of(b'{"inputs": ["WIN"]}', fields)
     assert texts_of(b'{"inputs": ["WIN"]}', ONE_TEXT) == ["WIN"]
+    for body, words in [
+        (b'{"inputs": {}}', "inputs must be a list of messages"),
+        (b'{"dataframe_split": {"columns": [[1]], "data": [[1]]}}', "must be names"),
+    ]:
+        with pytest.raises(Refused, match=words):
+            texts_of(body, ONE_TEXT)
 
 
 @pytest.mark.parametrize(
