@@ -6,6 +6,7 @@ spamgpt classify --file messages.txt --json      # one message per line; - for s
 spamgpt classify '{"subject": "WIN", "body": "a prize"}'  # a model of several text fields
 spamgpt predict tickets.parquet --output scored.csv --keep id
 spamgpt export --to transformers exported/      # or --to onnx model.onnx (spamgpt.export)
+spamgpt serve --model runs:/<run_id>/model -p 5001  # batching across requests (serve_batched)
 """
 
 import argparse
@@ -249,8 +250,34 @@ def export_command(args: argparse.Namespace) -> None:
     export.command(args)
 
 
+def add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    s = commands.add_parser(
+        "serve", help="serve the model over HTTP, batching across requests (LitServe)"
+    )
+    add_model_arguments(s)
+    s.add_argument("--port", "-p", type=int, default=5001, help="the port to listen on")
+    s.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    s.add_argument("--max-batch-size", type=positive_int, default=16, help="requests a batch")
+    s.add_argument(
+        "--batch-timeout", type=float, default=0.01, help="seconds a batch waits to fill"
+    )
+    s.add_argument("--engine", default="torch", choices=["torch"], help="what scores")
+    s.add_argument(
+        "--threshold", type=float, help="on the positive class's probability (default: the model's)"
+    )
+    add_runtime_arguments(s)
+    s.add_argument("--max-tokens", type=positive_int, help="padded tokens per batch")
+    s.set_defaults(run=serve)
+
+
+def serve(args: argparse.Namespace) -> None:
+    from spamgpt import serve_batched  # LitServe: only for this command
+
+    serve_batched.command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The `spamgpt` command line: classify, predict, export."""
+    """The `spamgpt` command line: classify, predict, export, serve."""
     parser = argparse.ArgumentParser(
         prog="spamgpt", description="GPT-2 fine-tuned as a text classifier"
     )
@@ -279,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_predict_parser(commands)
     add_export_parser(commands)
+    add_serve_parser(commands)
     return parser
 
 

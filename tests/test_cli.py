@@ -89,7 +89,7 @@ def test_every_option_of_every_command_has_help(capsys) -> None:
     commands = next(
         a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)
     )
-    assert sorted(commands.choices) == ["classify", "export", "predict"]
+    assert sorted(commands.choices) == ["classify", "export", "predict", "serve"]
     for name, parser in commands.choices.items():
         bare = [a.dest for a in parser._actions if not a.help]
         assert bare == [], f"spamgpt {name}: options without help: {bare}"
@@ -102,7 +102,7 @@ def test_every_option_of_every_command_has_help(capsys) -> None:
 HELP_IMPORTS = (
     "import sys\n"
     "from spamgpt import cli\n"
-    "for command in ('classify', 'predict', 'export'):\n"
+    "for command in ('classify', 'predict', 'export', 'serve'):\n"
     "    try:\n"
     "        cli.main([command, '--help'])\n"
     "    except SystemExit:\n"

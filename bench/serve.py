@@ -1,0 +1,277 @@
+"""Serving latency and throughput on 127.0.0.1: `mlflow models serve` against `spamgpt serve`
+(LitServe, batching across requests), on random weights and generated messages.
+
+    python bench/serve.py [--shapes tiny|124M] [--tiny] [--requests N] [--seconds S] [--json OUT]
+
+One model folder of random weights (bench/predict.py's), logged to a throwaway MLflow store;
+each server below is started on it in turn, warmed up, and sent, for each load, up to
+--requests requests or for up to --seconds seconds, whichever ends first:
+  1 msg x 1: single-message requests, one at a time; 1 msg x 16: single-message requests
+  from 16 threads at once; 64 msg x 4: 64-message requests from 4 threads.
+It prints each load's p50/p95/p99 request latency and messages/s (messages answered over the
+load's wall time), and checks every answer against `spamgpt classify --json` at the server's
+precision: the label, and each probability within TOLERANCE. A request that fails or an
+answer that differs is counted and makes the script exit non-zero.
+The client's threads run on the same cores as the server (2 on the dev machine): its own
+cost is in the figures. `--tiny`: the tests' tiny GPT-2, few requests (tests/test_bench.py).
+"""
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from predict import model_folder
+from workload import ROOT, sms_like
+
+from spamgpt import runtime
+
+THRESHOLD = 0.5
+TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2}  # |served - classify| per probability
+LOADS = [("1 msg x 1", 1, 1), ("1 msg x 16", 1, 16), ("64 msg x 4", 64, 4)]
+SPAMGPT = [sys.executable, "-c", "from spamgpt.cli import main; main()"]
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    precision: str  # what it computes in: the answers are checked against classify's
+    args: tuple[str, ...]  # the command, less the port
+
+
+def servers(model_uri: str, batch_timeout: float) -> list[Server]:
+    """The servers compared. MLflow's scoring server runs the pyfunc model at precision
+    'auto' (bf16 where the CPU computes it natively, as classify's default). An ONNX Runtime
+    variant is one more entry: `spamgpt serve --engine onnx` once serve_batched.ENGINES has it,
+    and `mlflow models serve` of a model logged with the ONNX flavour."""
+    auto = runtime.resolve_precision("auto", torch.device("cpu"))
+    mlflow = ("mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local")
+    serve = (*SPAMGPT, "serve", "--model", model_uri, "--device", "cpu")
+    timeout = ("--batch-timeout", str(batch_timeout))
+    found = [
+        Server(f"mlflow models serve ({auto})", auto, (*mlflow, "--host", "127.0.0.1")),
+        # batch 1: LitServe without batching, its own cost against MLflow's scoring server
+        Server(
+            "spamgpt serve, batch 1 (fp32)",
+            "fp32",
+            (*serve, "--max-batch-size", "1", "--precision", "fp32"),
+        ),
+        Server(
+            "spamgpt serve, batch 16 (fp32)",
+            "fp32",
+            (*serve, "--max-batch-size", "16", *timeout, "--precision", "fp32"),
+        ),
+    ]
+    if runtime.bf16_supported(torch.device("cpu")):
+        found.append(
+            Server(
+                "spamgpt serve, batch 16 (bf16)",
+                "bf16",
+                (*serve, "--max-batch-size", "16", *timeout, "--precision", "bf16"),
+            )
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def started(args: tuple[str, ...], env: dict, log: Path) -> Iterator[int]:
+    """The server on a free port, in its own process group; its port once /ping answers."""
+    port = free_port()
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*args, "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"{' '.join(args)} did not start:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        yield port
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # it may have died on its own
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def run_load(
+    port: int, pool: list[str], per_request: int, threads: int, requests: int, seconds: float
+) -> tuple[list[float], list[tuple[list[str], list[dict] | None]], float]:
+    """(latencies in s, (texts, predictions or None if it failed) per request, wall time)."""
+    lock, sent = threading.Lock(), [0]
+    latencies, answered = [], []
+    deadline = time.monotonic() + seconds
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while True:
+            with lock:
+                i = sent[0]
+                if i >= requests or time.monotonic() > deadline:
+                    return
+                sent[0] += 1
+            texts = [pool[(i * per_request + k) % len(pool)] for k in range(per_request)]
+            body = json.dumps({"inputs": texts})
+            began = time.perf_counter()
+            try:
+                conn.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                payload = json.loads(response.read())
+                predictions = payload["predictions"] if response.status == 200 else None
+            except (OSError, http.client.HTTPException, ValueError, KeyError):
+                predictions = None
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            with lock:
+                latencies.append(time.perf_counter() - began)
+                answered.append((texts, predictions))
+
+    began = time.perf_counter()
+    workers = [threading.Thread(target=client) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return latencies, answered, time.perf_counter() - began
+
+
+def classify_answers(model: Path, pool: list[str], precision: str, env: dict) -> dict:
+    """`spamgpt classify --json` of every message of the pool: text -> its answer."""
+    messages = model.parent / "pool.txt"
+    messages.write_text("\n".join(pool) + "\n")
+    out = subprocess.run(
+        [*SPAMGPT, "classify", "--json", "--model", str(model), "--device", "cpu",
+         "--precision", precision, "--threshold", str(THRESHOLD), "--file", str(messages)],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return {text: json.loads(line) for text, line in zip(pool, out.splitlines(), strict=True)}
+
+
+def checked(answered: list, expected: dict, tolerance: float) -> tuple[int, int, float]:
+    """(requests lost, answers wrong, largest probability difference) of a load."""
+    lost = wrong = 0
+    largest = 0.0
+    for texts, predictions in answered:
+        if predictions is None or len(predictions) != len(texts):
+            lost += 1
+            continue
+        for text, p in zip(texts, predictions, strict=True):
+            e = expected[text]
+            diff = max(
+                abs(p["probabilities"][c] - e["probabilities"][c]) for c in e["probabilities"]
+            )
+            largest = max(largest, diff)
+            near = abs(e["spam_probability"] - THRESHOLD) <= tolerance
+            if diff > tolerance or (p["label"] != e["label"] and not near):
+                wrong += 1
+    return lost, wrong, largest
+
+
+def logged_model(folder: Path, store: Path) -> str:
+    """The folder logged (full: every tensor is in it) into a SQLite store; its runs:/ URI."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from spamgpt import serving
+
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.create_experiment("serve", artifact_location=(store / "art").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    client.set_terminated(run_id)
+    return serving.log_model(run_id, folder, THRESHOLD)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="tiny", choices=["tiny", "124M"])
+    parser.add_argument("--tiny", action="store_true", help="few requests (tests/test_bench.py)")
+    parser.add_argument("--requests", type=int, default=400, help="at most, per load")
+    parser.add_argument("--seconds", type=float, default=30, help="at most, per load")
+    parser.add_argument("--batch-timeout", type=float, default=0.005)
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    args = parser.parse_args()
+    requests, seconds = (24, 5.0) if args.tiny else (args.requests, args.seconds)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        folder = model_folder(root, args.shapes)
+        uri = logged_model(folder, root)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        pool = [line.split("\t", 1)[1] for line in sms_like(512)]
+        expected = {}
+        compared = servers(uri, args.batch_timeout)
+        if args.tiny:  # the plain scoring server and the batching one: enough to test it
+            compared = [compared[0], compared[2]]
+        for server in compared:
+            if server.precision not in expected:
+                expected[server.precision] = classify_answers(folder, pool, server.precision, env)
+            log = root / "server.log"
+            with started(server.args, env, log) as port:
+                run_load(port, pool, 64, 2, 2, 60)  # warm-up: first calls, both shapes
+                run_load(port, pool, 1, 2, 2, 60)
+                for load, per_request, threads in LOADS:
+                    latencies, answered, wall = run_load(
+                        port, pool, per_request, threads, requests, seconds
+                    )
+                    tolerance = TOLERANCE[server.precision]
+                    lost, wrong, largest = checked(answered, expected[server.precision], tolerance)
+                    ms = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
+                    messages = per_request * (len(answered) - lost)
+                    row = {
+                        "server": server.name, "load": load, "requests": len(answered),
+                        "p50_ms": round(ms[0], 1), "p95_ms": round(ms[1], 1),
+                        "p99_ms": round(ms[2], 1), "messages_per_s": round(messages / wall, 1),
+                        "lost": lost, "wrong": wrong, "max_prob_diff": float(f"{largest:.2g}"),
+                    }  # fmt: skip
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    print(f"\n{args.shapes} shapes, random weights, {os.cpu_count()} CPUs\n")
+    print("| server | load | requests | p50 ms | p95 ms | p99 ms | messages/s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['server']} | {r['load']} | {r['requests']} | {r['p50_ms']} | {r['p95_ms']} "
+            f"| {r['p99_ms']} | {r['messages_per_s']} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    bad = sum(r["lost"] + r["wrong"] for r in rows)
+    if bad:
+        sys.exit(f"{bad} requests lost or answers differing from classify")
+    print("every answer as classify's: yes")
+
+
+if __name__ == "__main__":
+    main()
