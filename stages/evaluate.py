@@ -53,6 +53,7 @@ def main(params: Params) -> None:
         if mlf.log_checkpoints:
             light = mlf.log_model is True and mlf.registered_model is None
             results.log_best_checkpoint(run, light_model_logged=light)
+        run.log_metrics(stage.timeline_metrics(), 0)  # its phases until now
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ def test_cpu_tiny_predict_rows_hf_anchor_and_timelines(reproduced, tmp_path: Pat
     timelines = module.stage_timelines(project)
     assert set(timelines) == {
         "download_data", "download_weights", "split", "baseline", "loaders", "trunk",
-        "finetune", "evaluate",
+        "audit", "finetune", "evaluate",
     }  # fmt: skip
     assert all(t["imports"] > 0 for t in timelines.values())
     assert {"load", "train", "save", "log"} <= set(timelines["finetune"])
