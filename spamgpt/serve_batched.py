@@ -29,7 +29,7 @@ from typing import Any
 
 import litserve
 
-from spamgpt import classifier, loader, runtime
+from spamgpt import classifier, labels, loader, runtime
 from spamgpt.errors import SpamGPTError
 from spamgpt.texts import TextFields, Truncation
 
@@ -271,8 +271,7 @@ def serve(
 
 def command(args: Any) -> None:
     """`spamgpt serve` (cli.py's parser)."""
-    if args.threshold is not None and not 0 < args.threshold < 1:
-        raise SpamGPTError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    labels.check_threshold_values(args.threshold, "--threshold")
     settings = Settings(
         str(args.model), str(args.pretrained), args.device, args.precision, args.threshold,
         args.max_tokens,
