@@ -363,11 +363,16 @@ def quantize_int8(
     return {"method": "dynamic", "weight_type": "int8", "per_channel": per_channel}
 
 
-def split_report(probabilities: np.ndarray, split: tokenized.TokenizedSplit, meta: dict) -> dict:
-    """The test split's report at evaluate's threshold, as evaluate computes it."""
+def split_report(
+    probabilities: np.ndarray,
+    split: tokenized.TokenizedSplit,
+    meta: dict,
+    threshold: float | dict[str, float] | None,
+) -> dict:
+    """The test split's report at `threshold` (evaluate's), as evaluate computes it."""
     classes = classifier.classes_of(meta)
     report = multilabel_metrics.report if classes.multi_label else metrics.report
-    return report(split.labels.numpy(), probabilities, contracts.read_threshold(), classes)
+    return report(split.labels.numpy(), probabilities, threshold, classes)
 
 
 def selected_metric(meta: dict) -> str:
@@ -426,6 +431,7 @@ def _gated_int8(
     onnxruntime = _onnxruntime()
     inputs = ModelInputs(test.tokens, frozen_blocks=None)
     classes = classifier.classes_of(meta)
+    threshold = contracts.read_threshold()  # evaluate's: both models are reported at it
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
         to_onnx(model, meta, Path(tmp) / "fp32.onnx")
         quantized = Path(tmp) / "int8.onnx"
@@ -436,7 +442,7 @@ def _gated_int8(
             ("pytorch_fp32", classifier.class_probabilities(model, inputs, CPU, "fp32").numpy()),
             ("onnx_int8", onnx_probabilities(session, inputs)),
         ]:
-            report = split_report(probabilities, test, meta)
+            report = split_report(probabilities, test, meta, threshold)
             figures[name] = {
                 metric: metrics.selection_score(report, 0.0, classes, metric),
                 "report": report,
@@ -444,7 +450,7 @@ def _gated_int8(
         drop = figures["pytorch_fp32"][metric] - figures["onnx_int8"][metric]
         comparison = {
             "model": source, "split": "test", "messages": len(test), "metric": metric,
-            "threshold": contracts.read_threshold(), "max_drop": max_drop, "drop": drop,
+            "threshold": threshold, "max_drop": max_drop, "drop": drop,
             "quantization": how, **figures,
         }  # fmt: skip
         if not drop <= max_drop:
