@@ -1,11 +1,16 @@
 """Temperature scaling (evaluate.calibration): one temperature T, fitted on the validation split
-by log loss, divides the logits (multi-label: one T per label); and the figures that say how
-far probabilities are from frequencies: expected calibration error, Brier score, log loss.
+by log loss, divides the logits (multi-label: one T per label); Platt scaling, a temperature and
+a shift c per class (multi-label: per label) fitted together, gives softmax(logits / T + c);
+and the figures that say how far probabilities are from frequencies: expected calibration
+error, Brier score, log loss.
 
 T > 0 keeps each logit's sign and every ordering of logits, so decisions at 0.5 (two classes,
 or each label), the most probable class and every ranking metric (ROC and PR AUC) are those
 of the uncalibrated model; only the probabilities move. Each label's log loss is convex in
-1/T, so the fit is a bisection on the sign of its derivative, exact to float64.
+1/T, so the fit is a bisection on the sign of its derivative, exact to float64. A shift moves
+the decision boundary (two classes: p = sigmoid(margin / T + c) is 0.5 where margin = -cT, not
+0): it corrects a bias a temperature cannot (a model trained with class weights), and changes
+decisions at 0.5. Its log loss is convex in (1/T, c), so its fit is Newton's method.
 
 The figures are numpy, with scikit-learn's definitions (tests/test_calibration.py checks them
 against brier_score_loss and log_loss):
@@ -31,6 +36,7 @@ BINS = 15  # equal-width confidence bins of the expected calibration error
 # float32 probability to 0 or 1, tying messages a ranking tells apart, so T stays 1 there.
 T_RANGE = (0.01, 100.0)
 BISECTIONS = 100  # halvings of log(1/T)'s range: far below float64's resolution of T
+NEWTON_STEPS = 100  # Platt's fit: each step squares the error near the optimum; ~10 suffice
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, multi_label: bool) -> np.ndarray:
@@ -50,6 +56,72 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, multi_label: bool) -
             continue
         out[j] = _bisect(lambda beta, zj=z[:, j], yj=yj: _sigmoid_slope(zj, yj, beta))
     return out
+
+
+def fit_platt(
+    logits: np.ndarray, labels: np.ndarray, multi_label: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Platt scaling: the temperature(s) T and shift(s) c minimising the log loss of
+    softmax(logits / T + c) for class indices `labels` (N,), c of the first class 0: T of shape
+    (1,), c (classes,); or, multi-label, of sigmoid(logits[:, j] / T_j + c_j) for 0/1 targets
+    (N, labels): both (labels,). T = 1, c = 0 where there is nothing to fit: the optimum is
+    not finite (a split the shifted logits separate perfectly) or its T is outside T_RANGE,
+    and for a label all present or all absent."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels)
+    if not multi_label:
+        found = _platt_newton(z, y)
+        return (np.ones(1), np.zeros(z.shape[1])) if found is None else found
+    temperature, shift = np.ones(z.shape[1]), np.zeros(z.shape[1])
+    for j in range(z.shape[1]):
+        yj = y[:, j] > 0.5
+        if yj.all() or not yj.any():
+            continue
+        # sigmoid(u) is the softmax of (0, u): the two-class fit, the first class's logit 0
+        found = _platt_newton(np.stack([np.zeros(len(z)), z[:, j]], axis=1), yj.astype(int))
+        if found is not None:
+            temperature[j], shift[j] = found[0][0], found[1][1]
+    return temperature, shift
+
+
+def _platt_newton(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(T (1,), c (classes,)) minimising the mean of logsumexp(u) - u_y for u = beta z + c
+    (c_0 = 0, T = 1/beta), by Newton's method with a halving line search from beta 1, c 0;
+    None where it does not converge to a T in T_RANGE."""
+    n, k = z.shape
+    # d u / d theta for theta = (beta, c_1, ..., c_{k-1}): (n, k, k)
+    jacobian = np.zeros((n, k, k))
+    jacobian[:, :, 0] = z
+    jacobian[:, 1:, 1:] = np.eye(k - 1)
+    one_hot = np.eye(k)[y]
+
+    def loss(theta: np.ndarray) -> float:
+        u = jacobian @ theta
+        return float(np.mean(np.logaddexp.reduce(u, axis=1) - u[np.arange(n), y]))
+
+    theta = np.zeros(k)
+    theta[0] = 1.0
+    for _ in range(NEWTON_STEPS):
+        p = _softmax(jacobian @ theta)
+        gradient = np.einsum("nkp,nk->p", jacobian, p - one_hot) / n
+        jp = np.einsum("nkp,nk->np", jacobian, p)
+        hessian = np.einsum("nkp,nk,nkq->pq", jacobian, p, jacobian) / n - jp.T @ jp / n
+        try:
+            step = np.linalg.solve(hessian, gradient)
+        except np.linalg.LinAlgError:  # a flat direction: logits that do not vary
+            return None
+        decrement = float(gradient @ step)  # twice the loss's fall a full step promises
+        if not np.isfinite(decrement) or decrement < 1e-24:
+            break
+        now, size = loss(theta), 1.0
+        while loss(theta - size * step) > now - size * decrement / 4 and size > 1e-12:
+            size /= 2
+        theta = theta - size * step
+    else:  # no convergence: the optimum is at infinity (the shifted logits separate)
+        return None
+    if theta[0] <= 0 or not T_RANGE[0] <= 1 / theta[0] <= T_RANGE[1]:
+        return None  # T <= 0 would reverse the ranking; beyond T_RANGE, as fit_temperature
+    return np.array([1 / theta[0]]), np.concatenate([[0.0], theta[1:]])
 
 
 def _softmax_slope(z: np.ndarray, y: np.ndarray, beta: float) -> float:
@@ -84,10 +156,20 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -z))
 
 
-def probabilities(logits: np.ndarray, temperature: np.ndarray, multi_label: bool) -> np.ndarray:
-    """float64 softmax (multi-label: sigmoid) of logits / temperature."""
-    z = np.asarray(logits, dtype=np.float64) / np.asarray(temperature, dtype=np.float64)
+def probabilities(
+    logits: np.ndarray,
+    temperature: np.ndarray,
+    multi_label: bool,
+    shift: np.ndarray | None = None,
+) -> np.ndarray:
+    """float64 softmax (multi-label: sigmoid) of logits / temperature + shift (None: 0)."""
+    z = _scaled(logits, temperature, shift)
     return _sigmoid(z) if multi_label else _softmax(z)
+
+
+def _scaled(logits: np.ndarray, temperature: np.ndarray, shift: np.ndarray | None) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / np.asarray(temperature, dtype=np.float64)
+    return z if shift is None else z + np.asarray(shift, dtype=np.float64)
 
 
 def expected_calibration_error(confidence: np.ndarray, outcome: np.ndarray) -> float:
@@ -119,12 +201,13 @@ def scores(
     temperature: np.ndarray,
     multi_label: bool,
     names: list[str] | None = None,
+    shift: np.ndarray | None = None,
 ) -> dict:
-    """{"ece", "brier", "log_loss"} of softmax/sigmoid(logits / temperature) against `labels`
-    (class indices, or multi-label 0/1 targets); multi-label also "per_label": {name: those
-    three} for the label `names`."""
-    z = np.asarray(logits, dtype=np.float64) / np.asarray(temperature, dtype=np.float64)
-    probs = probabilities(logits, temperature, multi_label)
+    """{"ece", "brier", "log_loss"} of softmax/sigmoid(logits / temperature + shift) against
+    `labels` (class indices, or multi-label 0/1 targets); multi-label also "per_label": {name:
+    those three} for the label `names`."""
+    z = _scaled(logits, temperature, shift)
+    probs = probabilities(logits, temperature, multi_label, shift)
     if multi_label:
         y = (np.asarray(labels) > 0.5).astype(float)
         brier = (probs - y) ** 2

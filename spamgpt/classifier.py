@@ -41,6 +41,7 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt")
 # classifier.json's key for a temperature load() folds into the head (a logged MLflow model's;
 # models/finetuned has none: evaluate fits it afterwards, contracts.read_temperature)
 TEMPERATURE = "temperature"
+SHIFT = "shift"  # and the shift per class added after it (evaluate.calibration: platt)
 
 
 def frozen_blocks(
@@ -161,11 +162,12 @@ def load(
     folder: str | os.PathLike,
     pretrained_root: str | os.PathLike = paths.PRETRAINED_DIR,
     temperature: float | dict[str, float] | None = None,
+    shift: dict[str, float] | None = None,
 ) -> tuple[GPT2Classifier, dict]:
     """Rebuild a saved classifier; (model in eval mode, classifier.json contents). The
-    temperature its classifier.json names (a logged MLflow model's), else `temperature`
-    (evaluate's, contracts.read_temperature, for models/finetuned), is folded into the head:
-    its probabilities are the calibrated ones."""
+    temperature (and shift) its classifier.json names (a logged MLflow model's), else
+    `temperature` and `shift` (evaluate's, contracts.read_temperature and read_shift, for
+    models/finetuned), are folded into the head: its probabilities are the calibrated ones."""
     folder, pretrained_root = Path(folder), Path(pretrained_root)
     try:
         meta = json.loads((folder / CLASSIFIER_JSON).read_text(encoding="utf-8"))
@@ -197,34 +199,46 @@ def load(
     unloaded = [name for name, t in model.state_dict().items() if t.is_meta]
     if unloaded:
         raise SpamGPTError(f"{folder / CLASSIFIER_JSON}: tensor {unloaded[0]} is not stored")
-    fold_temperature(model, meta.get(TEMPERATURE, temperature), classes_of(meta))
+    if TEMPERATURE in meta:  # the logged model's own calibration, whole
+        temperature, shift = meta[TEMPERATURE], meta.get(SHIFT)
+    fold_temperature(model, temperature, classes_of(meta), shift)
     return model.eval(), meta
 
 
 def fold_temperature(
-    model: GPT2Classifier, temperature: float | dict[str, float] | None, classes: Classes
+    model: GPT2Classifier,
+    temperature: float | dict[str, float] | None,
+    classes: Classes,
+    shift: dict[str, float] | None = None,
 ) -> None:
     """Divide the head's logits by `temperature` (multi-label: {label: T}, each label's own)
-    by dividing its weight and bias, in place: logits / T in the same forward pass, so every
-    runtime the weights go to (transformers, ONNX) gives the calibrated probabilities. None:
-    unchanged."""
+    and add `shift` ({class (label): c}, evaluate.calibration platt's; None: 0) by dividing its
+    weight and bias and adding to the bias, in place: logits / T + c in the same forward pass,
+    so every runtime the weights go to (transformers, ONNX) gives the calibrated
+    probabilities. None: unchanged."""
     if temperature is None:
         return
     if isinstance(temperature, dict):
-        if set(temperature) != set(classes.names):
-            raise SpamGPTError(
-                f"the temperatures are of the labels {', '.join(sorted(temperature))}, the model "
-                f"has {', '.join(classes.names)}: evaluate another model's? (run evaluate again, "
-                f"{paths.CALIBRATION})"
-            )
-        each = [float(temperature[name]) for name in classes.names]
+        each = _per_class(temperature, classes, "temperatures")
     else:
         each = [float(temperature)] * len(classes)
     t = torch.tensor(each, dtype=torch.float64)
+    c = torch.tensor(_per_class(shift, classes, "shifts") if shift else [0.0] * len(classes))
     head = model.head
     with torch.no_grad():  # in float64 on the CPU (MPS has none), then back: rounded once
         head.weight.copy_(head.weight.cpu().double() / t[:, None])
-        head.bias.copy_(head.bias.cpu().double() / t)
+        head.bias.copy_(head.bias.cpu().double() / t + c.double())
+
+
+def _per_class(values: dict[str, float], classes: Classes, what: str) -> list[float]:
+    """`values` in the order of the model's classes; one line where they name others."""
+    if set(values) != set(classes.names):
+        raise SpamGPTError(
+            f"the {what} are of the labels {', '.join(sorted(values))}, the model has "
+            f"{', '.join(classes.names)}: evaluate another model's? (run evaluate again, "
+            f"{paths.CALIBRATION})"
+        )
+    return [float(values[name]) for name in classes.names]
 
 
 def classes_of(meta: dict) -> Classes:

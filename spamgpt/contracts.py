@@ -178,7 +178,8 @@ def read_threshold(default: float = 0.5) -> float | dict[str, float] | None:
 
 
 def write_calibration(summary: dict) -> None:
-    """`summary`: "method", "temperature" (read_temperature's) and the test figures."""
+    """`summary`: "method", "temperature" (read_temperature's), platt's "shift" (read_shift's)
+    and the test figures."""
     atomic.write_json(paths.CALIBRATION, summary)
 
 
@@ -194,4 +195,16 @@ def read_temperature() -> float | dict[str, float] | None:
             return {str(k): float(v) for k, v in temperature.items()}
         return float(temperature)
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def read_shift() -> dict[str, float] | None:
+    """The shift per class (multi-label: per label) evaluate fitted with its temperature
+    (evaluate.calibration platt); None where there is none (another method, or unreadable)."""
+    try:
+        calibration = _read(paths.CALIBRATION)
+        if calibration["method"] == "none" or calibration.get("shift") is None:
+            return None
+        return {str(k): float(v) for k, v in calibration["shift"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -501,17 +501,19 @@ def served_onnx(
     runtime: str,
     run: "tracking.Run",
     temperature: float | dict[str, float] | None = None,
+    shift: dict[str, float] | None = None,
 ) -> Iterator[Path | None]:
     """mlflow.serve's ONNX graph of `model` for the logged model to carry, for the block's
     duration: None for pytorch; onnx-int8 only through the accuracy gate (gated_int8, the
-    default --max-drop), its comparison logged into `run`. `temperature` (evaluate's) is
-    folded into the graph's head, on a copy: the graph gives the calibrated probabilities."""
+    default --max-drop), its comparison logged into `run`. `temperature` (and platt's `shift`,
+    evaluate's) are folded into the graph's head, on a copy: the graph gives the calibrated
+    probabilities."""
     if runtime == "pytorch":
         yield None
         return
     if temperature is not None:
         model = copy.deepcopy(model)
-        classifier.fold_temperature(model, temperature, classifier.classes_of(meta))
+        classifier.fold_temperature(model, temperature, classifier.classes_of(meta), shift)
     with tempfile.TemporaryDirectory() as tmp:
         graph = Path(tmp) / "model.onnx"
         if runtime == "onnx":

@@ -106,7 +106,11 @@ def opened(
         yield _from_mlflow_model(folder, pretrained_root, str(source))
     elif (folder / classifier.CLASSIFIER_JSON).is_file():
         yield _loaded(
-            folder, pretrained_root, contracts.read_threshold(), contracts.read_temperature()
+            folder,
+            pretrained_root,
+            contracts.read_threshold(),
+            contracts.read_temperature(),
+            contracts.read_shift(),
         )
     elif _is_transformers_export(folder):
         raise SpamGPTError(
@@ -144,16 +148,17 @@ def _loaded(
     pretrained_root: str | os.PathLike,
     threshold: float | dict | None,
     temperature: float | dict | None = None,
+    shift: dict[str, float] | None = None,
 ) -> LoadedModel:
     """The classifier folder `folder`: a light logged one on its base weights (found as
     resolve_base says), else on `pretrained_root`'s (or none: every tensor inside); its head
-    takes `temperature` (a fine-tuned folder's: evaluate's) unless its classifier.json names
-    one (a logged model's): classifier.load."""
+    takes `temperature` and `shift` (a fine-tuned folder's: evaluate's) unless its
+    classifier.json names a temperature (a logged model's): classifier.load."""
     base_file = folder / BASE_JSON
     if base_file.exists():
         base = BaseWeights(**json.loads(base_file.read_text(encoding="utf-8")))
         pretrained_root = resolve_base(base)
-    model, meta = classifier.load(folder, pretrained_root, temperature)
+    model, meta = classifier.load(folder, pretrained_root, temperature, shift)
     return LoadedModel(model, meta, tokenizer.load(folder), folder, threshold)
 
 

@@ -402,10 +402,12 @@ class EvaluateParams:
         doc="multi-label auto and policies: a label with fewer validation positives keeps the "
         "default threshold (0.5), listed in reports/evaluation.json",
     )
-    calibration: Literal["temperature", "none"] = _rule(
+    calibration: Literal["temperature", "platt", "none"] = _rule(
         doc="temperature: the logits divided by one T (one per label) fitted on val by log "
         "loss: calibrated probabilities, the same decisions at 0.5 and rankings "
-        "([calibration.md](calibration.md)); none: the raw probabilities"
+        "([calibration.md](calibration.md)); platt: a T and a shift per class (per label) "
+        "fitted together, logits / T + c: it also corrects a bias (class weights), and moves "
+        "the decisions at 0.5 (the rankings stay); none: the raw probabilities"
     )
 
     def __post_init__(self) -> None:

@@ -138,35 +138,39 @@ def check_threshold(setting: float | str | dict | None, classes: Classes) -> Non
 @dataclass
 class Calibration:
     """evaluate.calibration's outcome: the method, the temperature folded into the head
-    (multi-label, {label: T}; None for none), each split's ECE, Brier score and log loss
-    uncalibrated (and calibrated, with a temperature), and the test reliability diagram's
-    plot data (calibration.reliability_frame)."""
+    (multi-label, {label: T}; None for none) and, with platt, the shift added after it ({class
+    (multi-label, label): c}; None otherwise), each split's ECE, Brier score and log loss
+    uncalibrated (and calibrated, unless none), and the test reliability diagram's plot data
+    (calibration.reliability_frame)."""
 
     method: str
     temperature: float | dict[str, float] | None
     scores: dict[str, dict[str, dict]]
     reliability: pd.DataFrame
+    shift: dict[str, float] | None = None
 
     def report(self) -> dict:
         """reports/evaluation.json's "calibration"."""
         return {
             "method": self.method,
             "temperature": self.temperature,
+            **({"shift": self.shift} if self.shift is not None else {}),
             "bins": calibration.BINS,
             **self.scores,
         }
 
     def summary(self) -> dict:
-        """models/calibration.json: the method and the temperature classify folds in, and the
-        test ECE and log loss of the probabilities given (multi-label, pooled over labels),
-        with the uncalibrated ECE beside them. Not in metrics/eval.json: the SMS run's
+        """models/calibration.json: the method, the temperature (and shift) classify folds in,
+        and the test ECE and log loss of the probabilities given (multi-label, pooled over
+        labels), with the uncalibrated ECE beside them. Not in metrics/eval.json: the SMS run's
         `dvc metrics show` already fills 200 columns."""
         test = self.scores["test"]
         given = test.get("calibrated", test["uncalibrated"])
         figures = {"ece": given["ece"], "log_loss": given["log_loss"]}
         if "calibrated" in test:
             figures["ece_uncalibrated"] = test["uncalibrated"]["ece"]
-        return {"method": self.method, "temperature": self.temperature, "test": figures}
+        shift = {"shift": self.shift} if self.shift is not None else {}
+        return {"method": self.method, "temperature": self.temperature, **shift, "test": figures}
 
 
 def calibrate(
@@ -174,28 +178,34 @@ def calibrate(
 ) -> tuple[dict[str, np.ndarray], Calibration]:
     """Each split's float32 probabilities as the model gives them once `method`
     (evaluate.calibration) is applied: temperature, softmax/sigmoid of logits / T with T
-    fitted on the val split (calibration.fit_temperature); none, of the logits as they are.
-    Each split's ECE, Brier score and log loss, before and after."""
+    fitted on the val split (calibration.fit_temperature); platt, of logits / T + c with both
+    fitted on it (calibration.fit_platt); none, of the logits as they are. Each split's ECE,
+    Brier score and log loss, before and after."""
     multi = classes.multi_label
-    fitted = np.ones(len(classes))
+    fitted, shift = np.ones(len(classes)), None
     names = list(classes.names)
-    if method == "temperature":
-        fitted = calibration.fit_temperature(logits["val"], labels["val"], multi)
-        if (fitted == 1.0).any():  # fit_temperature found nothing to fit
-            kept = [n for n, t in zip(names, fitted, strict=True) if t == 1.0] if multi else []
+    if method != "none":
+        if method == "platt":
+            fitted, shift = calibration.fit_platt(logits["val"], labels["val"], multi)
+            unfitted = (fitted == 1.0) & (shift == 0.0) if multi else fitted == 1.0
+        else:
+            fitted = calibration.fit_temperature(logits["val"], labels["val"], multi)
+            unfitted = fitted == 1.0
+        if unfitted.any():  # the fit found nothing to fit
+            kept = [n for n, t in zip(names, unfitted, strict=True) if t] if multi else []
             log.info(
-                "evaluate.calibration: T = 1 for %s: on validation, one value or separated "
-                "perfectly, nothing to fit", ", ".join(kept) or "the classes",
+                "evaluate.calibration: %s kept at T = 1 for %s: on validation, one value or "
+                "separated perfectly, nothing to fit", method, ", ".join(kept) or "the classes",
             )  # fmt: skip
     probabilities, scores = {}, {}
     for s, z in logits.items():
-        probabilities[s] = calibrated_probabilities(z, fitted, multi)
+        probabilities[s] = calibrated_probabilities(z, fitted, multi, shift)
         scores[s] = {"uncalibrated": calibration.scores(labels[s], z, 1.0, multi, names)}
-        if method == "temperature":
-            scores[s]["calibrated"] = calibration.scores(labels[s], z, fitted, multi, names)
+        if method != "none":
+            scores[s]["calibrated"] = calibration.scores(labels[s], z, fitted, multi, names, shift)
     curves = {"uncalibrated": calibration.probabilities(logits["test"], 1.0, multi)}
-    if method == "temperature":
-        curves["calibrated"] = calibration.probabilities(logits["test"], fitted, multi)
+    if method != "none":
+        curves["calibrated"] = calibration.probabilities(logits["test"], fitted, multi, shift)
     reliability = calibration.reliability_frame(labels["test"], curves, multi)
     if method == "none":
         temperature = None
@@ -203,18 +213,24 @@ def calibrate(
         temperature = {name: float(t) for name, t in zip(names, fitted, strict=True)}
     else:
         temperature = float(fitted[0])
-    return probabilities, Calibration(method, temperature, scores, reliability)
+    shifts = None if shift is None else {n: float(c) for n, c in zip(names, shift, strict=True)}
+    return probabilities, Calibration(method, temperature, scores, reliability, shifts)
 
 
 def calibrated_probabilities(
-    logits: np.ndarray, temperature: np.ndarray, multi_label: bool
+    logits: np.ndarray,
+    temperature: np.ndarray,
+    multi_label: bool,
+    shift: np.ndarray | None = None,
 ) -> np.ndarray:
     """torch's float32 softmax (multi-label: sigmoid) of logits / temperature (one, or one
-    per class), as the model's own forward pass computes them; T = 1: exactly the
-    uncalibrated probabilities."""
+    per class) + shift (one per class; None: none), as the model's own forward pass computes
+    them; T = 1 and no shift: exactly the uncalibrated probabilities."""
     scaled = torch.from_numpy(np.asarray(logits)).float() / torch.as_tensor(
         temperature, dtype=torch.float32
     )
+    if shift is not None:
+        scaled = scaled + torch.as_tensor(shift, dtype=torch.float32)
     return (torch.sigmoid(scaled) if multi_label else torch.softmax(scaled, dim=-1)).numpy()
 
 
@@ -413,7 +429,8 @@ def log_label_issues(run: Run, report: dict) -> None:
 
 def _log_calibration(run: Run, found: Calibration, classes: Classes) -> None:
     """<split>/ece, brier, log_loss of the probabilities given (and <split>/ece_uncalibrated
-    beside them), calibration/temperature (multi-label, one per label), the whole calibration
+    beside them), calibration/temperature (multi-label, one per label), platt's
+    calibration/shift_<class> (or label), the whole calibration
     report and the test reliability diagram."""
     figures = {}
     for s, by_kind in found.scores.items():
@@ -426,6 +443,8 @@ def _log_calibration(run: Run, found: Calibration, classes: Classes) -> None:
             figures[f"calibration/temperature_{classes.metric_name(name)}"] = t
     elif found.temperature is not None:
         figures["calibration/temperature"] = found.temperature
+    for name, c in (found.shift or {}).items():
+        figures[f"calibration/shift_{classes.metric_name(name)}"] = c
     run.log_metrics(figures, 0)
     run.log_dict(found.report(), "evaluation/calibration.json")
     figure = calibration.reliability_figure(found.reliability, "test reliability")

@@ -227,6 +227,7 @@ def log_model(
     loaded: tuple[classifier.GPT2Classifier, dict] | None = None,
     onnx_file: str | os.PathLike | None = None,
     temperature: float | dict[str, float] | None = None,
+    shift: dict[str, float] | None = None,
 ) -> str:
     """Log the classifier in `finetuned_dir` as model "model" of run `run_id` (and register it
     under `registered_model_name`); returns the model's runs:/ URI. Light (the trained
@@ -234,9 +235,9 @@ def log_model(
     or the folder already holds every tensor. `loaded`: classifier.load(finetuned_dir), if
     the caller has it, saves loading it again to write the full form. `onnx_file`: the
     model's ONNX graph (spamgpt.export, float or int8), carried and scored with onnxruntime
-    (mlflow.serve: onnx, onnx-int8). `temperature`: evaluate's, written into the model's
-    classifier.json, which classifier.load folds into the head (the served probabilities are
-    the calibrated ones). The run's status stays as it was."""
+    (mlflow.serve: onnx, onnx-int8). `temperature` (and platt's `shift`): evaluate's, written
+    into the model's classifier.json, which classifier.load folds into the head (the served
+    probabilities are the calibrated ones). The run's status stays as it was."""
     labels.check_threshold_values(threshold, "threshold")
     finetuned_dir = Path(finetuned_dir)
     full = full or registered_model_name is not None
@@ -263,6 +264,8 @@ def log_model(
             config_file = folder / classifier.CLASSIFIER_JSON
             written = json.loads(config_file.read_text(encoding="utf-8"))
             written[classifier.TEMPERATURE] = temperature
+            if shift is not None:
+                written[classifier.SHIFT] = shift
             config_file.write_text(json.dumps(written, indent=2) + "\n", encoding="utf-8")
         # MLflow logs a model into the active run (and its experiment); the run is left in
         # the status it had: a finished one stays finished, evaluate's running one running.

@@ -38,14 +38,16 @@ def main(params: Params) -> None:
 
             base = loader.BaseWeights(**contracts.read_base_weights())
             full = mlf.log_model == "full"  # its every tensor comes from `loaded`
-            with export.served_onnx(model, meta, mlf.serve, run, calibration.temperature) as onnx:
+            with export.served_onnx(
+                model, meta, mlf.serve, run, calibration.temperature, calibration.shift
+            ) as onnx:
                 serving.log_model(
                     run.run_id, paths.FINETUNED_DIR, evaluation.threshold, mlf.registered_model,
                     base=base, full=full, loaded=(model, meta), onnx_file=onnx,
-                    temperature=calibration.temperature,
+                    temperature=calibration.temperature, shift=calibration.shift,
                 )  # fmt: skip
         # The exports' weights are the model's own: the temperature folded into its head
-        classifier.fold_temperature(model, calibration.temperature, classes)
+        classifier.fold_temperature(model, calibration.temperature, classes, calibration.shift)
         if mlf.export:
             from spamgpt import export  # onnx and transformers' formats: only where asked
 

@@ -1,10 +1,12 @@
-"""Temperature scaling and the calibration figures: the fit recovers a known temperature, the
-figures are scikit-learn's and the hand-computed ones, and the temperature folded into the
-head gives the probabilities of divided logits."""
+"""Temperature and Platt scaling and the calibration figures: the fits recover a known
+temperature (and shift), Platt's is scikit-learn's logistic regression on the margin, the
+figures are scikit-learn's and the hand-computed ones, and the temperature (and shift) folded
+into the head gives the probabilities of divided (and shifted) logits."""
 
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, log_loss
 
 from spamgpt import calibration, classifier, results
@@ -61,6 +63,54 @@ def test_a_split_separated_perfectly_or_all_wrong_keeps_temperature_1() -> None:
     separated = np.array([[2.0, -1.0], [-2.0, 1.0], [0.5, -0.3]])  # label 1: one wrong
     fitted = calibration.fit_temperature(separated, y, multi_label=True)
     assert fitted[0] == 1.0 and fitted[1] != 1.0
+
+
+def test_platt_on_two_classes_is_logistic_regression_on_the_margin() -> None:
+    # sigmoid(margin / T + c): scikit-learn's unpenalised logistic regression of the label on
+    # the margin z_1 - z_0 has coefficient 1/T and intercept c
+    z, labels = calibrated_source(3000, 2, seed=3)
+    biased = z * 2.5 + np.array([0.0, 1.5])  # overconfident, and shifted towards class 1
+    (t,), shift = calibration.fit_platt(biased, labels, multi_label=False)
+    margin = (biased[:, 1] - biased[:, 0])[:, None]
+    reference = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10000).fit(margin, labels)
+    assert 1 / t == pytest.approx(reference.coef_[0, 0], rel=1e-5)
+    assert shift.tolist() == pytest.approx([0.0, reference.intercept_[0]], rel=1e-5)
+    assert t == pytest.approx(2.5, rel=0.1) and shift[1] == pytest.approx(-1.5 / 2.5, abs=0.15)
+
+
+def test_platt_recovers_a_known_shift_per_class_and_per_label() -> None:
+    z, labels = calibrated_source(20000, 3, seed=4)
+    (t,), shift = calibration.fit_platt(z * 2 - np.array([0.0, 1.0, -2.0]), labels, False)
+    # logits / 2 - (0, 0.5, -1) are the source's: undone by T 2 and c (0, 0.5, -1)
+    assert t == pytest.approx(2, rel=0.05)
+    assert shift.tolist() == pytest.approx([0.0, 0.5, -1.0], abs=0.08)
+    rng = np.random.default_rng(5)
+    z = rng.normal(scale=2.0, size=(20000, 3))
+    y = (rng.random(z.shape) < calibration.probabilities(z, 1.0, multi_label=True)).astype(float)
+    y[:, 2] = 1  # a label always present: nothing to fit, T 1 and c 0
+    t, shift = calibration.fit_platt(z * np.array([3.0, 0.5, 2.0]) + 1.0, y, multi_label=True)
+    assert t.tolist() == pytest.approx([3.0, 0.5, 1.0], rel=0.05)
+    assert shift.tolist() == pytest.approx([-1 / 3, -2.0, 0.0], abs=0.08)
+    assert (t[2], shift[2]) == (1.0, 0.0)
+
+
+def test_platt_beats_the_temperature_on_a_shifted_source_and_moves_decisions() -> None:
+    z, labels = calibrated_source(4000, 2, seed=6)
+    shifted = z + np.array([0.0, 2.0])  # what class weights do: every class-1 logit up
+    (t,) = calibration.fit_temperature(shifted, labels, multi_label=False)
+    (tp,), shift = calibration.fit_platt(shifted, labels, multi_label=False)
+    by_t = calibration.scores(labels, shifted, t, False)
+    by_platt = calibration.scores(labels, shifted, tp, False, shift=shift)
+    assert by_platt["log_loss"] < by_t["log_loss"] and by_platt["ece"] < by_t["ece"] / 2
+    decided = calibration.probabilities(shifted, tp, False, shift).argmax(axis=1)
+    assert (decided != shifted.argmax(axis=1)).sum() > 100  # the boundary moved back
+
+
+def test_platt_on_a_split_the_shifted_logits_separate_keeps_the_identity() -> None:
+    # every margin positive, the label 1 exactly where it is above 2: optimum at infinity
+    z = np.stack([np.zeros(6), np.array([0.5, 1.0, 1.5, 2.5, 3.0, 4.0])], axis=1)
+    (t,), shift = calibration.fit_platt(z, np.array([0, 0, 0, 1, 1, 1]), multi_label=False)
+    assert t == 1.0 and shift.tolist() == [0.0, 0.0]
 
 
 def test_scores_are_scikit_learns() -> None:
@@ -131,19 +181,26 @@ def tiny_classifier(n_classes: int, multi_label: bool) -> GPT2Classifier:
 
 
 @pytest.mark.parametrize(
-    ("names", "multi_label", "temperature"),
-    [(("ham", "spam"), False, 2.7), (("a", "b", "c"), True, {"a": 0.4, "b": 3.0, "c": 1.0})],
+    ("names", "multi_label", "temperature", "shift"),
+    [
+        (("ham", "spam"), False, 2.7, None),
+        (("a", "b", "c"), True, {"a": 0.4, "b": 3.0, "c": 1.0}, None),
+        (("ham", "spam"), False, 1.6, {"spam": -1.4, "ham": 0.0}),  # platt: named, any order
+        (("a", "b", "c"), True, {"a": 0.4, "b": 3.0, "c": 1.0}, {"c": 2.0, "a": -0.5, "b": 0.0}),
+    ],
 )
-def test_folding_equals_dividing_the_logits(names, multi_label, temperature) -> None:
+def test_folding_equals_dividing_the_logits(names, multi_label, temperature, shift) -> None:
     model = tiny_classifier(len(names), multi_label)
     ids = torch.randint(0, 50, (5, 7))
     lengths = torch.tensor([7, 3, 5, 1, 6])
+    classes = Classes(names, multi_label=multi_label)
     with torch.no_grad():
         raw = model(ids, lengths).double()
-        classifier.fold_temperature(model, temperature, Classes(names, multi_label=multi_label))
+        classifier.fold_temperature(model, temperature, classes, shift)
         folded = model(ids, lengths)
     t = [temperature[n] for n in names] if isinstance(temperature, dict) else [temperature]
-    divided = calibration.probabilities(raw.numpy(), np.array(t), multi_label)
+    c = None if shift is None else np.array([shift[n] for n in names])
+    divided = calibration.probabilities(raw.numpy(), np.array(t), multi_label, c)
     activation = torch.sigmoid if multi_label else lambda x: torch.softmax(x, dim=-1)
     assert activation(folded).numpy() == pytest.approx(divided, abs=1e-6)
 
@@ -152,6 +209,8 @@ def test_temperatures_of_other_labels_are_refused_in_one_line() -> None:
     model = tiny_classifier(2, multi_label=True)
     with pytest.raises(SpamGPTError, match=r"labels a, c, the model has a, b: evaluate another"):
         classifier.fold_temperature(model, {"a": 2.0, "c": 1.0}, Classes(("a", "b"), None, True))
+    with pytest.raises(SpamGPTError, match=r"shifts are of the labels a, c, the model has a, b"):
+        classifier.fold_temperature(model, 2.0, Classes(("a", "b")), {"a": 0.0, "c": 1.0})
 
 
 def test_calibrate_none_is_todays_probabilities_and_temperature_keeps_decisions() -> None:
@@ -186,3 +245,22 @@ def test_reliability_figure_draws_each_curve_and_the_diagonal() -> None:
     assert drawn["perfect"] == [0.0, 0.0, 1.0, 1.0]
     assert drawn["uncalibrated"] == pytest.approx([0.7, 0.0, 0.78, 1.0, 0.9, 1.0])
     assert set(drawn) == {"perfect", "uncalibrated", "calibrated"}
+
+
+def test_calibrate_platt_gives_the_shifted_probabilities_and_reports_its_shift() -> None:
+    sms = Classes(("ham", "spam"), positive="spam")
+    z, labels = calibrated_source(600, 2, seed=10)
+    logits = {s: (z * 2 + np.array([0.0, 1.5])).astype(np.float32) for s in ("val", "test")}
+    labels = {s: labels for s in ("val", "test")}
+    calibrated, found = results.calibrate("platt", sms, labels, logits)
+    (t,), shift = calibration.fit_platt(logits["val"], labels["val"], multi_label=False)
+    assert found.temperature == t and found.shift == {"ham": 0.0, "spam": shift[1]}
+    expected = calibration.probabilities(logits["test"], t, False, shift)
+    assert calibrated["test"] == pytest.approx(expected, abs=1e-6)  # float32, as the model
+    before, after = found.scores["test"]["uncalibrated"], found.scores["test"]["calibrated"]
+    assert after == calibration.scores(labels["test"], logits["test"], t, False, shift=shift)
+    assert after["ece"] < before["ece"] / 2
+    assert found.report()["shift"] == found.shift and found.report()["method"] == "platt"
+    assert found.summary()["shift"] == found.shift
+    _, by_t = results.calibrate("temperature", sms, labels, logits)
+    assert "shift" not in by_t.report() and "shift" not in by_t.summary()

@@ -67,3 +67,19 @@ def test_the_temperature_is_evaluates_or_none(workspace: Path) -> None:
     assert contracts.read_temperature() is None
     paths.CALIBRATION.write_text("{not json")
     assert contracts.read_temperature() is None
+
+
+def test_the_shift_is_platts_or_none(workspace: Path) -> None:
+    assert contracts.read_shift() is None  # no evaluation yet
+    contracts.write_calibration({"method": "temperature", "temperature": 1.75, "test": {}})
+    assert contracts.read_shift() is None
+    shift = {"ham": 0, "spam": -1.25}
+    contracts.write_calibration({"method": "platt", "temperature": 1.5, "shift": shift})
+    assert (contracts.read_temperature(), contracts.read_shift()) == (
+        1.5,
+        {"ham": 0.0, "spam": -1.25},
+    )
+    contracts.write_calibration({"method": "none", "temperature": None, "shift": shift})
+    assert contracts.read_shift() is None
+    paths.CALIBRATION.write_text("{not json")
+    assert contracts.read_shift() is None
