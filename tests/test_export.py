@@ -657,19 +657,29 @@ def test_bad_quantize_arguments_are_refused_in_one_line(
 
 
 @torch.no_grad()
+@pytest.mark.parametrize(
+    "calibration",
+    [
+        {"method": "temperature", "temperature": 2.5},
+        {"method": "platt", "temperature": 2.5, "shift": {"ham": 0.0, "spam": -1.3, "promo": 0.8}},
+    ],
+)
 def test_export_of_a_folder_folds_evaluates_temperature(
-    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, calibration: dict
 ) -> None:
     """`spamgpt export` of models/finetuned, run where evaluate wrote models/calibration.json:
-    the ONNX graph gives the calibrated probabilities, as classify does."""
+    the ONNX graph gives the calibrated probabilities (platt's shifted too), as classify
+    does."""
     import onnxruntime
 
     folder = finetuned(workspace, "calibrated", trainable_blocks=1)
     monkeypatch.chdir(tmp_path)
-    contracts.write_calibration({"method": "temperature", "temperature": 2.5})
+    contracts.write_calibration(calibration)
     cli.main(["export", "--to", "onnx", "model.onnx", "--model", str(folder),
               "--pretrained", str(workspace / paths.PRETRAINED_DIR)])  # fmt: skip
-    model, meta = classifier.load(folder, workspace / paths.PRETRAINED_DIR, temperature=2.5)
+    model, meta = classifier.load(
+        folder, workspace / paths.PRETRAINED_DIR, 2.5, calibration.get("shift")
+    )
     enc = tokenizer.load(folder)
     expected, _ = classifier.classify_texts(model, enc, TEXTS, meta["max_length"], CPU, "fp32")
     *_, uncalibrated = reference(workspace, folder)

@@ -332,29 +332,32 @@ def test_the_onnx_model_answers_like_the_cli(
     assert not (tmp_path / "cache").exists()  # no base weights were looked for
 
 
-@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize(("full", "shift"), [(False, None), (True, {"ham": 0.0, "spam": -1.3})])
 def test_a_temperature_is_written_beside_the_tensors_and_folded_as_it_loads(
-    logged: Logged, tmp_path: Path, monkeypatch, full: bool
+    logged: Logged, tmp_path: Path, monkeypatch, full: bool, shift: dict | None
 ) -> None:
-    """evaluate's temperature travels in the logged model's classifier.json, its tensors
-    models/finetuned's own (light) or the whole model's (full); loaded, the head divides by
-    it: the probabilities of classifier.load with that temperature, bit for bit."""
+    """evaluate's temperature (and platt's shift) travels in the logged model's
+    classifier.json, its tensors models/finetuned's own (light) or the whole model's (full);
+    loaded, the head divides by it (and adds the shift): the probabilities of classifier.load
+    with that temperature (and shift), bit for bit."""
     monkeypatch.chdir(logged.project)
     monkeypatch.setenv(loader.CACHE_ENV, str(logged.project / "cache"))
     client = MlflowClient()
     run_id = client.create_run(client.get_experiment_by_name("spam").experiment_id).info.run_id
     client.set_terminated(run_id)
     uri = serving.log_model(
-        run_id, logged.finetuned, THRESHOLD, base=logged.base, full=full, temperature=2.5
-    )
+        run_id, logged.finetuned, THRESHOLD, base=logged.base, full=full, temperature=2.5,
+        shift=shift,
+    )  # fmt: skip
     local = loader.download_logged(uri, tmp_path)
     folder = local / "artifacts" / loader.ARTIFACT
-    assert json.loads((folder / classifier.CLASSIFIER_JSON).read_text())["temperature"] == 2.5
+    written = json.loads((folder / classifier.CLASSIFIER_JSON).read_text())
+    assert (written["temperature"], written.get("shift")) == (2.5, shift)
     raw, _ = classifier.load(logged.finetuned, logged.pretrained)
     assert torch.equal(load_file(folder / "model.safetensors")["head.weight"], raw.head.weight)
     logged_model = loader.load_model(local)
     served, meta = logged_model.model, logged_model.meta
-    expected, _ = classifier.load(logged.finetuned, logged.pretrained, temperature=2.5)
+    expected, _ = classifier.load(logged.finetuned, logged.pretrained, 2.5, shift)
     enc, cpu = tokenizer.load(folder), torch.device("cpu")
     got, _ = classifier.classify_texts(served, enc, MESSAGES, meta["max_length"], cpu, "fp32")
     want, _ = classifier.classify_texts(expected, enc, MESSAGES, meta["max_length"], cpu, "fp32")
