@@ -15,9 +15,9 @@ decisions at 0.5. Its log loss is convex in (1/T, c), so its fit is Newton's met
 The figures are numpy, with scikit-learn's definitions (tests/test_calibration.py checks them
 against brier_score_loss and log_loss):
 - single-label: ECE on the top class's probability (confidence) against whether that class is
-  the true one; Brier score the mean over messages of sum_k (p_k - y_k)^2, halved for two
-  classes (the positive class's (p - y)^2, as scikit-learn's binary form); log loss the mean
-  -log p(true class).
+  the true one (beside it ece_floor, what perfectly calibrated confidences would show); Brier
+  score the mean over messages of sum_k (p_k - y_k)^2, halved for two classes (the positive
+  class's (p - y)^2, as scikit-learn's binary form); log loss the mean -log p(true class).
 - multi-label: every (message, label) pair as a binary prediction of its probability: ECE on
   the label's probability against its presence, Brier (p - y)^2, log loss the binary
   cross-entropy; pooled over all pairs, and per label."""
@@ -181,6 +181,18 @@ def expected_calibration_error(confidence: np.ndarray, outcome: np.ndarray) -> f
     return float(np.abs(gap).sum() / max(len(confidence), 1))
 
 
+def ece_floor(confidence: np.ndarray) -> float:
+    """The ECE that perfectly calibrated predictions with these confidences would show on
+    average, from the finite count alone: an outcome drawn as Bernoulli(confidence) makes each
+    bin's sum of outcome - confidence about normal, of mean 0 and variance sum c (1 - c), whose
+    mean absolute value is sqrt(2 / pi) times its deviation. An ECE near it is as calibrated
+    as this many predictions can show (docs/calibration.md: within 0.0005 of a simulation's
+    mean on the SMS runs)."""
+    confidence = np.asarray(confidence, float).ravel()
+    variance = np.bincount(_bin_of(confidence), confidence * (1 - confidence), minlength=BINS)
+    return float(np.sqrt(2 / np.pi * variance).sum() / max(len(confidence), 1))
+
+
 def _bin_of(confidence: np.ndarray) -> np.ndarray:
     return np.clip(np.ceil(confidence * BINS).astype(int) - 1, 0, BINS - 1)
 
@@ -203,9 +215,9 @@ def scores(
     names: list[str] | None = None,
     shift: np.ndarray | None = None,
 ) -> dict:
-    """{"ece", "brier", "log_loss"} of softmax/sigmoid(logits / temperature + shift) against
-    `labels` (class indices, or multi-label 0/1 targets); multi-label also "per_label": {name:
-    those three} for the label `names`."""
+    """{"ece", "ece_floor", "brier", "log_loss"} of softmax/sigmoid(logits / temperature +
+    shift) against `labels` (class indices, or multi-label 0/1 targets); multi-label also
+    "per_label": {name: those four} for the label `names`."""
     z = _scaled(logits, temperature, shift)
     probs = probabilities(logits, temperature, multi_label, shift)
     if multi_label:
@@ -215,6 +227,7 @@ def scores(
         per_label = {
             name: {
                 "ece": expected_calibration_error(probs[:, j], y[:, j]),
+                "ece_floor": ece_floor(probs[:, j]),
                 "brier": float(brier[:, j].mean()),
                 "log_loss": float(log_loss[:, j].mean()),
             }
@@ -222,6 +235,7 @@ def scores(
         }
         pooled = {
             "ece": expected_calibration_error(probs, y),
+            "ece_floor": ece_floor(probs),
             "brier": float(brier.mean()),
             "log_loss": float(log_loss.mean()),
         }
@@ -233,6 +247,7 @@ def scores(
     log_softmax -= np.log(np.exp(log_softmax).sum(axis=1, keepdims=True))
     return {
         "ece": expected_calibration_error(*_confidence_outcome(probs, labels, False)),
+        "ece_floor": ece_floor(probs.max(axis=1)),
         "brier": float(brier),
         "log_loss": float(-log_softmax[np.arange(len(z)), labels].mean()),
     }

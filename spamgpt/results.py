@@ -428,16 +428,17 @@ def log_label_issues(run: Run, report: dict) -> None:
 
 
 def _log_calibration(run: Run, found: Calibration, classes: Classes) -> None:
-    """<split>/ece, brier, log_loss of the probabilities given (and <split>/ece_uncalibrated
-    beside them), calibration/temperature (multi-label, one per label), platt's
-    calibration/shift_<class> (or label), the whole calibration
-    report and the test reliability diagram."""
+    """<split>/ece, ece_floor, brier, log_loss of the probabilities given (and
+    <split>/ece_uncalibrated beside them), calibration/temperature (multi-label, one per
+    label), platt's calibration/shift_<class> (or label), the whole calibration report and the
+    test reliability diagram."""
     figures = {}
     for s, by_kind in found.scores.items():
         given = by_kind.get("calibrated", by_kind["uncalibrated"])
         figures |= {f"{s}/{k}": given[k] for k in ("ece", "brier", "log_loss")}
         if "calibrated" in by_kind:
             figures[f"{s}/ece_uncalibrated"] = by_kind["uncalibrated"]["ece"]
+        figures[f"{s}/ece_floor"] = given["ece_floor"]
     if isinstance(found.temperature, dict):
         for name, t in found.temperature.items():
             figures[f"calibration/temperature_{classes.metric_name(name)}"] = t

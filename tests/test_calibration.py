@@ -152,6 +152,21 @@ def test_ece_by_hand() -> None:
     )
 
 
+def test_ece_floor_by_hand_and_against_a_simulation() -> None:
+    # two confidences of 0.9 (one bin) and one of 0.6: sqrt(2/pi) sqrt(sum c (1 - c)) per bin
+    by_hand = (np.sqrt(2 / np.pi * 0.18) + np.sqrt(2 / np.pi * 0.24)) / 3
+    assert calibration.ece_floor(np.array([0.9, 0.6, 0.9])) == pytest.approx(by_hand)
+    # the mean ECE of outcomes drawn from the confidences themselves (perfect calibration)
+    rng = np.random.default_rng(11)
+    confidence = 1 - rng.beta(0.5, 4.0, size=1000) / 2  # most near 1, as a classifier's
+    drawn = [
+        calibration.expected_calibration_error(confidence, rng.random(1000) < confidence)
+        for _ in range(2000)
+    ]
+    assert calibration.ece_floor(confidence) == pytest.approx(np.mean(drawn), rel=0.05)
+    assert calibration.ece_floor(np.ones(5)) == 0.0  # certain and right: nothing to draw
+
+
 def test_single_label_ece_reads_the_top_class() -> None:
     z = np.log(np.array([[0.9, 0.1], [0.3, 0.7], [0.2, 0.8]]))
     labels = np.array([0, 0, 1])  # right at 0.9, wrong at 0.7, right at 0.8

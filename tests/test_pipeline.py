@@ -214,6 +214,9 @@ def test_mlflow_run_has_everything(project, mlflow_client, monkeypatch):
     assert run_.data.metrics["val/ece_uncalibrated"] == pytest.approx(
         calibration["val"]["uncalibrated"]["ece"]
     )
+    assert run_.data.metrics["test/ece_floor"] == pytest.approx(
+        calibration["test"]["calibrated"]["ece_floor"]
+    )
 
     def listing(folder=None):
         return {f.path for f in mlflow_client.list_artifacts(run_id, folder)}
