@@ -3,9 +3,12 @@ temperature (and shift), Platt's is scikit-learn's logistic regression on the ma
 figures are scikit-learn's and the hand-computed ones, and the temperature (and shift) folded
 into the head gives the probabilities of divided (and shifted) logits."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, log_loss
 
@@ -279,3 +282,26 @@ def test_calibrate_platt_gives_the_shifted_probabilities_and_reports_its_shift()
     assert found.summary()["shift"] == found.shift
     _, by_t = results.calibrate("temperature", sms, labels, logits)
     assert "shift" not in by_t.report() and "shift" not in by_t.summary()
+
+
+def test_the_comparison_tool_fits_each_method_on_val_and_scores_test() -> None:
+    """tools/calibration_compare.py (docs/calibration.md's comparison), on a shifted source:
+    the temperature moves no decision, Platt moves some and beats it, each row's test figures
+    are those of its probabilities, and the uncalibrated row changes nothing."""
+    spec = importlib.util.spec_from_file_location("compare", REPO / "tools/calibration_compare.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    z, labels = calibrated_source(3000, 2, seed=12)
+    margin = z[:, 1] - z[:, 0] + 2.0  # every class-1 margin up: a bias, as class weights give
+    margins = {"val": margin[:1500], "test": margin[1500:]}
+    split = {"val": labels[:1500], "test": labels[1500:]}
+    rows = {row["method"].split()[0]: row for row in tool.compare(margins, split, 50, 0)}
+    assert list(rows) == ["none", "temperature", "platt", "isotonic", "beta"]
+    assert rows["none"]["moved"] == rows["temperature"]["moved"] == 0
+    assert rows["none"]["change"] == (0.0, 0.0) and rows["platt"]["moved"] > 50
+    assert rows["platt"]["test"]["ece"] < rows["temperature"]["test"]["ece"] / 2
+    p = calibration.probabilities(z[1500:] + np.array([0.0, 2.0]), 1.0, multi_label=False)
+    assert rows["none"]["test"]["ece"] == pytest.approx(
+        calibration.expected_calibration_error(p.max(axis=1), p.argmax(axis=1) == labels[1500:])
+    )
+    assert rows["none"]["test"]["brier"] == pytest.approx(brier_score_loss(labels[1500:], p[:, 1]))
