@@ -305,3 +305,25 @@ def test_the_comparison_tool_fits_each_method_on_val_and_scores_test() -> None:
         calibration.expected_calibration_error(p.max(axis=1), p.argmax(axis=1) == labels[1500:])
     )
     assert rows["none"]["test"]["brier"] == pytest.approx(brier_score_loss(labels[1500:], p[:, 1]))
+
+
+def test_calibrate_platt_multi_label_fits_each_label_and_keeps_one_with_nothing_to_fit() -> None:
+    tags = Classes(("billing", "urgent", "never"), multi_label=True)
+    rng = np.random.default_rng(13)
+    z = rng.normal(scale=2.0, size=(3000, 3))
+    y = (rng.random(z.shape) < calibration.probabilities(z, 1.0, multi_label=True)).astype(float)
+    y[:, 2] = 0  # never present: T 1 and c 0, the raw sigmoid
+    logits = {s: (z * 2 + 1.0).astype(np.float32) for s in ("val", "test")}
+    labels = {s: y for s in ("val", "test")}
+    calibrated, found = results.calibrate("platt", tags, labels, logits)
+    t, shift = calibration.fit_platt(logits["val"], y, multi_label=True)
+    assert found.temperature == dict(zip(tags.names, t.tolist(), strict=True))
+    assert found.shift == dict(zip(tags.names, shift.tolist(), strict=True))
+    assert (found.temperature["never"], found.shift["never"]) == (1.0, 0.0)
+    assert found.temperature["billing"] == pytest.approx(2, rel=0.1)
+    assert found.shift["billing"] == pytest.approx(-0.5, abs=0.1)
+    expected = calibration.probabilities(logits["test"], t, True, shift)
+    assert calibrated["test"] == pytest.approx(expected, abs=1e-6)
+    after = found.scores["test"]["calibrated"]
+    assert after["per_label"]["never"] == found.scores["test"]["uncalibrated"]["per_label"]["never"]
+    assert after["ece"] < found.scores["test"]["uncalibrated"]["ece"]
