@@ -65,8 +65,8 @@ def fit_platt(
     softmax(logits / T + c) for class indices `labels` (N,), c of the first class 0: T of shape
     (1,), c (classes,); or, multi-label, of sigmoid(logits[:, j] / T_j + c_j) for 0/1 targets
     (N, labels): both (labels,). T = 1, c = 0 where there is nothing to fit: the optimum is
-    not finite (a split the shifted logits separate perfectly) or its T is outside T_RANGE,
-    and for a label all present or all absent."""
+    not finite (a split the shifted logits separate perfectly, a class with no message) or its
+    T is outside T_RANGE, and for a label all present or all absent."""
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels)
     if not multi_label:
@@ -87,25 +87,32 @@ def fit_platt(
 def _platt_newton(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(T (1,), c (classes,)) minimising the mean of logsumexp(u) - u_y for u = beta z + c
     (c_0 = 0, T = 1/beta), by Newton's method with a halving line search from beta 1, c 0;
-    None where it does not converge to a T in T_RANGE."""
+    None where a class has no message (its c would fall without end) or the fit does not
+    converge to a T in T_RANGE."""
     n, k = z.shape
-    # d u / d theta for theta = (beta, c_1, ..., c_{k-1}): (n, k, k)
-    jacobian = np.zeros((n, k, k))
-    jacobian[:, :, 0] = z
-    jacobian[:, 1:, 1:] = np.eye(k - 1)
+    if len(np.unique(y)) < k:
+        return None
     one_hot = np.eye(k)[y]
 
+    def logits(theta: np.ndarray) -> np.ndarray:
+        return theta[0] * z + np.concatenate([[0.0], theta[1:]])
+
     def loss(theta: np.ndarray) -> float:
-        u = jacobian @ theta
+        u = logits(theta)
         return float(np.mean(np.logaddexp.reduce(u, axis=1) - u[np.arange(n), y]))
 
     theta = np.zeros(k)
     theta[0] = 1.0
     for _ in range(NEWTON_STEPS):
-        p = _softmax(jacobian @ theta)
-        gradient = np.einsum("nkp,nk->p", jacobian, p - one_hot) / n
-        jp = np.einsum("nkp,nk->np", jacobian, p)
-        hessian = np.einsum("nkp,nk,nkq->pq", jacobian, p, jacobian) / n - jp.T @ jp / n
+        p = _softmax(logits(theta))
+        # theta = (beta, c_1, ..., c_{k-1}); d u_i / d beta = z_i, d u_i / d c_j = [i = j]
+        expected_z = (p * z).sum(axis=1)
+        gradient = np.concatenate([[np.mean(expected_z - z[np.arange(n), y])],
+                                   (p - one_hot)[:, 1:].mean(axis=0)])  # fmt: skip
+        hessian = np.empty((k, k))
+        hessian[0, 0] = np.mean((p * z * z).sum(axis=1) - expected_z**2)
+        hessian[0, 1:] = hessian[1:, 0] = (p * (z - expected_z[:, None]))[:, 1:].mean(axis=0)
+        hessian[1:, 1:] = np.diag(p[:, 1:].mean(axis=0)) - p[:, 1:].T @ p[:, 1:] / n
         try:
             step = np.linalg.solve(hessian, gradient)
         except np.linalg.LinAlgError:  # a flat direction: logits that do not vary
@@ -117,9 +124,15 @@ def _platt_newton(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
         while loss(theta - size * step) > now - size * decrement / 4 and size > 1e-12:
             size /= 2
         theta = theta - size * step
-    else:  # no convergence: the optimum is at infinity (the shifted logits separate)
+    else:  # no convergence
         return None
-    if theta[0] <= 0 or not T_RANGE[0] <= 1 / theta[0] <= T_RANGE[1]:
+    # Where the shifted logits separate the split, the loss falls without end along theta and
+    # the steps stop only as it underflows; at a finite optimum, twice theta is worse.
+    if (
+        loss(2 * theta) <= loss(theta)
+        or theta[0] <= 0
+        or not T_RANGE[0] <= 1 / theta[0] <= T_RANGE[1]
+    ):
         return None  # T <= 0 would reverse the ranking; beyond T_RANGE, as fit_temperature
     return np.array([1 / theta[0]]), np.concatenate([[0.0], theta[1:]])
 

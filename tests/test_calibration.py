@@ -114,6 +114,15 @@ def test_platt_on_a_split_the_shifted_logits_separate_keeps_the_identity() -> No
     z = np.stack([np.zeros(6), np.array([0.5, 1.0, 1.5, 2.5, 3.0, 4.0])], axis=1)
     (t,), shift = calibration.fit_platt(z, np.array([0, 0, 0, 1, 1, 1]), multi_label=False)
     assert t == 1.0 and shift.tolist() == [0.0, 0.0]
+    y = np.array([[0.0], [0.0], [0.0], [1.0], [1.0], [1.0]])  # the same, as a label
+    assert calibration.fit_platt(z[:, 1:], y, multi_label=True) == ([1.0], [0.0])
+    # a class with no validation message: its shift would fall without end
+    z, labels = calibrated_source(500, 3, seed=14)
+    (t,), shift = calibration.fit_platt(z[labels < 2], labels[labels < 2], multi_label=False)
+    assert t == 1.0 and shift.tolist() == [0.0, 0.0, 0.0]
+    # the same messages of two classes fit
+    (t,), _ = calibration.fit_platt(z[labels < 2][:, :2], labels[labels < 2], False)
+    assert t != 1.0
 
 
 def test_scores_are_scikit_learns() -> None:
