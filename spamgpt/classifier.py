@@ -223,11 +223,12 @@ def fold_temperature(
     else:
         each = [float(temperature)] * len(classes)
     t = torch.tensor(each, dtype=torch.float64)
-    c = torch.tensor(_per_class(shift, classes, "shifts") if shift else [0.0] * len(classes))
+    each = _per_class(shift, classes, "shifts") if shift else [0.0] * len(classes)
+    c = torch.tensor(each, dtype=torch.float64)
     head = model.head
     with torch.no_grad():  # in float64 on the CPU (MPS has none), then back: rounded once
         head.weight.copy_(head.weight.cpu().double() / t[:, None])
-        head.bias.copy_(head.bias.cpu().double() / t + c.double())
+        head.bias.copy_(head.bias.cpu().double() / t + c)
 
 
 def _per_class(values: dict[str, float], classes: Classes, what: str) -> list[float]:

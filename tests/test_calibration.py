@@ -223,10 +223,16 @@ def test_folding_equals_dividing_the_logits(names, multi_label, temperature, shi
     classes = Classes(names, multi_label=multi_label)
     with torch.no_grad():
         raw = model(ids, lengths).double()
+        raw_bias = model.head.bias.double().clone()
         classifier.fold_temperature(model, temperature, classes, shift)
         folded = model(ids, lengths)
     t = [temperature[n] for n in names] if isinstance(temperature, dict) else [temperature]
     c = None if shift is None else np.array([shift[n] for n in names])
+    # b / T + c in float64, rounded to float32 once
+    exact = raw_bias / torch.tensor(t, dtype=torch.float64) + torch.from_numpy(
+        c if c is not None else np.zeros(len(names))
+    )
+    assert torch.equal(model.head.bias.detach(), exact.float())
     divided = calibration.probabilities(raw.numpy(), np.array(t), multi_label, c)
     activation = torch.sigmoid if multi_label else lambda x: torch.softmax(x, dim=-1)
     assert activation(folded).numpy() == pytest.approx(divided, abs=1e-6)
