@@ -90,11 +90,19 @@ def test_platt_recovers_a_known_shift_per_class_and_per_label() -> None:
     rng = np.random.default_rng(5)
     z = rng.normal(scale=2.0, size=(20000, 3))
     y = (rng.random(z.shape) < calibration.probabilities(z, 1.0, multi_label=True)).astype(float)
-    y[:, 2] = 1  # a label always present: nothing to fit, T 1 and c 0
-    t, shift = calibration.fit_platt(z * np.array([3.0, 0.5, 2.0]) + 1.0, y, multi_label=True)
-    assert t.tolist() == pytest.approx([3.0, 0.5, 1.0], rel=0.05)
-    assert shift.tolist() == pytest.approx([-1 / 3, -2.0, 0.0], abs=0.08)
-    assert (t[2], shift[2]) == (1.0, 0.0)
+    y[:, 0] = 1  # a label always present: nothing to fit, T 1 and c 0 (and the next fitted)
+    t, shift = calibration.fit_platt(z * np.array([2.0, 3.0, 0.5]) + 1.0, y, multi_label=True)
+    assert t.tolist() == pytest.approx([1.0, 3.0, 0.5], rel=0.05)
+    assert shift.tolist() == pytest.approx([0.0, -1 / 3, -2.0], abs=0.08)
+    assert (t[0], shift[0]) == (1.0, 0.0)
+
+
+def test_platt_keeps_the_identity_where_its_temperature_is_outside_the_range() -> None:
+    z, labels = calibrated_source(4000, 2, seed=15)
+    (t,), _ = calibration.fit_platt(z * 60, labels, multi_label=False)
+    assert t == pytest.approx(60, rel=0.1)  # inside T_RANGE (0.01, 100): fitted
+    (t,), shift = calibration.fit_platt(z * 1000, labels, multi_label=False)
+    assert t == 1.0 and shift.tolist() == [0.0, 0.0]  # its optimum, T ~ 1000, is not
 
 
 def test_platt_beats_the_temperature_on_a_shifted_source_and_moves_decisions() -> None:
@@ -177,6 +185,7 @@ def test_ece_floor_by_hand_and_against_a_simulation() -> None:
     ]
     assert calibration.ece_floor(confidence) == pytest.approx(np.mean(drawn), rel=0.05)
     assert calibration.ece_floor(np.ones(5)) == 0.0  # certain and right: nothing to draw
+    assert calibration.ece_floor(np.array([0.8])) == pytest.approx(np.sqrt(2 / np.pi * 0.16))
 
 
 def test_single_label_ece_reads_the_top_class() -> None:
