@@ -725,3 +725,198 @@ def test_label_conflicts_count_texts_with_two_label_sets() -> None:
         }
     )
     assert data.label_conflicts(frame) == 1
+
+
+# --- properties: any file the format allows reads back as written ---
+
+import csv  # noqa: E402
+import io  # noqa: E402
+import re  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+# what RFC 4180 quoting, line breaks and the separators must survive, among any other character
+# UTF-8 can write (no surrogates: they have no UTF-8 bytes)
+SPECIAL = [*"\",\t\n\r;|/ '\\", "\u2028", "\x85", "\ufeff", "\x00"]
+characters = st.one_of(st.sampled_from(SPECIAL), st.characters(exclude_categories=("Cs",)))
+any_texts = st.text(characters, min_size=1, max_size=40).filter(lambda t: t.strip() != "")
+# any label but an empty one (a missing label)
+any_labels = st.text(characters, min_size=1, max_size=12)
+LINE_BREAK = re.compile("\r\n|\r|\n")  # what Python's newline="" reading counts as one
+
+
+def quoted_carriage_returns(rows_: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Writers leave a carriage return unquoted when their lines end in a bare line feed
+    (csv.writer's and pandas' minimal quoting), which no reader tells from a line's end, and
+    which RFC 4180 does not allow: for such writers, line feeds instead (always quoted)."""
+    return [(label.replace("\r", "\n"), text.replace("\r", "\n")) for label, text in rows_]
+
+
+def delimited_bytes(
+    header: list[str], records: list[list[str]], delimiter: str, quoting: int, ending: str
+) -> tuple[bytes, list[int]]:
+    """The file csv.writer writes, and the line each record starts on."""
+    out, starts = io.StringIO(), []
+    writer = csv.writer(out, delimiter=delimiter, quoting=quoting, lineterminator=ending)
+    writer.writerow(header)
+    for record in records:
+        starts.append(len(LINE_BREAK.findall(out.getvalue())) + 1)
+        writer.writerow(record)
+    return out.getvalue().encode("utf-8"), starts
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows_=st.lists(st.tuples(any_labels, any_texts), min_size=1, max_size=6),
+    delimiter=st.sampled_from([",", "\t"]),
+    quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC]),
+    ending=st.sampled_from(["\r\n", "\n"]),
+    bom=st.booleans(),
+)
+def test_any_csv_or_tsv_reads_back_each_row_and_the_line_it_starts_on(
+    rows_: list[tuple[str, str]],
+    delimiter: str,
+    quoting: int,
+    ending: str,
+    bom: bool,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    if quoting == csv.QUOTE_MINIMAL and ending == "\n":
+        rows_ = quoted_carriage_returns(rows_)
+    records = [[str(i), label, text] for i, (label, text) in enumerate(rows_)]
+    header = ["id", "category", "body"]
+    content, starts = delimited_bytes(header, records, delimiter, quoting, ending)
+    fmt_name = "csv" if delimiter == "," else "tsv"
+    path = tmp_path_factory.mktemp("raw") / f"mine.{fmt_name}"
+    path.write_bytes(b"\xef\xbb\xbf" * bom + content)
+    parsed = data.read_messages(path, data.Format(fmt_name, "body", "category"), None)
+    assert rows(parsed) == [(start, *row) for start, row in zip(starts, rows_, strict=True)]
+    assert parsed.bad_lines == Counter()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows_=st.lists(st.tuples(any_labels, any_texts), min_size=1, max_size=6),
+    fmt_name=st.sampled_from(["csv", "tsv", "jsonl", "parquet"]),
+)
+def test_any_file_pandas_writes_reads_back_each_row(
+    rows_: list[tuple[str, str]], fmt_name: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    if fmt_name in ("csv", "tsv"):  # pandas ends lines with a bare line feed
+        rows_ = quoted_carriage_returns(rows_)
+    records = [{"body": text, "category": label} for label, text in rows_]
+    parsed = data.read_messages(
+        own_file(tmp_path_factory.mktemp("raw"), fmt_name, records), FORMAT[fmt_name], None
+    )
+    assert parsed.frame[["label", "text"]].values.tolist() == [list(r) for r in rows_]
+    if fmt_name in ("jsonl", "parquet"):  # one line (row) per record
+        assert parsed.frame["line"].tolist() == list(range(1, len(rows_) + 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows_=st.lists(st.tuples(any_labels, any_texts), min_size=1, max_size=6),
+    ensure_ascii=st.booleans(),
+    ending=st.sampled_from(["\n", "\r\n"]),
+)
+def test_any_json_lines_file_reads_back_each_object(
+    rows_: list[tuple[str, str]],
+    ensure_ascii: bool,
+    ending: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    lines = [
+        json.dumps({"category": label, "body": text}, ensure_ascii=ensure_ascii)
+        for label, text in rows_
+    ]
+    path = tmp_path_factory.mktemp("raw") / "mine.jsonl"
+    path.write_bytes(ending.join(lines).encode("utf-8"))
+    parsed = data.read_messages(path, FORMAT["jsonl"], None)
+    assert rows(parsed) == [(i, *row) for i, row in enumerate(rows_, start=1)]
+
+
+one_line = st.text(characters.filter(lambda c: c not in "\r\n"), min_size=1, max_size=30)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows_=st.lists(
+        st.tuples(
+            # a label starting with U+FEFF on line 1 is taken for a byte-order mark
+            one_line.filter(lambda label: "\t" not in label and not label.startswith("\ufeff")),
+            one_line.filter(lambda t: t.strip() != ""),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    ending=st.sampled_from(["\n", "\r\n"]),
+    last_ending=st.booleans(),
+)
+def test_any_label_tab_text_file_reads_back_each_line(
+    rows_: list[tuple[str, str]],
+    ending: str,
+    last_ending: bool,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Split at the first tab: the text keeps its own tabs, and only the line ending goes."""
+    content = ending.join(f"{label}\t{text}" for label, text in rows_) + ending * last_ending
+    path = raw_file(tmp_path_factory.mktemp("raw"), content.encode("utf-8"))
+    parsed = data.read_messages(path, data.Format(), None)
+    assert rows(parsed) == [(i, *row) for i, row in enumerate(rows_, start=1)]
+
+
+# a label as a user writes it: no separator nor whitespace in it (those are the separators'
+# own), nor a character a stripped part would lose
+label_names = st.text(
+    st.characters(exclude_categories=("Cs", "Z", "Cc"), exclude_characters=";,/| \ufeff\x85"),
+    min_size=1,
+    max_size=8,
+).filter(lambda name: name == name.strip())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sets=st.lists(st.lists(label_names, min_size=1, max_size=4), min_size=1, max_size=6),
+    separator=st.sampled_from([*data.OTHER_SEPARATORS[:4], "::", "\t"]),
+    padding=st.sampled_from(["", " ", "  "]),
+    fmt_name=st.sampled_from(["csv", "tsv"]),
+    known=st.booleans(),
+)
+def test_any_label_set_joined_by_the_separator_reads_back_as_its_sorted_set(
+    sets: list[list[str]],
+    separator: str,
+    padding: str,
+    fmt_name: str,
+    known: bool,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Each label once, sorted, whatever the order and repeats, with spaces around the
+    separator or not, given data.labels or not."""
+    records = [
+        {"body": f"text {i}", "tags": f"{padding}{separator}{padding}".join(names)}
+        for i, names in enumerate(sets)
+    ]
+    path = own_file(tmp_path_factory.mktemp("raw"), fmt_name, records)
+    fmt = data.Format(fmt_name, "body", "tags", None, True, separator)
+    allowed = tuple(sorted({n for names in sets for n in names})) if known else None
+    parsed = data.read_messages(path, fmt, allowed)
+    assert [json.loads(v) for v in parsed.frame["label"]] == [sorted(set(s)) for s in sets]
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows_=st.lists(st.tuples(any_labels, st.text(characters, max_size=40)), max_size=6))
+def test_any_split_file_reads_back_exactly(
+    rows_: list[tuple[str, str]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    frame = pd.DataFrame(
+        {
+            "line": list(range(1, len(rows_) + 1)),
+            "label": [label for label, _ in rows_],
+            "text": [text for _, text in rows_],
+        }
+    )
+    path = tmp_path_factory.mktemp("split") / "train.csv"
+    data.write_split(frame, path)
+    back = data.read_split(path)
+    assert back.values.tolist() == frame.values.tolist() and list(back) == list(frame)
