@@ -2,7 +2,9 @@
 split files' CSV round trip."""
 
 import json
+import os
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -920,3 +922,419 @@ def test_any_split_file_reads_back_exactly(
     data.write_split(frame, path)
     back = data.read_split(path)
     assert back.values.tolist() == frame.values.tolist() and list(back) == list(frame)
+
+
+# --- pinned by mutation testing (tools/mutate.py data -k "not split_stage") ---
+
+ARCHIVE = "it is an archive (zip or gzip); data.member names the file in it"
+LOOKS = f"{FIRST_LINE}CSV with columns"
+# (a file's first bytes, what data._looks_like makes of them)
+SNIFFED = [
+    (b"PAR1 and more", ("parquet", "it is a Parquet file")),
+    (b"PK\x03\x04 a zip", ("archive", ARCHIVE)),
+    (b"\x1f\x8b\x08 a gzip", ("archive", ARCHIVE)),
+    (
+        b'\xef\xbb\xbf{"text": "hi", "label": "ham"}\n',  # after a byte-order mark
+        ("jsonl", f"{FIRST_LINE}JSON Lines with keys text, label"),
+    ),
+    (b"ham\thi\n", ("label_tab_text", f"{FIRST_LINE}label<TAB>text")),
+    (
+        b"id\ttext\tlabel\r\n1\thi\tham\r\n",
+        ("tsv", f"{FIRST_LINE}TSV with columns id, text, label"),
+    ),
+    (b"text,label\r\n", ("csv", f"{LOOKS} text, label")),  # two columns are enough
+    (b"id,te\xffxt\n", ("csv", f"{LOOKS} id, te\ufffdxt")),  # not UTF-8: replaced
+    (b"{a,b}\n", None),  # JSON gone wrong, not a header
+    (b"[a,b]\n", None),
+    (b"id, text, label\n", None),  # spaces around: a sentence, not column names
+    (b"id," + b"x" * 64 + b"\n", ("csv", f"{LOOKS} id, {'x' * 30}")),  # names up to 64 long
+    (b"id," + b"x" * 65 + b"\n", None),
+    (
+        ",".join(f"c{i}" for i in range(11)).encode(),  # ten names shown, then "..."
+        ("csv", f"{LOOKS} {', '.join(f'c{i}' for i in range(10))}, ..."),
+    ),
+    (
+        ",".join(f"c{i}" for i in range(10)).encode(),
+        ("csv", f"{LOOKS} {', '.join(f'c{i}' for i in range(10))}"),
+    ),
+    (b"\n", None),
+    # only the first 64 KiB are read: a longer first line is no JSON object
+    (b'{"text": "' + b"x" * (1 << 16) + b'"}\n', None),
+]
+
+
+@pytest.mark.parametrize(("head", "looks"), SNIFFED)
+def test_what_a_files_beginning_looks_like(
+    tmp_path: Path, head: bytes, looks: tuple[str, str] | None
+) -> None:
+    path = tmp_path / "dataset"
+    path.write_bytes(head)
+    assert data._looks_like(path) == looks
+
+
+def test_a_bad_row_error_says_to_fix_the_line_or_row_and_how_to_skip() -> None:
+    hint = data.PIPELINE_SKIP
+    bad = data._BadLine("no_tab", "no tab between label and text")
+    assert str(data.bad_line_error("sms.txt", "label_tab_text", 4, bad, hint)) == (
+        "sms.txt:4: no tab between label and text; fix the line, or set data.bad_lines: skip "
+        "to drop such lines and count them"
+    )
+    bad = data._BadLine("missing_text", "text is missing")
+    assert str(data.bad_line_error("t.parquet", "parquet", 2, bad, hint)) == (
+        "t.parquet: row 2: text is missing; fix the row, or set data.bad_lines: skip to drop "
+        "such rows and count them"
+    )
+
+
+def test_one_skipped_line_is_one_line(tmp_path: Path) -> None:
+    path = raw_file(tmp_path, b"ham\tkeep\nno tab\nspam\tkeep\n")
+    parsed = data.read_messages(path, data.Format(), None, "skip")
+    assert data.skipped_summary(parsed, "t") == (
+        "t: skipped 1 bad line (data.bad_lines: skip): 1 no_tab; kept 2"
+    )
+
+
+def test_misjoined_labels_are_quoted_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "tags.csv"
+    path.write_text("body,tags\nx,été|hiver\ny,été;hiver\n", encoding="utf-8")
+    fmt = data.Format("csv", "body", "tags", None, True, "|")
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, fmt, None, name="tags.csv")
+    assert str(info.value) == (
+        'tags.csv:3: "été;hiver" looks like the labels été, hiver joined by ";", not by '
+        'data.label_separator "|"; set data.label_separator: ";"'
+    )
+
+
+PREDICT = {"text": "--text-column", "keep": "--keep"}  # as spamgpt predict names them
+PREDICT_SKIP = "use --bad-lines skip to drop such {where}s"
+
+
+def test_read_texts_gives_each_rows_text_and_kept_columns_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text(
+        '{"id": 1, "subject": "Hi", "body": "cash now", "x": true}\n'
+        "\n"
+        '{"id": 2, "subject": "Re", "body": "lunch?", "x": null}\n'
+    )
+    rows_ = data.read_texts(
+        path, "jsonl", data.TextFields(("body",)), ("id", "x"), "error", Counter(), PREDICT, ""
+    )
+    assert list(rows_) == [("cash now", [1, True]), ("lunch?", [2, None])]
+    joined = data.TextFields(("subject", "body"), "{subject}: {body}")
+    rows_ = data.read_texts(path, "jsonl", joined, ("body",), "error", Counter(), PREDICT, "")
+    assert list(rows_) == [("Hi: cash now", ["cash now"]), ("Re: lunch?", ["lunch?"])]
+
+
+@pytest.mark.parametrize(
+    ("row", "kind", "problem"),
+    [
+        (b'{"id": 7}', "missing_text", "text is missing"),
+        (b'{"id": 7, "body": 5}', "missing_text", "text is not text"),
+        (b'{"id": 7, "body": " \\t "}', "empty_text", "empty text"),
+        (b'{"id": 7, "body": "a \xff b"}', "undecodable", "undecodable bytes at character 3"),
+    ],
+)
+def test_read_texts_stops_at_or_counts_a_bad_text(
+    tmp_path: Path, row: bytes, kind: str, problem: str
+) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"id": 1, "body": "fine"}\n' + row + b'\n{"id": 3, "body": "also"}\n')
+    fields = data.TextFields(("body",))
+    with pytest.raises(SpamGPTError) as info:
+        list(
+            data.read_texts(
+                path, "jsonl", fields, ("id",), "error", Counter(), PREDICT, PREDICT_SKIP
+            )
+        )
+    assert str(info.value).startswith(f"{path}:2: {problem}")
+    assert str(info.value).endswith("; fix the line, or use --bad-lines skip to drop such lines")
+    skipped: Counter = Counter()
+    rows_ = data.read_texts(path, "jsonl", fields, ("id",), "skip", skipped, PREDICT, "")
+    assert list(rows_) == [("fine", [1]), ("also", [3])] and skipped == Counter({kind: 1})
+
+
+def test_read_texts_names_the_option_of_a_missing_column(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("id,body\n1,hello\n")
+    fields = data.TextFields(("body",))
+    with pytest.raises(SpamGPTError) as info:
+        list(data.read_texts(path, "csv", fields, ("user",), "error", Counter(), PREDICT, ""))
+    assert str(info.value) == f"{path}: no column 'user' (it has id, body); set --keep"
+    with pytest.raises(SpamGPTError) as info:
+        list(
+            data.read_texts(
+                path, "csv", data.TextFields(("text",)), (), "error", Counter(), PREDICT, ""
+            )
+        )
+    assert str(info.value) == f"{path}: no column 'text' (it has id, body); set --text-column"
+    kept = data.read_texts(path, "csv", fields, ("body", "id"), "error", Counter(), PREDICT, "")
+    assert list(kept) == [("hello", ["hello", "1"])]  # a text column may be kept too
+
+
+@pytest.mark.parametrize(
+    ("fmt_name", "content", "columns"),
+    [
+        ("csv", b"\xef\xbb\xbfid,body,category\n1,hi,a\n", ["id", "body", "category"]),
+        ("tsv", b"id\tbody, with a comma\n", ["id", "body, with a comma"]),
+        ("csv", b"", []),  # no header at all
+        ("csv", b'id,"body\n', None),  # does not parse: reading it says why
+        ("jsonl", b'{"body": "hi"}\n', None),  # no header in these formats
+        ("label_tab_text", b"ham\thi\n", None),
+        ("parquet", b"not parquet", None),
+    ],
+)
+def test_header_columns_are_the_declared_ones(
+    tmp_path: Path, fmt_name: str, content: bytes, columns: list[str] | None
+) -> None:
+    path = tmp_path / "in"
+    path.write_bytes(content)
+    assert data.header_columns(path, fmt_name) == columns
+
+
+def test_header_columns_of_parquet_are_its_schemas(tmp_path: Path) -> None:
+    path = own_file(tmp_path, "parquet", TRICKY_RECORDS)
+    assert data.header_columns(path, "parquet") == ["id", "body", "category"]
+
+
+def test_a_split_column_maps_each_value_and_refuses_others(tmp_path: Path) -> None:
+    path = tmp_path / "all.jsonl"
+    lines = [
+        {"body": "one", "category": "a", "part": "TRAIN"},
+        {"body": "two", "category": "b", "part": 3},
+        {"body": "three", "category": "a", "part": "holdout"},
+        {"body": "four", "category": "b"},
+        {"body": "five", "category": "a", "part": "a value longer than twenty characters"},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    names = {"TRAIN": "train", "3": "test"}
+    parsed = data.read_messages(path, FORMAT["jsonl"], None, "skip", "part", names)
+    assert rows(parsed) == [(1, "a", "one", "train"), (2, "b", "two", "test")]
+    assert parsed.bad_lines == Counter(unknown_split=3)
+    for number, shown in ((3, "'holdout'"), (4, "'None'"), (5, "'a value longer than '")):
+        lines_ = [*lines[:2], lines[number - 1]]
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines_))
+        with pytest.raises(SpamGPTError) as info:
+            data.read_messages(path, FORMAT["jsonl"], None, "error", "part", names)
+        assert str(info.value).startswith(
+            f"{path}:3: part is {shown}, not a split; allowed: TRAIN, 3 (data.split_names); "
+        )
+
+
+def multi_frame(sets: list[list[str]], first: int = 0) -> pd.DataFrame:
+    index = range(first, first + len(sets))
+    return pd.DataFrame({"label": [json.dumps(s) for s in sets]}, index=index)
+
+
+@pytest.mark.parametrize(
+    ("sets", "keys"),
+    [
+        # each row's rarest label (b: 4 rows, a: 7); c's 2 rows and the one without a label
+        # are too few to stand alone: with the other unlabelled rows, 3 together
+        (
+            [["a", "b"]] * 3 + [["a"]] * 3 + [["b", "c"], [], ["c", "a"]],
+            ["b"] * 3 + ["a"] * 3 + [""] * 3,
+        ),
+        ([["a"]] * 3 + [[]] * 3, ["a"] * 3 + [""] * 3),  # the unlabelled rows: a key of 3
+        # a lone row left over joins the most common key
+        ([["a"]] * 3 + [["b"]] * 4 + [["c"]], ["a"] * 3 + ["b"] * 5),
+        ([["a"]] * 3 + [["b"]] * 3 + [["c"], ["d"]], ["a"] * 3 + ["b"] * 3 + ["", ""]),
+        ([["b", "a"]] * 3, ["a"] * 3),  # a tie: the first name
+    ],
+)
+def test_stratify_key_is_each_rows_rarest_label(sets: list[list[str]], keys: list[str]) -> None:
+    key = data.stratify_key(multi_frame(sets, first=10))
+    assert key.to_dict() == dict(zip(range(10, 10 + len(sets)), keys, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("tags", "kind", "problem"),
+    [
+        ("5", "missing_label", "labels are int, not a list of text"),
+        ("[true]", "missing_label", "labels are list, not a list of text"),
+        ("[1.5]", "missing_label", "labels are list, not a list of text"),
+        ('"a|b"', "unknown_label", "unknown label 'b'; allowed: a"),  # a text: split on |
+        ('["a", "a label longer than twenty"]', "unknown_label", "unknown label 'a label longer t"),
+        ("[]", "missing_label", "no label; set data.allow_empty_labels: true where a row may"),
+    ],
+)
+def test_a_bad_label_list_is_a_bad_row_of_its_kind(
+    tmp_path: Path, tags: str, kind: str, problem: str
+) -> None:
+    path = tmp_path / "tags.jsonl"
+    path.write_text(f'{{"body": "x", "tags": ["a"]}}\n{{"body": "y", "tags": {tags}}}\n')
+    fmt = data.Format("jsonl", "body", "tags", None, True, "|")
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, fmt, ("a",))
+    assert str(info.value).startswith(f"{path}:2: {problem}")
+    skipped = data.read_messages(path, fmt, ("a",), "skip")
+    assert skipped.bad_lines == Counter({kind: 1}) and len(skipped.frame) == 1
+
+
+def test_labels_of_numbers_and_no_labels_where_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "tags.jsonl"
+    path.write_text(
+        '{"body": "x", "tags": [2, "a", 2]}\n{"body": "y", "tags": null}\n'
+        '{"body": "z", "tags": []}\n{"body": "w", "tags": "a| |"}\n'
+    )
+    fmt = data.Format("jsonl", "body", "tags", None, True, "|", allow_empty_labels=True)
+    parsed = data.read_messages(path, fmt, None)
+    assert parsed.frame["label"].tolist() == ['["2", "a"]', "[]", "[]", '["a"]']
+
+
+def test_a_byte_order_mark_is_dropped_from_the_first_line_only(tmp_path: Path) -> None:
+    path = raw_file(tmp_path, b"\xef\xbb\xbfham\thi\n\xef\xbb\xbfspam\tyo\n")
+    assert rows(data.read_messages(path, data.Format(), None)) == [
+        (1, "ham", "hi"),
+        (2, "\ufeffspam", "yo"),
+    ]
+
+
+def test_json_lines_with_a_byte_order_mark_blank_lines_and_bad_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    path.write_bytes(
+        b'\xef\xbb\xbf{"body": "first", "category": "a"}\n\n  \n'
+        b'{"body": "bad \xff byte", "category": "a"}\n{"body": "last", "category": "b"}\n'
+    )
+    parsed = data.read_messages(path, FORMAT["jsonl"], None, "skip")
+    assert rows(parsed) == [(1, "a", "first"), (5, "b", "last")]
+    assert parsed.bad_lines == Counter(undecodable=1)
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, FORMAT["jsonl"], None)
+    assert str(info.value).startswith(
+        f"{path}:4: undecodable bytes at character 5 of a field (not UTF-8); fix the line"
+    )
+
+
+def test_a_json_value_that_is_no_object_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"body": "first", "category": "a"}\n"just a string"\n')
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, FORMAT["jsonl"], None)
+    assert str(info.value).startswith(f"{path}:2: not a JSON object; fix the line")
+
+
+def test_tsv_rows_that_do_not_parse_say_tsv(tmp_path: Path) -> None:
+    path = tmp_path / "mine.tsv"
+    path.write_bytes(b'id\tbody\tcategory\n1\tfirst\ta\n2\t"quoted" then\ta\n')
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, FORMAT["tsv"], None)
+    assert str(info.value).startswith(f"{path}:3: does not parse as TSV: ")
+
+
+def test_blank_lines_between_csv_rows_hold_no_row(tmp_path: Path) -> None:
+    path = tmp_path / "mine.csv"
+    path.write_bytes(b"id,body,category\n1,first,a\n\n\n4,last,b\n")
+    assert rows(data.read_messages(path, FORMAT["csv"], None)) == [
+        (2, "a", "first"),
+        (5, "b", "last"),
+    ]
+
+
+@pytest.mark.parametrize("fmt_name", ["csv", "tsv"])
+def test_an_empty_delimited_file_has_no_messages(tmp_path: Path, fmt_name: str) -> None:
+    path = tmp_path / f"mine.{fmt_name}"
+    path.write_bytes(b"")
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, FORMAT[fmt_name], None)
+    assert str(info.value) == f"{path}: no messages (the file is empty or every line is bad)"
+
+
+def test_a_missing_column_shows_the_first_twenty_columns(tmp_path: Path) -> None:
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(f"c{i}" for i in range(25)) + "\n" + ",".join(["x"] * 25) + "\n")
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, FORMAT["csv"], None)
+    shown = ", ".join(f"c{i}" for i in range(20))
+    assert str(info.value) == f"{path}: no column 'body' (it has {shown}); set data.text_column"
+
+
+def test_a_parquet_file_without_the_column_names_the_file_as_given(tmp_path: Path) -> None:
+    path = own_file(tmp_path, "parquet", TRICKY_RECORDS)
+    fmt = data.Format("parquet", "message", "category")
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, fmt, None, name="tickets.parquet")
+    assert str(info.value) == (
+        "tickets.parquet: no column 'message' (it has id, body, category); set data.text_column"
+    )
+
+
+def test_a_class_of_three_messages_is_enough() -> None:
+    frame = pd.DataFrame(
+        {"line": range(33), "label": ["a"] * 30 + ["b"] * 3, "text": list(map(str, range(33)))}
+    )
+    parts = data.split(frame, 0.3, 0.3, seed=0, labels=("a", "b"))
+    assert [data.label_counts(parts[n], ("a", "b"))["b"] for n in ("train", "val", "test")] == [
+        1,
+        1,
+        1,
+    ]
+
+
+def test_a_split_too_small_says_what_it_has() -> None:
+    frame = pd.DataFrame({"line": range(6), "label": ["a", "b"] * 3, "text": list("abcdef")})
+    with pytest.raises(SpamGPTError) as info:
+        data.split(frame, 0.1, 0.1, seed=0, labels=("a", "b"))
+    assert str(info.value).startswith(
+        "cannot split 6 messages {'a': 3, 'b': 3} into val 0.1 / test 0.1 with every class in "
+        "each: "
+    )
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_split_is_sklearns_stratified_split_twice(multi_label: bool) -> None:
+    """Test first, then val of the rest (split.val of the whole), each stratified on the
+    label (multi-label: stratify_key), with the seed; each part in file order."""
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(1)
+    sets = [["a"], ["b"], ["a", "b"], ["c"], ["b", "c"]]
+    labels_ = [json.dumps(sets[i]) for i in rng.integers(0, 5, 90)] if multi_label else None
+    frame = pd.DataFrame(
+        {
+            "line": range(1, 91),
+            "label": labels_ or [("a", "b", "c")[i] for i in rng.integers(0, 3, 90)],
+            "text": [f"message {i}" for i in range(90)],
+        }
+    )
+
+    def key(part: pd.DataFrame) -> pd.Series:
+        return data.stratify_key(part) if multi_label else part["label"]
+
+    rest, test = train_test_split(frame, test_size=0.2, stratify=key(frame), random_state=5)
+    train, val = train_test_split(rest, test_size=0.1 / 0.8, stratify=key(rest), random_state=5)
+    parts = data.split(frame, 0.1, 0.2, 5, ("a", "b", "c"), multi_label)
+    for name, part in (("train", train), ("val", val), ("test", test)):
+        assert parts[name]["line"].tolist() == sorted(part["line"]), name
+        assert parts[name].index.tolist() == list(range(len(part)))
+    single = frame.assign(label=[("a", "b")[i % 2] for i in range(90)])
+    rest, part = data.stratified(single, 0.25, 7)  # single-label by default
+    expected = train_test_split(single, test_size=0.25, stratify=single["label"], random_state=7)
+    assert rest.equals(expected[0]) and part.equals(expected[1])
+
+
+def test_an_empty_split_file_reads_back_with_its_types(tmp_path: Path) -> None:
+    path = tmp_path / "val.csv"
+    data.write_split(pd.DataFrame({"line": [], "label": [], "text": []}), path)
+    back = data.read_split(path)
+    assert back.empty and list(back) == ["line", "label", "text"]
+    assert back["line"].dtype == "int64"  # not the object column of a column with no values
+
+
+def test_a_split_file_is_utf8_and_quoted_whatever_the_locale(tmp_path: Path) -> None:
+    """Written in a process whose locale encoding is ASCII (the C locale, no UTF-8 mode)."""
+    path = tmp_path / "train.csv"
+    code = (
+        "import sys, pandas as pd; from spamgpt import data; "
+        "data.write_split(pd.DataFrame({'line': [1, 2], 'label': ['ham', 'spam'], "
+        "'text': ['caf\\u00e9 \\u00e0 7', 'two\\r\\nlines']}), sys.argv[1])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LC_ALL": "C"}
+    env.update(PYTHONCOERCECLOCALE="0", PYTHONUTF8="0")
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path)], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert path.read_bytes() == (
+        '"line","label","text"\n1,"ham","café à 7"\n2,"spam","two\r\nlines"\n'.encode()
+    )
