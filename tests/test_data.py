@@ -1154,7 +1154,11 @@ def test_stratify_key_is_each_rows_rarest_label(sets: list[list[str]], keys: lis
         ("[true]", "missing_label", "labels are list, not a list of text"),
         ("[1.5]", "missing_label", "labels are list, not a list of text"),
         ('"a|b"', "unknown_label", "unknown label 'b'; allowed: a"),  # a text: split on |
-        ('["a", "a label longer than twenty"]', "unknown_label", "unknown label 'a label longer t"),
+        (
+            '["a", "a label longer than twenty"]',
+            "unknown_label",
+            "unknown label 'a label longer than '; allowed: a",
+        ),
         ("[]", "missing_label", "no label; set data.allow_empty_labels: true where a row may"),
     ],
 )
@@ -1324,6 +1328,13 @@ def test_an_empty_split_file_reads_back_with_its_types(tmp_path: Path) -> None:
 def test_a_split_file_is_utf8_and_quoted_whatever_the_locale(tmp_path: Path) -> None:
     """Written in a process whose locale encoding is ASCII (the C locale, no UTF-8 mode)."""
     path = tmp_path / "train.csv"
+    frame = pd.DataFrame(
+        {"line": [1, 2], "label": ["ham", "spam"], "text": ["caf\u00e9 \u00e0 7", "two\r\nlines"]}
+    )
+    data.write_split(frame, path)
+    written = '"line","label","text"\n1,"ham","café à 7"\n2,"spam","two\r\nlines"\n'.encode()
+    assert path.read_bytes() == written
+    path.unlink()
     code = (
         "import sys, pandas as pd; from spamgpt import data; "
         "data.write_split(pd.DataFrame({'line': [1, 2], 'label': ['ham', 'spam'], "
@@ -1335,6 +1346,75 @@ def test_a_split_file_is_utf8_and_quoted_whatever_the_locale(tmp_path: Path) -> 
         [sys.executable, "-c", code, str(path)], env=env, cwd=REPO, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert path.read_bytes() == (
-        '"line","label","text"\n1,"ham","café à 7"\n2,"spam","two\r\nlines"\n'.encode()
+    assert path.read_bytes() == written
+
+
+@pytest.mark.parametrize(
+    ("head", "says"),
+    [
+        (b"PAR1\tnot text\n", "it is a Parquet file; set data.format: parquet"),
+        (b"PK\x03\x04\tnot text\n", ARCHIVE),
+        (b"\x1f\x8b\x08\tnot text\n", ARCHIVE),
+    ],
+)
+def test_a_binary_file_is_refused_before_its_bytes_are_read_as_rows(
+    tmp_path: Path, head: bytes, says: str
+) -> None:
+    """Its first line would read as a label<TAB>text row: the first bytes tell it first."""
+    path = raw_file(tmp_path, head)
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, data.Format(), None, "skip", name="sms.txt")
+    assert str(info.value) == (
+        f"sms.txt does not look like label<TAB>text lines (data.format: label_tab_text): {says}"
     )
+
+
+def test_one_field_through_a_template_and_fields_that_are_not_text(tmp_path: Path) -> None:
+    fmt = data.Format("jsonl", "subject", "label", "Subject: {subject}")
+    first = '{"subject": "Hi", "label": "a"}\n'
+    for second, what in (
+        ('{"subject": 5, "label": "a"}', "not text"),
+        ('{"label": "a"}', "missing"),
+    ):
+        path = tmp_path / "mail.jsonl"
+        path.write_text(first + second + "\n")
+        parsed = data.read_messages(path, fmt, None, "skip")
+        assert rows(parsed) == [(1, "a", "Subject: Hi")]
+        with pytest.raises(SpamGPTError) as info:
+            data.read_messages(path, fmt, None)
+        assert str(info.value).startswith(f"{path}:2: text field 'subject' is {what}; fix the")
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        (b'{"body": 5, "category": "a"}', "text is not text"),
+        (b'{"body": " ", "category": "a"}', "empty text"),
+        (b'{"body": "x", "category": "zebra"}', "unknown label 'zebra'; allowed: a, b"),
+        (
+            b'{"body": "x", "category": "a label longer than twenty"}',
+            "unknown label 'a label longer than '; allowed: a, b",
+        ),
+    ],
+)
+def test_a_bad_rows_problem_in_full(tmp_path: Path, row: bytes, problem: str) -> None:
+    path = tmp_path / "mine.jsonl"
+    path.write_bytes(row + b"\n")
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, FORMAT["jsonl"], ("a", "b"))
+    assert str(info.value).startswith(f"{path}:1: {problem}; fix the line")
+
+
+def test_a_split_named_none_is_not_a_missing_value(tmp_path: Path) -> None:
+    path = tmp_path / "all.jsonl"
+    path.write_text(
+        '{"body": "x", "category": "a", "part": "None"}\n{"body": "y", "category": "a"}\n'
+    )
+    parsed = data.read_messages(path, FORMAT["jsonl"], None, "skip", "part", {"None": "test"})
+    assert rows(parsed) == [(1, "a", "x", "test")] and parsed.bad_lines == {"unknown_split": 1}
+
+
+def test_header_columns_keep_undecodable_bytes_and_quoted_line_breaks(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_bytes(b'id,b\xffody,"two\r\nlines"\n1,2,3\n')
+    assert data.header_columns(path, "csv") == ["id", "b\udcffody", "two\r\nlines"]
