@@ -1380,6 +1380,7 @@ def test_one_field_through_a_template_and_fields_that_are_not_text(tmp_path: Pat
         path.write_text(first + second + "\n")
         parsed = data.read_messages(path, fmt, None, "skip")
         assert rows(parsed) == [(1, "a", "Subject: Hi")]
+        assert parsed.bad_lines == Counter(missing_text=1)
         with pytest.raises(SpamGPTError) as info:
             data.read_messages(path, fmt, None)
         assert str(info.value).startswith(f"{path}:2: text field 'subject' is {what}; fix the")
@@ -1418,3 +1419,85 @@ def test_header_columns_keep_undecodable_bytes_and_quoted_line_breaks(tmp_path: 
     path = tmp_path / "in.csv"
     path.write_bytes(b'id,b\xffody,"two\r\nlines"\n1,2,3\n')
     assert data.header_columns(path, "csv") == ["id", "b\udcffody", "two\r\nlines"]
+
+
+def test_label_tab_text_reads_label_and_text_whatever_the_columns_set(tmp_path: Path) -> None:
+    path = raw_file(tmp_path, b"ham\thi\n")
+    fmt = data.Format("label_tab_text", "body", "category")  # ignored: the file has no header
+    assert rows(data.read_messages(path, fmt, None)) == [(1, "ham", "hi")]
+
+
+def test_a_later_bad_line_is_a_bad_line_though_the_first_looks_like_tsv(tmp_path: Path) -> None:
+    """Only a bad first row may mean the file is of another format."""
+    path = raw_file(tmp_path, b"id\ttext\tlabel\nno tab here\nham\tfine\n")
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, data.Format(), None, name="sms.txt")
+    assert str(info.value).startswith("sms.txt:2: no tab between label and text; fix")
+    parsed = data.read_messages(path, data.Format(), None, "skip")
+    assert rows(parsed) == [(1, "id", "text\tlabel"), (3, "ham", "fine")]
+    assert parsed.bad_lines == Counter(no_tab=1)
+
+
+@pytest.mark.parametrize("labels", [None, ("a", "b")])
+def test_labels_misjoined_in_a_parquet_file_name_the_row(
+    tmp_path: Path, labels: tuple | None
+) -> None:
+    records = [{"body": f"text {i}", "tags": tags} for i, tags in enumerate(["a", "b", "a;b"])]
+    path = own_file(tmp_path, "parquet", records)
+    fmt = data.Format("parquet", "body", "tags", None, True, "|")
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, fmt, labels, name="tags.parquet")
+    assert str(info.value).startswith('tags.parquet: row 3: "a;b" looks like the labels a, b')
+
+
+def test_parquet_rows_are_counted_as_rows(tmp_path: Path) -> None:
+    records = [{"body": "x", "category": "a"}, {"body": None, "category": "a"}]
+    path = own_file(tmp_path, "parquet", records)
+    parsed = data.read_messages(path, FORMAT["parquet"], None, "skip")
+    assert data.skipped_summary(parsed, "t") == (
+        "t: skipped 1 bad row (data.bad_lines: skip): 1 missing_text; kept 1"
+    )
+    path = own_file(tmp_path, "parquet", records[1:])
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, FORMAT["parquet"], None, "skip")
+    assert str(info.value) == f"{path}: no messages (the file is empty or every row is bad)"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "split_column", "setting"),
+    [
+        (data.Format("csv", "body", "label"), None, "data.label_column"),
+        (data.Format("csv", "body", "category"), "part", "data.split_column"),
+    ],
+)
+def test_a_missing_label_or_split_column_names_its_setting(
+    tmp_path: Path, fmt: data.Format, split_column: str | None, setting: str
+) -> None:
+    path = own_file(tmp_path, "csv", TRICKY_RECORDS)
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, fmt, None, "error", split_column, {"a": "train"})
+    column = split_column or "label"
+    assert (
+        str(info.value)
+        == f"{path}: no column {column!r} (it has id, body, category); set {setting}"
+    )
+
+
+def test_read_rows_names_the_path_by_default(tmp_path: Path) -> None:
+    path = own_file(tmp_path, "csv", TRICKY_RECORDS)
+    with pytest.raises(SpamGPTError) as info:
+        list(data.read_rows(path, "csv", {"text": "--text-column"}))
+    assert (
+        str(info.value)
+        == f"{path}: no column 'text' (it has id, body, category); set --text-column"
+    )
+
+
+def test_multi_labels_and_splits_are_kept_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "tags.jsonl"
+    path.write_text('{"body": "x", "tags": ["été", "b"], "part": "t"}\n', encoding="utf-8")
+    fmt = data.Format("jsonl", "body", "tags", None, True)
+    parsed = data.read_messages(path, fmt, None, "error", "part", {"t": "train"})
+    assert parsed.frame.to_dict("records") == [
+        {"line": 1, "label": '["b", "été"]', "text": "x", "split": "train"}
+    ]
