@@ -1325,7 +1325,7 @@ def test_an_empty_split_file_reads_back_with_its_types(tmp_path: Path) -> None:
     assert back["line"].dtype == "int64"  # not the object column of a column with no values
 
 
-def test_a_split_file_is_utf8_and_quoted_whatever_the_locale(tmp_path: Path) -> None:
+def test_a_split_file_is_utf8_whatever_the_locale(tmp_path: Path) -> None:
     """Written in a process whose locale encoding is ASCII (the C locale, no UTF-8 mode)."""
     path = tmp_path / "train.csv"
     frame = pd.DataFrame(
