@@ -417,3 +417,30 @@ def test_setup_refuses_more_processes_than_gpus(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ParamsError, match=r"^train\.devices: 2 processes need 2 GPUs"):
         runtime.setup("cuda", "fp32", processes=2)
+
+
+def test_to_device_moves_the_tensor_to_a_device_other_than_cuda() -> None:
+    """meta: a device with no memory, which the CPU-only machines have too."""
+    moved = runtime.to_device(torch.arange(6), torch.device("meta"))
+    assert moved.device == torch.device("meta") and moved.shape == (6,)
+
+
+def test_auto_precision_asks_about_the_card_it_runs_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_cuda_card(monkeypatch, capability=(7, 5), native_bf16=False)
+    seen = []
+    monkeypatch.setattr(
+        torch.cuda, "get_device_capability", lambda device=None: seen.append(device) or (7, 5)
+    )
+    second = torch.device("cuda:1")
+    assert runtime.resolve_precision("auto", second) == "fp16" and seen == [second]
+
+
+def test_the_scaler_is_made_for_the_device() -> None:
+    """Its scale may be set from a tensor of that device (as restoring a scale would)."""
+    scaler = runtime.grad_scaler(CPU, "fp16")
+    weight = torch.ones(2, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scaler.scale((weight * 2).sum()).backward()
+    scaler.step(optimizer)
+    scaler.update(torch.tensor(1024.0))
+    assert scaler.get_scale() == 1024.0 and weight.tolist() == pytest.approx([0.8, 0.8])
