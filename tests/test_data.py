@@ -2,7 +2,9 @@
 split files' CSV round trip."""
 
 import json
+import os
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -725,3 +727,777 @@ def test_label_conflicts_count_texts_with_two_label_sets() -> None:
         }
     )
     assert data.label_conflicts(frame) == 1
+
+
+# --- properties: any file the format allows reads back as written ---
+
+import csv  # noqa: E402
+import io  # noqa: E402
+import re  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+# what RFC 4180 quoting, line breaks and the separators must survive, among any other character
+# UTF-8 can write (no surrogates: they have no UTF-8 bytes)
+SPECIAL = [*"\",\t\n\r;|/ '\\", "\u2028", "\x85", "\ufeff", "\x00"]
+characters = st.one_of(st.sampled_from(SPECIAL), st.characters(exclude_categories=("Cs",)))
+any_texts = st.text(characters, min_size=1, max_size=40).filter(lambda t: t.strip() != "")
+# any label but an empty one (a missing label)
+any_labels = st.text(characters, min_size=1, max_size=12)
+LINE_BREAK = re.compile("\r\n|\r|\n")  # what Python's newline="" reading counts as one
+
+
+def quoted_carriage_returns(rows_: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Writers leave a carriage return unquoted when their lines end in a bare line feed
+    (csv.writer's and pandas' minimal quoting), which no reader tells from a line's end, and
+    which RFC 4180 does not allow: for such writers, line feeds instead (always quoted)."""
+    return [(label.replace("\r", "\n"), text.replace("\r", "\n")) for label, text in rows_]
+
+
+def delimited_bytes(
+    header: list[str], records: list[list[str]], delimiter: str, quoting: int, ending: str
+) -> tuple[bytes, list[int]]:
+    """The file csv.writer writes, and the line each record starts on."""
+    out, starts = io.StringIO(), []
+    writer = csv.writer(out, delimiter=delimiter, quoting=quoting, lineterminator=ending)
+    writer.writerow(header)
+    for record in records:
+        starts.append(len(LINE_BREAK.findall(out.getvalue())) + 1)
+        writer.writerow(record)
+    return out.getvalue().encode("utf-8"), starts
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows_=st.lists(st.tuples(any_labels, any_texts), min_size=1, max_size=6),
+    delimiter=st.sampled_from([",", "\t"]),
+    quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC]),
+    ending=st.sampled_from(["\r\n", "\n"]),
+    bom=st.booleans(),
+)
+def test_any_csv_or_tsv_reads_back_each_row_and_the_line_it_starts_on(
+    rows_: list[tuple[str, str]],
+    delimiter: str,
+    quoting: int,
+    ending: str,
+    bom: bool,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    if quoting == csv.QUOTE_MINIMAL and ending == "\n":
+        rows_ = quoted_carriage_returns(rows_)
+    records = [[str(i), label, text] for i, (label, text) in enumerate(rows_)]
+    header = ["id", "category", "body"]
+    content, starts = delimited_bytes(header, records, delimiter, quoting, ending)
+    fmt_name = "csv" if delimiter == "," else "tsv"
+    path = tmp_path_factory.mktemp("raw") / f"mine.{fmt_name}"
+    path.write_bytes(b"\xef\xbb\xbf" * bom + content)
+    parsed = data.read_messages(path, data.Format(fmt_name, "body", "category"), None)
+    assert rows(parsed) == [(start, *row) for start, row in zip(starts, rows_, strict=True)]
+    assert parsed.bad_lines == Counter()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows_=st.lists(st.tuples(any_labels, any_texts), min_size=1, max_size=6),
+    fmt_name=st.sampled_from(["csv", "tsv", "jsonl", "parquet"]),
+)
+def test_any_file_pandas_writes_reads_back_each_row(
+    rows_: list[tuple[str, str]], fmt_name: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    if fmt_name in ("csv", "tsv"):  # pandas ends lines with a bare line feed
+        rows_ = quoted_carriage_returns(rows_)
+    records = [{"body": text, "category": label} for label, text in rows_]
+    parsed = data.read_messages(
+        own_file(tmp_path_factory.mktemp("raw"), fmt_name, records), FORMAT[fmt_name], None
+    )
+    assert parsed.frame[["label", "text"]].values.tolist() == [list(r) for r in rows_]
+    if fmt_name in ("jsonl", "parquet"):  # one line (row) per record
+        assert parsed.frame["line"].tolist() == list(range(1, len(rows_) + 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows_=st.lists(st.tuples(any_labels, any_texts), min_size=1, max_size=6),
+    ensure_ascii=st.booleans(),
+    ending=st.sampled_from(["\n", "\r\n"]),
+)
+def test_any_json_lines_file_reads_back_each_object(
+    rows_: list[tuple[str, str]],
+    ensure_ascii: bool,
+    ending: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    lines = [
+        json.dumps({"category": label, "body": text}, ensure_ascii=ensure_ascii)
+        for label, text in rows_
+    ]
+    path = tmp_path_factory.mktemp("raw") / "mine.jsonl"
+    path.write_bytes(ending.join(lines).encode("utf-8"))
+    parsed = data.read_messages(path, FORMAT["jsonl"], None)
+    assert rows(parsed) == [(i, *row) for i, row in enumerate(rows_, start=1)]
+
+
+one_line = st.text(characters.filter(lambda c: c not in "\r\n"), min_size=1, max_size=30)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows_=st.lists(
+        st.tuples(
+            # a label starting with U+FEFF on line 1 is taken for a byte-order mark
+            one_line.filter(lambda label: "\t" not in label and not label.startswith("\ufeff")),
+            one_line.filter(lambda t: t.strip() != ""),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    ending=st.sampled_from(["\n", "\r\n"]),
+    last_ending=st.booleans(),
+)
+def test_any_label_tab_text_file_reads_back_each_line(
+    rows_: list[tuple[str, str]],
+    ending: str,
+    last_ending: bool,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Split at the first tab: the text keeps its own tabs, and only the line ending goes."""
+    content = ending.join(f"{label}\t{text}" for label, text in rows_) + ending * last_ending
+    path = raw_file(tmp_path_factory.mktemp("raw"), content.encode("utf-8"))
+    parsed = data.read_messages(path, data.Format(), None)
+    assert rows(parsed) == [(i, *row) for i, row in enumerate(rows_, start=1)]
+
+
+# a label as a user writes it: no separator nor whitespace in it (those are the separators'
+# own), nor a character a stripped part would lose
+label_names = st.text(
+    st.characters(exclude_categories=("Cs", "Z", "Cc"), exclude_characters=";,/| \ufeff\x85"),
+    min_size=1,
+    max_size=8,
+).filter(lambda name: name == name.strip())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sets=st.lists(st.lists(label_names, min_size=1, max_size=4), min_size=1, max_size=6),
+    separator=st.sampled_from([*data.OTHER_SEPARATORS[:4], "::", "\t"]),
+    padding=st.sampled_from(["", " ", "  "]),
+    fmt_name=st.sampled_from(["csv", "tsv"]),
+    known=st.booleans(),
+)
+def test_any_label_set_joined_by_the_separator_reads_back_as_its_sorted_set(
+    sets: list[list[str]],
+    separator: str,
+    padding: str,
+    fmt_name: str,
+    known: bool,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Each label once, sorted, whatever the order and repeats, with spaces around the
+    separator or not, given data.labels or not."""
+    records = [
+        {"body": f"text {i}", "tags": f"{padding}{separator}{padding}".join(names)}
+        for i, names in enumerate(sets)
+    ]
+    path = own_file(tmp_path_factory.mktemp("raw"), fmt_name, records)
+    fmt = data.Format(fmt_name, "body", "tags", None, True, separator)
+    allowed = tuple(sorted({n for names in sets for n in names})) if known else None
+    parsed = data.read_messages(path, fmt, allowed)
+    assert [json.loads(v) for v in parsed.frame["label"]] == [sorted(set(s)) for s in sets]
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows_=st.lists(st.tuples(any_labels, st.text(characters, max_size=40)), max_size=6))
+def test_any_split_file_reads_back_exactly(
+    rows_: list[tuple[str, str]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    frame = pd.DataFrame(
+        {
+            "line": list(range(1, len(rows_) + 1)),
+            "label": [label for label, _ in rows_],
+            "text": [text for _, text in rows_],
+        }
+    )
+    path = tmp_path_factory.mktemp("split") / "train.csv"
+    data.write_split(frame, path)
+    back = data.read_split(path)
+    assert back.values.tolist() == frame.values.tolist() and list(back) == list(frame)
+
+
+# --- pinned by mutation testing (tools/mutate.py data -k "not split_stage") ---
+
+ARCHIVE = "it is an archive (zip or gzip); data.member names the file in it"
+LOOKS = f"{FIRST_LINE}CSV with columns"
+# (a file's first bytes, what data._looks_like makes of them)
+SNIFFED = [
+    (b"PAR1 and more", ("parquet", "it is a Parquet file")),
+    (b"PK\x03\x04 a zip", ("archive", ARCHIVE)),
+    (b"\x1f\x8b\x08 a gzip", ("archive", ARCHIVE)),
+    (
+        b'\xef\xbb\xbf{"text": "hi", "label": "ham"}\n',  # after a byte-order mark
+        ("jsonl", f"{FIRST_LINE}JSON Lines with keys text, label"),
+    ),
+    (b"ham\thi\n", ("label_tab_text", f"{FIRST_LINE}label<TAB>text")),
+    (
+        b"id\ttext\tlabel\r\n1\thi\tham\r\n",
+        ("tsv", f"{FIRST_LINE}TSV with columns id, text, label"),
+    ),
+    (b"text,label\r\n", ("csv", f"{LOOKS} text, label")),  # two columns are enough
+    (b"id,te\xffxt\n", ("csv", f"{LOOKS} id, te\ufffdxt")),  # not UTF-8: replaced
+    (b"{a,b}\n", None),  # JSON gone wrong, not a header
+    (b"[a,b]\n", None),
+    (b"id, text, label\n", None),  # spaces around: a sentence, not column names
+    (b"id," + b"x" * 64 + b"\n", ("csv", f"{LOOKS} id, {'x' * 30}")),  # names up to 64 long
+    (b"id," + b"x" * 65 + b"\n", None),
+    (
+        ",".join(f"c{i}" for i in range(11)).encode(),  # ten names shown, then "..."
+        ("csv", f"{LOOKS} {', '.join(f'c{i}' for i in range(10))}, ..."),
+    ),
+    (
+        ",".join(f"c{i}" for i in range(10)).encode(),
+        ("csv", f"{LOOKS} {', '.join(f'c{i}' for i in range(10))}"),
+    ),
+    (b"\n", None),
+    # only the first 64 KiB are read: a longer first line is no JSON object
+    (b'{"text": "' + b"x" * (1 << 16) + b'"}\n', None),
+]
+
+
+@pytest.mark.parametrize(("head", "looks"), SNIFFED)
+def test_what_a_files_beginning_looks_like(
+    tmp_path: Path, head: bytes, looks: tuple[str, str] | None
+) -> None:
+    path = tmp_path / "dataset"
+    path.write_bytes(head)
+    assert data._looks_like(path) == looks
+
+
+def test_a_bad_row_error_says_to_fix_the_line_or_row_and_how_to_skip() -> None:
+    hint = data.PIPELINE_SKIP
+    bad = data._BadLine("no_tab", "no tab between label and text")
+    assert str(data.bad_line_error("sms.txt", "label_tab_text", 4, bad, hint)) == (
+        "sms.txt:4: no tab between label and text; fix the line, or set data.bad_lines: skip "
+        "to drop such lines and count them"
+    )
+    bad = data._BadLine("missing_text", "text is missing")
+    assert str(data.bad_line_error("t.parquet", "parquet", 2, bad, hint)) == (
+        "t.parquet: row 2: text is missing; fix the row, or set data.bad_lines: skip to drop "
+        "such rows and count them"
+    )
+
+
+def test_one_skipped_line_is_one_line(tmp_path: Path) -> None:
+    path = raw_file(tmp_path, b"ham\tkeep\nno tab\nspam\tkeep\n")
+    parsed = data.read_messages(path, data.Format(), None, "skip")
+    assert data.skipped_summary(parsed, "t") == (
+        "t: skipped 1 bad line (data.bad_lines: skip): 1 no_tab; kept 2"
+    )
+
+
+def test_misjoined_labels_are_quoted_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "tags.csv"
+    path.write_text("body,tags\nx,été|hiver\ny,été;hiver\n", encoding="utf-8")
+    fmt = data.Format("csv", "body", "tags", None, True, "|")
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, fmt, None, name="tags.csv")
+    assert str(info.value) == (
+        'tags.csv:3: "été;hiver" looks like the labels été, hiver joined by ";", not by '
+        'data.label_separator "|"; set data.label_separator: ";"'
+    )
+
+
+PREDICT = {"text": "--text-column", "keep": "--keep"}  # as spamgpt predict names them
+PREDICT_SKIP = "use --bad-lines skip to drop such {where}s"
+
+
+def test_read_texts_gives_each_rows_text_and_kept_columns_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text(
+        '{"id": 1, "subject": "Hi", "body": "cash now", "x": true}\n'
+        "\n"
+        '{"id": 2, "subject": "Re", "body": "lunch?", "x": null}\n'
+    )
+    rows_ = data.read_texts(
+        path, "jsonl", data.TextFields(("body",)), ("id", "x"), "error", Counter(), PREDICT, ""
+    )
+    assert list(rows_) == [("cash now", [1, True]), ("lunch?", [2, None])]
+    joined = data.TextFields(("subject", "body"), "{subject}: {body}")
+    rows_ = data.read_texts(path, "jsonl", joined, ("body",), "error", Counter(), PREDICT, "")
+    assert list(rows_) == [("Hi: cash now", ["cash now"]), ("Re: lunch?", ["lunch?"])]
+
+
+@pytest.mark.parametrize(
+    ("row", "kind", "problem"),
+    [
+        (b'{"id": 7}', "missing_text", "text is missing"),
+        (b'{"id": 7, "body": 5}', "missing_text", "text is not text"),
+        (b'{"id": 7, "body": " \\t "}', "empty_text", "empty text"),
+        (b'{"id": 7, "body": "a \xff b"}', "undecodable", "undecodable bytes at character 3"),
+    ],
+)
+def test_read_texts_stops_at_or_counts_a_bad_text(
+    tmp_path: Path, row: bytes, kind: str, problem: str
+) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"id": 1, "body": "fine"}\n' + row + b'\n{"id": 3, "body": "also"}\n')
+    fields = data.TextFields(("body",))
+    with pytest.raises(SpamGPTError) as info:
+        list(
+            data.read_texts(
+                path, "jsonl", fields, ("id",), "error", Counter(), PREDICT, PREDICT_SKIP
+            )
+        )
+    assert str(info.value).startswith(f"{path}:2: {problem}")
+    assert str(info.value).endswith("; fix the line, or use --bad-lines skip to drop such lines")
+    skipped: Counter = Counter()
+    rows_ = data.read_texts(path, "jsonl", fields, ("id",), "skip", skipped, PREDICT, "")
+    assert list(rows_) == [("fine", [1]), ("also", [3])] and skipped == Counter({kind: 1})
+
+
+def test_read_texts_names_the_option_of_a_missing_column(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("id,body\n1,hello\n")
+    fields = data.TextFields(("body",))
+    with pytest.raises(SpamGPTError) as info:
+        list(data.read_texts(path, "csv", fields, ("user",), "error", Counter(), PREDICT, ""))
+    assert str(info.value) == f"{path}: no column 'user' (it has id, body); set --keep"
+    with pytest.raises(SpamGPTError) as info:
+        list(
+            data.read_texts(
+                path, "csv", data.TextFields(("text",)), (), "error", Counter(), PREDICT, ""
+            )
+        )
+    assert str(info.value) == f"{path}: no column 'text' (it has id, body); set --text-column"
+    kept = data.read_texts(path, "csv", fields, ("body", "id"), "error", Counter(), PREDICT, "")
+    assert list(kept) == [("hello", ["hello", "1"])]  # a text column may be kept too
+
+
+@pytest.mark.parametrize(
+    ("fmt_name", "content", "columns"),
+    [
+        ("csv", b"\xef\xbb\xbfid,body,category\n1,hi,a\n", ["id", "body", "category"]),
+        ("tsv", b"id\tbody, with a comma\n", ["id", "body, with a comma"]),
+        ("csv", b"", []),  # no header at all
+        ("csv", b'id,"body\n', None),  # does not parse: reading it says why
+        ("jsonl", b'{"body": "hi"}\n', None),  # no header in these formats
+        ("label_tab_text", b"ham\thi\n", None),
+        ("parquet", b"not parquet", None),
+    ],
+)
+def test_header_columns_are_the_declared_ones(
+    tmp_path: Path, fmt_name: str, content: bytes, columns: list[str] | None
+) -> None:
+    path = tmp_path / "in"
+    path.write_bytes(content)
+    assert data.header_columns(path, fmt_name) == columns
+
+
+def test_header_columns_of_parquet_are_its_schemas(tmp_path: Path) -> None:
+    path = own_file(tmp_path, "parquet", TRICKY_RECORDS)
+    assert data.header_columns(path, "parquet") == ["id", "body", "category"]
+
+
+def test_a_split_column_maps_each_value_and_refuses_others(tmp_path: Path) -> None:
+    path = tmp_path / "all.jsonl"
+    lines = [
+        {"body": "one", "category": "a", "part": "TRAIN"},
+        {"body": "two", "category": "b", "part": 3},
+        {"body": "three", "category": "a", "part": "holdout"},
+        {"body": "four", "category": "b"},
+        {"body": "five", "category": "a", "part": "a value longer than twenty characters"},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    names = {"TRAIN": "train", "3": "test"}
+    parsed = data.read_messages(path, FORMAT["jsonl"], None, "skip", "part", names)
+    assert rows(parsed) == [(1, "a", "one", "train"), (2, "b", "two", "test")]
+    assert parsed.bad_lines == Counter(unknown_split=3)
+    for number, shown in ((3, "'holdout'"), (4, "'None'"), (5, "'a value longer than '")):
+        lines_ = [*lines[:2], lines[number - 1]]
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines_))
+        with pytest.raises(SpamGPTError) as info:
+            data.read_messages(path, FORMAT["jsonl"], None, "error", "part", names)
+        assert str(info.value).startswith(
+            f"{path}:3: part is {shown}, not a split; allowed: TRAIN, 3 (data.split_names); "
+        )
+
+
+def multi_frame(sets: list[list[str]], first: int = 0) -> pd.DataFrame:
+    index = range(first, first + len(sets))
+    return pd.DataFrame({"label": [json.dumps(s) for s in sets]}, index=index)
+
+
+@pytest.mark.parametrize(
+    ("sets", "keys"),
+    [
+        # each row's rarest label (b: 4 rows, a: 7); c's 2 rows and the one without a label
+        # are too few to stand alone: with the other unlabelled rows, 3 together
+        (
+            [["a", "b"]] * 3 + [["a"]] * 3 + [["b", "c"], [], ["c", "a"]],
+            ["b"] * 3 + ["a"] * 3 + [""] * 3,
+        ),
+        ([["a"]] * 3 + [[]] * 3, ["a"] * 3 + [""] * 3),  # the unlabelled rows: a key of 3
+        # a lone row left over joins the most common key
+        ([["a"]] * 3 + [["b"]] * 4 + [["c"]], ["a"] * 3 + ["b"] * 5),
+        ([["a"]] * 3 + [["b"]] * 3 + [["c"], ["d"]], ["a"] * 3 + ["b"] * 3 + ["", ""]),
+        ([["b", "a"]] * 3, ["a"] * 3),  # a tie: the first name
+    ],
+)
+def test_stratify_key_is_each_rows_rarest_label(sets: list[list[str]], keys: list[str]) -> None:
+    key = data.stratify_key(multi_frame(sets, first=10))
+    assert key.to_dict() == dict(zip(range(10, 10 + len(sets)), keys, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("tags", "kind", "problem"),
+    [
+        ("5", "missing_label", "labels are int, not a list of text"),
+        ("[true]", "missing_label", "labels are list, not a list of text"),
+        ("[1.5]", "missing_label", "labels are list, not a list of text"),
+        ('"a|b"', "unknown_label", "unknown label 'b'; allowed: a"),  # a text: split on |
+        (
+            '["a", "a label longer than twenty"]',
+            "unknown_label",
+            "unknown label 'a label longer than '; allowed: a",
+        ),
+        ("[]", "missing_label", "no label; set data.allow_empty_labels: true where a row may"),
+    ],
+)
+def test_a_bad_label_list_is_a_bad_row_of_its_kind(
+    tmp_path: Path, tags: str, kind: str, problem: str
+) -> None:
+    path = tmp_path / "tags.jsonl"
+    path.write_text(f'{{"body": "x", "tags": ["a"]}}\n{{"body": "y", "tags": {tags}}}\n')
+    fmt = data.Format("jsonl", "body", "tags", None, True, "|")
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, fmt, ("a",))
+    assert str(info.value).startswith(f"{path}:2: {problem}")
+    skipped = data.read_messages(path, fmt, ("a",), "skip")
+    assert skipped.bad_lines == Counter({kind: 1}) and len(skipped.frame) == 1
+
+
+def test_labels_of_numbers_and_no_labels_where_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "tags.jsonl"
+    path.write_text(
+        '{"body": "x", "tags": [2, "a", 2]}\n{"body": "y", "tags": null}\n'
+        '{"body": "z", "tags": []}\n{"body": "w", "tags": "a| |"}\n'
+    )
+    fmt = data.Format("jsonl", "body", "tags", None, True, "|", allow_empty_labels=True)
+    parsed = data.read_messages(path, fmt, None)
+    assert parsed.frame["label"].tolist() == ['["2", "a"]', "[]", "[]", '["a"]']
+
+
+def test_a_byte_order_mark_is_dropped_from_the_first_line_only(tmp_path: Path) -> None:
+    path = raw_file(tmp_path, b"\xef\xbb\xbfham\thi\n\xef\xbb\xbfspam\tyo\n")
+    assert rows(data.read_messages(path, data.Format(), None)) == [
+        (1, "ham", "hi"),
+        (2, "\ufeffspam", "yo"),
+    ]
+
+
+def test_json_lines_with_a_byte_order_mark_blank_lines_and_bad_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    path.write_bytes(
+        b'\xef\xbb\xbf{"body": "first", "category": "a"}\n\n  \n'
+        b'{"body": "bad \xff byte", "category": "a"}\n{"body": "last", "category": "b"}\n'
+    )
+    parsed = data.read_messages(path, FORMAT["jsonl"], None, "skip")
+    assert rows(parsed) == [(1, "a", "first"), (5, "b", "last")]
+    assert parsed.bad_lines == Counter(undecodable=1)
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, FORMAT["jsonl"], None)
+    assert str(info.value).startswith(
+        f"{path}:4: undecodable bytes at character 5 of a field (not UTF-8); fix the line"
+    )
+
+
+def test_a_json_value_that_is_no_object_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"body": "first", "category": "a"}\n"just a string"\n')
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, FORMAT["jsonl"], None)
+    assert str(info.value).startswith(f"{path}:2: not a JSON object; fix the line")
+
+
+def test_tsv_rows_that_do_not_parse_say_tsv(tmp_path: Path) -> None:
+    path = tmp_path / "mine.tsv"
+    path.write_bytes(b'id\tbody\tcategory\n1\tfirst\ta\n2\t"quoted" then\ta\n')
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, FORMAT["tsv"], None)
+    assert str(info.value).startswith(f"{path}:3: does not parse as TSV: ")
+
+
+def test_blank_lines_between_csv_rows_hold_no_row(tmp_path: Path) -> None:
+    path = tmp_path / "mine.csv"
+    path.write_bytes(b"id,body,category\n1,first,a\n\n\n4,last,b\n")
+    assert rows(data.read_messages(path, FORMAT["csv"], None)) == [
+        (2, "a", "first"),
+        (5, "b", "last"),
+    ]
+
+
+@pytest.mark.parametrize("fmt_name", ["csv", "tsv"])
+def test_an_empty_delimited_file_has_no_messages(tmp_path: Path, fmt_name: str) -> None:
+    path = tmp_path / f"mine.{fmt_name}"
+    path.write_bytes(b"")
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, FORMAT[fmt_name], None)
+    assert str(info.value) == f"{path}: no messages (the file is empty or every line is bad)"
+
+
+def test_a_missing_column_shows_the_first_twenty_columns(tmp_path: Path) -> None:
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(f"c{i}" for i in range(25)) + "\n" + ",".join(["x"] * 25) + "\n")
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, FORMAT["csv"], None)
+    shown = ", ".join(f"c{i}" for i in range(20))
+    assert str(info.value) == f"{path}: no column 'body' (it has {shown}); set data.text_column"
+
+
+def test_a_parquet_file_without_the_column_names_the_file_as_given(tmp_path: Path) -> None:
+    path = own_file(tmp_path, "parquet", TRICKY_RECORDS)
+    fmt = data.Format("parquet", "message", "category")
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, fmt, None, name="tickets.parquet")
+    assert str(info.value) == (
+        "tickets.parquet: no column 'message' (it has id, body, category); set data.text_column"
+    )
+
+
+def test_a_class_of_three_messages_is_enough() -> None:
+    frame = pd.DataFrame(
+        {"line": range(33), "label": ["a"] * 30 + ["b"] * 3, "text": list(map(str, range(33)))}
+    )
+    parts = data.split(frame, 0.3, 0.3, seed=0, labels=("a", "b"))
+    assert [data.label_counts(parts[n], ("a", "b"))["b"] for n in ("train", "val", "test")] == [
+        1,
+        1,
+        1,
+    ]
+
+
+def test_a_split_too_small_says_what_it_has() -> None:
+    frame = pd.DataFrame({"line": range(6), "label": ["a", "b"] * 3, "text": list("abcdef")})
+    with pytest.raises(SpamGPTError) as info:
+        data.split(frame, 0.1, 0.1, seed=0, labels=("a", "b"))
+    assert str(info.value).startswith(
+        "cannot split 6 messages {'a': 3, 'b': 3} into val 0.1 / test 0.1 with every class in "
+        "each: "
+    )
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_split_is_sklearns_stratified_split_twice(multi_label: bool) -> None:
+    """Test first, then val of the rest (split.val of the whole), each stratified on the
+    label (multi-label: stratify_key), with the seed; each part in file order."""
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(1)
+    sets = [["a"], ["b"], ["a", "b"], ["c"], ["b", "c"]]
+    labels_ = [json.dumps(sets[i]) for i in rng.integers(0, 5, 90)] if multi_label else None
+    frame = pd.DataFrame(
+        {
+            "line": range(1, 91),
+            "label": labels_ or [("a", "b", "c")[i] for i in rng.integers(0, 3, 90)],
+            "text": [f"message {i}" for i in range(90)],
+        }
+    )
+
+    def key(part: pd.DataFrame) -> pd.Series:
+        return data.stratify_key(part) if multi_label else part["label"]
+
+    rest, test = train_test_split(frame, test_size=0.2, stratify=key(frame), random_state=5)
+    train, val = train_test_split(rest, test_size=0.1 / 0.8, stratify=key(rest), random_state=5)
+    parts = data.split(frame, 0.1, 0.2, 5, ("a", "b", "c"), multi_label)
+    for name, part in (("train", train), ("val", val), ("test", test)):
+        assert parts[name]["line"].tolist() == sorted(part["line"]), name
+        assert parts[name].index.tolist() == list(range(len(part)))
+    single = frame.assign(label=[("a", "b")[i % 2] for i in range(90)])
+    rest, part = data.stratified(single, 0.25, 7)  # single-label by default
+    expected = train_test_split(single, test_size=0.25, stratify=single["label"], random_state=7)
+    assert rest.equals(expected[0]) and part.equals(expected[1])
+
+
+def test_an_empty_split_file_reads_back_with_its_types(tmp_path: Path) -> None:
+    path = tmp_path / "val.csv"
+    data.write_split(pd.DataFrame({"line": [], "label": [], "text": []}), path)
+    back = data.read_split(path)
+    assert back.empty and list(back) == ["line", "label", "text"]
+    assert back["line"].dtype == "int64"  # not the object column of a column with no values
+
+
+def test_a_split_file_is_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """Written in a process whose locale encoding is ASCII (the C locale, no UTF-8 mode)."""
+    path = tmp_path / "train.csv"
+    frame = pd.DataFrame(
+        {"line": [1, 2], "label": ["ham", "spam"], "text": ["caf\u00e9 \u00e0 7", "two\r\nlines"]}
+    )
+    data.write_split(frame, path)
+    written = '"line","label","text"\n1,"ham","café à 7"\n2,"spam","two\r\nlines"\n'.encode()
+    assert path.read_bytes() == written
+    path.unlink()
+    code = (
+        "import sys, pandas as pd; from spamgpt import data; "
+        "data.write_split(pd.DataFrame({'line': [1, 2], 'label': ['ham', 'spam'], "
+        "'text': ['caf\\u00e9 \\u00e0 7', 'two\\r\\nlines']}), sys.argv[1])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LC_ALL": "C"}
+    env.update(PYTHONCOERCECLOCALE="0", PYTHONUTF8="0")
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path)], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert path.read_bytes() == written
+
+
+@pytest.mark.parametrize(
+    ("head", "says"),
+    [
+        (b"PAR1\tnot text\n", "it is a Parquet file; set data.format: parquet"),
+        (b"PK\x03\x04\tnot text\n", ARCHIVE),
+        (b"\x1f\x8b\x08\tnot text\n", ARCHIVE),
+    ],
+)
+def test_a_binary_file_is_refused_before_its_bytes_are_read_as_rows(
+    tmp_path: Path, head: bytes, says: str
+) -> None:
+    """Its first line would read as a label<TAB>text row: the first bytes tell it first."""
+    path = raw_file(tmp_path, head)
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, data.Format(), None, "skip", name="sms.txt")
+    assert str(info.value) == (
+        f"sms.txt does not look like label<TAB>text lines (data.format: label_tab_text): {says}"
+    )
+
+
+def test_one_field_through_a_template_and_fields_that_are_not_text(tmp_path: Path) -> None:
+    fmt = data.Format("jsonl", "subject", "label", "Subject: {subject}")
+    first = '{"subject": "Hi", "label": "a"}\n'
+    for second, what in (
+        ('{"subject": 5, "label": "a"}', "not text"),
+        ('{"label": "a"}', "missing"),
+    ):
+        path = tmp_path / "mail.jsonl"
+        path.write_text(first + second + "\n")
+        parsed = data.read_messages(path, fmt, None, "skip")
+        assert rows(parsed) == [(1, "a", "Subject: Hi")]
+        assert parsed.bad_lines == Counter(missing_text=1)
+        with pytest.raises(SpamGPTError) as info:
+            data.read_messages(path, fmt, None)
+        assert str(info.value).startswith(f"{path}:2: text field 'subject' is {what}; fix the")
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        (b'{"body": 5, "category": "a"}', "text is not text"),
+        (b'{"body": " ", "category": "a"}', "empty text"),
+        (b'{"body": "x", "category": "zebra"}', "unknown label 'zebra'; allowed: a, b"),
+        (
+            b'{"body": "x", "category": "a label longer than twenty"}',
+            "unknown label 'a label longer than '; allowed: a, b",
+        ),
+    ],
+)
+def test_a_bad_rows_problem_in_full(tmp_path: Path, row: bytes, problem: str) -> None:
+    path = tmp_path / "mine.jsonl"
+    path.write_bytes(row + b"\n")
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, FORMAT["jsonl"], ("a", "b"))
+    assert str(info.value).startswith(f"{path}:1: {problem}; fix the line")
+
+
+def test_a_split_named_none_is_not_a_missing_value(tmp_path: Path) -> None:
+    path = tmp_path / "all.jsonl"
+    path.write_text(
+        '{"body": "x", "category": "a", "part": "None"}\n{"body": "y", "category": "a"}\n'
+    )
+    parsed = data.read_messages(path, FORMAT["jsonl"], None, "skip", "part", {"None": "test"})
+    assert rows(parsed) == [(1, "a", "x", "test")] and parsed.bad_lines == {"unknown_split": 1}
+
+
+def test_header_columns_keep_undecodable_bytes_and_quoted_line_breaks(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_bytes(b'id,b\xffody,"two\r\nlines"\n1,2,3\n')
+    assert data.header_columns(path, "csv") == ["id", "b\udcffody", "two\r\nlines"]
+
+
+def test_label_tab_text_reads_label_and_text_whatever_the_columns_set(tmp_path: Path) -> None:
+    path = raw_file(tmp_path, b"ham\thi\n")
+    fmt = data.Format("label_tab_text", "body", "category")  # ignored: the file has no header
+    assert rows(data.read_messages(path, fmt, None)) == [(1, "ham", "hi")]
+
+
+def test_a_later_bad_line_is_a_bad_line_though_the_first_looks_like_tsv(tmp_path: Path) -> None:
+    """Only a bad first row may mean the file is of another format."""
+    path = raw_file(tmp_path, b"id\ttext\tlabel\nno tab here\nham\tfine\n")
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, data.Format(), None, name="sms.txt")
+    assert str(info.value).startswith("sms.txt:2: no tab between label and text; fix")
+    parsed = data.read_messages(path, data.Format(), None, "skip")
+    assert rows(parsed) == [(1, "id", "text\tlabel"), (3, "ham", "fine")]
+    assert parsed.bad_lines == Counter(no_tab=1)
+
+
+@pytest.mark.parametrize("labels", [None, ("a", "b")])
+def test_labels_misjoined_in_a_parquet_file_name_the_row(
+    tmp_path: Path, labels: tuple | None
+) -> None:
+    records = [{"body": f"text {i}", "tags": tags} for i, tags in enumerate(["a", "b", "a;b"])]
+    path = own_file(tmp_path, "parquet", records)
+    fmt = data.Format("parquet", "body", "tags", None, True, "|")
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, fmt, labels, name="tags.parquet")
+    assert str(info.value).startswith('tags.parquet: row 3: "a;b" looks like the labels a, b')
+
+
+def test_parquet_rows_are_counted_as_rows(tmp_path: Path) -> None:
+    records = [{"body": "x", "category": "a"}, {"body": None, "category": "a"}]
+    path = own_file(tmp_path, "parquet", records)
+    parsed = data.read_messages(path, FORMAT["parquet"], None, "skip")
+    assert data.skipped_summary(parsed, "t") == (
+        "t: skipped 1 bad row (data.bad_lines: skip): 1 missing_text; kept 1"
+    )
+    path = own_file(tmp_path, "parquet", records[1:])
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, FORMAT["parquet"], None, "skip")
+    assert str(info.value) == f"{path}: no messages (the file is empty or every row is bad)"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "split_column", "setting"),
+    [
+        (data.Format("csv", "body", "label"), None, "data.label_column"),
+        (data.Format("csv", "body", "category"), "part", "data.split_column"),
+    ],
+)
+def test_a_missing_label_or_split_column_names_its_setting(
+    tmp_path: Path, fmt: data.Format, split_column: str | None, setting: str
+) -> None:
+    path = own_file(tmp_path, "csv", TRICKY_RECORDS)
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, fmt, None, "error", split_column, {"a": "train"})
+    column = split_column or "label"
+    assert (
+        str(info.value)
+        == f"{path}: no column {column!r} (it has id, body, category); set {setting}"
+    )
+
+
+def test_read_rows_names_the_path_by_default(tmp_path: Path) -> None:
+    path = own_file(tmp_path, "csv", TRICKY_RECORDS)
+    with pytest.raises(SpamGPTError) as info:
+        list(data.read_rows(path, "csv", {"text": "--text-column"}))
+    assert (
+        str(info.value)
+        == f"{path}: no column 'text' (it has id, body, category); set --text-column"
+    )
+
+
+def test_multi_labels_and_splits_are_kept_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "tags.jsonl"
+    path.write_text('{"body": "x", "tags": ["été", "b"], "part": "t"}\n', encoding="utf-8")
+    fmt = data.Format("jsonl", "body", "tags", None, True)
+    parsed = data.read_messages(path, fmt, None, "error", "part", {"t": "train"})
+    assert parsed.frame.to_dict("records") == [
+        {"line": 1, "label": '["b", "été"]', "text": "x", "split": "train"}
+    ]

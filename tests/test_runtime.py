@@ -330,3 +330,117 @@ def test_one_visible_gpu_allows_one_process(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(ParamsError, match=r"has 2 visible; allowed here: 1 to 2$"):
         runtime.check_device_count(3, CUDA)
+
+
+def test_the_refusals_say_why_in_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_cpu(monkeypatch, native_bf16=False, native_fp16=False)
+    with pytest.raises(ParamsError) as info:
+        runtime.resolve_precision("fp16", CPU)
+    assert str(info.value) == (
+        "train.precision: fp16 on this CPU would be emulated, several times slower than fp32 "
+        "(it has no AVX512-FP16 or AMX-FP16); allowed here: auto, fp32, bf16"
+    )
+    with pytest.raises(ParamsError) as info:
+        runtime.resolve_precision("bf16", MPS)
+    assert str(info.value) == (
+        "train.precision: bf16 is not supported on mps; allowed: auto, fp32, fp16"
+    )
+    assert runtime.resolve_precision("bf16", CPU) == "bf16"  # emulated, but asked for: it runs
+
+
+def test_fp16_is_allowed_on_a_cpu_that_computes_it_and_on_gpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_cpu(monkeypatch, native_bf16=False, native_fp16=True)
+    assert runtime.fp16_allowed(CPU) and runtime.fp16_allowed(CUDA) and runtime.fp16_allowed(MPS)
+    fake_cpu(monkeypatch, native_bf16=False, native_fp16=False)
+    assert not runtime.fp16_allowed(CPU)
+    assert not runtime.fp16_allowed(torch.device("meta"))  # neither a CPU nor a GPU
+
+
+def test_an_arm_cpu_with_bf16_computes_it_natively(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"asimd": True, "bf16": True})
+    assert runtime.bf16_supported(CPU)
+    assert not runtime.bf16_supported(MPS)  # mps: fp32 (bf16 refused there)
+
+
+@pytest.mark.parametrize(
+    ("capability", "fast"),
+    [((8, 0), True), ((7, 0), True), ((6, 0), True), ((6, 1), False), ((5, 2), False)],
+)
+def test_fp16_is_fast_from_the_v100_on_and_on_the_p100(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], fast: bool
+) -> None:
+    seen = []
+    monkeypatch.setattr(
+        torch.cuda, "get_device_capability", lambda device=None: seen.append(device) or capability
+    )
+    assert runtime.fp16_fast_on_cuda(CUDA) is fast
+    assert seen == [CUDA]  # the card asked about, not the current one
+
+
+def test_to_device_on_the_cpu_is_the_tensor_there() -> None:
+    """On the CPU, no pinned memory (it needs an accelerator): the tensor, the same values."""
+    tensor = torch.arange(6).reshape(2, 3)
+    moved = runtime.to_device(tensor, CPU)
+    assert moved.device == CPU and torch.equal(moved, tensor)
+
+
+def test_use_all_cores_without_an_affinity_counts_the_cpus(
+    monkeypatch: pytest.MonkeyPatch, threads: None
+) -> None:
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert runtime.use_all_cores(2) == 2 == torch.get_num_threads()
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: one thread
+    assert runtime.use_all_cores() == 1 == torch.get_num_threads()
+
+
+def test_setup_resolves_device_precision_and_threads(
+    monkeypatch: pytest.MonkeyPatch, threads: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)))
+    fake_cpu(monkeypatch, native_bf16=True, native_fp16=False)
+    with caplog.at_level("INFO", logger="spamgpt.runtime"):
+        assert runtime.setup("auto", "auto", processes=2) == (CPU, "bf16")
+    assert torch.get_num_threads() == 3
+    assert caplog.messages == ["cpu, bf16, 3 threads"]
+    assert runtime.setup("cpu", "fp32") == (CPU, "fp32") and torch.get_num_threads() == 6
+    with pytest.raises(ParamsError, match=r"^train\.precision: fp16 on this CPU"):
+        runtime.setup("cpu", "fp16")
+
+
+def test_setup_refuses_more_processes_than_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ParamsError, match=r"^train\.devices: 2 processes need 2 GPUs"):
+        runtime.setup("cuda", "fp32", processes=2)
+
+
+def test_to_device_moves_the_tensor_to_a_device_other_than_cuda() -> None:
+    """meta: a device with no memory, which the CPU-only machines have too."""
+    moved = runtime.to_device(torch.arange(6), torch.device("meta"))
+    assert moved.device == torch.device("meta") and moved.shape == (6,)
+
+
+def test_auto_precision_asks_about_the_card_it_runs_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_cuda_card(monkeypatch, capability=(7, 5), native_bf16=False)
+    seen = []
+    monkeypatch.setattr(
+        torch.cuda, "get_device_capability", lambda device=None: seen.append(device) or (7, 5)
+    )
+    second = torch.device("cuda:1")
+    assert runtime.resolve_precision("auto", second) == "fp16" and seen == [second]
+
+
+def test_the_scaler_is_made_for_the_device() -> None:
+    """Its scale may be set from a tensor of that device (as restoring a scale would)."""
+    scaler = runtime.grad_scaler(CPU, "fp16")
+    weight = torch.ones(2, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scaler.scale((weight * 2).sum()).backward()
+    scaler.step(optimizer)
+    scaler.update(torch.tensor(1024.0))
+    assert scaler.get_scale() == 1024.0 and weight.tolist() == pytest.approx([0.8, 0.8])

@@ -236,3 +236,132 @@ def test_a_column_no_given_file_has_is_the_setting(workspace: Path) -> None:
     p = dataclasses.replace(p, data=dataclasses.replace(p.data, text_column="body"))
     with pytest.raises(SpamGPTError, match=r"no column 'body' .*; set data.text_column$"):
         splits.split_dataset(p.data, p.split)
+
+
+# --- pinned by mutation testing (tools/mutate.py splits) ---
+
+
+def test_combined_sha256_is_of_each_name_and_hash_a_line() -> None:
+    import hashlib
+
+    hashes = {"train": "ab12", "test": "cd34"}
+    expected = hashlib.sha256(b"train ab12\ntest cd34\n").hexdigest()
+    assert splits.combined_sha256(hashes) == expected
+
+
+def test_the_random_split_reports_what_it_read_dropped_and_kept(
+    workspace: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths.RAW_DATA.parent.mkdir(parents=True)
+    records = [*rows("m", 60), ("a", "m message 0"), ("a", "m message 1")]
+    text = pd.DataFrame(records, columns=["label", "text"]).to_csv(index=False)
+    paths.RAW_DATA.write_text(text + "a,too,many,fields\n")
+    p = data_params(format="csv", labels=None, positive_label=None, bad_lines="skip")
+    with caplog.at_level("INFO", logger="spamgpt.splits"):
+        frames, report = splits.split_dataset(p.data, p.split)
+    assert caplog.messages == [
+        "sms+spam+collection.zip/SMSSpamCollection: skipped 1 bad line (data.bad_lines: skip): "
+        "1 wrong_fields; kept 62"
+    ]
+    assert report["raw_rows"] == 62 and report["duplicates_removed"] == 2
+    assert report["bad_lines"] == 1 and report["bad_lines_by_reason"] == {"wrong_fields": 1}
+    assert report["raw_sha256"] == download.sha256_file(paths.RAW_DATA)
+    assert report["labels"] == ["a", "b", "c"] and "label_conflicts" not in report
+    assert {name: sum(report[name].values()) for name in paths.SPLITS} == {
+        name: len(frames[name]) for name in paths.SPLITS
+    }
+    assert sum(len(f) for f in frames.values()) == 60
+    kept = dataclasses.replace(p, split=dataclasses.replace(p.split, dedupe=False))
+    frames, report = splits.split_dataset(kept.data, kept.split)
+    assert report["duplicates_removed"] == 0 and sum(len(f) for f in frames.values()) == 62
+
+
+def test_given_splits_report_their_sources_rows_and_bad_lines(workspace: Path) -> None:
+    write_raw("train", rows("train", 30))
+    write_raw("val", rows("val", 6))
+    write_raw("test", rows("test", 6))
+    with open(paths.raw_split_file("test"), "a") as f:
+        f.write("a,one,too many\n")
+    p = given(cross_duplicates="keep")
+    p = dataclasses.replace(p, data=dataclasses.replace(p.data, bad_lines="skip"))
+    report = splits.split_dataset(p.data, p.split)[1]
+    hashes = {n: download.sha256_file(paths.raw_split_file(n)) for n in paths.SPLITS}
+    assert report["raw_sha256"] == splits.combined_sha256(hashes)
+    assert report["sources"]["test"] == {
+        "source": "data/local/test.csv",
+        "sha256": hashes["test"],
+        "rows": 6,
+        "bad_lines": 1,
+    }
+    assert report["raw_rows"] == 42 and report["bad_lines"] == 1
+    assert report["bad_lines_by_reason"] == {"wrong_fields": 1}
+    assert report["train"] == {"a": 10, "b": 10, "c": 10} and report["test"] == {
+        "a": 2,
+        "b": 2,
+        "c": 2,
+    }
+    assert "cross_duplicates_removed" not in report and report["val_carved"] is False
+
+
+def test_val_that_cannot_be_carved_says_why(workspace: Path) -> None:
+    write_raw("train", [*rows("train", 10, ("a",)), ("b", "the only b")])
+    write_raw("test", rows("test", 4, ("a", "b")))
+    p = given()
+    files = dataclasses.replace(p.data.files, val=None)
+    p = dataclasses.replace(p, data=dataclasses.replace(p.data, files=files))
+    with pytest.raises(SpamGPTError) as e:
+        splits.split_dataset(p.data, p.split)
+    assert str(e.value).startswith(
+        "data/local/train.csv: cannot carve val (split.val 0.1) from train's 11 messages "
+        "{'a': 10, 'b': 1} with every class in both ("
+    )
+    assert str(e.value).endswith("); give a val file (data.files.val) or more training data")
+
+
+def test_a_class_of_data_labels_without_train_examples_is_named(workspace: Path) -> None:
+    for name, n in (("train", 30), ("val", 6), ("test", 6)):
+        write_raw(name, rows(name, n, ("a", "b")))
+    p = given()
+    p = dataclasses.replace(p, data=dataclasses.replace(p.data, labels=["a", "b", "c"]))
+    with pytest.raises(SpamGPTError) as e:
+        splits.split_dataset(p.data, p.split)
+    assert str(e.value) == (
+        "class 'c' (data.labels) has no example in train (data/local/train.csv); every class "
+        "needs one: add some, or leave it out of data.labels"
+    )
+    write_raw("val", [*rows("val", 6, ("a", "b")), ("z", "only in val")])
+    p = given()
+    with pytest.raises(SpamGPTError) as e:
+        splits.split_dataset(p.data, p.split)
+    assert str(e.value) == (
+        "class 'z' is in val (data/local/val.csv) but not in train (data/local/train.csv): the "
+        "model cannot learn it; add train examples of it, or leave it out with data.labels"
+    )
+
+
+def test_a_split_column_without_train_or_test_rows_names_the_value(workspace: Path) -> None:
+    frame = pd.DataFrame(
+        [(label, text, "TRAIN") for label, text in rows("m", 30)], columns=["label", "text", "part"]
+    )
+    paths.RAW_DATA.parent.mkdir(parents=True)
+    frame.to_csv(paths.RAW_DATA, index=False)
+    names = {"train": "TRAIN", "val": "VAL", "test": "TEST"}
+    p = data_params(format="csv", labels=None, positive_label=None, split_column="part",
+                    split_names=names)  # fmt: skip
+    with pytest.raises(SpamGPTError) as e:
+        splits.split_dataset(p.data, p.split)
+    assert str(e.value) == (
+        f"{p.data.url}: no row has part 'TEST' (data.split_names.test); test needs rows: set "
+        "data.split_names.test to the value naming them"
+    )
+    frame.loc[25:, "part"] = "TEST"
+    frame.loc[20:24, "part"] = "VAL"
+    frame.to_csv(paths.RAW_DATA, index=False)
+    frames, report = splits.split_dataset(p.data, p.split)
+    assert [len(frames[n]) for n in paths.SPLITS] == [20, 5, 5]
+    assert list(frames["val"]) == ["line", "label", "text"]
+    assert report["sources"] == {
+        "dataset": {"source": p.data.url, "sha256": report["raw_sha256"], "rows": 30}
+    }
+    assert report["raw_sha256"] == download.sha256_file(paths.RAW_DATA)
+    assert report["val_carved"] is False and report["raw_rows"] == 30

@@ -3,6 +3,11 @@
     python tools/mutate.py labels batching      # mutates spamgpt/labels.py against
                                                 # tests/test_labels.py, then batching
     python tools/mutate.py --show labels        # also prints each survivor's diff
+    python tools/mutate.py data -k "not split_stage"   # leaves out tests that run a stage
+
+A test that starts a stage in a subprocess stops mutmut's first run (its stats: the
+subprocess, in a temporary folder, cannot find mutmut's settings); leave such tests out with
+-k, as pytest's -k reads it (they are end-to-end: the module's unit tests are what must pin it).
 
 Each module runs in its own mutmut workspace, mutants/<module>/ (ignored by git), so that the
 results of one module stay there (`cd mutants/<module> && mutmut show NAME` after a run) and
@@ -28,7 +33,7 @@ def equivalent_mutants() -> set[str]:
     return {line.split()[1] for line in lines if line.strip() and not line.startswith("#")}
 
 
-def mutate(module: str, max_children: int, show: bool) -> None:
+def mutate(module: str, max_children: int, show: bool, keyword: str | None) -> None:
     """Runs in mutants/<module>/, a workspace linking every top-level entry the repo tracks."""
     from _pytest.nodes import Node
     from mutmut import __main__ as mutmut_cli
@@ -42,6 +47,8 @@ def mutate(module: str, max_children: int, show: bool) -> None:
     config = configuration.config()
     config.only_mutate = [source]
     config.pytest_add_cli_args_test_selection = [f"tests/test_{module}.py"]
+    if keyword:
+        config.pytest_add_cli_args_test_selection += ["-k", keyword]
     # the tests read the repo's files too (params.yaml, dvc.yaml, docs): all of them are copied
     config.also_copy += [
         Path(name) for name in os.listdir(".") if name not in ("mutants", "spamgpt")
@@ -84,10 +91,11 @@ def main() -> None:
     parser.add_argument("modules", nargs="+", help="names in spamgpt/, e.g. labels batching")
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutants (2)")
     parser.add_argument("--show", action="store_true", help="print each survivor's diff")
+    parser.add_argument("-k", dest="keyword", help="pytest -k: which of the tests to run")
     parser.add_argument("--in-workspace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_workspace:
-        mutate(args.modules[0], args.max_children, args.show)
+        mutate(args.modules[0], args.max_children, args.show, args.keyword)
         return
     # One thread per test process: the children are the parallelism. No PYTHONPATH: the tests
     # must import the mutated copy, not the checkout.
@@ -102,6 +110,7 @@ def main() -> None:
                 (workspace / name).symlink_to(ROOT / name)
         command = [sys.executable, Path(__file__).resolve(), module, "--in-workspace"]
         command += ["--max-children", str(args.max_children)] + ["--show"] * args.show
+        command += ["-k", args.keyword] if args.keyword else []
         subprocess.run(command, cwd=workspace, env=env, check=True)
 
 
