@@ -6,8 +6,23 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
+import pytest
 from conftest import REPO, subprocess_env
+
+# Each test's script and arguments, the longest-running first. A script is mostly Python
+# start-ups and imports, on one core: two at a time keep both cores of a CI machine busy.
+BENCHES = {
+    "test_pipeline_time": ("pipeline_time.py",),
+    "test_scale": ("scale.py",),
+    "test_serve": ("serve.py",),
+    "test_onnx_int8": ("onnx_int8.py", "--messages", "5", "--rounds", "1"),
+    "test_predict": ("predict.py", "--device", "cpu"),
+    "test_finetune_speed": ("finetune_speed.py",),
+    "test_stage_imports": ("stage_imports.py",),
+}
 
 
 def run_bench(script: str, *args: str) -> str:
@@ -22,29 +37,46 @@ def run_bench(script: str, *args: str) -> str:
     return result.stdout
 
 
+@pytest.fixture(scope="module")
+def bench_output(request: pytest.FixtureRequest) -> Iterator[dict[str, Future]]:
+    """The scripts of the module's selected tests, started together, two at a time: {test
+    name: its script's stdout, to come}. A script's failure fails its own test; a test's
+    duration (--durations) counts its wait for the scripts started before its own."""
+    selected = {item.name for item in request.session.items if item.module is request.module}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {
+            name: pool.submit(run_bench, *bench)
+            for name, bench in BENCHES.items()
+            if name in selected
+        }
+        yield futures
+        for future in futures.values():
+            future.cancel()  # those not started yet, when a test stopped the session (-x)
+
+
 def number(pattern: str, text: str) -> float:
     found = re.search(pattern, text, re.MULTILINE)
     assert found, f"{pattern!r} not in:\n{text}"
     return float(found.group(1))
 
 
-def test_finetune_speed() -> None:
-    out = run_bench("finetune_speed.py")
+def test_finetune_speed(bench_output: dict[str, Future]) -> None:
+    out = bench_output["test_finetune_speed"].result()
     assert number(r"\(a\) naive loop: ([\d.]+) training samples/s over 16 samples", out) > 0
     assert number(r"epochs after the first: ([\d.]+) samples/s", out) > 0
     assert number(r"classify: ([\d.]+) messages/s over the (?:\d+) test messages", out) > 0
     assert number(r"^ratio: ([\d.]+)$", out.splitlines()[-1]) > 0
 
 
-def test_stage_imports() -> None:
-    out = run_bench("stage_imports.py")
+def test_stage_imports(bench_output: dict[str, Future]) -> None:
+    out = bench_output["test_stage_imports"].result()
     ours = number(r"^split: ([\d.]+) s with ", out)
     default = number(r"([\d.]+) s with CPython's default", out)
     assert ours > 0 and default > 0
 
 
-def test_scale() -> None:
-    out = run_bench("scale.py")
+def test_scale(bench_output: dict[str, Future]) -> None:
+    out = bench_output["test_scale"].result()
     rows = re.findall(r"^\s+300 (\w+)\s+([\d.]+)\s+(\d+)$", out, re.MULTILINE)
     stages = [stage for stage, _, _ in rows]
     assert stages == [
@@ -56,8 +88,8 @@ def test_scale() -> None:
     assert number(r"rss_ratio: ([\d.]+)", out) == 1.0  # one size: over itself
 
 
-def test_pipeline_time() -> None:
-    out = run_bench("pipeline_time.py")
+def test_pipeline_time(bench_output: dict[str, Future]) -> None:
+    out = bench_output["test_pipeline_time"].result()
     for step in ("download, split, baseline, loaders", "trunk", "audit", "finetune", "evaluate"):
         assert number(rf"^{step}: (\d+) s, peak RSS \d+ MB$", out) >= 0
     outside = number(r"experiment outside training: ([\d.]+) s", out)
@@ -66,16 +98,16 @@ def test_pipeline_time() -> None:
     assert number(r"grows mlartifacts \+ mlflow.db \+ .dvc/cache by ([\d.]+) MB", out) > 0
 
 
-def test_predict() -> None:
-    out = run_bench("predict.py", "--device", "cpu")
+def test_predict(bench_output: dict[str, Future]) -> None:
+    out = bench_output["test_predict"].result()
     *cases, summary = (json.loads(line) for line in out.splitlines() if line.startswith("{"))
     (case,) = cases
     assert case["messages"] == 500 and case["predict_per_s"] > 0 and case["classify_per_s"] > 0
     assert summary["speed_ratios"] == {"tiny-500": case["speed_ratio"]}
 
 
-def test_onnx_int8() -> None:
-    out = run_bench("onnx_int8.py", "--messages", "5", "--rounds", "1")
+def test_onnx_int8(bench_output: dict[str, Future]) -> None:
+    out = bench_output["test_onnx_int8"].result()
     for variant in ("pytorch fp32", "onnx fp32", "onnx int8", "onnx int8 per-channel"):
         assert number(rf"^{variant}: ([\d.]+) messages/s at batch 1$", out) > 0
     assert number(r"^int8 over pytorch fp32: ([\d.]+)x$", out) > 0
@@ -84,8 +116,8 @@ def test_onnx_int8() -> None:
         assert number(gap, out) < 0.05
 
 
-def test_serve() -> None:
-    out = run_bench("serve.py")
+def test_serve(bench_output: dict[str, Future]) -> None:
+    out = bench_output["test_serve"].result()
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     servers = {r["server"] for r in rows}
     assert len(servers) == 2 and any(s.startswith("mlflow models serve") for s in servers)

@@ -5,10 +5,14 @@ steps, which must be recorded as skipped."""
 
 import importlib.util
 import json
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import REPO, run, sms_collection, subprocess_env
 
@@ -22,47 +26,29 @@ def load_bench():
     return module
 
 
-def test_cpu_mode_records_the_parameter_error_and_skips_what_needs_a_gpu(tmp_path: Path) -> None:
-    data, out = tmp_path / "SMSSpamCollection", tmp_path / "out"
+STEPS = "devices_error,pytest_cuda,fp16"
+CPU_MODE_TEST = "test_cpu_mode_records_the_parameter_error_and_skips_what_needs_a_gpu"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cpu_mode(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, Future[subprocess.CompletedProcess]] | None]:
+    """bench/gpu.sh --cpu-tiny over STEPS, started in the background as the module begins:
+    mostly Python start-ups on one core, it runs beside the tests before its own, the last
+    (conftest's `reproduced` is made for one of them). (its folder, the run to come); None when
+    its test is not selected."""
+    selected = request.session.items
+    if not any(i.module is request.module and i.name == CPU_MODE_TEST for i in selected):
+        yield None
+        return
+    folder = tmp_path_factory.mktemp("cpu-mode")
+    data, out = folder / "SMSSpamCollection", folder / "out"
     data.write_bytes(sms_collection())
-    steps = "devices_error,pytest_cuda,fp16"
-    cmd = [GPU_SH, "--cpu-tiny", "--data", data, "--out", out, "--work", tmp_path / "work"]
+    cmd = [GPU_SH, "--cpu-tiny", "--data", data, "--out", out, "--work", folder / "work"]
     env = {**subprocess_env(), "PYTHON": sys.executable}
-    result = run([*map(str, cmd), "--steps", steps], tmp_path, env=env)
-
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["mode"] == "cpu-tiny" and summary["finished"] is True
-    machine = summary["machine"]
-    assert machine["torch"] == torch.__version__ and machine["device"].startswith("cpu")
-    assert list(summary["steps"]) == steps.split(",")  # only those, in the table's order
-    on = f"{machine['device']}, torch {torch.__version__}"
-    assert all(record["on"] == on for record in summary["steps"].values())
-
-    devices = summary["steps"]["devices_error"]
-    assert devices["status"] == "ok", devices
-    assert (devices["param"], devices["value"]) == ("train.device", "cuda")
-    for stage in ("trunk", "finetune"):
-        assert devices[stage]["exit"] == 2
-        assert devices[stage]["output"] == [
-            "error: train.device: cuda is not available on this machine; allowed here: auto, cpu"
-        ]
-        assert devices[stage]["wall_s"] > 0
-    assert devices["step_s"] >= devices["trunk"]["wall_s"] + devices["finetune"]["wall_s"]
-    for name in ("pytest_cuda", "fp16"):
-        assert summary["steps"][name] == {
-            "on": on,
-            "status": "skipped",
-            "reason": "needs a CUDA GPU",
-        }
-    assert summary["setup"]["hub_s"] > 0
-    measured = {t["target"]: (t["value"], t["met"]) for t in summary["targets"]}
-    assert measured.pop("pytest -m cuda passes") == ("skipped", None)
-    assert set(measured.values()) == {(None, None)}  # nothing measured in these steps
-
-    log = (out / "gpu.log").read_text()
-    assert "stages/trunk.py" in log and "error: train.device: cuda" in log
-    assert "failed: none" in result.stdout
-    assert not (tmp_path / "work/devices_error").exists()  # dropped once done (no --keep)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield folder, pool.submit(run, [*map(str, cmd), "--steps", STEPS], folder, env=env)
 
 
 def test_bad_data_file_is_one_line_before_any_work(tmp_path: Path) -> None:
@@ -146,3 +132,43 @@ def test_cpu_tiny_predict_rows_hf_anchor_and_timelines(reproduced, tmp_path: Pat
     }  # fmt: skip
     assert all(t["imports"] > 0 for t in timelines.values())
     assert {"load", "train", "save", "log"} <= set(timelines["finetune"])
+
+
+def test_cpu_mode_records_the_parameter_error_and_skips_what_needs_a_gpu(cpu_mode) -> None:
+    tmp_path, started = cpu_mode
+    out, steps = tmp_path / "out", STEPS
+    result = started.result()
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "cpu-tiny" and summary["finished"] is True
+    machine = summary["machine"]
+    assert machine["torch"] == torch.__version__ and machine["device"].startswith("cpu")
+    assert list(summary["steps"]) == steps.split(",")  # only those, in the table's order
+    on = f"{machine['device']}, torch {torch.__version__}"
+    assert all(record["on"] == on for record in summary["steps"].values())
+
+    devices = summary["steps"]["devices_error"]
+    assert devices["status"] == "ok", devices
+    assert (devices["param"], devices["value"]) == ("train.device", "cuda")
+    for stage in ("trunk", "finetune"):
+        assert devices[stage]["exit"] == 2
+        assert devices[stage]["output"] == [
+            "error: train.device: cuda is not available on this machine; allowed here: auto, cpu"
+        ]
+        assert devices[stage]["wall_s"] > 0
+    assert devices["step_s"] >= devices["trunk"]["wall_s"] + devices["finetune"]["wall_s"]
+    for name in ("pytest_cuda", "fp16"):
+        assert summary["steps"][name] == {
+            "on": on,
+            "status": "skipped",
+            "reason": "needs a CUDA GPU",
+        }
+    assert summary["setup"]["hub_s"] > 0
+    measured = {t["target"]: (t["value"], t["met"]) for t in summary["targets"]}
+    assert measured.pop("pytest -m cuda passes") == ("skipped", None)
+    assert set(measured.values()) == {(None, None)}  # nothing measured in these steps
+
+    log = (out / "gpu.log").read_text()
+    assert "stages/trunk.py" in log and "error: train.device: cuda" in log
+    assert "failed: none" in result.stdout
+    assert not (tmp_path / "work/devices_error").exists()  # dropped once done (no --keep)

@@ -3,6 +3,8 @@ torchrun (gloo) and must learn what one process learns from the same global batc
 accumulated from two batches of half the size (train.accumulation_steps: 2)."""
 
 import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -29,35 +31,54 @@ def set_train(path: Path, **values: object) -> None:
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def trunk_caches(project):
-    """The trunk stage's cache files with 2 processes, then with 1 (the cache finetune reads
-    below, as `dvc repro trunk` writes it): {devices: {split: bytes}}, and the 2-process log."""
-    caches, log = {}, ""
-    for devices in (2, 1):
-        set_train(project, devices=devices)
-        out = run(["python", "stages/trunk.py"], project)
-        caches[devices] = {p.name: p.read_bytes() for p in (project / "data/trunk").iterdir()}
-        if devices == 2:
-            log = out.stdout + out.stderr
-    return caches, log
+def copy_of(project: Path, tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    dest = tmp_path_factory.mktemp(name) / "project"
+    shutil.copytree(project, dest, symlinks=True)
+    return dest
+
+
+def run_at_once(script: str, folders: dict[int, Path]) -> dict[int, str]:
+    """`script` run in each folder at the same time (each mostly Python start-ups on one
+    core; torchrun --standalone picks a free port): {devices: its output}."""
+    with ThreadPoolExecutor(max_workers=len(folders)) as pool:
+        started = {d: pool.submit(run, ["python", script], path) for d, path in folders.items()}
+        return {d: out.result().stdout + out.result().stderr for d, out in started.items()}
 
 
 @pytest.fixture(scope="module")
-def runs(project, trunk_caches):
-    """finetune with 1 process, then with 2 accumulating two batches of 8 into each update of
-    16, on the one-process trunk cache: (metrics, per-step losses) each."""
-    results = {}
-    for devices in (1, 2):
-        set_train(project, devices=devices, batch_size=16 // devices, accumulation_steps=devices)
-        out = run(["python", "stages/finetune.py"], project)
-        results[devices] = (
-            json.loads((project / "metrics/train.json").read_text()),
-            pd.read_csv(project / "metrics/train_loss.csv"),
-            pd.read_csv(project / "metrics/val_epochs.csv"),
-            out.stdout + out.stderr,
+def trunk_caches(project, tmp_path_factory):
+    """The trunk stage's cache files with 2 processes (in a copy of the project) and with 1
+    (in the project: the cache finetune reads below, as `dvc repro trunk` writes it), both at
+    once: {devices: {split: bytes}}, and the 2-process log."""
+    folders = {2: copy_of(project, tmp_path_factory, "ddp-trunk"), 1: project}
+    for devices, path in folders.items():
+        set_train(path, devices=devices)
+    logs = run_at_once("stages/trunk.py", folders)
+    caches = {
+        devices: {p.name: p.read_bytes() for p in (path / "data/trunk").iterdir()}
+        for devices, path in folders.items()
+    }
+    return caches, logs[2]
+
+
+@pytest.fixture(scope="module")
+def runs(project, trunk_caches, tmp_path_factory):
+    """finetune with 1 process (in the project), and with 2 accumulating two batches of 8 into
+    each update of 16 (in a copy of it), both at once on the one-process trunk cache; each
+    starts afresh (the reproduced checkpoint is exported): (metrics, per-step losses) each."""
+    folders = {1: project, 2: copy_of(project, tmp_path_factory, "ddp-finetune")}
+    for devices, path in folders.items():
+        set_train(path, devices=devices, batch_size=16 // devices, accumulation_steps=devices)
+    logs = run_at_once("stages/finetune.py", folders)
+    return {
+        devices: (
+            json.loads((path / "metrics/train.json").read_text()),
+            pd.read_csv(path / "metrics/train_loss.csv"),
+            pd.read_csv(path / "metrics/val_epochs.csv"),
+            logs[devices],
         )
-    return results
+        for devices, path in folders.items()
+    }
 
 
 def test_two_processes_ran(runs):
