@@ -94,4 +94,7 @@ def test_serve() -> None:
     for r in rows:
         assert r["requests"] > 0 and r["lost"] == 0 and r["wrong"] == 0
         assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["messages_per_s"] > 0
-    assert out.splitlines()[-1] == "every answer as classify's (int8: its graph's): yes"
+    assert (
+        out.splitlines()[-1]
+        == "no request lost, every PyTorch and ONNX fp32 answer as classify's: yes"
+    )
