@@ -261,7 +261,14 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--batch-timeout", type=float, default=0.01, help="seconds a batch waits to fill"
     )
-    s.add_argument("--engine", default="torch", choices=["torch"], help="what scores")
+    s.add_argument(
+        "--onnx",
+        type=Path,
+        metavar="FILE",
+        help="score with onnxruntime on this ONNX export of --model (spamgpt export --to onnx "
+        "[--quantize int8]; int8: the fast path on a CPU) instead of PyTorch; --device, "
+        "--precision and --max-tokens are PyTorch's",
+    )
     s.add_argument(
         "--threshold", type=float, help="on the positive class's probability (default: the model's)"
     )

@@ -15,9 +15,11 @@ threshold and probabilities); GET /ping answers once the model is loaded. A bad 
 refused before it is queued (a 4xx, {"error_code": ..., "message": one line}), so it never
 fails the requests batched with it. Each batch is logged as `batch: R requests, M messages`.
 
-The model runs in LitServe's worker process, built there by an engine (ENGINES): "torch" is
-the PyTorch model of loader.load_model. Another engine (an ONNX Runtime session) is a class
-with the same constructor and answers(), added to ENGINES.
+The model runs in LitServe's worker process, built there by an engine: the PyTorch model of
+loader.load_model (TorchEngine), or with --onnx an ONNX export of that model (`spamgpt export
+--to onnx [--quantize int8]`) run by onnxruntime (OnnxEngine), which answers as the logged
+model with mlflow.serve onnx or onnx-int8 does. Another engine is a class with the same
+constructor and answers().
 """
 
 import json
@@ -28,8 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import litserve
+import torch
 
-from spamgpt import classifier, labels, loader, runtime
+from spamgpt import classifier, export, labels, loader, runtime, serving, tokenized
+from spamgpt.batching import ModelInputs
 from spamgpt.errors import SpamGPTError
 from spamgpt.texts import TextFields, Truncation
 
@@ -58,6 +62,7 @@ class Settings:
     precision: str = "auto"
     threshold: float | None = None  # None: the model's own (classify's default)
     max_tokens: int | None = None
+    onnx: str | None = None  # an ONNX export of the model: onnxruntime scores it
 
 
 class TorchEngine:
@@ -82,7 +87,54 @@ class TorchEngine:
         return classifier.answers(probs, self.classes, self.threshold)
 
 
-ENGINES: dict[str, Callable[[Settings], Any]] = {"torch": TorchEngine}
+class OnnxEngine:
+    """onnxruntime on an ONNX export of the model (settings.onnx), the model's tokenizer, cut,
+    classes and threshold: the served ONNX model's path (serving.onnx_probabilities). The
+    graph computes in what it was exported in (fp32, or int8 weights and activations)."""
+
+    def __init__(self, settings: Settings) -> None:
+        import onnxruntime
+
+        with loader.opened(settings.model, settings.pretrained) as loaded:
+            self.enc, self.meta = loaded.enc, loaded.meta
+            threshold = loaded.threshold
+        self.classes = classifier.classes_of(self.meta)
+        self.truncation = Truncation.from_dict(self.meta)
+        self.threshold = threshold if settings.threshold is None else settings.threshold
+        self.session = onnxruntime.InferenceSession(settings.onnx)
+
+    def answers(self, texts: list[str]) -> list[dict]:
+        """Each text's answer (classifier.answers); texts already joined by the template."""
+        ids = tokenized.encode(self.enc, texts)
+        inputs = ModelInputs(
+            tokenized.pack_ids(ids, self.meta["max_length"], self.truncation), frozen_blocks=None
+        )
+        probs = torch.from_numpy(serving.onnx_probabilities(self.session, inputs))
+        return classifier.answers(probs, self.classes, self.threshold)
+
+
+def check_onnx(file: str, meta: dict) -> None:
+    """Refuse, in one line, an --onnx file onnxruntime does not load or that is not an export
+    of --model: its recorded labels, fields, template, max_length or cut differ."""
+    import onnxruntime
+
+    if not os.path.isfile(file):
+        raise SpamGPTError(f"--onnx {file}: no such file")
+    try:
+        graph = onnxruntime.InferenceSession(file).get_modelmeta().custom_metadata_map
+    except Exception as e:  # onnxruntime raises its own classes for a file it cannot read
+        raise SpamGPTError(f"--onnx {file}: not a graph onnxruntime loads: "
+                           f"{str(e).splitlines()[0]}") from None  # fmt: skip
+    if export.RECORDED not in graph:
+        raise SpamGPTError(f"--onnx {file} is not a spamgpt export (spamgpt export --to onnx)")
+    theirs, ours = json.loads(graph[export.RECORDED]), export.recorded(meta)
+    differ = [key for key in ours if theirs.get(key) != ours[key]]
+    if differ:
+        key = differ[0]
+        raise SpamGPTError(
+            f"--onnx {file} is not an export of --model: its {key} is {theirs.get(key)!r}, "
+            f"the model's {ours[key]!r}"
+        )
 
 
 def texts_of(body: bytes, fields: TextFields) -> list[str]:
@@ -203,12 +255,13 @@ class BatchedClassifier(litserve.LitAPI):
     """Each request's texts in; a batch of requests scored in one engine call; each request's
     answers out, in its order."""
 
-    def __init__(self, settings: Settings, engine: str, fields: TextFields, **batching) -> None:
+    def __init__(self, settings: Settings, fields: TextFields, **batching) -> None:
         super().__init__(api_path=INVOCATIONS, **batching)
-        self.settings, self.engine_name, self.fields = settings, engine, fields
+        self.settings, self.fields = settings, fields
 
     def setup(self, device: str) -> None:
-        self.engine = ENGINES[self.engine_name](self.settings)
+        engine = TorchEngine if self.settings.onnx is None else OnnxEngine
+        self.engine = engine(self.settings)
 
     def decode_request(self, request: dict) -> list[str]:
         # RefuseBadRequests took only good bodies: this parse succeeds.
@@ -236,10 +289,10 @@ class BatchedClassifier(litserve.LitAPI):
         return {"predictions": answers}
 
 
-def model_fields(source: str, pretrained: str | os.PathLike) -> TextFields:
-    """The fields (and template) the model's text is made of: its classifier.json."""
+def model_meta(source: str, pretrained: str | os.PathLike) -> dict:
+    """The model's classifier.json: its fields and template, classes, max_length, cut."""
     with loader.opened(source, pretrained) as loaded:
-        return TextFields.from_dict(loaded.meta)
+        return loaded.meta
 
 
 def serve(
@@ -248,16 +301,18 @@ def serve(
     host: str = "127.0.0.1",
     max_batch_size: int = 16,
     batch_timeout: float = 0.01,
-    engine: str = "torch",
 ) -> None:
     """Run the batching server until it is stopped (SIGINT/SIGTERM)."""
     if max_batch_size < 1:
         raise SpamGPTError(f"--max-batch-size must be at least 1, got {max_batch_size}")
     if batch_timeout < 0:
         raise SpamGPTError(f"--batch-timeout must be >= 0 seconds, got {batch_timeout}")
-    fields = model_fields(settings.model, settings.pretrained)
+    meta = model_meta(settings.model, settings.pretrained)
+    if settings.onnx is not None:
+        check_onnx(settings.onnx, meta)
+    fields = TextFields.from_dict(meta)
     api = BatchedClassifier(
-        settings, engine, fields, max_batch_size=max_batch_size, batch_timeout=batch_timeout
+        settings, fields, max_batch_size=max_batch_size, batch_timeout=batch_timeout
     )
     server = litserve.LitServer(
         api,
@@ -274,6 +329,6 @@ def command(args: Any) -> None:
     labels.check_threshold_values(args.threshold, "--threshold")
     settings = Settings(
         str(args.model), str(args.pretrained), args.device, args.precision, args.threshold,
-        args.max_tokens,
+        args.max_tokens, None if args.onnx is None else str(args.onnx),
     )  # fmt: skip
-    serve(settings, args.port, args.host, args.max_batch_size, args.batch_timeout, args.engine)
+    serve(settings, args.port, args.host, args.max_batch_size, args.batch_timeout)

@@ -120,9 +120,13 @@ def test_serve(bench_output: dict[str, Future]) -> None:
     out = bench_output["test_serve"].result()
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     servers = {r["server"] for r in rows}
-    assert len(servers) == 2 and any(s.startswith("mlflow models serve") for s in servers)
+    assert len(servers) == 3 and any(s.startswith("mlflow models serve") for s in servers)
+    assert any("--onnx" in s and "(int8)" in s for s in servers)
     assert {r["load"] for r in rows} == {"1 msg x 1", "1 msg x 16", "64 msg x 4"}
     for r in rows:
         assert r["requests"] > 0 and r["lost"] == 0 and r["wrong"] == 0
         assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["messages_per_s"] > 0
-    assert out.splitlines()[-1] == "every answer as classify's: yes"
+    assert (
+        out.splitlines()[-1]
+        == "no request lost, every PyTorch and ONNX fp32 answer as classify's: yes"
+    )

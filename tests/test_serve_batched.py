@@ -1,6 +1,7 @@
-"""`spamgpt serve`, the batching server (LitServe), run for real on 127.0.0.1 with a tiny model:
-concurrent requests answered as `spamgpt classify` answers, scored in batches of several
-requests, and bad requests refused with a 4xx without harming the server."""
+"""`spamgpt serve`, the batching server (LitServe), run for real on 127.0.0.1 with a tiny model
+(and with --onnx, on its ONNX export): concurrent requests answered as `spamgpt classify`
+answers, scored in batches of several requests, and bad requests refused with a 4xx without
+harming the server."""
 
 import json
 import shutil
@@ -14,11 +15,12 @@ import pytest
 import torch
 from conftest import http_service, post, spamgpt, subprocess_env
 
-from spamgpt import classifier, params, tokenizer
+from spamgpt import classifier, export, params, tokenizer
+from spamgpt.errors import SpamGPTError
 from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPT2Classifier
 from spamgpt.random_hub import make_hub
-from spamgpt.serve_batched import MAX_CHARS, Refused, texts_of
+from spamgpt.serve_batched import MAX_CHARS, Refused, check_onnx, texts_of
 from spamgpt.texts import ONE_TEXT, TextFields
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,10 +59,10 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         yield url, folder, log
 
 
-def classify(folder: Path, messages: list[str]) -> list[dict]:
+def classify(folder: Path, messages: list[str], precision: str = "auto") -> list[dict]:
     out = spamgpt(
         ["classify", "--json", "--device", "cpu", "--threshold", str(THRESHOLD),
-         "--model", str(folder), *messages],
+         "--precision", precision, "--model", str(folder), *messages],
         folder.parent,
     )  # fmt: skip
     return [json.loads(line) for line in out.splitlines()]
@@ -164,3 +166,51 @@ def test_bad_flags_are_refused_in_one_line(
     assert exit_.value.code != 0
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"spamgpt: error: {error}")
+
+
+@pytest.fixture(scope="module")
+def served_onnx(tmp_path_factory: pytest.TempPathFactory):
+    """(base URL, model folder) of `spamgpt serve --onnx` on the model's fp32 ONNX export."""
+    root = tmp_path_factory.mktemp("serve-onnx")
+    folder = tiny_model(root)
+    model, meta = classifier.load(folder)
+    export.to_onnx(model.eval(), meta, root / "model.onnx")
+    cmd = [sys.executable, "-c", "from spamgpt.cli import main; main()", "serve"]
+    cmd += ["--model", str(folder), "--onnx", str(root / "model.onnx"), "--threshold"]
+    cmd += [str(THRESHOLD), "--max-batch-size", "8", "--batch-timeout", "0.2"]
+    env = {**subprocess_env(), "PYTHONPATH": str(REPO)}
+    log = root / "serve.log"
+    with http_service(lambda port: [*cmd, "--port", str(port)], "/ping", env, log, root) as url:
+        yield url, folder, log
+
+
+def test_the_onnx_export_served_answers_concurrent_requests_as_classify_does(
+    served_onnx,
+) -> None:
+    url, folder, log = served_onnx
+    messages = [" ".join(WORDS[i % 11 : i % 11 + 1 + i % 5]) for i in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda m: post(f"{url}/invocations", {"inputs": [m]}), messages))
+    expected = classify(folder, messages, "fp32")  # what the graph computes in
+    for answer, e in zip(answers, expected, strict=True):
+        (prediction,) = answer["predictions"]
+        assert_same(prediction, e)
+    assert {e["label"] for e in expected} == {"spam", "ham"}
+    sizes = [int(line.split()[1]) for line in log.read_text().splitlines()
+             if line.startswith("batch: ")]  # fmt: skip
+    assert max(sizes) > 1
+
+
+def test_an_onnx_file_that_is_not_the_models_export_is_refused(tmp_path: Path) -> None:
+    folder = tiny_model(tmp_path)
+    model, meta = classifier.load(folder)
+    export.to_onnx(model.eval(), meta, tmp_path / "model.onnx")
+    check_onnx(str(tmp_path / "model.onnx"), meta)  # its own export: taken
+    other = {**meta, "max_length": meta["max_length"] + 1}
+    with pytest.raises(SpamGPTError, match=r"is not an export of --model: its max_length is 48"):
+        check_onnx(str(tmp_path / "model.onnx"), other)
+    with pytest.raises(SpamGPTError, match=r"--onnx .*nothing.onnx: no such file"):
+        check_onnx(str(tmp_path / "nothing.onnx"), meta)
+    (tmp_path / "text.onnx").write_text("not a graph")
+    with pytest.raises(SpamGPTError, match=r"--onnx .*text.onnx: not a graph onnxruntime loads"):
+        check_onnx(str(tmp_path / "text.onnx"), meta)
