@@ -3,6 +3,7 @@
 fp32 and int8), on random weights and generated messages.
 
     python bench/serve.py [--shapes tiny|124M] [--tiny] [--requests N] [--seconds S] [--json OUT]
+                          [--only WORDS...]
 
 One model folder of random weights (bench/predict.py's), logged to a throwaway MLflow store;
 each server below is started on it in turn, warmed up, and sent, for each load, up to
@@ -263,6 +264,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30, help="at most, per load")
     parser.add_argument("--batch-timeout", type=float, default=0.005)
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument(
+        "--only", nargs="+", metavar="WORDS", help="only the servers whose name has one of these"
+    )
     args = parser.parse_args()
     requests, seconds = (24, 5.0) if args.tiny else (args.requests, args.seconds)
     rows = []
@@ -278,6 +282,8 @@ def main() -> None:
         compared = servers(uri, args.batch_timeout, graphs)
         if args.tiny:  # the plain scoring server, the batching one and int8's: enough to test it
             compared = [compared[0], compared[2], compared[-1]]
+        if args.only:
+            compared = [c for c in compared if any(word in c.name for word in args.only)]
         for server in compared:
             if server.precision == "int8" and "int8" not in expected:
                 expected["int8"] = graph_answers(folder, graphs["int8"], pool)
