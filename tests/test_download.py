@@ -373,3 +373,81 @@ def test_a_folder_at_dest_goes_only_once_the_file_is_verified(tmp_path: Path, ou
     assert (dest / "train").read_bytes() == b"ham\tkept\n"
     assert fetch([str(source)], dest) == sha(b"ham\tnew\n")
     assert dest.read_bytes() == b"ham\tnew\n" and leftovers(out) == ["dataset"]
+
+
+# --- pinned by mutation testing (tools/mutate.py download -k "not stage and not as_a_process")
+
+
+@pytest.mark.parametrize(
+    ("header", "parsed"),
+    [
+        ("bytes 100-199/1000", (100, 1000)),
+        ("  bytes 0-0/1 ", (0, 1)),
+        ("bytes 100-199/*", (100, None)),  # total unknown
+        ("bytes */1000", (None, 1000)),  # a 416's: no range, the size
+        ("bytes 100-199", (None, None)),
+        ("items 1-2/3", (None, None)),
+        ("", (None, None)),
+        (None, (None, None)),
+    ],
+)
+def test_content_range_gives_first_byte_and_total(
+    header: str | None, parsed: tuple[int | None, int | None]
+) -> None:
+    assert download._content_range(header) == parsed
+
+
+def test_network_failures_are_one_line() -> None:
+    import urllib.error
+
+    assert download._describe(urllib.error.URLError(TimeoutError("x"))) == "timed out"
+    assert download._describe(TimeoutError()) == "timed out"
+    refused = ConnectionRefusedError(111, "Connection\n  refused")
+    assert download._describe(urllib.error.URLError(refused)) == (
+        "ConnectionRefusedError: [Errno 111] Connection refused"
+    )
+    assert download._describe(urllib.error.URLError("no  host\nhere")) == "no host here"
+    assert download._describe(OSError("disk gone")) == "OSError: disk gone"
+
+
+@pytest.mark.parametrize(
+    ("source", "member", "name"),
+    [
+        ("https://example.org/a/b/sms%20spam.zip?x=1", None, "sms spam.zip"),
+        ("https://example.org/", None, "https://example.org/"),  # no file name: the URL
+        ("https://example.org/data.zip", "SMSSpamCollection", "data.zip/SMSSpamCollection"),
+        ("data/local/train.csv", None, "data/local/train.csv"),  # a path: as given
+        ("data/my%20file.csv", None, "data/my%20file.csv"),
+    ],
+)
+def test_source_name_is_how_messages_name_a_file(
+    source: str, member: str | None, name: str
+) -> None:
+    assert download.source_name(source, member) == name
+
+
+@pytest.mark.parametrize(
+    ("source", "url"),
+    [
+        ("https://x.org/f", True),
+        ("s3://bucket/key", True),
+        ("git+ssh://host/repo", True),
+        ("C:/data/file.csv", False),
+        ("data/file.csv", False),
+        ("1http://x", False),
+        ("file:relative", False),
+    ],
+)
+def test_a_url_has_a_scheme_and_two_slashes(source: str, url: bool) -> None:
+    assert download.is_url(source) is url
+
+
+def test_origin_is_scheme_and_host_in_lower_case() -> None:
+    assert download._origin("HTTPS://Hub.Example.org:8443/a?b") == ("https", "hub.example.org:8443")
+
+
+def test_sha256_of_a_file_larger_than_a_read(tmp_path: Path) -> None:
+    content = os.urandom((1 << 20) + 5)
+    path = tmp_path / "big"
+    path.write_bytes(content)
+    assert sha256_file(path) == sha(content)
