@@ -451,3 +451,79 @@ def test_sha256_of_a_file_larger_than_a_read(tmp_path: Path) -> None:
     path = tmp_path / "big"
     path.write_bytes(content)
     assert sha256_file(path) == sha(content)
+
+
+def test_fetch_files_puts_every_verified_file_in_place_at_once(tmp_path: Path, out: Path) -> None:
+    (tmp_path / "a.csv").write_bytes(b"one")
+    (tmp_path / "b.csv").write_bytes(b"two")
+    dest = out / "files"
+    dest.write_text("a file from before")  # replaced by the folder
+    sources = {
+        "train": (str(tmp_path / "a.csv"), sha(b"one")),
+        "test": (str(tmp_path / "b.csv"), None),
+    }
+    assert download.fetch_files(sources, dest) == {"train": sha(b"one"), "test": sha(b"two")}
+    assert (dest / "train").read_bytes() == b"one" and (dest / "test").read_bytes() == b"two"
+    assert leftovers(out) == ["files"]
+    (dest / "old").write_text("from an earlier run")  # a folder from before: replaced whole
+    download.fetch_files({"train": (str(tmp_path / "a.csv"), None)}, dest)
+    assert leftovers(dest) == ["train"] and leftovers(out) == ["files"]
+    bad = {"train": (str(tmp_path / "a.csv"), None), "val": (str(tmp_path / "b.csv"), sha(b"x"))}
+    with pytest.raises(DownloadError) as e:
+        download.fetch_files(bad, dest, setting="model.files")
+    assert str(e.value) == (
+        f"model.files.val.url: could not download val (b.csv): {tmp_path / 'b.csv'}: sha256 "
+        f"mismatch: got {sha(b'two')}, expected {sha(b'x')}"
+    )
+    assert leftovers(dest) == ["train"] and leftovers(out) == ["files"]  # nothing lost
+
+
+def test_a_token_goes_to_the_first_host_only(site: Path, out: Path, data: bytes) -> None:
+    behind = Faults()
+    with serve(site, faults=behind) as other:
+        front = Faults(redirect=other.replace("127.0.0.1", "localhost"))
+        with serve(site, faults=front) as url:
+            headers = {"Authorization": "Bearer t0ken"}
+            fetch([url + "/good/data.bin"], out / "data.bin", sha256=sha(data), headers=headers)
+    assert [r.headers.get("Authorization") for r in front.requests] == ["Bearer t0ken"]
+    assert [r.headers.get("Authorization") for r in behind.requests] == [None]
+    assert (out / "data.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"  \n<!DOCTYPE html><html>login</html>", "the server sent an HTML page"),
+        (b"<HTML>", "the server sent an HTML page"),
+        (b"PK\x03\x04 cut short", "not a zip or tar archive (truncated or corrupt download)"),
+    ],
+)
+def test_what_is_not_an_archive_says_what_it_looks_like(
+    tmp_path: Path, out: Path, content: bytes, reason: str
+) -> None:
+    path = tmp_path / "data.zip"
+    path.write_bytes(content)
+    with pytest.raises(DownloadError) as e:
+        fetch([str(path)], out / "x", member="x")
+    assert str(e.value).startswith(f"could not download x: {path}: not a zip or tar archive")
+    assert reason in str(e.value)
+
+
+def test_a_tar_member_that_is_a_folder_or_missing_is_named(tmp_path: Path, out: Path) -> None:
+    path = tmp_path / "data.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        folder = tarfile.TarInfo("folder")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        for i in range(12):
+            info = tarfile.TarInfo(f"f{i}")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(DownloadError, match=r"tar member 'folder' is not a file$"):
+        fetch([str(path)], out / "x", member="folder")
+    with pytest.raises(DownloadError) as e:
+        fetch([str(path)], out / "x", member="nope")
+    shown = ", ".join(["folder", *(f"f{i}" for i in range(9))])
+    assert str(e.value).endswith(f"tar archive has no member 'nope' (it has {shown})")
+    fetch([str(path)], out / "x", member="f3")
+    assert (out / "x").read_bytes() == b"x"
