@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import run_stage, sms_collection
+from conftest import free_port, run_stage, sms_collection
 from fileserver import Faults, serve
 
 from spamgpt import __version__, download, paths
@@ -527,3 +527,34 @@ def test_a_tar_member_that_is_a_folder_or_missing_is_named(tmp_path: Path, out: 
     assert str(e.value).endswith(f"tar archive has no member 'nope' (it has {shown})")
     fetch([str(path)], out / "x", member="f3")
     assert (out / "x").read_bytes() == b"x"
+
+
+def test_the_reason_a_url_failed_and_how_often_it_was_asked(site: Path, out: Path) -> None:
+    with serve(site, faults=Faults(statuses=[503] * 3)) as url:
+        source = url + "/good/data.bin"
+        with pytest.raises(DownloadError) as e:
+            fetch([source], out / "data.bin", retries=0)
+        assert (
+            str(e.value) == f"could not download data.bin: {source}: HTTP 503 Service Unavailable"
+        )
+        with pytest.raises(DownloadError) as e:
+            fetch([source], out / "data.bin", retries=1, desc="the data")
+        assert str(e.value) == (
+            f"could not download the data: {source}: HTTP 503 Service Unavailable (gave up after "
+            "2 attempts)"
+        )
+    closed = f"http://127.0.0.1:{free_port()}/data.bin"
+    with pytest.raises(DownloadError) as e:
+        fetch([closed], out / "data.bin", retries=0)
+    assert str(e.value) == (
+        f"could not download data.bin: {closed}: ConnectionRefusedError: [Errno 111] Connection "
+        "refused"
+    )
+
+
+def test_an_empty_zip_has_nothing(tmp_path: Path, out: Path) -> None:
+    path = tmp_path / "empty.zip"
+    path.write_bytes(zip_bytes({}))
+    with pytest.raises(DownloadError) as e:
+        fetch([str(path)], out / "x", member="x")
+    assert str(e.value).endswith("zip archive has no member 'x' (it has nothing)")
