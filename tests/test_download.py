@@ -558,3 +558,68 @@ def test_an_empty_zip_has_nothing(tmp_path: Path, out: Path) -> None:
     with pytest.raises(DownloadError) as e:
         fetch([str(path)], out / "x", member="x")
     assert str(e.value).endswith("zip archive has no member 'x' (it has nothing)")
+
+
+def test_fetch_takes_a_lone_url_makes_folders_and_needs_one(tmp_path: Path, out: Path) -> None:
+    source = tmp_path / "a.csv"
+    source.write_bytes(b"one")
+    assert fetch(str(source), out / "x" / "y" / "a.csv") == sha(b"one")  # a str, not a list
+    assert (out / "x" / "y" / "a.csv").read_bytes() == b"one"
+    with pytest.raises(DownloadError) as e:
+        fetch([], out / "a.csv")
+    assert str(e.value) == "no URL given to download a.csv from"
+
+
+def test_a_local_source_is_read_again_though_dest_verifies(tmp_path: Path, out: Path) -> None:
+    (out / "a.csv").write_bytes(b"one")
+    missing = tmp_path / "gone.csv"
+    with pytest.raises(DownloadError, match=r"gone\.csv: no such file$"):
+        fetch([str(missing)], out / "a.csv", sha256=sha(b"one"))
+
+
+def test_a_relative_path_missing_here_and_in_the_repository_is_no_such_file(
+    tmp_path: Path, out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DownloadError) as e:
+        fetch(["no/such.csv"], out / "a.csv")
+    assert str(e.value) == "could not download a.csv: no/such.csv: no such file"
+    (tmp_path / "here.csv").write_bytes(b"local")  # in the working directory only
+    assert download.local_source("here.csv") == Path("here.csv")
+
+
+def test_https_is_allowed_and_the_default_retries_are_three(site: Path, out: Path) -> None:
+    closed = f"HTTPS://127.0.0.1:{free_port()}/data.bin"
+    with pytest.raises(DownloadError) as e:
+        fetch([closed], out / "data.bin", retries=0)
+    assert "refusing" not in str(e.value) and "ConnectionRefusedError" in str(e.value)
+    gave_up = pytest.raises(DownloadError, match=r"\(gave up after 4 attempts\)$")
+    with serve(site, faults=Faults(statuses=[503] * 4)) as url, gave_up:
+        fetch([url + "/good/data.bin"], out / "data.bin")
+
+
+def test_fetch_files_from_scratch_and_after_a_crash(tmp_path: Path, out: Path) -> None:
+    (tmp_path / "a.csv").write_bytes(b"one")
+    staging = out / ".files.files"  # what a crashed run left
+    staging.mkdir()
+    (staging / "junk").write_text("stale")
+    download.fetch_files({"train": (str(tmp_path / "a.csv"), None)}, out / "files")
+    assert leftovers(out / "files") == ["train"] and leftovers(out) == ["files"]
+    with pytest.raises(DownloadError, match=r"^data\.files\.test\.url: could not download"):
+        download.fetch_files({"test": (str(tmp_path / "none.csv"), None)}, out / "other")
+
+
+def test_a_token_follows_a_redirect_on_the_same_host(site: Path, out: Path, data: bytes) -> None:
+    (site / "good" / "moved").mkdir()
+    (site / "good" / "moved" / "data.bin").write_bytes(data)
+    faults = Faults(paths={"/moved/data.bin"})
+    with serve(site, faults=faults) as url:
+        faults.redirect = url + "/good"
+        headers = {"Authorization": "Bearer t0ken"}
+        fetch([url + "/moved/data.bin"], out / "data.bin", sha256=sha(data), headers=headers)
+    assert [r.headers.get("Authorization") for r in faults.requests] == ["Bearer t0ken"] * 2
+
+
+def test_urls_and_names_in_edge_cases() -> None:
+    assert download.is_url("HTTPS://x.org/f") and download.is_url("S3://b/k")
+    assert download.source_name("https://example.org") == "https://example.org"
