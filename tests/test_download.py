@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import run_stage, sms_collection
+from conftest import free_port, run_stage, sms_collection
 from fileserver import Faults, serve
 
 from spamgpt import __version__, download, paths
@@ -373,3 +373,253 @@ def test_a_folder_at_dest_goes_only_once_the_file_is_verified(tmp_path: Path, ou
     assert (dest / "train").read_bytes() == b"ham\tkept\n"
     assert fetch([str(source)], dest) == sha(b"ham\tnew\n")
     assert dest.read_bytes() == b"ham\tnew\n" and leftovers(out) == ["dataset"]
+
+
+# --- pinned by mutation testing (tools/mutate.py download -k "not stage and not as_a_process")
+
+
+@pytest.mark.parametrize(
+    ("header", "parsed"),
+    [
+        ("bytes 100-199/1000", (100, 1000)),
+        ("  bytes 0-0/1 ", (0, 1)),
+        ("bytes 100-199/*", (100, None)),  # total unknown
+        ("bytes */1000", (None, 1000)),  # a 416's: no range, the size
+        ("bytes 100-199", (None, None)),
+        ("items 1-2/3", (None, None)),
+        ("", (None, None)),
+        (None, (None, None)),
+    ],
+)
+def test_content_range_gives_first_byte_and_total(
+    header: str | None, parsed: tuple[int | None, int | None]
+) -> None:
+    assert download._content_range(header) == parsed
+
+
+def test_network_failures_are_one_line() -> None:
+    import urllib.error
+
+    assert download._describe(urllib.error.URLError(TimeoutError("x"))) == "timed out"
+    assert download._describe(TimeoutError()) == "timed out"
+    refused = ConnectionRefusedError(111, "Connection\n  refused")
+    assert download._describe(urllib.error.URLError(refused)) == (
+        "ConnectionRefusedError: [Errno 111] Connection refused"
+    )
+    assert download._describe(urllib.error.URLError("no  host\nhere")) == "no host here"
+    assert download._describe(OSError("disk gone")) == "OSError: disk gone"
+
+
+@pytest.mark.parametrize(
+    ("source", "member", "name"),
+    [
+        ("https://example.org/a/b/sms%20spam.zip?x=1", None, "sms spam.zip"),
+        ("https://example.org/", None, "https://example.org/"),  # no file name: the URL
+        ("https://example.org/data.zip", "SMSSpamCollection", "data.zip/SMSSpamCollection"),
+        ("data/local/train.csv", None, "data/local/train.csv"),  # a path: as given
+        ("data/my%20file.csv", None, "data/my%20file.csv"),
+    ],
+)
+def test_source_name_is_how_messages_name_a_file(
+    source: str, member: str | None, name: str
+) -> None:
+    assert download.source_name(source, member) == name
+
+
+@pytest.mark.parametrize(
+    ("source", "url"),
+    [
+        ("https://x.org/f", True),
+        ("s3://bucket/key", True),
+        ("git+ssh://host/repo", True),
+        ("C:/data/file.csv", False),
+        ("data/file.csv", False),
+        ("1http://x", False),
+        ("file:relative", False),
+    ],
+)
+def test_a_url_has_a_scheme_and_two_slashes(source: str, url: bool) -> None:
+    assert download.is_url(source) is url
+
+
+def test_origin_is_scheme_and_host_in_lower_case() -> None:
+    assert download._origin("HTTPS://Hub.Example.org:8443/a?b") == ("https", "hub.example.org:8443")
+
+
+def test_sha256_of_a_file_larger_than_a_read(tmp_path: Path) -> None:
+    content = os.urandom((1 << 20) + 5)
+    path = tmp_path / "big"
+    path.write_bytes(content)
+    assert sha256_file(path) == sha(content)
+
+
+def test_fetch_files_puts_every_verified_file_in_place_at_once(tmp_path: Path, out: Path) -> None:
+    (tmp_path / "a.csv").write_bytes(b"one")
+    (tmp_path / "b.csv").write_bytes(b"two")
+    dest = out / "files"
+    dest.write_text("a file from before")  # replaced by the folder
+    sources = {
+        "train": (str(tmp_path / "a.csv"), sha(b"one")),
+        "test": (str(tmp_path / "b.csv"), None),
+    }
+    assert download.fetch_files(sources, dest) == {"train": sha(b"one"), "test": sha(b"two")}
+    assert (dest / "train").read_bytes() == b"one" and (dest / "test").read_bytes() == b"two"
+    assert leftovers(out) == ["files"]
+    (dest / "old").write_text("from an earlier run")  # a folder from before: replaced whole
+    download.fetch_files({"train": (str(tmp_path / "a.csv"), None)}, dest)
+    assert leftovers(dest) == ["train"] and leftovers(out) == ["files"]
+    bad = {"train": (str(tmp_path / "a.csv"), None), "val": (str(tmp_path / "b.csv"), sha(b"x"))}
+    with pytest.raises(DownloadError) as e:
+        download.fetch_files(bad, dest, setting="model.files")
+    assert str(e.value) == (
+        f"model.files.val.url: could not download val (b.csv): {tmp_path / 'b.csv'}: sha256 "
+        f"mismatch: got {sha(b'two')}, expected {sha(b'x')}"
+    )
+    assert leftovers(dest) == ["train"] and leftovers(out) == ["files"]  # nothing lost
+
+
+def test_a_token_goes_to_the_first_host_only(site: Path, out: Path, data: bytes) -> None:
+    behind = Faults()
+    with serve(site, faults=behind) as other:
+        front = Faults(redirect=other.replace("127.0.0.1", "localhost"))
+        with serve(site, faults=front) as url:
+            headers = {"Authorization": "Bearer t0ken"}
+            fetch([url + "/good/data.bin"], out / "data.bin", sha256=sha(data), headers=headers)
+    assert [r.headers.get("Authorization") for r in front.requests] == ["Bearer t0ken"]
+    assert [r.headers.get("Authorization") for r in behind.requests] == [None]
+    assert (out / "data.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"  \n<!DOCTYPE html><html>login</html>", "the server sent an HTML page"),
+        (b"<HTML>", "the server sent an HTML page"),
+        (b"PK\x03\x04 cut short", "not a zip or tar archive (truncated or corrupt download)"),
+    ],
+)
+def test_what_is_not_an_archive_says_what_it_looks_like(
+    tmp_path: Path, out: Path, content: bytes, reason: str
+) -> None:
+    path = tmp_path / "data.zip"
+    path.write_bytes(content)
+    with pytest.raises(DownloadError) as e:
+        fetch([str(path)], out / "x", member="x")
+    assert str(e.value).startswith(f"could not download x: {path}: not a zip or tar archive")
+    assert reason in str(e.value)
+
+
+def test_a_tar_member_that_is_a_folder_or_missing_is_named(tmp_path: Path, out: Path) -> None:
+    path = tmp_path / "data.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        folder = tarfile.TarInfo("folder")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        for i in range(12):
+            info = tarfile.TarInfo(f"f{i}")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(DownloadError, match=r"tar member 'folder' is not a file$"):
+        fetch([str(path)], out / "x", member="folder")
+    with pytest.raises(DownloadError) as e:
+        fetch([str(path)], out / "x", member="nope")
+    shown = ", ".join(["folder", *(f"f{i}" for i in range(9))])
+    assert str(e.value).endswith(f"tar archive has no member 'nope' (it has {shown})")
+    fetch([str(path)], out / "x", member="f3")
+    assert (out / "x").read_bytes() == b"x"
+
+
+def test_the_reason_a_url_failed_and_how_often_it_was_asked(site: Path, out: Path) -> None:
+    with serve(site, faults=Faults(statuses=[503] * 3)) as url:
+        source = url + "/good/data.bin"
+        with pytest.raises(DownloadError) as e:
+            fetch([source], out / "data.bin", retries=0)
+        assert (
+            str(e.value) == f"could not download data.bin: {source}: HTTP 503 Service Unavailable"
+        )
+        with pytest.raises(DownloadError) as e:
+            fetch([source], out / "data.bin", retries=1, desc="the data")
+        assert str(e.value) == (
+            f"could not download the data: {source}: HTTP 503 Service Unavailable (gave up after "
+            "2 attempts)"
+        )
+    closed = f"http://127.0.0.1:{free_port()}/data.bin"
+    with pytest.raises(DownloadError) as e:
+        fetch([closed], out / "data.bin", retries=0)
+    assert str(e.value) == (
+        f"could not download data.bin: {closed}: ConnectionRefusedError: [Errno 111] Connection "
+        "refused"
+    )
+
+
+def test_an_empty_zip_has_nothing(tmp_path: Path, out: Path) -> None:
+    path = tmp_path / "empty.zip"
+    path.write_bytes(zip_bytes({}))
+    with pytest.raises(DownloadError) as e:
+        fetch([str(path)], out / "x", member="x")
+    assert str(e.value).endswith("zip archive has no member 'x' (it has nothing)")
+
+
+def test_fetch_takes_a_lone_url_makes_folders_and_needs_one(tmp_path: Path, out: Path) -> None:
+    source = tmp_path / "a.csv"
+    source.write_bytes(b"one")
+    assert fetch(str(source), out / "x" / "y" / "a.csv") == sha(b"one")  # a str, not a list
+    assert (out / "x" / "y" / "a.csv").read_bytes() == b"one"
+    with pytest.raises(DownloadError) as e:
+        fetch([], out / "a.csv")
+    assert str(e.value) == "no URL given to download a.csv from"
+
+
+def test_a_local_source_is_read_again_though_dest_verifies(tmp_path: Path, out: Path) -> None:
+    (out / "a.csv").write_bytes(b"one")
+    missing = tmp_path / "gone.csv"
+    with pytest.raises(DownloadError, match=r"gone\.csv: no such file$"):
+        fetch([str(missing)], out / "a.csv", sha256=sha(b"one"))
+
+
+def test_a_relative_path_missing_here_and_in_the_repository_is_no_such_file(
+    tmp_path: Path, out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DownloadError) as e:
+        fetch(["no/such.csv"], out / "a.csv")
+    assert str(e.value) == "could not download a.csv: no/such.csv: no such file"
+    (tmp_path / "here.csv").write_bytes(b"local")  # in the working directory only
+    assert download.local_source("here.csv") == Path("here.csv")
+
+
+def test_https_is_allowed_and_the_default_retries_are_three(site: Path, out: Path) -> None:
+    closed = f"HTTPS://127.0.0.1:{free_port()}/data.bin"
+    with pytest.raises(DownloadError) as e:
+        fetch([closed], out / "data.bin", retries=0)
+    assert "refusing" not in str(e.value) and "ConnectionRefusedError" in str(e.value)
+    gave_up = pytest.raises(DownloadError, match=r"\(gave up after 4 attempts\)$")
+    with serve(site, faults=Faults(statuses=[503] * 4)) as url, gave_up:
+        fetch([url + "/good/data.bin"], out / "data.bin")
+
+
+def test_fetch_files_from_scratch_and_after_a_crash(tmp_path: Path, out: Path) -> None:
+    (tmp_path / "a.csv").write_bytes(b"one")
+    staging = out / ".files.files"  # what a crashed run left
+    staging.mkdir()
+    (staging / "junk").write_text("stale")
+    download.fetch_files({"train": (str(tmp_path / "a.csv"), None)}, out / "files")
+    assert leftovers(out / "files") == ["train"] and leftovers(out) == ["files"]
+    with pytest.raises(DownloadError, match=r"^data\.files\.test\.url: could not download"):
+        download.fetch_files({"test": (str(tmp_path / "none.csv"), None)}, out / "other")
+
+
+def test_a_token_follows_a_redirect_on_the_same_host(site: Path, out: Path, data: bytes) -> None:
+    (site / "good" / "moved").mkdir()
+    (site / "good" / "moved" / "data.bin").write_bytes(data)
+    faults = Faults(paths={"/moved/data.bin"})
+    with serve(site, faults=faults) as url:
+        faults.redirect = url + "/good"
+        headers = {"Authorization": "Bearer t0ken"}
+        fetch([url + "/moved/data.bin"], out / "data.bin", sha256=sha(data), headers=headers)
+    assert [r.headers.get("Authorization") for r in faults.requests] == ["Bearer t0ken"] * 2
+
+
+def test_urls_and_names_in_edge_cases() -> None:
+    assert download.is_url("HTTPS://x.org/f") and download.is_url("S3://b/k")
+    assert download.source_name("https://example.org") == "https://example.org"

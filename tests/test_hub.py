@@ -266,3 +266,59 @@ def test_an_unverified_file_is_kept_only_when_recorded_from_the_same_source(
     assert hub.download_model(url, REPO_ID, "wide", out, weights) == record  # nothing served
     with pytest.raises(DownloadError):
         hub.download_model(url, REPO_ID, "wide", out, {**weights, "revision": "main"})
+
+
+# --- pinned by mutation testing (tools/mutate.py hub) ---
+
+
+@pytest.mark.parametrize(
+    ("hub_url", "url"),
+    [
+        ("https://huggingface.co", "https://huggingface.co/org/gpt2/resolve/abc/config.json"),
+        ("http://mirror:8080/hf//", "http://mirror:8080/hf/org/gpt2/resolve/abc/config.json"),
+    ],
+)
+def test_file_url_is_the_hubs_resolve_url(hub_url: str, url: str) -> None:
+    assert hub.file_url(hub_url, "org/gpt2", "abc", "config.json") == url
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "hub_url", "effective"),
+    [
+        (" http://mirror:1/ ", "https://huggingface.co", "http://mirror:1"),
+        ("http://mirror:1", "https://huggingface.co/", "http://mirror:1"),  # the default still
+        ("http://mirror:1", "http://other:2/", "http://other:2/"),  # set by the user: kept
+        ("  ", "https://huggingface.co", "https://huggingface.co"),
+        (None, "https://huggingface.co/", "https://huggingface.co/"),
+    ],
+)
+def test_hf_endpoint_stands_for_the_default_hub_only(
+    monkeypatch: pytest.MonkeyPatch, endpoint: str | None, hub_url: str, effective: str
+) -> None:
+    monkeypatch.delenv(hub.ENDPOINT_ENV, raising=False)
+    if endpoint is not None:
+        monkeypatch.setenv(hub.ENDPOINT_ENV, endpoint)
+    assert hub.effective_hub_url(hub_url) == effective
+
+
+@pytest.mark.parametrize(
+    ("value", "offline"),
+    [("1", True), (" on ", True), ("yes", True), ("True", True), ("0", False), ("", False),
+     ("off", False), (None, False)],
+)  # fmt: skip
+def test_hf_hub_offline_as_huggingface_hub_reads_it(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, offline: bool
+) -> None:
+    monkeypatch.delenv(hub.OFFLINE_ENV, raising=False)
+    if value is not None:
+        monkeypatch.setenv(hub.OFFLINE_ENV, value)
+    assert hub.offline() is offline
+
+
+def test_hf_token_is_a_bearer_header_without_its_spaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(hub.TOKEN_ENV, "  hf_abc \n")
+    assert hub.auth_headers() == {"Authorization": "Bearer hf_abc"}
+    monkeypatch.setenv(hub.TOKEN_ENV, " ")
+    assert hub.auth_headers() == {}
+    monkeypatch.delenv(hub.TOKEN_ENV)
+    assert hub.auth_headers() == {}

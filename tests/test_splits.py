@@ -365,3 +365,146 @@ def test_a_split_column_without_train_or_test_rows_names_the_value(workspace: Pa
     }
     assert report["raw_sha256"] == download.sha256_file(paths.RAW_DATA)
     assert report["val_carved"] is False and report["raw_rows"] == 30
+
+
+def write_raw_data(records: list[tuple], columns: tuple[str, ...] = ("label", "text")) -> None:
+    paths.RAW_DATA.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(records, columns=list(columns)).to_csv(paths.RAW_DATA, index=False)
+
+
+def test_the_random_split_is_datas_split_with_the_settings(workspace: Path) -> None:
+    """data.labels (their order, and rows of other labels refused), the positive label, the
+    seed; a text template joining two columns."""
+    records = [(("a", "b", "c")[i % 3], f"subject {i}", f"body {i}") for i in range(90)]
+    write_raw_data(records, ("label", "subject", "body"))
+    p = data_params(
+        format="csv", labels=["b", "a"], positive_label="b", bad_lines="skip",
+        text_column=["subject", "body"], text_template="{subject}: {body}",
+    )  # fmt: skip
+    p = dataclasses.replace(p, split=dataclasses.replace(p.split, seed=11))
+    frames, report = splits.split_dataset(p.data, p.split)
+    assert report["labels"] == ["b", "a"] and report["positive_label"] == "b"
+    assert report["bad_lines_by_reason"] == {"unknown_label": 30}
+    fmt = data.Format("csv", ["subject", "body"], "label", "{subject}: {body}")
+    parsed = data.read_messages(paths.RAW_DATA, fmt, ("b", "a"), "skip")
+    expected = data.split(data.dedupe(parsed.frame), p.split.val, p.split.test, 11, ("b", "a"))
+    for name in paths.SPLITS:
+        assert frames[name].equals(expected[name]), name
+    assert frames["train"]["text"][0] == "subject 0: body 0"
+
+
+def test_a_multi_label_random_split_stratifies_and_counts_each_label(workspace: Path) -> None:
+    sets = ["a", "b", "a|b", "c", "a|c", "b|c", ""]
+    records = [(sets[i % 7], f"message {i}") for i in range(140)] + [("a", "message 3")]
+    write_raw_data(records)
+    p = data_params(format="csv", labels=None, positive_label=None, label_format="multi",
+                    allow_empty_labels=True)  # fmt: skip
+    frames, report = splits.split_dataset(p.data, p.split)
+    assert report["label_conflicts"] == 1 and report["label_format"] == "multi"
+    fmt = data.Format("csv", "text", "label", None, True, "|", allow_empty_labels=True)
+    whole = data.dedupe(data.read_messages(paths.RAW_DATA, fmt, None).frame)
+    s = p.split
+    expected = data.split(whole, s.val, s.test, s.seed, ("a", "b", "c"), multi_label=True)
+    for name in paths.SPLITS:
+        assert frames[name].equals(expected[name]), name
+        assert report[name] == data.label_counts(frames[name], ("a", "b", "c"), True)
+        assert report[name]["a"] == sum("a" in json.loads(v) for v in frames[name]["label"])
+
+
+def test_a_multi_label_val_is_carved_on_the_rarest_labels_with_the_seed(workspace: Path) -> None:
+    sets = ["a", "b", "a|b", "c", "a|c", "b|c"]
+    write_raw("train", [(sets[i % 6], f"train message {i}") for i in range(60)])
+    write_raw("test", [(sets[i % 6], f"test message {i}") for i in range(12)])
+    p = given(seed=3)
+    files = dataclasses.replace(p.data.files, val=None)
+    multi = dataclasses.replace(p.data, files=files, label_format="multi")
+    frames, _ = splits.split_dataset(multi, p.split)
+    fmt = data.Format("csv", "text", "label", None, True, "|")
+    train = data.read_messages(paths.raw_split_file("train"), fmt, None).frame
+    rest, val = data.stratified(train, p.split.val, 3, multi_label=True)
+    assert frames["val"].equals(data.in_file_order(val))
+    assert frames["train"].equals(data.in_file_order(rest))
+
+
+def test_given_splits_without_dedupe_remove_nothing(workspace: Path) -> None:
+    write_raw("train", [*rows("train", 30), ("a", "train message 0")])
+    write_raw("val", rows("val", 6))
+    write_raw("test", rows("test", 6))
+    frames, report = splits.split_dataset(given().data, given(dedupe=False).split)
+    assert report["duplicates_removed"] == 0 and len(frames["train"]) == 31
+
+
+def test_a_leak_error_shows_the_first_shared_text_cut_at_40(workspace: Path) -> None:
+    long = "z" * 50
+    write_raw("train", [*rows("train", 30), ("a", long), ("b", "yy")])
+    write_raw("val", [*rows("val", 6), ("a", long), ("b", "yy")])
+    write_raw("test", rows("test", 6))
+    with pytest.raises(SpamGPTError) as e:
+        splits.split_dataset(given().data, given(cross_duplicates="error").split)
+    assert str(e.value).startswith(
+        "2 texts of train (data/local/train.csv) are also in val (data/local/val.csv), such as "
+        "'yy': a leak; split.cross_duplicates: error stops on it; allowed: "
+    )
+    write_raw("val", [*rows("val", 6), ("a", long)])
+    with pytest.raises(SpamGPTError, match=f"such as '{'z' * 40}': a leak"):
+        splits.split_dataset(given().data, given(cross_duplicates="error").split)
+    frames, _ = splits.split_dataset(given().data, given().split)  # dropped from train
+    assert list(frames["train"]) == ["line", "label", "text"]
+    assert frames["train"].index.tolist() == list(range(31))
+
+
+def test_given_files_messages_name_the_users_file_and_data_labels_apply(workspace: Path) -> None:
+    write_raw("train", [*rows("train", 30), ("zebra", "not a class")])
+    write_raw("val", rows("val", 6))
+    write_raw("test", rows("test", 6))
+    p = given()
+    p = dataclasses.replace(p, data=dataclasses.replace(p.data, labels=["a", "b", "c"]))
+    with pytest.raises(SpamGPTError) as e:
+        splits.split_dataset(p.data, p.split)
+    assert str(e.value).startswith("data/local/train.csv:32: unknown label 'zebra'; allowed: a,")
+
+
+def test_a_split_columns_classes_and_leaks_name_the_file(workspace: Path) -> None:
+    records = [(label, text, "TRAIN") for label, text in rows("m", 30, ("a", "b"))]
+    records += [(label, text, "TEST") for label, text in rows("t", 9, ("a", "b"))]
+    records += [("a", "m message 0", "TEST"), ("q", "not a class", "TRAIN")]
+    write_raw_data(records, ("label", "text", "part"))
+    names = {"train": "TRAIN", "val": "VAL", "test": "TEST"}
+    p = data_params(format="csv", labels=["a", "b"], positive_label="a",
+                    split_column="part", split_names=names, bad_lines="skip")  # fmt: skip
+    p = dataclasses.replace(p, split=dataclasses.replace(p.split, cross_duplicates="error"))
+    with pytest.raises(SpamGPTError) as e:
+        splits.split_dataset(p.data, p.split)
+    url = p.data.url
+    assert str(e.value).startswith(f"1 texts of train ({url}) are also in test ({url}), such as")
+    p = dataclasses.replace(p, split=dataclasses.replace(p.split, cross_duplicates="keep"))
+    _, report = splits.split_dataset(p.data, p.split)
+    assert report["bad_lines_by_reason"] == {"unknown_label": 1}
+    assert report["labels"] == ["a", "b"] and report["positive_label"] == "a"
+
+
+def test_a_file_lacking_the_label_column_or_with_no_header_is_named(workspace: Path) -> None:
+    wide = [f"extra{i}" for i in range(20)]
+    for name in ("train", "val"):
+        path = paths.raw_split_file(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame([["a", f"{name} text", *range(20)]], columns=["label", "text", *wide]).to_csv(
+            path, index=False
+        )
+    test = paths.raw_split_file("test")
+    pd.DataFrame([["x", "a"]], columns=["text", "category"]).to_csv(test, index=False)
+    with pytest.raises(SpamGPTError) as e:
+        splits.split_dataset(given().data, given().split)
+    shown = ", ".join(["label", "text", *wide[:18]])
+    assert str(e.value) == (
+        "data/local/test.csv (data.files.test): no column 'label' (it has text, category), "
+        f"though data/local/train.csv (data.files.train) has {shown}: give "
+        "data/local/test.csv the same columns"
+    )
+    paths.raw_split_file("train").write_text('label,"text\n')  # no header to read: skipped
+    with pytest.raises(SpamGPTError, match=r"^data/local/test\.csv \(data\.files\.test\): no col"):
+        splits.split_dataset(given().data, given().split)
+    pd.DataFrame([["x"] * 22], columns=["text", "category", *wide]).to_csv(test, index=False)
+    with pytest.raises(SpamGPTError) as e:
+        splits.split_dataset(given().data, given().split)
+    assert f"(it has text, category, {', '.join(wide[:18])}), though" in str(e.value)
