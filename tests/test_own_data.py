@@ -7,8 +7,6 @@ import csv
 import json
 import random
 import shutil
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -143,17 +141,10 @@ def test_served_model_answers_with_the_class_names(project) -> None:
         assert p["label"] in CLASSES and set(p["probabilities"]) == set(CLASSES)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def given(project, request, tmp_path_factory) -> Iterator[tuple[Path, Future] | None]:
-    """data/split/*.csv of the project's random split, given back as train/val/test files in
-    a copy of it made before any test changes it, and that copy's `dvc repro` started in the
-    background: mostly Python start-ups on one core, it runs beside the tests before its own.
-    (its folder, the repro's output to come); None when its test is not selected."""
-    if not any(i.module is request.module and i.name == GIVEN_TEST for i in request.session.items):
-        yield None
-        return
+def test_the_same_split_given_as_files_gives_the_same_metrics(project, tmp_path: Path) -> None:
+    """data/split/*.csv of the random split, given back as train/val/test files."""
     path, _ = project
-    given = tmp_path_factory.mktemp("given") / "project"
+    given = tmp_path / "given"
     shutil.copytree(path, given, symlinks=True)  # its DVC cache: the weights are not fetched
     for split in ("train", "val", "test"):
         shutil.copy(given / f"data/split/{split}.csv", given / f"data/local/{split}.csv")
@@ -161,18 +152,7 @@ def given(project, request, tmp_path_factory) -> Iterator[tuple[Path, Future] | 
     files = {s: {"url": f"data/local/{s}.csv", "sha256": None} for s in ("train", "val", "test")}
     params["data"].update(url=None, files=files, text_column="text", label_column="label")
     (given / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        yield given, pool.submit(run, ["dvc", "repro"], given)
-
-
-GIVEN_TEST = "test_the_same_split_given_as_files_gives_the_same_metrics"
-
-
-def test_the_same_split_given_as_files_gives_the_same_metrics(project, given) -> None:
-    """data/split/*.csv of the random split, given back as train/val/test files."""
-    path, _ = project
-    given, repro = given
-    out = repro.result()
+    out = run(["dvc", "repro"], given)
     assert "download_weights" not in ran_stages(out.stdout)
     report = read_json(given / "metrics/data.json")
     assert report["cross_duplicates"] == {"train-val": 0, "train-test": 0, "val-test": 0}
