@@ -26,6 +26,7 @@ class Classes:
     names: tuple[str, ...]
     positive: str | None = None
     multi_label: bool = False
+    numbers: bool = False  # data.label_format: number, one output named after the column
 
     def __post_init__(self) -> None:
         if self.positive is not None and self.positive not in self.names:
@@ -68,7 +69,10 @@ class Classes:
 
     def targets(self, values: Iterable[str]) -> np.ndarray:
         """The training targets of a split file's label column: class indices (N,), or for
-        multi-label (N, labels) float32 indicators of each row's JSON list of labels."""
+        multi-label (N, labels) float32 indicators of each row's JSON list of labels; numbers,
+        (N,) float32."""
+        if self.numbers:
+            return np.array([float(value) for value in values], dtype=np.float32)
         if not self.multi_label:
             return np.array([self.index(value) for value in values], dtype=np.int64)
         rows = [json.loads(value) for value in values]
@@ -85,14 +89,20 @@ class Classes:
         return re.sub(r"[^\w.-]", "_", name, flags=re.ASCII)
 
     def to_dict(self) -> dict:
-        multi = {"label_format": "multi"} if self.multi_label else {}
-        return {"labels": list(self.names), "positive_label": self.positive, **multi}
+        kind = self.label_format
+        given = {} if kind == "single" else {"label_format": kind}
+        return {"labels": list(self.names), "positive_label": self.positive, **given}
+
+    @property
+    def label_format(self) -> str:
+        """data.label_format of these classes."""
+        return "number" if self.numbers else "multi" if self.multi_label else "single"
 
     @classmethod
     def from_dict(cls, d: dict) -> "Classes":
         """The classes as to_dict wrote them (metrics/data.json, classifier.json)."""
-        multi = d.get("label_format") == "multi"
-        return cls(tuple(d["labels"]), d.get("positive_label"), multi)
+        kind = d.get("label_format", "single")
+        return cls(tuple(d["labels"]), d.get("positive_label"), kind == "multi", kind == "number")
 
 
 def check_threshold_values(threshold: float | dict[str, float] | None, name: str) -> None:

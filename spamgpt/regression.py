@@ -9,7 +9,6 @@ name (what the answer is called), calibration and the label audit have nothing t
 """
 
 import math
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,59 +18,6 @@ import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-STRATA = 5  # quantile bins a split is stratified on (each split sees low and high numbers)
-MIN_PER_STRATUM = 6  # fewer rows per bin than this: fewer bins (a bin must reach each split)
-
-
-def number(value: object) -> float:
-    """A row's label as a finite number: an int or float, or text that reads as one
-    ("4", "3.5", " -1e2 "). Raises ValueError saying what is wrong with it."""
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        what = "missing" if value is None else f"{type(value).__name__}"
-        raise ValueError(f"label is {what}, not a number")
-    try:
-        found = float(value.strip() if isinstance(value, str) else value)
-    except ValueError:
-        raise ValueError(f"label {str(value)[:20]!r} is not a number") from None
-    if not math.isfinite(found):
-        raise ValueError(f"label {str(value)[:20]!r} is not a finite number")
-    return found
-
-
-def label_text(value: object) -> str:
-    """A row's number as its split file holds it (repr of the float: exact when read back)."""
-    return repr(number(value))
-
-
-def targets(values: Iterable[str]) -> np.ndarray:
-    """The training targets of a split file's label column: (N,) float32."""
-    return np.array([float(v) for v in values], dtype=np.float32)
-
-
-def strata(values: pd.Series) -> pd.Series:
-    """The key a split is stratified on: each row's quantile bin of its number (ranked first,
-    so ties cannot empty a bin), as many bins as STRATA and the rows allow (one: no
-    stratification to speak of)."""
-    numbers = values.astype(float)
-    bins = max(1, min(STRATA, len(numbers) // MIN_PER_STRATUM))
-    ranks = numbers.rank(method="first")
-    return pd.Series(
-        np.minimum((ranks.to_numpy() - 1) * bins // len(numbers), bins - 1).astype(int),
-        index=values.index,
-    )
-
-
-def summary(values: pd.Series) -> dict[str, float | int]:
-    """A split's numbers as metrics/data.json records them: count, mean, std, min, max."""
-    numbers = values.astype(float)
-    return {
-        "count": len(numbers),
-        "mean": float(numbers.mean()),
-        "std": float(numbers.std(ddof=0)),
-        "min": float(numbers.min()),
-        "max": float(numbers.max()),
-    }
 
 
 def report(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float | int | None]:

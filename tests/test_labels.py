@@ -104,3 +104,17 @@ def test_classes_round_trip_through_their_dict() -> None:
 def test_the_positive_class_error_lists_the_allowed_classes() -> None:
     with pytest.raises(ParamsError, match=r"allowed: one of a, b, or null$"):
         Classes(("a", "b"), "c")
+
+
+def test_number_classes_are_one_output_named_after_the_column() -> None:
+    rating = Classes(("rating",), numbers=True)
+    assert rating.label_format == "number"
+    assert rating.to_dict() == {
+        "labels": ["rating"],
+        "positive_label": None,
+        "label_format": "number",
+    }
+    assert Classes.from_dict(rating.to_dict()) == rating
+    targets = rating.targets(["4.5", "-1.0"])
+    assert targets.tolist() == [4.5, -1.0] and targets.dtype == np.float32
+    assert SMS.label_format == "single" and "label_format" not in SMS.to_dict()

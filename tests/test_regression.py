@@ -1,49 +1,15 @@
-"""The regression task (spamgpt.regression): numbers read strictly, its figures against
-scikit-learn and SciPy, the stratification bins, the loss against torch's MSELoss."""
+"""The regression task (spamgpt.regression): its figures against scikit-learn and SciPy, the
+loss against torch's MSELoss, its answers and plot."""
 
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from scipy.stats import spearmanr
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from spamgpt import regression
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [("4", 4.0), (" 3.5 ", 3.5), ("-1e2", -100.0), (2, 2.0), (0.25, 0.25)],
-)
-def test_a_number_is_read_from_text_or_a_number(value, expected) -> None:
-    assert regression.number(value) == expected
-
-
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ("four", "label 'four' is not a number"),
-        ("", "label '' is not a number"),
-        ("nan", "label 'nan' is not a finite number"),
-        (float("inf"), "label 'inf' is not a finite number"),
-        (None, "label is missing, not a number"),
-        (True, "label is bool, not a number"),
-        ([1], "label is list, not a number"),
-    ],
-)
-def test_a_bad_number_says_what_it_is(value, message) -> None:
-    with pytest.raises(ValueError) as raised:
-        regression.number(value)
-    assert str(raised.value) == message
-
-
-def test_a_split_file_holds_the_number_exactly() -> None:
-    assert regression.label_text("0.1") == "0.1" and regression.label_text(3) == "3.0"
-    values = [regression.label_text(v) for v in ("0.1", "1e-7", "2")]
-    assert regression.targets(values).tolist() == pytest.approx([0.1, 1e-7, 2.0])
-    assert regression.targets(values).dtype == np.float32
 
 
 def test_the_report_matches_scikit_learn_and_scipy() -> None:
@@ -74,21 +40,6 @@ def test_a_constant_truth_follows_scikit_learn() -> None:
     same = np.array([2.0, 2.0])
     assert regression.report(same, same)["r2"] == r2_score(same, same) == 1.0
     assert regression.report(same, np.array([2.0, 3.0]))["r2"] == 0.0
-
-
-def test_strata_are_quantile_bins_of_even_size() -> None:
-    values = pd.Series([5.0, 1.0, 3.0, 3.0, 2.0, 4.0] * 5, index=range(100, 130))
-    key = regression.strata(values)
-    assert key.index.tolist() == values.index.tolist()
-    assert key.value_counts().tolist() == [6] * 5  # STRATA bins of 30 rows
-    assert (values[key == 0] <= values[key == 4].min()).all()  # lowest bin, lowest numbers
-    assert regression.strata(values.iloc[:11]).nunique() == 1  # too few for two bins of 6
-    assert regression.strata(values.iloc[:12]).nunique() == 2
-
-
-def test_summary_of_a_split() -> None:
-    found = regression.summary(pd.Series(["1.0", "3.0"]))
-    assert found == {"count": 2, "mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0}
 
 
 def test_the_loss_is_torchs_mean_squared_error() -> None:
