@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from spamgpt import multilabel_metrics
 from spamgpt.errors import ParamsError
 from spamgpt.labels import Classes
+from spamgpt.tasks import task_for
 
 CLASSES = Classes(("billing", "shipping", "urgent"), None, multi_label=True)
 
@@ -22,7 +22,7 @@ def sample(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def test_report_matches_scikit_learn() -> None:
     targets, probs = sample()
     thresholds = {"billing": 0.4, "shipping": 0.5, "urgent": 0.6}
-    rep = multilabel_metrics.report(targets, probs, thresholds, CLASSES)
+    rep = task_for(CLASSES).report(targets, probs, thresholds)
     truth = targets.astype(int)
     predicted = (probs >= [0.4, 0.5, 0.6]).astype(int)
     assert rep["accuracy"] == pytest.approx(skm.accuracy_score(truth, predicted))
@@ -47,7 +47,7 @@ def test_report_matches_scikit_learn() -> None:
 def test_label_pair_confusion_counts_found_missed_and_claimed_labels() -> None:
     truth = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0]], dtype=bool)
     predicted = np.array([[1, 0, 1], [0, 1, 0], [0, 0, 0]], dtype=bool)
-    matrix = multilabel_metrics.confusion(truth, predicted, CLASSES)
+    matrix = task_for(CLASSES).confusion(truth, predicted)
     # rows actual billing, shipping, urgent, (none); columns predicted the same
     assert matrix.tolist() == [[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0]]
 
@@ -80,17 +80,17 @@ def sk_metric(objective: str, targets: np.ndarray, predicted: np.ndarray) -> flo
 @pytest.mark.parametrize("select_metric", ["micro_f1", "macro_f1", "accuracy", "auto"])
 def test_auto_is_never_worse_than_half_and_rare_labels_keep_it(select_metric: str) -> None:
     targets, probs = rare_labels()
-    choice = multilabel_metrics.choose_thresholds("auto", RARE, targets, probs, select_metric)
+    choice = task_for(RARE).choose_threshold("auto", targets, probs, select_metric)
     objective = "macro_f1" if select_metric == "auto" else select_metric
     at_half = sk_metric(objective, targets, probs >= 0.5)
-    chosen = sk_metric(objective, targets, probs >= RARE.thresholds(choice.threshold))
+    chosen = sk_metric(objective, targets, probs >= task_for(RARE).thresholds(choice.threshold))
     assert chosen >= at_half
     assert choice.kept_default == ["refund", "fraud", "legal"]  # 4 positives each, under 10
     assert [choice.threshold[name] for name in choice.kept_default] == [0.5, 0.5, 0.5]
     assert choice.threshold["billing"] != 0.5 and choice.reached is None
     # each label's own F1 optimum (the former auto) claims rare labels everywhere
     assert max(choice.best_f1[name] for name in choice.kept_default) < 0.2
-    per_label = sk_metric(objective, targets, probs >= RARE.thresholds(choice.best_f1))
+    per_label = sk_metric(objective, targets, probs >= task_for(RARE).thresholds(choice.best_f1))
     if objective == "micro_f1":
         assert per_label < at_half < chosen
 
@@ -104,10 +104,10 @@ def test_auto_is_never_worse_than_half_on_random_sets() -> None:
         targets = rng.random((n, labels)) < rng.uniform(0.05, 0.6, labels)
         probs = np.round(np.clip(0.3 * targets + 0.7 * rng.random((n, labels)), 0, 1), 2)
         for objective in ("micro_f1", "macro_f1", "accuracy"):
-            choice = multilabel_metrics.choose_thresholds(
-                "auto", names, targets, probs, objective, int(rng.integers(1, 12))
+            choice = task_for(names).choose_threshold(
+                "auto", targets, probs, objective, int(rng.integers(1, 12))
             )
-            chosen = probs >= names.thresholds(choice.threshold)
+            chosen = probs >= task_for(names).thresholds(choice.threshold)
             at_half = sk_metric(objective, targets, probs >= 0.5)
             assert sk_metric(objective, targets, chosen) >= at_half, (n, labels, objective)
 
@@ -116,8 +116,8 @@ def test_micro_f1_auto_ends_where_no_single_label_move_helps() -> None:
     """Coordinate ascent's end: no label's threshold among its validation probabilities
     (the others fixed) gives scikit-learn's micro F1 more."""
     targets, probs = sample(n=100, seed=3)
-    choice = multilabel_metrics.choose_thresholds("auto", CLASSES, targets, probs, "micro_f1", 1)
-    chosen = CLASSES.thresholds(choice.threshold)
+    choice = task_for(CLASSES).choose_threshold("auto", targets, probs, "micro_f1", 1)
+    chosen = task_for(CLASSES).thresholds(choice.threshold)
     reached = skm.f1_score(targets, probs >= chosen, average="micro")
     assert reached > skm.f1_score(targets, probs >= 0.5, average="micro")
     for i in range(len(CLASSES)):
@@ -130,7 +130,7 @@ def test_micro_f1_auto_ends_where_no_single_label_move_helps() -> None:
 def test_macro_f1_auto_is_each_labels_f1_optimum() -> None:
     """Macro F1 is the labels' mean: its optimum is each label's own."""
     targets, probs = sample()
-    choice = multilabel_metrics.choose_thresholds("auto", CLASSES, targets, probs, "macro_f1")
+    choice = task_for(CLASSES).choose_threshold("auto", targets, probs, "macro_f1")
     assert choice.kept_default == []  # 200 messages: every label has 10 positives or more
     for i, name in enumerate(CLASSES.names):
         best = max(skm.f1_score(targets[:, i], probs[:, i] >= t) for t in np.unique(probs[:, i]))
@@ -141,24 +141,20 @@ def test_min_support_and_a_labels_f1_choose_which_labels_move() -> None:
     targets, probs = sample()
     support = targets.sum(axis=0).astype(int)  # billing, shipping, urgent
     cut = int(support[2]) + 1  # urgent just under it, the others over
-    choice = multilabel_metrics.choose_thresholds("auto", CLASSES, targets, probs, "auto", cut)
+    choice = task_for(CLASSES).choose_threshold("auto", targets, probs, "auto", cut)
     assert choice.kept_default == ["urgent"] and choice.threshold["urgent"] == 0.5
-    at_support = multilabel_metrics.choose_thresholds(
-        "auto", CLASSES, targets, probs, "auto", int(support[2])
-    )
+    at_support = task_for(CLASSES).choose_threshold("auto", targets, probs, "auto", int(support[2]))
     assert at_support.kept_default == []  # as many positives as min_support: chosen
-    one = multilabel_metrics.choose_thresholds("auto", CLASSES, targets, probs, "shipping_f1")
+    one = task_for(CLASSES).choose_threshold("auto", targets, probs, "shipping_f1")
     assert one.threshold["billing"] == one.threshold["urgent"] == 0.5  # they cannot change it
     assert one.threshold["shipping"] == one.best_f1["shipping"]
 
 
 def test_a_number_applies_to_every_label_and_a_policy_to_each() -> None:
     targets, probs = sample()
-    fixed = multilabel_metrics.choose_thresholds(0.7, CLASSES, targets, probs)
+    fixed = task_for(CLASSES).choose_threshold(0.7, targets, probs)
     assert fixed.threshold == dict.fromkeys(CLASSES.names, 0.7) and fixed.kept_default == []
-    policy = multilabel_metrics.choose_thresholds(
-        {"min_precision": 0.9}, CLASSES, targets, probs, "micro_f1"
-    )
+    policy = task_for(CLASSES).choose_threshold({"min_precision": 0.9}, targets, probs, "micro_f1")
     for i, name in enumerate(CLASSES.names):
         predicted = probs[:, i] >= policy.threshold[name]
         precision = skm.precision_score(targets[:, i], predicted)
@@ -169,7 +165,7 @@ def test_a_number_applies_to_every_label_and_a_policy_to_each() -> None:
 
 def test_a_policy_leaves_rare_labels_at_half() -> None:
     targets, probs = rare_labels()
-    policy = multilabel_metrics.choose_thresholds({"max_fpr": 0.05}, RARE, targets, probs)
+    policy = task_for(RARE).choose_threshold({"max_fpr": 0.05}, targets, probs)
     assert policy.kept_default == ["refund", "fraud", "legal"]
     for i, name in enumerate(RARE.names):
         fpr = (probs[:, i] >= policy.threshold[name])[targets[:, i] == 0].mean()
@@ -183,7 +179,7 @@ def test_a_policy_leaves_rare_labels_at_half() -> None:
 def test_null_and_an_unreachable_policy_are_refused_in_one_line() -> None:
     targets, probs = sample()
     with pytest.raises(ParamsError, match=r"^evaluate\.threshold: multi-label data needs"):
-        multilabel_metrics.choose_thresholds(None, CLASSES, targets, probs)
+        task_for(CLASSES).choose_threshold(None, targets, probs)
     worst = np.where(targets > 0, 0.0, 1.0)  # every positive below every negative
     with pytest.raises(ParamsError, match=r"^evaluate\.threshold: no threshold gives 'billing'"):
-        multilabel_metrics.choose_thresholds({"min_precision": 0.99}, CLASSES, targets, worst)
+        task_for(CLASSES).choose_threshold({"min_precision": 0.99}, targets, worst)
