@@ -7,7 +7,7 @@ outputs. A positive class (data.positive_label) is the one whose F1 picks the be
 whose probability a threshold applies to, with two classes; without one, macro F1 picks and
 the most probable class is the label.
 
-Multi-label classes (data.label_format: multi, spamgpt.tasks.MultiLabel) are independent
+Multi-label classes (data.label_format: multi, spamgpt.classification.MultiLabel) are independent
 labels; in a split file a row's labels are a JSON list.
 """
 

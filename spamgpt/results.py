@@ -23,7 +23,8 @@ from spamgpt import (
 )
 from spamgpt.labels import Classes
 from spamgpt.params import PARAMS_FILE, ModelParams, Params, flatten
-from spamgpt.tasks import Task, ThresholdChoice, task_for
+from spamgpt.task import Task, ThresholdChoice
+from spamgpt.tasks import task_for
 from spamgpt.texts import ONE_TEXT, TextFields
 from spamgpt.tracking import Run
 
@@ -361,11 +362,8 @@ def _log_calibration(run: Run, found: Calibration, classes: Classes) -> None:
         figures |= {f"{s}/{k}": given[k] for k in ("ece", "brier", "log_loss")}
         if "calibrated" in by_kind:
             figures[f"{s}/ece_uncalibrated"] = by_kind["uncalibrated"]["ece"]
-    if isinstance(found.temperature, dict):
-        for name, t in found.temperature.items():
-            figures[f"calibration/temperature_{classes.metric_name(name)}"] = t
-    elif found.temperature is not None:
-        figures["calibration/temperature"] = found.temperature
+    if found.temperature is not None:  # (evaluate.calibration: none)
+        figures |= task_for(classes).temperature_metrics(found.temperature)
     run.log_metrics(figures, 0)
     run.log_dict(found.report(), "evaluation/calibration.json")
     figure = calibration.reliability_figure(found.reliability, "test reliability")

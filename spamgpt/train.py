@@ -35,7 +35,8 @@ from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
 from spamgpt.model import GPT2Classifier
 from spamgpt.params import TrainParams
-from spamgpt.tasks import Task, task_for
+from spamgpt.task import Task
+from spamgpt.tasks import task_for
 from spamgpt.trunk import Split
 
 # Steps between reads of the training loss back from the device: each read waits for the device

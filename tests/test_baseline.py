@@ -10,7 +10,8 @@ from conftest import REPO, run_stage, sms_collection
 
 from spamgpt import baseline, data, paths
 from spamgpt.labels import SMS, Classes
-from spamgpt.tasks import DEFAULT_THRESHOLD, task_for
+from spamgpt.task import DEFAULT_THRESHOLD
+from spamgpt.tasks import task_for
 
 
 @pytest.fixture(scope="module")

@@ -40,10 +40,11 @@ from safetensors.torch import load_file
 from spamgpt import classifier, cli, data, results, tokenized, trunk
 from spamgpt import params as params_module
 from spamgpt.batching import ModelInputs
+from spamgpt.classification import SingleLabel
 from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPTConfig
 from spamgpt.random_hub import make_hub
-from spamgpt.tasks import SingleLabel, task_for
+from spamgpt.tasks import task_for
 
 CPU = torch.device("cpu")
 
