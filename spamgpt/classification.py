@@ -306,6 +306,29 @@ class SingleLabel(Task):
     def baseline_estimator(self, estimator: object) -> object:
         return estimator  # more than two classes: LinearSVC's own one against the rest
 
+    def audit_folds(self, folds: int, seed: int) -> object:
+        """Folds stratified by class."""
+        from sklearn.model_selection import StratifiedKFold
+
+        return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+
+    def label_issues(self, targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        from cleanlab.filter import find_label_issues
+
+        return find_label_issues(targets, probabilities, return_indices_ranked_by="self_confidence")
+
+    def label_quality(self, targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        from cleanlab.rank import get_label_quality_scores
+
+        return get_label_quality_scores(targets, probabilities, method="self_confidence")
+
+    def suggested_labels(self, probabilities: np.ndarray) -> list[str]:
+        """The most probable class."""
+        return [self.classes.names[i] for i in np.asarray(probabilities).argmax(axis=1)]
+
+    def given_labels(self, value: str) -> list[str]:
+        return [value]
+
     def fit_temperature(self, logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
         return calibration.fit_temperature(logits, targets, False)
 
@@ -647,6 +670,36 @@ class MultiLabel(Task):
         from sklearn.multiclass import OneVsRestClassifier
 
         return OneVsRestClassifier(estimator)
+
+    def audit_folds(self, folds: int, seed: int) -> object:
+        """Shuffled folds (scikit-learn stratifies no label sets)."""
+        from sklearn.model_selection import KFold
+
+        return KFold(n_splits=folds, shuffle=True, random_state=seed)
+
+    def label_issues(self, targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        from cleanlab.multilabel_classification.filter import find_label_issues
+
+        given = [list(np.flatnonzero(row)) for row in targets]
+        return find_label_issues(given, probabilities, return_indices_ranked_by="self_confidence")
+
+    def label_quality(self, targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        from cleanlab.multilabel_classification.rank import get_label_quality_scores
+
+        given = [list(np.flatnonzero(row)) for row in targets]
+        return get_label_quality_scores(given, probabilities)
+
+    def suggested_labels(self, probabilities: np.ndarray) -> list[str]:
+        """The JSON list of labels at or above 0.5, as the split files write label sets."""
+        names = self.classes.names
+        return [
+            json.dumps([names[i] for i in np.flatnonzero(row >= 0.5)], ensure_ascii=False)
+            for row in probabilities
+        ]
+
+    def given_labels(self, value: str) -> list[str]:
+        """A split file's JSON list."""
+        return json.loads(value)
 
     def fit_temperature(self, logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
         return calibration.fit_temperature(logits, targets, True)

@@ -259,6 +259,27 @@ class Task(ABC):
         """The scikit-learn estimator fitted to this task's targets."""
 
     @abstractmethod
+    def audit_folds(self, folds: int, seed: int) -> object:
+        """The label audit's scikit-learn cross-validation splitter (spamgpt.audit)."""
+
+    @abstractmethod
+    def label_issues(self, targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        """The indices of the rows cleanlab flags as likely mislabelled, most likely wrong
+        first (lowest self-confidence), from out-of-fold probabilities."""
+
+    @abstractmethod
+    def label_quality(self, targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        """(N,) cleanlab's label quality score in [0, 1]: low is likely wrong."""
+
+    @abstractmethod
+    def suggested_labels(self, probabilities: np.ndarray) -> list[str]:
+        """The audit's suggested label of each row, as a split file writes it."""
+
+    @abstractmethod
+    def given_labels(self, value: str) -> list[str]:
+        """The class names a split file's label value names."""
+
+    @abstractmethod
     def fit_temperature(self, logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """The temperature(s) of evaluate.calibration: temperature (calibration module)."""
 
