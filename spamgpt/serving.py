@@ -49,6 +49,7 @@ from spamgpt import classifier, labels, loader, paths, runtime, tokenized, token
 from spamgpt.batching import ModelInputs, inference_tokens, sorted_order
 from spamgpt.errors import SpamGPTError
 from spamgpt.loader import ARTIFACT, BASE_JSON, BaseWeights
+from spamgpt.tasks import task_for
 from spamgpt.texts import TextFields, Truncation
 
 if TYPE_CHECKING:
@@ -250,7 +251,7 @@ def log_model(
         meta = json.loads((finetuned_dir / classifier.CLASSIFIER_JSON).read_text(encoding="utf-8"))
         fields = TextFields.from_dict(meta)
         several = len(fields.columns) > 1
-        multi = classifier.classes_of(meta).multi_label
+        task = task_for(classifier.classes_of(meta))
         if several:  # the signature names the fields; the example is a DataFrame of them
             example = pd.DataFrame({c: INPUT_EXAMPLE for c in fields.columns})
             signature = ModelSignature(Schema([ColSpec("string", c) for c in fields.columns]))
@@ -282,7 +283,7 @@ def log_model(
                     "threshold": threshold,
                     "device": "auto",
                     **({"text_columns": list(fields.columns)} if several else {}),
-                    **({"multi_label": True} if multi else {}),
+                    **task.serving_config(),
                 },
                 pip_requirements=pins,
                 registered_model_name=registered_model_name,

@@ -13,8 +13,9 @@ import pytest
 import torch
 from conftest import REPO, run, subprocess_env
 
-from spamgpt import contracts, data, metrics, multilabel, multilabel_metrics, paths, results
+from spamgpt import contracts, data, paths, results
 from spamgpt.labels import Classes
+from spamgpt.tasks import task_for
 from spamgpt.train import State, evaluation_entry
 
 TEN = Classes(tuple(f"team_{i}" for i in range(10)), None)
@@ -36,11 +37,11 @@ def write_run(classes: Classes, threshold: float | None) -> None:
     data.write_split(
         test.assign(text=[f"message {i}" for i in test["line"]]), paths.split_file("test")
     )
-    reports = {s: metrics.report(labels, probs, threshold, classes) for s in ("val", "test")}
+    reports = {s: task_for(classes).report(labels, probs, threshold) for s in ("val", "test")}
     baseline = {
-        s: metrics.report(labels, np.roll(probs, 1, axis=0), threshold, classes) for s in reports
+        s: task_for(classes).report(labels, np.roll(probs, 1, axis=0), threshold) for s in reports
     }
-    curves = metrics.curve_frames(labels, probs, classes)
+    curves = task_for(classes).curve_frames(labels, probs)
     splits = {s: labels for s in reports}
     _, calibration = results.calibrate(
         "temperature", classes, splits, {s: np.log(probs) for s in reports}
@@ -107,9 +108,9 @@ def write_multilabel_evaluation(classes: Classes, n: int = 240, seed: int = 0) -
     targets = (rng.random((n, len(classes))) < rates).astype(np.float32)
     probs = np.clip(0.4 * targets + 0.6 * rng.random(targets.shape), 0, 1)
     labels, probabilities = {"val": targets, "test": targets}, {"val": probs, "test": probs}
-    reference = {s: multilabel_metrics.report(targets, probs * 0.9, 0.5, classes) for s in labels}
+    reference = {s: task_for(classes).report(targets, probs * 0.9, 0.5) for s in labels}
     evaluated = results.evaluate("auto", classes, labels, probabilities, reference, "micro_f1")
-    test = pd.DataFrame({"line": range(n), "label": multilabel.label_lists(targets > 0.5, classes)})
+    test = pd.DataFrame({"line": range(n), "label": task_for(classes).label_lists(targets > 0.5)})
     data.write_split(test.assign(text=[f"message {i}" for i in range(n)]), paths.split_file("test"))
     results.write_evaluation(evaluated)
 
@@ -163,8 +164,8 @@ def test_the_whole_report_is_in_reports(project):
         assert len(report[split]["confusion_matrix"]) == len(TEN)
     evaluated = json.loads((path / paths.EVAL_METRICS).read_text())
     assert evaluated["accuracy"] == report["test"]["accuracy"]
-    picked_by = metrics.selection_score(report["baseline"]["test"], 0.0, TEN)
-    assert metrics.selection_score(evaluated["baseline"], 0.0, TEN) == picked_by
+    picked_by = task_for(TEN).selection_score(report["baseline"]["test"], 0.0)
+    assert task_for(TEN).selection_score(evaluated["baseline"], 0.0) == picked_by
     calibration = report["calibration"]
     assert calibration["method"] == "temperature" and calibration["bins"] == 15
     for split in ("val", "test"):
@@ -216,8 +217,8 @@ def workspace(tmp_path: Path, monkeypatch) -> Path:
 
 def evaluate(classes: Classes, probs: list[list[float]], threshold: float | None) -> pd.DataFrame:
     labels = np.array([classes.names.index(label) for label in TEST["label"]])
-    reports = {"test": metrics.report(labels, np.array(probs), threshold, classes)}
-    curves = metrics.curve_frames(labels, np.array(probs), classes)
+    reports = {"test": task_for(classes).report(labels, np.array(probs), threshold)}
+    curves = task_for(classes).curve_frames(labels, np.array(probs))
     baseline = {"test": reports["test"], "val": {}}
     evaluated = results.Evaluation(
         classes, reports, baseline, curves, labels, np.array(probs), threshold, 0.7
