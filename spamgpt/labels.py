@@ -45,11 +45,6 @@ class Classes:
     def index(self, name: str) -> int:
         return self.names.index(name)
 
-    @property
-    def label_format(self) -> str:
-        """data.label_format of these classes: what spamgpt.tasks.task_for decides by."""
-        return "multi" if self.multi_label else "single"
-
     def targets(self, values: Iterable[str]) -> np.ndarray:
         """The training targets of a split file's label column: class indices (N,), or for
         multi-label (N, labels) float32 indicators of each row's JSON list of labels; numbers,
@@ -78,7 +73,7 @@ class Classes:
 
     @property
     def label_format(self) -> str:
-        """data.label_format of these classes."""
+        """data.label_format of these classes: what spamgpt.tasks.task_for decides by."""
         return "number" if self.numbers else "multi" if self.multi_label else "single"
 
     @classmethod
