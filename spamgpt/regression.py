@@ -16,6 +16,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from spamgpt import metrics
+from spamgpt.errors import ParamsError, SpamGPTError
+from spamgpt.labels import Classes
+from spamgpt.task import NOT_APPLICABLE, Task, Threshold, ThresholdChoice
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -52,12 +57,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
 COMPARED = ("rmse", "mae", "r2", "spearman")  # metrics/eval.json's figures (and the baseline's)
 
 
-def compared(test: dict, baseline: dict) -> dict:
-    """metrics/eval.json: the test figures, and the baseline's beside them."""
-    return {**{k: test[k] for k in COMPARED}, "baseline": {k: baseline[k] for k in COMPARED}}
-
-
-def scatter_frame(truth: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
+def points(truth: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
     """The predicted-vs-true plot's data: one point per test row."""
     return pd.DataFrame(
         {
@@ -65,34 +65,6 @@ def scatter_frame(truth: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
             "predicted": np.asarray(predicted, dtype=np.float64).reshape(-1).round(6),
         }
     )
-
-
-def ridge():
-    """The baseline's regressor on the TF-IDF features (baseline.features): ridge regression,
-    alpha 1 (scikit-learn's default; the features are unit-length rows)."""
-    from sklearn.linear_model import Ridge  # here: only the baseline stage needs it
-
-    return Ridge(alpha=1.0)
-
-
-def loss_sum(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The summed squared error of (B, 1) outputs against (B,) targets (MSELoss's, summed)."""
-    return F.mse_loss(outputs[:, 0].float(), targets.float(), reduction="sum")
-
-
-def validation_loss(outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """The training loss (its mean per row) of (N, 1) outputs."""
-    return float(F.mse_loss(outputs[:, 0].double(), targets.double()))
-
-
-def answers(outputs: np.ndarray) -> list[dict]:
-    """Each text's answer: its number."""
-    return [{"prediction": float(value)} for value in np.asarray(outputs).reshape(-1)]
-
-
-def prediction_frame(outputs: np.ndarray) -> pd.DataFrame:
-    """The answers as a table: `predicted`, each text's number."""
-    return pd.DataFrame({"predicted": np.asarray(outputs, dtype=np.float64).reshape(-1)})
 
 
 def scatter_figure(frame: pd.DataFrame, title: str) -> "Figure":
@@ -107,3 +79,235 @@ def scatter_figure(frame: pd.DataFrame, title: str) -> "Figure":
     ax.plot([low, high], [low, high], color="grey", linewidth=1)
     ax.set(xlabel="true", ylabel="predicted", title=title)
     return figure
+
+
+class Regression(Task):
+    """data.label_format: number. The one output is the answer ("probabilities" are the
+    outputs as they are); no threshold, no curves, nothing to calibrate or audit."""
+
+    label_format = "number"
+    problem_type = "regression"
+    predicted_column = "predicted"
+    micro_f1_key = "r2"  # (train.select_metric is auto or val_loss: params refuses the rest)
+
+    def check_threshold(self, setting: float | str | dict | None) -> None:
+        if setting is not None:
+            raise ParamsError(
+                f"evaluate.threshold: number labels (data.label_format: number) have no "
+                f"classes, got {setting!r}; allowed: null"
+            )
+
+    def loss_weights(self, targets: torch.Tensor, setting: str | dict) -> torch.Tensor | None:
+        return None  # (train.class_weights is none: params refuses the rest)
+
+    def start_head(self, head: torch.nn.Linear, targets: torch.Tensor) -> None:
+        """The bias at the training mean: the first answers are the mean predictor's (R² 0)
+        rather than 0, a distance a bias learning at train.lr would take long to cover."""
+        with torch.no_grad():
+            head.bias.fill_(float(targets.double().mean()))
+
+    def loss_sum(
+        self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The summed squared error of (B, 1) outputs against (B,) targets (MSELoss's)."""
+        return F.mse_loss(logits[:, 0], targets, reduction="sum")
+
+    def row_weights(self, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        return torch.ones(len(targets))
+
+    def weighted_loss_sum(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        row_weights: torch.Tensor,
+        weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        return ((logits[:, 0] - targets) ** 2 * row_weights).sum()
+
+    def batch_weight(self, targets: torch.Tensor, weights: torch.Tensor | None) -> float:
+        return float(targets.numel())
+
+    def decisions_per_row(self, targets: torch.Tensor) -> int:
+        return 1
+
+    @staticmethod
+    def probabilities(logits: torch.Tensor) -> torch.Tensor:
+        return logits  # the number itself
+
+    @staticmethod
+    def log_odds(logits: torch.Tensor, target: int) -> torch.Tensor:
+        """The number itself: what explain attributes (each token's share of it)."""
+        return logits[:, target]
+
+    def explained(self, answer: dict) -> int:
+        return 0
+
+    def validation_loss(
+        self, probabilities: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None
+    ) -> float:
+        """The mean squared error, in float64."""
+        return float(F.mse_loss(probabilities[:, 0].double(), targets.double()))
+
+    def validation_threshold(self) -> Threshold:
+        return None
+
+    def auto_metric(self) -> str:
+        """The lowest validation loss (mean squared error) picks the best evaluation."""
+        return "val_loss"
+
+    def decisions(self, probabilities: np.ndarray, threshold: Threshold = None) -> np.ndarray:
+        """Each row's number."""
+        return np.asarray(probabilities)[:, 0]
+
+    def choose_threshold(
+        self,
+        setting: float | str | dict | None,
+        val_targets: np.ndarray,
+        val_probs: np.ndarray,
+        select_metric: str = "auto",
+        min_support: int = 10,
+    ) -> ThresholdChoice:
+        self.check_threshold(setting)
+        return ThresholdChoice(None, None, None)
+
+    def report(self, targets: np.ndarray, probabilities: np.ndarray, threshold: Threshold) -> dict:
+        return report(targets, self.decisions(probabilities))
+
+    def compared_figures(self, report: dict) -> dict:
+        return {k: report[k] for k in COMPARED}
+
+    def compared(self, report: dict, baseline: dict, choice: ThresholdChoice) -> dict:
+        """The test figures, and the baseline's beside them."""
+        return {**self.compared_figures(report), "baseline": self.compared_figures(baseline)}
+
+    def threshold_metrics(self, choice: ThresholdChoice) -> dict[str, float]:
+        return {}
+
+    def curve_frames(self, targets: np.ndarray, probabilities: np.ndarray) -> dict:
+        """No ROC or precision/recall curve (empty: DVC's outputs still exist)."""
+        return {
+            "roc": pd.DataFrame(columns=[*metrics.POINT, "fpr", "tpr"]),
+            "pr": pd.DataFrame(columns=[*metrics.POINT, "recall", "precision"]),
+        }
+
+    def test_errors(
+        self,
+        targets: np.ndarray,
+        probabilities: np.ndarray,
+        threshold: Threshold,
+        predictions: pd.DataFrame,
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """No confusion of classes (empty); every test row with its absolute error, the
+        largest first."""
+        error = (predictions["predicted"] - predictions["label"].astype(float)).abs()
+        worst = predictions.assign(error=error.round(6)).sort_values("error", ascending=False)
+        confusion = pd.DataFrame(columns=["actual", "predicted"])
+        return confusion, worst[["line", "label", "predicted", "error", "text"]]
+
+    def figures(
+        self, reports: dict[str, dict], test_targets: np.ndarray, test_probabilities: np.ndarray
+    ) -> dict[str, "Figure"]:
+        """The test split's predicted-vs-true plot."""
+        points = self.scatter_frame(test_targets, test_probabilities)
+        figure = scatter_figure(points, "test: predicted vs true")
+        return {"evaluation/test_predicted_vs_true.png": figure}
+
+    def scatter_frame(
+        self, test_targets: np.ndarray, test_probabilities: np.ndarray
+    ) -> pd.DataFrame:
+        return points(test_targets, self.decisions(test_probabilities))
+
+    def confusion_classes(self) -> Classes:
+        return self.classes
+
+    def flat(self, report: dict, prefix: str) -> dict[str, float]:
+        """{prefix}/rmse, mae, r2, spearman (those that exist)."""
+        return {f"{prefix}/{k}": report[k] for k in COMPARED if report[k] is not None}
+
+    def per_class_table(self, reports: dict[str, dict]) -> dict[str, list]:
+        """Each split's figures as an MLflow table."""
+        return {
+            "split": list(reports),
+            **{k: [reports[s][k] for s in reports] for k in (*COMPARED, "n")},
+        }
+
+    def answers(self, probabilities: np.ndarray, threshold: Threshold) -> list[dict]:
+        """Each text's number: {"prediction": x}."""
+        return [{"prediction": float(x)} for x in self.decisions(probabilities)]
+
+    def prediction_frame(self, probabilities: np.ndarray, threshold: Threshold) -> pd.DataFrame:
+        return pd.DataFrame({"predicted": self.decisions(probabilities).astype(np.float64)})
+
+    def answer_columns(self) -> list[str]:
+        return ["predicted"]
+
+    def plain_answer(self, answer: dict) -> str:
+        return f"{answer['prediction']:.4f}"
+
+    def serving_config(self) -> dict:
+        return {"label_format": self.label_format}
+
+    def baseline_threshold(self) -> Threshold:
+        return None
+
+    def baseline_scores(self, margins: np.ndarray) -> np.ndarray:
+        """The ridge's predictions, as (N, 1)."""
+        return np.asarray(margins, dtype=np.float64).reshape(-1, 1)
+
+    def baseline_estimator(self, estimator: object) -> object:
+        """Ridge regression (alpha 1) in place of the classifier, its decision function its
+        prediction: the baseline reads every task's model through decision_function."""
+        from sklearn.linear_model import Ridge  # here: only the baseline stage fits one
+
+        class RidgeScores(Ridge):
+            def decision_function(self, X: object) -> np.ndarray:
+                return self.predict(X)
+
+        return RidgeScores(alpha=1.0)
+
+    def audit_skipped(self) -> dict[str, str]:
+        return {"not_applicable": "number labels: confident learning audits classes"}
+
+    # The audit stage asks audit_skipped first: these are never reached.
+    def audit_folds(self, folds: int, seed: int) -> object:
+        raise self._no_audit()
+
+    def label_issues(self, targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        raise self._no_audit()
+
+    def label_quality(self, targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        raise self._no_audit()
+
+    def suggested_labels(self, probabilities: np.ndarray) -> list[str]:
+        raise self._no_audit()
+
+    def given_labels(self, value: str) -> list[str]:
+        raise self._no_audit()
+
+    def _no_audit(self) -> SpamGPTError:
+        return SpamGPTError(f"the label audit does not apply: {self.audit_skipped()}")
+
+    def calibration_method(self, setting: str) -> str:
+        """Nothing to calibrate: a number is no probability."""
+        return NOT_APPLICABLE
+
+    def fit_temperature(self, logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        return np.ones(1)
+
+    def temperature(self, fitted: np.ndarray) -> None:
+        return None  # nothing folded into the head
+
+    def temperature_metrics(self, temperature: float | dict[str, float]) -> dict[str, float]:
+        return {}
+
+    def calibrated(self, logits: np.ndarray, temperature: np.ndarray) -> np.ndarray:
+        return np.asarray(logits, dtype=np.float64)
+
+    def calibration_scores(
+        self, targets: np.ndarray, logits: np.ndarray, temperature: np.ndarray | float
+    ) -> dict:
+        return {}  # no ECE, Brier score or log loss of a number
+
+    def reliability_frame(self, targets: np.ndarray, curves: dict[str, np.ndarray]) -> object:
+        """Empty: DVC's output still exists."""
+        return pd.DataFrame(columns=["class", "point", "confidence", "accuracy", "count"])

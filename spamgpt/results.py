@@ -161,7 +161,7 @@ class Calibration:
         `dvc metrics show` already fills 200 columns."""
         test = self.scores["test"]
         given = test.get("calibrated", test["uncalibrated"])
-        figures = {"ece": given["ece"], "log_loss": given["log_loss"]}
+        figures = {k: given[k] for k in ("ece", "log_loss") if k in given}  # (none: {})
         if "calibrated" in test:
             figures["ece_uncalibrated"] = test["uncalibrated"]["ece"]
         return {"method": self.method, "temperature": self.temperature, "test": figures}
@@ -175,6 +175,7 @@ def calibrate(
     fitted on the val split (Task.fit_temperature); none, of the logits as they are.
     Each split's ECE, Brier score and log loss, before and after."""
     task = task_for(classes)
+    method = task.calibration_method(method)
     fitted = np.ones(len(classes))
     if method == "temperature":
         fitted = task.fit_temperature(logits["val"], labels["val"])
@@ -305,6 +306,7 @@ def write_evaluation(evaluation: Evaluation) -> None:
         e.test_labels, e.test_probabilities, e.threshold, predictions
     )
     _write_csv(confusion, paths.CONFUSION_TEST_PLOT)
+    _write_csv(task.scatter_frame(e.test_labels, e.test_probabilities), paths.SCATTER_TEST_PLOT)
     for name, frame in e.curves.items():
         _write_csv(frame, paths.curve_plot(name))
     data.write_split(wrong, paths.MISCLASSIFIED_TEST)
@@ -319,14 +321,11 @@ def log_evaluation(run: Run, evaluation: Evaluation) -> None:
     run.log_metrics(task.flat(reports["test"], "test"), 0)
     run.log_metrics(task.flat(evaluation.baseline["test"], "baseline"), 0)
     run.log_metrics(task.threshold_metrics(evaluation.choice), 0)
-    # Multi-label: the confusion of (actual, predicted) labels, "no label" one of them.
-    confusion_classes = task.confusion_classes()
     for s, report in reports.items():
         run.log_dict(report, f"evaluation/{s}_metrics.json")
-        run.log_figure(
-            metrics.confusion_figure(report["confusion_matrix"], s, confusion_classes),
-            f"evaluation/{s}_confusion_matrix.png",
-        )
+    test = evaluation.test_labels, evaluation.test_probabilities
+    for path, figure in task.figures(reports, *test).items():  # confusion matrices, scatter
+        run.log_figure(figure, path)
     table = task.per_class_table(reports)
     run.log_dict(table, "evaluation/per_class_metrics.json")
     run.log_artifact(paths.MISCLASSIFIED_TEST, "evaluation")
@@ -359,15 +358,16 @@ def _log_calibration(run: Run, found: Calibration, classes: Classes) -> None:
     figures = {}
     for s, by_kind in found.scores.items():
         given = by_kind.get("calibrated", by_kind["uncalibrated"])
-        figures |= {f"{s}/{k}": given[k] for k in ("ece", "brier", "log_loss")}
+        figures |= {f"{s}/{k}": given[k] for k in ("ece", "brier", "log_loss") if k in given}
         if "calibrated" in by_kind:
             figures[f"{s}/ece_uncalibrated"] = by_kind["uncalibrated"]["ece"]
     if found.temperature is not None:  # (evaluate.calibration: none)
         figures |= task_for(classes).temperature_metrics(found.temperature)
     run.log_metrics(figures, 0)
     run.log_dict(found.report(), "evaluation/calibration.json")
-    figure = calibration.reliability_figure(found.reliability, "test reliability")
-    run.log_figure(figure, "evaluation/test_reliability.png")
+    if not found.reliability.empty:  # (a task with nothing to calibrate has no diagram)
+        figure = calibration.reliability_figure(found.reliability, "test reliability")
+        run.log_figure(figure, "evaluation/test_reliability.png")
 
 
 def _write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:

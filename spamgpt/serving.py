@@ -89,6 +89,12 @@ class MultiLabelPrediction(pydantic.BaseModel):
     probabilities: dict[str, float]
 
 
+class NumberPrediction(pydantic.BaseModel):
+    """One text's answer of a regression model (data.label_format: number): its number."""
+
+    prediction: float
+
+
 class TextClassifierModel(PythonModel):
     """Each message's label (at the threshold logged in model_config, where the classes have
     a positive one), its probability and every class's: classifier.answers."""
@@ -197,13 +203,50 @@ class MultiLabelFieldsClassifierModel(FieldsClassifierModel):
         return super().predict(context, model_input, params)
 
 
+class NumberModel(TextClassifierModel):
+    """A regression model's: each text's number."""
+
+    answer_type = NumberPrediction
+
+    def predict(
+        self,
+        context: PythonModelContext,
+        model_input: list[str],
+        params: dict[str, Any] | None = None,
+    ) -> list[NumberPrediction]:
+        return super().predict(context, model_input, params)
+
+
+class NumberFieldsModel(FieldsClassifierModel):
+    """A regression model of several text fields."""
+
+    answer_type = NumberPrediction
+
+    def predict(
+        self,
+        context: PythonModelContext,
+        model_input: TypeFromExample,
+        params: dict[str, Any] | None = None,
+    ) -> list[NumberPrediction]:
+        return super().predict(context, model_input, params)
+
+
+# Each task's pyfunc models (one text, several fields), by the data.label_format its
+# model_config names (Task.serving_config); one without it: single-label, or multi-label
+# where it says multi_label (as every multi-label model logged so far does)
+MODELS: dict[str, tuple[type[TextClassifierModel], type[FieldsClassifierModel]]] = {
+    "single": (TextClassifierModel, FieldsClassifierModel),
+    "multi": (MultiLabelClassifierModel, MultiLabelFieldsClassifierModel),
+    "number": (NumberModel, NumberFieldsModel),
+}
+
+
 def model_for(config: dict) -> TextClassifierModel:
     """The pyfunc model of a logged model_config: several text fields take a DataFrame; a
-    multi-label model answers label sets."""
-    fields = bool(config.get("text_columns"))
-    if config.get("multi_label"):
-        return MultiLabelFieldsClassifierModel() if fields else MultiLabelClassifierModel()
-    return FieldsClassifierModel() if fields else TextClassifierModel()
+    multi-label model answers label sets, a regression model numbers."""
+    kind = config.get("label_format") or ("multi" if config.get("multi_label") else "single")
+    one_text, fields = MODELS[kind]
+    return fields() if config.get("text_columns") else one_text()
 
 
 def onnx_probabilities(session: "InferenceSession", inputs: ModelInputs) -> np.ndarray:

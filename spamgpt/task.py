@@ -11,14 +11,16 @@ Adding a task (say regression, data.label_format: number):
    What a task has none of, its methods make no-ops, and the callers do not branch on it:
    no thresholds, `choose_threshold` gives ThresholdChoice(None, None, None) and
    `threshold_metrics` {}; no curves, `curve_frames` {}; no temperature, `calibrate`'s methods
-   keep the outputs as they are (`fit_temperature` ones, `temperature` 1.0);
+   keep the outputs as they are (`fit_temperature` ones, `temperature` 1.0), or with no
+   probabilities at all `calibration_method` says NOT_APPLICABLE; no label audit,
+   `audit_skipped` says why (spamgpt/regression.py is such a task);
 2. one line in spamgpt/tasks.py's TASKS (the one factory);
 3. the label column's format where it is read (params.py validates data.label_format;
    labels.Classes and data.py read and split it): the only other places that know formats.
 """
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,8 +29,12 @@ import torch
 from spamgpt import metrics
 from spamgpt.labels import Classes
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 Threshold = float | dict[str, float] | None  # what a task's decisions apply (see decisions)
 DEFAULT_THRESHOLD = 0.5  # a label's threshold where validation cannot choose a better one
+NOT_APPLICABLE = "not applicable"  # evaluate.calibration of a task without probabilities
 
 
 class ThresholdChoice(NamedTuple):
@@ -65,6 +71,11 @@ class Task(ABC):
     def loss_weights(self, targets: torch.Tensor, setting: str | dict) -> torch.Tensor | None:
         """The loss's weights for train.class_weights from the training split's `targets`
         (none: None)."""
+
+    def start_head(self, head: torch.nn.Linear, targets: torch.Tensor) -> None:
+        """Set the new head's starting point from the training split's `targets` before
+        training (classes: as initialised, small, its logits near 0)."""
+        return None
 
     @abstractmethod
     def loss_sum(
@@ -214,6 +225,26 @@ class Task(ABC):
     def confusion_classes(self) -> Classes:
         """The rows and columns of the report's confusion_matrix."""
 
+    def figures(
+        self, reports: dict[str, dict], test_targets: np.ndarray, test_probabilities: np.ndarray
+    ) -> dict[str, "Figure"]:
+        """The figures logged to MLflow, by artifact path: each split's confusion matrix
+        (multi-label, of label pairs, "no label" one of them)."""
+        classes = self.confusion_classes()
+        return {
+            f"evaluation/{s}_confusion_matrix.png": metrics.confusion_figure(
+                report["confusion_matrix"], s, classes
+            )
+            for s, report in reports.items()
+        }
+
+    def scatter_frame(
+        self, test_targets: np.ndarray, test_probabilities: np.ndarray
+    ) -> pd.DataFrame:
+        """The predicted-vs-true plot's points (metrics/scatter_test.csv): none of classes,
+        whose confusion matrix is that plot."""
+        return pd.DataFrame(columns=["actual", "predicted"])
+
     def flat(self, report: dict, prefix: str) -> dict[str, float]:
         """A report as MLflow metrics: {prefix}/accuracy, {prefix}/spam_f1, ..."""
         return metrics.flat(report, prefix, self.classes)
@@ -258,6 +289,11 @@ class Task(ABC):
     def baseline_estimator(self, estimator: object) -> object:
         """The scikit-learn estimator fitted to this task's targets."""
 
+    def audit_skipped(self) -> dict[str, str]:
+        """Why the label audit does not apply to this task, for metrics/audit.json; {}: it
+        applies."""
+        return {}
+
     @abstractmethod
     def audit_folds(self, folds: int, seed: int) -> object:
         """The label audit's scikit-learn cross-validation splitter (spamgpt.audit)."""
@@ -278,6 +314,11 @@ class Task(ABC):
     @abstractmethod
     def given_labels(self, value: str) -> list[str]:
         """The class names a split file's label value names."""
+
+    def calibration_method(self, setting: str) -> str:
+        """What evaluate.calibration becomes for this task: the setting (temperature, none),
+        or NOT_APPLICABLE where there are no probabilities to calibrate."""
+        return setting
 
     @abstractmethod
     def fit_temperature(self, logits: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -4,9 +4,12 @@ to TASKS (see spamgpt/task.py)."""
 
 from spamgpt.classification import MultiLabel, SingleLabel
 from spamgpt.labels import Classes
+from spamgpt.regression import Regression
 from spamgpt.task import Task
 
-TASKS: dict[str, type[Task]] = {task.label_format: task for task in (SingleLabel, MultiLabel)}
+TASKS: dict[str, type[Task]] = {
+    task.label_format: task for task in (SingleLabel, MultiLabel, Regression)
+}
 
 
 def task_for(classes: Classes) -> Task:

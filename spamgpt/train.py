@@ -520,6 +520,7 @@ class Trainer:
         self.scaler = runtime.grad_scaler(device, precision)  # fp16: loss scaling
         # on the CPU; the training loss reads a copy on the device
         self.task = task_for(classes)
+        self.task.start_head(model.head, train.labels)
         self.class_weights = self.task.loss_weights(train.labels, params.class_weights)
         self.loss_weights = None if self.class_weights is None else self.class_weights.to(device)
         self.state = State()
