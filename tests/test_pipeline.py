@@ -111,7 +111,8 @@ def test_dvc_yaml_declares_what_the_library_writes():
         "evaluate": [
             paths.EVAL_REPORT, paths.MISCLASSIFIED_TEST, paths.PREDICTIONS_TEST,
             paths.CONFUSION_TEST_PLOT, paths.curve_plot("roc"), paths.curve_plot("pr"),
-            paths.RELIABILITY_TEST_PLOT, paths.CALIBRATION, paths.EVAL_METRICS,
+            paths.RELIABILITY_TEST_PLOT, paths.SCATTER_TEST_PLOT, paths.CALIBRATION,
+            paths.EVAL_METRICS,
         ],
     }  # fmt: skip
     assert set(writes) == set(stages)
