@@ -155,6 +155,11 @@ class Regression(Task):
         """The lowest validation loss (mean squared error) picks the best evaluation."""
         return "val_loss"
 
+    def selection_score(self, report: dict, val_loss: float, metric: str = "auto") -> float:
+        """Minus the mean squared error, of the report (RMSE squared: the validation loss
+        while training): the int8 export's gate, which has no loss, compares it too."""
+        return -(report["rmse"] ** 2)
+
     def decisions(self, probabilities: np.ndarray, threshold: Threshold = None) -> np.ndarray:
         """Each row's number."""
         return np.asarray(probabilities)[:, 0]
