@@ -290,7 +290,8 @@ class Regression(Task):
         raise self._no_audit()
 
     def _no_audit(self) -> SpamGPTError:
-        return SpamGPTError(f"the label audit does not apply: {self.audit_skipped()}")
+        why = self.audit_skipped()["not_applicable"]
+        return SpamGPTError(f"the label audit does not apply: {why}")
 
     def calibration_method(self, setting: str) -> str:
         """Nothing to calibrate: a number is no probability."""
