@@ -41,6 +41,8 @@ def test_the_report_by_hand() -> None:
     assert found["mae"] == pytest.approx(2 / 3)
     assert found["r2"] == pytest.approx(1 - 4 / 2)
     assert found["spearman"] == pytest.approx(1.0)
+    small = regression.report(np.array([0.0, 0.5]), np.array([0.0, 0.25]))
+    assert small["r2"] == pytest.approx(1 - 0.0625 / 0.125)  # a total sum of squares under 1
     mean = regression.report(np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 2.0]))
     assert mean["r2"] == 0.0 and mean["spearman"] is None  # the mean predictor
 
@@ -98,6 +100,8 @@ def test_no_threshold_applies() -> None:
     TASK.check_threshold(None)
     with pytest.raises(ParamsError, match=r"^evaluate\.threshold: .* got 0\.5; allowed: null$"):
         TASK.check_threshold(0.5)
+    with pytest.raises(ParamsError, match=r"^evaluate\.threshold: "):
+        TASK.choose_threshold("auto", np.zeros(3), np.zeros((3, 1)))
     choice = TASK.choose_threshold(None, np.zeros(3), np.zeros((3, 1)))
     assert tuple(choice) == (None, None, None, None) and TASK.threshold_metrics(choice) == {}
     assert TASK.validation_threshold() is None and TASK.baseline_threshold() is None
@@ -126,7 +130,7 @@ def test_the_report_compared_flat_and_tabled() -> None:
 
 def test_test_errors_rank_rows_by_error_and_no_curves() -> None:
     predictions = pd.DataFrame(
-        {"line": [2, 3, 4], "label": ["1.0", "2.0", "3.0"], "predicted": [1.5, 2.0, 0.0],
+        {"line": [2, 3, 4], "label": ["1.0", "2.0", "3.0"], "predicted": [1.5, 2.0000004, 0.0],
          "text": ["a", "b", "c"]}
     )  # fmt: skip
     confusion, worst = TASK.test_errors(np.zeros(3), np.zeros((3, 1)), None, predictions)
@@ -134,15 +138,19 @@ def test_test_errors_rank_rows_by_error_and_no_curves() -> None:
     assert worst["line"].tolist() == [4, 2, 3] and worst["error"].tolist() == [3.0, 0.5, 0.0]
     curves = TASK.curve_frames(np.zeros(3), np.zeros((3, 1)))
     assert set(curves) == {"roc", "pr"} and all(frame.empty for frame in curves.values())
+    assert list(curves["roc"].columns) == ["class", "point", "fpr", "tpr"]  # the plots' x, y
+    assert list(curves["pr"].columns) == ["class", "point", "recall", "precision"]
 
 
 def test_the_scatter_plot_data_and_figure() -> None:
-    frame = TASK.scatter_frame(np.array([1.0, 2.0]), np.array([[1.1234567], [2.0]]))
+    frame = TASK.scatter_frame(np.array([1, 2]), np.array([[1.1234567], [2.0]], np.float32))
     assert frame.to_dict("list") == {"actual": [1.0, 2.0], "predicted": [1.123457, 2.0]}
+    assert (frame.dtypes == np.float64).all()
     ((path, figure),) = TASK.figures({}, np.array([1.0, 2.0]), np.array([[1.1], [2.0]])).items()
     assert path == "evaluation/test_predicted_vs_true.png"
     (axes,) = figure.axes
     assert axes.get_xlabel() == "true" and axes.get_ylabel() == "predicted"
+    assert axes.get_title() == "test: predicted vs true"
     assert axes.lines[0].get_xdata().tolist() == [1.0, 2.0]  # the diagonal, over both
 
 
@@ -161,6 +169,7 @@ def test_the_ridge_baseline_learns_numbers_from_words() -> None:
     texts = frame["text"].iloc[80:].tolist()
     scores = baseline.probabilities(model, texts, RATING)
     np.testing.assert_allclose(scores[:, 0], model.predict(texts))
+    assert TASK.baseline_scores(np.array([1.5], dtype=np.float32)).dtype == np.float64
     found = baseline.evaluate(frame.iloc[:80], frame.iloc[80:100], frame.iloc[100:], RATING)
     assert found["test"]["r2"] > 0.8 and set(found) == {"val", "test", "seconds"}
 
@@ -172,6 +181,9 @@ def test_nothing_to_calibrate_or_audit() -> None:
     assert outputs["test"].tolist() == [[2.5], [4.5]]  # the outputs as they are
     assert found.summary() == {"method": "not applicable", "temperature": None, "test": {}}
     assert found.reliability.empty
+    assert list(found.reliability.columns) == ["class", "point", "confidence", "accuracy", "count"]
+    kept = TASK.calibrated(np.array([[1.25]], dtype=np.float32), np.ones(1))
+    assert kept.dtype == np.float64 and kept.tolist() == [[1.25]]
     assert TASK.audit_skipped() == {
         "not_applicable": "number labels: confident learning audits classes"
     }
