@@ -319,14 +319,10 @@ def log_evaluation(run: Run, evaluation: Evaluation) -> None:
     run.log_metrics(task.flat(reports["test"], "test"), 0)
     run.log_metrics(task.flat(evaluation.baseline["test"], "baseline"), 0)
     run.log_metrics(task.threshold_metrics(evaluation.choice), 0)
-    # Multi-label: the confusion of (actual, predicted) labels, "no label" one of them.
-    confusion_classes = task.confusion_classes()
     for s, report in reports.items():
         run.log_dict(report, f"evaluation/{s}_metrics.json")
-        run.log_figure(
-            metrics.confusion_figure(report["confusion_matrix"], s, confusion_classes),
-            f"evaluation/{s}_confusion_matrix.png",
-        )
+        for name, figure in task.report_figures(report, s).items():
+            run.log_figure(figure, name)
     table = task.per_class_table(reports)
     run.log_dict(table, "evaluation/per_class_metrics.json")
     run.log_artifact(paths.MISCLASSIFIED_TEST, "evaluation")

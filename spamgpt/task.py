@@ -11,23 +11,29 @@ Adding a task (say regression, data.label_format: number):
    What a task has none of, its methods make no-ops, and the callers do not branch on it:
    no thresholds, `choose_threshold` gives ThresholdChoice(None, None, None) and
    `threshold_metrics` {}; no curves, `curve_frames` {}; no temperature, `calibrate`'s methods
-   keep the outputs as they are (`fit_temperature` ones, `temperature` 1.0);
+   keep the outputs as they are (`fit_temperature` ones, `temperature` 1.0); its own figures
+   (`report_figures`) and baseline (`baseline_estimator`, `baseline_outputs`);
 2. one line in spamgpt/tasks.py's TASKS (the one factory);
 3. the label column's format where it is read (params.py validates data.label_format;
    labels.Classes and data.py read and split it): the only other places that know formats.
 """
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 from spamgpt import metrics
 from spamgpt.labels import Classes
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 Threshold = float | dict[str, float] | None  # what a task's decisions apply (see decisions)
+Setting = float | str | dict | None  # evaluate.threshold: a number, auto, a policy or null
 DEFAULT_THRESHOLD = 0.5  # a label's threshold where validation cannot choose a better one
 
 
@@ -56,7 +62,7 @@ class Task(ABC):
     # --- the threshold setting -----------------------------------------------------------
 
     @abstractmethod
-    def check_threshold(self, setting: float | str | dict | None) -> None:
+    def check_threshold(self, setting: Setting) -> None:
         """evaluate.threshold against the classes, before any work: a ParamsError."""
 
     # --- training ------------------------------------------------------------------------
@@ -79,12 +85,8 @@ class Task(ABC):
 
     @abstractmethod
     def weighted_loss_sum(
-        self,
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        row_weights: torch.Tensor,
-        weights: torch.Tensor | None,
-    ) -> torch.Tensor:
+        self, logits: Tensor, targets: Tensor, row_weights: Tensor, weights: Tensor | None
+    ) -> Tensor:
         """loss_sum with each row's loss times its `row_weights` (the CUDA-graph step)."""
 
     @abstractmethod
@@ -168,13 +170,9 @@ class Task(ABC):
 
     @abstractmethod
     def choose_threshold(
-        self,
-        setting: float | str | dict | None,
-        val_targets: np.ndarray,
-        val_probs: np.ndarray,
-        select_metric: str = "auto",
-        min_support: int = 10,
-    ) -> ThresholdChoice:
+        self, setting: Setting, val_targets: np.ndarray, val_probs: np.ndarray,
+        select_metric: str = "auto", min_support: int = 10,
+    ) -> ThresholdChoice:  # fmt: skip
         """evaluate.threshold made what `decisions` applies, from the validation split."""
 
     @abstractmethod
@@ -201,18 +199,14 @@ class Task(ABC):
 
     @abstractmethod
     def test_errors(
-        self,
-        targets: np.ndarray,
-        probabilities: np.ndarray,
-        threshold: Threshold,
-        predictions: pd.DataFrame,
+        self, targets: np.ndarray, probs: np.ndarray, threshold: Threshold, table: pd.DataFrame
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(the confusion plot's (actual, predicted) rows, the wrong rows of `predictions`,
-        the prediction table of the test split)."""
+        the prediction table of the test split; `probs`, its probabilities)."""
 
     @abstractmethod
-    def confusion_classes(self) -> Classes:
-        """The rows and columns of the report's confusion_matrix."""
+    def report_figures(self, report: dict, split: str) -> dict[str, "Figure"]:
+        """The figures of a split's report logged to MLflow, by artifact name."""
 
     def flat(self, report: dict, prefix: str) -> dict[str, float]:
         """A report as MLflow metrics: {prefix}/accuracy, {prefix}/spam_f1, ..."""
@@ -251,12 +245,13 @@ class Task(ABC):
         """What the baseline's scores are decided at (its own boundary)."""
 
     @abstractmethod
-    def baseline_scores(self, margins: np.ndarray) -> np.ndarray:
-        """Probability-like scores of the baseline's decision_function margins."""
+    def baseline_estimator(self) -> object:
+        """The baseline's unfitted scikit-learn estimator of the TF-IDF rows (spamgpt.baseline)
+        for this task's targets."""
 
     @abstractmethod
-    def baseline_estimator(self, estimator: object) -> object:
-        """The scikit-learn estimator fitted to this task's targets."""
+    def baseline_outputs(self, model: object, texts: list[str]) -> np.ndarray:
+        """The fitted baseline pipeline's outputs of `texts`, shaped as `probabilities`."""
 
     @abstractmethod
     def audit_folds(self, folds: int, seed: int) -> object:
