@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from spamgpt import calibration, metrics
+from spamgpt import calibration, metrics, paths
+from spamgpt.errors import SpamGPTError
 from spamgpt.labels import NONE, Classes
 from spamgpt.metrics import ratio
 from spamgpt.params import check_threshold
@@ -380,6 +381,10 @@ class SingleLabel(_Classification):
     def temperature_metrics(self, temperature: float | dict[str, float]) -> dict[str, float]:
         return {"calibration/temperature": temperature}
 
+    def head_temperatures(self, temperature: float | dict[str, float]) -> list[float]:
+        """The one temperature, for every class."""
+        return [float(temperature)] * len(self.classes)
+
 
 _PASSES = 20  # coordinate-ascent sweeps over the labels at most (each accepted move improves)
 _GAIN = 1e-12  # a move must raise the selected metric by more than rounding
@@ -720,6 +725,17 @@ class MultiLabel(_Classification):
 
     def unfitted_labels(self, fitted: np.ndarray) -> list[str]:
         return [n for n, t in zip(self.classes.names, fitted, strict=True) if t == 1.0]
+
+    def head_temperatures(self, temperature: float | dict[str, float]) -> list[float]:
+        """Each label's own, of a {label: T} of exactly the model's labels."""
+        names = self.classes.names
+        if set(temperature) != set(names):
+            raise SpamGPTError(
+                f"the temperatures are of the labels {', '.join(sorted(temperature))}, the model "
+                f"has {', '.join(names)}: evaluate another model's? (run evaluate again, "
+                f"{paths.CALIBRATION})"
+            )
+        return [float(temperature[name]) for name in names]
 
     def temperature_metrics(self, temperature: float | dict[str, float]) -> dict[str, float]:
         """calibration/temperature_<label>, each label's."""

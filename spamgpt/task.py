@@ -286,6 +286,11 @@ class Task(ABC):
     def temperature_metrics(self, temperature: float | dict[str, float]) -> dict[str, float]:
         """`temperature` (as `temperature` gives it) as MLflow metrics."""
 
+    @abstractmethod
+    def head_temperatures(self, temperature: float | dict[str, float]) -> list[float]:
+        """Each output's temperature, of `temperature` as `temperature` gives it (what
+        classifier.fold_temperature divides the head by); one of other outputs: an error."""
+
     def unfitted_labels(self, fitted: np.ndarray) -> list[str]:
         """The labels whose own temperature stayed 1 (one for all the classes: none)."""
         return []
