@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import FeatureUnion, Pipeline
-from sklearn.svm import LinearSVC
 
 from spamgpt.labels import Classes
 from spamgpt.tasks import task_for
@@ -57,28 +56,25 @@ def features() -> FeatureUnion:
 
 
 def fit(train: pd.DataFrame, classes: Classes) -> Pipeline:
-    """A model fitted on a split frame's `text` and `label` columns."""
-    # balanced: spam is ~13% of the messages; random_state fixes liblinear's dual shuffling;
-    # more than two classes: one against the rest each
-    # multi-label: an SVM each (Task.baseline_estimator)
-    svm = task_for(classes).baseline_estimator(LinearSVC(class_weight="balanced", random_state=0))
-    model = Pipeline([("features", features()), ("svm", svm)])
+    """A model fitted on a split frame's `text` and `label` columns: the task's estimator
+    (Task.baseline_estimator: the linear SVM; multi-label, one per label) of features()."""
+    model = Pipeline(
+        [("features", features()), ("estimator", task_for(classes).baseline_estimator())]
+    )
     return model.fit(train["text"].tolist(), labels_of(train, classes))
 
 
 def probabilities(model: Pipeline, texts: Iterable[str], classes: Classes) -> np.ndarray:
-    """(N, classes) scores in [0, 1] (Task.baseline_scores). Two classes: the sigmoid of the
-    SVM margin is the second class's column (above 0.5 where the SVM says it), its
-    complement the first's. More: the softmax of the one-against-the-rest margins (the
-    largest is the SVM's pick). Multi-label: each label's own sigmoid."""
-    texts = list(texts)
-    margins = np.concatenate(  # a chunk at a time: the TF-IDF rows of all at once are large
+    """(N, classes) scores in [0, 1] (Task.baseline_outputs): of two classes, the sigmoid of
+    the SVM margin as the second class's column, its complement the first's; more, the
+    softmax of the one-against-the-rest margins; multi-label, each label's own sigmoid."""
+    texts, task = list(texts), task_for(classes)
+    return np.concatenate(  # a chunk at a time: the TF-IDF rows of all at once are large
         [
-            model.decision_function(texts[start : start + PREDICT_CHUNK])
+            task.baseline_outputs(model, texts[start : start + PREDICT_CHUNK])
             for start in range(0, len(texts), PREDICT_CHUNK)
         ]
     )
-    return task_for(classes).baseline_scores(margins)
 
 
 def evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, classes: Classes) -> dict:

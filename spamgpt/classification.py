@@ -19,44 +19,99 @@ accuracy: the whole set right, as scikit-learn's accuracy_score has it) and the 
 
 import json
 import logging
+from abc import abstractmethod
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from spamgpt import calibration, metrics
+from spamgpt import calibration, metrics, paths
+from spamgpt.errors import SpamGPTError
 from spamgpt.labels import NONE, Classes
 from spamgpt.metrics import ratio
 from spamgpt.params import check_threshold
-from spamgpt.task import DEFAULT_THRESHOLD, Task, Threshold, ThresholdChoice, prediction_table
+from spamgpt.task import (
+    DEFAULT_THRESHOLD,
+    Setting,
+    Task,
+    Threshold,
+    ThresholdChoice,
+    prediction_table,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
 
-class SingleLabel(Task):
+class _Classification(Task):
+    """What the two classification tasks share: train.class_weights' given mapping, and
+    calibration's functions, which take each task's shape as `sigmoid`."""
+
+    sigmoid: ClassVar[bool]  # each output its own sigmoid (multi-label), else one softmax
+
+    def loss_weights(self, targets: Tensor, setting: str | dict) -> Tensor | None:
+        """none: None; a mapping gives each class its own (its keys the class names, as
+        params.check_train_classes made sure); balanced: balanced_weights."""
+        if setting == "none":
+            return None
+        if isinstance(setting, dict):
+            weights = {str(name): float(weight) for name, weight in setting.items()}
+            return torch.tensor([weights[name] for name in self.classes.names])
+        return self.balanced_weights(targets)
+
+    @abstractmethod
+    def confusion_classes(self) -> Classes:
+        """The rows and columns of the report's confusion_matrix."""
+
+    def report_figures(self, report: dict, split: str) -> dict[str, "Figure"]:
+        """Its confusion matrix (multi-label, of label pairs)."""
+        figure = metrics.confusion_figure(
+            report["confusion_matrix"], split, self.confusion_classes()
+        )
+        return {f"evaluation/{split}_confusion_matrix.png": figure}
+
+    @abstractmethod
+    def balanced_weights(self, targets: Tensor) -> Tensor:
+        """train.class_weights: balanced, of the training split's targets."""
+
+    def fit_temperature(self, logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        return calibration.fit_temperature(logits, targets, self.sigmoid)
+
+    def calibrated(self, logits: np.ndarray, temperature: np.ndarray) -> np.ndarray:
+        return calibration.probabilities(logits, temperature, self.sigmoid)
+
+    def calibration_scores(
+        self, targets: np.ndarray, logits: np.ndarray, temperature: np.ndarray | float
+    ) -> dict:
+        names = list(self.classes.names)
+        return calibration.scores(targets, logits, temperature, self.sigmoid, names)
+
+    def reliability_frame(self, targets: np.ndarray, curves: dict[str, np.ndarray]) -> object:
+        return calibration.reliability_frame(targets, curves, self.sigmoid)
+
+
+class SingleLabel(_Classification):
     label_format = "single"
     problem_type = "single_label_classification"
     predicted_column = "label"
+    sigmoid = False
     micro_f1_key = "accuracy"  # every error is one false positive and one false negative
     PER_CLASS = ("precision", "recall", "f1")  # a class's figures besides its support
 
-    def check_threshold(self, setting: float | str | dict | None) -> None:
+    def check_threshold(self, setting: Setting) -> None:
         classes = self.classes
         check_threshold(setting, False, classes.positive, len(classes))
         if classes.positive is None and setting is not None:
             log.info("no data.positive_label: each message gets its most probable class")
 
-    def loss_weights(self, targets: torch.Tensor, setting: str | dict) -> torch.Tensor | None:
-        """'balanced' is n / (classes * n_c), so each class carries the same total weight;
-        a mapping gives each class its own (its keys the class names, as
-        params.check_train_classes made sure)."""
+    def balanced_weights(self, targets: Tensor) -> Tensor:
+        """n / (classes * n_c), so each class carries the same total weight."""
         names = self.classes.names
-        if setting == "none":
-            return None
-        if isinstance(setting, dict):
-            weights = {str(name): float(weight) for name, weight in setting.items()}
-            return torch.tensor([weights[name] for name in names])
         counts = torch.bincount(targets, minlength=len(names)).float()
         return len(targets) / (len(counts) * counts.clamp(min=1))
 
@@ -69,12 +124,8 @@ class SingleLabel(Task):
         return torch.ones(len(targets)) if weights is None else weights[targets]
 
     def weighted_loss_sum(
-        self,
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        row_weights: torch.Tensor,
-        weights: torch.Tensor | None,
-    ) -> torch.Tensor:
+        self, logits: Tensor, targets: Tensor, row_weights: Tensor, weights: Tensor | None
+    ) -> Tensor:
         return (F.cross_entropy(logits, targets, reduction="none") * row_weights).sum()
 
     def batch_weight(self, targets: torch.Tensor, weights: torch.Tensor | None) -> float:
@@ -125,13 +176,9 @@ class SingleLabel(Task):
         return np.where(probabilities[:, positive] >= threshold, positive, 1 - positive)
 
     def choose_threshold(
-        self,
-        setting: float | str | dict | None,
-        val_targets: np.ndarray,
-        val_probs: np.ndarray,
-        select_metric: str = "auto",
-        min_support: int = 10,
-    ) -> ThresholdChoice:
+        self, setting: Setting, val_targets: np.ndarray, val_probs: np.ndarray,
+        select_metric: str = "auto", min_support: int = 10,
+    ) -> ThresholdChoice:  # fmt: skip
         """A number as it is, auto the positive class's F1 optimum, a policy
         (metrics.policy_threshold) the one it picks; all None without a positive class of
         two. One class's probabilities at a time, as per-class thresholds would be too."""
@@ -225,26 +272,23 @@ class SingleLabel(Task):
         return metrics.curve_frames(targets, probabilities, classes.names, shown)
 
     def test_errors(
-        self,
-        targets: np.ndarray,
-        probabilities: np.ndarray,
-        threshold: Threshold,
-        predictions: pd.DataFrame,
+        self, targets: np.ndarray, probs: np.ndarray, threshold: Threshold, table: pd.DataFrame
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Each message's classes, and those whose class is wrong, with the probability a
         threshold reads (the positive class's) or else the predicted class's."""
         classes = self.classes
-        confusion = predictions.rename(columns={"label": "actual"})[["actual", "predicted"]]
+        confusion = table.rename(columns={"label": "actual"})[["actual", "predicted"]]
         if classes.positive is not None:  # its probability, as a threshold reads it
             probability = f"{classes.positive}_probability"
-            shown = probabilities[:, classes.positive_index].round(6)
+            shown = probs[:, classes.positive_index].round(6)
         else:  # the predicted class's
-            probability, shown = "probability", predictions["probability"]
-        wrong = predictions.assign(**{probability: shown})
+            probability, shown = "probability", table["probability"]
+        wrong = table.assign(**{probability: shown})
         wrong = wrong[wrong["predicted"] != wrong["label"]]
         return confusion, wrong[["line", "label", "predicted", probability, "text"]]
 
     def confusion_classes(self) -> Classes:
+        """The report's confusion_matrix's rows and columns: the classes."""
         return self.classes
 
     def answers(self, probabilities: np.ndarray, threshold: Threshold) -> list[dict]:
@@ -292,19 +336,21 @@ class SingleLabel(Task):
     def baseline_threshold(self) -> Threshold:
         return DEFAULT_THRESHOLD if self._thresholded() else None
 
-    def baseline_scores(self, margins: np.ndarray) -> np.ndarray:
-        """Two classes: the sigmoid of the margin is the second class's column (above 0.5
-        where the SVM says it), its complement the first's. More: the softmax of the
+    def baseline_estimator(self) -> object:
+        """The linear SVM (more than two classes: LinearSVC's own one against the rest)."""
+        return _svm()
+
+    def baseline_outputs(self, model: object, texts: list[str]) -> np.ndarray:
+        """Two classes: the sigmoid of the SVM margin is the second class's column (above
+        0.5 where the SVM says it), its complement the first's. More: the softmax of the
         one-against-the-rest margins (the largest is the SVM's pick)."""
         from scipy.special import expit, softmax
 
+        margins = model.decision_function(texts)
         if margins.ndim == 1:
             second = expit(margins)
             return np.column_stack([1 - second, second])
         return softmax(margins, axis=1)
-
-    def baseline_estimator(self, estimator: object) -> object:
-        return estimator  # more than two classes: LinearSVC's own one against the rest
 
     def audit_folds(self, folds: int, seed: int) -> object:
         """Folds stratified by class."""
@@ -329,49 +375,34 @@ class SingleLabel(Task):
     def given_labels(self, value: str) -> list[str]:
         return [value]
 
-    def fit_temperature(self, logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        return calibration.fit_temperature(logits, targets, False)
-
     def temperature(self, fitted: np.ndarray) -> float | dict[str, float]:
         return float(fitted[0])
 
     def temperature_metrics(self, temperature: float | dict[str, float]) -> dict[str, float]:
         return {"calibration/temperature": temperature}
 
-    def calibrated(self, logits: np.ndarray, temperature: np.ndarray) -> np.ndarray:
-        return calibration.probabilities(logits, temperature, False)
-
-    def calibration_scores(
-        self, targets: np.ndarray, logits: np.ndarray, temperature: np.ndarray | float
-    ) -> dict:
-        return calibration.scores(targets, logits, temperature, False, list(self.classes.names))
-
-    def reliability_frame(self, targets: np.ndarray, curves: dict[str, np.ndarray]) -> object:
-        return calibration.reliability_frame(targets, curves, False)
+    def head_temperatures(self, temperature: float | dict[str, float]) -> list[float]:
+        """The one temperature, for every class."""
+        return [float(temperature)] * len(self.classes)
 
 
 _PASSES = 20  # coordinate-ascent sweeps over the labels at most (each accepted move improves)
 _GAIN = 1e-12  # a move must raise the selected metric by more than rounding
 
 
-class MultiLabel(Task):
+class MultiLabel(_Classification):
     label_format = "multi"
     problem_type = "multi_label_classification"
     predicted_column = "labels"
+    sigmoid = True
     micro_f1_key = "micro_f1"
     COMPARED = ("accuracy", "micro_f1", "macro_f1", "samples_f1", "hamming_loss")
 
-    def check_threshold(self, setting: float | str | dict | None) -> None:
+    def check_threshold(self, setting: Setting) -> None:
         check_threshold(setting, True, self.classes.positive, len(self.classes))
 
-    def loss_weights(self, targets: torch.Tensor, setting: str | dict) -> torch.Tensor | None:
-        """Each label's weight of its positives (pos_weight): balanced is negatives /
-        positives (of `targets`, the training split's); a mapping gives each label its own."""
-        if setting == "none":
-            return None
-        if isinstance(setting, dict):
-            weights = {str(name): float(weight) for name, weight in setting.items()}
-            return torch.tensor([weights[name] for name in self.classes.names])
+    def balanced_weights(self, targets: Tensor) -> Tensor:
+        """Each label's weight of its positives (pos_weight): negatives / positives."""
         positives = targets.sum(dim=0)
         return (len(targets) - positives) / positives.clamp(min=1)
 
@@ -387,12 +418,8 @@ class MultiLabel(Task):
         return torch.ones(len(targets))  # pos_weight weighs positives within the loss
 
     def weighted_loss_sum(
-        self,
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        row_weights: torch.Tensor,
-        weights: torch.Tensor | None,
-    ) -> torch.Tensor:
+        self, logits: Tensor, targets: Tensor, row_weights: Tensor, weights: Tensor | None
+    ) -> Tensor:
         per_label = F.binary_cross_entropy_with_logits(
             logits, targets, pos_weight=weights, reduction="none"
         )
@@ -519,13 +546,9 @@ class MultiLabel(Task):
         return "macro_f1"
 
     def choose_threshold(
-        self,
-        setting: float | str | dict | None,
-        val_targets: np.ndarray,
-        val_probs: np.ndarray,
-        select_metric: str = "auto",
-        min_support: int = 10,
-    ) -> ThresholdChoice:
+        self, setting: Setting, val_targets: np.ndarray, val_probs: np.ndarray,
+        select_metric: str = "auto", min_support: int = 10,
+    ) -> ThresholdChoice:  # fmt: skip
         """evaluate.threshold for each label, from validation. A number applies to every
         label. auto and a policy ({min_precision: p}, {max_fpr: f}) maximise the selected
         validation metric (threshold_objective) by coordinate ascent from 0.5 for every
@@ -603,18 +626,14 @@ class MultiLabel(Task):
         return {kind: pd.concat(frames, ignore_index=True) for kind, frames in parts.items()}
 
     def test_errors(
-        self,
-        targets: np.ndarray,
-        probabilities: np.ndarray,
-        threshold: Threshold,
-        predictions: pd.DataFrame,
+        self, targets: np.ndarray, probs: np.ndarray, threshold: Threshold, table: pd.DataFrame
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The label pairs (confusion_pairs) and each message whose label set is wrong, with
         every label's probability."""
         truth = np.asarray(targets) > 0.5
-        predicted = self.decisions(probabilities, threshold)
+        predicted = self.decisions(probs, threshold)
         confusion = self.confusion_pairs(truth, predicted)
-        return confusion, predictions[(truth != predicted).any(axis=1)]
+        return confusion, table[(truth != predicted).any(axis=1)]
 
     def confusion_classes(self) -> Classes:
         """The labels and NONE: the confusion of (actual, predicted) labels."""
@@ -659,17 +678,17 @@ class MultiLabel(Task):
     def baseline_threshold(self) -> Threshold:
         return DEFAULT_THRESHOLD
 
-    def baseline_scores(self, margins: np.ndarray) -> np.ndarray:
-        """Each label's own sigmoid."""
-        from scipy.special import expit
-
-        return expit(margins)
-
-    def baseline_estimator(self, estimator: object) -> object:
-        """An estimator each label against the rest ((N, labels) targets)."""
+    def baseline_estimator(self) -> object:
+        """A linear SVM each label against the rest ((N, labels) targets)."""
         from sklearn.multiclass import OneVsRestClassifier
 
-        return OneVsRestClassifier(estimator)
+        return OneVsRestClassifier(_svm())
+
+    def baseline_outputs(self, model: object, texts: list[str]) -> np.ndarray:
+        """Each label's own sigmoid of its SVM's margin."""
+        from scipy.special import expit
+
+        return expit(model.decision_function(texts))
 
     def audit_folds(self, folds: int, seed: int) -> object:
         """Shuffled folds (scikit-learn stratifies no label sets)."""
@@ -701,30 +720,35 @@ class MultiLabel(Task):
         """A split file's JSON list."""
         return json.loads(value)
 
-    def fit_temperature(self, logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        return calibration.fit_temperature(logits, targets, True)
-
     def temperature(self, fitted: np.ndarray) -> float | dict[str, float]:
         return {name: float(t) for name, t in zip(self.classes.names, fitted, strict=True)}
 
     def unfitted_labels(self, fitted: np.ndarray) -> list[str]:
         return [n for n, t in zip(self.classes.names, fitted, strict=True) if t == 1.0]
 
+    def head_temperatures(self, temperature: float | dict[str, float]) -> list[float]:
+        """Each label's own, of a {label: T} of exactly the model's labels."""
+        names = self.classes.names
+        if set(temperature) != set(names):
+            raise SpamGPTError(
+                f"the temperatures are of the labels {', '.join(sorted(temperature))}, the model "
+                f"has {', '.join(names)}: evaluate another model's? (run evaluate again, "
+                f"{paths.CALIBRATION})"
+            )
+        return [float(temperature[name]) for name in names]
+
     def temperature_metrics(self, temperature: float | dict[str, float]) -> dict[str, float]:
         """calibration/temperature_<label>, each label's."""
         metric_name = self.classes.metric_name
         return {f"calibration/temperature_{metric_name(n)}": t for n, t in temperature.items()}
 
-    def calibrated(self, logits: np.ndarray, temperature: np.ndarray) -> np.ndarray:
-        return calibration.probabilities(logits, temperature, True)
 
-    def calibration_scores(
-        self, targets: np.ndarray, logits: np.ndarray, temperature: np.ndarray | float
-    ) -> dict:
-        return calibration.scores(targets, logits, temperature, True, list(self.classes.names))
+def _svm() -> object:
+    """The baseline's linear SVM: balanced, as spam is ~13% of the SMS messages; random_state
+    fixes liblinear's dual shuffling."""
+    from sklearn.svm import LinearSVC
 
-    def reliability_frame(self, targets: np.ndarray, curves: dict[str, np.ndarray]) -> object:
-        return calibration.reliability_frame(targets, curves, True)
+    return LinearSVC(class_weight="balanced", random_state=0)
 
 
 def _rates(is_positive: np.ndarray, predicted: np.ndarray) -> dict[str, float]:

@@ -211,17 +211,7 @@ def fold_temperature(
     unchanged."""
     if temperature is None:
         return
-    if isinstance(temperature, dict):
-        if set(temperature) != set(classes.names):
-            raise SpamGPTError(
-                f"the temperatures are of the labels {', '.join(sorted(temperature))}, the model "
-                f"has {', '.join(classes.names)}: evaluate another model's? (run evaluate again, "
-                f"{paths.CALIBRATION})"
-            )
-        each = [float(temperature[name]) for name in classes.names]
-    else:
-        each = [float(temperature)] * len(classes)
-    t = torch.tensor(each, dtype=torch.float64)
+    t = torch.tensor(task_for(classes).head_temperatures(temperature), dtype=torch.float64)
     head = model.head
     with torch.no_grad():  # in float64 on the CPU (MPS has none), then back: rounded once
         head.weight.copy_(head.weight.cpu().double() / t[:, None])

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from spamgpt import metrics
 from spamgpt.errors import ParamsError, SpamGPTError
-from spamgpt.labels import Classes
 from spamgpt.task import NOT_APPLICABLE, Task, Threshold, ThresholdChoice
 
 if TYPE_CHECKING:
@@ -55,6 +54,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 COMPARED = ("rmse", "mae", "r2", "spearman")  # metrics/eval.json's figures (and the baseline's)
+TITLE = "test: predicted vs true"  # the MLflow figure's
 
 
 def points(truth: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
@@ -209,21 +209,20 @@ class Regression(Task):
         confusion = pd.DataFrame(columns=["actual", "predicted"])
         return confusion, worst[["line", "label", "predicted", "error", "text"]]
 
-    def figures(
-        self, reports: dict[str, dict], test_targets: np.ndarray, test_probabilities: np.ndarray
+    def report_figures(self, report: dict, split: str) -> dict[str, "Figure"]:
+        return {}  # no confusion matrix: the test split's scatter (test_figures) shows it
+
+    def test_figures(
+        self, test_targets: np.ndarray, test_probabilities: np.ndarray
     ) -> dict[str, "Figure"]:
         """The test split's predicted-vs-true plot."""
         points = self.scatter_frame(test_targets, test_probabilities)
-        figure = scatter_figure(points, "test: predicted vs true")
-        return {"evaluation/test_predicted_vs_true.png": figure}
+        return {"evaluation/test_predicted_vs_true.png": scatter_figure(points, TITLE)}
 
     def scatter_frame(
         self, test_targets: np.ndarray, test_probabilities: np.ndarray
     ) -> pd.DataFrame:
         return points(test_targets, self.decisions(test_probabilities))
-
-    def confusion_classes(self) -> Classes:
-        return self.classes
 
     def flat(self, report: dict, prefix: str) -> dict[str, float]:
         """{prefix}/rmse, mae, r2, spearman (those that exist)."""
@@ -255,20 +254,16 @@ class Regression(Task):
     def baseline_threshold(self) -> Threshold:
         return None
 
-    def baseline_scores(self, margins: np.ndarray) -> np.ndarray:
-        """The ridge's predictions, as (N, 1)."""
-        return np.asarray(margins, dtype=np.float64).reshape(-1, 1)
-
-    def baseline_estimator(self, estimator: object) -> object:
-        """Ridge regression (alpha 1) in place of the classifier, its decision function its
-        prediction: the baseline reads every task's model through decision_function."""
+    def baseline_estimator(self) -> object:
+        """Ridge regression (alpha 1: scikit-learn's default; the TF-IDF rows are unit
+        length)."""
         from sklearn.linear_model import Ridge  # here: only the baseline stage fits one
 
-        class RidgeScores(Ridge):
-            def decision_function(self, X: object) -> np.ndarray:
-                return self.predict(X)
+        return Ridge(alpha=1.0)
 
-        return RidgeScores(alpha=1.0)
+    def baseline_outputs(self, model: object, texts: list[str]) -> np.ndarray:
+        """The ridge's predictions, (N, 1) as the model's outputs."""
+        return np.asarray(model.predict(texts), dtype=np.float64).reshape(-1, 1)
 
     def audit_skipped(self) -> dict[str, str]:
         return {"not_applicable": "number labels: confident learning audits classes"}
@@ -305,6 +300,12 @@ class Regression(Task):
 
     def temperature_metrics(self, temperature: float | dict[str, float]) -> dict[str, float]:
         return {}
+
+    def head_temperatures(self, temperature: float | dict[str, float]) -> list[float]:
+        raise SpamGPTError(
+            f"a temperature ({temperature}) divides probabilities' logits: a regression "
+            f"model's number has none (models/calibration.json of another model?)"
+        )
 
     def calibrated(self, logits: np.ndarray, temperature: np.ndarray) -> np.ndarray:
         return np.asarray(logits, dtype=np.float64)

@@ -323,9 +323,11 @@ def log_evaluation(run: Run, evaluation: Evaluation) -> None:
     run.log_metrics(task.threshold_metrics(evaluation.choice), 0)
     for s, report in reports.items():
         run.log_dict(report, f"evaluation/{s}_metrics.json")
+        for name, figure in task.report_figures(report, s).items():
+            run.log_figure(figure, name)
     test = evaluation.test_labels, evaluation.test_probabilities
-    for path, figure in task.figures(reports, *test).items():  # confusion matrices, scatter
-        run.log_figure(figure, path)
+    for name, figure in task.test_figures(*test).items():  # regression: predicted vs true
+        run.log_figure(figure, name)
     table = task.per_class_table(reports)
     run.log_dict(table, "evaluation/per_class_metrics.json")
     run.log_artifact(paths.MISCLASSIFIED_TEST, "evaluation")

@@ -13,7 +13,8 @@ Adding a task (say regression, data.label_format: number):
    `threshold_metrics` {}; no curves, `curve_frames` {}; no temperature, `calibrate`'s methods
    keep the outputs as they are (`fit_temperature` ones, `temperature` 1.0), or with no
    probabilities at all `calibration_method` says NOT_APPLICABLE; no label audit,
-   `audit_skipped` says why (spamgpt/regression.py is such a task);
+   `audit_skipped` says why; its own figures (`report_figures`, `test_figures`) and baseline
+   (`baseline_estimator`, `baseline_outputs`) (spamgpt/regression.py is such a task);
 2. one line in spamgpt/tasks.py's TASKS (the one factory);
 3. the label column's format where it is read (params.py validates data.label_format;
    labels.Classes and data.py read and split it): the only other places that know formats.
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 from spamgpt import metrics
 from spamgpt.labels import Classes
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 Threshold = float | dict[str, float] | None  # what a task's decisions apply (see decisions)
+Setting = float | str | dict | None  # evaluate.threshold: a number, auto, a policy or null
 DEFAULT_THRESHOLD = 0.5  # a label's threshold where validation cannot choose a better one
 NOT_APPLICABLE = "not applicable"  # evaluate.calibration of a task without probabilities
 
@@ -62,7 +65,7 @@ class Task(ABC):
     # --- the threshold setting -----------------------------------------------------------
 
     @abstractmethod
-    def check_threshold(self, setting: float | str | dict | None) -> None:
+    def check_threshold(self, setting: Setting) -> None:
         """evaluate.threshold against the classes, before any work: a ParamsError."""
 
     # --- training ------------------------------------------------------------------------
@@ -90,12 +93,8 @@ class Task(ABC):
 
     @abstractmethod
     def weighted_loss_sum(
-        self,
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        row_weights: torch.Tensor,
-        weights: torch.Tensor | None,
-    ) -> torch.Tensor:
+        self, logits: Tensor, targets: Tensor, row_weights: Tensor, weights: Tensor | None
+    ) -> Tensor:
         """loss_sum with each row's loss times its `row_weights` (the CUDA-graph step)."""
 
     @abstractmethod
@@ -179,13 +178,9 @@ class Task(ABC):
 
     @abstractmethod
     def choose_threshold(
-        self,
-        setting: float | str | dict | None,
-        val_targets: np.ndarray,
-        val_probs: np.ndarray,
-        select_metric: str = "auto",
-        min_support: int = 10,
-    ) -> ThresholdChoice:
+        self, setting: Setting, val_targets: np.ndarray, val_probs: np.ndarray,
+        select_metric: str = "auto", min_support: int = 10,
+    ) -> ThresholdChoice:  # fmt: skip
         """evaluate.threshold made what `decisions` applies, from the validation split."""
 
     @abstractmethod
@@ -212,31 +207,21 @@ class Task(ABC):
 
     @abstractmethod
     def test_errors(
-        self,
-        targets: np.ndarray,
-        probabilities: np.ndarray,
-        threshold: Threshold,
-        predictions: pd.DataFrame,
+        self, targets: np.ndarray, probs: np.ndarray, threshold: Threshold, table: pd.DataFrame
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(the confusion plot's (actual, predicted) rows, the wrong rows of `predictions`,
-        the prediction table of the test split)."""
+        the prediction table of the test split; `probs`, its probabilities)."""
 
     @abstractmethod
-    def confusion_classes(self) -> Classes:
-        """The rows and columns of the report's confusion_matrix."""
+    def report_figures(self, report: dict, split: str) -> dict[str, "Figure"]:
+        """The figures of a split's report logged to MLflow, by artifact name."""
 
-    def figures(
-        self, reports: dict[str, dict], test_targets: np.ndarray, test_probabilities: np.ndarray
+    def test_figures(
+        self, test_targets: np.ndarray, test_probabilities: np.ndarray
     ) -> dict[str, "Figure"]:
-        """The figures logged to MLflow, by artifact path: each split's confusion matrix
-        (multi-label, of label pairs, "no label" one of them)."""
-        classes = self.confusion_classes()
-        return {
-            f"evaluation/{s}_confusion_matrix.png": metrics.confusion_figure(
-                report["confusion_matrix"], s, classes
-            )
-            for s, report in reports.items()
-        }
+        """Figures of the test split's outputs logged to MLflow, by artifact name, beside each
+        report's (report_figures): classes, none."""
+        return {}
 
     def scatter_frame(
         self, test_targets: np.ndarray, test_probabilities: np.ndarray
@@ -282,12 +267,13 @@ class Task(ABC):
         """What the baseline's scores are decided at (its own boundary)."""
 
     @abstractmethod
-    def baseline_scores(self, margins: np.ndarray) -> np.ndarray:
-        """Probability-like scores of the baseline's decision_function margins."""
+    def baseline_estimator(self) -> object:
+        """The baseline's unfitted scikit-learn estimator of the TF-IDF rows (spamgpt.baseline)
+        for this task's targets."""
 
     @abstractmethod
-    def baseline_estimator(self, estimator: object) -> object:
-        """The scikit-learn estimator fitted to this task's targets."""
+    def baseline_outputs(self, model: object, texts: list[str]) -> np.ndarray:
+        """The fitted baseline pipeline's outputs of `texts`, shaped as `probabilities`."""
 
     def audit_skipped(self) -> dict[str, str]:
         """Why the label audit does not apply to this task, for metrics/audit.json; {}: it
@@ -331,6 +317,11 @@ class Task(ABC):
     @abstractmethod
     def temperature_metrics(self, temperature: float | dict[str, float]) -> dict[str, float]:
         """`temperature` (as `temperature` gives it) as MLflow metrics."""
+
+    @abstractmethod
+    def head_temperatures(self, temperature: float | dict[str, float]) -> list[float]:
+        """Each output's temperature, of `temperature` as `temperature` gives it (what
+        classifier.fold_temperature divides the head by); one of other outputs: an error."""
 
     def unfitted_labels(self, fitted: np.ndarray) -> list[str]:
         """The labels whose own temperature stayed 1 (one for all the classes: none)."""

@@ -146,7 +146,8 @@ def test_the_scatter_plot_data_and_figure() -> None:
     frame = TASK.scatter_frame(np.array([1, 2]), np.array([[1.1234567], [2.0]], np.float32))
     assert frame.to_dict("list") == {"actual": [1.0, 2.0], "predicted": [1.123457, 2.0]}
     assert (frame.dtypes == np.float64).all()
-    ((path, figure),) = TASK.figures({}, np.array([1.0, 2.0]), np.array([[1.1], [2.0]])).items()
+    assert TASK.report_figures({"rmse": 1.0}, "test") == {}  # no confusion matrix
+    ((path, figure),) = TASK.test_figures(np.array([1.0, 2.0]), np.array([[1.1], [2.0]])).items()
     assert path == "evaluation/test_predicted_vs_true.png"
     (axes,) = figure.axes
     assert axes.get_xlabel() == "true" and axes.get_ylabel() == "predicted"
@@ -164,12 +165,12 @@ def test_the_ridge_baseline_learns_numbers_from_words() -> None:
                      "label": repr(3 + sum(words[w] for w in chosen))})  # fmt: skip
     frame = pd.DataFrame(rows)
     model = baseline.fit(frame.iloc[:80], RATING)
-    ridge = model.named_steps["svm"]
-    assert isinstance(ridge, Ridge) and ridge.alpha == 1.0
+    ridge = model.named_steps["estimator"]
+    assert type(ridge) is Ridge and ridge.alpha == 1.0
     texts = frame["text"].iloc[80:].tolist()
-    scores = baseline.probabilities(model, texts, RATING)
-    np.testing.assert_allclose(scores[:, 0], model.predict(texts))
-    assert TASK.baseline_scores(np.array([1.5], dtype=np.float32)).dtype == np.float64
+    outputs = baseline.probabilities(model, texts, RATING)
+    assert outputs.shape == (40, 1) and outputs.dtype == np.float64
+    np.testing.assert_allclose(outputs[:, 0], model.predict(texts))
     found = baseline.evaluate(frame.iloc[:80], frame.iloc[80:100], frame.iloc[100:], RATING)
     assert found["test"]["r2"] > 0.8 and set(found) == {"val", "test", "seconds"}
 
@@ -192,3 +193,5 @@ def test_nothing_to_calibrate_or_audit() -> None:
     ):
         TASK.label_issues(labels["val"], logits["val"])
     assert TASK.temperature_metrics(1.0) == {}
+    with pytest.raises(SpamGPTError, match=r"^a temperature \(1\.5\) divides probabilities"):
+        TASK.head_temperatures(1.5)  # nothing is folded into a regression head
