@@ -87,6 +87,8 @@ def test_outputs_are_the_numbers_and_the_answers_give_them() -> None:
     assert TASK.answers(outputs, None) == [{"prediction": 1.5}, {"prediction": -2.0}]
     assert TASK.prediction_frame(outputs, None)["predicted"].tolist() == [1.5, -2.0]
     assert TASK.plain_answer({"prediction": 4.123456}) == "4.1235"
+    assert TASK.explained({"prediction": 4.1}) == 0  # explain attributes the one output
+    assert TASK.log_odds(logits, 0).tolist() == [1.5, -2.0]
     assert TASK.serving_config() == {"label_format": "number"}
     assert type(serving.model_for({"label_format": "number"})) is serving.NumberModel
     fields = serving.model_for({"label_format": "number", "text_columns": ["a", "b"]})
@@ -193,5 +195,6 @@ def test_nothing_to_calibrate_or_audit() -> None:
     ):
         TASK.label_issues(labels["val"], logits["val"])
     assert TASK.temperature_metrics(1.0) == {}
+    assert TASK.fit_temperature(logits["val"], labels["val"]).tolist() == [1.0]
     with pytest.raises(SpamGPTError, match=r"^a temperature \(1\.5\) divides probabilities"):
         TASK.head_temperatures(1.5)  # nothing is folded into a regression head
