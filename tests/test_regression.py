@@ -34,6 +34,16 @@ def test_the_report_matches_scikit_learn_and_scipy() -> None:
     assert found["n"] == 50
 
 
+def test_the_report_reads_float32_columns_in_float64() -> None:
+    """Targets and outputs arrive as float32, the outputs as a (N, 1) column: the figures
+    are those of the same numbers in float64, row against row."""
+    truth = np.array([[0.1], [0.7], [0.3], [0.9]], dtype=np.float32)
+    outputs = np.array([[0.2], [0.6], [0.35], [0.1]], dtype=np.float32)
+    found = regression.report(truth, outputs)
+    expected = regression.report(truth[:, 0].astype(np.float64), outputs[:, 0].astype(np.float64))
+    assert found == expected and found["n"] == 4
+
+
 def test_the_report_by_hand() -> None:
     found = regression.report(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 5.0]))
     # errors 0, 0, 2: squared sum 4 over total sum of squares 2
