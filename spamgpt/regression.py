@@ -61,8 +61,8 @@ def points(truth: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
     """The predicted-vs-true plot's data: one point per test row."""
     return pd.DataFrame(
         {
-            "actual": np.asarray(truth, dtype=np.float64).reshape(-1),
-            "predicted": np.asarray(predicted, dtype=np.float64).reshape(-1).round(6),
+            "actual": np.asarray(truth, dtype=np.float64),
+            "predicted": np.asarray(predicted, dtype=np.float64).round(6),
         }
     )
 
