@@ -12,7 +12,6 @@ Logistic regression rather than the baseline's SVM: confident learning compares 
 per class, and a sigmoid of SVM margins is not one.
 """
 
-import json
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -26,6 +25,8 @@ from spamgpt.download import source_name
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
 from spamgpt.params import DataParams
+from spamgpt.task import Task
+from spamgpt.tasks import task_for
 
 if TYPE_CHECKING:
     from scipy.sparse import csr_matrix
@@ -59,18 +60,13 @@ def standardised(hidden: np.ndarray) -> np.ndarray:
 
 
 def out_of_fold(
-    features: "np.ndarray | csr_matrix",
-    targets: np.ndarray,
-    folds: int,
-    C: float,
-    multi_label: bool = False,
+    features: "np.ndarray | csr_matrix", targets: np.ndarray, folds: int, C: float, task: Task
 ) -> np.ndarray:
     """(N, classes) probabilities of each row from logistic regression fitted on the other
-    folds: stratified by class (multi-label: shuffled) folds."""
-    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+    folds (Task.audit_folds: stratified by class; multi-label, shuffled)."""
+    from sklearn.model_selection import cross_val_predict
 
-    split = KFold if multi_label else StratifiedKFold
-    cv = split(n_splits=folds, shuffle=True, random_state=SEED)
+    cv = task.audit_folds(folds, SEED)
     model = logistic(C)
     return cross_val_predict(model, features, targets, cv=cv, method="predict_proba")
 
@@ -116,42 +112,6 @@ def targets_of(frame: pd.DataFrame, classes: Classes) -> np.ndarray:
     return classes.targets(frame["label"]).astype(np.int64)
 
 
-def find_issues(targets: np.ndarray, probs: np.ndarray, multi_label: bool) -> np.ndarray:
-    """The indices of the rows cleanlab flags, most likely wrong first (lowest
-    self-confidence)."""
-    if multi_label:
-        from cleanlab.multilabel_classification.filter import find_label_issues
-
-        given = [list(np.flatnonzero(row)) for row in targets]
-        return find_label_issues(given, probs, return_indices_ranked_by="self_confidence")
-    from cleanlab.filter import find_label_issues
-
-    return find_label_issues(targets, probs, return_indices_ranked_by="self_confidence")
-
-
-def quality(targets: np.ndarray, probs: np.ndarray, multi_label: bool) -> np.ndarray:
-    """(N,) cleanlab's label quality score in [0, 1]: low is likely wrong."""
-    if multi_label:
-        from cleanlab.multilabel_classification.rank import get_label_quality_scores
-
-        given = [list(np.flatnonzero(row)) for row in targets]
-        return get_label_quality_scores(given, probs)
-    from cleanlab.rank import get_label_quality_scores
-
-    return get_label_quality_scores(targets, probs, method="self_confidence")
-
-
-def suggested(probs: np.ndarray, classes: Classes) -> list[str]:
-    """The held-out models' label of each row: the most probable class, or (multi-label) the
-    JSON list of labels above 0.5, as the split files write label sets."""
-    if classes.multi_label:
-        return [
-            json.dumps([classes.names[i] for i in np.flatnonzero(row >= 0.5)], ensure_ascii=False)
-            for row in probs
-        ]
-    return [classes.names[i] for i in probs.argmax(axis=1)]
-
-
 def source_file(split: str, d: DataParams) -> str:
     """The user's file a row of `split` came from, as messages name it (a val carved from
     the given train file: that file)."""
@@ -174,16 +134,16 @@ def audit(
     rows = pd.concat(
         [f.assign(split=name, file=files[name]) for name, f in frames.items()], ignore_index=True
     )
-    targets, multi = targets_of(rows, classes), classes.multi_label
+    targets, task = targets_of(rows, classes), task_for(classes)
     # C: TF-IDF rows are unit length, so C=1 leaves every probability timid; the trunk's
     # hundreds of standardised features of a few thousand messages want a probe, not a fit
-    probs = out_of_fold(tfidf_features(rows["text"].tolist()), targets, folds, 10.0, multi)
+    probs = out_of_fold(tfidf_features(rows["text"].tolist()), targets, folds, 10.0, task)
     if hidden is not None:
-        probs = (probs + out_of_fold(standardised(hidden), targets, folds, 0.1, multi)) / 2
-    flagged = find_issues(targets, probs, multi)
-    scores = quality(targets, probs, multi)
+        probs = (probs + out_of_fold(standardised(hidden), targets, folds, 0.1, task)) / 2
+    flagged = task.label_issues(targets, probs)
+    scores = task.label_quality(targets, probs)
     table = rows.iloc[flagged].assign(
-        suggested=np.asarray(suggested(probs, classes), dtype=object)[flagged],
+        suggested=np.asarray(task.suggested_labels(probs), dtype=object)[flagged],
         score=scores[flagged].round(4),
     )
     return table.reset_index(drop=True), probs
@@ -194,9 +154,7 @@ def summary(table: pd.DataFrame, audited: dict[str, int], classes: Classes) -> d
     (multi-label: flagged rows carrying each label)."""
     per_split = table.groupby("split").size()
     carried = Counter(
-        name
-        for value in table["label"]
-        for name in (json.loads(value) if classes.multi_label else [value])
+        name for value in table["label"] for name in task_for(classes).given_labels(value)
     )
     return {
         "rows": sum(audited.values()),

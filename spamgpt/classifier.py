@@ -7,7 +7,7 @@ cache); the base is read back from models/pretrained/<repo_id>. A randomly initi
 or a self-contained copy (`full=True`, as the MLflow model needs), saves every tensor.
 
 Prediction: class_probabilities() runs the model over token ids or cached trunk output, and
-labels.Classes.predicted() turns the probabilities into labels (answers() per message,
+its task (spamgpt.tasks) turns the probabilities into labels (answers() per message,
 prediction_frame() as a table). Validation, evaluate, `spamgpt classify`, `spamgpt predict`
 and the MLflow model all go through these two.
 """
@@ -26,13 +26,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from spamgpt import atomic, lora, multilabel, paths, runtime, tokenized
+from spamgpt import atomic, lora, paths, runtime, tokenized
 from spamgpt.batching import ModelInputs, inference_tokens, sorted_order
 from spamgpt.contracts import Tokenization
 from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.labels import Classes
 from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.params import LoraParams, ModelParams
+from spamgpt.tasks import TASKS, task_for
 from spamgpt.texts import HEAD, ONE_TEXT, TextFields, Truncation
 
 CLASSIFIER_JSON = "classifier.json"
@@ -85,7 +86,7 @@ def for_training(
     then dropout, follow it."""
     torch.manual_seed(seed)
     gpt = base_model(m, paths.pretrained_dir(m.repo_id))
-    model = GPT2Classifier(gpt, len(classes), m.pooling, classes.multi_label).to(device)
+    model = GPT2Classifier(gpt, len(classes), m.pooling, classes.label_format).to(device)
     if m.finetune == "lora":
         frozen = frozen_blocks(model.gpt.config.n_layer, m.trainable_blocks, m.finetune)
         p = lora_params
@@ -189,7 +190,7 @@ def load(
             raise SpamGPTError(f"{base}: config differs from {folder}")
     with torch.device("meta"):
         model = GPT2Classifier(
-            gpt, len(meta["labels"]), meta["pooling"], classes_of(meta).multi_label
+            gpt, len(meta["labels"]), meta["pooling"], classes_of(meta).label_format
         )
     expected = set(model.state_dict()) if meta["full"] else set(meta["trained"])
     if set(tensors) != expected:
@@ -218,28 +219,14 @@ def fold_temperature(
     probabilities. None: unchanged."""
     if temperature is None:
         return
-    if isinstance(temperature, dict):
-        each = _per_class(temperature, classes, "temperatures")
-    else:
-        each = [float(temperature)] * len(classes)
-    t = torch.tensor(each, dtype=torch.float64)
-    each = _per_class(shift, classes, "shifts") if shift else [0.0] * len(classes)
+    task = task_for(classes)
+    t = torch.tensor(task.head_temperatures(temperature), dtype=torch.float64)
+    each = task.head_shifts(shift) if shift else [0.0] * len(classes)
     c = torch.tensor(each, dtype=torch.float64)
     head = model.head
     with torch.no_grad():  # in float64 on the CPU (MPS has none), then back: rounded once
         head.weight.copy_(head.weight.cpu().double() / t[:, None])
         head.bias.copy_(head.bias.cpu().double() / t + c)
-
-
-def _per_class(values: dict[str, float], classes: Classes, what: str) -> list[float]:
-    """`values` in the order of the model's classes; one line where they name others."""
-    if set(values) != set(classes.names):
-        raise SpamGPTError(
-            f"the {what} are of the labels {', '.join(sorted(values))}, the model has "
-            f"{', '.join(classes.names)}: evaluate another model's? (run evaluate again, "
-            f"{paths.CALIBRATION})"
-        )
-    return [float(values[name]) for name in classes.names]
 
 
 def classes_of(meta: dict) -> Classes:
@@ -267,24 +254,11 @@ def classifier_meta(
 def answers(
     probabilities: torch.Tensor, classes: Classes, threshold: float | dict[str, float] | None
 ) -> list[dict]:
-    """Each message's answer: its label (Classes.predicted at `threshold`), that label's
+    """Each message's answer at `threshold` (Task.answers): its label, that label's
     probability, every class's probability, and the positive class's as
-    `<positive>_probability` where there is one (`spam_probability` for SMS). Multi-label:
-    its `labels` and every label's probability (multilabel.answers)."""
-    probs = probabilities.numpy().astype(float)
-    if classes.multi_label:
-        return multilabel.answers(probs, classes, threshold)
-    out = []
-    for row, label in zip(probs, classes.predicted(probs, threshold), strict=True):
-        answer = {
-            "label": classes.names[label],
-            "probability": row[label],
-            "probabilities": dict(zip(classes.names, row.tolist(), strict=True)),
-        }
-        if classes.positive is not None:
-            answer[f"{classes.positive}_probability"] = row[classes.positive_index]
-        out.append(answer)
-    return out
+    `<positive>_probability` where there is one (`spam_probability` for SMS); multi-label,
+    its `labels` and every label's probability."""
+    return task_for(classes).answers(probabilities.numpy(), threshold)
 
 
 def prediction_frame(
@@ -292,22 +266,10 @@ def prediction_frame(
     classes: Classes,
     threshold: float | dict[str, float] | None,
 ) -> pd.DataFrame:
-    """The answers as a table, one row per message: `label` (Classes.predicted at
-    `threshold`), `probability` (the label's) and `p_<class>` for every class; multi-label,
-    `labels` (a JSON list) and `p_<label>` (multilabel.prediction_frame)."""
-    probs = np.asarray(probabilities, dtype=np.float64)
-    if classes.multi_label:
-        return multilabel.prediction_frame(probs, classes, threshold)
-    predicted = classes.predicted(probs, threshold)
-    frame = pd.DataFrame(
-        {
-            "label": np.asarray(classes.names, dtype=object)[predicted],
-            "probability": probs[np.arange(len(probs)), predicted],
-        }
-    )
-    for i, name in enumerate(classes.names):
-        frame[f"p_{name}"] = probs[:, i]
-    return frame
+    """The answers as a table, one row per message (Task.prediction_frame): `label`,
+    `probability` (the label's) and `p_<class>` for every class; multi-label, `labels` (a
+    JSON list) and `p_<label>`."""
+    return task_for(classes).prediction_frame(np.asarray(probabilities), threshold)
 
 
 def logits(
@@ -333,7 +295,7 @@ def class_probabilities(
     each label's own, a sigmoid of its logit; else a softmax over the classes): of
     class_logits."""
     out = class_logits(model, inputs, device, precision, max_tokens, full_last)
-    return torch.sigmoid(out) if model.multi_label else torch.softmax(out, dim=-1)
+    return TASKS[model.label_format].probabilities(out)
 
 
 @torch.no_grad()  # not inference_mode: autocast keeps no cast weights in inference mode

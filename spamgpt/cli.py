@@ -47,7 +47,7 @@ def read_messages(args: argparse.Namespace) -> list[str]:
 
 
 def classify(args: argparse.Namespace) -> None:
-    from spamgpt import classifier, labels, loader, runtime
+    from spamgpt import classifier, labels, loader, runtime, tasks
 
     messages = read_messages(args)
     if not messages:
@@ -65,15 +65,13 @@ def classify(args: argparse.Namespace) -> None:
         Truncation.from_dict(meta),
     )  # fmt: skip
     classes = classifier.classes_of(meta)
-    answers = classifier.answers(probs, classes, threshold)
+    task = tasks.task_for(classes)
+    answers = task.answers(probs.numpy(), threshold)
     explained = [None] * len(answers)
     if args.explain:  # integrated gradients: a forward and backward pass per path point
         from spamgpt import explain
 
         explained = explain.explain_answers(model, loaded.enc, texts, answers, classes, meta)
-    # Plain output shows the positive class's probability where there is one, as a
-    # threshold reads it; else the label's.
-    shown = "probability" if classes.positive is None else f"{classes.positive}_probability"
     for text, answer, cut, why in zip(messages, answers, truncated, explained, strict=True):
         if why is not None and not args.json:  # the text read, its strongest tokens marked
             text = why.marked()
@@ -82,14 +80,9 @@ def classify(args: argparse.Namespace) -> None:
             if why is not None:
                 record["explanation"] = why.to_dict()
             print(json.dumps(record, ensure_ascii=False))
-        elif classes.multi_label:  # the labels given, then each label's probability
+        else:  # the task's columns (Task.plain_answer), then the text
             note = f" [truncated to {meta['max_length']} tokens]" if cut else ""
-            given = "|".join(answer["labels"]) or labels.NONE
-            probs = " ".join(f"{k}={v:.4f}" for k, v in answer["probabilities"].items())
-            print(f"{given}\t{probs}\t{text.translate(ESCAPES)}{note}")
-        else:
-            note = f" [truncated to {meta['max_length']} tokens]" if cut else ""
-            print(f"{answer['label']}\t{answer[shown]:.4f}\t{text.translate(ESCAPES)}{note}")
+            print(f"{task.plain_answer(answer)}\t{text.translate(ESCAPES)}{note}")
 
 
 def joined_fields(messages: list[str], fields: TextFields) -> list[str]:

@@ -15,6 +15,7 @@ default quoting merges neighbouring messages (5572 rows instead of 5574).
 import csv
 import functools
 import json
+import math
 import os
 import re
 from collections import Counter
@@ -68,6 +69,7 @@ class Format:
     multi_label: bool = False  # data.label_format: multi (a set of labels per row)
     label_separator: str = "|"  # multi: between labels in a text field (CSV, TSV)
     allow_empty_labels: bool = False  # multi: a row may have no label
+    numbers: bool = False  # data.label_format: number (a number per row: regression)
 
     @property
     def fields(self) -> TextFields:
@@ -117,6 +119,8 @@ def read_messages(
         if fmt.multi_label:
             row_labels = _label_set(label, fmt.label_separator, fmt.allow_empty_labels, labels)
             label = json.dumps(row_labels, ensure_ascii=False)
+        if fmt.numbers:
+            label = _number(label)
         row = _checked(label, text, labels, fmt.multi_label)
         if split_column is not None:
             row = (*row, _split_of(parsed[split_column], split_column, split_names or {}))
@@ -360,6 +364,23 @@ def _label_set(
     return names
 
 
+def _number(value: object) -> str:
+    """A number label as its split file holds it (Python's repr of the float: it reads back
+    exactly), or _BadLine: an int or float, or text that reads as a finite one."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        what = "missing" if value is None else type(value).__name__
+        raise _BadLine("bad_number", f"label is {what}, not a number")
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise _BadLine(
+            "bad_number", f"label {str(value)[:20]!r} is not a number (data.label_format: number)"
+        )
+    return repr(number)
+
+
 def _checked(
     label: object, text: object, labels: tuple[str, ...] | None, multi_label: bool = False
 ) -> tuple[str, str]:
@@ -573,10 +594,12 @@ def split(
     seed: int,
     labels: tuple[str, ...],
     multi_label: bool = False,
+    numbers: bool = False,
 ) -> dict[str, pd.DataFrame]:
     """Stratified train/val/test split by label (multi-label: by each row's rarest label,
-    stratify_key); fractions are of the whole frame."""
-    counts = label_counts(frame, labels, multi_label)
+    stratify_key; numbers: by their quantile bins, number_strata); fractions are of the
+    whole frame."""
+    counts = {} if numbers else label_counts(frame, labels, multi_label)
     for label, count in counts.items():
         if count < 3:
             raise SpamGPTError(
@@ -585,8 +608,8 @@ def split(
                 f"leave the class out with data.labels"
             )
     try:
-        rest, test_part = stratified(frame, test, seed, multi_label)
-        train_part, val_part = stratified(rest, val / (1 - test), seed, multi_label)
+        rest, test_part = stratified(frame, test, seed, multi_label, numbers)
+        train_part, val_part = stratified(rest, val / (1 - test), seed, multi_label, numbers)
     except ValueError as e:  # a split too small to hold every class
         raise SpamGPTError(
             f"cannot split {len(frame)} messages {counts} into val {val:g} / test "
@@ -597,15 +620,21 @@ def split(
 
 
 def stratified(
-    frame: pd.DataFrame, fraction: float, seed: int, multi_label: bool = False
+    frame: pd.DataFrame,
+    fraction: float,
+    seed: int,
+    multi_label: bool = False,
+    numbers: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The one stratified splitter: (the rest, `fraction` of `frame`), each class in the same
-    proportion in both (multi-label: each row's stratify_key), drawn from `seed`. Raises
-    scikit-learn's ValueError when a class is too small to be in both."""
+    proportion in both (multi-label: each row's stratify_key; numbers: number_strata), drawn
+    from `seed`. Raises scikit-learn's ValueError when a class is too small to be in both."""
     # Here, not at the top: finetune and evaluate read splits and need no scikit-learn.
     from sklearn.model_selection import train_test_split
 
-    key = stratify_key(frame) if multi_label else frame["label"]
+    key = frame["label"]
+    if multi_label or numbers:
+        key = stratify_key(frame) if multi_label else number_strata(frame["label"])
     rest, part = train_test_split(frame, test_size=fraction, stratify=key, random_state=seed)
     return rest, part
 
@@ -634,10 +663,37 @@ def stratify_key(frame: pd.DataFrame) -> pd.Series:
     return key
 
 
+STRATA = 5  # quantile bins numbers are stratified on: each split sees low and high ones
+MIN_PER_STRATUM = 6  # fewer rows a bin than this: fewer bins (each must reach every split)
+
+
+def number_strata(values: pd.Series) -> pd.Series:
+    """Numbers' stratification key: each row's quantile bin (ranked first, so ties cannot
+    empty a bin), as many bins as STRATA and the rows allow."""
+    numbers = values.astype(float)
+    bins = max(1, min(STRATA, len(numbers) // MIN_PER_STRATUM))
+    ranks = numbers.rank(method="first").to_numpy()
+    return pd.Series(((ranks - 1) * bins // len(numbers)).astype(int), index=values.index)
+
+
+def number_summary(values: pd.Series) -> dict[str, float | int]:
+    """A split's numbers as metrics/data.json records them: count, mean, std, min, max."""
+    numbers = values.astype(float)
+    return {
+        "count": len(numbers),
+        "mean": float(numbers.mean()),
+        "std": float(numbers.std(ddof=0)),
+        "min": float(numbers.min()),
+        "max": float(numbers.max()),
+    }
+
+
 def label_counts(
-    frame: pd.DataFrame, labels: tuple[str, ...], multi_label: bool = False
+    frame: pd.DataFrame, labels: tuple[str, ...], multi_label: bool = False, numbers: bool = False
 ) -> dict[str, int]:
-    """Rows of each class (multi-label: rows carrying each label)."""
+    """Rows of each class (multi-label: rows carrying each label; numbers: number_summary)."""
+    if numbers:
+        return number_summary(frame["label"])
     if multi_label:
         counted = Counter(name for row in label_sets(frame) for name in row)
         return {label: counted[label] for label in labels}

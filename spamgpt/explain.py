@@ -23,6 +23,7 @@ import torch
 from spamgpt import tokenized
 from spamgpt.labels import Classes
 from spamgpt.model import GPT2Classifier
+from spamgpt.tasks import TASKS, task_for
 from spamgpt.texts import Truncation
 
 STEPS = 32  # points on the path from the baseline to the text
@@ -74,14 +75,6 @@ class Explanation:
         }
 
 
-def log_odds(logits: torch.Tensor, target: int, multi_label: bool) -> torch.Tensor:
-    """(B,) the target class's log-odds from logits (B, classes)."""
-    if multi_label:
-        return logits[:, target]
-    others = torch.cat([logits[:, :target], logits[:, target + 1 :]], dim=1)
-    return logits[:, target] - torch.logsumexp(others, dim=1)
-
-
 def integrated_gradients(
     model: GPT2Classifier, ids: torch.Tensor, target: int, steps: int = STEPS
 ) -> tuple[torch.Tensor, float]:
@@ -92,6 +85,7 @@ def integrated_gradients(
     with torch.no_grad():
         tokens = gpt.wte(ids)  # (T, d)
         positions = gpt.wpe(torch.arange(len(ids), device=device))
+    log_odds = TASKS[model.label_format].log_odds
     alphas = (torch.arange(steps, device=device, dtype=tokens.dtype) + 0.5) / steps
     grads = torch.zeros_like(tokens)
     per_batch = max(1, PATH_TOKENS // len(ids))
@@ -100,13 +94,13 @@ def integrated_gradients(
             a = alphas[first : first + per_batch, None, None]
             scaled = (a * tokens).requires_grad_(True)  # (B, T, d)
             lengths = torch.full((len(a),), len(ids), device=device)
-            f = log_odds(model(scaled + positions, lengths, 0), target, model.multi_label)
+            f = log_odds(model(scaled + positions, lengths, 0), target)
             grads += torch.autograd.grad(f.sum(), scaled)[0].sum(0)
     attributions = (tokens * grads / steps).sum(-1)
     with torch.no_grad():
         ends = torch.stack([torch.zeros_like(tokens), tokens]) + positions
         lengths = torch.full((2,), len(ids), device=device)
-        at_baseline, at_text = log_odds(model(ends, lengths, 0), target, model.multi_label)
+        at_baseline, at_text = log_odds(model(ends, lengths, 0), target)
     delta = float(attributions.sum() - (at_text - at_baseline))
     return attributions.detach().cpu(), delta
 
@@ -143,13 +137,6 @@ def explain_texts(
     return out
 
 
-def decided(probabilities: dict[str, float], label: str | None, classes: Classes) -> int:
-    """The class an answer decided: its label, or (multi-label) its most probable label."""
-    if label is not None and not classes.multi_label:
-        return classes.index(label)
-    return max(range(len(classes)), key=lambda i: probabilities[classes.names[i]])
-
-
 def explain_answers(
     model: GPT2Classifier,
     enc: tiktoken.Encoding,
@@ -160,7 +147,7 @@ def explain_answers(
 ) -> list[Explanation]:
     """`spamgpt classify --explain`: each text's explanation for the class its answer
     (classifier.answers) decided, with the model folder's max_length and truncation."""
-    targets = [decided(a["probabilities"], a.get("label"), classes) for a in answers]
+    targets = [task_for(classes).explained(a) for a in answers]
     truncation = Truncation.from_dict(meta)
     return explain_texts(model, enc, texts, targets, classes, meta["max_length"], truncation)
 

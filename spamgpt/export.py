@@ -51,14 +51,13 @@ from spamgpt import (
     classifier,
     contracts,
     loader,
-    metrics,
-    multilabel_metrics,
     paths,
     tokenized,
 )
 from spamgpt.batching import ModelInputs
 from spamgpt.errors import SpamGPTError
 from spamgpt.model import TRANSPOSED, GPT2Classifier
+from spamgpt.tasks import TASKS, task_for
 from spamgpt.texts import TextFields, Truncation
 from spamgpt.tokenizer import EOT
 
@@ -160,11 +159,7 @@ def transformers_config(model: GPT2Classifier, meta: dict) -> dict:
         "pad_token_id": pad,
         "id2label": {str(i): name for i, name in enumerate(labels)},
         "label2id": {name: i for i, name in enumerate(labels)},
-        "problem_type": (
-            "multi_label_classification"
-            if meta.get("label_format") == "multi"
-            else "single_label_classification"
-        ),
+        "problem_type": task_for(classifier.classes_of(meta)).problem_type,
         "dtype": "float32",
         RECORDED: recorded(meta),
     }
@@ -290,7 +285,7 @@ class ProbabilityGraph(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         logits = self.model(input_ids, lengths).float()
-        return torch.sigmoid(logits) if self.model.multi_label else torch.softmax(logits, dim=-1)
+        return TASKS[self.model.label_format].probabilities(logits)
 
 
 def to_onnx(model: GPT2Classifier, meta: dict, dest: str | os.PathLike) -> None:
@@ -370,16 +365,14 @@ def split_report(
     threshold: float | dict[str, float] | None,
 ) -> dict:
     """The test split's report at `threshold` (evaluate's), as evaluate computes it."""
-    classes = classifier.classes_of(meta)
-    report = multilabel_metrics.report if classes.multi_label else metrics.report
-    return report(split.labels.numpy(), probabilities, threshold, classes)
+    task = task_for(classifier.classes_of(meta))
+    return task.report(split.labels.numpy(), probabilities, threshold)
 
 
 def selected_metric(meta: dict) -> str:
     """The figure the gate compares: the positive class's F1 where there is one, else macro
     F1 (train.select_metric's auto)."""
-    classes = classifier.classes_of(meta)
-    return "macro_f1" if classes.positive is None else f"{classes.positive}_f1"
+    return task_for(classifier.classes_of(meta)).auto_metric()
 
 
 def gated_int8(
@@ -444,7 +437,7 @@ def _gated_int8(
         ]:
             report = split_report(probabilities, test, meta, threshold)
             figures[name] = {
-                metric: metrics.selection_score(report, 0.0, classes, metric),
+                metric: task_for(classes).selection_score(report, 0.0, metric),
                 "report": report,
             }
         drop = figures["pytorch_fp32"][metric] - figures["onnx_int8"][metric]

@@ -1,14 +1,14 @@
-"""The classes and how probabilities become labels: the one decision rule that validation,
-evaluate, the baseline, `spamgpt classify` and the MLflow model all use.
+"""The classes of a dataset: their names in the order of the model's outputs, the positive
+class, and the label column's format (how its values become training targets); how
+probabilities become labels is the task's (spamgpt.tasks).
 
 Class names are strings (an integer label 3 is the class "3"), in the order of the model's
 outputs. A positive class (data.positive_label) is the one whose F1 picks the best epoch and
 whose probability a threshold applies to, with two classes; without one, macro F1 picks and
 the most probable class is the label.
 
-Multi-label classes (data.label_format: multi, spamgpt.multilabel) are independent labels, a
-sigmoid each: a message carries every label whose probability reaches that label's threshold
-(0.5 where none is set), possibly none. In a split file a row's labels are a JSON list.
+Multi-label classes (data.label_format: multi, spamgpt.classification.MultiLabel) are independent
+labels; in a split file a row's labels are a JSON list.
 """
 
 import json
@@ -26,6 +26,7 @@ class Classes:
     names: tuple[str, ...]
     positive: str | None = None
     multi_label: bool = False
+    numbers: bool = False  # data.label_format: number, one output named after the column
 
     def __post_init__(self) -> None:
         if self.positive is not None and self.positive not in self.names:
@@ -44,31 +45,12 @@ class Classes:
     def index(self, name: str) -> int:
         return self.names.index(name)
 
-    def predicted(
-        self, probabilities: np.ndarray, threshold: float | dict[str, float] | None = None
-    ) -> np.ndarray:
-        """Class index of each row of (N, classes) probabilities: with a threshold (two
-        classes and a positive one), the positive class where its probability is >=
-        threshold and the other elsewhere; otherwise the most probable class. Multi-label:
-        (N, labels) booleans, each label's probability >= its threshold (`threshold` a
-        {label: threshold} mapping, one number for all, or None: 0.5)."""
-        probabilities = np.asarray(probabilities)
-        if self.multi_label:
-            return probabilities >= self.thresholds(threshold)
-        if threshold is None or self.positive_index is None or len(self.names) != 2:
-            return probabilities.argmax(axis=1)
-        positive = self.positive_index
-        return np.where(probabilities[:, positive] >= threshold, positive, 1 - positive)
-
-    def thresholds(self, threshold: float | dict[str, float] | None) -> np.ndarray:
-        """Multi-label: each label's threshold, in the order of the names."""
-        if isinstance(threshold, dict):
-            return np.array([float(threshold.get(name, 0.5)) for name in self.names])
-        return np.full(len(self.names), 0.5 if threshold is None else float(threshold))
-
     def targets(self, values: Iterable[str]) -> np.ndarray:
         """The training targets of a split file's label column: class indices (N,), or for
-        multi-label (N, labels) float32 indicators of each row's JSON list of labels."""
+        multi-label (N, labels) float32 indicators of each row's JSON list of labels; numbers,
+        (N,) float32."""
+        if self.numbers:
+            return np.array([float(value) for value in values], dtype=np.float32)
         if not self.multi_label:
             return np.array([self.index(value) for value in values], dtype=np.int64)
         rows = [json.loads(value) for value in values]
@@ -85,14 +67,20 @@ class Classes:
         return re.sub(r"[^\w.-]", "_", name, flags=re.ASCII)
 
     def to_dict(self) -> dict:
-        multi = {"label_format": "multi"} if self.multi_label else {}
-        return {"labels": list(self.names), "positive_label": self.positive, **multi}
+        kind = self.label_format
+        given = {} if kind == "single" else {"label_format": kind}
+        return {"labels": list(self.names), "positive_label": self.positive, **given}
+
+    @property
+    def label_format(self) -> str:
+        """data.label_format of these classes: what spamgpt.tasks.task_for decides by."""
+        return "number" if self.numbers else "multi" if self.multi_label else "single"
 
     @classmethod
     def from_dict(cls, d: dict) -> "Classes":
         """The classes as to_dict wrote them (metrics/data.json, classifier.json)."""
-        multi = d.get("label_format") == "multi"
-        return cls(tuple(d["labels"]), d.get("positive_label"), multi)
+        kind = d.get("label_format", "single")
+        return cls(tuple(d["labels"]), d.get("positive_label"), kind == "multi", kind == "number")
 
 
 def check_threshold_values(threshold: float | dict[str, float] | None, name: str) -> None:

@@ -4,72 +4,20 @@ The metrics are numpy, with scikit-learn's definitions (tests/test_metrics.py ch
 against it): a stage that only validates need not import scikit-learn and SciPy, a large part
 of its start-up. matplotlib is imported by the figures alone, for the same reason."""
 
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from spamgpt.errors import ParamsError
 from spamgpt.labels import Classes
-from spamgpt.params import check_threshold
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-PER_CLASS = ("precision", "recall", "f1")  # a class's figures besides its support
-
-
-def report(
-    labels: np.ndarray,
-    probabilities: np.ndarray,
-    threshold: float | None,
-    classes: Classes,
-) -> dict:
-    """One split's eval.json object: accuracy, macro F1, per-class P/R/F1/support under each
-    class's name, the positive class's ROC and PR AUCs (two classes), the confusion matrix
-    (rows actual, columns predicted: [[tn, fp], [fn, tp]] for ham/spam), for (N, classes)
-    probabilities labelled by Classes.predicted at `threshold`. A ratio with nothing to
-    count (no message predicted as a class, none of it present) is 0."""
-    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
-    predicted = classes.predicted(probabilities, threshold)
-    confusion = confusion_matrix(labels, predicted, len(classes))
-    hits, support, claimed = np.diag(confusion), confusion.sum(axis=1), confusion.sum(axis=0)
-    precision, recall = _ratio(hits, claimed), _ratio(hits, support)
-    f1 = _ratio(2 * precision * recall, precision + recall)
-    positive = classes.positive_index
-    # AUCs: of the positive class against the other, with both present
-    both = positive is not None and len(classes) == 2 and len(np.unique(labels)) == 2
-    is_positive = labels == positive
-    scores = probabilities[:, positive] if positive is not None else None
-    out = {
-        "accuracy": float(hits.sum() / max(len(labels), 1)),
-        "macro_f1": float(f1.mean()),
-        "roc_auc": roc_auc(is_positive, scores) if both else None,
-        "pr_auc": average_precision(is_positive, scores) if both else None,
-    }
-    for i, name in enumerate(classes.names):
-        out[name] = {
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-        }
-    out["confusion_matrix"] = confusion.tolist()
-    return out
-
-
-def compared(rep: dict, classes: Classes) -> dict:
-    """What experiments are compared by, of a report: accuracy, macro F1 and, with a positive
-    class, its precision, recall and F1 under its name (DVC's metrics files; the whole report
-    goes to a report file, as the figures of every class would not fit a terminal)."""
-    out = {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"]}
-    if classes.positive is not None:
-        out[classes.positive] = {k: rep[classes.positive][k] for k in PER_CLASS}
-    return out
-
-
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """numerator / denominator, 0 where the denominator is (scikit-learn's zero_division=0)."""
     return np.divide(numerator, denominator, out=np.zeros(len(numerator)), where=denominator > 0)
 
@@ -146,30 +94,6 @@ def flat(rep: dict, prefix: str, classes: Classes) -> dict[str, float]:
     return out
 
 
-def selection_figure(rep: dict, classes: Classes) -> dict:
-    """What train.select_metric auto selects by, under its eval.json name: {positive: {"f1":
-    ...}} or {"macro_f1": ...} (the baseline's, beside the model's test figures)."""
-    if classes.positive is not None:
-        return {classes.positive: {"f1": rep[classes.positive]["f1"]}}
-    return {"macro_f1": rep["macro_f1"]}
-
-
-def selection_score(rep: dict, val_loss: float, classes: Classes, metric: str = "auto") -> float:
-    """train.select_metric of a validation report (`val_loss` beside it), larger is better
-    (val_loss is negated): auto is the positive class's F1, else macro F1. Micro F1 of
-    single-label classes is accuracy (every error is one false positive and one false
-    negative)."""
-    if metric == "auto":
-        metric = "macro_f1" if classes.positive is None else f"{classes.positive}_f1"
-    if metric == "val_loss":
-        return -val_loss
-    if metric in ("macro_f1", "accuracy"):
-        return rep[metric]
-    if metric == "micro_f1":  # (a multi-label report has its own)
-        return rep.get("micro_f1", rep["accuracy"])
-    return rep[metric.removesuffix("_f1")]["f1"]
-
-
 def best_threshold(labels: np.ndarray, positive_prob: np.ndarray, positive: int = 1) -> float:
     """The positive-probability threshold that maximises the positive class's F1 (chosen on
     validation)."""
@@ -218,52 +142,25 @@ def policy_threshold(
     }
 
 
-class ThresholdChoice(NamedTuple):
-    threshold: float | None  # what evaluate applies to the positive class's probability
-    best_f1: float | None  # the one that maximises the positive class's validation F1
-    reached: dict[str, float] | None  # a policy's: validation precision, recall, fpr at it
-
-
-def choose_threshold(
-    setting: float | str | dict | None,
-    classes: Classes,
-    val_labels: np.ndarray,
-    val_probs: np.ndarray,
-) -> ThresholdChoice:
-    """evaluate.threshold made a number, from validation: a number as it is, auto the F1
-    optimum, a policy (policy_threshold) the one it picks; all None without a positive class
-    of two. One class's probabilities at a time, as per-class thresholds would be too."""
-    positive = classes.positive_index
-    if positive is None:
-        return ThresholdChoice(None, None, None)
-    check_threshold(setting, False, classes.positive, len(classes))
-    if len(classes) != 2:
-        return ThresholdChoice(None, None, None)
-    scores = val_probs[:, positive]
-    best = best_threshold(val_labels, scores, positive)
-    if isinstance(setting, dict):
-        reached = policy_threshold(setting, val_labels == positive, scores, classes.positive)
-        return ThresholdChoice(reached.pop("threshold"), best, reached)
-    return ThresholdChoice(best if setting == "auto" else setting, best, None)
-
-
 POINT = ("class", "point")  # a curve point's columns before its x and y
 
 
 def curve_frames(
-    labels: np.ndarray, probabilities: np.ndarray, classes: Classes
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    names: tuple[str, ...],
+    shown: Iterable[int],
 ) -> dict[str, pd.DataFrame]:
-    """ROC and precision/recall curves as plot data, columns POINT then x and y: the positive
-    class's curve (against the others), else each class's against the rest. A class that is
-    all or none of the messages has no curve."""
+    """ROC and precision/recall curves as plot data, columns POINT then x and y: each class
+    of `shown` (indices into `names`) against the rest. A class that is all or none of the
+    messages has no curve."""
     labels, probabilities = np.asarray(labels), np.asarray(probabilities)
-    shown = range(len(classes)) if classes.positive is None else [classes.positive_index]
     roc, pr = [], []
     for i in shown:
         is_class = labels == i
         if is_class.all() or not is_class.any():
             continue
-        name = classes.names[i]
+        name = names[i]
         fpr, tpr = roc_curve(is_class, probabilities[:, i])
         precision, recall, _ = precision_recall_curve(is_class, probabilities[:, i])
         points = {"class": name, "point": np.arange(len(fpr))}  # the order to draw them in

@@ -303,14 +303,14 @@ class GPT2Classifier(nn.Module):
     """GPT-2's final hidden states pooled over each message's real tokens, then a linear head."""
 
     def __init__(
-        self, gpt: GPT2, num_classes: int = 2, pooling: str = "last", multi_label: bool = False
+        self, gpt: GPT2, num_classes: int = 2, pooling: str = "last", label_format: str = "single"
     ):
         super().__init__()
         if pooling not in POOLINGS:
             raise SpamGPTError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
         self.gpt = gpt
         self.pooling = pooling
-        self.multi_label = multi_label  # the logits are independent labels': a sigmoid each
+        self.label_format = label_format  # its task's (spamgpt.tasks): what its logits mean
         self.head = nn.Linear(gpt.config.n_embd, num_classes)
         # Small like GPT-2's own weights: logits start near 0, the first loss near ln(classes).
         # Nothing to draw on the meta device (see Embedding).

@@ -139,9 +139,10 @@ class DataParams:
         "joined by a blank line",
     )  # fmt: skip
     label_column: str = _rule(pattern=r".+", what="a column name", doc="the label's column")
-    label_format: Literal["single", "multi"] = _rule(
+    label_format: Literal["single", "multi", "number"] = _rule(
         doc="single: one class per row; multi: a set of labels per row, a sigmoid and a "
-        "threshold per label: [multi-label.md](multi-label.md)"
+        "threshold per label: [multi-label.md](multi-label.md); number: a number per row (a "
+        "rating, a score), regression: [regression.md](regression.md)"
     )
     label_separator: str = _rule(
         pattern=r".+", what="a non-empty string such as '|'",
@@ -212,6 +213,12 @@ class DataParams:
                 f"data.positive_label: multi-label data has no positive class (each label has "
                 f"its own threshold), got {positive!r}; allowed: null"
             )
+        if self.label_format == "number":
+            for key, value in {"labels": names, "positive_label": positive}.items():
+                if value is not None:
+                    raise ParamsError(
+                        f"data.{key}: number labels have no classes, got {value!r}; allowed: null"
+                    )
         if names is not None and positive is not None and str(positive) not in names:
             raise ParamsError(
                 f"data.positive_label: {positive!r} is not one of data.labels {names}; "
@@ -473,6 +480,9 @@ class Params:
                 f"token, model.pooling is {self.model.pooling!r}; allowed: model.pooling: last, "
                 f"or mlflow.export without transformers (onnx holds any pooling)"
             )
+        if self.data.label_format == "number":
+            check_number_settings(self.train, self.evaluate)
+            return
         labels, multi = self.data.labels, self.data.label_format == "multi"
         classes = None if labels is None else len(labels)  # else known once the data is read
         check_threshold(self.evaluate.threshold, multi, self.data.positive_label, classes)
@@ -510,6 +520,22 @@ def check_threshold(
             f"evaluate.threshold: a threshold applies to two classes only, the data has "
             f"{classes}; allowed: null (the most probable class)"
         )
+
+
+def check_number_settings(train: TrainParams, evaluate: EvaluateParams) -> None:
+    """Number labels (regression) have no classes: no threshold, no class weights, and the
+    best evaluation is the one of lowest validation loss (mean squared error)."""
+    settings = {
+        "evaluate.threshold": (evaluate.threshold, (None,), "null"),
+        "train.class_weights": (train.class_weights, ("none",), "none"),
+        "train.select_metric": (train.select_metric, ("auto", "val_loss"), "auto or val_loss"),
+    }
+    for key, (value, allowed, said) in settings.items():
+        if value not in allowed:
+            raise ParamsError(
+                f"{key}: number labels (data.label_format: number) have no classes, got "
+                f"{value!r}; allowed: {said}"
+            )
 
 
 def _check_policy(policy: dict) -> None:

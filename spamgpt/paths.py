@@ -40,6 +40,7 @@ VAL_EPOCHS_PLOT = METRICS_DIR / "val_epochs.csv"
 EVAL_METRICS = METRICS_DIR / "eval.json"
 CONFUSION_TEST_PLOT = METRICS_DIR / "confusion_test.csv"
 RELIABILITY_TEST_PLOT = METRICS_DIR / "reliability_test.csv"  # before and after calibration
+SCATTER_TEST_PLOT = METRICS_DIR / "scatter_test.csv"  # number labels: predicted against true
 
 # The full reports: every figure per split and per class (DVC's metrics files, above, hold the
 # few that experiments are compared by, so that `dvc metrics show` fits on a terminal)

@@ -28,6 +28,7 @@ from spamgpt import atomic, classifier, data, explain, loader, runtime
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
 from spamgpt.model import GPT2Classifier
+from spamgpt.tasks import task_for
 from spamgpt.texts import TextFields, Truncation
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
@@ -80,8 +81,8 @@ class Scorer:
 
 
 def output_columns(classes: Classes) -> list[str]:
-    answer = ["labels"] if classes.multi_label else ["label", "probability"]
-    return [*answer, *(f"p_{name}" for name in classes.names), "truncated"]
+    """The columns predict writes of each row (Task.answer_columns, then `truncated`)."""
+    return [*task_for(classes).answer_columns(), "truncated"]
 
 
 def predict_file(

@@ -19,12 +19,12 @@ from spamgpt import (
     data,
     download,
     metrics,
-    multilabel_metrics,
     paths,
 )
-from spamgpt.labels import NONE, Classes
+from spamgpt.labels import Classes
 from spamgpt.params import PARAMS_FILE, ModelParams, Params, flatten
-from spamgpt.params import check_threshold as check_threshold_setting
+from spamgpt.task import NOT_APPLICABLE, Task, ThresholdChoice
+from spamgpt.tasks import task_for
 from spamgpt.texts import ONE_TEXT, TextFields
 from spamgpt.tracking import Run
 
@@ -130,9 +130,7 @@ def write_training(
 def check_threshold(setting: float | str | dict | None, classes: Classes) -> None:
     """evaluate.threshold against the data's classes, before any work (params.check_threshold:
     a ParamsError); without a positive class, none applies."""
-    check_threshold_setting(setting, classes.multi_label, classes.positive, len(classes))
-    if not classes.multi_label and classes.positive is None and setting is not None:
-        log.info("no data.positive_label: each message gets its most probable class")
+    task_for(classes).check_threshold(setting)
 
 
 @dataclass
@@ -166,7 +164,7 @@ class Calibration:
         `dvc metrics show` already fills 200 columns."""
         test = self.scores["test"]
         given = test.get("calibrated", test["uncalibrated"])
-        figures = {"ece": given["ece"], "log_loss": given["log_loss"]}
+        figures = {k: given[k] for k in ("ece", "log_loss") if k in given}  # (none: {})
         if "calibrated" in test:
             figures["ece_uncalibrated"] = test["uncalibrated"]["ece"]
         shift = {"shift": self.shift} if self.shift is not None else {}
@@ -178,52 +176,41 @@ def calibrate(
 ) -> tuple[dict[str, np.ndarray], Calibration]:
     """Each split's float32 probabilities as the model gives them once `method`
     (evaluate.calibration) is applied: temperature, softmax/sigmoid of logits / T with T
-    fitted on the val split (calibration.fit_temperature); platt, of logits / T + c with both
-    fitted on it (calibration.fit_platt); none, of the logits as they are. Each split's ECE,
-    Brier score and log loss, before and after."""
-    multi = classes.multi_label
+    fitted on the val split (Task.fit_calibration); platt, of logits / T + c with both fitted
+    on it; none (or a task without probabilities), of the logits as they are. Each split's
+    ECE, Brier score and log loss, before and after."""
+    task = task_for(classes)
+    method = task.calibration_method(method)
+    fits = method not in ("none", NOT_APPLICABLE)
     fitted, shift = np.ones(len(classes)), None
-    names = list(classes.names)
-    if method != "none":
-        if method == "platt":
-            fitted, shift = calibration.fit_platt(logits["val"], labels["val"], multi)
-            unfitted = (fitted == 1.0) & (shift == 0.0) if multi else fitted == 1.0
-        else:
-            fitted = calibration.fit_temperature(logits["val"], labels["val"], multi)
-            unfitted = fitted == 1.0
-        if unfitted.any():  # the fit found nothing to fit
-            kept = [n for n, t in zip(names, unfitted, strict=True) if t] if multi else []
+    if fits:
+        fitted, shift = task.fit_calibration(method, logits["val"], labels["val"])
+        if task.unfitted(fitted, shift).any():  # the fit found nothing to fit
+            kept = task.unfitted_labels(fitted, shift)
             log.info(
                 "evaluate.calibration: %s kept at T = 1 for %s: on validation, one value or "
                 "separated perfectly, nothing to fit", method, ", ".join(kept) or "the classes",
             )  # fmt: skip
     probabilities, scores = {}, {}
     for s, z in logits.items():
-        probabilities[s] = calibrated_probabilities(z, fitted, multi, shift)
-        scores[s] = {"uncalibrated": calibration.scores(labels[s], z, 1.0, multi, names)}
-        if method != "none":
-            scores[s]["calibrated"] = calibration.scores(labels[s], z, fitted, multi, names, shift)
-    curves = {"uncalibrated": calibration.probabilities(logits["test"], 1.0, multi)}
-    if method != "none":
-        curves["calibrated"] = calibration.probabilities(logits["test"], fitted, multi, shift)
-    reliability = calibration.reliability_frame(labels["test"], curves, multi)
-    if method == "none":
-        temperature = None
-    elif multi:
-        temperature = {name: float(t) for name, t in zip(names, fitted, strict=True)}
-    else:
-        temperature = float(fitted[0])
+        probabilities[s] = calibrated_probabilities(task, z, fitted, shift)
+        scores[s] = {"uncalibrated": task.calibration_scores(labels[s], z, 1.0)}
+        if fits:
+            scores[s]["calibrated"] = task.calibration_scores(labels[s], z, fitted, shift)
+    curves = {"uncalibrated": task.calibrated(logits["test"], 1.0)}
+    if fits:
+        curves["calibrated"] = task.calibrated(logits["test"], fitted, shift)
+    reliability = task.reliability_frame(labels["test"], curves)
+    temperature = task.temperature(fitted) if fits else None
+    names = classes.names
     shifts = None if shift is None else {n: float(c) for n, c in zip(names, shift, strict=True)}
     return probabilities, Calibration(method, temperature, scores, reliability, shifts)
 
 
 def calibrated_probabilities(
-    logits: np.ndarray,
-    temperature: np.ndarray,
-    multi_label: bool,
-    shift: np.ndarray | None = None,
+    task: Task, logits: np.ndarray, temperature: np.ndarray, shift: np.ndarray | None = None
 ) -> np.ndarray:
-    """torch's float32 softmax (multi-label: sigmoid) of logits / temperature (one, or one
+    """torch's float32 outputs (Task.probabilities) of logits / temperature (one, or one
     per class) + shift (one per class; None: none), as the model's own forward pass computes
     them; T = 1 and no shift: exactly the uncalibrated probabilities."""
     scaled = torch.from_numpy(np.asarray(logits)).float() / torch.as_tensor(
@@ -231,7 +218,7 @@ def calibrated_probabilities(
     )
     if shift is not None:
         scaled = scaled + torch.as_tensor(shift, dtype=torch.float32)
-    return (torch.sigmoid(scaled) if multi_label else torch.softmax(scaled, dim=-1)).numpy()
+    return task.probabilities(scaled).numpy()
 
 
 @dataclass
@@ -254,6 +241,13 @@ class Evaluation:
     kept_default_threshold: list[str] | None = None
     calibration: Calibration | None = None  # evaluate's (calibrate), the probabilities' origin
 
+    @property
+    def choice(self) -> ThresholdChoice:
+        return ThresholdChoice(
+            self.threshold, self.best_val_threshold, self.val_at_threshold,
+            self.kept_default_threshold,
+        )  # fmt: skip
+
 
 def evaluate(
     setting: float | str | dict | None,
@@ -265,35 +259,27 @@ def evaluate(
     min_support: int = 10,
     calibration: Calibration | None = None,
 ) -> Evaluation:
-    """evaluate.threshold chosen on the val split (multi-label, one per label maximising
-    train.select_metric, labels under evaluate.min_support positives at 0.5:
-    multilabel_metrics.choose_thresholds; else metrics.choose_threshold), each split of
+    """evaluate.threshold chosen on the val split (Task.choose_threshold: multi-label, one per
+    label maximising train.select_metric, labels under evaluate.min_support positives at
+    0.5), each split of
     `labels` and `probabilities` (val, test) reported at it, and the test curves; `baseline`
     (metrics/baseline.json) goes beside; `calibration`: how `probabilities` were made
     (calibrate)."""
+    task = task_for(classes)
     val = labels["val"], probabilities["val"]
-    kept = None
-    if classes.multi_label:  # a threshold per label
-        choice = multilabel_metrics.choose_thresholds(
-            setting, classes, *val, select_metric, min_support
-        )
-        kept = choice.kept_default
-        report, curve_frames = multilabel_metrics.report, multilabel_metrics.curve_frames
-    else:
-        choice = metrics.choose_threshold(setting, classes, *val)
-        report, curve_frames = metrics.report, metrics.curve_frames
-    reports = {s: report(labels[s], probabilities[s], choice.threshold, classes) for s in labels}
+    choice = task.choose_threshold(setting, *val, select_metric, min_support)
+    reports = {s: task.report(labels[s], probabilities[s], choice.threshold) for s in labels}
     return Evaluation(
         classes=classes,
         reports=reports,
         baseline=baseline,
-        curves=curve_frames(labels["test"], probabilities["test"], classes),
+        curves=task.curve_frames(labels["test"], probabilities["test"]),
         test_labels=labels["test"],
         test_probabilities=probabilities["test"],
         threshold=choice.threshold,
         best_val_threshold=choice.best_f1,
         val_at_threshold=choice.reached,
-        kept_default_threshold=kept,
+        kept_default_threshold=choice.kept_default,
         calibration=calibration,
     )
 
@@ -304,7 +290,7 @@ def write_evaluation(evaluation: Evaluation) -> None:
     of every split (reports/evaluation.json, with every threshold: what classify reads), the
     test confusion and curve plot data, every test message's prediction
     (reports/predictions_test.csv) and the misclassified ones (reports/misclassified_test.csv)."""
-    e, classes = evaluation, evaluation.classes
+    e, task = evaluation, task_for(evaluation.classes)
     policy = {} if e.val_at_threshold is None else {"val_at_threshold": e.val_at_threshold}
     kept = e.kept_default_threshold
     contracts.write_evaluation_report(
@@ -318,72 +304,24 @@ def write_evaluation(evaluation: Evaluation) -> None:
             **({"calibration": e.calibration.report()} if e.calibration else {}),
         },
     )
-    if classes.multi_label:  # the set figures and the baseline's micro F1: a label's are wide
-        compared = multilabel_metrics.compared(e.reports["test"])
-        compared["baseline"] = {"micro_f1": e.baseline["test"]["micro_f1"]}
-    else:
-        compared = metrics.compared(e.reports["test"], classes)
-        baseline = metrics.selection_figure(e.baseline["test"], classes)
-        compared |= {"threshold": e.threshold, **policy, "baseline": baseline}
-    contracts.write_evaluation(compared)
+    contracts.write_evaluation(task.compared(e.reports["test"], e.baseline["test"], e.choice))
     if e.calibration:
         contracts.write_calibration(e.calibration.summary())
         _write_csv(e.calibration.reliability, paths.RELIABILITY_TEST_PLOT)
     test = data.read_split(paths.split_file("test"))
-    answers = classifier.prediction_frame(e.test_probabilities, classes, e.threshold)
-    test["predicted"] = answers.pop("labels" if classes.multi_label else "label")
+    answers = task.prediction_frame(e.test_probabilities, e.threshold)
+    test["predicted"] = answers.pop(task.predicted_column)
     predictions = pd.concat([test[["line", "label", "predicted"]], answers.round(6)], axis=1)
     predictions = predictions.assign(text=test["text"])
     data.write_split(predictions, paths.PREDICTIONS_TEST)
-    confusion, wrong = _test_errors(e, predictions)
+    confusion, wrong = task.test_errors(
+        e.test_labels, e.test_probabilities, e.threshold, predictions
+    )
     _write_csv(confusion, paths.CONFUSION_TEST_PLOT)
+    _write_csv(task.scatter_frame(e.test_labels, e.test_probabilities), paths.SCATTER_TEST_PLOT)
     for name, frame in e.curves.items():
         _write_csv(frame, paths.curve_plot(name))
     data.write_split(wrong, paths.MISCLASSIFIED_TEST)
-
-
-def _test_errors(
-    evaluation: Evaluation, predictions: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The confusion plot's (actual, predicted) rows of the test split and its misclassified
-    messages: multi-label, the label pairs (multilabel_metrics.confusion_pairs) and each
-    message whose label set is wrong, with every label's probability; otherwise each message's
-    classes and those whose class is wrong, with the probability a threshold reads (the
-    positive class's) or else the predicted class's."""
-    classes, probabilities = evaluation.classes, evaluation.test_probabilities
-    if classes.multi_label:
-        truth = evaluation.test_labels > 0.5
-        predicted = classes.predicted(probabilities, evaluation.threshold)
-        confusion = multilabel_metrics.confusion_pairs(truth, predicted, classes)
-        return confusion, predictions[(truth != predicted).any(axis=1)]
-    confusion = predictions.rename(columns={"label": "actual"})[["actual", "predicted"]]
-    if classes.positive is not None:  # its probability, as a threshold reads it
-        probability = f"{classes.positive}_probability"
-        shown = probabilities[:, classes.positive_index].round(6)
-    else:  # the predicted class's
-        probability, shown = "probability", predictions["probability"]
-    wrong = predictions.assign(**{probability: shown})
-    wrong = wrong[wrong["predicted"] != wrong["label"]]
-    return confusion, wrong[["line", "label", "predicted", probability, "text"]]
-
-
-def _threshold_metrics(evaluation: Evaluation) -> dict[str, float]:
-    """The thresholds as MLflow metrics: test/threshold applied, val/best_threshold (the F1
-    optimum) and val/threshold_<figure> a policy reached; multi-label, each with the label's
-    name after it."""
-    e, classes = evaluation, evaluation.classes
-    if not classes.multi_label:
-        found = {"test/threshold": e.threshold, "val/best_threshold": e.best_val_threshold}
-        found |= {f"val/threshold_{k}": v for k, v in (e.val_at_threshold or {}).items()}
-        return {k: v for k, v in found.items() if v is not None}
-    found = {}
-    for name in classes.names:
-        key = classes.metric_name(name)
-        found[f"test/threshold_{key}"] = e.threshold[name]
-        found[f"val/best_threshold_{key}"] = e.best_val_threshold[name]
-        for k, v in ((e.val_at_threshold or {}).get(name) or {}).items():
-            found[f"val/threshold_{key}_{k}"] = v
-    return found
 
 
 def log_evaluation(run: Run, evaluation: Evaluation) -> None:
@@ -391,18 +329,18 @@ def log_evaluation(run: Run, evaluation: Evaluation) -> None:
     per-split reports, confusion matrices (multi-label, of label pairs), the per-class table,
     the test answers and misclassified messages, test curves."""
     reports, classes = evaluation.reports, evaluation.classes
-    run.log_metrics(metrics.flat(reports["test"], "test", classes), 0)
-    run.log_metrics(metrics.flat(evaluation.baseline["test"], "baseline", classes), 0)
-    run.log_metrics(_threshold_metrics(evaluation), 0)
-    # Multi-label: the confusion of (actual, predicted) labels, "no label" one of them.
-    confusion_classes = Classes((*classes.names, NONE)) if classes.multi_label else classes
+    task = task_for(classes)
+    run.log_metrics(task.flat(reports["test"], "test"), 0)
+    run.log_metrics(task.flat(evaluation.baseline["test"], "baseline"), 0)
+    run.log_metrics(task.threshold_metrics(evaluation.choice), 0)
     for s, report in reports.items():
         run.log_dict(report, f"evaluation/{s}_metrics.json")
-        run.log_figure(
-            metrics.confusion_figure(report["confusion_matrix"], s, confusion_classes),
-            f"evaluation/{s}_confusion_matrix.png",
-        )
-    table = metrics.per_class_table(reports, classes)
+        for name, figure in task.report_figures(report, s).items():
+            run.log_figure(figure, name)
+    test = evaluation.test_labels, evaluation.test_probabilities
+    for name, figure in task.test_figures(*test).items():  # regression: predicted vs true
+        run.log_figure(figure, name)
+    table = task.per_class_table(reports)
     run.log_dict(table, "evaluation/per_class_metrics.json")
     run.log_artifact(paths.MISCLASSIFIED_TEST, "evaluation")
     run.log_artifact(paths.PREDICTIONS_TEST, "evaluation")
@@ -435,21 +373,19 @@ def _log_calibration(run: Run, found: Calibration, classes: Classes) -> None:
     figures = {}
     for s, by_kind in found.scores.items():
         given = by_kind.get("calibrated", by_kind["uncalibrated"])
-        figures |= {f"{s}/{k}": given[k] for k in ("ece", "brier", "log_loss")}
+        kinds = ("ece", "ece_floor", "brier", "log_loss")
+        figures |= {f"{s}/{k}": given[k] for k in kinds if k in given}
         if "calibrated" in by_kind:
             figures[f"{s}/ece_uncalibrated"] = by_kind["uncalibrated"]["ece"]
-        figures[f"{s}/ece_floor"] = given["ece_floor"]
-    if isinstance(found.temperature, dict):
-        for name, t in found.temperature.items():
-            figures[f"calibration/temperature_{classes.metric_name(name)}"] = t
-    elif found.temperature is not None:
-        figures["calibration/temperature"] = found.temperature
+    if found.temperature is not None:  # (evaluate.calibration: none)
+        figures |= task_for(classes).temperature_metrics(found.temperature)
     for name, c in (found.shift or {}).items():
         figures[f"calibration/shift_{classes.metric_name(name)}"] = c
     run.log_metrics(figures, 0)
     run.log_dict(found.report(), "evaluation/calibration.json")
-    figure = calibration.reliability_figure(found.reliability, "test reliability")
-    run.log_figure(figure, "evaluation/test_reliability.png")
+    if not found.reliability.empty:  # (a task with nothing to calibrate has no diagram)
+        figure = calibration.reliability_figure(found.reliability, "test reliability")
+        run.log_figure(figure, "evaluation/test_reliability.png")
 
 
 def _write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:

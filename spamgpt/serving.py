@@ -49,6 +49,7 @@ from spamgpt import classifier, labels, loader, paths, runtime, tokenized, token
 from spamgpt.batching import ModelInputs, inference_tokens, sorted_order
 from spamgpt.errors import SpamGPTError
 from spamgpt.loader import ARTIFACT, BASE_JSON, BaseWeights
+from spamgpt.tasks import task_for
 from spamgpt.texts import TextFields, Truncation
 
 if TYPE_CHECKING:
@@ -86,6 +87,12 @@ class MultiLabelPrediction(pydantic.BaseModel):
 
     labels: list[str]
     probabilities: dict[str, float]
+
+
+class NumberPrediction(pydantic.BaseModel):
+    """One text's answer of a regression model (data.label_format: number): its number."""
+
+    prediction: float
 
 
 class TextClassifierModel(PythonModel):
@@ -196,13 +203,50 @@ class MultiLabelFieldsClassifierModel(FieldsClassifierModel):
         return super().predict(context, model_input, params)
 
 
+class NumberModel(TextClassifierModel):
+    """A regression model's: each text's number."""
+
+    answer_type = NumberPrediction
+
+    def predict(
+        self,
+        context: PythonModelContext,
+        model_input: list[str],
+        params: dict[str, Any] | None = None,
+    ) -> list[NumberPrediction]:
+        return super().predict(context, model_input, params)
+
+
+class NumberFieldsModel(FieldsClassifierModel):
+    """A regression model of several text fields."""
+
+    answer_type = NumberPrediction
+
+    def predict(
+        self,
+        context: PythonModelContext,
+        model_input: TypeFromExample,
+        params: dict[str, Any] | None = None,
+    ) -> list[NumberPrediction]:
+        return super().predict(context, model_input, params)
+
+
+# Each task's pyfunc models (one text, several fields), by the data.label_format its
+# model_config names (Task.serving_config); one without it: single-label, or multi-label
+# where it says multi_label (as every multi-label model logged so far does)
+MODELS: dict[str, tuple[type[TextClassifierModel], type[FieldsClassifierModel]]] = {
+    "single": (TextClassifierModel, FieldsClassifierModel),
+    "multi": (MultiLabelClassifierModel, MultiLabelFieldsClassifierModel),
+    "number": (NumberModel, NumberFieldsModel),
+}
+
+
 def model_for(config: dict) -> TextClassifierModel:
     """The pyfunc model of a logged model_config: several text fields take a DataFrame; a
-    multi-label model answers label sets."""
-    fields = bool(config.get("text_columns"))
-    if config.get("multi_label"):
-        return MultiLabelFieldsClassifierModel() if fields else MultiLabelClassifierModel()
-    return FieldsClassifierModel() if fields else TextClassifierModel()
+    multi-label model answers label sets, a regression model numbers."""
+    kind = config.get("label_format") or ("multi" if config.get("multi_label") else "single")
+    one_text, fields = MODELS[kind]
+    return fields() if config.get("text_columns") else one_text()
 
 
 def onnx_probabilities(session: "InferenceSession", inputs: ModelInputs) -> np.ndarray:
@@ -251,7 +295,7 @@ def log_model(
         meta = json.loads((finetuned_dir / classifier.CLASSIFIER_JSON).read_text(encoding="utf-8"))
         fields = TextFields.from_dict(meta)
         several = len(fields.columns) > 1
-        multi = classifier.classes_of(meta).multi_label
+        task = task_for(classifier.classes_of(meta))
         if several:  # the signature names the fields; the example is a DataFrame of them
             example = pd.DataFrame({c: INPUT_EXAMPLE for c in fields.columns})
             signature = ModelSignature(Schema([ColSpec("string", c) for c in fields.columns]))
@@ -285,7 +329,7 @@ def log_model(
                     "threshold": threshold,
                     "device": "auto",
                     **({"text_columns": list(fields.columns)} if several else {}),
-                    **({"multi_label": True} if multi else {}),
+                    **task.serving_config(),
                 },
                 pip_requirements=pins,
                 registered_model_name=registered_model_name,

@@ -27,10 +27,10 @@ log = logging.getLogger(__name__)
 
 def split_dataset(d: DataParams, s: SplitParams) -> tuple[dict[str, pd.DataFrame], dict]:
     """The train, val and test frames the split stage writes, and metrics/data.json."""
-    multi = d.label_format == "multi"
+    multi, numbers = d.label_format == "multi", d.label_format == "number"
     fmt = data.Format(
         d.format, d.text_column, d.label_column, d.text_template, multi, d.label_separator,
-        d.allow_empty_labels,
+        d.allow_empty_labels, numbers,
     )  # fmt: skip
     allowed = None if d.labels is None else tuple(map(str, d.labels))
     if d.files is None and d.split_column is None:
@@ -67,7 +67,7 @@ def split_dataset(d: DataParams, s: SplitParams) -> tuple[dict[str, pd.DataFrame
             "sources": {"dataset": {"source": d.url, "sha256": sha256, "rows": len(whole.frame)}},
             "split_column": d.split_column,
         }
-    frames, counts = given_splits(parsed, sources, s, multi)
+    frames, counts = given_splits(parsed, sources, s, multi, numbers)
     classes = classes_of(frames, sources, d)
     bad = sum((p.bad_lines for p in parsed.values()), Counter())
     report.update(
@@ -75,7 +75,7 @@ def split_dataset(d: DataParams, s: SplitParams) -> tuple[dict[str, pd.DataFrame
         bad_lines=sum(bad.values()),
         bad_lines_by_reason=dict(bad),
         **counts,
-        **{name: data.label_counts(frame, classes.names, multi) for name, frame in frames.items()},
+        **{n: data.label_counts(f, classes.names, multi, numbers) for n, f in frames.items()},
         **classes.to_dict(),
     )
     if multi:
@@ -88,10 +88,10 @@ def random_split(
 ) -> tuple[dict[str, pd.DataFrame], dict]:
     """One file, split at random, stratified: split.val and split.test of it."""
     parsed = read_source(paths.RAW_DATA, source_name(d.url, d.member), fmt, allowed, d)
-    multi = fmt.multi_label
-    classes = labels.found(parsed.frame["label"], d.labels, d.positive_label, multi)
+    multi, numbers = fmt.multi_label, fmt.numbers
+    classes = found_classes(parsed.frame["label"], d)
     frame = data.dedupe(parsed.frame) if s.dedupe else parsed.frame
-    splits = data.split(frame, s.val, s.test, s.seed, classes.names, multi)
+    splits = data.split(frame, s.val, s.test, s.seed, classes.names, multi, numbers)
     # Multi-label: texts given two different label sets (de-duplication keeps the first).
     conflicts = {"label_conflicts": data.label_conflicts(parsed.frame)} if multi else {}
     return splits, {
@@ -101,9 +101,17 @@ def random_split(
         "bad_lines_by_reason": dict(parsed.bad_lines),
         "duplicates_removed": len(parsed.frame) - len(frame),
         **conflicts,
-        **{name: data.label_counts(part, classes.names, multi) for name, part in splits.items()},
+        **{n: data.label_counts(part, classes.names, multi, numbers) for n, part in splits.items()},
         **classes.to_dict(),
     }
+
+
+def found_classes(found: pd.Series, d: DataParams) -> Classes:
+    """The classes of the labels `found` (labels.found); of numbers, the one output named
+    after data.label_column."""
+    if d.label_format == "number":
+        return Classes((d.label_column,), numbers=True)
+    return labels.found(found, d.labels, d.positive_label, d.label_format == "multi")
 
 
 def read_source(
@@ -177,6 +185,7 @@ def given_splits(
     sources: dict[str, str],
     s: SplitParams,
     multi_label: bool = False,
+    numbers: bool = False,
 ) -> tuple[dict[str, pd.DataFrame], dict]:
     """De-duplicated splits with the leaks between them handled, val carved from train if
     not given; and the counts for metrics/data.json."""
@@ -207,18 +216,22 @@ def given_splits(
         counts["cross_duplicates_removed"] = len(train) - len(frames["train"])
     counts["val_carved"] = "val" not in frames
     if "val" not in frames:
-        carved = carve_val(frames["train"], s, sources["train"], multi_label)
+        carved = carve_val(frames["train"], s, sources["train"], multi_label, numbers)
         frames["train"], frames["val"] = carved
     return {name: frames[name] for name in paths.SPLITS}, counts
 
 
 def carve_val(
-    train: pd.DataFrame, s: SplitParams, source: str, multi_label: bool = False
+    train: pd.DataFrame,
+    s: SplitParams,
+    source: str,
+    multi_label: bool = False,
+    numbers: bool = False,
 ) -> tuple[pd.DataFrame, ...]:
-    """split.val of train as val, stratified by label (multi-label: data.stratify_key),
-    seeded by split.seed."""
+    """split.val of train as val, stratified by label (multi-label: data.stratify_key;
+    numbers: data.number_strata), seeded by split.seed."""
     try:
-        rest, val = data.stratified(train, s.val, s.seed, multi_label)
+        rest, val = data.stratified(train, s.val, s.seed, multi_label, numbers)
     except ValueError as e:  # a class too small to be in both
         counts = train["label"].value_counts().to_dict()
         raise SpamGPTError(
@@ -232,8 +245,9 @@ def carve_val(
 def classes_of(frames: dict[str, pd.DataFrame], sources: dict[str, str], d: DataParams) -> Classes:
     """The classes (data.labels, or every label found), each of which train must have."""
     multi = d.label_format == "multi"
-    found = pd.concat([frame["label"] for frame in frames.values()])
-    classes = labels.found(found, d.labels, d.positive_label, multi)
+    classes = found_classes(pd.concat([frame["label"] for frame in frames.values()]), d)
+    if classes.numbers:  # no classes to find in each split
+        return classes
 
     def names_in(frame: pd.DataFrame) -> set[str]:
         if multi:

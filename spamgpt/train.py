@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol, TextIO
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -29,9 +28,6 @@ from spamgpt import (
     classifier,
     distributed,
     interrupts,
-    metrics,
-    multilabel,
-    multilabel_metrics,
     runtime,
 )
 from spamgpt.batching import bucketed_order
@@ -39,6 +35,8 @@ from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
 from spamgpt.model import GPT2Classifier
 from spamgpt.params import TrainParams
+from spamgpt.task import Task
+from spamgpt.tasks import task_for
 from spamgpt.trunk import Split
 
 # Steps between reads of the training loss back from the device: each read waits for the device
@@ -147,20 +145,6 @@ class ProgressBar(Hook):
             self.bar.close()  # an epoch cut short: its line ends before an error is printed
 
 
-def selected_key(metric: str, classes: Classes) -> str:
-    """The evaluation entry's key (evaluation_entry) of train.select_metric: what picks the
-    best evaluation, as metrics.selection_score reads it from the report."""
-    if metric == "auto":
-        metric = "macro_f1" if classes.positive is None else f"{classes.positive}_f1"
-    if metric == "val_loss":
-        return "val/loss"
-    if metric in ("macro_f1", "accuracy"):
-        return f"val/{metric}"
-    if metric == "micro_f1":  # single-label: accuracy (metrics.selection_score)
-        return "val/micro_f1" if classes.multi_label else "val/accuracy"
-    return f"val/{classes.metric_name(metric.removesuffix('_f1'))}_f1"
-
-
 class ProgressLines(Hook):
     """One plain line per evaluation, for output that is not a terminal (a log file, CI, a
     queued experiment), where the bar draws nothing: the epoch and step, the epoch's training
@@ -263,21 +247,6 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def class_weights(
-    labels: torch.Tensor, setting: str | dict, names: tuple[str, ...]
-) -> torch.Tensor | None:
-    """The loss weight of each class (of `names`) for train.class_weights: 'balanced' is
-    n / (classes * n_c), so each class carries the same total weight; a mapping gives each
-    class's own (its keys the class names, as params.check_train_classes made sure)."""
-    if setting == "none":
-        return None
-    if isinstance(setting, dict):
-        weights = {str(name): float(weight) for name, weight in setting.items()}
-        return torch.tensor([weights[name] for name in names])
-    counts = torch.bincount(labels, minlength=len(names)).float()
-    return len(labels) / (len(counts) * counts.clamp(min=1))
-
-
 def epoch_order(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int) -> list:
     """The batches of one epoch: a function of (seed, epoch) alone, so a resumed run sees
     the same order without replaying the RNG of earlier epochs."""
@@ -288,23 +257,16 @@ def epoch_order(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int) -
 def validation(
     model: GPT2Classifier,
     split: Split,
-    classes: Classes,
+    task: Task,
     weights: torch.Tensor | None,
     device: torch.device,
     precision: str,
 ) -> tuple[float, dict]:
-    """(loss weighted by class, metrics report) of `split` with dropout off; labels at
-    threshold 0.5 on the positive class where there is one of two, else the most probable."""
+    """(loss weighted as training weighs it, metrics report) of `split` with dropout off, at
+    the task's validation threshold (Task.validation)."""
     model.eval()
     probs = classifier.class_probabilities(model, split.inputs, device, precision)
-    if classes.multi_label:
-        loss = multilabel.validation_loss(probs, split.labels, weights)
-        return loss, multilabel_metrics.report(split.labels.numpy(), probs.numpy(), 0.5, classes)
-    # The log of probabilities no smaller than float32 can hold: cross-entropy's value.
-    log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
-    loss = F.nll_loss(log_probs, split.labels, weight=weights).item()
-    threshold = 0.5 if classes.positive is not None and len(classes) == 2 else None
-    return loss, metrics.report(split.labels.numpy(), probs.numpy(), threshold, classes)
+    return task.validation(probs, split.labels, weights)
 
 
 def global_loss_sum(local_sum: torch.Tensor, signalled: bool) -> tuple[torch.Tensor, bool]:
@@ -323,6 +285,7 @@ def global_loss_sum(local_sum: torch.Tensor, signalled: bool) -> tuple[torch.Ten
 
 
 def shard_loss(
+    task: Task,
     model: torch.nn.Module,
     split: Split,
     indices: torch.Tensor,
@@ -331,7 +294,7 @@ def shard_loss(
     precision: str,
 ) -> torch.Tensor:
     """This process's class-weighted loss sum over its share of the global batch `indices`
-    (`loss_weights` on the device); divided by the weight of the whole update (batch_weight)
+    (`loss_weights` on the device); divided by the weight of the whole update (Task.batch_weight)
     and summed over processes and accumulated batches, it is the update's weighted mean
     sum(w_i * loss_i) / sum(w_i) (with one process and one batch, F.cross_entropy's mean)."""
     mine, share = distributed.shard(indices), 1.0
@@ -340,19 +303,7 @@ def shard_loss(
     with runtime.autocast(device, precision):
         logits = classifier.logits(model, split.inputs, mine, device)
     targets = runtime.to_device(split.labels[mine], device)
-    if targets.dim() == 2:  # multi-label: (B, labels) 0/1, a sigmoid each
-        return share * multilabel.loss_sum(logits.float(), targets, loss_weights)
-    loss = F.cross_entropy(logits.float(), targets, weight=loss_weights, reduction="sum")
-    return share * loss
-
-
-def batch_weight(labels: torch.Tensor, class_weights: torch.Tensor | None) -> float:
-    """The total weight of messages with these `labels` (their count, unweighted); multi-label
-    (N, labels) targets: their decisions (pos_weight weighs positives within the mean, as
-    torch's BCEWithLogitsLoss does)."""
-    if class_weights is None or labels.dim() == 2:
-        return float(labels.numel())
-    return float(class_weights[labels].sum())
+    return share * task.loss_sum(logits.float(), targets, loss_weights)
 
 
 def non_finite_loss(loss: float, state: State) -> SpamGPTError:
@@ -380,7 +331,7 @@ def evaluation_entry(state: State, val_loss: float, report: dict, classes: Class
         "step": state.step,
         "train/epoch_loss": state.epoch_loss_sum / max(1, state.epoch_samples),
         "val/loss": val_loss,
-        **metrics.flat(report, "val", classes),
+        **task_for(classes).flat(report, "val"),
     }
 
 
@@ -457,10 +408,7 @@ class StaticStep:
         t, pad = self.trainer, self.rows - len(indices)
         x, lengths = t.train_split.inputs.batch(indices)
         labels = t.train_split.labels[indices]
-        weights = (
-            t.class_weights[labels] if t.class_weights is not None and labels.dim() == 1
-            else torch.ones(len(labels))
-        )  # fmt: skip
+        weights = t.task.row_weights(labels, t.class_weights)
         host = {
             "lengths": torch.cat([lengths, lengths.new_ones(pad)]),
             "targets": torch.cat([labels, labels.new_zeros(pad, *labels.shape[1:])]),
@@ -481,15 +429,16 @@ class StaticStep:
     def _update(self, buffers: dict[str, torch.Tensor]) -> torch.Tensor:
         t = self.trainer
         t.optimizer.zero_grad(set_to_none=True)  # in a graph: its own gradient tensors
-        total = buffers["weights"].sum()  # batch_weight's: multi-label, of its decisions
-        if buffers["targets"].dim() == 2:
-            total = total * buffers["targets"].shape[1]
+        # Task.batch_weight's: each row's weight times the decisions its loss sums
+        total = buffers["weights"].sum() * t.task.decisions_per_row(buffers["targets"])
         local = None  # the loss sum over the batches
         for rows in range(0, self.rows, t.params.batch_size):
             batch = {k: v[rows : rows + t.params.batch_size] for k, v in buffers.items()}
             with self._autocast():
                 logits = t.model(batch["x"], batch["lengths"], t.train_split.inputs.frozen_blocks)
-            loss = weighted_loss_sum(logits.float(), batch, t.loss_weights)
+            loss = t.task.weighted_loss_sum(
+                logits.float(), batch["targets"], batch["weights"], t.loss_weights
+            )
             t.scaler.scale(loss / total).backward()
             local = loss.detach() if local is None else local + loss.detach()
         if t.params.grad_clip is not None:
@@ -537,21 +486,6 @@ def copy_in(buffer: torch.Tensor, host: torch.Tensor) -> None:
         buffer.copy_(host)
 
 
-def weighted_loss_sum(
-    logits: torch.Tensor, batch: dict[str, torch.Tensor], loss_weights: torch.Tensor | None
-) -> torch.Tensor:
-    """sum(w_i * loss_i) over the rows, w_i their `weights` (the class weight, or 1; 0 for
-    rows that fill up a short batch); multi-label: each row's summed binary cross-entropy
-    (pos_weight `loss_weights`)."""
-    targets, weights = batch["targets"], batch["weights"]
-    if targets.dim() == 2:
-        per_label = F.binary_cross_entropy_with_logits(
-            logits, targets, pos_weight=loss_weights, reduction="none"
-        )
-        return (per_label * weights[:, None]).sum()
-    return (F.cross_entropy(logits, targets, reduction="none") * weights).sum()
-
-
 class UnreadStep(NamedTuple):
     """A training step done whose loss has not been read back from the device yet."""
 
@@ -585,8 +519,9 @@ class Trainer:
         self.scheduler = linear_schedule(self.optimizer, params, len(train))
         self.scaler = runtime.grad_scaler(device, precision)  # fp16: loss scaling
         # on the CPU; the training loss reads a copy on the device
-        weigh = multilabel.pos_weight if classes.multi_label else class_weights
-        self.class_weights = weigh(train.labels, params.class_weights, classes.names)
+        self.task = task_for(classes)
+        self.task.start_head(model.head, train.labels)
+        self.class_weights = self.task.loss_weights(train.labels, params.class_weights)
         self.loss_weights = None if self.class_weights is None else self.class_weights.to(device)
         self.state = State()
         self._order: tuple[int, list[torch.Tensor]] = (-1, [])  # (epoch, its updates' batches)
@@ -687,7 +622,7 @@ class Trainer:
             loss = self.static.update(indices)
             self.scheduler.step()
             return loss
-        total = batch_weight(self.train_split.labels[indices], self.class_weights)
+        total = self.task.batch_weight(self.train_split.labels[indices], self.class_weights)
         batches = indices.split(self.params.batch_size)
         local = None  # this process's loss sum over the batches (one: no extra kernel)
         for i, batch in enumerate(batches):
@@ -696,8 +631,8 @@ class Trainer:
             last = i == len(batches) - 1
             with contextlib.nullcontext() if last else self._no_sync():
                 loss = shard_loss(
-                    self.forward_model, self.train_split, batch, self.loss_weights, self.device,
-                    self.precision,
+                    self.task, self.forward_model, self.train_split, batch, self.loss_weights,
+                    self.device, self.precision,
                 )  # fmt: skip
                 # DDP averages gradients over processes; scaling by their number makes the
                 # result the gradient of the global mean.
@@ -723,13 +658,13 @@ class Trainer:
         """Validate; record the evaluation, keep its weights if it is the best so far."""
         s = self.state
         val_loss, report = validation(
-            self.model, self.val_split, self.classes, self.class_weights, self.device,
+            self.model, self.val_split, self.task, self.class_weights, self.device,
             self.precision,
         )  # fmt: skip
         entry = evaluation_entry(s, val_loss, report, self.classes)
         s.history.append(entry)
         p = self.params
-        selected = metrics.selection_score(report, val_loss, self.classes, p.select_metric)
+        selected = self.task.selection_score(report, val_loss, p.select_metric)
         score = (selected, -val_loss)
         if improves(score, s.best_score, p.min_delta):
             s.best_evaluation, s.best_score = len(s.history), score

@@ -1,21 +1,24 @@
 """audit: likely label errors in train and val, by confident learning over out-of-fold
 probabilities of cheap models (spamgpt.audit). Reported in reports/label_issues.csv for a
-person to review, never fixed; audit.enabled: false writes an empty report."""
+person to review, never fixed; audit.enabled: false, or a task without classes (regression),
+writes an empty report."""
 
 import time
 
 from spamgpt import audit, contracts, data, paths, stage
 from spamgpt.params import Params
+from spamgpt.tasks import task_for
 
 
 def main(params: Params) -> None:
     settings = params.audit
-    if not settings.enabled:
+    classes = contracts.read_classes()
+    not_applicable = task_for(classes).audit_skipped()  # {}: the audit applies to the task
+    if not settings.enabled or not_applicable:
         contracts.write_label_issues(audit.no_issues())
-        contracts.write_audit({"enabled": False})
+        contracts.write_audit({"enabled": False, **not_applicable})
         return
     start = time.perf_counter()
-    classes = contracts.read_classes()
     frames = {s: data.read_split(paths.split_file(s)) for s in audit.AUDITED_SPLITS}
     rows = sum(len(frame) for frame in frames.values())
     audit.check_folds(settings.folds, rows)

@@ -13,7 +13,8 @@ from spamgpt import (
     tracking,
 )
 from spamgpt.params import Params, check_train_classes
-from spamgpt.train import LogMetrics, Trainer, progress, selected_key
+from spamgpt.tasks import task_for
+from spamgpt.train import LogMetrics, Trainer, progress
 from spamgpt.trunk import Split
 
 
@@ -48,7 +49,7 @@ def main(params: Params) -> None:
             results.log_run_inputs(run, params, data_report)
         saver = checkpoint.CheckpointSaver(paths.CHECKPOINT, fingerprint, run.run_id, run.flush)
         axis = "epoch" if t.eval_every is None else "step"  # of the val/ metrics in MLflow
-        shown = progress(t.epochs, selected_key(t.select_metric, classes))
+        shown = progress(t.epochs, task_for(classes).selected_key(t.select_metric))
         state = trainer.fit(saver, hooks=(LogMetrics(run, axis), shown))
         stage.phase("save")
         results.write_checkpoint_weights(run, trainer, params.mlflow.log_checkpoints)

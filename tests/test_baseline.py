@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_stage, sms_collection
 
-from spamgpt import baseline, data, metrics, paths
+from spamgpt import baseline, data, paths
 from spamgpt.labels import SMS, Classes
+from spamgpt.task import DEFAULT_THRESHOLD
+from spamgpt.tasks import task_for
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def model(splits: dict[str, pd.DataFrame]):
 
 def test_held_out_accuracy(model, splits: dict[str, pd.DataFrame]) -> None:
     test = splits["test"]
-    predicted = baseline.probabilities(model, test["text"])[:, 1] >= baseline.THRESHOLD
+    predicted = baseline.probabilities(model, test["text"], SMS)[:, 1] >= DEFAULT_THRESHOLD
     assert np.mean(predicted == baseline.labels_of(test, classes=SMS)) > 0.9
 
 
@@ -35,7 +37,7 @@ def test_scores_are_in_unit_interval_and_keep_the_svm_decisions(
     model, splits: dict[str, pd.DataFrame]
 ) -> None:
     texts = pd.concat([splits["val"]["text"], splits["test"]["text"]])
-    both = baseline.probabilities(model, texts)
+    both = baseline.probabilities(model, texts, SMS)
     np.testing.assert_allclose(both.sum(axis=1), 1.0)
     scores = both[:, 1]
     assert scores.shape == (len(texts),)
@@ -48,15 +50,13 @@ def test_two_fits_give_identical_scores(model, splits: dict[str, pd.DataFrame]) 
     again = baseline.fit(splits["train"], classes=SMS)
     texts = splits["test"]["text"]
     np.testing.assert_array_equal(
-        baseline.probabilities(model, texts), baseline.probabilities(again, texts)
+        baseline.probabilities(model, texts, SMS), baseline.probabilities(again, texts, SMS)
     )
 
 
 def test_evaluate_reports_like_the_evaluate_stage(splits: dict[str, pd.DataFrame]) -> None:
     result = baseline.evaluate(splits["train"], splits["val"], splits["test"], classes=SMS)
-    reference = metrics.report(
-        np.array([0, 1]), np.array([[0.8, 0.2], [0.2, 0.8]]), 0.5, classes=SMS
-    )
+    reference = task_for(SMS).report(np.array([0, 1]), np.array([[0.8, 0.2], [0.2, 0.8]]), 0.5)
     assert set(result) == {"val", "test", "seconds"}
     assert result["seconds"] > 0
     for name in ("val", "test"):
@@ -75,7 +75,7 @@ def test_stage_writes_baseline_json(tmp_path: Path, splits: dict[str, pd.DataFra
     _, stderr = stage.communicate(timeout=60)
     assert stage.returncode == 0, stderr
     written = json.loads((tmp_path / "metrics" / "baseline.json").read_text())
-    assert written["threshold"] == baseline.THRESHOLD
+    assert written["threshold"] == DEFAULT_THRESHOLD
     assert set(written) == {"threshold", "train_rows", "max_train_rows", "val", "test"}
     assert written["train_rows"] == len(splits["train"])  # fewer than the cap: all of them
     assert written["max_train_rows"] == 100_000
@@ -94,9 +94,9 @@ def test_sample_caps_the_training_rows_seeded(splits: dict[str, pd.DataFrame]) -
 
 def test_probabilities_in_chunks_are_those_at_once(model, splits, monkeypatch) -> None:
     texts = splits["test"]["text"]
-    whole = baseline.probabilities(model, texts)
+    whole = baseline.probabilities(model, texts, SMS)
     monkeypatch.setattr(baseline, "PREDICT_CHUNK", 7)
-    np.testing.assert_array_equal(baseline.probabilities(model, texts), whole)
+    np.testing.assert_array_equal(baseline.probabilities(model, texts, SMS), whole)
 
 
 def test_three_classes_get_scores_that_pick_the_svm_decision() -> None:
@@ -107,7 +107,7 @@ def test_three_classes_get_scores_that_pick_the_svm_decision() -> None:
     classes = Classes(("billing", "outage", "sales"))
     model = baseline.fit(frame, classes)
     texts = ["refund my invoice", "the site is down", "a discount on seats"]
-    scores = baseline.probabilities(model, texts)
+    scores = baseline.probabilities(model, texts, classes)
     assert scores.shape == (3, 3)
     np.testing.assert_allclose(scores.sum(axis=1), 1.0)
     np.testing.assert_array_equal(scores.argmax(axis=1), model.predict(texts))

@@ -210,7 +210,8 @@ def test_reliability_frame_bins() -> None:
 def tiny_classifier(n_classes: int, multi_label: bool) -> GPT2Classifier:
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=50, n_ctx=16, n_embd=8, n_layer=1, n_head=2)
-    model = GPT2Classifier(GPT2.init_random(config), n_classes, "last", multi_label)
+    label_format = "multi" if multi_label else "single"
+    model = GPT2Classifier(GPT2.init_random(config), n_classes, "last", label_format)
     torch.nn.init.normal_(model.head.weight)  # logits of a few units, not GPT-2's 0.02
     torch.nn.init.normal_(model.head.bias)
     return model.eval()

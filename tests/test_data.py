@@ -1501,3 +1501,75 @@ def test_multi_labels_and_splits_are_kept_as_written(tmp_path: Path) -> None:
     assert parsed.frame.to_dict("records") == [
         {"line": 1, "label": '["b", "été"]', "text": "x", "split": "train"}
     ]
+
+
+NUMBER_RECORDS = [  # (rating as the file holds it, as the split file holds it)
+    ({"review": "great", "rating": 5}, "5.0"),
+    ({"review": "fine", "rating": 3.5}, "3.5"),
+    ({"review": "meh", "rating": " -1e-1 "}, "-0.1"),
+    ({"review": "tenth", "rating": "0.1"}, "0.1"),
+]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_number_labels_are_read_as_exact_floats(tmp_path: Path, fmt: str) -> None:
+    records = [r for r, _ in NUMBER_RECORDS]
+    if fmt == "parquet":  # one type a column
+        records = [{**r, "rating": str(r["rating"])} for r in records]
+    path = own_file(tmp_path, fmt, records)
+    parsed = data.read_messages(path, data.Format(fmt, "review", "rating", numbers=True), None)
+    assert parsed.frame["label"].tolist() == [text for _, text in NUMBER_RECORDS]
+    assert [float(v) for v in parsed.frame["label"]] == [5.0, 3.5, -0.1, 0.1]
+
+
+@pytest.mark.parametrize(
+    ("rating", "said"),
+    [
+        ('"four"', "label 'four' is not a number"),
+        ('"nan"', "label 'nan' is not a number"),
+        ("1e999", "label 'inf' is not a number"),
+        ("null", "label is missing, not a number"),
+        ("true", "label is bool, not a number"),
+        ("[1]", "label is list, not a number"),
+    ],
+)
+def test_a_bad_number_names_the_file_line_and_value(tmp_path: Path, rating: str, said) -> None:
+    path = tmp_path / "reviews.jsonl"
+    path.write_text(f'{{"review": "ok", "rating": 2}}\n{{"review": "x", "rating": {rating}}}\n')
+    fmt = data.Format("jsonl", "review", "rating", numbers=True)
+    with pytest.raises(SpamGPTError) as info:
+        data.read_messages(path, fmt, None, name="reviews.jsonl")
+    message = str(info.value)
+    assert message.startswith(f"reviews.jsonl:2: {said}")
+    assert "\n" not in message
+    skipped = data.read_messages(path, fmt, None, "skip")
+    assert skipped.bad_lines == Counter(bad_number=1) and skipped.frame["label"].tolist() == ["2.0"]
+
+
+def test_number_strata_are_quantile_bins_of_even_size() -> None:
+    values = pd.Series(["5", "1", "3", "3", "2", "4"] * 5, index=range(100, 130))
+    key = data.number_strata(values)
+    assert key.index.tolist() == values.index.tolist()
+    assert key.value_counts().tolist() == [6] * 5  # STRATA bins of 30 rows
+    numbers = values.astype(float)
+    assert numbers[key == 0].max() <= numbers[key == 4].min()  # lowest bin, lowest numbers
+    assert data.number_strata(values.iloc[:11]).nunique() == 1  # too few for two bins of 6
+    assert data.number_strata(values.iloc[:12]).nunique() == 2
+
+
+def test_a_number_split_spreads_low_and_high_numbers_and_is_summarised() -> None:
+    frame = pd.DataFrame(
+        {
+            "line": range(100),
+            "text": [f"message {i}" for i in range(100)],
+            "label": [repr(float(i % 10)) for i in range(100)],
+        }
+    )
+    parts = data.split(frame, 0.2, 0.2, 123, ("rating",), numbers=True)
+    assert [len(parts[s]) for s in ("train", "val", "test")] == [60, 20, 20]
+    for part in parts.values():  # each split's mean near the whole's 4.5
+        summary = data.label_counts(part, ("rating",), numbers=True)
+        assert abs(summary["mean"] - 4.5) < 0.6 and summary["count"] == len(part)
+    assert data.number_summary(pd.Series(["1.0", "3.0"])) == {
+        "count": 2, "mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0
+    }  # fmt: skip

@@ -20,7 +20,8 @@ TRIGGER = 7  # the token that decides the class in the trained fixture
 def tiny(seed: int, pooling: str = "last", classes: int = 2, multi: bool = False):
     torch.manual_seed(seed)
     config = GPTConfig(vocab_size=64, n_ctx=32, n_embd=32, n_layer=2, n_head=4)
-    model = GPT2Classifier(GPT2.init_random(config), classes, pooling, multi_label=multi)
+    label_format = "multi" if multi else "single"
+    model = GPT2Classifier(GPT2.init_random(config), classes, pooling, label_format)
     torch.nn.init.normal_(model.head.weight, std=0.5)
     return model.eval()
 

@@ -39,6 +39,7 @@ from spamgpt.labels import Classes
 from spamgpt.model import GPT2Classifier
 from spamgpt.params import LoraParams, ModelParams
 from spamgpt.random_hub import hub_dir, make_hub
+from spamgpt.tasks import task_for
 from spamgpt.texts import ONE_TEXT, TextFields, Truncation
 from spamgpt.tokenized import TokenizedSplit
 
@@ -612,7 +613,8 @@ def test_the_gate_refuses_a_model_that_int8_breaks_and_leaves_nothing(
     ids = torch.randint(0, meta["pad_id"], (int(lengths.sum()),), generator=g)
     inputs = ModelInputs(PackedSequences(ids, lengths), frozen_blocks=None)
     probabilities = classifier.class_probabilities(model, inputs, CPU, "fp32").numpy()
-    labels = CLASSES.predicted(probabilities, 0.5)  # evaluate's threshold where it has none
+    # evaluate's threshold where it has none
+    labels = task_for(CLASSES).decisions(probabilities, 0.5)
     assert (labels == CLASSES.positive_index).sum() >= 20  # spam to find
     project = tmp_path / "project"
     split = TokenizedSplit(inputs.sequences, torch.from_numpy(labels), torch.arange(300))

@@ -6,23 +6,25 @@ import pytest
 from spamgpt import labels
 from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.labels import SMS, Classes
+from spamgpt.tasks import task_for
 
 PROBS = np.array([[0.7, 0.3], [0.45, 0.55], [0.2, 0.8]])
 
 
 def test_a_threshold_applies_to_the_positive_class() -> None:
-    np.testing.assert_array_equal(SMS.predicted(PROBS, 0.5), [0, 1, 1])
-    np.testing.assert_array_equal(SMS.predicted(PROBS, 0.6), [0, 0, 1])
-    np.testing.assert_array_equal(SMS.predicted(PROBS, 0.3), [1, 1, 1])  # >= threshold
+    np.testing.assert_array_equal(task_for(SMS).decisions(PROBS, 0.5), [0, 1, 1])
+    np.testing.assert_array_equal(task_for(SMS).decisions(PROBS, 0.6), [0, 0, 1])
+    np.testing.assert_array_equal(task_for(SMS).decisions(PROBS, 0.3), [1, 1, 1])  # >= threshold
     first = Classes(("spam", "ham"), "spam")  # the positive class need not be the second
-    np.testing.assert_array_equal(first.predicted(PROBS, 0.6), [0, 1, 1])
+    np.testing.assert_array_equal(task_for(first).decisions(PROBS, 0.6), [0, 1, 1])
 
 
 def test_without_a_threshold_or_a_positive_class_the_most_probable_wins() -> None:
-    np.testing.assert_array_equal(SMS.predicted(PROBS, None), [0, 1, 1])
+    np.testing.assert_array_equal(task_for(SMS).decisions(PROBS, None), [0, 1, 1])
     three = Classes(("a", "b", "c"))
     probs = np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
-    np.testing.assert_array_equal(three.predicted(probs, 0.5), [1, 0])  # no positive: argmax
+    no_positive = task_for(three).decisions(probs, 0.5)
+    np.testing.assert_array_equal(no_positive, [1, 0])  # no positive: argmax
     assert three.named([1, 0, 2]) == ["b", "a", "c"]
 
 
@@ -56,20 +58,22 @@ def test_a_threshold_to_apply_is_strictly_between_0_and_1() -> None:
 def test_a_threshold_needs_two_classes_and_a_positive_one() -> None:
     three = Classes(("a", "b", "c"), "b")
     probs = np.array([[0.5, 0.2, 0.3], [0.1, 0.3, 0.6]])
-    np.testing.assert_array_equal(three.predicted(probs, 0.1), [0, 2])  # argmax, no threshold
-    np.testing.assert_array_equal(Classes(("a", "b")).predicted(PROBS, 0.6), [0, 1, 1])
+    three_classes = task_for(three).decisions(probs, 0.1)
+    np.testing.assert_array_equal(three_classes, [0, 2])  # argmax, no threshold
+    np.testing.assert_array_equal(task_for(Classes(("a", "b"))).decisions(PROBS, 0.6), [0, 1, 1])
 
 
 def test_multi_label_predictions_are_each_label_at_or_over_its_threshold() -> None:
     multi = Classes(("x", "y", "z"), multi_label=True)
     probs = np.array([[0.5, 0.49, 0.9], [0.2, 0.7, 0.3]])
-    np.testing.assert_array_equal(multi.predicted(probs), [[1, 0, 1], [0, 1, 0]])  # 0.5 each
-    np.testing.assert_array_equal(multi.predicted(probs, 0.3), [[1, 1, 1], [0, 1, 1]])
-    per_label = multi.predicted(probs, {"x": 0.6, "z": 0.95})  # y: 0.5, not set
+    at_default = task_for(multi).decisions(probs)
+    np.testing.assert_array_equal(at_default, [[1, 0, 1], [0, 1, 0]])  # 0.5 each
+    np.testing.assert_array_equal(task_for(multi).decisions(probs, 0.3), [[1, 1, 1], [0, 1, 1]])
+    per_label = task_for(multi).decisions(probs, {"x": 0.6, "z": 0.95})  # y: 0.5, not set
     np.testing.assert_array_equal(per_label, [[0, 0, 0], [0, 1, 0]])
-    np.testing.assert_array_equal(multi.thresholds({"y": 0.1}), [0.5, 0.1, 0.5])
-    np.testing.assert_array_equal(multi.thresholds(None), [0.5, 0.5, 0.5])
-    np.testing.assert_array_equal(multi.thresholds(0.25), [0.25, 0.25, 0.25])
+    np.testing.assert_array_equal(task_for(multi).thresholds({"y": 0.1}), [0.5, 0.1, 0.5])
+    np.testing.assert_array_equal(task_for(multi).thresholds(None), [0.5, 0.5, 0.5])
+    np.testing.assert_array_equal(task_for(multi).thresholds(0.25), [0.25, 0.25, 0.25])
 
 
 def test_targets_are_class_indices_or_multi_label_indicators() -> None:
@@ -104,3 +108,17 @@ def test_classes_round_trip_through_their_dict() -> None:
 def test_the_positive_class_error_lists_the_allowed_classes() -> None:
     with pytest.raises(ParamsError, match=r"allowed: one of a, b, or null$"):
         Classes(("a", "b"), "c")
+
+
+def test_number_classes_are_one_output_named_after_the_column() -> None:
+    rating = Classes(("rating",), numbers=True)
+    assert rating.label_format == "number"
+    assert rating.to_dict() == {
+        "labels": ["rating"],
+        "positive_label": None,
+        "label_format": "number",
+    }
+    assert Classes.from_dict(rating.to_dict()) == rating
+    targets = rating.targets(["4.5", "-1.0"])
+    assert targets.tolist() == [4.5, -1.0] and targets.dtype == np.float32
+    assert SMS.label_format == "single" and "label_format" not in SMS.to_dict()

@@ -12,6 +12,7 @@ from sklearn import metrics as skm
 from spamgpt import metrics
 from spamgpt.errors import ParamsError
 from spamgpt.labels import SMS, Classes
+from spamgpt.tasks import task_for
 
 
 def two(spam_prob: np.ndarray) -> np.ndarray:
@@ -28,7 +29,7 @@ PROBS = np.array([0.1, 0.2, 0.3, 0.6, 0.85, 0.4, 0.8, 0.9])
 
 
 def test_report_of_a_hand_worked_example() -> None:
-    rep = metrics.report(LABELS, two(PROBS), 0.5, classes=SMS)
+    rep = task_for(SMS).report(LABELS, two(PROBS), 0.5)
     assert rep["confusion_matrix"] == [[3, 2], [1, 2]]
     assert rep["accuracy"] == pytest.approx(5 / 8)
     assert rep["spam"] == pytest.approx(
@@ -89,7 +90,7 @@ def average_precision_by_steps(labels: np.ndarray, probs: np.ndarray) -> float:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_report_agrees_with_counts_and_scikit_learn(seed: int, threshold: float) -> None:
     labels, probs = generated(seed, decimals=2 if seed == 2 else None)
-    rep = metrics.report(labels, two(probs), threshold, classes=SMS)
+    rep = task_for(SMS).report(labels, two(probs), threshold)
     predicted = (probs >= threshold).astype(int)
     tn, fp, fn, tp = counts(labels, predicted)
     assert rep["confusion_matrix"] == [[tn, fp], [fn, tp]]
@@ -110,9 +111,7 @@ def test_report_agrees_with_counts_and_scikit_learn(seed: int, threshold: float)
 
 
 def test_report_of_one_class_has_no_aucs_and_zero_not_nan() -> None:
-    rep = metrics.report(
-        np.zeros(4, dtype=int), two(np.array([0.1, 0.6, 0.2, 0.3])), 0.5, classes=SMS
-    )
+    rep = task_for(SMS).report(np.zeros(4, dtype=int), two(np.array([0.1, 0.6, 0.2, 0.3])), 0.5)
     assert rep["roc_auc"] is None and rep["pr_auc"] is None
     assert rep["spam"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert rep["confusion_matrix"] == [[3, 1], [0, 0]]
@@ -133,14 +132,14 @@ def test_best_threshold_maximises_spam_f1_over_every_candidate(
 
 
 def test_flat_names_every_number_but_support_and_matrix() -> None:
-    flat = metrics.flat(metrics.report(LABELS, two(PROBS), 0.5, classes=SMS), "val", classes=SMS)
+    flat = metrics.flat(task_for(SMS).report(LABELS, two(PROBS), 0.5), "val", classes=SMS)
     per_class = [f"val/{c}_{m}" for c in ("ham", "spam") for m in ("precision", "recall", "f1")]
     assert set(flat) == {"val/accuracy", "val/macro_f1", "val/roc_auc", "val/pr_auc", *per_class}
     assert flat["val/spam_f1"] == pytest.approx(4 / 7)
     assert flat["val/roc_auc"] == pytest.approx(12 / 15)
     assert all(isinstance(v, float) for v in flat.values())
     one_class = metrics.flat(
-        metrics.report(np.zeros(2, dtype=int), two(np.array([0.1, 0.9])), 0.5, classes=SMS),
+        task_for(SMS).report(np.zeros(2, dtype=int), two(np.array([0.1, 0.9])), 0.5),
         "t",
         classes=SMS,
     )
@@ -158,7 +157,7 @@ def test_three_classes_report_per_class_and_a_3x3_matrix() -> None:
         [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.1, 0.1, 0.8],
          [0.6, 0.2, 0.2]]
     )  # fmt: skip
-    rep = metrics.report(labels, probs, None, THREE)
+    rep = task_for(THREE).report(labels, probs, None)
     assert rep["confusion_matrix"] == [[1, 1, 0], [0, 1, 1], [1, 0, 1]]
     assert rep["accuracy"] == pytest.approx(3 / 6)
     assert {k: rep[k]["f1"] for k in THREE.names} == pytest.approx(
@@ -168,11 +167,11 @@ def test_three_classes_report_per_class_and_a_3x3_matrix() -> None:
     assert rep["roc_auc"] is None and rep["pr_auc"] is None
     flat = metrics.flat(rep, "test", THREE)
     assert flat["test/outage_recall"] == pytest.approx(0.5) and "test/roc_auc" not in flat
-    assert metrics.selection_score(rep, 0.7, THREE) == rep["macro_f1"]
+    assert task_for(THREE).selection_score(rep, 0.7) == rep["macro_f1"]
 
 
 def test_selection_score_is_the_chosen_validation_figure() -> None:
-    rep = metrics.report(LABELS, two(PROBS), 0.5, classes=SMS)
+    rep = task_for(SMS).report(LABELS, two(PROBS), 0.5)
     micro = skm.f1_score(LABELS, PROBS >= 0.5, average="micro")
     expected = {
         "auto": rep["spam"]["f1"],
@@ -183,21 +182,21 @@ def test_selection_score_is_the_chosen_validation_figure() -> None:
         "accuracy": rep["accuracy"],
         "val_loss": -0.25,  # larger is better
     }
-    scores = {metric: metrics.selection_score(rep, 0.25, SMS, metric) for metric in expected}
+    scores = {metric: task_for(SMS).selection_score(rep, 0.25, metric) for metric in expected}
     assert scores == pytest.approx(expected)
     assert len(set(scores.values())) >= 5  # each a different figure of this example
-    assert metrics.selection_score(rep, 0.25, Classes(SMS.names)) == rep["macro_f1"]
+    assert task_for(Classes(SMS.names)).selection_score(rep, 0.25) == rep["macro_f1"]
 
 
 def test_choose_threshold_only_for_a_positive_class_of_two() -> None:
     labels, probs = np.array([0, 1, 1, 0]), two(np.array([0.2, 0.7, 0.4, 0.3]))
-    assert metrics.choose_threshold(0.5, SMS, labels, probs) == (0.5, 0.4, None)
-    assert metrics.choose_threshold("auto", SMS, labels, probs) == (0.4, 0.4, None)
-    none = (None, None, None)
-    assert metrics.choose_threshold(0.5, Classes(("ham", "spam")), labels, probs) == none
+    assert task_for(SMS).choose_threshold(0.5, labels, probs) == (0.5, 0.4, None, None)
+    assert task_for(SMS).choose_threshold("auto", labels, probs) == (0.4, 0.4, None, None)
+    none = (None, None, None, None)  # no kept_default: one threshold
+    assert task_for(Classes(("ham", "spam"))).choose_threshold(0.5, labels, probs) == none
     with pytest.raises(ParamsError, match=r"evaluate\.threshold: a threshold applies to two"):
-        metrics.choose_threshold(0.5, Classes(THREE.names, "outage"), labels, probs)
-    assert metrics.choose_threshold(None, Classes(THREE.names, "outage"), labels, probs) == none
+        task_for(Classes(THREE.names, "outage")).choose_threshold(0.5, labels, probs)
+    assert task_for(Classes(THREE.names, "outage")).choose_threshold(None, labels, probs) == none
 
 
 # The hand-worked example's thresholds, from the highest score down, as (threshold, tp, fp):
@@ -216,13 +215,11 @@ def test_choose_threshold_only_for_a_positive_class_of_two() -> None:
 def test_a_policy_picks_the_highest_recall_within_its_bound(
     policy: dict, threshold: float, precision: float, recall: float, fpr: float
 ) -> None:
-    choice = metrics.choose_threshold(policy, SMS, LABELS, two(PROBS))
+    choice = task_for(SMS).choose_threshold(policy, LABELS, two(PROBS))
     assert choice.threshold == threshold and choice.best_f1 == 0.4
     reached = {"precision": precision, "recall": recall, "fpr": fpr}
     assert choice.reached == pytest.approx(reached)
-    rep = metrics.report(
-        LABELS, two(PROBS), choice.threshold, classes=SMS
-    )  # labels at that threshold
+    rep = task_for(SMS).report(LABELS, two(PROBS), choice.threshold)  # labels at that threshold
     assert (rep["spam"]["precision"], rep["spam"]["recall"]) == pytest.approx((precision, recall))
 
 
@@ -236,12 +233,12 @@ def test_a_policy_picks_the_highest_recall_within_its_bound(
 def test_a_policy_no_threshold_meets_is_one_line(policy: dict, message: str) -> None:
     probs = two(np.where(PROBS == 0.85, 0.95, PROBS))  # a ham message scores highest
     with pytest.raises(ParamsError) as info:
-        metrics.choose_threshold(policy, SMS, LABELS, probs)
+        task_for(SMS).choose_threshold(policy, LABELS, probs)
     text = str(info.value)
     assert text.startswith("evaluate.threshold: no threshold gives 'spam' a validation ")
     assert message in text and "\n" not in text
     with pytest.raises(ParamsError, match="no 'spam' message"):
-        metrics.choose_threshold(policy, SMS, np.zeros(8, dtype=int), probs)
+        task_for(SMS).choose_threshold(policy, np.zeros(8, dtype=int), probs)
 
 
 @pytest.mark.parametrize("decimals", [None, 2, 1])  # 1 decimal: many tied scores
@@ -268,7 +265,7 @@ def test_three_classes_agree_with_scikit_learn() -> None:
     rng = np.random.default_rng(5)
     labels = rng.integers(0, 3, size=200)
     probs = rng.dirichlet(np.ones(3), size=200)
-    rep = metrics.report(labels, probs, None, THREE)
+    rep = task_for(THREE).report(labels, probs, None)
     predicted = probs.argmax(axis=1)
     assert rep["confusion_matrix"] == skm.confusion_matrix(labels, predicted).tolist()
     p, r, f1, support = skm.precision_recall_fscore_support(labels, predicted, zero_division=0)
@@ -299,19 +296,19 @@ def test_the_positive_class_first_gives_the_same_metrics_thresholds_and_curves()
     spam_first = Classes(("spam", "ham"), "spam")
     labels, probs = 1 - LABELS, two(PROBS)[:, ::-1]
     ours, reference = (
-        metrics.report(labels, probs, 0.5, spam_first),
-        metrics.report(LABELS, two(PROBS), 0.5, SMS),
+        task_for(spam_first).report(labels, probs, 0.5),
+        task_for(SMS).report(LABELS, two(PROBS), 0.5),
     )
     for key in ("accuracy", "macro_f1", "roc_auc", "pr_auc", "spam", "ham"):
         assert ours[key] == pytest.approx(reference[key]), key
     assert ours["confusion_matrix"] == [[2, 1], [2, 3]]  # rows spam, ham: tp fn / fp tn
-    assert metrics.selection_score(ours, 0.0, spam_first) == reference["spam"]["f1"]
+    assert task_for(spam_first).selection_score(ours, 0.0) == reference["spam"]["f1"]
     for setting in (0.5, "auto"):
-        assert metrics.choose_threshold(setting, spam_first, labels, probs) == pytest.approx(
-            metrics.choose_threshold(setting, SMS, LABELS, two(PROBS))
+        assert task_for(spam_first).choose_threshold(setting, labels, probs) == pytest.approx(
+            task_for(SMS).choose_threshold(setting, LABELS, two(PROBS))
         )
-    curves = metrics.curve_frames(labels, probs, spam_first)
-    for name, frame in metrics.curve_frames(LABELS, two(PROBS), SMS).items():
+    curves = task_for(spam_first).curve_frames(labels, probs)
+    for name, frame in task_for(SMS).curve_frames(LABELS, two(PROBS)).items():
         assert curves[name].equals(frame), name
 
 
@@ -379,8 +376,8 @@ def test_any_two_class_report_is_scikit_learns(
     positive = classes.positive_index
     p = np.array(probs)
     probabilities = np.column_stack([p, 1 - p]) if positive_first else two(p)
-    rep = metrics.report(labels, probabilities, threshold, classes)
-    predicted = classes.predicted(probabilities, threshold)
+    rep = task_for(classes).report(labels, probabilities, threshold)
+    predicted = task_for(classes).decisions(probabilities, threshold)
     assert rep["accuracy"] == pytest.approx(skm.accuracy_score(labels, predicted))
     assert rep["macro_f1"] == pytest.approx(
         skm.f1_score(labels, predicted, average="macro", labels=[0, 1], zero_division=0)
@@ -454,22 +451,22 @@ def test_any_best_threshold_reaches_the_best_f1_of_every_score(
 
 
 def test_compared_and_selection_figures_are_the_reports_own() -> None:
-    rep = metrics.report(LABELS, two(PROBS), 0.5, SMS)
-    assert metrics.compared(rep, SMS) == {
+    rep = task_for(SMS).report(LABELS, two(PROBS), 0.5)
+    assert task_for(SMS).compared_figures(rep) == {
         "accuracy": rep["accuracy"],
         "macro_f1": rep["macro_f1"],
         "spam": {"precision": 0.5, "recall": 2 / 3, "f1": rep["spam"]["f1"]},
     }
     plain = Classes(("ham", "spam"))
-    assert metrics.compared(rep, plain) == {"accuracy": 0.625, "macro_f1": rep["macro_f1"]}
-    assert metrics.selection_figure(rep, SMS) == {"spam": {"f1": rep["spam"]["f1"]}}
-    assert metrics.selection_figure(rep, plain) == {"macro_f1": rep["macro_f1"]}
+    assert task_for(plain).compared_figures(rep) == {"accuracy": 0.625, "macro_f1": rep["macro_f1"]}
+    assert task_for(SMS).selection_figure(rep) == {"spam": {"f1": rep["spam"]["f1"]}}
+    assert task_for(plain).selection_figure(rep) == {"macro_f1": rep["macro_f1"]}
 
 
 def test_the_per_class_table_has_a_row_per_split_and_class() -> None:
     val, test = (
-        metrics.report(LABELS, two(PROBS), 0.5, SMS),
-        metrics.report(LABELS, two(PROBS), 0.7, SMS),
+        task_for(SMS).report(LABELS, two(PROBS), 0.5),
+        task_for(SMS).report(LABELS, two(PROBS), 0.7),
     )
     table = metrics.per_class_table({"val": val, "test": test}, SMS)
     assert table["split"] == ["val", "val", "test", "test"]
@@ -480,7 +477,7 @@ def test_the_per_class_table_has_a_row_per_split_and_class() -> None:
 
 
 def test_curve_frames_are_scikit_learns_curves_point_by_point() -> None:
-    frames = metrics.curve_frames(LABELS, two(PROBS), SMS)
+    frames = task_for(SMS).curve_frames(LABELS, two(PROBS))
     fpr, tpr, _ = skm.roc_curve(LABELS == 1, PROBS)
     roc = frames["roc"]
     assert list(roc.columns) == ["class", "point", "fpr", "tpr"]
@@ -501,13 +498,13 @@ def test_curve_frames_are_scikit_learns_curves_point_by_point() -> None:
     probs = np.array(
         [[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.5, 0.4, 0.1], [0.3, 0.3, 0.4]]
     )
-    frames = metrics.curve_frames(labels, probs, three)
+    frames = task_for(three).curve_frames(labels, probs)
     assert frames["roc"]["class"].unique().tolist() == ["a", "b"]  # c: no message
     a = frames["roc"][frames["roc"]["class"] == "a"]
     fpr, tpr, _ = skm.roc_curve(labels == 0, probs[:, 0])
     np.testing.assert_allclose(a["fpr"], fpr)
     np.testing.assert_allclose(a["tpr"], tpr)
-    none = metrics.curve_frames(np.zeros(3, int), two(np.array([0.1, 0.2, 0.3])), SMS)
+    none = task_for(SMS).curve_frames(np.zeros(3, int), two(np.array([0.1, 0.2, 0.3])))
     assert none["roc"].empty and list(none["roc"].columns) == ["class", "point", "fpr", "tpr"]
     assert none["pr"].empty and list(none["pr"].columns) == [
         "class",
@@ -518,7 +515,7 @@ def test_curve_frames_are_scikit_learns_curves_point_by_point() -> None:
 
 
 def test_small_edges_of_the_report_and_curves() -> None:
-    assert metrics.report(np.array([1]), two(np.array([0.9])), 0.5, SMS)["accuracy"] == 1.0
+    assert task_for(SMS).report(np.array([1]), two(np.array([0.9])), 0.5)["accuracy"] == 1.0
     # float labels as a split's reader may give them
     matrix = metrics.confusion_matrix(np.array([0.0, 1.0, 1.0]), np.array([1.0, 1.0, 0.0]), 2)
     assert matrix.tolist() == [[0, 1], [1, 1]]
@@ -530,7 +527,7 @@ def test_small_edges_of_the_report_and_curves() -> None:
     np.testing.assert_allclose(tpr, sk_tpr)
     rep = {"micro_f1": 0.7, "accuracy": 0.5}
     assert (
-        metrics.selection_score(rep, 0.1, Classes(("a", "b"), multi_label=True), "micro_f1") == 0.7
+        task_for(Classes(("a", "b"), multi_label=True)).selection_score(rep, 0.1, "micro_f1") == 0.7
     )
 
 
@@ -593,7 +590,7 @@ def test_curve_frames_skip_a_class_without_messages_before_others() -> None:
     three = Classes(("a", "b", "c"))
     labels = np.array([1, 2, 1, 2])  # no "a": skipped, "b" and "c" still drawn
     probs = np.array([[0.1, 0.6, 0.3], [0.2, 0.3, 0.5], [0.3, 0.4, 0.3], [0.1, 0.5, 0.4]])
-    frames = metrics.curve_frames(labels, probs, three)
+    frames = task_for(three).curve_frames(labels, probs)
     for frame in frames.values():
         assert frame["class"].unique().tolist() == ["b", "c"]
         assert frame.index.tolist() == list(range(len(frame)))  # one index over both

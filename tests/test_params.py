@@ -461,3 +461,29 @@ def test_the_reference_shows_each_value_as_params_yaml_writes_it(tmp_path: Path)
     assert rows["train.class_weights"] == "`{a\\|b: 2.0, c: 1}`"
     assert rows["train.lr"] == "`5.0e-05`" and rows["data.text_template"] == "`null`"
     assert rows["data.files.train.url, data.files.val.url, data.files.test.url"] == ""
+
+
+NUMBER = {
+    "data__label_format": "number",
+    "data__labels": None,
+    "data__positive_label": None,
+    "evaluate__threshold": None,
+    "train__class_weights": "none",
+}
+
+
+def test_number_labels_take_no_class_settings() -> None:
+    """data.label_format: number (regression): every key that names or weighs classes, or
+    thresholds a probability, is refused at load with the value it must have."""
+    assert params.parse(modified(**NUMBER)).data.label_format == "number"
+    assert params.parse(modified(**NUMBER, train__select_metric="val_loss"))
+    refused = {
+        "data__labels": (["a", "b"], r"^data\.labels: number labels have no classes, got "),
+        "data__positive_label": ("spam", r"^data\.positive_label: .*'spam'; allowed: null$"),
+        "evaluate__threshold": (0.5, r"^evaluate\.threshold: .* got 0\.5; allowed: null$"),
+        "train__class_weights": ("balanced", r"^train\.class_weights: .*; allowed: none$"),
+        "train__select_metric": ("macro_f1", r"^train\.select_metric: .*: auto or val_loss$"),
+    }
+    for key, (value, message) in refused.items():
+        with pytest.raises(ParamsError, match=message):
+            params.parse(modified(**{**NUMBER, key: value}))

@@ -111,7 +111,8 @@ def test_dvc_yaml_declares_what_the_library_writes():
         "evaluate": [
             paths.EVAL_REPORT, paths.MISCLASSIFIED_TEST, paths.PREDICTIONS_TEST,
             paths.CONFUSION_TEST_PLOT, paths.curve_plot("roc"), paths.curve_plot("pr"),
-            paths.RELIABILITY_TEST_PLOT, paths.CALIBRATION, paths.EVAL_METRICS,
+            paths.RELIABILITY_TEST_PLOT, paths.SCATTER_TEST_PLOT, paths.CALIBRATION,
+            paths.EVAL_METRICS,
         ],
     }  # fmt: skip
     assert set(writes) == set(stages)
@@ -318,7 +319,8 @@ def test_calibration_keeps_decisions_and_rankings(project, monkeypatch):
     """The uncalibrated probabilities (evaluate.calibration: none) give the test figures
     evaluate reported with the calibrated ones at 0.5: accuracy, P/R/F1, confusion, ROC and
     PR AUC; the calibrated ones are better calibrated on validation, where T was fitted."""
-    from spamgpt import classifier, contracts, metrics, paths, results
+    from spamgpt import classifier, contracts, paths, results
+    from spamgpt.tasks import task_for
     from spamgpt.trunk import Split
 
     path, _ = project
@@ -334,7 +336,7 @@ def test_calibration_keeps_decisions_and_rankings(project, monkeypatch):
     }
     labels = {s: x.labels.numpy() for s, x in splits.items()}
     raw, none = results.calibrate("none", classes, labels, logits)
-    uncalibrated = metrics.report(labels["test"], raw["test"], 0.5, classes)
+    uncalibrated = task_for(classes).report(labels["test"], raw["test"], 0.5)
     for key in ("accuracy", "macro_f1", "roc_auc", "pr_auc", "confusion_matrix", "spam", "ham"):
         assert uncalibrated[key] == ev["test"][key], key
     calibration = ev["calibration"]

@@ -37,12 +37,14 @@ from conftest import (
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from spamgpt import classifier, cli, data, metrics, results, tokenized, trunk
+from spamgpt import classifier, cli, data, results, tokenized, trunk
 from spamgpt import params as params_module
 from spamgpt.batching import ModelInputs
+from spamgpt.classification import SingleLabel
 from spamgpt.labels import SMS
 from spamgpt.model import GPT2, GPTConfig
 from spamgpt.random_hub import make_hub
+from spamgpt.tasks import task_for
 
 CPU = torch.device("cpu")
 
@@ -253,7 +255,7 @@ def probabilities(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     inputs = ModelInputs(trunk.load(folder / f"data/trunk/{split}.safetensors"), n_frozen)
     logits = classifier.class_logits(model, inputs, CPU, "fp32").numpy()
     temperature = evaluated_temperature(folder) or 1.0
-    probs = results.calibrated_probabilities(logits, temperature, multi_label=False)
+    probs = results.calibrated_probabilities(SingleLabel(SMS), logits, temperature)
     labels = tokenized.load(folder / f"data/tokens/{split}.safetensors").labels.numpy()
     return labels, probs
 
@@ -264,7 +266,7 @@ def test_auto_threshold_is_the_best_on_validation(recipe_runs: dict) -> None:
     assert threshold == evaluation["best_val_threshold"]
     labels, both = probabilities(recipe_runs["auto-thresh"], "val")
     # these are the probabilities evaluate had: its validation report comes out of them
-    assert metrics.report(labels, both, threshold, classes=SMS) == evaluation["val"]
+    assert task_for(SMS).report(labels, both, threshold) == evaluation["val"]
     probs = both[:, 1]
 
     def spam_f1(t: float) -> float:
@@ -351,7 +353,7 @@ def test_cost_policy_recipe_takes_the_highest_recall_within_its_fpr(recipe_runs:
     threshold, reached = evaluation["threshold"], evaluation["val_at_threshold"]
     assert read_json(folder / "metrics/eval.json")["val_at_threshold"] == reached  # compared
     labels, both = probabilities(folder, "val")
-    assert metrics.report(labels, both, threshold, classes=SMS) == evaluation["val"]
+    assert task_for(SMS).report(labels, both, threshold) == evaluation["val"]
     spam, ham = labels == 1, labels == 0
 
     def fpr(t: float) -> float:

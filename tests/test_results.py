@@ -4,6 +4,7 @@ and `dvc plots show` has data in every plot (one ROC and precision-recall line p
 whole report, every threshold with it, is in reports/."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import pytest
 import torch
 from conftest import REPO, run, subprocess_env
 
-from spamgpt import contracts, data, metrics, multilabel, multilabel_metrics, paths, results
+from spamgpt import contracts, data, paths, results
 from spamgpt.labels import Classes
+from spamgpt.tasks import task_for
 from spamgpt.train import State, evaluation_entry
 
 TEN = Classes(tuple(f"team_{i}" for i in range(10)), None)
@@ -36,11 +38,11 @@ def write_run(classes: Classes, threshold: float | None) -> None:
     data.write_split(
         test.assign(text=[f"message {i}" for i in test["line"]]), paths.split_file("test")
     )
-    reports = {s: metrics.report(labels, probs, threshold, classes) for s in ("val", "test")}
+    reports = {s: task_for(classes).report(labels, probs, threshold) for s in ("val", "test")}
     baseline = {
-        s: metrics.report(labels, np.roll(probs, 1, axis=0), threshold, classes) for s in reports
+        s: task_for(classes).report(labels, np.roll(probs, 1, axis=0), threshold) for s in reports
     }
-    curves = metrics.curve_frames(labels, probs, classes)
+    curves = task_for(classes).curve_frames(labels, probs)
     splits = {s: labels for s in reports}
     _, calibration = results.calibrate(
         "temperature", classes, splits, {s: np.log(probs) for s in reports}
@@ -107,9 +109,9 @@ def write_multilabel_evaluation(classes: Classes, n: int = 240, seed: int = 0) -
     targets = (rng.random((n, len(classes))) < rates).astype(np.float32)
     probs = np.clip(0.4 * targets + 0.6 * rng.random(targets.shape), 0, 1)
     labels, probabilities = {"val": targets, "test": targets}, {"val": probs, "test": probs}
-    reference = {s: multilabel_metrics.report(targets, probs * 0.9, 0.5, classes) for s in labels}
+    reference = {s: task_for(classes).report(targets, probs * 0.9, 0.5) for s in labels}
     evaluated = results.evaluate("auto", classes, labels, probabilities, reference, "micro_f1")
-    test = pd.DataFrame({"line": range(n), "label": multilabel.label_lists(targets > 0.5, classes)})
+    test = pd.DataFrame({"line": range(n), "label": task_for(classes).label_lists(targets > 0.5)})
     data.write_split(test.assign(text=[f"message {i}" for i in range(n)]), paths.split_file("test"))
     results.write_evaluation(evaluated)
 
@@ -163,8 +165,8 @@ def test_the_whole_report_is_in_reports(project):
         assert len(report[split]["confusion_matrix"]) == len(TEN)
     evaluated = json.loads((path / paths.EVAL_METRICS).read_text())
     assert evaluated["accuracy"] == report["test"]["accuracy"]
-    picked_by = metrics.selection_score(report["baseline"]["test"], 0.0, TEN)
-    assert metrics.selection_score(evaluated["baseline"], 0.0, TEN) == picked_by
+    picked_by = task_for(TEN).selection_score(report["baseline"]["test"], 0.0)
+    assert task_for(TEN).selection_score(evaluated["baseline"], 0.0) == picked_by
     calibration = report["calibration"]
     assert calibration["method"] == "temperature" and calibration["bins"] == 15
     for split in ("val", "test"):
@@ -183,7 +185,9 @@ def test_every_plot_has_data_and_a_line_per_class(project):
     assert set(shown) == {
         "training loss", "loss by epoch", "validation accuracy and macro F1",
         "test confusion matrix", "test ROC", "test precision-recall", "test reliability",
+        "test predicted vs true",
     }  # fmt: skip
+    assert shown.pop("test predicted vs true") == []  # number labels' (docs/regression.md)
     for name, (plot,) in shown.items():
         assert plot["content"]["data"]["values"], name
     curves = [
@@ -197,7 +201,9 @@ def test_every_plot_has_data_and_a_line_per_class(project):
     assert {point["class"] for point in reliability} == {"perfect", "uncalibrated", "calibrated"}
     html = path / "html"
     run(["dvc", "plots", "show", "-o", str(html)], path)
-    assert "var spec = {};" not in (html / "index.html").read_text()
+    page = (html / "index.html").read_text()
+    empty = re.findall(r"var spec = \{\};\s*vegaEmbed\('#(\w+)'", page)
+    assert empty == ["test_predicted_vs_true"]  # number labels' alone: nothing to draw here
 
 
 # What evaluate writes beside the metrics, for a few messages read back from the files
@@ -216,8 +222,8 @@ def workspace(tmp_path: Path, monkeypatch) -> Path:
 
 def evaluate(classes: Classes, probs: list[list[float]], threshold: float | None) -> pd.DataFrame:
     labels = np.array([classes.names.index(label) for label in TEST["label"]])
-    reports = {"test": metrics.report(labels, np.array(probs), threshold, classes)}
-    curves = metrics.curve_frames(labels, np.array(probs), classes)
+    reports = {"test": task_for(classes).report(labels, np.array(probs), threshold)}
+    curves = task_for(classes).curve_frames(labels, np.array(probs))
     baseline = {"test": reports["test"], "val": {}}
     evaluated = results.Evaluation(
         classes, reports, baseline, curves, labels, np.array(probs), threshold, 0.7

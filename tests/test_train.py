@@ -21,13 +21,13 @@ from spamgpt.errors import SpamGPTError
 from spamgpt.labels import SMS, Classes
 from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.params import TrainParams
+from spamgpt.tasks import task_for
 from spamgpt.train import (
     Hook,
     LogMetrics,
     ProgressBar,
     State,
     Trainer,
-    class_weights,
     epoch_order,
     improves,
     lr_factor,
@@ -64,20 +64,21 @@ def test_lr_warms_up_linearly_then_decays_to_zero() -> None:
 
 def test_balanced_class_weights_give_each_class_the_same_total() -> None:
     labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1])  # 6 ham, 2 spam
-    weights = class_weights(labels, "balanced", SMS.names)
+    weights = task_for(SMS).loss_weights(labels, "balanced")
     torch.testing.assert_close(weights, torch.tensor([8 / 12, 8 / 4]))
     assert weights[0] * 6 == pytest.approx(weights[1] * 2)
-    assert class_weights(labels, "none", SMS.names) is None
+    assert task_for(SMS).loss_weights(labels, "none") is None
     # a class absent from the labels gets a finite weight, not a division by zero
-    assert torch.isfinite(class_weights(labels, "balanced", ("a", "b", "c"))).all()
+    assert torch.isfinite(task_for(Classes(("a", "b", "c"))).loss_weights(labels, "balanced")).all()
 
 
 def test_class_weights_of_a_mapping_follow_the_class_order() -> None:
     labels = torch.tensor([0, 1, 2])
-    weights = class_weights(labels, {"spam": 3, "ham": 0.5}, SMS.names)
+    weights = task_for(SMS).loss_weights(labels, {"spam": 3, "ham": 0.5})
     torch.testing.assert_close(weights, torch.tensor([0.5, 3.0]))
     torch.testing.assert_close(
-        class_weights(labels, {2: 1, 0: 2, 1: 4}, ("0", "1", "2")), torch.tensor([2.0, 4.0, 1.0])
+        task_for(Classes(("0", "1", "2"))).loss_weights(labels, {2: 1, 0: 2, 1: 4}),
+        torch.tensor([2.0, 4.0, 1.0]),
     )
 
 
@@ -537,7 +538,7 @@ def test_off_a_terminal_each_evaluation_logs_one_plain_line(
     """Three epochs of 64 messages, an evaluation each: three lines, each with its epoch, step,
     the epoch's training loss and val spam F1 (auto) as the history has them, the best one
     marked, the samples trained since the line before, the seconds."""
-    lines = CountedLines(PARAMS.epochs, train.selected_key("auto", SMS))
+    lines = CountedLines(PARAMS.epochs, task_for(SMS).selected_key("auto"))
     with caplog.at_level("INFO", logger="spamgpt.train"):
         state = new_trainer().fit(CheckpointSaver(tmp_path / "c.pt", "fp"), hooks=(lines,))
     logged = [r.getMessage() for r in caplog.records if r.name == "spamgpt.train"]
@@ -587,17 +588,17 @@ def test_the_selected_key_reads_the_figure_the_selection_scores() -> None:
     }
     entry = {"val/loss": 0.9, **metrics.flat(report, "val", three)}
     for metric in ("auto", "macro_f1", "accuracy", "micro_f1", "a b_f1", "d_f1"):
-        score = metrics.selection_score(report, 0.9, three, metric)
-        assert entry[train.selected_key(metric, three)] == score, metric
-    assert entry[train.selected_key("val_loss", three)] == 0.9
-    assert train.selected_key("auto", Classes(("x", "y", "z"))) == "val/macro_f1"
+        score = task_for(three).selection_score(report, 0.9, metric)
+        assert entry[task_for(three).selected_key(metric)] == score, metric
+    assert entry[task_for(three).selected_key("val_loss")] == 0.9
+    assert task_for(Classes(("x", "y", "z"))).selected_key("auto") == "val/macro_f1"
 
 
 def multi_label_trainer(params: TrainParams) -> Trainer:
     """Three labels: whether token 5, 6 and 7 occur (a message may have several, or none)."""
     torch.manual_seed(0)
     config = GPTConfig(n_layer=2, n_head=2, n_embd=16, n_ctx=16, vocab_size=40)
-    model = GPT2Classifier(GPT2.init_random(config), 3, multi_label=True)
+    model = GPT2Classifier(GPT2.init_random(config), 3, label_format="multi")
     splits = []
     for split in trainer_splits(70):
         seq = split.inputs.sequences
