@@ -322,3 +322,10 @@ def test_hf_token_is_a_bearer_header_without_its_spaces(monkeypatch: pytest.Monk
     assert hub.auth_headers() == {}
     monkeypatch.delenv(hub.TOKEN_ENV)
     assert hub.auth_headers() == {}
+
+
+def test_only_slashes_are_stripped_from_hub_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert hub.file_url("http://m/HX/", "o/r", "v", "f") == "http://m/HX/o/r/resolve/v/f"
+    monkeypatch.setenv(hub.ENDPOINT_ENV, "http://mirror/X/")
+    assert hub.effective_hub_url(hub.DEFAULT_HUB_URL) == "http://mirror/X"
+    assert hub.effective_hub_url(hub.DEFAULT_HUB_URL + "X") == hub.DEFAULT_HUB_URL + "X"
