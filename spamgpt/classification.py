@@ -374,7 +374,11 @@ class SingleLabel(_Classification):
     def label_issues(self, targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
         from cleanlab.filter import find_label_issues
 
-        return find_label_issues(targets, probabilities, return_indices_ranked_by="self_confidence")
+        # n_jobs=1: cleanlab forks a Pool by default, and forking a process that already runs
+        # torch's threads can deadlock the child (the audit stage hung); results do not depend on it
+        return find_label_issues(
+            targets, probabilities, return_indices_ranked_by="self_confidence", n_jobs=1
+        )
 
     def label_quality(self, targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
         from cleanlab.rank import get_label_quality_scores
@@ -713,7 +717,9 @@ class MultiLabel(_Classification):
         from cleanlab.multilabel_classification.filter import find_label_issues
 
         given = [list(np.flatnonzero(row)) for row in targets]
-        return find_label_issues(given, probabilities, return_indices_ranked_by="self_confidence")
+        return find_label_issues(
+            given, probabilities, return_indices_ranked_by="self_confidence", n_jobs=1
+        )  # n_jobs=1: see SingleLabel.label_issues
 
     def label_quality(self, targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
         from cleanlab.multilabel_classification.rank import get_label_quality_scores
