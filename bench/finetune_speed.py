@@ -30,14 +30,16 @@ import torch
 import torch.nn.functional as F
 from workload import ROOT, sms_like
 
-from spamgpt import classifier, data, labels, paths, runtime, tokenized, tokenizer, trunk
-from spamgpt.batching import ModelInputs
-from spamgpt.checkpoint import CheckpointSaver
-from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
+from spamgpt import labels, paths, runtime
+from spamgpt.data import readers, tokenized, tokenizer
+from spamgpt.data.batching import ModelInputs
+from spamgpt.finetune.checkpoint import CheckpointSaver
+from spamgpt.finetune.train import Hook, State, Trainer
+from spamgpt.model import classifier, trunk
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier, GPTConfig
+from spamgpt.model.trunk import Split
 from spamgpt.params import load as load_params
 from spamgpt.random_hub import make_hub
-from spamgpt.train import Hook, State, Trainer
-from spamgpt.trunk import Split
 
 TINY = GPTConfig(n_layer=2, n_head=4, n_embd=32, n_ctx=64)
 
@@ -90,20 +92,20 @@ def main() -> None:
     params = load_params(ROOT / "params.yaml")
     d = params.data
     messages_file = args.data or ROOT / paths.RAW_DATA
-    fmt = data.Format(d.format, d.text_column, d.label_column)
+    fmt = readers.Format(d.format, d.text_column, d.label_column)
     tokenizer_dir = args.tokenizer or ROOT / paths.pretrained_dir(params.model.repo_id)
     with tempfile.TemporaryDirectory() as tmp:
         if args.tiny and args.data is None:
-            messages_file, fmt = Path(tmp) / "messages.txt", data.Format()
+            messages_file, fmt = Path(tmp) / "messages.txt", readers.Format()
             messages_file.write_text("\n".join(sms_like(300)) + "\n", encoding="utf-8")
         if args.tiny and args.tokenizer is None:
             tokenizer_dir = make_hub(tmp, layers=1, dim=8, heads=1, n_ctx=8)
         allowed = None if d.labels is None else tuple(map(str, d.labels))
-        parsed = data.read_messages(messages_file, fmt, allowed, d.bad_lines)
+        parsed = readers.read_messages(messages_file, fmt, allowed, d.bad_lines)
         enc = tokenizer.load(tokenizer_dir)
     classes = labels.found(parsed.frame["label"], d.labels, d.positive_label)
     sp = params.split
-    splits = data.split(data.dedupe(parsed.frame), sp.val, sp.test, sp.seed, classes.names)
+    splits = readers.split(readers.dedupe(parsed.frame), sp.val, sp.test, sp.seed, classes.names)
     ids = {s: tokenized.encode_packed(enc, f["text"].tolist()) for s, f in splits.items()}
     config = dataclasses.replace(TINY if args.tiny else GPTConfig(), vocab_size=enc.n_vocab)
     max_length = tokenized.resolve_max_length(

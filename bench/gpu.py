@@ -254,7 +254,7 @@ class Bench:
 
     def spamgpt(self, project: Path, *args: str, **kwargs: object) -> Ran:
         """The `spamgpt` command of the project's copy of the package."""
-        main = "from spamgpt.cli import main; main()"
+        main = "from spamgpt.serve.cli import main; main()"
         return self.run([sys.executable, "-c", main, *args], project, **kwargs)
 
     def make_hub(self, repo_id: str, shape: str) -> float:

@@ -22,9 +22,9 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
 from spamgpt import contracts, paths, runtime
+from spamgpt.finetune.train import epoch_order
+from spamgpt.model.trunk import Split
 from spamgpt.params import load as load_params
-from spamgpt.train import epoch_order
-from spamgpt.trunk import Split
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ per call, on random weights.
 
 A self-contained model folder of random weights at GPT-2 124M shapes (`--tiny`: the tests'
 2-block, width-32 GPT-2), exported to ONNX and quantized to int8 as `spamgpt export` does
-(spamgpt.export.to_onnx, quantize_int8). Each variant scores the same N synthetic SMS-like
+(spamgpt.serve.export.to_onnx, quantize_int8). Each variant scores the same N synthetic SMS-like
 messages one at a time, text in, probabilities out, as a server answers one request:
 PyTorch fp32 and bf16 through classifier.classify_texts (`spamgpt classify`'s path), ONNX
 fp32, int8 and int8 per output channel through the served ONNX model's path
@@ -29,11 +29,14 @@ import numpy as np
 import onnxruntime
 import torch
 
-from spamgpt import classifier, export, params, runtime, serving, tokenized, tokenizer
-from spamgpt.batching import ModelInputs
+from spamgpt import params, runtime
+from spamgpt.data import tokenized, tokenizer
+from spamgpt.data.batching import ModelInputs
 from spamgpt.labels import SMS
-from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.model import classifier
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.random_hub import make_hub
+from spamgpt.serve import export, serving
 from spamgpt.texts import Truncation
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -31,9 +31,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from spamgpt import classifier, params, tokenizer
+from spamgpt import params
+from spamgpt.data import tokenizer
 from spamgpt.labels import SMS
-from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.model import classifier
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.random_hub import make_hub
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +117,7 @@ def run_case(
     device: str,
     repeat: int,
 ) -> dict:
-    spamgpt = [sys.executable, "-c", "from spamgpt.cli import main; main()"]
+    spamgpt = [sys.executable, "-c", "from spamgpt.serve.cli import main; main()"]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folder = model_folder(root, shapes)

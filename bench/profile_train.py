@@ -24,10 +24,11 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from spamgpt import classifier, contracts, runtime
+from spamgpt import contracts, runtime
+from spamgpt.finetune.train import Trainer, epoch_order, update_size
+from spamgpt.model import classifier
+from spamgpt.model.trunk import Split
 from spamgpt.params import load as load_params
-from spamgpt.train import Trainer, epoch_order, update_size
-from spamgpt.trunk import Split
 
 
 def synchronize(device: torch.device) -> None:

@@ -44,7 +44,10 @@ import torch
 from predict import model_folder
 from workload import ROOT, sms_like
 
-from spamgpt import classifier, export, runtime, tokenized, tokenizer
+from spamgpt import runtime
+from spamgpt.data import tokenized, tokenizer
+from spamgpt.model import classifier
+from spamgpt.serve import export
 
 THRESHOLD = 0.5
 # |served - reference| per probability. int8: dynamic quantization scales each activation
@@ -53,7 +56,7 @@ THRESHOLD = 0.5
 # not fail the run.
 TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2, "int8": 2e-2}
 LOADS = [("1 msg x 1", 1, 1), ("1 msg x 16", 1, 16), ("64 msg x 4", 64, 4)]
-SPAMGPT = [sys.executable, "-c", "from spamgpt.cli import main; main()"]
+SPAMGPT = [sys.executable, "-c", "from spamgpt.serve.cli import main; main()"]
 
 
 @dataclass(frozen=True)
@@ -121,8 +124,8 @@ def graph_answers(folder: Path, graph: Path, pool: list[str]) -> dict:
     ONNX model scores (serving.onnx_probabilities): text -> its answer."""
     import onnxruntime
 
-    from spamgpt import serving
-    from spamgpt.batching import ModelInputs
+    from spamgpt.data.batching import ModelInputs
+    from spamgpt.serve import serving
 
     _, meta = classifier.load(folder)
     ids = tokenized.pack_ids(tokenized.encode(tokenizer.load(folder), pool), meta["max_length"])
@@ -246,7 +249,7 @@ def logged_model(folder: Path, store: Path) -> str:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from spamgpt import serving
+    from spamgpt.serve import serving
 
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
     client = MlflowClient()

@@ -1,14 +1,14 @@
 """The classes of a dataset: their names in the order of the model's outputs, the positive
 class, and the label column's format (how its values become training targets); how
-probabilities become labels is the task's (spamgpt.tasks).
+probabilities become labels is the task's (spamgpt.tasks.registry).
 
 Class names are strings (an integer label 3 is the class "3"), in the order of the model's
 outputs. A positive class (data.positive_label) is the one whose F1 picks the best epoch and
 whose probability a threshold applies to, with two classes; without one, macro F1 picks and
 the most probable class is the label.
 
-Multi-label classes (data.label_format: multi, spamgpt.classification.MultiLabel) are independent
-labels; in a split file a row's labels are a JSON list.
+Multi-label classes (data.label_format: multi, spamgpt.tasks.classification.MultiLabel) are
+independent labels; in a split file a row's labels are a JSON list.
 """
 
 import json
@@ -73,7 +73,7 @@ class Classes:
 
     @property
     def label_format(self) -> str:
-        """data.label_format of these classes: what spamgpt.tasks.task_for decides by."""
+        """data.label_format of these classes: what spamgpt.tasks.registry.task_for decides by."""
         return "number" if self.numbers else "multi" if self.multi_label else "single"
 
     @classmethod

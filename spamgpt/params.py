@@ -59,7 +59,7 @@ URL_OR_PATH = {
     "pattern": r"https?://[^\s/]+\S*|(?![A-Za-z][\w+.-]*:/)[^\s].*",
     "what": "an http:// or https:// URL, or a local file path",
 }
-# The projections within a block that LoRA can adapt (spamgpt.lora), by their module names.
+# The projections within a block that LoRA can adapt (spamgpt.model.lora), by their module names.
 LoraTarget = Literal["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
 # Names a report uses beside the classes' own: a class may not take one of them.
 REPORT_KEYS = (
@@ -259,7 +259,7 @@ class BaselineParams:
 
 @dataclass(frozen=True)
 class AuditParams:
-    """The label audit (spamgpt.audit): on or off, and its k of k-fold."""
+    """The label audit (spamgpt.evaluate.audit): on or off, and its k of k-fold."""
 
     enabled: bool = _rule(
         doc="find likely label errors in train and val (reports/label_issues.csv, never fixed: "

@@ -25,7 +25,7 @@ import regex
 import torch
 from safetensors.torch import save_file
 
-from spamgpt.tokenizer import EOT, PATTERN, bytes_to_unicode
+from spamgpt.data.tokenizer import EOT, PATTERN, bytes_to_unicode
 
 REVISION = "607a30d783dfa663caf39e06633721c8d4cfcd7e"
 

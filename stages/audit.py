@@ -1,13 +1,15 @@
 """audit: likely label errors in train and val, by confident learning over out-of-fold
-probabilities of cheap models (spamgpt.audit). Reported in reports/label_issues.csv for a
+probabilities of cheap models (spamgpt.evaluate.audit). Reported in reports/label_issues.csv for a
 person to review, never fixed; audit.enabled: false, or a task without classes (regression),
 writes an empty report."""
 
 import time
 
-from spamgpt import audit, contracts, data, paths, stage
+from spamgpt import contracts, paths, stage
+from spamgpt.data import readers
+from spamgpt.evaluate import audit
 from spamgpt.params import Params
-from spamgpt.tasks import task_for
+from spamgpt.tasks.registry import task_for
 
 
 def main(params: Params) -> None:
@@ -19,7 +21,7 @@ def main(params: Params) -> None:
         contracts.write_audit({"enabled": False, **not_applicable})
         return
     start = time.perf_counter()
-    frames = {s: data.read_split(paths.split_file(s)) for s in audit.AUDITED_SPLITS}
+    frames = {s: readers.read_split(paths.split_file(s)) for s in audit.AUDITED_SPLITS}
     rows = sum(len(frame) for frame in frames.values())
     audit.check_folds(settings.folds, rows)
     hidden = audit.trunk_features(audit.AUDITED_SPLITS, rows)

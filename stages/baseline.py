@@ -1,11 +1,13 @@
 """baseline: TF-IDF + linear SVM on the same splits, for comparison with the fine-tuned GPT-2."""
 
-from spamgpt import baseline, contracts, data, paths, stage
+from spamgpt import contracts, paths, stage
+from spamgpt.data import readers
+from spamgpt.evaluate import baseline
 from spamgpt.params import Params
 
 
 def main(params: Params) -> None:
-    train, val, test = (data.read_split(paths.split_file(s)) for s in paths.SPLITS)
+    train, val, test = (readers.read_split(paths.split_file(s)) for s in paths.SPLITS)
     classes = contracts.read_classes()
     cap = params.baseline.max_train_rows
     fitted_on = baseline.sample(train, cap)

@@ -4,7 +4,7 @@ member; with given splits (data.files), each split's file into one folder."""
 from pathlib import Path
 
 from spamgpt import paths, stage
-from spamgpt.download import fetch, fetch_files
+from spamgpt.data.download import fetch, fetch_files
 from spamgpt.params import Params
 
 

@@ -1,7 +1,8 @@
 """download_weights: fetch config, tokenizer and safetensors weights of the chosen GPT-2
 (from the Hugging Face cache where it has them)."""
 
-from spamgpt import contracts, hub, paths, stage
+from spamgpt import contracts, paths, stage
+from spamgpt.data import hub
 from spamgpt.params import Params
 
 

@@ -2,9 +2,11 @@
 fitted on validation), metrics, confusion matrices, curves and misclassified messages, into
 DVC metrics/plots and the finetune MLflow run."""
 
-from spamgpt import classifier, contracts, paths, results, runtime, stage, tracking
+from spamgpt import contracts, paths, runtime, stage, tracking
+from spamgpt.evaluate import results
+from spamgpt.model import classifier
+from spamgpt.model.trunk import Split
 from spamgpt.params import Params
-from spamgpt.trunk import Split
 
 
 def main(params: Params) -> None:
@@ -34,7 +36,7 @@ def main(params: Params) -> None:
         results.log_evaluation(run, evaluation)
         results.log_label_issues(run, contracts.read_audit())
         if mlf.log_model:
-            from spamgpt import export, loader, serving  # mlflow.pyfunc: only where logged
+            from spamgpt.serve import export, loader, serving  # mlflow.pyfunc: only where logged
 
             base = loader.BaseWeights(**contracts.read_base_weights())
             full = mlf.log_model == "full"  # its every tensor comes from `loaded`
@@ -49,7 +51,7 @@ def main(params: Params) -> None:
         # The exports' weights are the model's own: the temperature folded into its head
         classifier.fold_temperature(model, calibration.temperature, classes, calibration.shift)
         if mlf.export:
-            from spamgpt import export  # onnx and transformers' formats: only where asked
+            from spamgpt.serve import export  # onnx and transformers' formats: only where asked
 
             export.log_exports(run, model, meta, paths.FINETUNED_DIR, mlf.export)
         if mlf.log_checkpoints:

@@ -1,21 +1,14 @@
 """finetune: train the last blocks + final norm + a class head on the cached trunk, keep the
 best evaluation by train.select_metric, checkpoint at each, record the run in MLflow."""
 
-from spamgpt import (
-    checkpoint,
-    classifier,
-    contracts,
-    distributed,
-    paths,
-    results,
-    runtime,
-    stage,
-    tracking,
-)
+from spamgpt import contracts, distributed, paths, runtime, stage, tracking
+from spamgpt.evaluate import results
+from spamgpt.finetune import checkpoint
+from spamgpt.finetune.train import LogMetrics, Trainer, progress
+from spamgpt.model import classifier
+from spamgpt.model.trunk import Split
 from spamgpt.params import Params, check_train_classes
-from spamgpt.tasks import task_for
-from spamgpt.train import LogMetrics, Trainer, progress
-from spamgpt.trunk import Split
+from spamgpt.tasks.registry import task_for
 
 
 def main(params: Params) -> None:

@@ -1,8 +1,9 @@
 """loaders: GPT-2 BPE token ids of every message, per split, cut to model.max_length as
 model.truncation says."""
 
-from spamgpt import atomic, contracts, data, paths, stage, tokenized, tokenizer
-from spamgpt.model import GPTConfig
+from spamgpt import atomic, contracts, paths, stage
+from spamgpt.data import readers, tokenized, tokenizer
+from spamgpt.model.gpt2 import GPTConfig
 from spamgpt.params import Params
 
 
@@ -10,7 +11,7 @@ def main(params: Params) -> None:
     model_dir = paths.pretrained_dir(params.model.repo_id)
     enc = tokenizer.load(model_dir)
     n_ctx = GPTConfig.from_json(model_dir / "config.json").n_ctx
-    frames = {name: data.read_split(paths.split_file(name)) for name in paths.SPLITS}
+    frames = {name: readers.read_split(paths.split_file(name)) for name in paths.SPLITS}
     ids = {
         name: tokenized.encode_packed(enc, frame["text"].tolist()) for name, frame in frames.items()
     }

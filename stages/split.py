@@ -1,7 +1,8 @@
 """split: parse the raw messages strictly, drop duplicate texts, and split train/val/test: at
-random, by a split column, or as given in separate files (spamgpt.splits)."""
+random, by a split column, or as given in separate files (spamgpt.data.splits)."""
 
-from spamgpt import atomic, contracts, data, paths, splits, stage
+from spamgpt import atomic, contracts, paths, stage
+from spamgpt.data import readers, splits
 from spamgpt.params import Params
 
 
@@ -10,7 +11,7 @@ def main(params: Params) -> None:
     # The report written in the block: should it fail, the old split files stay.
     with atomic.replaced_dir(paths.SPLIT_DIR) as folder:
         for name, part in frames.items():
-            data.write_split(part, paths.split_file(name, folder))
+            readers.write_split(part, paths.split_file(name, folder))
         contracts.write_data_report(report)
 
 

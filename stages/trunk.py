@@ -2,8 +2,10 @@
 hidden states, so finetune's epochs (and evaluate) only run the trainable tail. With
 train.devices > 1, that many processes under torchrun, each computing its share."""
 
-from spamgpt import classifier, contracts, distributed, paths, runtime, stage, tokenized, trunk
-from spamgpt.model import GPTConfig
+from spamgpt import contracts, distributed, paths, runtime, stage
+from spamgpt.data import tokenized
+from spamgpt.model import classifier, trunk
+from spamgpt.model.gpt2 import GPTConfig
 from spamgpt.params import Params
 
 

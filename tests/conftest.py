@@ -25,8 +25,11 @@ import yaml
 from fileserver import serve
 from mlflow.tracking import MlflowClient
 
-from spamgpt import classifier, cli, paths, runtime, tokenizer, tracking
+from spamgpt import paths, runtime, tracking
+from spamgpt.data import tokenizer
+from spamgpt.model import classifier
 from spamgpt.random_hub import make_hub
+from spamgpt.serve import cli
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_REVISION = "tiny-test"  # not in the known-hash table: accepted with a warning, recorded

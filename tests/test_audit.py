@@ -1,4 +1,4 @@
-"""spamgpt.audit and its stage: planted label flips are what it reports, single- and
+"""spamgpt.evaluate.audit and its stage: planted label flips are what it reports, single- and
 multi-label, and its CSV names each suspect's line in the user's file."""
 
 import json
@@ -11,9 +11,11 @@ import torch
 import yaml
 from conftest import REPO
 
-from spamgpt import audit, contracts, data, paths
+from spamgpt import contracts, paths
 from spamgpt import params as params_module
-from spamgpt.batching import PackedSequences
+from spamgpt.data import readers
+from spamgpt.data.batching import PackedSequences
+from spamgpt.evaluate import audit
 from spamgpt.labels import SMS, Classes
 
 SPAM_WORDS = ("win", "prize", "claim", "free", "cash", "urgent", "call", "txt", "award", "bonus")
@@ -148,7 +150,7 @@ def test_stage_writes_the_suspects_with_their_lines(split_project) -> None:
     assert len(table) > 0 and (table["file"] == "messages.txt").all()
     for row in table.itertuples():  # its line in the user's file is that text with that label
         assert lines[row.line - 1] == f"{row.label}\t{row.text}"
-    test_lines = set(data.read_split(paths.split_file("test"))["line"])
+    test_lines = set(readers.read_split(paths.split_file("test"))["line"])
     assert not test_lines & set(table["line"])  # test is never audited
     recall, false_share = found_and_false(table["line"] - 1, np.setdiff1d(planted, [
         line - 1 for line in test_lines

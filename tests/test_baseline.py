@@ -1,4 +1,5 @@
-"""spamgpt.baseline and its stage, on the generated SMS collection split as the pipeline does."""
+"""spamgpt.evaluate.baseline and its stage, on the generated SMS collection split as the
+pipeline does."""
 
 import json
 from pathlib import Path
@@ -8,18 +9,20 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_stage, sms_collection
 
-from spamgpt import baseline, data, paths
+from spamgpt import paths
+from spamgpt.data import readers
+from spamgpt.evaluate import baseline
 from spamgpt.labels import SMS, Classes
-from spamgpt.task import DEFAULT_THRESHOLD
-from spamgpt.tasks import task_for
+from spamgpt.tasks.registry import task_for
+from spamgpt.tasks.task import DEFAULT_THRESHOLD
 
 
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pd.DataFrame]:
     raw = tmp_path_factory.mktemp("raw") / "SMSSpamCollection"
     raw.write_bytes(sms_collection())
-    frame = data.dedupe(data.read_messages(raw, fmt=data.Format(), labels=SMS.names).frame)
-    return data.split(frame, val=0.2, test=0.2, seed=123, labels=SMS.names)
+    frame = readers.dedupe(readers.read_messages(raw, fmt=readers.Format(), labels=SMS.names).frame)
+    return readers.split(frame, val=0.2, test=0.2, seed=123, labels=SMS.names)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +70,7 @@ def test_evaluate_reports_like_the_evaluate_stage(splits: dict[str, pd.DataFrame
 def test_stage_writes_baseline_json(tmp_path: Path, splits: dict[str, pd.DataFrame]) -> None:
     (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
     for name, part in splits.items():
-        data.write_split(part, tmp_path / paths.split_file(name))
+        readers.write_split(part, tmp_path / paths.split_file(name))
     (tmp_path / "metrics").mkdir()
     classes = {"labels": ["ham", "spam"], "positive_label": "spam"}  # as the split stage tells
     (tmp_path / paths.DATA_METRICS).write_text(json.dumps(classes))

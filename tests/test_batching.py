@@ -1,9 +1,9 @@
-"""spamgpt.batching: packed sequences, right padding and batch orders."""
+"""spamgpt.data.batching: packed sequences, right padding and batch orders."""
 
 import pytest
 import torch
 
-from spamgpt.batching import PackedSequences, bucketed_order, padded_width, sorted_order
+from spamgpt.data.batching import PackedSequences, bucketed_order, padded_width, sorted_order
 
 
 def packed_ids(seqs: list[list[int]]) -> PackedSequences:
@@ -196,8 +196,8 @@ def test_sorted_order_can_fill_its_last_batch_so_many_calls_add_no_shape() -> No
 from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from spamgpt import tensorfile  # noqa: E402
-from spamgpt.batching import ModelInputs, inference_tokens  # noqa: E402
+from spamgpt.data import tensorfile  # noqa: E402
+from spamgpt.data.batching import ModelInputs, inference_tokens  # noqa: E402
 
 
 def padded_reference(seqs: list[list[int]], indices: list[int], pad: int) -> list[list[int]]:

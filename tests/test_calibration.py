@@ -12,10 +12,12 @@ from conftest import REPO
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, log_loss
 
-from spamgpt import calibration, classifier, results
 from spamgpt.errors import SpamGPTError
+from spamgpt.evaluate import results
 from spamgpt.labels import Classes
-from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
+from spamgpt.model import classifier
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier, GPTConfig
+from spamgpt.tasks import calibration
 
 
 def calibrated_source(n: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

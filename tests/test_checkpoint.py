@@ -1,4 +1,4 @@
-"""spamgpt.checkpoint: the fingerprint, atomic saves, what load() resumes and refuses."""
+"""spamgpt.finetune.checkpoint: the fingerprint, atomic saves, what load() resumes and refuses."""
 
 import copy
 import dataclasses
@@ -11,8 +11,9 @@ from conftest import REPO
 from test_train import PARAMS as TRAIN_PARAMS
 from test_train import SaveLog, new_trainer
 
-from spamgpt import checkpoint, params
-from spamgpt.checkpoint import CheckpointSaver
+from spamgpt import params
+from spamgpt.finetune import checkpoint
+from spamgpt.finetune.checkpoint import CheckpointSaver
 
 PARAMS = params.parse(yaml.safe_load((REPO / "params.yaml").read_text()))
 DATA = {"raw_sha256": "ab" * 32, "raw_rows": 10}
@@ -155,7 +156,7 @@ def test_a_resumed_trainer_is_the_saved_one(tmp_path: Path, caplog) -> None:
     }
     assert "best_weights" not in saved["state"] and saved["state"]["finished"]
     torch.rand(5)  # the RNG moves on: resume puts it back
-    with caplog.at_level(logging.INFO, logger="spamgpt.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="spamgpt.finetune.checkpoint"):
         loaded = checkpoint.load(path, "fp")
     assert "resuming MLflow run r1: training is done, writing its results" in caplog.text
     resumed = new_trainer(ONE_EPOCH, n_train=16)
@@ -183,7 +184,7 @@ def test_a_checkpoint_mid_training_logs_the_epoch_and_step(tmp_path: Path, caplo
     CheckpointSaver(path, "fp", run_id="r2").write(
         {"state": {"finished": False, "epoch": 1, "step": 40}}
     )
-    with caplog.at_level(logging.INFO, logger="spamgpt.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="spamgpt.finetune.checkpoint"):
         assert checkpoint.load(path, "fp")["state"]["step"] == 40
     assert caplog.messages == ["resuming MLflow run r2: epoch 2, after step 40"]
 

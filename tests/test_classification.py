@@ -1,4 +1,4 @@
-"""spamgpt.classification's multi-label task: its report against scikit-learn's definitions
+"""spamgpt.tasks.classification's multi-label task: its report against scikit-learn's definitions
 and the per-label thresholds; training and answers: pos_weight, the loss (Hugging Face's
 multi-label loss), the decision rule and the answers built on it; a training run on cached
 trunk states. (The single-label task's report and threshold: tests/test_metrics.py.)"""
@@ -13,15 +13,16 @@ import torch
 from sklearn import metrics as skm
 from test_train import CPU, PARAMS
 
-from spamgpt import classifier, tokenized, trunk
-from spamgpt.batching import ModelInputs
+from spamgpt.data import tokenized
+from spamgpt.data.batching import ModelInputs
 from spamgpt.errors import ParamsError
+from spamgpt.finetune.train import Trainer, shard_loss
 from spamgpt.labels import Classes
-from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.model import classifier, trunk
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier
+from spamgpt.model.trunk import Split
 from spamgpt.random_hub import make_hub
-from spamgpt.tasks import task_for
-from spamgpt.train import Trainer, shard_loss
-from spamgpt.trunk import Split
+from spamgpt.tasks.registry import task_for
 
 CLASSES = Classes(("billing", "shipping", "urgent"), None, multi_label=True)
 
@@ -263,7 +264,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory):
 def test_training_on_the_trunk_cache_lowers_the_loss(hub, pooling) -> None:
     """The tail trained on cached states of the frozen first block, a BCE step the same
     whether the model reads token ids or the cache."""
-    from spamgpt import tokenizer
+    from spamgpt.data import tokenizer
 
     enc = tokenizer.load(hub)
     texts = ["BILL due", "TRUCK late", "ASAP BILL", "hello", "TRUCK ASAP", "BILL TRUCK"] * 4

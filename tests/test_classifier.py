@@ -1,4 +1,4 @@
-"""spamgpt.classifier: the model folder written and read back, and the prediction path's
+"""spamgpt.model.classifier: the model folder written and read back, and the prediction path's
 edges (no messages)."""
 
 import json
@@ -9,11 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from spamgpt import classifier, tokenized, tokenizer
-from spamgpt.batching import ModelInputs
+from spamgpt.data import tokenized, tokenizer
+from spamgpt.data.batching import ModelInputs
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
-from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.model import classifier
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.params import ModelParams
 from spamgpt.random_hub import make_hub
 

@@ -1,4 +1,4 @@
-"""spamgpt.cli: `spamgpt classify`'s arguments, output formats and one-line errors, run in
+"""spamgpt.serve.cli: `spamgpt classify`'s arguments, output formats and one-line errors, run in
 this process (the subprocess runs are in test_pipeline.py and test_reliability_inputs.py)."""
 
 import argparse
@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from spamgpt import classifier, cli, tokenizer
+from spamgpt.data import tokenizer
 from spamgpt.labels import Classes
-from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.model import classifier
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.random_hub import make_hub
+from spamgpt.serve import cli
 
 TEXTS = ["hi", "see you\tat 7"]  # 2 tokens at most, and more than 4
 
@@ -118,7 +120,7 @@ def test_help_imports_neither_torch_nor_numpy() -> None:
     import subprocess
     import sys
 
-    from spamgpt import export, predict
+    from spamgpt.serve import export, predict
 
     out = subprocess.run(
         [sys.executable, "-c", HELP_IMPORTS], capture_output=True, text=True, check=True

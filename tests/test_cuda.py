@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from test_runtime import assert_step_close_to_fp32, batch, logits_in, tiny_classifier
 from test_train import PARAMS, assert_same_weights, new_trainer, trainer_splits, updates
 
-from spamgpt import classifier, lora, runtime
+from spamgpt import runtime
+from spamgpt.finetune.train import Trainer, epoch_order
 from spamgpt.labels import SMS
-from spamgpt.model import GPT2Classifier
+from spamgpt.model import classifier, lora
+from spamgpt.model.gpt2 import GPT2Classifier
 from spamgpt.params import LoraTarget, TrainParams
-from spamgpt.train import Trainer, epoch_order
 
 pytestmark = [
     pytest.mark.cuda,

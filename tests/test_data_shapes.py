@@ -23,7 +23,8 @@ from conftest import (
 )
 from mlflow.tracking import MlflowClient
 
-from spamgpt import cli, download
+from spamgpt.data import download
+from spamgpt.serve import cli
 
 CLASSES = ["billing", "outage", "sales"]
 ENDINGS = {

@@ -1,4 +1,4 @@
-"""spamgpt.download.fetch against a local server that misbehaves on demand."""
+"""spamgpt.data.download.fetch against a local server that misbehaves on demand."""
 
 import hashlib
 import io
@@ -16,8 +16,9 @@ import yaml
 from conftest import free_port, run_stage, sms_collection
 from fileserver import Faults, serve
 
-from spamgpt import __version__, download, paths
-from spamgpt.download import DownloadError, fetch, sha256_file
+from spamgpt import __version__, paths
+from spamgpt.data import download
+from spamgpt.data.download import DownloadError, fetch, sha256_file
 
 SIZE = 200_000
 

@@ -1,4 +1,4 @@
-"""spamgpt.explain: integrated gradients' completeness on a tiny GPT-2, a planted trigger
+"""spamgpt.evaluate.explain: integrated gradients' completeness on a tiny GPT-2, a planted trigger
 token found on a model trained to key on it, and `classify --explain` / `predict --explain-top`."""
 
 import json
@@ -8,10 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from spamgpt import classifier, cli, explain, tokenizer
+from spamgpt.data import tokenizer
+from spamgpt.evaluate import explain
 from spamgpt.labels import Classes
-from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
+from spamgpt.model import classifier
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.random_hub import make_hub
+from spamgpt.serve import cli
 from spamgpt.texts import HEAD
 
 TRIGGER = 7  # the token that decides the class in the trained fixture

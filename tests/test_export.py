@@ -1,4 +1,4 @@
-"""spamgpt.export: the transformers folder and the ONNX graph give the class probabilities of
+"""spamgpt.serve.export: the transformers folder and the ONNX graph give the class probabilities of
 spamgpt's own prediction path (classifier.classify_texts), for every kind of fine-tuned folder;
 the real transformers, tokenizers and onnxruntime load them, on a tiny random GPT-2."""
 
@@ -30,18 +30,21 @@ from conftest import (
 from fileserver import Faults, serve
 from mlflow.tracking import MlflowClient
 
-from spamgpt import classifier, cli, contracts, export, hub, paths, tokenized, tokenizer, tracking
+from spamgpt import contracts, paths, tracking
 from spamgpt import params as params_module
-from spamgpt.batching import ModelInputs, PackedSequences
 from spamgpt.contracts import Tokenization
+from spamgpt.data import hub, tokenized, tokenizer
+from spamgpt.data.batching import ModelInputs, PackedSequences
+from spamgpt.data.tokenized import TokenizedSplit
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
-from spamgpt.model import GPT2Classifier
+from spamgpt.model import classifier
+from spamgpt.model.gpt2 import GPT2Classifier
 from spamgpt.params import LoraParams, ModelParams
 from spamgpt.random_hub import hub_dir, make_hub
-from spamgpt.tasks import task_for
+from spamgpt.serve import cli, export
+from spamgpt.tasks.registry import task_for
 from spamgpt.texts import ONE_TEXT, TextFields, Truncation
-from spamgpt.tokenized import TokenizedSplit
 
 REPO_ID = "someone/gpt2-six"
 MAX_LENGTH = 24
@@ -351,7 +354,7 @@ def test_the_onnx_export_prints_no_warning(workspace: Path, tmp_path: Path) -> N
     folder = finetuned(workspace, "quiet")
     dest = tmp_path / "model.onnx"
     done = subprocess.run(
-        [sys.executable, "-W", "default", "-c", "from spamgpt.cli import main; main()",
+        [sys.executable, "-W", "default", "-c", "from spamgpt.serve.cli import main; main()",
          "export", "--to", "onnx", str(dest), "--model", str(folder),
          "--pretrained", str(workspace / paths.PRETRAINED_DIR)],
         capture_output=True, text=True, env={**subprocess_env(), "PYTHONPATH": str(REPO)},

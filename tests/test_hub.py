@@ -1,4 +1,4 @@
-"""spamgpt.hub: a pinned revision's files are checked against their known hashes."""
+"""spamgpt.data.hub: a pinned revision's files are checked against their known hashes."""
 
 import hashlib
 import os
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from fileserver import Faults, serve
 
-from spamgpt import hub
-from spamgpt.download import DownloadError
+from spamgpt.data import hub
+from spamgpt.data.download import DownloadError
 from spamgpt.random_hub import REVISION, hub_dir, make_hub
 
 REPO_ID = "openai-community/gpt2"

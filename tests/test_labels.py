@@ -6,7 +6,7 @@ import pytest
 from spamgpt import labels
 from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.labels import SMS, Classes
-from spamgpt.tasks import task_for
+from spamgpt.tasks.registry import task_for
 
 PROBS = np.array([[0.7, 0.3], [0.45, 0.55], [0.2, 0.8]])
 

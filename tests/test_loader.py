@@ -1,4 +1,4 @@
-"""spamgpt.loader: the one rule telling an MLflow model from a folder, and one line naming
+"""spamgpt.serve.loader: the one rule telling an MLflow model from a folder, and one line naming
 --model and what it takes for a source that is neither, from each command that loads a model.
 (Loading each kind of source, answers compared: test_serving.py, test_predict.py,
 test_export.py.)"""
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import restored_tracking_uri
 
-from spamgpt import cli, loader
+from spamgpt.serve import cli, loader
 
 ALLOWED = "--model takes " + loader.SOURCES
 

@@ -6,8 +6,8 @@ from typing import get_args
 import pytest
 import torch
 
-from spamgpt import lora
-from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.model import lora
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.params import LoraTarget
 from spamgpt.random_hub import make_hub
 

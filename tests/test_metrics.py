@@ -1,4 +1,4 @@
-"""spamgpt.metrics against numbers worked out by hand, against scikit-learn and counts of our
+"""spamgpt.tasks.metrics against numbers worked out by hand, against scikit-learn and counts of our
 own on generated data, and best_threshold against a search over every candidate threshold."""
 
 import subprocess
@@ -9,10 +9,10 @@ import pytest
 from conftest import REPO
 from sklearn import metrics as skm
 
-from spamgpt import metrics
 from spamgpt.errors import ParamsError
 from spamgpt.labels import SMS, Classes
-from spamgpt.tasks import task_for
+from spamgpt.tasks import metrics
+from spamgpt.tasks.registry import task_for
 
 
 def two(spam_prob: np.ndarray) -> np.ndarray:

@@ -10,8 +10,10 @@ import torch
 import yaml
 from conftest import run_stage
 
-from spamgpt import classifier, params, runtime, tokenized
+from spamgpt import params, runtime
+from spamgpt.data import tokenized
 from spamgpt.errors import ParamsError
+from spamgpt.model import classifier
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_TEXT = (REPO / "params.yaml").read_text(encoding="utf-8")

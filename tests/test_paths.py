@@ -10,23 +10,13 @@ import torch
 from conftest import REPO
 from fileserver import serve
 
-from spamgpt import (
-    atomic,
-    checkpoint,
-    classifier,
-    data,
-    download,
-    hub,
-    params,
-    paths,
-    tensorfile,
-    tokenized,
-    tokenizer,
-    trunk,
-)
-from spamgpt.batching import PackedSequences
+from spamgpt import atomic, params, paths
+from spamgpt.data import download, hub, readers, tensorfile, tokenized, tokenizer
+from spamgpt.data.batching import PackedSequences
+from spamgpt.finetune import checkpoint
 from spamgpt.labels import SMS
-from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
+from spamgpt.model import classifier, trunk
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.random_hub import make_hub
 
 PATH_NAMES = {"path", "dest", "model_dir", "folder", "root", "pretrained_root", "finetuned_dir"}
@@ -68,14 +58,20 @@ def public_path_parameters() -> list[tuple[str, str, str]]:
     """(file:function, parameter, its annotation) of every public function or method whose
     parameter names a path, or is annotated as one."""
     found = []
-    for file in sorted((REPO / "spamgpt").glob("*.py")):
+    for file in sorted((REPO / "spamgpt").rglob("*.py")):
         for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
                 continue
             for arg in node.args.args + node.args.kwonlyargs:
                 annotation = ast.unparse(arg.annotation) if arg.annotation else ""
                 if arg.arg in PATH_NAMES or "Path" in annotation:
-                    found.append((f"{file.name}:{node.name}", arg.arg, annotation))
+                    found.append(
+                        (
+                            f"{file.relative_to(REPO / 'spamgpt').as_posix()}:{node.name}",
+                            arg.arg,
+                            annotation,
+                        )
+                    )
     return found
 
 
@@ -119,9 +115,11 @@ def test_public_functions_taking_a_path_take_a_str(tiny_hub: Path, tmp_path: Pat
     assert json.loads((tmp_path / "a.json").read_text()) == {"a": 1}
     assert [(tmp_path / n).read_bytes() for n in ("b.txt", "c.txt", "d.bin")] == [b"b", b"c", b"d"]
     # data splits, token files, the trunk cache, raw tensors
-    frame = data.read_messages(str(write_raw(tmp_path)), fmt=data.Format(), labels=SMS.names).frame
-    data.write_split(frame, f"{root}/train.csv")
-    assert list(data.read_split(f"{root}/train.csv")["label"]) == ["ham", "spam"]
+    frame = readers.read_messages(
+        str(write_raw(tmp_path)), fmt=readers.Format(), labels=SMS.names
+    ).frame
+    readers.write_split(frame, f"{root}/train.csv")
+    assert list(readers.read_split(f"{root}/train.csv")["label"]) == ["ham", "spam"]
     split = tokenized.pack(tokenized.encode_packed(enc, list(frame["text"])), frame, 16, SMS)
     tokenized.save(split, f"{root}/tokens.safetensors")
     assert torch.equal(tokenized.load(f"{root}/tokens.safetensors").labels, split.labels)

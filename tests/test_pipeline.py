@@ -323,9 +323,11 @@ def test_calibration_keeps_decisions_and_rankings(project, monkeypatch):
     """The uncalibrated probabilities (evaluate.calibration: none) give the test figures
     evaluate reported with the calibrated ones at 0.5: accuracy, P/R/F1, confusion, ROC and
     PR AUC; the calibrated ones are better calibrated on validation, where T was fitted."""
-    from spamgpt import classifier, contracts, paths, results
-    from spamgpt.tasks import task_for
-    from spamgpt.trunk import Split
+    from spamgpt import contracts, paths
+    from spamgpt.evaluate import results
+    from spamgpt.model import classifier
+    from spamgpt.model.trunk import Split
+    from spamgpt.tasks.registry import task_for
 
     path, _ = project
     monkeypatch.chdir(path)

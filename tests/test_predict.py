@@ -13,11 +13,14 @@ import pytest
 import torch
 from conftest import REPO
 
-from spamgpt import classifier, cli, params, tokenizer
-from spamgpt import predict as predicting
+from spamgpt import params
+from spamgpt.data import tokenizer
 from spamgpt.labels import Classes
-from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.model import classifier
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.random_hub import make_hub
+from spamgpt.serve import cli
+from spamgpt.serve import predict as predicting
 
 CLASSES = Classes(("billing", "outage", "sales"))
 MAX_LENGTH = 12

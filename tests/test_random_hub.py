@@ -4,8 +4,8 @@ import sys
 
 from safetensors import safe_open
 
-from spamgpt import tokenizer
-from spamgpt.model import GPT2
+from spamgpt.data import tokenizer
+from spamgpt.model.gpt2 import GPT2
 from spamgpt.random_hub import hub_dir, make_hub
 
 

@@ -37,14 +37,17 @@ from conftest import (
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from spamgpt import classifier, cli, data, results, tokenized, trunk
 from spamgpt import params as params_module
-from spamgpt.batching import ModelInputs
-from spamgpt.classification import SingleLabel
+from spamgpt.data import readers, tokenized
+from spamgpt.data.batching import ModelInputs
+from spamgpt.evaluate import results
 from spamgpt.labels import SMS
-from spamgpt.model import GPT2, GPTConfig
+from spamgpt.model import classifier, trunk
+from spamgpt.model.gpt2 import GPT2, GPTConfig
 from spamgpt.random_hub import make_hub
-from spamgpt.tasks import task_for
+from spamgpt.serve import cli
+from spamgpt.tasks.classification import SingleLabel
+from spamgpt.tasks.registry import task_for
 
 CPU = torch.device("cpu")
 
@@ -306,7 +309,7 @@ def test_classify_agrees_with_evaluate_and_uses_its_threshold(
         db.execute(
             "UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (str(source), str(folder))
         )
-    test = data.read_split(folder / "data/split/test.csv")
+    test = readers.read_split(folder / "data/split/test.csv")
     evaluated = probabilities(folder, "test")[1][:, 1]
     threshold = threshold_that_matters(evaluated)
     between = (evaluated - threshold) * (evaluated - 0.5) < 0
@@ -329,7 +332,7 @@ def test_classify_agrees_with_evaluate_and_uses_its_threshold(
     labels = [a["label"] for a in answers]
     assert labels == list(pd.read_csv(folder / "metrics/confusion_test.csv")["predicted"])
     assert labels == ["spam" if p >= threshold else "ham" for p in evaluated]
-    misclassified = data.read_split(folder / "reports/misclassified_test.csv")
+    misclassified = readers.read_split(folder / "reports/misclassified_test.csv")
     by_line = dict(zip(test["line"], classified, strict=True))
     for line, p in zip(misclassified["line"], misclassified["spam_probability"], strict=True):
         assert by_line[line] == pytest.approx(p, abs=2e-6)
@@ -375,7 +378,7 @@ def test_cost_policy_recipe_takes_the_highest_recall_within_its_fpr(recipe_runs:
 
 def test_long_run_recipe_evaluates_every_5_updates_of_16_messages(recipe_runs: dict) -> None:
     folder = recipe_runs["long-run"]
-    n_train = len(data.read_split(folder / "data/split/train.csv"))
+    n_train = len(readers.read_split(folder / "data/split/train.csv"))
     per_epoch = math.ceil(n_train / (4 * 4))  # updates of batch_size x accumulation_steps
     losses = pd.read_csv(folder / "metrics/train_loss.csv")
     evaluations = pd.read_csv(folder / "metrics/val_epochs.csv")

@@ -1,4 +1,4 @@
-"""The regression task (spamgpt.regression, data.label_format: number) behind the task
+"""The regression task (spamgpt.tasks.regression, data.label_format: number) behind the task
 interface: its figures against scikit-learn and SciPy, the loss against torch's MSELoss, the
 ridge baseline, its answers and plot, and nothing to threshold, calibrate or audit."""
 
@@ -12,10 +12,12 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import Ridge
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-from spamgpt import baseline, regression, results, serving
 from spamgpt.errors import ParamsError, SpamGPTError
+from spamgpt.evaluate import baseline, results
 from spamgpt.labels import Classes
-from spamgpt.tasks import TASKS, task_for
+from spamgpt.serve import serving
+from spamgpt.tasks import regression
+from spamgpt.tasks.registry import TASKS, task_for
 
 RATING = Classes(("rating",), numbers=True)
 TASK = task_for(RATING)

@@ -128,7 +128,7 @@ def test_classify_predict_mlflow_and_transformers_answer_the_same_number(project
 def test_the_onnx_export_answers_the_number(project, tmp_path) -> None:
     import onnxruntime
 
-    from spamgpt import tokenizer
+    from spamgpt.data import tokenizer
 
     texts = ["GREAT GOOD the food", "AWFUL the room"]
     fp32 = spamgpt(["classify", "--json", "--precision", "fp32", *texts], project).splitlines()

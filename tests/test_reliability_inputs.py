@@ -33,10 +33,13 @@ from conftest import (
 )
 from fileserver import Faults, serve
 
-from spamgpt import atomic, checkpoint, classifier, contracts, data, params, tokenizer
+from spamgpt import atomic, contracts, params
+from spamgpt.data import readers, tokenizer
 from spamgpt.errors import SpamGPTError
+from spamgpt.finetune import checkpoint
 from spamgpt.labels import SMS
-from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.model import classifier
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.random_hub import hub_dir
 
 PRETRAINED = Path("models/pretrained/openai-community/gpt2")
@@ -135,11 +138,11 @@ def lay_out(folder: Path, mirror, name: str, overrides: dict, url: str) -> None:
         (folder / path).parent.mkdir(parents=True, exist_ok=True)
         (folder / path).write_bytes(content)
     if name == "max-length-above-context":
-        frame = data.read_messages(
-            folder / "data/raw/dataset", fmt=data.Format(), labels=SMS.names
+        frame = readers.read_messages(
+            folder / "data/raw/dataset", fmt=readers.Format(), labels=SMS.names
         ).frame
         for split in ("train", "val", "test"):
-            data.write_split(frame, folder / "data/split" / f"{split}.csv")
+            readers.write_split(frame, folder / "data/split" / f"{split}.csv")
 
 
 @pytest.fixture(scope="module")

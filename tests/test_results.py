@@ -1,7 +1,7 @@
-"""spamgpt.results: what finetune and evaluate write for DVC, read back from the files and by
-DVC itself. A 10-class run's and a 27-label run's `dvc metrics show` fit a 200-column terminal
-and `dvc plots show` has data in every plot (one ROC and precision-recall line per class); the
-whole report, every threshold with it, is in reports/."""
+"""spamgpt.evaluate.results: what finetune and evaluate write for DVC, read back from the files
+and by DVC itself. A 10-class run's and a 27-label run's `dvc metrics show` fit a 200-column
+terminal and `dvc plots show` has data in every plot (one ROC and precision-recall line per
+class); the whole report, every threshold with it, is in reports/."""
 
 import json
 import re
@@ -14,10 +14,12 @@ import pytest
 import torch
 from conftest import REPO, run, subprocess_env
 
-from spamgpt import contracts, data, paths, results
+from spamgpt import contracts, paths
+from spamgpt.data import readers
+from spamgpt.evaluate import results
+from spamgpt.finetune.train import State, evaluation_entry
 from spamgpt.labels import Classes
-from spamgpt.tasks import task_for
-from spamgpt.train import State, evaluation_entry
+from spamgpt.tasks.registry import task_for
 
 TEN = Classes(tuple(f"team_{i}" for i in range(10)), None)
 
@@ -35,7 +37,7 @@ def write_run(classes: Classes, threshold: float | None) -> None:
     """In the working directory: what finetune (3 epochs) and evaluate write of a run."""
     labels, probs = evaluation(classes)
     test = pd.DataFrame({"line": range(len(labels)), "label": classes.named(labels)})
-    data.write_split(
+    readers.write_split(
         test.assign(text=[f"message {i}" for i in test["line"]]), paths.split_file("test")
     )
     reports = {s: task_for(classes).report(labels, probs, threshold) for s in ("val", "test")}
@@ -112,7 +114,9 @@ def write_multilabel_evaluation(classes: Classes, n: int = 240, seed: int = 0) -
     reference = {s: task_for(classes).report(targets, probs * 0.9, 0.5) for s in labels}
     evaluated = results.evaluate("auto", classes, labels, probabilities, reference, "micro_f1")
     test = pd.DataFrame({"line": range(n), "label": task_for(classes).label_lists(targets > 0.5)})
-    data.write_split(test.assign(text=[f"message {i}" for i in range(n)]), paths.split_file("test"))
+    readers.write_split(
+        test.assign(text=[f"message {i}" for i in range(n)]), paths.split_file("test")
+    )
     results.write_evaluation(evaluated)
 
 
@@ -216,7 +220,7 @@ TEST = pd.DataFrame(
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
-    data.write_split(TEST, paths.split_file("test"))
+    readers.write_split(TEST, paths.split_file("test"))
     return tmp_path
 
 
@@ -229,7 +233,7 @@ def evaluate(classes: Classes, probs: list[list[float]], threshold: float | None
         classes, reports, baseline, curves, labels, np.array(probs), threshold, 0.7
     )
     results.write_evaluation(evaluated)
-    return data.read_split(paths.MISCLASSIFIED_TEST)
+    return readers.read_split(paths.MISCLASSIFIED_TEST)
 
 
 def test_the_positive_class_first_is_thresholded_on_its_own_column(workspace: Path) -> None:

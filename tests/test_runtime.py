@@ -16,7 +16,7 @@ from conftest import REPO
 
 from spamgpt import runtime
 from spamgpt.errors import ParamsError
-from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.random_hub import make_hub
 
 CPU = torch.device("cpu")

@@ -15,12 +15,15 @@ import pytest
 import torch
 from conftest import http_service, post, spamgpt, subprocess_env
 
-from spamgpt import classifier, export, params, tokenizer
+from spamgpt import params
+from spamgpt.data import tokenizer
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import SMS
-from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.model import classifier
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.random_hub import make_hub
-from spamgpt.serve_batched import MAX_CHARS, Refused, check_onnx, texts_of
+from spamgpt.serve import export
+from spamgpt.serve.serve_batched import MAX_CHARS, Refused, check_onnx, texts_of
 from spamgpt.texts import ONE_TEXT, TextFields
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +54,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("serve")
     folder = tiny_model(root)
     log = root / "serve.log"
-    cmd = [sys.executable, "-c", "from spamgpt.cli import main; main()", "serve"]
+    cmd = [sys.executable, "-c", "from spamgpt.serve.cli import main; main()", "serve"]
     cmd += ["--model", str(folder), "--threshold", str(THRESHOLD), "--device", "cpu"]
     cmd += ["--max-batch-size", "8", "--batch-timeout", "0.2"]
     env = {**subprocess_env(), "PYTHONPATH": str(REPO)}
@@ -175,7 +178,7 @@ def served_onnx(tmp_path_factory: pytest.TempPathFactory):
     folder = tiny_model(root)
     model, meta = classifier.load(folder)
     export.to_onnx(model.eval(), meta, root / "model.onnx")
-    cmd = [sys.executable, "-c", "from spamgpt.cli import main; main()", "serve"]
+    cmd = [sys.executable, "-c", "from spamgpt.serve.cli import main; main()", "serve"]
     cmd += ["--model", str(folder), "--onnx", str(root / "model.onnx"), "--threshold"]
     cmd += [str(THRESHOLD), "--max-batch-size", "8", "--batch-timeout", "0.2"]
     env = {**subprocess_env(), "PYTHONPATH": str(REPO)}

@@ -36,14 +36,16 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 from test_dvc_yaml import closure
 
-from spamgpt import classifier, export, loader, serving, tokenizer
-from spamgpt import download as downloads
-from spamgpt.download import sha256_file
+from spamgpt.data import download as downloads
+from spamgpt.data import tokenizer
+from spamgpt.data.download import sha256_file
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import SMS
-from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.model import classifier
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.params import ModelParams
 from spamgpt.random_hub import make_hub
+from spamgpt.serve import export, loader, serving
 
 REPO_ID = "openai-community/gpt2"
 MESSAGES = ["free entry to win a prize, txt WIN to 80086", "see you at 7"]
@@ -229,7 +231,7 @@ def distribution(requirement: str) -> str:
 # inside them is one the served model makes; in every other project file it reaches, an import
 # inside a function is made by that function alone (the task modules' scikit-learn, cleanlab,
 # scipy and matplotlib: the baseline, audit and figures of the pipeline's stages)
-SERVED_CODE = {"spamgpt/mlflow_model.py", "spamgpt/serving.py"}
+SERVED_CODE = {"spamgpt/serve/mlflow_model.py", "spamgpt/serve/serving.py"}
 
 
 def imports_run(file: str) -> list[ast.AST]:
@@ -256,7 +258,7 @@ def test_the_pinned_requirements_are_what_the_served_model_imports() -> None:
     requires itself: exactly serving.REQUIREMENTS."""
     owners = metadata.packages_distributions()
     imported = set()
-    for file in closure("spamgpt/mlflow_model.py"):
+    for file in closure("spamgpt/serve/mlflow_model.py"):
         for node in imports_run(file):
             if isinstance(node, ast.Import):
                 modules = [alias.name for alias in node.names]

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from conftest import REPO
 
-from spamgpt import data, download, params, paths, splits
+from spamgpt import params, paths
+from spamgpt.data import download, readers, splits
 from spamgpt.errors import SpamGPTError
 
 REAL = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -161,12 +162,12 @@ def test_several_text_fields_are_joined_and_a_missing_one_is_a_bad_row(tmp_path:
     records[5].pop("body")
     path = tmp_path / "mail.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    fmt = data.Format("jsonl", ["subject", "body"], "label", "Subject: {subject}\n\n{body}")
-    parsed = data.read_messages(path, fmt, None, "skip")
+    fmt = readers.Format("jsonl", ["subject", "body"], "label", "Subject: {subject}\n\n{body}")
+    parsed = readers.read_messages(path, fmt, None, "skip")
     assert parsed.bad_lines == {"missing_text": 1} and len(parsed.frame) == 11
     assert parsed.frame["text"][0] == "Subject: s0\n\nb0"
     with pytest.raises(SpamGPTError, match=r":6: text field 'body' is missing; fix the line"):
-        data.read_messages(path, fmt, None)
+        readers.read_messages(path, fmt, None)
 
 
 @pytest.mark.parametrize(
@@ -257,7 +258,7 @@ def test_the_random_split_reports_what_it_read_dropped_and_kept(
     text = pd.DataFrame(records, columns=["label", "text"]).to_csv(index=False)
     paths.RAW_DATA.write_text(text + "a,too,many,fields\n")
     p = data_params(format="csv", labels=None, positive_label=None, bad_lines="skip")
-    with caplog.at_level("INFO", logger="spamgpt.splits"):
+    with caplog.at_level("INFO", logger="spamgpt.data.splits"):
         frames, report = splits.split_dataset(p.data, p.split)
     assert caplog.messages == [
         "sms+spam+collection.zip/SMSSpamCollection: skipped 1 bad line (data.bad_lines: skip): "
@@ -385,9 +386,11 @@ def test_the_random_split_is_datas_split_with_the_settings(workspace: Path) -> N
     frames, report = splits.split_dataset(p.data, p.split)
     assert report["labels"] == ["b", "a"] and report["positive_label"] == "b"
     assert report["bad_lines_by_reason"] == {"unknown_label": 30}
-    fmt = data.Format("csv", ["subject", "body"], "label", "{subject}: {body}")
-    parsed = data.read_messages(paths.RAW_DATA, fmt, ("b", "a"), "skip")
-    expected = data.split(data.dedupe(parsed.frame), p.split.val, p.split.test, 11, ("b", "a"))
+    fmt = readers.Format("csv", ["subject", "body"], "label", "{subject}: {body}")
+    parsed = readers.read_messages(paths.RAW_DATA, fmt, ("b", "a"), "skip")
+    expected = readers.split(
+        readers.dedupe(parsed.frame), p.split.val, p.split.test, 11, ("b", "a")
+    )
     for name in paths.SPLITS:
         assert frames[name].equals(expected[name]), name
     assert frames["train"]["text"][0] == "subject 0: body 0"
@@ -401,13 +404,13 @@ def test_a_multi_label_random_split_stratifies_and_counts_each_label(workspace: 
                     allow_empty_labels=True)  # fmt: skip
     frames, report = splits.split_dataset(p.data, p.split)
     assert report["label_conflicts"] == 1 and report["label_format"] == "multi"
-    fmt = data.Format("csv", "text", "label", None, True, "|", allow_empty_labels=True)
-    whole = data.dedupe(data.read_messages(paths.RAW_DATA, fmt, None).frame)
+    fmt = readers.Format("csv", "text", "label", None, True, "|", allow_empty_labels=True)
+    whole = readers.dedupe(readers.read_messages(paths.RAW_DATA, fmt, None).frame)
     s = p.split
-    expected = data.split(whole, s.val, s.test, s.seed, ("a", "b", "c"), multi_label=True)
+    expected = readers.split(whole, s.val, s.test, s.seed, ("a", "b", "c"), multi_label=True)
     for name in paths.SPLITS:
         assert frames[name].equals(expected[name]), name
-        assert report[name] == data.label_counts(frames[name], ("a", "b", "c"), True)
+        assert report[name] == readers.label_counts(frames[name], ("a", "b", "c"), True)
         assert report[name]["a"] == sum("a" in json.loads(v) for v in frames[name]["label"])
 
 
@@ -419,11 +422,11 @@ def test_a_multi_label_val_is_carved_on_the_rarest_labels_with_the_seed(workspac
     files = dataclasses.replace(p.data.files, val=None)
     multi = dataclasses.replace(p.data, files=files, label_format="multi")
     frames, _ = splits.split_dataset(multi, p.split)
-    fmt = data.Format("csv", "text", "label", None, True, "|")
-    train = data.read_messages(paths.raw_split_file("train"), fmt, None).frame
-    rest, val = data.stratified(train, p.split.val, 3, multi_label=True)
-    assert frames["val"].equals(data.in_file_order(val))
-    assert frames["train"].equals(data.in_file_order(rest))
+    fmt = readers.Format("csv", "text", "label", None, True, "|")
+    train = readers.read_messages(paths.raw_split_file("train"), fmt, None).frame
+    rest, val = readers.stratified(train, p.split.val, 3, multi_label=True)
+    assert frames["val"].equals(readers.in_file_order(val))
+    assert frames["train"].equals(readers.in_file_order(rest))
 
 
 def test_given_splits_without_dedupe_remove_nothing(workspace: Path) -> None:

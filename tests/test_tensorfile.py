@@ -1,4 +1,4 @@
-"""spamgpt.tensorfile: plain safetensors files, written and read a few rows at a time."""
+"""spamgpt.data.tensorfile: plain safetensors files, written and read a few rows at a time."""
 
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from spamgpt import tensorfile
+from spamgpt.data import tensorfile
 
 ROWS = torch.arange(24, dtype=torch.float32).reshape(6, 4) / 7
 

@@ -9,14 +9,17 @@ import pytest
 import torch
 from conftest import REPO
 
-from spamgpt import checkpoint, classifier, params, tokenized
-from spamgpt.batching import ModelInputs
+from spamgpt import params
+from spamgpt.data import tokenized
+from spamgpt.data.batching import ModelInputs
 from spamgpt.errors import ParamsError
+from spamgpt.finetune import checkpoint
+from spamgpt.finetune.train import Trainer
 from spamgpt.labels import Classes
-from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
+from spamgpt.model import classifier
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier, GPTConfig
+from spamgpt.model.trunk import Split
 from spamgpt.texts import TextFields, Truncation
-from spamgpt.train import Trainer
-from spamgpt.trunk import Split
 
 
 def test_fields_join_by_a_blank_line_or_the_template() -> None:

@@ -1,4 +1,4 @@
-"""spamgpt.tokenized: token ids of each message, max_length, packing and the tokens files,
+"""spamgpt.data.tokenized: token ids of each message, max_length, packing and the tokens files,
 with the BPE tokenizer of a tiny generated GPT-2 (nothing downloaded)."""
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from spamgpt import tokenized, tokenizer
+from spamgpt.data import tokenized, tokenizer
 from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.labels import SMS
 from spamgpt.random_hub import make_hub

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from spamgpt import tokenizer
+from spamgpt.data import tokenizer
 from spamgpt.errors import SpamGPTError
 from spamgpt.random_hub import TEXT, make_hub
 

@@ -1,4 +1,4 @@
-"""spamgpt.train in-process: the schedule, class weights, epoch order, the loop's hooks,
+"""spamgpt.finetune.train in-process: the schedule, class weights, epoch order, the loop's hooks,
 early stopping, a resumed run that ends exactly where an uninterrupted one does, and the
 losses read back from the device a chunk at a time: the same as every step, NaN included."""
 
@@ -14,15 +14,11 @@ import pytest
 import torch
 from tqdm import tqdm
 
-from spamgpt import checkpoint, classifier, metrics, train
-from spamgpt.batching import ModelInputs, PackedSequences
-from spamgpt.checkpoint import CheckpointSaver
+from spamgpt.data.batching import ModelInputs, PackedSequences
 from spamgpt.errors import SpamGPTError
-from spamgpt.labels import SMS, Classes
-from spamgpt.model import GPT2, GPT2Classifier, GPTConfig
-from spamgpt.params import TrainParams
-from spamgpt.tasks import task_for
-from spamgpt.train import (
+from spamgpt.finetune import checkpoint, train
+from spamgpt.finetune.checkpoint import CheckpointSaver
+from spamgpt.finetune.train import (
     Hook,
     LogMetrics,
     ProgressBar,
@@ -32,7 +28,13 @@ from spamgpt.train import (
     improves,
     lr_factor,
 )
-from spamgpt.trunk import Split
+from spamgpt.labels import SMS, Classes
+from spamgpt.model import classifier
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier, GPTConfig
+from spamgpt.model.trunk import Split
+from spamgpt.params import TrainParams
+from spamgpt.tasks import metrics
+from spamgpt.tasks.registry import task_for
 
 CPU = torch.device("cpu")
 PARAMS = TrainParams(
@@ -539,9 +541,9 @@ def test_off_a_terminal_each_evaluation_logs_one_plain_line(
     the epoch's training loss and val spam F1 (auto) as the history has them, the best one
     marked, the samples trained since the line before, the seconds."""
     lines = CountedLines(PARAMS.epochs, task_for(SMS).selected_key("auto"))
-    with caplog.at_level("INFO", logger="spamgpt.train"):
+    with caplog.at_level("INFO", logger="spamgpt.finetune.train"):
         state = new_trainer().fit(CheckpointSaver(tmp_path / "c.pt", "fp"), hooks=(lines,))
-    logged = [r.getMessage() for r in caplog.records if r.name == "spamgpt.train"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "spamgpt.finetune.train"]
     assert len(logged) == len(state.history) == 3 and lines.counted == [64, 64, 64]
     scores = [(e["val/spam_f1"], -e["val/loss"]) for e in state.history]  # what selects
     for n, (message, entry) in enumerate(zip(logged, state.history, strict=True), start=1):

@@ -8,10 +8,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from test_runtime import NATIVE_BF16
 
-from spamgpt import classifier, runtime, tensorfile, train, trunk
-from spamgpt.batching import ModelInputs, PackedSequences, padded_width, sorted_order
+from spamgpt import runtime
+from spamgpt.data import tensorfile
+from spamgpt.data.batching import ModelInputs, PackedSequences, padded_width, sorted_order
+from spamgpt.finetune import train
 from spamgpt.labels import SMS
-from spamgpt.model import GPT2, GPT2Classifier
+from spamgpt.model import classifier, trunk
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.params import TrainParams
 from spamgpt.random_hub import make_hub
 

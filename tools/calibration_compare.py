@@ -4,7 +4,7 @@
     python tools/calibration_compare.py [--reps N] [--seed S]
 
 Each method is fitted on validation by log loss: none, evaluate's temperature and platt
-(spamgpt.calibration), and two that no linear head can hold, isotonic regression on the margin
+(spamgpt.tasks.calibration), and two that no linear head can hold, isotonic regression on the margin
 and beta calibration (Kull et al., 2017: a logistic regression on log p and -log(1 - p)). For
 each it prints how many test decisions at 0.5 it moves, the validation and test ECE (evaluate's
 15 equal-width bins on the top class) beside the ECE perfectly calibrated probabilities would
@@ -19,8 +19,10 @@ import numpy as np
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from spamgpt import calibration, classifier, contracts, params, paths, runtime
-from spamgpt.trunk import Split
+from spamgpt import contracts, params, paths, runtime
+from spamgpt.model import classifier
+from spamgpt.model.trunk import Split
+from spamgpt.tasks import calibration
 
 EPS = 1e-12  # keeps a probability of 0 or 1 (isotonic's) out of log's domain errors
 

@@ -1,7 +1,7 @@
 """Mutation testing of spamgpt modules against their fast test modules (mutmut 3.8).
 
-    python tools/mutate.py labels batching      # mutates spamgpt/labels.py against
-                                                # tests/test_labels.py, then batching
+    python tools/mutate.py labels data.batching # mutates spamgpt/labels.py against
+                                                # tests/test_labels.py, then data/batching.py
     python tools/mutate.py --show labels        # also prints each survivor's diff
     python tools/mutate.py data -k "not split_stage"   # leaves out tests that run a stage
 
@@ -43,10 +43,10 @@ def mutate(module: str, max_children: int, show: bool, keyword: str | None) -> N
 
     # mutmut 3.8 reads a test's id as item._nodeid, which pytest 9 no longer has (nodeid is it)
     Node._nodeid = property(lambda node: node.nodeid)
-    source = f"spamgpt/{module}.py"
+    source = f"spamgpt/{module.replace('.', '/')}.py"
     config = configuration.config()
     config.only_mutate = [source]
-    config.pytest_add_cli_args_test_selection = [f"tests/test_{module}.py"]
+    config.pytest_add_cli_args_test_selection = [f"tests/test_{module.rpartition('.')[2]}.py"]
     if keyword:
         config.pytest_add_cli_args_test_selection += ["-k", keyword]
     # the tests read the repo's files too (params.yaml, dvc.yaml, docs): all of them are copied
@@ -88,7 +88,9 @@ def mutate(module: str, max_children: int, show: bool, keyword: str | None) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("modules", nargs="+", help="names in spamgpt/, e.g. labels batching")
+    parser.add_argument(
+        "modules", nargs="+", help="dotted names under spamgpt, e.g. labels data.batching"
+    )
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutants (2)")
     parser.add_argument("--show", action="store_true", help="print each survivor's diff")
     parser.add_argument("-k", dest="keyword", help="pytest -k: which of the tests to run")
