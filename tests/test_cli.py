@@ -103,7 +103,7 @@ def test_every_option_of_every_command_has_help(capsys) -> None:
 
 HELP_IMPORTS = (
     "import sys\n"
-    "from spamgpt import cli\n"
+    "from spamgpt.serve import cli\n"
     "for command in ('classify', 'predict', 'export', 'serve'):\n"
     "    try:\n"
     "        cli.main([command, '--help'])\n"

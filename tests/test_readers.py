@@ -1338,8 +1338,8 @@ def test_a_split_file_is_utf8_whatever_the_locale(tmp_path: Path) -> None:
     assert path.read_bytes() == written
     path.unlink()
     code = (
-        "import sys, pandas as pd; from spamgpt import data; "
-        "data.write_split(pd.DataFrame({'line': [1, 2], 'label': ['ham', 'spam'], "
+        "import sys, pandas as pd; from spamgpt.data import readers; "
+        "readers.write_split(pd.DataFrame({'line': [1, 2], 'label': ['ham', 'spam'], "
         "'text': ['caf\\u00e9 \\u00e0 7', 'two\\r\\nlines']}), sys.argv[1])"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "LC_ALL": "C"}

@@ -1,0 +1,1 @@
+"""Evaluation: the reports, the TF-IDF baseline, the label audit, token attributions."""

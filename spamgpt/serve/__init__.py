@@ -1,0 +1,1 @@
+"""Using a model: the one loader, classify/predict/export/serve, the MLflow model."""
