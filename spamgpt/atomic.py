@@ -15,9 +15,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from spamgpt import interrupts
+
+if TYPE_CHECKING:  # a frame to write, for the hint only: atomic imports no pandas
+    import pandas as pd
 
 
 def _umask() -> int:
@@ -135,3 +138,9 @@ def write_text(dest: str | os.PathLike, text: str) -> None:
 
 def write_json(dest: str | os.PathLike, obj: Any) -> None:
     write_text(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(dest: str | os.PathLike, frame: "pd.DataFrame") -> None:
+    """`frame` as CSV without its index, whole or not at all (plot data DVC reads)."""
+    with atomic_open(dest, "w", newline="") as f:
+        frame.to_csv(f, index=False)

@@ -2,8 +2,7 @@
 best evaluation by train.select_metric, checkpoint at each, record the run in MLflow."""
 
 from spamgpt import contracts, distributed, paths, runtime, stage, tracking
-from spamgpt.evaluate import results
-from spamgpt.finetune import checkpoint
+from spamgpt.finetune import checkpoint, outputs
 from spamgpt.finetune.train import LogMetrics, Trainer, progress
 from spamgpt.model import classifier
 from spamgpt.model.trunk import Split
@@ -39,16 +38,16 @@ def main(params: Params) -> None:
     run_id = resume and resume["run_id"]
     with tracking.Run.open(params.mlflow.experiment, run_id, tags, skip_logged_steps=True) as run:
         if resume is None:
-            results.log_run_inputs(run, params, data_report)
+            outputs.log_run_inputs(run, params, data_report)
         saver = checkpoint.CheckpointSaver(paths.CHECKPOINT, fingerprint, run.run_id, run.flush)
         axis = "epoch" if t.eval_every is None else "step"  # of the val/ metrics in MLflow
         shown = progress(t.epochs, task_for(classes).selected_key(t.select_metric))
         state = trainer.fit(saver, hooks=(LogMetrics(run, axis), shown))
         stage.phase("save")
-        results.write_checkpoint_weights(run, trainer, params.mlflow.log_checkpoints)
-        results.export_model(trainer, m, params.data.text_fields())
+        outputs.write_checkpoint_weights(run, trainer, params.mlflow.log_checkpoints)
+        outputs.export_model(trainer, m, params.data.text_fields())
         contracts.write_mlflow_run(run.run_id)  # which run evaluate records into
-        run.log_metrics(results.write_training(state, len(train), device, precision), 0)
+        run.log_metrics(outputs.write_training(state, len(train), device, precision), 0)
         state.exported = True  # the results are written: a later run starts afresh
         saver.write(checkpoint.state_of(trainer))  # now, not in the background
         stage.phase("log")  # the run's metrics until now; its close after

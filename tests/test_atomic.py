@@ -8,6 +8,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from spamgpt import atomic
@@ -125,3 +126,11 @@ def test_ctrl_c_as_the_folder_is_made_leaves_none(dest: Path, monkeypatch, threa
         waiting.set()
     assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()  # nothing left masked
     assert sorted(p.name for p in dest.parent.iterdir()) == ["split"]
+
+
+def test_write_csv_writes_the_frame_without_its_index_and_no_temporary_file(tmp_path):
+    dest = tmp_path / "plot.csv"
+    frame = pd.DataFrame({"step": [1, 2], "loss": [0.5, 0.25]}, index=[7, 9])
+    atomic.write_csv(dest, frame)
+    assert dest.read_text() == "step,loss\n1,0.5\n2,0.25\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.csv"]

@@ -1,11 +1,9 @@
-"""What finetune and evaluate write: the trained tensors and the model folder after training,
-metrics files for DVC, plot data, and the same results in their MLflow run (parameters,
-dataset, figures, tables)."""
+"""What evaluate writes besides the model: thresholds, calibration, metrics files for DVC,
+plot data, and the same results in its MLflow run (figures, tables, the best checkpoint).
+finetune's are spamgpt.finetune.outputs'."""
 
 import logging
-import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -15,59 +13,12 @@ from spamgpt import atomic, contracts, paths
 from spamgpt.data import download, readers
 from spamgpt.labels import Classes
 from spamgpt.model import classifier
-from spamgpt.params import PARAMS_FILE, ModelParams, Params, flatten
 from spamgpt.tasks import calibration, metrics
 from spamgpt.tasks.registry import task_for
 from spamgpt.tasks.task import NOT_APPLICABLE, Task, ThresholdChoice
-from spamgpt.texts import ONE_TEXT, TextFields
 from spamgpt.tracking import Run
 
-if TYPE_CHECKING:  # finetune's results read the training loop's; evaluate's need no loop
-    from spamgpt.finetune.train import State, Trainer
-
 log = logging.getLogger(__name__)
-
-CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # MLflow's words
-
-
-def log_run_inputs(run: Run, params: Params, data_report: dict) -> None:
-    """A new training run's parameters (flattened), data (each given split's file, with its
-    hash), the messages cut per split (truncated/<split>) and params.yaml."""
-    run.log_params(flatten(params))
-    sources = data_report.get("sources")
-    if sources is None or "dataset" in sources:  # one file: the training split of it
-        frame = readers.read_split(paths.split_file("train"))
-        name = f"{params.mlflow.experiment}-train"
-        run.log_dataset(frame, name, data_report["raw_sha256"], params.data.url)
-    else:  # given splits: each file, with its own hash
-        for split, source in sources.items():
-            frame = readers.read_split(paths.split_file(split))
-            name = f"{params.mlflow.experiment}-{split}"
-            run.log_dataset(frame, name, source["sha256"], source["source"], CONTEXTS[split])
-    tokens = contracts.read_tokens_report()
-    run.log_metrics({f"truncated/{s}": tokens[s]["truncated"] for s in paths.SPLITS}, 0)
-    run.log_artifact(PARAMS_FILE)
-    classes = Classes.from_dict(data_report)
-    metric_names = {name: classes.metric_name(name) for name in classes.names}
-    run.log_dict({**classes.to_dict(), "metric_names": metric_names}, "labels.json")
-
-
-def write_checkpoint_weights(run: Run, trainer: "Trainer", log_last: bool) -> None:
-    """models/checkpoints/{best,last}.safetensors: the trained tensors of the best and of the
-    last epoch; the last also into the run when `log_last` (the best is evaluate's to log)."""
-    best, last = trainer.state.best_weights, trainer.trained_weights()
-    for name, weights in (("best", best), ("last", last)):
-        classifier.save_tensors(weights, paths.checkpoint_weights(name))
-    if log_last:
-        run.log_artifact(paths.checkpoint_weights("last"), "checkpoints")
-
-
-def export_model(trainer: "Trainer", m: ModelParams, fields: TextFields = ONE_TEXT) -> None:
-    """models/finetuned: the model folder of the best epoch, its text made of `fields`."""
-    names, tokens = list(trainer.trained), contracts.read_tokenization()
-    best, classes = trainer.state.best_weights, trainer.classes
-    with atomic.replaced_dir(paths.FINETUNED_DIR) as folder:  # in place once complete
-        classifier.export(trainer.model, best, names, m, classes, tokens, folder, fields)
 
 
 def log_best_checkpoint(run: Run, light_model_logged: bool) -> None:
@@ -79,46 +30,6 @@ def log_best_checkpoint(run: Run, light_model_logged: bool) -> None:
     if light_model_logged and download.sha256_file(best) == download.sha256_file(model):
         return
     run.log_artifact(best, "checkpoints")
-
-
-def write_training(
-    state: "State", n_train: int, device: torch.device, precision: str
-) -> dict[str, float]:
-    """metrics/train.json (the figures to compare: best epoch and step, epochs, timings), the
-    whole report (reports/training.json: also the best evaluation's validation figures, the
-    device) and the DVC plot data. Returns the run's summary metrics (no figures of the
-    curves: MLflow charts train/loss and the val/ metrics from the logged steps)."""
-    epochs = pd.DataFrame(state.history)
-    steps = pd.DataFrame(state.steps, columns=["step", "loss", "lr"])
-    best = state.history[state.best_evaluation - 1]
-    samples = state.epoch * n_train + state.epoch_samples  # (an early stop mid-epoch)
-    samples_per_second = samples / max(state.train_seconds, 1e-9)
-    summary = {
-        "best_epoch": best["epoch"],
-        "best_step": best["step"],
-        "epochs_run": state.history[-1]["epoch"],
-        "train_seconds": round(state.train_seconds, 2),
-        "samples_per_second": round(samples_per_second, 1),
-    }
-    atomic.write_json(
-        paths.TRAIN_REPORT,
-        {
-            **summary,
-            "steps": state.step,
-            "device": device.type,
-            "precision": precision,
-            "threads": torch.get_num_threads(),
-            "val": {k.removeprefix("val/"): v for k, v in best.items() if k.startswith("val/")},
-        },
-    )
-    atomic.write_json(paths.TRAIN_METRICS, summary)
-    _write_csv(steps, paths.TRAIN_LOSS_PLOT)
-    _write_csv(epochs.rename(columns=lambda c: c.replace("/", "_")), paths.VAL_EPOCHS_PLOT)
-    return {
-        "best_epoch": best["epoch"],
-        "train/seconds": state.train_seconds,
-        "train/samples_per_second": samples_per_second,
-    }
 
 
 def check_threshold(setting: float | str | dict | None, classes: Classes) -> None:
@@ -301,7 +212,7 @@ def write_evaluation(evaluation: Evaluation) -> None:
     contracts.write_evaluation(task.compared(e.reports["test"], e.baseline["test"], e.choice))
     if e.calibration:
         contracts.write_calibration(e.calibration.summary())
-        _write_csv(e.calibration.reliability, paths.RELIABILITY_TEST_PLOT)
+        atomic.write_csv(paths.RELIABILITY_TEST_PLOT, e.calibration.reliability)
     test = readers.read_split(paths.split_file("test"))
     answers = task.prediction_frame(e.test_probabilities, e.threshold)
     test["predicted"] = answers.pop(task.predicted_column)
@@ -311,10 +222,11 @@ def write_evaluation(evaluation: Evaluation) -> None:
     confusion, wrong = task.test_errors(
         e.test_labels, e.test_probabilities, e.threshold, predictions
     )
-    _write_csv(confusion, paths.CONFUSION_TEST_PLOT)
-    _write_csv(task.scatter_frame(e.test_labels, e.test_probabilities), paths.SCATTER_TEST_PLOT)
+    atomic.write_csv(paths.CONFUSION_TEST_PLOT, confusion)
+    scatter = task.scatter_frame(e.test_labels, e.test_probabilities)
+    atomic.write_csv(paths.SCATTER_TEST_PLOT, scatter)
     for name, frame in e.curves.items():
-        _write_csv(frame, paths.curve_plot(name))
+        atomic.write_csv(paths.curve_plot(name), frame)
     readers.write_split(wrong, paths.MISCLASSIFIED_TEST)
 
 
@@ -380,8 +292,3 @@ def _log_calibration(run: Run, found: Calibration, classes: Classes) -> None:
     if not found.reliability.empty:  # (a task with nothing to calibrate has no diagram)
         figure = calibration.reliability_figure(found.reliability, "test reliability")
         run.log_figure(figure, "evaluation/test_reliability.png")
-
-
-def _write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    with atomic.atomic_open(path, "w", newline="") as f:
-        frame.to_csv(f, index=False)
