@@ -4,8 +4,8 @@ The training loop, evaluate's results, the baseline, classify, predict, serving 
 exports call a task's methods (spamgpt.tasks.registry.task_for gives the task of the classes)
 and never ask which it is.
 
-Adding a task (say regression, data.label_format: number):
-1. one new module, spamgpt/<task>.py, with a subclass of `Task` implementing every abstract
+Adding a task (as regression, data.label_format: number, was added):
+1. one new module, spamgpt/tasks/<task>.py, with a subclass of `Task` implementing every abstract
    method, and its class values (`label_format`, `problem_type`, `predicted_column`,
    `micro_f1_key`); spamgpt/tasks/classification.py holds the two classification tasks as examples.
    What a task has none of, its methods make no-ops, and the callers do not branch on it:
@@ -17,7 +17,8 @@ Adding a task (say regression, data.label_format: number):
    (`baseline_estimator`, `baseline_outputs`) (spamgpt/tasks/regression.py is such a task);
 2. one line in spamgpt/tasks/registry.py's TASKS (the one factory);
 3. the label column's format where it is read (params.py validates data.label_format;
-   labels.Classes and data.py read and split it): the only other places that know formats.
+   labels.Classes and spamgpt/data/readers.py and splits.py read and split it): the only
+   other places that know formats.
 """
 
 from abc import ABC, abstractmethod
