@@ -18,11 +18,13 @@ TRUNCATIONS = ("head", "tail", "head_tail")
 class TextFields:
     """The columns a message's text comes from, and the template joining them (None: the
     fields joined by a blank line; a single field is the text itself). `setting`: where the
-    columns came from, as errors name it (data.text_column, or a command's flag)."""
+    columns came from, as errors name it (data.text_column, or a command's flag). `names`: the
+    template's name of each column, where they differ (renamed); None: the columns' own."""
 
     columns: tuple[str, ...] = ("text",)
     template: str | None = None
     setting: str = field(default="data.text_column", compare=False, repr=False)
+    names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.columns or len(set(self.columns)) != len(self.columns):
@@ -31,11 +33,12 @@ class TextFields:
                 f"got {list(self.columns)}"
             )
         if self.template is not None:
-            unknown = [name for name in template_fields(self.template) if name not in self.columns]
+            names = self.names or self.columns
+            unknown = [name for name in template_fields(self.template) if name not in names]
             if unknown:
                 raise ParamsError(
                     f"data.text_template: names field {{{unknown[0]}}}, which is not in "
-                    f"{self.setting} ({', '.join(self.columns)}); allowed: those fields"
+                    f"{self.setting} ({', '.join(names)}); allowed: those fields"
                 )
 
     @classmethod
@@ -49,6 +52,8 @@ class TextFields:
     def join(self, values: Mapping[str, str]) -> str:
         """The text of one message from its fields (every column present, each a str)."""
         if self.template is not None:
+            if self.names is not None:  # each field under the template's name for it
+                values = dict(zip(self.names, (values[c] for c in self.columns), strict=True))
             return self.template.format_map(values)
         if len(self.columns) == 1:
             return values[self.columns[0]]
@@ -56,19 +61,14 @@ class TextFields:
 
     def renamed(self, columns: tuple[str, ...], setting: str) -> "TextFields":
         """The same fields read from other columns (the i-th field from columns[i]), the
-        template naming them so; `setting`: where the columns came from (a command's flag)."""
-        names = dict(zip(self.columns, columns, strict=True))
+        template kept as it is, with its own names for them: any column name will do, even
+        one a template could not name ('subject.line', '0'); `setting`: where the columns came
+        from (a command's flag)."""
+        if len(columns) != len(self.columns):
+            raise ValueError(f"{len(self.columns)} fields, {len(columns)} columns")
         if self.template is None:
             return TextFields(columns, setting=setting)
-        parts = []
-        for literal, name, spec, conversion in string.Formatter().parse(self.template):
-            parts.append(literal.replace("{", "{{").replace("}", "}}"))
-            if name is not None:
-                base = name.split(".")[0].split("[")[0]
-                parts.append("{" + names[base] + name[len(base) :])
-                conversion = "!" + conversion if conversion else ""
-                parts.append(conversion + (":" + spec if spec else "") + "}")
-        return TextFields(columns, "".join(parts), setting)
+        return TextFields(columns, self.template, setting, self.names or self.columns)
 
     def to_dict(self) -> dict:
         return {"text_columns": list(self.columns), "text_template": self.template}

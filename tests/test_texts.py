@@ -19,6 +19,7 @@ from spamgpt.labels import Classes
 from spamgpt.model import classifier
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.model.trunk import Split
+from spamgpt.runtime import Compute
 from spamgpt.texts import TextFields, Truncation
 
 
@@ -102,7 +103,9 @@ def val_accuracy(side: str, tmp_path) -> float:
     classes = Classes(("a", "b"))
     trained = classifier.freeze(model, 0)  # the head alone: the last token's state decides
     cpu = torch.device("cpu")
-    trainer = Trainer(model, trained, split["train"], split["val"], classes, t, cpu, "fp32")
+    trainer = Trainer(
+        model, trained, split["train"], split["val"], classes, t, Compute(cpu, "fp32")
+    )
     state = trainer.fit(checkpoint.CheckpointSaver(tmp_path / f"{side}.pt", "test"))
     return max(entry["val/accuracy"] for entry in state.history)
 
@@ -140,13 +143,27 @@ def test_a_missing_field_error_names_the_columns() -> None:
 
 
 def test_renamed_keeps_literal_braces_conversions_specs_and_attributes() -> None:
-    fields = TextFields(("a", "b"), "{{lit}} {a!r:>6}|{b[0]}|{a.upper}|{b:_<3}")
+    fields = TextFields(("a", "b"), "{{lit}} {a!r:>6}|{b[0]}|{a.__class__.__name__}|{b:_<3}")
     renamed = fields.renamed(("x", "y"), "--text-column")
-    assert renamed == TextFields(("x", "y"), "{{lit}} {x!r:>6}|{y[0]}|{x.upper}|{y:_<3}")
-    assert fields.renamed(("x", "y"), "--text-column").columns == ("x", "y")
+    assert renamed == TextFields(("x", "y"), fields.template, names=("a", "b"))
+    assert renamed.columns == ("x", "y") and renamed.setting == "--text-column"
+    assert renamed.join({"x": "WIN", "y": "bo", "z": "other"}) == "{lit}  'WIN'|b|str|bo_"
+    again = renamed.renamed(("p", "q"), "--text-column")  # the template's names stay
+    assert again.join({"p": "P", "q": "Q"}) == "{lit}    'P'|Q|str|Q__"
     assert TextFields(("a", "b")).renamed(("x", "y"), "--text-column") == TextFields(("x", "y"))
-    with pytest.raises(ValueError):  # one new name per field
+    with pytest.raises(ValueError, match=r"^2 fields, 1 columns$"):  # one new name per field
         fields.renamed(("x",), "--text-column")
+
+
+@pytest.mark.parametrize("columns", [("subject.line", "0"), ("a{b", "c}"), ("", "x[1]")])
+def test_renamed_reads_columns_no_template_could_name(columns: tuple[str, str]) -> None:
+    """`spamgpt predict --text-column` names the file's columns, whatever they are called:
+    the model's template keeps its own names for them."""
+    fields = TextFields(("subject", "body"), "Subject: {subject}\n{body}")
+    renamed = fields.renamed(columns, "--text-column")
+    assert renamed.join(dict(zip(columns, ["WIN", "a prize"], strict=True))) == (
+        "Subject: WIN\na prize"
+    )
 
 
 field_values = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
