@@ -89,6 +89,7 @@ def main() -> None:
     threads = runtime.use_all_cores()
     device = torch.device("cpu")
     precision = runtime.resolve_precision(args.precision, device)
+    compute = runtime.Compute(device, precision)
     params = load_params(ROOT / "params.yaml")
     d = params.data
     messages_file = args.data or ROOT / paths.RAW_DATA
@@ -126,7 +127,7 @@ def main() -> None:
     started = time.perf_counter()
     frozen = classifier.frozen_blocks(gpt.config.n_layer, 1)
     cached = {
-        s: trunk.compute(gpt, t.tokens, frozen, device, precision, desc=f"trunk {s}")
+        s: trunk.compute(gpt, t.tokens, frozen, compute, desc=f"trunk {s}")
         for s, t in packed.items()
     }
     trunk_seconds = time.perf_counter() - started
@@ -138,7 +139,7 @@ def main() -> None:
     train_params = dataclasses.replace(params.train, epochs=args.epochs, patience=args.epochs)
     clock = Clock()
     train, val = (Split(ModelInputs(cached[s], frozen), packed[s].labels) for s in ("train", "val"))
-    trainer = Trainer(model, trained, train, val, classes, train_params, device, precision)
+    trainer = Trainer(model, trained, train, val, classes, train_params, compute)
     with tempfile.TemporaryDirectory() as checkpoints:
         trainer.fit(CheckpointSaver(Path(checkpoints) / "checkpoint.pt", "bench"), hooks=(clock,))
     ends = clock.epoch_train_seconds
@@ -150,7 +151,7 @@ def main() -> None:
 
     test = splits["test"]["text"].tolist()
     started = time.perf_counter()
-    classifier.classify_texts(model.eval(), enc, test, max_length, device, precision)
+    classifier.classify_texts(model.eval(), enc, test, max_length, compute)
     print(
         f"classify: {len(test) / (time.perf_counter() - started):.1f} messages/s "
         f"over the {len(test)} test messages (whole model)"

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         def pytorch(precision: str):
             def score(text: str) -> np.ndarray:
                 probs, _ = classifier.classify_texts(
-                    model, enc, [text], MAX_LENGTH, CPU, precision, truncation=Truncation()
+                    model, enc, [text], MAX_LENGTH, runtime.Compute(CPU, precision), Truncation()
                 )
                 return probs.numpy()
 

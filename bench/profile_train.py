@@ -50,12 +50,13 @@ def main() -> None:
 
     params = load_params()
     m, t = params.model, params.train
-    device, precision = runtime.setup(t.device, t.precision)
+    compute = runtime.setup(t.device, t.precision)
+    device, precision = compute.device, compute.precision
     frozen = contracts.read_frozen_blocks()
     train, val = Split.read("train", frozen), Split.read("val", frozen)
     classes = contracts.read_classes()
     model, trained = classifier.for_training(m, params.lora, classes, device, t.seed)
-    trainer = Trainer(model, trained, train, val, classes, t, device, precision)
+    trainer = Trainer(model, trained, train, val, classes, t, compute)
     order = epoch_order(train.inputs.sequences.lengths, update_size(t), t.seed, 0)
     batches = iter(order * (1 + (args.warmup + 2 * args.steps) // len(order)))
     model.train()

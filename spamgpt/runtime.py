@@ -1,6 +1,8 @@
-"""Where and how tensors are computed: device, precision, threads, seeds."""
+"""Where and how tensors are computed: device, precision, threads, seeds; a `Compute` holds
+the resolved choice every stage and command passes on."""
 
 import contextlib
+import dataclasses
 import logging
 import os
 
@@ -11,8 +13,30 @@ from spamgpt.errors import ParamsError
 log = logging.getLogger(__name__)
 
 
-def resolve_device(requested: str) -> torch.device:
-    """train.device: 'auto' picks cuda, then mps, then cpu; an explicit one must exist here."""
+# Where a device and a precision were asked for, as errors name it: params.yaml's keys, or the
+# flags of the commands that run a model (spamgpt classify, predict, serve).
+PARAMS = ("train.device", "train.precision")
+FLAGS = ("--device", "--precision")
+
+
+@dataclasses.dataclass(frozen=True)
+class Compute:
+    """Where and how a model computes, resolved on this machine (runtime.setup): its device,
+    its precision (fp32, bf16 or fp16: autocast) and the padded tokens of an inference batch
+    (None: what suits the device, spamgpt.data.batching.inference_tokens)."""
+
+    device: torch.device
+    precision: str
+    max_tokens: int | None = None
+
+    def on(self, device: torch.device) -> "Compute":
+        """The same on another device (this process's GPU under torchrun)."""
+        return dataclasses.replace(self, device=device)
+
+
+def resolve_device(requested: str, setting: str = PARAMS[0]) -> torch.device:
+    """train.device (or the flag `setting`): 'auto' picks cuda, then mps, then cpu; an
+    explicit one must exist here."""
     available = {
         "cuda": torch.cuda.is_available(),
         "mps": torch.backends.mps.is_available(),
@@ -23,7 +47,7 @@ def resolve_device(requested: str) -> torch.device:
     if not available[requested]:
         here = ", ".join(["auto", *(name for name, ok in available.items() if ok)])
         raise ParamsError(
-            f"train.device: {requested} is not available on this machine; allowed here: {here}"
+            f"{setting}: {requested} is not available on this machine; allowed here: {here}"
         )
     return torch.device(requested)
 
@@ -77,11 +101,11 @@ def fp16_allowed(device: torch.device) -> bool:
     return device.type in ("cuda", "mps")
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """train.precision: 'auto' is bf16 where the device computes it natively, else fp16 on a
-    CUDA card that computes fp16 fast (with a gradient scaler: see grad_scaler), else fp32.
-    An explicit choice is kept unless the device cannot compute it (or only emulated, for fp16
-    on a CPU)."""
+def resolve_precision(requested: str, device: torch.device, setting: str = PARAMS[1]) -> str:
+    """train.precision (or the flag `setting`): 'auto' is bf16 where the device computes it
+    natively, else fp16 on a CUDA card that computes fp16 fast (with a gradient scaler: see
+    grad_scaler), else fp32. An explicit choice is kept unless the device cannot compute it
+    (or only emulated, for fp16 on a CPU)."""
     if requested == "auto":
         if bf16_supported(device):
             return "bf16"
@@ -89,12 +113,10 @@ def resolve_precision(requested: str, device: torch.device) -> str:
             return "fp16"
         return "fp32"
     if requested == "bf16" and device.type == "mps":
-        raise ParamsError(
-            "train.precision: bf16 is not supported on mps; allowed: auto, fp32, fp16"
-        )
+        raise ParamsError(f"{setting}: bf16 is not supported on mps; allowed: auto, fp32, fp16")
     if requested == "fp16" and not fp16_allowed(device):
         raise ParamsError(
-            "train.precision: fp16 on this CPU would be emulated, several times slower than fp32 "
+            f"{setting}: fp16 on this CPU would be emulated, several times slower than fp32 "
             "(it has no AVX512-FP16 or AMX-FP16); allowed here: auto, fp32, bf16"
         )
     return requested
@@ -109,19 +131,20 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def autocast(compute: Compute) -> contextlib.AbstractContextManager:
     """Matmuls in bf16 or fp16 with float32 accumulation, norms, softmax and losses in float32;
     or nothing (fp32)."""
-    if precision in AUTOCAST_DTYPES:
-        return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
+    if compute.precision in AUTOCAST_DTYPES:
+        dtype = AUTOCAST_DTYPES[compute.precision]
+        return torch.autocast(device_type=compute.device.type, dtype=dtype)
     return contextlib.nullcontext()
 
 
-def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+def grad_scaler(compute: Compute) -> torch.amp.GradScaler:
     """fp16's loss scaling: gradients below fp16's smallest number (6e-8) would become zero, so
     the loss is multiplied before backward and the gradients divided before the step, which is
     skipped (and the scale lowered) when they overflowed. A no-op scaler for fp32 and bf16."""
-    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    return torch.amp.GradScaler(compute.device.type, enabled=compute.precision == "fp16")
 
 
 def use_all_cores(processes: int = 1) -> int:
@@ -132,12 +155,19 @@ def use_all_cores(processes: int = 1) -> int:
     return torch.get_num_threads()
 
 
-def setup(device: str, precision: str, processes: int = 1) -> tuple[torch.device, str]:
-    """The stages' preamble: train.device and train.precision resolved on this machine, a
+def setup(
+    device: str,
+    precision: str,
+    processes: int = 1,
+    max_tokens: int | None = None,
+    settings: tuple[str, str] = PARAMS,
+) -> Compute:
+    """The stages' and commands' preamble: the device and precision asked for (train.device
+    and train.precision, or the `settings` naming them: FLAGS) resolved on this machine, a
     GPU for each of `processes`, and every core in use (shared out among the processes)."""
-    resolved = resolve_device(device)
+    resolved = resolve_device(device, settings[0])
     check_device_count(processes, resolved)
     threads = use_all_cores(processes)
-    precision = resolve_precision(precision, resolved)
+    precision = resolve_precision(precision, resolved, settings[1])
     log.info("%s, %s, %d threads", resolved, precision, threads)
-    return resolved, precision
+    return Compute(resolved, precision, max_tokens)

@@ -10,7 +10,7 @@ from spamgpt.params import Params
 
 
 def main(params: Params) -> None:
-    device, precision = runtime.setup(params.train.device, params.train.precision)
+    compute = runtime.setup(params.train.device, params.train.precision)
     classes = contracts.read_classes()
     results.check_threshold(params.evaluate.threshold, classes)
     tracking.connect()
@@ -20,7 +20,7 @@ def main(params: Params) -> None:
     model, meta = classifier.load(paths.FINETUNED_DIR)
     stage.phase("predict")
     logits = {
-        s: classifier.class_logits(model.to(device), split.inputs, device, precision).numpy()
+        s: classifier.class_logits(model.to(compute.device), split.inputs, compute).numpy()
         for s, split in splits.items()
     }
     stage.phase("save")

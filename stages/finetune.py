@@ -12,18 +12,18 @@ from spamgpt.tasks.registry import task_for
 
 def main(params: Params) -> None:
     m, t = params.model, params.train
-    device, precision = runtime.setup(t.device, t.precision, t.devices)  # before any input
+    compute = runtime.setup(t.device, t.precision, t.devices)  # before any input
     classes = contracts.read_classes()
     check_train_classes(t, classes.names)  # the classes found in the data, when not listed
     distributed.relaunch(t.devices)  # train.devices > 1: this script again, under torchrun
-    device = distributed.setup(device)
+    compute = compute.on(distributed.setup(compute.device))
     if distributed.is_main():
         tracking.connect()  # an unreachable tracking server fails here, before any training
     stage.phase("load")
     frozen = contracts.read_frozen_blocks()
     train, val = Split.read("train", frozen), Split.read("val", frozen)
-    model, trained = classifier.for_training(m, params.lora, classes, device, t.seed)
-    trainer = Trainer(model, trained, train, val, classes, t, device, precision)
+    model, trained = classifier.for_training(m, params.lora, classes, compute.device, t.seed)
+    trainer = Trainer(model, trained, train, val, classes, t, compute)
     data_report = contracts.read_data_report()
     fingerprint = checkpoint.fingerprint(params, data_report)
     resume = checkpoint.load(paths.CHECKPOINT, fingerprint)
@@ -47,7 +47,7 @@ def main(params: Params) -> None:
         outputs.write_checkpoint_weights(run, trainer, params.mlflow.log_checkpoints)
         outputs.export_model(trainer, m, params.data.text_fields())
         contracts.write_mlflow_run(run.run_id)  # which run evaluate records into
-        run.log_metrics(outputs.write_training(state, len(train), device, precision), 0)
+        run.log_metrics(outputs.write_training(state, len(train), compute), 0)
         state.exported = True  # the results are written: a later run starts afresh
         saver.write(checkpoint.state_of(trainer))  # now, not in the background
         stage.phase("log")  # the run's metrics until now; its close after

@@ -14,20 +14,20 @@ def main(params: Params) -> None:
     model_dir = paths.pretrained_dir(m.repo_id)
     n_layer = GPTConfig.from_json(model_dir / "config.json").n_layer
     frozen = classifier.frozen_blocks(n_layer, m.trainable_blocks, m.finetune)
-    device, precision = runtime.setup(t.device, t.precision, t.devices)
+    compute = runtime.setup(t.device, t.precision, t.devices)
     distributed.relaunch(t.devices)  # train.devices > 1: this script again, under torchrun
-    device = distributed.setup(device)
+    compute = compute.on(distributed.setup(compute.device))
     with distributed.replaced_dir(paths.TRUNK_DIR) as folder:
         if frozen is not None:  # else everything trains: the tail is the whole model
             stage.phase("load")
-            gpt = classifier.base_model(m, model_dir).to(device)
+            gpt = classifier.base_model(m, model_dir).to(compute.device)
             stage.phase("compute")
             for split in paths.SPLITS:
                 tokens = tokenized.load(paths.tokens_file(split)).tokens
                 path = paths.trunk_file(split, folder)
-                trunk.write(path, gpt, tokens, frozen, device, precision, desc=f"trunk {split}")
+                trunk.write(path, gpt, tokens, frozen, compute, desc=f"trunk {split}")
         if distributed.is_main():
-            contracts.write_trunk_info(frozen, device.type, precision, folder)
+            contracts.write_trunk_info(frozen, compute.device.type, compute.precision, folder)
 
 
 if __name__ == "__main__":

@@ -334,11 +334,9 @@ def expected_answers(
     served model resolve), then classifier.answers at `threshold`."""
     model, meta = classifier.load(model_dir, pretrained_root, temperature)
     device = runtime.resolve_device("auto")
-    precision = runtime.resolve_precision("auto", device)
+    compute = runtime.Compute(device, runtime.resolve_precision("auto", device))
     enc = tokenizer.load(model_dir)
-    probs, _ = classifier.classify_texts(
-        model.to(device), enc, texts, meta["max_length"], device, precision
-    )
+    probs, _ = classifier.classify_texts(model.to(device), enc, texts, meta["max_length"], compute)
     return classifier.answers(probs, classifier.classes_of(meta), threshold)
 
 

@@ -22,6 +22,7 @@ from spamgpt.model import classifier, trunk
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.model.trunk import Split
 from spamgpt.random_hub import make_hub
+from spamgpt.runtime import Compute
 from spamgpt.tasks.registry import task_for
 
 CLASSES = Classes(("billing", "shipping", "urgent"), None, multi_label=True)
@@ -281,12 +282,12 @@ def test_training_on_the_trunk_cache_lowers_the_loss(hub, pooling) -> None:
     split = tokenized.pack(tokenized.encode_packed(enc, texts), frame, 16, CLASSES)
     torch.manual_seed(0)
     model = GPT2Classifier(GPT2.from_pretrained(hub), 3, pooling, label_format="multi")
-    cached = trunk.compute(model.gpt, split.tokens, 1, CPU, "fp32")
+    cached = trunk.compute(model.gpt, split.tokens, 1, Compute(CPU, "fp32"))
     on_ids = Split(ModelInputs(split.tokens, None), split.labels)
     on_cache = Split(ModelInputs(cached, 1), split.labels)
     indices = torch.arange(len(texts))
     weights = task_for(CLASSES).loss_weights(split.labels, "balanced")
-    args = (indices, weights, CPU, "fp32")
+    args = (indices, weights, Compute(CPU, "fp32"))
     task = task_for(CLASSES)
     with torch.no_grad():
         assert float(shard_loss(task, model, on_cache, *args)) == pytest.approx(
@@ -294,7 +295,7 @@ def test_training_on_the_trunk_cache_lowers_the_loss(hub, pooling) -> None:
         )
     trained = classifier.freeze(model, 1)  # the last block, the final norm, the head
     params = dataclasses.replace(PARAMS, epochs=2, batch_size=8, lr=3e-3)
-    trainer = Trainer(model, trained, on_cache, on_cache, CLASSES, params, CPU, "fp32")
+    trainer = Trainer(model, trained, on_cache, on_cache, CLASSES, params, Compute(CPU, "fp32"))
 
     state = trainer.fit(NoSaver())
     losses = [entry["val/loss"] for entry in state.history]

@@ -17,9 +17,11 @@ from spamgpt.model import classifier
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.params import ModelParams
 from spamgpt.random_hub import make_hub
+from spamgpt.runtime import Compute
 
 REPO_ID = "openai-community/gpt2"
 CPU = torch.device("cpu")
+FP32_CPU = Compute(CPU, "fp32")
 THREE = Classes(("billing", "bug", "praise"), "bug")  # the positive class is not the last
 TEXTS = ["free entry, txt WIN", "see you at 7", "", "a longer message about the invoice"]
 
@@ -58,7 +60,7 @@ def save(model: GPT2Classifier, trained: list[str], folder: Path, pretrained: Pa
 
 def probabilities(model: GPT2Classifier, folder: Path) -> torch.Tensor:
     enc = tokenizer.load(folder)
-    return classifier.classify_texts(model, enc, TEXTS, 48, CPU, "fp32")[0]
+    return classifier.classify_texts(model, enc, TEXTS, 48, FP32_CPU)[0]
 
 
 @pytest.mark.parametrize("full", [False, True], ids=["trained tensors", "every tensor"])
@@ -102,10 +104,10 @@ def test_a_classifier_json_whose_base_differs_is_refused(pretrained: Path, tmp_p
 def test_no_messages_give_no_probabilities_and_no_answers(pretrained: Path) -> None:
     model, _ = trained_model(pretrained)
     none = ModelInputs(tokenized.pack_ids([], 48), frozen_blocks=None)
-    probs = classifier.class_probabilities(model, none, CPU, "fp32")
+    probs = classifier.class_probabilities(model, none, FP32_CPU)
     assert probs.shape == (0, len(THREE)) and probs.dtype == torch.float32
     enc = tokenizer.load(pretrained / REPO_ID)
-    texts, truncated = classifier.classify_texts(model, enc, [], 48, CPU, "fp32")
+    texts, truncated = classifier.classify_texts(model, enc, [], 48, FP32_CPU)
     assert texts.shape == (0, len(THREE)) and truncated == []
     assert classifier.answers(probs, THREE, 0.5) == []
 

@@ -13,6 +13,7 @@ from spamgpt.labels import Classes
 from spamgpt.model import classifier
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.random_hub import make_hub
+from spamgpt.runtime import Compute
 from spamgpt.serve import cli
 
 TEXTS = ["hi", "see you\tat 7"]  # 2 tokens at most, and more than 4
@@ -36,7 +37,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def expected(model_dir: Path, threshold: float) -> list[dict]:
     model, meta = classifier.load(model_dir)
     enc = tokenizer.load(model_dir)
-    probs, _ = classifier.classify_texts(model, enc, TEXTS, 4, torch.device("cpu"), "fp32")
+    probs, _ = classifier.classify_texts(model, enc, TEXTS, 4, Compute(torch.device("cpu"), "fp32"))
     return classifier.answers(probs, classifier.classes_of(meta), threshold)
 
 
@@ -84,6 +85,34 @@ def test_a_mistake_is_one_line_and_exit_1(capsys, args: list[str], message: str)
     code, out, err = classify(capsys, *args)
     assert code == 1 and out == ""
     assert err.startswith(f"spamgpt: error: {message}") and err.count("\n") == 1
+
+
+def unavailable_device() -> str:
+    """A device this machine does not have: cuda on a CPU-only machine, else mps."""
+    return "mps" if torch.cuda.is_available() else "cuda"
+
+
+def test_a_device_the_machine_lacks_is_refused_naming_the_flag(capsys) -> None:
+    """`--device cuda` on a machine without it: the error names the flag, not train.device
+    (the stages' key, which runtime.setup names by default)."""
+    device = unavailable_device()
+    code, out, err = classify(capsys, "--device", device, "hi")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(
+        f"spamgpt: error: --device: {device} is not available on this machine; allowed here: auto"
+    )
+
+
+def test_a_precision_the_device_lacks_is_refused_naming_the_flag(capsys, monkeypatch) -> None:
+    """`--device mps --precision bf16` (an Apple GPU, as torch sees it here): refused before
+    anything runs on it, naming --precision, not train.precision."""
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    code, out, err = classify(capsys, "--device", "mps", "--precision", "bf16", "hi")
+    assert (code, out) == (2, "")
+    assert (
+        err
+        == "spamgpt: error: --precision: bf16 is not supported on mps; allowed: auto, fp32, fp16\n"
+    )
 
 
 def test_every_option_of_every_command_has_help(capsys) -> None:

@@ -20,6 +20,7 @@ from spamgpt.labels import SMS
 from spamgpt.model import classifier, lora
 from spamgpt.model.gpt2 import GPT2Classifier
 from spamgpt.params import LoraTarget, TrainParams
+from spamgpt.runtime import Compute
 
 pytestmark = [
     pytest.mark.cuda,
@@ -45,9 +46,9 @@ def test_lora_prepared_on_cuda_trains_a_step(model: GPT2Classifier) -> None:
     params = dict(model.named_parameters())
     precision = runtime.resolve_precision("auto", CUDA)
     optimizer = torch.optim.AdamW([params[n] for n in trained], lr=1e-3, fused=True)
-    scaler = runtime.grad_scaler(CUDA, precision)
+    scaler = runtime.grad_scaler(Compute(CUDA, precision))
     idx, lengths, labels = batch(CUDA)
-    with runtime.autocast(CUDA, precision):
+    with runtime.autocast(Compute(CUDA, precision)):
         logits = model(idx, lengths)
     loss = F.cross_entropy(logits.float(), labels)
     scaler.scale(loss).backward()
@@ -86,7 +87,9 @@ def test_training_steps_do_not_wait_for_the_gpu() -> None:
     to the card (pinned, non-blocking) and the loss (left on it) must make none."""
     built = new_trainer()
     model = built.model.to(CUDA).train()
-    trainer = Trainer(model, list(built.trained), *trainer_splits(), SMS, PARAMS, CUDA, "fp32")
+    trainer = Trainer(
+        model, list(built.trained), *trainer_splits(), SMS, PARAMS, Compute(CUDA, "fp32")
+    )
     trainer.train_step(torch.arange(0, 4))  # the first step allocates: outside the check
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -100,7 +103,7 @@ def cuda_trainer(params: TrainParams, trainable_blocks: int | str, precision: st
     built = new_trainer(params, n_train=70)
     model = built.model.to(CUDA).train()
     trained = classifier.freeze(model, trainable_blocks)
-    return Trainer(model, trained, *trainer_splits(70), SMS, params, CUDA, precision)
+    return Trainer(model, trained, *trainer_splits(70), SMS, params, Compute(CUDA, precision))
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ from spamgpt.model import classifier
 from spamgpt.model.gpt2 import GPT2Classifier
 from spamgpt.params import LoraParams, ModelParams
 from spamgpt.random_hub import hub_dir, make_hub
+from spamgpt.runtime import Compute
 from spamgpt.serve import cli, export
 from spamgpt.tasks.registry import task_for
 from spamgpt.texts import ONE_TEXT, TextFields, Truncation
@@ -49,6 +50,7 @@ from spamgpt.texts import ONE_TEXT, TextFields, Truncation
 REPO_ID = "someone/gpt2-six"
 MAX_LENGTH = 24
 CPU = torch.device("cpu")
+FP32_CPU = Compute(CPU, "fp32")
 CLASSES = Classes(("ham", "spam", "promo"), "spam")  # three: the fold solves a 3 x d system
 TEXTS = [
     "WINNER!! You have won a £900 prize! Call 09061701461 to claim now",
@@ -108,7 +110,7 @@ def reference(workspace: Path, folder: Path) -> tuple[GPT2Classifier, dict, np.n
     """The folder loaded as spamgpt loads it, and spamgpt's probabilities of TEXTS."""
     model, meta = classifier.load(folder, workspace / paths.PRETRAINED_DIR)
     enc = tokenizer.load(folder)
-    probs, _ = classifier.classify_texts(model, enc, TEXTS, meta["max_length"], CPU, "fp32")
+    probs, _ = classifier.classify_texts(model, enc, TEXTS, meta["max_length"], FP32_CPU)
     return model, meta, probs.numpy()
 
 
@@ -271,7 +273,7 @@ def spamgpts_answers(workspace: Path, folder: Path) -> np.ndarray:
     model, meta = classifier.load(folder, workspace / paths.PRETRAINED_DIR)
     texts = [TextFields.from_dict(meta).join(row) for row in ROWS]
     probs, truncated = classifier.classify_texts(
-        model, tokenizer.load(folder), texts, meta["max_length"], CPU, "fp32",
+        model, tokenizer.load(folder), texts, meta["max_length"], FP32_CPU,
         truncation=Truncation.from_dict(meta),
     )  # fmt: skip
     assert truncated[1] and not truncated[0]  # the long row is cut
@@ -455,7 +457,7 @@ def spamgpt_probabilities(path: Path) -> np.ndarray:
         path / paths.FINETUNED_DIR, path / paths.PRETRAINED_DIR, evaluated_temperature(path)
     )
     enc = tokenizer.load(path / paths.FINETUNED_DIR)
-    probs, _ = classifier.classify_texts(model, enc, MESSAGES, meta["max_length"], CPU, "fp32")
+    probs, _ = classifier.classify_texts(model, enc, MESSAGES, meta["max_length"], FP32_CPU)
     return probs.numpy()
 
 
@@ -615,7 +617,7 @@ def test_the_gate_refuses_a_model_that_int8_breaks_and_leaves_nothing(
     lengths = torch.randint(1, MAX_LENGTH + 1, (300,), generator=g)
     ids = torch.randint(0, meta["pad_id"], (int(lengths.sum()),), generator=g)
     inputs = ModelInputs(PackedSequences(ids, lengths), frozen_blocks=None)
-    probabilities = classifier.class_probabilities(model, inputs, CPU, "fp32").numpy()
+    probabilities = classifier.class_probabilities(model, inputs, FP32_CPU).numpy()
     # evaluate's threshold where it has none
     labels = task_for(CLASSES).decisions(probabilities, 0.5)
     assert (labels == CLASSES.positive_index).sum() >= 20  # spam to find
@@ -686,7 +688,7 @@ def test_export_of_a_folder_folds_evaluates_temperature(
         folder, workspace / paths.PRETRAINED_DIR, 2.5, calibration.get("shift")
     )
     enc = tokenizer.load(folder)
-    expected, _ = classifier.classify_texts(model, enc, TEXTS, meta["max_length"], CPU, "fp32")
+    expected, _ = classifier.classify_texts(model, enc, TEXTS, meta["max_length"], FP32_CPU)
     *_, uncalibrated = reference(workspace, folder)
     assert not np.allclose(expected.numpy(), uncalibrated, atol=1e-3)
     session = onnxruntime.InferenceSession("model.onnx")

@@ -18,6 +18,7 @@ from spamgpt.labels import SMS
 from spamgpt.model import classifier, trunk
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.random_hub import make_hub
+from spamgpt.runtime import Compute
 
 PATH_NAMES = {"path", "dest", "model_dir", "folder", "root", "pretrained_root", "finetuned_dir"}
 PATH_NAMES |= {"tokenizer_dir", "tokenizer"}
@@ -123,7 +124,9 @@ def test_public_functions_taking_a_path_take_a_str(tiny_hub: Path, tmp_path: Pat
     split = tokenized.pack(tokenized.encode_packed(enc, list(frame["text"])), frame, 16, SMS)
     tokenized.save(split, f"{root}/tokens.safetensors")
     assert torch.equal(tokenized.load(f"{root}/tokens.safetensors").labels, split.labels)
-    trunk.write(f"{root}/trunk.safetensors", gpt, split.tokens, 1, torch.device("cpu"), "fp32")
+    trunk.write(
+        f"{root}/trunk.safetensors", gpt, split.tokens, 1, Compute(torch.device("cpu"), "fp32")
+    )
     cached = trunk.load(f"{root}/trunk.safetensors")
     assert isinstance(cached, PackedSequences) and len(cached) == 2
     tensorfile.create(f"{root}/t.safetensors", {"x": (torch.float32, (2,))})

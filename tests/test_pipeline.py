@@ -327,6 +327,7 @@ def test_calibration_keeps_decisions_and_rankings(project, monkeypatch):
     from spamgpt.evaluate import results
     from spamgpt.model import classifier
     from spamgpt.model.trunk import Split
+    from spamgpt.runtime import Compute
     from spamgpt.tasks.registry import task_for
 
     path, _ = project
@@ -336,9 +337,9 @@ def test_calibration_keeps_decisions_and_rankings(project, monkeypatch):
     classes = contracts.read_classes()
     splits = {s: Split.read(s, contracts.read_frozen_blocks()) for s in ("val", "test")}
     model, _ = classifier.load(paths.FINETUNED_DIR)
-    cpu = torch.device("cpu")
+    on_cpu = Compute(torch.device("cpu"), "fp32")
     logits = {
-        s: classifier.class_logits(model, x.inputs, cpu, "fp32").numpy() for s, x in splits.items()
+        s: classifier.class_logits(model, x.inputs, on_cpu).numpy() for s, x in splits.items()
     }
     labels = {s: x.labels.numpy() for s, x in splits.items()}
     raw, none = results.calibrate("none", classes, labels, logits)

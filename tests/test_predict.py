@@ -4,6 +4,7 @@ with kept columns, in each format; bad input stops in one line and leaves no out
 import csv
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from spamgpt import params
+from spamgpt import params, runtime
 from spamgpt.data import tokenizer
 from spamgpt.labels import Classes
 from spamgpt.model import classifier
@@ -24,6 +25,9 @@ from spamgpt.serve import predict as predicting
 
 CLASSES = Classes(("billing", "outage", "sales"))
 MAX_LENGTH = 12
+
+
+UNAVAILABLE = "mps" if torch.cuda.is_available() else "cuda"  # a device this machine lacks
 
 
 def model_folder(root: Path, **shapes: int) -> Path:
@@ -49,7 +53,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def scorer(model_dir: Path) -> predicting.Scorer:
-    return predicting.load_scorer(str(model_dir), model_dir, "cpu", "fp32", None)
+    return predicting.load_scorer(str(model_dir), model_dir, runtime.setup("cpu", "fp32"), None)
 
 
 def messages(n: int) -> list[dict]:
@@ -74,7 +78,7 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
 def expected(scorer: predicting.Scorer, texts: list[str]) -> pd.DataFrame:
     """The answers of the classify path on the texts at once."""
     probs, truncated = classifier.classify_texts(
-        scorer.model, scorer.enc, texts, MAX_LENGTH, scorer.device, "fp32"
+        scorer.model, scorer.enc, texts, MAX_LENGTH, scorer.compute
     )
     frame = classifier.prediction_frame(probs, CLASSES, None)
     return frame.assign(truncated=truncated)
@@ -138,7 +142,7 @@ def test_100_000_rows_stream_through_the_cli_keeping_ids_order_and_answers(tmp_p
     classify path's answer. A GPT-2 of one block 16 wide: the rows, not the model, are what
     is tested."""
     model_dir = model_folder(tmp_path, layers=1, dim=16, heads=2, n_ctx=16)
-    scorer = predicting.load_scorer(str(model_dir), model_dir, "cpu", "fp32", None)
+    scorer = predicting.load_scorer(str(model_dir), model_dir, runtime.setup("cpu", "fp32"), None)
     n = 100_000
     ids = np.random.default_rng(0).permutation(n).tolist()  # not sorted: order is checked
     rows = [{"id": i, "message": f"{'refund ' * (i % 5)}{i % 97}"} for i in ids]
@@ -180,6 +184,7 @@ def test_bad_rows_stop_in_one_line_or_are_skipped_and_counted(model_dir, tmp_pat
         (["--text-column", "a", "b"], "--text-column: the model reads 1 field(s) (text); got 2"),
         (["--keep", "label"], "--keep label: clashes with an output column (label, "),
         (["-o", "out.txt"], "out.txt: cannot tell the format from its extension; name the file"),
+        (["--device", UNAVAILABLE], f"--device: {UNAVAILABLE} is not available on this machine"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_no_output(
@@ -190,3 +195,32 @@ def test_bad_input_is_one_line_and_leaves_no_output(
     code, err = predict_cli(capsys, "in.csv", "-o", "out.csv", "--model", str(model_dir), *args)
     assert code != 0 and err.count("\n") == 1 and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_text_columns_no_template_could_name_fill_the_models_fields(
+    model_dir, scorer, tmp_path, capsys
+) -> None:
+    """A model of two fields joined by a template, scored from a file whose columns are
+    called what a template could not name ('subject.line', '0'): --text-column maps them to
+    the model's fields, and each row's answer is that of the text the template makes."""
+    folder = tmp_path / "fields"
+    shutil.copytree(model_dir, folder)
+    meta_file = folder / classifier.CLASSIFIER_JSON
+    meta = json.loads(meta_file.read_text())
+    meta |= {"text_columns": ["subject", "body"], "text_template": "Subject: {subject}\n{body}"}
+    meta_file.write_text(json.dumps(meta))
+    rows = [{"subject.line": f"{m['id']} offer", "0": m["message"]} for m in messages(7)]
+    source, dest = write_csv(tmp_path / "in.csv", rows), tmp_path / "out.csv"
+    code, err = predict_cli(capsys, str(source), "-o", str(dest), "--model", str(folder),
+                            "--text-column", "subject.line", "0", "--device", "cpu",
+                            "--precision", "fp32")  # fmt: skip
+    assert code == 0, err
+    texts = [f"Subject: {r['subject.line']}\n{r['0']}" for r in rows]
+    want = expected(scorer, texts)
+    got = pd.read_csv(dest)
+    assert got["label"].tolist() == want["label"].tolist()
+    np.testing.assert_allclose(
+        got[["p_billing", "p_outage", "p_sales"]],
+        want[["p_billing", "p_outage", "p_sales"]],
+        atol=1e-6,
+    )

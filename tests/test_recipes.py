@@ -45,6 +45,7 @@ from spamgpt.labels import SMS
 from spamgpt.model import classifier, trunk
 from spamgpt.model.gpt2 import GPT2, GPTConfig
 from spamgpt.random_hub import make_hub
+from spamgpt.runtime import Compute
 from spamgpt.serve import cli
 from spamgpt.tasks.classification import SingleLabel
 from spamgpt.tasks.registry import task_for
@@ -256,7 +257,7 @@ def probabilities(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     model, _ = classifier.load(folder / "models/finetuned", folder / "models/pretrained")
     n_frozen = read_json(folder / "data/trunk/info.json")["frozen_blocks"]
     inputs = ModelInputs(trunk.load(folder / f"data/trunk/{split}.safetensors"), n_frozen)
-    logits = classifier.class_logits(model, inputs, CPU, "fp32").numpy()
+    logits = classifier.class_logits(model, inputs, Compute(CPU, "fp32")).numpy()
     temperature = evaluated_temperature(folder) or 1.0
     probs = results.calibrated_probabilities(SingleLabel(SMS), logits, temperature)
     labels = tokenized.load(folder / f"data/tokens/{split}.safetensors").labels.numpy()

@@ -20,6 +20,7 @@ from spamgpt.evaluate import results
 from spamgpt.finetune import outputs
 from spamgpt.finetune.train import State, evaluation_entry
 from spamgpt.labels import Classes
+from spamgpt.runtime import Compute
 from spamgpt.tasks.registry import task_for
 
 TEN = Classes(tuple(f"team_{i}" for i in range(10)), None)
@@ -66,7 +67,7 @@ def write_run(classes: Classes, threshold: float | None) -> None:
         state.history.append(evaluation_entry(state, 0.6, reports["val"], classes))
     state.epoch, state.epoch_samples = 3, 0
     state.best_evaluation, state.train_seconds = 2, 12.5
-    outputs.write_training(state, len(labels), torch.device("cpu"), "fp32")
+    outputs.write_training(state, len(labels), Compute(torch.device("cpu"), "fp32"))
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from spamgpt import runtime
 from spamgpt.errors import ParamsError
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.random_hub import make_hub
+from spamgpt.runtime import Compute
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
@@ -40,7 +41,7 @@ def batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 @torch.no_grad()
 def logits_in(model: GPT2Classifier, device: torch.device, precision: str) -> torch.Tensor:
     idx, lengths, _ = batch(device)
-    with runtime.autocast(device, precision):
+    with runtime.autocast(Compute(device, precision)):
         return model.eval()(idx, lengths).float().cpu()
 
 
@@ -52,9 +53,9 @@ def training_step(
     after the step; 1.0 without a scaler)."""
     model = copy.deepcopy(model).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    scaler = runtime.grad_scaler(device, precision)
+    scaler = runtime.grad_scaler(Compute(device, precision))
     idx, lengths, labels = batch(device)
-    with runtime.autocast(device, precision):
+    with runtime.autocast(Compute(device, precision)):
         logits = model(idx, lengths)
     scaler.scale(F.cross_entropy(logits.float(), labels)).backward()
     scaler.unscale_(optimizer)  # before clipping: clip the true gradients
@@ -72,7 +73,7 @@ def assert_step_close_to_fp32(
     step to within `grad_error` of their norm."""
     _, fp32_grads, _ = training_step(model, device, "fp32")
     stepped, grads, scale = training_step(model, device, precision)
-    assert scale == runtime.grad_scaler(device, precision).get_scale()  # not lowered: no skip
+    assert scale == runtime.grad_scaler(Compute(device, precision)).get_scale()  # no skip
     assert (grads - fp32_grads).norm() < grad_error * fp32_grads.norm()
     assert not torch.equal(grads, fp32_grads)  # autocast really ran in low precision
     before, after = dict(model.named_parameters()), dict(stepped.named_parameters())
@@ -173,14 +174,14 @@ def test_autocast_computes_in_the_precisions_dtype() -> None:
     if cpu_autocast_computes_fp16():
         expected["fp16"] = torch.float16
     for precision, dtype in expected.items():
-        with runtime.autocast(CPU, precision):
+        with runtime.autocast(Compute(CPU, precision)):
             assert torch.mm(a, a).dtype == dtype, precision
 
 
 def test_only_fp16_scales_gradients() -> None:
-    assert runtime.grad_scaler(CPU, "fp16").is_enabled()
-    assert not runtime.grad_scaler(CPU, "bf16").is_enabled()
-    assert not runtime.grad_scaler(CPU, "fp32").is_enabled()
+    assert runtime.grad_scaler(Compute(CPU, "fp16")).is_enabled()
+    assert not runtime.grad_scaler(Compute(CPU, "bf16")).is_enabled()
+    assert not runtime.grad_scaler(Compute(CPU, "fp32")).is_enabled()
 
 
 @pytest.mark.skipif(
@@ -404,10 +405,11 @@ def test_setup_resolves_device_precision_and_threads(
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)))
     fake_cpu(monkeypatch, native_bf16=True, native_fp16=False)
     with caplog.at_level("INFO", logger="spamgpt.runtime"):
-        assert runtime.setup("auto", "auto", processes=2) == (CPU, "bf16")
+        assert runtime.setup("auto", "auto", processes=2) == Compute(CPU, "bf16")
     assert torch.get_num_threads() == 3
     assert caplog.messages == ["cpu, bf16, 3 threads"]
-    assert runtime.setup("cpu", "fp32") == (CPU, "fp32") and torch.get_num_threads() == 6
+    assert runtime.setup("cpu", "fp32", max_tokens=512) == Compute(CPU, "fp32", 512)
+    assert torch.get_num_threads() == 6
     with pytest.raises(ParamsError, match=r"^train\.precision: fp16 on this CPU"):
         runtime.setup("cpu", "fp16")
 
@@ -437,7 +439,7 @@ def test_auto_precision_asks_about_the_card_it_runs_on(monkeypatch: pytest.Monke
 
 def test_the_scaler_is_made_for_the_device() -> None:
     """Its scale may be set from a tensor of that device (as restoring a scale would)."""
-    scaler = runtime.grad_scaler(CPU, "fp16")
+    scaler = runtime.grad_scaler(Compute(CPU, "fp16"))
     weight = torch.ones(2, requires_grad=True)
     optimizer = torch.optim.SGD([weight], lr=0.1)
     scaler.scale((weight * 2).sum()).backward()

@@ -45,6 +45,7 @@ from spamgpt.model import classifier
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.params import ModelParams
 from spamgpt.random_hub import make_hub
+from spamgpt.runtime import Compute
 from spamgpt.serve import export, loader, serving
 
 REPO_ID = "openai-community/gpt2"
@@ -386,11 +387,11 @@ def test_a_temperature_is_written_beside_the_tensors_and_folded_as_it_loads(
     logged_model = loader.load_model(local)
     served, meta = logged_model.model, logged_model.meta
     expected, _ = classifier.load(logged.finetuned, logged.pretrained, 2.5, shift)
-    enc, cpu = tokenizer.load(folder), torch.device("cpu")
-    got, _ = classifier.classify_texts(served, enc, MESSAGES, meta["max_length"], cpu, "fp32")
-    want, _ = classifier.classify_texts(expected, enc, MESSAGES, meta["max_length"], cpu, "fp32")
+    enc, fp32_cpu = tokenizer.load(folder), Compute(torch.device("cpu"), "fp32")
+    got, _ = classifier.classify_texts(served, enc, MESSAGES, meta["max_length"], fp32_cpu)
+    want, _ = classifier.classify_texts(expected, enc, MESSAGES, meta["max_length"], fp32_cpu)
     assert torch.equal(got, want)
-    uncalibrated, _ = classifier.classify_texts(raw, enc, MESSAGES, meta["max_length"], cpu, "fp32")
+    uncalibrated, _ = classifier.classify_texts(raw, enc, MESSAGES, meta["max_length"], fp32_cpu)
     assert not torch.allclose(got, uncalibrated)
 
 

@@ -33,10 +33,12 @@ from spamgpt.model import classifier
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.model.trunk import Split
 from spamgpt.params import TrainParams
+from spamgpt.runtime import Compute
 from spamgpt.tasks import metrics
 from spamgpt.tasks.registry import task_for
 
 CPU = torch.device("cpu")
+FP32_CPU = Compute(CPU, "fp32")
 PARAMS = TrainParams(
     epochs=3,
     batch_size=4,
@@ -116,7 +118,7 @@ def new_trainer(params: TrainParams = PARAMS, n_train: int = 64, dropout: float 
     gpt = GPT2.init_random(config)
     model = GPT2Classifier(gpt)
     trained = classifier.freeze(model, 1)
-    return Trainer(model, trained, *trainer_splits(n_train), SMS, params, CPU, "fp32")
+    return Trainer(model, trained, *trainer_splits(n_train), SMS, params, FP32_CPU)
 
 
 def trainer_splits(n_train: int = 64) -> tuple[Split, Split]:
@@ -363,7 +365,9 @@ def test_a_training_step_reads_nothing_back_from_the_device() -> None:
     meta = torch.device("meta")
     built = new_trainer()  # the test model, and what trains in it
     model = built.model.to(meta).train()
-    trainer = Trainer(model, list(built.trained), *trainer_splits(), SMS, PARAMS, meta, "fp32")
+    trainer = Trainer(
+        model, list(built.trained), *trainer_splits(), SMS, PARAMS, Compute(meta, "fp32")
+    )
     losses = [trainer.train_step(torch.arange(i, i + 4)) for i in range(0, 12, 4)]
     assert [(loss.device, loss.dtype, loss.shape) for loss in losses] == [
         (meta, torch.float64, torch.Size([]))
@@ -608,7 +612,7 @@ def multi_label_trainer(params: TrainParams) -> Trainer:
         labels = torch.tensor([[float(t in row) for t in (5, 6, 7)] for row in rows])
         splits.append(Split(split.inputs, labels))
     classes = Classes(("five", "six", "seven"), multi_label=True)
-    return Trainer(model, classifier.freeze(model, 1), *splits, classes, params, CPU, "fp32")
+    return Trainer(model, classifier.freeze(model, 1), *splits, classes, params, FP32_CPU)
 
 
 def updates(trainer: Trainer, epochs: int = 1) -> list[float]:
@@ -698,6 +702,6 @@ def test_the_static_steps_filler_rows_weigh_nothing() -> None:
 def test_cuda_graphs_false_or_auto_off_cuda_is_the_plain_step() -> None:
     for setting in (False, "auto"):
         assert new_trainer(dataclasses.replace(PARAMS, cuda_graphs=setting)).static is None
-    assert train.graph_mode(True, CPU, "fp32") is False  # the static step, eagerly
-    assert train.graph_mode(True, torch.device("cuda"), "fp16") is None  # loss scaling
-    assert train.graph_mode("auto", torch.device("cuda"), "bf16") is True
+    assert train.graph_mode(True, FP32_CPU) is False  # the static step, eagerly
+    assert train.graph_mode(True, Compute(torch.device("cuda"), "fp16")) is None  # loss scaling
+    assert train.graph_mode("auto", Compute(torch.device("cuda"), "bf16")) is True

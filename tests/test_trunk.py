@@ -17,8 +17,10 @@ from spamgpt.model import classifier, trunk
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.params import TrainParams
 from spamgpt.random_hub import make_hub
+from spamgpt.runtime import Compute
 
 CPU = torch.device("cpu")
+FP32_CPU = Compute(CPU, "fp32")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def test_cached_trunk_gives_the_uncached_logits_and_loss(model, pooling, trainab
     model.pooling = pooling
     tokens = messages()
     n_frozen = classifier.frozen_blocks(3, trainable_blocks)
-    cached = ModelInputs(trunk.compute(model.gpt, tokens, n_frozen, CPU, "fp32"), n_frozen)
+    cached = ModelInputs(trunk.compute(model.gpt, tokens, n_frozen, FP32_CPU), n_frozen)
     uncached = ModelInputs(tokens, None)
     labels = torch.randint(0, 2, (len(tokens),), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -64,14 +66,14 @@ def test_padding_past_the_longest_leaves_the_logits_alone(model, tmp_path, pooli
     tokens = messages(120, seed=6)
     inputs = ModelInputs(tokens, None)
     if frozen_blocks is not None:  # the cache file, as finetune and evaluate read it
-        trunk.write(tmp_path / "cache", model.gpt, tokens, frozen_blocks, CPU, "fp32")
+        trunk.write(tmp_path / "cache", model.gpt, tokens, frozen_blocks, FP32_CPU)
         inputs = ModelInputs(trunk.load(tmp_path / "cache"), frozen_blocks)
     order = sorted_order(tokens.lengths, 256)
     widened = [
         padded_width(int(tokens.lengths[b].max()), 59) > tokens.lengths[b].max() for b in order
     ]
     assert int(tokens.lengths.max()) == 59 and sum(widened) >= 10  # most batches padded wider
-    probabilities = classifier.class_probabilities(model, inputs, CPU, "fp32", max_tokens=256)
+    probabilities = classifier.class_probabilities(model, inputs, Compute(CPU, "fp32", 256))
     rows, starts = inputs.sequences.rows, inputs.sequences.starts.tolist()
     with torch.no_grad():
         alone = torch.cat([
@@ -83,7 +85,7 @@ def test_padding_past_the_longest_leaves_the_logits_alone(model, tmp_path, pooli
 
 def test_trunk_keeps_real_tokens_only(model):
     tokens = messages(5)
-    hidden = trunk.compute(model.gpt, tokens, 2, CPU, "fp32")
+    hidden = trunk.compute(model.gpt, tokens, 2, FP32_CPU)
     assert hidden.rows.shape == (int(tokens.lengths.sum()), model.gpt.config.n_embd)
     assert torch.equal(hidden.lengths, tokens.lengths)
 
@@ -102,7 +104,7 @@ def spread(model: GPT2Classifier) -> tuple[GPT2Classifier, ModelInputs, torch.Te
     spread = copy.deepcopy(model)
     spread.pooling = "last"
     tokens = messages(64, seed=2)
-    feats = ModelInputs(trunk.compute(spread.gpt, tokens, 2, CPU, "fp32"), 2)
+    feats = ModelInputs(trunk.compute(spread.gpt, tokens, 2, FP32_CPU), 2)
     with torch.no_grad():
         margin = torch.diff(classifier.logits(spread, feats, torch.arange(64), CPU)).squeeze(1)
         spread.head.weight.mul_(3 / margin.std())
@@ -133,7 +135,7 @@ def test_bf16_logits_stay_within_bf16_rounding_of_fp32(spread) -> None:
     indices = torch.arange(64)
     with torch.no_grad():
         fp32, bound = fp32_logits_and_bound(model, feats, indices)
-        with runtime.autocast(CPU, "bf16"):
+        with runtime.autocast(Compute(CPU, "bf16")):
             bf16 = classifier.logits(model, feats, indices, CPU).float()
     assert not torch.equal(bf16, fp32)  # autocast really ran in bf16
     assert ((bf16 - fp32).abs() <= bound).all(), ((bf16 - fp32).abs() / bound).max()
@@ -155,7 +157,7 @@ def trainer(model: GPT2Classifier, feats: ModelInputs, labels: torch.Tensor, pre
         select_metric="auto", min_delta=0.0, seed=0,
         device="cpu", precision=precision, devices=1, cuda_graphs=False,
     )  # fmt: skip
-    return train.Trainer(model, trained, split, split, SMS, params, CPU, precision)
+    return train.Trainer(model, trained, split, split, SMS, params, Compute(CPU, precision))
 
 
 TAIL = ("head.", "gpt.ln_f.", "gpt.h.2.")
@@ -171,7 +173,7 @@ def test_bf16_training_step_stays_within_bf16_rounding_of_fp32(spread) -> None:
     model.train()  # dropout 0 in this model: the training forward, deterministic
     with torch.no_grad():
         logits, bound = fp32_logits_and_bound(model, feats, indices)
-        with runtime.autocast(CPU, "bf16"):
+        with runtime.autocast(Compute(CPU, "bf16")):
             bf16_logits = classifier.logits(model, feats, indices, CPU).float()
     model.eval()
     assert not torch.equal(bf16_logits, logits)  # autocast really ran in bf16
@@ -195,9 +197,9 @@ def test_bf16_training_step_stays_within_bf16_rounding_of_fp32(spread) -> None:
 def test_written_cache_reads_back_as_computed(model, tmp_path) -> None:
     tokens = messages(40, seed=4)
     path = tmp_path / "train.safetensors"
-    trunk.write(path, model.gpt, tokens, 2, CPU, "fp32", max_tokens=64)  # many small batches
+    trunk.write(path, model.gpt, tokens, 2, Compute(CPU, "fp32", 64))  # many small batches
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.safetensors"]  # no temp left
-    computed = trunk.compute(model.gpt, tokens, 2, CPU, "fp32", max_tokens=64)
+    computed = trunk.compute(model.gpt, tokens, 2, Compute(CPU, "fp32", 64))
     back = trunk.load(path)
     assert torch.equal(back.lengths, tokens.lengths)
     assert torch.equal(load_file(str(path))["hidden"], computed.rows)  # plain safetensors
@@ -209,7 +211,7 @@ def test_loaded_cache_reads_only_the_batch(model, tmp_path, monkeypatch) -> None
     """Loading reads the lengths; a batch reads its own messages' rows, nothing more."""
     tokens = messages(40, seed=5)
     path = tmp_path / "val.safetensors"
-    trunk.write(path, model.gpt, tokens, 2, CPU, "fp32")
+    trunk.write(path, model.gpt, tokens, 2, FP32_CPU)
     read = []
     original = tensorfile.TensorFile.pread
     monkeypatch.setattr(
@@ -229,7 +231,7 @@ def test_cache_is_bf16_when_the_trunk_runs_in_bf16(spread, tmp_path) -> None:
     by no more than the bound the tail's own bf16 autocast is allowed (4u sum|w||h|)."""
     model, _, _ = spread
     tokens = messages(64, seed=2)
-    trunk.write(tmp_path / "fp32", model.gpt, tokens, 2, CPU, "fp32")
+    trunk.write(tmp_path / "fp32", model.gpt, tokens, 2, FP32_CPU)
     fp32 = ModelInputs(trunk.load(tmp_path / "fp32"), 2)
     rows = fp32.sequences.rows[:]
     stored = trunk.storage_dtype("bf16")
@@ -253,5 +255,5 @@ def test_cache_is_bf16_when_the_trunk_runs_in_bf16(spread, tmp_path) -> None:
 def test_write_removes_a_killed_runs_temporary_file(model, tmp_path) -> None:
     path = tmp_path / "test.safetensors"
     (tmp_path / ".test.safetensors.abc123.tmp").write_bytes(b"x" * 100)  # kill -9 left it
-    trunk.write(path, model.gpt, messages(5), 2, CPU, "fp32")
+    trunk.write(path, model.gpt, messages(5), 2, FP32_CPU)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["test.safetensors"]

@@ -96,14 +96,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     train = params.load().train
-    device, precision = runtime.setup(train.device, train.precision)
+    compute = runtime.setup(train.device, train.precision)
     model, meta = classifier.load(paths.FINETUNED_DIR)  # uncalibrated: no temperature given
     if len(meta["labels"]) != 2 or classifier.classes_of(meta).multi_label:
         raise SystemExit("calibration_compare: two classes only")
     margins, labels = {}, {}
     for s in ("val", "test"):
         split = Split.read(s, contracts.read_frozen_blocks())
-        logits = classifier.class_logits(model.to(device), split.inputs, device, precision)
+        logits = classifier.class_logits(model.to(compute.device), split.inputs, compute)
         margins[s] = (logits[:, 1].double() - logits[:, 0].double()).numpy()
         labels[s] = split.labels.numpy()
     print(f"val {len(labels['val'])} messages, test {len(labels['test'])}; {args.reps} resamples")

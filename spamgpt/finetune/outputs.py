@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
-from spamgpt import atomic, contracts, paths
+from spamgpt import atomic, contracts, paths, runtime
 from spamgpt.data import readers
 from spamgpt.labels import Classes
 from spamgpt.model import classifier
@@ -61,9 +61,7 @@ def export_model(trainer: "Trainer", m: ModelParams, fields: TextFields = ONE_TE
         classifier.export(trainer.model, best, names, m, classes, tokens, folder, fields)
 
 
-def write_training(
-    state: "State", n_train: int, device: torch.device, precision: str
-) -> dict[str, float]:
+def write_training(state: "State", n_train: int, compute: runtime.Compute) -> dict[str, float]:
     """metrics/train.json (the figures to compare: best epoch and step, epochs, timings), the
     whole report (reports/training.json: also the best evaluation's validation figures, the
     device) and the DVC plot data. Returns the run's summary metrics (no figures of the
@@ -85,8 +83,8 @@ def write_training(
         {
             **summary,
             "steps": state.step,
-            "device": device.type,
-            "precision": precision,
+            "device": compute.device.type,
+            "precision": compute.precision,
             "threads": torch.get_num_threads(),
             "val": {k.removeprefix("val/"): v for k, v in best.items() if k.startswith("val/")},
         },

@@ -256,13 +256,12 @@ def validation(
     split: Split,
     task: Task,
     weights: torch.Tensor | None,
-    device: torch.device,
-    precision: str,
+    compute: runtime.Compute,
 ) -> tuple[float, dict]:
     """(loss weighted as training weighs it, metrics report) of `split` with dropout off, at
     the task's validation threshold (Task.validation)."""
     model.eval()
-    probs = classifier.class_probabilities(model, split.inputs, device, precision)
+    probs = classifier.class_probabilities(model, split.inputs, compute)
     return task.validation(probs, split.labels, weights)
 
 
@@ -287,8 +286,7 @@ def shard_loss(
     split: Split,
     indices: torch.Tensor,
     loss_weights: torch.Tensor | None,
-    device: torch.device,
-    precision: str,
+    compute: runtime.Compute,
 ) -> torch.Tensor:
     """This process's class-weighted loss sum over its share of the global batch `indices`
     (`loss_weights` on the device); divided by the weight of the whole update (Task.batch_weight)
@@ -297,9 +295,9 @@ def shard_loss(
     mine, share = distributed.shard(indices), 1.0
     if len(mine) == 0:  # a last batch smaller than the processes: join with no weight
         mine, share = indices[:1], 0.0
-    with runtime.autocast(device, precision):
-        logits = classifier.logits(model, split.inputs, mine, device)
-    targets = runtime.to_device(split.labels[mine], device)
+    with runtime.autocast(compute):
+        logits = classifier.logits(model, split.inputs, mine, compute.device)
+    targets = runtime.to_device(split.labels[mine], compute.device)
     return share * task.loss_sum(logits.float(), targets, loss_weights)
 
 
@@ -332,15 +330,16 @@ def evaluation_entry(state: State, val_loss: float, report: dict, classes: Class
     }
 
 
-def graph_mode(setting: str | bool, device: torch.device, precision: str) -> bool | None:
-    """How train.cuda_graphs trains on `device`: True, the StaticStep captured as CUDA
+def graph_mode(setting: str | bool, compute: runtime.Compute) -> bool | None:
+    """How train.cuda_graphs trains on compute.device: True, the StaticStep captured as CUDA
     graphs; False, the StaticStep run eagerly (true on a CPU or MPS); None, the plain step
     (false; auto off CUDA; and, with one log line, where graphs cannot be used)."""
+    device = compute.device
     if setting is False or (setting == "auto" and device.type != "cuda"):
         return None
     cannot = (
         "train.devices > 1 (each process's all-reduce)" if distributed.world_size() > 1
-        else "fp16 (the loss scale's checks)" if precision == "fp16"
+        else "fp16 (the loss scale's checks)" if compute.precision == "fp16"
         else None
     )  # fmt: skip
     if cannot is not None:
@@ -370,7 +369,7 @@ class StaticStep:
         # Under graphs the fused step reads these while it runs (group["lr"] stays the
         # schedule's float, filled in before each update).
         groups = trainer.optimizer.param_groups if graphs else []
-        self.lrs = [torch.tensor(g["lr"], device=trainer.device) for g in groups]
+        self.lrs = [torch.tensor(g["lr"], device=trainer.compute.device) for g in groups]
 
     def update(self, indices: torch.Tensor) -> torch.Tensor:
         """The update on the global batch `indices`; its weighted mean loss (float64), a
@@ -414,8 +413,8 @@ class StaticStep:
         width = x.shape[1]
         if width not in self.buffers:
             self.buffers[width] = {
-                "x": x.new_zeros(self.rows, *x.shape[1:], device=t.device),
-                **{k: torch.empty_like(v, device=t.device) for k, v in host.items()},
+                "x": x.new_zeros(self.rows, *x.shape[1:], device=t.compute.device),
+                **{k: torch.empty_like(v, device=t.compute.device) for k, v in host.items()},
             }
         buffers = self.buffers[width]
         copy_in(buffers["x"][: len(indices)], x)
@@ -468,10 +467,10 @@ class StaticStep:
         """runtime.autocast, without its cache of cast weights under graphs (a graph would
         keep reading the casts of its capture, stale after the first step)."""
         t = self.trainer
-        if t.precision not in runtime.AUTOCAST_DTYPES:
+        if t.compute.precision not in runtime.AUTOCAST_DTYPES:
             return contextlib.nullcontext()
-        dtype = runtime.AUTOCAST_DTYPES[t.precision]
-        return torch.autocast(t.device.type, dtype=dtype, cache_enabled=not self.graphs)
+        dtype = runtime.AUTOCAST_DTYPES[t.compute.precision]
+        return torch.autocast(t.compute.device.type, dtype=dtype, cache_enabled=not self.graphs)
 
 
 def copy_in(buffer: torch.Tensor, host: torch.Tensor) -> None:
@@ -503,23 +502,24 @@ class Trainer:
         val: Split,
         classes: Classes,
         params: TrainParams,
-        device: torch.device,
-        precision: str,
+        compute: runtime.Compute,
     ) -> None:
         self.model, self.train_split, self.val_split = model, train, val
-        self.classes, self.params, self.device, self.precision = classes, params, device, precision
+        self.classes, self.params, self.compute = classes, params, compute
         self.hooks: list[Hook] = []
         named = dict(model.named_parameters())
         self.trained = {name: named[name] for name in trained_names}
-        graphs = graph_mode(params.cuda_graphs, device, precision)
-        self.optimizer = configure_optimizer(self.trained, params, device, graphs is True)
+        graphs = graph_mode(params.cuda_graphs, compute)
+        self.optimizer = configure_optimizer(self.trained, params, compute.device, graphs is True)
         self.scheduler = linear_schedule(self.optimizer, params, len(train))
-        self.scaler = runtime.grad_scaler(device, precision)  # fp16: loss scaling
+        self.scaler = runtime.grad_scaler(compute)  # fp16: loss scaling
         # on the CPU; the training loss reads a copy on the device
         self.task = task_for(classes)
         self.task.start_head(model.head, train.labels)
         self.class_weights = self.task.loss_weights(train.labels, params.class_weights)
-        self.loss_weights = None if self.class_weights is None else self.class_weights.to(device)
+        self.loss_weights = (
+            None if self.class_weights is None else self.class_weights.to(compute.device)
+        )
         self.state = State()
         self._order: tuple[int, list[torch.Tensor]] = (-1, [])  # (epoch, its updates' batches)
         self.pending = interrupts.Pending()  # a signal fit() holds until the step is done
@@ -629,7 +629,7 @@ class Trainer:
             with contextlib.nullcontext() if last else self._no_sync():
                 loss = shard_loss(
                     self.task, self.forward_model, self.train_split, batch, self.loss_weights,
-                    self.device, self.precision,
+                    self.compute,
                 )  # fmt: skip
                 # DDP averages gradients over processes; scaling by their number makes the
                 # result the gradient of the global mean.
@@ -655,9 +655,8 @@ class Trainer:
         """Validate; record the evaluation, keep its weights if it is the best so far."""
         s = self.state
         val_loss, report = validation(
-            self.model, self.val_split, self.task, self.class_weights, self.device,
-            self.precision,
-        )  # fmt: skip
+            self.model, self.val_split, self.task, self.class_weights, self.compute
+        )
         entry = evaluation_entry(s, val_loss, report, self.classes)
         s.history.append(entry)
         p = self.params

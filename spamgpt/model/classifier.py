@@ -288,15 +288,13 @@ def logits(
 def class_probabilities(
     model: GPT2Classifier,
     inputs: ModelInputs,
-    device: torch.device,
-    precision: str,
-    max_tokens: int | None = None,
+    compute: runtime.Compute,
     full_last: bool = False,
 ) -> torch.Tensor:
     """Float32 class probabilities (N, classes) of N messages, in their order (multi-label:
     each label's own, a sigmoid of its logit; else a softmax over the classes): of
     class_logits."""
-    out = class_logits(model, inputs, device, precision, max_tokens, full_last)
+    out = class_logits(model, inputs, compute, full_last)
     return TASKS[model.label_format].probabilities(out)
 
 
@@ -304,22 +302,20 @@ def class_probabilities(
 def class_logits(
     model: GPT2Classifier,
     inputs: ModelInputs,
-    device: torch.device,
-    precision: str,
-    max_tokens: int | None = None,
+    compute: runtime.Compute,
     full_last: bool = False,
 ) -> torch.Tensor:
-    """Float32 logits (N, classes) of N messages, in their order. Batches are sorted by
-    length and hold up to `max_tokens` padded tokens (None: what suits the device), in a few
-    widths (batching.padded_width): little padding, few shapes (`full_last`: no odd-sized
-    last batch either, batching.sorted_order)."""
+    """Float32 logits (N, classes) of N messages, in their order, on compute.device in its
+    precision. Batches are sorted by length and hold up to compute.max_tokens padded tokens
+    (None: what suits the device), in a few widths (batching.padded_width): little padding,
+    few shapes (`full_last`: no odd-sized last batch either, batching.sorted_order)."""
     out = torch.empty(len(inputs), model.head.out_features)
-    max_tokens = max_tokens or inference_tokens(device)
+    max_tokens = compute.max_tokens or inference_tokens(compute.device)
     # One autocast region for every batch: it keeps the weights it casts to bf16 or fp16
     # until it ends, so they are cast once, not once per batch.
-    with runtime.autocast(device, precision):
+    with runtime.autocast(compute):
         for indices in sorted_order(inputs.sequences.lengths, max_tokens, full_last):
-            out[indices] = logits(model, inputs, indices, device).float().cpu()
+            out[indices] = logits(model, inputs, indices, compute.device).float().cpu()
     return out
 
 
@@ -328,9 +324,7 @@ def classify_texts(
     enc: tiktoken.Encoding,
     texts: list[str],
     max_length: int,
-    device: torch.device,
-    precision: str,
-    max_tokens: int | None = None,
+    compute: runtime.Compute,
     truncation: Truncation = HEAD,
     full_last: bool = False,
 ) -> tuple[torch.Tensor, list[bool]]:
@@ -339,5 +333,5 @@ def classify_texts(
     ids = tokenized.encode(enc, texts)
     truncated = [len(row) > max_length for row in ids]
     inputs = ModelInputs(tokenized.pack_ids(ids, max_length, truncation), frozen_blocks=None)
-    probs = class_probabilities(model, inputs, device, precision, max_tokens, full_last)
+    probs = class_probabilities(model, inputs, compute, full_last)
     return probs, truncated

@@ -32,20 +32,20 @@ def hidden_batches(
     gpt: GPT2,
     tokens: PackedSequences,
     frozen_blocks: int,
-    device: torch.device,
-    precision: str,
-    max_tokens: int | None = None,
+    compute: runtime.Compute,
     desc: str = "trunk",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(message indices, hidden states (B, T, n_embd) float32 on the CPU, lengths) after the
     first `frozen_blocks` blocks, batch by batch: this process's share (every world_size-th
-    batch) of batches holding up to `max_tokens` padded tokens (None: what suits the device)."""
+    batch) of batches holding up to compute.max_tokens padded tokens (None: what suits the
+    device)."""
     gpt.eval()
-    order = sorted_order(tokens.lengths, max_tokens or inference_tokens(device))
+    device = compute.device
+    order = sorted_order(tokens.lengths, compute.max_tokens or inference_tokens(device))
     mine = distributed.shard(order)  # longest first, dealt in turn: even shares of work
     for indices in tqdm(mine, desc=desc, disable=None if distributed.is_main() else True):
         ids, lengths = tokens.batch(indices, pad_value=0)
-        with runtime.autocast(device, precision):
+        with runtime.autocast(compute):
             hidden = gpt.blocks(gpt.embed(runtime.to_device(ids, device)), 0, frozen_blocks)
         yield indices, hidden.float().cpu(), lengths
 
@@ -54,15 +54,13 @@ def compute(
     gpt: GPT2,
     tokens: PackedSequences,
     frozen_blocks: int,
-    device: torch.device,
-    precision: str,
-    max_tokens: int | None = None,
+    compute: runtime.Compute,
     desc: str = "trunk",
 ) -> PackedSequences:
     """The hidden states of every message in memory, real tokens only, float32 (for a
     dataset that fits; the trunk stage uses `write`)."""
     rows = torch.empty(len(tokens.rows), gpt.config.n_embd)
-    batches = hidden_batches(gpt, tokens, frozen_blocks, device, precision, max_tokens, desc)
+    batches = hidden_batches(gpt, tokens, frozen_blocks, compute, desc)
     for indices, hidden, lengths in batches:
         real = torch.arange(hidden.shape[1]) < lengths[:, None]  # (B, T)
         target = tokens.starts[indices][:, None] + torch.arange(hidden.shape[1])  # their rows
@@ -81,14 +79,12 @@ def write(
     gpt: GPT2,
     tokens: PackedSequences,
     frozen_blocks: int,
-    device: torch.device,
-    precision: str,
-    max_tokens: int | None = None,
+    compute: runtime.Compute,
     desc: str = "trunk",
 ) -> None:
     """Compute the cache of `tokens` into `path`, each batch written as it is computed; under
     torchrun every process writes its share into one file, which appears once all have."""
-    dtype = storage_dtype(precision)
+    dtype = storage_dtype(compute.precision)
     layout = {
         "lengths": (torch.int64, (len(tokens),)),
         "hidden": (dtype, (len(tokens.rows), gpt.config.n_embd)),
@@ -102,9 +98,7 @@ def write(
                 f.write("lengths", 0, tokens.lengths)
         distributed.barrier()  # the file exists at its full size before anyone writes to it
         with tensorfile.TensorFile(tmp, writable=True) as f:
-            batches = hidden_batches(
-                gpt, tokens, frozen_blocks, device, precision, max_tokens, desc
-            )
+            batches = hidden_batches(gpt, tokens, frozen_blocks, compute, desc)
             for indices, hidden, lengths in batches:
                 starts, stored = tokens.starts[indices].tolist(), hidden.to(dtype)
                 for start, row, n in zip(starts, stored, lengths.tolist(), strict=True):

@@ -58,15 +58,14 @@ def classify(args: argparse.Namespace) -> None:
             "no messages to classify: pass text arguments or --file PATH (- for stdin)"
         )
     labels.check_threshold_values(args.threshold, "--threshold")
-    device, precision = runtime.setup(args.device, args.precision)
+    compute = runtime.setup(args.device, args.precision, 1, args.max_tokens, runtime.FLAGS)
     loaded = loader.load_model(args.model, args.pretrained)
     threshold = loaded.threshold if args.threshold is None else args.threshold
-    model, meta = loaded.model.to(device), loaded.meta
+    model, meta = loaded.model.to(compute.device), loaded.meta
     texts = joined_fields(messages, TextFields.from_dict(meta))
     probs, truncated = classifier.classify_texts(
-        model, loaded.enc, texts, meta["max_length"], device, precision, args.max_tokens,
-        Truncation.from_dict(meta),
-    )  # fmt: skip
+        model, loaded.enc, texts, meta["max_length"], compute, Truncation.from_dict(meta)
+    )
     classes = classifier.classes_of(meta)
     task = registry.task_for(classes)
     answers = task.answers(probs.numpy(), threshold)
@@ -112,16 +111,15 @@ def joined_fields(messages: list[str], fields: TextFields) -> list[str]:
 
 
 def predict(args: argparse.Namespace) -> None:
-    from spamgpt import labels
+    from spamgpt import labels, runtime
     from spamgpt.serve import predict as predicting  # pandas' writers: only for this command
 
     in_format = predicting.format_of(args.input, args.format, "--format")
     out_format = predicting.format_of(args.output, args.output_format, "--output-format")
     labels.check_threshold_values(args.threshold, "--threshold")
     threshold = "auto" if args.threshold is None else args.threshold
-    scorer = predicting.load_scorer(
-        args.model, args.pretrained, args.device, args.precision, threshold, args.max_tokens
-    )
+    compute = runtime.setup(args.device, args.precision, 1, args.max_tokens, runtime.FLAGS)
+    scorer = predicting.load_scorer(args.model, args.pretrained, compute, threshold)
     rows, skipped = predicting.predict_file(
         args.input, args.output, scorer, in_format, out_format, args.text_column, args.keep,
         args.bad_lines, explain_top=args.explain_top,

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spamgpt import atomic, contracts, paths
+from spamgpt import atomic, contracts, paths, runtime
 from spamgpt.data import tokenized
 from spamgpt.data.batching import ModelInputs
 from spamgpt.data.tokenizer import EOT
@@ -426,9 +426,9 @@ def _gated_int8(
         quantized = Path(tmp) / "int8.onnx"
         how = quantize_int8(Path(tmp) / "fp32.onnx", quantized)
         session = onnxruntime.InferenceSession(str(quantized))
-        figures = {}
+        figures, fp32 = {}, runtime.Compute(CPU, "fp32")
         for name, probabilities in [
-            ("pytorch_fp32", classifier.class_probabilities(model, inputs, CPU, "fp32").numpy()),
+            ("pytorch_fp32", classifier.class_probabilities(model, inputs, fp32).numpy()),
             ("onnx_int8", onnx_probabilities(session, inputs)),
         ]:
             report = split_report(probabilities, test, meta, threshold)

@@ -21,7 +21,6 @@ from typing import IO
 
 import pandas as pd
 import tiktoken
-import torch
 from tqdm import tqdm
 
 from spamgpt import atomic, runtime
@@ -62,22 +61,20 @@ class Scorer:
     model: GPT2Classifier
     meta: dict  # its classifier.json
     enc: tiktoken.Encoding
-    device: torch.device
-    precision: str
+    compute: runtime.Compute
     threshold: float | dict[str, float] | None
-    max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         self.classes: Classes = classifier.classes_of(self.meta)
         self.fields = TextFields.from_dict(self.meta)
         self.truncation = Truncation.from_dict(self.meta)
-        self.model.to(self.device)
+        self.model.to(self.compute.device)
 
     def score(self, texts: list[str]) -> pd.DataFrame:
         """label, probability, p_<class>..., truncated of each text, in order."""
         probs, truncated = classifier.classify_texts(
-            self.model, self.enc, texts, self.meta["max_length"], self.device, self.precision,
-            self.max_tokens, self.truncation, full_last=True,  # one chunk of many: no new shape
+            self.model, self.enc, texts, self.meta["max_length"], self.compute, self.truncation,
+            full_last=True,  # one chunk of many: no new shape
         )  # fmt: skip
         frame = classifier.prediction_frame(probs, self.classes, self.threshold)
         frame["truncated"] = truncated
@@ -225,19 +222,14 @@ class _writer:
 def load_scorer(
     model: str,
     pretrained: str | os.PathLike,
-    device: str,
-    precision: str,
+    compute: runtime.Compute,
     threshold: float | str | None = "auto",
-    max_tokens: int | None = None,
 ) -> Scorer:
-    """The model to score with: any source loader.load_model takes. `threshold` 'auto': the
-    one the model was evaluated with (reports/evaluation.json for a folder, its logged config
-    for an MLflow model); a folder's head takes evaluate's temperature (models/calibration.json),
-    an MLflow model's its own."""
-    torch_device, precision = runtime.setup(device, precision)
+    """The model to score with: any source loader.load_model takes, run as `compute` says
+    (runtime.setup). `threshold` 'auto': the one the model was evaluated with
+    (reports/evaluation.json for a folder, its logged config for an MLflow model); a folder's
+    head takes evaluate's temperature (models/calibration.json), an MLflow model's its own."""
     loaded = loader.load_model(model, pretrained)
     if threshold == "auto":
         threshold = loaded.threshold
-    return Scorer(
-        loaded.model, loaded.meta, loaded.enc, torch_device, precision, threshold, max_tokens
-    )
+    return Scorer(loaded.model, loaded.meta, loaded.enc, compute, threshold)

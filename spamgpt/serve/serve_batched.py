@@ -72,21 +72,21 @@ class TorchEngine:
     """The PyTorch model of loader.load_model, scoring as `spamgpt classify` does."""
 
     def __init__(self, settings: Settings) -> None:
-        device, self.precision = runtime.setup(settings.device, settings.precision)
+        self.compute = runtime.setup(
+            settings.device, settings.precision, 1, settings.max_tokens, runtime.FLAGS
+        )
         loaded = loader.load_model(settings.model, settings.pretrained)
-        self.device, self.enc, self.meta = device, loaded.enc, loaded.meta
-        self.model = loaded.model.to(device)
+        self.enc, self.meta = loaded.enc, loaded.meta
+        self.model = loaded.model.to(self.compute.device)
         self.classes = classifier.classes_of(self.meta)
         self.truncation = Truncation.from_dict(self.meta)
         self.threshold = loaded.threshold if settings.threshold is None else settings.threshold
-        self.max_tokens = settings.max_tokens
 
     def answers(self, texts: list[str]) -> list[dict]:
         """Each text's answer (classifier.answers); texts already joined by the template."""
         probs, _ = classifier.classify_texts(
-            self.model, self.enc, texts, self.meta["max_length"], self.device, self.precision,
-            self.max_tokens, self.truncation,
-        )  # fmt: skip
+            self.model, self.enc, texts, self.meta["max_length"], self.compute, self.truncation
+        )
         return classifier.answers(probs, self.classes, self.threshold)
 
 

@@ -123,10 +123,11 @@ class TextClassifierModel(PythonModel):
         self.threshold = context.model_config["threshold"]
         # A GPU where there is one, as `spamgpt classify` does; model_config={"device": "cpu"}
         # (mlflow.pyfunc.load_model) chooses. bf16 or fp16 where the device computes it fast.
-        self.device = runtime.resolve_device(context.model_config.get("device", "auto"))
-        self.precision = runtime.resolve_precision("auto", self.device)
+        asked = context.model_config.get("device", "auto")
+        device = runtime.resolve_device(asked, "model_config device")
+        self.compute = runtime.Compute(device, runtime.resolve_precision("auto", device))
         if self.session is None:
-            self.model.to(self.device)
+            self.model.to(device)
 
     # MLflow infers the signature from these hints and turns a one-column DataFrame into a list.
     def predict(
@@ -149,9 +150,8 @@ class TextClassifierModel(PythonModel):
             answers = classifier.answers(probs, self.classes, self.threshold)
             return [self.answer_type(**a) for a in answers]
         probs, _ = classifier.classify_texts(
-            self.model, self.enc, texts, self.max_length, self.device, self.precision,
-            truncation=self.truncation,
-        )  # fmt: skip
+            self.model, self.enc, texts, self.max_length, self.compute, self.truncation
+        )
         answers = classifier.answers(probs, self.classes, self.threshold)
         return [self.answer_type(**a) for a in answers]
 
