@@ -414,6 +414,40 @@ def test_setup_resolves_device_precision_and_threads(
         runtime.setup("cpu", "fp16")
 
 
+def test_setup_names_the_flags_a_command_took_the_values_from(
+    monkeypatch: pytest.MonkeyPatch, threads: None
+) -> None:
+    """spamgpt classify, predict and serve pass runtime.FLAGS: their errors name --device and
+    --precision, the stages' name train.device and train.precision."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    fake_cpu(monkeypatch, native_bf16=False, native_fp16=False)
+    refusals = {
+        ("cuda", "fp32"): "{}: cuda is not available on this machine; allowed here: auto, mps, cpu",
+        ("cpu", "fp16"): "{}: fp16 on this CPU would be emulated, several times slower than fp32 "
+        "(it has no AVX512-FP16 or AMX-FP16); allowed here: auto, fp32, bf16",
+        ("mps", "bf16"): "{}: bf16 is not supported on mps; allowed: auto, fp32, fp16",
+    }
+    for (device, precision), message in refusals.items():
+        setting = "--device" if device == "cuda" else "--precision"
+        with pytest.raises(ParamsError) as info:
+            runtime.setup(device, precision, settings=runtime.FLAGS)
+        assert str(info.value) == message.format(setting)
+        with pytest.raises(ParamsError) as info:
+            runtime.setup(device, precision)
+        assert str(info.value) == message.format(f"train.{setting[2:]}")
+    assert runtime.FLAGS == ("--device", "--precision")
+    assert runtime.PARAMS == ("train.device", "train.precision")
+
+
+def test_a_compute_moves_to_another_device_keeping_the_rest() -> None:
+    """Under torchrun each process takes its own GPU (distributed.setup): Compute.on."""
+    first = Compute(torch.device("cuda", 0), "bf16", 4096)
+    assert first.on(torch.device("cuda", 1)) == Compute(torch.device("cuda", 1), "bf16", 4096)
+    assert first == Compute(torch.device("cuda", 0), "bf16", 4096)  # frozen: a new value
+    assert Compute(CPU, "fp32").max_tokens is None  # the device's own budget
+
+
 def test_setup_refuses_more_processes_than_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
