@@ -39,7 +39,7 @@ from test_dvc_yaml import closure
 from spamgpt.data import download as downloads
 from spamgpt.data import tokenizer
 from spamgpt.data.download import sha256_file
-from spamgpt.errors import SpamGPTError
+from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.labels import SMS
 from spamgpt.model import classifier
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier
@@ -303,6 +303,21 @@ def test_loaded_model_predicts_like_the_cli(logged: Logged, monkeypatch) -> None
     # A one-column DataFrame (mlflow.evaluate, spark_udf) gets the same answers.
     assert model.predict(pd.DataFrame({"text": MESSAGES})) == predictions
     assert model.predict([]) == []
+
+
+def test_a_device_the_machine_lacks_is_refused_naming_the_model_config(
+    logged: Logged, monkeypatch
+) -> None:
+    """mlflow.pyfunc.load_model(uri, model_config={"device": "cuda"}) on a machine without
+    CUDA: one line naming where the device was asked for, not the stages' train.device."""
+    monkeypatch.chdir(logged.project)
+    monkeypatch.setenv(loader.CACHE_ENV, str(logged.project / "cache"))
+    device = "mps" if torch.cuda.is_available() else "cuda"
+    with pytest.raises(ParamsError) as error:
+        mlflow.pyfunc.load_model(logged.uri, model_config={"device": device})
+    assert str(error.value).startswith(
+        f"model_config device: {device} is not available on this machine; allowed here: auto"
+    )
 
 
 def test_classify_scores_a_logged_model_as_it_scores_the_folder(
