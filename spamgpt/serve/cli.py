@@ -58,7 +58,9 @@ def classify(args: argparse.Namespace) -> None:
             "no messages to classify: pass text arguments or --file PATH (- for stdin)"
         )
     labels.check_threshold_values(args.threshold, "--threshold")
-    compute = runtime.setup(args.device, args.precision, 1, args.max_tokens, runtime.FLAGS)
+    compute = runtime.setup(
+        args.device, args.precision, max_tokens=args.max_tokens, settings=runtime.FLAGS
+    )
     loaded = loader.load_model(args.model, args.pretrained)
     threshold = loaded.threshold if args.threshold is None else args.threshold
     model, meta = loaded.model.to(compute.device), loaded.meta
@@ -118,7 +120,9 @@ def predict(args: argparse.Namespace) -> None:
     out_format = predicting.format_of(args.output, args.output_format, "--output-format")
     labels.check_threshold_values(args.threshold, "--threshold")
     threshold = "auto" if args.threshold is None else args.threshold
-    compute = runtime.setup(args.device, args.precision, 1, args.max_tokens, runtime.FLAGS)
+    compute = runtime.setup(
+        args.device, args.precision, max_tokens=args.max_tokens, settings=runtime.FLAGS
+    )
     scorer = predicting.load_scorer(args.model, args.pretrained, compute, threshold)
     rows, skipped = predicting.predict_file(
         args.input, args.output, scorer, in_format, out_format, args.text_column, args.keep,

@@ -73,7 +73,10 @@ class TorchEngine:
 
     def __init__(self, settings: Settings) -> None:
         self.compute = runtime.setup(
-            settings.device, settings.precision, 1, settings.max_tokens, runtime.FLAGS
+            settings.device,
+            settings.precision,
+            max_tokens=settings.max_tokens,
+            settings=runtime.FLAGS,
         )
         loaded = loader.load_model(settings.model, settings.pretrained)
         self.enc, self.meta = loaded.enc, loaded.meta
