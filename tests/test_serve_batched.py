@@ -28,6 +28,7 @@ from spamgpt.texts import ONE_TEXT, TextFields
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLD = 0.6
+UNAVAILABLE = "mps" if torch.cuda.is_available() else "cuda"  # a device this machine lacks
 WORDS = ["free", "prize", "call", "now", "see", "you", "at", "the", "station", "win", "txt"]
 
 
@@ -159,6 +160,7 @@ def test_fields_of_a_model_of_several_are_joined_by_its_template() -> None:
         (["--batch-timeout", "-1"], "--batch-timeout must be >= 0 seconds, got -1.0"),
         (["--threshold", "2"], "--threshold must be between 0 and 1, got 2.0"),
         (["--model", "nowhere"], "--model nowhere: no such folder"),
+        (["--device", UNAVAILABLE], f"--device: {UNAVAILABLE} is not available on this machine"),
     ],
 )
 def test_bad_flags_are_refused_in_one_line(

@@ -313,6 +313,9 @@ def serve(
         raise SpamGPTError(f"--max-batch-size must be at least 1, got {max_batch_size}")
     if batch_timeout < 0:
         raise SpamGPTError(f"--batch-timeout must be >= 0 seconds, got {batch_timeout}")
+    if settings.onnx is None:  # refused here in one line, not in the worker LitServe starts
+        device = runtime.resolve_device(settings.device, runtime.FLAGS[0])
+        runtime.resolve_precision(settings.precision, device, runtime.FLAGS[1])
     meta = model_meta(settings.model, settings.pretrained)
     if settings.onnx is not None:
         check_onnx(settings.onnx, meta)
