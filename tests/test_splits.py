@@ -404,13 +404,13 @@ def test_a_multi_label_random_split_stratifies_and_counts_each_label(workspace: 
                     allow_empty_labels=True)  # fmt: skip
     frames, report = splits.split_dataset(p.data, p.split)
     assert report["label_conflicts"] == 1 and report["label_format"] == "multi"
-    fmt = readers.Format("csv", "text", "label", None, True, "|", allow_empty_labels=True)
+    fmt = readers.Format("csv", "text", "label", None, "multi", "|", allow_empty_labels=True)
     whole = readers.dedupe(readers.read_messages(paths.RAW_DATA, fmt, None).frame)
     s = p.split
-    expected = readers.split(whole, s.val, s.test, s.seed, ("a", "b", "c"), multi_label=True)
+    expected = readers.split(whole, s.val, s.test, s.seed, ("a", "b", "c"), label_format="multi")
     for name in paths.SPLITS:
         assert frames[name].equals(expected[name]), name
-        assert report[name] == readers.label_counts(frames[name], ("a", "b", "c"), True)
+        assert report[name] == readers.label_counts(frames[name], ("a", "b", "c"), "multi")
         assert report[name]["a"] == sum("a" in json.loads(v) for v in frames[name]["label"])
 
 
@@ -422,9 +422,9 @@ def test_a_multi_label_val_is_carved_on_the_rarest_labels_with_the_seed(workspac
     files = dataclasses.replace(p.data.files, val=None)
     multi = dataclasses.replace(p.data, files=files, label_format="multi")
     frames, _ = splits.split_dataset(multi, p.split)
-    fmt = readers.Format("csv", "text", "label", None, True, "|")
+    fmt = readers.Format("csv", "text", "label", None, "multi", "|")
     train = readers.read_messages(paths.raw_split_file("train"), fmt, None).frame
-    rest, val = readers.stratified(train, p.split.val, 3, multi_label=True)
+    rest, val = readers.stratified(train, p.split.val, 3, label_format="multi")
     assert frames["val"].equals(readers.in_file_order(val))
     assert frames["train"].equals(readers.in_file_order(rest))
 
