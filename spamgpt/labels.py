@@ -20,8 +20,6 @@ import numpy as np
 
 from spamgpt.errors import ParamsError, SpamGPTError
 
-LABEL_FORMATS = ("single", "multi", "number")  # data.label_format's values
-
 
 @dataclass(frozen=True)
 class Classes:
@@ -32,8 +30,9 @@ class Classes:
     label_format: str = "single"
 
     def __post_init__(self) -> None:
-        if self.label_format not in LABEL_FORMATS:  # a caller's mistake, not the user's
-            raise ValueError(f"label_format {self.label_format!r}; allowed: {LABEL_FORMATS}")
+        if self.label_format not in _TARGETS:  # a caller's mistake: params checks the user's
+            allowed = ", ".join(_TARGETS)
+            raise ValueError(f"label_format {self.label_format!r}; allowed: {allowed}")
         if self.positive is not None and self.positive not in self.names:
             raise ParamsError(
                 f"data.positive_label: {self.positive!r} is not a class of the data; "

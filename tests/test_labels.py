@@ -111,6 +111,12 @@ def test_the_positive_class_error_lists_the_allowed_classes() -> None:
         Classes(("a", "b"), "c")
 
 
+def test_classes_refuse_a_label_format_params_does_not_allow() -> None:
+    with pytest.raises(ValueError, match=r"^label_format True; allowed: single, multi, number$"):
+        Classes(("a", "b"), None, True)  # the multi_label flag that was once in its place
+    assert Classes(("a", "b"), None, "number").label_format == "number"
+
+
 def test_number_classes_are_one_output_named_after_the_column() -> None:
     rating = Classes(("rating",), label_format="number")
     assert rating.label_format == "number"

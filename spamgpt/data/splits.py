@@ -76,7 +76,7 @@ def split_dataset(d: DataParams, s: SplitParams) -> tuple[dict[str, pd.DataFrame
         bad_lines=sum(bad.values()),
         bad_lines_by_reason=dict(bad),
         **counts,
-        **{n: label_format.counts(f, classes.names) for n, f in frames.items()},
+        **{n: readers.label_counts(f, classes.names, d.label_format) for n, f in frames.items()},
         **classes.to_dict(),
         **label_format.conflicts([p.frame for p in parsed.values()]),
     )
@@ -100,7 +100,10 @@ def random_split(
         "duplicates_removed": len(parsed.frame) - len(frame),
         # multi-label: texts given two different label sets (de-duplication keeps the first)
         **label_format.conflicts([parsed.frame]),
-        **{n: label_format.counts(part, classes.names) for n, part in splits.items()},
+        **{
+            n: readers.label_counts(part, classes.names, d.label_format)
+            for n, part in splits.items()
+        },
         **classes.to_dict(),
     }
 
