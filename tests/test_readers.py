@@ -16,7 +16,7 @@ from conftest import run_stage
 
 from spamgpt.data import readers
 from spamgpt.errors import SpamGPTError
-from spamgpt.labels import SMS
+from spamgpt.labels import SMS, Classes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -1578,3 +1578,29 @@ def test_a_number_split_spreads_low_and_high_numbers_and_is_summarised() -> None
     assert readers.number_summary(pd.Series(["1.0", "3.0"])) == {
         "count": 2, "mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0
     }  # fmt: skip
+
+
+def test_each_label_format_finds_its_classes_and_counts_them() -> None:
+    """LABEL_FORMATS: the classes found (data.labels in order, or every one found, numbers
+    one output named after the column), the classes a frame's rows carry, the rows of each
+    class a split needs some of, and the label conflicts metrics/data.json records."""
+    single, multi, number = (readers.LABEL_FORMATS[k] for k in ("single", "multi", "number"))
+    assert [f.name for f in (single, multi, number)] == ["single", "multi", "number"]
+    one = pd.DataFrame({"label": ["b", "a", "b"], "text": ["x", "y", "x"]})
+    sets = pd.DataFrame({"label": ['["b"]', '["a", "c"]', '["a"]'], "text": ["x", "y", "x"]})
+    assert single.classes(one["label"], None, "b", "rating") == Classes(("a", "b"), "b")
+    assert single.classes(one["label"], ["b", "a"], None, "rating").names == ("b", "a")
+    assert multi.classes(sets["label"], None, None, "tags") == Classes(
+        ("a", "b", "c"), None, "multi"
+    )
+    assert number.classes(pd.Series(["1.0"]), None, None, "rating") == Classes(
+        ("rating",), None, "number"
+    )
+    assert single.names_in(one) == {"a", "b"} and multi.names_in(sets) == {"a", "b", "c"}
+    assert number.names_in(one) == set()
+    assert single.class_counts(one, ("a", "b", "z")) == {"a": 1, "b": 2, "z": 0}
+    assert multi.class_counts(sets, ("c", "a", "z")) == {"c": 1, "a": 2, "z": 0}
+    assert number.class_counts(pd.DataFrame({"label": ["1.0"]}), ("rating",)) == {}
+    assert multi.conflicts([sets, sets.iloc[:2]]) == {"label_conflicts": 1}
+    assert single.conflicts([one]) == {} and number.conflicts([one]) == {}
+    assert single.stratify_key(one).tolist() == ["b", "a", "b"]

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
@@ -691,36 +692,36 @@ def label_conflicts(frame: pd.DataFrame) -> int:
     return int((frame.groupby("text")["label"].nunique() > 1).sum())
 
 
-class LabelFormat:
+class LabelFormat(ABC):
     """What one data.label_format makes of the label column (LABEL_FORMATS: one of each, by
-    name): how a row's label is checked and written in its split file,
-    what a split is stratified on, what metrics/data.json records, and the classes found."""
+    name), decided once: how a row's label is checked and written in its split file, what a
+    split is stratified on, what metrics/data.json records, and the classes found."""
 
     name: ClassVar[str]  # data.label_format, and Classes.label_format
 
+    @abstractmethod
     def row(
         self, label: object, text: object, fmt: Format, labels: tuple[str, ...] | None
     ) -> tuple[tuple[str, str], list[str]]:
         """((label as its split file holds it, text), the row's labels where it has a set of
         them) of a raw row, or _BadLine; `labels`: the classes allowed (None: any)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def stratify_key(self, frame: pd.DataFrame) -> pd.Series:
         """What a split is stratified on, a value per row."""
-        raise NotImplementedError
 
+    @abstractmethod
     def class_counts(self, frame: pd.DataFrame, names: tuple[str, ...]) -> dict[str, int]:
         """The rows of each class, of which a split needs some: none where there are no
         classes."""
-        raise NotImplementedError
 
     def counts(self, frame: pd.DataFrame, names: tuple[str, ...]) -> dict[str, int | float]:
         """A split as metrics/data.json records it."""
         return self.class_counts(frame, names)
 
+    @abstractmethod
     def names_in(self, frame: pd.DataFrame) -> set[str]:
         """The classes the rows of `frame` carry."""
-        raise NotImplementedError
 
     def conflicts(self, frames: list[pd.DataFrame]) -> dict[str, int]:
         """What metrics/data.json records of texts given different labels in the raw rows."""
