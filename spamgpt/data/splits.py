@@ -187,7 +187,7 @@ def given_splits(
     parsed: dict[str, readers.ParsedMessages],
     sources: dict[str, str],
     s: SplitParams,
-    label_format: str = "single",
+    label_format: str,
 ) -> tuple[dict[str, pd.DataFrame], dict]:
     """De-duplicated splits with the leaks between them handled, val carved from train if
     not given; and the counts for metrics/data.json."""
@@ -227,7 +227,7 @@ def carve_val(
     train: pd.DataFrame,
     s: SplitParams,
     source: str,
-    label_format: str = "single",
+    label_format: str,
 ) -> tuple[pd.DataFrame, ...]:
     """split.val of train as val, stratified by label (multi-label: data.stratify_key;
     numbers: data.number_strata), seeded by split.seed."""
