@@ -1531,6 +1531,7 @@ def test_number_labels_are_read_as_exact_floats(tmp_path: Path, fmt: str) -> Non
     ("rating", "said"),
     [
         ('"four"', "label 'four' is not a number"),
+        ('"abcdefghijklmnopqrstuvwxyz"', "label 'abcdefghijklmnopqrst' is not a number"),
         ('"nan"', "label 'nan' is not a number"),
         ("1e999", "label 'inf' is not a number"),
         ("null", "label is missing, not a number"),
@@ -1556,6 +1557,7 @@ def test_number_strata_are_quantile_bins_of_even_size() -> None:
     key = readers.number_strata(values)
     assert key.index.tolist() == values.index.tolist()
     assert key.value_counts().tolist() == [6] * 5  # STRATA bins of 30 rows
+    assert key.dtype == "int64"  # bin numbers
     numbers = values.astype(float)
     assert numbers[key == 0].max() <= numbers[key == 4].min()  # lowest bin, lowest numbers
     assert readers.number_strata(values.iloc[:11]).nunique() == 1  # too few for two bins of 6
@@ -1604,3 +1606,18 @@ def test_each_label_format_finds_its_classes_and_counts_them() -> None:
     assert multi.conflicts([sets, sets.iloc[:2]]) == {"label_conflicts": 1}
     assert single.conflicts([one]) == {} and number.conflicts([one]) == {}
     assert single.stratify_key(one).tolist() == ["b", "a", "b"]
+
+
+def test_a_number_label_may_be_padded_with_any_white_space() -> None:
+    """str.strip's white space, which float() alone refuses (the information separators
+    \x1c-\x1f), around a number in a text field."""
+    assert readers._number("\x1f 2.5\x1c") == "2.5"
+
+
+def test_split_file_texts_that_look_like_numbers_stay_text(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {"line": [1, 2, 3], "label": ["a", "b", "a"], "text": ["007", "1e3", "12"]}
+    )
+    path = tmp_path / "train.csv"
+    readers.write_split(frame, path)
+    assert readers.read_split(path)["text"].tolist() == ["007", "1e3", "12"]
