@@ -25,10 +25,14 @@ from spamgpt.errors import ParamsError, SpamGPTError
 class Classes:
     names: tuple[str, ...]
     positive: str | None = None
-    multi_label: bool = False
-    numbers: bool = False  # data.label_format: number, one output named after the column
+    # data.label_format: single, multi (independent labels, a JSON list a row), or number
+    # (regression: one output, named after data.label_column); what task_for decides by
+    label_format: str = "single"
 
     def __post_init__(self) -> None:
+        if self.label_format not in _TARGETS:  # a caller's mistake: params checks the user's
+            allowed = ", ".join(_TARGETS)
+            raise ValueError(f"label_format {self.label_format!r}; allowed: {allowed}")
         if self.positive is not None and self.positive not in self.names:
             raise ParamsError(
                 f"data.positive_label: {self.positive!r} is not a class of the data; "
@@ -49,15 +53,7 @@ class Classes:
         """The training targets of a split file's label column: class indices (N,), or for
         multi-label (N, labels) float32 indicators of each row's JSON list of labels; numbers,
         (N,) float32."""
-        if self.numbers:
-            return np.array([float(value) for value in values], dtype=np.float32)
-        if not self.multi_label:
-            return np.array([self.index(value) for value in values], dtype=np.int64)
-        rows = [json.loads(value) for value in values]
-        out = np.zeros((len(rows), len(self.names)), dtype=np.float32)
-        for i, row in enumerate(rows):
-            out[i, [self.index(name) for name in row]] = 1.0
-        return out
+        return _TARGETS[self.label_format](self, values)
 
     def named(self, indices: Iterable[int]) -> list[str]:
         return [self.names[i] for i in indices]
@@ -71,16 +67,30 @@ class Classes:
         given = {} if kind == "single" else {"label_format": kind}
         return {"labels": list(self.names), "positive_label": self.positive, **given}
 
-    @property
-    def label_format(self) -> str:
-        """data.label_format of these classes: what spamgpt.tasks.registry.task_for decides by."""
-        return "number" if self.numbers else "multi" if self.multi_label else "single"
-
     @classmethod
     def from_dict(cls, d: dict) -> "Classes":
         """The classes as to_dict wrote them (metrics/data.json, classifier.json)."""
-        kind = d.get("label_format", "single")
-        return cls(tuple(d["labels"]), d.get("positive_label"), kind == "multi", kind == "number")
+        return cls(tuple(d["labels"]), d.get("positive_label"), d.get("label_format", "single"))
+
+
+def _class_indices(classes: Classes, values: Iterable[str]) -> np.ndarray:
+    return np.array([classes.index(value) for value in values], dtype=np.int64)
+
+
+def _indicators(classes: Classes, values: Iterable[str]) -> np.ndarray:
+    rows = [json.loads(value) for value in values]
+    out = np.zeros((len(rows), len(classes)), dtype=np.float32)
+    for i, row in enumerate(rows):
+        out[i, [classes.index(name) for name in row]] = 1.0
+    return out
+
+
+def _numbers(classes: Classes, values: Iterable[str]) -> np.ndarray:
+    return np.array([float(value) for value in values], dtype=np.float32)
+
+
+# Classes.targets of each data.label_format
+_TARGETS = {"single": _class_indices, "multi": _indicators, "number": _numbers}
 
 
 def check_threshold_values(threshold: float | dict[str, float] | None, name: str) -> None:
@@ -99,17 +109,17 @@ def found(
     labels: Iterable[str],
     requested: list | None,
     positive: str | int | None,
-    multi_label: bool = False,
+    label_format: str = "single",
 ) -> Classes:
-    """The classes of a dataset: `requested` (data.labels) in its order, or the sorted set of
-    `labels` found (numerically where every one is an integer); multi-label, `labels` are
-    the rows' JSON lists."""
+    """The classes of a dataset (data.label_format single or multi): `requested`
+    (data.labels) in its order, or the sorted set of `labels` found (numerically where every
+    one is an integer); multi-label, `labels` are the rows' JSON lists."""
     if requested is not None:
         names = tuple(str(label) for label in requested)
     else:
         distinct = set(labels)
-        if multi_label:
+        if label_format == "multi":
             distinct = set().union(*(json.loads(row) for row in distinct))
         numeric = all(re.fullmatch(r"-?\d+", name) for name in distinct)
         names = tuple(sorted(distinct, key=int if numeric else None))
-    return Classes(names, None if positive is None else str(positive), multi_label)
+    return Classes(names, None if positive is None else str(positive), label_format)

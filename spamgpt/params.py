@@ -483,27 +483,29 @@ class Params:
         if self.data.label_format == "number":
             check_number_settings(self.train, self.evaluate)
             return
-        labels, multi = self.data.labels, self.data.label_format == "multi"
+        labels = self.data.labels
         classes = None if labels is None else len(labels)  # else known once the data is read
-        check_threshold(self.evaluate.threshold, multi, self.data.positive_label, classes)
+        check_threshold(
+            self.evaluate.threshold, self.data.label_format, self.data.positive_label, classes
+        )
         if labels is not None:
             check_train_classes(self.train, tuple(str(label) for label in labels))
 
 
 def check_threshold(
     setting: float | str | dict | None,
-    multi_label: bool,
+    label_format: str,
     positive: str | int | None,
     classes: int | None = None,
 ) -> None:
-    """evaluate.threshold against the classes, the one rule (params, and evaluate once the
-    data's classes are known): multi-label data needs a threshold for each label (anything
-    but null; a policy applies to each label); otherwise a policy needs a positive class,
-    and a threshold applies to a positive class of two: with `classes` more, it must be
-    null. A policy's bound: _check_policy."""
+    """evaluate.threshold against the classes (data.label_format single or multi), the one
+    rule (params, and evaluate once the data's classes are known): multi-label data needs a
+    threshold for each label (anything but null; a policy applies to each label); otherwise a
+    policy needs a positive class, and a threshold applies to a positive class of two: with
+    `classes` more, it must be null. A policy's bound: _check_policy."""
     if isinstance(setting, dict):
         _check_policy(setting)
-    if multi_label:
+    if label_format == "multi":
         if setting is None:
             raise ParamsError(
                 "evaluate.threshold: multi-label data needs a threshold for each label, not "

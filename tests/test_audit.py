@@ -99,7 +99,7 @@ def test_multi_label_flips_are_found() -> None:
     given[planted, which] = ~given[planted, which]
     labels = [json.dumps([n for n, on in zip(names, row, strict=True) if on]) for row in given]
     frame = pd.DataFrame({"line": np.arange(1, 601), "label": labels, "text": texts})
-    classes = Classes(names, None, multi_label=True)
+    classes = Classes(names, None, label_format="multi")
     table, probs = audit.audit({"train": frame}, {"train": "t.csv"}, classes, folds=5)
     assert probs.shape == (600, 3)
     recall, false_share = found_and_false(table["line"] - 1, planted)

@@ -232,7 +232,7 @@ def test_folding_equals_dividing_the_logits(names, multi_label, temperature, shi
     model = tiny_classifier(len(names), multi_label)
     ids = torch.randint(0, 50, (5, 7))
     lengths = torch.tensor([7, 3, 5, 1, 6])
-    classes = Classes(names, multi_label=multi_label)
+    classes = Classes(names, label_format="multi" if multi_label else "single")
     with torch.no_grad():
         raw = model(ids, lengths).double()
         raw_bias = model.head.bias.double().clone()
@@ -253,7 +253,7 @@ def test_folding_equals_dividing_the_logits(names, multi_label, temperature, shi
 def test_temperatures_of_other_labels_are_refused_in_one_line() -> None:
     model = tiny_classifier(2, multi_label=True)
     with pytest.raises(SpamGPTError, match=r"labels a, c, the model has a, b: evaluate another"):
-        classifier.fold_temperature(model, {"a": 2.0, "c": 1.0}, Classes(("a", "b"), None, True))
+        classifier.fold_temperature(model, {"a": 2.0, "c": 1.0}, Classes(("a", "b"), None, "multi"))
     with pytest.raises(SpamGPTError, match=r"shifts are of the labels a, c, the model has a, b"):
         classifier.fold_temperature(model, 2.0, Classes(("a", "b")), {"a": 0.0, "c": 1.0})
 
@@ -335,7 +335,7 @@ def test_the_comparison_tool_fits_each_method_on_val_and_scores_test() -> None:
 
 
 def test_calibrate_platt_multi_label_fits_each_label_and_keeps_one_with_nothing_to_fit() -> None:
-    tags = Classes(("billing", "urgent", "never"), multi_label=True)
+    tags = Classes(("billing", "urgent", "never"), label_format="multi")
     rng = np.random.default_rng(13)
     z = rng.normal(scale=2.0, size=(3000, 3))
     y = (rng.random(z.shape) < calibration.probabilities(z, 1.0, multi_label=True)).astype(float)

@@ -25,7 +25,7 @@ from spamgpt.random_hub import make_hub
 from spamgpt.runtime import Compute
 from spamgpt.tasks.registry import task_for
 
-CLASSES = Classes(("billing", "shipping", "urgent"), None, multi_label=True)
+CLASSES = Classes(("billing", "shipping", "urgent"), None, label_format="multi")
 
 
 def sample(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +69,7 @@ def test_label_pair_confusion_counts_found_missed_and_claimed_labels() -> None:
     assert matrix.tolist() == [[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0]]
 
 
-RARE = Classes(("billing", "shipping", "refund", "fraud", "legal"), None, multi_label=True)
+RARE = Classes(("billing", "shipping", "refund", "fraud", "legal"), None, label_format="multi")
 
 
 def rare_labels(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +117,7 @@ def test_auto_is_never_worse_than_half_on_random_sets() -> None:
     rng = np.random.default_rng(7)
     for _ in range(40):
         n, labels = int(rng.integers(20, 120)), int(rng.integers(2, 6))
-        names = Classes(tuple(f"l{i}" for i in range(labels)), None, multi_label=True)
+        names = Classes(tuple(f"l{i}" for i in range(labels)), None, label_format="multi")
         targets = rng.random((n, labels)) < rng.uniform(0.05, 0.6, labels)
         probs = np.round(np.clip(0.3 * targets + 0.7 * rng.random((n, labels)), 0, 1), 2)
         for objective in ("micro_f1", "macro_f1", "accuracy"):
@@ -252,7 +252,7 @@ def test_targets_of_a_split_file_and_the_classes_found() -> None:
 
     values = ['["billing"]', '["shipping", "urgent"]', "[]"]
     assert CLASSES.targets(values).tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 0]]
-    found = labels.found(values, None, None, multi_label=True)
+    found = labels.found(values, None, None, label_format="multi")
     assert found == CLASSES and Classes.from_dict(found.to_dict()) == CLASSES
 
 
@@ -307,9 +307,9 @@ def test_training_on_the_trunk_cache_lowers_the_loss(hub, pooling) -> None:
 
 def test_a_label_without_positives_weighs_all_its_negatives_and_names_are_strings() -> None:
     targets = torch.tensor([[1, 0], [1, 0], [0, 0]], dtype=torch.float32)
-    weights = task_for(Classes(("a", "b"), multi_label=True)).loss_weights(targets, "balanced")
+    weights = task_for(Classes(("a", "b"), label_format="multi")).loss_weights(targets, "balanced")
     assert weights.tolist() == [0.5, 3.0]  # b: 3 negatives over no positive (counted as 1)
-    assert task_for(Classes(("0", "1"), multi_label=True)).loss_weights(
+    assert task_for(Classes(("0", "1"), label_format="multi")).loss_weights(
         targets, {1: 2, 0: 0.5}
     ).tolist() == [0.5, 2.0]
 

@@ -64,7 +64,7 @@ def test_a_threshold_needs_two_classes_and_a_positive_one() -> None:
 
 
 def test_multi_label_predictions_are_each_label_at_or_over_its_threshold() -> None:
-    multi = Classes(("x", "y", "z"), multi_label=True)
+    multi = Classes(("x", "y", "z"), label_format="multi")
     probs = np.array([[0.5, 0.49, 0.9], [0.2, 0.7, 0.3]])
     at_default = task_for(multi).decisions(probs)
     np.testing.assert_array_equal(at_default, [[1, 0, 1], [0, 1, 0]])  # 0.5 each
@@ -81,7 +81,7 @@ def test_targets_are_class_indices_or_multi_label_indicators() -> None:
     assert single.dtype == np.int64
     np.testing.assert_array_equal(single, [1, 0, 1])
     assert SMS.targets([]).dtype == np.int64  # not numpy's float64 of an empty list
-    multi = Classes(("x", "y", "z"), multi_label=True)
+    multi = Classes(("x", "y", "z"), label_format="multi")
     out = multi.targets(['["z", "x"]', "[]", '["y"]'])
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, [[1, 0, 1], [0, 0, 0], [0, 1, 0]])
@@ -89,15 +89,16 @@ def test_targets_are_class_indices_or_multi_label_indicators() -> None:
 
 
 def test_multi_label_classes_found_are_the_union_of_the_rows_lists() -> None:
-    found = labels.found(['["b", "a"]', "[]", '["c"]', '["b", "a"]'], None, None, True)
-    assert found.names == ("a", "b", "c") and found.multi_label and found.positive is None
-    assert labels.found(['["10"]', '["9"]'], None, None, True).names == ("9", "10")
-    assert not labels.found(["a"], None, None).multi_label
+    found = labels.found(['["b", "a"]', "[]", '["c"]', '["b", "a"]'], None, None, "multi")
+    assert found.names == ("a", "b", "c") and found.label_format == "multi"
+    assert found.positive is None
+    assert labels.found(['["10"]', '["9"]'], None, None, "multi").names == ("9", "10")
+    assert labels.found(["a"], None, None).label_format == "single"
 
 
 def test_classes_round_trip_through_their_dict() -> None:
     assert SMS.to_dict() == {"labels": ["ham", "spam"], "positive_label": "spam"}
-    multi = Classes(("x", "y"), multi_label=True)
+    multi = Classes(("x", "y"), label_format="multi")
     d = multi.to_dict()
     assert d == {"labels": ["x", "y"], "positive_label": None, "label_format": "multi"}
     assert Classes.from_dict(d) == multi
@@ -110,8 +111,14 @@ def test_the_positive_class_error_lists_the_allowed_classes() -> None:
         Classes(("a", "b"), "c")
 
 
+def test_classes_refuse_a_label_format_params_does_not_allow() -> None:
+    with pytest.raises(ValueError, match=r"^label_format True; allowed: single, multi, number$"):
+        Classes(("a", "b"), None, True)  # the multi_label flag that was once in its place
+    assert Classes(("a", "b"), None, "number").label_format == "number"
+
+
 def test_number_classes_are_one_output_named_after_the_column() -> None:
-    rating = Classes(("rating",), numbers=True)
+    rating = Classes(("rating",), label_format="number")
     assert rating.label_format == "number"
     assert rating.to_dict() == {
         "labels": ["rating"],

@@ -527,7 +527,8 @@ def test_small_edges_of_the_report_and_curves() -> None:
     np.testing.assert_allclose(tpr, sk_tpr)
     rep = {"micro_f1": 0.7, "accuracy": 0.5}
     assert (
-        task_for(Classes(("a", "b"), multi_label=True)).selection_score(rep, 0.1, "micro_f1") == 0.7
+        task_for(Classes(("a", "b"), label_format="multi")).selection_score(rep, 0.1, "micro_f1")
+        == 0.7
     )
 
 

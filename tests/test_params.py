@@ -302,14 +302,14 @@ def test_evaluate_threshold_is_checked_against_the_classes_in_one_place() -> Non
     with pytest.raises(ParamsError, match=r"^evaluate\.threshold: multi-label data needs a thr"):
         params.parse(multi)  # at load, not after training
     for setting in (0.5, "auto", {"max_fpr": 0.1}):
-        params.check_threshold(setting, True, None, 27)
-    params.check_threshold(0.5, False, None, 3)  # no positive class: none applies, none refused
-    params.check_threshold(None, False, "spam", 3)
+        params.check_threshold(setting, "multi", None, 27)
+    params.check_threshold(0.5, "single", None, 3)  # no positive class: none applies, none refused
+    params.check_threshold(None, "single", "spam", 3)
     with pytest.raises(ParamsError, match=r"applies to two classes only, the data has 3; "):
-        params.check_threshold("auto", False, "spam", 3)
-    params.check_threshold("auto", False, "spam", None)  # classes not known yet
+        params.check_threshold("auto", "single", "spam", 3)
+    params.check_threshold("auto", "single", "spam", None)  # classes not known yet
     with pytest.raises(ParamsError, match=r"^evaluate\.threshold: max_fpr must be 0 <= max_fpr"):
-        params.check_threshold({"max_fpr": 1.0}, True, None)
+        params.check_threshold({"max_fpr": 1.0}, "multi", None)
 
 
 def test_log_model_is_true_false_or_full() -> None:

@@ -16,7 +16,7 @@ from conftest import run_stage
 
 from spamgpt.data import readers
 from spamgpt.errors import SpamGPTError
-from spamgpt.labels import SMS
+from spamgpt.labels import SMS, Classes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -622,7 +622,7 @@ def test_multi_labels_are_lists_or_separated_text(tmp_path: Path, fmt: str) -> N
         for r in MULTI_RECORDS
     ]
     path = own_file(tmp_path, fmt, records)
-    fmt_ = readers.Format(fmt, "body", "tags", None, True, ";", allow_empty_labels=True)
+    fmt_ = readers.Format(fmt, "body", "tags", None, "multi", ";", allow_empty_labels=True)
     parsed = readers.read_messages(path, fmt_, ("billing", "shipping", "urgent"))
     assert [json.loads(v) for v in parsed.frame["label"]] == [r["tags"] for r in MULTI_RECORDS]
 
@@ -631,7 +631,7 @@ def test_a_row_without_labels_and_an_unknown_label_are_bad_rows(tmp_path: Path) 
     path = own_file(
         tmp_path, "jsonl", [{"body": r["body"], "tags": r["tags"]} for r in MULTI_RECORDS]
     )
-    fmt = readers.Format("jsonl", "body", "tags", None, True)
+    fmt = readers.Format("jsonl", "body", "tags", None, "multi")
     with pytest.raises(
         SpamGPTError, match=r"mine\.jsonl:3: no label; set data\.allow_empty_labels"
     ):
@@ -659,7 +659,7 @@ def test_labels_joined_by_another_separator_name_the_file_line_and_separator(
     the same when data.labels names the labels."""
     path = tmp_path / "tags.csv"
     path.write_text(TAGS + f'10,text 10,"{value}"\n' + "11,text 11,b|a\n")
-    fmt = readers.Format("csv", "body", "tags", None, True, "|")
+    fmt = readers.Format("csv", "body", "tags", None, "multi", "|")
     parts = ", ".join(value.split() if joiner == " " else (v.strip() for v in value.split(joiner)))
     expected = (
         f'tags.csv:12: "{value}" looks like the labels {parts} joined by "{joiner}", not by '
@@ -678,7 +678,7 @@ def test_the_first_of_several_misjoined_rows_is_named_and_real_labels_pass(
     path = tmp_path / "tags.tsv"
     tsv = TAGS.replace(",", "\t")
     path.write_text(tsv + "10\ttext 10\tb;c\n11\ttext 11\ta;b\n")
-    fmt = readers.Format("tsv", "body", "tags", None, True, "|")
+    fmt = readers.Format("tsv", "body", "tags", None, "multi", "|")
     with pytest.raises(SpamGPTError, match=r'^tags\.tsv:12: "b;c" looks like the labels b, c '):
         readers.read_messages(path, fmt, None, name="tags.tsv")
     # a label holding a separator, whose parts are not all labels: a label of its own
@@ -687,7 +687,7 @@ def test_the_first_of_several_misjoined_rows_is_named_and_real_labels_pass(
     assert [json.loads(v) for v in parsed.frame["label"][-2:]] == [["C/C++"], ["a;x"]]
     # with ";" set, "a;b" is two labels
     path.write_text(TAGS.replace("|", ";"))
-    fmt = readers.Format("csv", "body", "tags", None, True, ";")
+    fmt = readers.Format("csv", "body", "tags", None, "multi", ";")
     assert json.loads(readers.read_messages(path, fmt, None).frame["label"][0]) == ["a", "b"]
 
 
@@ -695,7 +695,7 @@ def test_a_list_element_is_not_taken_for_a_separator_mistake(tmp_path: Path) -> 
     """JSON Lines lists hold labels as given: data.label_separator does not apply to them."""
     records = [{"body": f"text {i}", "tags": tags} for i, tags in enumerate([["a"], ["b"]] * 3)]
     path = own_file(tmp_path, "jsonl", [*records, {"body": "odd", "tags": ["a;b"]}])
-    fmt = readers.Format("jsonl", "body", "tags", None, True)
+    fmt = readers.Format("jsonl", "body", "tags", None, "multi")
     assert json.loads(readers.read_messages(path, fmt, None).frame["label"].iloc[-1]) == ["a;b"]
     with pytest.raises(SpamGPTError, match=r"mine\.jsonl:7: unknown label 'a;b'; allowed: a, b"):
         readers.read_messages(path, fmt, ("a", "b"))
@@ -711,11 +711,11 @@ def test_a_multi_label_split_keeps_every_label_in_each_split() -> None:
             "label": [json.dumps(sets[i]) for i in rng.integers(0, len(sets), 120)],
         }
     )
-    parts = readers.split(frame, 0.2, 0.2, 123, ("a", "b", "c"), multi_label=True)
+    parts = readers.split(frame, 0.2, 0.2, 123, ("a", "b", "c"), label_format="multi")
     assert sum(len(p) for p in parts.values()) == 120
-    whole = readers.label_counts(frame, ("a", "b", "c"), multi_label=True)
+    whole = readers.label_counts(frame, ("a", "b", "c"), label_format="multi")
     for name, part in parts.items():
-        counts = readers.label_counts(part, ("a", "b", "c"), multi_label=True)
+        counts = readers.label_counts(part, ("a", "b", "c"), label_format="multi")
         share = len(part) / 120
         for label, n in counts.items():  # stratified: each label's share about the split's
             assert abs(n - share * whole[label]) <= 3, (name, label)
@@ -902,7 +902,7 @@ def test_any_label_set_joined_by_the_separator_reads_back_as_its_sorted_set(
         for i, names in enumerate(sets)
     ]
     path = own_file(tmp_path_factory.mktemp("raw"), fmt_name, records)
-    fmt = readers.Format(fmt_name, "body", "tags", None, True, separator)
+    fmt = readers.Format(fmt_name, "body", "tags", None, "multi", separator)
     allowed = tuple(sorted({n for names in sets for n in names})) if known else None
     parsed = readers.read_messages(path, fmt, allowed)
     assert [json.loads(v) for v in parsed.frame["label"]] == [sorted(set(s)) for s in sets]
@@ -999,7 +999,7 @@ def test_one_skipped_line_is_one_line(tmp_path: Path) -> None:
 def test_misjoined_labels_are_quoted_as_written(tmp_path: Path) -> None:
     path = tmp_path / "tags.csv"
     path.write_text("body,tags\nx,été|hiver\ny,été;hiver\n", encoding="utf-8")
-    fmt = readers.Format("csv", "body", "tags", None, True, "|")
+    fmt = readers.Format("csv", "body", "tags", None, "multi", "|")
     with pytest.raises(SpamGPTError) as info:
         readers.read_messages(path, fmt, None, name="tags.csv")
     assert str(info.value) == (
@@ -1169,7 +1169,7 @@ def test_a_bad_label_list_is_a_bad_row_of_its_kind(
 ) -> None:
     path = tmp_path / "tags.jsonl"
     path.write_text(f'{{"body": "x", "tags": ["a"]}}\n{{"body": "y", "tags": {tags}}}\n')
-    fmt = readers.Format("jsonl", "body", "tags", None, True, "|")
+    fmt = readers.Format("jsonl", "body", "tags", None, "multi", "|")
     with pytest.raises(SpamGPTError) as info:
         readers.read_messages(path, fmt, ("a",))
     assert str(info.value).startswith(f"{path}:2: {problem}")
@@ -1183,7 +1183,7 @@ def test_labels_of_numbers_and_no_labels_where_allowed(tmp_path: Path) -> None:
         '{"body": "x", "tags": [2, "a", 2]}\n{"body": "y", "tags": null}\n'
         '{"body": "z", "tags": []}\n{"body": "w", "tags": "a| |"}\n'
     )
-    fmt = readers.Format("jsonl", "body", "tags", None, True, "|", allow_empty_labels=True)
+    fmt = readers.Format("jsonl", "body", "tags", None, "multi", "|", allow_empty_labels=True)
     parsed = readers.read_messages(path, fmt, None)
     assert parsed.frame["label"].tolist() == ['["2", "a"]', "[]", "[]", '["a"]']
 
@@ -1287,14 +1287,15 @@ def test_a_split_too_small_says_what_it_has() -> None:
     )
 
 
-@pytest.mark.parametrize("multi_label", [False, True])
-def test_split_is_sklearns_stratified_split_twice(multi_label: bool) -> None:
+@pytest.mark.parametrize("label_format", ["single", "multi"])
+def test_split_is_sklearns_stratified_split_twice(label_format: str) -> None:
     """Test first, then val of the rest (split.val of the whole), each stratified on the
     label (multi-label: stratify_key), with the seed; each part in file order."""
     from sklearn.model_selection import train_test_split
 
     rng = np.random.default_rng(1)
     sets = [["a"], ["b"], ["a", "b"], ["c"], ["b", "c"]]
+    multi_label = label_format == "multi"
     labels_ = [json.dumps(sets[i]) for i in rng.integers(0, 5, 90)] if multi_label else None
     frame = pd.DataFrame(
         {
@@ -1309,7 +1310,7 @@ def test_split_is_sklearns_stratified_split_twice(multi_label: bool) -> None:
 
     rest, test = train_test_split(frame, test_size=0.2, stratify=key(frame), random_state=5)
     train, val = train_test_split(rest, test_size=0.1 / 0.8, stratify=key(rest), random_state=5)
-    parts = readers.split(frame, 0.1, 0.2, 5, ("a", "b", "c"), multi_label)
+    parts = readers.split(frame, 0.1, 0.2, 5, ("a", "b", "c"), label_format)
     for name, part in (("train", train), ("val", val), ("test", test)):
         assert parts[name]["line"].tolist() == sorted(part["line"]), name
         assert parts[name].index.tolist() == list(range(len(part)))
@@ -1446,7 +1447,7 @@ def test_labels_misjoined_in_a_parquet_file_name_the_row(
 ) -> None:
     records = [{"body": f"text {i}", "tags": tags} for i, tags in enumerate(["a", "b", "a;b"])]
     path = own_file(tmp_path, "parquet", records)
-    fmt = readers.Format("parquet", "body", "tags", None, True, "|")
+    fmt = readers.Format("parquet", "body", "tags", None, "multi", "|")
     with pytest.raises(SpamGPTError) as info:
         readers.read_messages(path, fmt, labels, name="tags.parquet")
     assert str(info.value).startswith('tags.parquet: row 3: "a;b" looks like the labels a, b')
@@ -1498,7 +1499,7 @@ def test_read_rows_names_the_path_by_default(tmp_path: Path) -> None:
 def test_multi_labels_and_splits_are_kept_as_written(tmp_path: Path) -> None:
     path = tmp_path / "tags.jsonl"
     path.write_text('{"body": "x", "tags": ["été", "b"], "part": "t"}\n', encoding="utf-8")
-    fmt = readers.Format("jsonl", "body", "tags", None, True)
+    fmt = readers.Format("jsonl", "body", "tags", None, "multi")
     parsed = readers.read_messages(path, fmt, None, "error", "part", {"t": "train"})
     assert parsed.frame.to_dict("records") == [
         {"line": 1, "label": '["b", "été"]', "text": "x", "split": "train"}
@@ -1520,7 +1521,7 @@ def test_number_labels_are_read_as_exact_floats(tmp_path: Path, fmt: str) -> Non
         records = [{**r, "rating": str(r["rating"])} for r in records]
     path = own_file(tmp_path, fmt, records)
     parsed = readers.read_messages(
-        path, readers.Format(fmt, "review", "rating", numbers=True), None
+        path, readers.Format(fmt, "review", "rating", label_format="number"), None
     )
     assert parsed.frame["label"].tolist() == [text for _, text in NUMBER_RECORDS]
     assert [float(v) for v in parsed.frame["label"]] == [5.0, 3.5, -0.1, 0.1]
@@ -1530,6 +1531,7 @@ def test_number_labels_are_read_as_exact_floats(tmp_path: Path, fmt: str) -> Non
     ("rating", "said"),
     [
         ('"four"', "label 'four' is not a number"),
+        ('"abcdefghijklmnopqrstuvwxyz"', "label 'abcdefghijklmnopqrst' is not a number"),
         ('"nan"', "label 'nan' is not a number"),
         ("1e999", "label 'inf' is not a number"),
         ("null", "label is missing, not a number"),
@@ -1540,7 +1542,7 @@ def test_number_labels_are_read_as_exact_floats(tmp_path: Path, fmt: str) -> Non
 def test_a_bad_number_names_the_file_line_and_value(tmp_path: Path, rating: str, said) -> None:
     path = tmp_path / "reviews.jsonl"
     path.write_text(f'{{"review": "ok", "rating": 2}}\n{{"review": "x", "rating": {rating}}}\n')
-    fmt = readers.Format("jsonl", "review", "rating", numbers=True)
+    fmt = readers.Format("jsonl", "review", "rating", label_format="number")
     with pytest.raises(SpamGPTError) as info:
         readers.read_messages(path, fmt, None, name="reviews.jsonl")
     message = str(info.value)
@@ -1555,6 +1557,7 @@ def test_number_strata_are_quantile_bins_of_even_size() -> None:
     key = readers.number_strata(values)
     assert key.index.tolist() == values.index.tolist()
     assert key.value_counts().tolist() == [6] * 5  # STRATA bins of 30 rows
+    assert key.dtype == "int64"  # bin numbers
     numbers = values.astype(float)
     assert numbers[key == 0].max() <= numbers[key == 4].min()  # lowest bin, lowest numbers
     assert readers.number_strata(values.iloc[:11]).nunique() == 1  # too few for two bins of 6
@@ -1569,11 +1572,52 @@ def test_a_number_split_spreads_low_and_high_numbers_and_is_summarised() -> None
             "label": [repr(float(i % 10)) for i in range(100)],
         }
     )
-    parts = readers.split(frame, 0.2, 0.2, 123, ("rating",), numbers=True)
+    parts = readers.split(frame, 0.2, 0.2, 123, ("rating",), label_format="number")
     assert [len(parts[s]) for s in ("train", "val", "test")] == [60, 20, 20]
     for part in parts.values():  # each split's mean near the whole's 4.5
-        summary = readers.label_counts(part, ("rating",), numbers=True)
+        summary = readers.label_counts(part, ("rating",), label_format="number")
         assert abs(summary["mean"] - 4.5) < 0.6 and summary["count"] == len(part)
     assert readers.number_summary(pd.Series(["1.0", "3.0"])) == {
         "count": 2, "mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0
     }  # fmt: skip
+
+
+def test_each_label_format_finds_its_classes_and_counts_them() -> None:
+    """LABEL_FORMATS: the classes found (data.labels in order, or every one found, numbers
+    one output named after the column), the classes a frame's rows carry, the rows of each
+    class a split needs some of, and the label conflicts metrics/data.json records."""
+    single, multi, number = (readers.LABEL_FORMATS[k] for k in ("single", "multi", "number"))
+    assert [f.name for f in (single, multi, number)] == ["single", "multi", "number"]
+    one = pd.DataFrame({"label": ["b", "a", "b"], "text": ["x", "y", "x"]})
+    sets = pd.DataFrame({"label": ['["b"]', '["a", "c"]', '["a"]'], "text": ["x", "y", "x"]})
+    assert single.classes(one["label"], None, "b", "rating") == Classes(("a", "b"), "b")
+    assert single.classes(one["label"], ["b", "a"], None, "rating").names == ("b", "a")
+    assert multi.classes(sets["label"], None, None, "tags") == Classes(
+        ("a", "b", "c"), None, "multi"
+    )
+    assert number.classes(pd.Series(["1.0"]), None, None, "rating") == Classes(
+        ("rating",), None, "number"
+    )
+    assert single.names_in(one) == {"a", "b"} and multi.names_in(sets) == {"a", "b", "c"}
+    assert number.names_in(one) == set()
+    assert single.class_counts(one, ("a", "b", "z")) == {"a": 1, "b": 2, "z": 0}
+    assert multi.class_counts(sets, ("c", "a", "z")) == {"c": 1, "a": 2, "z": 0}
+    assert number.class_counts(pd.DataFrame({"label": ["1.0"]}), ("rating",)) == {}
+    assert multi.conflicts([sets, sets.iloc[:2]]) == {"label_conflicts": 1}
+    assert single.conflicts([one]) == {} and number.conflicts([one]) == {}
+    assert single.stratify_key(one).tolist() == ["b", "a", "b"]
+
+
+def test_a_number_label_may_be_padded_with_any_white_space() -> None:
+    """str.strip's white space, which float() alone refuses (the information separators
+    \x1c-\x1f), around a number in a text field."""
+    assert readers._number("\x1f 2.5\x1c") == "2.5"
+
+
+def test_split_file_texts_that_look_like_numbers_stay_text(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {"line": [1, 2, 3], "label": ["a", "b", "a"], "text": ["007", "1e3", "12"]}
+    )
+    path = tmp_path / "train.csv"
+    readers.write_split(frame, path)
+    assert readers.read_split(path)["text"].tolist() == ["007", "1e3", "12"]

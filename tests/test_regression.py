@@ -19,7 +19,7 @@ from spamgpt.serve import serving
 from spamgpt.tasks import regression
 from spamgpt.tasks.registry import TASKS, task_for
 
-RATING = Classes(("rating",), numbers=True)
+RATING = Classes(("rating",), label_format="number")
 TASK = task_for(RATING)
 
 

@@ -102,7 +102,7 @@ def test_dvc_metrics_show_fits_a_terminal(project):
 
 
 # 27 labels, as long as real tags (`interface::graphical`)
-MANY = Classes(tuple(f"topic::subject_{i:02d}" for i in range(27)), None, multi_label=True)
+MANY = Classes(tuple(f"topic::subject_{i:02d}" for i in range(27)), None, label_format="multi")
 
 
 def write_multilabel_evaluation(classes: Classes, n: int = 240, seed: int = 0) -> None:

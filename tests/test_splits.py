@@ -404,13 +404,13 @@ def test_a_multi_label_random_split_stratifies_and_counts_each_label(workspace: 
                     allow_empty_labels=True)  # fmt: skip
     frames, report = splits.split_dataset(p.data, p.split)
     assert report["label_conflicts"] == 1 and report["label_format"] == "multi"
-    fmt = readers.Format("csv", "text", "label", None, True, "|", allow_empty_labels=True)
+    fmt = readers.Format("csv", "text", "label", None, "multi", "|", allow_empty_labels=True)
     whole = readers.dedupe(readers.read_messages(paths.RAW_DATA, fmt, None).frame)
     s = p.split
-    expected = readers.split(whole, s.val, s.test, s.seed, ("a", "b", "c"), multi_label=True)
+    expected = readers.split(whole, s.val, s.test, s.seed, ("a", "b", "c"), label_format="multi")
     for name in paths.SPLITS:
         assert frames[name].equals(expected[name]), name
-        assert report[name] == readers.label_counts(frames[name], ("a", "b", "c"), True)
+        assert report[name] == readers.label_counts(frames[name], ("a", "b", "c"), "multi")
         assert report[name]["a"] == sum("a" in json.loads(v) for v in frames[name]["label"])
 
 
@@ -422,9 +422,9 @@ def test_a_multi_label_val_is_carved_on_the_rarest_labels_with_the_seed(workspac
     files = dataclasses.replace(p.data.files, val=None)
     multi = dataclasses.replace(p.data, files=files, label_format="multi")
     frames, _ = splits.split_dataset(multi, p.split)
-    fmt = readers.Format("csv", "text", "label", None, True, "|")
+    fmt = readers.Format("csv", "text", "label", None, "multi", "|")
     train = readers.read_messages(paths.raw_split_file("train"), fmt, None).frame
-    rest, val = readers.stratified(train, p.split.val, 3, multi_label=True)
+    rest, val = readers.stratified(train, p.split.val, 3, label_format="multi")
     assert frames["val"].equals(readers.in_file_order(val))
     assert frames["train"].equals(readers.in_file_order(rest))
 
@@ -511,3 +511,39 @@ def test_a_file_lacking_the_label_column_or_with_no_header_is_named(workspace: P
     with pytest.raises(SpamGPTError) as e:
         splits.split_dataset(given().data, given().split)
     assert f"(it has text, category, {', '.join(wide[:18])}), though" in str(e.value)
+
+
+def test_a_number_random_split_is_binned_and_summarised(workspace: Path) -> None:
+    """data.label_format: number: one output named after the column, the splits stratified on
+    the numbers' bins (readers.split), each summarised, no class to find in each split."""
+    write_raw_data([(str(i % 10 / 2), f"message {i}") for i in range(60)])
+    p = data_params(format="csv", labels=None, positive_label=None)
+    numbers = dataclasses.replace(p.data, label_format="number")
+    frames, report = splits.split_dataset(numbers, p.split)
+    assert report["labels"] == ["label"] and report["label_format"] == "number"
+    assert "label_conflicts" not in report
+    fmt = readers.Format("csv", "text", "label", None, "number")
+    whole = readers.dedupe(readers.read_messages(paths.RAW_DATA, fmt, None).frame)
+    s = p.split
+    expected = readers.split(whole, s.val, s.test, s.seed, ("label",), "number")
+    for name in paths.SPLITS:
+        assert frames[name].equals(expected[name]), name
+        assert report[name] == readers.number_summary(frames[name]["label"])
+
+
+def test_number_given_splits_carve_val_on_the_bins(workspace: Path) -> None:
+    write_raw("train", [(str(i % 7), f"train message {i}") for i in range(60)])
+    write_raw("test", [(str(i % 3), f"test message {i}") for i in range(12)])
+    p = given(seed=4)
+    files = dataclasses.replace(p.data.files, val=None)
+    numbers = dataclasses.replace(p.data, files=files, label_format="number")
+    frames, report = splits.split_dataset(numbers, p.split)
+    assert report["labels"] == ["label"] and report["val_carved"] is True
+    assert "label_conflicts" not in report
+    assert report["test"] == {"count": 12, "mean": 1.0, "std": (2 / 3) ** 0.5, "min": 0.0,
+                              "max": 2.0}  # fmt: skip
+    fmt = readers.Format("csv", "text", "label", None, "number")
+    train = readers.read_messages(paths.raw_split_file("train"), fmt, None).frame
+    rest, val = readers.stratified(train, p.split.val, 4, "number")
+    assert frames["val"].equals(readers.in_file_order(val))
+    assert frames["train"].equals(readers.in_file_order(rest))

@@ -611,7 +611,7 @@ def multi_label_trainer(params: TrainParams) -> Trainer:
         rows = [seq.rows[s : s + n].tolist() for s, n in zip(seq.starts, seq.lengths, strict=True)]
         labels = torch.tensor([[float(t in row) for t in (5, 6, 7)] for row in rows])
         splits.append(Split(split.inputs, labels))
-    classes = Classes(("five", "six", "seven"), multi_label=True)
+    classes = Classes(("five", "six", "seven"), label_format="multi")
     return Trainer(model, classifier.freeze(model, 1), *splits, classes, params, FP32_CPU)
 
 

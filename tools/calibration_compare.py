@@ -98,7 +98,7 @@ def main() -> None:
     train = params.load().train
     compute = runtime.setup(train.device, train.precision)
     model, meta = classifier.load(paths.FINETUNED_DIR)  # uncalibrated: no temperature given
-    if len(meta["labels"]) != 2 or classifier.classes_of(meta).multi_label:
+    if len(meta["labels"]) != 2 or classifier.classes_of(meta).label_format == "multi":
         raise SystemExit("calibration_compare: two classes only")
     margins, labels = {}, {}
     for s in ("val", "test"):

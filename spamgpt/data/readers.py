@@ -18,16 +18,19 @@ import json
 import math
 import os
 import re
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import pandas as pd
 
 from spamgpt import atomic
 from spamgpt.errors import SpamGPTError
+from spamgpt.labels import Classes
+from spamgpt.labels import found as found_classes
 from spamgpt.texts import TextFields
 
 
@@ -66,10 +69,9 @@ class Format:
     text_column: str | list[str] | tuple[str, ...] = "text"
     label_column: str = "label"
     text_template: str | None = None
-    multi_label: bool = False  # data.label_format: multi (a set of labels per row)
+    label_format: str = "single"  # data.label_format: single, multi or number (LABEL_FORMATS)
     label_separator: str = "|"  # multi: between labels in a text field (CSV, TSV)
     allow_empty_labels: bool = False  # multi: a row may have no label
-    numbers: bool = False  # data.label_format: number (a number per row: regression)
 
     @property
     def fields(self) -> TextFields:
@@ -110,21 +112,17 @@ def read_messages(
     written: dict[str, int] = {}  # multi: each label written in a text field, its first line
     if fmt.name != "parquet":
         _refuse_binary(path, fmt.name, name)
+    label_format = LABEL_FORMATS[fmt.label_format]
 
     def message(parsed: dict[str, object]) -> tuple[tuple, list[str], bool]:
         """The row, and (multi-label) its labels and whether they were written as text."""
         text = _joined(parsed, fields)
         label = parsed[fmt.label_column]
-        row_labels, from_text = [], isinstance(label, str)
-        if fmt.multi_label:
-            row_labels = _label_set(label, fmt.label_separator, fmt.allow_empty_labels, labels)
-            label = json.dumps(row_labels, ensure_ascii=False)
-        if fmt.numbers:
-            label = _number(label)
-        row = _checked(label, text, labels, fmt.multi_label)
+        label_text, row_labels = label_format.row(label, text, fmt, labels)
+        row: tuple = label_text
         if split_column is not None:
             row = (*row, _split_of(parsed[split_column], split_column, split_names or {}))
-        return row, row_labels, from_text
+        return row, row_labels, isinstance(label, str)
 
     skipped: Counter = Counter()
     sniff = functools.partial(_refuse_other_format, path, fmt.name, name)
@@ -381,13 +379,9 @@ def _number(value: object) -> str:
     return repr(number)
 
 
-def _checked(
-    label: object, text: object, labels: tuple[str, ...] | None, multi_label: bool = False
-) -> tuple[str, str]:
-    """(label, text) of a row as the classifier takes it, or _BadLine; a multi-label row's
-    label is its JSON list, checked by _label_set."""
-    if multi_label:
-        labels = None
+def _checked(label: object, text: object, labels: tuple[str, ...] | None) -> tuple[str, str]:
+    """(label, text) of a row as the classifier takes it, or _BadLine; `labels`: the classes
+    allowed (None: any)."""
     if isinstance(label, bool) or not isinstance(label, (str, int)) or label == "":
         what = "missing" if label in (None, "") else f"{type(label).__name__}, not text"
         raise _BadLine("missing_label", f"label is {what}")
@@ -593,13 +587,12 @@ def split(
     test: float,
     seed: int,
     labels: tuple[str, ...],
-    multi_label: bool = False,
-    numbers: bool = False,
+    label_format: str = "single",
 ) -> dict[str, pd.DataFrame]:
     """Stratified train/val/test split by label (multi-label: by each row's rarest label,
     stratify_key; numbers: by their quantile bins, number_strata); fractions are of the
     whole frame."""
-    counts = {} if numbers else label_counts(frame, labels, multi_label)
+    counts = LABEL_FORMATS[label_format].class_counts(frame, labels)
     for label, count in counts.items():
         if count < 3:
             raise SpamGPTError(
@@ -608,8 +601,8 @@ def split(
                 f"leave the class out with data.labels"
             )
     try:
-        rest, test_part = stratified(frame, test, seed, multi_label, numbers)
-        train_part, val_part = stratified(rest, val / (1 - test), seed, multi_label, numbers)
+        rest, test_part = stratified(frame, test, seed, label_format)
+        train_part, val_part = stratified(rest, val / (1 - test), seed, label_format)
     except ValueError as e:  # a split too small to hold every class
         raise SpamGPTError(
             f"cannot split {len(frame)} messages {counts} into val {val:g} / test "
@@ -623,8 +616,7 @@ def stratified(
     frame: pd.DataFrame,
     fraction: float,
     seed: int,
-    multi_label: bool = False,
-    numbers: bool = False,
+    label_format: str = "single",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The one stratified splitter: (the rest, `fraction` of `frame`), each class in the same
     proportion in both (multi-label: each row's stratify_key; numbers: number_strata), drawn
@@ -632,9 +624,7 @@ def stratified(
     # Here, not at the top: finetune and evaluate read splits and need no scikit-learn.
     from sklearn.model_selection import train_test_split
 
-    key = frame["label"]
-    if multi_label or numbers:
-        key = stratify_key(frame) if multi_label else number_strata(frame["label"])
+    key = LABEL_FORMATS[label_format].stratify_key(frame)
     rest, part = train_test_split(frame, test_size=fraction, stratify=key, random_state=seed)
     return rest, part
 
@@ -689,22 +679,150 @@ def number_summary(values: pd.Series) -> dict[str, float | int]:
 
 
 def label_counts(
-    frame: pd.DataFrame, labels: tuple[str, ...], multi_label: bool = False, numbers: bool = False
-) -> dict[str, int]:
-    """Rows of each class (multi-label: rows carrying each label; numbers: number_summary)."""
-    if numbers:
-        return number_summary(frame["label"])
-    if multi_label:
-        counted = Counter(name for row in label_sets(frame) for name in row)
-        return {label: counted[label] for label in labels}
-    counts = frame["label"].value_counts()
-    return {label: int(counts.get(label, 0)) for label in labels}
+    frame: pd.DataFrame, labels: tuple[str, ...], label_format: str = "single"
+) -> dict[str, int | float]:
+    """A split as metrics/data.json counts it: rows of each class (multi-label: rows carrying
+    each label; numbers: number_summary)."""
+    return LABEL_FORMATS[label_format].counts(frame, labels)
 
 
 def label_conflicts(frame: pd.DataFrame) -> int:
     """Texts that occur with two different labels (label sets): de-duplication keeps the
     first, so the others' labels are lost; counted in metrics/data.json."""
     return int((frame.groupby("text")["label"].nunique() > 1).sum())
+
+
+class LabelFormat(ABC):
+    """What one data.label_format makes of the label column (LABEL_FORMATS: one of each, by
+    name), decided once: how a row's label is checked and written in its split file, what a
+    split is stratified on, what metrics/data.json records, and the classes found."""
+
+    name: ClassVar[str]  # data.label_format, and Classes.label_format
+
+    @abstractmethod
+    def row(
+        self, label: object, text: object, fmt: Format, labels: tuple[str, ...] | None
+    ) -> tuple[tuple[str, str], list[str]]:
+        """((label as its split file holds it, text), the row's labels where it has a set of
+        them) of a raw row, or _BadLine; `labels`: the classes allowed (None: any)."""
+
+    @abstractmethod
+    def stratify_key(self, frame: pd.DataFrame) -> pd.Series:
+        """What a split is stratified on, a value per row."""
+
+    @abstractmethod
+    def class_counts(self, frame: pd.DataFrame, names: tuple[str, ...]) -> dict[str, int]:
+        """The rows of each class, of which a split needs some: none where there are no
+        classes."""
+
+    def counts(self, frame: pd.DataFrame, names: tuple[str, ...]) -> dict[str, int | float]:
+        """A split as metrics/data.json records it."""
+        return self.class_counts(frame, names)
+
+    @abstractmethod
+    def names_in(self, frame: pd.DataFrame) -> set[str]:
+        """The classes the rows of `frame` carry."""
+
+    def conflicts(self, frames: list[pd.DataFrame]) -> dict[str, int]:
+        """What metrics/data.json records of texts given different labels in the raw rows."""
+        return {}
+
+    def classes(
+        self,
+        found: pd.Series,
+        requested: list | None,
+        positive: str | int | None,
+        label_column: str,
+    ) -> Classes:
+        """The classes of the labels `found`: data.labels (`requested`) in order, or those
+        found (labels.found)."""
+        return found_classes(found, requested, positive, self.name)
+
+
+class SingleLabels(LabelFormat):
+    """data.label_format: single, a class per row."""
+
+    name = "single"
+
+    def row(
+        self, label: object, text: object, fmt: Format, labels: tuple[str, ...] | None
+    ) -> tuple[tuple[str, str], list[str]]:
+        return _checked(label, text, labels), []
+
+    def stratify_key(self, frame: pd.DataFrame) -> pd.Series:
+        return frame["label"]
+
+    def class_counts(self, frame: pd.DataFrame, names: tuple[str, ...]) -> dict[str, int]:
+        counts = frame["label"].value_counts()
+        return {name: int(counts.get(name, 0)) for name in names}
+
+    def names_in(self, frame: pd.DataFrame) -> set[str]:
+        return set(frame["label"])
+
+
+class MultiLabels(LabelFormat):
+    """data.label_format: multi, a set of labels per row, held as a JSON list in its split
+    file (_label_set), stratified by each row's rarest label (stratify_key)."""
+
+    name = "multi"
+
+    def row(
+        self, label: object, text: object, fmt: Format, labels: tuple[str, ...] | None
+    ) -> tuple[tuple[str, str], list[str]]:
+        names = _label_set(label, fmt.label_separator, fmt.allow_empty_labels, labels)
+        return _checked(json.dumps(names, ensure_ascii=False), text, None), names
+
+    def stratify_key(self, frame: pd.DataFrame) -> pd.Series:
+        return stratify_key(frame)
+
+    def class_counts(self, frame: pd.DataFrame, names: tuple[str, ...]) -> dict[str, int]:
+        counted = Counter(name for row in label_sets(frame) for name in row)
+        return {name: counted[name] for name in names}
+
+    def names_in(self, frame: pd.DataFrame) -> set[str]:
+        return set().union(*label_sets(frame))
+
+    def conflicts(self, frames: list[pd.DataFrame]) -> dict[str, int]:
+        return {"label_conflicts": sum(label_conflicts(frame) for frame in frames)}
+
+
+class Numbers(LabelFormat):
+    """data.label_format: number, a number per row (regression; _number): no classes, one
+    output named after data.label_column; stratified by quantile bins (number_strata),
+    summarized by number_summary."""
+
+    name = "number"
+
+    def row(
+        self, label: object, text: object, fmt: Format, labels: tuple[str, ...] | None
+    ) -> tuple[tuple[str, str], list[str]]:
+        return _checked(_number(label), text, None), []
+
+    def stratify_key(self, frame: pd.DataFrame) -> pd.Series:
+        return number_strata(frame["label"])
+
+    def class_counts(self, frame: pd.DataFrame, names: tuple[str, ...]) -> dict[str, int]:
+        return {}
+
+    def counts(self, frame: pd.DataFrame, names: tuple[str, ...]) -> dict[str, int | float]:
+        return number_summary(frame["label"])
+
+    def names_in(self, frame: pd.DataFrame) -> set[str]:
+        return set()
+
+    def classes(
+        self,
+        found: pd.Series,
+        requested: list | None,
+        positive: str | int | None,
+        label_column: str,
+    ) -> Classes:
+        return Classes((label_column,), label_format=self.name)
+
+
+LABEL_FORMATS: dict[str, LabelFormat] = {
+    kind.name: kind for kind in (SingleLabels(), MultiLabels(), Numbers())
+}
 
 
 def write_split(frame: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -16,7 +16,7 @@ from itertools import combinations
 
 import pandas as pd
 
-from spamgpt import labels, paths
+from spamgpt import paths
 from spamgpt.data import readers
 from spamgpt.data.download import sha256_file, source_name
 from spamgpt.errors import SpamGPTError
@@ -28,10 +28,9 @@ log = logging.getLogger(__name__)
 
 def split_dataset(d: DataParams, s: SplitParams) -> tuple[dict[str, pd.DataFrame], dict]:
     """The train, val and test frames the split stage writes, and metrics/data.json."""
-    multi, numbers = d.label_format == "multi", d.label_format == "number"
     fmt = readers.Format(
-        d.format, d.text_column, d.label_column, d.text_template, multi, d.label_separator,
-        d.allow_empty_labels, numbers,
+        d.format, d.text_column, d.label_column, d.text_template, d.label_format,
+        d.label_separator, d.allow_empty_labels,
     )  # fmt: skip
     allowed = None if d.labels is None else tuple(map(str, d.labels))
     if d.files is None and d.split_column is None:
@@ -68,19 +67,19 @@ def split_dataset(d: DataParams, s: SplitParams) -> tuple[dict[str, pd.DataFrame
             "sources": {"dataset": {"source": d.url, "sha256": sha256, "rows": len(whole.frame)}},
             "split_column": d.split_column,
         }
-    frames, counts = given_splits(parsed, sources, s, multi, numbers)
+    frames, counts = given_splits(parsed, sources, s, d.label_format)
     classes = classes_of(frames, sources, d)
     bad = sum((p.bad_lines for p in parsed.values()), Counter())
+    label_format = readers.LABEL_FORMATS[d.label_format]
     report.update(
         raw_rows=sum(len(p.frame) for p in parsed.values()),
         bad_lines=sum(bad.values()),
         bad_lines_by_reason=dict(bad),
         **counts,
-        **{n: readers.label_counts(f, classes.names, multi, numbers) for n, f in frames.items()},
+        **{n: readers.label_counts(f, classes.names, d.label_format) for n, f in frames.items()},
         **classes.to_dict(),
+        **label_format.conflicts([p.frame for p in parsed.values()]),
     )
-    if multi:
-        report["label_conflicts"] = sum(readers.label_conflicts(p.frame) for p in parsed.values())
     return frames, report
 
 
@@ -89,21 +88,20 @@ def random_split(
 ) -> tuple[dict[str, pd.DataFrame], dict]:
     """One file, split at random, stratified: split.val and split.test of it."""
     parsed = read_source(paths.RAW_DATA, source_name(d.url, d.member), fmt, allowed, d)
-    multi, numbers = fmt.multi_label, fmt.numbers
     classes = found_classes(parsed.frame["label"], d)
     frame = readers.dedupe(parsed.frame) if s.dedupe else parsed.frame
-    splits = readers.split(frame, s.val, s.test, s.seed, classes.names, multi, numbers)
-    # Multi-label: texts given two different label sets (de-duplication keeps the first).
-    conflicts = {"label_conflicts": readers.label_conflicts(parsed.frame)} if multi else {}
+    splits = readers.split(frame, s.val, s.test, s.seed, classes.names, d.label_format)
+    label_format = readers.LABEL_FORMATS[d.label_format]
     return splits, {
         "raw_sha256": sha256_file(paths.RAW_DATA),
         "raw_rows": len(parsed.frame),
         "bad_lines": sum(parsed.bad_lines.values()),
         "bad_lines_by_reason": dict(parsed.bad_lines),
         "duplicates_removed": len(parsed.frame) - len(frame),
-        **conflicts,
+        # multi-label: texts given two different label sets (de-duplication keeps the first)
+        **label_format.conflicts([parsed.frame]),
         **{
-            n: readers.label_counts(part, classes.names, multi, numbers)
+            n: readers.label_counts(part, classes.names, d.label_format)
             for n, part in splits.items()
         },
         **classes.to_dict(),
@@ -113,9 +111,8 @@ def random_split(
 def found_classes(found: pd.Series, d: DataParams) -> Classes:
     """The classes of the labels `found` (labels.found); of numbers, the one output named
     after data.label_column."""
-    if d.label_format == "number":
-        return Classes((d.label_column,), numbers=True)
-    return labels.found(found, d.labels, d.positive_label, d.label_format == "multi")
+    label_format = readers.LABEL_FORMATS[d.label_format]
+    return label_format.classes(found, d.labels, d.positive_label, d.label_column)
 
 
 def read_source(
@@ -190,8 +187,7 @@ def given_splits(
     parsed: dict[str, readers.ParsedMessages],
     sources: dict[str, str],
     s: SplitParams,
-    multi_label: bool = False,
-    numbers: bool = False,
+    label_format: str,
 ) -> tuple[dict[str, pd.DataFrame], dict]:
     """De-duplicated splits with the leaks between them handled, val carved from train if
     not given; and the counts for metrics/data.json."""
@@ -222,7 +218,7 @@ def given_splits(
         counts["cross_duplicates_removed"] = len(train) - len(frames["train"])
     counts["val_carved"] = "val" not in frames
     if "val" not in frames:
-        carved = carve_val(frames["train"], s, sources["train"], multi_label, numbers)
+        carved = carve_val(frames["train"], s, sources["train"], label_format)
         frames["train"], frames["val"] = carved
     return {name: frames[name] for name in paths.SPLITS}, counts
 
@@ -231,13 +227,12 @@ def carve_val(
     train: pd.DataFrame,
     s: SplitParams,
     source: str,
-    multi_label: bool = False,
-    numbers: bool = False,
+    label_format: str,
 ) -> tuple[pd.DataFrame, ...]:
     """split.val of train as val, stratified by label (multi-label: data.stratify_key;
     numbers: data.number_strata), seeded by split.seed."""
     try:
-        rest, val = readers.stratified(train, s.val, s.seed, multi_label, numbers)
+        rest, val = readers.stratified(train, s.val, s.seed, label_format)
     except ValueError as e:  # a class too small to be in both
         counts = train["label"].value_counts().to_dict()
         raise SpamGPTError(
@@ -250,27 +245,19 @@ def carve_val(
 
 def classes_of(frames: dict[str, pd.DataFrame], sources: dict[str, str], d: DataParams) -> Classes:
     """The classes (data.labels, or every label found), each of which train must have."""
-    multi = d.label_format == "multi"
     classes = found_classes(pd.concat([frame["label"] for frame in frames.values()]), d)
-    if classes.numbers:  # no classes to find in each split
-        return classes
-
-    def names_in(frame: pd.DataFrame) -> set[str]:
-        if multi:
-            return set().union(*readers.label_sets(frame))
-        return set(frame["label"])
-
-    in_train = names_in(frames["train"])
+    label_format = readers.LABEL_FORMATS[d.label_format]  # numbers: no classes to find
+    in_train = label_format.names_in(frames["train"])
     for name in ("val", "test"):
-        lacking = sorted(names_in(frames[name]) - in_train)
+        lacking = sorted(label_format.names_in(frames[name]) - in_train)
         if lacking:
             raise SpamGPTError(
                 f"class {lacking[0]!r} is in {name} ({sources.get(name, sources['train'])}) "
                 f"but not in train ({sources['train']}): the model cannot learn it; add train "
                 f"examples of it, or leave it out with data.labels"
             )
-    for name in classes.names:
-        if name not in in_train:
+    for name, count in label_format.class_counts(frames["train"], classes.names).items():
+        if not count:
             raise SpamGPTError(
                 f"class {name!r} (data.labels) has no example in train ({sources['train']}); "
                 f"every class needs one: add some, or leave it out of data.labels"

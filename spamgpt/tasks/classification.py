@@ -119,7 +119,7 @@ class SingleLabel(_Classification):
 
     def check_threshold(self, setting: Setting) -> None:
         classes = self.classes
-        check_threshold(setting, False, classes.positive, len(classes))
+        check_threshold(setting, self.label_format, classes.positive, len(classes))
         if classes.positive is None and setting is not None:
             log.info("no data.positive_label: each message gets its most probable class")
 
@@ -200,7 +200,7 @@ class SingleLabel(_Classification):
         positive = classes.positive_index
         if positive is None:
             return ThresholdChoice(None, None, None)
-        check_threshold(setting, False, classes.positive, len(classes))
+        check_threshold(setting, self.label_format, classes.positive, len(classes))
         if len(classes) != 2:
             return ThresholdChoice(None, None, None)
         scores = val_probs[:, positive]
@@ -417,7 +417,7 @@ class MultiLabel(_Classification):
     COMPARED = ("accuracy", "micro_f1", "macro_f1", "samples_f1", "hamming_loss")
 
     def check_threshold(self, setting: Setting) -> None:
-        check_threshold(setting, True, self.classes.positive, len(self.classes))
+        check_threshold(setting, self.label_format, self.classes.positive, len(self.classes))
 
     def balanced_weights(self, targets: Tensor) -> Tensor:
         """Each label's weight of its positives (pos_weight): negatives / positives."""
@@ -576,7 +576,7 @@ class MultiLabel(_Classification):
         keeps 0.5 (too few to choose on). auto's thresholds are therefore never worse than
         0.5 for the metric on validation."""
         classes = self.classes
-        check_threshold(setting, True, None)
+        check_threshold(setting, self.label_format, None)
         truth = np.asarray(val_targets) > 0.5
         probs = np.asarray(val_probs, dtype=np.float64)
         best = {

@@ -16,9 +16,11 @@ Adding a task (as regression, data.label_format: number, was added):
    `audit_skipped` says why; its own figures (`report_figures`, `test_figures`) and baseline
    (`baseline_estimator`, `baseline_outputs`) (spamgpt/tasks/regression.py is such a task);
 2. one line in spamgpt/tasks/registry.py's TASKS (the one factory);
-3. the label column's format where it is read (params.py validates data.label_format;
-   labels.Classes and spamgpt/data/readers.py and splits.py read and split it): the only
-   other places that know formats.
+3. the label column's format where it is read: params.py validates data.label_format,
+   labels.Classes makes its training targets (labels._TARGETS), and one LabelFormat in
+   spamgpt/data/readers.py's LABEL_FORMATS checks a row's label and says what a split is
+   stratified on, what metrics/data.json counts and which classes there are: the only other
+   places that know formats.
 """
 
 from abc import ABC, abstractmethod
