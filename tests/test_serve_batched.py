@@ -4,11 +4,15 @@ answers, scored in batches of several requests, and bad requests refused with a 
 harming the server."""
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import http_service, post, spamgpt, subprocess_env
+from conftest import free_port, http_service, post, spamgpt, subprocess_env
 
 from spamgpt import params, runtime
 from spamgpt.data import tokenizer
@@ -381,3 +385,31 @@ def test_the_middleware_hands_on_good_bodies_whole_and_answers_bad_ones() -> Non
     assert asyncio.run(_through([b"not json"], path="/ping")) == (200, b"not json")
     assert asyncio.run(_through([b"not json"], method="GET")) == (200, b"not json")
     assert asyncio.run(_through([])) == (None, None)  # the client went away: nothing sent
+
+
+def test_sigterm_to_the_server_stops_its_worker_and_http_processes(tmp_path: Path) -> None:
+    """kill PID (not its process group) stops every process of the server, which LitServe
+    leaves running otherwise."""
+    folder, port = tiny_model(tmp_path), free_port()
+    cmd = [sys.executable, "-c", "from spamgpt.serve.cli import main; main()", "serve"]
+    cmd += ["--model", str(folder), "--device", "cpu", "--port", str(port)]
+    env = {**subprocess_env(), "PYTHONPATH": str(REPO)}
+    with (tmp_path / "serve.log").open("w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        while "worker: " not in (tmp_path / "serve.log").read_text():  # the worker is up
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) is not None
+        for _ in range(100):  # its children end as it waits for them; then the group is empty
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("processes of the server outlived it")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -26,6 +26,7 @@ constructor, answers() and a `described` line. Its thread pools sleep when out o
 
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -353,7 +354,14 @@ def serve(
         healthcheck_path=PING,
         middlewares=[(RefuseBadRequests, {"fields": fields})],
     )
+    # LitServe stops its worker and HTTP processes on Ctrl-C only; on a plain SIGTERM to this
+    # process they were left running, orphans polling their queues on the cores.
+    signal.signal(signal.SIGTERM, _interrupted)
     server.run(host=host, port=port, generate_client_file=False, log_level="warning")
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def command(args: Any) -> None:
