@@ -31,6 +31,7 @@ from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.random_hub import make_hub
 from spamgpt.serve import export
 from spamgpt.serve.serve_batched import (
+    FORMS,
     INVOCATIONS,
     MAX_BODY,
     MAX_CHARS,
@@ -41,6 +42,8 @@ from spamgpt.serve.serve_batched import (
     Settings,
     TorchEngine,
     check_onnx,
+    records_of_columns,
+    serve,
     texts_of,
 )
 from spamgpt.texts import ONE_TEXT, TextFields
@@ -413,3 +416,66 @@ def test_sigterm_to_the_server_stops_its_worker_and_http_processes(tmp_path: Pat
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_every_request_form_gives_the_texts_and_each_bad_one_its_line() -> None:
+    texts = ["WIN a prize", "see you"]
+    fields = TextFields(("subject", "body"), "{subject}: {body}")
+    for body in [
+        {"inputs": texts},
+        {"instances": texts},
+        {"inputs": {"text": texts}},
+        {"dataframe_records": [{"text": t, "id": i} for i, t in enumerate(texts)]},
+        {"dataframe_split": {"columns": ["id", "text"], "data": [[0, texts[0]], [1, texts[1]]]}},
+    ]:
+        assert texts_of(json.dumps(body).encode(), ONE_TEXT) == texts, body
+    two = {"inputs": {"subject": ["WIN", "hi"], "body": ["a prize", "there"]}}
+    assert texts_of(json.dumps(two).encode(), fields) == ["WIN: a prize", "hi: there"]
+    assert records_of_columns({"a": [1, 2], "b": [3, 4]}) == [{"a": 1, "b": 3}, {"a": 2, "b": 4}]
+    for columns in [{}, {"a": [1], "b": [1, 2]}, {"a": [1], "b": 2}, {"a": 1}]:
+        assert records_of_columns(columns) is None, columns
+    one_of = f"the request must be a JSON object with one of {FORMS}"
+    split = "dataframe_split must hold a columns list and a data list"
+    row = "dataframe_split: each data row must hold 1 values"
+    each = "each message must be a string or an object of the field(s) text (strings)"
+    for body, status, line in [
+        (b"[1]", 400, one_of),
+        (b'{"inputs": [], "instances": []}', 400, one_of),
+        (b"\xff", 400, "the request body is not JSON"),
+        (b'{"instances": []}', 400, "instances is empty: give at least one message"),
+        (b'{"instances": "a"}', 400, "instances must be a list of messages"),
+        (b'{"inputs": {"text": ["a"], "x": []}}', 400, "inputs must be a list of messages"),
+        (b'{"dataframe_split": []}', 400, split),
+        (b'{"dataframe_split": {"columns": ["text"]}}', 400, split),
+        (b'{"dataframe_split": {"data": []}}', 400, split),
+        (b'{"dataframe_split": {"columns": ["text"], "data": [["a", "b"]]}}', 400, row),
+        (b'{"dataframe_split": {"columns": ["text"], "data": ["a"]}}', 400, row),
+        (b'{"inputs": [null]}', 400, f"message 1 is NoneType: {each}"),
+        (b'{"inputs": [{"text": 3}]}', 400, "message 1: field 'text' is int, not a string"),
+        (b'{"inputs": ["a", {"x": "b"}]}', 400, "message 2: field 'text' is missing"),
+    ]:  # fmt: skip
+        with pytest.raises(Refused) as refused_:
+            texts_of(body, ONE_TEXT)
+        assert (refused_.value.status, str(refused_.value)) == (status, line), body
+    with pytest.raises(Refused) as refused_:
+        texts_of(b'{"inputs": [1]}', fields)
+    assert str(refused_.value) == (
+        "message 1 is int: each message must be an object of the field(s) subject, body (strings)"
+    )
+    long = json.dumps({"inputs": ["x" * MAX_CHARS, "y" * (MAX_CHARS + 1)]}).encode()
+    with pytest.raises(Refused) as refused_:
+        texts_of(long, ONE_TEXT)
+    assert (refused_.value.status, str(refused_.value)) == (
+        413, f"message 2: {MAX_CHARS + 1} characters; at most {MAX_CHARS} a message"
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("size", "timeout", "error"),
+    [(0, 0.01, "--max-batch-size must be at least 1, got 0"),
+     (1, -0.5, "--batch-timeout must be >= 0 seconds, got -0.5")],
+)  # fmt: skip
+def test_bad_batching_settings_are_refused(size: int, timeout: float, error: str) -> None:
+    with pytest.raises(SpamGPTError) as refused_:
+        serve(Settings("nowhere", "nowhere"), 0, max_batch_size=size, batch_timeout=timeout)
+    assert str(refused_.value) == error
