@@ -64,6 +64,7 @@ class Server:
     name: str
     precision: str  # what it computes in: fp32, bf16 (checked against classify's), int8
     args: tuple[str, ...]  # the command, less the port
+    env: tuple[tuple[str, str], ...] = ()  # set for it on top of the bench's environment
 
 
 def servers(model_uri: str, batch_timeout: float, graphs: dict[str, Path]) -> list[Server]:
@@ -89,13 +90,12 @@ def servers(model_uri: str, batch_timeout: float, graphs: dict[str, Path]) -> li
         ),
     ]
     if runtime.bf16_supported(torch.device("cpu")):
-        found.append(
-            Server(
-                "spamgpt serve, batch 16 (bf16)",
-                "bf16",
-                (*serve, "--max-batch-size", "16", *timeout, "--precision", "bf16"),
-            )
-        )
+        bf16 = (*serve, "--max-batch-size", "16", *timeout, "--precision", "bf16")
+        found.append(Server("spamgpt serve, batch 16 (bf16)", "bf16", bf16))
+        # OpenMP's threads spinning while they wait, as the worker's did before it set
+        # OMP_WAIT_POLICY=PASSIVE (serve_batched.WORKER_ENV): what that costs here
+        spinning = (("OMP_WAIT_POLICY", "ACTIVE"),)
+        found.append(Server("spamgpt serve, batch 16 (bf16, spinning)", "bf16", bf16, spinning))
     for precision, graph in graphs.items():
         onnx = (*serve, "--onnx", str(graph))
         found.append(
@@ -169,6 +169,19 @@ def started(args: tuple[str, ...], env: dict, log: Path) -> Iterator[int]:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def batch_sizes(log: Path, seen: int) -> tuple[list[int], int]:
+    """The messages of each engine call the server logged past its first `seen` calls
+    (serve_batched's `batch: R requests, M messages, S s` lines), and how many it logged."""
+    if not log.exists():
+        return [], seen
+    lines = [line for line in log.read_text().splitlines() if line.startswith("batch: ")]
+    return [int(line.split()[3]) for line in lines[seen:]], len(lines)
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def run_load(
@@ -293,13 +306,16 @@ def main() -> None:
             elif server.precision not in expected:
                 expected[server.precision] = classify_answers(folder, pool, server.precision, env)
             log = root / "server.log"
-            with started(server.args, env, log) as port:
+            with started(server.args, {**env, **dict(server.env)}, log) as port:
                 run_load(port, pool, 64, 2, 2, 60)  # warm-up: first calls, both shapes
                 run_load(port, pool, 1, 2, 2, 60)
                 for load, per_request, threads in LOADS:
+                    _, seen = batch_sizes(log, 0)
+                    began_load = load_average()
                     latencies, answered, wall = run_load(
                         port, pool, per_request, threads, requests, seconds
                     )
+                    sizes, _ = batch_sizes(log, seen)
                     tolerance = TOLERANCE[server.precision]
                     lost, wrong, largest = checked(answered, expected[server.precision], tolerance)
                     ms = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
@@ -309,16 +325,21 @@ def main() -> None:
                         "p50_ms": round(ms[0], 1), "p95_ms": round(ms[1], 1),
                         "p99_ms": round(ms[2], 1), "messages_per_s": round(messages / wall, 1),
                         "lost": lost, "wrong": wrong, "max_prob_diff": float(f"{largest:.2g}"),
+                        # spamgpt serve's messages per engine call (MLflow's logs none)
+                        "messages_per_call": round(np.mean(sizes), 1) if sizes else None,
+                        "load_average": f"{began_load} to {load_average()}",
                     }  # fmt: skip
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     print(f"\n{args.shapes} shapes, random weights, {os.cpu_count()} CPUs\n")
-    print("| server | load | requests | p50 ms | p95 ms | p99 ms | messages/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| server | load | requests | p50 ms | p95 ms | p99 ms | messages/s | messages a "
+          "call | lost | largest prob. diff | load average |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['server']} | {r['load']} | {r['requests']} | {r['p50_ms']} | {r['p95_ms']} "
-            f"| {r['p99_ms']} | {r['messages_per_s']} |"
+            f"| {r['p99_ms']} | {r['messages_per_s']} | {r['messages_per_call'] or ''} "
+            f"| {r['lost']} | {r['max_prob_diff']} | {r['load_average']} |"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

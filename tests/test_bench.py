@@ -126,6 +126,11 @@ def test_serve(bench_output: dict[str, Future]) -> None:
     for r in rows:
         assert r["requests"] > 0 and r["lost"] == 0 and r["wrong"] == 0
         assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["messages_per_s"] > 0
+        # messages per engine call, from spamgpt serve's batch log (MLflow's logs none)
+        ours = r["server"].startswith("spamgpt serve")
+        assert (r["messages_per_call"] is not None) == ours
+        if ours:
+            assert r["messages_per_call"] >= (64 if r["load"] == "64 msg x 4" else 1)
     assert (
         out.splitlines()[-1]
         == "no request lost, every PyTorch and ONNX fp32 answer as classify's: yes"

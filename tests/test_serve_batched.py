@@ -3,9 +3,16 @@
 answers, scored in batches of several requests, and bad requests refused with a 4xx without
 harming the server."""
 
+import asyncio
+import contextlib
+import dataclasses
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -13,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import http_service, post, spamgpt, subprocess_env
+from conftest import free_port, http_service, post, spamgpt, subprocess_env
 
-from spamgpt import params
+from spamgpt import params, runtime
 from spamgpt.data import tokenizer
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import SMS
@@ -23,7 +30,22 @@ from spamgpt.model import classifier
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.random_hub import make_hub
 from spamgpt.serve import export
-from spamgpt.serve.serve_batched import MAX_CHARS, Refused, check_onnx, texts_of
+from spamgpt.serve.serve_batched import (
+    FORMS,
+    INVOCATIONS,
+    MAX_BODY,
+    MAX_CHARS,
+    BatchedClassifier,
+    OnnxEngine,
+    RefuseBadRequests,
+    Refused,
+    Settings,
+    TorchEngine,
+    check_onnx,
+    records_of_columns,
+    serve,
+    texts_of,
+)
 from spamgpt.texts import ONE_TEXT, TextFields
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +81,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     cmd += ["--model", str(folder), "--threshold", str(THRESHOLD), "--device", "cpu"]
     cmd += ["--max-batch-size", "8", "--batch-timeout", "0.2"]
     env = {**subprocess_env(), "PYTHONPATH": str(REPO)}
+    env.pop("OMP_WAIT_POLICY", None)  # the server's own choice
     with http_service(lambda port: [*cmd, "--port", str(port)], "/ping", env, log, root) as url:
         yield url, folder, log
 
@@ -88,8 +111,15 @@ def assert_same(answer: dict, expected: dict) -> None:
     assert answer["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
 
 
+def batches(log: Path) -> list[tuple[int, int]]:
+    """(requests, messages) of each engine call the server logged."""
+    lines = [line.split() for line in log.read_text().splitlines() if line.startswith("batch: ")]
+    return [(int(words[1]), int(words[3])) for words in lines]
+
+
 def test_concurrent_requests_are_batched_and_answered_as_classify_does(served) -> None:
     url, folder, log = served
+    before = len(batches(log))
     messages = [" ".join(WORDS[i % 11 : i % 11 + 1 + i % 7]) for i in range(32)]
     messages[5] = ""  # an empty message is a message
     with ThreadPoolExecutor(32) as pool:
@@ -99,9 +129,19 @@ def test_concurrent_requests_are_batched_and_answered_as_classify_does(served) -
         (prediction,) = answer["predictions"]
         assert_same(prediction, e)
     assert {e["label"] for e in expected} == {"spam", "ham"}  # the threshold matters
-    sizes = [int(line.split()[1]) for line in log.read_text().splitlines()
-             if line.startswith("batch: ")]  # fmt: skip
-    assert sum(sizes) >= 32 and max(sizes) > 1  # several requests scored in one call
+    calls = batches(log)[before:]
+    assert sum(r for r, _ in calls) == 32 == sum(m for _, m in calls)
+    assert len(calls) < 32 and max(r for r, _ in calls) > 1  # several requests a call
+
+
+def test_the_workers_threads_sleep_when_out_of_work(served) -> None:
+    """The worker's OpenMP threads wait asleep (OMP_WAIT_POLICY=PASSIVE), all of the cores
+    this process may use computing: spinning, they took the cores the HTTP process needs."""
+    _, _, log = served
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    (line,) = [line for line in log.read_text().splitlines() if line.startswith("worker: ")]
+    precision = "bf16" if runtime.bf16_supported(torch.device("cpu")) else "fp32"
+    assert line == f"worker: PyTorch {precision} on cpu, {cores} threads, OMP_WAIT_POLICY PASSIVE"
 
 
 def test_every_request_form_mlflow_takes(served) -> None:
@@ -201,9 +241,8 @@ def test_the_onnx_export_served_answers_concurrent_requests_as_classify_does(
         (prediction,) = answer["predictions"]
         assert_same(prediction, e)
     assert {e["label"] for e in expected} == {"spam", "ham"}
-    sizes = [int(line.split()[1]) for line in log.read_text().splitlines()
-             if line.startswith("batch: ")]  # fmt: skip
-    assert max(sizes) > 1
+    assert max(r for r, _ in batches(log)) > 1
+    assert "worker: onnxruntime, intra-op spinning 0" in log.read_text().splitlines()
 
 
 def test_an_onnx_file_that_is_not_the_models_export_is_refused(tmp_path: Path) -> None:
@@ -219,3 +258,226 @@ def test_an_onnx_file_that_is_not_the_models_export_is_refused(tmp_path: Path) -
     (tmp_path / "text.onnx").write_text("not a graph")
     with pytest.raises(SpamGPTError, match=r"--onnx .*text.onnx: not a graph onnxruntime loads"):
         check_onnx(str(tmp_path / "text.onnx"), meta)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model folder for the in-process tests, with its fp32 ONNX export beside it."""
+    root = tmp_path_factory.mktemp("engine")
+    folder = tiny_model(root)
+    model, meta = classifier.load(folder)
+    export.to_onnx(model.eval(), meta, root / "model.onnx")
+    return folder
+
+
+def settings_of(folder: Path, onnx: bool = False) -> Settings:
+    graph = str(folder.parent / "model.onnx") if onnx else None
+    return Settings(str(folder), str(folder.parent / "none"), "cpu", "fp32", THRESHOLD, None, graph)
+
+
+REQUESTS = [["WIN a free prize now, txt"], ["see you", "at the station at 7", ""], ["call"]]
+
+
+def test_a_batch_of_requests_gets_each_its_own_answers_whatever_its_batch_mates(
+    folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    api = BatchedClassifier(settings_of(folder), ONE_TEXT, max_batch_size=8, batch_timeout=0.1)
+    api.setup("cpu")
+    together = api.predict(REQUESTS)
+    alone = [api.predict([request])[0] for request in REQUESTS]
+    texts = [text for request in REQUESTS for text in request]
+    expected = iter(classify(folder, texts, "fp32"))
+    for request, answers, answers_alone in zip(REQUESTS, together, alone, strict=True):
+        assert len(answers) == len(request) == len(answers_alone)
+        for answer, answer_alone in zip(answers, answers_alone, strict=True):
+            e = next(expected)
+            assert_same(answer, e)  # padded to its batch-mates' width or not: the same
+            assert_same(answer_alone, e)
+    worker, *err = capsys.readouterr().err.splitlines()
+    assert worker == f"worker: {api.engine.described}"
+    assert [line.rsplit(",", 1)[0] for line in err] == [
+        "batch: 3 requests, 5 messages",
+        "batch: 1 requests, 1 messages",
+        "batch: 1 requests, 3 messages",
+        "batch: 1 requests, 1 messages",
+    ]
+    assert all(float(line.rsplit(",", 1)[1].removesuffix(" s")) >= 0 for line in err)
+    assert api.unbatch(together) is together and api.batch(REQUESTS) is REQUESTS
+    assert api.encode_response(together[1]) == {"predictions": together[1]}
+    assert api.decode_request({"inputs": ["a", "b"]}) == ["a", "b"]
+
+
+def test_without_batching_a_request_is_scored_alone(folder: Path) -> None:
+    api = BatchedClassifier(settings_of(folder), ONE_TEXT, max_batch_size=1)
+    api.setup("cpu")
+    answers = api.predict(REQUESTS[1])  # LitServe hands over one request, unbatched
+    for answer, e in zip(answers, classify(folder, REQUESTS[1], "fp32"), strict=True):
+        assert_same(answer, e)
+    assert api.engine.described.startswith("PyTorch fp32 on cpu, ")
+    assert isinstance(api.engine, TorchEngine)
+
+
+def test_the_onnx_engine_answers_as_the_pytorch_one_and_does_not_spin(folder: Path) -> None:
+    engine = OnnxEngine(settings_of(folder, onnx=True))
+    assert engine.described == "onnxruntime, intra-op spinning 0"
+    options = engine.session.get_session_options()
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    texts = [text for request in REQUESTS for text in request]
+    for answer, e in zip(engine.answers(texts), classify(folder, texts, "fp32"), strict=True):
+        assert_same(answer, e)
+    tighter = OnnxEngine(dataclasses.replace(settings_of(folder, onnx=True), threshold=0.999))
+    assert {a["label"] for a in tighter.answers(texts)} == {"ham"}
+
+
+async def _through(body_chunks: list[bytes], path: str = INVOCATIONS, method: str = "POST"):
+    """(status, body) of RefuseBadRequests around an app that answers 200 with the body it
+    read, the request's body sent in `body_chunks`."""
+
+    async def app(scope: dict, receive, send) -> None:
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    incoming = [
+        {"type": "http.request", "body": chunk, "more_body": i < len(body_chunks) - 1}
+        for i, chunk in enumerate(body_chunks)
+    ]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "path": path, "method": method}
+    await RefuseBadRequests(app, ONE_TEXT)(scope, receive, send)
+    if not sent:
+        return None, None
+    headers = dict(sent[0].get("headers", []))
+    body = sent[1]["body"]
+    if sent[0]["status"] != 200:
+        assert headers[b"content-type"] == b"application/json"
+        assert headers[b"content-length"] == str(len(body)).encode()
+    return sent[0]["status"], body
+
+
+def test_the_middleware_hands_on_good_bodies_whole_and_answers_bad_ones() -> None:
+    good = json.dumps({"inputs": ["WIN", "see you"]}).encode()
+    assert asyncio.run(_through([good[:7], good[7:]])) == (200, good)  # read whole, replayed
+    status, body = asyncio.run(_through([b'{"inputs": [1]}']))
+    assert status == 400
+    assert json.loads(body) == {
+        "error_code": "BAD_REQUEST",
+        "message": "message 1 is int: each message must be a string or an object of the "
+        "field(s) text (strings)",
+    }
+    big = [b'{"inputs": ["', b"x" * MAX_BODY, b'"]}']
+    status, body = asyncio.run(_through(big))
+    assert (status, json.loads(body)["error_code"]) == (413, "REQUEST_TOO_LARGE")
+    assert json.loads(body)["message"] == f"request over {MAX_BODY} bytes"
+    at_most = json.dumps({"inputs": ["x" * (MAX_BODY - 16)]}).encode()
+    assert len(at_most) == MAX_BODY  # read whole; refused for its message's length
+    status, body = asyncio.run(_through([at_most]))
+    assert (status, json.loads(body)["message"]) == (
+        413, f"message 1: {MAX_BODY - 16} characters; at most {MAX_CHARS} a message"
+    )  # fmt: skip
+    # other paths and methods are LitServe's: handed on unread
+    assert asyncio.run(_through([b"not json"], path="/ping")) == (200, b"not json")
+    assert asyncio.run(_through([b"not json"], method="GET")) == (200, b"not json")
+    assert asyncio.run(_through([])) == (None, None)  # the client went away: nothing sent
+
+
+def test_sigterm_to_the_server_stops_its_worker_and_http_processes(tmp_path: Path) -> None:
+    """kill PID (not its process group) stops every process of the server, which LitServe
+    leaves running otherwise."""
+    folder, port = tiny_model(tmp_path), free_port()
+    cmd = [sys.executable, "-c", "from spamgpt.serve.cli import main; main()", "serve"]
+    cmd += ["--model", str(folder), "--device", "cpu", "--port", str(port)]
+    env = {**subprocess_env(), "PYTHONPATH": str(REPO)}
+    with (tmp_path / "serve.log").open("w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        while "worker: " not in (tmp_path / "serve.log").read_text():  # the worker is up
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) is not None
+        for _ in range(100):  # its children end as it waits for them; then the group is empty
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("processes of the server outlived it")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_every_request_form_gives_the_texts_and_each_bad_one_its_line() -> None:
+    texts = ["WIN a prize", "see you"]
+    fields = TextFields(("subject", "body"), "{subject}: {body}")
+    for body in [
+        {"inputs": texts},
+        {"instances": texts},
+        {"inputs": {"text": texts}},
+        {"dataframe_records": [{"text": t, "id": i} for i, t in enumerate(texts)]},
+        {"dataframe_split": {"columns": ["id", "text"], "data": [[0, texts[0]], [1, texts[1]]]}},
+    ]:
+        assert texts_of(json.dumps(body).encode(), ONE_TEXT) == texts, body
+    two = {"inputs": {"subject": ["WIN", "hi"], "body": ["a prize", "there"]}}
+    assert texts_of(json.dumps(two).encode(), fields) == ["WIN: a prize", "hi: there"]
+    assert records_of_columns({"a": [1, 2], "b": [3, 4]}) == [{"a": 1, "b": 3}, {"a": 2, "b": 4}]
+    for columns in [{}, {"a": [1], "b": [1, 2]}, {"a": [1], "b": 2}, {"a": 1}]:
+        assert records_of_columns(columns) is None, columns
+    one_of = f"the request must be a JSON object with one of {FORMS}"
+    split = "dataframe_split must hold a columns list and a data list"
+    row = "dataframe_split: each data row must hold 1 values"
+    each = "each message must be a string or an object of the field(s) text (strings)"
+    for body, status, line in [
+        (b"[1]", 400, one_of),
+        (b'{"inputs": [], "instances": []}', 400, one_of),
+        (b"\xff", 400, "the request body is not JSON"),
+        (b'{"instances": []}', 400, "instances is empty: give at least one message"),
+        (b'{"instances": "a"}', 400, "instances must be a list of messages"),
+        (b'{"inputs": {"text": ["a"], "x": []}}', 400, "inputs must be a list of messages"),
+        (b'{"dataframe_split": []}', 400, split),
+        (b'{"dataframe_split": {"columns": ["text"]}}', 400, split),
+        (b'{"dataframe_split": {"data": []}}', 400, split),
+        (b'{"dataframe_split": {"columns": ["text"], "data": [["a", "b"]]}}', 400, row),
+        (b'{"dataframe_split": {"columns": ["text"], "data": ["a"]}}', 400, row),
+        (b'{"inputs": [null]}', 400, f"message 1 is NoneType: {each}"),
+        (b'{"inputs": [{"text": 3}]}', 400, "message 1: field 'text' is int, not a string"),
+        (b'{"inputs": ["a", {"x": "b"}]}', 400, "message 2: field 'text' is missing"),
+    ]:  # fmt: skip
+        with pytest.raises(Refused) as refused_:
+            texts_of(body, ONE_TEXT)
+        assert (refused_.value.status, str(refused_.value)) == (status, line), body
+    with pytest.raises(Refused) as refused_:
+        texts_of(b'{"inputs": [1]}', fields)
+    assert str(refused_.value) == (
+        "message 1 is int: each message must be an object of the field(s) subject, body (strings)"
+    )
+    long = json.dumps({"inputs": ["x" * MAX_CHARS, "y" * (MAX_CHARS + 1)]}).encode()
+    with pytest.raises(Refused) as refused_:
+        texts_of(long, ONE_TEXT)
+    assert (refused_.value.status, str(refused_.value)) == (
+        413, f"message 2: {MAX_CHARS + 1} characters; at most {MAX_CHARS} a message"
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("size", "timeout", "error"),
+    [(0, 0.01, "--max-batch-size must be at least 1, got 0"),
+     (1, -0.5, "--batch-timeout must be >= 0 seconds, got -0.5")],
+)  # fmt: skip
+def test_bad_batching_settings_are_refused(size: int, timeout: float, error: str) -> None:
+    with pytest.raises(SpamGPTError) as refused_:
+        serve(Settings("nowhere", "nowhere"), 0, max_batch_size=size, batch_timeout=timeout)
+    assert str(refused_.value) == error

@@ -13,18 +13,22 @@ The request and the answer are those of `mlflow models serve` for the same model
 answer as `spamgpt classify --json` gives it (classifier.answers: same fields and template,
 threshold and probabilities); GET /ping answers once the model is loaded. A bad request is
 refused before it is queued (a 4xx, {"error_code": ..., "message": one line}), so it never
-fails the requests batched with it. Each batch is logged as `batch: R requests, M messages`.
+fails the requests batched with it. The worker logs what it computes with (`worker: ...`),
+and each batch as `batch: R requests, M messages, S s` (S: the engine's seconds).
 
 The model runs in LitServe's worker process, built there by an engine: the PyTorch model of
 loader.load_model (TorchEngine), or with --onnx an ONNX export of that model (`spamgpt export
 --to onnx [--quantize int8]`) run by onnxruntime (OnnxEngine), which answers as the logged
 model with mlflow.serve onnx or onnx-int8 does. Another engine is a class with the same
-constructor and answers().
+constructor, answers() and a `described` line. Its thread pools sleep when out of work
+(WORKER_ENV, ORT_NO_SPINNING) instead of spinning on the cores the HTTP process needs.
 """
 
 import json
 import os
+import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +49,14 @@ PING = "/ping"
 MAX_CHARS = 100_000  # per message: the model reads its first max_length tokens anyway
 MAX_BODY = 16 * 2**20  # bytes per request, refused (413) before it is read whole
 FORMS = "inputs, instances, dataframe_records or dataframe_split"
+# The worker's thread pools wait for work asleep, not spinning. By default OpenMP's threads
+# (PyTorch's, MKL's, oneDNN's) and onnxruntime's spin on a core after each parallel step,
+# waiting for the next: in a server that core is wanted by the HTTP process, which reads
+# the next requests while a batch is scored (and on a shared machine by everyone else), so
+# spinning slowed each batch 2 to 3 times and took as much CPU again (docs/serving.md).
+# Read by OpenMP when the worker process starts: set before LitServe spawns it.
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+ORT_NO_SPINNING = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
 
 
 class Refused(Exception):
@@ -84,6 +96,11 @@ class TorchEngine:
         self.classes = classifier.classes_of(self.meta)
         self.truncation = Truncation.from_dict(self.meta)
         self.threshold = loaded.threshold if settings.threshold is None else settings.threshold
+        self.described = (
+            f"PyTorch {self.compute.precision} on {self.compute.device}, "
+            f"{torch.get_num_threads()} threads, "
+            f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+        )
 
     def answers(self, texts: list[str]) -> list[dict]:
         """Each text's answer (classifier.answers); texts already joined by the template."""
@@ -107,7 +124,14 @@ class OnnxEngine:
         self.classes = classifier.classes_of(self.meta)
         self.truncation = Truncation.from_dict(self.meta)
         self.threshold = threshold if settings.threshold is None else settings.threshold
-        self.session = onnxruntime.InferenceSession(settings.onnx)
+        options = onnxruntime.SessionOptions()
+        for key, value in ORT_NO_SPINNING.items():
+            options.add_session_config_entry(key, value)
+        self.session = onnxruntime.InferenceSession(settings.onnx, options)
+        spinning = self.session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning"
+        )
+        self.described = f"onnxruntime, intra-op spinning {spinning}"
 
     def answers(self, texts: list[str]) -> list[dict]:
         """Each text's answer (classifier.answers); texts already joined by the template."""
@@ -268,6 +292,7 @@ class BatchedClassifier(litserve.LitAPI):
     def setup(self, device: str) -> None:
         engine = TorchEngine if self.settings.onnx is None else OnnxEngine
         self.engine = engine(self.settings)
+        print(f"worker: {self.engine.described}", file=sys.stderr, flush=True)
 
     def decode_request(self, request: dict) -> list[str]:
         # RefuseBadRequests took only good bodies: this parse succeeds.
@@ -281,10 +306,14 @@ class BatchedClassifier(litserve.LitAPI):
         one request's texts, unbatched, and takes its answers."""
         requests = x if self.max_batch_size > 1 else [x]
         texts = [text for request in requests for text in request]
-        print(
-            f"batch: {len(requests)} requests, {len(texts)} messages", file=sys.stderr, flush=True
-        )
+        began = time.perf_counter()
         answers = iter(self.engine.answers(texts))
+        print(
+            f"batch: {len(requests)} requests, {len(texts)} messages, "
+            f"{time.perf_counter() - began:.3f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         out = [[next(answers) for _ in request] for request in requests]
         return out if self.max_batch_size > 1 else out[0]
 
@@ -320,6 +349,8 @@ def serve(
     if settings.onnx is not None:
         check_onnx(settings.onnx, meta)
     fields = TextFields.from_dict(meta)
+    for name, value in WORKER_ENV.items():  # the caller's own setting wins
+        os.environ.setdefault(name, value)
     api = BatchedClassifier(
         settings, fields, max_batch_size=max_batch_size, batch_timeout=batch_timeout
     )
@@ -330,7 +361,14 @@ def serve(
         healthcheck_path=PING,
         middlewares=[(RefuseBadRequests, {"fields": fields})],
     )
+    # LitServe stops its worker and HTTP processes on Ctrl-C only; on a plain SIGTERM to this
+    # process they were left running, orphans polling their queues on the cores.
+    signal.signal(signal.SIGTERM, _interrupted)
     server.run(host=host, port=port, generate_client_file=False, log_level="warning")
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def command(args: Any) -> None:
