@@ -595,6 +595,37 @@ def test_the_int8_export_passes_the_gate_and_reports_beside_pytorch(gated: Path)
     assert logged["export/pytorch_fp32/test_spam_f1"] == report["pytorch_fp32"]["spam_f1"]
 
 
+def test_nodes_of_modules_reads_the_exporters_name_scopes() -> None:
+    """A node is a module's when that module's path is one of its recorded scopes, at any
+    depth; a node without scopes, or in a module whose name only starts like it, is not."""
+    import onnx
+    from onnx import helper
+
+    def node(name: str, scopes: list[str] | None) -> onnx.NodeProto:
+        made = helper.make_node("Identity", ["x"], [name], name=name)
+        if scopes is not None:
+            made.metadata_props.add(key=export.NAME_SCOPES, value=repr(["", "model", *scopes]))
+        return made
+
+    nodes = [
+        node("qkv", ["model.gpt.h.0", "model.gpt.h.0.attn", "model.gpt.h.0.attn.c_attn", "x"]),
+        node("bias", ["model.gpt.h.0", "model.gpt.h.0.attn", "model.gpt.h.0.attn.c_proj"]),
+        node("sdpa", ["model.gpt.h.0", "model.gpt.h.0.attn", "scaled_dot_product_attention"]),
+        node("block10", ["model.gpt.h.10", "model.gpt.h.10.attn", "model.gpt.h.10.attn.c_attn"]),
+        node("head", ["model.head", "linear_9"]),
+        node("unscoped", None),
+        node("other_key", None),
+    ]
+    nodes[-1].metadata_props.add(key="namespace", value=repr(["model.head"]))
+    graph = helper.make_model(helper.make_graph(nodes, "g", [], []))
+    attn = ("gpt.h.0.attn.c_attn", "gpt.h.0.attn.c_proj")
+    assert export.nodes_of_modules(graph, attn) == ["qkv", "bias"]
+    assert export.nodes_of_modules(graph, ("gpt.h.0.attn",)) == ["qkv", "bias", "sdpa"]
+    assert export.nodes_of_modules(graph, ("head", "gpt.h.1")) == ["head"]
+    assert export.nodes_of_modules(graph, ()) == []
+    assert attn == export.FLOAT_MODULES
+
+
 def test_int8_keeps_exactly_the_first_blocks_attention_projections_in_float(
     workspace: Path, tmp_path: Path
 ) -> None:
