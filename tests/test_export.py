@@ -680,9 +680,10 @@ def test_the_gate_refuses_a_model_that_int8_breaks_and_leaves_nothing(
 ) -> None:
     """A planted outlier: one feature that block 0's layer norm sets to exactly 0 reaches
     its MLP through a weight 10^4 times the others. The float model is unchanged by it
-    (0 times anything), but int8 with one scale per tensor rounds every other weight of that
-    matrix to 0. The test split: 300 random messages labelled with the float model's own
-    answers, so that it scores 1.0 and any drop is the int8 model's."""
+    (0 times anything), but int8 rounds every other weight of that matrix to 0: each output
+    channel's scale (one per channel, or one for the tensor) is set by its planted weight.
+    The test split: 300 random messages labelled with the float model's own answers, so that
+    it scores 1.0 and any drop is the int8 model's."""
     folder = finetuned(workspace, "planted", trainable_blocks="all")
     model, meta = classifier.load(folder, workspace / paths.PRETRAINED_DIR)
     block = model.gpt.h[0]
