@@ -341,8 +341,10 @@ def _onnxruntime():
 
 # What --quantize int8 keeps in float32: the first block's attention projections (c_attn,
 # c_proj), the MatMuls whose int8 rounding moved an SMS-trained model's answers most when
-# each block's were quantized alone (docs/benchmarks.md, "int8 on an SMS-trained model").
-# The last block and the head are Gemm nodes, which dynamic quantization leaves in float32.
+# each block's were quantized alone (docs/serving.md, "The gate on an SMS-trained model").
+# Projections that ONNX Runtime's graph optimisation makes Gemm nodes (the head's, and the
+# last block's that read its one pooled position) stay float32: dynamic quantization does not
+# quantize Gemm.
 FLOAT_MODULES = ("gpt.h.0.attn.c_attn", "gpt.h.0.attn.c_proj")
 # torch's exporter records each node's module path under this metadata key.
 NAME_SCOPES = "pkg.torch.onnx.name_scopes"
@@ -373,7 +375,7 @@ def quantize_int8(
     constant weight and of the embeddings (Gather), activations quantized at run time with
     one scale per tensor of the batch; weights with one scale per output channel
     (`per_channel`) or per tensor. The nodes of `float_modules` stay float32, as do the
-    last block's and the head's Gemm nodes. Returns how, for the report."""
+    Gemm nodes (the head's, the pooled last block's). Returns how, for the report."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
