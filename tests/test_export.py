@@ -597,15 +597,95 @@ def test_the_int8_export_passes_the_gate_and_reports_beside_pytorch(gated: Path)
     assert logged["export/pytorch_fp32/test_spam_f1"] == report["pytorch_fp32"]["spam_f1"]
 
 
+def test_nodes_of_modules_reads_the_exporters_name_scopes() -> None:
+    """A node is a module's when that module's path is one of its recorded scopes, at any
+    depth; a node without scopes, or in a module whose name only starts like it, is not."""
+    import onnx
+    from onnx import helper
+
+    def node(name: str, scopes: list[str] | None) -> onnx.NodeProto:
+        made = helper.make_node("Identity", ["x"], [name], name=name)
+        if scopes is not None:
+            made.metadata_props.add(key=export.NAME_SCOPES, value=repr(["", "model", *scopes]))
+        return made
+
+    nodes = [
+        node("qkv", ["model.gpt.h.0", "model.gpt.h.0.attn", "model.gpt.h.0.attn.c_attn", "x"]),
+        node("bias", ["model.gpt.h.0", "model.gpt.h.0.attn", "model.gpt.h.0.attn.c_proj"]),
+        node("sdpa", ["model.gpt.h.0", "model.gpt.h.0.attn", "scaled_dot_product_attention"]),
+        node("block10", ["model.gpt.h.10", "model.gpt.h.10.attn", "model.gpt.h.10.attn.c_attn"]),
+        node("head", ["model.head", "linear_9"]),
+        node("unscoped", None),
+        node("other_key", None),
+    ]
+    nodes[-1].metadata_props.add(key="namespace", value=repr(["model.head"]))
+    graph = helper.make_model(helper.make_graph(nodes, "g", [], []))
+    attn = ("gpt.h.0.attn.c_attn", "gpt.h.0.attn.c_proj")
+    assert export.nodes_of_modules(graph, attn) == ["qkv", "bias"]
+    assert export.nodes_of_modules(graph, ("gpt.h.0.attn",)) == ["qkv", "bias", "sdpa"]
+    assert export.nodes_of_modules(graph, ("head", "gpt.h.1")) == ["head"]
+    assert export.nodes_of_modules(graph, ()) == []
+    assert attn == export.FLOAT_MODULES
+
+
+def test_int8_keeps_exactly_the_first_blocks_attention_projections_in_float(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """The float32 MatMuls left with a weight are the ones holding block 0's c_attn and
+    c_proj weights, and no other; every other block but the last (Gemm, left by dynamic
+    quantization) has its four projections in int8, one scale per output channel."""
+    import onnx
+    import onnxruntime
+
+    folder = finetuned(workspace, "float-nodes", trainable_blocks="all")
+    model, meta, expected = reference(workspace, folder)
+    export.to_onnx(model, meta, tmp_path / "fp32.onnx")
+    how = export.quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx")
+    graph = onnx.load(str(tmp_path / "int8.onnx"))
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in graph.graph.initializer}
+    float_matmuls = {
+        n.name: weights[n.input[1]]
+        for n in graph.graph.node
+        if n.op_type == "MatMul" and n.input[1] in weights
+    }
+    attn = model.gpt.h[0].attn
+    kept = [attn.c_attn.weight.detach().T.numpy(), attn.c_proj.weight.detach().T.numpy()]
+    assert len(float_matmuls) == 2 and set(float_matmuls) <= set(how["float_nodes"])
+    for weight in float_matmuls.values():
+        assert sum(w.shape == weight.shape and np.array_equal(w, weight) for w in kept) == 1
+    integer = {n.name: n for n in graph.graph.node if n.op_type == "MatMulInteger"}
+    for node in integer.values():  # b's zero point: one per output channel
+        assert weights[node.input[3]].shape == (weights[node.input[1]].shape[1],)
+    # Without the named modules kept, exactly those two MatMuls more are int8.
+    export.quantize_int8(tmp_path / "fp32.onnx", tmp_path / "all.onnx", float_modules=())
+    every = onnx.load(str(tmp_path / "all.onnx")).graph.node
+    all_integer = {n.name for n in every if n.op_type == "MatMulInteger"}
+    assert all_integer - set(integer) == {f"{name}_quant" for name in float_matmuls}
+    assert set(integer) < all_integer
+    assert how == {
+        "method": "dynamic", "weight_type": "int8", "per_channel": True,
+        "float_modules": ["gpt.h.0.attn.c_attn", "gpt.h.0.attn.c_proj"],
+        "float_nodes": how["float_nodes"],
+    }  # fmt: skip
+    session = onnxruntime.InferenceSession(str(tmp_path / "int8.onnx"))
+    enc = tokenizer.load(folder)
+    ids = tokenized.pack_ids(tokenized.encode(enc, TEXTS), MAX_LENGTH)
+    from spamgpt.serve.serving import onnx_probabilities
+
+    got = onnx_probabilities(session, ModelInputs(ids, None))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=0.1)  # int8: near, not equal
+
+
 @torch.no_grad()
 def test_the_gate_refuses_a_model_that_int8_breaks_and_leaves_nothing(
     workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """A planted outlier: one feature that block 0's layer norm sets to exactly 0 reaches
     its MLP through a weight 10^4 times the others. The float model is unchanged by it
-    (0 times anything), but int8 with one scale per tensor rounds every other weight of that
-    matrix to 0. The test split: 300 random messages labelled with the float model's own
-    answers, so that it scores 1.0 and any drop is the int8 model's."""
+    (0 times anything), but int8 rounds every other weight of that matrix to 0: each output
+    channel's scale (one per channel, or one for the tensor) is set by its planted weight.
+    The test split: 300 random messages labelled with the float model's own answers, so that
+    it scores 1.0 and any drop is the int8 model's."""
     folder = finetuned(workspace, "planted", trainable_blocks="all")
     model, meta = classifier.load(folder, workspace / paths.PRETRAINED_DIR)
     block = model.gpt.h[0]

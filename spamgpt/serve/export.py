@@ -28,6 +28,7 @@ transformers) is the `export` extra: pip install "spamgpt[export]".
 """
 
 import argparse
+import ast
 import copy
 import json
 import logging
@@ -58,6 +59,8 @@ from spamgpt.tasks.registry import TASKS, task_for
 from spamgpt.texts import TextFields, Truncation
 
 if TYPE_CHECKING:
+    import onnx
+
     from spamgpt import tracking
 
 FORMATS = ("transformers", "onnx")
@@ -336,22 +339,66 @@ def _onnxruntime():
     return onnxruntime
 
 
+# What --quantize int8 keeps in float32: the first block's attention projections (c_attn,
+# c_proj), the MatMuls whose int8 rounding moved an SMS-trained model's answers most when
+# each block's were quantized alone (docs/serving.md, "The gate on an SMS-trained model").
+# Projections that ONNX Runtime's graph optimisation makes Gemm nodes (the head's, and the
+# last block's that read its one pooled position) stay float32: dynamic quantization does not
+# quantize Gemm.
+FLOAT_MODULES = ("gpt.h.0.attn.c_attn", "gpt.h.0.attn.c_proj")
+# torch's exporter records each node's module path under this metadata key.
+NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def nodes_of_modules(graph: "onnx.ModelProto", modules: tuple[str, ...]) -> list[str]:
+    """The names of `graph`'s nodes computed inside any of `modules` (GPT2Classifier's
+    submodule paths, as "gpt.h.0.attn.c_attn"), from the name scopes torch's exporter
+    recorded on each node. A module that the exporter did not record (one called through
+    a method other than forward, as the last block's forward_at) names no node."""
+    scopes = {f"model.{m}" for m in modules}
+    names = []
+    for node in graph.graph.node:
+        within = next((p.value for p in node.metadata_props if p.key == NAME_SCOPES), "[]")
+        if scopes & set(ast.literal_eval(within)):
+            names.append(node.name)
+    return names
+
+
 def quantize_int8(
-    fp32_file: str | os.PathLike, dest: str | os.PathLike, per_channel: bool = False
+    fp32_file: str | os.PathLike,
+    dest: str | os.PathLike,
+    per_channel: bool = True,
+    float_modules: tuple[str, ...] = FLOAT_MODULES,
 ) -> dict:
     """ONNX Runtime's dynamic quantization of `fp32_file` into `dest`, after its
-    pre-processing (shape inference, graph optimisation: the head's and last block's Gemm
-    become MatMul, which it quantizes): int8 weights of every MatMul and of the embeddings
-    (Gather), activations quantized at run time; one scale per weight tensor, or per output
-    channel (`per_channel`, bench/onnx_int8.py measures both). Returns how, for the report."""
+    pre-processing (shape inference, graph optimisation): int8 weights of the MatMuls with a
+    constant weight and of the embeddings (Gather), activations quantized at run time with
+    one scale per tensor of the batch; weights with one scale per output channel
+    (`per_channel`) or per tensor. The nodes of `float_modules` stay float32, as do the
+    Gemm nodes (the head's, the pooled last block's). Returns how, for the report."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    graph = onnx.load(str(fp32_file), load_external_data=False)
+    float_nodes = nodes_of_modules(graph, float_modules)
     prepared = Path(dest).with_name(Path(dest).name + ".prepared.onnx")
     quant_pre_process(str(fp32_file), str(prepared))
-    quantize_dynamic(prepared, dest, weight_type=QuantType.QInt8, per_channel=per_channel)
+    quantize_dynamic(
+        prepared,
+        dest,
+        weight_type=QuantType.QInt8,
+        per_channel=per_channel,
+        nodes_to_exclude=float_nodes,
+    )
     prepared.unlink()
-    return {"method": "dynamic", "weight_type": "int8", "per_channel": per_channel}
+    return {
+        "method": "dynamic",
+        "weight_type": "int8",
+        "per_channel": per_channel,
+        "float_modules": list(float_modules),
+        "float_nodes": float_nodes,
+    }
 
 
 def split_report(
