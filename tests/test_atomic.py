@@ -1,9 +1,12 @@
 """spamgpt.atomic: a file, or a folder (replaced_dir), is replaced whole or not at all (the
 failure cases of files are in tests/test_reliability_inputs.py)."""
 
+import errno
 import json
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -134,3 +137,39 @@ def test_write_csv_writes_the_frame_without_its_index_and_no_temporary_file(tmp_
     atomic.write_csv(dest, frame)
     assert dest.read_text() == "step,loss\n1,0.5\n2,0.25\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.csv"]
+
+
+def test_an_os_error_names_the_destination_and_keeps_its_errno(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    dest = tmp_path / "file" / "a.json"  # its folder cannot be made: a file has that name
+    with pytest.raises(FileExistsError) as raised:
+        atomic.write_json(dest, {})
+    assert raised.value.errno == errno.EEXIST and raised.value.strerror == "File exists"
+    assert raised.value.filename == str(dest)
+
+
+def test_an_error_with_no_errno_keeps_its_message_and_names_the_destination(tmp_path) -> None:
+    dest = tmp_path / "a.bin"
+    with pytest.raises(OSError) as raised, atomic.atomic_path(dest):
+        raise OSError("device gone")  # no errno, no strerror, no file name
+    assert (raised.value.errno, raised.value.strerror) == (None, "device gone")
+    assert raised.value.filename == str(dest)
+
+
+def test_text_and_csv_are_written_in_utf_8_whatever_the_locale(tmp_path: Path) -> None:
+    """open()'s default encoding is the locale's: outputs must not depend on it."""
+    atomic.write_text(tmp_path / "a.txt", "")  # called here too: mutmut maps tests by their calls
+    atomic.write_csv(tmp_path / "a.csv", pd.DataFrame({"text": []}))
+    code = (
+        "import sys, pandas as pd\n"
+        "from spamgpt import atomic\n"
+        "atomic.write_text(sys.argv[1] + '/a.txt', 'caf\\u00e9')\n"
+        "atomic.write_csv(sys.argv[1] + '/a.csv', pd.DataFrame({'text': ['caf\\u00e9']}))\n"
+    )
+    # the spamgpt this test imports (mutmut's mutated copy too), under the C locale, uncoerced
+    env = dict(os.environ, LC_ALL="C", PYTHONCOERCECLOCALE="0")
+    env["PYTHONPATH"] = str(Path(atomic.__file__).parents[1])
+    command = [sys.executable, "-X", "utf8=0", "-c", code, str(tmp_path)]
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    assert (tmp_path / "a.txt").read_bytes() == "caf\u00e9".encode()
+    assert (tmp_path / "a.csv").read_bytes() == "text\ncaf\u00e9\n".encode()
