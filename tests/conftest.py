@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import io
 import json
+import locale
 import os
 import random
 import shutil
@@ -363,3 +364,16 @@ def assert_same_answers(
         assert probability == pytest.approx(answer["spam_probability"], abs=tolerance)
         near = abs(answer["spam_probability"] - threshold) <= tolerance
         assert label == answer["label"] or near
+
+
+@pytest.fixture
+def ascii_locale() -> Iterator[None]:
+    """The C locale's ASCII as open()'s default encoding during the test: a file opened
+    without encoding="utf-8" then fails on non-ASCII text (under the C.UTF-8 the tests run
+    in, it would not show). Nothing to see in Python's UTF-8 mode (PYTHONUTF8=1)."""
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
