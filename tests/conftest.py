@@ -19,6 +19,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -377,3 +378,23 @@ def ascii_locale() -> Iterator[None]:
         yield
     finally:
         locale.setlocale(locale.LC_CTYPE, before)
+
+
+@pytest.fixture
+def local_store(
+    tmp_path: Path, empty_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[MlflowClient]:
+    """tracking.connect() pointed at a fresh SQLite store under tmp_path, in this process."""
+    shutil.copy(empty_store, tmp_path / tracking.DB_FILE)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    with restored_tracking_uri():
+        yield MlflowClient(tracking_uri=tracking.connect())
+
+
+@pytest.fixture
+def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """tracking's sleeps between attempts, recorded instead of slept."""
+    sleeps: list[float] = []
+    monkeypatch.setattr(tracking, "time", SimpleNamespace(sleep=sleeps.append, time=time.time))
+    return sleeps
