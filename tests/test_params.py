@@ -648,3 +648,72 @@ def test_the_top_level_must_be_a_mapping_and_unknown_keys_name_the_allowed() -> 
         "warmup_ratio, grad_clip, accumulation_steps, eval_every, class_weights, patience, "
         "select_metric, min_delta, seed, device, precision, devices, cuda_graphs"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: b: c\n", "line 1: invalid YAML: mapping values are not allowed here"),
+        ("train: [unclosed\n", "line 2: invalid YAML: expected ',' or ']', but got '<stream end>'"),
+        ("a: 1\n\x00\n", "invalid YAML: unacceptable character #x0000: special characters are "
+         "not allowed"),  # a reader's error: no line, its message's first line
+    ],
+    ids=["line-1", "line-2", "no-line"],
+)  # fmt: skip
+def test_yaml_errors_name_the_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ParamsError) as raised:
+        params.load(path)
+    assert str(raised.value) == f"{path}: {message}"
+
+
+def test_params_are_read_as_utf_8_whatever_the_locale(tmp_path: Path, ascii_locale) -> None:
+    raw = modified(data__labels=["ham", "sp\u00e5m"], data__positive_label="sp\u00e5m")
+    p = params.load(write(tmp_path / "params.yaml", raw))
+    assert p.data.labels == ["ham", "sp\u00e5m"]
+    page = params.reference(tmp_path / "params.yaml")
+    assert '`[ham, "sp\\xE5m"]`' in page  # as yaml.safe_dump writes it
+
+
+def test_the_sections_helpers_give_their_objects() -> None:
+    from spamgpt.texts import TextFields, Truncation
+
+    given = {"train": {"url": "a.csv", "sha256": None}, "test": {"url": "b.csv", "sha256": None}}
+    p = params.parse(
+        modified(
+            data__url=None,
+            data__files={**given, "val": None},
+            data__format="csv",
+            data__text_column=["subject", "body"],
+            data__text_template="{subject}: {body}",
+            model__truncation="head_tail",
+            model__head_ratio=0.25,
+        )
+    )
+    assert p.data.text_fields() == TextFields.of(["subject", "body"], "{subject}: {body}")
+    assert p.model.truncation_rule() == Truncation("head_tail", 0.25)
+    assert list(p.data.files.sources()) == ["train", "test"]  # val null: not given
+    assert p.data.files.sources()["test"].url == "b.csv"
+    with_val = modified(data__url=None, data__files={**given, "val": given["test"]})
+    sources = params.parse(with_val).data.files.sources()
+    assert list(sources) == ["train", "val", "test"] and sources["train"].url == "a.csv"
+
+
+def test_a_value_shows_in_flow_style_on_one_line() -> None:
+    assert params._shown({"a": [1, 2]}) == "`{a: [1, 2]}`"
+    urls = [f"https://example.com/{c * 40}" for c in "xy"]
+    assert params._shown(urls) == f"`['{urls[0]}', '{urls[1]}']`"
+
+
+def test_the_reference_row_of_a_shared_field_lists_each_value_once(tmp_path: Path) -> None:
+    """data.files' url: train's and test's the same, val's unset (val null): shown once;
+    a key params.yaml leaves out shows blank."""
+    files = {"train": {"url": "a.csv", "sha256": None}, "val": None}
+    raw = modified(data__url=None, data__files={**files, "test": {"url": "a.csv", "sha256": None}})
+    del raw["data"]["text_template"]
+    page = params.reference(write(tmp_path / "params.yaml", raw))
+    table = [line.split(" | ") for line in page.splitlines() if line.startswith("| data.")]
+    rows = {cells[0].removeprefix("| "): cells[1] for cells in table}
+    assert rows["data.files.train.url, data.files.val.url, data.files.test.url"] == "`a.csv`"
+    assert rows["data.text_template"] == ""
