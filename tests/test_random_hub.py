@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -147,3 +148,58 @@ def test_the_command_passes_each_option_and_defaults_to_gpt2_124m(monkeypatch, c
         "seed": 3, "num_merges": 20, "tokenizer": "gpt2",
     })  # fmt: skip
     assert capsys.readouterr().out == "hubs\nhubs\n"  # the folder made
+
+
+def test_a_pair_in_several_words_counts_each() -> None:
+    """(x, y) once in 'xy' and once in ' xy': 2, more than (a, b)'s 1 though it sorts after."""
+    assert random_hub.train_bpe("xy ab xy", 1) == [("x", "y")]
+
+
+def test_a_hub_made_again_in_place_with_its_revision(tmp_path: Path, ascii_locale) -> None:
+    """Its files in UTF-8 whatever the locale (merges.txt holds 'Ġ'), config.json indented."""
+    first = make_hub(tmp_path, revision="r1", num_merges=20)
+    assert (
+        make_hub(tmp_path, revision="r1", num_merges=20)
+        == first
+        == hub_dir(tmp_path, revision="r1")
+    )
+    assert "\u0120" in (first / "merges.txt").read_text(encoding="utf-8")
+    config = json.loads((first / "config.json").read_text(encoding="utf-8"))
+    assert (first / "config.json").read_text(encoding="utf-8") == json.dumps(config, indent=2)
+    with safe_open(str(first / "model.safetensors"), "pt") as f:  # seeded 0 by default
+        expected = random_hub.gpt2_tensors(2, 32, 64, 256 + 20 + 1, seed=0)["wte.weight"]
+        assert torch.equal(f.get_tensor("wte.weight"), expected)
+
+
+PAD = " " * len("usage: python -m spamgpt.random_hub ")
+
+
+def test_the_commands_help_names_each_option(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as exited:
+        random_hub.main(["--help"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == (
+        "usage: python -m spamgpt.random_hub [-h] [--layers LAYERS] [--dim DIM] [--heads HEADS]\n"
+        f"{PAD}[--n-ctx N_CTX] [--repo-id REPO_ID] [--revision REVISION]\n"
+        f"{PAD}[--seed SEED] [--merges MERGES] [--tokenizer TOKENIZER]\n"
+        f"{PAD}root\n"
+        "\n"
+        "Write a GPT-2 hub folder with random weights in the real layout.\n"
+        "\n"
+        "positional arguments:\n"
+        "  root                  the folder to serve; files go to ROOT/REPO_ID/resolve/REV/\n"
+        "\n"
+        "options:\n"
+        "  -h, --help            show this help message and exit\n"
+        "  --layers LAYERS\n"
+        "  --dim DIM\n"
+        "  --heads HEADS\n"
+        "  --n-ctx N_CTX\n"
+        "  --repo-id REPO_ID\n"
+        "  --revision REVISION\n"
+        "  --seed SEED\n"
+        "  --merges MERGES       BPE merges learnt (no --tokenizer)\n"
+        "  --tokenizer TOKENIZER\n"
+        "                        a folder with GPT-2's vocab.json and merges.txt to use\n"
+    )  # fmt: skip
