@@ -717,3 +717,11 @@ def test_the_reference_row_of_a_shared_field_lists_each_value_once(tmp_path: Pat
     rows = {cells[0].removeprefix("| "): cells[1] for cells in table}
     assert rows["data.files.train.url, data.files.val.url, data.files.test.url"] == "`a.csv`"
     assert rows["data.text_template"] == ""
+
+
+def test_settings_that_go_together_load() -> None:
+    """Each check refuses only its own combination."""
+    assert params.parse(modified(mlflow__export=["transformers"], model__pooling="last"))
+    assert params.parse(modified(mlflow__export=["onnx"], model__pooling="mean"))
+    split_by_column = modified(data__format="csv", data__split_column="split")
+    assert params.parse(split_by_column).data.split_column == "split"

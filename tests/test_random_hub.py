@@ -203,3 +203,12 @@ def test_the_commands_help_names_each_option(monkeypatch, capsys) -> None:
         "  --tokenizer TOKENIZER\n"
         "                        a folder with GPT-2's vocab.json and merges.txt to use\n"
     )  # fmt: skip
+
+
+def test_a_given_tokenizers_utf_8_vocab_is_read_whatever_the_locale(tmp_path, ascii_locale):
+    """Hugging Face's vocab.json holds its tokens unescaped ('Ġ' as UTF-8 bytes)."""
+    source = make_hub(tmp_path / "a", num_merges=10)
+    vocab = json.loads((source / "vocab.json").read_text(encoding="utf-8"))
+    (source / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    folder = make_hub(tmp_path / "b", tokenizer=source)
+    assert json.loads((folder / "config.json").read_text(encoding="utf-8"))["vocab_size"] == 267
