@@ -89,7 +89,8 @@ def test_tensors_are_seeded_with_gains_around_1_and_spread_0_1() -> None:
     assert all(torch.equal(tensors[k], again[k]) for k in tensors)
     other = random_hub.gpt2_tensors(1, 64, 8, 300, seed=4)
     assert not torch.equal(tensors["wte.weight"], other["wte.weight"])
-    wte = tensors["wte.weight"]  # 19200 draws of 0.1 * N(0, 1)
+    wte = tensors["wte.weight"]  # 19200 draws of 0.1 * N(0, 1), the generator's first
+    assert torch.equal(wte, 0.1 * torch.randn(300, 64, generator=torch.Generator().manual_seed(3)))
     assert abs(wte.mean().item()) < 0.01 and 0.095 < wte.std().item() < 0.105
     for gain in ("h.0.ln_1.weight", "h.0.ln_2.weight", "ln_f.weight"):
         assert abs(tensors[gain].mean().item() - 1) < 0.05  # 64 draws around 1
