@@ -203,3 +203,20 @@ def test_the_git_commit_is_the_repositorys_head_or_none(tmp_path: Path, monkeypa
     assert len(head) == 40 and tracking.git_commit() == head
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))  # no git at all
     assert tracking.git_commit() is None
+
+
+def test_a_run_is_tagged_with_the_commit_and_the_experiments_baseline(tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0123abc")
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    assert tracking.run_tags("d", "w") == {
+        "mlflow.source.git.commit": "",  # not a repository: no commit
+        "data_sha256": "d",
+        "weights_sha256": "w",
+        "DVC_EXP_BASELINE_REV": "0123abc",
+    }
+    env = subprocess_env()
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True, env=env)
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "a"], cwd=tmp_path, env=env)
+    assert tracking.run_tags("d", "w")["mlflow.source.git.commit"] == tracking.git_commit()
+    assert len(tracking.git_commit()) == 40
