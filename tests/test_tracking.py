@@ -220,3 +220,20 @@ def test_a_run_is_tagged_with_the_commit_and_the_experiments_baseline(tmp_path, 
     subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "a"], cwd=tmp_path, env=env)
     assert tracking.run_tags("d", "w")["mlflow.source.git.commit"] == tracking.git_commit()
     assert len(tracking.git_commit()) == 40
+
+
+def test_step_0_is_logged_and_a_missing_run_is_one_line(local_store: MlflowClient) -> None:
+    """evaluate logs its test figures at step 0; models/mlflow_run.json may name a run of a
+    deleted store."""
+    with tracking.Run.open(EXPERIMENT) as run:
+        run.log_metrics({"test/accuracy": 0.9}, step=0)
+        run.log_metrics({"train/loss": 0.5}, step=1)
+    assert local_store.get_run(run.run_id).data.metrics == {"test/accuracy": 0.9, "train/loss": 0.5}
+    missing = "0123456789abcdef0123456789abcdef"
+    with pytest.raises(SpamGPTError) as raised, tracking.Run.open(EXPERIMENT, missing):
+        pass
+    assert str(raised.value) == (
+        f"MLflow run {missing} is not in {tracking.tracking_uri()} (deleted, or another store?): "
+        "set MLFLOW_TRACKING_URI to the store that holds it, or train and record anew: "
+        "rm -r models/checkpoints && dvc repro -f finetune"
+    )
