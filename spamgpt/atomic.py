@@ -141,6 +141,7 @@ def write_json(dest: str | os.PathLike, obj: Any) -> None:
 
 
 def write_csv(dest: str | os.PathLike, frame: "pd.DataFrame") -> None:
-    """`frame` as CSV without its index, whole or not at all (plot data DVC reads)."""
-    with atomic_open(dest, "w", newline="") as f:
+    """`frame` as CSV without its index, whole or not at all (plot data DVC reads), in UTF-8
+    whatever the locale (the messages' texts)."""
+    with atomic_open(dest, "w", encoding="utf-8", newline="") as f:
         frame.to_csv(f, index=False)

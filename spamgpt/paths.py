@@ -98,7 +98,7 @@ def repo_root() -> Path:
     else the working directory."""
     root = Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
     parts = root.parts
-    for i in range(len(parts) - 3):
+    for i in range(len(parts) - 2):  # every run of 3 parts, the last 3 too
         if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
     return root

@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import io
 import json
+import locale
 import os
 import random
 import shutil
@@ -18,6 +19,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -361,3 +363,36 @@ def assert_same_answers(
         assert probability == pytest.approx(answer["spam_probability"], abs=tolerance)
         near = abs(answer["spam_probability"] - threshold) <= tolerance
         assert label == answer["label"] or near
+
+
+@pytest.fixture
+def ascii_locale() -> Iterator[None]:
+    """The C locale's ASCII as open()'s default encoding during the test: a file opened
+    without encoding="utf-8" then fails on non-ASCII text (under the C.UTF-8 the tests run
+    in, it would not show). Nothing to see in Python's UTF-8 mode (PYTHONUTF8=1)."""
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+
+
+@pytest.fixture
+def local_store(
+    tmp_path: Path, empty_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[MlflowClient]:
+    """tracking.connect() pointed at a fresh SQLite store under tmp_path, in this process."""
+    shutil.copy(empty_store, tmp_path / tracking.DB_FILE)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    with restored_tracking_uri():
+        yield MlflowClient(tracking_uri=tracking.connect())
+
+
+@pytest.fixture
+def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """tracking's sleeps between attempts, recorded instead of slept."""
+    sleeps: list[float] = []
+    monkeypatch.setattr(tracking, "time", SimpleNamespace(sleep=sleeps.append, time=time.time))
+    return sleeps

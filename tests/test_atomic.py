@@ -1,6 +1,7 @@
 """spamgpt.atomic: a file, or a folder (replaced_dir), is replaced whole or not at all (the
 failure cases of files are in tests/test_reliability_inputs.py)."""
 
+import errno
 import json
 import os
 import signal
@@ -134,3 +135,27 @@ def test_write_csv_writes_the_frame_without_its_index_and_no_temporary_file(tmp_
     atomic.write_csv(dest, frame)
     assert dest.read_text() == "step,loss\n1,0.5\n2,0.25\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.csv"]
+
+
+def test_an_os_error_names_the_destination_and_keeps_its_errno(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    dest = tmp_path / "file" / "a.json"  # its folder cannot be made: a file has that name
+    with pytest.raises(FileExistsError) as raised:
+        atomic.write_json(dest, {})
+    assert raised.value.errno == errno.EEXIST and raised.value.strerror == "File exists"
+    assert raised.value.filename == str(dest)
+
+
+def test_an_error_with_no_errno_keeps_its_message_and_names_the_destination(tmp_path) -> None:
+    dest = tmp_path / "a.bin"
+    with pytest.raises(OSError) as raised, atomic.atomic_path(dest):
+        raise OSError("device gone")  # no errno, no strerror, no file name
+    assert (raised.value.errno, raised.value.strerror) == (None, "device gone")
+    assert raised.value.filename == str(dest)
+
+
+def test_text_and_csv_are_utf_8_whatever_the_locale(tmp_path: Path, ascii_locale) -> None:
+    atomic.write_text(tmp_path / "a.txt", "caf\u00e9")
+    atomic.write_csv(tmp_path / "a.csv", pd.DataFrame({"text": ["caf\u00e9"]}))
+    assert (tmp_path / "a.txt").read_bytes() == "caf\u00e9".encode()
+    assert (tmp_path / "a.csv").read_bytes() == "text\ncaf\u00e9\n".encode()

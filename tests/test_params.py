@@ -489,3 +489,241 @@ def test_number_labels_take_no_class_settings() -> None:
     for key, (value, message) in refused.items():
         with pytest.raises(ParamsError, match=message):
             params.parse(modified(**{**NUMBER, key: value}))
+
+
+FILES = {
+    "train": {"url": "a.csv", "sha256": None},
+    "val": None,
+    "test": {"url": "b.csv", "sha256": None},
+}
+ONE_CLASS = {"data__labels": ["ham"], "data__positive_label": None}
+# (id, the real params.yaml with these keys set, the whole message): each check's own line
+MESSAGES: list[tuple[str, dict, str]] = [
+    ("tab-text-columns", {"data__text_column": ["a", "b"]},
+     "data.text_column: label_tab_text files have no named columns; allowed: data.format csv, "
+     "tsv, jsonl or parquet"),
+    ("tab-template", {"data__text_template": "{text}"},
+     "data.text_template: label_tab_text files have no named columns; allowed: data.format "
+     "csv, tsv, jsonl or parquet"),
+    ("tab-split-column", {"data__split_column": "split"},
+     "data.split_column: label_tab_text files have no named columns; allowed: data.format csv, "
+     "tsv, jsonl or parquet"),
+    ("url-and-files", {"data__files": FILES},
+     "data.url: set exactly one of data.url (one file) and data.files (given train/val/test "
+     "files); got both"),
+    ("neither", {"data__url": None},
+     "data.url: set exactly one of data.url (one file) and data.files (given train/val/test "
+     "files); got neither"),
+    ("files-and-split-column", {"data__url": None, "data__files": FILES, "data__format": "csv",
+                                "data__split_column": "split"},
+     "data.split_column: splits one file (data.url); with data.files the splits are given: "
+     "set it to null"),
+    ("labels-one", ONE_CLASS,
+     "data.labels: must list at least two different classes, or be null (the classes found in "
+     "the data); got ['ham']"),
+    ("labels-twice", {"data__labels": ["ham", "ham"], "data__positive_label": None},
+     "data.labels: must list at least two different classes, or be null (the classes found in "
+     "the data); got ['ham', 'ham']"),
+    ("labels-report-key", {"data__labels": ["ham", "accuracy"], "data__positive_label": None},
+     "data.labels: 'accuracy' cannot name a class (reports use it); rename it in the data"),
+    ("labels-blank", {"data__labels": ["ham", " "], "data__positive_label": None},
+     "data.labels: ' ' cannot name a class (reports use it); rename it in the data"),
+    ("multi-positive", {"data__label_format": "multi"},
+     "data.positive_label: multi-label data has no positive class (each label has its own "
+     "threshold), got 'spam'; allowed: null"),
+    ("multi-threshold-null", {"data__label_format": "multi", "data__positive_label": None,
+                              "evaluate__threshold": None},
+     "evaluate.threshold: multi-label data needs a threshold for each label, not null; "
+     "allowed: a number in (0, 1), auto, {min_precision: p} or {max_fpr: f}"),
+    ("number-labels", {"data__label_format": "number", "data__positive_label": None},
+     "data.labels: number labels have no classes, got ['ham', 'spam']; allowed: null"),
+    ("number-positive", {"data__label_format": "number", "data__labels": None},
+     "data.positive_label: number labels have no classes, got 'spam'; allowed: null"),
+    ("number-threshold", {**NUMBER, "evaluate__threshold": 0.5},
+     "evaluate.threshold: number labels (data.label_format: number) have no classes, got 0.5; "
+     "allowed: null"),
+    ("positive-not-a-label", {"data__positive_label": "phish"},
+     "data.positive_label: 'phish' is not one of data.labels ['ham', 'spam']; allowed: one of "
+     "them, or null (macro F1 picks the best epoch)"),
+    ("split-names-same", {"data__split_names": {"train": "a", "val": "a", "test": "b"}},
+     "data.split_names: train, val and test need three different values, got ['a', 'a', 'b']"),
+    ("val-plus-test", {"split__val": 0.5, "split__test": 0.5},
+     "split.val + split.test: must be < 1 so that data is left to train on, got 0.5 + 0.5 = 1"),
+    ("lora-empty", {"lora__targets": []},
+     "lora.targets: must list each projection at most once, at least one of c_attn, "
+     "attn.c_proj, mlp.c_fc, mlp.c_proj; got []"),
+    ("lora-twice", {"lora__targets": ["c_attn", "c_attn"]},
+     "lora.targets: must list each projection at most once, at least one of c_attn, "
+     "attn.c_proj, mlp.c_fc, mlp.c_proj; got ['c_attn', 'c_attn']"),
+    ("weights-zero", {"train__class_weights": {"ham": 1, "spam": 0}},
+     "train.class_weights: the weight of 'spam' must be a positive number, got 0"),
+    ("weights-missing", {"train__class_weights": {"spam": 5}},
+     "train.class_weights: no weight for 'ham'; a mapping gives every class a weight: ham, spam"),
+    ("weights-unknown", {"train__class_weights": {"ham": 1, "spam": 5, "x": 1}},
+     "train.class_weights: 'x' is not a class of the data; a mapping gives every class a "
+     "weight: ham, spam"),
+    ("weights-twice", {"data__labels": [1, 2], "data__positive_label": None,
+                       "train__class_weights": {1: 1, 2: 5, "2": 1}},
+     "train.class_weights: a class is named twice; a mapping gives every class a weight: 1, 2"),
+    ("select-metric", {"train__select_metric": "phish_f1"},
+     "train.select_metric: 'phish_f1' is not a metric of these classes; allowed: auto, "
+     "macro_f1, micro_f1, accuracy, val_loss, ham_f1, spam_f1"),
+    ("policy-two", {"evaluate__threshold": {"min_precision": 0.9, "max_fpr": 0.1}},
+     "evaluate.threshold: a policy sets one of min_precision, max_fpr; got {'min_precision': "
+     "0.9, 'max_fpr': 0.1}"),
+    ("policy-fpr-1", {"evaluate__threshold": {"max_fpr": 1}},
+     "evaluate.threshold: max_fpr must be 0 <= max_fpr < 1, got 1"),
+    ("policy-precision-0", {"evaluate__threshold": {"min_precision": 0}},
+     "evaluate.threshold: min_precision must be 0 < min_precision <= 1, got 0"),
+    ("policy-no-positive", {"evaluate__threshold": {"min_precision": 0.9},
+                            "data__positive_label": None},
+     "evaluate.threshold: the policy {'min_precision': 0.9} applies to the positive class; set "
+     "data.positive_label, or use null"),
+    ("threshold-three-classes", {"data__labels": ["a", "b", "c"], "data__positive_label": "a"},
+     "evaluate.threshold: a threshold applies to two classes only, the data has 3; allowed: "
+     "null (the most probable class)"),
+    ("serve-onnx", {"mlflow__serve": "onnx", "mlflow__log_model": False},
+     "mlflow.serve: onnx is what the logged MLflow model scores with, and mlflow.log_model is "
+     "false; allowed: mlflow.log_model true or full, or mlflow.serve: pytorch"),
+    ("export-twice", {"mlflow__export": ["onnx", "onnx"]},
+     "mlflow.export: must list each format at most once, of transformers and onnx; got "
+     "['onnx', 'onnx']"),
+    ("export-transformers-mean", {"mlflow__export": ["transformers"], "model__pooling": "mean"},
+     "mlflow.export: transformers' GPT2ForSequenceClassification reads the last token, "
+     "model.pooling is 'mean'; allowed: model.pooling: last, or mlflow.export without "
+     "transformers (onnx holds any pooling)"),
+    ("missing-key", {"train__lr": DELETE}, "train.lr: missing; it must be set to a number"),
+    ("missing-mapping", {"data__split_names": DELETE},
+     "data.split_names: missing; it must be set to a mapping of keys"),
+    ("not-a-mapping", {"train": [1]}, "train: must be a mapping of keys, got [1]"),
+    ("files-val-not-a-mapping", {"data__url": None, "data__files": {**FILES, "val": 3}},
+     "data.files.val: must be a mapping of keys, got 3"),
+    ("lr-string", {"train__lr": "fast"}, "train.lr: must be a number, got 'fast'"),
+    ("lr-0", {"train__lr": 0}, "train.lr: must be > 0, got 0"),
+    ("lr-5", {"train__lr": 5}, "train.lr: must be <= 1, got 5"),
+    ("seed-negative", {"split__seed": -1}, "split.seed: must be >= 0, got -1"),
+    ("dropout-1", {"model__dropout": 1.0}, "model.dropout: must be < 1, got 1"),
+    ("sha256-short", {"data__sha256": "abc"},
+     "data.sha256: must be 64 lowercase hex digits or null, got 'abc'"),
+    ("device", {"train__device": "tpu"},
+     "train.device: must be 'auto' or 'cpu' or 'cuda' or 'mps', got 'tpu'"),
+    ("max-length-bool", {"model__max_length": True},
+     "model.max_length: must be an integer or null, got True"),
+    ("threshold-string", {"evaluate__threshold": "best"},
+     "evaluate.threshold: must be a number or 'auto' or a mapping {'min_precision' or "
+     "'max_fpr': a number} or null, got 'best'"),
+    ("class-weights-string", {"train__class_weights": "auto"},
+     "train.class_weights: must be 'balanced' or 'none' or a mapping {a string or an integer: "
+     "a number}, got 'auto'"),
+    ("trainable-blocks", {"model__trainable_blocks": "some"},
+     "model.trainable_blocks: must be an integer or 'all', got 'some'"),
+    ("lora-targets", {"lora__targets": ["c_fc"]},
+     "lora.targets: must be a list of 'c_attn' or 'attn.c_proj' or 'mlp.c_fc' or "
+     "'mlp.c_proj's, got ['c_fc']"),
+    ("cuda-graphs", {"train__cuda_graphs": "yes"},
+     "train.cuda_graphs: must be 'auto' or true/false, got 'yes'"),
+    ("experiment-blank", {"mlflow__experiment": " "},
+     "mlflow.experiment: must be a non-empty name, got ' '"),
+    ("bool-for-string", {"mlflow__experiment": True},
+     "mlflow.experiment: must be a string, got True"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"), [c[1:] for c in MESSAGES], ids=[c[0] for c in MESSAGES]
+)
+def test_each_check_says_what_is_wrong_and_allowed(changes: dict, message: str) -> None:
+    with pytest.raises(ParamsError) as raised:
+        params.parse(modified(**changes))
+    assert str(raised.value) == message
+
+
+def test_the_top_level_must_be_a_mapping_and_unknown_keys_name_the_allowed() -> None:
+    with pytest.raises(ParamsError, match=r"^params\.yaml: must be a mapping of keys, got \[1\]$"):
+        params.parse([1])
+    with pytest.raises(ParamsError) as raised:
+        params.parse(modified(train__learning_rate=0.1))
+    assert str(raised.value) == (
+        "train.learning_rate: unknown key; allowed: epochs, batch_size, lr, weight_decay, "
+        "warmup_ratio, grad_clip, accumulation_steps, eval_every, class_weights, patience, "
+        "select_metric, min_delta, seed, device, precision, devices, cuda_graphs"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: b: c\n", "line 1: invalid YAML: mapping values are not allowed here"),
+        ("train: [unclosed\n", "line 2: invalid YAML: expected ',' or ']', but got '<stream end>'"),
+        ("a: 1\n\x00\n", "invalid YAML: unacceptable character #x0000: special characters are "
+         "not allowed"),  # a reader's error: no line, its message's first line
+    ],
+    ids=["line-1", "line-2", "no-line"],
+)  # fmt: skip
+def test_yaml_errors_name_the_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ParamsError) as raised:
+        params.load(path)
+    assert str(raised.value) == f"{path}: {message}"
+
+
+def test_params_are_read_as_utf_8_whatever_the_locale(tmp_path: Path, ascii_locale) -> None:
+    raw = modified(data__labels=["ham", "sp\u00e5m"], data__positive_label="sp\u00e5m")
+    text = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)  # "spåm" as UTF-8 bytes
+    (tmp_path / "params.yaml").write_text(text, encoding="utf-8")
+    p = params.load(tmp_path / "params.yaml")
+    assert p.data.labels == ["ham", "sp\u00e5m"]
+    page = params.reference(tmp_path / "params.yaml")
+    assert '`[ham, "sp\\xE5m"]`' in page  # as yaml.safe_dump writes it
+
+
+def test_the_sections_helpers_give_their_objects() -> None:
+    from spamgpt.texts import TextFields, Truncation
+
+    given = {"train": {"url": "a.csv", "sha256": None}, "test": {"url": "b.csv", "sha256": None}}
+    p = params.parse(
+        modified(
+            data__url=None,
+            data__files={**given, "val": None},
+            data__format="csv",
+            data__text_column=["subject", "body"],
+            data__text_template="{subject}: {body}",
+            model__truncation="head_tail",
+            model__head_ratio=0.4,
+        )
+    )
+    assert p.data.text_fields() == TextFields.of(["subject", "body"], "{subject}: {body}")
+    assert p.model.truncation_rule() == Truncation("head_tail", 0.4)
+    assert list(p.data.files.sources()) == ["train", "test"]  # val null: not given
+    assert p.data.files.sources()["test"].url == "b.csv"
+    with_val = modified(data__url=None, data__files={**given, "val": given["test"]})
+    sources = params.parse(with_val).data.files.sources()
+    assert list(sources) == ["train", "val", "test"] and sources["train"].url == "a.csv"
+
+
+def test_a_value_shows_in_flow_style_on_one_line() -> None:
+    assert params._shown({"a": [1, 2]}) == "`{a: [1, 2]}`"
+    names = [f"mirror-{i}" for i in range(12)]  # over 80 characters: yaml's default width
+    assert params._shown(names) == f"`[{', '.join(names)}]`"
+
+
+def test_the_reference_row_of_a_shared_field_lists_each_value_once(tmp_path: Path) -> None:
+    """data.files' url: train's and test's the same, val's unset (val null): shown once;
+    a key params.yaml leaves out shows blank."""
+    files = {"train": {"url": "a.csv", "sha256": None}, "val": None}
+    raw = modified(data__url=None, data__files={**files, "test": {"url": "a.csv", "sha256": None}})
+    del raw["data"]["text_template"]
+    page = params.reference(write(tmp_path / "params.yaml", raw))
+    table = [line.split(" | ") for line in page.splitlines() if line.startswith("| data.")]
+    rows = {cells[0].removeprefix("| "): cells[1] for cells in table}
+    assert rows["data.files.train.url, data.files.val.url, data.files.test.url"] == "`a.csv`"
+    assert rows["data.text_template"] == ""
+
+
+def test_settings_that_go_together_load() -> None:
+    """Each check refuses only its own combination."""
+    assert params.parse(modified(mlflow__export=["transformers"], model__pooling="last"))
+    assert params.parse(modified(mlflow__export=["onnx"], model__pooling="mean"))
+    split_by_column = modified(data__format="csv", data__split_column="split")
+    assert params.parse(split_by_column).data.split_column == "split"

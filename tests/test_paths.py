@@ -42,6 +42,8 @@ def test_repo_root_of_a_dvc_experiment_copy_is_the_repository(tmp_path: Path, mo
     assert paths.repo_root() == (tmp_path / "repo").resolve()
     monkeypatch.setenv("DVC_ROOT", str(copy / "sub"))
     assert paths.repo_root() == (tmp_path / "repo").resolve()
+    monkeypatch.setenv("DVC_ROOT", str(copy.parent))  # the exps folder itself: its last 3 parts
+    assert paths.repo_root() == (tmp_path / "repo").resolve()
 
 
 def test_every_output_is_relative_to_the_repository() -> None:
@@ -53,6 +55,17 @@ def test_every_output_is_relative_to_the_repository() -> None:
     assert named and all(not p.is_absolute() and ".." not in p.parts for p in named)
     assert paths.pretrained_dir("a/b") == Path("models/pretrained/a/b")
     assert paths.checkpoint_weights("last").parent == paths.CHECKPOINT.parent
+
+
+def test_each_named_file_is_the_one_dvc_yaml_names() -> None:
+    assert paths.raw_split_file("val") == Path("data/raw/dataset/val")
+    assert paths.split_file("val") == Path("data/split/val.csv")
+    assert paths.split_file("test", "tmp/new") == Path("tmp/new/test.csv")
+    assert paths.tokens_file("train") == Path("data/tokens/train.safetensors")
+    assert paths.trunk_file("val") == Path("data/trunk/val.safetensors")
+    assert paths.checkpoint_weights("best") == Path("models/checkpoints/best.safetensors")
+    assert paths.timeline("train") == Path("reports/timelines/train.json")
+    assert paths.curve_plot("roc") == Path("metrics/roc_test.csv")
 
 
 def public_path_parameters() -> list[tuple[str, str, str]]:

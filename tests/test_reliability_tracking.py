@@ -10,16 +10,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import (
     REPO,
     Reproduced,
-    restored_tracking_uri,
     run,
     subprocess_env,
 )
@@ -117,32 +115,12 @@ def test_parallel_runs_on_a_fresh_store_all_succeed(tmp_path: Path) -> None:
     assert [r.info.status for r in runs] == ["FINISHED"] * 2
 
 
-@pytest.fixture
-def local_store(
-    tmp_path: Path, empty_store: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[MlflowClient]:
-    """tracking.connect() pointed at a fresh SQLite store under tmp_path, in this process."""
-    shutil.copy(empty_store, tmp_path / tracking.DB_FILE)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    with restored_tracking_uri():
-        yield MlflowClient(tracking_uri=tracking.connect())
-
-
 def steps(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
 # What MLflow raises when SQLite's busy timeout (MLflow sets 20 s) runs out under a writer.
 LOCKED = "(sqlite3.OperationalError) database is locked\n[SQL: UPDATE runs SET status=?]"
-
-
-@pytest.fixture
-def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """tracking's sleeps between attempts, recorded instead of slept."""
-    sleeps: list[float] = []
-    monkeypatch.setattr(tracking, "time", SimpleNamespace(sleep=sleeps.append, time=time.time))
-    return sleeps
 
 
 def locked_then(result: object, failures: int) -> tuple[Callable[[], object], list[int]]:
