@@ -385,3 +385,27 @@ def test_the_evaluation_in_the_mlflow_run(workspace: Path, monkeypatch) -> None:
         Path(client.download_artifacts(run.run_id, "audit/label_issues.json")).read_text()
     )
     assert table["data"] == [["train", "a.csv", 3, "x", "ham", "spam", 0.1]]
+
+
+def test_a_policys_choice_and_the_calibration_go_into_the_evaluation() -> None:
+    classes = Classes(("ham", "spam"), "spam")
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    spam = np.array([0.1, 0.2, 0.4, 0.3, 0.45, 0.9])
+    probs = np.column_stack([1 - spam, spam])
+    policy = {"min_precision": 1.0}
+    choice = task_for(classes).choose_threshold(policy, labels, probs)
+    assert choice.reached is not None and choice.best_f1 is not None  # the test means something
+    found = results.Calibration("none", None, {}, pd.DataFrame())
+    split, given = {"val": labels, "test": labels}, {"val": probs, "test": probs}
+    evaluated = results.evaluate(policy, classes, split, given, {}, calibration=found)
+    assert evaluated.choice == choice and evaluated.calibration is found
+
+
+def test_the_calibration_report_names_its_method_temperature_and_shift() -> None:
+    scores = {"test": {"uncalibrated": {"ece": 0.2}, "calibrated": {"ece": 0.1}}}
+    platt = results.Calibration("platt", 1.5, scores, pd.DataFrame(), {"spam": 0.25})
+    assert platt.report() == {
+        "method": "platt", "temperature": 1.5, "shift": {"spam": 0.25}, "bins": 15, **scores
+    }  # fmt: skip
+    plain = results.Calibration("temperature", 2.0, scores, pd.DataFrame())
+    assert plain.report() == {"method": "temperature", "temperature": 2.0, "bins": 15, **scores}
