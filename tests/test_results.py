@@ -409,3 +409,19 @@ def test_the_calibration_report_names_its_method_temperature_and_shift() -> None
     }  # fmt: skip
     plain = results.Calibration("temperature", 2.0, scores, pd.DataFrame())
     assert plain.report() == {"method": "temperature", "temperature": 2.0, "bins": 15, **scores}
+
+
+def test_the_calibration_summary_gives_the_test_figures_of_the_probabilities_given() -> None:
+    before, after = {"ece": 0.2, "log_loss": 0.5, "brier": 0.1}, {"ece": 0.1, "log_loss": 0.4}
+    platt = results.Calibration(
+        "platt", 1.5, {"test": {"uncalibrated": before, "calibrated": after}}, pd.DataFrame(),
+        {"spam": 0.25},
+    )  # fmt: skip
+    assert platt.summary() == {
+        "method": "platt", "temperature": 1.5, "shift": {"spam": 0.25},
+        "test": {"ece": 0.1, "log_loss": 0.4, "ece_uncalibrated": 0.2},
+    }  # fmt: skip
+    none = results.Calibration("none", None, {"test": {"uncalibrated": before}}, pd.DataFrame())
+    assert none.summary() == {
+        "method": "none", "temperature": None, "test": {"ece": 0.2, "log_loss": 0.5}
+    }  # fmt: skip
