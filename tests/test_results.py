@@ -425,3 +425,30 @@ def test_the_calibration_summary_gives_the_test_figures_of_the_probabilities_giv
     assert none.summary() == {
         "method": "none", "temperature": None, "test": {"ece": 0.2, "log_loss": 0.5}
     }  # fmt: skip
+
+
+def test_calibrate_fits_on_validation_and_scales_every_split() -> None:
+    """temperature: T fitted on val alone; each split's probabilities the softmax of logits / T
+    and its scores before and after. none: the logits' own softmax, nothing fitted."""
+    classes = Classes(("ham", "spam"), "spam")
+    rng = np.random.default_rng(0)
+    labels = {"val": rng.integers(0, 2, 60), "test": rng.integers(0, 2, 30)}
+    logits = {s: 3 * rng.normal(size=(len(y), 2)) + 2 * np.eye(2)[y] for s, y in labels.items()}
+    task = task_for(classes)
+    fitted, shift = task.fit_calibration("temperature", logits["val"], labels["val"])
+    probabilities, found = results.calibrate("temperature", classes, labels, logits)
+    assert found.method == "temperature" and found.shift is None
+    assert found.temperature == task.temperature(fitted) != 1.0
+    for s in labels:
+        expected = torch.softmax(torch.tensor(logits[s] / fitted, dtype=torch.float32), -1)
+        np.testing.assert_allclose(probabilities[s], expected.numpy(), rtol=1e-5)
+        assert found.scores[s] == {
+            "uncalibrated": task.calibration_scores(labels[s], logits[s], 1.0),
+            "calibrated": task.calibration_scores(labels[s], logits[s], fitted, shift),
+        }
+    probabilities, found = results.calibrate("none", classes, labels, logits)
+    assert found.method == "none" and found.temperature is None
+    for s in labels:
+        expected = torch.softmax(torch.tensor(logits[s], dtype=torch.float32), -1)
+        np.testing.assert_allclose(probabilities[s], expected.numpy(), rtol=1e-6)
+        assert set(found.scores[s]) == {"uncalibrated"}
