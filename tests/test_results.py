@@ -452,3 +452,14 @@ def test_calibrate_fits_on_validation_and_scales_every_split() -> None:
         expected = torch.softmax(torch.tensor(logits[s], dtype=torch.float32), -1)
         np.testing.assert_allclose(probabilities[s], expected.numpy(), rtol=1e-6)
         assert set(found.scores[s]) == {"uncalibrated"}
+
+
+def test_a_threshold_the_classes_cannot_take_is_refused_before_any_work() -> None:
+    from spamgpt.errors import ParamsError
+
+    results.check_threshold(0.3, Classes(("ham", "spam"), "spam"))
+    results.check_threshold(None, Classes(("a", "b", "c"), "a"))
+    with pytest.raises(ParamsError, match=r"^evaluate\.threshold: a threshold applies to two"):
+        results.check_threshold(0.3, Classes(("a", "b", "c"), "a"))
+    with pytest.raises(ParamsError, match=r"^evaluate\.threshold: multi-label data needs"):
+        results.check_threshold(None, Classes(("a", "b"), None, multi_label=True))
