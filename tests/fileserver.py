@@ -1,6 +1,6 @@
 """A local HTTP file server for tests: serves a folder on 127.0.0.1, with Range support and
 injectable faults (cut connections, error statuses, HTML pages, stalls, ignored Range,
-redirects).
+redirects, a wrong first byte, no Content-Length, a hang mid-body).
 
 In-process:
 
@@ -56,6 +56,9 @@ class Faults:
     html: bool = False  # always answer 200 with an HTML page instead of the file
     ignore_range: bool = False  # always answer 200 with the whole file
     redirect: str | None = None  # answer 302 to this base URL + the path asked for
+    resume_from: int | None = None  # answer a Range request from this byte, not the one asked
+    no_length: bool = False  # send no Content-Length: the body ends where the connection does
+    hang_after: int | None = None  # send this many body bytes, then wait for the server's end
     requests: list[Request] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _stopped: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -110,13 +113,18 @@ class _Handler(BaseHTTPRequestHandler):
         start = self._range_start(request.range)
         if faults and faults.ignore_range and faults._applies(path):
             start = None
+        applies = faults is not None and faults._applies(path)
+        if applies and faults.resume_from is not None and start is not None:
+            start = faults.resume_from
         if start is not None and start >= len(data):
             self._send(416, b"", extra={"Content-Range": f"bytes */{len(data)}"})
         elif start is not None:
             content_range = f"bytes {start}-{len(data) - 1}/{len(data)}"
-            self._send(206, data[start:], cut=cut, extra={"Content-Range": content_range})
+            body = data[start:]
+            extra = {"Content-Range": content_range}
+            self._send(206, body, cut=cut, extra=extra, faults=faults if applies else None)
         else:
-            self._send(200, data, cut=cut)
+            self._send(200, data, cut=cut, faults=faults if applies else None)
 
     def _resolve(self, path: str) -> Path | None:
         root = self.server.root
@@ -140,18 +148,27 @@ class _Handler(BaseHTTPRequestHandler):
         content_type: str = "application/octet-stream",
         cut: int | None = None,
         extra: dict[str, str] | None = None,
+        faults: Faults | None = None,  # the file's: its no_length and hang_after
     ) -> None:
+        no_length = faults is not None and faults.no_length
+        hang = faults.hang_after if faults is not None else None
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        if not no_length:
+            self.send_header("Content-Length", str(len(body)))
         for name, value in (extra or {}).items():
             self.send_header(name, value)
-        if cut is not None:
+        if cut is not None or no_length:
             self.send_header("Connection", "close")
         self.end_headers()
+        if hang is not None:
+            self.wfile.write(body[:hang])
+            self.wfile.flush()
+            faults._stopped.wait()  # neither more bytes nor the end: the client's timeout
+            return
         self.wfile.write(body if cut is None else body[:cut])
-        if cut is not None:
-            self.close_connection = True  # the client sees the body end short
+        if cut is not None or no_length:
+            self.close_connection = True  # the client sees the body end (short, for a cut)
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # keep test output clean; Faults.requests is the log

@@ -2,6 +2,7 @@
 pipeline does."""
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +59,12 @@ def test_two_fits_give_identical_scores(model, splits: dict[str, pd.DataFrame]) 
 
 
 def test_evaluate_reports_like_the_evaluate_stage(splits: dict[str, pd.DataFrame]) -> None:
+    before = time.perf_counter()
     result = baseline.evaluate(splits["train"], splits["val"], splits["test"], classes=SMS)
+    took = time.perf_counter() - before
     reference = task_for(SMS).report(np.array([0, 1]), np.array([[0.8, 0.2], [0.2, 0.8]]), 0.5)
     assert set(result) == {"val", "test", "seconds"}
-    assert result["seconds"] > 0
+    assert 0 < result["seconds"] < took  # the fit's time, within the call's
     for name in ("val", "test"):
         assert result[name].keys() == reference.keys()
         assert sum(map(sum, result[name]["confusion_matrix"])) == len(splits[name])
@@ -116,3 +119,22 @@ def test_three_classes_get_scores_that_pick_the_svm_decision() -> None:
     np.testing.assert_array_equal(scores.argmax(axis=1), model.predict(texts))
     assert classes.named(scores.argmax(axis=1)) == ["billing", "outage", "sales"]
     assert baseline.threshold_for(classes) is None
+
+
+def test_features_are_sklearns_word_and_character_tfidf() -> None:
+    """Word 1-2-grams lower-cased and char_wb 2-5-grams, each with sublinear tf (1 + log tf):
+    the same matrix as scikit-learn's vectorizers set so by hand."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    texts = ["WIN win win a £900 prize", "Call 09061701461 now", "ok lar, win later"]
+    word = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True)
+    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True)
+    union = baseline.features()
+    got = union.fit_transform(texts).toarray()
+    expected = np.hstack([v.fit_transform(texts).toarray() for v in (word, char)])
+    np.testing.assert_allclose(got, expected)
+    names = set(union.get_feature_names_out())
+    assert {"word__win win", "word__win 900", "char__ win ", "char__ 0906"} <= names
+    assert "word__WIN" not in names  # lower-cased; the one-letter "a" is no word token
+    assert "char__win w" not in names  # char_wb: character n-grams within a word only
+    assert {len(n.removeprefix("char__")) for n in names if n.startswith("char")} == {2, 3, 4, 5}

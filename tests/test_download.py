@@ -15,6 +15,7 @@ import pytest
 import yaml
 from conftest import free_port, run_stage, sms_collection
 from fileserver import Faults, serve
+from terminal import drawn
 
 from spamgpt import __version__, paths
 from spamgpt.data import download
@@ -624,3 +625,118 @@ def test_a_token_follows_a_redirect_on_the_same_host(site: Path, out: Path, data
 def test_urls_and_names_in_edge_cases() -> None:
     assert download.is_url("HTTPS://x.org/f") and download.is_url("S3://b/k")
     assert download.source_name("https://example.org") == "https://example.org"
+
+
+def test_the_progress_bar_names_the_file_and_counts_binary_kilobytes(
+    site: Path, out: Path, data: bytes
+) -> None:
+    """On a terminal: the bar's name, its size in KiB (200000 bytes: 195k), and where a
+    resumed download starts (100000 bytes: 97.7k)."""
+    (out / ".data.bin.part").write_bytes(data[:100_000])
+    with serve(site) as url, drawn() as screen:
+        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data), desc="the data")
+    first, *_, last = screen.text.strip("\r\n").split("\r")
+    assert first.startswith("the data:  50%|") and " 97.7k/195k [" in first
+    assert last.startswith("the data: 100%|") and " 195k/195k [" in last and "B/s]" in last
+
+
+def test_a_download_without_a_hash_starts_over_unless_it_is_of_a_member(
+    site: Path, out: Path, data: bytes
+) -> None:
+    """A partial file left without a hash to check it against is another download's: fetched
+    from scratch. An archive member's partial archive is resumed (the member is checked by
+    being read out of the archive)."""
+    (out / ".data.bin.part").write_bytes(b"x" * 1000)
+    faults = Faults()
+    with serve(site, faults=faults) as url:
+        fetch([f"{url}/good/data.bin"], out / "data.bin")
+    assert (out / "data.bin").read_bytes() == data
+    assert [r.range for r in faults.requests] == [None]
+    archive = zip_bytes({"member.txt": data})
+    (site / "good" / "data.zip").write_bytes(archive)
+    (out / ".member.txt.part").write_bytes(archive[:5000])
+    faults.requests.clear()
+    with serve(site, faults=faults) as url:
+        fetch([f"{url}/good/data.zip"], out / "member.txt", member="member.txt")
+    assert (out / "member.txt").read_bytes() == data
+    assert [r.range for r in faults.requests] == ["bytes=5000-"]
+
+
+def test_a_partial_file_longer_than_the_file_is_dropped(
+    site: Path, out: Path, data: bytes, no_proxy_no_sleep
+) -> None:
+    """A 416 whose size is not the partial file's: the partial file goes, and the attempt
+    counts as a failed one (retried after a backoff; the reason, with none left)."""
+    (out / ".data.bin.part").write_bytes(data + b"more")
+    faults = Faults()
+    with serve(site, faults=faults) as url:
+        with pytest.raises(DownloadError) as e:
+            fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data), retries=0)
+        assert str(e.value).endswith(f"HTTP 416: partial file has {SIZE + 4} bytes, not {SIZE}")
+        assert leftovers(out) == [] and no_proxy_no_sleep == []
+        (out / ".data.bin.part").write_bytes(data + b"more")
+        faults.requests.clear()
+        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data))
+    assert [r.range for r in faults.requests] == [f"bytes={SIZE + 4}-", None]
+    assert no_proxy_no_sleep == [0.5] and (out / "data.bin").read_bytes() == data
+
+
+def test_an_error_status_on_resuming_is_that_error(site: Path, out: Path, data: bytes) -> None:
+    (out / ".data.bin.part").write_bytes(data[:1000])
+    with serve(site, faults=Faults(statuses=[404])) as url, pytest.raises(DownloadError) as e:
+        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data))
+    assert str(e.value).endswith("/good/data.bin: HTTP 404 Not Found")
+
+
+def test_only_the_first_512_bytes_are_looked_at_for_an_html_page(tmp_path: Path) -> None:
+    path = tmp_path / "data.zip"
+    path.write_bytes(b" " * 512 + b"<html>")
+    assert download._not_an_archive(path).endswith("(truncated or corrupt download)")
+    path.write_bytes(b" " * 511 + b"<html>")
+    assert "HTML page" in download._not_an_archive(path)
+
+
+def test_off_a_terminal_no_progress_bar_is_drawn(
+    site: Path, out: Path, data: bytes, capsys
+) -> None:
+    with serve(site) as url:
+        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data))
+    assert capsys.readouterr().err == ""
+
+
+def test_a_server_resuming_at_another_byte_is_not_trusted(
+    site: Path, out: Path, data: bytes
+) -> None:
+    """The partial file goes (what follows would not fit it); with no attempt left, the
+    reason."""
+    (out / ".data.bin.part").write_bytes(data[:1000])
+    with serve(site, faults=Faults(resume_from=10)) as url, pytest.raises(DownloadError) as e:
+        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data), retries=0)
+    assert str(e.value).endswith("/good/data.bin: server resumed at byte 10, not 1000")
+    assert leftovers(out) == []
+
+
+def test_an_unexpected_success_status_fails_the_url(site: Path, out: Path) -> None:
+    with serve(site, faults=Faults(statuses=[203])) as url, pytest.raises(DownloadError) as e:
+        fetch([f"{url}/good/data.bin"], out / "data.bin")
+    assert str(e.value).endswith(
+        "/good/data.bin: unexpected HTTP 203 Non-Authoritative Information"
+    )
+
+
+def test_a_body_without_content_length_is_read_to_its_end(
+    site: Path, out: Path, data: bytes
+) -> None:
+    """No size to count against (nor to draw a bar of): the connection's end is the file's,
+    and the hash the judge."""
+    with serve(site, faults=Faults(no_length=True)) as url, drawn() as screen:
+        fetch([f"{url}/good/data.bin"], out / "data.bin", sha256=sha(data), desc="d")
+    assert (out / "data.bin").read_bytes() == data
+    last = screen.text.strip("\r\n").split("\r")[-1]
+    assert last.startswith("d: 195kB [") and "/195k" not in screen.text
+
+
+def test_a_body_that_stops_coming_times_out(site: Path, out: Path, data: bytes) -> None:
+    with serve(site, faults=Faults(hang_after=1000)) as url, pytest.raises(DownloadError) as e:
+        fetch([f"{url}/good/data.bin"], out / "data.bin", timeout=0.5, retries=0)
+    assert str(e.value).endswith("/good/data.bin: timed out")

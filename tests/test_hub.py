@@ -1,12 +1,15 @@
 """spamgpt.data.hub: a pinned revision's files are checked against their known hashes."""
 
 import hashlib
+import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fileserver import Faults, serve
+from terminal import drawn
 
 from spamgpt.data import hub
 from spamgpt.data.download import DownloadError
@@ -167,7 +170,11 @@ def test_only_what_the_cache_lacks_or_has_wrong_is_downloaded(
     record = hub.download_model(url, REPO_ID, COMMIT, out)
     assert all(r["verified"] for r in record.values()) and hashes(out) == known
     assert asked(faults) == ["model.safetensors", "vocab.json"]
-    assert f"{snapshot / 'vocab.json'} in the Hugging Face cache has sha256" in caplog.text
+    assert (
+        f"{snapshot / 'vocab.json'} in the Hugging Face cache has sha256 "
+        f"{hashlib.sha256(blob.read_bytes()).hexdigest()}, expected {known['vocab.json']}: "
+        "not using it"
+    ) in messages(caplog)
     assert blob.read_bytes() != (out / "vocab.json").read_bytes()  # the cache left as it was
 
 
@@ -329,3 +336,101 @@ def test_only_slashes_are_stripped_from_hub_urls(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv(hub.ENDPOINT_ENV, "http://mirror/X/")
     assert hub.effective_hub_url(hub.DEFAULT_HUB_URL) == "http://mirror/X"
     assert hub.effective_hub_url(hub.DEFAULT_HUB_URL + "X") == hub.DEFAULT_HUB_URL + "X"
+
+
+def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records]
+
+
+def test_each_unverified_file_is_one_warning_naming_it(
+    site, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, _ = site
+    hub.download_model(url, REPO_ID, "main", tmp_path / "out")
+    assert [m for m in messages(caplog) if m.startswith("no known")] == [
+        f"no known sha256 for {REPO_ID}@main/{name}: accepting it unverified"
+        for name in hub.MODEL_FILES
+    ]
+
+
+def test_a_file_the_record_lacks_is_fetched_again(recorded, tmp_path: Path) -> None:
+    """metrics/weights.json from this very source, without an entry for one file (written
+    before that file was a model file): the others are kept, that one is downloaded."""
+    url, _, faults = recorded
+    out = tmp_path / "out"
+    record = hub.download_model(url, REPO_ID, "main", out)
+    faults.requests.clear()
+    files_recorded = {n: r for n, r in record.items() if n != "merges.txt"}
+    weights = {"repo_id": REPO_ID, "revision": "main", "hub_url": url, "files": files_recorded}
+    assert hub.download_model(url, REPO_ID, "main", out, weights) == record
+    assert asked(faults) == ["merges.txt"]
+
+
+def test_offline_names_the_repository_revision_cache_and_folder(
+    hf_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(hub.OFFLINE_ENV, "yes")
+    out = tmp_path / "out"
+    with pytest.raises(DownloadError) as info:
+        hub.download_model("http://127.0.0.1:1", REPO_ID, "v2", out)
+    assert str(info.value) == (
+        f"HF_HUB_OFFLINE is set and {REPO_ID}@v2 has no config.json, vocab.json, merges.txt, "
+        f"model.safetensors in the Hugging Face cache {hf_env} (nor a verified copy in {out}): "
+        f"put them there (huggingface-cli download {REPO_ID} --revision v2), or unset "
+        "HF_HUB_OFFLINE"
+    )
+
+
+def test_a_files_progress_bar_is_named_by_the_hubs_name_for_it(recorded, tmp_path: Path) -> None:
+    url, files, _ = recorded
+    with drawn() as screen:
+        sha = hub.fetch_file(url, REPO_ID, "main", "vocab.json", tmp_path / "v.tmp", None)
+    assert sha == hashes(files)["vocab.json"]
+    assert screen.text.startswith("\rvocab.json:   0%|")
+
+
+def test_a_known_hash_replaces_a_wrong_file_already_there(site, pinned, tmp_path: Path) -> None:
+    url, _ = site
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    record = hub.download_model(url, REPO_ID, REVISION, out)
+    assert record["config.json"] == {"sha256": pinned["config.json"], "verified": True}
+    assert hashes(out) == pinned
+
+
+def test_a_cached_file_goes_into_new_folders_and_is_said_where_from(
+    hub_root: Path, hf_env: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = hub_dir(hub_root, REPO_ID, COMMIT)
+    snapshot = fill_cache(hf_env, files, ("config.json",), ref="main")
+    dest = tmp_path / "new" / "folders" / "config.json"
+    caplog.set_level(logging.INFO, logger=hub.__name__)
+    sha = hub.fetch_file("http://127.0.0.1:1", REPO_ID, "main", "config.json", dest, None)
+    assert sha == hashes(files)["config.json"] == hashlib.sha256(dest.read_bytes()).hexdigest()
+    assert messages(caplog) == [
+        f"{dest}: taken from the Hugging Face cache ({snapshot / 'config.json'})"
+    ]
+
+
+def test_a_cache_on_another_file_system_is_copied(
+    hub_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hard link cannot cross file systems: the blob is copied instead (/dev/shm, where it is
+    a file system of its own)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no /dev/shm on a file system other than the temporary folder's")
+    files = hub_dir(hub_root, REPO_ID, COMMIT)
+    with tempfile.TemporaryDirectory(dir=shm) as cache:
+        monkeypatch.setenv("HF_HUB_CACHE", cache)
+        fill_cache(Path(cache), files, ("vocab.json",))
+        out = tmp_path / "out"
+        sha = hub.fetch_file("http://127.0.0.1:1", REPO_ID, COMMIT, "vocab.json", out / "v", None)
+    assert (out / "v").read_bytes() == (files / "vocab.json").read_bytes()
+    assert sha == hashes(files)["vocab.json"]
+    assert (out / "v").stat().st_nlink == 1 and leftovers(out) == ["v"]
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())

@@ -269,3 +269,198 @@ def test_without_a_positive_class_the_most_probable_class_and_its_probability(
         "probability": [0.7, 0.6], "text": ["a", "c"],
     }  # fmt: skip
     assert contracts.read_threshold() is None
+
+
+def test_every_split_is_reported_at_the_threshold_chosen_on_validation() -> None:
+    """auto: the positive class's validation F1 optimum (0.3 here, not 0.5 nor the most
+    probable class), applied to val and test alike."""
+    classes = Classes(("ham", "spam"), "spam")
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    spam = np.array([0.1, 0.2, 0.25, 0.3, 0.35, 0.9])
+    probs = np.column_stack([1 - spam, spam])
+    split = {"val": labels, "test": labels}
+    evaluated = results.evaluate("auto", classes, split, {"val": probs, "test": probs}, {})
+    assert evaluated.threshold == pytest.approx(0.3)
+    for name in ("val", "test"):
+        assert evaluated.reports[name]["confusion_matrix"] == [[3, 0], [0, 3]]
+        assert evaluated.reports[name] == task_for(classes).report(labels, probs, 0.3)
+
+
+def test_a_label_with_ten_validation_positives_gets_its_own_threshold() -> None:
+    """evaluate.min_support's default, 10: a label with 10 validation positives is chosen
+    for, one with 9 keeps 0.5."""
+    classes = Classes(("ten", "nine"), None, multi_label=True)
+    targets = np.zeros((40, 2))
+    targets[:10, 0] = targets[:9, 1] = 1
+    probs = np.where(targets > 0, 0.3, 0.1)  # every positive under 0.5: 0.3 separates them
+    split = {"val": targets, "test": targets}
+    evaluated = results.evaluate("auto", classes, split, {"val": probs, "test": probs}, {})
+    assert evaluated.kept_default_threshold == ["nine"]
+    assert evaluated.threshold == {"ten": pytest.approx(0.3), "nine": 0.5}
+
+
+def artifact_paths(client, run_id: str, folder: str | None = None) -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, folder):
+        found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def test_the_evaluation_in_the_mlflow_run(workspace: Path, monkeypatch) -> None:
+    """log_evaluation, log_label_issues and log_best_checkpoint into a real MLflow store (SQLite
+    in the test's folder): each metric under its name with its value, each artifact at its
+    path; the best checkpoint logged only when the light model does not hold its bytes."""
+    from conftest import restored_tracking_uri
+    from mlflow.tracking import MlflowClient
+
+    from spamgpt import tracking
+    from spamgpt.model import classifier
+
+    classes = Classes(("spam", "ham"), "spam")
+    labels = np.array([0, 1, 1, 0])
+    logits = np.array([[2.0, -1.0], [0.5, 0.2], [-1.0, 1.5], [0.1, 0.3]])
+    split = {"val": labels, "test": labels}
+    probabilities, found = results.calibrate(
+        "platt", classes, split, {"val": logits, "test": logits}
+    )
+    evaluated = results.evaluate(0.6, classes, split, probabilities, {
+        s: task_for(classes).report(labels, probabilities[s], 0.5) for s in split
+    }, calibration=found)  # fmt: skip
+    results.write_evaluation(evaluated)
+    issues = pd.DataFrame({"split": ["train"], "file": ["a.csv"], "line": [3], "text": ["x"],
+                           "label": ["ham"], "suggested": ["spam"], "score": [0.1]})  # fmt: skip
+    contracts.write_label_issues(issues)
+    audit = {"enabled": True, "rows": 40, "label_issues": 1, "by_split": {"train": 1, "val": 0}}
+    best = paths.checkpoint_weights("best")
+    light = paths.FINETUNED_DIR / classifier.WEIGHTS
+    best.parent.mkdir(parents=True)
+    light.parent.mkdir(parents=True)
+    best.write_bytes(b"best weights")
+    light.write_bytes(b"best weights")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workspace / 'mlflow.db'}")
+    with restored_tracking_uri():
+        tracking.connect()
+        with tracking.Run.open("results") as run:
+            results.log_evaluation(run, evaluated)
+            results.log_label_issues(run, audit)
+            results.log_label_issues(run, {"enabled": False})
+            results.log_best_checkpoint(run, light_model_logged=True)  # the same bytes: none
+        client = MlflowClient()
+        metrics = client.get_run(run.run_id).data.metrics
+        logged = artifact_paths(client, run.run_id)
+        light.write_bytes(b"merged weights")
+        with tracking.Run.open("results") as other:
+            results.log_best_checkpoint(other, light_model_logged=True)
+            results.log_label_issues(other, {"enabled": False})
+        assert artifact_paths(client, other.run_id) == {"checkpoints/best.safetensors"}
+        assert client.get_run(other.run_id).data.metrics == {}
+    task = task_for(classes)
+    expected = task.flat(evaluated.reports["test"], "test")
+    expected |= task.flat(evaluated.baseline["test"], "baseline")
+    expected |= task.threshold_metrics(evaluated.choice)
+    expected |= {"audit/rows": 40, "audit/label_issues": 1}
+    expected |= {"audit/label_issues_train": 1, "audit/label_issues_val": 0}
+    for s, by_kind in found.scores.items():
+        calibrated = by_kind["calibrated"]
+        expected |= {f"{s}/{k}": calibrated[k] for k in ("ece", "ece_floor", "brier", "log_loss")
+                     if k in calibrated}  # fmt: skip
+        expected[f"{s}/ece_uncalibrated"] = by_kind["uncalibrated"]["ece"]
+    expected |= task.temperature_metrics(found.temperature)
+    expected |= {f"calibration/shift_{n}": c for n, c in found.shift.items()}
+    assert metrics == pytest.approx(expected)
+    assert logged == {
+        "evaluation/val_metrics.json", "evaluation/test_metrics.json",
+        "evaluation/val_confusion_matrix.png", "evaluation/test_confusion_matrix.png",
+        "evaluation/per_class_metrics.json", "evaluation/misclassified_test.csv",
+        "evaluation/predictions_test.csv", "evaluation/calibration.json",
+        "evaluation/test_reliability.png", "evaluation/test_roc_curve.png",
+        "evaluation/test_pr_curve.png", "audit/label_issues.json",
+    }  # fmt: skip
+    test_report = client.download_artifacts(run.run_id, "evaluation/test_metrics.json")
+    assert json.loads(Path(test_report).read_text()) == json.loads(
+        json.dumps(evaluated.reports["test"])
+    )
+    calibration_report = client.download_artifacts(run.run_id, "evaluation/calibration.json")
+    assert json.loads(Path(calibration_report).read_text())["method"] == "platt"
+    table = json.loads(
+        Path(client.download_artifacts(run.run_id, "audit/label_issues.json")).read_text()
+    )
+    assert table["data"] == [["train", "a.csv", 3, "x", "ham", "spam", 0.1]]
+
+
+def test_a_policys_choice_and_the_calibration_go_into_the_evaluation() -> None:
+    classes = Classes(("ham", "spam"), "spam")
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    spam = np.array([0.1, 0.2, 0.4, 0.3, 0.45, 0.9])
+    probs = np.column_stack([1 - spam, spam])
+    policy = {"min_precision": 1.0}
+    choice = task_for(classes).choose_threshold(policy, labels, probs)
+    assert choice.reached is not None and choice.best_f1 is not None  # the test means something
+    found = results.Calibration("none", None, {}, pd.DataFrame())
+    split, given = {"val": labels, "test": labels}, {"val": probs, "test": probs}
+    evaluated = results.evaluate(policy, classes, split, given, {}, calibration=found)
+    assert evaluated.choice == choice and evaluated.calibration is found
+
+
+def test_the_calibration_report_names_its_method_temperature_and_shift() -> None:
+    scores = {"test": {"uncalibrated": {"ece": 0.2}, "calibrated": {"ece": 0.1}}}
+    platt = results.Calibration("platt", 1.5, scores, pd.DataFrame(), {"spam": 0.25})
+    assert platt.report() == {
+        "method": "platt", "temperature": 1.5, "shift": {"spam": 0.25}, "bins": 15, **scores
+    }  # fmt: skip
+    plain = results.Calibration("temperature", 2.0, scores, pd.DataFrame())
+    assert plain.report() == {"method": "temperature", "temperature": 2.0, "bins": 15, **scores}
+
+
+def test_the_calibration_summary_gives_the_test_figures_of_the_probabilities_given() -> None:
+    before, after = {"ece": 0.2, "log_loss": 0.5, "brier": 0.1}, {"ece": 0.1, "log_loss": 0.4}
+    platt = results.Calibration(
+        "platt", 1.5, {"test": {"uncalibrated": before, "calibrated": after}}, pd.DataFrame(),
+        {"spam": 0.25},
+    )  # fmt: skip
+    assert platt.summary() == {
+        "method": "platt", "temperature": 1.5, "shift": {"spam": 0.25},
+        "test": {"ece": 0.1, "log_loss": 0.4, "ece_uncalibrated": 0.2},
+    }  # fmt: skip
+    none = results.Calibration("none", None, {"test": {"uncalibrated": before}}, pd.DataFrame())
+    assert none.summary() == {
+        "method": "none", "temperature": None, "test": {"ece": 0.2, "log_loss": 0.5}
+    }  # fmt: skip
+
+
+def test_calibrate_fits_on_validation_and_scales_every_split() -> None:
+    """temperature: T fitted on val alone; each split's probabilities the softmax of logits / T
+    and its scores before and after. none: the logits' own softmax, nothing fitted."""
+    classes = Classes(("ham", "spam"), "spam")
+    rng = np.random.default_rng(0)
+    labels = {"val": rng.integers(0, 2, 60), "test": rng.integers(0, 2, 30)}
+    logits = {s: 3 * rng.normal(size=(len(y), 2)) + 2 * np.eye(2)[y] for s, y in labels.items()}
+    task = task_for(classes)
+    fitted, shift = task.fit_calibration("temperature", logits["val"], labels["val"])
+    probabilities, found = results.calibrate("temperature", classes, labels, logits)
+    assert found.method == "temperature" and found.shift is None
+    assert found.temperature == task.temperature(fitted) != 1.0
+    for s in labels:
+        expected = torch.softmax(torch.tensor(logits[s] / fitted, dtype=torch.float32), -1)
+        np.testing.assert_allclose(probabilities[s], expected.numpy(), rtol=1e-5)
+        assert found.scores[s] == {
+            "uncalibrated": task.calibration_scores(labels[s], logits[s], 1.0),
+            "calibrated": task.calibration_scores(labels[s], logits[s], fitted, shift),
+        }
+    probabilities, found = results.calibrate("none", classes, labels, logits)
+    assert found.method == "none" and found.temperature is None
+    for s in labels:
+        expected = torch.softmax(torch.tensor(logits[s], dtype=torch.float32), -1)
+        np.testing.assert_allclose(probabilities[s], expected.numpy(), rtol=1e-6)
+        assert set(found.scores[s]) == {"uncalibrated"}
+
+
+def test_a_threshold_the_classes_cannot_take_is_refused_before_any_work() -> None:
+    from spamgpt.errors import ParamsError
+
+    results.check_threshold(0.3, Classes(("ham", "spam"), "spam"))
+    results.check_threshold(None, Classes(("a", "b", "c"), "a"))
+    with pytest.raises(ParamsError, match=r"^evaluate\.threshold: a threshold applies to two"):
+        results.check_threshold(0.3, Classes(("a", "b", "c"), "a"))
+    with pytest.raises(ParamsError, match=r"^evaluate\.threshold: multi-label data needs"):
+        results.check_threshold(None, Classes(("a", "b"), None, multi_label=True))

@@ -1,4 +1,5 @@
 import json
+import locale
 import os
 import shutil
 from pathlib import Path
@@ -85,6 +86,10 @@ def rewrite_merges(folder: Path, edit) -> None:
         (lambda ls: [*ls, "zz"], "line 302 'zz' does not join two vocab tokens"),
         (lambda ls: ls[:-1], "299 merges do not make the 300 multi-byte tokens"),
         (lambda ls: ls[1:], "first line is not '#version: 0.2'"),
+        (lambda ls: [ls[0], ls[1], *ls[1:]], "line 3 'Ġ t' makes a token"),  # a merge again
+        (lambda ls: [*ls, "Ġt  he"], "line 302 'Ġt  he' does not join two vocab tokens"),
+        (lambda ls: [*ls, "t qq"], "line 302 't qq' does not join two vocab tokens"),
+        (lambda ls: [*ls, "qq t"], "line 302 'qq t' does not join two vocab tokens"),
     ],
 )
 def test_inconsistent_merges(copy: Path, edit, message: str) -> None:
@@ -126,3 +131,69 @@ def test_real_gpt2_files() -> None:
     enc = tokenizer.load(Path(REAL))
     assert enc.encode_ordinary("Hello, world!") == [15496, 11, 995, 0]
     assert enc.eot_token == 50256 and enc.n_vocab == 50257
+
+
+def test_a_merge_out_of_order_is_named_with_what_it_breaks(copy: Path) -> None:
+    rewrite_merges(copy, lambda ls: [ls[0], ls[2], ls[1], *ls[3:]])
+    with pytest.raises(SpamGPTError) as e:
+        tokenizer.load(copy)
+    assert str(e.value) == (
+        f"{copy / 'merges.txt'}: line 3 'Ġ t' makes a token that is not in vocab.json after the "
+        "tokens of the earlier merges"
+    )
+
+
+def test_a_vocab_that_is_not_json_is_named_with_why(copy: Path) -> None:
+    (copy / "vocab.json").write_text('{"a": 1,}')
+    with pytest.raises(SpamGPTError) as e:
+        tokenizer.load(copy)
+    assert str(e.value) == (
+        f"{copy / 'vocab.json'} is not valid JSON: Expecting property name enclosed in double "
+        "quotes: line 1 column 9 (char 8)"
+    )
+
+
+def test_the_files_are_utf8_whatever_the_locale(hub: Path, enc) -> None:
+    """merges.txt spells the byte tokens in non-ASCII characters (Ġ): read as UTF-8 under an
+    ASCII locale too."""
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        assert locale.getpreferredencoding(False) != "UTF-8"  # the test means something
+        again = tokenizer.load(hub)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+    assert again.encode_ordinary(TEXT) == enc.encode_ordinary(TEXT)
+    assert again.name == "gpt2-local"
+
+
+def tiny_vocabulary(folder: Path, merges: list[tuple[str, str]], ids: list[int]) -> Path:
+    """The 256 byte tokens, the tokens `merges` make (ids: theirs), <|endoftext|> last."""
+    folder.mkdir()
+    made = {a + b: i for (a, b), i in zip(merges, ids, strict=True)}
+    taken = set(ids)
+    free = (i for i in range(1000) if i not in taken)
+    vocab = {c: next(free) for c in tokenizer.bytes_to_unicode().values()} | made
+    vocab["<|endoftext|>"] = max(vocab.values()) + 1
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    lines = "".join(f"{a} {b}\n" for a, b in merges)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + lines, encoding="utf-8")
+    return folder
+
+
+def test_a_tiny_vocabulary_whose_first_merge_is_id_0_equals_transformers(tmp_path: Path) -> None:
+    from transformers import GPT2TokenizerFast
+
+    merges = [("a", "b"), ("ab", "c"), ("Ġ", "ab")]
+    folder = tiny_vocabulary(tmp_path / "tiny", merges, [0, 257, 258])
+    enc, ref = tokenizer.load(folder), GPT2TokenizerFast.from_pretrained(str(folder))
+    for text in ["abab cab abc", "ab ab abc abcab", "x", ""]:
+        assert enc.encode_ordinary(text) == ref(text)["input_ids"], text
+    assert enc.encode_ordinary("abab abc") == [0, 0, 221, 257]  # "Ġ" is byte 32's token, 221
+    assert enc.eot_token == 259
+
+
+def test_a_merge_id_below_the_first_is_refused(tmp_path: Path) -> None:
+    folder = tiny_vocabulary(tmp_path / "tiny", [("a", "b"), ("ab", "c")], [-1, 300])
+    with pytest.raises(SpamGPTError, match=r"line 2 'a b' makes a token that is not in vocab"):
+        tokenizer.load(folder)
