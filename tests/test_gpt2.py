@@ -334,3 +334,69 @@ def test_a_model_built_on_the_meta_device_draws_nothing_and_imports_no_dynamo() 
     wte, wpe = torch.randn(50, 8), torch.randn(16, 8)  # nn.Embedding's N(0, 1), in order
     assert torch.equal(model.gpt.wte.weight, wte) and torch.equal(model.gpt.wpe.weight, wpe)
     assert model.head.weight.std() < 0.1 and not model.head.bias.any()
+
+
+def test_the_classifier_runs_where_its_inputs_are() -> None:
+    """The masks and positions it builds are on the inputs' device (the meta device here,
+    as a CUDA card would be): no tensor left on the CPU beside them."""
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=8, n_ctx=16, vocab_size=50)
+    with torch.device("meta"):
+        clf = GPT2Classifier(GPT2(config), 3)
+    idx, lengths = torch.zeros(2, 5, dtype=torch.long, device="meta"), torch.tensor([5, 3])
+    for pooling in ("last", "mean"):
+        clf.pooling = pooling
+        assert clf(idx, lengths).shape == (2, 3)
+        assert clf(torch.zeros(2, 5, 8, device="meta"), lengths, 1).shape == (2, 3)
+
+
+def test_attention_dropout_applies_in_training_only() -> None:
+    """With attention dropout 1 every attention weight is dropped in training (the output is
+    c_proj's bias), none in eval mode: at one position as over every position."""
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=8, n_ctx=16, vocab_size=50)
+    torch.manual_seed(0)
+    attn = GPT2.init_random(config).h[0].attn
+    attn.dropout, attn.resid_dropout.p = 1.0, 0.0
+    with torch.no_grad():
+        attn.c_proj.bias.copy_(torch.arange(8.0))
+    x, pos = torch.randn(2, 5, 8), torch.tensor([4, 2])
+    with torch.no_grad():
+        attn.train()
+        assert torch.equal(attn.forward_at(x, pos), attn.c_proj.bias.expand(2, 8))
+        assert torch.equal(attn(x), attn.c_proj.bias.expand(2, 5, 8))
+        attn.eval()
+        full = attn(x)[torch.arange(2), pos]
+        assert not torch.equal(full, attn.c_proj.bias.expand(2, 8))
+        torch.testing.assert_close(attn.forward_at(x, pos), full, rtol=0, atol=1e-6)
+
+
+@torch.no_grad()
+def test_last_pooling_reads_the_final_blocks_output_of_a_deeper_model() -> None:
+    """Three blocks: the last position runs through the third block, not the second."""
+    config = GPTConfig(n_layer=3, n_head=2, n_embd=16, n_ctx=16, vocab_size=50)
+    torch.manual_seed(0)
+    clf = GPT2Classifier(GPT2.init_random(config)).eval()
+    idx, lengths = torch.randint(0, 50, (2, 7)), torch.tensor([7, 4])
+    h = clf.gpt.hidden(idx)
+    torch.testing.assert_close(clf(idx, lengths), clf.head(h[[0, 1], [6, 3]]), rtol=0, atol=1e-6)
+
+
+def test_defaults_two_classes_single_label_last_token_no_dropout(hub: Path) -> None:
+    gpt = GPT2.from_pretrained(hub)
+    assert gpt.config.dropout == 0.0 and gpt.drop.p == 0.0 and gpt.h[0].attn.dropout == 0.0
+    clf = GPT2Classifier(gpt)
+    assert clf.head.out_features == 2 and clf.label_format == "single" and clf.pooling == "last"
+    assert GPT2Classifier(gpt, 4, "mean", "multi").label_format == "multi"
+
+
+def test_a_truncated_file_says_what_safetensors_found(copy: Path) -> None:
+    from safetensors import SafetensorError
+
+    path = copy / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:50_000])
+    with pytest.raises(SafetensorError) as reason:
+        load_file(path)
+    with pytest.raises(SpamGPTError) as info:
+        GPT2.from_pretrained(copy)
+    assert str(info.value) == (
+        f"{path} is corrupt or truncated: {str(reason.value).splitlines()[0]}"
+    )
