@@ -201,6 +201,9 @@ def test_for_training_seeds_the_head_and_trains_what_the_params_say(project: Pat
     assert names == classifier.freeze(expected, 1) and "gpt.h.1.mlp.c_fc.weight" in names
     multi = Classes(("a", "b"), None, multi_label=True)
     assert classifier.for_training(params, LORA, multi, CPU, seed=3)[0].label_format == "multi"
+    meta = torch.device("meta")  # as a CUDA card would be: the model is moved there
+    on_meta, _ = classifier.for_training(params, LORA, THREE, meta, seed=3)
+    assert all(p.is_meta for p in on_meta.parameters())
 
 
 def test_for_training_with_lora_adapts_the_trainable_blocks_targets(project: Path) -> None:
@@ -233,6 +236,7 @@ def test_export_writes_a_folder_that_answers_as_the_trained_model(
     meta = json.loads((project / "out" / classifier.CLASSIFIER_JSON).read_text())
     assert meta["text_columns"] == ["subject", "body"] and meta["text_template"] == fields.template
     assert meta["full"] is (finetune == "lora") and meta["max_length"] == 48
+    assert meta["pad_id"] == 556 and meta["repo_id"] == REPO_ID
     stored = set(load_file(project / "out" / classifier.WEIGHTS))
     if finetune == "lora":
         assert stored == set(GPT2Classifier(GPT2(model.gpt.config), 3).state_dict())
@@ -365,6 +369,10 @@ def test_classify_texts_says_which_texts_were_cut_and_keeps_the_rule(pretrained:
     assert truncated == [False] * 4
     _, truncated = classifier.classify_texts(model, enc, TEXTS, exact - 1, CPU, "fp32")
     assert truncated == [len(row) > exact - 1 for row in ids] and truncated[3]
+    inputs = ModelInputs(tokenized.pack_ids(ids, exact), frozen_blocks=None)
+    bf16, _ = classifier.classify_texts(model, enc, TEXTS, exact, CPU, "bf16")
+    assert torch.equal(bf16, classifier.class_probabilities(model, inputs, CPU, "bf16"))
+    assert not torch.equal(bf16, classifier.class_probabilities(model, inputs, CPU, "fp32"))
     tail = Truncation("tail")
     cut, _ = classifier.classify_texts(model, enc, TEXTS[3:], 2, CPU, "fp32", None, tail)
     with torch.no_grad():
@@ -377,3 +385,6 @@ def test_prediction_frame_takes_a_tensor_or_an_array() -> None:
     frame = classifier.prediction_frame(probs, THREE, None)
     assert frame["label"].tolist() == ["billing", "praise"]
     assert frame.equals(classifier.prediction_frame(probs.numpy(), THREE, None))
+    sms = Classes(("ham", "spam"), "spam")
+    two = torch.tensor([[0.7, 0.3], [0.9, 0.1]])
+    assert classifier.prediction_frame(two, sms, 0.2)["label"].tolist() == ["spam", "ham"]
