@@ -1,6 +1,8 @@
 """The cached trunk is exact, and bf16 stays within its rounding of fp32."""
 
 import copy
+import io
+import sys
 
 import pytest
 import torch
@@ -336,3 +338,24 @@ def test_a_split_is_read_from_the_tokens_or_the_cache(model, tmp_path, monkeypat
     assert cached.inputs.frozen_blocks == 2 and torch.equal(cached.labels, labels)
     expected = trunk.compute(model.gpt, tokens, 2, CPU, "fp32").rows
     assert torch.equal(cached.inputs.sequences.rows[:], expected)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_bar_on_a_terminal_names_the_split(model, tmp_path, monkeypatch) -> None:
+    """On a terminal the trunk draws a bar named after what it computes ("trunk" unless
+    told): compute()'s and write()'s alike."""
+    tokens = messages(4, seed=11)
+    for run, name in (
+        (lambda **desc: trunk.compute(model.gpt, tokens, 1, CPU, "fp32", **desc), "compute"),
+        (lambda **desc: trunk.write(tmp_path / "c", model.gpt, tokens, 1, CPU, "fp32", **desc),
+         "write"),
+    ):  # fmt: skip
+        for desc, shown in (({}, "trunk: "), ({"desc": "val"}, "val: ")):
+            monkeypatch.setattr(sys, "stderr", Terminal())
+            run(**desc)
+            drawn = sys.stderr.getvalue()
+            assert shown in drawn and "100%" in drawn, (name, drawn)
