@@ -17,7 +17,7 @@ from spamgpt.data import tokenized, tokenizer
 from spamgpt.data.batching import ModelInputs
 from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.labels import Classes
-from spamgpt.model import classifier
+from spamgpt.model import classifier, trunk
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.params import LoraParams, ModelParams
 from spamgpt.random_hub import make_hub
@@ -388,3 +388,51 @@ def test_prediction_frame_takes_a_tensor_or_an_array() -> None:
     sms = Classes(("ham", "spam"), "spam")
     two = torch.tensor([[0.7, 0.3], [0.9, 0.1]])
     assert classifier.prediction_frame(two, sms, 0.2)["label"].tolist() == ["spam", "ham"]
+
+
+def test_load_draws_nothing_and_rebuilds_dropout_and_label_format(
+    pretrained: Path, tmp_path: Path
+) -> None:
+    """A model trained with dropout (its classifier.json's config says so) over the base,
+    multi-label: loaded without a draw from the global RNG, its config and task as saved."""
+    model, trained = trained_model(pretrained)
+    model.gpt.config.dropout = 0.1
+    save(model, trained, tmp_path, pretrained, False)
+    meta = json.loads((tmp_path / classifier.CLASSIFIER_JSON).read_text())
+    meta |= {"positive_label": None, "label_format": "multi"}
+    (tmp_path / classifier.CLASSIFIER_JSON).write_text(json.dumps(meta))
+    torch.manual_seed(0)
+    loaded, _ = classifier.load(tmp_path, pretrained)
+    assert torch.equal(torch.get_rng_state(), torch.manual_seed(0).get_state())
+    assert loaded.gpt.config.dropout == 0.1 and loaded.label_format == "multi"
+
+
+def test_logits_of_the_cached_trunk_are_those_of_the_tokens(pretrained: Path) -> None:
+    """ModelInputs says how many blocks its cached states have been through: logits() hands
+    that on to the model."""
+    model, _ = trained_model(pretrained)
+    g = torch.Generator().manual_seed(3)
+    ids = [torch.randint(0, 500, (n,), generator=g).tolist() for n in (4, 9, 2)]
+    tokens = tokenized.pack_ids(ids, 48)
+    cached = ModelInputs(trunk.compute(model.gpt, tokens, 1, CPU, "fp32"), frozen_blocks=1)
+    indices = torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        expected = classifier.logits(model, ModelInputs(tokens, None), indices, CPU)
+        torch.testing.assert_close(
+            classifier.logits(model, cached, indices, CPU), expected, rtol=0, atol=1e-6
+        )
+
+
+def test_the_folded_head_is_rounded_to_float32_once(pretrained: Path) -> None:
+    """w / T and b / T + c are computed in float64 from float64 T and c, then rounded: a T or
+    c rounded to float32 first would move some weights by an ulp, and a bias of 1 with
+    c = 2^-24 + 2^-50 (just over half float32's ulp at 1) would round down, not up."""
+    model, _ = trained_model(pretrained)
+    weight = model.head.weight.detach().double()
+    with torch.no_grad():
+        model.head.bias.fill_(1.0)
+    shift = {"billing": 2.0**-24 + 2.0**-50, "bug": 0.0, "praise": 0.0}
+    classifier.fold_temperature(model, 1.0, THREE, shift)
+    assert model.head.bias[0].item() == 1 + 2.0**-23
+    classifier.fold_temperature(model, 3.3, THREE)
+    assert torch.equal(model.head.weight, (weight / 3.3).float())
