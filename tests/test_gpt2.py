@@ -400,3 +400,53 @@ def test_a_truncated_file_says_what_safetensors_found(copy: Path) -> None:
     assert str(info.value) == (
         f"{path} is corrupt or truncated: {str(reason.value).splitlines()[0]}"
     )
+
+
+def test_unreadable_or_non_object_config_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SpamGPTError) as info:
+        GPTConfig.from_json(tmp_path / "config.json")
+    assert str(info.value) == f"cannot read {tmp_path / 'config.json'}: No such file or directory"
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(SpamGPTError) as info:
+        GPTConfig.from_json(tmp_path / "config.json")
+    assert str(info.value) == f"{tmp_path / 'config.json'} is not a JSON object"
+
+
+@pytest.mark.parametrize(
+    ("architectures", "named"),
+    [(["LlamaForCausalLM", "LlamaModel"], "LlamaForCausalLM, LlamaModel"),
+     (None, "no architecture named")],
+)  # fmt: skip
+def test_another_model_type_names_its_architectures(
+    hub: Path, tmp_path: Path, architectures: list[str] | None, named: str
+) -> None:
+    config = json.loads((hub / "config.json").read_text()) | {"model_type": "llama"}
+    config.pop("architectures", None)
+    if architectures:
+        config["architectures"] = architectures
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SpamGPTError, match=re.escape(f"model_type is 'llama' ({named}), not")):
+        GPTConfig.from_json(tmp_path / "config.json")
+
+
+def test_a_config_without_activation_function_is_gpt2s_gelu_new(hub: Path, tmp_path: Path):
+    config = json.loads((hub / "config.json").read_text())
+    config.pop("activation_function", None)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert GPTConfig.from_json(tmp_path / "config.json") == GPTConfig.from_json(hub / "config.json")
+
+
+def test_a_file_of_mask_buffers_only_has_no_other_tensor(copy: Path) -> None:
+    edit_tensors(copy, lambda t: [t.clear(), t.update({"h.0.attn.bias": torch.ones(1, 1)})])
+    with pytest.raises(SpamGPTError) as info:
+        GPT2.from_pretrained(copy)
+    assert str(info.value) == (
+        f"{copy / 'model.safetensors'}: tensor wte.weight is missing (the file has no other "
+        "tensor): not a complete GPT-2 checkpoint"
+    )
+
+
+def test_dropout_reaches_every_dropout_of_the_model(hub: Path) -> None:
+    gpt = GPT2.from_pretrained(hub, dropout=0.25)
+    rates = {m.p for m in gpt.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {0.25} and {b.attn.dropout for b in gpt.h} == {0.25}
