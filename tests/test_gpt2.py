@@ -450,3 +450,19 @@ def test_dropout_reaches_every_dropout_of_the_model(hub: Path) -> None:
     gpt = GPT2.from_pretrained(hub, dropout=0.25)
     rates = {m.p for m in gpt.modules() if isinstance(m, torch.nn.Dropout)}
     assert rates == {0.25} and {b.attn.dropout for b in gpt.h} == {0.25}
+
+
+@torch.no_grad()
+def test_layer_norm_epsilon_is_every_norms_as_in_transformers(copy: Path) -> None:
+    """A config.json's layer_norm_epsilon (large here, so that it shows in the logits) is used
+    by ln_1, ln_2 and ln_f alike: the logits are still transformers'."""
+    from transformers import GPT2LMHeadModel
+
+    config = json.loads((copy / "config.json").read_text()) | {"layer_norm_epsilon": 0.5}
+    (copy / "config.json").write_text(json.dumps(config))
+    ours = GPT2.from_pretrained(copy).eval()
+    ref = GPT2LMHeadModel.from_pretrained(str(copy), dtype=torch.float32).eval()
+    idx, _ = ids(9, 4)
+    torch.testing.assert_close(ours(idx), ref(idx).logits, rtol=0, atol=1e-4)
+    norms = [m for m in ours.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * 2 + 1 and {m.eps for m in norms} == {0.5}
