@@ -866,3 +866,27 @@ def test_copy_in_fills_a_cpu_buffer() -> None:
     buffer = torch.zeros(3)
     train.copy_in(buffer, torch.tensor([1.0, 2.0, 3.0]))
     assert buffer.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_the_line_marks_the_best_and_survives_no_training_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The first line counts from the run's start (no line before it); no time trained (a
+    resumed run's evaluation at once) is 0 samples/s, half a second is twice the samples; the
+    line is logged as it is, with the seconds since the last line."""
+    lines = train.ProgressLines(3, "val/loss")
+    entry = {"epoch": 1, "step": 4, "train/epoch_loss": 0.5, "val/loss": 0.25}
+    best = State(train_seconds=2.0, history=[entry], best_evaluation=1)
+    lines.samples = 10
+    assert lines.line(best, entry, 1.0).endswith("val loss 0.2500 (best), 5.0 samples/s, 1.0 s")
+    lines.train_seconds = 2.0
+    assert lines.line(best, entry, 1.0).endswith(", 0.0 samples/s, 1.0 s")
+    best.train_seconds = 2.5
+    assert lines.line(best, entry, 1.0).endswith(", 20.0 samples/s, 1.0 s")
+    lines.since -= 1000.0  # the last line, 1000 s ago
+    with caplog.at_level("INFO", logger="spamgpt.finetune.train"):
+        lines.on_evaluation(best, entry)
+    (message,) = [r.getMessage() for r in caplog.records]
+    seconds = float(message.rsplit(", ", 1)[1].removesuffix(" s"))
+    assert message.startswith("epoch 1/3 step 4: train loss 0.5000, val loss 0.2500 (best), 20.0")
+    assert 1000 <= seconds < 1100
