@@ -153,16 +153,23 @@ def split_frame(n: int) -> pd.DataFrame:
     )
 
 
-@pytest.mark.parametrize("given", [False, True], ids=["one file", "given splits"])
+@pytest.mark.parametrize(
+    ("given", "sources"), [(False, None), (False, "dataset"), (True, None)],
+    ids=["one file", "one file named", "given splits"],
+)  # fmt: skip
 def test_log_run_inputs_records_params_data_truncation_and_labels(
-    project: Path, store: MlflowClient, given: bool
+    project: Path, store: MlflowClient, given: bool, sources: str | None
 ) -> None:
+    """One file (the data report names it as the source "dataset", or, older, names none):
+    its training split, with the raw file's hash; given splits: each with its own."""
     shutil.copy(REPO / "params.yaml", project / "params.yaml")
     p = params.load(project / "params.yaml")
     for split, n in zip(paths.SPLITS, (6, 4, 2), strict=True):
         paths.split_file(split).parent.mkdir(parents=True, exist_ok=True)
         readers.write_split(split_frame(n), paths.split_file(split))
     report = {**SMS.to_dict(), "raw_sha256": "a" * 64}
+    if sources == "dataset":
+        report["sources"] = {"dataset": {"source": "http://127.0.0.1/sms.zip", "sha256": "e" * 64}}
     if given:
         report["sources"] = {
             s: {"source": f"http://127.0.0.1/{s}.csv", "sha256": c * 64}
