@@ -890,3 +890,73 @@ def test_the_line_marks_the_best_and_survives_no_training_time(
     seconds = float(message.rsplit(", ", 1)[1].removesuffix(" s"))
     assert message.startswith("epoch 1/3 step 4: train loss 0.5000, val loss 0.2500 (best), 20.0")
     assert 1000 <= seconds < 1100
+
+
+def test_an_evaluation_is_due_at_each_epochs_end_or_every_n_steps() -> None:
+    once = new_trainer()
+    assert once._evaluation_due(True) and not once._evaluation_due(False, 99)
+    every = new_trainer(dataclasses.replace(PARAMS, eval_every=5))
+    assert [every._evaluation_due(False, s) for s in (4, 5)] == [False, True]
+    every.state.history, every.state.step = [{"step": 5}], 9
+    assert not every._evaluation_due(False) and every._evaluation_due(False, 10)
+    assert not every._evaluation_due(True)  # epoch 1 of 3 over, 4 steps since the last
+    every.state.epoch = 2
+    assert every._evaluation_due(True)  # the last epoch over: always
+
+
+def test_read_losses_records_the_steps_up_to_a_non_finite_one() -> None:
+    trainer, record = new_trainer(), Record()
+    trainer.hooks = [record]
+    s = trainer.state
+    s.step, s.batch, s.epoch_loss_sum, s.epoch_samples = 10, 2, 1.0, 8
+    losses = [0.5, 0.25, float("inf"), 0.125]
+    unread = [train.UnreadStep(torch.tensor(x, dtype=torch.float64), 1e-3, 4) for x in losses]
+    trainer._read_losses([])  # nothing to read: nothing happens
+    assert s.steps == [] and record.events == []
+    with pytest.raises(SpamGPTError, match=r"^training loss is inf at step 13 \(epoch 1\)"):
+        trainer._read_losses(unread)
+    assert s.steps == [[11, 0.5, 1e-3], [12, 0.25, 1e-3]] and (s.step, s.batch) == (12, 4)
+    assert s.epoch_loss_sum == 1.0 + 0.5 * 4 + 0.25 * 4 and s.epoch_samples == 16
+    assert record.events == [("step", 11), ("step", 12), ("read", 2)]
+    record.events.clear()
+    with pytest.raises(SpamGPTError, match="is nan at step 13"):
+        trainer._read_losses([train.UnreadStep(torch.tensor(math.nan), 0.1, 1)])
+    assert record.events == [] and len(s.steps) == 2  # the first one bad: no step recorded
+
+
+def test_an_epochs_end_resets_its_sums_and_finishes_after_the_last() -> None:
+    trainer, record = new_trainer(dataclasses.replace(PARAMS, epochs=2)), Record()
+    trainer.hooks = [record]
+    s = trainer.state
+    s.batch, s.epoch_loss_sum, s.epoch_samples = 16, 3.0, 64
+    trainer._end_epoch()
+    assert (s.epoch, s.batch, s.epoch_loss_sum, s.epoch_samples) == (1, 0, 0.0, 0)
+    assert not s.finished and record.events == [("end", 1)]
+    trainer._end_epoch()
+    assert s.finished and s.epoch == 2
+
+
+def test_an_evaluation_keeps_the_best_weights_and_calls_the_hooks() -> None:
+    """validation in eval mode, an entry in the history; the weights of an evaluation that
+    improves kept, of one that does not left."""
+    trainer, record = new_trainer(), Record()
+    trainer.hooks = [record]
+    trainer.model.train()
+    trainer._evaluate()
+    s = trainer.state
+    assert not trainer.model.training and len(s.history) == 1 and s.best_evaluation == 1
+    val_loss, report = train.validation(
+        trainer.model, trainer.val_split, trainer.task, trainer.class_weights, CPU, "fp32"
+    )
+    assert s.history[0] == train.evaluation_entry(s, val_loss, report, SMS)
+    assert s.best_score == (trainer.task.selection_score(report, val_loss, "auto"), -val_loss)
+    assert all(torch.equal(s.best_weights[n], p) for n, p in trainer.trained.items())
+    assert record.events == [("evaluation", 1, 0, val_loss)]
+    kept = {n: w.clone() for n, w in s.best_weights.items()}
+    with torch.no_grad():
+        for p in trainer.trained.values():
+            p.add_(1.0)  # worse weights
+    s.best_score = (math.inf, math.inf)  # nothing can improve on it
+    trainer._evaluate()
+    assert s.best_evaluation == 1 and len(s.history) == 2
+    assert all(torch.equal(s.best_weights[n], kept[n]) for n in kept)
