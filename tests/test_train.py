@@ -2,6 +2,7 @@
 early stopping, a resumed run that ends exactly where an uninterrupted one does, and the
 losses read back from the device a chunk at a time: the same as every step, NaN included."""
 
+import contextlib
 import dataclasses
 import io
 import math
@@ -960,3 +961,14 @@ def test_an_evaluation_keeps_the_best_weights_and_calls_the_hooks() -> None:
     trainer._evaluate()
     assert s.best_evaluation == 1 and len(s.history) == 2
     assert all(torch.equal(s.best_weights[n], kept[n]) for n in kept)
+
+
+def test_the_static_steps_autocast_keeps_no_cast_weights_under_graphs() -> None:
+    trainer = new_trainer(dataclasses.replace(PARAMS, cuda_graphs=True))
+    assert isinstance(trainer.static._autocast(), contextlib.nullcontext)  # fp32: none
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        trainer.precision = precision
+        for graphs in (False, True):
+            cast = train.StaticStep(trainer, graphs)._autocast()
+            assert (cast.device, cast.fast_dtype) == ("cpu", dtype)
+            assert cast._cache_enabled is not graphs
