@@ -180,6 +180,7 @@ def test_log_run_inputs_records_params_data_truncation_and_labels(
     logged = store.get_run(run.run_id)
     assert logged.data.params == {k: str(v) for k, v in params.flatten(p).items()}
     assert logged.data.metrics == {"truncated/train": 3, "truncated/val": 0, "truncated/test": 1}
+    assert [m.step for m in store.get_metric_history(run.run_id, "truncated/test")] == [0]
     inputs = logged.inputs.dataset_inputs
     got = {
         i.dataset.name: (i.dataset.digest, i.dataset.source, {t.key: t.value for t in i.tags})
