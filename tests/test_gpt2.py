@@ -334,3 +334,135 @@ def test_a_model_built_on_the_meta_device_draws_nothing_and_imports_no_dynamo() 
     wte, wpe = torch.randn(50, 8), torch.randn(16, 8)  # nn.Embedding's N(0, 1), in order
     assert torch.equal(model.gpt.wte.weight, wte) and torch.equal(model.gpt.wpe.weight, wpe)
     assert model.head.weight.std() < 0.1 and not model.head.bias.any()
+
+
+def test_the_classifier_runs_where_its_inputs_are() -> None:
+    """The masks and positions it builds are on the inputs' device (the meta device here,
+    as a CUDA card would be): no tensor left on the CPU beside them."""
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=8, n_ctx=16, vocab_size=50)
+    with torch.device("meta"):
+        clf = GPT2Classifier(GPT2(config), 3)
+    idx, lengths = torch.zeros(2, 5, dtype=torch.long, device="meta"), torch.tensor([5, 3])
+    for pooling in ("last", "mean"):
+        clf.pooling = pooling
+        assert clf(idx, lengths).shape == (2, 3)
+        assert clf(torch.zeros(2, 5, 8, device="meta"), lengths, 1).shape == (2, 3)
+
+
+def test_attention_dropout_applies_in_training_only() -> None:
+    """With attention dropout 1 every attention weight is dropped in training (the output is
+    c_proj's bias), none in eval mode: at one position as over every position."""
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=8, n_ctx=16, vocab_size=50)
+    torch.manual_seed(0)
+    attn = GPT2.init_random(config).h[0].attn
+    attn.dropout, attn.resid_dropout.p = 1.0, 0.0
+    with torch.no_grad():
+        attn.c_proj.bias.copy_(torch.arange(8.0))
+    x, pos = torch.randn(2, 5, 8), torch.tensor([4, 2])
+    with torch.no_grad():
+        attn.train()
+        assert torch.equal(attn.forward_at(x, pos), attn.c_proj.bias.expand(2, 8))
+        assert torch.equal(attn(x), attn.c_proj.bias.expand(2, 5, 8))
+        attn.eval()
+        full = attn(x)[torch.arange(2), pos]
+        assert not torch.equal(full, attn.c_proj.bias.expand(2, 8))
+        torch.testing.assert_close(attn.forward_at(x, pos), full, rtol=0, atol=1e-6)
+
+
+@torch.no_grad()
+def test_last_pooling_reads_the_final_blocks_output_of_a_deeper_model() -> None:
+    """Three blocks: the last position runs through the third block, not the second."""
+    config = GPTConfig(n_layer=3, n_head=2, n_embd=16, n_ctx=16, vocab_size=50)
+    torch.manual_seed(0)
+    clf = GPT2Classifier(GPT2.init_random(config)).eval()
+    idx, lengths = torch.randint(0, 50, (2, 7)), torch.tensor([7, 4])
+    h = clf.gpt.hidden(idx)
+    torch.testing.assert_close(clf(idx, lengths), clf.head(h[[0, 1], [6, 3]]), rtol=0, atol=1e-6)
+
+
+def test_defaults_two_classes_single_label_last_token_no_dropout(hub: Path) -> None:
+    gpt = GPT2.from_pretrained(hub)
+    assert gpt.config.dropout == 0.0 and gpt.drop.p == 0.0 and gpt.h[0].attn.dropout == 0.0
+    clf = GPT2Classifier(gpt)
+    assert clf.head.out_features == 2 and clf.label_format == "single" and clf.pooling == "last"
+    assert GPT2Classifier(gpt, 4, "mean", "multi").label_format == "multi"
+
+
+def test_a_truncated_file_says_what_safetensors_found(copy: Path) -> None:
+    from safetensors import SafetensorError
+
+    path = copy / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:50_000])
+    with pytest.raises(SafetensorError) as reason:
+        load_file(path)
+    with pytest.raises(SpamGPTError) as info:
+        GPT2.from_pretrained(copy)
+    assert str(info.value) == (
+        f"{path} is corrupt or truncated: {str(reason.value).splitlines()[0]}"
+    )
+
+
+def test_unreadable_or_non_object_config_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SpamGPTError) as info:
+        GPTConfig.from_json(tmp_path / "config.json")
+    assert str(info.value) == f"cannot read {tmp_path / 'config.json'}: No such file or directory"
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(SpamGPTError) as info:
+        GPTConfig.from_json(tmp_path / "config.json")
+    assert str(info.value) == f"{tmp_path / 'config.json'} is not a JSON object"
+
+
+@pytest.mark.parametrize(
+    ("architectures", "named"),
+    [(["LlamaForCausalLM", "LlamaModel"], "LlamaForCausalLM, LlamaModel"),
+     (None, "no architecture named")],
+)  # fmt: skip
+def test_another_model_type_names_its_architectures(
+    hub: Path, tmp_path: Path, architectures: list[str] | None, named: str
+) -> None:
+    config = json.loads((hub / "config.json").read_text()) | {"model_type": "llama"}
+    config.pop("architectures", None)
+    if architectures:
+        config["architectures"] = architectures
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SpamGPTError, match=re.escape(f"model_type is 'llama' ({named}), not")):
+        GPTConfig.from_json(tmp_path / "config.json")
+
+
+def test_a_config_without_activation_function_is_gpt2s_gelu_new(hub: Path, tmp_path: Path):
+    config = json.loads((hub / "config.json").read_text())
+    config.pop("activation_function", None)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert GPTConfig.from_json(tmp_path / "config.json") == GPTConfig.from_json(hub / "config.json")
+
+
+def test_a_file_of_mask_buffers_only_has_no_other_tensor(copy: Path) -> None:
+    edit_tensors(copy, lambda t: [t.clear(), t.update({"h.0.attn.bias": torch.ones(1, 1)})])
+    with pytest.raises(SpamGPTError) as info:
+        GPT2.from_pretrained(copy)
+    assert str(info.value) == (
+        f"{copy / 'model.safetensors'}: tensor wte.weight is missing (the file has no other "
+        "tensor): not a complete GPT-2 checkpoint"
+    )
+
+
+def test_dropout_reaches_every_dropout_of_the_model(hub: Path) -> None:
+    gpt = GPT2.from_pretrained(hub, dropout=0.25)
+    rates = {m.p for m in gpt.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {0.25} and {b.attn.dropout for b in gpt.h} == {0.25}
+
+
+@torch.no_grad()
+def test_layer_norm_epsilon_is_every_norms_as_in_transformers(copy: Path) -> None:
+    """A config.json's layer_norm_epsilon (large here, so that it shows in the logits) is used
+    by ln_1, ln_2 and ln_f alike: the logits are still transformers'."""
+    from transformers import GPT2LMHeadModel
+
+    config = json.loads((copy / "config.json").read_text()) | {"layer_norm_epsilon": 0.5}
+    (copy / "config.json").write_text(json.dumps(config))
+    ours = GPT2.from_pretrained(copy).eval()
+    ref = GPT2LMHeadModel.from_pretrained(str(copy), dtype=torch.float32).eval()
+    idx, _ = ids(9, 4)
+    torch.testing.assert_close(ours(idx), ref(idx).logits, rtol=0, atol=1e-4)
+    norms = [m for m in ours.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * 2 + 1 and {m.eps for m in norms} == {0.5}

@@ -2,16 +2,20 @@
 early stopping, a resumed run that ends exactly where an uninterrupted one does, and the
 losses read back from the device a chunk at a time: the same as every step, NaN included."""
 
+import contextlib
 import dataclasses
 import io
 import math
 import re
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from spamgpt.data.batching import ModelInputs, PackedSequences
@@ -705,3 +709,270 @@ def test_cuda_graphs_false_or_auto_off_cuda_is_the_plain_step() -> None:
     assert train.graph_mode(True, FP32_CPU) is False  # the static step, eagerly
     assert train.graph_mode(True, Compute(torch.device("cuda"), "fp16")) is None  # loss scaling
     assert train.graph_mode("auto", Compute(torch.device("cuda"), "bf16")) is True
+
+
+# --- the loop's small pieces, each on its own (fast: no fit) ---
+
+
+def test_log_metrics_logs_each_step_and_the_evaluation_at_its_axis() -> None:
+    logged = Logged()
+    state = State()
+    for axis, at in (("epoch", 2), ("step", 30)):
+        hook = LogMetrics(logged, axis)
+        hook.on_steps(state, [[29, 0.5, 1e-3], [30, 0.25, 2e-3]])
+        hook.on_evaluation(state, {"epoch": 2, "step": 30, "val/loss": 0.4, "val/f1": 0.9})
+        assert logged.metrics[-3:] == [
+            (29, {"train/loss": 0.5, "train/lr": 1e-3}),
+            (30, {"train/loss": 0.25, "train/lr": 2e-3}),
+            (at, {"val/loss": 0.4, "val/f1": 0.9}),
+        ]
+    assert LogMetrics(logged).axis == "epoch"
+
+
+def test_the_bar_counts_the_epochs_steps_and_shows_the_last_loss(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert isinstance(train.progress(3, "val/loss"), ProgressBar)  # stderr, unless told
+    bar = ProgressBar(3)
+    bar.on_fit_end(State())  # no epoch began: nothing to close
+    state = State(epoch=1, batch=2)  # a resumed epoch, 2 of its 10 batches done
+    bar.on_epoch_start(state, 10)
+    bar.on_steps(state, [[13, 0.5, 1e-3], [14, 0.123456, 1e-3]])
+    assert bar.bar.n == 4 and bar.bar.total == 10 and bar.bar.desc == "epoch 2/3"
+    assert bar.bar.postfix == "loss=0.1235"
+    bar.on_epoch_end(state)
+    assert bar.bar.disable  # closed
+    shown = sys.stderr.getvalue()
+    assert "epoch 2/3" in shown and "4/10" in shown
+
+
+def test_progress_lines_count_the_samples_since_the_last_line() -> None:
+    lines = train.ProgressLines(2, "val/loss")
+    state = State(epoch_samples=8, train_seconds=3.0)  # resumed 8 messages into an epoch
+    lines.on_epoch_start(state, 4)
+    assert lines.seen == 8 and lines.train_seconds == 3.0
+    state.epoch_samples = 20
+    lines.on_steps(state, [[3, 0.5, 1e-3]])
+    state.epoch_samples = 24
+    lines.on_steps(state, [[4, 0.5, 1e-3]])
+    assert lines.samples == 16 and lines.seen == 24
+    state.train_seconds = 5.0
+    state.history = [{"epoch": 1, "step": 4, "train/epoch_loss": 0.5, "val/loss": 0.3}]
+    lines.on_evaluation(state, state.history[0])
+    assert lines.samples == 0 and lines.train_seconds == 5.0
+    lines.on_epoch_start(State(train_seconds=9.0), 4)  # a later epoch: the last line's time
+    assert lines.train_seconds == 5.0
+
+
+def test_early_stopping_after_patience_evaluations_without_a_better_one() -> None:
+    stop = train.EarlyStopping(2)
+    state = State(history=[{}, {}], best_evaluation=1)
+    stop.on_evaluation(state, {})
+    assert not state.finished
+    state.history.append({})
+    stop.on_evaluation(state, {})
+    assert state.finished
+
+
+def test_the_optimizer_decays_matrices_only_fused_on_the_cpu() -> None:
+    trained = {
+        "w": torch.nn.Parameter(torch.ones(2, 3)), "b": torch.nn.Parameter(torch.ones(3)),
+        "g": torch.nn.Parameter(torch.ones(3)),
+    }  # fmt: skip
+    opt = train.configure_optimizer(trained, PARAMS, CPU)
+    decay, no_decay = opt.param_groups
+    assert [p is trained["w"] for p in decay["params"]] == [True]
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert [id(p) for p in no_decay["params"]] == [id(trained["b"]), id(trained["g"])]
+    assert decay["lr"] == no_decay["lr"] == 1e-2 and decay["fused"] and not decay["capturable"]
+    assert train.configure_optimizer(trained, PARAMS, CPU, True).param_groups[0]["capturable"]
+    assert not train.configure_optimizer(trained, PARAMS, torch.device("meta")).defaults["fused"]
+
+
+def test_an_update_is_batch_size_times_accumulation_steps_messages() -> None:
+    assert train.update_size(dataclasses.replace(PARAMS, accumulation_steps=3)) == 12
+
+
+def test_the_schedule_warms_up_over_its_share_of_every_update() -> None:
+    """3 epochs of ceil(50 / 4) = 13 updates; warm-up 0.1 of 39: 4 steps (at least 1)."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1.0)
+    schedule = train.linear_schedule(opt, PARAMS, 50)
+    assert [schedule.lr_lambdas[0](s) for s in (0, 3, 4, 39)] == [
+        lr_factor(s, 39, 4) for s in (0, 3, 4, 39)
+    ]
+    none = train.linear_schedule(opt, dataclasses.replace(PARAMS, warmup_ratio=0.0), 50)
+    assert none.lr_lambdas[0](0) == 1.0  # a warm-up of 1 step: the full rate at once
+    assert lr_factor(5, 5, 5) == 0.0 and lr_factor(4, 5, 5) == 1.0 and lr_factor(6, 5, 5) == 0.0
+
+
+def test_the_global_loss_sum_of_one_process_is_its_own_in_float64() -> None:
+    loss = torch.tensor(1.5, requires_grad=True) * 2
+    total, signalled = train.global_loss_sum(loss, True)
+    assert total.dtype == torch.float64 and total.item() == 3.0 and signalled
+    assert not total.requires_grad and not train.global_loss_sum(loss, False)[1]
+
+
+def test_each_process_takes_its_share_of_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WORLD_SIZE 2: process 1 sums the losses of every other message from the second; a
+    batch of one message leaves it none, so it joins with weight 0."""
+    trainer = new_trainer(dataclasses.replace(PARAMS, class_weights="none"))
+    split, task, model = trainer.train_split, trainer.task, trainer.model
+    indices = torch.tensor([5, 1, 9, 2])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with torch.no_grad():
+        mine = train.shard_loss(task, model, split, indices, None, FP32_CPU)
+        logits = classifier.logits(model, split.inputs, torch.tensor([1, 2]), CPU)
+        expected = F.cross_entropy(logits, split.labels[[1, 2]], reduction="sum")
+        torch.testing.assert_close(mine, expected)
+        alone = train.shard_loss(task, model, split, torch.tensor([7]), None, FP32_CPU)
+    assert alone.item() == 0.0
+
+
+def test_a_non_finite_loss_names_the_step_it_came_at() -> None:
+    error = train.non_finite_loss(float("nan"), State(epoch=1, step=40))
+    assert str(error) == (
+        "training loss is nan at step 41 (epoch 2); stopped, the best checkpoint so far is "
+        "kept; try a lower train.lr or train.precision: fp32"
+    )
+
+
+def test_an_evaluation_entry_is_the_epochs_figures_so_far() -> None:
+    probabilities = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    report = task_for(SMS).report(np.array([0, 1, 1]), probabilities, 0.5)
+    state = State(epoch=1, step=30, epoch_loss_sum=6.0, epoch_samples=24)
+    entry = train.evaluation_entry(state, 0.35, report, SMS)
+    assert entry == {
+        "epoch": 2, "step": 30, "train/epoch_loss": 0.25, "val/loss": 0.35,
+        **task_for(SMS).flat(report, "val"),
+    }  # fmt: skip
+    assert train.evaluation_entry(State(), 0.1, report, SMS)["train/epoch_loss"] == 0.0
+
+
+def test_graph_mode_says_why_not_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    cuda = torch.device("cuda")
+    assert train.graph_mode("auto", FP32_CPU) is None
+    assert train.graph_mode(True, Compute(cuda, "fp32")) is True
+    assert train.graph_mode(False, Compute(cuda, "fp32")) is None
+    with caplog.at_level("INFO", logger="spamgpt.finetune.train"):
+        assert train.graph_mode(True, Compute(cuda, "fp16")) is None
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert train.graph_mode(True, Compute(cuda, "bf16")) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "train.cuda_graphs: not with fp16 (the loss scale's checks); the plain step",
+        "train.cuda_graphs: not with train.devices > 1 (each process's all-reduce); the plain step",
+    ]
+
+
+def test_copy_in_fills_a_cpu_buffer() -> None:
+    buffer = torch.zeros(3)
+    train.copy_in(buffer, torch.tensor([1.0, 2.0, 3.0]))
+    assert buffer.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_the_line_marks_the_best_and_survives_no_training_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The first line counts from the run's start (no line before it); no time trained (a
+    resumed run's evaluation at once) is 0 samples/s, half a second is twice the samples; the
+    line is logged as it is, with the seconds since the last line."""
+    lines = train.ProgressLines(3, "val/loss")
+    entry = {"epoch": 1, "step": 4, "train/epoch_loss": 0.5, "val/loss": 0.25}
+    best = State(train_seconds=2.0, history=[entry], best_evaluation=1)
+    lines.samples = 10
+    assert lines.line(best, entry, 1.0).endswith("val loss 0.2500 (best), 5.0 samples/s, 1.0 s")
+    lines.train_seconds = 2.0
+    assert lines.line(best, entry, 1.0).endswith(", 0.0 samples/s, 1.0 s")
+    best.train_seconds = 2.5
+    assert lines.line(best, entry, 1.0).endswith(", 20.0 samples/s, 1.0 s")
+    lines.since -= 1000.0  # the last line, 1000 s ago
+    with caplog.at_level("INFO", logger="spamgpt.finetune.train"):
+        lines.on_evaluation(best, entry)
+    (message,) = [r.getMessage() for r in caplog.records]
+    seconds = float(message.rsplit(", ", 1)[1].removesuffix(" s"))
+    assert message.startswith("epoch 1/3 step 4: train loss 0.5000, val loss 0.2500 (best), 20.0")
+    assert 1000 <= seconds < 1100
+
+
+def test_an_evaluation_is_due_at_each_epochs_end_or_every_n_steps() -> None:
+    once = new_trainer()
+    assert once._evaluation_due(True) and not once._evaluation_due(False, 99)
+    every = new_trainer(dataclasses.replace(PARAMS, eval_every=5))
+    assert [every._evaluation_due(False, s) for s in (4, 5)] == [False, True]
+    every.state.history, every.state.step = [{"step": 5}], 9
+    assert not every._evaluation_due(False) and every._evaluation_due(False, 10)
+    assert not every._evaluation_due(True)  # epoch 1 of 3 over, 4 steps since the last
+    every.state.epoch = 2
+    assert every._evaluation_due(True)  # the last epoch over: always
+
+
+def test_read_losses_records_the_steps_up_to_a_non_finite_one() -> None:
+    trainer, record = new_trainer(), Record()
+    trainer.hooks = [record]
+    s = trainer.state
+    s.step, s.batch, s.epoch_loss_sum, s.epoch_samples = 10, 2, 1.0, 8
+    losses = [0.5, 0.25, float("inf"), 0.125]
+    unread = [train.UnreadStep(torch.tensor(x, dtype=torch.float64), 1e-3, 4) for x in losses]
+    trainer._read_losses([])  # nothing to read: nothing happens
+    assert s.steps == [] and record.events == []
+    with pytest.raises(SpamGPTError, match=r"^training loss is inf at step 13 \(epoch 1\)"):
+        trainer._read_losses(unread)
+    assert s.steps == [[11, 0.5, 1e-3], [12, 0.25, 1e-3]] and (s.step, s.batch) == (12, 4)
+    assert s.epoch_loss_sum == 1.0 + 0.5 * 4 + 0.25 * 4 and s.epoch_samples == 16
+    assert record.events == [("step", 11), ("step", 12), ("read", 2)]
+    record.events.clear()
+    with pytest.raises(SpamGPTError, match="is nan at step 13"):
+        trainer._read_losses([train.UnreadStep(torch.tensor(math.nan), 0.1, 1)])
+    assert record.events == [] and len(s.steps) == 2  # the first one bad: no step recorded
+
+
+def test_an_epochs_end_resets_its_sums_and_finishes_after_the_last() -> None:
+    trainer, record = new_trainer(dataclasses.replace(PARAMS, epochs=2)), Record()
+    trainer.hooks = [record]
+    s = trainer.state
+    s.batch, s.epoch_loss_sum, s.epoch_samples = 16, 3.0, 64
+    trainer._end_epoch()
+    assert (s.epoch, s.batch, s.epoch_loss_sum, s.epoch_samples) == (1, 0, 0.0, 0)
+    assert not s.finished and record.events == [("end", 1)]
+    trainer._end_epoch()
+    assert s.finished and s.epoch == 2
+
+
+def test_an_evaluation_keeps_the_best_weights_and_calls_the_hooks() -> None:
+    """validation in eval mode, an entry in the history; the weights of an evaluation that
+    improves kept, of one that does not left."""
+    trainer, record = new_trainer(), Record()
+    trainer.hooks = [record]
+    trainer.model.train()
+    trainer._evaluate()
+    s = trainer.state
+    assert not trainer.model.training and len(s.history) == 1 and s.best_evaluation == 1
+    val_loss, report = train.validation(
+        trainer.model, trainer.val_split, trainer.task, trainer.class_weights, FP32_CPU
+    )
+    assert s.history[0] == train.evaluation_entry(s, val_loss, report, SMS)
+    assert s.best_score == (trainer.task.selection_score(report, val_loss, "auto"), -val_loss)
+    assert all(torch.equal(s.best_weights[n], p) for n, p in trainer.trained.items())
+    assert record.events == [("evaluation", 1, 0, val_loss)]
+    kept = {n: w.clone() for n, w in s.best_weights.items()}
+    with torch.no_grad():
+        for p in trainer.trained.values():
+            p.add_(1.0)  # worse weights
+    s.best_score = (math.inf, math.inf)  # nothing can improve on it
+    trainer._evaluate()
+    assert s.best_evaluation == 1 and len(s.history) == 2
+    assert all(torch.equal(s.best_weights[n], kept[n]) for n in kept)
+
+
+def test_the_static_steps_autocast_keeps_no_cast_weights_under_graphs() -> None:
+    trainer = new_trainer(dataclasses.replace(PARAMS, cuda_graphs=True))
+    assert isinstance(trainer.static._autocast(), contextlib.nullcontext)  # fp32: none
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        trainer.precision = precision
+        for graphs in (False, True):
+            cast = train.StaticStep(trainer, graphs)._autocast()
+            assert (cast.device, cast.fast_dtype) == ("cpu", dtype)
+            assert cast._cache_enabled is not graphs

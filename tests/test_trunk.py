@@ -1,6 +1,8 @@
 """The cached trunk is exact, and bf16 stays within its rounding of fp32."""
 
 import copy
+import io
+import sys
 
 import pytest
 import torch
@@ -8,9 +10,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from test_runtime import NATIVE_BF16
 
-from spamgpt import runtime
-from spamgpt.data import tensorfile
+from spamgpt import paths, runtime
+from spamgpt.data import tensorfile, tokenized
 from spamgpt.data.batching import ModelInputs, PackedSequences, padded_width, sorted_order
+from spamgpt.errors import SpamGPTError
 from spamgpt.finetune import train
 from spamgpt.labels import SMS
 from spamgpt.model import classifier, trunk
@@ -257,3 +260,104 @@ def test_write_removes_a_killed_runs_temporary_file(model, tmp_path) -> None:
     (tmp_path / ".test.safetensors.abc123.tmp").write_bytes(b"x" * 100)  # kill -9 left it
     trunk.write(path, model.gpt, messages(5), 2, FP32_CPU)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["test.safetensors"]
+
+
+def test_the_cache_is_stored_in_bf16_only_for_a_bf16_trunk() -> None:
+    assert trunk.storage_dtype("bf16") == torch.bfloat16
+    assert trunk.storage_dtype("fp32") == trunk.storage_dtype("fp16") == torch.float32
+
+
+def test_a_bf16_trunk_writes_its_float32_output_rounded_to_bf16(model, tmp_path) -> None:
+    """Computed under bf16 autocast (emulated where the CPU has no bf16), handed on as float32
+    and stored rounded to bf16: the file holds exactly compute()'s figures, rounded."""
+    tokens = messages(6, seed=7)
+    computed = trunk.compute(model.gpt, tokens, 1, Compute(CPU, "bf16"))
+    assert computed.rows.dtype == torch.float32
+    assert not torch.equal(computed.rows, trunk.compute(model.gpt, tokens, 1, FP32_CPU).rows)
+    trunk.write(tmp_path / "cache", model.gpt, tokens, 1, Compute(CPU, "bf16"))
+    stored = load_file(str(tmp_path / "cache"))
+    assert stored["hidden"].dtype == torch.bfloat16
+    assert torch.equal(stored["hidden"], computed.rows.to(torch.bfloat16))
+    assert torch.equal(stored["lengths"], tokens.lengths)
+
+
+def test_hidden_batches_run_the_trunk_without_dropout_in_batches_of_max_tokens(tmp_path) -> None:
+    """The trunk is frozen: in eval mode whatever mode the model is in; batches as
+    sorted_order deals them, each message's states those of the message alone."""
+    hub = make_hub(tmp_path / "hub", layers=2)
+    torch.manual_seed(0)
+    gpt = GPT2.from_pretrained(hub, dropout=0.5).train()
+    tokens = messages(12, seed=8)
+    batches = list(trunk.hidden_batches(gpt, tokens, 1, Compute(CPU, "fp32", 64)))
+    assert not gpt.training
+    order = sorted_order(tokens.lengths, 64)
+    assert [b[0].tolist() for b in batches] == [b.tolist() for b in order] and len(order) > 2
+    for indices, hidden, lengths in batches:
+        assert hidden.dtype == torch.float32 and torch.equal(lengths, tokens.lengths[indices])
+        for i, n in zip(indices.tolist(), lengths.tolist(), strict=True):
+            start = int(tokens.starts[i])
+            with torch.no_grad():
+                alone = gpt.blocks(gpt.embed(tokens.rows[start : start + n][None]), 0, 1)[0]
+            row = hidden[indices.tolist().index(i), :n]
+            torch.testing.assert_close(row, alone, rtol=0, atol=1e-6)
+
+
+def test_each_process_computes_every_world_size_th_batch(model, monkeypatch) -> None:
+    tokens = messages(30, seed=9)
+    order = sorted_order(tokens.lengths, 64)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    batches = trunk.hidden_batches(model.gpt, tokens, 1, Compute(CPU, "fp32", 64))
+    assert [b[0].tolist() for b in batches] == [b.tolist() for b in order[1::2]]
+
+
+def test_an_unreadable_cache_is_one_line(tmp_path) -> None:
+    path = tmp_path / "train.safetensors"
+    path.write_bytes(b"not a tensor file")
+    with pytest.raises(SpamGPTError, match=r"^.*train\.safetensors: cannot read the trunk cache"):
+        trunk.load(path)
+    with pytest.raises(SpamGPTError, match=r"re-run the trunk stage$"):
+        trunk.load(tmp_path / "missing.safetensors")
+
+
+def test_a_split_is_read_from_the_tokens_or_the_cache(model, tmp_path, monkeypatch) -> None:
+    """Nothing frozen: the token ids; K blocks frozen: the cached trunk after K blocks. The
+    labels come from the tokens file either way."""
+    monkeypatch.chdir(tmp_path)
+    tokens = messages(8, seed=10)
+    labels = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    paths.tokens_file("val").parent.mkdir(parents=True)
+    paths.trunk_file("val").parent.mkdir(parents=True, exist_ok=True)
+    tokenized.save(
+        tokenized.TokenizedSplit(tokens, labels, torch.arange(8)), paths.tokens_file("val")
+    )
+    trunk.write(paths.trunk_file("val"), model.gpt, tokens, 2, FP32_CPU)
+    whole = trunk.Split.read("val", None)
+    assert whole.inputs.frozen_blocks is None and len(whole) == 8
+    assert torch.equal(whole.inputs.sequences.rows[:], tokens.rows)
+    assert torch.equal(whole.labels, labels)
+    cached = trunk.Split.read("val", 2)
+    assert cached.inputs.frozen_blocks == 2 and torch.equal(cached.labels, labels)
+    expected = trunk.compute(model.gpt, tokens, 2, FP32_CPU).rows
+    assert torch.equal(cached.inputs.sequences.rows[:], expected)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_bar_on_a_terminal_names_the_split(model, tmp_path, monkeypatch) -> None:
+    """On a terminal the trunk draws a bar named after what it computes ("trunk" unless
+    told): compute()'s and write()'s alike."""
+    tokens = messages(4, seed=11)
+    for run, name in (
+        (lambda **desc: trunk.compute(model.gpt, tokens, 1, FP32_CPU, **desc), "compute"),
+        (lambda **desc: trunk.write(tmp_path / "c", model.gpt, tokens, 1, FP32_CPU, **desc),
+         "write"),
+    ):  # fmt: skip
+        for desc, shown in (({}, "trunk: "), ({"desc": "val"}, "val: ")):
+            monkeypatch.setattr(sys, "stderr", Terminal())
+            run(**desc)
+            drawn = sys.stderr.getvalue()
+            assert shown in drawn and "100%" in drawn, (name, drawn)
