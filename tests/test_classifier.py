@@ -205,7 +205,7 @@ def test_for_training_seeds_the_head_and_trains_what_the_params_say(project: Pat
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert model.pooling == "mean" and model.label_format == "single" and model.gpt.drop.p == 0.1
     assert names == classifier.freeze(expected, 1) and "gpt.h.1.mlp.c_fc.weight" in names
-    multi = Classes(("a", "b"), None, multi_label=True)
+    multi = Classes(("a", "b"), None, label_format="multi")
     assert classifier.for_training(params, LORA, multi, CPU, seed=3)[0].label_format == "multi"
     meta = torch.device("meta")  # as a CUDA card would be: the model is moved there
     on_meta, _ = classifier.for_training(params, LORA, THREE, meta, seed=3)
@@ -286,7 +286,7 @@ def test_fold_temperature_divides_the_logits_and_adds_the_shift(pretrained: Path
 
 
 def test_a_multi_label_head_takes_each_labels_temperature(pretrained: Path) -> None:
-    labels = Classes(("a", "b"), None, multi_label=True)
+    labels = Classes(("a", "b"), None, label_format="multi")
     model = GPT2Classifier(GPT2.from_pretrained(pretrained / REPO_ID), 2, label_format="multi")
     idx, lengths = torch.randint(0, 500, (3, 5), generator=torch.Generator()), torch.tensor([5] * 3)
     with torch.no_grad():

@@ -289,7 +289,7 @@ def test_every_split_is_reported_at_the_threshold_chosen_on_validation() -> None
 def test_a_label_with_ten_validation_positives_gets_its_own_threshold() -> None:
     """evaluate.min_support's default, 10: a label with 10 validation positives is chosen
     for, one with 9 keeps 0.5."""
-    classes = Classes(("ten", "nine"), None, multi_label=True)
+    classes = Classes(("ten", "nine"), None, label_format="multi")
     targets = np.zeros((40, 2))
     targets[:10, 0] = targets[:9, 1] = 1
     probs = np.where(targets > 0, 0.3, 0.1)  # every positive under 0.5: 0.3 separates them
@@ -463,4 +463,4 @@ def test_a_threshold_the_classes_cannot_take_is_refused_before_any_work() -> Non
     with pytest.raises(ParamsError, match=r"^evaluate\.threshold: a threshold applies to two"):
         results.check_threshold(0.3, Classes(("a", "b", "c"), "a"))
     with pytest.raises(ParamsError, match=r"^evaluate\.threshold: multi-label data needs"):
-        results.check_threshold(None, Classes(("a", "b"), None, multi_label=True))
+        results.check_threshold(None, Classes(("a", "b"), None, label_format="multi"))

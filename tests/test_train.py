@@ -971,7 +971,7 @@ def test_the_static_steps_autocast_keeps_no_cast_weights_under_graphs() -> None:
     trainer = new_trainer(dataclasses.replace(PARAMS, cuda_graphs=True))
     assert isinstance(trainer.static._autocast(), contextlib.nullcontext)  # fp32: none
     for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        trainer.precision = precision
+        trainer.compute = Compute(CPU, precision)
         for graphs in (False, True):
             cast = train.StaticStep(trainer, graphs)._autocast()
             assert (cast.device, cast.fast_dtype) == ("cpu", dtype)
