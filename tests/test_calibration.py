@@ -6,6 +6,7 @@ into the head gives the probabilities of divided (and shifted) logits."""
 import importlib.util
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import REPO
@@ -355,3 +356,126 @@ def test_calibrate_platt_multi_label_fits_each_label_and_keeps_one_with_nothing_
     after = found.scores["test"]["calibrated"]
     assert after["per_label"]["never"] == found.scores["test"]["uncalibrated"]["per_label"]["never"]
     assert after["ece"] < found.scores["test"]["uncalibrated"]["ece"]
+
+
+# --- pinned by mutation testing (tools/mutate.py tasks.calibration) ---
+
+
+def test_scores_by_hand_at_logits_too_large_for_exp() -> None:
+    # softmax rows: (s(1), s(-1)) twice, (s(-2), s(2)), s the sigmoid; the top class right,
+    # wrong, right; the first row's logits overflow exp unless each row's own max is taken off
+    a, b = 1 / (1 + np.exp(-1)), 1 / (1 + np.exp(-2))
+    z = np.array([[1000.0, 999.0], [0.0, -1.0], [3.0, 5.0]])
+    found = calibration.scores(np.array([0, 1, 1]), z, 1.0)
+    # ECE: bin 11 (a, a: one right), bin 14 (b, right); floor: sqrt(2/pi sum c(1 - c)) a bin
+    ece = (abs(1 - a - a) + (1 - b)) / 3
+    floor = (np.sqrt(2 / np.pi * 2 * a * (1 - a)) + np.sqrt(2 / np.pi * b * (1 - b))) / 3
+    brier = ((1 - a) ** 2 + a**2 + (1 - b) ** 2) / 3  # two classes: the positive's (p - y)^2
+    log_loss_ = (np.log(1 + np.exp(-1)) + np.log(1 + np.e) + np.log(1 + np.exp(-2))) / 3
+    expected = {"ece": ece, "ece_floor": floor, "brier": brier, "log_loss": log_loss_}
+    assert found == pytest.approx(expected, rel=1e-12)
+    assert list(found) == ["ece", "ece_floor", "brier", "log_loss"]
+
+
+def test_label_scores_are_scikit_learns_pair_by_pair_with_the_shift() -> None:
+    rng = np.random.default_rng(21)
+    z = rng.normal(scale=2.0, size=(60, 2))
+    y = (rng.random(z.shape) < 0.5).astype(float)
+    t, c = np.array([1.5, 0.5]), np.array([1.0, -2.0])
+    found = calibration.label_scores(y, z, t, ["a", "b"], c)
+    p = calibration.label_probabilities(z, t, c)
+    assert p == pytest.approx(1 / (1 + np.exp(-(z / t + c))), rel=1e-12)
+
+    def four(p: np.ndarray, y: np.ndarray) -> dict:
+        return {
+            "ece": calibration.expected_calibration_error(p, y),
+            "ece_floor": calibration.ece_floor(p),
+            "brier": brier_score_loss(y.ravel(), p.ravel()),
+            "log_loss": log_loss(y.ravel(), p.ravel()),
+        }
+
+    per_label = found.pop("per_label")
+    assert found == pytest.approx(four(p, y), rel=1e-9)
+    assert list(per_label) == ["a", "b"]
+    for j, name in enumerate(("a", "b")):
+        assert per_label[name] == pytest.approx(four(p[:, j], y[:, j]), rel=1e-9), name
+        assert list(per_label[name]) == ["ece", "ece_floor", "brier", "log_loss"]
+
+
+def test_ece_of_one_prediction_of_confidence_0_and_of_the_top_two_bins() -> None:
+    assert calibration.expected_calibration_error(np.array([0.8]), np.array([1])) == (
+        pytest.approx(0.2)
+    )
+    # 0 is in the first bin, with (0, 1/15]: |(0 - 0) + (1 - 0.05)| / 2
+    zero = calibration.expected_calibration_error(np.array([0.0, 0.05]), np.array([0, 1]))
+    assert zero == pytest.approx(0.475)
+    # (13/15, 14/15] and (14/15, 1] are two bins: |1 - 0.9| + |0 - 0.95|, not |1 - 1.85|
+    top = calibration.expected_calibration_error(np.array([0.9, 0.95]), np.array([1, 0]))
+    assert top == pytest.approx(0.525)
+    assert calibration.ece_floor(np.array([0.0, 1.0, 0.9, 0.95])) == pytest.approx(
+        (np.sqrt(2 / np.pi * 0.09) + np.sqrt(2 / np.pi * 0.0475)) / 4
+    )
+
+
+def test_temperatures_near_each_end_of_the_range() -> None:
+    z, labels = calibrated_source(4000, 2, seed=22)
+    (t,) = calibration.fit_temperature(z * 70, labels)
+    assert t == pytest.approx(70, rel=0.1)  # inside T_RANGE (0.01, 100)
+    (t,) = calibration.fit_temperature(z * 0.007, labels)
+    assert t == 1.0  # its optimum, T ~ 0.007, is not
+    (t,) = calibration.fit_temperature(z * 150, labels)
+    assert t == 1.0
+
+
+def test_a_label_with_nothing_to_fit_keeps_1_and_the_next_is_fitted() -> None:
+    # the first label is on no message, its logits mostly negative: the loss of its sigmoid
+    # has a finite optimum in T (the mean logit below 0, one above), which is not fitted
+    rng = np.random.default_rng(23)
+    z = np.column_stack([np.tile([-3.0, -2.0, -1.0, 0.5], 500), rng.normal(scale=2.0, size=2000)])
+    y = np.column_stack([np.zeros(2000), rng.random(2000) < calibration.label_probabilities(
+        z[:, 1], 1.0)])  # fmt: skip
+    t = calibration.fit_label_temperatures(z * np.array([1.0, 3.0]), y)
+    assert t[0] == 1.0 and t[1] == pytest.approx(3.0, rel=0.1)
+    t, c = calibration.fit_label_platt(z * np.array([1.0, 3.0]), y)
+    assert (t[0], c[0]) == (1.0, 0.0) and t[1] == pytest.approx(3.0, rel=0.1)
+
+
+def test_reliability_frame_exactly() -> None:
+    # top_class of (0.9, 0.1) right and (0.3, 0.7) wrong; each_label of two labels pooled
+    top = calibration.top_class(np.array([[0.9, 0.1], [0.3, 0.7]]), np.array([0, 0]))
+    assert top[0].tolist() == [0.9, 0.7] and top[1].tolist() == [1.0, 0.0]
+    pairs = calibration.each_label(np.array([[0.9, 0.2]]), np.array([[1.0, 0.0]]))
+    assert pairs[0].tolist() == [[0.9, 0.2]] and pairs[1].tolist() == [[1.0, 0.0]]
+    frame = calibration.reliability_frame({"top": top, "labels": pairs})
+    expected = pd.DataFrame(
+        {
+            "class": ["perfect", "perfect", "top", "top", "labels", "labels"],
+            "point": [0, 1, 0, 1, 0, 1],
+            "confidence": [0.0, 1.0, 0.7, 0.9, 0.2, 0.9],
+            "accuracy": [0.0, 1.0, 0.0, 1.0, 0.0, 1.0],
+            "count": [0, 0, 1, 1, 1, 1],
+        }
+    )
+    pd.testing.assert_frame_equal(frame, expected)
+
+
+def test_reliability_figure_style_axes_and_order() -> None:
+    probs = np.array([[0.9, 0.1], [0.3, 0.7]])
+    curves = {"uncalibrated": calibration.top_class(probs, np.array([0, 1]))}
+    curves["calibrated"] = calibration.top_class(probs**2, np.array([0, 1]))
+    figure = calibration.reliability_figure(calibration.reliability_frame(curves), "val")
+    assert tuple(figure.get_size_inches()) == (5, 5)
+    (axes,) = figure.axes
+    lines = axes.get_lines()
+    assert [line.get_label() for line in lines] == ["perfect", "uncalibrated", "calibrated"]
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == [
+        "perfect", "uncalibrated", "calibrated"
+    ]  # fmt: skip
+    assert (lines[0].get_linestyle(), lines[0].get_marker()) == ("--", "None")
+    assert lines[0].get_color() in ("grey", "GREY")  # matplotlib reads either as grey
+    assert {(line.get_linestyle(), line.get_marker()) for line in lines[1:]} == {("-", "o")}
+    assert (axes.get_xlabel(), axes.get_ylabel()) == ("confidence", "observed frequency")
+    assert axes.get_title() == "val"
+    assert axes.get_xlim() == (0, 1) and axes.get_ylim() == (0, 1)
+    grid = axes.get_xgridlines() + axes.get_ygridlines()
+    assert all(line.get_alpha() == 0.3 and line.get_visible() for line in grid)
