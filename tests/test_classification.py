@@ -30,14 +30,14 @@ from test_train import CPU, PARAMS
 
 from spamgpt.data import tokenized
 from spamgpt.data.batching import ModelInputs
-from spamgpt.errors import ParamsError
+from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.finetune.train import Trainer, shard_loss
 from spamgpt.labels import SMS, Classes
 from spamgpt.model import classifier, trunk
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.model.trunk import Split
 from spamgpt.random_hub import make_hub
-from spamgpt.tasks import metrics
+from spamgpt.tasks import calibration, metrics, task
 from spamgpt.tasks.registry import task_for
 
 CLASSES = Classes(("billing", "shipping", "urgent"), None, multi_label=True)
@@ -564,3 +564,354 @@ def test_compared_and_selection_figures_are_the_reports_own() -> None:
     assert task_for(plain).compared_figures(rep) == {"accuracy": 0.625, "macro_f1": rep["macro_f1"]}
     assert task_for(SMS).selection_figure(rep) == {"spam": {"f1": rep["spam"]["f1"]}}
     assert task_for(plain).selection_figure(rep) == {"macro_f1": rep["macro_f1"]}
+
+
+# --- pinned by mutation testing (tools/mutate.py tasks.classification) ---
+
+PLAIN = Classes(("ham", "spam"))  # two classes, no positive one
+SPAM_FIRST = Classes(("spam", "ham"), "spam")
+
+
+def test_single_label_weights_losses_and_the_batch_weight_by_hand() -> None:
+    sms = task_for(SMS)
+    targets = torch.tensor([0, 0, 0, 1])
+    assert sms.balanced_weights(targets).tolist() == pytest.approx([4 / 6, 2.0])
+    three = task_for(THREE)  # a class with no message: counted as one
+    assert three.balanced_weights(torch.tensor([0, 0, 1, 1])).tolist() == pytest.approx(
+        [4 / 6, 4 / 6, 4 / 3]
+    )
+    assert sms.loss_weights(targets, "balanced").tolist() == pytest.approx([4 / 6, 2.0])
+    assert sms.loss_weights(targets, {"spam": 3, "ham": 0.5}).tolist() == [0.5, 3.0]
+    assert sms.loss_weights(targets, "none") is None
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.5], [-1.0, 1.0], [0.0, 3.0]])
+    weights = torch.tensor([0.5, 3.0])
+    ce = -torch.log_softmax(logits, dim=-1)[torch.arange(4), targets]
+    assert float(sms.loss_sum(logits, targets, weights)) == pytest.approx(
+        float((ce * weights[targets]).sum())
+    )
+    assert float(sms.loss_sum(logits, targets, None)) == pytest.approx(float(ce.sum()))
+    rows = sms.row_weights(targets, weights)
+    assert rows.tolist() == [0.5, 0.5, 0.5, 3.0]
+    assert sms.row_weights(targets, None).tolist() == [1.0] * 4
+    assert float(sms.weighted_loss_sum(logits, targets, rows, weights)) == pytest.approx(
+        float(sms.loss_sum(logits, targets, weights))
+    )
+    assert float(sms.weighted_loss_sum(logits, targets, torch.tensor([1.0, 0, 0, 2]), None)) == (
+        pytest.approx(float(ce[0] + 2 * ce[3]))
+    )
+    assert sms.batch_weight(targets, weights) == 4.5 and sms.batch_weight(targets, None) == 4.0
+    assert sms.decisions_per_row(targets) == 1
+
+
+def test_multi_label_row_weights_and_decisions_per_row() -> None:
+    tags = task_for(CLASSES)
+    logits = torch.tensor([[1.0, -2.0, 0.5], [0.0, 1.5, -1.0], [2.0, 2.0, 2.0], [-1.0, 0.0, 1.0]])
+    weights = torch.tensor([1.0, 2.0, 3.0])
+    assert tags.row_weights(TARGETS, weights).tolist() == [1.0] * 4
+    assert tags.row_weights(TARGETS, None).tolist() == [1.0] * 4
+    each = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, TARGETS, pos_weight=weights, reduction="none"
+    )
+    rows = torch.tensor([1.0, 0.0, 2.0, 1.0])
+    assert float(tags.weighted_loss_sum(logits, TARGETS, rows, weights)) == pytest.approx(
+        float(each[0].sum() + 2 * each[2].sum() + each[3].sum())
+    )
+    assert tags.batch_weight(TARGETS, weights) == 12.0 and tags.decisions_per_row(TARGETS) == 3
+
+
+def test_probabilities_log_odds_and_the_output_explained() -> None:
+    logits = torch.tensor([[1.0, 2.0, -0.5], [0.3, -1.0, 2.0]])
+    single, multi = task_for(THREE), task_for(CLASSES)
+    p = torch.softmax(logits, dim=-1)
+    assert torch.equal(single.probabilities(logits), p)
+    assert torch.equal(multi.probabilities(logits), torch.sigmoid(logits))
+    for target in range(3):  # the class's log odds: log(p / (1 - p))
+        expected = torch.log(p[:, target] / (1 - p[:, target]))
+        assert single.log_odds(logits, target) == pytest.approx(expected, rel=1e-5)
+        assert torch.equal(multi.log_odds(logits, target), logits[:, target])
+    assert single.explained({"label": "sales"}) == 2
+    assert multi.explained({"probabilities": {"billing": 0.2, "shipping": 0.7, "urgent": 0.5}}) == 1
+
+
+def test_single_label_validation_loss_and_threshold() -> None:
+    probs = torch.tensor([[0.8, 0.2], [0.4, 0.6], [0.0, 1.0]])
+    targets = torch.tensor([0, 1, 0])
+    tiny = -np.log(np.finfo(np.float32).tiny)  # a certain mistake: not infinity
+    by_hand = (-np.log(0.8) - np.log(0.6) + tiny) / 3
+    assert task_for(SMS).validation_loss(probs, targets, None) == pytest.approx(by_hand, rel=1e-6)
+    weighted = (-2 * np.log(0.8) - 3 * np.log(0.6) + 2 * tiny) / 7
+    loss = task_for(SMS).validation_loss(probs, targets, torch.tensor([2.0, 3.0]))
+    assert loss == pytest.approx(weighted, rel=1e-6)
+    assert task_for(SMS).validation_threshold() == 0.5
+    assert task_for(PLAIN).validation_threshold() is None
+    assert task_for(Classes(THREE.names, "sales")).validation_threshold() is None
+    assert task_for(CLASSES).validation_threshold() == 0.5
+
+
+def test_single_label_decisions_with_and_without_a_threshold() -> None:
+    probs = np.array([[0.7, 0.3], [0.35, 0.65], [0.6, 0.4]])
+    assert task_for(SMS).decisions(probs, 0.4).tolist() == [0, 1, 1]  # spam at >= 0.4
+    assert task_for(SMS).decisions(probs, 0.65).tolist() == [0, 1, 0]  # at exactly 0.65: spam
+    assert task_for(SMS).decisions(probs, None).tolist() == [0, 1, 0]
+    assert task_for(PLAIN).decisions(probs, 0.3).tolist() == [0, 1, 0]  # no positive: argmax
+    # the positive class first: spam (index 0) where its probability reaches the threshold
+    assert task_for(SPAM_FIRST).decisions(probs, 0.6).tolist() == [0, 1, 0]
+
+
+def test_single_label_compared_threshold_metrics_and_figures() -> None:
+    rep = task_for(SMS).report(LABELS, two(PROBS), 0.5)
+    baseline = task_for(SMS).report(LABELS, two(PROBS), 0.7)
+    policy = task.ThresholdChoice(0.6, 0.4, {"precision": 0.5, "recall": 1.0, "fpr": 0.25})
+    compared = task_for(SMS).compared(rep, baseline, policy)
+    assert compared == {
+        **task_for(SMS).compared_figures(rep),
+        "threshold": 0.6,
+        "val_at_threshold": policy.reached,
+        "baseline": {"spam": {"f1": baseline["spam"]["f1"]}},
+    }
+    plain = task_for(SMS).compared(rep, baseline, task.ThresholdChoice(0.5, 0.4, None))
+    assert "val_at_threshold" not in plain and plain["threshold"] == 0.5
+    assert task_for(SMS).threshold_metrics(policy) == {
+        "test/threshold": 0.6,
+        "val/best_threshold": 0.4,
+        "val/threshold_precision": 0.5,
+        "val/threshold_recall": 1.0,
+        "val/threshold_fpr": 0.25,
+    }
+    none = task.ThresholdChoice(None, None, None)
+    assert task_for(PLAIN).threshold_metrics(none) == {}
+    figures = task_for(SMS).report_figures(rep, "val")
+    assert list(figures) == ["evaluation/val_confusion_matrix.png"]
+    (counts, _) = figures["evaluation/val_confusion_matrix.png"].axes
+    assert [t.get_text() for t in counts.texts] == ["3", "2", "1", "2"]
+    assert task_for(SMS).confusion_classes() == SMS
+
+
+def test_multi_label_threshold_metrics_compared_and_the_confusion_figure() -> None:
+    tags = Classes(("a b", "c"), None, multi_label=True)
+    choice = task.ThresholdChoice(
+        {"a b": 0.3, "c": 0.5}, {"a b": 0.35, "c": 0.45}, {"a b": {"precision": 0.9}, "c": None}
+    )
+    assert task_for(tags).threshold_metrics(choice) == {
+        "test/threshold_a_b": 0.3,
+        "val/best_threshold_a_b": 0.35,
+        "val/threshold_a_b_precision": 0.9,
+        "test/threshold_c": 0.5,
+        "val/best_threshold_c": 0.45,
+    }
+    targets, probs = sample(n=40, seed=2)
+    rep = task_for(CLASSES).report(targets, probs, None)
+    baseline = task_for(CLASSES).report(targets, probs, 0.7)
+    assert task_for(CLASSES).compared(rep, baseline, choice) == {
+        **{key: rep[key] for key in task_for(CLASSES).COMPARED},
+        "baseline": {"micro_f1": baseline["micro_f1"]},
+    }
+    figures = task_for(CLASSES).report_figures(rep, "test")
+    (counts, _) = figures["evaluation/test_confusion_matrix.png"].axes
+    names = [t.get_text() for t in counts.get_xticklabels()]
+    assert names == ["billing", "shipping", "urgent", "(none)"]
+
+
+def test_single_label_test_errors_answers_and_the_prediction_frame() -> None:
+    probs = np.array([[0.7, 0.3], [0.2, 0.8], [0.55, 0.45]])
+    table = task_for(SMS).prediction_frame(probs, 0.4)
+    assert table.columns.tolist() == ["label", "probability", "p_ham", "p_spam"]
+    assert table["label"].tolist() == ["ham", "spam", "spam"]
+    assert table["probability"].tolist() == [0.7, 0.8, 0.45]
+    assert task_for(SMS).answer_columns() == table.columns.tolist()
+    table = table.assign(line=[2, 3, 4], text=["a", "b", "c"])
+    table["label"] = ["ham", "ham", "spam"]  # the actual labels; predicted below
+    table["predicted"] = ["ham", "spam", "spam"]
+    confusion, wrong = task_for(SMS).test_errors(np.array([0, 0, 1]), probs, 0.4, table)
+    assert confusion.to_dict("list") == {
+        "actual": ["ham", "ham", "spam"],
+        "predicted": ["ham", "spam", "spam"],
+    }
+    assert wrong.to_dict("list") == {
+        "line": [3],
+        "label": ["ham"],
+        "predicted": ["spam"],
+        "spam_probability": [0.8],
+        "text": ["b"],
+    }
+    _, wrong = task_for(PLAIN).test_errors(np.array([0, 0, 1]), probs, None, table)
+    assert wrong.columns.tolist() == ["line", "label", "predicted", "probability", "text"]
+    assert wrong["probability"].tolist() == [0.8]
+    answers = task_for(SMS).answers(probs, 0.4)
+    assert answers[2] == {
+        "label": "spam",
+        "probability": 0.45,
+        "probabilities": {"ham": 0.55, "spam": 0.45},
+        "spam_probability": 0.45,
+    }
+    assert "spam_probability" not in task_for(PLAIN).answers(probs, None)[0]
+    assert task_for(SMS).plain_answer(answers[0]) == "ham\t0.3000"
+    plain = task_for(PLAIN).answers(probs, None)[1]
+    assert task_for(PLAIN).plain_answer(plain) == "spam\t0.8000"
+
+
+def test_multi_label_test_errors_and_plain_answers() -> None:
+    targets = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=np.float32)
+    probs = np.array([[0.9, 0.1, 0.2], [0.1, 0.3, 0.1], [0.2, 0.1, 0.1]])
+    table = pd.DataFrame({"line": [1, 2, 3]})
+    confusion, wrong = task_for(CLASSES).test_errors(targets, probs, None, table)
+    assert confusion.to_dict("list") == {
+        "actual": ["billing", "shipping"],
+        "predicted": ["billing", "(none)"],
+    }
+    assert wrong["line"].tolist() == [2]
+    answer = task_for(CLASSES).answers(probs, None)[0]
+    assert task_for(CLASSES).plain_answer(answer) == (
+        "billing\tbilling=0.9000 shipping=0.1000 urgent=0.2000"
+    )
+    nothing = task_for(CLASSES).answers(probs, None)[2]
+    assert task_for(CLASSES).plain_answer(nothing).startswith("(none)\t")
+    both = {"labels": ["billing", "urgent"], "probabilities": {"billing": 1.0}}
+    assert task_for(CLASSES).plain_answer(both) == "billing|urgent\tbilling=1.0000"
+    assert task_for(CLASSES).answer_columns() == ["labels", "p_billing", "p_shipping", "p_urgent"]
+
+
+def test_serving_config_and_the_baseline_threshold() -> None:
+    assert task_for(SMS).serving_config() == {}
+    assert task_for(CLASSES).serving_config() == {"multi_label": True}
+    assert task_for(SMS).baseline_threshold() == 0.5
+    assert task_for(PLAIN).baseline_threshold() is None
+    assert task_for(CLASSES).baseline_threshold() == 0.5
+
+
+def test_the_baselines_estimators_outputs_and_audit_folds() -> None:
+    from scipy.special import expit, softmax
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.pipeline import make_pipeline
+
+    svm = task_for(SMS).baseline_estimator()
+    assert (type(svm).__name__, svm.class_weight, svm.random_state) == ("LinearSVC", "balanced", 0)
+    multi = task_for(CLASSES).baseline_estimator()
+    assert type(multi).__name__ == "OneVsRestClassifier"
+    assert (multi.estimator.class_weight, multi.estimator.random_state) == ("balanced", 0)
+    texts = ["win cash now", "see you soon", "cash prize win", "lunch soon?", "free cash", "ok"]
+    model = make_pipeline(CountVectorizer(), task_for(SMS).baseline_estimator())
+    model.fit(texts, [1, 0, 1, 0, 1, 0])
+    margins = model.decision_function(texts)
+    out = task_for(SMS).baseline_outputs(model, texts)
+    np.testing.assert_allclose(out, np.column_stack([1 - expit(margins), expit(margins)]))
+    model.fit(texts, [1, 0, 1, 2, 1, 2])  # three classes: one margin a class
+    out = task_for(THREE).baseline_outputs(model, texts)
+    np.testing.assert_allclose(out, softmax(model.decision_function(texts), axis=1))
+    sets = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 1], [0, 1, 1], [1, 0, 0], [0, 0, 1]])
+    model = make_pipeline(CountVectorizer(), task_for(CLASSES).baseline_estimator())
+    model.fit(texts, sets)
+    out = task_for(CLASSES).baseline_outputs(model, texts)
+    np.testing.assert_allclose(out, expit(model.decision_function(texts)))
+    folds = task_for(SMS).audit_folds(3, 7)
+    assert (type(folds).__name__, folds.n_splits, folds.shuffle, folds.random_state) == (
+        "StratifiedKFold", 3, True, 7
+    )  # fmt: skip
+    folds = task_for(CLASSES).audit_folds(4, 5)
+    assert (type(folds).__name__, folds.n_splits, folds.shuffle, folds.random_state) == (
+        "KFold", 4, True, 5
+    )  # fmt: skip
+
+
+def test_the_label_audit_finds_a_mislabelled_row_and_suggests_its_label() -> None:
+    rng = np.random.default_rng(3)
+    labels = np.array([0, 1] * 20)
+    probs = np.where(labels[:, None] == [0, 1], 0.9, 0.1) + rng.random((40, 2)) * 0.01
+    probs /= probs.sum(axis=1, keepdims=True)
+    labels[5] = 0  # a spam message given ham: its ham probability about 0.1
+    issues = task_for(SMS).label_issues(labels, probs)
+    assert issues.tolist() == [5]
+    quality = task_for(SMS).label_quality(labels, probs)
+    assert quality == pytest.approx(probs[np.arange(40), labels])  # self-confidence
+    assert task_for(SMS).suggested_labels(probs[4:6]) == ["ham", "spam"]
+    assert task_for(SMS).given_labels("spam") == ["spam"]
+    sets = np.tile(np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]]), (10, 1))
+    label_probs = np.where(sets == 1, 0.9, 0.05)
+    sets[6] = [1, 0, 0]  # given billing; its probabilities say urgent alone
+    issues = task_for(CLASSES).label_issues(sets, label_probs)
+    assert issues.tolist() == [6]
+    quality = task_for(CLASSES).label_quality(sets, label_probs)
+    assert quality.argmin() == 6 and quality.shape == (40,)
+    suggested = task_for(CLASSES).suggested_labels(np.array([[0.5, 0.49, 0.9], [0.1, 0.2, 0.3]]))
+    assert suggested == ['["billing", "urgent"]', "[]"]
+    assert task_for(Classes(("é", "b"), None, True)).suggested_labels(np.array([[0.9, 0]])) == [
+        '["é"]'
+    ]
+    assert task_for(CLASSES).given_labels('["urgent", "billing"]') == ["urgent", "billing"]
+
+
+def test_temperatures_and_shifts_per_class_and_per_label() -> None:
+    sms, tags = task_for(SMS), task_for(Classes(("a b", "c"), None, multi_label=True))
+    assert sms.temperature(np.array([2.5])) == 2.5
+    assert sms.temperature_metrics(2.5) == {"calibration/temperature": 2.5}
+    assert sms.head_temperatures(2.5) == [2.5, 2.5]
+    assert sms.head_shifts({"spam": -1.0, "ham": 0.0}) == [0.0, -1.0]
+    assert tags.temperature(np.array([0.5, 2.0])) == {"a b": 0.5, "c": 2.0}
+    assert tags.temperature_metrics({"a b": 0.5, "c": 2.0}) == {
+        "calibration/temperature_a_b": 0.5,
+        "calibration/temperature_c": 2.0,
+    }
+    assert tags.head_temperatures({"c": 2.0, "a b": 0.5}) == [0.5, 2.0]
+    with pytest.raises(SpamGPTError) as info:
+        tags.head_shifts({"a b": 0.0, "d": 1.0})
+    assert str(info.value) == (
+        "the shifts are of the labels a b, d, the model has a b, c: evaluate another model's? "
+        "(run evaluate again, models/calibration.json)"
+    )
+    fitted, shift = np.array([1.0, 1.0, 0.7]), np.array([0.0, 0.3, 0.0])
+    assert tags.unfitted(fitted[:2]).tolist() == [True, True]
+    three = task_for(Classes(("x", "y", "z"), None, multi_label=True))
+    assert three.unfitted(fitted, shift).tolist() == [True, False, False]
+    assert three.unfitted_labels(fitted, shift) == ["x"]
+    assert three.unfitted_labels(fitted) == ["x", "y"]
+
+
+def test_calibration_through_each_task_is_its_own_shapes() -> None:
+    rng = np.random.default_rng(8)
+    z = rng.normal(scale=2.0, size=(200, 2))
+    labels = (rng.random(200) < calibration.probabilities(z, 1.0)[:, 1]).astype(int)
+    sms = task_for(SMS)
+    assert (
+        sms.fit_temperature(z * 2, labels).tolist()
+        == calibration.fit_temperature(z * 2, labels).tolist()
+    )
+    t, c = sms.fit_platt(z * 2, labels)
+    np.testing.assert_array_equal(sms.calibrated(z, t, c), calibration.probabilities(z, t, c))
+    assert sms.calibration_scores(labels, z, t, c) == calibration.scores(labels, z, t, c)
+    frame = sms.reliability_frame(labels, {"raw": calibration.probabilities(z, 1.0)})
+    assert frame.equals(
+        calibration.reliability_frame(
+            {"raw": calibration.top_class(calibration.probabilities(z, 1.0), labels)}
+        )
+    )
+    tags = task_for(Classes(("a", "b"), None, multi_label=True))
+    y = (rng.random((200, 2)) < calibration.label_probabilities(z, 1.0)).astype(float)
+    assert (
+        tags.fit_temperature(z * 3, y).tolist()
+        == calibration.fit_label_temperatures(z * 3, y).tolist()
+    )
+    t, c = tags.fit_platt(z * 3, y)
+    np.testing.assert_array_equal(
+        tags.calibrated(z, t, c), calibration.label_probabilities(z, t, c)
+    )
+    assert tags.calibration_scores(y, z, t, c) == calibration.label_scores(y, z, t, ["a", "b"], c)
+    frame = tags.reliability_frame(y, {"raw": calibration.label_probabilities(z, 1.0)})
+    assert frame.equals(
+        calibration.reliability_frame(
+            {"raw": calibration.each_label(calibration.label_probabilities(z, 1.0), y)}
+        )
+    )
+
+
+def test_single_label_check_threshold_says_when_the_most_probable_class_decides(caplog) -> None:
+    with caplog.at_level("INFO", logger="spamgpt.tasks.classification"):
+        task_for(PLAIN).check_threshold(0.5)
+        task_for(PLAIN).check_threshold(None)
+        task_for(SMS).check_threshold(0.5)
+    assert [r.getMessage() for r in caplog.records] == [
+        "no data.positive_label: each message gets its most probable class"
+    ]
+    with pytest.raises(ParamsError, match=r"^evaluate\.threshold: a threshold applies to two"):
+        task_for(Classes(THREE.names, "sales")).check_threshold(0.5)
+    with pytest.raises(ParamsError, match=r"^evaluate\.threshold: multi-label data needs"):
+        task_for(CLASSES).check_threshold(None)
