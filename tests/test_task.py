@@ -50,6 +50,8 @@ def test_select_metric_names_the_entry_and_reads_the_figure(
 ) -> None:
     assert task_for(classes).selected_key(metric) == key
     assert task_for(classes).selection_score(REPORT, 0.25, metric) == score
+    if metric == "auto":  # the default
+        assert task_for(classes).selection_score(REPORT, 0.25) == score
 
 
 def test_a_label_f1_key_is_its_mlflow_name() -> None:
@@ -58,16 +60,17 @@ def test_a_label_f1_key_is_its_mlflow_name() -> None:
 
 
 def test_validation_is_the_loss_and_the_report_at_the_validation_threshold() -> None:
-    logits = torch.tensor([[2.0, -1.0], [0.5, 0.2], [-1.0, 1.5], [0.1, 0.3]])
-    probs, targets = torch.softmax(logits, dim=-1), torch.tensor([0, 1, 1, 0])
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.2], [-1.0, 1.5], [0.1, 0.3], [0.7, 0.7]])
+    probs, targets = torch.softmax(logits, dim=-1), torch.tensor([0, 1, 1, 0, 1])
     weights = torch.tensor([1.0, 3.0])
     sms = task_for(SMS)
     loss, report = sms.validation(probs, targets, weights)
     expected = torch.nn.functional.cross_entropy(logits, targets, weight=weights)
     assert loss == pytest.approx(float(expected), rel=1e-6)
     assert report == sms.report(targets.numpy(), probs.numpy(), 0.5)
-    # rows 2 and 4 wrong at 0.5 on spam: [0.57, 0.43] is ham, [0.45, 0.55] spam
-    assert report["confusion_matrix"] == [[1, 1], [1, 1]]
+    # rows 2 and 4 wrong at 0.5 on spam: [0.57, 0.43] is ham, [0.45, 0.55] spam; the tie
+    # [0.5, 0.5] is spam at 0.5 (the most probable class, without a threshold, would be ham)
+    assert report["confusion_matrix"] == [[1, 1], [1, 2]]
 
 
 def test_fit_calibration_fits_the_method_it_is_given() -> None:
