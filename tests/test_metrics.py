@@ -403,3 +403,24 @@ def test_curve_frames_skip_a_class_without_messages_before_others() -> None:
     for frame in frames.values():
         assert frame["class"].unique().tolist() == ["b", "c"]
         assert frame.index.tolist() == list(range(len(frame)))  # one index over both
+
+
+def test_ratio_confusion_matrix_and_the_aucs_directly() -> None:
+    """The pieces the tasks' reports are made of (tests/test_classification.py checks the
+    reports), by hand and against scikit-learn."""
+    assert metrics.ratio(np.array([1.0, 0.0, 3.0]), np.array([2, 0, 4])).tolist() == [
+        0.5, 0.0, 0.75
+    ]  # fmt: skip
+    matrix = metrics.confusion_matrix(np.array([0, 2, 2, 1]), np.array([0, 1, 2, 2]), 3)
+    assert matrix.tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 1]]
+    # the hand-worked example: of 15 (spam, ham) pairs 12 ranked right; recall thirds
+    assert metrics.roc_auc(LABELS == 1, PROBS) == pytest.approx(12 / 15)
+    assert metrics.average_precision(LABELS == 1, PROBS) == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+    for seed, decimals in ((0, None), (1, 2), (2, 1)):  # 1 decimal: many ties
+        labels, probs = generated(seed, n=300, decimals=decimals)
+        auc = metrics.roc_auc(labels == 1, probs)
+        assert auc == pytest.approx(roc_auc_by_pairs(labels, probs))
+        assert auc == pytest.approx(skm.roc_auc_score(labels, probs))
+        ap = metrics.average_precision(labels == 1, probs)
+        assert ap == pytest.approx(average_precision_by_steps(labels, probs))
+        assert ap == pytest.approx(skm.average_precision_score(labels, probs))
