@@ -903,15 +903,126 @@ def test_calibration_through_each_task_is_its_own_shapes() -> None:
     )
 
 
-def test_single_label_check_threshold_says_when_the_most_probable_class_decides(caplog) -> None:
+@pytest.mark.parametrize(
+    ("classes", "setting", "said"),
+    [
+        (PLAIN, 0.5, ["no data.positive_label: each message gets its most probable class"]),
+        (PLAIN, None, []),
+        (SMS, 0.5, []),
+        (SMS, None, []),
+    ],
+)
+def test_single_label_check_threshold_says_when_the_most_probable_class_decides(
+    caplog, classes: Classes, setting: float | None, said: list[str]
+) -> None:
     with caplog.at_level("INFO", logger="spamgpt.tasks.classification"):
-        task_for(PLAIN).check_threshold(0.5)
-        task_for(PLAIN).check_threshold(None)
-        task_for(SMS).check_threshold(0.5)
-    assert [r.getMessage() for r in caplog.records] == [
-        "no data.positive_label: each message gets its most probable class"
-    ]
+        task_for(classes).check_threshold(setting)
+    assert [r.getMessage() for r in caplog.records] == said
+
+
+def test_threshold_settings_each_task_refuses() -> None:
+    task_for(CLASSES).check_threshold(0.5)  # a number for every label: fine
+    task_for(CLASSES).check_threshold({"max_fpr": 0.1})
+    with pytest.raises(ParamsError, match=r"^evaluate\.threshold"):
+        task_for(CLASSES).check_threshold({"max_fpr": 2.0})
+    with pytest.raises(ParamsError, match=r"^evaluate\.threshold: the policy"):
+        task_for(PLAIN).check_threshold({"max_fpr": 0.1})  # no positive class
     with pytest.raises(ParamsError, match=r"^evaluate\.threshold: a threshold applies to two"):
         task_for(Classes(THREE.names, "sales")).check_threshold(0.5)
     with pytest.raises(ParamsError, match=r"^evaluate\.threshold: multi-label data needs"):
         task_for(CLASSES).check_threshold(None)
+
+
+def test_rates_and_whether_decisions_meet_a_policy_by_hand() -> None:
+    from spamgpt.tasks.classification import _meets, _rates
+
+    truth = np.array([True, True, False, False, False])
+    assert _rates(truth, np.array([True, False, True, False, False])) == {
+        "precision": 0.5, "recall": 0.5, "fpr": 1 / 3
+    }  # fmt: skip
+    assert _rates(truth, np.zeros(5, bool)) == {"precision": 0.0, "recall": 0.0, "fpr": 0.0}
+    assert _rates(np.zeros(2, bool), np.ones(2, bool)) == {
+        "precision": 0.0, "recall": 0.0, "fpr": 1.0
+    }  # fmt: skip
+    assert _rates(np.ones(2, bool), np.ones(2, bool)) == {
+        "precision": 1.0, "recall": 1.0, "fpr": 0.0
+    }  # fmt: skip
+    half = np.array([True, False, True, False, False])  # precision 1/2, fpr 1/3
+    assert _meets({"min_precision": 0.5}, truth, half)
+    assert not _meets({"min_precision": 0.51}, truth, half)
+    assert _meets({"max_fpr": 1 / 3}, truth, half)
+    assert not _meets({"max_fpr": 0.3}, truth, half)
+    assert not _meets({"max_fpr": 0.5}, truth, np.array([False, False, True, False, False]))
+    assert not _meets({"max_fpr": 1.0}, np.zeros(5, bool), half)  # no true positive
+
+
+def test_single_label_curves_and_a_policy_error_name_the_class() -> None:
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.array(
+        [[0.6, 0.3, 0.1], [0.5, 0.2, 0.3], [0.1, 0.8, 0.1], [0.3, 0.4, 0.3], [0.2, 0.2, 0.6],
+         [0.4, 0.1, 0.5]]
+    )  # fmt: skip
+    frames = task_for(THREE).curve_frames(labels, probs)
+    assert frames["roc"]["class"].unique().tolist() == list(THREE.names)
+    for i, name in enumerate(THREE.names):
+        fpr, tpr, _ = skm.roc_curve(labels == i, probs[:, i])
+        roc = frames["roc"][frames["roc"]["class"] == name]
+        np.testing.assert_allclose(roc[["fpr", "tpr"]].to_numpy(float).T, [fpr, tpr])
+    one = task_for(Classes(THREE.names, "outage")).curve_frames(labels, probs)
+    assert one["roc"]["class"].unique().tolist() == ["outage"]
+    worst = two(np.where(LABELS == 1, 0.1, 0.9))  # every spam below every ham
+    with pytest.raises(ParamsError, match=r"no threshold gives 'spam' a validation precision"):
+        task_for(SMS).choose_threshold({"min_precision": 0.9}, LABELS, worst)
+
+
+def test_multi_label_curves_are_each_labels_against_scikit_learn() -> None:
+    targets, probs = sample(n=60, seed=4)
+    targets[:, 2] = 1  # urgent on every message: no curve
+    frames = task_for(CLASSES).curve_frames(targets, probs)
+    assert list(frames) == ["roc", "pr"]
+    for kind in ("roc", "pr"):
+        assert frames[kind]["class"].unique().tolist() == ["billing", "shipping"]
+        assert frames[kind].index.tolist() == list(range(len(frames[kind])))
+    for i, name in enumerate(("billing", "shipping")):
+        fpr, tpr, _ = skm.roc_curve(targets[:, i], probs[:, i])
+        roc = frames["roc"][frames["roc"]["class"] == name]
+        np.testing.assert_allclose(roc[["fpr", "tpr"]].to_numpy(float).T, [fpr, tpr])
+        assert roc["point"].tolist() == list(range(len(fpr)))
+        precision, recall, _ = skm.precision_recall_curve(targets[:, i], probs[:, i])
+        pr = frames["pr"][frames["pr"]["class"] == name]
+        np.testing.assert_allclose(
+            pr[["recall", "precision"]].to_numpy(float).T, [recall, precision]
+        )
+
+
+def test_widths_and_names_each_task_refuses() -> None:
+    with pytest.raises(ValueError):  # one probability for two classes: refused, not zipped
+        task_for(SMS).answers(np.array([[0.7]]), None)
+    tags = task_for(Classes(("a", "b"), None, multi_label=True))
+    with pytest.raises(ValueError):
+        tags.temperature(np.array([1.5]))
+    with pytest.raises(ValueError):
+        tags.unfitted_labels(np.array([1.0, 1.0, 1.0]))
+    with pytest.raises(SpamGPTError, match=r"^the temperatures are of the labels a, c, the model"):
+        tags.head_temperatures({"a": 1.0, "c": 2.0})
+    frame = task_for(SMS).prediction_frame(np.array([[0.25, 0.75]], dtype=np.float32), None)
+    assert frame["p_spam"].dtype == np.float64 and frame["probability"].dtype == np.float64
+    assert frame["probability"].tolist() == [0.75]
+    # the probability shown of a wrong message: six decimals
+    probs = np.array([[0.1234567, 0.8765433]])
+    table = pd.DataFrame(
+        {"line": [1], "label": ["ham"], "predicted": ["spam"], "probability": [0.9], "text": ["x"]}
+    )
+    _, wrong = task_for(SMS).test_errors(np.array([0]), probs, 0.5, table)
+    assert wrong["spam_probability"].tolist() == [0.876543]
+
+
+def test_multi_label_test_errors_apply_the_threshold() -> None:
+    targets = np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32)
+    probs = np.array([[0.45, 0.1, 0.2], [0.1, 0.3, 0.1]])
+    table = pd.DataFrame({"line": [1, 2]})
+    thresholds = {"billing": 0.4, "shipping": 0.25, "urgent": 0.5}
+    confusion, wrong = task_for(CLASSES).test_errors(targets, probs, thresholds, table)
+    assert wrong.empty and confusion.to_dict("list") == {
+        "actual": ["billing", "shipping"], "predicted": ["billing", "shipping"]
+    }  # fmt: skip
