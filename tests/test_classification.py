@@ -1026,3 +1026,106 @@ def test_multi_label_test_errors_apply_the_threshold() -> None:
     assert wrong.empty and confusion.to_dict("list") == {
         "actual": ["billing", "shipping"], "predicted": ["billing", "shipping"]
     }  # fmt: skip
+
+
+XY = Classes(("x", "y", "z"), None, multi_label=True)
+
+
+def test_each_candidate_threshold_scores_the_objective_as_scikit_learn() -> None:
+    """_Search's one sorted pass: for each label and each of its candidate thresholds (the
+    other labels as they are), the objective is scikit-learn's at those thresholds."""
+    from spamgpt.tasks.classification import _Search
+
+    rng = np.random.default_rng(11)
+    truth = rng.random((40, 3)) < [0.3, 0.5, 0.0]  # z on no message: its F1 0 (0/0)
+    probs = np.round(rng.random((40, 3)), 1)  # many ties, and some exactly at a threshold
+    search = _Search(truth, probs, np.array([0.5, 0.3, 0.6]))
+    search.move(1, 0.4)  # a move, as the ascent makes one
+
+    def by_sklearn(objective: str, i: int, thresholds: np.ndarray) -> float:
+        predicted = probs >= thresholds
+        if objective == "accuracy":
+            return skm.accuracy_score(truth, predicted)
+        if objective in ("micro_f1", "macro_f1"):
+            average = objective.removesuffix("_f1")
+            return skm.f1_score(truth, predicted, average=average, zero_division=0)
+        return skm.f1_score(truth[:, i], predicted[:, i], zero_division=0)
+
+    for i in range(3):
+        for objective in ("micro_f1", "macro_f1", "accuracy", "own"):
+            candidates, values, now = search.objective_by_threshold(i, objective, 3, None)
+            assert candidates.tolist() == sorted(set(probs[:, i].tolist()), reverse=True)
+            assert now == pytest.approx(by_sklearn(objective, i, search.thresholds), abs=1e-12)
+            for candidate, value in zip(candidates, values, strict=True):
+                moved = search.thresholds.copy()
+                moved[i] = candidate
+                expected = by_sklearn(objective, i, moved)
+                assert value == pytest.approx(expected, abs=1e-12), (i, objective, candidate)
+        _, values, _ = search.objective_by_threshold(i, "micro_f1", 3, {"min_precision": 0.6})
+        for candidate, value in zip(candidates, values, strict=True):
+            on = probs[:, i] >= candidate
+            tp = (on & truth[:, i]).sum()
+            if tp == 0 or tp / on.sum() < 0.6:
+                assert value == -np.inf
+
+
+def test_the_ascent_keeps_half_on_a_tie_and_takes_the_nearest_of_tied_candidates() -> None:
+    x = np.array([1, 0, 1, 0, 0, 1, 1, 0], bool)
+    p = np.array([0.9, 0.8, 0.1, 0.8, 0.5, 0.9, 0.8, 0.1])
+    truth = np.column_stack([x, x, ~x])
+    probs = np.column_stack([p, np.where(x, 0.9, 0.2), np.where(x, 0.2, 0.9)])
+    # x: its F1 is the same at 0.9, 0.8 and 0.1, all above 0.5's: the nearest to 0.5 is 0.8
+    # y and z are separated at 0.5, and 0.8 and 0.9 (z: 0.9 alone) separate them as well
+    choice = task_for(XY).choose_threshold("auto", truth, probs, "x_f1", 1)
+    assert choice.threshold == {"x": 0.8, "y": 0.5, "z": 0.5}
+    choice = task_for(XY).choose_threshold("auto", truth, probs, "micro_f1", 1)
+    assert choice.threshold["y"] == 0.5 and choice.threshold["z"] == 0.5
+
+
+def test_the_ascent_ends_at_a_local_optimum_on_random_sets() -> None:
+    """No single label's move among its candidates raises scikit-learn's objective at the
+    end: the sweeps go on while any label moves."""
+
+    def objective_value(objective: str, truth: np.ndarray, predicted: np.ndarray) -> float:
+        if objective == "accuracy":  # the whole set right
+            return float((truth == predicted).all(axis=1).mean())
+        tp, wrong = (truth & predicted).sum(), (truth != predicted).sum()
+        return 2 * tp / max(2 * tp + wrong, 1)  # micro F1 (test_report_matches_scikit_learn)
+
+    rng = np.random.default_rng(12)
+    for _ in range(25):
+        n, labels = int(rng.integers(15, 60)), int(rng.integers(2, 5))
+        names = Classes(tuple(f"l{i}" for i in range(labels)), None, multi_label=True)
+        truth = rng.random((n, labels)) < rng.uniform(0.2, 0.6, labels)
+        probs = np.round(np.clip(0.3 * truth + 0.7 * rng.random((n, labels)), 0, 1), 2)
+        for objective in ("micro_f1", "accuracy"):
+            choice = task_for(names).choose_threshold("auto", truth, probs, objective, 1)
+            chosen = task_for(names).thresholds(choice.threshold)
+            reached = objective_value(objective, truth, probs >= chosen)
+            for i in range(labels):
+                for t in np.unique(probs[:, i]):
+                    moved = chosen.copy()
+                    moved[i] = t
+                    assert objective_value(objective, truth, probs >= moved) <= reached + 1e-12
+
+
+def test_reports_of_no_message_one_message_and_integer_matrices() -> None:
+    empty = task_for(CLASSES).report(np.zeros((0, 3)), np.zeros((0, 3)), None)
+    assert (empty["accuracy"], empty["samples_f1"], empty["hamming_loss"]) == (0.0, 0.0, 0.0)
+    one = Classes(("only",), None, multi_label=True)
+    rep = task_for(one).report(np.array([[1.0]]), np.array([[0.2]]), None)
+    assert (rep["hamming_loss"], rep["accuracy"], rep["micro_f1"]) == (1.0, 0.0, 0.0)
+    rep = task_for(one).report(np.array([[1.0]]), np.array([[0.7]]), None)
+    assert (rep["hamming_loss"], rep["accuracy"], rep["micro_f1"]) == (0.0, 1.0, 1.0)
+    targets, probs = sample(n=30, seed=5)
+    rep = task_for(CLASSES).report(targets, probs, None)
+    assert json.dumps(rep["confusion_matrix"]) == json.dumps(
+        task_for(CLASSES).confusion(targets > 0.5, probs >= 0.5).astype(int).tolist()
+    )
+    assert all(type(v) is int for row in rep["confusion_matrix"] for v in row)
+    single = task_for(SMS).report(np.array([1]), two(np.array([0.9])), 0.5)
+    assert single["accuracy"] == 1.0 and single["macro_f1"] == 0.5  # ham: no message, F1 0
+    assert task_for(CLASSES).thresholds(0.7).tolist() == [0.7, 0.7, 0.7]
+    assert task_for(CLASSES).thresholds({"urgent": 0.2}).tolist() == [0.5, 0.5, 0.2]
+    figure = task_for(SMS).report_figures(single, "val")["evaluation/val_confusion_matrix.png"]
+    assert [ax.get_title() for ax in figure.axes] == ["val (counts)", "val (row-normalised)"]
