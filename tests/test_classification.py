@@ -876,6 +876,9 @@ def test_calibration_through_each_task_is_its_own_shapes() -> None:
         == calibration.fit_temperature(z * 2, labels).tolist()
     )
     t, c = sms.fit_platt(z * 2, labels)
+    by_platt = calibration.fit_platt(z * 2, labels)
+    assert (t.tolist(), c.tolist()) == (by_platt[0].tolist(), by_platt[1].tolist())
+    assert t[0] == pytest.approx(2, rel=0.3)  # the logits doubled
     np.testing.assert_array_equal(sms.calibrated(z, t, c), calibration.probabilities(z, t, c))
     assert sms.calibration_scores(labels, z, t, c) == calibration.scores(labels, z, t, c)
     frame = sms.reliability_frame(labels, {"raw": calibration.probabilities(z, 1.0)})
@@ -979,6 +982,7 @@ def test_multi_label_curves_are_each_labels_against_scikit_learn() -> None:
     targets, probs = sample(n=60, seed=4)
     targets[:, 2] = 1  # urgent on every message: no curve
     frames = task_for(CLASSES).curve_frames(targets, probs)
+    assert frames["roc"].columns.tolist() == ["class", "point", "fpr", "tpr"]
     assert list(frames) == ["roc", "pr"]
     for kind in ("roc", "pr"):
         assert frames[kind]["class"].unique().tolist() == ["billing", "shipping"]
