@@ -424,3 +424,15 @@ def test_ratio_confusion_matrix_and_the_aucs_directly() -> None:
         ap = metrics.average_precision(labels == 1, probs)
         assert ap == pytest.approx(average_precision_by_steps(labels, probs))
         assert ap == pytest.approx(skm.average_precision_score(labels, probs))
+
+
+def test_ratio_of_one_and_curves_and_policies_of_one_positive() -> None:
+    assert metrics.ratio(np.array([1, 0]), np.array([1, 1])).tolist() == [1.0, 0.0]
+    labels, scores = np.array([False, True, False]), np.array([0.9, 0.5, 0.2])
+    precision, recall, _ = metrics.precision_recall_curve(labels, scores)
+    sk_precision, sk_recall, _ = skm.precision_recall_curve(labels, scores)
+    np.testing.assert_allclose(precision, sk_precision)
+    np.testing.assert_allclose(recall, sk_recall)  # one positive: recall 0, 1, 1, then 0
+    # a false-positive rate of 1/2 allows the top (ham) score alone, which finds no spam
+    found = metrics.policy_threshold({"max_fpr": 0.5}, labels, scores, "spam")
+    assert found == {"threshold": 0.5, "precision": 0.5, "recall": 1.0, "fpr": 0.5}
