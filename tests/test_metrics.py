@@ -28,23 +28,6 @@ LABELS = np.array([0, 0, 0, 0, 0, 1, 1, 1])
 PROBS = np.array([0.1, 0.2, 0.3, 0.6, 0.85, 0.4, 0.8, 0.9])
 
 
-def test_report_of_a_hand_worked_example() -> None:
-    rep = task_for(SMS).report(LABELS, two(PROBS), 0.5)
-    assert rep["confusion_matrix"] == [[3, 2], [1, 2]]
-    assert rep["accuracy"] == pytest.approx(5 / 8)
-    assert rep["spam"] == pytest.approx(
-        {"precision": 2 / 4, "recall": 2 / 3, "f1": 4 / 7, "support": 3}
-    )
-    assert rep["ham"] == pytest.approx(
-        {"precision": 3 / 4, "recall": 3 / 5, "f1": 2 / 3, "support": 5}
-    )
-    assert rep["macro_f1"] == pytest.approx((4 / 7 + 2 / 3) / 2)
-    # ROC AUC: of the 15 (spam, ham) pairs, 0.4 outranks 3 hams, 0.8 outranks 4, 0.9 all 5.
-    assert rep["roc_auc"] == pytest.approx(12 / 15)
-    # PR AUC (average precision): recall steps of 1/3 at 0.9 (P 1), 0.8 (P 2/3), 0.4 (P 3/5).
-    assert rep["pr_auc"] == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
-
-
 def test_best_threshold_of_the_hand_worked_example() -> None:
     # spam F1 at each candidate: 0.9: 2/4, 0.85: 2/5, 0.8: 4/6, 0.6: 4/7, 0.4: 6/8, 0.3: 6/9
     assert metrics.best_threshold(LABELS, PROBS) == 0.4
@@ -86,37 +69,6 @@ def average_precision_by_steps(labels: np.ndarray, probs: np.ndarray) -> float:
     return ap
 
 
-@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.77])
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_report_agrees_with_counts_and_scikit_learn(seed: int, threshold: float) -> None:
-    labels, probs = generated(seed, decimals=2 if seed == 2 else None)
-    rep = task_for(SMS).report(labels, two(probs), threshold)
-    predicted = (probs >= threshold).astype(int)
-    tn, fp, fn, tp = counts(labels, predicted)
-    assert rep["confusion_matrix"] == [[tn, fp], [fn, tp]]
-    assert rep["accuracy"] == pytest.approx((tn + tp) / len(labels))
-    expected = {
-        "ham": {"precision": tn / (tn + fn), "recall": tn / (tn + fp), "support": tn + fp},
-        "spam": {"precision": tp / (tp + fp), "recall": tp / (tp + fn), "support": tp + fn},
-    }
-    for name, values in expected.items():
-        p, r = values["precision"], values["recall"]
-        assert rep[name] == pytest.approx(values | {"f1": 2 * p * r / (p + r)}), name
-    assert rep["macro_f1"] == pytest.approx(skm.f1_score(labels, predicted, average="macro"))
-    assert rep["spam"]["f1"] == pytest.approx(skm.f1_score(labels, predicted))
-    assert rep["roc_auc"] == pytest.approx(roc_auc_by_pairs(labels, probs))
-    assert rep["roc_auc"] == pytest.approx(skm.roc_auc_score(labels, probs))
-    assert rep["pr_auc"] == pytest.approx(average_precision_by_steps(labels, probs))
-    assert rep["pr_auc"] == pytest.approx(skm.average_precision_score(labels, probs))
-
-
-def test_report_of_one_class_has_no_aucs_and_zero_not_nan() -> None:
-    rep = task_for(SMS).report(np.zeros(4, dtype=int), two(np.array([0.1, 0.6, 0.2, 0.3])), 0.5)
-    assert rep["roc_auc"] is None and rep["pr_auc"] is None
-    assert rep["spam"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
-    assert rep["confusion_matrix"] == [[3, 1], [0, 0]]
-
-
 @pytest.mark.parametrize("decimals", [None, 2, 1])
 @pytest.mark.parametrize("seed", range(4))
 def test_best_threshold_maximises_spam_f1_over_every_candidate(
@@ -151,25 +103,6 @@ def test_flat_names_every_number_but_support_and_matrix() -> None:
 THREE = Classes(("billing", "outage", "sales"))
 
 
-def test_three_classes_report_per_class_and_a_3x3_matrix() -> None:
-    labels = np.array([0, 0, 1, 1, 2, 2])
-    probs = np.array(
-        [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.1, 0.1, 0.8],
-         [0.6, 0.2, 0.2]]
-    )  # fmt: skip
-    rep = task_for(THREE).report(labels, probs, None)
-    assert rep["confusion_matrix"] == [[1, 1, 0], [0, 1, 1], [1, 0, 1]]
-    assert rep["accuracy"] == pytest.approx(3 / 6)
-    assert {k: rep[k]["f1"] for k in THREE.names} == pytest.approx(
-        {"billing": 0.5, "outage": 0.5, "sales": 0.5}
-    )
-    assert rep["macro_f1"] == pytest.approx(0.5)
-    assert rep["roc_auc"] is None and rep["pr_auc"] is None
-    flat = metrics.flat(rep, "test", THREE)
-    assert flat["test/outage_recall"] == pytest.approx(0.5) and "test/roc_auc" not in flat
-    assert task_for(THREE).selection_score(rep, 0.7) == rep["macro_f1"]
-
-
 def test_selection_score_is_the_chosen_validation_figure() -> None:
     rep = task_for(SMS).report(LABELS, two(PROBS), 0.5)
     micro = skm.f1_score(LABELS, PROBS >= 0.5, average="micro")
@@ -186,41 +119,6 @@ def test_selection_score_is_the_chosen_validation_figure() -> None:
     assert scores == pytest.approx(expected)
     assert len(set(scores.values())) >= 5  # each a different figure of this example
     assert task_for(Classes(SMS.names)).selection_score(rep, 0.25) == rep["macro_f1"]
-
-
-def test_choose_threshold_only_for_a_positive_class_of_two() -> None:
-    labels, probs = np.array([0, 1, 1, 0]), two(np.array([0.2, 0.7, 0.4, 0.3]))
-    assert task_for(SMS).choose_threshold(0.5, labels, probs) == (0.5, 0.4, None, None)
-    assert task_for(SMS).choose_threshold("auto", labels, probs) == (0.4, 0.4, None, None)
-    none = (None, None, None, None)  # no kept_default: one threshold
-    assert task_for(Classes(("ham", "spam"))).choose_threshold(0.5, labels, probs) == none
-    with pytest.raises(ParamsError, match=r"evaluate\.threshold: a threshold applies to two"):
-        task_for(Classes(THREE.names, "outage")).choose_threshold(0.5, labels, probs)
-    assert task_for(Classes(THREE.names, "outage")).choose_threshold(None, labels, probs) == none
-
-
-# The hand-worked example's thresholds, from the highest score down, as (threshold, tp, fp):
-# (0.9, 1, 0) (0.85, 1, 1) (0.8, 2, 1) (0.6, 2, 2) (0.4, 3, 2) (0.3, 3, 3) ...
-@pytest.mark.parametrize(
-    ("policy", "threshold", "precision", "recall", "fpr"),
-    [
-        ({"min_precision": 0.6}, 0.4, 3 / 5, 1.0, 2 / 5),
-        ({"min_precision": 0.65}, 0.8, 2 / 3, 2 / 3, 1 / 5),
-        ({"min_precision": 1.0}, 0.9, 1.0, 1 / 3, 0.0),
-        ({"max_fpr": 0.2}, 0.8, 2 / 3, 2 / 3, 1 / 5),  # not 0.85: as many found, fewer fp
-        ({"max_fpr": 0.0}, 0.9, 1.0, 1 / 3, 0.0),
-        ({"max_fpr": 0.5}, 0.4, 3 / 5, 1.0, 2 / 5),
-    ],
-)
-def test_a_policy_picks_the_highest_recall_within_its_bound(
-    policy: dict, threshold: float, precision: float, recall: float, fpr: float
-) -> None:
-    choice = task_for(SMS).choose_threshold(policy, LABELS, two(PROBS))
-    assert choice.threshold == threshold and choice.best_f1 == 0.4
-    reached = {"precision": precision, "recall": recall, "fpr": fpr}
-    assert choice.reached == pytest.approx(reached)
-    rep = task_for(SMS).report(LABELS, two(PROBS), choice.threshold)  # labels at that threshold
-    assert (rep["spam"]["precision"], rep["spam"]["recall"]) == pytest.approx((precision, recall))
 
 
 @pytest.mark.parametrize(
@@ -261,21 +159,6 @@ def test_precision_recall_curve_without_positives_has_recall_one() -> None:
     assert recall.tolist() == [1.0, 1.0, 1.0, 0.0] and precision.tolist() == [0, 0, 0, 1]
 
 
-def test_three_classes_agree_with_scikit_learn() -> None:
-    rng = np.random.default_rng(5)
-    labels = rng.integers(0, 3, size=200)
-    probs = rng.dirichlet(np.ones(3), size=200)
-    rep = task_for(THREE).report(labels, probs, None)
-    predicted = probs.argmax(axis=1)
-    assert rep["confusion_matrix"] == skm.confusion_matrix(labels, predicted).tolist()
-    p, r, f1, support = skm.precision_recall_fscore_support(labels, predicted, zero_division=0)
-    for i, name in enumerate(THREE.names):
-        assert rep[name] == pytest.approx(
-            {"precision": p[i], "recall": r[i], "f1": f1[i], "support": support[i]}
-        )
-    assert rep["macro_f1"] == pytest.approx(f1.mean())
-
-
 def test_finetune_imports_neither_scikit_learn_nor_matplotlib() -> None:
     """Validation needs the metrics alone: scikit-learn (with SciPy) and matplotlib are
     about 1 s of every finetune's start-up on a 2-core CPU."""
@@ -288,28 +171,6 @@ def test_finetune_imports_neither_scikit_learn_nor_matplotlib() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
-
-
-def test_the_positive_class_first_gives_the_same_metrics_thresholds_and_curves() -> None:
-    """The hand-worked example with the columns swapped: spam first, at index 0. Every number
-    that concerns spam is the same; the confusion matrix reads in the new order."""
-    spam_first = Classes(("spam", "ham"), "spam")
-    labels, probs = 1 - LABELS, two(PROBS)[:, ::-1]
-    ours, reference = (
-        task_for(spam_first).report(labels, probs, 0.5),
-        task_for(SMS).report(LABELS, two(PROBS), 0.5),
-    )
-    for key in ("accuracy", "macro_f1", "roc_auc", "pr_auc", "spam", "ham"):
-        assert ours[key] == pytest.approx(reference[key]), key
-    assert ours["confusion_matrix"] == [[2, 1], [2, 3]]  # rows spam, ham: tp fn / fp tn
-    assert task_for(spam_first).selection_score(ours, 0.0) == reference["spam"]["f1"]
-    for setting in (0.5, "auto"):
-        assert task_for(spam_first).choose_threshold(setting, labels, probs) == pytest.approx(
-            task_for(SMS).choose_threshold(setting, LABELS, two(PROBS))
-        )
-    curves = task_for(spam_first).curve_frames(labels, probs)
-    for name, frame in task_for(SMS).curve_frames(LABELS, two(PROBS)).items():
-        assert curves[name].equals(frame), name
 
 
 def _overlapping(boxes: list) -> list[tuple[int, int]]:
@@ -357,45 +218,6 @@ from hypothesis import strategies as st  # noqa: E402
 
 # scores on a coarse grid: many ties, as real probabilities rounded in a report have
 scores = st.lists(st.integers(0, 20).map(lambda i: i / 20), min_size=2, max_size=60)
-
-
-@settings(max_examples=30, deadline=None)
-@given(
-    data=st.data(),
-    probs=scores,
-    threshold=st.sampled_from([None, 0.25, 0.5, 0.8]),
-    positive_first=st.booleans(),
-)
-def test_any_two_class_report_is_scikit_learns(
-    data: st.DataObject, probs: list[float], threshold: float | None, positive_first: bool
-) -> None:
-    labels = np.array(
-        data.draw(st.lists(st.integers(0, 1), min_size=len(probs), max_size=len(probs)))
-    )
-    classes = Classes(("spam", "ham"), "spam") if positive_first else SMS
-    positive = classes.positive_index
-    p = np.array(probs)
-    probabilities = np.column_stack([p, 1 - p]) if positive_first else two(p)
-    rep = task_for(classes).report(labels, probabilities, threshold)
-    predicted = task_for(classes).decisions(probabilities, threshold)
-    assert rep["accuracy"] == pytest.approx(skm.accuracy_score(labels, predicted))
-    assert rep["macro_f1"] == pytest.approx(
-        skm.f1_score(labels, predicted, average="macro", labels=[0, 1], zero_division=0)
-    )
-    sk = skm.precision_recall_fscore_support(labels, predicted, labels=[0, 1], zero_division=0)
-    for i, name in enumerate(classes.names):
-        got = rep[name]
-        assert [got["precision"], got["recall"], got["f1"]] == pytest.approx([s[i] for s in sk[:3]])
-        assert got["support"] == sk[3][i]
-    assert (
-        rep["confusion_matrix"] == skm.confusion_matrix(labels, predicted, labels=[0, 1]).tolist()
-    )
-    if len(np.unique(labels)) == 2:
-        is_positive, score = labels == positive, probabilities[:, positive]
-        assert rep["roc_auc"] == pytest.approx(skm.roc_auc_score(is_positive, score))
-        assert rep["pr_auc"] == pytest.approx(skm.average_precision_score(is_positive, score))
-    else:
-        assert rep["roc_auc"] is None and rep["pr_auc"] is None
 
 
 def policy_by_hand(rule: str, bound: float, labels: np.ndarray, score: np.ndarray) -> dict | None:
@@ -448,19 +270,6 @@ def test_any_best_threshold_reaches_the_best_f1_of_every_score(
     f1 = {t: skm.f1_score(labels, score >= t, zero_division=0) for t in set(probs)}
     best = metrics.best_threshold(labels, score)
     assert f1[best] == pytest.approx(max(f1.values()))
-
-
-def test_compared_and_selection_figures_are_the_reports_own() -> None:
-    rep = task_for(SMS).report(LABELS, two(PROBS), 0.5)
-    assert task_for(SMS).compared_figures(rep) == {
-        "accuracy": rep["accuracy"],
-        "macro_f1": rep["macro_f1"],
-        "spam": {"precision": 0.5, "recall": 2 / 3, "f1": rep["spam"]["f1"]},
-    }
-    plain = Classes(("ham", "spam"))
-    assert task_for(plain).compared_figures(rep) == {"accuracy": 0.625, "macro_f1": rep["macro_f1"]}
-    assert task_for(SMS).selection_figure(rep) == {"spam": {"f1": rep["spam"]["f1"]}}
-    assert task_for(plain).selection_figure(rep) == {"macro_f1": rep["macro_f1"]}
 
 
 def test_the_per_class_table_has_a_row_per_split_and_class() -> None:
@@ -595,3 +404,36 @@ def test_curve_frames_skip_a_class_without_messages_before_others() -> None:
     for frame in frames.values():
         assert frame["class"].unique().tolist() == ["b", "c"]
         assert frame.index.tolist() == list(range(len(frame)))  # one index over both
+
+
+def test_ratio_confusion_matrix_and_the_aucs_directly() -> None:
+    """The pieces the tasks' reports are made of (tests/test_classification.py checks the
+    reports), by hand and against scikit-learn."""
+    assert metrics.ratio(np.array([1.0, 0.0, 3.0]), np.array([2, 0, 4])).tolist() == [
+        0.5, 0.0, 0.75
+    ]  # fmt: skip
+    matrix = metrics.confusion_matrix(np.array([0, 2, 2, 1]), np.array([0, 1, 2, 2]), 3)
+    assert matrix.tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 1]]
+    # the hand-worked example: of 15 (spam, ham) pairs 12 ranked right; recall thirds
+    assert metrics.roc_auc(LABELS == 1, PROBS) == pytest.approx(12 / 15)
+    assert metrics.average_precision(LABELS == 1, PROBS) == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+    for seed, decimals in ((0, None), (1, 2), (2, 1)):  # 1 decimal: many ties
+        labels, probs = generated(seed, n=300, decimals=decimals)
+        auc = metrics.roc_auc(labels == 1, probs)
+        assert auc == pytest.approx(roc_auc_by_pairs(labels, probs))
+        assert auc == pytest.approx(skm.roc_auc_score(labels, probs))
+        ap = metrics.average_precision(labels == 1, probs)
+        assert ap == pytest.approx(average_precision_by_steps(labels, probs))
+        assert ap == pytest.approx(skm.average_precision_score(labels, probs))
+
+
+def test_ratio_of_one_and_curves_and_policies_of_one_positive() -> None:
+    assert metrics.ratio(np.array([1, 0]), np.array([1, 1])).tolist() == [1.0, 0.0]
+    labels, scores = np.array([False, True, False]), np.array([0.9, 0.5, 0.2])
+    precision, recall, _ = metrics.precision_recall_curve(labels, scores)
+    sk_precision, sk_recall, _ = skm.precision_recall_curve(labels, scores)
+    np.testing.assert_allclose(precision, sk_precision)
+    np.testing.assert_allclose(recall, sk_recall)  # one positive: recall 0, 1, 1, then 0
+    # a false-positive rate of 1/2 allows the top (ham) score alone, which finds no spam
+    found = metrics.policy_threshold({"max_fpr": 0.5}, labels, scores, "spam")
+    assert found == {"threshold": 0.5, "precision": 0.5, "recall": 1.0, "fpr": 0.5}

@@ -31,8 +31,8 @@ def fitted_methods(val_margin: np.ndarray, val_labels: np.ndarray) -> dict:
     """{name: function from margins (logit of class 1 - logit of class 0) to p(class 1)},
     each fitted on the validation margins and labels."""
     pair = np.stack([np.zeros_like(val_margin), val_margin], axis=1)
-    (t,) = calibration.fit_temperature(pair, val_labels, multi_label=False)
-    (tp,), shift = calibration.fit_platt(pair, val_labels, multi_label=False)
+    (t,) = calibration.fit_temperature(pair, val_labels)
+    (tp,), shift = calibration.fit_platt(pair, val_labels)
     isotonic = IsotonicRegression(out_of_bounds="clip").fit(val_margin, val_labels)
     beta = LogisticRegression(C=np.inf, max_iter=10000).fit(_beta_features(val_margin), val_labels)
     return {

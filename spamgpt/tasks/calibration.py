@@ -12,6 +12,11 @@ the decision boundary (two classes: p = sigmoid(margin / T + c) is 0.5 where mar
 0): it corrects a bias a temperature cannot (a model trained with class weights), and changes
 decisions at 0.5. Its log loss is convex in (1/T, c), so its fit is Newton's method.
 
+Each function is of one shape, and the task (spamgpt.tasks.classification) calls its own:
+single-label class indices and a softmax (fit_temperature, fit_platt, probabilities, scores,
+top_class), or multi-label 0/1 targets and a sigmoid per label (fit_label_temperatures,
+fit_label_platt, label_probabilities, label_scores, each_label).
+
 The figures are numpy, with scikit-learn's definitions (tests/test_calibration.py checks them
 against brier_score_loss and log_loss):
 - single-label: ECE on the top class's probability (confidence) against whether that class is
@@ -39,16 +44,22 @@ BISECTIONS = 100  # halvings of log(1/T)'s range: far below float64's resolution
 NEWTON_STEPS = 100  # Platt's fit: each step squares the error near the optimum; ~10 suffice
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, multi_label: bool) -> np.ndarray:
-    """The temperature(s) minimising the log loss of softmax(logits / T) for class indices
-    `labels` (N,), or, multi-label, of sigmoid(logits[:, j] / T_j) for 0/1 targets (N, labels):
-    shape (1,), or (labels,). T = 1 where the optimum is outside T_RANGE (the split separated
-    perfectly, or all wrong) and for a label all present or all absent (its log loss only
-    falls as T does): there is nothing to fit."""
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The temperature minimising the log loss of softmax(logits / T) for class indices
+    `labels` (N,), shape (1,): 1 where the optimum is outside T_RANGE (the split separated
+    perfectly, or all wrong)."""
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels)
-    if not multi_label:
-        return np.array([_bisect(lambda beta: _softmax_slope(z, y, beta))])
+    return np.array([_bisect(lambda beta: _softmax_slope(z, y, beta))])
+
+
+def fit_label_temperatures(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Each label's temperature minimising the log loss of sigmoid(logits[:, j] / T_j) for
+    0/1 targets (N, labels): shape (labels,). T = 1 where the optimum is outside T_RANGE and
+    for a label all present or all absent (its log loss only falls as T does): there is
+    nothing to fit."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(targets)
     out = np.ones(z.shape[1])
     for j in range(z.shape[1]):
         yj = y[:, j] > 0.5
@@ -58,20 +69,24 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, multi_label: bool) -
     return out
 
 
-def fit_platt(
-    logits: np.ndarray, labels: np.ndarray, multi_label: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Platt scaling: the temperature(s) T and shift(s) c minimising the log loss of
-    softmax(logits / T + c) for class indices `labels` (N,), c of the first class 0: T of shape
-    (1,), c (classes,); or, multi-label, of sigmoid(logits[:, j] / T_j + c_j) for 0/1 targets
-    (N, labels): both (labels,). T = 1, c = 0 where there is nothing to fit: the optimum is
-    not finite (a split the shifted logits separate perfectly, a class with no message) or its
-    T is outside T_RANGE, and for a label all present or all absent."""
+def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Platt scaling: the temperature T and shifts c minimising the log loss of
+    softmax(logits / T + c) for class indices `labels` (N,), c of the first class 0: T of
+    shape (1,), c (classes,). T = 1, c = 0 where there is nothing to fit: the optimum is not
+    finite (a split the shifted logits separate perfectly, a class with no message) or its T
+    is outside T_RANGE."""
     z = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(labels)
-    if not multi_label:
-        found = _platt_newton(z, y)
-        return (np.ones(1), np.zeros(z.shape[1])) if found is None else found
+    found = _platt_newton(z, np.asarray(labels))
+    return (np.ones(1), np.zeros(z.shape[1])) if found is None else found
+
+
+def fit_label_platt(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Platt scaling of each label: T_j and c_j minimising the log loss of
+    sigmoid(logits[:, j] / T_j + c_j) for 0/1 targets (N, labels): both (labels,). T = 1,
+    c = 0 where there is nothing to fit (as fit_platt), and for a label all present or all
+    absent."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(targets)
     temperature, shift = np.ones(z.shape[1]), np.zeros(z.shape[1])
     for j in range(z.shape[1]):
         yj = y[:, j] > 0.5
@@ -170,14 +185,17 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def probabilities(
-    logits: np.ndarray,
-    temperature: np.ndarray,
-    multi_label: bool,
-    shift: np.ndarray | None = None,
+    logits: np.ndarray, temperature: np.ndarray, shift: np.ndarray | None = None
 ) -> np.ndarray:
-    """float64 softmax (multi-label: sigmoid) of logits / temperature + shift (None: 0)."""
-    z = _scaled(logits, temperature, shift)
-    return _sigmoid(z) if multi_label else _softmax(z)
+    """float64 softmax of logits / temperature + shift (None: 0)."""
+    return _softmax(_scaled(logits, temperature, shift))
+
+
+def label_probabilities(
+    logits: np.ndarray, temperature: np.ndarray, shift: np.ndarray | None = None
+) -> np.ndarray:
+    """float64 sigmoid of each label's logit / temperature + shift (None: 0)."""
+    return _sigmoid(_scaled(logits, temperature, shift))
 
 
 def _scaled(logits: np.ndarray, temperature: np.ndarray, shift: np.ndarray | None) -> np.ndarray:
@@ -210,78 +228,86 @@ def _bin_of(confidence: np.ndarray) -> np.ndarray:
     return np.clip(np.ceil(confidence * BINS).astype(int) - 1, 0, BINS - 1)
 
 
-def _confidence_outcome(
-    probs: np.ndarray, labels: np.ndarray, multi_label: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """What ECE and the reliability diagram compare: the top class's probability and whether
-    it is right; multi-label, each label's probability and its presence."""
-    if multi_label:
-        return probs, (np.asarray(labels) > 0.5).astype(float)
+def top_class(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What ECE and the reliability diagram compare of class probabilities (N, classes) and
+    class indices: the top class's probability and whether it is the true one."""
+    probs = np.asarray(probs)
     return probs.max(axis=1), (probs.argmax(axis=1) == labels).astype(float)
+
+
+def each_label(probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What ECE and the reliability diagram compare of label probabilities and 0/1 targets
+    (N, labels): each label's probability and its presence."""
+    return np.asarray(probs), (np.asarray(targets) > 0.5).astype(float)
 
 
 def scores(
     labels: np.ndarray,
     logits: np.ndarray,
     temperature: np.ndarray,
-    multi_label: bool,
-    names: list[str] | None = None,
     shift: np.ndarray | None = None,
 ) -> dict:
-    """{"ece", "ece_floor", "brier", "log_loss"} of softmax/sigmoid(logits / temperature +
-    shift) against `labels` (class indices, or multi-label 0/1 targets); multi-label also
-    "per_label": {name: those four} for the label `names`."""
+    """{"ece", "ece_floor", "brier", "log_loss"} of softmax(logits / temperature + shift)
+    against class indices `labels`."""
     z = _scaled(logits, temperature, shift)
-    probs = probabilities(logits, temperature, multi_label, shift)
-    if multi_label:
-        y = (np.asarray(labels) > 0.5).astype(float)
-        brier = (probs - y) ** 2
-        log_loss = np.logaddexp(0.0, z) - y * z  # binary cross-entropy with logits
-        per_label = {
-            name: {
-                "ece": expected_calibration_error(probs[:, j], y[:, j]),
-                "ece_floor": ece_floor(probs[:, j]),
-                "brier": float(brier[:, j].mean()),
-                "log_loss": float(log_loss[:, j].mean()),
-            }
-            for j, name in enumerate(names or range(z.shape[1]))
-        }
-        pooled = {
-            "ece": expected_calibration_error(probs, y),
-            "ece_floor": ece_floor(probs),
-            "brier": float(brier.mean()),
-            "log_loss": float(log_loss.mean()),
-        }
-        return {**pooled, "per_label": per_label}
+    probs = _softmax(z)
     labels = np.asarray(labels)
     one_hot = np.eye(z.shape[1])[labels]
     brier = ((probs - one_hot) ** 2).sum(axis=1).mean() / (2 if z.shape[1] == 2 else 1)
     log_softmax = z - z.max(axis=1, keepdims=True)
     log_softmax -= np.log(np.exp(log_softmax).sum(axis=1, keepdims=True))
     return {
-        "ece": expected_calibration_error(*_confidence_outcome(probs, labels, False)),
+        "ece": expected_calibration_error(*top_class(probs, labels)),
         "ece_floor": ece_floor(probs.max(axis=1)),
         "brier": float(brier),
         "log_loss": float(-log_softmax[np.arange(len(z)), labels].mean()),
     }
 
 
-def reliability_frame(
-    labels: np.ndarray, probabilities_by_name: dict[str, np.ndarray], multi_label: bool
-) -> pd.DataFrame:
-    """The reliability diagram's plot data: for each named set of probabilities, each
-    non-empty bin's mean confidence and observed frequency (accuracy of the top class;
-    multi-label, presence of the label, pooled over labels) and count; columns class (the
-    curve's name), point, confidence, accuracy, count; and the diagonal of perfect
-    calibration as the curve "perfect"."""
+def label_scores(
+    targets: np.ndarray,
+    logits: np.ndarray,
+    temperature: np.ndarray,
+    names: list[str],
+    shift: np.ndarray | None = None,
+) -> dict:
+    """{"ece", "ece_floor", "brier", "log_loss"} of each label's sigmoid(logit / temperature
+    + shift) against 0/1 `targets` (N, labels), pooled over every (message, label) pair, and
+    "per_label": {name: those four} for the label `names`."""
+    z = _scaled(logits, temperature, shift)
+    probs, y = each_label(_sigmoid(z), targets)
+    brier = (probs - y) ** 2
+    log_loss = np.logaddexp(0.0, z) - y * z  # binary cross-entropy with logits
+    per_label = {
+        name: {
+            "ece": expected_calibration_error(probs[:, j], y[:, j]),
+            "ece_floor": ece_floor(probs[:, j]),
+            "brier": float(brier[:, j].mean()),
+            "log_loss": float(log_loss[:, j].mean()),
+        }
+        for j, name in enumerate(names)
+    }
+    pooled = {
+        "ece": expected_calibration_error(probs, y),
+        "ece_floor": ece_floor(probs),
+        "brier": float(brier.mean()),
+        "log_loss": float(log_loss.mean()),
+    }
+    return {**pooled, "per_label": per_label}
+
+
+def reliability_frame(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """The reliability diagram's plot data: for each named (confidence, outcome) pair (of
+    top_class, or each_label's pooled over labels), each non-empty bin's mean confidence and
+    observed frequency, and count; columns class (the curve's name), point, confidence,
+    accuracy, count; and the diagonal of perfect calibration as the curve "perfect"."""
     frames = [
         pd.DataFrame(
             {"class": "perfect", "point": [0, 1], "confidence": [0.0, 1.0], "accuracy": [0.0, 1.0]}
         ).assign(count=0)
     ]
-    for name, probs in probabilities_by_name.items():
-        confidence, outcome = _confidence_outcome(np.asarray(probs), labels, multi_label)
-        confidence, outcome = confidence.ravel(), outcome.ravel()
+    for name, (confidence, outcome) in curves.items():
+        confidence, outcome = np.ravel(confidence), np.ravel(outcome)
         bins = _bin_of(confidence)
         count = np.bincount(bins, minlength=BINS)
         used = count > 0

@@ -20,7 +20,7 @@ accuracy: the whole set right, as scikit-learn's accuracy_score has it) and the 
 import json
 import logging
 from abc import abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -50,10 +50,9 @@ log = logging.getLogger(__name__)
 
 
 class _Classification(Task):
-    """What the two classification tasks share: train.class_weights' given mapping, and
-    calibration's functions, which take each task's shape as `sigmoid`."""
-
-    sigmoid: ClassVar[bool]  # each output its own sigmoid (multi-label), else one softmax
+    """What the two classification tasks share: train.class_weights' given mapping, the
+    confusion figure and platt's shifts of the head; each calls calibration's functions of
+    its own shape (class indices and a softmax, or 0/1 targets and a sigmoid a label)."""
 
     def loss_weights(self, targets: Tensor, setting: str | dict) -> Tensor | None:
         """none: None; a mapping gives each class its own (its keys the class names, as
@@ -80,40 +79,15 @@ class _Classification(Task):
     def balanced_weights(self, targets: Tensor) -> Tensor:
         """train.class_weights: balanced, of the training split's targets."""
 
-    def fit_temperature(self, logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        return calibration.fit_temperature(logits, targets, self.sigmoid)
-
-    def fit_platt(self, logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return calibration.fit_platt(logits, targets, self.sigmoid)
-
     def head_shifts(self, shift: dict[str, float]) -> list[float]:
         """Each class's (label's) own, of a {class: c} of exactly the model's classes."""
         return _per_class(shift, self.classes, "shifts")
-
-    def calibrated(
-        self, logits: np.ndarray, temperature: np.ndarray, shift: np.ndarray | None = None
-    ) -> np.ndarray:
-        return calibration.probabilities(logits, temperature, self.sigmoid, shift)
-
-    def calibration_scores(
-        self,
-        targets: np.ndarray,
-        logits: np.ndarray,
-        temperature: np.ndarray | float,
-        shift: np.ndarray | None = None,
-    ) -> dict:
-        names = list(self.classes.names)
-        return calibration.scores(targets, logits, temperature, self.sigmoid, names, shift)
-
-    def reliability_frame(self, targets: np.ndarray, curves: dict[str, np.ndarray]) -> object:
-        return calibration.reliability_frame(targets, curves, self.sigmoid)
 
 
 class SingleLabel(_Classification):
     label_format = "single"
     problem_type = "single_label_classification"
     predicted_column = "label"
-    sigmoid = False
     micro_f1_key = "accuracy"  # every error is one false positive and one false negative
     PER_CLASS = ("precision", "recall", "f1")  # a class's figures besides its support
 
@@ -403,6 +377,35 @@ class SingleLabel(_Classification):
         """The one temperature, for every class."""
         return [float(temperature)] * len(self.classes)
 
+    def fit_temperature(self, logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """One temperature for the softmax of every class."""
+        return calibration.fit_temperature(logits, targets)
+
+    def fit_platt(self, logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One temperature and each class's shift (the first class's 0)."""
+        return calibration.fit_platt(logits, targets)
+
+    def calibrated(
+        self, logits: np.ndarray, temperature: np.ndarray, shift: np.ndarray | None = None
+    ) -> np.ndarray:
+        return calibration.probabilities(logits, temperature, shift)
+
+    def calibration_scores(
+        self,
+        targets: np.ndarray,
+        logits: np.ndarray,
+        temperature: np.ndarray | float,
+        shift: np.ndarray | None = None,
+    ) -> dict:
+        """Of the top class's probability (ECE) and of every class's (Brier, log loss)."""
+        return calibration.scores(targets, logits, temperature, shift)
+
+    def reliability_frame(self, targets: np.ndarray, curves: dict[str, np.ndarray]) -> object:
+        """The top class's probability against whether it is right."""
+        return calibration.reliability_frame(
+            {name: calibration.top_class(probs, targets) for name, probs in curves.items()}
+        )
+
 
 _PASSES = 20  # coordinate-ascent sweeps over the labels at most (each accepted move improves)
 _GAIN = 1e-12  # a move must raise the selected metric by more than rounding
@@ -412,7 +415,6 @@ class MultiLabel(_Classification):
     label_format = "multi"
     problem_type = "multi_label_classification"
     predicted_column = "labels"
-    sigmoid = True
     micro_f1_key = "micro_f1"
     COMPARED = ("accuracy", "micro_f1", "macro_f1", "samples_f1", "hamming_loss")
 
@@ -759,6 +761,36 @@ class MultiLabel(_Classification):
         """calibration/temperature_<label>, each label's."""
         metric_name = self.classes.metric_name
         return {f"calibration/temperature_{metric_name(n)}": t for n, t in temperature.items()}
+
+    def fit_temperature(self, logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Each label's temperature of its own sigmoid."""
+        return calibration.fit_label_temperatures(logits, targets)
+
+    def fit_platt(self, logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each label's temperature and shift."""
+        return calibration.fit_label_platt(logits, targets)
+
+    def calibrated(
+        self, logits: np.ndarray, temperature: np.ndarray, shift: np.ndarray | None = None
+    ) -> np.ndarray:
+        return calibration.label_probabilities(logits, temperature, shift)
+
+    def calibration_scores(
+        self,
+        targets: np.ndarray,
+        logits: np.ndarray,
+        temperature: np.ndarray | float,
+        shift: np.ndarray | None = None,
+    ) -> dict:
+        """Pooled over every (message, label) pair, and each label's."""
+        names = list(self.classes.names)
+        return calibration.label_scores(targets, logits, temperature, names, shift)
+
+    def reliability_frame(self, targets: np.ndarray, curves: dict[str, np.ndarray]) -> object:
+        """Each label's probability against its presence, pooled over the labels."""
+        return calibration.reliability_frame(
+            {name: calibration.each_label(probs, targets) for name, probs in curves.items()}
+        )
 
 
 def _per_class(values: dict[str, float], classes: Classes, what: str) -> list[float]:
