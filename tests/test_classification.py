@@ -835,7 +835,7 @@ def test_the_label_audit_finds_a_mislabelled_row_and_suggests_its_label() -> Non
     assert quality.argmin() == 6 and quality.shape == (40,)
     suggested = task_for(CLASSES).suggested_labels(np.array([[0.5, 0.49, 0.9], [0.1, 0.2, 0.3]]))
     assert suggested == ['["billing", "urgent"]', "[]"]
-    assert task_for(Classes(("é", "b"), None, True)).suggested_labels(np.array([[0.9, 0]])) == [
+    assert task_for(Classes(("é", "b"), None, "multi")).suggested_labels(np.array([[0.9, 0]])) == [
         '["é"]'
     ]
     assert task_for(CLASSES).given_labels('["urgent", "billing"]') == ["urgent", "billing"]
