@@ -1430,6 +1430,20 @@ def test_label_tab_text_reads_label_and_text_whatever_the_columns_set(tmp_path: 
     assert rows(readers.read_messages(path, fmt, None)) == [(1, "ham", "hi")]
 
 
+def test_label_tab_text_keeps_the_label_format_several_labels_or_a_number(
+    tmp_path: Path,
+) -> None:
+    """Only the columns are fixed by the format: a label set or a number reads as such (the
+    format was rebuilt whole, and every label read as one class)."""
+    multi = readers.Format("label_tab_text", label_format="multi", label_separator="|")
+    path = raw_file(tmp_path, b"spam|promo\tWIN now\nham\thi\n")
+    parsed = readers.read_messages(path, multi, None)
+    assert [json.loads(v) for v in parsed.frame["label"]] == [["promo", "spam"], ["ham"]]
+    numbers = readers.Format("label_tab_text", label_format="number")
+    parsed = readers.read_messages(raw_file(tmp_path, b"4.5\tgood\n1\tbad\n"), numbers, None)
+    assert parsed.frame["label"].astype(float).tolist() == [4.5, 1.0]
+
+
 def test_a_later_bad_line_is_a_bad_line_though_the_first_looks_like_tsv(tmp_path: Path) -> None:
     """Only a bad first row may mean the file is of another format."""
     path = raw_file(tmp_path, b"id\ttext\tlabel\nno tab here\nham\tfine\n")

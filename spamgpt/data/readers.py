@@ -21,7 +21,7 @@ import re
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
@@ -102,7 +102,7 @@ def read_messages(
     path = Path(path)
     name = str(path) if name is None else name
     if fmt.name == "label_tab_text":  # no header: the columns are label and text
-        fmt = Format(fmt.name)
+        fmt = replace(fmt, text_column="text", label_column="label", text_template=None)
     fields = fmt.fields
     columns = {c: PIPELINE_SETTINGS["text"] for c in fields.columns}
     columns[fmt.label_column] = PIPELINE_SETTINGS["label"]
