@@ -3,13 +3,12 @@ files and from the MLflow store (a fresh SQLite store under tmp_path, in this pr
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, restored_tracking_uri
+from conftest import REPO
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 from test_train import PARAMS, trainer_splits
@@ -50,14 +49,9 @@ def project(tmp_path: Path, hub: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def store(
-    project: Path, empty_store: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[MlflowClient]:
-    shutil.copy(empty_store, project / tracking.DB_FILE)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(project))
-    with restored_tracking_uri():
-        yield MlflowClient(tracking_uri=tracking.connect())
+def store(project: Path, local_store: MlflowClient) -> MlflowClient:
+    """conftest's local_store, in the project's folder (both are the test's tmp_path)."""
+    return local_store
 
 
 def trainer(hub: Path) -> Trainer:
