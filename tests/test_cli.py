@@ -20,18 +20,33 @@ TEXTS = ["hi", "see you\tat 7"]  # 2 tokens at most, and more than 4
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A full model folder of a tiny GPT-2 whose head spreads the probabilities; the positive
-    class is the first."""
-    hub = make_hub(tmp_path_factory.mktemp("hub"))
-    model = GPT2Classifier(GPT2.from_pretrained(hub))
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_hub(tmp_path_factory.mktemp("hub"))
+
+
+def saved_model(hub: Path, folder: Path, classes: Classes, max_length: int = 4) -> Path:
+    """A full model folder of a tiny GPT-2 answering `classes`, its head drawn so that the
+    probabilities spread."""
+    model = GPT2Classifier(GPT2.from_pretrained(hub), len(classes), "last", classes.label_format)
     torch.nn.init.normal_(model.head.weight, std=0.5, generator=torch.Generator().manual_seed(0))
-    classes = Classes(("spam", "ham"), "spam")
     meta = {"repo_id": "openai-community/gpt2", **classes.to_dict(), "pooling": "last"}
-    meta |= {"max_length": 4, "pad_id": tokenizer.load(hub).eot_token, "trained": []}
-    folder = tmp_path_factory.mktemp("model") / "finetuned"
+    meta |= {"max_length": max_length, "pad_id": tokenizer.load(hub).eot_token, "trained": []}
     classifier.save(model, folder, meta, hub, full=True)
     return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(hub: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Spam or ham; the positive class is the first."""
+    folder = tmp_path_factory.mktemp("model") / "finetuned"
+    return saved_model(hub, folder, Classes(("spam", "ham"), "spam"))
+
+
+@pytest.fixture(scope="module")
+def three_classes(hub: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Billing, outage or sales: no positive class, each message its most probable."""
+    folder = tmp_path_factory.mktemp("three") / "finetuned"
+    return saved_model(hub, folder, Classes(("billing", "outage", "sales")))
 
 
 def expected(model_dir: Path, threshold: float) -> list[dict]:
@@ -39,6 +54,15 @@ def expected(model_dir: Path, threshold: float) -> list[dict]:
     enc = tokenizer.load(model_dir)
     probs, _ = classifier.classify_texts(model, enc, TEXTS, 4, Compute(torch.device("cpu"), "fp32"))
     return classifier.answers(probs, classifier.classes_of(meta), threshold)
+
+
+def run_cli(argv: list[str]) -> int:
+    """cli.main(argv) in this process; its exit code."""
+    try:
+        cli.main(argv)
+    except SystemExit as e:
+        return e.code
+    return 0
 
 
 def classify(capsys, *args: str) -> tuple[int, str, str]:
@@ -160,3 +184,26 @@ def test_help_imports_neither_torch_nor_numpy() -> None:
     assert (
         cli.EXPORT_QUANTIZATIONS == export.QUANTIZATIONS and cli.EXPORT_MAX_DROP == export.MAX_DROP
     )
+
+
+NO_THRESHOLD = (
+    "spamgpt: error: --threshold 0.7: this model decides without a threshold (single labels: "
+    "billing, outage, sales; positive class: none): a threshold applies to the positive class "
+    "of two classes or to each label of a multi-label model; allowed: leave --threshold out\n"
+)
+
+
+def test_a_threshold_the_models_task_does_not_take_is_refused_by_classify_and_predict(
+    three_classes: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Three classes and no positive one: the task decides by the most probable class, so a
+    --threshold would be silently ignored; classify and predict both refuse it in one line
+    naming the flag (exit 2), before anything is written."""
+    code, out, err = classify(capsys, "--model", str(three_classes), "--threshold", "0.7", "hi")
+    assert (code, out, err) == (2, "", NO_THRESHOLD)
+    monkeypatch.chdir(tmp_path)
+    Path("in.csv").write_text("text\nhi\n")
+    code = run_cli(["predict", "in.csv", "-o", "out.csv", "--model", str(three_classes),
+                    "--threshold", "0.7", "--device", "cpu"])  # fmt: skip
+    assert (code, capsys.readouterr().err) == (2, NO_THRESHOLD)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]

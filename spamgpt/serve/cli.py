@@ -13,10 +13,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spamgpt import paths
-from spamgpt.errors import SpamGPTError
+from spamgpt.errors import ParamsError, SpamGPTError
 from spamgpt.texts import TextFields, Truncation
+
+if TYPE_CHECKING:
+    from spamgpt.tasks.task import Task
 
 # The choices of predict's --format and export's --to and --quantize, and --max-drop's default
 # (spamgpt.serve.predict.FORMATS, spamgpt.serve.export's FORMATS, QUANTIZATIONS, MAX_DROP:
@@ -26,6 +30,11 @@ SCORED_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 EXPORT_FORMATS = ("transformers", "onnx")
 EXPORT_QUANTIZATIONS = ("int8",)
 EXPORT_MAX_DROP = 0.005
+# classify's and predict's --threshold (check_threshold_applies refuses it where it does not)
+THRESHOLD_HELP = (
+    "on the positive class's probability of two classes, or each label's of a multi-label "
+    "model; a model of other classes takes none (default: the model's, evaluate's)"
+)
 
 # Plain output is one tab-separated line per message: a tab or line break inside a message is
 # printed as \t, \n or \r (and a backslash as \\), so that every line still splits in three.
@@ -62,14 +71,15 @@ def classify(args: argparse.Namespace) -> None:
         args.device, args.precision, max_tokens=args.max_tokens, settings=runtime.FLAGS
     )
     loaded = loader.load_model(args.model, args.pretrained)
+    classes = classifier.classes_of(loaded.meta)
+    task = registry.task_for(classes)
+    check_threshold_applies(args.threshold, task)
     threshold = loaded.threshold if args.threshold is None else args.threshold
     model, meta = loaded.model.to(compute.device), loaded.meta
     texts = joined_fields(messages, TextFields.from_dict(meta))
     probs, truncated = classifier.classify_texts(
         model, loaded.enc, texts, meta["max_length"], compute, Truncation.from_dict(meta)
     )
-    classes = classifier.classes_of(meta)
-    task = registry.task_for(classes)
     answers = task.answers(probs.numpy(), threshold)
     explained = [None] * len(answers)
     if args.explain:  # integrated gradients: a forward and backward pass per path point
@@ -87,6 +97,22 @@ def classify(args: argparse.Namespace) -> None:
         else:  # the task's columns (Task.plain_answer), then the text
             note = f" [truncated to {meta['max_length']} tokens]" if cut else ""
             print(f"{task.plain_answer(answer)}\t{text.translate(ESCAPES)}{note}")
+
+
+def check_threshold_applies(threshold: float | None, task: "Task") -> None:
+    """--threshold of classify and predict, against the model's task: the task decides whether
+    its decisions take a threshold (a task that takes one validates at a default one,
+    Task.validation_threshold: a positive class of two, or each label of a multi-label
+    model); else the flag would be silently ignored, and is refused."""
+    if threshold is None or task.validation_threshold() is not None:
+        return
+    classes = task.classes
+    raise ParamsError(
+        f"--threshold {threshold}: this model decides without a threshold ("
+        f"{classes.label_format} labels: {', '.join(classes.names)}; positive class: "
+        f"{classes.positive or 'none'}): a threshold applies to the positive class of two "
+        f"classes or to each label of a multi-label model; allowed: leave --threshold out"
+    )
 
 
 def joined_fields(messages: list[str], fields: TextFields) -> list[str]:
@@ -115,6 +141,7 @@ def joined_fields(messages: list[str], fields: TextFields) -> list[str]:
 def predict(args: argparse.Namespace) -> None:
     from spamgpt import labels, runtime
     from spamgpt.serve import predict as predicting  # pandas' writers: only for this command
+    from spamgpt.tasks.registry import task_for
 
     in_format = predicting.format_of(args.input, args.format, "--format")
     out_format = predicting.format_of(args.output, args.output_format, "--output-format")
@@ -124,6 +151,7 @@ def predict(args: argparse.Namespace) -> None:
         args.device, args.precision, max_tokens=args.max_tokens, settings=runtime.FLAGS
     )
     scorer = predicting.load_scorer(args.model, args.pretrained, compute, threshold)
+    check_threshold_applies(args.threshold, task_for(scorer.classes))
     rows, skipped = predicting.predict_file(
         args.input, args.output, scorer, in_format, out_format, args.text_column, args.keep,
         args.bad_lines, explain_top=args.explain_top,
@@ -206,9 +234,7 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
         help="a row that does not parse: stop there (error) or leave it out and count it (skip)",
     )
     add_model_arguments(p)
-    p.add_argument(
-        "--threshold", type=float, help="on the positive class's probability (default: the model's)"
-    )
+    p.add_argument("--threshold", type=float, help=THRESHOLD_HELP)
     add_runtime_arguments(p)
     p.add_argument("--max-tokens", type=positive_int, help="padded tokens per batch")
     p.add_argument(
@@ -298,11 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         "strongest tokens [[marked]]; with --json, every token's (docs/explain.md)",
     )
     add_model_arguments(c)
-    c.add_argument(
-        "--threshold",
-        type=float,
-        help="threshold on the positive class's probability (default: evaluate's)",
-    )
+    c.add_argument("--threshold", type=float, help=THRESHOLD_HELP)
     add_runtime_arguments(c)
     c.add_argument(
         "--max-tokens",
