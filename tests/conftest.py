@@ -396,3 +396,23 @@ def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     sleeps: list[float] = []
     monkeypatch.setattr(tracking, "time", SimpleNamespace(sleep=sleeps.append, time=time.time))
     return sleeps
+
+
+@pytest.fixture
+def one_core() -> Iterator[None]:
+    """The test's process may run on one core (as in a container of one CPU), so runtime.setup
+    gives torch one intra-op thread. For tests that run a command in this process under
+    tools/mutate.py: mutmut forks each mutant's run from a process that ran the tests, and
+    OpenMP's threads, once started there, do not survive the fork (the run hangs in its first
+    parallel op)."""
+    import torch
+
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_setaffinity") else None
+    if cores is not None:
+        os.sched_setaffinity(0, {min(cores)})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    if cores is not None:
+        os.sched_setaffinity(0, cores)

@@ -16,6 +16,8 @@ from spamgpt.random_hub import make_hub
 from spamgpt.runtime import Compute
 from spamgpt.serve import cli
 
+pytestmark = pytest.mark.usefixtures("one_core")  # see conftest: mutmut forks
+
 TEXTS = ["hi", "see you\tat 7"]  # 2 tokens at most, and more than 4
 
 

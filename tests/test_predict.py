@@ -25,7 +25,10 @@ from spamgpt.serve import predict as predicting
 
 CLASSES = Classes(("billing", "outage", "sales"))
 MAX_LENGTH = 12
+CPU = runtime.Compute(torch.device("cpu"), "fp32")
 
+
+pytestmark = pytest.mark.usefixtures("one_core")  # see conftest: mutmut forks
 
 UNAVAILABLE = "mps" if torch.cuda.is_available() else "cuda"  # a device this machine lacks
 
@@ -53,7 +56,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def scorer(model_dir: Path) -> predicting.Scorer:
-    return predicting.load_scorer(str(model_dir), model_dir, runtime.setup("cpu", "fp32"), None)
+    return predicting.load_scorer(str(model_dir), model_dir, CPU, None)
 
 
 def messages(n: int) -> list[dict]:
@@ -142,7 +145,7 @@ def test_100_000_rows_stream_through_the_cli_keeping_ids_order_and_answers(tmp_p
     classify path's answer. A GPT-2 of one block 16 wide: the rows, not the model, are what
     is tested."""
     model_dir = model_folder(tmp_path, layers=1, dim=16, heads=2, n_ctx=16)
-    scorer = predicting.load_scorer(str(model_dir), model_dir, runtime.setup("cpu", "fp32"), None)
+    scorer = predicting.load_scorer(str(model_dir), model_dir, CPU, None)
     n = 100_000
     ids = np.random.default_rng(0).permutation(n).tolist()  # not sorted: order is checked
     rows = [{"id": i, "message": f"{'refund ' * (i % 5)}{i % 97}"} for i in ids]
