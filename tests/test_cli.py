@@ -2,23 +2,32 @@
 this process (the subprocess runs are in test_pipeline.py and test_reliability_inputs.py)."""
 
 import argparse
+import io
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from spamgpt.data import tokenizer
+from spamgpt.errors import SpamGPTError
+from spamgpt.evaluate import explain
 from spamgpt.labels import Classes
 from spamgpt.model import classifier
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.random_hub import make_hub
 from spamgpt.runtime import Compute
 from spamgpt.serve import cli
+from spamgpt.serve import predict as predicting
+from spamgpt.tasks.task import Threshold
+from spamgpt.texts import TextFields
 
 pytestmark = pytest.mark.usefixtures("one_core")  # see conftest: mutmut forks
 
 TEXTS = ["hi", "see you\tat 7"]  # 2 tokens at most, and more than 4
+CPU = Compute(torch.device("cpu"), "fp32")
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +60,11 @@ def three_classes(hub: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return saved_model(hub, folder, Classes(("billing", "outage", "sales")))
 
 
-def expected(model_dir: Path, threshold: float) -> list[dict]:
+def expected(model_dir: Path, threshold: Threshold, texts: list[str] = TEXTS) -> list[dict]:
+    """The answers of `texts` at `threshold`, by the library's classify path."""
     model, meta = classifier.load(model_dir)
     enc = tokenizer.load(model_dir)
-    probs, _ = classifier.classify_texts(model, enc, TEXTS, 4, Compute(torch.device("cpu"), "fp32"))
+    probs, _ = classifier.classify_texts(model, enc, texts, 4, CPU)
     return classifier.answers(probs, classifier.classes_of(meta), threshold)
 
 
@@ -96,21 +106,6 @@ def test_plain_lines_show_the_positive_probability_and_escape_tabs(model_dir: Pa
     answers = expected(model_dir, 0.4)
     assert code == 0 and first[:2] == [answers[0]["label"], f"{answers[0]['spam_probability']:.4f}"]
     assert second[2] == "see you\\tat 7 [truncated to 4 tokens]"
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["hi", "--file", "x.txt"], "give messages as arguments or with --file, not both"),
-        (["--threshold", "1.5", "hi"], "--threshold must be between 0 and 1, got 1.5"),
-        ([], "no messages to classify"),
-        (["--file", "/nonexistent/m.txt"], "cannot read /nonexistent/m.txt"),
-    ],
-)
-def test_a_mistake_is_one_line_and_exit_1(capsys, args: list[str], message: str) -> None:
-    code, out, err = classify(capsys, *args)
-    assert code == 1 and out == ""
-    assert err.startswith(f"spamgpt: error: {message}") and err.count("\n") == 1
 
 
 def unavailable_device() -> str:
@@ -208,4 +203,257 @@ def test_a_threshold_the_models_task_does_not_take_is_refused_by_classify_and_pr
     code = run_cli(["predict", "in.csv", "-o", "out.csv", "--model", str(three_classes),
                     "--threshold", "0.7", "--device", "cpu"])  # fmt: skip
     assert (code, capsys.readouterr().err) == (2, NO_THRESHOLD)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+@pytest.fixture(scope="module")
+def multi_label(hub: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Billing, outage and sales as independent labels."""
+    folder = tmp_path_factory.mktemp("multi") / "finetuned"
+    return saved_model(hub, folder, Classes(("billing", "outage", "sales"), None, "multi"))
+
+
+@pytest.fixture(scope="module")
+def two_fields(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """model_dir reading a subject and a body, joined by a template."""
+    folder = tmp_path_factory.mktemp("fields") / "finetuned"
+    shutil.copytree(model_dir, folder)
+    meta = json.loads((folder / classifier.CLASSIFIER_JSON).read_text())
+    meta |= {"text_columns": ["subject", "body"], "text_template": "Subject: {subject}\n{body}"}
+    (folder / classifier.CLASSIFIER_JSON).write_text(json.dumps(meta))
+    return folder
+
+
+WIN = "WIN a prize now"  # spam probability 0.22 in model_dir: spam at 0.1, ham at 0.5
+WIN_SHOWN = f"{WIN} [truncated to 4 tokens]"  # as plain output shows it: 5 tokens
+
+
+def binary_lines(answers: list[dict], texts: list[str]) -> str:
+    """classify's plain output of spam-or-ham answers: label, spam probability, text."""
+    return "".join(
+        f"{a['label']}\t{a['spam_probability']:.4f}\t{t}\n"
+        for a, t in zip(answers, texts, strict=True)
+    )
+
+
+def test_plain_lines_answer_at_the_evaluated_threshold_unless_the_flag_gives_one(
+    model_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """No --threshold: the one evaluate chose (reports/evaluation.json), 0.5 before any
+    evaluation; --threshold overrides it."""
+    monkeypatch.chdir(tmp_path)
+    texts = [WIN, "hi"]
+    at_half, at_tenth = expected(model_dir, 0.5, texts), expected(model_dir, 0.1, texts)
+    assert [a["label"] for a in at_half] == ["ham", "ham"]
+    assert [a["label"] for a in at_tenth] == ["spam", "ham"]
+    assert classify(capsys, "--model", str(model_dir), *texts) == (
+        0, binary_lines(at_half, [WIN_SHOWN, "hi"]), ""
+    )  # fmt: skip
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "evaluation.json").write_text('{"threshold": 0.1}')
+    assert classify(capsys, "--model", str(model_dir), *texts) == (
+        0, binary_lines(at_tenth, [WIN_SHOWN, "hi"]), ""
+    )  # fmt: skip
+    assert classify(capsys, "--model", str(model_dir), "--threshold", "0.5", *texts) == (
+        0, binary_lines(at_half, [WIN_SHOWN, "hi"]), ""
+    )  # fmt: skip
+
+
+def test_plain_lines_escape_what_would_split_them_and_note_the_cut(model_dir: Path, capsys) -> None:
+    message = "a\\b\tc\nd\re"  # a backslash, a tab, a line break, a carriage return
+    code, out, _ = classify(capsys, "--model", str(model_dir), message, "hi")
+    first, second = out.splitlines()
+    assert code == 0 and len(out.splitlines()) == 2
+    assert first.split("\t", 2)[2] == "a\\\\b\\tc\\nd\\re [truncated to 4 tokens]"
+    assert second.endswith("\thi") and second.count("\t") == 2
+
+
+def test_json_lines_are_the_answers_to_six_decimals_text_as_given(model_dir: Path, capsys):
+    texts = ["café ☕", WIN, "hi"]  # not ASCII, written as it is
+    code, out, _ = classify(capsys, "--model", str(model_dir), "--threshold", "0.1", "--json",
+                            *texts)  # fmt: skip
+    lines = []
+    for answer, text, cut in zip(
+        expected(model_dir, 0.1, texts), texts, [True, True, False], strict=True
+    ):
+        record = {
+            "label": answer["label"],
+            "probability": round(answer["probability"], 6),
+            "probabilities": {k: round(v, 6) for k, v in answer["probabilities"].items()},
+            "spam_probability": round(answer["spam_probability"], 6),
+            "truncated": cut,
+            "text": text,
+        }
+        lines.append(json.dumps(record, ensure_ascii=False))
+    assert list(expected(model_dir, 0.1, texts)[0]) == list(record)[:4]  # the answer's order
+    assert (code, out) == (0, "".join(line + "\n" for line in lines))
+    assert [json.loads(line)["label"] for line in lines] == ["spam", "spam", "ham"]
+
+
+def test_a_model_of_three_classes_shows_the_labels_probability(three_classes: Path, capsys):
+    texts = ["hi", WIN]
+    code, out, _ = classify(capsys, "--model", str(three_classes), *texts)
+    answers = expected(three_classes, None, texts)
+    shown = zip(answers, ["hi", WIN_SHOWN], strict=True)
+    assert code == 0 and out == "".join(
+        f"{a['label']}\t{a['probability']:.4f}\t{t}\n" for a, t in shown
+    )
+
+
+def test_a_multi_label_model_shows_every_labels_probability_at_the_flags_threshold(
+    multi_label: Path, capsys
+) -> None:
+    """--threshold applies to each label: 0.3 gives "hi" two labels, 0.999 none."""
+    for threshold, given in (("0.3", "billing|outage"), ("0.999", "(none)")):
+        code, out, err = classify(capsys, "--model", str(multi_label), "--threshold", threshold,
+                                  "hi")  # fmt: skip
+        (answer,) = expected(multi_label, float(threshold), ["hi"])
+        shown = " ".join(f"{k}={v:.4f}" for k, v in answer["probabilities"].items())
+        assert (code, out, err) == (0, f"{given}\t{shown}\thi\n", "")
+
+
+def test_messages_come_one_a_line_from_a_file_or_stdin_bytes_not_utf8_replaced(
+    model_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    raw = b"hi\r\nWIN a prize now\n\xff ok\n"
+    messages = ["hi", WIN, "\ufffd ok"]
+    (tmp_path / "m.txt").write_bytes(raw)
+    code, out, _ = classify(capsys, "--model", str(model_dir), "--json", "--file",
+                            str(tmp_path / "m.txt"))  # fmt: skip
+    assert code == 0 and [json.loads(line)["text"] for line in out.splitlines()] == messages
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
+    code, out, _ = classify(capsys, "--model", str(model_dir), "--json", "--file", "-")
+    assert code == 0 and [json.loads(line)["text"] for line in out.splitlines()] == messages
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["hi", "--file", "x.txt"], "give messages as arguments or with --file, not both"),
+        (["--file", "/no/m.txt"], "cannot read /no/m.txt: No such file or directory"),
+        (["--threshold", "1.5", "hi"], "--threshold must be between 0 and 1, got 1.5"),
+        ([], "no messages to classify: pass text arguments or --file PATH (- for stdin)"),
+        (["--threshold", "0", "hi"], "--threshold must be between 0 and 1, got 0.0"),
+    ],
+)
+def test_a_mistake_is_this_one_line_and_exit_1(capsys, args: list[str], line: str) -> None:
+    assert classify(capsys, *args) == (1, "", f"spamgpt: error: {line}\n")
+
+
+def test_an_empty_file_has_no_messages(tmp_path: Path, capsys) -> None:
+    (tmp_path / "m.txt").write_bytes(b"")
+    code, out, err = classify(capsys, "--file", str(tmp_path / "m.txt"))
+    assert (code, out) == (1, "") and err.startswith("spamgpt: error: no messages to classify")
+
+
+def test_messages_of_several_fields_are_json_objects_joined_by_the_template(
+    two_fields: Path, model_dir: Path, capsys
+) -> None:
+    message = '{"subject": "WIN", "body": "a prize"}'
+    code, out, _ = classify(capsys, "--model", str(two_fields), "--threshold", "0.1", message)
+    (answer,) = expected(model_dir, 0.1, ["Subject: WIN\na prize"])
+    assert (code, out) == (0, binary_lines([answer], [f"{message} [truncated to 4 tokens]"]))
+    code, out, err = classify(capsys, "--model", str(two_fields), message, "WIN")
+    assert (code, out) == (1, "")
+    assert err == (
+        "spamgpt: error: message 2: the model reads the fields subject, body: give each "
+        "message as a JSON object of them (field 'subject' is missing or not text)\n"
+    )
+
+
+def test_joined_fields_of_one_field_and_of_several() -> None:
+    one = TextFields(("text",), "Message: {text}")
+    assert cli.joined_fields(["hi", "a b"], one) == ["Message: hi", "Message: a b"]
+    two = TextFields(("subject", "body"), "{subject} / {body}")
+    good = ['{"subject": "a", "body": "b"}', '{"body": "d", "subject": "c", "x": 1}']
+    assert cli.joined_fields(good, two) == ["a / b", "c / d"]
+    for bad, field in (('["subject"]', "subject"), ('{"subject": "a", "body": 3}', "body"),
+                       ('{"subject": "a"', "subject")):  # fmt: skip
+        with pytest.raises(SpamGPTError) as caught:
+            cli.joined_fields([good[0], bad], two)
+        assert str(caught.value) == (
+            f"message 2: the model reads the fields subject, body: give each message as a "
+            f"JSON object of them (field {field!r} is missing or not text)"
+        )
+
+
+def test_explain_marks_the_strongest_tokens_or_gives_every_tokens_attribution(
+    model_dir: Path, capsys
+) -> None:
+    texts = [WIN, "hi"]
+    answers = expected(model_dir, 0.1, texts)
+    model, meta = classifier.load(model_dir)
+    why = explain.explain_answers(
+        model, tokenizer.load(model_dir), texts, answers, classifier.classes_of(meta), meta
+    )
+    args = ["--model", str(model_dir), "--threshold", "0.1", "--explain", *texts]
+    code, out, _ = classify(capsys, *args)
+    marked = [w.marked() for w in why]
+    assert "[[" in marked[0] and code == 0
+    assert out == binary_lines(answers, [f"{marked[0]} [truncated to 4 tokens]", marked[1]])
+    code, out, _ = classify(capsys, *args, "--json")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["explanation"] for r in records] == [w.to_dict() for w in why]
+    assert [r["text"] for r in records] == texts and [r["label"] for r in records] == [
+        "spam", "ham"
+    ]  # fmt: skip
+
+
+def run_predict(capsys, *args: str) -> tuple[int, str]:
+    code = run_cli(["predict", "--device", "cpu", "--precision", "fp32", *args])
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return code, captured.err
+
+
+def test_predict_scores_a_file_saying_how_many_rows_at_the_evaluated_threshold(
+    model_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Formats from the flags where the names do not say them; the threshold evaluate chose
+    unless --threshold gives one; --keep, --text-column and --explain-top as given: the file
+    predict_file writes with them."""
+    monkeypatch.chdir(tmp_path)
+    Path("in.dat").write_text(f"id,message\n1,{WIN}\n2,hi\n")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "evaluation.json").write_text('{"threshold": 0.1}')
+    args = ["in.dat", "-o", "out.dat", "--model", str(model_dir), "--format", "csv",
+            "--output-format", "jsonl", "--text-column", "message", "--keep", "id"]  # fmt: skip
+    scorer = predicting.load_scorer(str(model_dir), model_dir, CPU, 0.1)
+    for flags, threshold, top in (
+        ([], 0.1, None),
+        (["--threshold", "0.5", "--explain-top", "2"], 0.5, 2),
+    ):
+        assert run_predict(capsys, *args, *flags) == (0, "out.dat: 2 rows\n")
+        scorer.threshold = threshold
+        predicting.predict_file("in.dat", "want.jsonl", scorer, "csv", "jsonl", ["message"],
+                                ["id"], explain_top=top)  # fmt: skip
+        assert Path("out.dat").read_text() == Path("want.jsonl").read_text()
+    rows = [json.loads(line) for line in Path("out.dat").read_text().splitlines()]
+    assert [(r["id"], r["label"]) for r in rows] == [("1", "ham"), ("2", "ham")]
+    assert "top_tokens" in rows[0]
+    assert run_predict(capsys, *args) == (0, "out.dat: 2 rows\n")
+    assert [json.loads(line)["label"] for line in Path("out.dat").read_text().splitlines()] == [
+        "spam", "ham"
+    ]  # fmt: skip
+
+
+def test_predict_counts_the_bad_rows_it_skips(model_dir: Path, tmp_path: Path, capsys) -> None:
+    source, dest = tmp_path / "in.csv", tmp_path / "out.csv"
+    source.write_text('id,text\n1,hello there\n2,\n3,"a",extra\n')
+    args = [str(source), "-o", str(dest), "--model", str(model_dir), "--bad-lines", "skip"]
+    assert run_predict(capsys, *args) == (
+        0, f"{dest}: 1 rows; 2 bad rows skipped (empty_text 1, wrong_fields 1)\n"
+    )  # fmt: skip
+
+
+def test_predict_refuses_a_device_the_machine_lacks_naming_the_flag(
+    model_dir: Path, tmp_path: Path, capsys
+) -> None:
+    (tmp_path / "in.csv").write_text("text\nhi\n")
+    device = unavailable_device()
+    code, err = run_predict(capsys, str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.csv"),
+                            "--model", str(model_dir), "--device", device)  # fmt: skip
+    assert code == 2 and err.startswith(
+        f"spamgpt: error: --device: {device} is not available on this machine; allowed here: auto"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
