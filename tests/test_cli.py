@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from spamgpt import paths
 from spamgpt.data import tokenizer
 from spamgpt.errors import SpamGPTError
 from spamgpt.evaluate import explain
@@ -136,21 +137,6 @@ def test_a_precision_the_device_lacks_is_refused_naming_the_flag(capsys, monkeyp
     )
 
 
-def test_every_option_of_every_command_has_help(capsys) -> None:
-    """`spamgpt <command> --help` explains each option: none is listed bare."""
-    commands = next(
-        a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)
-    )
-    assert sorted(commands.choices) == ["classify", "export", "predict", "serve"]
-    for name, parser in commands.choices.items():
-        bare = [a.dest for a in parser._actions if not a.help]
-        assert bare == [], f"spamgpt {name}: options without help: {bare}"
-    with pytest.raises(SystemExit):
-        cli.main(["classify", "--help"])
-    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal width
-    assert "--precision {auto,fp32,bf16,fp16} the arithmetic it runs in (auto: bf16" in shown
-
-
 HELP_IMPORTS = (
     "import sys\n"
     "from spamgpt.serve import cli\n"
@@ -204,6 +190,16 @@ def test_a_threshold_the_models_task_does_not_take_is_refused_by_classify_and_pr
                     "--threshold", "0.7", "--device", "cpu"])  # fmt: skip
     assert (code, capsys.readouterr().err) == (2, NO_THRESHOLD)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_number_labels_take_no_threshold_either(hub: Path, tmp_path: Path, capsys) -> None:
+    model = saved_model(hub, tmp_path / "finetuned", Classes(("score",), None, "number"))
+    code, out, err = classify(capsys, "--model", str(model), "--threshold", "0.5", "hi")
+    assert (code, out) == (2, "") and err == (
+        "spamgpt: error: --threshold 0.5: this model decides without a threshold (number "
+        "labels: score; positive class: none): a threshold applies to the positive class of two "
+        "classes or to each label of a multi-label model; allowed: leave --threshold out\n"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -457,3 +453,245 @@ def test_predict_refuses_a_device_the_machine_lacks_naming_the_flag(
         f"spamgpt: error: --device: {device} is not available on this machine; allowed here: auto"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+MODEL = str(paths.FINETUNED_DIR)
+RUNTIME = {"device": "auto", "precision": "auto", "max_tokens": None}
+
+
+@pytest.mark.parametrize(
+    ("argv", "parsed"),
+    [
+        (
+            ["classify"],
+            {"command": "classify", "messages": [], "file": None, "json": False,
+             "explain": False, "model": MODEL, "pretrained": paths.PRETRAINED_DIR,
+             "threshold": None, **RUNTIME},
+        ),
+        (
+            ["classify", "a", "b", "--file", "f", "--json", "--explain", "--model", "m",
+             "--pretrained", "p", "--threshold", "0.3", "--device", "cpu", "--precision",
+             "bf16", "--max-tokens", "7"],
+            {"command": "classify", "messages": ["a", "b"], "file": "f", "json": True,
+             "explain": True, "model": "m", "pretrained": Path("p"), "threshold": 0.3,
+             "device": "cpu", "precision": "bf16", "max_tokens": 7},
+        ),
+        (
+            ["predict", "in.csv", "-o", "out.csv"],
+            {"command": "predict", "input": "in.csv", "output": "out.csv", "format": None,
+             "output_format": None, "text_column": None, "keep": [], "bad_lines": "error",
+             "model": MODEL, "pretrained": paths.PRETRAINED_DIR, "threshold": None,
+             **RUNTIME, "explain_top": None, "run": cli.predict},
+        ),
+        (
+            ["predict", "in", "--output", "out", "--format", "tsv", "--output-format",
+             "parquet", "--text-column", "a", "b", "--keep", "x", "y", "--bad-lines", "skip",
+             "--threshold", "0.25", "--max-tokens", "64", "--explain-top", "3"],
+            {"command": "predict", "input": "in", "output": "out", "format": "tsv",
+             "output_format": "parquet", "text_column": ["a", "b"], "keep": ["x", "y"],
+             "bad_lines": "skip", "model": MODEL, "pretrained": paths.PRETRAINED_DIR,
+             "threshold": 0.25, "device": "auto", "precision": "auto", "max_tokens": 64,
+             "explain_top": 3, "run": cli.predict},
+        ),
+        (
+            ["export", "d", "--to", "onnx"],
+            {"command": "export", "dest": Path("d"), "to": "onnx", "quantize": None,
+             "max_drop": 0.005, "model": MODEL, "pretrained": paths.PRETRAINED_DIR,
+             "run": cli.export_command},
+        ),
+        (
+            ["export", "m.onnx", "--to", "onnx", "--quantize", "int8", "--max-drop", "0.02"],
+            {"command": "export", "dest": Path("m.onnx"), "to": "onnx", "quantize": "int8",
+             "max_drop": 0.02, "model": MODEL, "pretrained": paths.PRETRAINED_DIR,
+             "run": cli.export_command},
+        ),
+        (
+            ["serve"],
+            {"command": "serve", "model": MODEL, "pretrained": paths.PRETRAINED_DIR,
+             "port": 5001, "host": "127.0.0.1", "max_batch_size": 16, "batch_timeout": 0.01,
+             "onnx": None, "threshold": None, **RUNTIME, "run": cli.serve},
+        ),
+        (
+            ["serve", "-p", "8000", "--host", "0.0.0.0", "--max-batch-size", "4",
+             "--batch-timeout", "0.5", "--onnx", "m.onnx", "--threshold", "0.2",
+             "--max-tokens", "9"],
+            {"command": "serve", "model": MODEL, "pretrained": paths.PRETRAINED_DIR,
+             "port": 8000, "host": "0.0.0.0", "max_batch_size": 4, "batch_timeout": 0.5,
+             "onnx": Path("m.onnx"), "threshold": 0.2, "device": "auto", "precision": "auto",
+             "max_tokens": 9, "run": cli.serve},
+        ),
+    ],
+)  # fmt: skip
+def test_each_commands_arguments_and_defaults(argv: list[str], parsed: dict) -> None:
+    """classify has no `run`: main runs it by default."""
+    assert vars(cli.build_parser().parse_args(argv)) == parsed
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        ([], "the following arguments are required: command"),
+        (["predict", "in.csv"], "the following arguments are required: --output/-o"),
+        (["export", "d"], "the following arguments are required: --to"),
+        (["export", "d", "--to", "tflite"], "argument --to: invalid choice: 'tflite' (choose "
+         "from 'transformers', 'onnx')"),
+        (["classify", "--max-tokens", "0"], "argument --max-tokens: must be a positive "
+         "integer, got 0"),
+        (["predict", "i", "-o", "o", "--explain-top", "-1"], "argument --explain-top: must be "
+         "a positive integer, got -1"),
+        (["serve", "--max-batch-size", "x"], "argument --max-batch-size: invalid positive_int "
+         "value: 'x'"),
+        (["classify", "--device", "tpu"], "argument --device: invalid choice: 'tpu' (choose "
+         "from 'auto', 'cpu', 'cuda', 'mps')"),
+        (["predict", "i", "-o", "o", "--bad-lines", "drop"], "argument --bad-lines: invalid "
+         "choice: 'drop' (choose from 'error', 'skip')"),
+        (["predict", "i", "-o", "o", "--format", "xls"], "argument --format: invalid choice: "
+         "'xls' (choose from 'csv', 'tsv', 'jsonl', 'parquet')"),
+        (["export", "d", "--to", "onnx", "--quantize", "int4"], "argument --quantize: invalid "
+         "choice: 'int4' (choose from 'int8')"),
+        (["serve", "--precision", "fp8"], "argument --precision: invalid choice: 'fp8' (choose "
+         "from 'auto', 'fp32', 'bf16', 'fp16')"),
+    ],
+)  # fmt: skip
+def test_a_refused_argument_is_argparses_line_and_exit_2(capsys, argv, line) -> None:
+    assert run_cli(argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f": error: {line}")
+
+
+MODEL_HELP = (
+    "a fine-tuned model folder, an MLflow model folder, or a logged MLflow model "
+    "(runs:/<run_id>/model, models:/<name>/<version>)"
+)
+THRESHOLD_HELP = (
+    "on the positive class's probability of two classes, or each label's of a multi-label "
+    "model; a model of other classes takes none (default: the model's, evaluate's)"
+)
+RUNTIME_HELP = {
+    "--device": "where the model runs (auto: CUDA, then MPS, then the CPU)",
+    "--precision": "the arithmetic it runs in (auto: bf16 where the device computes it "
+    "natively, else fp16 on CUDA, else fp32)",
+}
+HELP = {
+    "classify": {
+        "messages": "messages to classify",
+        "--file": "read one message per line from this file (- for stdin)",
+        "--json": "print one JSON object per message",
+        "--explain": "each token's attribution to the label (integrated gradients): the text "
+        "with its strongest tokens [[marked]]; with --json, every token's (docs/explain.md)",
+        "--model": MODEL_HELP,
+        "--pretrained": "base models folder",
+        "--threshold": THRESHOLD_HELP,
+        **RUNTIME_HELP,
+        "--max-tokens": "padded tokens per batch (memory vs speed; default: 1024 on a CPU, "
+        "32768 on a GPU)",
+    },
+    "predict": {
+        "input": "the file to score (.csv, .tsv, .jsonl, .parquet)",
+        "--output/-o": "the file to write (same formats)",
+        "--format": "the input's format (default: extension)",
+        "--output-format": "the output's (default: extension)",
+        "--text-column": "the text column(s) (default: the model's fields)",
+        "--keep": "columns copied to the output",
+        "--bad-lines": "a row that does not parse: stop there (error) or leave it out and "
+        "count it (skip)",
+        "--model": MODEL_HELP,
+        "--pretrained": "base models folder",
+        "--threshold": THRESHOLD_HELP,
+        **RUNTIME_HELP,
+        "--max-tokens": "padded tokens per batch",
+        "--explain-top": "add `top_tokens`: each row's K tokens most for its label "
+        "(integrated gradients; slow: docs/explain.md)",
+    },
+    "export": {
+        "dest": "the folder (transformers) or the .onnx file to write",
+        "--to": "what to write",
+        "--quantize": "onnx: int8 weights (ONNX Runtime), written only if the test figure holds",
+        "--max-drop": "--quantize: the most the selected test metric may drop (default: "
+        "%(default)s)",
+        "--model": MODEL_HELP,
+        "--pretrained": "base models folder",
+    },
+    "serve": {
+        "--model": MODEL_HELP,
+        "--pretrained": "base models folder",
+        "--port/-p": "the port to listen on",
+        "--host": "the address to listen on",
+        "--max-batch-size": "requests a batch",
+        "--batch-timeout": "seconds a batch waits to fill",
+        "--onnx": "score with onnxruntime on this ONNX export of --model (spamgpt export --to "
+        "onnx [--quantize int8]; int8: the fast path on a CPU) instead of PyTorch; --device, "
+        "--precision and --max-tokens are PyTorch's",
+        "--threshold": "on the positive class's probability (default: the model's)",
+        **RUNTIME_HELP,
+        "--max-tokens": "padded tokens per batch",
+    },
+}
+COMMANDS_HELP = {
+    "classify": "label messages with the fine-tuned classes",
+    "predict": "score every row of a CSV, TSV, JSON Lines or Parquet file",
+    "export": "write the fine-tuned model for transformers or ONNX Runtime",
+    "serve": "serve the model over HTTP, batching across requests (LitServe)",
+}
+
+
+def test_each_option_says_this_in_help(capsys, monkeypatch) -> None:
+    """What `spamgpt COMMAND --help` says of each option and command, word for word."""
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert {a.dest: a.help for a in commands._choices_actions} == COMMANDS_HELP
+    for name, command in commands.choices.items():
+        said = {"/".join(a.option_strings) or a.dest: a.help for a in command._actions}
+        assert said == {"-h/--help": "show this help message and exit", **HELP[name]}, name
+    monkeypatch.setenv("COLUMNS", "200")
+    assert parser.format_help().startswith(
+        "usage: spamgpt [-h] {classify,predict,export,serve} ...\n\n"
+        "GPT-2 fine-tuned as a text classifier\n"
+    )
+    shown = {}
+    for name in COMMANDS_HELP:
+        assert run_cli([name, "--help"]) == 0
+        shown[name] = capsys.readouterr().out
+    assert "(default: 0.005)" in shown["export"]
+    assert "--explain-top K " in shown["predict"] and "--onnx FILE " in shown["serve"]
+
+
+def test_rounded_keeps_six_decimals_of_each_probability() -> None:
+    answer = {"label": "a", "probability": 0.12345678, "truncated": True, "n": 3,
+              "probabilities": {"a": 0.1234566, "b": 0.87654349}}  # fmt: skip
+    assert cli._rounded(answer) == {
+        "label": "a", "probability": 0.123457, "truncated": True, "n": 3,
+        "probabilities": {"a": 0.123457, "b": 0.876543},
+    }  # fmt: skip
+
+
+def test_positive_int() -> None:
+    assert cli.positive_int("1") == 1 and cli.positive_int("12") == 12
+    for text in ("0", "-3"):
+        with pytest.raises(argparse.ArgumentTypeError) as caught:
+            cli.positive_int(text)
+        assert str(caught.value) == f"must be a positive integer, got {int(text)}"
+    with pytest.raises(ValueError):
+        cli.positive_int("1.5")
+
+
+def test_a_closed_pipe_ends_quietly(model_dir: Path, monkeypatch, capsys) -> None:
+    """`spamgpt classify ... | head`: the reader gone, exit 0 without a traceback."""
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert run_cli(["classify", "--model", str(model_dir), "--device", "cpu", "hi"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_export_and_serve_run_their_commands(capsys) -> None:
+    """`spamgpt export` and `spamgpt serve` hand their arguments to their modules' commands,
+    whose first checks answer here."""
+    assert run_cli(["export", "d", "--to", "transformers", "--quantize", "int8"]) == 1
+    assert capsys.readouterr().err == "spamgpt: error: --quantize int8: only with --to onnx\n"
+    assert run_cli(["serve", "--threshold", "1.5"]) == 1
+    assert (
+        capsys.readouterr().err == "spamgpt: error: --threshold must be between 0 and 1, got 1.5\n"
+    )
