@@ -13,6 +13,7 @@ import torch
 
 from spamgpt import paths
 from spamgpt.data import tokenizer
+from spamgpt.data.batching import inference_tokens, sorted_order
 from spamgpt.errors import SpamGPTError
 from spamgpt.evaluate import explain
 from spamgpt.labels import Classes
@@ -23,7 +24,7 @@ from spamgpt.runtime import Compute
 from spamgpt.serve import cli
 from spamgpt.serve import predict as predicting
 from spamgpt.tasks.task import Threshold
-from spamgpt.texts import TextFields
+from spamgpt.texts import TextFields, Truncation
 
 pytestmark = pytest.mark.usefixtures("one_core")  # see conftest: mutmut forks
 
@@ -547,6 +548,8 @@ def test_each_commands_arguments_and_defaults(argv: list[str], parsed: dict) -> 
          "choice: 'drop' (choose from 'error', 'skip')"),
         (["predict", "i", "-o", "o", "--format", "xls"], "argument --format: invalid choice: "
          "'xls' (choose from 'csv', 'tsv', 'jsonl', 'parquet')"),
+        (["predict", "i", "-o", "o", "--output-format", "x"], "argument --output-format: "
+         "invalid choice: 'x' (choose from 'csv', 'tsv', 'jsonl', 'parquet')"),
         (["export", "d", "--to", "onnx", "--quantize", "int4"], "argument --quantize: invalid "
          "choice: 'int4' (choose from 'int8')"),
         (["serve", "--precision", "fp8"], "argument --precision: invalid choice: 'fp8' (choose "
@@ -695,3 +698,68 @@ def test_export_and_serve_run_their_commands(capsys) -> None:
     assert (
         capsys.readouterr().err == "spamgpt: error: --threshold must be between 0 and 1, got 1.5\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["in.txt", "-o", "out.csv"], "in.txt: cannot tell the format from its extension; name "
+         "the file .csv, .tsv, .jsonl, .parquet, or pass --format csv | tsv | jsonl | parquet"),
+        (["in.csv", "-o", "out.txt"], "out.txt: cannot tell the format from its extension; "
+         "name the file .csv, .tsv, .jsonl, .parquet, or pass --output-format csv | tsv | "
+         "jsonl | parquet"),
+        (["in.csv", "-o", "out.csv", "--threshold", "1.5"], "--threshold must be between 0 "
+         "and 1, got 1.5"),
+    ],
+)  # fmt: skip
+def test_predicts_mistakes_name_their_flags(capsys, args: list[str], line: str) -> None:
+    assert run_predict(capsys, *args) == (1, f"spamgpt: error: {line}\n")
+
+
+def test_predict_refuses_a_precision_the_device_lacks_naming_the_flag(capsys, monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    code = run_cli(["predict", "in.csv", "-o", "out.csv", "--device", "mps", "--precision",
+                    "bf16"])  # fmt: skip
+    assert (code, capsys.readouterr().err) == (
+        2, "spamgpt: error: --precision: bf16 is not supported on mps; allowed: auto, fp32, fp16\n"
+    )  # fmt: skip
+
+
+def test_max_tokens_is_each_batchs_budget(model_dir: Path, tmp_path: Path, capsys, monkeypatch):
+    """--max-tokens reaches the batching (batching.sorted_order's budget), in classify and
+    predict; the answers are the same."""
+    budgets = []
+
+    def recorded(lengths, max_tokens, full_last=False):
+        budgets.append(max_tokens)
+        return sorted_order(lengths, max_tokens, full_last)
+
+    monkeypatch.setattr(classifier, "sorted_order", recorded)
+    code, out, _ = classify(capsys, "--model", str(model_dir), "--max-tokens", "8", *TEXTS)
+    assert (code, out) == classify(capsys, "--model", str(model_dir), *TEXTS)[:2]
+    assert budgets == [8, inference_tokens(CPU.device)]  # without it: the device's
+    (tmp_path / "in.csv").write_text("text\nhi\n")
+    args = [str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.csv"), "--model", str(model_dir)]
+    assert run_predict(capsys, *args, "--max-tokens", "16")[0] == 0 and budgets[2:] == [16]
+
+
+def test_classify_reads_a_light_model_on_pretrained_and_its_truncation(
+    model_dir: Path, hub: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """A folder of the head alone takes its base weights from --pretrained/<repo_id>; a
+    model keeping the tail of long messages (classifier.json's truncation) reads the tail."""
+    monkeypatch.chdir(tmp_path)  # no models/pretrained here
+    meta = json.loads((model_dir / classifier.CLASSIFIER_JSON).read_text())
+    shutil.copytree(hub, tmp_path / "pretrained" / meta["repo_id"])
+    model, _ = classifier.load(model_dir)
+    meta |= {"trained": ["head.weight", "head.bias"], "truncation": "tail"}
+    classifier.save(model, tmp_path / "light", meta, hub, full=False)
+    texts = [WIN, "hi"]
+    code, out, _ = classify(capsys, "--model", "light", "--pretrained", "pretrained", "--json",
+                            *texts)  # fmt: skip
+    probs, _ = classifier.classify_texts(model, tokenizer.load(hub), texts, 4, CPU,
+                                         Truncation("tail"))  # fmt: skip
+    head, _ = classifier.classify_texts(model, tokenizer.load(hub), texts, 4, CPU)
+    got = [json.loads(line)["probabilities"]["spam"] for line in out.splitlines()]
+    assert code == 0 and got == pytest.approx(probs[:, 0].tolist(), abs=1e-6)
+    assert abs(head[0, 0] - probs[0, 0]) > 1e-3  # the head's answer differs
