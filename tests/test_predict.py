@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import REPO
 from terminal import drawn
+from tqdm import tqdm
 
 from spamgpt import params, runtime
 from spamgpt.data import tokenizer
@@ -321,9 +322,14 @@ def test_each_mistake_is_this_line_and_writes_nothing(scorer, tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.csv", "in.csv"]
 
 
-def test_the_progress_bar_counts_rows_of_the_total_a_parquet_file_holds(scorer, tmp_path):
+def test_the_progress_bar_counts_rows_of_the_total_a_parquet_file_holds(
+    scorer, tmp_path, monkeypatch
+) -> None:
     """On a terminal (tqdm draws nothing elsewhere): a bar of the rows a Parquet file's footer
     holds; of a CSV file, the rows so far."""
+    # No tqdm monitor thread: mutmut forks its runs from this process (tools/mutate.py), and
+    # a fork while the thread holds tqdm's lock leaves the child waiting for it forever.
+    monkeypatch.setattr(tqdm, "monitor_interval", 0)
     pd.DataFrame(messages(7)).to_parquet(tmp_path / "in.parquet")
     write_csv(tmp_path / "in.csv", messages(5))
     with drawn() as parquet:
