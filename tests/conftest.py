@@ -416,3 +416,18 @@ def one_core() -> Iterator[None]:
     torch.set_num_threads(threads)
     if cores is not None:
         os.sched_setaffinity(0, cores)
+
+
+@pytest.fixture(scope="module")
+def tqdm_thread_lock() -> Iterator[None]:
+    """tqdm's bars locked by a lock of this process only. Its default lock includes a
+    multiprocessing one, shared with every process forked from here: mutmut forks each
+    mutant's run (tools/mutate.py), and a run killed while holding it (a timeout) left every
+    later run waiting for it forever."""
+    import threading
+
+    from tqdm import tqdm
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tqdm, "_lock", threading.RLock(), raising=False)
+        yield

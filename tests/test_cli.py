@@ -26,7 +26,7 @@ from spamgpt.serve import predict as predicting
 from spamgpt.tasks.task import Threshold
 from spamgpt.texts import TextFields, Truncation
 
-pytestmark = pytest.mark.usefixtures("one_core")  # see conftest: mutmut forks
+pytestmark = pytest.mark.usefixtures("one_core", "tqdm_thread_lock")  # conftest: mutmut forks
 
 TEXTS = ["hi", "see you\tat 7"]  # 2 tokens at most, and more than 4
 CPU = Compute(torch.device("cpu"), "fp32")

@@ -35,7 +35,7 @@ MAX_LENGTH = 12
 CPU = runtime.Compute(torch.device("cpu"), "fp32")
 
 
-pytestmark = pytest.mark.usefixtures("one_core")  # see conftest: mutmut forks
+pytestmark = pytest.mark.usefixtures("one_core", "tqdm_thread_lock")  # conftest: mutmut forks
 
 UNAVAILABLE = "mps" if torch.cuda.is_available() else "cuda"  # a device this machine lacks
 
