@@ -444,3 +444,23 @@ def test_a_light_model_takes_its_base_weights_from_pretrained(
     got, want = loaded.score(TEXTS), scorer.score(TEXTS)
     assert got["label"].tolist() == want["label"].tolist()
     np.testing.assert_allclose(got["p_billing"], want["p_billing"], atol=1e-6)
+
+
+def test_a_models_fields_each_need_one_column_of_their_own(model_dir: Path, tmp_path: Path):
+    """A model of two fields: --text-column names one column for each, different ones."""
+    folder = tmp_path / "fields"
+    shutil.copytree(model_dir, folder)
+    meta = json.loads((folder / classifier.CLASSIFIER_JSON).read_text())
+    meta |= {"text_columns": ["subject", "body"], "text_template": "{subject}: {body}"}
+    (folder / classifier.CLASSIFIER_JSON).write_text(json.dumps(meta))
+    scorer = predicting.load_scorer(str(folder), folder, CPU, None)
+    source = write_csv(tmp_path / "in.csv", messages(2))
+    for columns, line in (
+        (["message"], "--text-column: the model reads 2 field(s) (subject, body); got 1 "
+         "(message): name one column of the file for each"),
+        (["message", "message"], "--text-column: must name one column or a list of "
+         "different columns, got ['message', 'message']"),
+    ):  # fmt: skip
+        with pytest.raises(SpamGPTError) as caught:
+            predicting.predict_file(source, tmp_path / "o.csv", scorer, "csv", "csv", columns)
+        assert str(caught.value) == line
