@@ -711,6 +711,16 @@ def test_params_are_read_as_utf_8_whatever_the_locale(tmp_path: Path, ascii_loca
     assert "| data.labels | `[ham, sp\u00e5m]` |" in page  # as written, not escaped ("sp\\xE5m")
 
 
+def test_the_reference_commands_help(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        params.main(["--help"])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    assert "\n\nparams.yaml's schema\n\n" in printed  # the description, a paragraph of its own
+    shown = " ".join(printed.split())  # argparse wraps to the terminal
+    assert "--markdown print docs/parameters.md" in shown
+
+
 def test_the_reference_page_is_utf_8_whatever_the_output_encoding(tmp_path, monkeypatch) -> None:
     """`python -m spamgpt.params --markdown > docs/parameters.md` writes non-ASCII values as
     they are, in UTF-8, even where the output's encoding is ASCII."""
