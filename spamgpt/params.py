@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 import re
+import sys
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -595,18 +596,30 @@ def _is_union(tp: Any) -> bool:
     return get_origin(tp) in (Union, types.UnionType)
 
 
-def _describe(tp: Any) -> str:
+_ONE = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+_MANY = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+
+
+def _describe(tp: Any, plural: bool = False) -> str:
+    """What a value of the annotation is, in words ("a string or null"); plural: what the
+    items of a list are ("strings or integers", "any of 'a' or 'b'")."""
     if get_origin(tp) is Literal:
-        return " or ".join(repr(a) for a in get_args(tp))
+        values = [repr(a) for a in get_args(tp)]
+        if plural and len(values) > 1:  # "any of 'a', 'b' or 'c'"
+            return f"any of {', '.join(values[:-1])} or {values[-1]}"
+        return " or ".join(values)
     if _is_union(tp):
-        return " or ".join(_describe(a) for a in get_args(tp))
+        return " or ".join(_describe(a, plural) for a in get_args(tp))
     if get_origin(tp) is list:
-        return f"a list of {_describe(get_args(tp)[0])}s"
+        return f"{'lists' if plural else 'a list'} of {_describe(get_args(tp)[0], plural=True)}"
     if get_origin(tp) is dict:
         key, value = get_args(tp)
-        return f"a mapping {{{_describe(key)}: {_describe(value)}}}"
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
-    return names.get(tp, "a mapping of keys" if dataclasses.is_dataclass(tp) else "null")
+        return f"{'mappings' if plural else 'a mapping'} {{{_describe(key)}: {_describe(value)}}}"
+    if dataclasses.is_dataclass(tp):
+        return "mappings of keys" if plural else "a mapping of keys"
+    if tp is type(None):
+        return "nulls" if plural else "null"
+    return (_MANY if plural else _ONE)[tp]
 
 
 def _fits(value: Any, tp: Any) -> bool:
@@ -758,7 +771,7 @@ def _shown(value: Any) -> str:
         return ""
     if isinstance(value, str):
         return f"`{value}`"
-    flow = yaml.safe_dump(value, default_flow_style=True, width=1000)
+    flow = yaml.safe_dump(value, default_flow_style=True, width=1000, allow_unicode=True)
     return f"`{flow.strip().removesuffix('...').strip()}`"
 
 
@@ -782,10 +795,17 @@ def reference(params_file: str | os.PathLike = PARAMS_FILE) -> str:
     return REFERENCE_INTRO + "\n".join(lines) + "\n" + REFERENCE_END
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    """`python -m spamgpt.params --markdown`: print docs/parameters.md, in UTF-8 whatever the
+    locale's encoding (a value such as a label is written as it is, not escaped)."""
     import argparse
 
     parser = argparse.ArgumentParser(description="params.yaml's schema")
     parser.add_argument("--markdown", action="store_true", help=f"print {REFERENCE}")
-    if parser.parse_args().markdown:
+    if parser.parse_args(argv).markdown:
+        sys.stdout.reconfigure(encoding="utf-8")
         print(reference(), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1134,3 +1134,146 @@ def test_reports_of_no_message_one_message_and_integer_matrices() -> None:
     assert task_for(CLASSES).thresholds({"urgent": 0.2}).tolist() == [0.5, 0.5, 0.2]
     figure = task_for(SMS).report_figures(single, "val")["evaluation/val_confusion_matrix.png"]
     assert [ax.get_title() for ax in figure.axes] == ["val (counts)", "val (row-normalised)"]
+
+
+def test_the_threshold_objective_of_each_select_metric() -> None:
+    """The set figures by name, a label's F1 by its name (a label may be called "macro"),
+    anything else macro F1."""
+    named = task_for(Classes(("macro", "micro", "accuracy_x"), None, label_format="multi"))
+    for figure in ("micro_f1", "macro_f1", "accuracy"):
+        assert named.threshold_objective(figure) == figure
+    assert named.threshold_objective("accuracy_x_f1") == "accuracy_x"
+    for other in ("auto", "val_loss", "other_f1", "macro", "accuracy_x", "_f1"):
+        assert named.threshold_objective(other) == "macro_f1", other
+
+
+def test_a_move_must_gain_more_than_the_tolerance_and_ties_are_within_it(monkeypatch) -> None:
+    """_GAIN (1e-12, rounding) at 0.25 shows its edges on exact binary fractions: a move
+    raising the label's F1 by exactly the tolerance is not taken, and a candidate within it
+    of the best is a tie (the nearest to the present threshold wins)."""
+    from spamgpt.tasks import classification
+
+    monkeypatch.setattr(classification, "_GAIN", 0.25)
+    every = np.ones(5, bool)
+    truth = np.column_stack([every, every, ~every])
+    others = np.column_stack([np.full(5, 0.9), np.full(5, 0.2)])
+    # x's F1: 0.75 at 0.5 (3 of 5 on), 1.0 at 0.3: exactly 0.25 more
+    probs = np.column_stack([[0.7, 0.4, 0.3, 0.6, 0.9], others])
+    assert task_for(XY).choose_threshold("auto", truth, probs, "x_f1", 1).threshold["x"] == 0.5
+    monkeypatch.setattr(classification, "_GAIN", 0.1)  # less: taken (0.4's 8/9 is no tie)
+    assert task_for(XY).choose_threshold("auto", truth, probs, "x_f1", 1).threshold["x"] == 0.3
+    monkeypatch.setattr(classification, "_GAIN", 0.25)
+    # 4/7 at 0.5; 1.0 at 0.2, and 0.75 (exactly 0.25 less) at 0.3, nearer 0.5: taken
+    probs = np.column_stack([[0.7, 0.3, 0.2, 0.2, 0.7], others])
+    assert task_for(XY).choose_threshold("auto", truth, probs, "x_f1", 1).threshold["x"] == 0.3
+
+
+def test_a_policy_met_at_half_starts_there() -> None:
+    """The ascent starts at 0.5 where the policy holds at 0.5 itself (a probability of
+    exactly 0.5 is on): x's F1 is 2/3 at 0.5 and at 0.2, so where it starts, it stays."""
+    x = np.array([True, True, False, False])
+    truth = np.column_stack([x, x, ~x])
+    probs = np.column_stack([[0.5, 0.2, 0.2, 0.2], np.where(x, 0.9, 0.1), np.where(x, 0.1, 0.9)])
+    choice = task_for(XY).choose_threshold({"min_precision": 0.5}, truth, probs, "x_f1", 1)
+    assert choice.threshold == {"x": 0.5, "y": 0.5, "z": 0.5}
+    assert choice.reached["x"] == {"precision": 1.0, "recall": 0.5, "fpr": 0.0}
+
+
+def test_best_f1_thresholds_are_each_labels_and_half_without_positives() -> None:
+    """val/best_threshold_<label>: scikit-learn's F1 optimum per label, whatever the setting;
+    0.5 for a label no validation message carries."""
+    targets, probs = sample(n=60, seed=6)
+    targets[:, 2] = 0  # urgent on no message
+    for setting in (0.7, "auto"):
+        best = task_for(CLASSES).choose_threshold(setting, targets, probs).best_f1
+        assert best["urgent"] == 0.5
+        for i, name in enumerate(CLASSES.names[:2]):
+            f1 = {t: skm.f1_score(targets[:, i], probs[:, i] >= t) for t in np.unique(probs[:, i])}
+            assert f1[best[name]] == max(f1.values())
+
+
+def test_booleans_or_unsigned_integers_as_probabilities_choose_as_floats() -> None:
+    """0/1 decisions (a hard classifier's) in any numeric type: the same thresholds as the
+    same values as floats (a bool or uint8 cannot be negated to sort them)."""
+    truth = np.array([[1, 0], [1, 1], [0, 1], [0, 0], [1, 0]], bool)
+    decided = np.array([[1, 0], [0, 1], [0, 1], [1, 0], [1, 1]])
+    names = Classes(("a", "b"), None, label_format="multi")
+    expected = task_for(names).choose_threshold("auto", truth, decided.astype(float), "auto", 1)
+    for dtype in (bool, np.uint8):
+        choice = task_for(names).choose_threshold("auto", truth, decided.astype(dtype), "auto", 1)
+        assert choice == expected, dtype
+
+
+def test_the_f1_of_nothing_counted_is_zero_not_whatever_memory_held() -> None:
+    """_f1's 0/0 entries are written 0 (numpy leaves them as the memory was, and warns)."""
+    import warnings
+
+    from spamgpt.tasks.classification import _f1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(20):
+            freed = [np.full(3, 0.75) for _ in range(12)]  # memory the result may be given
+            del freed
+            counts = np.array([0.0, 1.0, 0.0]), np.array([0.0, 2.0, 0.0]), np.zeros(3)
+            assert _f1(*counts).tolist() == [0.0, 0.5, 0.0]
+
+
+def test_a_policy_rules_out_each_candidate_that_misses_it_exactly_at_its_bound() -> None:
+    """_Search's policy: a candidate (and the present threshold) keeps its objective where it
+    has a true positive and its precision reaches min_precision (x at 0.8: exactly 0.5) or its
+    false-positive rate is within max_fpr (x at 0.8: exactly 1/4; y has one negative), else
+    -inf; no 0/0 on the way (z: nothing on at 0.95)."""
+    import warnings
+
+    from spamgpt.tasks.classification import _Search
+
+    truth = np.array([[1, 1, 0], [0, 1, 1], [1, 1, 0], [0, 1, 1], [0, 1, 0], [0, 0, 1]], bool)
+    probs = np.array(
+        [[0.9, 0.5, 0.1], [0.8, 0.4, 0.5], [0.6, 0.3, 0.3], [0.4, 0.2, 0.7], [0.3, 0.1, 0.2],
+         [0.2, 0.9, 0.9]]
+    )  # fmt: skip
+    search = _Search(truth, probs, np.array([0.5, 0.5, 0.95]))
+    policies = ({"min_precision": 0.5}, {"max_fpr": 0.25}, {"max_fpr": 0.5}, {"max_fpr": 1.0})
+    kept = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for policy in policies:
+            ((rule, bound),) = policy.items()
+            for i in range(3):
+                candidates, values, now = search.objective_by_threshold(i, "micro_f1", 3, policy)
+                _, free, free_now = search.objective_by_threshold(i, "micro_f1", 3, None)
+                at = zip(
+                    [*candidates, search.thresholds[i]], [*values, now], [*free, free_now],
+                    strict=True,
+                )  # fmt: skip
+                for threshold, value, unbound in at:
+                    on = probs[:, i] >= threshold
+                    tp, fp = int((on & truth[:, i]).sum()), int((on & ~truth[:, i]).sum())
+                    if rule == "min_precision":
+                        meets = tp > 0 and tp / (tp + fp) >= bound
+                    else:
+                        meets = tp > 0 and fp / int((~truth[:, i]).sum()) <= bound
+                    assert value == (unbound if meets else -np.inf), (policy, i, threshold)
+                    kept += meets
+    assert kept == 52  # of the 4 x 20 scored (each label's candidates and its present)
+
+
+def test_accuracy_of_one_message_is_zero_or_one() -> None:
+    from spamgpt.tasks.classification import _Search
+
+    search = _Search(np.array([[True, False]]), np.array([[0.7, 0.2]]), np.full(2, 0.5))
+    candidates, values, now = search.objective_by_threshold(0, "accuracy", 2, None)
+    assert (candidates.tolist(), values.tolist(), now) == ([0.7], [1.0], 1.0)
+    search.move(1, 0.2)  # y claimed wrongly: the set is wrong whatever x's threshold
+    _, values, now = search.objective_by_threshold(0, "accuracy", 2, None)
+    assert (values.tolist(), now) == ([0.0], 0.0)
+
+
+def test_the_default_min_support_is_ten_positives() -> None:
+    rng = np.random.default_rng(8)
+    names = Classes(("ten", "nine"), None, label_format="multi")
+    truth = np.zeros((40, 2), bool)
+    truth[:10, 0] = truth[:9, 1] = True
+    probs = np.round(np.clip(0.3 * truth + 0.7 * rng.random((40, 2)), 0, 1), 2)
+    assert task_for(names).choose_threshold("auto", truth, probs).kept_default == ["nine"]

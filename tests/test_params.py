@@ -1,9 +1,12 @@
 """params.yaml validation: every wrong value is refused with one line naming its key."""
 
 import copy
+import io
 import math
 import subprocess
+import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -618,8 +621,16 @@ MESSAGES: list[tuple[str, dict, str]] = [
     ("trainable-blocks", {"model__trainable_blocks": "some"},
      "model.trainable_blocks: must be an integer or 'all', got 'some'"),
     ("lora-targets", {"lora__targets": ["c_fc"]},
-     "lora.targets: must be a list of 'c_attn' or 'attn.c_proj' or 'mlp.c_fc' or "
-     "'mlp.c_proj's, got ['c_fc']"),
+     "lora.targets: must be a list of any of 'c_attn', 'attn.c_proj', 'mlp.c_fc' or "
+     "'mlp.c_proj', got ['c_fc']"),
+    ("labels-numbers", {"data__labels": [1.5]},
+     "data.labels: must be a list of strings or integers or null, got [1.5]"),
+    ("mirrors-number", {"data__mirrors": [3]},
+     "data.mirrors: must be a list of strings, got [3]"),
+    ("text-column-numbers", {"data__text_column": [1]},
+     "data.text_column: must be a string or a list of strings, got [1]"),
+    ("export-pickle", {"mlflow__export": ["pickle"]},
+     "mlflow.export: must be a list of any of 'transformers' or 'onnx', got ['pickle']"),
     ("cuda-graphs", {"train__cuda_graphs": "yes"},
      "train.cuda_graphs: must be 'auto' or true/false, got 'yes'"),
     ("experiment-blank", {"mlflow__experiment": " "},
@@ -627,6 +638,28 @@ MESSAGES: list[tuple[str, dict, str]] = [
     ("bool-for-string", {"mlflow__experiment": True},
      "mlflow.experiment: must be a string, got True"),
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("annotation", "words"),
+    [
+        (str, "a string"),
+        (int | None, "an integer or null"),
+        (Literal["a", "b", "c"], "'a' or 'b' or 'c'"),
+        (list[bool], "a list of true/false values"),
+        (list[float], "a list of numbers"),
+        (list[int | None], "a list of integers or nulls"),
+        (list[Literal["a"]], "a list of 'a'"),
+        (list[Literal["a", "b"] | str], "a list of any of 'a' or 'b' or strings"),
+        (list[list[str]], "a list of lists of strings"),
+        (list[dict[str, float]], "a list of mappings {a string: a number}"),
+        (list[params.LoraParams], "a list of mappings of keys"),
+        (params.LoraParams | None, "a mapping of keys or null"),
+        (dict[str | int, list[float]], "a mapping {a string or an integer: a list of numbers}"),
+    ],
+)  # fmt: skip
+def test_types_are_described_in_words_each_a_list_holds_in_the_plural(annotation, words) -> None:
+    assert params._describe(annotation) == words
 
 
 @pytest.mark.parametrize(
@@ -675,7 +708,34 @@ def test_params_are_read_as_utf_8_whatever_the_locale(tmp_path: Path, ascii_loca
     p = params.load(tmp_path / "params.yaml")
     assert p.data.labels == ["ham", "sp\u00e5m"]
     page = params.reference(tmp_path / "params.yaml")
-    assert '`[ham, "sp\\xE5m"]`' in page  # as yaml.safe_dump writes it
+    assert "| data.labels | `[ham, sp\u00e5m]` |" in page  # as written, not escaped ("sp\\xE5m")
+
+
+def test_the_reference_commands_help(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        params.main(["--help"])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    assert "\n\nparams.yaml's schema\n\n" in printed  # the description, a paragraph of its own
+    shown = " ".join(printed.split())  # argparse wraps to the terminal
+    assert "--markdown print docs/parameters.md" in shown
+
+
+def test_the_reference_page_is_utf_8_whatever_the_output_encoding(tmp_path, monkeypatch) -> None:
+    """`python -m spamgpt.params --markdown > docs/parameters.md` writes non-ASCII values as
+    they are, in UTF-8, even where the output's encoding is ASCII."""
+    raw = modified(data__labels=["ham", "sp\u00e5m\u2026"], data__positive_label="sp\u00e5m\u2026")
+    write(tmp_path / "params.yaml", raw)
+    monkeypatch.chdir(tmp_path)  # params.yaml of the working directory
+    output = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(output, encoding="ascii"))
+    params.main(["--markdown"])
+    sys.stdout.flush()
+    assert output.getvalue() == params.reference(tmp_path / "params.yaml").encode("utf-8")
+    assert "| data.labels | `[ham, sp\u00e5m\u2026]` |".encode() in output.getvalue()
+    params.main([])  # no --markdown: nothing more printed
+    sys.stdout.flush()
+    assert output.getvalue() == params.reference(tmp_path / "params.yaml").encode("utf-8")
 
 
 def test_the_sections_helpers_give_their_objects() -> None:

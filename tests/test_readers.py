@@ -1428,6 +1428,10 @@ def test_label_tab_text_reads_label_and_text_whatever_the_columns_set(tmp_path: 
     path = raw_file(tmp_path, b"ham\thi\n")
     fmt = readers.Format("label_tab_text", "body", "category")  # ignored: the file has no header
     assert rows(readers.read_messages(path, fmt, None)) == [(1, "ham", "hi")]
+    template = readers.Format(
+        "label_tab_text", ["subject", "body"], "category", "{subject}: {body}"
+    )
+    assert rows(readers.read_messages(path, template, None)) == [(1, "ham", "hi")]  # no template
 
 
 def test_label_tab_text_keeps_the_label_format_several_labels_or_a_number(

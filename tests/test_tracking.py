@@ -27,6 +27,7 @@ def test_runs_go_to_the_repositorys_sqlite_unless_a_uri_is_set(tmp_path: Path, m
     assert uri == f"sqlite:///{(tmp_path / 'repo').resolve() / tracking.DB_FILE}"
     assert tracking._sqlite_path(uri) == (tmp_path / "repo").resolve() / tracking.DB_FILE
     assert tracking._sqlite_path(f"{uri}?timeout=20") == tracking._sqlite_path(uri)
+    assert tracking._sqlite_path(f"{uri}?timeout=20&x=?") == tracking._sqlite_path(uri)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking.tracking_uri() == "http://127.0.0.1:5000"
     assert tracking._sqlite_path("http://127.0.0.1:5000") is None
@@ -58,7 +59,12 @@ def test_a_tracking_server_is_checked_at_its_health_url(tmp_path: Path, monkeypa
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url + "/")
         assert tracking.connect() == url + "/"
         assert mlflow.get_tracking_uri() == url + "/"
-    assert [r.path for r in faults.requests] == ["/health"]
+        # a server under a path (behind a proxy); one that ends in X: rstrip takes a set
+        (tmp_path / "mlflow-X").mkdir()
+        (tmp_path / "mlflow-X/health").write_text("OK")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url + "/mlflow-X/")
+        assert tracking.connect() == url + "/mlflow-X/"
+    assert [r.path for r in faults.requests] == ["/health", "/mlflow-X/health"]
 
 
 def test_an_unreachable_server_is_one_line_naming_the_way_out(tmp_path, monkeypatch) -> None:
@@ -169,6 +175,7 @@ def test_artifacts_and_the_dataset_are_stored_in_the_run(local_store, tmp_path) 
         run.log_table(frame, "tables/t.json")
         run.log_figure(figure, "figures/f.png")
         run.log_dataset(frame, "train", "ab" * 32, "data/split/train.csv", "validation")
+        run.log_dataset(frame, "raw", "cd" * 32, "data/raw.tsv")  # used in training, unsaid
     plt.close(figure)
     base = local_store.get_run(run.run_id).info.artifact_uri
     assert mlflow.artifacts.load_dict(f"{base}/reports/report.json") == {"a": 1}
@@ -177,7 +184,9 @@ def test_artifacts_and_the_dataset_are_stored_in_the_run(local_store, tmp_path) 
     table = mlflow.artifacts.load_dict(f"{base}/tables/t.json")
     assert table["columns"] == ["label", "text", "extra"] and len(table["data"]) == 2
     assert {f.path for f in local_store.list_artifacts(run.run_id, "figures")} == {"figures/f.png"}
-    (dataset_input,) = local_store.get_run(run.run_id).inputs.dataset_inputs
+    inputs = {i.dataset.name: i for i in local_store.get_run(run.run_id).inputs.dataset_inputs}
+    assert {t.key: t.value for t in inputs["raw"].tags}["mlflow.data.context"] == "training"
+    dataset_input = inputs["train"]
     dataset = dataset_input.dataset
     assert (dataset.name, dataset.digest) == ("train", ("ab" * 32)[:36])
     assert json.loads(dataset.source) == {"uri": "data/split/train.csv"}
@@ -236,4 +245,100 @@ def test_step_0_is_logged_and_a_missing_run_is_one_line(local_store: MlflowClien
         f"MLflow run {missing} is not in {tracking.tracking_uri()} (deleted, or another store?): "
         "set MLFLOW_TRACKING_URI to the store that holds it, or train and record anew: "
         "rm -r models/checkpoints && dvc repro -f finetune"
+    )
+
+
+def test_a_locked_database_is_tried_again_with_doubling_waits(monkeypatch) -> None:
+    """SQLite's 'database is locked': 8 tries in all, 0.2 s, then twice as long each time;
+    any other error at once."""
+    from mlflow.exceptions import MlflowException
+
+    waits: list[float] = []
+    monkeypatch.setattr(tracking.time, "sleep", waits.append)
+    tries = []
+
+    def locked_until(ok_at: int) -> str:
+        tries.append(len(tries))
+        if len(tries) < ok_at:
+            raise MlflowException("(sqlite3.OperationalError) database is locked")
+        return "done"
+
+    assert tracking._retry(lambda: locked_until(3)) == "done"
+    assert (len(tries), waits) == (3, [0.2, 0.4])
+    tries.clear()
+    waits.clear()
+    assert tracking._retry(lambda: locked_until(8)) == "done"  # the last of 8 tries
+    tries.clear()
+    waits.clear()
+    with pytest.raises(MlflowException, match="database is locked"):
+        tracking._retry(lambda: locked_until(9))
+    assert (len(tries), waits) == (8, [0.2 * 2**i for i in range(7)])
+    tries.clear()
+    waits.clear()
+    with pytest.raises(MlflowException, match="database is locked"):
+        tracking._retry(lambda: locked_until(3), attempts=2)
+    assert (len(tries), waits) == (2, [0.2])
+    tries.clear()
+    waits.clear()
+
+    def other() -> None:
+        tries.append(0)
+        raise MlflowException("no such table: experiments")
+
+    with pytest.raises(MlflowException, match="no such table"):
+        tracking._retry(other)
+    assert (len(tries), waits) == (1, [])
+
+
+def test_the_stores_folder_is_made_with_its_parents_and_its_lock_beside_it(
+    tmp_path: Path, empty_store: Path
+) -> None:
+    """_create_store makes the database's folder (a DVC_ROOT or a tracking URI may name a
+    folder not made yet) and takes its lock file beside it; here the store queried is a
+    ready copy elsewhere, to spare the seconds a creation takes."""
+    shutil.copy(empty_store, tmp_path / "ready.db")
+    uri = f"sqlite:///{tmp_path / 'ready.db'}"
+    db = tmp_path / "new/nested/mlflow.db"
+    tracking._create_store(uri, db)
+    assert sorted(p.name for p in db.parent.iterdir()) == ["mlflow.db.lock"]
+    tracking._create_store(uri, db)  # the folder there already
+
+
+def test_an_https_server_is_checked_too(tmp_path, monkeypatch) -> None:
+    """https:// is a server's URL as much as http:// (here a plain HTTP server: no TLS
+    handshake, so unreachable as https)."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    (tmp_path / "health").write_text("OK")
+    with serve(tmp_path) as url, restored_tracking_uri():
+        https = url.replace("http://", "https://")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", https)
+        with pytest.raises(SpamGPTError) as raised:
+            tracking.connect(timeout=5)
+    assert str(raised.value).startswith(f"MLflow tracking server {https} is unreachable (")
+
+
+def test_a_store_other_than_sqlite_keeps_its_own_artifact_root(tmp_path, monkeypatch) -> None:
+    """No mlartifacts/ beside a database file where there is none (MLflow's file store here,
+    allowed for the test: the same rule as a server's or another database's)."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    with restored_tracking_uri():
+        tracking.connect()
+        created = tracking.experiment_id(EXPERIMENT)
+        location = MlflowClient().get_experiment(created).artifact_location
+    assert location == f"{(tmp_path / 'mlruns').as_uri()}/{created}"
+
+
+def test_a_server_that_does_not_answer_is_given_up_after_the_timeout(tmp_path, monkeypatch):
+    """A server that takes the request and says nothing: unreachable once `timeout` passes
+    (the error without a reason: its own text)."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    (tmp_path / "health").write_text("OK")
+    with serve(tmp_path, faults=Faults(stall=10, stalls=1)) as url, restored_tracking_uri():
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        with pytest.raises(SpamGPTError) as raised:
+            tracking.connect(timeout=0.5)
+    assert str(raised.value) == (
+        f"MLflow tracking server {url} is unreachable (timed out); start it, or unset "
+        f"MLFLOW_TRACKING_URI to record runs in {tmp_path.resolve() / 'mlflow.db'}"
     )

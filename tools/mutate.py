@@ -4,6 +4,7 @@
                                                 # tests/test_labels.py, then data/batching.py
     python tools/mutate.py --show labels        # also prints each survivor's diff
     python tools/mutate.py data -k "not split_stage"   # leaves out tests that run a stage
+    python tools/mutate.py params --mutant 'spamgpt.params.x__describe__*'  # those mutants only
 
 A test that starts a stage in a subprocess stops mutmut's first run (its stats: the
 subprocess, in a temporary folder, cannot find mutmut's settings); leave such tests out with
@@ -33,7 +34,9 @@ def equivalent_mutants() -> set[str]:
     return {line.split()[1] for line in lines if line.strip() and not line.startswith("#")}
 
 
-def mutate(module: str, max_children: int, show: bool, keyword: str | None) -> None:
+def mutate(
+    module: str, max_children: int, show: bool, keyword: str | None, mutants: list[str]
+) -> None:
     """Runs in mutants/<module>/, a workspace linking every top-level entry the repo tracks."""
     from _pytest.nodes import Node
     from mutmut import __main__ as mutmut_cli
@@ -62,7 +65,9 @@ def mutate(module: str, max_children: int, show: bool, keyword: str | None) -> N
             results.exit_code_by_key[name] = None
     if results.exit_code_by_key:
         results.save()
-    mutmut_cli.cli(["run", "--max-children", str(max_children)], standalone_mode=False)
+    # named mutants (fnmatch patterns): only those run, checked again even if killed before
+    run = ["run", "--max-children", str(max_children), *mutants]
+    mutmut_cli.cli(run, standalone_mode=False)
 
     results = SourceFileMutationData(path=source)
     results.load()
@@ -94,10 +99,16 @@ def main() -> None:
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutants (2)")
     parser.add_argument("--show", action="store_true", help="print each survivor's diff")
     parser.add_argument("-k", dest="keyword", help="pytest -k: which of the tests to run")
+    parser.add_argument(
+        "--mutant",
+        action="append",
+        default=[],
+        help="run only the mutants of this name (a pattern, * for any text); repeatable",
+    )
     parser.add_argument("--in-workspace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_workspace:
-        mutate(args.modules[0], args.max_children, args.show, args.keyword)
+        mutate(args.modules[0], args.max_children, args.show, args.keyword, args.mutant)
         return
     # One thread per test process: the children are the parallelism. No PYTHONPATH: the tests
     # must import the mutated copy, not the checkout.
@@ -113,6 +124,7 @@ def main() -> None:
         command = [sys.executable, Path(__file__).resolve(), module, "--in-workspace"]
         command += ["--max-children", str(args.max_children)] + ["--show"] * args.show
         command += ["-k", args.keyword] if args.keyword else []
+        command += [f"--mutant={pattern}" for pattern in args.mutant]
         subprocess.run(command, cwd=workspace, env=env, check=True)
 
 
