@@ -52,7 +52,7 @@ def ran_stages(output: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def project(mirror, tmp_path_factory):
+def project(mirror, empty_store, tmp_path_factory):
     params = tiny_params(mirror)
     params["data"].update(
         url="data/local/tickets.csv",
@@ -65,7 +65,7 @@ def project(mirror, tmp_path_factory):
         labels=None,
         positive_label=None,
     )
-    path = make_project(tmp_path_factory.mktemp("own"), params)
+    path = make_project(tmp_path_factory.mktemp("own"), params, store=empty_store)
     write_csv(path / "data/local/tickets.csv", tickets(150, seed=0))
     run(["git", "add", "data/local/tickets.csv"], path)
     run(["git", "commit", "-qm", "tickets"], path)
