@@ -127,7 +127,10 @@ def subprocess_env() -> dict[str, str]:
     git identity for commits on a bare CI machine, and bash as the shell DVC runs each
     stage's cmd with (it takes $SHELL, else /bin/sh). Where /bin/sh is dash and $SHELL is
     unset, as on a CI machine, dash does not hand the process over to the stage: a Ctrl-C
-    kills dash itself, and DVC reports that, not the stage's exit."""
+    kills dash itself, and DVC reports that, not the stage's exit. torch's OpenMP threads
+    sleep at a barrier instead of spinning (OMP_WAIT_POLICY=PASSIVE): the tests run processes
+    side by side (bench scripts, queued experiments, a stage beside a test that polls it), and
+    a spinning thread keeps the other process off its core (docs/how-it-is-fast.md)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "HF_"))}
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
@@ -142,6 +145,7 @@ def subprocess_env() -> dict[str, str]:
         no_proxy="127.0.0.1,localhost",
         PYTHONUNBUFFERED="1",
         SHELL=shutil.which("bash") or "/bin/bash",
+        OMP_WAIT_POLICY="PASSIVE",
     )
     return env
 
@@ -279,8 +283,10 @@ def tiny_params(mirror: Mirror, **overrides: dict) -> dict:
     return params
 
 
-def make_project(path: Path, params: dict) -> Path:
-    """A fresh git + DVC project holding this repository's pipeline and the given params."""
+def make_project(path: Path, params: dict, store: Path | None = None) -> Path:
+    """A fresh git + DVC project holding this repository's pipeline and the given params;
+    `store`, an MLflow store to start from (empty_store: a fresh one, without the seconds
+    finetune takes to create it; git ignores it)."""
     path.mkdir(parents=True, exist_ok=True)
     for name in paths.PIPELINE_FILES:
         src = REPO / name
@@ -294,6 +300,8 @@ def make_project(path: Path, params: dict) -> Path:
     shutil.copytree(REPO / paths.PLOT_TEMPLATES, path / paths.PLOT_TEMPLATES)
     run(["git", "add", "-A"], path)
     run(["git", "commit", "-qm", "project"], path)
+    if store is not None:
+        shutil.copy(store, path / tracking.DB_FILE)
     return path
 
 

@@ -27,8 +27,7 @@ BENCHES = {
 
 def run_bench(script: str, *args: str) -> str:
     """The script's stdout; the test fails with its output if it exits non-zero."""
-    # Threads that sleep while they wait: the tests share their cores (docs/how-it-is-fast.md).
-    env = {**subprocess_env(), "PYTHONPATH": str(REPO), "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {**subprocess_env(), "PYTHONPATH": str(REPO)}  # OMP_WAIT_POLICY=PASSIVE among them
     result = subprocess.run(
         [sys.executable, str(REPO / "bench" / script), "--tiny", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,

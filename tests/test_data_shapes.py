@@ -65,7 +65,7 @@ def mails(n: int, seed: int, prefix: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def project(mirror, tmp_path_factory):
+def project(mirror, empty_store, tmp_path_factory):
     files = {s: {"url": f"data/local/{s}.jsonl", "sha256": None} for s in ("train", "val", "test")}
     params = tiny_params(
         mirror,
@@ -78,7 +78,7 @@ def project(mirror, tmp_path_factory):
         train={"epochs": 2, "lr": 3e-3},
         evaluate={"threshold": None},
     )  # fmt: skip
-    path = make_project(tmp_path_factory.mktemp("shapes"), params)
+    path = make_project(tmp_path_factory.mktemp("shapes"), params, store=empty_store)
     train, val, test = mails(90, 0, "a"), mails(24, 1, "v"), mails(24, 2, "t")
     test += [train[0], train[1], val[0]]  # leaks: two train texts and a val text in test
     for name, records in (("train", train), ("val", val), ("test", test)):

@@ -37,7 +37,7 @@ def tickets(n: int, seed: int) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def project(mirror, tmp_path_factory):
+def project(mirror, empty_store, tmp_path_factory):
     params = tiny_params(mirror)
     params["data"].update(
         url="data/local/tickets.jsonl",
@@ -56,7 +56,7 @@ def project(mirror, tmp_path_factory):
     params["train"].update(epochs=6, batch_size=8, lr=3e-3, warmup_ratio=0.05, patience=6)
     params["evaluate"].update(threshold="auto")
     params["mlflow"].update(log_checkpoints=False)
-    path = make_project(tmp_path_factory.mktemp("multi"), params)
+    path = make_project(tmp_path_factory.mktemp("multi"), params, store=empty_store)
     rows = tickets(360, seed=0)
     rows.append({"id": 360, "body": rows[0]["body"], "tags": ["urgent"]})  # a label conflict
     write_jsonl(path / "data/local/tickets.jsonl", rows)

@@ -34,7 +34,7 @@ def reviews(n: int, seed: int) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def project(mirror, tmp_path_factory):
+def project(mirror, empty_store, tmp_path_factory):
     params = tiny_params(mirror)
     params["data"].update(
         url="data/local/reviews.csv",
@@ -54,7 +54,7 @@ def project(mirror, tmp_path_factory):
     )
     params["evaluate"].update(threshold=None)
     params["mlflow"].update(log_checkpoints=False, export=["transformers"])
-    path = make_project(tmp_path_factory.mktemp("regression"), params)
+    path = make_project(tmp_path_factory.mktemp("regression"), params, store=empty_store)
     reviews(300, seed=0).to_csv(path / "data/local/reviews.csv", index=False)
     run(["git", "add", "data/local/reviews.csv"], path)
     run(["git", "commit", "-qm", "reviews"], path)

@@ -279,20 +279,26 @@ def queued(project: Path) -> str:
             ["dvc", "exp", "run", "--queue", "-n", f"seed-{seed}", "-S", f"train.seed={seed}"],
             project,
         )
-    run(["dvc", "queue", "start", "-j", "2"], project)
+    # The workers it starts keep the output they inherit open until they stop, which they do
+    # once their queue has been empty at a check made every 10 s: output to a file, not to a
+    # pipe, lets the command return at once, and the test stop waiting as the last one ends.
+    with (project.parent / "queue-start.log").open("w") as log:
+        subprocess.run(
+            ["dvc", "queue", "start", "-j", "2"],
+            cwd=project, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT, check=True,
+        )  # fmt: skip
     # DVC 3 has no `dvc queue wait`. Its status costs a second of CPU: look for the
-    # experiments' git refs instead, and at the status only now and then (a failed
-    # experiment leaves no ref).
+    # experiments' git refs instead, and at the status once both are there or now and then
+    # (a failed experiment leaves no ref), until it shows neither queued nor running.
     started = last_status = time.monotonic()
-    while exp_names(project) != ["seed-1", "seed-2"]:
+    while True:
         time.sleep(1)
-        if time.monotonic() - last_status > 20:
+        if exp_names(project) == ["seed-1", "seed-2"] or time.monotonic() - last_status > 20:
             status, last_status = run(["dvc", "queue", "status"], project).stdout, time.monotonic()
             if not any(word in status for word in ("Queued", "Running")):
-                break
+                return status
         if time.monotonic() - started > 900:  # a hang guard, not a measure of speed
             pytest.fail(f"the queue hung:\n{run(['dvc', 'queue', 'status'], project).stdout}")
-    return run(["dvc", "queue", "status"], project).stdout
 
 
 def test_queued_experiments_run_in_parallel_and_both_are_recorded(
