@@ -663,7 +663,7 @@ def test_int8_keeps_exactly_the_first_blocks_attention_projections_in_float(
     assert all_integer - set(integer) == {f"{name}_quant" for name in float_matmuls}
     assert set(integer) < all_integer
     assert how == {
-        "method": "dynamic", "weight_type": "int8", "per_channel": True,
+        "method": "dynamic", "weight_type": "int8", "per_channel": True, "activations": "per row",
         "float_modules": ["gpt.h.0.attn.c_attn", "gpt.h.0.attn.c_proj"],
         "float_nodes": how["float_nodes"],
     }  # fmt: skip
@@ -776,3 +776,109 @@ def test_export_of_a_folder_folds_evaluates_temperature(
         ids = np.array([enc.encode_ordinary(text)[:MAX_LENGTH]], dtype=np.int64)
         (got,) = session.run(None, {"input_ids": ids, "lengths": np.array([ids.shape[1]])})
         np.testing.assert_allclose(got[0], want, rtol=0, atol=1e-5)
+
+
+def quantized_matmul(tmp_path: Path, weight: np.ndarray) -> Path:
+    """A graph of one MatMul x (batch, rows, K) @ weight, quantized by ONNX Runtime's dynamic
+    quantization as quantize_int8 quantizes it (int8 weights, one scale per output channel)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "rows", weight.shape[0]])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="matmul")
+    graph = helper.make_graph([node], "g", [x], [y], [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    onnx.save(model, tmp_path / "fp32.onnx")
+    quantize_dynamic(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", per_channel=True,
+                     weight_type=QuantType.QInt8)  # fmt: skip
+    return tmp_path / "int8.onnx"
+
+
+def test_per_row_activations_quantizes_each_row_by_its_own_range(tmp_path: Path) -> None:
+    """Each row (a token) is rounded to 255 levels over its own range (0 included), whatever
+    its batch-mates: the planted batch-mate of values 1000 times larger moved the row's
+    output under dynamic quantization's one scale per tensor, not after the rewrite.
+    Checked against numpy on the graph's own int8 weights, zero points and scales: a row of
+    both signs, one all positive (zero point 0), one all negative (255), one all zero (0,
+    not NaN)."""
+    import onnx
+    import onnxruntime
+
+    rng = np.random.default_rng(3)
+    weight = rng.normal(size=(8, 5)).astype(np.float32)
+    file = quantized_matmul(tmp_path, weight)
+    graph = onnx.load(str(file))
+    tensor = onnxruntime.InferenceSession(str(file))
+    assert export.per_row_activations(graph) == 1
+    assert [n for n in graph.graph.node if n.op_type == "DynamicQuantizeLinear"] == []
+    rows = onnxruntime.InferenceSession(graph.SerializeToString())
+    arrays = {t.name: onnx.numpy_helper.to_array(t) for t in graph.graph.initializer}
+    codes = next(a for a in arrays.values() if a.dtype == np.int8 and a.shape == weight.shape)
+    zeros = next(a for a in arrays.values() if a.dtype == np.int8 and a.shape == (5,))
+    scales = next(a for a in arrays.values() if a.dtype == np.float32 and a.shape == (5,))
+    w = (codes.astype(np.float32) - zeros) * scales
+
+    message = rng.normal(size=(1, 4, 8)).astype(np.float32)
+    message[0, 1] = np.abs(message[0, 1]) + 0.5
+    message[0, 2] = -np.abs(message[0, 2]) - 0.5
+    message[0, 3] = 0.0
+    mate = 1000 * rng.normal(size=(1, 4, 8)).astype(np.float32)
+    alone = rows.run(None, {"x": message})[0]
+    batched = rows.run(None, {"x": np.concatenate([message, mate])})[0]
+    assert np.array_equal(batched[:1], alone)
+    low = np.minimum(message.min(axis=-1, keepdims=True), 0)
+    high = np.maximum(message.max(axis=-1, keepdims=True), 0)
+    scale = np.maximum(high - low, np.finfo(np.float32).tiny) / 255
+    zero = np.round(-low / scale)
+    assert zero.ravel().tolist()[1:] == [0, 255, 0]
+    quantized = np.clip(np.round(message / scale) + zero, 0, 255)
+    expected = ((quantized - zero) * scale) @ w
+    np.testing.assert_allclose(alone, expected, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(alone[0, 3], np.zeros(5, dtype=np.float32))
+    np.testing.assert_allclose(alone, message @ weight, rtol=0, atol=0.1)  # int8: near
+    before = tensor.run(None, {"x": np.concatenate([message, mate])})[0]
+    assert np.abs(before[:1] - tensor.run(None, {"x": message})[0]).max() > 0.1
+
+
+def test_an_int8_graphs_answer_is_the_same_alone_and_batched(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """The served ONNX model's path (serving.onnx_probabilities) on the int8 export: each
+    message's probabilities scored with the others equal those scored alone, to float
+    rounding (1e-6: a batch's padded length changes float sums' order, not an int8 code,
+    export.per_row_activations); with one activation scale per batch (the graph before the
+    rewrite) they moved by more than 1e-3."""
+    import onnx
+    import onnxruntime
+
+    from spamgpt.serve.serving import onnx_probabilities
+
+    folder = finetuned(workspace, "alone-or-batched", trainable_blocks="all")
+    model, meta, _ = reference(workspace, folder)
+    export.to_onnx(model, meta, tmp_path / "fp32.onnx")
+    export.quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx")
+    enc = tokenizer.load(folder)
+    texts = [*TEXTS, "WIN WIN WIN £££ 09061701461 !!!", "x"]
+
+    def scored(session: onnxruntime.InferenceSession, batch: list[str]) -> np.ndarray:
+        ids = tokenized.pack_ids(tokenized.encode(enc, batch), MAX_LENGTH)
+        return onnx_probabilities(session, ModelInputs(ids, None))
+
+    graph = onnx.load(str(tmp_path / "int8.onnx"))
+    assert [n for n in graph.graph.node if n.op_type == "DynamicQuantizeLinear"] == []
+    session = onnxruntime.InferenceSession(str(tmp_path / "int8.onnx"))
+    together = scored(session, texts)
+    alone = np.concatenate([scored(session, [text]) for text in texts])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)
+    prepared = tmp_path / "prepared.onnx"  # what quantize_int8 wrote before the rewrite
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(tmp_path / "fp32.onnx"), str(prepared))
+    quantize_dynamic(prepared, tmp_path / "tensor.onnx", weight_type=QuantType.QInt8,
+                     per_channel=True)  # fmt: skip
+    per_batch = onnxruntime.InferenceSession(str(tmp_path / "tensor.onnx"))
+    moved = scored(per_batch, texts) - np.concatenate([scored(per_batch, [t]) for t in texts])
+    assert np.abs(moved).max() > 1e-3
