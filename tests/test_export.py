@@ -778,68 +778,96 @@ def test_export_of_a_folder_folds_evaluates_temperature(
         np.testing.assert_allclose(got[0], want, rtol=0, atol=1e-5)
 
 
-def quantized_matmul(tmp_path: Path, weight: np.ndarray) -> Path:
-    """A graph of one MatMul x (batch, rows, K) @ weight, quantized by ONNX Runtime's dynamic
-    quantization as quantize_int8 quantizes it (int8 weights, one scale per output channel)."""
+def quantized_matmuls(tmp_path: Path, weights: list[np.ndarray], weight_type: str) -> Path:
+    """A graph of MatMuls x_i (batch, rows, K) @ weights[i] -> y_i, the first behind a Cast
+    and before an Add of a Constant 0 (nodes the rewrite must pass by), quantized by ONNX
+    Runtime's dynamic quantization as quantize_int8 quantizes it (one weight scale per
+    output channel; QInt8: symmetric, zero points 0; QUInt8: zero points of their own)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "rows", weight.shape[0]])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="matmul")
-    graph = helper.make_graph([node], "g", [x], [y], [numpy_helper.from_array(weight, "w")])
+    k = weights[0].shape[0]
+    inputs = [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, ["batch", "rows", k])
+              for i in range(len(weights))]  # fmt: skip
+    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None)
+               for i in range(len(weights))]  # fmt: skip
+    nodes = [
+        helper.make_node("Cast", ["x0"], ["x0_float"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Constant", [], ["nothing"], name="nothing",
+                         value=numpy_helper.from_array(np.zeros(1, dtype=np.float32))),
+        helper.make_node("MatMul", ["x0_float", "w0"], ["y0_matmul"], name="matmul0"),
+        helper.make_node("Add", ["y0_matmul", "nothing"], ["y0"], name="add"),
+    ]  # fmt: skip
+    nodes += [helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"y{i}"], name=f"matmul{i}")
+              for i in range(1, len(weights))]  # fmt: skip
+    initializers = [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
     onnx.save(model, tmp_path / "fp32.onnx")
     quantize_dynamic(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", per_channel=True,
-                     weight_type=QuantType.QInt8)  # fmt: skip
+                     weight_type=QuantType[weight_type])  # fmt: skip
     return tmp_path / "int8.onnx"
 
 
-def test_per_row_activations_quantizes_each_row_by_its_own_range(tmp_path: Path) -> None:
+def row_quantized(message: np.ndarray) -> np.ndarray:
+    """numpy's per-row quantization of `message`, dequantized: 255 levels over each row's
+    range, 0 included."""
+    low = np.minimum(message.min(axis=-1, keepdims=True), 0)
+    high = np.maximum(message.max(axis=-1, keepdims=True), 0)
+    scale = np.maximum(high - low, np.finfo(np.float32).tiny) / 255
+    zero = np.round(-low / scale)
+    return (np.clip(np.round(message / scale) + zero, 0, 255) - zero) * scale
+
+
+@pytest.mark.parametrize("weight_type", ["QInt8", "QUInt8"])
+def test_per_row_activations_quantizes_each_row_by_its_own_range(
+    tmp_path: Path, weight_type: str
+) -> None:
     """Each row (a token) is rounded to 255 levels over its own range (0 included), whatever
     its batch-mates: the planted batch-mate of values 1000 times larger moved the row's
     output under dynamic quantization's one scale per tensor, not after the rewrite.
     Checked against numpy on the graph's own int8 weights, zero points and scales: a row of
     both signs, one all positive (zero point 0), one all negative (255), one all zero (0,
-    not NaN)."""
+    not NaN); each of two MatMuls, the nodes around them passed by."""
     import onnx
     import onnxruntime
 
     rng = np.random.default_rng(3)
-    weight = rng.normal(size=(8, 5)).astype(np.float32)
-    file = quantized_matmul(tmp_path, weight)
+    weights = [rng.normal(size=(8, 5)).astype(np.float32) for _ in range(2)]
+    file = quantized_matmuls(tmp_path, weights, weight_type)
     graph = onnx.load(str(file))
     tensor = onnxruntime.InferenceSession(str(file))
-    assert export.per_row_activations(graph) == 1
+    assert export.per_row_activations(graph) == 2
+    names = [n.name for n in graph.graph.node]
+    assert all(names) and len(set(names)) == len(names)
     assert [n for n in graph.graph.node if n.op_type == "DynamicQuantizeLinear"] == []
     rows = onnxruntime.InferenceSession(graph.SerializeToString())
     arrays = {t.name: onnx.numpy_helper.to_array(t) for t in graph.graph.initializer}
-    codes = next(a for a in arrays.values() if a.dtype == np.int8 and a.shape == weight.shape)
-    zeros = next(a for a in arrays.values() if a.dtype == np.int8 and a.shape == (5,))
-    scales = next(a for a in arrays.values() if a.dtype == np.float32 and a.shape == (5,))
-    w = (codes.astype(np.float32) - zeros) * scales
 
     message = rng.normal(size=(1, 4, 8)).astype(np.float32)
     message[0, 1] = np.abs(message[0, 1]) + 0.5
     message[0, 2] = -np.abs(message[0, 2]) - 0.5
     message[0, 3] = 0.0
     mate = 1000 * rng.normal(size=(1, 4, 8)).astype(np.float32)
-    alone = rows.run(None, {"x": message})[0]
-    batched = rows.run(None, {"x": np.concatenate([message, mate])})[0]
-    assert np.array_equal(batched[:1], alone)
-    low = np.minimum(message.min(axis=-1, keepdims=True), 0)
-    high = np.maximum(message.max(axis=-1, keepdims=True), 0)
-    scale = np.maximum(high - low, np.finfo(np.float32).tiny) / 255
-    zero = np.round(-low / scale)
-    assert zero.ravel().tolist()[1:] == [0, 255, 0]
-    quantized = np.clip(np.round(message / scale) + zero, 0, 255)
-    expected = ((quantized - zero) * scale) @ w
-    np.testing.assert_allclose(alone, expected, rtol=1e-5, atol=1e-5)
-    assert np.array_equal(alone[0, 3], np.zeros(5, dtype=np.float32))
-    np.testing.assert_allclose(alone, message @ weight, rtol=0, atol=0.1)  # int8: near
-    before = tensor.run(None, {"x": np.concatenate([message, mate])})[0]
-    assert np.abs(before[:1] - tensor.run(None, {"x": message})[0]).max() > 0.1
+    feed = {"x0": message, "x1": message[:, ::-1].copy()}
+    alone = rows.run(None, feed)
+    batched = rows.run(None, {x: np.concatenate([m, mate]) for x, m in feed.items()})
+    for i, (x, w) in enumerate(zip(feed.values(), weights, strict=True)):
+        node = next(n for n in graph.graph.node if n.op_type == "MatMulInteger" and
+                    n.output[0].startswith(f"y{i}"))  # fmt: skip
+        codes, zeros = arrays[node.input[1]], arrays[node.input[3]]
+        scales = next(a for n, a in arrays.items() if n == node.input[1].replace(
+            "_quantized", "_scale"))  # fmt: skip
+        assert (np.any(zeros != 0)) == (weight_type == "QUInt8")
+        dequantized = (codes.astype(np.float32) - zeros) * scales
+        assert np.array_equal(batched[i][:1], alone[i])
+        expected = row_quantized(x) @ dequantized
+        np.testing.assert_allclose(alone[i], expected, rtol=1e-5, atol=1e-5)
+        assert np.array_equal(alone[i][0, 3 * (1 - i)], np.zeros(5, dtype=np.float32))
+        np.testing.assert_allclose(alone[i], x @ w, rtol=0, atol=0.1)  # int8: near
+    before = tensor.run(None, {x: np.concatenate([m, mate]) for x, m in feed.items()})[0]
+    assert np.abs(before[:1] - tensor.run(None, feed)[0]).max() > 0.1
 
 
 def test_an_int8_graphs_answer_is_the_same_alone_and_batched(
