@@ -15,7 +15,9 @@ load's wall time), and checks every answer against `spamgpt classify --json` at 
 precision (the ONNX fp32 graph's: at fp32), or, for the int8 graph, against that graph
 scoring the messages in one call (serving.onnx_probabilities, the served ONNX model's path):
 the label, and each probability within TOLERANCE. A request that fails or an answer that
-differs is counted and makes the script exit non-zero. The int8 graph is
+differs is counted and makes the script exit non-zero. spamgpt serve's rows also give its
+messages a call and its worker's CPU ms a message (from its `batch:` log lines): the engine's
+cost, which other jobs on a shared machine change less than the wall time. The int8 graph is
 export.quantize_int8's (dynamic), ungated: random weights have no accuracy to keep.
 The client's threads run on the same cores as the server (2 on the dev machine): its own
 cost is in the figures. `--tiny`: the tests' tiny GPT-2, few requests (tests/test_bench.py).
@@ -50,11 +52,9 @@ from spamgpt.model import classifier
 from spamgpt.serve import export
 
 THRESHOLD = 0.5
-# |served - reference| per probability. int8: dynamic quantization scales each activation
-# by its batch's range, so a message's probabilities move with its batch-mates (up to 0.13 at
-# 124M shapes with random weights): int8 answers beyond it are counted and printed, and do
-# not fail the run.
-TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2, "int8": 2e-2}
+# |served - reference| per probability. int8: the graph's answers in one call, which a
+# message's batch-mates do not move (export.per_row_activations), to float rounding.
+TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2, "int8": 1e-4}
 LOADS = [("1 msg x 1", 1, 1), ("1 msg x 16", 1, 16), ("64 msg x 4", 64, 4)]
 SPAMGPT = [sys.executable, "-c", "from spamgpt.serve.cli import main; main()"]
 
@@ -171,13 +171,15 @@ def started(args: tuple[str, ...], env: dict, log: Path) -> Iterator[int]:
                 proc.wait()
 
 
-def batch_sizes(log: Path, seen: int) -> tuple[list[int], int]:
+def batch_sizes(log: Path, seen: int) -> tuple[list[int], float, int]:
     """The messages of each engine call the server logged past its first `seen` calls
-    (serve_batched's `batch: R requests, M messages, S s` lines), and how many it logged."""
+    (serve_batched's `batch: R requests, M messages, S s, C CPU s` lines), the worker's CPU
+    seconds in them, and how many calls it logged."""
     if not log.exists():
-        return [], seen
+        return [], 0.0, seen
     lines = [line for line in log.read_text().splitlines() if line.startswith("batch: ")]
-    return [int(line.split()[3]) for line in lines[seen:]], len(lines)
+    cpu = sum(float(line.split(", ")[3].removesuffix(" CPU s")) for line in lines[seen:])
+    return [int(line.split()[3]) for line in lines[seen:]], cpu, len(lines)
 
 
 def load_average() -> str:
@@ -257,6 +259,33 @@ def checked(answered: list, expected: dict, tolerance: float) -> tuple[int, int,
     return lost, wrong, largest
 
 
+# The servers that issue 34's serving targets compare (--targets).
+TARGET_SERVERS = ("mlflow models serve", "batch 1 (int8)", "batch 16 (int8)")
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """Issue 34's serving targets for each spamgpt server measured beside MLflow's, at
+    concurrency 16 (1 msg x 16): (a) at least 3x MLflow's messages/s, (b) p95 latency at most
+    2x MLflow's p50 at concurrency 1."""
+    by = {(r["server"], r["load"]): r for r in rows}
+    mlflow = next((r["server"] for r in rows if r["server"].startswith("mlflow")), None)
+    if (mlflow, "1 msg x 1") not in by or (mlflow, "1 msg x 16") not in by:
+        return []
+    base, alone = by[mlflow, "1 msg x 16"], by[mlflow, "1 msg x 1"]
+    lines = []
+    for (server, load), r in by.items():
+        if server == mlflow or load != "1 msg x 16":
+            continue
+        speed = r["messages_per_s"] / base["messages_per_s"]
+        tail = r["p95_ms"] / alone["p50_ms"]
+        lines.append(
+            f"{server}: (a) {speed:.1f}x MLflow's messages/s at concurrency 16 "
+            f"({'met' if speed >= 3 else 'not met'}); (b) p95 {tail:.1f}x MLflow's p50 at "
+            f"concurrency 1 ({'met' if tail <= 2 else 'not met'})"
+        )
+    return lines
+
+
 def logged_model(folder: Path, store: Path) -> str:
     """The folder logged (full: every tensor is in it) into a SQLite store; its runs:/ URI."""
     import mlflow
@@ -283,7 +312,12 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="+", metavar="WORDS", help="only the servers whose name has one of these"
     )
+    parser.add_argument(
+        "--targets", action="store_true",
+        help="issue 34's serving targets: MLflow's server and the int8 ones, 1 msg x 1 and x 16",
+    )  # fmt: skip
     args = parser.parse_args()
+    loads = LOADS[:2] if args.targets else LOADS
     requests, seconds = (24, 5.0) if args.tiny else (args.requests, args.seconds)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -298,8 +332,9 @@ def main() -> None:
         compared = servers(uri, args.batch_timeout, graphs)
         if args.tiny:  # the plain scoring server, the batching one and int8's: enough to test it
             compared = [compared[0], compared[2], compared[-1]]
-        if args.only:
-            compared = [c for c in compared if any(word in c.name for word in args.only)]
+        if args.only or args.targets:
+            words = args.only or TARGET_SERVERS
+            compared = [c for c in compared if any(word in c.name for word in words)]
         for server in compared:
             if server.precision == "int8" and "int8" not in expected:
                 expected["int8"] = graph_answers(folder, graphs["int8"], pool)
@@ -309,13 +344,13 @@ def main() -> None:
             with started(server.args, {**env, **dict(server.env)}, log) as port:
                 run_load(port, pool, 64, 2, 2, 60)  # warm-up: first calls, both shapes
                 run_load(port, pool, 1, 2, 2, 60)
-                for load, per_request, threads in LOADS:
-                    _, seen = batch_sizes(log, 0)
+                for load, per_request, threads in loads:
+                    _, _, seen = batch_sizes(log, 0)
                     began_load = load_average()
                     latencies, answered, wall = run_load(
                         port, pool, per_request, threads, requests, seconds
                     )
-                    sizes, _ = batch_sizes(log, seen)
+                    sizes, cpu, _ = batch_sizes(log, seen)
                     tolerance = TOLERANCE[server.precision]
                     lost, wrong, largest = checked(answered, expected[server.precision], tolerance)
                     ms = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
@@ -327,32 +362,32 @@ def main() -> None:
                         "lost": lost, "wrong": wrong, "max_prob_diff": float(f"{largest:.2g}"),
                         # spamgpt serve's messages per engine call (MLflow's logs none)
                         "messages_per_call": round(np.mean(sizes), 1) if sizes else None,
+                        # the worker's CPU a message: what the load of other jobs leaves alone
+                        "cpu_ms_per_message": round(1000 * cpu / sum(sizes), 1) if sizes else None,
                         "load_average": f"{began_load} to {load_average()}",
                     }  # fmt: skip
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     print(f"\n{args.shapes} shapes, random weights, {os.cpu_count()} CPUs\n")
     print("| server | load | requests | p50 ms | p95 ms | p99 ms | messages/s | messages a "
-          "call | lost | largest prob. diff | load average |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "call | worker CPU ms a message | lost | largest prob. diff "
+          "| load average |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['server']} | {r['load']} | {r['requests']} | {r['p50_ms']} | {r['p95_ms']} "
             f"| {r['p99_ms']} | {r['messages_per_s']} | {r['messages_per_call'] or ''} "
+            f"| {r['cpu_ms_per_message'] or ''} "
             f"| {r['lost']} | {r['max_prob_diff']} | {r['load_average']} |"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    int8 = [r for r in rows if r["server"].endswith("(int8)")]
-    if any(r["wrong"] for r in int8):  # reported, not failed: see TOLERANCE
-        largest = max(r["max_prob_diff"] for r in int8)
-        off = sum(r["wrong"] for r in int8)
-        print(f"int8: {off} answers off the graph's in one call by more than "
-              f"{TOLERANCE['int8']} (largest {largest}): their batch-mates differ")  # fmt: skip
-    bad = sum(r["lost"] + (0 if r in int8 else r["wrong"]) for r in rows)
+    for line in targets(rows):
+        print(line)
+    bad = sum(r["lost"] + r["wrong"] for r in rows)
     if bad:
-        sys.exit(f"{bad} requests lost or answers differing from classify")
-    print("no request lost, every PyTorch and ONNX fp32 answer as classify's: yes")
+        sys.exit(f"{bad} requests lost or answers differing from classify (int8: the graph's)")
+    print("no request lost, every answer as classify's (int8: as the graph's in one call): yes")
 
 
 if __name__ == "__main__":

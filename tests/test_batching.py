@@ -1,5 +1,7 @@
 """spamgpt.data.batching: packed sequences, right padding and batch orders."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -189,6 +191,47 @@ def test_sorted_order_can_fill_its_last_batch_so_many_calls_add_no_shape() -> No
             shapes.add((len(b), width))
             assert len(b) == 256 // width
     assert len(shapes) <= len({padded_width(n, 39) for n in range(1, 40)})
+
+
+def test_one_width_batches_pad_no_message_past_its_own_width() -> None:
+    """Longest first as without it, but a batch ends where the padded width narrows, as
+    well as at the token budget: 61 is the set's longest (its width, capped), 56 and 40 are
+    their own widths, 33 pads to 40 as 40 does, 27 to 32, 9 to 16."""
+    lengths = torch.tensor([33, 61, 9, 40, 27, 56, 33])
+    together = sorted_order(lengths, 1024)
+    assert [b.tolist() for b in together] == [[1, 5, 3, 0, 6, 4, 2]]
+    widths = sorted_order(lengths, 1024, one_width=True)
+    assert [b.tolist() for b in widths] == [[1], [5], [3, 0, 6], [4], [2]]
+    assert [b.tolist() for b in sorted_order(lengths, 80, one_width=True)] == [
+        [1],
+        [5],
+        [3, 0],
+        [6],
+        [4],
+        [2],
+    ]  # fmt: skip   (the budget: two of width 40 in 80 tokens)
+    # A set of one width: the budget alone cuts it, as without one_width.
+    same = torch.tensor([12, 16, 9, 15, 13])
+    assert [b.tolist() for b in sorted_order(same, 32, one_width=True)] == [[1, 3], [4, 0], [2]]
+
+
+@pytest.mark.parametrize(("n", "max_tokens"), [(2000, 1024), (13, 64), (50, 1)])
+def test_one_width_batches_are_sorted_order_cut_where_the_width_narrows(
+    n: int, max_tokens: int
+) -> None:
+    lengths = skewed_lengths(n)
+    cap = int(lengths.max())
+    order = sorted_order(lengths, max_tokens, one_width=True)
+    assert torch.cat(order).tolist() == torch.cat(sorted_order(lengths, max_tokens)).tolist()
+    for batch in order:
+        assert len({padded_width(int(x), cap) for x in lengths[batch]}) == 1
+        width = padded_width(int(lengths[batch].max()), cap)
+        assert len(batch) <= max(1, max_tokens // width)
+    for before, after in itertools.pairwise(order):  # cut short only where it narrows
+        width = padded_width(int(lengths[before].max()), cap)
+        if len(before) < max(1, max_tokens // width):
+            assert padded_width(int(lengths[after].max()), cap) < width
+    assert padded_size(order, lengths) <= padded_size(sorted_order(lengths, max_tokens), lengths)
 
 
 # --- pinned by mutation testing (tools/mutate.py batching) ---

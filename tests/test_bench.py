@@ -19,6 +19,7 @@ BENCHES = {
     "test_scale": ("scale.py",),
     "test_serve": ("serve.py",),
     "test_onnx_int8": ("onnx_int8.py", "--messages", "5", "--rounds", "1"),
+    "test_onnx_batching": ("onnx_batching.py", "--messages", "6", "--rounds", "1"),
     "test_predict": ("predict.py", "--device", "cpu"),
     "test_finetune_speed": ("finetune_speed.py",),
     "test_stage_imports": ("stage_imports.py",),
@@ -131,7 +132,22 @@ def test_serve(bench_output: dict[str, Future]) -> None:
         assert (r["messages_per_call"] is not None) == ours
         if ours:
             assert r["messages_per_call"] >= (64 if r["load"] == "64 msg x 4" else 1)
+        assert (r["cpu_ms_per_message"] is not None) == ours
+        if ours:
+            assert r["cpu_ms_per_message"] > 0
     assert (
         out.splitlines()[-1]
-        == "no request lost, every PyTorch and ONNX fp32 answer as classify's: yes"
+        == "no request lost, every answer as classify's (int8: as the graph's in one call): yes"
     )
+
+
+def test_onnx_batching(bench_output: dict[str, Future]) -> None:
+    out = bench_output["test_onnx_batching"].result()
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| fp32") or
+            line.startswith("| int8")]  # fmt: skip
+    paths = ["one", "batched 1024", "batched 256", "batched 1024, one width"]
+    assert [r[1] for r in rows] == paths * 3
+    assert all(float(r[4]) > 0 and float(r[5].rstrip(" |")) > 0 for r in rows)
+    # int8 (per-row activation scales): a message's answer is the same in any batch
+    assert number(r"^int8: largest \|batched - one\| probability ([\d.e-]+)$", out) < 1e-5
+    assert number(r"^fp32: largest \|batched - one\| probability ([\d.e-]+)$", out) < 1e-5

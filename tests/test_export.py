@@ -663,7 +663,7 @@ def test_int8_keeps_exactly_the_first_blocks_attention_projections_in_float(
     assert all_integer - set(integer) == {f"{name}_quant" for name in float_matmuls}
     assert set(integer) < all_integer
     assert how == {
-        "method": "dynamic", "weight_type": "int8", "per_channel": True,
+        "method": "dynamic", "weight_type": "int8", "per_channel": True, "activations": "per row",
         "float_modules": ["gpt.h.0.attn.c_attn", "gpt.h.0.attn.c_proj"],
         "float_nodes": how["float_nodes"],
     }  # fmt: skip
@@ -776,3 +776,137 @@ def test_export_of_a_folder_folds_evaluates_temperature(
         ids = np.array([enc.encode_ordinary(text)[:MAX_LENGTH]], dtype=np.int64)
         (got,) = session.run(None, {"input_ids": ids, "lengths": np.array([ids.shape[1]])})
         np.testing.assert_allclose(got[0], want, rtol=0, atol=1e-5)
+
+
+def quantized_matmuls(tmp_path: Path, weights: list[np.ndarray], weight_type: str) -> Path:
+    """A graph of MatMuls x_i (batch, rows, K) @ weights[i] -> y_i, the first behind a Cast
+    and before an Add of a Constant 0 (nodes the rewrite must pass by), quantized by ONNX
+    Runtime's dynamic quantization as quantize_int8 quantizes it (one weight scale per
+    output channel; QInt8: symmetric, zero points 0; QUInt8: zero points of their own)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    k = weights[0].shape[0]
+    inputs = [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, ["batch", "rows", k])
+              for i in range(len(weights))]  # fmt: skip
+    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None)
+               for i in range(len(weights))]  # fmt: skip
+    nodes = [
+        helper.make_node("Cast", ["x0"], ["x0_float"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Constant", [], ["nothing"], name="nothing",
+                         value=numpy_helper.from_array(np.zeros(1, dtype=np.float32))),
+        helper.make_node("MatMul", ["x0_float", "w0"], ["y0_matmul"], name="matmul0"),
+        helper.make_node("Add", ["y0_matmul", "nothing"], ["y0"], name="add"),
+    ]  # fmt: skip
+    nodes += [helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"y{i}"], name=f"matmul{i}")
+              for i in range(1, len(weights))]  # fmt: skip
+    initializers = [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    onnx.save(model, tmp_path / "fp32.onnx")
+    quantize_dynamic(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", per_channel=True,
+                     weight_type=QuantType[weight_type])  # fmt: skip
+    return tmp_path / "int8.onnx"
+
+
+def row_quantized(message: np.ndarray) -> np.ndarray:
+    """numpy's per-row quantization of `message`, dequantized: 255 levels over each row's
+    range, 0 included."""
+    low = np.minimum(message.min(axis=-1, keepdims=True), 0)
+    high = np.maximum(message.max(axis=-1, keepdims=True), 0)
+    scale = np.maximum(high - low, np.finfo(np.float32).tiny) / 255
+    zero = np.round(-low / scale)
+    return (np.clip(np.round(message / scale) + zero, 0, 255) - zero) * scale
+
+
+@pytest.mark.parametrize("weight_type", ["QInt8", "QUInt8"])
+def test_per_row_activations_quantizes_each_row_by_its_own_range(
+    tmp_path: Path, weight_type: str
+) -> None:
+    """Each row (a token) is rounded to 255 levels over its own range (0 included), whatever
+    its batch-mates: the planted batch-mate of values 1000 times larger moved the row's
+    output under dynamic quantization's one scale per tensor, not after the rewrite.
+    Checked against numpy on the graph's own int8 weights, zero points and scales: a row of
+    both signs, one all positive (zero point 0), one all negative (255), one all zero (0,
+    not NaN); each of two MatMuls, the nodes around them passed by."""
+    import onnx
+    import onnxruntime
+
+    rng = np.random.default_rng(3)
+    weights = [rng.normal(size=(8, 5)).astype(np.float32) for _ in range(2)]
+    file = quantized_matmuls(tmp_path, weights, weight_type)
+    graph = onnx.load(str(file))
+    tensor = onnxruntime.InferenceSession(str(file))
+    assert export.per_row_activations(graph) == 2
+    names = [n.name for n in graph.graph.node]
+    assert all(names) and len(set(names)) == len(names)
+    assert [n for n in graph.graph.node if n.op_type == "DynamicQuantizeLinear"] == []
+    rows = onnxruntime.InferenceSession(graph.SerializeToString())
+    arrays = {t.name: onnx.numpy_helper.to_array(t) for t in graph.graph.initializer}
+
+    message = rng.normal(size=(1, 4, 8)).astype(np.float32)
+    message[0, 1] = np.abs(message[0, 1]) + 0.5
+    message[0, 2] = -np.abs(message[0, 2]) - 0.5
+    message[0, 3] = 0.0
+    mate = 1000 * rng.normal(size=(1, 4, 8)).astype(np.float32)
+    feed = {"x0": message, "x1": message[:, ::-1].copy()}
+    alone = rows.run(None, feed)
+    batched = rows.run(None, {x: np.concatenate([m, mate]) for x, m in feed.items()})
+    for i, (x, w) in enumerate(zip(feed.values(), weights, strict=True)):
+        node = next(n for n in graph.graph.node if n.op_type == "MatMulInteger" and
+                    n.output[0].startswith(f"y{i}"))  # fmt: skip
+        codes, zeros = arrays[node.input[1]], arrays[node.input[3]]
+        scales = next(a for n, a in arrays.items() if n == node.input[1].replace(
+            "_quantized", "_scale"))  # fmt: skip
+        assert (np.any(zeros != 0)) == (weight_type == "QUInt8")
+        dequantized = (codes.astype(np.float32) - zeros) * scales
+        assert np.array_equal(batched[i][:1], alone[i])
+        expected = row_quantized(x) @ dequantized
+        np.testing.assert_allclose(alone[i], expected, rtol=1e-5, atol=1e-5)
+        assert np.array_equal(alone[i][0, 3 * (1 - i)], np.zeros(5, dtype=np.float32))
+        np.testing.assert_allclose(alone[i], x @ w, rtol=0, atol=0.1)  # int8: near
+    before = tensor.run(None, {x: np.concatenate([m, mate]) for x, m in feed.items()})[0]
+    assert np.abs(before[:1] - tensor.run(None, feed)[0]).max() > 0.1
+
+
+def test_an_int8_graphs_answer_is_the_same_alone_and_batched(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """The served ONNX model's path (serving.onnx_probabilities) on the int8 export: each
+    message's probabilities scored with the others equal those scored alone, to float
+    rounding (1e-6: a batch's padded length changes float sums' order, not an int8 code,
+    export.per_row_activations); with one activation scale per batch (the graph before the
+    rewrite) they moved by more than 1e-3."""
+    import onnx
+    import onnxruntime
+
+    from spamgpt.serve.serving import onnx_probabilities
+
+    folder = finetuned(workspace, "alone-or-batched", trainable_blocks="all")
+    model, meta, _ = reference(workspace, folder)
+    export.to_onnx(model, meta, tmp_path / "fp32.onnx")
+    export.quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx")
+    enc = tokenizer.load(folder)
+    texts = [*TEXTS, "WIN WIN WIN £££ 09061701461 !!!", "x"]
+
+    def scored(session: onnxruntime.InferenceSession, batch: list[str]) -> np.ndarray:
+        ids = tokenized.pack_ids(tokenized.encode(enc, batch), MAX_LENGTH)
+        return onnx_probabilities(session, ModelInputs(ids, None))
+
+    graph = onnx.load(str(tmp_path / "int8.onnx"))
+    assert [n for n in graph.graph.node if n.op_type == "DynamicQuantizeLinear"] == []
+    session = onnxruntime.InferenceSession(str(tmp_path / "int8.onnx"))
+    together = scored(session, texts)
+    alone = np.concatenate([scored(session, [text]) for text in texts])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)
+    prepared = tmp_path / "prepared.onnx"  # what quantize_int8 wrote before the rewrite
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(tmp_path / "fp32.onnx"), str(prepared))
+    quantize_dynamic(prepared, tmp_path / "tensor.onnx", weight_type=QuantType.QInt8,
+                     per_channel=True)  # fmt: skip
+    per_batch = onnxruntime.InferenceSession(str(tmp_path / "tensor.onnx"))
+    moved = scored(per_batch, texts) - np.concatenate([scored(per_batch, [t]) for t in texts])
+    assert np.abs(moved).max() > 1e-3

@@ -577,3 +577,42 @@ def test_model_names_its_classes_in_its_metadata(logged: Logged) -> None:
         assert info.metadata == {"labels": ["ham", "spam"], "positive_label": "spam"}
         fields = json.dumps(info.signature.outputs.to_dict())
         assert all(f'"{name}"' in fields for name in ("label", "probability", "probabilities"))
+
+
+def test_onnx_probabilities_pads_each_message_to_its_own_width_at_most(tmp_path: Path) -> None:
+    """A real onnxruntime session of a hand-made graph that answers, for each message, the
+    width of the batch it came in and its length: every message is padded to its own
+    padded_width (one_width batches), none to a longer batch-mate's; in the messages' order."""
+    import numpy as np
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from spamgpt.data.batching import ModelInputs, PackedSequences, padded_width
+
+    nodes = [
+        helper.make_node("Shape", ["input_ids"], ["shape"]),
+        helper.make_node("Gather", ["shape", "one"], ["width"], axis=0),
+        helper.make_node("Shape", ["lengths"], ["rows"]),
+        helper.make_node("Expand", ["width", "rows"], ["widths"]),
+        helper.make_node("Concat", ["widths", "lengths"], ["both"], axis=0),
+        helper.make_node("Reshape", ["both", "two_by_rows"], ["pairs"]),
+        helper.make_node("Transpose", ["pairs"], ["columns"], perm=[1, 0]),
+        helper.make_node("Cast", ["columns"], ["probabilities"], to=TensorProto.FLOAT),
+    ]
+    graph = helper.make_graph(
+        nodes, "widths",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "t"]),
+         helper.make_tensor_value_info("lengths", TensorProto.INT64, ["b"])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["b", 2])],
+        [numpy_helper.from_array(np.array(1, dtype=np.int64), "one"),
+         numpy_helper.from_array(np.array([2, -1], dtype=np.int64), "two_by_rows")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = onnxruntime.InferenceSession(model.SerializeToString())
+    lengths = torch.tensor([33, 61, 9, 40, 27, 56, 33])
+    inputs = ModelInputs(PackedSequences(torch.zeros(int(lengths.sum()), dtype=torch.long),
+                                         lengths), None)  # fmt: skip
+    got = serving.onnx_probabilities(session, inputs)
+    assert got[:, 1].tolist() == lengths.tolist()
+    assert got[:, 0].tolist() == [padded_width(int(n), 61) for n in lengths]
+    assert got[:, 0].tolist() == [40, 61, 16, 40, 32, 56, 40]

@@ -111,7 +111,7 @@ def inference_tokens(device: torch.device) -> int:
 
 
 def sorted_order(
-    lengths: torch.Tensor, max_tokens: int, full_last: bool = False
+    lengths: torch.Tensor, max_tokens: int, full_last: bool = False, one_width: bool = False
 ) -> list[torch.Tensor]:
     """Inference order: longest first, each batch as many messages as fit in `max_tokens`
     padded tokens (at its padded_width). Equal-sized matrix products whatever the lengths:
@@ -119,13 +119,19 @@ def sorted_order(
     tokens each; and every batch of one padded width has the same shape, but the very last.
     `full_last`: that one too, filled up with its last message again (for many calls, as
     spamgpt predict's chunks make: each would add a shape, and bf16 on a CPU caches a kernel
-    per shape)."""
+    per shape). `one_width`: a batch also ends where the next message's own padded_width is
+    narrower than the batch's, so no message is padded past its own width (for onnxruntime,
+    where padding a few messages to their longest cost more than the calls it saved:
+    docs/serving.md, "Batching int8 and fp32 graphs")."""
     order = torch.argsort(lengths, descending=True, stable=True)
     cap = int(lengths.max()) if len(lengths) else 0
     batches, start = [], 0
     while start < len(order):
-        longest = int(lengths[order[start]])  # of this batch: sorted, so the first
-        count = max(1, max_tokens // padded_width(longest, cap))
+        width = padded_width(int(lengths[order[start]]), cap)  # sorted: the first is longest
+        count = max(1, max_tokens // width)
+        if one_width:
+            widths = [padded_width(int(n), cap) for n in lengths[order[start : start + count]]]
+            count = widths.count(width)  # sorted: the batch's width first, then narrower
         batches.append(order[start : start + count])
         start += count
     if full_last and batches and len(batches[-1]) < count:

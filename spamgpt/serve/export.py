@@ -373,9 +373,10 @@ def quantize_int8(
     """ONNX Runtime's dynamic quantization of `fp32_file` into `dest`, after its
     pre-processing (shape inference, graph optimisation): int8 weights of the MatMuls with a
     constant weight and of the embeddings (Gather), activations quantized at run time with
-    one scale per tensor of the batch; weights with one scale per output channel
-    (`per_channel`) or per tensor. The nodes of `float_modules` stay float32, as do the
-    Gemm nodes (the head's, the pooled last block's). Returns how, for the report."""
+    one scale per row, each token's own (per_row_activations: not the batch's); weights with
+    one scale per output channel (`per_channel`) or per tensor. The nodes of `float_modules`
+    stay float32, as do the Gemm nodes (the head's, the pooled last block's). Returns how,
+    for the report."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -392,13 +393,124 @@ def quantize_int8(
         nodes_to_exclude=float_nodes,
     )
     prepared.unlink()
+    graph = onnx.load(str(dest))
+    per_row_activations(graph)  # so that a message's answer is not its batch-mates'
+    with atomic.atomic_path(dest) as tmp:
+        onnx.save(graph, str(tmp))
     return {
         "method": "dynamic",
         "weight_type": "int8",
         "per_channel": per_channel,
+        "activations": "per row",
         "float_modules": list(float_modules),
         "float_nodes": float_nodes,
     }
+
+
+# Per-row activation quantization, as DynamicQuantizeLinear quantizes a whole tensor but for
+# each row on its own: scale = (max(row, 0) - min(row, 0)) / 255 (an all-zero row: the
+# smallest normal float32, not 0), zero = round(-min(row, 0) / scale), codes uint8
+# round(x / scale) + zero. ONNX Runtime's MatMulInteger takes one zero point for its input,
+# not one a row, so it multiplies the codes as they are and the rows' zero points are taken
+# off its output: zero x (the column sums of the weight's codes less their zero points).
+ROW_LEVELS = 255.0
+ROW_CONSTANTS = "per_row_quantization"
+
+
+def per_row_activations(graph: "onnx.ModelProto") -> int:
+    """Make each DynamicQuantizeLinear of `graph` (dynamic quantization's: one scale and zero
+    point for its whole input, that is for a whole batch) quantize each row of its input on
+    its own: one scale and zero point per row of the last axis (a token of a message). The
+    node's scale output becomes (..., rows, 1), which broadcasts in the Mul that rescales
+    the MatMulInteger's output; the zero point each MatMulInteger reads becomes 0, and the
+    rows' own come off its output (after its Cast to float). So a message's activations get
+    the same codes whatever else is in its batch. Returns how many nodes it rewrote."""
+    import onnx
+    from onnx import numpy_helper
+
+    constants = {
+        "axes": np.array([1], dtype=np.int64),
+        "one": np.array([1], dtype=np.int64),
+        "levels": np.array(ROW_LEVELS, dtype=np.float32),
+        "floor": np.array(np.finfo(np.float32).tiny, dtype=np.float32),
+        "nought": np.array(0.0, dtype=np.float32),
+    }
+    shared = {key: f"{ROW_CONSTANTS}_{key}" for key in constants}
+    weights = {t.name: t for t in graph.graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    rows_of, corrections = {}, {}  # the codes' name -> the rows' zero points (float)
+    nodes, rewritten = [], 0
+    for node in graph.graph.node:
+        if node.op_type == "DynamicQuantizeLinear":
+            (x,), (codes, scale, zero) = node.input, node.output
+            nodes.extend(_row_quantization(x, codes, scale, shared))
+            rows_of[codes] = f"{codes}_zero"
+            graph.graph.initializer.append(
+                numpy_helper.from_array(np.array(0, dtype=np.uint8), zero)
+            )
+            rewritten += 1
+            continue
+        nodes.append(node)
+        if node.op_type == "MatMulInteger" and node.input[0] in rows_of:
+            (cast,) = consumers[node.output[0]]  # its int32 output to float32
+            b, b_zero = (
+                numpy_helper.to_array(weights[n]).astype(np.int64) for n in node.input[1::2]
+            )
+            sums = f"{node.output[0]}_column_sums"
+            graph.graph.initializer.append(
+                numpy_helper.from_array((b - b_zero).sum(axis=0).astype(np.float32), sums)
+            )
+            corrections[cast.output[0]] = (rows_of[node.input[0]], sums)
+        if node.op_type == "Cast" and node.output[0] in corrections:
+            zeros, sums = corrections[node.output[0]]
+            out = node.output[0]
+            node.output[0] = f"{out}_with_row_zeros"
+            taken = f"{out}_row_zeros"
+            nodes.append(onnx.helper.make_node("Mul", [zeros, sums], [taken], name=taken))
+            nodes.append(onnx.helper.make_node("Sub", [node.output[0], taken], [out], name=out))
+    if rewritten:
+        graph.graph.initializer.extend(
+            numpy_helper.from_array(value, shared[key]) for key, value in constants.items()
+        )
+    del graph.graph.node[:]
+    graph.graph.node.extend(nodes)
+    return rewritten
+
+
+def _row_quantization(x: str, codes: str, scale: str, shared: dict[str, str]) -> list:
+    """The nodes computing `codes` (uint8, x's shape), `scale` and `codes`_zero (float, x's
+    shape but 1 on the last axis) of the float tensor `x`, on its rows flattened to 2-D so
+    that one QuantizeLinear (per axis 0) rounds, shifts and saturates every row at once."""
+    from onnx import TensorProto, helper
+
+    rows = f"{codes}_rows"
+    steps = [  # (op, inputs, output, attributes)
+        ("Flatten", [x], rows, {"axis": -1}),
+        ("ReduceMin", [rows, shared["axes"]], f"{codes}_min", {"keepdims": 0}),
+        ("ReduceMax", [rows, shared["axes"]], f"{codes}_max", {"keepdims": 0}),
+        ("Min", [f"{codes}_min", shared["nought"]], f"{codes}_low", {}),
+        ("Max", [f"{codes}_max", shared["nought"]], f"{codes}_high", {}),
+        ("Sub", [f"{codes}_high", f"{codes}_low"], f"{codes}_span", {}),
+        ("Max", [f"{codes}_span", shared["floor"]], f"{codes}_range", {}),
+        ("Div", [f"{codes}_range", shared["levels"]], f"{codes}_row_scale", {}),
+        ("Div", [f"{codes}_low", f"{codes}_row_scale"], f"{codes}_low_codes", {}),
+        ("Neg", [f"{codes}_low_codes"], f"{codes}_zero_unrounded", {}),
+        ("Round", [f"{codes}_zero_unrounded"], f"{codes}_row_zero", {}),
+        ("Cast", [f"{codes}_row_zero"], f"{codes}_row_zero_point", {"to": TensorProto.UINT8}),
+        ("QuantizeLinear", [rows, f"{codes}_row_scale", f"{codes}_row_zero_point"],
+         f"{codes}_row_codes", {"axis": 0}),
+        ("Shape", [x], f"{codes}_shape", {}),
+        ("Reshape", [f"{codes}_row_codes", f"{codes}_shape"], codes, {}),
+        # x's shape with 1 for its last axis: a row's scale and zero point broadcast over it
+        ("Shape", [x], f"{codes}_leading", {"end": -1}),
+        ("Concat", [f"{codes}_leading", shared["one"]], f"{codes}_per_row", {"axis": 0}),
+        ("Reshape", [f"{codes}_row_scale", f"{codes}_per_row"], scale, {}),
+        ("Reshape", [f"{codes}_row_zero", f"{codes}_per_row"], f"{codes}_zero", {}),
+    ]  # fmt: skip
+    return [helper.make_node(op, i, [out], name=out, **attrs) for op, i, out, attrs in steps]
 
 
 def split_report(

@@ -14,7 +14,8 @@ answer as `spamgpt classify --json` gives it (classifier.answers: same fields an
 threshold and probabilities); GET /ping answers once the model is loaded. A bad request is
 refused before it is queued (a 4xx, {"error_code": ..., "message": one line}), so it never
 fails the requests batched with it. The worker logs what it computes with (`worker: ...`),
-and each batch as `batch: R requests, M messages, S s` (S: the engine's seconds).
+and each batch as `batch: R requests, M messages, S s, C CPU s` (S: the engine's seconds, C:
+the worker's CPU seconds in them, all its threads).
 
 The model runs in LitServe's worker process, built there by an engine: the PyTorch model of
 loader.load_model (TorchEngine), or with --onnx an ONNX export of that model (`spamgpt export
@@ -306,11 +307,11 @@ class BatchedClassifier(litserve.LitAPI):
         one request's texts, unbatched, and takes its answers."""
         requests = x if self.max_batch_size > 1 else [x]
         texts = [text for request in requests for text in request]
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         answers = iter(self.engine.answers(texts))
         print(
             f"batch: {len(requests)} requests, {len(texts)} messages, "
-            f"{time.perf_counter() - began:.3f} s",
+            f"{time.perf_counter() - began:.3f} s, {time.process_time() - cpu:.3f} CPU s",
             file=sys.stderr,
             flush=True,
         )

@@ -254,9 +254,13 @@ def model_for(config: dict) -> TextClassifierModel:
 
 def onnx_probabilities(session: "InferenceSession", inputs: ModelInputs) -> np.ndarray:
     """Class probabilities (N, classes) of token-id messages from an ONNX graph of
-    spamgpt.serve.export, batched as classifier.class_probabilities batches them on a CPU."""
+    spamgpt.serve.export, batched as classifier.class_probabilities batches them on a CPU but
+    each batch of one padded width (no message padded past its own: onnxruntime spent more
+    on padding to a batch's longest than on the calls it saved, docs/serving.md). A
+    message's probabilities are its own whatever its batch-mates: an fp32 graph's to float
+    rounding, an int8 graph's too (export.per_row_activations)."""
     out = np.empty((len(inputs), session.get_outputs()[0].shape[1]), dtype=np.float32)
-    for indices in sorted_order(inputs.sequences.lengths, inference_tokens(CPU)):
+    for indices in sorted_order(inputs.sequences.lengths, inference_tokens(CPU), one_width=True):
         ids, lengths = inputs.batch(indices)
         feed = {"input_ids": ids.numpy(), "lengths": lengths.numpy()}
         out[indices.numpy()] = session.run(None, feed)[0]
