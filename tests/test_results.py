@@ -271,6 +271,66 @@ def test_without_a_positive_class_the_most_probable_class_and_its_probability(
     assert contracts.read_threshold() is None
 
 
+def test_every_file_evaluate_writes_holds_its_values(workspace: Path) -> None:
+    """write_evaluation's files for two classes with a policy and platt: the whole report
+    (every key), eval.json, calibration.json, the predictions (probabilities to 6 places), the
+    reliability, scatter and curve plot data."""
+    classes = Classes(("spam", "ham"), "spam")
+    task = task_for(classes)
+    labels = np.array([0, 1, 1, 0])
+    spam = np.array([0.91234567, 0.65, 0.2, 0.55])
+    probs = np.column_stack([spam, 1 - spam])
+    reports = {s: task.report(labels, probs, 0.6) for s in ("val", "test")}
+    baseline = {s: task.report(labels, probs[::-1], 0.5) for s in ("val", "test", "train")}
+    curves = task.curve_frames(labels, probs)
+    reliability = task.reliability_frame(labels, {"uncalibrated": probs})
+    found = results.Calibration("platt", 1.25, SCORES, reliability, {"spam": 0.5, "ham": 0.0})
+    evaluated = results.Evaluation(
+        classes, reports, baseline, curves, labels, probs, 0.6, 0.45, {"precision": 1.0},
+        calibration=found,
+    )  # fmt: skip
+    results.write_evaluation(evaluated)
+    report = json.loads(paths.EVAL_REPORT.read_text())
+    assert report == json.loads(json.dumps({
+        "threshold": 0.6, "best_val_threshold": 0.45, "val_at_threshold": {"precision": 1.0},
+        **reports, "baseline": {"val": baseline["val"], "test": baseline["test"]},
+        "calibration": found.report(),
+    }))  # fmt: skip
+    assert json.loads(paths.EVAL_METRICS.read_text()) == json.loads(
+        json.dumps(task.compared(reports["test"], baseline["test"], evaluated.choice))
+    )
+    assert json.loads(paths.CALIBRATION.read_text()) == found.summary()
+    assert pd.read_csv(paths.RELIABILITY_TEST_PLOT).equals(reliability)
+    predictions = readers.read_split(paths.PREDICTIONS_TEST)
+    assert predictions.to_dict("list") == {
+        "line": [3, 5, 8, 9], "label": ["spam", "ham", "ham", "spam"],
+        "predicted": ["spam", "spam", "ham", "ham"],
+        "probability": [0.912346, 0.65, 0.8, 0.45], "p_spam": [0.912346, 0.65, 0.2, 0.55],
+        "p_ham": [0.087654, 0.35, 0.8, 0.45], "text": ["a", "b", "c", "d"],
+    }  # fmt: skip
+    scatter = pd.read_csv(paths.SCATTER_TEST_PLOT)
+    assert scatter.equals(task.scatter_frame(labels, probs))
+    for name, frame in curves.items():
+        assert not frame.empty and pd.read_csv(paths.curve_plot(name)).equals(frame)
+
+
+def test_a_multi_label_report_names_the_labels_kept_at_one_half(workspace: Path) -> None:
+    classes = Classes(("a", "b"), None, label_format="multi")
+    task = task_for(classes)
+    targets = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=np.float32)
+    probs = np.array([[0.9, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.1]])
+    reports = {"test": task.report(targets, probs, {"a": 0.5, "b": 0.3})}
+    evaluated = results.Evaluation(
+        classes, reports, {"test": reports["test"]}, task.curve_frames(targets, probs), targets,
+        probs, {"a": 0.5, "b": 0.3}, {"a": 0.5, "b": 0.3}, kept_default_threshold=["a"],
+    )  # fmt: skip
+    results.write_evaluation(evaluated)
+    report = json.loads(paths.EVAL_REPORT.read_text())
+    assert report["kept_default_threshold"] == ["a"] and "val_at_threshold" not in report
+    assert "calibration" not in report and not paths.CALIBRATION.exists()
+    assert not paths.RELIABILITY_TEST_PLOT.exists()
+
+
 def test_every_split_is_reported_at_the_threshold_chosen_on_validation() -> None:
     """auto: the positive class's validation F1 optimum (0.3 here, not 0.5 nor the most
     probable class), applied to val and test alike."""
@@ -306,27 +366,44 @@ def artifact_paths(client, run_id: str, folder: str | None = None) -> set[str]:
     return found
 
 
-def test_the_evaluation_in_the_mlflow_run(workspace: Path, monkeypatch) -> None:
-    """log_evaluation, log_label_issues and log_best_checkpoint into a real MLflow store (SQLite
-    in the test's folder): each metric under its name with its value, each artifact at its
-    path; the best checkpoint logged only when the light model does not hold its bytes."""
-    from conftest import restored_tracking_uri
-    from mlflow.tracking import MlflowClient
+# log_evaluation's own: hand-made figures (platt on val and test, one figure missing on test)
+SCORES = {
+    "val": {
+        "uncalibrated": {"ece": 0.3, "ece_floor": 0.05, "brier": 0.2, "log_loss": 0.6},
+        "calibrated": {"ece": 0.1, "ece_floor": 0.04, "brier": 0.15, "log_loss": 0.5},
+    },
+    "test": {
+        "uncalibrated": {"ece": 0.35, "ece_floor": 0.06, "brier": 0.25, "log_loss": 0.7},
+        "calibrated": {"ece": 0.12, "brier": 0.18, "log_loss": 0.55},
+    },
+}
 
+
+def test_the_evaluation_in_the_mlflow_run(workspace: Path, local_store, monkeypatch) -> None:
+    """log_evaluation, log_label_issues and log_best_checkpoint into a real MLflow store (SQLite
+    in the test's folder): each metric under its name with its value at step 0, each artifact
+    at its path, each figure's lines; the best checkpoint logged only when the light model does
+    not hold its bytes."""
     from spamgpt import tracking
     from spamgpt.model import classifier
 
     classes = Classes(("spam", "ham"), "spam")
+    task = task_for(classes)
     labels = np.array([0, 1, 1, 0])
-    logits = np.array([[2.0, -1.0], [0.5, 0.2], [-1.0, 1.5], [0.1, 0.3]])
-    split = {"val": labels, "test": labels}
-    probabilities, found = results.calibrate(
-        "platt", classes, split, {"val": logits, "test": logits}
-    )
-    evaluated = results.evaluate(0.6, classes, split, probabilities, {
-        s: task_for(classes).report(labels, probabilities[s], 0.5) for s in split
-    }, calibration=found)  # fmt: skip
-    results.write_evaluation(evaluated)
+    spam = np.array([0.9, 0.65, 0.2, 0.55])
+    probs = np.column_stack([spam, 1 - spam])
+    reports = {s: task.report(labels, probs, 0.6) for s in ("val", "test")}
+    baseline = {s: task.report(labels, probs[::-1], 0.5) for s in ("val", "test")}
+    curves = task.curve_frames(labels, probs)
+    reliability = task.reliability_frame(labels, {"uncalibrated": probs, "calibrated": probs})
+    found = results.Calibration("platt", 1.25, SCORES, reliability, {"spam": 0.5, "ham": 0.0})
+    choice = {"precision": 1.0}
+    evaluated = results.Evaluation(
+        classes, reports, baseline, {"empty": pd.DataFrame(), **curves}, labels, probs, 0.6, 0.45,
+        choice, calibration=found,
+    )  # fmt: skip
+    for name in (paths.MISCLASSIFIED_TEST, paths.PREDICTIONS_TEST):
+        readers.write_split(TEST.assign(predicted="spam"), name)
     issues = pd.DataFrame({"split": ["train"], "file": ["a.csv"], "line": [3], "text": ["x"],
                            "label": ["ham"], "suggested": ["spam"], "score": [0.1]})  # fmt: skip
     contracts.write_label_issues(issues)
@@ -337,37 +414,39 @@ def test_the_evaluation_in_the_mlflow_run(workspace: Path, monkeypatch) -> None:
     light.parent.mkdir(parents=True)
     best.write_bytes(b"best weights")
     light.write_bytes(b"best weights")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workspace / 'mlflow.db'}")
-    with restored_tracking_uri():
-        tracking.connect()
-        with tracking.Run.open("results") as run:
-            results.log_evaluation(run, evaluated)
-            results.log_label_issues(run, audit)
-            results.log_label_issues(run, {"enabled": False})
-            results.log_best_checkpoint(run, light_model_logged=True)  # the same bytes: none
-        client = MlflowClient()
-        metrics = client.get_run(run.run_id).data.metrics
-        logged = artifact_paths(client, run.run_id)
-        light.write_bytes(b"merged weights")
-        with tracking.Run.open("results") as other:
-            results.log_best_checkpoint(other, light_model_logged=True)
-            results.log_label_issues(other, {"enabled": False})
-        assert artifact_paths(client, other.run_id) == {"checkpoints/best.safetensors"}
-        assert client.get_run(other.run_id).data.metrics == {}
-    task = task_for(classes)
-    expected = task.flat(evaluated.reports["test"], "test")
-    expected |= task.flat(evaluated.baseline["test"], "baseline")
-    expected |= task.threshold_metrics(evaluated.choice)
+    client, figures = local_store, {}
+    with tracking.Run.open("results") as run:
+        logging = run.log_figure  # each figure logged, kept to read its lines and labels
+        monkeypatch.setattr(
+            run, "log_figure", lambda f, name: figures.update({name: f}) or logging(f, name)
+        )
+        results.log_evaluation(run, evaluated)
+        results.log_label_issues(run, audit)
+        results.log_label_issues(run, {"enabled": False})
+        results.log_best_checkpoint(run, light_model_logged=True)  # the same bytes: none
+    metrics = client.get_run(run.run_id).data.metrics
+    logged = artifact_paths(client, run.run_id)
+    light.write_bytes(b"merged weights")
+    with tracking.Run.open("results") as other:
+        results.log_best_checkpoint(other, light_model_logged=True)
+        results.log_label_issues(other, {"enabled": False})
+    assert artifact_paths(client, other.run_id) == {"checkpoints/best.safetensors"}
+    kept = client.download_artifacts(other.run_id, "checkpoints/best.safetensors")
+    assert Path(kept).read_bytes() == b"best weights"
+    assert client.get_run(other.run_id).data.metrics == {}
+    expected = task.flat(reports["test"], "test") | task.flat(baseline["test"], "baseline")
+    assert expected["test/spam_recall"] == 0.5 and expected["baseline/spam_recall"] == 1.0
+    expected |= {"test/threshold": 0.6, "val/best_threshold": 0.45, "val/threshold_precision": 1}
     expected |= {"audit/rows": 40, "audit/label_issues": 1}
     expected |= {"audit/label_issues_train": 1, "audit/label_issues_val": 0}
-    for s, by_kind in found.scores.items():
-        calibrated = by_kind["calibrated"]
-        expected |= {f"{s}/{k}": calibrated[k] for k in ("ece", "ece_floor", "brier", "log_loss")
-                     if k in calibrated}  # fmt: skip
-        expected[f"{s}/ece_uncalibrated"] = by_kind["uncalibrated"]["ece"]
-    expected |= task.temperature_metrics(found.temperature)
-    expected |= {f"calibration/shift_{n}": c for n, c in found.shift.items()}
+    expected |= {"val/ece": 0.1, "val/ece_floor": 0.04, "val/brier": 0.15, "val/log_loss": 0.5}
+    expected |= {"test/ece": 0.12, "test/brier": 0.18, "test/log_loss": 0.55}
+    expected |= {"val/ece_uncalibrated": 0.3, "test/ece_uncalibrated": 0.35}
+    expected |= {"calibration/temperature": 1.25}
+    expected |= {"calibration/shift_spam": 0.5, "calibration/shift_ham": 0.0}
     assert metrics == pytest.approx(expected)
+    for key in metrics:
+        assert [m.step for m in client.get_metric_history(run.run_id, key)] == [0], key
     assert logged == {
         "evaluation/val_metrics.json", "evaluation/test_metrics.json",
         "evaluation/val_confusion_matrix.png", "evaluation/test_confusion_matrix.png",
@@ -376,16 +455,33 @@ def test_the_evaluation_in_the_mlflow_run(workspace: Path, monkeypatch) -> None:
         "evaluation/test_reliability.png", "evaluation/test_roc_curve.png",
         "evaluation/test_pr_curve.png", "audit/label_issues.json",
     }  # fmt: skip
-    test_report = client.download_artifacts(run.run_id, "evaluation/test_metrics.json")
-    assert json.loads(Path(test_report).read_text()) == json.loads(
-        json.dumps(evaluated.reports["test"])
-    )
-    calibration_report = client.download_artifacts(run.run_id, "evaluation/calibration.json")
-    assert json.loads(Path(calibration_report).read_text())["method"] == "platt"
-    table = json.loads(
-        Path(client.download_artifacts(run.run_id, "audit/label_issues.json")).read_text()
-    )
-    assert table["data"] == [["train", "a.csv", 3, "x", "ham", "spam", 0.1]]
+
+    def read(name: str) -> str:
+        return Path(client.download_artifacts(run.run_id, name)).read_text()
+
+    for s in ("val", "test"):
+        assert json.loads(read(f"evaluation/{s}_metrics.json")) == json.loads(
+            json.dumps(reports[s])
+        )
+    table = json.loads(read("evaluation/per_class_metrics.json"))
+    assert table == json.loads(json.dumps(task.per_class_table(reports)))
+    assert table["split"] == ["val", "val", "test", "test"]
+    assert read("evaluation/misclassified_test.csv") == paths.MISCLASSIFIED_TEST.read_text()
+    assert read("evaluation/predictions_test.csv") == paths.PREDICTIONS_TEST.read_text()
+    assert json.loads(read("evaluation/calibration.json")) == json.loads(json.dumps(found.report()))
+    issues_table = json.loads(read("audit/label_issues.json"))
+    assert issues_table["columns"] == list(contracts.LABEL_ISSUE_COLUMNS)
+    assert issues_table["data"] == [["train", "a.csv", 3, "x", "ham", "spam", 0.1]]
+    for name, x, title in (("roc", "fpr", "roc"), ("pr", "recall", "pr")):
+        (axes,) = figures[f"evaluation/test_{name}_curve.png"].axes
+        assert [line.get_label() for line in axes.get_lines()] == ["spam (test)"]
+        assert axes.get_xlabel() == x and axes.get_title() == title
+        (line,) = axes.get_lines()
+        points = curves[name]
+        assert list(line.get_xdata()) == list(points[x])
+        assert list(line.get_ydata()) == list(points[points.columns[-1]])
+    (axes, *_) = figures["evaluation/test_reliability.png"].axes
+    assert axes.get_title() == "test reliability"
 
 
 def test_a_policys_choice_and_the_calibration_go_into_the_evaluation() -> None:
