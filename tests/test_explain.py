@@ -217,6 +217,17 @@ def test_integrated_gradients_is_the_midpoint_rule_in_batches_of_the_path(
     hook.remove()
 
 
+def test_a_bfloat16_model_is_explained_in_its_own_dtype(one_thread) -> None:
+    """The path's points are in the embeddings' dtype: a bfloat16 model's (float32 points
+    would hand it float32 inputs, which its layers refuse)."""
+    model = tiny(4)
+    ids = torch.tensor([5, 9, 2, 40])
+    expected, _ = explain.integrated_gradients(model, ids, 1, steps=8)
+    attributions, _ = explain.integrated_gradients(model.to(torch.bfloat16), ids, 1, steps=8)
+    assert attributions.dtype == torch.bfloat16
+    torch.testing.assert_close(attributions.float(), expected, rtol=0.1, atol=0.05)
+
+
 def test_a_character_cut_by_truncation_reads_as_a_replacement(tmp_path: Path) -> None:
     """The pieces of tokens that end inside a character (max_length cut it): U+FFFD for the
     incomplete bytes, never an error."""
@@ -228,11 +239,13 @@ def test_a_character_cut_by_truncation_reads_as_a_replacement(tmp_path: Path) ->
 
 
 def test_an_explanation_as_a_dict_rounds_to_six_places() -> None:
-    e = explain.Explanation("spam", ["a", " b", " c", " d"], [0.1234567, -0.5, 0.25, 0.0], 1e-7)
+    e = explain.Explanation(
+        "spam", ["a", " b", " c", " d"], [0.1234567, -0.5, 0.25, 0.0], 0.2500004
+    )
     assert e.strongest(4) == [2, 0]  # positive ones, strongest first
     assert e.to_dict() == {
         "label": "spam", "tokens": ["a", " b", " c", " d"],
-        "attributions": [0.123457, -0.5, 0.25, 0.0], "delta": 0.0,
+        "attributions": [0.123457, -0.5, 0.25, 0.0], "delta": 0.25,
         "marked": "[[a]] b [[c]] d",
     }  # fmt: skip
     assert e.to_dict(1)["marked"] == "a b [[c]] d"
@@ -266,6 +279,9 @@ def test_explain_answers_explain_the_decided_class_of_the_tokens_read(hub: Path)
         model, enc, texts[:1], answers[:1], classes, {"max_length": 2}
     )
     assert head.pieces == explain.pieces(enc, enc.encode_ordinary(texts[0])[:2])  # head: older
+    (fewer,) = explain.explain_texts(model, enc, texts[:1], [1], classes, 3, HEAD, steps=4)
+    kept = torch.tensor(enc.encode_ordinary(texts[0])[:3])
+    assert fewer.attributions == explain.integrated_gradients(model, kept, 1, 4)[0].tolist()
     with pytest.raises(ValueError):  # a target for each text
         explain.explain_texts(model, enc, texts, [0], classes, 3, HEAD)
 
