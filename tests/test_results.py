@@ -344,6 +344,12 @@ def test_every_split_is_reported_at_the_threshold_chosen_on_validation() -> None
     for name in ("val", "test"):
         assert evaluated.reports[name]["confusion_matrix"] == [[3, 0], [0, 3]]
         assert evaluated.reports[name] == task_for(classes).report(labels, probs, 0.3)
+    assert evaluated.classes == classes and evaluated.baseline == {}
+    assert evaluated.test_labels is labels and evaluated.test_probabilities is probs
+    curves = task_for(classes).curve_frames(labels, probs)
+    assert evaluated.curves.keys() == curves.keys()
+    for name, frame in curves.items():
+        pd.testing.assert_frame_equal(evaluated.curves[name], frame)
 
 
 def test_a_label_with_ten_validation_positives_gets_its_own_threshold() -> None:
@@ -549,6 +555,66 @@ def test_calibrate_fits_on_validation_and_scales_every_split() -> None:
         expected = torch.softmax(torch.tensor(logits[s], dtype=torch.float32), -1)
         np.testing.assert_allclose(probabilities[s], expected.numpy(), rtol=1e-6)
         assert set(found.scores[s]) == {"uncalibrated"}
+
+
+def test_platt_scales_and_shifts_every_split_and_draws_both_curves() -> None:
+    """platt: T and a shift per class fitted on val; each split's float32 probabilities the
+    softmax of logits / T + shift, the test reliability diagram of the logits as they are and
+    as calibrated."""
+    classes = Classes(("spam", "ham"), "spam")
+    rng = np.random.default_rng(1)
+    labels = {"val": rng.integers(0, 2, 60), "test": rng.integers(0, 2, 30)}
+    logits = {s: 2 * rng.normal(size=(len(y), 2)) + np.eye(2)[y] + 1.0 for s, y in labels.items()}
+    task = task_for(classes)
+    fitted, shift = task.fit_calibration("platt", logits["val"], labels["val"])
+    assert (shift != 0).any() and (fitted != 1).all()  # the test means something
+    probabilities, found = results.calibrate("platt", classes, labels, logits)
+    assert found.method == "platt" and found.temperature == task.temperature(fitted)
+    assert found.shift == {"spam": float(shift[0]), "ham": float(shift[1])}
+    for s in labels:
+        scaled = torch.tensor(logits[s] / fitted + shift, dtype=torch.float32)
+        assert probabilities[s].dtype == np.float32
+        np.testing.assert_allclose(probabilities[s], torch.softmax(scaled, -1).numpy(), rtol=1e-5)
+        assert found.scores[s] == {
+            "uncalibrated": task.calibration_scores(labels[s], logits[s], 1.0),
+            "calibrated": task.calibration_scores(labels[s], logits[s], fitted, shift),
+        }
+    curves = {
+        "uncalibrated": task.calibrated(logits["test"], 1.0),
+        "calibrated": task.calibrated(logits["test"], fitted, shift),
+    }
+    pd.testing.assert_frame_equal(found.reliability, task.reliability_frame(labels["test"], curves))
+    uncalibrated = results.calibrated_probabilities(task, logits["test"], np.ones(2))
+    assert uncalibrated.dtype == np.float32
+
+
+def test_a_label_calibration_cannot_fit_is_named(caplog) -> None:
+    """Multi-label platt: a label separated perfectly on validation keeps T = 1 and no shift,
+    and the log names it; one temperature for all the classes names none."""
+    classes = Classes(("clear", "noisy"), None, label_format="multi")
+    rng = np.random.default_rng(2)
+    targets = (rng.random((80, 2)) < 0.5).astype(np.float32)
+    logits = np.column_stack([8 * targets[:, 0] - 4, 2 * targets[:, 1] + rng.normal(size=80)])
+    split, given = {"val": targets, "test": targets}, {"val": logits, "test": logits}
+    with caplog.at_level("INFO", logger=results.log.name):
+        _, found = results.calibrate("platt", classes, split, given)
+    assert found.temperature["clear"] == 1.0 and found.shift["clear"] == 0.0
+    assert found.temperature["noisy"] != 1.0
+    assert caplog.messages == [
+        "evaluate.calibration: platt kept at T = 1 for clear: on validation, one value or "
+        "separated perfectly, nothing to fit"
+    ]
+    caplog.clear()
+    separated = np.column_stack([np.full(6, 5.0), np.where(np.arange(6) < 3, 9.0, -9.0)])
+    labels = np.where(np.arange(6) < 3, 1, 0)
+    single = Classes(("ham", "spam"), "spam")
+    with caplog.at_level("INFO", logger=results.log.name):
+        results.calibrate("temperature", single, {"val": labels, "test": labels},
+                          {"val": separated, "test": separated})  # fmt: skip
+    assert caplog.messages == [
+        "evaluate.calibration: temperature kept at T = 1 for the classes: on validation, one "
+        "value or separated perfectly, nothing to fit"
+    ]
 
 
 def test_a_threshold_the_classes_cannot_take_is_refused_before_any_work() -> None:
