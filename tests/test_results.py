@@ -318,7 +318,7 @@ def test_a_multi_label_report_names_the_labels_kept_at_one_half(workspace: Path)
     classes = Classes(("a", "b"), None, label_format="multi")
     task = task_for(classes)
     targets = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=np.float32)
-    probs = np.array([[0.9, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.1]])
+    probs = np.array([[0.9, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.35]])
     reports = {"test": task.report(targets, probs, {"a": 0.5, "b": 0.3})}
     evaluated = results.Evaluation(
         classes, reports, {"test": reports["test"]}, task.curve_frames(targets, probs), targets,
@@ -329,6 +329,26 @@ def test_a_multi_label_report_names_the_labels_kept_at_one_half(workspace: Path)
     assert report["kept_default_threshold"] == ["a"] and "val_at_threshold" not in report
     assert "calibration" not in report and not paths.CALIBRATION.exists()
     assert not paths.RELIABILITY_TEST_PLOT.exists()
+    # at b's 0.3 (not 0.5) the third message is right, the fourth wrong
+    assert readers.read_split(paths.MISCLASSIFIED_TEST)["line"].tolist() == [9]
+
+
+def test_number_labels_write_the_predicted_vs_true_points(workspace: Path) -> None:
+    classes = Classes(("rating",), label_format="number")
+    task = task_for(classes)
+    readers.write_split(TEST.assign(label=["1.5", "2", "3", "4"]), paths.split_file("test"))
+    targets = np.array([1.5, 2.0, 3.0, 4.0])
+    predicted = np.array([[1.25], [2.5], [3.0], [3.1234567]])
+    reports = {"test": task.report(targets, predicted, None)}
+    evaluated = results.Evaluation(
+        classes, reports, {"test": reports["test"]}, task.curve_frames(targets, predicted),
+        targets, predicted, None,
+    )  # fmt: skip
+    results.write_evaluation(evaluated)
+    scatter = pd.read_csv(paths.SCATTER_TEST_PLOT)
+    assert scatter.to_dict("list") == {
+        "actual": [1.5, 2.0, 3.0, 4.0], "predicted": [1.25, 2.5, 3.0, 3.123457]
+    }  # fmt: skip
 
 
 def test_every_split_is_reported_at_the_threshold_chosen_on_validation() -> None:
