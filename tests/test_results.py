@@ -456,6 +456,25 @@ def test_the_evaluation_in_the_mlflow_run(workspace: Path, local_store, monkeypa
     with tracking.Run.open("results") as other:
         results.log_best_checkpoint(other, light_model_logged=True)
         results.log_label_issues(other, {"enabled": False})
+    numbers = Classes(("rating",), label_format="number")  # a figure of the test answers
+    targets, predicted = np.array([1.5, 2.0, 3.0, 4.0]), np.array([[1.25], [2.5], [3.0], [3.5]])
+    rated = {"test": task_for(numbers).report(targets, predicted, None)}
+    frames = task_for(numbers).curve_frames(targets, predicted)  # empty: none drawn
+    scored = results.Evaluation(numbers, rated, rated, frames, targets, predicted, None)
+    with tracking.Run.open("results") as regression:
+        logging = regression.log_figure
+        monkeypatch.setattr(
+            regression, "log_figure", lambda f, name: figures.update({name: f}) or logging(f, name)
+        )
+        results.log_evaluation(regression, scored)
+    assert artifact_paths(client, regression.run_id) == {
+        "evaluation/test_metrics.json", "evaluation/per_class_metrics.json",
+        "evaluation/misclassified_test.csv", "evaluation/predictions_test.csv",
+        "evaluation/test_predicted_vs_true.png",
+    }  # fmt: skip
+    (axes,) = figures["evaluation/test_predicted_vs_true.png"].axes
+    (points,) = axes.collections
+    np.testing.assert_array_equal(points.get_offsets(), np.column_stack([targets, predicted]))
     assert artifact_paths(client, other.run_id) == {"checkpoints/best.safetensors"}
     kept = client.download_artifacts(other.run_id, "checkpoints/best.safetensors")
     assert Path(kept).read_bytes() == b"best weights"
