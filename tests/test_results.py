@@ -460,7 +460,12 @@ def test_the_evaluation_in_the_mlflow_run(workspace: Path, local_store, monkeypa
     targets, predicted = np.array([1.5, 2.0, 3.0, 4.0]), np.array([[1.25], [2.5], [3.0], [3.5]])
     rated = {"test": task_for(numbers).report(targets, predicted, None)}
     frames = task_for(numbers).curve_frames(targets, predicted)  # empty: none drawn
-    scored = results.Evaluation(numbers, rated, rated, frames, targets, predicted, None)
+    none = results.Calibration(
+        "none", None, {"test": {"uncalibrated": {"ece": 0.3}}}, frames["roc"]
+    )
+    scored = results.Evaluation(
+        numbers, rated, rated, frames, targets, predicted, None, calibration=none
+    )
     with tracking.Run.open("results") as regression:
         logging = regression.log_figure
         monkeypatch.setattr(
@@ -470,8 +475,16 @@ def test_the_evaluation_in_the_mlflow_run(workspace: Path, local_store, monkeypa
     assert artifact_paths(client, regression.run_id) == {
         "evaluation/test_metrics.json", "evaluation/per_class_metrics.json",
         "evaluation/misclassified_test.csv", "evaluation/predictions_test.csv",
-        "evaluation/test_predicted_vs_true.png",
+        "evaluation/test_predicted_vs_true.png", "evaluation/calibration.json",
     }  # fmt: skip
+    rated_metrics = client.get_run(regression.run_id).data.metrics
+    assert rated_metrics == pytest.approx(
+        {
+            **task_for(numbers).flat(rated["test"], "test"),
+            **task_for(numbers).flat(rated["test"], "baseline"),
+            "test/ece": 0.3,
+        }
+    )
     (axes,) = figures["evaluation/test_predicted_vs_true.png"].axes
     (points,) = axes.collections
     np.testing.assert_array_equal(points.get_offsets(), np.column_stack([targets, predicted]))
@@ -630,17 +643,19 @@ def test_platt_scales_and_shifts_every_split_and_draws_both_curves() -> None:
 def test_a_label_calibration_cannot_fit_is_named(caplog) -> None:
     """Multi-label platt: a label separated perfectly on validation keeps T = 1 and no shift,
     and the log names it; one temperature for all the classes names none."""
-    classes = Classes(("clear", "noisy"), None, label_format="multi")
+    classes = Classes(("clear", "noisy", "sure"), None, label_format="multi")
     rng = np.random.default_rng(2)
-    targets = (rng.random((80, 2)) < 0.5).astype(np.float32)
-    logits = np.column_stack([8 * targets[:, 0] - 4, 2 * targets[:, 1] + rng.normal(size=80)])
+    targets = (rng.random((80, 3)) < 0.5).astype(np.float32)
+    logits = np.column_stack([8 * targets[:, 0] - 4, 2 * targets[:, 1] + rng.normal(size=80),
+                              6 * targets[:, 2] - 3])  # fmt: skip
     split, given = {"val": targets, "test": targets}, {"val": logits, "test": logits}
     with caplog.at_level("INFO", logger=results.log.name):
         _, found = results.calibrate("platt", classes, split, given)
-    assert found.temperature["clear"] == 1.0 and found.shift["clear"] == 0.0
+    assert found.temperature["clear"] == found.temperature["sure"] == 1.0
+    assert found.shift["clear"] == found.shift["sure"] == 0.0
     assert found.temperature["noisy"] != 1.0
     assert caplog.messages == [
-        "evaluate.calibration: platt kept at T = 1 for clear: on validation, one value or "
+        "evaluate.calibration: platt kept at T = 1 for clear, sure: on validation, one value or "
         "separated perfectly, nothing to fit"
     ]
     caplog.clear()
