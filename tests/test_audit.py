@@ -208,3 +208,201 @@ def test_three_classes_flips_are_found() -> None:
     recall, false_share = found_and_false(table["line"] - 1, planted)
     assert recall >= 0.8 and false_share <= 0.3, (recall, false_share)
     assert list(table["suggested"]) == classes.named(truth[table["line"] - 1])
+
+
+# Each function on tiny inputs, against scikit-learn and cleanlab where they are the reference
+
+
+def test_logistic_is_one_liblinear_regression_per_class() -> None:
+    model = audit.logistic(2.5)
+    inner = model.get_params()
+    assert type(model).__name__ == "OneVsRestClassifier"
+    assert (inner["estimator__C"], inner["estimator__solver"]) == (2.5, "liblinear")
+    assert inner["estimator__max_iter"] == 1000
+
+
+def test_tfidf_features_are_the_baselines_fitted_on_every_text() -> None:
+    from spamgpt.evaluate import baseline
+
+    texts = ["win a free prize now", "see you at dinner", "free dinner now"]
+    expected = baseline.features().fit_transform(texts)
+    assert (audit.tfidf_features(texts) != expected).nnz == 0
+
+
+def test_standardised_features_have_mean_0_and_variance_1() -> None:
+    """A constant feature becomes 0; one that varies by 1e-6 is not blown up (the 1e-6 added
+    to its deviation halves it)."""
+    hidden = np.array([[1.0, 5.0, 0.0], [3.0, 5.0, 2e-6]])
+    np.testing.assert_allclose(
+        audit.standardised(hidden), [[-1 / (1 + 1e-6), 0, -0.5], [1 / (1 + 1e-6), 0, 0.5]],
+        rtol=1e-12,
+    )  # fmt: skip
+
+
+def test_out_of_fold_is_scikit_learns_cross_validated_prediction() -> None:
+    """Stratified folds shuffled with seed 0 (multi-label: plain folds, shuffled alike), each
+    row predicted by the model fitted on the others."""
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(30, 4))
+    targets = (features[:, 0] + rng.normal(size=30) > 0).astype(np.int64)
+    found = audit.out_of_fold(features, targets, 3, 0.5, audit.task_for(SMS))
+    folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=0)
+    expected = cross_val_predict(audit.logistic(0.5), features, targets, cv=folds,
+                                 method="predict_proba")  # fmt: skip
+    np.testing.assert_array_equal(found, expected)
+    multi = Classes(("a", "b"), None, label_format="multi")
+    sets = np.column_stack([targets, 1 - targets * (features[:, 1] > 0)])
+    found = audit.out_of_fold(features, sets, 3, 0.5, audit.task_for(multi))
+    folds = KFold(n_splits=3, shuffle=True, random_state=0)
+    expected = cross_val_predict(audit.logistic(0.5), features, sets, cv=folds,
+                                 method="predict_proba")  # fmt: skip
+    np.testing.assert_array_equal(found, expected)
+
+
+def test_mean_hidden_reads_the_cache_a_chunk_of_messages_at_a_time(monkeypatch) -> None:
+    """Chunks of 2 messages give the whole cache's means; a message of no token has 0s."""
+    rows = torch.arange(16.0).reshape(8, 2)  # messages of 1, 3, 0, 2 and 2 tokens
+    sequences = PackedSequences(rows, torch.tensor([1, 3, 0, 2, 2]))
+    expected = [[0.0, 1.0], [4.0, 5.0], [0.0, 0.0], [9.0, 10.0], [13.0, 14.0]]
+    np.testing.assert_allclose(audit.mean_hidden(sequences), expected)
+    monkeypatch.setattr(audit, "POOL_CHUNK", 2)
+    np.testing.assert_allclose(audit.mean_hidden(sequences), expected)
+    assert audit.mean_hidden(sequences).dtype == np.float32
+
+
+def test_as_many_folds_as_rows_is_allowed() -> None:
+    audit.check_folds(8, 8)
+    audit.check_folds(2, 8)
+
+
+def write_trunk_cache(split: str, rows: torch.Tensor, lengths: list[int]) -> None:
+    from spamgpt.data import tensorfile
+
+    path = paths.trunk_file(split)
+    layout = {"lengths": (torch.int64, (len(lengths),)), "hidden": (torch.float32, rows.shape)}
+    tensorfile.create(path, layout)
+    with tensorfile.TensorFile(path, writable=True) as f:
+        f.write("lengths", 0, torch.tensor(lengths))
+        f.write("hidden", 0, rows)
+
+
+def test_trunk_features_are_each_splits_mean_states_in_order(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    paths.TRUNK_DIR.mkdir(parents=True)
+    contracts.write_trunk_info(None, "cpu", "fp32")
+    assert audit.trunk_features(("train", "val"), 3) is None  # nothing cached: all blocks train
+    contracts.write_trunk_info(2, "cpu", "fp32")
+    write_trunk_cache("train", torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), [2, 1])
+    write_trunk_cache("val", torch.tensor([[7.0, 9.0]]), [1])
+    np.testing.assert_allclose(
+        audit.trunk_features(("train", "val"), 3), [[2.0, 3.0], [5.0, 6.0], [7.0, 9.0]]
+    )
+    message = (
+        r"^data/trunk: 3 messages cached, the splits hold 4; re-run the loaders and trunk "
+        r"stages \(dvc repro trunk\)$"
+    )
+    with pytest.raises(audit.SpamGPTError, match=message):
+        audit.trunk_features(("train", "val"), 4)
+
+
+def test_targets_are_class_indices_or_label_sets_of_integers() -> None:
+    frame = pd.DataFrame({"label": ["spam", "ham", "spam"]})
+    targets = audit.targets_of(frame, SMS)
+    assert targets.tolist() == [1, 0, 1] and targets.dtype == np.int64
+    multi = Classes(("a", "b"), None, label_format="multi")
+    sets = audit.targets_of(pd.DataFrame({"label": ['["b"]', '["a", "b"]']}), multi)
+    assert sets.tolist() == [[0, 1], [1, 1]] and sets.dtype == np.int64
+
+
+def test_a_rows_file_is_the_users_as_messages_name_it() -> None:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"].update(url="https://host/data/sms%20spam.zip", member="SMSSpamCollection")
+    data = params_module.parse(raw).data
+    assert audit.source_file("train", data) == "sms spam.zip/SMSSpamCollection"
+    raw["data"].update(url=None, member=None, sha256=None)
+    raw["data"]["files"] = {
+        "train": {"url": "given/train.csv", "sha256": None},
+        "val": None,
+        "test": {"url": "test.csv", "sha256": None},
+    }
+    data = params_module.parse(raw).data
+    assert audit.source_file("train", data) == "given/train.csv"
+    assert audit.source_file("val", data) == "given/train.csv"  # carved from train
+    assert audit.source_file("test", data) == "test.csv"
+    raw["data"]["files"]["val"] = {"url": "https://host/v.csv", "sha256": None}
+    assert audit.source_file("val", params_module.parse(raw).data) == "v.csv"
+
+
+def test_the_audit_is_cleanlabs_on_the_averaged_probabilities() -> None:
+    """The flagged rows, their order and scores are cleanlab's (find_label_issues ranked by
+    self-confidence, get_label_quality_scores) on the mean of the TF-IDF model's (C = 10) and
+    the trunk model's (C = 0.1) out-of-fold probabilities; the table keeps each row's columns,
+    its split and its file."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    texts, truth = messages(120, seed=12)
+    given = truth.copy()
+    given[[3, 50, 90, 100]] = 1 - given[[3, 50, 90, 100]]
+    frame = pd.DataFrame({"line": np.arange(1, 121), "label": SMS.named(given), "text": texts})
+    frames = {"train": frame.iloc[:100], "val": frame.iloc[100:].reset_index(drop=True)}
+    hidden = np.random.default_rng(13).normal(size=(120, 6)) + truth[:, None]
+    task = audit.task_for(SMS)
+    words = audit.out_of_fold(audit.tfidf_features(texts), given, 4, 10.0, task)
+    states = audit.out_of_fold(audit.standardised(hidden), given, 4, 0.1, task)
+    expected = (words + states) / 2
+    table, probs = audit.audit(frames, {"train": "a.txt", "val": "b.txt"}, SMS, 4, hidden)
+    np.testing.assert_allclose(probs, expected, rtol=1e-12)
+    flagged = find_label_issues(given, expected, return_indices_ranked_by="self_confidence")
+    assert len(flagged) >= 3 and list(table["line"]) == (flagged + 1).tolist()
+    scores = get_label_quality_scores(given, expected, method="self_confidence")
+    assert table["score"].tolist() == scores[flagged].round(4).tolist()
+    assert list(table.columns) == ["line", "label", "text", "split", "file", "suggested", "score"]
+    assert table["split"].tolist() == ["train" if i < 100 else "val" for i in flagged]
+    assert table["file"].tolist() == ["a.txt" if i < 100 else "b.txt" for i in flagged]
+    assert table["suggested"].tolist() == SMS.named(expected[flagged].argmax(axis=1))
+    assert table.index.tolist() == list(range(len(table)))
+    _, words_only = audit.audit(frames, {"train": "a.txt", "val": "b.txt"}, SMS, 4)
+    np.testing.assert_array_equal(words_only, words)
+
+
+def test_a_multi_label_audit_is_cleanlabs_multi_label_one() -> None:
+    from cleanlab.multilabel_classification.filter import find_label_issues
+    from cleanlab.multilabel_classification.rank import get_label_quality_scores
+
+    classes = Classes(("a", "b"), None, label_format="multi")
+    rng = np.random.default_rng(14)
+    truth = rng.random((80, 2)) < 0.4
+    texts = [
+        " ".join(["alpha"] * int(row[0]) + ["beta"] * int(row[1]) + [f"w{i}"])
+        for i, row in enumerate(truth)
+    ]
+    given = truth.copy()
+    given[[5, 40], 0] = ~given[[5, 40], 0]
+    labels = [json.dumps([n for n, on in zip(classes.names, row, strict=True) if on])
+              for row in given]  # fmt: skip
+    frame = pd.DataFrame({"line": np.arange(1, 81), "label": labels, "text": texts})
+    table, probs = audit.audit({"train": frame}, {"train": "t.csv"}, classes, folds=4)
+    sets = [list(np.flatnonzero(row)) for row in given]
+    flagged = find_label_issues(sets, probs, return_indices_ranked_by="self_confidence")
+    assert list(table["line"]) == (flagged + 1).tolist() and {6, 41} <= set(table["line"])
+    scores = get_label_quality_scores(sets, probs)
+    assert table["score"].tolist() == scores[flagged].round(4).tolist()
+    report = audit.summary(table, {"train": 80}, classes)
+    carried = {n: sum(n in json.loads(v) for v in table["label"]) for n in classes.names}
+    assert report == {"rows": 80, "label_issues": len(table), "by_split": {"train": len(table)},
+                      "by_label": carried}  # fmt: skip
+
+
+def test_summary_counts_each_split_and_label_of_the_suspects() -> None:
+    table = pd.DataFrame({"split": ["val", "train", "val"], "label": ["spam", "spam", "ham"]})
+    report = audit.summary(table, {"train": 10, "val": 5}, SMS)
+    assert report == {
+        "rows": 15, "label_issues": 3, "by_split": {"train": 1, "val": 2},
+        "by_label": {"ham": 1, "spam": 2},
+    }  # fmt: skip
+    assert type(report["by_split"]["val"]) is int
+    assert list(audit.no_issues().columns) == list(contracts.LABEL_ISSUE_COLUMNS)
+    assert audit.no_issues().empty and audit.AUDITED_SPLITS == ("train", "val")

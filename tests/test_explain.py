@@ -170,3 +170,147 @@ def test_predict_explain_top_adds_the_strongest_tokens(model_dir: Path, tmp_path
                                 scored["top_tokens"], strict=True):  # fmt: skip
         (e,) = explain.explain_texts(model, enc, [text], [classes.index(label)], classes, 16, HEAD)
         assert json.loads(top) == e.top(2) and 1 <= len(e.top(2)) <= 2
+
+
+# Unit tests of the module's functions in this process (the two above start the CLI, which sets
+# torch's threads: mutmut's forked children then hang in OpenMP, so its run leaves them out).
+
+
+def midpoint_attributions(model: GPT2Classifier, ids: torch.Tensor, target: int) -> torch.Tensor:
+    """Integrated gradients by hand: one point of the 32 at a time, (k + 0.5) / 32 of the way."""
+    tokens = model.gpt.wte(ids).detach()
+    positions = model.gpt.wpe(torch.arange(len(ids))).detach()
+    total = torch.zeros_like(tokens)
+    for k in range(32):
+        scaled = ((k + 0.5) / 32 * tokens).requires_grad_(True)
+        logits = model((scaled + positions)[None], torch.tensor([len(ids)]), 0)
+        odds = logits[0, target] - torch.logsumexp(logits[0, 1 - target : 2 - target], 0)
+        (grad,) = torch.autograd.grad(odds, scaled)
+        total += grad
+    return (tokens * total / 32).sum(-1)
+
+
+def test_integrated_gradients_is_the_midpoint_rule_in_batches_of_the_path(
+    monkeypatch, one_thread
+) -> None:
+    """32 points by default, each (k + 0.5) / 32 of the way, as many per forward pass as
+    PATH_TOKENS allows (then one pass for the text and the baseline), on the CPU."""
+    model = tiny(4)
+    ids = torch.tensor([5, 9, 2, 40, 17, 33, 8, 1, 60])
+    expected = midpoint_attributions(model, ids, 1)
+    batches = []
+    hook = model.register_forward_hook(lambda m, inputs, out: batches.append(len(inputs[0])))
+    attributions, delta = explain.integrated_gradients(model, ids, 1)
+    assert batches == [32, 2]
+    torch.testing.assert_close(attributions, expected, rtol=1e-4, atol=1e-6)
+    assert attributions.device.type == "cpu" and not attributions.requires_grad
+    monkeypatch.setattr(explain, "PATH_TOKENS", 40)  # 4 points of 9 tokens a pass
+    batches.clear()
+    again, again_delta = explain.integrated_gradients(model, ids, 1)
+    assert batches == [4] * 8 + [2]
+    torch.testing.assert_close(again, expected, rtol=1e-4, atol=1e-6)
+    assert again_delta == pytest.approx(delta, abs=1e-5)
+    monkeypatch.setattr(explain, "PATH_TOKENS", 5)  # fewer than the tokens: a point a pass
+    batches.clear()
+    explain.integrated_gradients(model, ids, 1, steps=3)
+    assert batches == [1, 1, 1, 2]
+    hook.remove()
+
+
+def test_a_bfloat16_model_is_explained_in_its_own_dtype(one_thread) -> None:
+    """The path's points are in the embeddings' dtype: a bfloat16 model's (float32 points
+    would hand it float32 inputs, which its layers refuse)."""
+    model = tiny(4)
+    ids = torch.tensor([5, 9, 2, 40])
+    expected, _ = explain.integrated_gradients(model, ids, 1, steps=8)
+    attributions, _ = explain.integrated_gradients(model.to(torch.bfloat16), ids, 1, steps=8)
+    assert attributions.dtype == torch.bfloat16
+    torch.testing.assert_close(attributions.float(), expected, rtol=0.1, atol=0.05)
+
+
+def test_a_character_cut_by_truncation_reads_as_a_replacement(tmp_path: Path) -> None:
+    """The pieces of tokens that end inside a character (max_length cut it): U+FFFD for the
+    incomplete bytes, never an error."""
+    enc = tokenizer.load(make_hub(tmp_path))
+    ids = enc.encode_ordinary("a€b")
+    assert len(ids) == 5  # a, the euro sign's three bytes, b
+    assert explain.pieces(enc, ids) == ["a", "", "", "€", "b"]
+    assert explain.pieces(enc, ids[:3]) == ["a", "", "\ufffd"]
+
+
+def test_an_explanation_as_a_dict_rounds_to_six_places() -> None:
+    e = explain.Explanation(
+        "spam", ["a", " b", " c", " d"], [0.1234567, -0.5, 0.25, 0.0], 0.2500004
+    )
+    assert e.strongest(4) == [2, 0]  # positive ones, strongest first
+    assert e.to_dict() == {
+        "label": "spam", "tokens": ["a", " b", " c", " d"],
+        "attributions": [0.123457, -0.5, 0.25, 0.0], "delta": 0.25,
+        "marked": "[[a]] b [[c]] d",
+    }  # fmt: skip
+    assert e.to_dict(1)["marked"] == "a b [[c]] d"
+    assert e.marked() == e.to_dict()["marked"]
+    assert e.top(1) == [{"token": " c", "attribution": 0.25}]
+    assert explain.Explanation("x", ["a"], [0.12345678], 0.0).top(1)[0]["attribution"] == 0.123457
+    assert explain.MARKED == 3 and explain.STEPS == 32
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_hub(tmp_path_factory.mktemp("unit-hub"))
+
+
+def test_explain_answers_explain_the_decided_class_of_the_tokens_read(hub: Path) -> None:
+    """Each text explained for its answer's label, over the tokens max_length and the model
+    folder's truncation keep (here the last 3)."""
+    model = tiny_from(hub, 0, "single")
+    enc = tokenizer.load(hub)
+    classes = Classes(("ham", "spam"), "spam")
+    texts = ["WIN a prize now", "see you at 7"]
+    answers = [{"label": "ham", "probabilities": {"ham": 0.1, "spam": 0.9}}, {"label": "spam"}]
+    meta = {"max_length": 3, "truncation": "tail"}
+    explained = explain.explain_answers(model, enc, texts, answers, classes, meta)
+    for e, text, target in zip(explained, texts, (0, 1), strict=True):
+        kept = enc.encode_ordinary(text)[-3:]
+        attributions, delta = explain.integrated_gradients(model, torch.tensor(kept), target)
+        assert e.label == classes.names[target] and e.pieces == explain.pieces(enc, kept)
+        assert e.attributions == attributions.tolist() and e.delta == delta
+    (head,) = explain.explain_answers(
+        model, enc, texts[:1], answers[:1], classes, {"max_length": 2}
+    )
+    assert head.pieces == explain.pieces(enc, enc.encode_ordinary(texts[0])[:2])  # head: older
+    (fewer,) = explain.explain_texts(model, enc, texts[:1], [1], classes, 3, HEAD, steps=4)
+    kept = torch.tensor(enc.encode_ordinary(texts[0])[:3])
+    assert fewer.attributions == explain.integrated_gradients(model, kept, 1, 4)[0].tolist()
+    with pytest.raises(ValueError):  # a target for each text
+        explain.explain_texts(model, enc, texts, [0], classes, 3, HEAD)
+
+
+def tiny_from(hub: Path, seed: int, label_format: str, classes: int = 2) -> GPT2Classifier:
+    model = GPT2Classifier(GPT2.from_pretrained(hub), classes, "last", label_format)
+    torch.nn.init.normal_(model.head.weight, std=0.5, generator=torch.Generator().manual_seed(seed))
+    return model.eval()
+
+
+def test_top_tokens_are_each_rows_strongest_for_its_label(hub: Path) -> None:
+    """A row's `label` decides (not its most probable class); multi-label rows have none: the
+    most probable label's."""
+    enc = tokenizer.load(hub)
+    texts = ["WIN a prize now", "see you at 7"]
+    classes = Classes(("ham", "spam"), "spam")
+    model = tiny_from(hub, 1, "single")
+    scored = pd.DataFrame({"label": ["ham", "spam"], "p_ham": [0.2, 0.9], "p_spam": [0.8, 0.1]})
+    meta = {"max_length": 16}
+    tops = explain.top_tokens(model, enc, texts, scored, classes, meta, 2)
+    for top, text, target in zip(tops, texts, (0, 1), strict=True):
+        (e,) = explain.explain_texts(model, enc, [text], [target], classes, 16, HEAD)
+        assert json.loads(top) == e.top(2) and e.top(2)
+    multi = Classes(("a", "b", "c"), None, label_format="multi")
+    model = tiny_from(hub, 2, "multi", classes=3)
+    scored = pd.DataFrame({"p_a": [0.2, 0.9], "p_b": [0.7, 0.1], "p_c": [0.1, 0.95]})
+    tops = explain.top_tokens(model, enc, texts, scored, multi, meta, 3)
+    for top, text, target in zip(tops, texts, (1, 2), strict=True):
+        (e,) = explain.explain_texts(model, enc, [text], [target], multi, 16, HEAD)
+        assert json.loads(top) == e.top(3) and e.top(3)
+    (pounds,) = explain.top_tokens(model, enc, ["£ £ £"], scored[:1], multi, meta, 3)
+    assert "£" in pounds and "\\u" not in pounds  # the tokens as text, not escaped

@@ -271,6 +271,86 @@ def test_without_a_positive_class_the_most_probable_class_and_its_probability(
     assert contracts.read_threshold() is None
 
 
+def test_every_file_evaluate_writes_holds_its_values(workspace: Path) -> None:
+    """write_evaluation's files for two classes with a policy and platt: the whole report
+    (every key), eval.json, calibration.json, the predictions (probabilities to 6 places), the
+    reliability, scatter and curve plot data."""
+    classes = Classes(("spam", "ham"), "spam")
+    task = task_for(classes)
+    labels = np.array([0, 1, 1, 0])
+    spam = np.array([0.91234567, 0.65, 0.2, 0.55])
+    probs = np.column_stack([spam, 1 - spam])
+    reports = {s: task.report(labels, probs, 0.6) for s in ("val", "test")}
+    baseline = {s: task.report(labels, probs[::-1], 0.5) for s in ("val", "test", "train")}
+    curves = task.curve_frames(labels, probs)
+    reliability = task.reliability_frame(labels, {"uncalibrated": probs})
+    found = results.Calibration("platt", 1.25, SCORES, reliability, {"spam": 0.5, "ham": 0.0})
+    evaluated = results.Evaluation(
+        classes, reports, baseline, curves, labels, probs, 0.6, 0.45, {"precision": 1.0},
+        calibration=found,
+    )  # fmt: skip
+    results.write_evaluation(evaluated)
+    report = json.loads(paths.EVAL_REPORT.read_text())
+    assert report == json.loads(json.dumps({
+        "threshold": 0.6, "best_val_threshold": 0.45, "val_at_threshold": {"precision": 1.0},
+        **reports, "baseline": {"val": baseline["val"], "test": baseline["test"]},
+        "calibration": found.report(),
+    }))  # fmt: skip
+    assert json.loads(paths.EVAL_METRICS.read_text()) == json.loads(
+        json.dumps(task.compared(reports["test"], baseline["test"], evaluated.choice))
+    )
+    assert json.loads(paths.CALIBRATION.read_text()) == found.summary()
+    assert pd.read_csv(paths.RELIABILITY_TEST_PLOT).equals(reliability)
+    predictions = readers.read_split(paths.PREDICTIONS_TEST)
+    assert predictions.to_dict("list") == {
+        "line": [3, 5, 8, 9], "label": ["spam", "ham", "ham", "spam"],
+        "predicted": ["spam", "spam", "ham", "ham"],
+        "probability": [0.912346, 0.65, 0.8, 0.45], "p_spam": [0.912346, 0.65, 0.2, 0.55],
+        "p_ham": [0.087654, 0.35, 0.8, 0.45], "text": ["a", "b", "c", "d"],
+    }  # fmt: skip
+    scatter = pd.read_csv(paths.SCATTER_TEST_PLOT)
+    assert scatter.equals(task.scatter_frame(labels, probs))
+    for name, frame in curves.items():
+        assert not frame.empty and pd.read_csv(paths.curve_plot(name)).equals(frame)
+
+
+def test_a_multi_label_report_names_the_labels_kept_at_one_half(workspace: Path) -> None:
+    classes = Classes(("a", "b"), None, label_format="multi")
+    task = task_for(classes)
+    targets = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=np.float32)
+    probs = np.array([[0.9, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.35]])
+    reports = {"test": task.report(targets, probs, {"a": 0.5, "b": 0.3})}
+    evaluated = results.Evaluation(
+        classes, reports, {"test": reports["test"]}, task.curve_frames(targets, probs), targets,
+        probs, {"a": 0.5, "b": 0.3}, {"a": 0.5, "b": 0.3}, kept_default_threshold=["a"],
+    )  # fmt: skip
+    results.write_evaluation(evaluated)
+    report = json.loads(paths.EVAL_REPORT.read_text())
+    assert report["kept_default_threshold"] == ["a"] and "val_at_threshold" not in report
+    assert "calibration" not in report and not paths.CALIBRATION.exists()
+    assert not paths.RELIABILITY_TEST_PLOT.exists()
+    # at b's 0.3 (not 0.5) the third message is right, the fourth wrong
+    assert readers.read_split(paths.MISCLASSIFIED_TEST)["line"].tolist() == [9]
+
+
+def test_number_labels_write_the_predicted_vs_true_points(workspace: Path) -> None:
+    classes = Classes(("rating",), label_format="number")
+    task = task_for(classes)
+    readers.write_split(TEST.assign(label=["1.5", "2", "3", "4"]), paths.split_file("test"))
+    targets = np.array([1.5, 2.0, 3.0, 4.0])
+    predicted = np.array([[1.25], [2.5], [3.0], [3.1234567]])
+    reports = {"test": task.report(targets, predicted, None)}
+    evaluated = results.Evaluation(
+        classes, reports, {"test": reports["test"]}, task.curve_frames(targets, predicted),
+        targets, predicted, None,
+    )  # fmt: skip
+    results.write_evaluation(evaluated)
+    scatter = pd.read_csv(paths.SCATTER_TEST_PLOT)
+    assert scatter.to_dict("list") == {
+        "actual": [1.5, 2.0, 3.0, 4.0], "predicted": [1.25, 2.5, 3.0, 3.123457]
+    }  # fmt: skip
+
+
 def test_every_split_is_reported_at_the_threshold_chosen_on_validation() -> None:
     """auto: the positive class's validation F1 optimum (0.3 here, not 0.5 nor the most
     probable class), applied to val and test alike."""
@@ -284,6 +364,12 @@ def test_every_split_is_reported_at_the_threshold_chosen_on_validation() -> None
     for name in ("val", "test"):
         assert evaluated.reports[name]["confusion_matrix"] == [[3, 0], [0, 3]]
         assert evaluated.reports[name] == task_for(classes).report(labels, probs, 0.3)
+    assert evaluated.classes == classes and evaluated.baseline == {}
+    assert evaluated.test_labels is labels and evaluated.test_probabilities is probs
+    curves = task_for(classes).curve_frames(labels, probs)
+    assert evaluated.curves.keys() == curves.keys()
+    for name, frame in curves.items():
+        pd.testing.assert_frame_equal(evaluated.curves[name], frame)
 
 
 def test_a_label_with_ten_validation_positives_gets_its_own_threshold() -> None:
@@ -306,27 +392,44 @@ def artifact_paths(client, run_id: str, folder: str | None = None) -> set[str]:
     return found
 
 
-def test_the_evaluation_in_the_mlflow_run(workspace: Path, monkeypatch) -> None:
-    """log_evaluation, log_label_issues and log_best_checkpoint into a real MLflow store (SQLite
-    in the test's folder): each metric under its name with its value, each artifact at its
-    path; the best checkpoint logged only when the light model does not hold its bytes."""
-    from conftest import restored_tracking_uri
-    from mlflow.tracking import MlflowClient
+# log_evaluation's own: hand-made figures (platt on val and test, one figure missing on test)
+SCORES = {
+    "val": {
+        "uncalibrated": {"ece": 0.3, "ece_floor": 0.05, "brier": 0.2, "log_loss": 0.6},
+        "calibrated": {"ece": 0.1, "ece_floor": 0.04, "brier": 0.15, "log_loss": 0.5},
+    },
+    "test": {
+        "uncalibrated": {"ece": 0.35, "ece_floor": 0.06, "brier": 0.25, "log_loss": 0.7},
+        "calibrated": {"ece": 0.12, "brier": 0.18, "log_loss": 0.55},
+    },
+}
 
+
+def test_the_evaluation_in_the_mlflow_run(workspace: Path, local_store, monkeypatch) -> None:
+    """log_evaluation, log_label_issues and log_best_checkpoint into a real MLflow store (SQLite
+    in the test's folder): each metric under its name with its value at step 0, each artifact
+    at its path, each figure's lines; the best checkpoint logged only when the light model does
+    not hold its bytes."""
     from spamgpt import tracking
     from spamgpt.model import classifier
 
     classes = Classes(("spam", "ham"), "spam")
+    task = task_for(classes)
     labels = np.array([0, 1, 1, 0])
-    logits = np.array([[2.0, -1.0], [0.5, 0.2], [-1.0, 1.5], [0.1, 0.3]])
-    split = {"val": labels, "test": labels}
-    probabilities, found = results.calibrate(
-        "platt", classes, split, {"val": logits, "test": logits}
-    )
-    evaluated = results.evaluate(0.6, classes, split, probabilities, {
-        s: task_for(classes).report(labels, probabilities[s], 0.5) for s in split
-    }, calibration=found)  # fmt: skip
-    results.write_evaluation(evaluated)
+    spam = np.array([0.9, 0.65, 0.2, 0.55])
+    probs = np.column_stack([spam, 1 - spam])
+    reports = {s: task.report(labels, probs, 0.6) for s in ("val", "test")}
+    baseline = {s: task.report(labels, probs[::-1], 0.5) for s in ("val", "test")}
+    curves = task.curve_frames(labels, probs)
+    reliability = task.reliability_frame(labels, {"uncalibrated": probs, "calibrated": probs})
+    found = results.Calibration("platt", 1.25, SCORES, reliability, {"spam": 0.5, "ham": 0.0})
+    choice = {"precision": 1.0}
+    evaluated = results.Evaluation(
+        classes, reports, baseline, {"empty": pd.DataFrame(), **curves}, labels, probs, 0.6, 0.45,
+        choice, calibration=found,
+    )  # fmt: skip
+    for name in (paths.MISCLASSIFIED_TEST, paths.PREDICTIONS_TEST):
+        readers.write_split(TEST.assign(predicted="spam"), name)
     issues = pd.DataFrame({"split": ["train"], "file": ["a.csv"], "line": [3], "text": ["x"],
                            "label": ["ham"], "suggested": ["spam"], "score": [0.1]})  # fmt: skip
     contracts.write_label_issues(issues)
@@ -337,37 +440,71 @@ def test_the_evaluation_in_the_mlflow_run(workspace: Path, monkeypatch) -> None:
     light.parent.mkdir(parents=True)
     best.write_bytes(b"best weights")
     light.write_bytes(b"best weights")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workspace / 'mlflow.db'}")
-    with restored_tracking_uri():
-        tracking.connect()
-        with tracking.Run.open("results") as run:
-            results.log_evaluation(run, evaluated)
-            results.log_label_issues(run, audit)
-            results.log_label_issues(run, {"enabled": False})
-            results.log_best_checkpoint(run, light_model_logged=True)  # the same bytes: none
-        client = MlflowClient()
-        metrics = client.get_run(run.run_id).data.metrics
-        logged = artifact_paths(client, run.run_id)
-        light.write_bytes(b"merged weights")
-        with tracking.Run.open("results") as other:
-            results.log_best_checkpoint(other, light_model_logged=True)
-            results.log_label_issues(other, {"enabled": False})
-        assert artifact_paths(client, other.run_id) == {"checkpoints/best.safetensors"}
-        assert client.get_run(other.run_id).data.metrics == {}
-    task = task_for(classes)
-    expected = task.flat(evaluated.reports["test"], "test")
-    expected |= task.flat(evaluated.baseline["test"], "baseline")
-    expected |= task.threshold_metrics(evaluated.choice)
+    client, figures = local_store, {}
+    with tracking.Run.open("results") as run:
+        logging = run.log_figure  # each figure logged, kept to read its lines and labels
+        monkeypatch.setattr(
+            run, "log_figure", lambda f, name: figures.update({name: f}) or logging(f, name)
+        )
+        results.log_evaluation(run, evaluated)
+        results.log_label_issues(run, audit)
+        results.log_label_issues(run, {"enabled": False})
+        results.log_best_checkpoint(run, light_model_logged=True)  # the same bytes: none
+    metrics = client.get_run(run.run_id).data.metrics
+    logged = artifact_paths(client, run.run_id)
+    light.write_bytes(b"merged weights")
+    with tracking.Run.open("results") as other:
+        results.log_best_checkpoint(other, light_model_logged=True)
+        results.log_label_issues(other, {"enabled": False})
+    numbers = Classes(("rating",), label_format="number")  # a figure of the test answers
+    targets, predicted = np.array([1.5, 2.0, 3.0, 4.0]), np.array([[1.25], [2.5], [3.0], [3.5]])
+    rated = {"test": task_for(numbers).report(targets, predicted, None)}
+    frames = task_for(numbers).curve_frames(targets, predicted)  # empty: none drawn
+    none = results.Calibration(
+        "none", None, {"test": {"uncalibrated": {"ece": 0.3}}}, frames["roc"]
+    )
+    scored = results.Evaluation(
+        numbers, rated, rated, frames, targets, predicted, None, calibration=none
+    )
+    with tracking.Run.open("results") as regression:
+        logging = regression.log_figure
+        monkeypatch.setattr(
+            regression, "log_figure", lambda f, name: figures.update({name: f}) or logging(f, name)
+        )
+        results.log_evaluation(regression, scored)
+    assert artifact_paths(client, regression.run_id) == {
+        "evaluation/test_metrics.json", "evaluation/per_class_metrics.json",
+        "evaluation/misclassified_test.csv", "evaluation/predictions_test.csv",
+        "evaluation/test_predicted_vs_true.png", "evaluation/calibration.json",
+    }  # fmt: skip
+    rated_metrics = client.get_run(regression.run_id).data.metrics
+    assert rated_metrics == pytest.approx(
+        {
+            **task_for(numbers).flat(rated["test"], "test"),
+            **task_for(numbers).flat(rated["test"], "baseline"),
+            "test/ece": 0.3,
+        }
+    )
+    (axes,) = figures["evaluation/test_predicted_vs_true.png"].axes
+    (points,) = axes.collections
+    np.testing.assert_array_equal(points.get_offsets(), np.column_stack([targets, predicted]))
+    assert artifact_paths(client, other.run_id) == {"checkpoints/best.safetensors"}
+    kept = client.download_artifacts(other.run_id, "checkpoints/best.safetensors")
+    assert Path(kept).read_bytes() == b"best weights"
+    assert client.get_run(other.run_id).data.metrics == {}
+    expected = task.flat(reports["test"], "test") | task.flat(baseline["test"], "baseline")
+    assert expected["test/spam_recall"] == 0.5 and expected["baseline/spam_recall"] == 1.0
+    expected |= {"test/threshold": 0.6, "val/best_threshold": 0.45, "val/threshold_precision": 1}
     expected |= {"audit/rows": 40, "audit/label_issues": 1}
     expected |= {"audit/label_issues_train": 1, "audit/label_issues_val": 0}
-    for s, by_kind in found.scores.items():
-        calibrated = by_kind["calibrated"]
-        expected |= {f"{s}/{k}": calibrated[k] for k in ("ece", "ece_floor", "brier", "log_loss")
-                     if k in calibrated}  # fmt: skip
-        expected[f"{s}/ece_uncalibrated"] = by_kind["uncalibrated"]["ece"]
-    expected |= task.temperature_metrics(found.temperature)
-    expected |= {f"calibration/shift_{n}": c for n, c in found.shift.items()}
+    expected |= {"val/ece": 0.1, "val/ece_floor": 0.04, "val/brier": 0.15, "val/log_loss": 0.5}
+    expected |= {"test/ece": 0.12, "test/brier": 0.18, "test/log_loss": 0.55}
+    expected |= {"val/ece_uncalibrated": 0.3, "test/ece_uncalibrated": 0.35}
+    expected |= {"calibration/temperature": 1.25}
+    expected |= {"calibration/shift_spam": 0.5, "calibration/shift_ham": 0.0}
     assert metrics == pytest.approx(expected)
+    for key in metrics:
+        assert [m.step for m in client.get_metric_history(run.run_id, key)] == [0], key
     assert logged == {
         "evaluation/val_metrics.json", "evaluation/test_metrics.json",
         "evaluation/val_confusion_matrix.png", "evaluation/test_confusion_matrix.png",
@@ -376,16 +513,33 @@ def test_the_evaluation_in_the_mlflow_run(workspace: Path, monkeypatch) -> None:
         "evaluation/test_reliability.png", "evaluation/test_roc_curve.png",
         "evaluation/test_pr_curve.png", "audit/label_issues.json",
     }  # fmt: skip
-    test_report = client.download_artifacts(run.run_id, "evaluation/test_metrics.json")
-    assert json.loads(Path(test_report).read_text()) == json.loads(
-        json.dumps(evaluated.reports["test"])
-    )
-    calibration_report = client.download_artifacts(run.run_id, "evaluation/calibration.json")
-    assert json.loads(Path(calibration_report).read_text())["method"] == "platt"
-    table = json.loads(
-        Path(client.download_artifacts(run.run_id, "audit/label_issues.json")).read_text()
-    )
-    assert table["data"] == [["train", "a.csv", 3, "x", "ham", "spam", 0.1]]
+
+    def read(name: str) -> str:
+        return Path(client.download_artifacts(run.run_id, name)).read_text()
+
+    for s in ("val", "test"):
+        assert json.loads(read(f"evaluation/{s}_metrics.json")) == json.loads(
+            json.dumps(reports[s])
+        )
+    table = json.loads(read("evaluation/per_class_metrics.json"))
+    assert table == json.loads(json.dumps(task.per_class_table(reports)))
+    assert table["split"] == ["val", "val", "test", "test"]
+    assert read("evaluation/misclassified_test.csv") == paths.MISCLASSIFIED_TEST.read_text()
+    assert read("evaluation/predictions_test.csv") == paths.PREDICTIONS_TEST.read_text()
+    assert json.loads(read("evaluation/calibration.json")) == json.loads(json.dumps(found.report()))
+    issues_table = json.loads(read("audit/label_issues.json"))
+    assert issues_table["columns"] == list(contracts.LABEL_ISSUE_COLUMNS)
+    assert issues_table["data"] == [["train", "a.csv", 3, "x", "ham", "spam", 0.1]]
+    for name, x, title in (("roc", "fpr", "roc"), ("pr", "recall", "pr")):
+        (axes,) = figures[f"evaluation/test_{name}_curve.png"].axes
+        assert [line.get_label() for line in axes.get_lines()] == ["spam (test)"]
+        assert axes.get_xlabel() == x and axes.get_title() == title
+        (line,) = axes.get_lines()
+        points = curves[name]
+        assert list(line.get_xdata()) == list(points[x])
+        assert list(line.get_ydata()) == list(points[points.columns[-1]])
+    (axes, *_) = figures["evaluation/test_reliability.png"].axes
+    assert axes.get_title() == "test reliability"
 
 
 def test_a_policys_choice_and_the_calibration_go_into_the_evaluation() -> None:
@@ -453,6 +607,68 @@ def test_calibrate_fits_on_validation_and_scales_every_split() -> None:
         expected = torch.softmax(torch.tensor(logits[s], dtype=torch.float32), -1)
         np.testing.assert_allclose(probabilities[s], expected.numpy(), rtol=1e-6)
         assert set(found.scores[s]) == {"uncalibrated"}
+
+
+def test_platt_scales_and_shifts_every_split_and_draws_both_curves() -> None:
+    """platt: T and a shift per class fitted on val; each split's float32 probabilities the
+    softmax of logits / T + shift, the test reliability diagram of the logits as they are and
+    as calibrated."""
+    classes = Classes(("spam", "ham"), "spam")
+    rng = np.random.default_rng(1)
+    labels = {"val": rng.integers(0, 2, 60), "test": rng.integers(0, 2, 30)}
+    logits = {s: 2 * rng.normal(size=(len(y), 2)) + np.eye(2)[y] + 1.0 for s, y in labels.items()}
+    task = task_for(classes)
+    fitted, shift = task.fit_calibration("platt", logits["val"], labels["val"])
+    assert (shift != 0).any() and (fitted != 1).all()  # the test means something
+    probabilities, found = results.calibrate("platt", classes, labels, logits)
+    assert found.method == "platt" and found.temperature == task.temperature(fitted)
+    assert found.shift == {"spam": float(shift[0]), "ham": float(shift[1])}
+    for s in labels:
+        scaled = torch.tensor(logits[s] / fitted + shift, dtype=torch.float32)
+        assert probabilities[s].dtype == np.float32
+        np.testing.assert_allclose(probabilities[s], torch.softmax(scaled, -1).numpy(), rtol=1e-5)
+        assert found.scores[s] == {
+            "uncalibrated": task.calibration_scores(labels[s], logits[s], 1.0),
+            "calibrated": task.calibration_scores(labels[s], logits[s], fitted, shift),
+        }
+    curves = {
+        "uncalibrated": task.calibrated(logits["test"], 1.0),
+        "calibrated": task.calibrated(logits["test"], fitted, shift),
+    }
+    pd.testing.assert_frame_equal(found.reliability, task.reliability_frame(labels["test"], curves))
+    uncalibrated = results.calibrated_probabilities(task, logits["test"], np.ones(2))
+    assert uncalibrated.dtype == np.float32
+
+
+def test_a_label_calibration_cannot_fit_is_named(caplog) -> None:
+    """Multi-label platt: a label separated perfectly on validation keeps T = 1 and no shift,
+    and the log names it; one temperature for all the classes names none."""
+    classes = Classes(("clear", "noisy", "sure"), None, label_format="multi")
+    rng = np.random.default_rng(2)
+    targets = (rng.random((80, 3)) < 0.5).astype(np.float32)
+    logits = np.column_stack([8 * targets[:, 0] - 4, 2 * targets[:, 1] + rng.normal(size=80),
+                              6 * targets[:, 2] - 3])  # fmt: skip
+    split, given = {"val": targets, "test": targets}, {"val": logits, "test": logits}
+    with caplog.at_level("INFO", logger=results.log.name):
+        _, found = results.calibrate("platt", classes, split, given)
+    assert found.temperature["clear"] == found.temperature["sure"] == 1.0
+    assert found.shift["clear"] == found.shift["sure"] == 0.0
+    assert found.temperature["noisy"] != 1.0
+    assert caplog.messages == [
+        "evaluate.calibration: platt kept at T = 1 for clear, sure: on validation, one value or "
+        "separated perfectly, nothing to fit"
+    ]
+    caplog.clear()
+    separated = np.column_stack([np.full(6, 5.0), np.where(np.arange(6) < 3, 9.0, -9.0)])
+    labels = np.where(np.arange(6) < 3, 1, 0)
+    single = Classes(("ham", "spam"), "spam")
+    with caplog.at_level("INFO", logger=results.log.name):
+        results.calibrate("temperature", single, {"val": labels, "test": labels},
+                          {"val": separated, "test": separated})  # fmt: skip
+    assert caplog.messages == [
+        "evaluate.calibration: temperature kept at T = 1 for the classes: on validation, one "
+        "value or separated perfectly, nothing to fit"
+    ]
 
 
 def test_a_threshold_the_classes_cannot_take_is_refused_before_any_work() -> None:
