@@ -41,6 +41,17 @@ from spamgpt.runtime import Compute
 from spamgpt.tasks import metrics
 from spamgpt.tasks.registry import task_for
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The models are tiny: one thread trains them far faster than two handing each small op
+    back and forth (a step of 2 ms instead of 100 ms or more on a shared 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 CPU = torch.device("cpu")
 FP32_CPU = Compute(CPU, "fp32")
 PARAMS = TrainParams(
