@@ -148,6 +148,17 @@ def test_each_process_shards_every_world_size_th_item(monkeypatch: pytest.Monkey
     assert shares == [[0, 3, 6], [1, 4, 7], [2, 5]]
 
 
+def test_under_torchrun_each_process_takes_the_card_of_its_local_rank(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """(torch.device names a card without one being there: no GPU needed.)"""
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.process_device(torch.device("cuda")) == torch.device("cuda", 1)
+    assert distributed.backend(torch.device("cuda", 1)) == "nccl"
+    cpu = torch.device("cpu")
+    assert distributed.process_device(cpu) is cpu and distributed.backend(cpu) == "gloo"
+
+
 class Exec(Exception):
     """os.execv's arguments: the process it would have become."""
 
