@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from spamgpt.data.batching import ModelInputs, PackedSequences
@@ -33,7 +35,7 @@ from spamgpt.finetune.train import (
     lr_factor,
 )
 from spamgpt.labels import SMS, Classes
-from spamgpt.model import classifier
+from spamgpt.model import classifier, trunk
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.model.trunk import Split
 from spamgpt.params import TrainParams
@@ -374,15 +376,19 @@ def test_logged_metrics_and_progress_bar_follow_every_step(
     assert bar.bar.n == 6 and bar.bar.postfix == f"loss={state.steps[5][1]:.4f}"
 
 
-def test_a_training_step_reads_nothing_back_from_the_device() -> None:
+@pytest.mark.parametrize("static", [False, True], ids=["plain", "static"])
+def test_a_training_step_reads_nothing_back_from_the_device(static: bool) -> None:
     """Steps on the meta device, where tensors have shapes but no values: reading one back
-    (item(), tolist(), bool(), a NaN check), which on a GPU would wait for it, raises."""
+    (item(), tolist(), bool(), a NaN check), which on a GPU would wait for it, raises. The
+    static step's buffers are on the device too (a CPU tensor given the model would raise)."""
     meta = torch.device("meta")
     built = new_trainer()  # the test model, and what trains in it
     model = built.model.to(meta).train()
+    params = dataclasses.replace(PARAMS, cuda_graphs=static)
     trainer = Trainer(
-        model, list(built.trained), *trainer_splits(), SMS, PARAMS, Compute(meta, "fp32")
+        model, list(built.trained), *trainer_splits(), SMS, params, Compute(meta, "fp32")
     )
+    assert (trainer.static is not None) == static
     losses = [trainer.train_step(torch.arange(i, i + 4)) for i in range(0, 12, 4)]
     assert [(loss.device, loss.dtype, loss.shape) for loss in losses] == [
         (meta, torch.float64, torch.Size([]))
@@ -390,6 +396,9 @@ def test_a_training_step_reads_nothing_back_from_the_device() -> None:
     assert trainer.scheduler.last_epoch == 3  # three whole steps
     with pytest.raises(RuntimeError, match="meta"):
         losses[0].item()
+    if static:
+        buffers = [t for width in trainer.static.buffers.values() for t in width.values()]
+        assert buffers and {t.device for t in buffers} == {meta}
 
 
 def poison_weights(trainer: Trainer) -> None:
@@ -651,7 +660,21 @@ STATIC_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", [*STATIC_CASES, "multi-label"])
+def trunk_cache_trainer(params: TrainParams) -> Trainer:
+    """new_trainer's model and 70 messages, read as the trunk cache holds them: the hidden
+    states after the frozen first block (the static step's buffers of width x n_embd)."""
+    built = new_trainer(params, 70)
+    splits = [
+        Split(
+            ModelInputs(trunk.compute(built.model.gpt, s.inputs.sequences, 1, FP32_CPU), 1),
+            s.labels,
+        )
+        for s in (built.train_split, built.val_split)
+    ]
+    return Trainer(built.model, list(built.trained), *splits, SMS, params, FP32_CPU)
+
+
+@pytest.mark.parametrize("case", [*STATIC_CASES, "multi-label", "trunk cache"])
 def test_the_static_step_gives_the_plain_steps_losses_and_weights(case: str) -> None:
     """train.cuda_graphs true on a CPU: each update copied into its width's fixed-shape
     buffers (70 messages in updates of 8 or 12: each epoch ends with a short one, filled up
@@ -662,7 +685,11 @@ def test_the_static_step_gives_the_plain_steps_losses_and_weights(case: str) -> 
     runs = []
     for graphs in (False, True):
         params = dataclasses.replace(base, cuda_graphs=graphs)
-        built = multi_label_trainer(params) if case == "multi-label" else new_trainer(params, 70)
+        built = (
+            multi_label_trainer(params) if case == "multi-label"
+            else trunk_cache_trainer(params) if case == "trunk cache"
+            else new_trainer(params, 70)
+        )  # fmt: skip
         assert (built.static is not None) == graphs
         initial = built.trained_weights()
         runs.append((built, updates(built)))
@@ -987,3 +1014,19 @@ def test_the_static_steps_autocast_keeps_no_cast_weights_under_graphs() -> None:
             cast = train.StaticStep(trainer, graphs)._autocast()
             assert (cast.device, cast.fast_dtype) == ("cpu", dtype)
             assert cast._cache_enabled is not graphs
+
+
+def test_under_ddp_an_updates_first_batches_skip_the_all_reduce(tmp_path: Path) -> None:
+    """DDP's no_sync for every batch of an update but its last (a process group of one,
+    gloo, in this process); nothing to skip with one process and no DDP."""
+    trainer = new_trainer()
+    assert isinstance(trainer._no_sync(), contextlib.nullcontext)
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        trainer.forward_model = DistributedDataParallel(trainer.model)
+        with trainer._no_sync():
+            assert not trainer.forward_model.require_backward_grad_sync
+        assert trainer.forward_model.require_backward_grad_sync
+    finally:
+        dist.destroy_process_group()
