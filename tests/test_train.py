@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import io
 import math
+import os
 import re
 import signal
 import sys
@@ -1030,3 +1031,100 @@ def test_under_ddp_an_updates_first_batches_skip_the_all_reduce(tmp_path: Path) 
         assert trainer.forward_model.require_backward_grad_sync
     finally:
         dist.destroy_process_group()
+
+
+def in_two_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, work: Callable[[int], object]
+) -> list:
+    """work(rank) in this process as rank 0 and in a fork of it as rank 1, in a gloo group of
+    two (RANK and WORLD_SIZE as torchrun sets them): what each returned."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    store, report = str(tmp_path / "store"), tmp_path / "rank1.pt"
+    child = os.fork()
+    if child == 0:  # rank 1: saves what it returned, and never returns into pytest
+        code = 1
+        try:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(60)  # a collective that waits for ever (a bug) ends this process
+            os.environ["RANK"] = "1"
+            dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=1, world_size=2)
+            torch.save(work(1), report)
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=0, world_size=2)
+        mine = work(0)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return [mine, torch.load(report)]
+
+
+def test_the_global_loss_sum_adds_every_processes_and_any_signal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One all-reduce: the sum of both processes' loss sums (float64), and a signal in either
+    is a signal in both, so that they stop at the same step."""
+
+    def work(rank: int) -> list:
+        local = torch.tensor([1.5, 2.25][rank], requires_grad=True) * 1.0
+        sums = []
+        for signalled in ((False, True), (False, False)):
+            total, stop = train.global_loss_sum(local, signalled[rank])
+            sums.append((total.dtype, total.item(), total.requires_grad, stop))
+        return sums
+
+    expected = [(torch.float64, 3.75, False, True), (torch.float64, 3.75, False, False)]
+    assert in_two_processes(tmp_path, monkeypatch, work) == [expected, expected]
+
+
+def gradients_stepped(trainer: Trainer) -> list[dict[str, torch.Tensor]]:
+    """The trained parameters' gradients as the optimizer sees them at each step (clipped)."""
+    seen = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda optimizer, args, kwargs: seen.append(
+            {n: p.grad.clone() for n, p in trainer.trained.items()}
+        )
+    )
+    return seen
+
+
+def test_two_processes_update_as_one_on_the_same_global_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An update of 8 messages (2 accumulated batches of 4), each process taking every other
+    message of each batch under DDP: the loss, gradients (DDP's mean times the processes) and
+    weights of one process's update of the 8, to float rounding. SIGINT noted in rank 1 only
+    stops both (rank 0 takes SIGTERM)."""
+    params = dataclasses.replace(PARAMS, accumulation_steps=2, grad_clip=None)
+    indices = torch.arange(8)
+    alone, received = new_trainer(params), [new_trainer(params) for _ in range(2)]
+    initial, gradients = alone.trained_weights(), gradients_stepped(alone)
+    loss = alone.train_step(indices).item()
+
+    def work(rank: int) -> tuple:
+        trainer = new_trainer(params)
+        assert isinstance(trainer.forward_model, DistributedDataParallel)
+        seen = gradients_stepped(trainer)
+        if rank == 1:
+            trainer.pending.signal = signal.SIGINT
+        step_loss = trainer.train_step(indices).item()
+        return step_loss, int(trainer.pending.signal), seen, trainer.trained_weights()
+
+    ranks = in_two_processes(tmp_path, monkeypatch, work)
+    assert [r[0] for r in ranks] == pytest.approx([loss, loss], rel=1e-6)
+    assert [r[1] for r in ranks] == [signal.SIGTERM.value, signal.SIGINT.value]
+    moved = max(float((w - initial[n]).abs().max()) for n, w in ranks[0][3].items())
+    assert moved > 1e-3  # the step moved the weights: the comparison means something
+    for (_, _, (seen,), weights), process in zip(ranks, received, strict=True):
+        for name, gradient in gradients[0].items():
+            torch.testing.assert_close(seen[name], gradient, rtol=1e-5, atol=1e-7, msg=name)
+        with torch.no_grad():
+            for name, parameter in process.trained.items():
+                parameter.copy_(weights[name])
+        assert_same_weights(process, alone, steps=1)
