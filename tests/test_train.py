@@ -161,6 +161,9 @@ class Record(Hook):
     def on_epoch_end(self, state: State) -> None:
         self.events.append(("end", state.epoch))
 
+    def on_fit_end(self, state: State) -> None:
+        self.events.append(("fit end", state.step, state.finished))
+
 
 def test_fit_calls_the_hooks_and_keeps_the_best_epoch(tmp_path: Path) -> None:
     trainer, record = new_trainer(), Record()
@@ -172,6 +175,7 @@ def test_fit_calls_the_hooks_and_keeps_the_best_epoch(tmp_path: Path) -> None:
     ]
     assert [e[1] for e in record.events if e[0] == "step"] == list(range(1, 3 * 16 + 1))
     assert [e[1] for e in record.events if e[0] == "end"] == [1, 2, 3]
+    assert record.events[-1] == ("fit end", 48, True)
     assert state.finished and state.step == 48 and len(state.history) == 3
     best = max(state.history, key=lambda h: (h["val/spam_f1"], -h["val/loss"]))
     assert state.history[state.best_evaluation - 1] == best
@@ -237,6 +241,8 @@ def test_eval_every_evaluates_and_saves_every_n_steps_and_after_the_last() -> No
     assert [(h["epoch"], h["step"]) for h in state.history] == evaluations
     assert [e[1:3] for e in record.events if e[0] == "evaluation"] == evaluations
     assert [e for e in record.events if e[0] == "end"] == [("end", 1), ("end", 2)]
+    # each epoch starts once, though its steps are trained in 3 or 4 runs between evaluations
+    assert [e for e in record.events if e[0] == "start"] == [("start", 0, 16), ("start", 1, 16)]
     assert log.saves == [(step, step == 32) for _, step in evaluations]
 
     log = SaveLog()
