@@ -229,12 +229,29 @@ def test_fit_saves_once_an_epoch_the_last_one_finished(epochs: int, patience: in
     assert state.finished
 
 
-def test_eval_every_evaluates_and_saves_every_n_steps_and_after_the_last() -> None:
+class Clock:
+    """train's time.perf_counter: one second later at every reading."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_eval_every_evaluates_and_saves_every_n_steps_and_after_the_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Evaluations every 5 of 2 x 16 steps, and after the last; patience counts evaluations
-    (lr 1e-9: nothing improves the first by much), and stops mid-epoch."""
+    (lr 1e-9: nothing improves the first by much), and stops mid-epoch. The training time is
+    the sum of each run of steps (8: up to each evaluation or epoch's end), validation left out
+    (a clock that reads one second more at each reading)."""
     params = dataclasses.replace(PARAMS, epochs=2, eval_every=5, patience=10)
     log, record = SaveLog(), Record()
+    monkeypatch.setattr(train, "time", Clock())
     state = new_trainer(dataclasses.replace(params, select_metric="val_loss")).fit(log, (record,))
+    assert state.train_seconds == 8.0
     losses = [h["val/loss"] for h in state.history]
     assert state.best_evaluation == 1 + losses.index(min(losses))
     evaluations = [(1, 5), (1, 10), (1, 15), (2, 20), (2, 25), (2, 30), (2, 32)]
