@@ -910,6 +910,8 @@ def test_an_evaluation_entry_is_the_epochs_figures_so_far() -> None:
         **task_for(SMS).flat(report, "val"),
     }  # fmt: skip
     assert train.evaluation_entry(State(), 0.1, report, SMS)["train/epoch_loss"] == 0.0
+    one = State(epoch_loss_sum=0.75, epoch_samples=1)  # one message trained so far
+    assert train.evaluation_entry(one, 0.1, report, SMS)["train/epoch_loss"] == 0.75
 
 
 def test_graph_mode_says_why_not_in_one_line(
