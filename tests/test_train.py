@@ -548,6 +548,21 @@ def test_gradients_are_clipped_to_train_grad_clip_before_the_step() -> None:
     assert norms[1e3] == pytest.approx(norms[None], rel=1e-6)
 
 
+def test_fp16_gradients_are_unscaled_before_they_are_clipped() -> None:
+    """fp16's loss scaling (a GradScaler, also on the CPU) multiplies the gradients by 65536:
+    they are divided back before clipping, so the optimizer sees grad_clip's norm."""
+    built = new_trainer()
+    params = dataclasses.replace(PARAMS, grad_clip=1e-3, precision="fp16")
+    trainer = Trainer(
+        built.model, list(built.trained), *trainer_splits(), SMS, params, Compute(CPU, "fp16")
+    )
+    assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() == 65536.0
+    seen = gradients_stepped(trainer)
+    trainer.train_step(uneven_batch(trainer.train_split))
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in seen[0].values()]))
+    assert float(norm) == pytest.approx(1e-3, rel=1e-3)
+
+
 def test_the_best_evaluation_is_the_best_val_f1_then_the_lowest_val_loss() -> None:
     """Four validations of a model that gives every message the same spam probability p
     (zero head weights, a bias): p = 0.51 labels all spam (some F1); 0.3 all ham (F1 0, but
