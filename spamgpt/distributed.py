@@ -56,11 +56,24 @@ def setup(device: torch.device) -> torch.device:
     log.info("rank %d of %d", rank(), world_size())
     if world_size() == 1:
         return device
+    device = process_device(device)
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group(backend(device))
     return device
+
+
+def process_device(device: torch.device) -> torch.device:
+    """Under torchrun: on CUDA, the card of this process's LOCAL_RANK (one card each);
+    elsewhere `device` itself."""
+    if device.type == "cuda":
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+def backend(device: torch.device) -> str:
+    """The process group's: nccl between CUDA cards, gloo on CPUs."""
+    return "nccl" if device.type == "cuda" else "gloo"
 
 
 def shard(items: Work) -> Work:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import io
 import math
+import os
 import re
 import signal
 import sys
@@ -15,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from spamgpt.data.batching import ModelInputs, PackedSequences
@@ -33,13 +36,24 @@ from spamgpt.finetune.train import (
     lr_factor,
 )
 from spamgpt.labels import SMS, Classes
-from spamgpt.model import classifier
+from spamgpt.model import classifier, trunk
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier, GPTConfig
 from spamgpt.model.trunk import Split
 from spamgpt.params import TrainParams
 from spamgpt.runtime import Compute
 from spamgpt.tasks import metrics
 from spamgpt.tasks.registry import task_for
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The models are tiny: one thread trains them far faster than two handing each small op
+    back and forth (a step of 2 ms instead of 100 ms or more on a shared 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 CPU = torch.device("cpu")
 FP32_CPU = Compute(CPU, "fp32")
@@ -147,6 +161,9 @@ class Record(Hook):
     def on_epoch_end(self, state: State) -> None:
         self.events.append(("end", state.epoch))
 
+    def on_fit_end(self, state: State) -> None:
+        self.events.append(("fit end", state.step, state.finished))
+
 
 def test_fit_calls_the_hooks_and_keeps_the_best_epoch(tmp_path: Path) -> None:
     trainer, record = new_trainer(), Record()
@@ -158,6 +175,7 @@ def test_fit_calls_the_hooks_and_keeps_the_best_epoch(tmp_path: Path) -> None:
     ]
     assert [e[1] for e in record.events if e[0] == "step"] == list(range(1, 3 * 16 + 1))
     assert [e[1] for e in record.events if e[0] == "end"] == [1, 2, 3]
+    assert record.events[-1] == ("fit end", 48, True)
     assert state.finished and state.step == 48 and len(state.history) == 3
     best = max(state.history, key=lambda h: (h["val/spam_f1"], -h["val/loss"]))
     assert state.history[state.best_evaluation - 1] == best
@@ -211,18 +229,37 @@ def test_fit_saves_once_an_epoch_the_last_one_finished(epochs: int, patience: in
     assert state.finished
 
 
-def test_eval_every_evaluates_and_saves_every_n_steps_and_after_the_last() -> None:
+class Clock:
+    """train's time.perf_counter: one second later at every reading."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_eval_every_evaluates_and_saves_every_n_steps_and_after_the_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Evaluations every 5 of 2 x 16 steps, and after the last; patience counts evaluations
-    (lr 1e-9: nothing improves the first by much), and stops mid-epoch."""
+    (lr 1e-9: nothing improves the first by much), and stops mid-epoch. The training time is
+    the sum of each run of steps (8: up to each evaluation or epoch's end), validation left out
+    (a clock that reads one second more at each reading)."""
     params = dataclasses.replace(PARAMS, epochs=2, eval_every=5, patience=10)
     log, record = SaveLog(), Record()
+    monkeypatch.setattr(train, "time", Clock())
     state = new_trainer(dataclasses.replace(params, select_metric="val_loss")).fit(log, (record,))
+    assert state.train_seconds == 8.0
     losses = [h["val/loss"] for h in state.history]
     assert state.best_evaluation == 1 + losses.index(min(losses))
     evaluations = [(1, 5), (1, 10), (1, 15), (2, 20), (2, 25), (2, 30), (2, 32)]
     assert [(h["epoch"], h["step"]) for h in state.history] == evaluations
     assert [e[1:3] for e in record.events if e[0] == "evaluation"] == evaluations
     assert [e for e in record.events if e[0] == "end"] == [("end", 1), ("end", 2)]
+    # each epoch starts once, though its steps are trained in 3 or 4 runs between evaluations
+    assert [e for e in record.events if e[0] == "start"] == [("start", 0, 16), ("start", 1, 16)]
     assert log.saves == [(step, step == 32) for _, step in evaluations]
 
     log = SaveLog()
@@ -363,15 +400,19 @@ def test_logged_metrics_and_progress_bar_follow_every_step(
     assert bar.bar.n == 6 and bar.bar.postfix == f"loss={state.steps[5][1]:.4f}"
 
 
-def test_a_training_step_reads_nothing_back_from_the_device() -> None:
+@pytest.mark.parametrize("static", [False, True], ids=["plain", "static"])
+def test_a_training_step_reads_nothing_back_from_the_device(static: bool) -> None:
     """Steps on the meta device, where tensors have shapes but no values: reading one back
-    (item(), tolist(), bool(), a NaN check), which on a GPU would wait for it, raises."""
+    (item(), tolist(), bool(), a NaN check), which on a GPU would wait for it, raises. The
+    static step's buffers are on the device too (a CPU tensor given the model would raise)."""
     meta = torch.device("meta")
     built = new_trainer()  # the test model, and what trains in it
     model = built.model.to(meta).train()
+    params = dataclasses.replace(PARAMS, cuda_graphs=static)
     trainer = Trainer(
-        model, list(built.trained), *trainer_splits(), SMS, PARAMS, Compute(meta, "fp32")
+        model, list(built.trained), *trainer_splits(), SMS, params, Compute(meta, "fp32")
     )
+    assert (trainer.static is not None) == static
     losses = [trainer.train_step(torch.arange(i, i + 4)) for i in range(0, 12, 4)]
     assert [(loss.device, loss.dtype, loss.shape) for loss in losses] == [
         (meta, torch.float64, torch.Size([]))
@@ -379,6 +420,9 @@ def test_a_training_step_reads_nothing_back_from_the_device() -> None:
     assert trainer.scheduler.last_epoch == 3  # three whole steps
     with pytest.raises(RuntimeError, match="meta"):
         losses[0].item()
+    if static:
+        buffers = [t for width in trainer.static.buffers.values() for t in width.values()]
+        assert buffers and {t.device for t in buffers} == {meta}
 
 
 def poison_weights(trainer: Trainer) -> None:
@@ -502,6 +546,21 @@ def test_gradients_are_clipped_to_train_grad_clip_before_the_step() -> None:
     assert norms[None] > 1e-2
     assert norms[1e-3] == pytest.approx(1e-3, rel=1e-4)
     assert norms[1e3] == pytest.approx(norms[None], rel=1e-6)
+
+
+def test_fp16_gradients_are_unscaled_before_they_are_clipped() -> None:
+    """fp16's loss scaling (a GradScaler, also on the CPU) multiplies the gradients by 65536:
+    they are divided back before clipping, so the optimizer sees grad_clip's norm."""
+    built = new_trainer()
+    params = dataclasses.replace(PARAMS, grad_clip=1e-3, precision="fp16")
+    trainer = Trainer(
+        built.model, list(built.trained), *trainer_splits(), SMS, params, Compute(CPU, "fp16")
+    )
+    assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() == 65536.0
+    seen = gradients_stepped(trainer)
+    trainer.train_step(uneven_batch(trainer.train_split))
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in seen[0].values()]))
+    assert float(norm) == pytest.approx(1e-3, rel=1e-3)
 
 
 def test_the_best_evaluation_is_the_best_val_f1_then_the_lowest_val_loss() -> None:
@@ -640,7 +699,21 @@ STATIC_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", [*STATIC_CASES, "multi-label"])
+def trunk_cache_trainer(params: TrainParams) -> Trainer:
+    """new_trainer's model and 70 messages, read as the trunk cache holds them: the hidden
+    states after the frozen first block (the static step's buffers of width x n_embd)."""
+    built = new_trainer(params, 70)
+    splits = [
+        Split(
+            ModelInputs(trunk.compute(built.model.gpt, s.inputs.sequences, 1, FP32_CPU), 1),
+            s.labels,
+        )
+        for s in (built.train_split, built.val_split)
+    ]
+    return Trainer(built.model, list(built.trained), *splits, SMS, params, FP32_CPU)
+
+
+@pytest.mark.parametrize("case", [*STATIC_CASES, "multi-label", "trunk cache"])
 def test_the_static_step_gives_the_plain_steps_losses_and_weights(case: str) -> None:
     """train.cuda_graphs true on a CPU: each update copied into its width's fixed-shape
     buffers (70 messages in updates of 8 or 12: each epoch ends with a short one, filled up
@@ -651,7 +724,11 @@ def test_the_static_step_gives_the_plain_steps_losses_and_weights(case: str) -> 
     runs = []
     for graphs in (False, True):
         params = dataclasses.replace(base, cuda_graphs=graphs)
-        built = multi_label_trainer(params) if case == "multi-label" else new_trainer(params, 70)
+        built = (
+            multi_label_trainer(params) if case == "multi-label"
+            else trunk_cache_trainer(params) if case == "trunk cache"
+            else new_trainer(params, 70)
+        )  # fmt: skip
         assert (built.static is not None) == graphs
         initial = built.trained_weights()
         runs.append((built, updates(built)))
@@ -848,6 +925,8 @@ def test_an_evaluation_entry_is_the_epochs_figures_so_far() -> None:
         **task_for(SMS).flat(report, "val"),
     }  # fmt: skip
     assert train.evaluation_entry(State(), 0.1, report, SMS)["train/epoch_loss"] == 0.0
+    one = State(epoch_loss_sum=0.75, epoch_samples=1)  # one message trained so far
+    assert train.evaluation_entry(one, 0.1, report, SMS)["train/epoch_loss"] == 0.75
 
 
 def test_graph_mode_says_why_not_in_one_line(
@@ -976,3 +1055,116 @@ def test_the_static_steps_autocast_keeps_no_cast_weights_under_graphs() -> None:
             cast = train.StaticStep(trainer, graphs)._autocast()
             assert (cast.device, cast.fast_dtype) == ("cpu", dtype)
             assert cast._cache_enabled is not graphs
+
+
+def test_under_ddp_an_updates_first_batches_skip_the_all_reduce(tmp_path: Path) -> None:
+    """DDP's no_sync for every batch of an update but its last (a process group of one,
+    gloo, in this process); nothing to skip with one process and no DDP."""
+    trainer = new_trainer()
+    assert isinstance(trainer._no_sync(), contextlib.nullcontext)
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        trainer.forward_model = DistributedDataParallel(trainer.model)
+        with trainer._no_sync():
+            assert not trainer.forward_model.require_backward_grad_sync
+        assert trainer.forward_model.require_backward_grad_sync
+    finally:
+        dist.destroy_process_group()
+
+
+def in_two_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, work: Callable[[int], object]
+) -> list:
+    """work(rank) in this process as rank 0 and in a fork of it as rank 1, in a gloo group of
+    two (RANK and WORLD_SIZE as torchrun sets them): what each returned."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    store, report = str(tmp_path / "store"), tmp_path / "rank1.pt"
+    child = os.fork()
+    if child == 0:  # rank 1: saves what it returned, and never returns into pytest
+        code = 1
+        try:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(60)  # a collective that waits for ever (a bug) ends this process
+            os.environ["RANK"] = "1"
+            dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=1, world_size=2)
+            torch.save(work(1), report)
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=0, world_size=2)
+        mine = work(0)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return [mine, torch.load(report)]
+
+
+def test_the_global_loss_sum_adds_every_processes_and_any_signal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One all-reduce: the sum of both processes' loss sums (float64), and a signal in either
+    is a signal in both, so that they stop at the same step."""
+
+    def work(rank: int) -> list:
+        local = torch.tensor([1.5, 2.25][rank], requires_grad=True) * 1.0
+        sums = []
+        for signalled in ((False, True), (False, False)):
+            total, stop = train.global_loss_sum(local, signalled[rank])
+            sums.append((total.dtype, total.item(), total.requires_grad, stop))
+        return sums
+
+    expected = [(torch.float64, 3.75, False, True), (torch.float64, 3.75, False, False)]
+    assert in_two_processes(tmp_path, monkeypatch, work) == [expected, expected]
+
+
+def gradients_stepped(trainer: Trainer) -> list[dict[str, torch.Tensor]]:
+    """The trained parameters' gradients as the optimizer sees them at each step (clipped)."""
+    seen = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda optimizer, args, kwargs: seen.append(
+            {n: p.grad.clone() for n, p in trainer.trained.items()}
+        )
+    )
+    return seen
+
+
+def test_two_processes_update_as_one_on_the_same_global_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An update of 8 messages (2 accumulated batches of 4), each process taking every other
+    message of each batch under DDP: the loss, gradients (DDP's mean times the processes) and
+    weights of one process's update of the 8, to float rounding. SIGINT noted in rank 1 only
+    stops both (rank 0 takes SIGTERM)."""
+    params = dataclasses.replace(PARAMS, accumulation_steps=2, grad_clip=None)
+    indices = torch.arange(8)
+    alone, received = new_trainer(params), [new_trainer(params) for _ in range(2)]
+    initial, gradients = alone.trained_weights(), gradients_stepped(alone)
+    loss = alone.train_step(indices).item()
+
+    def work(rank: int) -> tuple:
+        trainer = new_trainer(params)
+        assert isinstance(trainer.forward_model, DistributedDataParallel)
+        seen = gradients_stepped(trainer)
+        if rank == 1:
+            trainer.pending.signal = signal.SIGINT
+        step_loss = trainer.train_step(indices).item()
+        return step_loss, int(trainer.pending.signal), seen, trainer.trained_weights()
+
+    ranks = in_two_processes(tmp_path, monkeypatch, work)
+    assert [r[0] for r in ranks] == pytest.approx([loss, loss], rel=1e-6)
+    assert [r[1] for r in ranks] == [signal.SIGTERM.value, signal.SIGINT.value]
+    moved = max(float((w - initial[n]).abs().max()) for n, w in ranks[0][3].items())
+    assert moved > 1e-3  # the step moved the weights: the comparison means something
+    for (_, _, (seen,), weights), process in zip(ranks, received, strict=True):
+        for name, gradient in gradients[0].items():
+            torch.testing.assert_close(seen[name], gradient, rtol=1e-5, atol=1e-7, msg=name)
+        with torch.no_grad():
+            for name, parameter in process.trained.items():
+                parameter.copy_(weights[name])
+        assert_same_weights(process, alone, steps=1)
