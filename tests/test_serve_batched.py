@@ -481,3 +481,96 @@ def test_bad_batching_settings_are_refused(size: int, timeout: float, error: str
     with pytest.raises(SpamGPTError) as refused_:
         serve(Settings("nowhere", "nowhere"), 0, max_batch_size=size, batch_timeout=timeout)
     assert str(refused_.value) == error
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model folder, without an ONNX export."""
+    return tiny_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, dict]]:
+    """(server, run's arguments) of each LitServer that serve() builds and runs: its run,
+    which would block serving, only recorded (the tests above run it for real), and this
+    process's SIGTERM handler and OMP_WAIT_POLICY as they were, after the test."""
+    import litserve
+
+    recorded: list[tuple[object, dict]] = []
+    monkeypatch.setattr(litserve.LitServer, "run", lambda self, **how: recorded.append((self, how)))
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield recorded
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_serve_builds_one_cpu_worker_batching_behind_the_middleware(
+    model_folder: Path, runs: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spamgpt.serve.serve_batched import _interrupted
+
+    settings = settings_of(model_folder)
+    serve(settings, 5123, "127.0.0.2", max_batch_size=3, batch_timeout=0.25)
+    ((server, how),) = runs
+    assert how == {
+        "host": "127.0.0.2", "port": 5123, "generate_client_file": False, "log_level": "warning"
+    }  # fmt: skip
+    api = server.lit_api
+    assert isinstance(api, BatchedClassifier)
+    assert (api.settings, api.fields) == (settings, ONE_TEXT)
+    assert (api.max_batch_size, api.batch_timeout, api.api_path) == (3, 0.25, INVOCATIONS)
+    assert server.healthcheck_path == "/ping"
+    assert (RefuseBadRequests, {"fields": ONE_TEXT}) in server.middlewares
+    assert (server._connector.accelerator, server.devices) == ("cpu", ["cpu"])
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # read by the worker LitServe starts
+    assert signal.getsignal(signal.SIGTERM) is _interrupted
+    with pytest.raises(KeyboardInterrupt):
+        _interrupted(signal.SIGTERM, None)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the caller's own setting wins
+    serve(settings, 5124)
+    (server, how) = runs[1]
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert (how["host"], how["port"]) == ("127.0.0.1", 5124)
+    assert (server.lit_api.max_batch_size, server.lit_api.batch_timeout) == (16, 0.01)
+
+
+def test_serve_takes_the_flags_as_given(
+    model_folder: Path, runs: list, capsys: pytest.CaptureFixture
+) -> None:
+    spamgpt(["serve", "--model", str(model_folder), "--pretrained", "nowhere", "--threshold",
+             "0.7", "--device", "cpu", "--precision", "fp32", "--max-tokens", "512", "-p", "5125",
+             "--host", "127.0.0.3", "--max-batch-size", "4", "--batch-timeout", "0.5"],
+            model_folder)  # fmt: skip
+    ((server, how),) = runs
+    assert server.lit_api.settings == Settings(
+        str(model_folder), "nowhere", "cpu", "fp32", 0.7, 512, None
+    )
+    assert (how["host"], how["port"]) == ("127.0.0.3", 5125)
+    assert (server.lit_api.max_batch_size, server.lit_api.batch_timeout) == (4, 0.5)
+    with pytest.raises(SystemExit):
+        spamgpt(["serve", "--model", str(model_folder), "--threshold", "-0.1"], model_folder)
+    assert capsys.readouterr().err.startswith(
+        "spamgpt: error: --threshold must be between 0 and 1, got -0.1"
+    )
+    assert len(runs) == 1
+    if not runtime.fp16_allowed(torch.device("cpu")):  # refused before a worker starts
+        with pytest.raises(SpamGPTError, match=r"^--precision: fp16 on this CPU would be emu"):
+            serve(dataclasses.replace(settings_of(model_folder), precision="fp16"), 5126)
+        assert len(runs) == 1
+
+
+def test_serve_with_onnx_checks_the_graph_and_not_the_pytorch_flags(
+    folder: Path, runs: list, tmp_path: Path
+) -> None:
+    """--device and --precision are PyTorch's: with --onnx, one this machine lacks is not
+    looked at; the graph is, before anything starts."""
+    settings = dataclasses.replace(settings_of(folder, onnx=True), device=UNAVAILABLE)
+    serve(settings, 5127)
+    ((server, _),) = runs
+    assert server.lit_api.settings.onnx == str(folder.parent / "model.onnx")
+    (tmp_path / "text.onnx").write_text("not a graph")
+    with pytest.raises(SpamGPTError, match=r"^--onnx .*text.onnx: not a graph onnxruntime loads"):
+        serve(dataclasses.replace(settings, onnx=str(tmp_path / "text.onnx")), 5128)
+    assert len(runs) == 1
