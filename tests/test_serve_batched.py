@@ -279,8 +279,9 @@ REQUESTS = [["WIN a free prize now, txt"], ["see you", "at the station at 7", ""
 
 
 def test_a_batch_of_requests_gets_each_its_own_answers_whatever_its_batch_mates(
-    folder: Path, capsys: pytest.CaptureFixture
+    model_folder: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    folder = model_folder
     api = BatchedClassifier(settings_of(folder), ONE_TEXT, max_batch_size=8, batch_timeout=0.1)
     api.setup("cpu")
     together = api.predict(REQUESTS)
@@ -307,7 +308,8 @@ def test_a_batch_of_requests_gets_each_its_own_answers_whatever_its_batch_mates(
     assert api.decode_request({"inputs": ["a", "b"]}) == ["a", "b"]
 
 
-def test_without_batching_a_request_is_scored_alone(folder: Path) -> None:
+def test_without_batching_a_request_is_scored_alone(model_folder: Path) -> None:
+    folder = model_folder
     api = BatchedClassifier(settings_of(folder), ONE_TEXT, max_batch_size=1)
     api.setup("cpu")
     answers = api.predict(REQUESTS[1])  # LitServe hands over one request, unbatched
