@@ -568,11 +568,77 @@ def test_serve_with_onnx_checks_the_graph_and_not_the_pytorch_flags(
 ) -> None:
     """--device and --precision are PyTorch's: with --onnx, one this machine lacks is not
     looked at; the graph is, before anything starts."""
-    settings = dataclasses.replace(settings_of(folder, onnx=True), device=UNAVAILABLE)
-    serve(settings, 5127)
+    graph = folder.parent / "model.onnx"
+    spamgpt(["serve", "--model", str(folder), "--onnx", str(graph), "--device", UNAVAILABLE],
+            tmp_path)  # fmt: skip
     ((server, _),) = runs
-    assert server.lit_api.settings.onnx == str(folder.parent / "model.onnx")
+    assert server.lit_api.settings.onnx == str(graph)
     (tmp_path / "text.onnx").write_text("not a graph")
+    settings = dataclasses.replace(settings_of(folder, onnx=True), onnx=str(tmp_path / "text.onnx"))
     with pytest.raises(SpamGPTError, match=r"^--onnx .*text.onnx: not a graph onnxruntime loads"):
-        serve(dataclasses.replace(settings, onnx=str(tmp_path / "text.onnx")), 5128)
+        serve(settings, 5128)
     assert len(runs) == 1
+
+
+def light_model(root: Path) -> tuple[Path, Path]:
+    """(folder, pretrained root): a model folder holding its head only, as finetune saves a
+    model whose base is pretrained, and its base GPT-2 in the pretrained root."""
+    hub = make_hub(root / "hub", layers=2, dim=32, heads=4, n_ctx=64, revision="light")
+    pretrained = root / "pretrained"
+    shutil.copytree(hub, pretrained / "someone" / "light")
+    model = GPT2Classifier(GPT2.from_pretrained(hub), len(SMS))
+    torch.nn.init.normal_(model.head.weight, std=0.3)
+    m = params.load(REPO / "params.yaml").model
+    trained = ["head.weight", "head.bias"]
+    meta = classifier.classifier_meta(m, SMS, trained, 48, tokenizer.load(hub).eot_token)
+    meta.update(repo_id="someone/light", pretrained=True)
+    classifier.save(model, root / "light", meta, hub, full=False)
+    return root / "light", pretrained
+
+
+def test_a_light_model_is_served_with_its_base_from_pretrained(
+    tmp_path: Path, runs: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, pretrained = light_model(tmp_path)
+    monkeypatch.chdir(tmp_path)  # no models/pretrained here: --pretrained is read
+    serve(Settings(str(folder), str(pretrained), "cpu", "fp32"), 5129)
+    assert len(runs) == 1
+    engine = TorchEngine(Settings(str(folder), str(pretrained), "cpu", "fp32", THRESHOLD))
+    full, _ = classifier.load(folder, pretrained)
+    texts = ["WIN a free prize", "see you"]
+    probabilities, _ = classifier.classify_texts(full, engine.enc, texts, 48, engine.compute)
+    assert engine.answers(texts) == classifier.answers(probabilities, SMS, THRESHOLD)
+
+
+def test_the_middleware_replays_the_body_once_then_hands_on_the_client() -> None:
+    """A body in chunks, one without a body (ASGI's default b""), the last without
+    more_body (False): the app gets the same scope, the whole body once, then what the
+    client sends next."""
+    good = b'{"inputs": ["WIN"]}'
+    incoming = [
+        {"type": "http.request", "more_body": True},
+        {"type": "http.request", "body": good[:5], "more_body": True},
+        {"type": "http.request", "body": good[5:]},
+    ]
+    got: list = []
+
+    async def app(scope: dict, receive, send) -> None:
+        got.extend([scope, await receive(), await receive()])
+
+    async def receive() -> dict:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        raise AssertionError(f"the middleware answered {message}")
+
+    scope = {"type": "http", "path": INVOCATIONS, "method": "POST"}
+    asyncio.run(RefuseBadRequests(app, ONE_TEXT)(scope, receive, send))
+    assert got[0] is scope
+    assert got[1:] == [
+        {"type": "http.request", "body": good, "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+    got.clear()
+    other = {"type": "http", "path": "/ping", "method": "GET"}
+    asyncio.run(RefuseBadRequests(app, ONE_TEXT)(other, receive, send))
+    assert got[0] is other
