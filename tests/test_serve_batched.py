@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -52,6 +53,16 @@ REPO = Path(__file__).resolve().parents[1]
 THRESHOLD = 0.6
 UNAVAILABLE = "mps" if torch.cuda.is_available() else "cuda"  # a device this machine lacks
 WORDS = ["free", "prize", "call", "now", "see", "you", "at", "the", "station", "win", "txt"]
+
+
+@pytest.fixture(autouse=True)
+def torch_threads() -> Iterator[None]:
+    """torch's thread count back as it was after each test: the engine and classify set it to
+    every core (runtime.setup), and a process forked after OpenMP ran on several threads
+    (mutmut's run of each mutant) waits forever for them in its first parallel step."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_model(root: Path) -> Path:
