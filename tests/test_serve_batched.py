@@ -371,6 +371,7 @@ async def _through(body_chunks: list[bytes], path: str = INVOCATIONS, method: st
     await RefuseBadRequests(app, ONE_TEXT)(scope, receive, send)
     if not sent:
         return None, None
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
     headers = dict(sent[0].get("headers", []))
     body = sent[1]["body"]
     if sent[0]["status"] != 200:
