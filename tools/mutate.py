@@ -39,6 +39,7 @@ def mutate(
     show: bool,
     keyword: str | None,
     timeout_multiplier: float | None = None,
+    only: list[str] | None = None,
 ) -> None:
     """Runs in mutants/<module>/, a workspace linking every top-level entry the repo tracks."""
     from _pytest.nodes import Node
@@ -70,7 +71,8 @@ def mutate(
             results.exit_code_by_key[name] = None
     if results.exit_code_by_key:
         results.save()
-    mutmut_cli.cli(["run", "--max-children", str(max_children)], standalone_mode=False)
+    run = ["run", "--max-children", str(max_children), *(only or [])]
+    mutmut_cli.cli(run, standalone_mode=False)
 
     results = SourceFileMutationData(path=source)
     results.load()
@@ -109,10 +111,25 @@ def main() -> None:
         "mutmut's first run, plus 1 s (mutmut's default 15; more on a loaded machine, where a "
         "test's module fixture, timed with the first test only, also runs before the others)",
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="PATTERN",
+        help="check only these mutants (names or fnmatch patterns, as mutmut run takes them, "
+        "e.g. '*x_tokenizer_files*'), killed ones again too: the cheap functions of a module "
+        "first, when its slow tests would take the time",
+    )
     parser.add_argument("--in-workspace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_workspace:
-        mutate(args.modules[0], args.max_children, args.show, args.keyword, args.timeout_multiplier)
+        mutate(
+            args.modules[0],
+            args.max_children,
+            args.show,
+            args.keyword,
+            args.timeout_multiplier,
+            args.only,
+        )
         return
     # One thread per test process: the children are the parallelism. No PYTHONPATH: the tests
     # must import the mutated copy, not the checkout.
@@ -130,6 +147,7 @@ def main() -> None:
         command += ["-k", args.keyword] if args.keyword else []
         if args.timeout_multiplier is not None:
             command += ["--timeout-multiplier", str(args.timeout_multiplier)]
+        command += ["--only", *args.only] if args.only else []
         subprocess.run(command, cwd=workspace, env=env, check=True)
 
 
