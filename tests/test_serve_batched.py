@@ -620,6 +620,26 @@ def test_a_light_model_is_served_with_its_base_from_pretrained(
     texts = ["WIN a free prize", "see you"]
     probabilities, _ = classifier.classify_texts(full, engine.enc, texts, 48, engine.compute)
     assert engine.answers(texts) == classifier.answers(probabilities, SMS, THRESHOLD)
+    export.to_onnx(full, classifier.load(folder, pretrained)[1], tmp_path / "light.onnx")
+    onnx = OnnxEngine(Settings(str(folder), str(pretrained), threshold=THRESHOLD,
+                               onnx=str(tmp_path / "light.onnx")))  # fmt: skip
+    for answer, expected in zip(onnx.answers(texts), engine.answers(texts), strict=True):
+        assert_same(answer, expected)
+
+
+def test_the_engines_take_the_models_threshold_where_none_is_given(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No --threshold: evaluate's, from the working directory's reports/evaluation.json."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "evaluation.json").write_text(json.dumps({"threshold": 0.999}))
+    texts = [text for request in REQUESTS for text in request]
+    for onnx in (False, True):
+        settings = dataclasses.replace(settings_of(folder, onnx), threshold=None)
+        engine = OnnxEngine(settings) if onnx else TorchEngine(settings)
+        assert engine.threshold == 0.999
+        assert {a["label"] for a in engine.answers(texts)} == {"ham"}
 
 
 def test_the_middleware_replays_the_body_once_then_hands_on_the_client() -> None:
