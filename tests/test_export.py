@@ -820,7 +820,7 @@ def random_batch(pad: int, lengths: list[int], seed: int = 7) -> tuple[torch.Ten
     return ids, torch.tensor(lengths)
 
 
-def test_recorded_is_the_fields_cut_and_classes_and_mean_pooling_is_refused() -> None:
+def test_recorded_is_the_fields_cut_and_classes_and_a_mean_pooled_model_refused() -> None:
     meta = {"text_columns": ["subject", "body"], "text_template": "{subject}: {body}",
             "max_length": 40, "truncation": "head_tail", "head_ratio": 0.3,
             "labels": ("ham", "spam"), "pooling": "last"}  # fmt: skip
