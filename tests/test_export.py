@@ -879,6 +879,8 @@ def test_the_transformers_folder_answers_as_the_model_does(tiny, tmp_path: Path)
     ]  # fmt: skip
     for name in ("vocab.json", "merges.txt"):
         assert (dest / name).read_bytes() == (hub / name).read_bytes()
+    for name, content in export.tokenizer_files(meta, hub).items():
+        assert json.loads((dest / name).read_text(encoding="utf-8")) == content
     with safe_open(str(dest / "model.safetensors"), "pt") as f:
         assert f.metadata() == {"format": "pt"}
     hf = GPT2ForSequenceClassification.from_pretrained(dest).eval()
