@@ -967,6 +967,23 @@ def test_the_tokenizer_files_are_gpt2s_byte_level_bpe(tiny) -> None:
     assert auto(TEXTS[4], truncation=True)["input_ids"] == want[4][:UNIT_LENGTH]
 
 
+def test_the_tokenizer_files_read_gpt2s_vocabulary_as_utf8_whatever_the_locale(
+    tiny, tmp_path: Path, ascii_locale: None
+) -> None:
+    """vocab.json with its symbols as UTF-8 (not \\u escapes, as a hub may hold it) and
+    merges.txt, read under an ASCII locale."""
+    _, meta, hub = tiny
+    vocab = json.loads((hub / "vocab.json").read_bytes().decode("utf-8"))
+    raw = json.dumps(vocab, ensure_ascii=False).encode("utf-8")
+    assert not raw.isascii()  # byte-level BPE's symbols: 'Ġ', ...
+    (tmp_path / "vocab.json").write_bytes(raw)
+    shutil.copyfile(hub / "merges.txt", tmp_path / "merges.txt")
+    merges = (hub / "merges.txt").read_bytes().decode("utf-8").splitlines()[1:]
+    assert any(not line.isascii() for line in merges)
+    model = export.tokenizer_files(meta, tmp_path)["tokenizer.json"]["model"]
+    assert (model["vocab"], model["merges"]) == (vocab, [line.split(" ") for line in merges])
+
+
 def test_the_exporters_two_notices_and_only_they_are_silenced() -> None:
     import warnings
 

@@ -548,6 +548,8 @@ def test_serve_builds_one_cpu_worker_batching_behind_the_middleware(
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
     assert (how["host"], how["port"]) == ("127.0.0.1", 5124)
     assert (server.lit_api.max_batch_size, server.lit_api.batch_timeout) == (16, 0.01)
+    serve(settings, 5125, max_batch_size=1, batch_timeout=0)  # the least of each: taken
+    assert (runs[2][0].lit_api.max_batch_size, runs[2][0].lit_api.batch_timeout) == (1, 0)
 
 
 def test_serve_takes_the_flags_as_given(
