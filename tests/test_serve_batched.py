@@ -58,10 +58,17 @@ WORDS = ["free", "prize", "call", "now", "see", "you", "at", "the", "station", "
 @pytest.fixture(autouse=True)
 def torch_threads() -> Iterator[None]:
     """torch's thread count back as it was after each test: the engine and classify set it to
-    every core (runtime.setup), and a process forked after OpenMP ran on several threads
-    (mutmut's run of each mutant) waits forever for them in its first parallel step."""
+    every core (runtime.setup). Under tools/mutate.py (OMP_NUM_THREADS=1) the test also runs
+    on one core, so that they set one thread: a process forked (mutmut's run of a mutant)
+    after OpenMP ran on several threads waits forever for them in its next parallel step."""
     threads = torch.get_num_threads()
+    one_core = os.environ.get("OMP_NUM_THREADS") == "1" and hasattr(os, "sched_setaffinity")
+    if one_core:
+        cores = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(cores)})
     yield
+    if one_core:
+        os.sched_setaffinity(0, cores)
     torch.set_num_threads(threads)
 
 
