@@ -3,6 +3,7 @@ spamgpt's own prediction path (classifier.classify_texts), for every kind of fin
 the real transformers, tokenizers and onnxruntime load them, on a tiny random GPT-2."""
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -39,7 +40,7 @@ from spamgpt.data.tokenized import TokenizedSplit
 from spamgpt.errors import SpamGPTError
 from spamgpt.labels import Classes
 from spamgpt.model import classifier
-from spamgpt.model.gpt2 import GPT2Classifier
+from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.params import LoraParams, ModelParams
 from spamgpt.random_hub import hub_dir, make_hub
 from spamgpt.runtime import Compute
@@ -910,3 +911,627 @@ def test_an_int8_graphs_answer_is_the_same_alone_and_batched(
     per_batch = onnxruntime.InferenceSession(str(tmp_path / "tensor.onnx"))
     moved = scored(per_batch, texts) - np.concatenate([scored(per_batch, [t]) for t in texts])
     assert np.abs(moved).max() > 1e-3
+
+
+# In-process unit tests on a 1-block GPT-2 of width 32 built here (seconds, no pipeline): what
+# each step of the exports computes, against transformers, tokenizers and onnxruntime.
+
+UNIT_LENGTH = 16
+
+
+def tiny_classifier(
+    root: Path, classes: Classes = CLASSES, **meta: object
+) -> tuple[GPT2Classifier, dict, Path]:
+    """(model, classifier.json's meta, tokenizer folder): random weights, the head's and
+    ln_f's biases drawn too, so that a tensor or bias exported wrongly moves the answers."""
+    hub = make_hub(root / "hub", layers=1, dim=32, heads=4, n_ctx=32, revision="unit", seed=4,
+                   num_merges=60)  # fmt: skip
+    model = GPT2Classifier(
+        GPT2.from_pretrained(hub, dropout=0.1), len(classes), label_format=classes.label_format
+    ).eval()
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.5, generator=g)
+        model.head.bias.normal_(0, 1.0, generator=g)
+        model.gpt.ln_f.bias.normal_(0, 0.3, generator=g)
+    pad = tokenizer.load(hub).eot_token
+    m = params_module.parse(yaml.safe_load((REPO / "params.yaml").read_text())).model
+    info = classifier.classifier_meta(m, classes, [], UNIT_LENGTH, pad)
+    return model, {**info, "pretrained": False, **meta}, hub
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[GPT2Classifier, dict, Path]:
+    return tiny_classifier(tmp_path_factory.mktemp("tiny"))
+
+
+def random_batch(pad: int, lengths: list[int], seed: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded random token ids (pad: `pad`, never drawn) and their lengths."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.full((len(lengths), max(lengths)), pad, dtype=torch.int64)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(0, pad, (n,), generator=g)
+    return ids, torch.tensor(lengths)
+
+
+def test_recorded_is_the_fields_cut_and_classes_and_a_mean_pooled_model_refused() -> None:
+    meta = {"text_columns": ["subject", "body"], "text_template": "{subject}: {body}",
+            "max_length": 40, "truncation": "head_tail", "head_ratio": 0.3,
+            "labels": ("ham", "spam"), "pooling": "last"}  # fmt: skip
+    assert export.recorded(meta) == {
+        "text_columns": ["subject", "body"], "text_template": "{subject}: {body}",
+        "max_length": 40, "truncation": "head_tail", "head_ratio": 0.3, "labels": ["ham", "spam"],
+    }  # fmt: skip
+    export.check_representable(meta)  # last-token pooling: taken
+    with pytest.raises(SpamGPTError) as refused:
+        export.check_representable({**meta, "pooling": "mean"})
+    assert str(refused.value) == (
+        "model.pooling is 'mean': transformers' GPT2ForSequenceClassification reads the last "
+        "real token only; train with model.pooling: last, or export --to onnx"
+    )
+
+
+@torch.no_grad()
+def test_the_folded_head_gives_the_heads_logits_without_a_bias(tiny) -> None:
+    model, _, _ = tiny
+    weight, beta = export.folded_head(model)
+    assert weight.dtype == beta.dtype == torch.float32
+    assert torch.equal(weight, model.head.weight)
+    h = torch.randn(5, 32, generator=torch.Generator().manual_seed(1))
+    g, eps = model.gpt.ln_f.weight, model.gpt.ln_f.eps
+    ours = model.head(model.gpt.ln_f(h))
+    folded = torch.nn.functional.layer_norm(h, (32,), g, beta, eps) @ weight.T
+    torch.testing.assert_close(folded, ours, rtol=0, atol=1e-5)
+    assert (beta - model.gpt.ln_f.bias).abs().max() > 0.1  # the bias did move into ln_f
+
+
+@torch.no_grad()
+def test_a_dependent_head_is_refused_with_its_residual(tiny) -> None:
+    model = copy.deepcopy(tiny[0])
+    model.head.weight[2] = model.head.weight[0] * 2
+    model.head.bias.copy_(torch.tensor([0.1, 0.2, 0.3]))
+    with pytest.raises(SpamGPTError) as refused:
+        export.folded_head(model)
+    assert re.fullmatch(
+        r"head\.weight's rows are linearly dependent: its bias cannot be folded into ln_f "
+        r"\(residual 0\.\d+\), so transformers' bias-free score layer cannot hold it",
+        str(refused.value),
+    )
+
+
+@torch.no_grad()
+def test_the_transformers_folder_answers_as_the_model_does(tiny, tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from transformers import GPT2ForSequenceClassification
+
+    model, meta, hub = tiny
+    dest = tmp_path / "new" / "hf"
+    export.to_transformers(model, meta, hub, dest)
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "config.json", "merges.txt", "model.safetensors", "special_tokens_map.json",
+        "tokenizer.json", "tokenizer_config.json", "vocab.json",
+    ]  # fmt: skip
+    for name in ("vocab.json", "merges.txt"):
+        assert (dest / name).read_bytes() == (hub / name).read_bytes()
+    for name, content in export.tokenizer_files(meta, hub).items():
+        assert json.loads((dest / name).read_text(encoding="utf-8")) == content
+    with safe_open(str(dest / "model.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    hf = GPT2ForSequenceClassification.from_pretrained(dest).eval()
+    state = export.transformers_state(model)
+    assert set(state) == set(hf.state_dict())
+    assert all(t.dtype == torch.float32 and t.is_contiguous() for t in state.values())
+    c_attn = model.gpt.h[0].attn.c_attn.weight
+    assert torch.equal(state["transformer.h.0.attn.c_attn.weight"], c_attn.T)
+    assert torch.equal(state["transformer.wte.weight"], model.gpt.wte.weight)
+    ids, lengths = random_batch(meta["pad_id"], [5, 16, 1, 9])
+    got = hf(input_ids=ids).logits
+    torch.testing.assert_close(got, model(ids, lengths), rtol=0, atol=1e-5)
+
+
+def test_the_transformers_config_is_gpt2s_with_the_classes(tiny) -> None:
+    model, meta, _ = tiny
+    pad = meta["pad_id"]
+    assert export.transformers_config(model, meta) == {
+        "architectures": ["GPT2ForSequenceClassification"], "model_type": "gpt2",
+        "activation_function": "gelu_new", "n_layer": 1, "n_head": 4, "n_embd": 32,
+        "n_positions": 32, "n_ctx": 32, "n_inner": None, "vocab_size": pad + 1,
+        "layer_norm_epsilon": 1e-05, "attn_pdrop": 0.1, "embd_pdrop": 0.1, "resid_pdrop": 0.1,
+        "scale_attn_weights": True, "bos_token_id": pad, "eos_token_id": pad,
+        "pad_token_id": pad, "id2label": {"0": "ham", "1": "spam", "2": "promo"},
+        "label2id": {"ham": 0, "spam": 1, "promo": 2},
+        "problem_type": "single_label_classification", "dtype": "float32",
+        "spamgpt": {"text_columns": ["text"], "text_template": None, "max_length": UNIT_LENGTH,
+                    "truncation": "head", "head_ratio": 0.25, "labels": ["ham", "spam", "promo"]},
+    }  # fmt: skip
+    labels = Classes(("a", "b", "c"), None, "multi")
+    multi = export.transformers_config(model, {**meta, **labels.to_dict()})
+    assert multi["problem_type"] == "multi_label_classification"
+
+
+def test_the_tokenizer_files_are_gpt2s_byte_level_bpe(tiny) -> None:
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    _, meta, hub = tiny
+    files = export.tokenizer_files(meta, hub)
+    vocab = json.loads((hub / "vocab.json").read_text(encoding="utf-8"))
+    merges = (hub / "merges.txt").read_text(encoding="utf-8").splitlines()
+    fast = copy.deepcopy(files["tokenizer.json"])
+    assert merges[0] == "#version: 0.2"
+    assert fast["model"].pop("vocab") == vocab
+    assert fast["model"].pop("merges") == [line.split(" ") for line in merges[1:]]
+    eot = {"id": meta["pad_id"], "content": "<|endoftext|>", "single_word": False,
+           "lstrip": False, "rstrip": False, "normalized": False, "special": True}  # fmt: skip
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+    assert fast == {  # as in openai-community/gpt2's own tokenizer.json
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": [eot],
+        "normalizer": None, "pre_tokenizer": {**byte_level, "trim_offsets": True},
+        "post_processor": {**byte_level, "trim_offsets": False},
+        "decoder": {**byte_level, "trim_offsets": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                  "continuing_subword_prefix": "", "end_of_word_suffix": "", "fuse_unk": False,
+                  "byte_fallback": False, "ignore_merges": False},
+    }  # fmt: skip
+    special = {k: "<|endoftext|>" for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    assert files["special_tokens_map.json"] == special
+    assert files["tokenizer_config.json"] == {
+        "tokenizer_class": "GPT2Tokenizer", **special, "add_prefix_space": False,
+        "add_bos_token": False, "model_max_length": UNIT_LENGTH, "padding_side": "right",
+        "truncation_side": "right", "clean_up_tokenization_spaces": False,
+    }  # fmt: skip
+    without = {k: v for k, v in meta.items() if k != "truncation"}
+    cuts = [{"truncation": "head"}, {"truncation": "tail"}, {"truncation": "head_tail"}, {}]
+    sides = [
+        export.tokenizer_files({**without, **cut}, hub)["tokenizer_config.json"] for cut in cuts
+    ]
+    assert [side["truncation_side"] for side in sides] == ["right", "left", "right", "right"]
+    # What the files do: spamgpt's ids, and <|endoftext|> as one special token.
+    enc = tokenizer.load(hub)
+    with_eot = [*TEXTS, "the end<|endoftext|>"]
+    loaded = Tokenizer.from_str(json.dumps(files["tokenizer.json"]))
+    want = [*enc.encode_ordinary_batch(TEXTS), [*enc.encode_ordinary("the end"), meta["pad_id"]]]
+    assert [e.ids for e in loaded.encode_batch(with_eot)] == want
+    assert loaded.decode(want[0]) == TEXTS[0]
+    folder = Path(hub).parent / "tokenizer-only"
+    folder.mkdir(exist_ok=True)
+    for name, content in files.items():
+        (folder / name).write_text(json.dumps(content), encoding="utf-8")
+    auto = AutoTokenizer.from_pretrained(folder)
+    assert auto(TEXTS[4], truncation=True)["input_ids"] == want[4][:UNIT_LENGTH]
+
+
+def test_the_tokenizer_files_read_gpt2s_vocabulary_as_utf8_whatever_the_locale(
+    tiny, tmp_path: Path, ascii_locale: None
+) -> None:
+    """vocab.json with its symbols as UTF-8 (not \\u escapes, as a hub may hold it) and
+    merges.txt, read under an ASCII locale."""
+    _, meta, hub = tiny
+    vocab = json.loads((hub / "vocab.json").read_bytes().decode("utf-8"))
+    raw = json.dumps(vocab, ensure_ascii=False).encode("utf-8")
+    assert not raw.isascii()  # byte-level BPE's symbols: 'Ġ', ...
+    (tmp_path / "vocab.json").write_bytes(raw)
+    shutil.copyfile(hub / "merges.txt", tmp_path / "merges.txt")
+    merges = (hub / "merges.txt").read_bytes().decode("utf-8").splitlines()[1:]
+    assert any(not line.isascii() for line in merges)
+    model = export.tokenizer_files(meta, tmp_path)["tokenizer.json"]["model"]
+    assert (model["vocab"], model["merges"]) == (vocab, [line.split(" ") for line in merges])
+
+
+def test_the_exporters_two_notices_and_only_they_are_silenced() -> None:
+    import warnings
+
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    registration.addHandler(handler)
+    leaf = "`isinstance(treespec, LeafSpec)` is deprecated, use ..."
+    try:
+        with warnings.catch_warnings(record=True) as shown:
+            warnings.simplefilter("always")
+            with export.quiet_exporter():
+                registration.warning("torchvision is not installed. Skipping torchvision::nms")
+                registration.warning("not torchvision is not installed. Skipping torchvision::")
+                warnings.warn(leaf, FutureWarning, stacklevel=1)
+                warnings.warn(leaf, DeprecationWarning, stacklevel=1)
+                warnings.warn("another FutureWarning", FutureWarning, stacklevel=1)
+            registration.warning("torchvision is not installed. Skipping torchvision::roi")
+    finally:
+        registration.removeHandler(handler)
+    assert seen == [
+        "not torchvision is not installed. Skipping torchvision::",
+        "torchvision is not installed. Skipping torchvision::roi",  # the filter is gone
+    ]
+    assert [(w.category, str(w.message)) for w in shown] == [
+        (DeprecationWarning, leaf), (FutureWarning, "another FutureWarning")
+    ]  # fmt: skip
+    assert registration.filters == []
+
+
+@torch.no_grad()
+def test_the_graph_module_gives_each_tasks_probabilities(tmp_path: Path) -> None:
+    for classes, probabilities in [
+        (CLASSES, lambda logits: logits.softmax(-1)),
+        (Classes(("a", "b", "c"), None, "multi"), torch.sigmoid),
+    ]:
+        model, meta, _ = tiny_classifier(tmp_path / classes.label_format, classes)
+        ids, lengths = random_batch(meta["pad_id"], [3, 7])
+        got = export.ProbabilityGraph(model)(ids, lengths)
+        torch.testing.assert_close(got, probabilities(model(ids, lengths)), rtol=0, atol=0)
+
+
+def saved(model: GPT2Classifier, meta: dict, hub: Path, dest: Path) -> Path:
+    """`model` as a self-contained fine-tuned folder (every tensor)."""
+    classifier.save(model, dest, meta, hub, full=True)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(graph, what `spamgpt export --to onnx` printed) of the tiny model, saved as a folder,
+    into folders it creates; its weights exactly at the size kept inside the graph."""
+    model, meta, hub = tiny
+    root = tmp_path_factory.mktemp("tiny-onnx")
+    folder = saved(model, meta, hub, root / "finetuned")
+    dest = root / "new" / "deeper" / "model.onnx"
+    size = sum(p.numel() * 4 for p in model.parameters())
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.chdir(root)
+        patch.setattr(export, "ONNX_FILE_LIMIT", size)
+        cli.main(["export", "--to", "onnx", str(dest), "--model", str(folder)])
+    return dest, printed.getvalue()
+
+
+def onnx_answers(graph: Path, ids: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(graph))
+    return session.run(None, {"input_ids": ids.numpy(), "lengths": lengths.numpy()})[0]
+
+
+@torch.no_grad()
+def test_the_onnx_graph_gives_the_models_probabilities_on_any_batch(tiny, tiny_onnx) -> None:
+    import onnx
+    import onnxruntime
+
+    model, meta, _ = tiny
+    graph, printed = tiny_onnx
+    assert printed == f"{graph}: onnx export of {graph.parents[2] / 'finetuned'}\n"
+    assert sorted(p.name for p in graph.parent.iterdir()) == ["model.onnx"]  # weights inside
+    session = onnxruntime.InferenceSession(str(graph))
+    (ids_in, lengths_in), (out,) = session.get_inputs(), session.get_outputs()
+    assert (ids_in.name, ids_in.type, lengths_in.name, lengths_in.type, out.name) == (
+        "input_ids", "tensor(int64)", "lengths", "tensor(int64)", "probabilities"
+    )  # fmt: skip
+    assert all(isinstance(d, str) for d in [*ids_in.shape, lengths_in.shape[0], out.shape[0]])
+    recorded = session.get_modelmeta().custom_metadata_map["spamgpt"]
+    assert json.loads(recorded) == export.recorded(meta)
+    loaded = onnx.load(str(graph), load_external_data=False)
+    assert all(t.data_location == onnx.TensorProto.DEFAULT for t in loaded.graph.initializer)
+    for lengths in ([5, 16, 1, 9], [2], [UNIT_LENGTH] * 3):  # wider than the example's 8
+        ids, lengths = random_batch(meta["pad_id"], lengths)
+        want = model(ids, lengths).softmax(-1).numpy()
+        np.testing.assert_allclose(onnx_answers(graph, ids, lengths), want, rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_weights_over_the_limit_go_beside_the_graph(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One byte over: <file>.data beside it. The model is handed over in training mode, with
+    dropout: the graph is the model's evaluation all the same."""
+    import onnx
+
+    model, meta, _ = tiny
+    size = sum(p.numel() * 4 for p in model.parameters())
+    monkeypatch.setattr(export, "ONNX_FILE_LIMIT", size - 1)
+    training = copy.deepcopy(model).train()
+    export.to_onnx(training, meta, tmp_path / "model.onnx")  # tmp_path exists
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    loaded = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in loaded.graph.initializer)
+    ids, lengths = random_batch(meta["pad_id"], [4, 11])
+    want = model(ids, lengths).softmax(-1).numpy()
+    got = onnx_answers(tmp_path / "model.onnx", ids, lengths)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_without_the_onnx_packages_the_export_says_what_to_install(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, meta, _ = tiny
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript: ImportError
+    with pytest.raises(SpamGPTError) as refused:
+        export.to_onnx(model, meta, tmp_path / "model.onnx")
+    assert str(refused.value) == (
+        "export --to onnx needs the onnx and onnxscript packages: pip install onnx onnxscript, "
+        'or pip install "spamgpt[export]"'
+    )
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.chdir(tmp_path)  # no test split either: onnxruntime is asked for first
+    with pytest.raises(SpamGPTError) as refused:
+        export.gated_int8(model, meta, tmp_path / "int8.onnx", 0.1, "m")
+    assert str(refused.value) == (
+        'export --quantize int8 needs onnxruntime: pip install "spamgpt[export]"'
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def matmul_graph(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """x (N, 8) -> MatMul w1 (in gpt.h.0.attn.c_attn) -> MatMul w2 (in gpt.h.1.mlp.c_fc),
+    name scopes recorded as torch's exporter records them. Returns (w1, w2)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(size=(8, 6)).astype(np.float32), rng.normal(size=(6, 4)).astype(np.float32)
+    nodes = []
+    for name, x, w, y, scope in [("m1", "x", "w1", "h", "model.gpt.h.0.attn.c_attn"),
+                                 ("m2", "h", "w2", "y", "model.gpt.h.1.mlp.c_fc")]:  # fmt: skip
+        node = helper.make_node("MatMul", [x, w], [y], name=name)
+        node.metadata_props.add(key=export.NAME_SCOPES, value=repr(["", "model", scope]))
+        nodes.append(node)
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return w1, w2
+
+
+def test_int8_quantizes_every_matmul_but_the_named_modules_ones(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime
+    from onnx import numpy_helper
+
+    w1, w2 = matmul_graph(tmp_path / "fp32.onnx")
+    x = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
+
+    def quantized(name: str, **how: object) -> tuple[dict, dict, np.ndarray]:
+        (tmp_path / name).mkdir()
+        dest = tmp_path / name / "int8.onnx"
+        report = export.quantize_int8(tmp_path / "fp32.onnx", dest, **how)
+        assert sorted(p.name for p in dest.parent.iterdir()) == ["int8.onnx"]
+        graph = onnx.load(str(dest)).graph
+        weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        nodes = {n.name: (n.op_type, [weights.get(i) for i in n.input]) for n in graph.node}
+        (y,) = onnxruntime.InferenceSession(str(dest)).run(None, {"x": x})
+        return report, nodes, y
+
+    report, nodes, y = quantized("default")
+    assert report == {
+        "method": "dynamic", "weight_type": "int8", "per_channel": True,
+        "float_modules": list(export.FLOAT_MODULES), "float_nodes": ["m1"],
+    }  # fmt: skip
+    assert nodes["m1"][0] == "MatMul" and np.array_equal(nodes["m1"][1][1], w1)
+    op, (_, weight, _, zero_point) = nodes["m2_quant"]
+    assert (op, weight.dtype, zero_point.shape) == ("MatMulInteger", np.int8, (4,))  # per channel
+    np.testing.assert_allclose(y, x @ w1 @ w2, rtol=0, atol=0.1)
+    assert not np.allclose(y, x @ w1 @ w2, rtol=0, atol=1e-6)  # int8: near, not equal
+
+    report, nodes, _ = quantized("per-tensor", per_channel=False, float_modules=())
+    assert (report["per_channel"], report["float_modules"], report["float_nodes"]) == (
+        False,
+        [],
+        [],
+    )
+    assert {n: op for n, (op, _) in nodes.items() if op == "MatMulInteger"} == {
+        "m1_quant": "MatMulInteger",
+        "m2_quant": "MatMulInteger",
+    }
+    assert nodes["m2_quant"][1][3].shape == ()  # one zero point for the tensor
+
+
+def test_the_gate_compares_the_selected_metric(tiny) -> None:
+    _, meta, _ = tiny
+    assert export.selected_metric(meta) == "spam_f1"  # the positive class's
+    assert export.selected_metric({**meta, "positive_label": None}) == "macro_f1"
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.2, 0.3, 0.5], [0.1, 0.8, 0.1]])
+    split = TokenizedSplit(
+        PackedSequences(torch.arange(3), torch.ones(3, dtype=torch.int64)),
+        torch.tensor([0, 1, 1]), torch.arange(3),
+    )  # fmt: skip
+    report = export.split_report(probabilities, split, meta, None)
+    assert report == task_for(CLASSES).report(np.array([0, 1, 1]), probabilities, None)
+    assert (report["accuracy"], report["spam"]["recall"]) == (pytest.approx(2 / 3), 0.5)
+
+
+SMS_CLASSES = Classes(("ham", "spam"), "spam")
+GATE_THRESHOLD = 0.4  # evaluate's, in the project's reports/evaluation.json
+
+
+def gate_project(root: Path) -> tuple[GPT2Classifier, dict, Path, TokenizedSplit]:
+    """A project as the pipeline leaves it, for the int8 gate: a tiny spam model in
+    models/finetuned, evaluate's threshold, and a test split of 60 random messages labelled
+    with the model's own answers at it (PyTorch scores 1.0: a drop is int8's)."""
+    model, meta, hub = tiny_classifier(root, SMS_CLASSES)
+    saved(model, meta, hub, root / paths.FINETUNED_DIR)
+    (root / paths.EVAL_REPORT).parent.mkdir(parents=True)
+    (root / paths.EVAL_REPORT).write_text(json.dumps({"threshold": GATE_THRESHOLD}))
+    g = torch.Generator().manual_seed(5)
+    lengths = torch.randint(1, UNIT_LENGTH + 1, (60,), generator=g)
+    ids = torch.randint(0, meta["pad_id"], (int(lengths.sum()),), generator=g)
+    inputs = ModelInputs(PackedSequences(ids, lengths), frozen_blocks=None)
+    with torch.no_grad():
+        probabilities = classifier.class_probabilities(model, inputs, FP32_CPU).numpy()
+    labels = task_for(SMS_CLASSES).decisions(probabilities, GATE_THRESHOLD)
+    assert 5 <= labels.sum() <= 55  # spam and ham to find
+    split = TokenizedSplit(inputs.sequences, torch.from_numpy(labels), torch.arange(60))
+    (root / paths.TOKENS_DIR).mkdir(parents=True)
+    tokenized.save(split, root / paths.tokens_file("test"))
+    return model, meta, root, split
+
+
+def test_the_int8_gate_reports_both_models_on_the_test_split_and_logs_them(
+    local_store: MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    """`spamgpt export --quantize int8` of models/finetuned, the project's run recorded: the
+    report holds both models' figures at evaluate's threshold, the same figures go to the
+    run, and one line says where."""
+    from spamgpt.serve.serving import onnx_probabilities
+
+    model, _, project, split = gate_project(tmp_path)
+    monkeypatch.chdir(project)
+    run_id = local_store.create_run(tracking.experiment_id("gate")).info.run_id
+    contracts.write_mlflow_run(run_id)
+    dest = Path("exports") / "int8.onnx"
+    cli.main(["export", "--to", "onnx", "--quantize", "int8", str(dest), "--model",
+              str(paths.FINETUNED_DIR), "--max-drop", "1"])  # fmt: skip
+    report = json.loads(paths.EXPORT_ONNX_INT8_REPORT.read_text())
+    import onnxruntime
+
+    inputs = ModelInputs(split.tokens, frozen_blocks=None)
+    int8 = onnx_probabilities(onnxruntime.InferenceSession(str(dest)), inputs)
+    with torch.no_grad():
+        fp32 = classifier.class_probabilities(model, inputs, FP32_CPU).numpy()
+    task, labels = task_for(SMS_CLASSES), split.labels.numpy()
+    expected = {}
+    for name, probabilities in [("pytorch_fp32", fp32), ("onnx_int8", int8)]:
+        figures = task.report(labels, probabilities, GATE_THRESHOLD)
+        expected[name] = {"spam_f1": figures["spam"]["f1"], "report": figures}
+    expected = json.loads(json.dumps(expected))
+    assert expected["pytorch_fp32"]["spam_f1"] == 1.0
+    drop = 1.0 - expected["onnx_int8"]["spam_f1"]
+    assert report.pop("quantization")["float_modules"] == list(export.FLOAT_MODULES)
+    assert report == {
+        "model": "models/finetuned", "split": "test", "messages": 60, "metric": "spam_f1",
+        "threshold": GATE_THRESHOLD, "max_drop": 1.0, "drop": drop, **expected,
+    }  # fmt: skip
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["int8.onnx"]
+    assert capsys.readouterr().out == (
+        f"{dest}: int8 onnx export of models/finetuned; test spam_f1 "
+        f"{expected['onnx_int8']['spam_f1']:.4f} (PyTorch fp32 1.0000), "
+        f"{paths.EXPORT_ONNX_INT8_REPORT}\n"
+    )
+    assert local_store.get_run(run_id).data.metrics == {
+        "export/pytorch_fp32/test_spam_f1": 1.0,
+        "export/onnx_int8/test_spam_f1": expected["onnx_int8"]["spam_f1"],
+        "export/onnx_int8/drop": drop,
+    }
+    logged = local_store.download_artifacts(run_id, "export/export_onnx_int8.json", str(tmp_path))
+    assert Path(logged).read_bytes() == paths.EXPORT_ONNX_INT8_REPORT.read_bytes()
+
+
+def test_the_gate_refuses_a_drop_over_max_drop_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, meta, project, _ = gate_project(tmp_path)
+    monkeypatch.chdir(project)
+    before = sorted(project.rglob("*"))
+    with pytest.raises(SpamGPTError) as refused:
+        export.gated_int8(model, meta, project / "new" / "deeper" / "int8.onnx", -0.5, "m")
+    assert re.fullmatch(
+        r"--max-drop -0\.5: the int8 ONNX model's test spam_f1 is \d\.\d{4}, the PyTorch "
+        r"model's 1\.0000 \(a drop of \d\.\d{4}\); nothing written",
+        str(refused.value),
+    )
+    assert sorted(project.rglob("*")) == before  # not a folder, not a temporary file
+
+
+def test_without_the_test_split_the_gate_says_to_run_the_pipeline(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, meta, _ = tiny
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpamGPTError) as refused:
+        export.gated_int8(model, meta, tmp_path / "out" / "int8.onnx", 0.1, "m")
+    assert str(refused.value) == (
+        "export --quantize int8 scores the model on the test split: "
+        "data/tokens/test.safetensors not found; run the pipeline (dvc repro) in this folder first"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_the_store_lacks_is_named_and_nothing_logged(local_store: MlflowClient) -> None:
+    unlogged = export.log_gate({"metric": "spam_f1"}, "0123456789abcdef")
+    assert unlogged is not None
+    assert unlogged.startswith("not logged to MLflow run 0123456789abcdef: ")
+    assert "\n" not in unlogged and len(unlogged) > len(
+        "not logged to MLflow run 0123456789abcdef: "
+    )
+
+
+def test_the_run_of_a_model_is_its_uris_or_the_workspaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert export.run_of("runs:/abc123/model") == "abc123"
+    assert export.run_of("runs:/abc123") == "abc123"
+    assert export.run_of("models/finetuned") is None  # no run recorded yet
+    contracts.write_mlflow_run("def456")
+    assert export.run_of("models/finetuned") == "def456"
+    assert export.run_of(str(tmp_path / "models" / "finetuned")) == "def456"
+    assert export.run_of("models/other") is None
+    assert export.run_of("models:/spam/1") is None
+
+
+@torch.no_grad()
+def test_the_served_graph_has_evaluates_calibration_folded_in(
+    tiny, local_store: MlflowClient
+) -> None:
+    """mlflow.serve's graph: none for pytorch; for onnx the model's probabilities at
+    evaluate's temperature and platt's shift, the model itself left as it was."""
+    model, meta, _ = tiny
+    run = tracking.Run(local_store.create_run(tracking.experiment_id("serve")).info.run_id)
+    with export.served_onnx(model, meta, "pytorch", run, 2.5) as graph:
+        assert graph is None
+    head = copy.deepcopy(model.head.state_dict())
+    shift = {"ham": 0.0, "spam": -1.3, "promo": 0.8}
+    ids, lengths = random_batch(meta["pad_id"], [4, 12, 1])
+    with export.served_onnx(model, meta, "onnx", run, 2.5, shift) as graph:
+        got = onnx_answers(graph, ids, lengths)
+    assert not graph.parent.exists()  # for the block's duration only
+    calibrated = copy.deepcopy(model)
+    classifier.fold_temperature(calibrated, 2.5, CLASSES, shift)
+    want = calibrated(ids, lengths).softmax(-1).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert not np.allclose(got, model(ids, lengths).softmax(-1).numpy(), atol=1e-2)
+    assert all(torch.equal(t, head[n]) for n, t in model.head.state_dict().items())
+    assert local_store.list_artifacts(run.run_id) == []
+
+
+@torch.no_grad()
+def test_mlflow_export_logs_each_format_asked_under_its_folder(
+    tiny, local_store: MlflowClient, tmp_path: Path
+) -> None:
+    model, meta, hub = tiny
+    runs = [local_store.create_run(tracking.experiment_id("exports")).info.run_id for _ in "ab"]
+    export.log_exports(tracking.Run(runs[0]), model, meta, hub, ["transformers", "onnx"])
+    export.log_exports(tracking.Run(runs[1]), model, meta, hub, ["transformers"])
+    files = ["config.json", "merges.txt", "model.safetensors", "special_tokens_map.json",
+             "tokenizer.json", "tokenizer_config.json", "vocab.json"]  # fmt: skip
+    for run_id, logged in zip(runs, [["onnx", "transformers"], ["transformers"]], strict=True):
+        assert [a.path for a in local_store.list_artifacts(run_id)] == logged
+        folder = [a.path for a in local_store.list_artifacts(run_id, "transformers")]
+        assert folder == [f"transformers/{name}" for name in files]
+    config = local_store.download_artifacts(runs[1], "transformers/config.json", str(tmp_path))
+    assert json.loads(Path(config).read_text()) == export.transformers_config(model, meta)
+    (graph,) = [a.path for a in local_store.list_artifacts(runs[0], "onnx")]
+    assert graph == "onnx/model.onnx"
+    graph = local_store.download_artifacts(runs[0], graph, str(tmp_path))
+    ids, lengths = random_batch(meta["pad_id"], [6, 2])
+    want = model(ids, lengths).softmax(-1).numpy()
+    np.testing.assert_allclose(onnx_answers(Path(graph), ids, lengths), want, rtol=0, atol=1e-5)
+
+
+def test_export_to_transformers_says_what_it_wrote(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    model, meta, hub = tiny
+    folder = saved(model, meta, hub, tmp_path / "finetuned")
+    monkeypatch.chdir(tmp_path)
+    cli.main(["export", "--to", "transformers", "hf", "--model", str(folder)])
+    assert capsys.readouterr().out == f"hf: transformers export of {folder}\n"
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["id2label"] == {"0": "ham", "1": "spam", "2": "promo"}
+    weights = export.transformers_state(model)["score.weight"]
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(tmp_path / "hf" / "model.safetensors")["score.weight"], weights)

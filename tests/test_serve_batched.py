@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -52,6 +53,23 @@ REPO = Path(__file__).resolve().parents[1]
 THRESHOLD = 0.6
 UNAVAILABLE = "mps" if torch.cuda.is_available() else "cuda"  # a device this machine lacks
 WORDS = ["free", "prize", "call", "now", "see", "you", "at", "the", "station", "win", "txt"]
+
+
+@pytest.fixture(autouse=True)
+def torch_threads() -> Iterator[None]:
+    """torch's thread count back as it was after each test: the engine and classify set it to
+    every core (runtime.setup). Under tools/mutate.py (OMP_NUM_THREADS=1) the test also runs
+    on one core, so that they set one thread: a process forked (mutmut's run of a mutant)
+    after OpenMP ran on several threads waits forever for them in its next parallel step."""
+    threads = torch.get_num_threads()
+    one_core = os.environ.get("OMP_NUM_THREADS") == "1" and hasattr(os, "sched_setaffinity")
+    if one_core:
+        cores = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(cores)})
+    yield
+    if one_core:
+        os.sched_setaffinity(0, cores)
+    torch.set_num_threads(threads)
 
 
 def tiny_model(root: Path) -> Path:
@@ -279,12 +297,15 @@ REQUESTS = [["WIN a free prize now, txt"], ["see you", "at the station at 7", ""
 
 
 def test_a_batch_of_requests_gets_each_its_own_answers_whatever_its_batch_mates(
-    folder: Path, capsys: pytest.CaptureFixture
+    model_folder: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    folder = model_folder
     api = BatchedClassifier(settings_of(folder), ONE_TEXT, max_batch_size=8, batch_timeout=0.1)
     api.setup("cpu")
+    began = time.perf_counter()
     together = api.predict(REQUESTS)
     alone = [api.predict([request])[0] for request in REQUESTS]
+    took = time.perf_counter() - began
     texts = [text for request in REQUESTS for text in request]
     expected = iter(classify(folder, texts, "fp32"))
     for request, answers, answers_alone in zip(REQUESTS, together, alone, strict=True):
@@ -301,15 +322,23 @@ def test_a_batch_of_requests_gets_each_its_own_answers_whatever_its_batch_mates(
         ["batch: 1 requests", "3 messages"],
         ["batch: 1 requests", "1 messages"],
     ]
-    for line in err:  # the call's seconds, then the worker's CPU seconds in it
-        wall, cpu = line.split(", ")[2:]
-        assert float(wall.removesuffix(" s")) >= 0 and float(cpu.removesuffix(" CPU s")) > 0
+    for line in err:  # the call's seconds (its own time, to 3 places), then the worker's CPU
+        wall, cpu = (float(f.split()[0]) for f in line.split(", ")[2:])
+        assert 0 <= wall <= took + 0.0005 and cpu > 0
+    pair = BatchedClassifier(settings_of(folder), ONE_TEXT, max_batch_size=2, batch_timeout=0.1)
+    pair.engine = api.engine  # batches of two requests: still a list of answers per request
+    paired = pair.predict(REQUESTS[:2])
+    assert [len(answers) for answers in paired] == [1, 3]
+    for answers, expected in zip(paired, together, strict=False):
+        for answer, e in zip(answers, expected, strict=True):
+            assert_same(answer, e)
     assert api.unbatch(together) is together and api.batch(REQUESTS) is REQUESTS
     assert api.encode_response(together[1]) == {"predictions": together[1]}
     assert api.decode_request({"inputs": ["a", "b"]}) == ["a", "b"]
 
 
-def test_without_batching_a_request_is_scored_alone(folder: Path) -> None:
+def test_without_batching_a_request_is_scored_alone(model_folder: Path) -> None:
+    folder = model_folder
     api = BatchedClassifier(settings_of(folder), ONE_TEXT, max_batch_size=1)
     api.setup("cpu")
     answers = api.predict(REQUESTS[1])  # LitServe hands over one request, unbatched
@@ -360,6 +389,7 @@ async def _through(body_chunks: list[bytes], path: str = INVOCATIONS, method: st
     await RefuseBadRequests(app, ONE_TEXT)(scope, receive, send)
     if not sent:
         return None, None
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
     headers = dict(sent[0].get("headers", []))
     body = sent[1]["body"]
     if sent[0]["status"] != 200:
@@ -451,6 +481,8 @@ def test_every_request_form_gives_the_texts_and_each_bad_one_its_line() -> None:
         (b'{"inputs": {"text": ["a"], "x": []}}', 400, "inputs must be a list of messages"),
         (b'{"dataframe_split": []}', 400, split),
         (b'{"dataframe_split": {"columns": ["text"]}}', 400, split),
+        (b'{"dataframe_split": {"columns": [1], "data": [[1]]}}', 400,
+         "dataframe_split: the columns must be names (strings)"),
         (b'{"dataframe_split": {"data": []}}', 400, split),
         (b'{"dataframe_split": {"columns": ["text"], "data": [["a", "b"]]}}', 400, row),
         (b'{"dataframe_split": {"columns": ["text"], "data": ["a"]}}', 400, row),
@@ -483,3 +515,184 @@ def test_bad_batching_settings_are_refused(size: int, timeout: float, error: str
     with pytest.raises(SpamGPTError) as refused_:
         serve(Settings("nowhere", "nowhere"), 0, max_batch_size=size, batch_timeout=timeout)
     assert str(refused_.value) == error
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model folder, without an ONNX export."""
+    return tiny_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, dict]]:
+    """(server, run's arguments) of each LitServer that serve() builds and runs: its run,
+    which would block serving, only recorded (the tests above run it for real), and this
+    process's SIGTERM handler and OMP_WAIT_POLICY as they were, after the test."""
+    import litserve
+
+    recorded: list[tuple[object, dict]] = []
+    monkeypatch.setattr(litserve.LitServer, "run", lambda self, **how: recorded.append((self, how)))
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield recorded
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_serve_builds_one_cpu_worker_batching_behind_the_middleware(
+    model_folder: Path, runs: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spamgpt.serve.serve_batched import _interrupted
+
+    settings = settings_of(model_folder)
+    serve(settings, 5123, "127.0.0.2", max_batch_size=3, batch_timeout=0.25)
+    ((server, how),) = runs
+    assert how == {
+        "host": "127.0.0.2", "port": 5123, "generate_client_file": False, "log_level": "warning"
+    }  # fmt: skip
+    api = server.lit_api
+    assert isinstance(api, BatchedClassifier)
+    assert (api.settings, api.fields) == (settings, ONE_TEXT)
+    assert (api.max_batch_size, api.batch_timeout, api.api_path) == (3, 0.25, INVOCATIONS)
+    assert server.healthcheck_path == "/ping"
+    assert (RefuseBadRequests, {"fields": ONE_TEXT}) in server.middlewares
+    assert (server._connector.accelerator, server.devices) == ("cpu", ["cpu"])
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # read by the worker LitServe starts
+    assert signal.getsignal(signal.SIGTERM) is _interrupted
+    with pytest.raises(KeyboardInterrupt):
+        _interrupted(signal.SIGTERM, None)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the caller's own setting wins
+    serve(settings, 5124)
+    (server, how) = runs[1]
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert (how["host"], how["port"]) == ("127.0.0.1", 5124)
+    assert (server.lit_api.max_batch_size, server.lit_api.batch_timeout) == (16, 0.01)
+    serve(settings, 5125, max_batch_size=1, batch_timeout=0)  # the least of each: taken
+    assert (runs[2][0].lit_api.max_batch_size, runs[2][0].lit_api.batch_timeout) == (1, 0)
+
+
+def test_serve_takes_the_flags_as_given(
+    model_folder: Path, runs: list, capsys: pytest.CaptureFixture
+) -> None:
+    spamgpt(["serve", "--model", str(model_folder), "--pretrained", "nowhere", "--threshold",
+             "0.7", "--device", "cpu", "--precision", "fp32", "--max-tokens", "512", "-p", "5125",
+             "--host", "127.0.0.3", "--max-batch-size", "4", "--batch-timeout", "0.5"],
+            model_folder)  # fmt: skip
+    ((server, how),) = runs
+    assert server.lit_api.settings == Settings(
+        str(model_folder), "nowhere", "cpu", "fp32", 0.7, 512, None
+    )
+    assert (how["host"], how["port"]) == ("127.0.0.3", 5125)
+    assert (server.lit_api.max_batch_size, server.lit_api.batch_timeout) == (4, 0.5)
+    with pytest.raises(SystemExit):
+        spamgpt(["serve", "--model", str(model_folder), "--threshold", "-0.1"], model_folder)
+    assert capsys.readouterr().err.startswith(
+        "spamgpt: error: --threshold must be between 0 and 1, got -0.1"
+    )
+    assert len(runs) == 1
+    if not runtime.fp16_allowed(torch.device("cpu")):  # refused before a worker starts
+        with pytest.raises(SpamGPTError, match=r"^--precision: fp16 on this CPU would be emu"):
+            serve(dataclasses.replace(settings_of(model_folder), precision="fp16"), 5126)
+        assert len(runs) == 1
+
+
+def test_serve_with_onnx_checks_the_graph_and_not_the_pytorch_flags(
+    folder: Path, runs: list, tmp_path: Path
+) -> None:
+    """--device and --precision are PyTorch's: with --onnx, one this machine lacks is not
+    looked at; the graph is, before anything starts."""
+    graph = folder.parent / "model.onnx"
+    spamgpt(["serve", "--model", str(folder), "--onnx", str(graph), "--device", UNAVAILABLE],
+            tmp_path)  # fmt: skip
+    ((server, _),) = runs
+    assert server.lit_api.settings.onnx == str(graph)
+    (tmp_path / "text.onnx").write_text("not a graph")
+    settings = dataclasses.replace(settings_of(folder, onnx=True), onnx=str(tmp_path / "text.onnx"))
+    with pytest.raises(SpamGPTError, match=r"^--onnx .*text.onnx: not a graph onnxruntime loads"):
+        serve(settings, 5128)
+    assert len(runs) == 1
+
+
+def light_model(root: Path) -> tuple[Path, Path]:
+    """(folder, pretrained root): a model folder holding its head only, as finetune saves a
+    model whose base is pretrained, and its base GPT-2 in the pretrained root."""
+    hub = make_hub(root / "hub", layers=2, dim=32, heads=4, n_ctx=64, revision="light")
+    pretrained = root / "pretrained"
+    shutil.copytree(hub, pretrained / "someone" / "light")
+    model = GPT2Classifier(GPT2.from_pretrained(hub), len(SMS))
+    torch.nn.init.normal_(model.head.weight, std=0.3)
+    m = params.load(REPO / "params.yaml").model
+    trained = ["head.weight", "head.bias"]
+    meta = classifier.classifier_meta(m, SMS, trained, 48, tokenizer.load(hub).eot_token)
+    meta.update(repo_id="someone/light", pretrained=True)
+    classifier.save(model, root / "light", meta, hub, full=False)
+    return root / "light", pretrained
+
+
+def test_a_light_model_is_served_with_its_base_from_pretrained(
+    tmp_path: Path, runs: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, pretrained = light_model(tmp_path)
+    monkeypatch.chdir(tmp_path)  # no models/pretrained here: --pretrained is read
+    serve(Settings(str(folder), str(pretrained), "cpu", "fp32"), 5129)
+    assert len(runs) == 1
+    engine = TorchEngine(Settings(str(folder), str(pretrained), "cpu", "fp32", THRESHOLD))
+    full, _ = classifier.load(folder, pretrained)
+    texts = ["WIN a free prize", "see you"]
+    probabilities, _ = classifier.classify_texts(full, engine.enc, texts, 48, engine.compute)
+    assert engine.answers(texts) == classifier.answers(probabilities, SMS, THRESHOLD)
+    export.to_onnx(full, classifier.load(folder, pretrained)[1], tmp_path / "light.onnx")
+    onnx = OnnxEngine(Settings(str(folder), str(pretrained), threshold=THRESHOLD,
+                               onnx=str(tmp_path / "light.onnx")))  # fmt: skip
+    for answer, expected in zip(onnx.answers(texts), engine.answers(texts), strict=True):
+        assert_same(answer, expected)
+
+
+def test_the_engines_take_the_models_threshold_where_none_is_given(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No --threshold: evaluate's, from the working directory's reports/evaluation.json."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "evaluation.json").write_text(json.dumps({"threshold": 0.999}))
+    texts = [text for request in REQUESTS for text in request]
+    for onnx in (False, True):
+        settings = dataclasses.replace(settings_of(folder, onnx), threshold=None)
+        engine = OnnxEngine(settings) if onnx else TorchEngine(settings)
+        assert engine.threshold == 0.999
+        assert {a["label"] for a in engine.answers(texts)} == {"ham"}
+
+
+def test_the_middleware_replays_the_body_once_then_hands_on_the_client() -> None:
+    """A body in chunks, one without a body (ASGI's default b""), the last without
+    more_body (False): the app gets the same scope, the whole body once, then what the
+    client sends next."""
+    good = b'{"inputs": ["WIN"]}'
+    incoming = [
+        {"type": "http.request", "more_body": True},
+        {"type": "http.request", "body": good[:5], "more_body": True},
+        {"type": "http.request", "body": good[5:]},
+    ]
+    got: list = []
+
+    async def app(scope: dict, receive, send) -> None:
+        got.extend([scope, await receive(), await receive()])
+
+    async def receive() -> dict:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        raise AssertionError(f"the middleware answered {message}")
+
+    scope = {"type": "http", "path": INVOCATIONS, "method": "POST"}
+    asyncio.run(RefuseBadRequests(app, ONE_TEXT)(scope, receive, send))
+    assert got[0] is scope
+    assert got[1:] == [
+        {"type": "http.request", "body": good, "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+    got.clear()
+    other = {"type": "http", "path": "/ping", "method": "GET"}
+    asyncio.run(RefuseBadRequests(app, ONE_TEXT)(other, receive, send))
+    assert got[0] is other

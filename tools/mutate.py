@@ -4,7 +4,6 @@
                                                 # tests/test_labels.py, then data/batching.py
     python tools/mutate.py --show labels        # also prints each survivor's diff
     python tools/mutate.py data -k "not split_stage"   # leaves out tests that run a stage
-    python tools/mutate.py params --mutant 'spamgpt.params.x__describe__*'  # those mutants only
 
 A test that starts a stage in a subprocess stops mutmut's first run (its stats: the
 subprocess, in a temporary folder, cannot find mutmut's settings); leave such tests out with
@@ -35,7 +34,12 @@ def equivalent_mutants() -> set[str]:
 
 
 def mutate(
-    module: str, max_children: int, show: bool, keyword: str | None, mutants: list[str]
+    module: str,
+    max_children: int,
+    show: bool,
+    keyword: str | None,
+    timeout_multiplier: float | None = None,
+    only: list[str] | None = None,
 ) -> None:
     """Runs in mutants/<module>/, a workspace linking every top-level entry the repo tracks."""
     from _pytest.nodes import Node
@@ -52,6 +56,8 @@ def mutate(
     config.pytest_add_cli_args_test_selection = [f"tests/test_{module.rpartition('.')[2]}.py"]
     if keyword:
         config.pytest_add_cli_args_test_selection += ["-k", keyword]
+    if timeout_multiplier is not None:
+        config.timeout_multiplier = timeout_multiplier
     # the tests read the repo's files too (params.yaml, dvc.yaml, docs): all of them are copied
     config.also_copy += [
         Path(name) for name in os.listdir(".") if name not in ("mutants", "spamgpt")
@@ -65,8 +71,7 @@ def mutate(
             results.exit_code_by_key[name] = None
     if results.exit_code_by_key:
         results.save()
-    # named mutants (fnmatch patterns): only those run, checked again even if killed before
-    run = ["run", "--max-children", str(max_children), *mutants]
+    run = ["run", "--max-children", str(max_children), *(only or [])]
     mutmut_cli.cli(run, standalone_mode=False)
 
     results = SourceFileMutationData(path=source)
@@ -100,15 +105,31 @@ def main() -> None:
     parser.add_argument("--show", action="store_true", help="print each survivor's diff")
     parser.add_argument("-k", dest="keyword", help="pytest -k: which of the tests to run")
     parser.add_argument(
-        "--mutant",
-        action="append",
-        default=[],
-        help="run only the mutants of this name (a pattern, * for any text); repeatable",
+        "--timeout-multiplier",
+        type=float,
+        help="a mutant's run is stopped (a timeout) after this many times its tests' time in "
+        "mutmut's first run, plus 1 s (mutmut's default 15; more on a loaded machine, where a "
+        "test's module fixture, timed with the first test only, also runs before the others)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="PATTERN",
+        help="check only these mutants (names or fnmatch patterns, as mutmut run takes them, "
+        "e.g. '*x_tokenizer_files*'), killed ones again too: the cheap functions of a module "
+        "first, when its slow tests would take the time",
     )
     parser.add_argument("--in-workspace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_workspace:
-        mutate(args.modules[0], args.max_children, args.show, args.keyword, args.mutant)
+        mutate(
+            args.modules[0],
+            args.max_children,
+            args.show,
+            args.keyword,
+            args.timeout_multiplier,
+            args.only,
+        )
         return
     # One thread per test process: the children are the parallelism. No PYTHONPATH: the tests
     # must import the mutated copy, not the checkout.
@@ -124,7 +145,9 @@ def main() -> None:
         command = [sys.executable, Path(__file__).resolve(), module, "--in-workspace"]
         command += ["--max-children", str(args.max_children)] + ["--show"] * args.show
         command += ["-k", args.keyword] if args.keyword else []
-        command += [f"--mutant={pattern}" for pattern in args.mutant]
+        if args.timeout_multiplier is not None:
+            command += ["--timeout-multiplier", str(args.timeout_multiplier)]
+        command += ["--only", *args.only] if args.only else []
         subprocess.run(command, cwd=workspace, env=env, check=True)
 
 
