@@ -1306,7 +1306,7 @@ def test_int8_quantizes_every_matmul_but_the_named_modules_ones(tmp_path: Path) 
 
     report, nodes, y = quantized("default")
     assert report == {
-        "method": "dynamic", "weight_type": "int8", "per_channel": True,
+        "method": "dynamic", "weight_type": "int8", "per_channel": True, "activations": "per row",
         "float_modules": list(export.FLOAT_MODULES), "float_nodes": ["m1"],
     }  # fmt: skip
     assert nodes["m1"][0] == "MatMul" and np.array_equal(nodes["m1"][1][1], w1)

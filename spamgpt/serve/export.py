@@ -436,6 +436,7 @@ def per_row_activations(graph: "onnx.ModelProto") -> int:
         "nought": np.array(0.0, dtype=np.float32),
     }
     shared = {key: f"{ROW_CONSTANTS}_{key}" for key in constants}
+    opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
     weights = {t.name: t for t in graph.graph.initializer}
     consumers: dict[str, list] = {}
     for node in graph.graph.node:
@@ -446,7 +447,7 @@ def per_row_activations(graph: "onnx.ModelProto") -> int:
     for node in graph.graph.node:
         if node.op_type == "DynamicQuantizeLinear":
             (x,), (codes, scale, zero) = node.input, node.output
-            nodes.extend(_row_quantization(x, codes, scale, shared))
+            nodes.extend(_row_quantization(x, codes, scale, shared, opset))
             rows_of[codes] = f"{codes}_zero"
             graph.graph.initializer.append(
                 numpy_helper.from_array(np.array(0, dtype=np.uint8), zero)
@@ -480,17 +481,19 @@ def per_row_activations(graph: "onnx.ModelProto") -> int:
     return rewritten
 
 
-def _row_quantization(x: str, codes: str, scale: str, shared: dict[str, str]) -> list:
+def _row_quantization(x: str, codes: str, scale: str, shared: dict[str, str], opset: int) -> list:
     """The nodes computing `codes` (uint8, x's shape), `scale` and `codes`_zero (float, x's
     shape but 1 on the last axis) of the float tensor `x`, on its rows flattened to 2-D so
     that one QuantizeLinear (per axis 0) rounds, shifts and saturates every row at once."""
     from onnx import TensorProto, helper
 
     rows = f"{codes}_rows"
+    # ReduceMin/Max take their axes as an input from opset 18, an attribute before it
+    axes, axis = ([shared["axes"]], {}) if opset >= 18 else ([], {"axes": [1]})
     steps = [  # (op, inputs, output, attributes)
         ("Flatten", [x], rows, {"axis": -1}),
-        ("ReduceMin", [rows, shared["axes"]], f"{codes}_min", {"keepdims": 0}),
-        ("ReduceMax", [rows, shared["axes"]], f"{codes}_max", {"keepdims": 0}),
+        ("ReduceMin", [rows, *axes], f"{codes}_min", {"keepdims": 0, **axis}),
+        ("ReduceMax", [rows, *axes], f"{codes}_max", {"keepdims": 0, **axis}),
         ("Min", [f"{codes}_min", shared["nought"]], f"{codes}_low", {}),
         ("Max", [f"{codes}_max", shared["nought"]], f"{codes}_high", {}),
         ("Sub", [f"{codes}_high", f"{codes}_low"], f"{codes}_span", {}),
