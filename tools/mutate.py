@@ -33,7 +33,13 @@ def equivalent_mutants() -> set[str]:
     return {line.split()[1] for line in lines if line.strip() and not line.startswith("#")}
 
 
-def mutate(module: str, max_children: int, show: bool, keyword: str | None) -> None:
+def mutate(
+    module: str,
+    max_children: int,
+    show: bool,
+    keyword: str | None,
+    timeout_multiplier: float | None = None,
+) -> None:
     """Runs in mutants/<module>/, a workspace linking every top-level entry the repo tracks."""
     from _pytest.nodes import Node
     from mutmut import __main__ as mutmut_cli
@@ -49,6 +55,8 @@ def mutate(module: str, max_children: int, show: bool, keyword: str | None) -> N
     config.pytest_add_cli_args_test_selection = [f"tests/test_{module.rpartition('.')[2]}.py"]
     if keyword:
         config.pytest_add_cli_args_test_selection += ["-k", keyword]
+    if timeout_multiplier is not None:
+        config.timeout_multiplier = timeout_multiplier
     # the tests read the repo's files too (params.yaml, dvc.yaml, docs): all of them are copied
     config.also_copy += [
         Path(name) for name in os.listdir(".") if name not in ("mutants", "spamgpt")
@@ -94,10 +102,17 @@ def main() -> None:
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutants (2)")
     parser.add_argument("--show", action="store_true", help="print each survivor's diff")
     parser.add_argument("-k", dest="keyword", help="pytest -k: which of the tests to run")
+    parser.add_argument(
+        "--timeout-multiplier",
+        type=float,
+        help="a mutant's run is stopped (a timeout) after this many times its tests' time in "
+        "mutmut's first run, plus 1 s (mutmut's default 15; more on a loaded machine, where a "
+        "test's module fixture, timed with the first test only, also runs before the others)",
+    )
     parser.add_argument("--in-workspace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_workspace:
-        mutate(args.modules[0], args.max_children, args.show, args.keyword)
+        mutate(args.modules[0], args.max_children, args.show, args.keyword, args.timeout_multiplier)
         return
     # One thread per test process: the children are the parallelism. No PYTHONPATH: the tests
     # must import the mutated copy, not the checkout.
@@ -113,6 +128,8 @@ def main() -> None:
         command = [sys.executable, Path(__file__).resolve(), module, "--in-workspace"]
         command += ["--max-children", str(args.max_children)] + ["--show"] * args.show
         command += ["-k", args.keyword] if args.keyword else []
+        if args.timeout_multiplier is not None:
+            command += ["--timeout-multiplier", str(args.timeout_multiplier)]
         subprocess.run(command, cwd=workspace, env=env, check=True)
 
 
