@@ -187,6 +187,28 @@ def test_a_finetuned_folder_takes_evaluates_threshold_and_calibration(
     assert_same_model(loader.load_model("models/finetuned"), expected)
 
 
+def test_a_logged_models_artifact_folder_keeps_its_own_calibration(
+    tiny: Tiny, nowhere: Path, tmp_path: Path
+) -> None:
+    """load_artifact (a model's load_context): the temperature its classifier.json names, or
+    none; never the workspace's calibration (nor its threshold: MLflow's model_config has it)."""
+    workspace(nowhere, tiny)
+    (nowhere / "models/calibration.json").write_text(
+        json.dumps({"method": "temperature", "temperature": 3.0})
+    )
+    (nowhere / "reports").mkdir()
+    (nowhere / "reports/evaluation.json").write_text(json.dumps({"threshold": 0.7}))
+    artifact = mlflow_folder(tmp_path / "model", tiny, None) / "artifacts" / loader.ARTIFACT
+    pretrained = tiny.project / "models/pretrained"
+    raw, meta = classifier.load(artifact, pretrained)
+    loaded = loader.load_artifact(str(artifact))
+    assert (loaded.threshold, loaded.meta, loaded.folder) == (None, meta, artifact)
+    assert_same_model(loaded, raw)
+    (artifact / classifier.CLASSIFIER_JSON).write_text(json.dumps({**meta, "temperature": 2.0}))
+    calibrated, _ = classifier.load(tiny.project / "models/finetuned", pretrained, 2.0)
+    assert_same_model(loader.load_artifact(artifact), calibrated)
+
+
 def mlflow_folder(
     dest: Path, tiny: Tiny, config: dict | None, flavor: str = "python_function", base=None
 ) -> Path:

@@ -713,6 +713,25 @@ def test_the_pyfunc_model_answers_each_message_at_the_logged_threshold(
     assert model.predict(context, []) == []
 
 
+def test_a_model_logged_uncalibrated_is_not_calibrated_by_the_workspace(
+    kinds: Kinds, tmp_path: Path, monkeypatch
+) -> None:
+    """Served from a workspace whose evaluate fitted a temperature (another run's), a model
+    logged without one answers with its raw probabilities, as `spamgpt classify` does; its
+    threshold is its model_config's. (load_context loaded the artifact folder as a fine-tuned
+    folder, which takes the workspace's models/calibration.json: the temperature was folded.)"""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/pretrained").symlink_to(kinds.project / "models/pretrained")
+    calibration = {"method": "temperature", "temperature": 3.0}
+    (tmp_path / "models/calibration.json").write_text(json.dumps(calibration))
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/evaluation.json").write_text(json.dumps({"threshold": 0.1}))
+    monkeypatch.chdir(tmp_path)
+    model, context = pyfunc("single", kinds)
+    expected = expected_answers(kinds.folders["single"], MESSAGES, THRESHOLD, serving.Prediction)
+    assert model.predict(context, MESSAGES) == expected
+
+
 def test_a_device_the_machine_lacks_is_refused_naming_model_config(
     kinds: Kinds, monkeypatch
 ) -> None:
