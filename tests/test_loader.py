@@ -486,3 +486,26 @@ def test_a_cached_config_of_a_known_revision_is_checked(
     shutil.copytree(tiny.project / "models/pretrained" / REPO_ID, cached)
     with pytest.raises(SpamGPTError, match=r"has no config\.json in the Hugging Face cache"):
         loader.resolve_base(base)
+
+
+@pytest.mark.usefixtures("ascii_locale")
+def test_a_transformers_export_is_told_whatever_the_locale(nowhere: Path) -> None:
+    """config.json is read as UTF-8 (transformers writes it so): a non-ASCII name in it does
+    not hide the export under an ASCII locale."""
+    (nowhere / "hf").mkdir()
+    config = {"architectures": ["GPT2ForSequenceClassification"], "_name_or_path": "modèle"}
+    (nowhere / "hf/config.json").write_text(json.dumps(config, ensure_ascii=False), "utf-8")
+    with pytest.raises(SpamGPTError, match="hf is a transformers export"):
+        loader.load_model("hf")
+
+
+@pytest.mark.usefixtures("ascii_locale")
+def test_base_json_is_read_as_utf8_whatever_the_locale(
+    tiny: Tiny, nowhere: Path, tmp_path: Path
+) -> None:
+    workspace(nowhere, tiny)
+    folder = mlflow_folder(tmp_path / "model", tiny, {"threshold": 0.3})
+    base = {**dataclasses.asdict(tiny.base), "hub_url": "http://hüb.example"}
+    base_file = folder / "artifacts" / loader.ARTIFACT / loader.BASE_JSON
+    base_file.write_text(json.dumps(base, ensure_ascii=False), "utf-8")
+    assert loader.load_model(folder).threshold == 0.3
