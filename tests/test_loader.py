@@ -353,6 +353,9 @@ def test_a_logged_folder_that_is_not_a_model_is_one_line(
         loader.load_model(uri, setting="mlflow.model")
     assert str(error.value) == f"mlflow.model {uri} is not an MLflow model (no MLmodel file)"
     with pytest.raises(SpamGPTError) as error:
+        loader.download_logged(uri, tmp_path / "dest")
+    assert str(error.value) == f"--model {uri} is not an MLflow model (no MLmodel file)"
+    with pytest.raises(SpamGPTError) as error:
         loader.load_model(f"runs:/{run_id}/absent", setting="mlflow.model")
     assert str(error.value).startswith(f"mlflow.model runs:/{run_id}/absent: ")
     assert "\n" not in str(error.value)
@@ -406,6 +409,17 @@ def test_a_file_is_hashed_once_per_version(tmp_path: Path, monkeypatch) -> None:
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
     assert loader._sha256_of(path) == hashlib.sha256(b"abd").hexdigest()
     assert hashed == [path, path]
+    # Other bytes at the same mtime: a longer file in place, another file moved over it
+    mtime = path.stat().st_mtime_ns
+    path.write_bytes(b"abcd")
+    os.utime(path, ns=(mtime, mtime))
+    assert loader._sha256_of(path) == hashlib.sha256(b"abcd").hexdigest()
+    other = tmp_path / "other"
+    other.write_bytes(b"abce")
+    os.utime(other, ns=(mtime, mtime))
+    os.replace(other, path)
+    assert loader._sha256_of(path) == hashlib.sha256(b"abce").hexdigest()
+    assert hashed == [path] * 4
 
 
 def test_the_base_is_the_working_directorys_workspace(tiny: Tiny, nowhere: Path) -> None:
