@@ -649,6 +649,7 @@ def kinds(tmp_path_factory: pytest.TempPathFactory) -> Kinds:
         "fields": edited(single, models / "fields", text_columns=FIELDS, truncation="tail"),
         "multi": edited(single, models / "multi", label_format="multi", positive_label=None),
         "number": number_folder(project),
+        "tail": edited(single, models / "tail", truncation="tail"),
     }
     for kind in ("multi", "number"):  # the same models, of two fields
         folders[f"{kind}_fields"] = edited(
@@ -816,12 +817,16 @@ def test_the_onnx_pyfunc_model_answers_as_the_pytorch_one_without_base_weights(
     """mlflow.serve onnx: the graph scores, the classifier folder gives the tokenizer, cut,
     classes and threshold; no base weights are looked for (an empty directory, offline)."""
     messages = [*MESSAGES, LONG, "", "🎉🎉 you won!! 📱 call now"]
-    folder = kinds.folders["single"]
+    folder = kinds.folders["tail"]  # the graph's weights; its long messages cut at the tail
     expected = expected_answers(folder, messages, THRESHOLD, serving.Prediction, "fp32")
+    head = expected_answers(kinds.folders["single"], [LONG], THRESHOLD, serving.Prediction, "fp32")
+    assert head[0].probabilities != pytest.approx(expected[2].probabilities, abs=1e-3)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(loader.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv(loader.HUB_ENV, NO_HUB)
-    model, context = pyfunc("single", kinds, **{serving.ONNX_ARTIFACT: str(onnx_graph)})
+    model, context = pyfunc(
+        "tail", kinds, CONFIGS["single"], **{serving.ONNX_ARTIFACT: str(onnx_graph)}
+    )
     got = model.predict(context, messages)
     assert [p.label for p in got] == [e.label for e in expected]
     for p, e in zip(got, expected, strict=True):
@@ -1010,7 +1015,15 @@ def test_a_randomly_initialised_model_is_logged_whole_as_it_is(
     folder = edited(kinds.folders["single"], tmp_path / "random", full=True)
     uri = serving.log_model(finished_run(store), folder, THRESHOLD, base=kinds.base, full=True)
     artifact = loader.download_logged(uri, tmp_path / "dl") / "artifacts" / ARTIFACT
-    assert sorted(p.name for p in artifact.iterdir()) == sorted(p.name for p in folder.iterdir())
+    names = sorted(p.name for p in folder.iterdir())
+    assert sorted(p.name for p in artifact.iterdir()) == names
+    assert all((artifact / n).read_bytes() == (folder / n).read_bytes() for n in names)
+
+
+def test_log_model_refuses_a_threshold_outside_0_1_in_one_line(kinds: Kinds) -> None:
+    with pytest.raises(SpamGPTError) as error:
+        serving.log_model("0123", kinds.folders["single"], 1.5, base=kinds.base)
+    assert str(error.value) == "threshold must be between 0 and 1, got 1.5"
 
 
 def test_a_light_model_without_a_base_identity_is_refused_before_logging(
