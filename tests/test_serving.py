@@ -6,6 +6,7 @@ its workspace, which holds the base, and from a machine without it that reaches 
 full one (registered) from a directory with neither workspace nor hub."""
 
 import ast
+import dataclasses
 import json
 import os
 import re
@@ -13,12 +14,14 @@ import shutil
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -32,6 +35,8 @@ from conftest import (
     subprocess_env,
 )
 from fileserver import Faults, serve
+from mlflow.models import Model
+from mlflow.pyfunc import PythonModelContext
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 from test_dvc_yaml import closure
@@ -40,13 +45,15 @@ from spamgpt.data import download as downloads
 from spamgpt.data import tokenizer
 from spamgpt.data.download import sha256_file
 from spamgpt.errors import ParamsError, SpamGPTError
-from spamgpt.labels import SMS
+from spamgpt.labels import SMS, Classes
 from spamgpt.model import classifier
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.params import ModelParams
 from spamgpt.random_hub import make_hub
-from spamgpt.runtime import Compute
+from spamgpt.runtime import Compute, resolve_precision
 from spamgpt.serve import export, loader, serving
+from spamgpt.serve.loader import ARTIFACT
+from spamgpt.texts import HEAD, Truncation
 
 REPO_ID = "openai-community/gpt2"
 MESSAGES = ["free entry to win a prize, txt WIN to 80086", "see you at 7"]
@@ -96,6 +103,17 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """A refused download is retried after backoffs (test_download.py tests them): where a
     model here meets NO_HUB, on purpose, its retries follow at once instead (3.5 s each)."""
     monkeypatch.setattr(downloads, "time", SimpleNamespace(sleep=lambda seconds: None))
+
+
+@pytest.fixture(autouse=True)
+def threads_restored() -> Iterator[None]:
+    """`spamgpt classify` and the other commands set torch's intra-op threads to the cores
+    (runtime.use_all_cores): set back after each test. A process forked while more than one
+    is set (mutmut runs each mutant's tests in a fork of the process that ran them all) waits
+    for ever on the first parallel op: the fork has no copy of the OpenMP threads."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -616,3 +634,442 @@ def test_onnx_probabilities_pads_each_message_to_its_own_width_at_most(tmp_path:
     assert got[:, 1].tolist() == lengths.tolist()
     assert got[:, 0].tolist() == [padded_width(int(n), 61) for n in lengths]
     assert got[:, 0].tolist() == [40, 61, 16, 40, 32, 56, 40]
+
+
+# --- The pyfunc models and log_model in this process ------------------------------------
+# (the module's unit tests: mutation testing runs them, without `mlflow models serve`)
+
+CPU = torch.device("cpu")
+FIELDS = ["subject", "body"]
+LONG = "a long message that is cut " * 12  # over max_length (48) tokens
+
+
+def edited(folder: Path, dest: Path, **changes: object) -> Path:
+    """A copy of the model folder `folder` whose classifier.json has `changes`."""
+    shutil.copytree(folder, dest)
+    meta = json.loads((dest / classifier.CLASSIFIER_JSON).read_text())
+    (dest / classifier.CLASSIFIER_JSON).write_text(json.dumps({**meta, **changes}))
+    return dest
+
+
+def number_folder(project: Path) -> Path:
+    """A regression model (data.label_format number) on the project's base weights."""
+    hub = project / "hub" / REPO_ID / "resolve" / REVISION
+    model = GPT2Classifier(GPT2.from_pretrained(hub), 1, "last", "number")
+    torch.nn.init.normal_(model.head.weight, std=0.3, generator=torch.Generator().manual_seed(1))
+    trained = classifier.freeze(model, 1)
+    params = ModelParams(
+        hub_url="http://127.0.0.1", repo_id=REPO_ID, revision=REVISION, max_length=None,
+        pretrained=True, init_seed=0, trainable_blocks=1, pooling="last", dropout=0.0,
+        finetune="blocks", truncation="head", head_ratio=0.25,
+    )  # fmt: skip
+    classes = Classes(("score",), None, "number")
+    meta = classifier.classifier_meta(params, classes, trained, 48, tokenizer.load(hub).eot_token)
+    folder = project / "models/number"
+    folder.mkdir(parents=True)
+    classifier.save(model, folder, meta, hub, full=False)
+    return folder
+
+
+@dataclass(frozen=True)
+class Kinds:
+    project: Path  # the workspace: models/pretrained holds the base weights
+    folders: dict[str, Path]  # each kind of model folder, as finetune leaves them
+    base: loader.BaseWeights
+
+
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory: pytest.TempPathFactory) -> Kinds:
+    project = tmp_path_factory.mktemp("kinds")
+    single = finetuned_folder(project)
+    models = project / "models"
+    folders = {
+        "single": single,
+        "fields": edited(single, models / "fields", text_columns=FIELDS, truncation="tail"),
+        "multi": edited(single, models / "multi", label_format="multi", positive_label=None),
+        "number": number_folder(project),
+        "tail": edited(single, models / "tail", truncation="tail"),
+    }
+    for kind in ("multi", "number"):  # the same models, of two fields
+        folders[f"{kind}_fields"] = edited(
+            folders[kind], models / f"{kind}_fields", text_columns=FIELDS
+        )
+    weights = project / "models/pretrained" / REPO_ID / "model.safetensors"
+    return Kinds(
+        project, folders, loader.BaseWeights(REPO_ID, REVISION, sha256_file(weights), NO_HUB)
+    )
+
+
+# model_config as log_model writes it for each kind, and the pyfunc model it makes
+CONFIGS = {
+    "single": {"threshold": THRESHOLD, "device": "cpu"},
+    "fields": {"threshold": 0.3, "device": "cpu", "text_columns": FIELDS},
+    "multi": {"threshold": {"ham": 0.4, "spam": 0.6}, "multi_label": True},
+    "number": {"threshold": None, "device": "auto", "label_format": "number"},
+}
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({}, serving.TextClassifierModel),
+        ({"text_columns": FIELDS}, serving.FieldsClassifierModel),
+        ({"multi_label": True}, serving.MultiLabelClassifierModel),
+        ({"label_format": "multi"}, serving.MultiLabelClassifierModel),
+        ({"multi_label": True, "text_columns": FIELDS}, serving.MultiLabelFieldsClassifierModel),
+        ({"label_format": "number"}, serving.NumberModel),
+        ({"label_format": "number", "text_columns": FIELDS}, serving.NumberFieldsModel),
+        ({"label_format": "single", "multi_label": True}, serving.TextClassifierModel),
+        ({"text_columns": []}, serving.TextClassifierModel),
+    ],
+)
+def test_the_pyfunc_model_is_the_one_its_config_names(config: dict, expected: type) -> None:
+    assert type(serving.model_for(config)) is expected
+
+
+def pyfunc(kind: str, kinds: Kinds, config: dict | None = None, **artifacts: str):
+    """The pyfunc model of `kind` loaded as MLflow loads it (load_context on the artifacts
+    and model_config), from the workspace; (model, context)."""
+    config = CONFIGS[kind] if config is None else config
+    model = serving.model_for(config)
+    context = PythonModelContext({ARTIFACT: str(kinds.folders[kind]), **artifacts}, config)
+    model.load_context(context)
+    return model, context
+
+
+def expected_answers(
+    folder: Path, texts: list[str], threshold, answer_type: type, precision: str = "auto"
+) -> list:
+    """classifier.answers on the probabilities of `spamgpt classify`'s path for the joined
+    texts, cut as the folder's classifier.json says, at `precision` (auto: the CPU's)."""
+    model, meta = classifier.load(folder, folder.parent / "pretrained")
+    compute = Compute(CPU, resolve_precision(precision, CPU))
+    truncation = Truncation.from_dict(meta)
+    enc = tokenizer.load(folder)
+    probs, _ = classifier.classify_texts(model, enc, texts, meta["max_length"], compute, truncation)
+    return [
+        answer_type(**a) for a in classifier.answers(probs, classifier.classes_of(meta), threshold)
+    ]
+
+
+def test_the_pyfunc_model_answers_each_message_at_the_logged_threshold(
+    kinds: Kinds, monkeypatch
+) -> None:
+    monkeypatch.chdir(kinds.project)
+    model, context = pyfunc("single", kinds)
+    messages = [*MESSAGES, LONG, ""]
+    got = model.predict(context, messages)
+    assert got == expected_answers(kinds.folders["single"], messages, THRESHOLD, serving.Prediction)
+    assert [p.label for p in got[:2]] == ["spam", "ham"]  # ham at 0.8, spam at 0.5
+    assert set(got[0].model_dump()) == {"label", "probability", "probabilities", "spam_probability"}
+    assert model.predict(context, []) == []
+
+
+def test_a_model_logged_uncalibrated_is_not_calibrated_by_the_workspace(
+    kinds: Kinds, tmp_path: Path, monkeypatch
+) -> None:
+    """Served from a workspace whose evaluate fitted a temperature (another run's), a model
+    logged without one answers with its raw probabilities, as `spamgpt classify` does; its
+    threshold is its model_config's. (load_context loaded the artifact folder as a fine-tuned
+    folder, which takes the workspace's models/calibration.json: the temperature was folded.)"""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/pretrained").symlink_to(kinds.project / "models/pretrained")
+    calibration = {"method": "temperature", "temperature": 3.0}
+    (tmp_path / "models/calibration.json").write_text(json.dumps(calibration))
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/evaluation.json").write_text(json.dumps({"threshold": 0.1}))
+    monkeypatch.chdir(tmp_path)
+    model, context = pyfunc("single", kinds)
+    expected = expected_answers(kinds.folders["single"], MESSAGES, THRESHOLD, serving.Prediction)
+    assert model.predict(context, MESSAGES) == expected
+
+
+def test_a_device_the_machine_lacks_is_refused_naming_model_config(
+    kinds: Kinds, monkeypatch
+) -> None:
+    monkeypatch.chdir(kinds.project)
+    device = "mps" if torch.cuda.is_available() else "cuda"
+    with pytest.raises(ParamsError) as error:
+        pyfunc("single", kinds, {"threshold": THRESHOLD, "device": device})
+    assert str(error.value).startswith(
+        f"model_config device: {device} is not available on this machine; allowed here: auto"
+    )
+
+
+def test_the_fields_model_joins_each_rows_fields_and_cuts_as_logged(
+    kinds: Kinds, monkeypatch
+) -> None:
+    """A DataFrame with the fields in any order (and other columns), numbers as text: each
+    row's fields joined in the model's order, cut at the tail as its classifier.json says."""
+    monkeypatch.chdir(kinds.project)
+    model, context = pyfunc("fields", kinds)
+    frame = pd.DataFrame(
+        {"body": ["see you at", LONG, "x"], "other": [1, 2, 3], "subject": [7, "WIN", "now"]}
+    )
+    texts = ["7\n\nsee you at", f"WIN\n\n{LONG}", "now\n\nx"]
+    expected = expected_answers(kinds.folders["fields"], texts, 0.3, serving.Prediction)
+    assert model.predict(context, frame) == expected
+    assert model.predict(context, frame.to_dict(orient="records")) == expected
+    head_cut = expected_answers(kinds.folders["single"], texts[1:2], 0.3, serving.Prediction)
+    assert head_cut[0].probabilities != expected[1].probabilities  # the tail, not the head
+    with pytest.raises(SpamGPTError) as error:
+        model.predict(context, pd.DataFrame({"text": ["hi"]}))
+    assert str(error.value) == "each message needs the fields subject, body; 'subject' is missing"
+    with pytest.raises(SpamGPTError, match=r"; 'body' is missing$"):
+        model.predict(context, pd.DataFrame({"subject": ["hi"]}))
+
+
+@pytest.mark.parametrize(
+    ("kind", "answer_type", "fields"),
+    [
+        ("multi", serving.MultiLabelPrediction, ["labels", "probabilities"]),
+        ("number", serving.NumberPrediction, ["prediction"]),
+    ],
+)
+def test_multi_label_and_number_models_answer_their_kind(
+    kinds: Kinds, monkeypatch, kind: str, answer_type: type, fields: list[str]
+) -> None:
+    monkeypatch.chdir(kinds.project)
+    model, context = pyfunc(kind, kinds)
+    got = model.predict(context, MESSAGES)
+    threshold = CONFIGS[kind]["threshold"]
+    assert got == expected_answers(kinds.folders[kind], MESSAGES, threshold, answer_type)
+    assert [sorted(a.model_dump()) for a in got] == [fields, fields]
+    frame = pd.DataFrame({"subject": ["free entry", "see"], "body": ["to win", "you at 7"]})
+    fields_config = {**CONFIGS[kind], "text_columns": FIELDS}
+    fields_model, fields_context = pyfunc(f"{kind}_fields", kinds, fields_config)
+    joined = ["free entry\n\nto win", "see\n\nyou at 7"]
+    assert fields_model.predict(fields_context, frame) == model.predict(context, joined)
+
+
+@pytest.fixture(scope="module")
+def onnx_graph(kinds: Kinds) -> Path:
+    model, meta = classifier.load(kinds.folders["single"], kinds.project / "models/pretrained")
+    graph = kinds.project / "model.onnx"
+    export.to_onnx(model, meta, graph)
+    return graph
+
+
+def test_the_onnx_pyfunc_model_answers_as_the_pytorch_one_without_base_weights(
+    kinds: Kinds, onnx_graph: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """mlflow.serve onnx: the graph scores, the classifier folder gives the tokenizer, cut,
+    classes and threshold; no base weights are looked for (an empty directory, offline)."""
+    messages = [*MESSAGES, LONG, "", "🎉🎉 you won!! 📱 call now"]
+    folder = kinds.folders["tail"]  # the graph's weights; its long messages cut at the tail
+    expected = expected_answers(folder, messages, THRESHOLD, serving.Prediction, "fp32")
+    head = expected_answers(kinds.folders["single"], [LONG], THRESHOLD, serving.Prediction, "fp32")
+    assert head[0].probabilities != pytest.approx(expected[2].probabilities, abs=1e-3)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(loader.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(loader.HUB_ENV, NO_HUB)
+    model, context = pyfunc(
+        "tail", kinds, CONFIGS["single"], **{serving.ONNX_ARTIFACT: str(onnx_graph)}
+    )
+    got = model.predict(context, messages)
+    assert [p.label for p in got] == [e.label for e in expected]
+    for p, e in zip(got, expected, strict=True):
+        assert p.probabilities == pytest.approx(e.probabilities, abs=1e-4)
+        assert p.probability == pytest.approx(e.probability, abs=1e-4)
+    assert model.predict(context, []) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_probabilities_are_in_the_messages_order(kinds: Kinds, onnx_graph: Path) -> None:
+    """Messages of different lengths (batched by length): each row is its message's."""
+    import onnxruntime
+
+    from spamgpt.data import tokenized
+    from spamgpt.data.batching import ModelInputs
+
+    model, meta = classifier.load(kinds.folders["single"], kinds.project / "models/pretrained")
+    enc = tokenizer.load(kinds.folders["single"])
+    messages = [LONG, "hi", *MESSAGES, "win " * 20]
+    ids = tokenized.pack_ids(tokenized.encode(enc, messages), meta["max_length"], HEAD)
+    session = onnxruntime.InferenceSession(str(onnx_graph))
+    got = serving.onnx_probabilities(session, ModelInputs(ids, None))
+    fp32 = Compute(CPU, "fp32")
+    want, _ = classifier.classify_texts(model, enc, messages, meta["max_length"], fp32)
+    assert got.dtype == np.float32 and got.shape == (5, 2)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+
+
+@pytest.fixture
+def store(local_store: MlflowClient, kinds: Kinds, tmp_path: Path, monkeypatch) -> MlflowClient:
+    """A fresh SQLite store in tmp_path, the project (DVC_ROOT, the working directory) whose
+    models/pretrained holds the base weights."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/pretrained").symlink_to(kinds.project / "models/pretrained")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(loader.HUB_ENV, raising=False)
+    monkeypatch.setenv(loader.CACHE_ENV, str(tmp_path / "cache"))
+    return local_store
+
+
+def finished_run(client: MlflowClient) -> str:
+    run_id = client.create_run("0").info.run_id
+    client.set_terminated(run_id)
+    return run_id
+
+
+def pins(*names: str) -> list[str]:
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in names]
+
+
+def test_log_model_logs_the_light_model_its_config_metadata_and_pins(
+    kinds: Kinds, store: MlflowClient, tmp_path: Path
+) -> None:
+    """The light model of a finished run: models/finetuned as it is plus base.json, logged
+    as code with the spamgpt package, model_config {threshold, device auto}, the classes as
+    metadata, the signature from predict's hints (no example), the exact pins; the run stays
+    finished and no run is left active."""
+    run_id = finished_run(store)
+    folder = kinds.folders["single"]
+    uri = serving.log_model(run_id, folder, THRESHOLD, base=kinds.base)
+    assert uri == f"runs:/{run_id}/model"
+    assert store.get_run(run_id).info.status == "FINISHED" and mlflow.active_run() is None
+    local = loader.download_logged(uri, tmp_path / "dl")
+    mlmodel = Model.load(local)
+    assert mlmodel.flavors["python_function"]["config"] == {
+        "threshold": THRESHOLD,
+        "device": "auto",
+    }
+    assert mlmodel.metadata == {"labels": ["ham", "spam"], "positive_label": "spam"}
+    assert mlmodel.saved_input_example_info is None
+    assert mlmodel.signature.inputs.to_dict() == [{"type": "string", "required": True}]
+    requirements = (local / "requirements.txt").read_text().split()
+    assert [r for r in requirements if not r.startswith("mlflow")] == pins(*serving.REQUIREMENTS)
+    artifact = local / "artifacts" / ARTIFACT
+    assert sorted(p.name for p in artifact.iterdir()) == sorted(
+        [*(p.name for p in folder.iterdir()), "base.json"]
+    )
+    for name in ("classifier.json", "model.safetensors", "vocab.json"):
+        assert (artifact / name).read_bytes() == (folder / name).read_bytes()
+    base = dataclasses.asdict(kinds.base)
+    assert (artifact / "base.json").read_text() == json.dumps(base, indent=2) + "\n"
+    assert (local / "code/spamgpt/serve/serving.py").is_file()
+    assert (local / "mlflow_model.py").read_bytes() == serving.MODEL_CODE.read_bytes()
+    assert mlflow.pyfunc.load_model(uri).predict(MESSAGES)[1].label == "ham"
+
+
+def test_log_model_leaves_a_running_run_running_in_this_process(
+    kinds: Kinds, store: MlflowClient
+) -> None:
+    run_id = store.create_run("0").info.run_id
+    serving.log_model(run_id, kinds.folders["single"], None, base=kinds.base)
+    assert store.get_run(run_id).info.status == "RUNNING" and mlflow.active_run() is None
+
+
+@pytest.mark.parametrize("kind", ["fields", "multi", "number"])
+def test_log_model_names_the_fields_and_the_task_in_the_config(
+    kinds: Kinds, store: MlflowClient, tmp_path: Path, kind: str
+) -> None:
+    """Several fields: the signature names them, and MLflow runs the input example (a
+    DataFrame of them) through the loaded model; the task's own config keys."""
+    run_id = finished_run(store)
+    threshold = CONFIGS[kind]["threshold"]
+    uri = serving.log_model(run_id, kinds.folders[kind], threshold, base=kinds.base)
+    local = loader.download_logged(uri, tmp_path / "dl")
+    mlmodel = Model.load(local)
+    config = {k: v for k, v in CONFIGS[kind].items() if k != "device"}
+    assert mlmodel.flavors["python_function"]["config"] == {**config, "device": "auto"}
+    meta = json.loads((kinds.folders[kind] / classifier.CLASSIFIER_JSON).read_text())
+    assert mlmodel.metadata == classifier.classes_of(meta).to_dict()
+    if kind == "fields":
+        assert mlmodel.signature.inputs.input_names() == FIELDS
+        assert {c.type.name for c in mlmodel.signature.inputs.inputs} == {"string"}
+        example = mlmodel.load_input_example(local)
+        assert example.to_dict(orient="list") == {f: serving.INPUT_EXAMPLE for f in FIELDS}
+    else:
+        assert mlmodel.saved_input_example_info is None
+
+
+@pytest.mark.parametrize("shift", [None, {"ham": 0.0, "spam": -1.3}])
+def test_log_model_writes_the_temperature_into_the_classifier_json(
+    kinds: Kinds, store: MlflowClient, tmp_path: Path, shift: dict | None
+) -> None:
+    run_id = finished_run(store)
+    folder = kinds.folders["single"]
+    uri = serving.log_model(
+        run_id, folder, THRESHOLD, base=kinds.base, temperature=2.5, shift=shift
+    )
+    written = loader.download_logged(uri, tmp_path / "dl") / "artifacts" / ARTIFACT
+    meta = json.loads((folder / classifier.CLASSIFIER_JSON).read_text())
+    expected = {**meta, "temperature": 2.5, **({} if shift is None else {"shift": shift})}
+    text = (written / classifier.CLASSIFIER_JSON).read_text(encoding="utf-8")
+    assert text == json.dumps(expected, indent=2) + "\n"
+
+
+def test_log_model_writes_every_tensor_for_a_registered_model(
+    kinds: Kinds, store: MlflowClient, tmp_path: Path, onnx_graph: Path
+) -> None:
+    """Registered: full, from the model the caller has loaded (`loaded`) when given; with an
+    ONNX graph, carried as an artifact and onnxruntime pinned."""
+    run_id = finished_run(store)
+    folder = kinds.folders["single"]
+    model, meta = classifier.load(folder, kinds.project / "models/pretrained")
+    with torch.no_grad():
+        model.head.bias.add_(1.0)  # the caller's model, not the folder's again
+    uri = serving.log_model(
+        run_id, folder, THRESHOLD, "spam-model", base=kinds.base, loaded=(model, meta),
+        onnx_file=onnx_graph,
+    )  # fmt: skip
+    (version,) = store.search_model_versions("name='spam-model'")
+    assert version.run_id == run_id
+    local = loader.download_logged(uri, tmp_path / "dl")
+    artifact = local / "artifacts" / ARTIFACT
+    assert not (artifact / "base.json").exists()
+    stored = load_file(artifact / "model.safetensors")
+    assert stored.keys() == model.state_dict().keys()
+    assert torch.equal(stored["head.bias"], model.head.bias)
+    assert (local / "artifacts" / "model.onnx").read_bytes() == onnx_graph.read_bytes()
+    requirements = (local / "requirements.txt").read_text().split()
+    assert [r for r in requirements if not r.startswith("mlflow")] == pins(
+        *serving.REQUIREMENTS, *serving.ONNX_REQUIREMENTS
+    )
+
+
+def test_log_model_full_loads_the_folder_on_its_pretrained_root(
+    kinds: Kinds, store: MlflowClient, tmp_path: Path
+) -> None:
+    """full without `loaded`: the folder on `pretrained_root` (here not the workspace's)."""
+    (tmp_path / "models/pretrained").unlink()
+    run_id = finished_run(store)
+    folder = kinds.folders["single"]
+    uri = serving.log_model(
+        run_id, folder, THRESHOLD, pretrained_root=kinds.project / "models/pretrained", full=True
+    )
+    artifact = loader.download_logged(uri, tmp_path / "dl") / "artifacts" / ARTIFACT
+    model, _ = classifier.load(folder, kinds.project / "models/pretrained")
+    stored = load_file(artifact / "model.safetensors")
+    assert stored.keys() == model.state_dict().keys()
+    assert all(torch.equal(stored[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_randomly_initialised_model_is_logged_whole_as_it_is(
+    kinds: Kinds, store: MlflowClient, tmp_path: Path
+) -> None:
+    """A folder that holds every tensor already (model.pretrained false): copied as it is,
+    no base.json even where a base is given, registered or not."""
+    folder = edited(kinds.folders["single"], tmp_path / "random", full=True)
+    uri = serving.log_model(finished_run(store), folder, THRESHOLD, base=kinds.base, full=True)
+    artifact = loader.download_logged(uri, tmp_path / "dl") / "artifacts" / ARTIFACT
+    names = sorted(p.name for p in folder.iterdir())
+    assert sorted(p.name for p in artifact.iterdir()) == names
+    assert all((artifact / n).read_bytes() == (folder / n).read_bytes() for n in names)
+
+
+def test_log_model_refuses_a_threshold_outside_0_1_in_one_line(kinds: Kinds) -> None:
+    with pytest.raises(SpamGPTError) as error:
+        serving.log_model("0123", kinds.folders["single"], 1.5, base=kinds.base)
+    assert str(error.value) == "threshold must be between 0 and 1, got 1.5"
+
+
+def test_a_light_model_without_a_base_identity_is_refused_before_logging(
+    kinds: Kinds, store: MlflowClient
+) -> None:
+    run_id = finished_run(store)
+    with pytest.raises(SpamGPTError) as error:
+        serving.log_model(run_id, kinds.folders["single"], THRESHOLD)
+    assert str(error.value) == "a light model needs the identity of its base weights"
+    assert store.get_run(run_id).outputs.model_outputs == []

@@ -11,8 +11,10 @@ A source is one of:
   artifact URI with a scheme (s3://, mlflow-artifacts://, file://), downloaded from the
   tracking store MLFLOW_TRACKING_URI or the project's mlflow.db names; the threshold is the
   one logged with it (model_config);
-- an MLflow model folder on disk (its MLmodel file, as `mlflow artifacts download` leaves it),
-  or the artifact folder inside one (what MLflow hands the model's load_context).
+- an MLflow model folder on disk (its MLmodel file, as `mlflow artifacts download` leaves it).
+
+The artifact folder inside a logged model (what MLflow hands the model's load_context) is
+load_artifact's: the workspace's evaluation is not its own.
 
 A logged model is light (the trained tensors and base.json, the identity of the base weights,
 found by resolve_base) or full (every tensor). A transformers export is not a source: it has
@@ -122,6 +124,13 @@ def opened(
     else:
         what = "no such folder" if not folder.exists() else "not a model (no classifier.json)"
         raise SpamGPTError(f"{setting} {source}: {what}; {setting} takes {SOURCES}")
+
+
+def load_artifact(folder: str | os.PathLike) -> LoadedModel:
+    """The classifier folder of a logged model (what MLflow hands the model's load_context):
+    the temperature its classifier.json names, or none where it was logged uncalibrated; never
+    the working directory's evaluation and calibration, which are another run's."""
+    return _loaded(Path(folder), paths.PRETRAINED_DIR, None)
 
 
 def _is_transformers_export(folder: Path) -> bool:

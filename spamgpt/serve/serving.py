@@ -114,7 +114,7 @@ class TextClassifierModel(PythonModel):
             self.enc = tokenizer.load(folder)
             self.session = onnxruntime.InferenceSession(context.artifacts[ONNX_ARTIFACT])
         else:
-            loaded = loader.load_model(folder)
+            loaded = loader.load_artifact(folder)
             self.model, meta, self.enc = loaded.model, loaded.meta, loaded.enc
         self.classes = classifier.classes_of(meta)
         self.max_length = meta["max_length"]
