@@ -193,6 +193,18 @@ def test_a_threshold_the_models_task_does_not_take_is_refused_by_classify_and_pr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
 
 
+def test_serve_refuses_it_too_before_its_server_starts(
+    three_classes: Path, capsys, monkeypatch
+) -> None:
+    """serve's --threshold on the same model: the same line, exit 2, and no server started
+    (it used to serve the model, the flag silently ignored)."""
+    import litserve
+
+    monkeypatch.setattr(litserve.LitServer, "run", lambda *a, **k: pytest.fail("it served"))
+    code = run_cli(["serve", "--model", str(three_classes), "--threshold", "0.7"])
+    assert (code, capsys.readouterr().err) == (2, NO_THRESHOLD)
+
+
 def test_number_labels_take_no_threshold_either(hub: Path, tmp_path: Path, capsys) -> None:
     model = saved_model(hub, tmp_path / "finetuned", Classes(("score",), None, "number"))
     code, out, err = classify(capsys, "--model", str(model), "--threshold", "0.5", "hi")
@@ -624,7 +636,7 @@ HELP = {
         "--onnx": "score with onnxruntime on this ONNX export of --model (spamgpt export --to "
         "onnx [--quantize int8]; int8: the fast path on a CPU) instead of PyTorch; --device, "
         "--precision and --max-tokens are PyTorch's",
-        "--threshold": "on the positive class's probability (default: the model's)",
+        "--threshold": cli.THRESHOLD_HELP,
         **RUNTIME_HELP,
         "--max-tokens": "padded tokens per batch",
     },

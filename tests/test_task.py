@@ -120,3 +120,24 @@ def test_the_prediction_table_puts_each_class_probability_after_the_answer() -> 
     frame = task.prediction_table(probs, {"label": ["spam", "ham"]}, SMS)
     expected = pd.DataFrame({"label": ["spam", "ham"], "p_ham": [0.25, 0.9], "p_spam": [0.75, 0.1]})
     pd.testing.assert_frame_equal(frame, expected)
+
+
+def test_a_threshold_flag_is_taken_where_the_task_thresholds_and_refused_elsewhere() -> None:
+    """A positive class of two, or each label of a multi-label model, takes a threshold (and
+    none given is always fine); two classes without a positive one, or a number, refuse it in
+    one line naming the flag the user gave."""
+    from spamgpt.errors import ParamsError
+
+    for classes in (SMS, TAGS):
+        task_for(classes).check_threshold_flag(0.3, "--threshold")
+    for classes in (PLAIN, NUMBER):
+        task_for(classes).check_threshold_flag(None, "--threshold")
+    with pytest.raises(ParamsError) as refused:
+        task_for(PLAIN).check_threshold_flag(0.3, "--cut")
+    assert str(refused.value) == (
+        "--cut 0.3: this model decides without a threshold (single labels: ham, spam; "
+        "positive class: none): a threshold applies to the positive class of two classes or "
+        "to each label of a multi-label model; allowed: leave --cut out"
+    )
+    with pytest.raises(ParamsError, match=r"^--threshold 1\.0: .*\(number labels: stars; "):
+        task_for(NUMBER).check_threshold_flag(1.0, "--threshold")

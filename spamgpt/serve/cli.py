@@ -13,14 +13,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from spamgpt import paths
-from spamgpt.errors import ParamsError, SpamGPTError
+from spamgpt.errors import SpamGPTError
 from spamgpt.texts import TextFields, Truncation
-
-if TYPE_CHECKING:
-    from spamgpt.tasks.task import Task
 
 # The choices of predict's --format and export's --to and --quantize, and --max-drop's default
 # (spamgpt.serve.predict.FORMATS, spamgpt.serve.export's FORMATS, QUANTIZATIONS, MAX_DROP:
@@ -30,7 +26,8 @@ SCORED_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 EXPORT_FORMATS = ("transformers", "onnx")
 EXPORT_QUANTIZATIONS = ("int8",)
 EXPORT_MAX_DROP = 0.005
-# classify's and predict's --threshold (check_threshold_applies refuses it where it does not)
+# classify's, predict's and serve's --threshold (Task.check_threshold_flag refuses it where
+# it does not)
 THRESHOLD_HELP = (
     "on the positive class's probability of two classes, or each label's of a multi-label "
     "model; a model of other classes takes none (default: the model's, evaluate's)"
@@ -73,7 +70,7 @@ def classify(args: argparse.Namespace) -> None:
     loaded = loader.load_model(args.model, args.pretrained)
     classes = classifier.classes_of(loaded.meta)
     task = registry.task_for(classes)
-    check_threshold_applies(args.threshold, task)
+    task.check_threshold_flag(args.threshold, "--threshold")
     threshold = loaded.threshold if args.threshold is None else args.threshold
     model, meta = loaded.model.to(compute.device), loaded.meta
     texts = joined_fields(messages, TextFields.from_dict(meta))
@@ -97,22 +94,6 @@ def classify(args: argparse.Namespace) -> None:
         else:  # the task's columns (Task.plain_answer), then the text
             note = f" [truncated to {meta['max_length']} tokens]" if cut else ""
             print(f"{task.plain_answer(answer)}\t{text.translate(ESCAPES)}{note}")
-
-
-def check_threshold_applies(threshold: float | None, task: "Task") -> None:
-    """--threshold of classify and predict, against the model's task: the task decides whether
-    its decisions take a threshold (a task that takes one validates at a default one,
-    Task.validation_threshold: a positive class of two, or each label of a multi-label
-    model); else the flag would be silently ignored, and is refused."""
-    if threshold is None or task.validation_threshold() is not None:
-        return
-    classes = task.classes
-    raise ParamsError(
-        f"--threshold {threshold}: this model decides without a threshold ("
-        f"{classes.label_format} labels: {', '.join(classes.names)}; positive class: "
-        f"{classes.positive or 'none'}): a threshold applies to the positive class of two "
-        f"classes or to each label of a multi-label model; allowed: leave --threshold out"
-    )
 
 
 def joined_fields(messages: list[str], fields: TextFields) -> list[str]:
@@ -151,7 +132,7 @@ def predict(args: argparse.Namespace) -> None:
         args.device, args.precision, max_tokens=args.max_tokens, settings=runtime.FLAGS
     )
     scorer = predicting.load_scorer(args.model, args.pretrained, compute, threshold)
-    check_threshold_applies(args.threshold, task_for(scorer.classes))
+    task_for(scorer.classes).check_threshold_flag(args.threshold, "--threshold")
     rows, skipped = predicting.predict_file(
         args.input, args.output, scorer, in_format, out_format, args.text_column, args.keep,
         args.bad_lines, explain_top=args.explain_top,
@@ -293,9 +274,7 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         "[--quantize int8]; int8: the fast path on a CPU) instead of PyTorch; --device, "
         "--precision and --max-tokens are PyTorch's",
     )
-    s.add_argument(
-        "--threshold", type=float, help="on the positive class's probability (default: the model's)"
-    )
+    s.add_argument("--threshold", type=float, help=THRESHOLD_HELP)
     add_runtime_arguments(s)
     s.add_argument("--max-tokens", type=positive_int, help="padded tokens per batch")
     s.set_defaults(run=serve)

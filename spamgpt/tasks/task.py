@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from spamgpt.errors import ParamsError
 from spamgpt.labels import Classes
 from spamgpt.tasks import metrics
 
@@ -133,6 +134,21 @@ class Task(ABC):
     @abstractmethod
     def validation_threshold(self) -> Threshold:
         """What validation's report applies while training (no threshold chosen yet)."""
+
+    def check_threshold_flag(self, threshold: float | None, flag: str) -> None:
+        """A threshold given on the command line (`flag`: classify's, predict's or serve's
+        --threshold) against this task: a task that takes one validates at a default one
+        (validation_threshold: a positive class of two, or each label of a multi-label
+        model); else the flag would be silently ignored, and is refused."""
+        if threshold is None or self.validation_threshold() is not None:
+            return
+        raise ParamsError(
+            f"{flag} {threshold}: this model decides without a threshold ("
+            f"{self.classes.label_format} labels: {', '.join(self.classes.names)}; positive "
+            f"class: {self.classes.positive or 'none'}): a threshold applies to the positive "
+            f"class of two classes or to each label of a multi-label model; allowed: leave "
+            f"{flag} out"
+        )
 
     def validation(
         self, probabilities: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None
