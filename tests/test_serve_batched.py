@@ -425,8 +425,8 @@ def test_the_middleware_hands_on_good_bodies_whole_and_answers_bad_ones() -> Non
 
 
 def test_sigterm_to_the_server_stops_its_worker_and_http_processes(tmp_path: Path) -> None:
-    """kill PID (not its process group) stops every process of the server, which LitServe
-    leaves running otherwise."""
+    """kill PID (not its process group) of a server that answers stops every process of it,
+    which LitServe leaves running otherwise."""
     folder, port = tiny_model(tmp_path), free_port()
     cmd = [sys.executable, "-c", "from spamgpt.serve.cli import main; main()", "serve"]
     cmd += ["--model", str(folder), "--device", "cpu", "--port", str(port)]
@@ -434,8 +434,12 @@ def test_sigterm_to_the_server_stops_its_worker_and_http_processes(tmp_path: Pat
     with (tmp_path / "serve.log").open("w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
     try:
-        while "worker: " not in (tmp_path / "serve.log").read_text():  # the worker is up
+        while True:  # up: its worker loaded and its HTTP process answering
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            url = f"http://127.0.0.1:{port}/ping"
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as got:
+                if got.status == 200:
+                    break
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) is not None

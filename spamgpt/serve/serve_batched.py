@@ -43,6 +43,7 @@ from spamgpt.data.batching import ModelInputs
 from spamgpt.errors import SpamGPTError
 from spamgpt.model import classifier
 from spamgpt.serve import export, loader, serving
+from spamgpt.tasks.registry import task_for
 from spamgpt.texts import TextFields, Truncation
 
 INVOCATIONS = "/invocations"  # the paths of MLflow's scoring server
@@ -347,6 +348,7 @@ def serve(
         device = runtime.resolve_device(settings.device, runtime.FLAGS[0])
         runtime.resolve_precision(settings.precision, device, runtime.FLAGS[1])
     meta = model_meta(settings.model, settings.pretrained)
+    task_for(classifier.classes_of(meta)).check_threshold_flag(settings.threshold, "--threshold")
     if settings.onnx is not None:
         check_onnx(settings.onnx, meta)
     fields = TextFields.from_dict(meta)
@@ -365,7 +367,17 @@ def serve(
     # LitServe stops its worker and HTTP processes on Ctrl-C only; on a plain SIGTERM to this
     # process they were left running, orphans polling their queues on the cores.
     signal.signal(signal.SIGTERM, _interrupted)
-    server.run(host=host, port=port, generate_client_file=False, log_level="warning")
+    try:
+        server.run(host=host, port=port, generate_client_file=False, log_level="warning")
+    except KeyboardInterrupt:  # a stop while it started, before run's own shutdown: no trace
+        pass
+    finally:
+        # A signal while LitServe waits for its worker to be ready comes before run's own
+        # shutdown: the worker, a process Python's exit joins, kept the server up for ever.
+        for worker in getattr(server, "inference_workers", []):
+            if worker.is_alive():
+                worker.terminate()
+                worker.join(timeout=5)
 
 
 def _interrupted(signum: int, frame: object) -> None:
