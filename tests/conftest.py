@@ -407,6 +407,21 @@ def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 @pytest.fixture
+def threads_restored() -> Iterator[None]:
+    """`spamgpt classify` and the other commands set torch's intra-op threads to the cores
+    (runtime.use_all_cores): set back after each test (`pytestmark =
+    pytest.mark.usefixtures("threads_restored")` in a module whose tests run them). A process
+    forked while more than one is set (mutmut runs each mutant's tests in a fork of the
+    process that ran them all) waits for ever on the first parallel op: the fork has no copy
+    of the OpenMP threads."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def one_core() -> Iterator[None]:
     """The test's process may run on one core (as in a container of one CPU), so runtime.setup
     gives torch one intra-op thread. For tests that run a command in this process under

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,16 +29,8 @@ from spamgpt.serve import cli, loader
 
 ALLOWED = "--model takes " + loader.SOURCES
 
-
-@pytest.fixture(autouse=True)
-def threads_restored() -> Iterator[None]:
-    """`spamgpt classify` and the other commands set torch's intra-op threads to the cores
-    (runtime.use_all_cores): set back after each test. A process forked while more than one
-    is set (mutmut runs each mutant's tests in a fork of the process that ran them all) waits
-    for ever on the first parallel op: the fork has no copy of the OpenMP threads."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+# commands run in this process set torch's threads (conftest's threads_restored)
+pytestmark = pytest.mark.usefixtures("threads_restored")
 
 
 @pytest.mark.parametrize(

@@ -324,7 +324,7 @@ def test_a_batch_of_requests_gets_each_its_own_answers_whatever_its_batch_mates(
     ]
     for line in err:  # the call's seconds (its own time, to 3 places), then the worker's CPU
         wall, cpu = (float(f.split()[0]) for f in line.split(", ")[2:])
-        assert 0 <= wall <= took + 0.0005 and cpu > 0
+        assert 0 <= wall <= took + 0.0005 and cpu >= 0  # a short call may print 0.000
     pair = BatchedClassifier(settings_of(folder), ONE_TEXT, max_batch_size=2, batch_timeout=0.1)
     pair.engine = api.engine  # batches of two requests: still a list of answers per request
     paired = pair.predict(REQUESTS[:2])

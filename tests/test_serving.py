@@ -14,7 +14,6 @@ import shutil
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -97,23 +96,15 @@ def finetuned_folder(project: Path) -> Path:
 
 NO_HUB = f"http://127.0.0.1:{free_port()}"  # nothing listens there: refused at once
 
+# commands run in this process set torch's threads (conftest's threads_restored)
+pytestmark = pytest.mark.usefixtures("threads_restored")
+
 
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """A refused download is retried after backoffs (test_download.py tests them): where a
     model here meets NO_HUB, on purpose, its retries follow at once instead (3.5 s each)."""
     monkeypatch.setattr(downloads, "time", SimpleNamespace(sleep=lambda seconds: None))
-
-
-@pytest.fixture(autouse=True)
-def threads_restored() -> Iterator[None]:
-    """`spamgpt classify` and the other commands set torch's intra-op threads to the cores
-    (runtime.use_all_cores): set back after each test. A process forked while more than one
-    is set (mutmut runs each mutant's tests in a fork of the process that ran them all) waits
-    for ever on the first parallel op: the fork has no copy of the OpenMP threads."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
