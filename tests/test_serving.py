@@ -79,16 +79,24 @@ def finetuned_folder(project: Path) -> Path:
     models/pretrained/<repo_id>; the head drawn so that probabilities spread over (0, 1)."""
     hub = make_hub(project / "hub", layers=2, dim=32, heads=4, n_ctx=64, revision=REVISION)
     shutil.copytree(hub, project / "models/pretrained" / REPO_ID)
-    model = GPT2Classifier(GPT2.from_pretrained(hub))
-    torch.nn.init.normal_(model.head.weight, std=0.3, generator=torch.Generator().manual_seed(0))
+    return light_folder(
+        hub, GPT2Classifier(GPT2.from_pretrained(hub)), SMS, 0, project / "models/finetuned"
+    )
+
+
+def light_folder(
+    hub: Path, model: GPT2Classifier, classes: Classes, seed: int, folder: Path
+) -> Path:
+    """`model`'s head drawn with `seed` (std 0.3), its last block trained, saved light (its
+    base: `hub`'s weights) in `folder` with max_length 48, as finetune saves it."""
+    torch.nn.init.normal_(model.head.weight, std=0.3, generator=torch.Generator().manual_seed(seed))
     trained = classifier.freeze(model, 1)
     params = ModelParams(
         hub_url="http://127.0.0.1", repo_id=REPO_ID, revision=REVISION, max_length=None,
         pretrained=True, init_seed=0, trainable_blocks=1, pooling="last", dropout=0.0,
         finetune="blocks", truncation="head", head_ratio=0.25,
     )  # fmt: skip
-    meta = classifier.classifier_meta(params, SMS, trained, 48, tokenizer.load(hub).eot_token)
-    folder = project / "models/finetuned"
+    meta = classifier.classifier_meta(params, classes, trained, 48, tokenizer.load(hub).eot_token)
     folder.mkdir(parents=True)
     classifier.save(model, folder, meta, hub, full=False)
     return folder
@@ -647,19 +655,9 @@ def number_folder(project: Path) -> Path:
     """A regression model (data.label_format number) on the project's base weights."""
     hub = project / "hub" / REPO_ID / "resolve" / REVISION
     model = GPT2Classifier(GPT2.from_pretrained(hub), 1, "last", "number")
-    torch.nn.init.normal_(model.head.weight, std=0.3, generator=torch.Generator().manual_seed(1))
-    trained = classifier.freeze(model, 1)
-    params = ModelParams(
-        hub_url="http://127.0.0.1", repo_id=REPO_ID, revision=REVISION, max_length=None,
-        pretrained=True, init_seed=0, trainable_blocks=1, pooling="last", dropout=0.0,
-        finetune="blocks", truncation="head", head_ratio=0.25,
-    )  # fmt: skip
-    classes = Classes(("score",), None, "number")
-    meta = classifier.classifier_meta(params, classes, trained, 48, tokenizer.load(hub).eot_token)
-    folder = project / "models/number"
-    folder.mkdir(parents=True)
-    classifier.save(model, folder, meta, hub, full=False)
-    return folder
+    return light_folder(
+        hub, model, Classes(("score",), None, "number"), 1, project / "models/number"
+    )
 
 
 @dataclass(frozen=True)
