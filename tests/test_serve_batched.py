@@ -26,7 +26,7 @@ from conftest import free_port, http_service, post, spamgpt, subprocess_env
 from spamgpt import params, runtime
 from spamgpt.data import tokenizer
 from spamgpt.errors import SpamGPTError
-from spamgpt.labels import SMS
+from spamgpt.labels import SMS, Classes
 from spamgpt.model import classifier
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.random_hub import make_hub
@@ -43,11 +43,12 @@ from spamgpt.serve.serve_batched import (
     Settings,
     TorchEngine,
     check_onnx,
+    model_meta,
     records_of_columns,
     serve,
     texts_of,
 )
-from spamgpt.texts import ONE_TEXT, TextFields
+from spamgpt.texts import ONE_TEXT, TextFields, Truncation
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLD = 0.6
@@ -72,15 +73,15 @@ def torch_threads() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def tiny_model(root: Path) -> Path:
+def tiny_model(root: Path, classes: Classes = SMS) -> Path:
     """A self-contained fine-tuned folder of random tiny weights, the head drawn so that
     probabilities spread over (0, 1)."""
     hub = make_hub(root / "hub", layers=2, dim=32, heads=4, n_ctx=64, revision="serve")
     torch.manual_seed(0)
-    model = GPT2Classifier(GPT2.from_pretrained(hub), len(SMS))
+    model = GPT2Classifier(GPT2.from_pretrained(hub), len(classes.names))
     torch.nn.init.normal_(model.head.weight, std=0.3)
     m = params.load(REPO / "params.yaml").model
-    meta = classifier.classifier_meta(m, SMS, [], 48, tokenizer.load(hub).eot_token)
+    meta = classifier.classifier_meta(m, classes, [], 48, tokenizer.load(hub).eot_token)
     meta["pretrained"] = False
     folder = root / "finetuned"
     folder.mkdir()
@@ -263,19 +264,52 @@ def test_the_onnx_export_served_answers_concurrent_requests_as_classify_does(
     assert "worker: onnxruntime, intra-op spinning 0" in log.read_text().splitlines()
 
 
-def test_an_onnx_file_that_is_not_the_models_export_is_refused(tmp_path: Path) -> None:
-    folder = tiny_model(tmp_path)
-    model, meta = classifier.load(folder)
-    export.to_onnx(model.eval(), meta, tmp_path / "model.onnx")
-    check_onnx(str(tmp_path / "model.onnx"), meta)  # its own export: taken
-    other = {**meta, "max_length": meta["max_length"] + 1}
-    with pytest.raises(SpamGPTError, match=r"is not an export of --model: its max_length is 48"):
-        check_onnx(str(tmp_path / "model.onnx"), other)
-    with pytest.raises(SpamGPTError, match=r"--onnx .*nothing.onnx: no such file"):
-        check_onnx(str(tmp_path / "nothing.onnx"), meta)
-    (tmp_path / "text.onnx").write_text("not a graph")
-    with pytest.raises(SpamGPTError, match=r"--onnx .*text.onnx: not a graph onnxruntime loads"):
-        check_onnx(str(tmp_path / "text.onnx"), meta)
+def test_an_onnx_file_that_is_not_the_models_export_is_refused(
+    folder: Path, tmp_path: Path
+) -> None:
+    import onnx
+    import onnxruntime
+
+    graph = str(folder.parent / "model.onnx")
+    meta = model_meta(str(folder), "none")
+    check_onnx(graph, meta)  # its own export: taken
+    for key, theirs, ours in [
+        ("max_length", 48, 49),
+        ("truncation", "head", "tail"),
+        ("labels", ["ham", "spam"], ["spam", "ham"]),
+    ]:
+        with pytest.raises(SpamGPTError) as refused_:
+            check_onnx(graph, {**meta, key: ours})
+        assert str(refused_.value) == (
+            f"--onnx {graph} is not an export of --model: its {key} is {theirs!r}, "
+            f"the model's {ours!r}"
+        )
+    nothing = str(tmp_path / "nothing.onnx")
+    with pytest.raises(SpamGPTError) as refused_:
+        check_onnx(nothing, meta)
+    assert str(refused_.value) == f"--onnx {nothing}: no such file"
+    text = tmp_path / "text.onnx"
+    text.write_text("not a graph")
+    with pytest.raises(Exception) as loading:  # onnxruntime's own words, their first line
+        onnxruntime.InferenceSession(str(text))
+    with pytest.raises(SpamGPTError) as refused_:
+        check_onnx(str(text), meta)
+    first = str(loading.value).splitlines()[0]
+    assert str(refused_.value) == f"--onnx {text}: not a graph onnxruntime loads: {first}"
+    # a graph onnxruntime loads, without the metadata spamgpt export records
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    identity = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "id", [x], [y]
+    )
+    other = tmp_path / "other.onnx"
+    opset = onnx.helper.make_opsetid("", 13)
+    onnx.save(onnx.helper.make_model(identity, opset_imports=[opset], ir_version=8), other)
+    with pytest.raises(SpamGPTError) as refused_:
+        check_onnx(str(other), meta)
+    assert str(refused_.value) == (
+        f"--onnx {other} is not a spamgpt export (spamgpt export --to onnx)"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -348,8 +382,14 @@ def test_without_batching_a_request_is_scored_alone(model_folder: Path) -> None:
     assert isinstance(api.engine, TorchEngine)
 
 
-def test_the_onnx_engine_answers_as_the_pytorch_one_and_does_not_spin(folder: Path) -> None:
-    engine = OnnxEngine(settings_of(folder, onnx=True))
+def test_the_worker_builds_the_onnx_engine_for_onnx_which_answers_as_classify_without_spinning(
+    folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    api = BatchedClassifier(settings_of(folder, onnx=True), ONE_TEXT, max_batch_size=8)
+    api.setup("cpu")  # --onnx: the worker builds the ONNX engine
+    engine = api.engine
+    assert isinstance(engine, OnnxEngine)
+    assert capsys.readouterr().err == "worker: onnxruntime, intra-op spinning 0\n"
     assert engine.described == "onnxruntime, intra-op spinning 0"
     options = engine.session.get_session_options()
     assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
@@ -618,6 +658,63 @@ def test_serve_with_onnx_checks_the_graph_and_not_the_pytorch_flags(
     assert len(runs) == 1
 
 
+def _asleep(ready: object) -> None:
+    """A stand-in for LitServe's inference worker: SIGTERM's default action, then asleep."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    ready.set()
+    time.sleep(60)
+
+
+def test_serve_stops_its_workers_when_stopped_while_they_start(
+    model_folder: Path, runs: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM while LitServe waits for its worker (run not yet serving): serve returns,
+    and the worker still running is terminated (waited for at most 5 s), the one that ended
+    left be."""
+    import multiprocessing
+
+    import litserve
+
+    context = multiprocessing.get_context("fork")
+
+    class Worker(context.Process):
+        def join(self, timeout: float | None = None) -> None:
+            self.waited = timeout
+            super().join(timeout)
+
+    ready = context.Event()
+    workers = [Worker(target=_asleep, args=(ready,)), Worker(target=int)]
+
+    def starting(server: object, **how: object) -> None:
+        server.inference_workers = workers
+        for worker in workers:
+            worker.start()
+        workers[1].join()
+        assert ready.wait(30)
+        raise KeyboardInterrupt  # what serve's SIGTERM handler raises
+
+    monkeypatch.setattr(litserve.LitServer, "run", starting)
+    serve(settings_of(model_folder), 5131)
+    assert [worker.exitcode for worker in workers] == [-signal.SIGTERM, 0]
+    assert (workers[0].waited, workers[1].waited) == (5, None)  # the second: joined above
+
+
+def test_serve_refuses_a_threshold_the_models_task_does_not_take(
+    tmp_path: Path, runs: list
+) -> None:
+    three = tiny_model(tmp_path, Classes(("billing", "outage", "sales")))
+    with pytest.raises(SpamGPTError) as refused_:
+        serve(Settings(str(three), "none", "cpu", "fp32", 0.7), 5132)
+    assert str(refused_.value) == (
+        "--threshold 0.7: this model decides without a threshold (single labels: billing, "
+        "outage, sales; positive class: none): a threshold applies to the positive class of "
+        "two classes or to each label of a multi-label model; allowed: leave --threshold out"
+    )
+    assert runs == []
+    serve(Settings(str(three), "none", "cpu", "fp32"), 5132)  # no threshold: served
+    assert len(runs) == 1
+
+
 def light_model(root: Path) -> tuple[Path, Path]:
     """(folder, pretrained root): a model folder holding its head only, as finetune saves a
     model whose base is pretrained, and its base GPT-2 in the pretrained root."""
@@ -656,7 +753,8 @@ def test_a_light_model_is_served_with_its_base_from_pretrained(
 def test_the_engines_take_the_models_threshold_where_none_is_given(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No --threshold: evaluate's, from the working directory's reports/evaluation.json."""
+    """No --threshold: evaluate's, from the working directory's reports/evaluation.json; a
+    --threshold given: that one, over the model's."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "evaluation.json").write_text(json.dumps({"threshold": 0.999}))
@@ -666,6 +764,63 @@ def test_the_engines_take_the_models_threshold_where_none_is_given(
         engine = OnnxEngine(settings) if onnx else TorchEngine(settings)
         assert engine.threshold == 0.999
         assert {a["label"] for a in engine.answers(texts)} == {"ham"}
+        given = OnnxEngine if onnx else TorchEngine
+        assert given(dataclasses.replace(settings, threshold=0.25)).threshold == 0.25
+
+
+def test_the_torch_engine_computes_as_the_flags_say_and_describes_it(
+    model_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    settings = dataclasses.replace(settings_of(model_folder), max_tokens=512)
+    engine = TorchEngine(settings)
+    assert engine.compute == runtime.Compute(torch.device("cpu"), "fp32", 512)
+    assert engine.described == (
+        f"PyTorch fp32 on cpu, {torch.get_num_threads()} threads, OMP_WAIT_POLICY PASSIVE"
+    )
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert TorchEngine(settings).described.endswith(" threads, OMP_WAIT_POLICY unset")
+    with pytest.raises(SpamGPTError, match=f"^--device: {UNAVAILABLE} is not available on th"):
+        TorchEngine(dataclasses.replace(settings, device=UNAVAILABLE))
+    # the model moves to the device runtime resolved: torch's meta device, which every
+    # machine has, stands in for a GPU (the loader gives the model on the CPU)
+    resolved = runtime.setup
+    monkeypatch.setattr(
+        runtime,
+        "setup",
+        lambda *args, **kwargs: dataclasses.replace(
+            resolved(*args, **kwargs), device=torch.device("meta")
+        ),
+    )
+    assert {p.device.type for p in TorchEngine(settings).model.parameters()} == {"meta"}
+
+
+def test_the_engines_cut_a_long_message_as_the_model_was_trained(
+    folder: Path, tmp_path: Path
+) -> None:
+    """A head_tail model reads a message over max_length (48 tokens) by its first quarter and
+    its end, as classify does: not by its first 48 tokens."""
+    head_tail = tmp_path / "head_tail"
+    shutil.copytree(folder, head_tail)
+    meta = json.loads((head_tail / classifier.CLASSIFIER_JSON).read_text())
+    meta.update(truncation="head_tail", head_ratio=0.25)
+    (head_tail / classifier.CLASSIFIER_JSON).write_text(json.dumps(meta))
+    model, _ = classifier.load(head_tail)
+    long = " ".join(WORDS * 8)  # about 90 tokens
+    engine = TorchEngine(dataclasses.replace(settings_of(folder), model=str(head_tail)))
+    compute = runtime.Compute(torch.device("cpu"), "fp32")
+    cut = Truncation("head_tail", 0.25)
+    probabilities, truncated = classifier.classify_texts(
+        model, engine.enc, [long], 48, compute, cut
+    )
+    head, _ = classifier.classify_texts(model, engine.enc, [long], 48, compute)
+    assert truncated == [True] and not torch.allclose(head, probabilities, atol=1e-3)
+    expected = classifier.answers(probabilities, SMS, THRESHOLD)
+    assert engine.answers([long]) == expected
+    # the graph is the same model's (the cut is made before it)
+    onnx = dataclasses.replace(settings_of(folder, onnx=True), model=str(head_tail))
+    (answer,) = OnnxEngine(onnx).answers([long])
+    assert_same(answer, expected[0])
 
 
 def test_the_middleware_replays_the_body_once_then_hands_on_the_client() -> None:
