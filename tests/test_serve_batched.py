@@ -658,6 +658,33 @@ def test_serve_with_onnx_checks_the_graph_and_not_the_pytorch_flags(
     assert len(runs) == 1
 
 
+def test_serve_keeps_its_one_worker_on_the_cpu_on_a_machine_with_gpus(
+    model_folder: Path, runs: list, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LitServe's default accelerator (auto) puts a worker on each GPU `nvidia-smi -L` lists;
+    serve's one worker is LitServe's CPU one whatever the machine has (the engine puts the
+    model on --device). Two GPUs here: an nvidia-smi of the test's own on PATH lists them."""
+    from litserve import connector
+
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    smi = tools / "nvidia-smi"
+    smi.write_text(
+        "#!/bin/sh\necho 'GPU 0: H100 (UUID: GPU-0)'\necho 'GPU 1: H100 (UUID: GPU-1)'\n"
+    )
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    connector.check_cuda_with_nvidia_smi.cache_clear()  # LitServe asks once a process
+    try:
+        assert connector.check_cuda_with_nvidia_smi() == 2
+        serve(settings_of(model_folder), 5133)
+    finally:
+        connector.check_cuda_with_nvidia_smi.cache_clear()
+    ((server, _),) = runs
+    assert (server._connector.accelerator, server.devices) == ("cpu", ["cpu"])
+
+
 def _asleep(ready: object) -> None:
     """A stand-in for LitServe's inference worker: SIGTERM's default action, then asleep."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
