@@ -11,6 +11,7 @@ copy.
 import contextlib
 import fcntl
 import os
+import sqlite3
 import subprocess
 import time
 import traceback
@@ -65,6 +66,28 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
 
 
+def _check_database(db: Path) -> None:
+    """The store's file, where there is one, is an SQLite database: a text file or a truncated
+    database is one line naming it, not SQLAlchemy's traceback when MLflow opens it. Read-only
+    (the file is left as it is); a database another process is writing (locked) is MLflow's
+    to wait for."""
+    if not db.is_file():  # none yet: MLflow makes it
+        return
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=0)
+        ) as database:
+            database.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:  # locked, or not readable now: not a matter of its format
+        return
+    except sqlite3.DatabaseError as e:  # "file is not a database", "... image is malformed"
+        raise SpamGPTError(
+            f"{db} is not an SQLite database ({e}); MLflow's store there must be one, or no "
+            f"file (a new store is made): move it away, or set MLFLOW_TRACKING_URI to another "
+            f"store"
+        ) from None
+
+
 def _create_store(uri: str, db: Path) -> None:
     """Create the SQLite store (tables, schema migrations, MLflow's default experiment) under
     an exclusive lock. MLflow does this unguarded on first use, so parallel runs on a fresh
@@ -81,6 +104,7 @@ def connect(timeout: float = 10.0) -> str:
     uri = tracking_uri()
     db = _sqlite_path(uri)
     if db is not None:
+        _check_database(db)  # before the lock file is made beside it: a refusal leaves nothing
         _create_store(uri, db)
     if uri.startswith(("http://", "https://")):
         try:

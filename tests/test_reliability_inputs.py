@@ -97,6 +97,15 @@ STAGE_CASES = [
     ),
     # split builds data/split beside the old one and writes metrics/data.json before the swap
     ("output-is-a-directory", ["split"], {}, 1, "error: metrics/data.json: Is a directory"),
+    (  # refused before any training, the file and the checkpoint as they were
+        "store-is-a-text-file",
+        ["finetune"],
+        {},
+        1,
+        "error: {folder}/mlflow.db is not an SQLite database (file is not a database); MLflow's "
+        "store there must be one, or no file (a new store is made): move it away, or set "
+        "MLFLOW_TRACKING_URI to another store",
+    ),
 ]
 if not torch.cuda.is_available():
     STAGE_CASES.append(
@@ -130,6 +139,9 @@ def lay_out(folder: Path, mirror, name: str, overrides: dict, url: str) -> None:
     }
     if name not in DOWNLOADS:
         earlier["data/raw/dataset"] = sms_collection()
+    if name == "store-is-a-text-file":
+        earlier["mlflow.db"] = b"runs: none yet\n"
+        earlier["metrics/data.json"] = json.dumps(SMS.to_dict()).encode()  # the classes
     if name == "output-is-a-directory":
         del earlier["metrics/data.json"]
         earlier["metrics/data.json/keep"] = b"a folder where split writes a file"
@@ -184,7 +196,7 @@ def test_stage_refuses_in_one_line_and_leaves_files_alone(
     _, stderr = proc.communicate()
     assert proc.returncode == code, stderr
     line = error_line(stderr)
-    assert line.startswith(start), line
+    assert line.startswith(start.format(folder=folder.resolve())), line
     assert REASONS.get(name, "") in line
     after = listing(folder)
     if name == "empty-member":  # the download did succeed, and wrote its phases' timeline

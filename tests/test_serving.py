@@ -926,6 +926,7 @@ def test_log_model_logs_the_light_model_its_config_metadata_and_pins(
     assert mlmodel.metadata == {"labels": ["ham", "spam"], "positive_label": "spam"}
     assert mlmodel.saved_input_example_info is None
     assert mlmodel.signature.inputs.to_dict() == [{"type": "string", "required": True}]
+    assert mlmodel.signature.outputs.to_dict() == answers_schema("single")
     requirements = (local / "requirements.txt").read_text().split()
     assert [r for r in requirements if not r.startswith("mlflow")] == pins(*serving.REQUIREMENTS)
     artifact = local / "artifacts" / ARTIFACT
@@ -971,6 +972,56 @@ def test_log_model_names_the_fields_and_the_task_in_the_config(
         assert example.to_dict(orient="list") == {f: serving.INPUT_EXAMPLE for f in FIELDS}
     else:
         assert mlmodel.saved_input_example_info is None
+
+
+# The outputs MLflow infers from a one-text model's predict hints (list[Prediction] etc.):
+# one object column, each answer's fields as its properties (the extra spam_probability not
+# among them); a fields model's signature declares the same.
+DOUBLES = {"type": "map", "values": {"type": "double"}, "required": True}
+ANSWERS = {
+    "single": {
+        "label": {"type": "string", "required": True},
+        "probabilities": DOUBLES,
+        "probability": {"type": "double", "required": True},
+    },
+    "multi": {
+        "labels": {"type": "array", "items": {"type": "string"}, "required": True},
+        "probabilities": DOUBLES,
+    },
+    "number": {"prediction": {"type": "double", "required": True}},
+}
+
+
+ANSWER_TYPES = {
+    "single": serving.Prediction,
+    "multi": serving.MultiLabelPrediction,
+    "number": serving.NumberPrediction,
+}
+
+
+def answers_schema(kind: str) -> list[dict]:
+    return [{"type": "object", "properties": ANSWERS[kind], "required": True}]
+
+
+@pytest.mark.parametrize("kind", ["single", "multi", "number"])
+def test_a_fields_model_declares_its_fields_in_and_the_answers_out(
+    kinds: Kinds, store: MlflowClient, kind: str
+) -> None:
+    """Each field a string column in, the answers out as the one-text model of its kind
+    declares them; the model loaded by MLflow (its input checked against the signature)
+    answers a DataFrame with the fields in another order and another column."""
+    run_id = finished_run(store)
+    folder = kinds.folders["fields" if kind == "single" else f"{kind}_fields"]
+    uri = serving.log_model(run_id, folder, CONFIGS[kind]["threshold"], base=kinds.base)
+    signature = mlflow.models.get_model_info(uri).signature
+    string = {"type": "string", "required": True}
+    assert signature.inputs.to_dict() == [{**string, "name": field} for field in FIELDS]
+    assert signature.outputs.to_dict() == answers_schema(kind)
+    frame = pd.DataFrame({"body": ["a prize", "at 7"], "id": [1, 2], "subject": ["WIN", "hi"]})
+    answers = mlflow.pyfunc.load_model(uri).predict(frame)
+    texts = ["WIN\n\na prize", "hi\n\nat 7"]
+    threshold, answer_type = CONFIGS[kind]["threshold"], ANSWER_TYPES[kind]
+    assert answers == expected_answers(folder, texts, threshold, answer_type)
 
 
 @pytest.mark.parametrize("shift", [None, {"ham": 0.0, "spam": -1.3}])

@@ -3,6 +3,7 @@ contention, resumed and killed: tests/test_reliability_tracking.py)."""
 
 import json
 import shutil
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -342,3 +343,58 @@ def test_a_server_that_does_not_answer_is_given_up_after_the_timeout(tmp_path, m
         f"MLflow tracking server {url} is unreachable (timed out); start it, or unset "
         f"MLFLOW_TRACKING_URI to record runs in {tmp_path.resolve() / 'mlflow.db'}"
     )
+
+
+def not_a_database(empty_store: Path, kind: str) -> bytes:
+    """What a store file that is no SQLite database holds: a text file, or a store cut short."""
+    if kind == "text":
+        return b"runs: none yet\n"
+    whole = empty_store.read_bytes()
+    return whole[: len(whole) // 2]
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [("text", "file is not a database"), ("truncated", "database disk image is malformed")],
+)
+def test_a_store_that_is_no_database_is_one_line_and_left_alone(
+    tmp_path: Path, empty_store: Path, monkeypatch, kind: str, reason: str
+) -> None:
+    """Not SQLAlchemy's traceback: one line naming the file, why, and the ways out; the file
+    as it was, nothing made beside it, MLflow pointed nowhere new."""
+    db = tmp_path / "mlflow.db"
+    content = not_a_database(empty_store, kind)
+    db.write_bytes(content)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    with restored_tracking_uri():
+        before = mlflow.get_tracking_uri()
+        with pytest.raises(SpamGPTError) as error:
+            tracking.connect()
+        assert mlflow.get_tracking_uri() == before
+    assert str(error.value) == (
+        f"{tmp_path.resolve() / 'mlflow.db'} is not an SQLite database ({reason}); MLflow's "
+        "store there must be one, or no file (a new store is made): move it away, or set "
+        "MLFLOW_TRACKING_URI to another store"
+    )
+    assert error.value.exit_code == 1
+    assert db.read_bytes() == content
+    assert [p.name for p in tmp_path.iterdir()] == ["mlflow.db"]
+
+
+def test_a_database_that_is_empty_locked_or_absent_is_left_to_mlflow(
+    tmp_path: Path, empty_store: Path
+) -> None:
+    """An empty file is an empty SQLite database (MLflow makes its tables in it); one another
+    process holds locked is being written, so a database; no file is a store to make."""
+    tracking._check_database(tmp_path / "absent.db")
+    (tmp_path / "empty.db").write_bytes(b"")
+    tracking._check_database(tmp_path / "empty.db")
+    shutil.copy(empty_store, tmp_path / "locked.db")
+    writer = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    try:
+        writer.execute("BEGIN EXCLUSIVE")
+        tracking._check_database(tmp_path / "locked.db")
+    finally:
+        writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "locked.db"]

@@ -41,7 +41,8 @@ import torch
 from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
-from mlflow.types import ColSpec, Schema
+from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types.schema import Array, Map, Object, Property
 from mlflow.types.type_hints import TypeFromExample
 
 import spamgpt
@@ -252,6 +253,27 @@ def model_for(config: dict) -> TextClassifierModel:
     return fields() if config.get("text_columns") else one_text()
 
 
+# The signature types of the answers' fields (Prediction and its kin), as MLflow infers them
+# from a one-text model's predict hints.
+ANSWER_FIELD_TYPES = {
+    str: DataType.string,
+    float: DataType.double,
+    dict[str, float]: Map(DataType.double),
+    list[str]: Array(DataType.string),
+}
+
+
+def answers_schema(answer_type: type[pydantic.BaseModel]) -> Schema:
+    """A signature's outputs for a list of `answer_type`: one object column of its fields, as
+    MLflow infers a one-text model's from predict's hints (a fields model's input hint is the
+    example's DataFrame, from which MLflow infers no outputs)."""
+    properties = [
+        Property(name, ANSWER_FIELD_TYPES[field.annotation])
+        for name, field in answer_type.model_fields.items()
+    ]
+    return Schema([ColSpec(Object(properties))])
+
+
 def onnx_probabilities(session: "InferenceSession", inputs: ModelInputs) -> np.ndarray:
     """Class probabilities (N, classes) of token-id messages from an ONNX graph of
     spamgpt.serve.export, batched as classifier.class_probabilities batches them on a CPU but
@@ -303,9 +325,16 @@ def log_model(
         fields = TextFields.from_dict(meta)
         several = len(fields.columns) > 1
         task = task_for(classifier.classes_of(meta))
-        if several:  # the signature names the fields; the example is a DataFrame of them
+        config = {
+            "threshold": threshold,
+            "device": "auto",
+            **({"text_columns": list(fields.columns)} if several else {}),
+            **task.serving_config(),
+        }
+        if several:  # each field a string column in, the answers out; the example a DataFrame
             example = pd.DataFrame({c: INPUT_EXAMPLE for c in fields.columns})
-            signature = ModelSignature(Schema([ColSpec("string", c) for c in fields.columns]))
+            columns = Schema([ColSpec(DataType.string, c) for c in fields.columns])
+            signature = ModelSignature(columns, answers_schema(model_for(config).answer_type))
         else:  # from predict's type hints (list[str] in, list[Prediction] out), and no
             # example: MLflow would load the model twice to run it (the output against the
             # hints, then as a server), seconds of evaluate for a schema the hints already give
@@ -332,12 +361,7 @@ def log_model(
                 input_example=example,
                 signature=signature,
                 metadata=classifier.classes_of(meta).to_dict(),  # the class names, in order
-                model_config={
-                    "threshold": threshold,
-                    "device": "auto",
-                    **({"text_columns": list(fields.columns)} if several else {}),
-                    **task.serving_config(),
-                },
+                model_config=config,
                 pip_requirements=pins,
                 registered_model_name=registered_model_name,
             )
