@@ -12,6 +12,7 @@ import runpy
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -528,7 +529,7 @@ def test_the_logged_model_serves_the_gated_int8_graph(pipeline: Pipeline) -> Non
         local = mlflow.artifacts.download_artifacts(f"runs:/{pipeline.run_id}/model")
     assert loaded.unwrap_python_model().session is not None  # onnxruntime scores
     (graph,) = Path(local).rglob("*.onnx")
-    assert "MatMulInteger" in {node.op_type for node in onnx.load(str(graph)).graph.node}
+    assert "MatMulIntegerToFloat" in {node.op_type for node in onnx.load(str(graph)).graph.node}
     got = np.array([list(a.probabilities.values()) for a in answers])
     np.testing.assert_allclose(got, spamgpt_probabilities(pipeline.path), rtol=0, atol=0.03)
 
@@ -581,7 +582,7 @@ def test_the_int8_export_passes_the_gate_and_reports_beside_pytorch(gated: Path)
     dest = gated / "exports" / "int8.onnx"
     export_int8(gated, str(dest))
     graph = onnx.load(str(dest))
-    assert "MatMulInteger" in {node.op_type for node in graph.graph.node}  # int8 weights
+    assert "MatMulIntegerToFloat" in {node.op_type for node in graph.graph.node}  # int8 weights
     report = json.loads((gated / paths.EXPORT_ONNX_INT8_REPORT).read_text())
     evaluated = json.loads((gated / paths.EVAL_METRICS).read_text())
     assert report["metric"] == "spam_f1" and report["max_drop"] == export.MAX_DROP
@@ -654,13 +655,13 @@ def test_int8_keeps_exactly_the_first_blocks_attention_projections_in_float(
     assert len(float_matmuls) == 2 and set(float_matmuls) <= set(how["float_nodes"])
     for weight in float_matmuls.values():
         assert sum(w.shape == weight.shape and np.array_equal(w, weight) for w in kept) == 1
-    integer = {n.name: n for n in graph.graph.node if n.op_type == "MatMulInteger"}
+    integer = {n.name: n for n in graph.graph.node if n.op_type == "MatMulIntegerToFloat"}
     for node in integer.values():  # b's zero point: one per output channel
-        assert weights[node.input[3]].shape == (weights[node.input[1]].shape[1],)
+        assert weights[node.input[5]].shape == (weights[node.input[1]].shape[1],)
     # Without the named modules kept, exactly those two MatMuls more are int8.
     export.quantize_int8(tmp_path / "fp32.onnx", tmp_path / "all.onnx", float_modules=())
     every = onnx.load(str(tmp_path / "all.onnx")).graph.node
-    all_integer = {n.name for n in every if n.op_type == "MatMulInteger"}
+    all_integer = {n.name for n in every if n.op_type == "MatMulIntegerToFloat"}
     assert all_integer - set(integer) == {f"{name}_quant" for name in float_matmuls}
     assert set(integer) < all_integer
     assert how == {
@@ -814,25 +815,24 @@ def quantized_matmuls(
 
 
 def row_quantized(message: np.ndarray) -> np.ndarray:
-    """numpy's per-row quantization of `message`, dequantized: 255 levels over each row's
-    range, 0 included."""
-    low = np.minimum(message.min(axis=-1, keepdims=True), 0)
-    high = np.maximum(message.max(axis=-1, keepdims=True), 0)
-    scale = np.maximum(high - low, np.finfo(np.float32).tiny) / 255
-    zero = np.round(-low / scale)
-    return (np.clip(np.round(message / scale) + zero, 0, 255) - zero) * scale
+    """numpy's per-row quantization of `message`, dequantized: symmetric, 127 levels a side of
+    0 for each row's largest magnitude, codes shifted by 128 into uint8."""
+    largest = np.abs(message).max(axis=-1, keepdims=True)
+    scale = np.maximum(largest / 127, np.finfo(np.float32).tiny)
+    return (np.clip(np.round(message / scale) + 128, 0, 255) - 128) * scale
 
 
 @pytest.mark.parametrize(("weight_type", "opset"), [("QInt8", 20), ("QUInt8", 20), ("QInt8", 18)])
 def test_per_row_activations_quantizes_each_row_by_its_own_range(
     tmp_path: Path, weight_type: str, opset: int
 ) -> None:
-    """Each row (a token) is rounded to 255 levels over its own range (0 included), whatever
-    its batch-mates: the planted batch-mate of values 1000 times larger moved the row's
-    output under dynamic quantization's one scale per tensor, not after the rewrite.
+    """Each row (a token) is rounded to 127 levels a side of 0 for its own largest magnitude,
+    whatever its batch-mates: the planted batch-mate of values 1000 times larger moved the
+    row's output under dynamic quantization's one scale per tensor, not after the rewrite.
     Checked against numpy on the graph's own int8 weights, zero points and scales: a row of
-    both signs, one all positive (zero point 0), one all negative (255), one all zero (0,
-    not NaN); each of two MatMuls, the nodes around them passed by."""
+    both signs, one all positive, one all negative whose largest magnitude is its minimum,
+    one all zero (0, not NaN); each of two MatMuls, the nodes around them passed by, the
+    nodes that rescaled each MatMulInteger's output gone with it."""
     import onnx
     import onnxruntime
 
@@ -844,7 +844,10 @@ def test_per_row_activations_quantizes_each_row_by_its_own_range(
     assert export.per_row_activations(graph) == 2
     names = [n.name for n in graph.graph.node]
     assert all(names) and len(set(names)) == len(names)
-    assert [n for n in graph.graph.node if n.op_type == "DynamicQuantizeLinear"] == []
+    kinds = Counter(n.op_type for n in graph.graph.node)
+    assert (kinds["DynamicQuantizeLinear"], kinds["MatMulInteger"], kinds["Cast"]) == (0, 0, 1)
+    # each output times its rows' scales, and nothing else: the product of scales is gone
+    assert (kinds["MatMulIntegerToFloat"], kinds["Mul"]) == (2, 2)
     rows = onnxruntime.InferenceSession(graph.SerializeToString())
     arrays = {t.name: onnx.numpy_helper.to_array(t) for t in graph.graph.initializer}
 
@@ -857,11 +860,10 @@ def test_per_row_activations_quantizes_each_row_by_its_own_range(
     alone = rows.run(None, feed)
     batched = rows.run(None, {x: np.concatenate([m, mate]) for x, m in feed.items()})
     for i, (x, w) in enumerate(zip(feed.values(), weights, strict=True)):
-        node = next(n for n in graph.graph.node if n.op_type == "MatMulInteger" and
+        node = next(n for n in graph.graph.node if n.op_type == "MatMulIntegerToFloat" and
                     n.output[0].startswith(f"y{i}"))  # fmt: skip
-        codes, zeros = arrays[node.input[1]], arrays[node.input[3]]
-        scales = next(a for n, a in arrays.items() if n == node.input[1].replace(
-            "_quantized", "_scale"))  # fmt: skip
+        codes, scales, zeros = (arrays[node.input[j]] for j in (1, 3, 5))
+        assert arrays[node.input[2]] == 1 and arrays[node.input[4]] == 128
         assert (np.any(zeros != 0)) == (weight_type == "QUInt8")
         dequantized = (codes.astype(np.float32) - zeros) * scales
         assert np.array_equal(batched[i][:1], alone[i])
@@ -1312,8 +1314,8 @@ def test_int8_quantizes_every_matmul_but_the_named_modules_ones(tmp_path: Path) 
         "float_modules": list(export.FLOAT_MODULES), "float_nodes": ["m1"],
     }  # fmt: skip
     assert nodes["m1"][0] == "MatMul" and np.array_equal(nodes["m1"][1][1], w1)
-    op, (_, weight, _, zero_point) = nodes["m2_quant"]
-    assert (op, weight.dtype, zero_point.shape) == ("MatMulInteger", np.int8, (4,))  # per channel
+    op, (_, weight, _, _, _, zero_point) = nodes["m2_quant"]
+    assert (op, weight.dtype, zero_point.shape) == ("MatMulIntegerToFloat", np.int8, (4,))
     np.testing.assert_allclose(y, x @ w1 @ w2, rtol=0, atol=0.1)
     assert not np.allclose(y, x @ w1 @ w2, rtol=0, atol=1e-6)  # int8: near, not equal
 
@@ -1323,11 +1325,11 @@ def test_int8_quantizes_every_matmul_but_the_named_modules_ones(tmp_path: Path) 
         [],
         [],
     )
-    assert {n: op for n, (op, _) in nodes.items() if op == "MatMulInteger"} == {
-        "m1_quant": "MatMulInteger",
-        "m2_quant": "MatMulInteger",
+    assert {n: op for n, (op, _) in nodes.items() if op.startswith("MatMulInteger")} == {
+        "m1_quant": "MatMulIntegerToFloat",
+        "m2_quant": "MatMulIntegerToFloat",
     }
-    assert nodes["m2_quant"][1][3].shape == ()  # one zero point for the tensor
+    assert nodes["m2_quant"][1][5].shape == ()  # one zero point for the tensor
 
 
 def test_the_gate_compares_the_selected_metric(tiny) -> None:
