@@ -426,8 +426,9 @@ def per_row_activations(graph: "onnx.ModelProto") -> int:
     its own: one scale per row of the last axis (a token of a message), zero point 128. The
     node's scale output becomes (..., rows, 1); each MatMulInteger reading its codes, with
     the Cast and the Muls that rescaled its output, becomes a MatMulIntegerToFloat scaled by
-    the weight's columns, times the rows' scales. So a message's activations get the same
-    codes whatever else is in its batch. Returns how many nodes it rewrote."""
+    the weight's columns, times the rows' scales (the graph imports com.microsoft already:
+    quantize_dynamic's own ops are there). So a message's activations get the same codes
+    whatever else is in its batch. Returns how many nodes it rewrote."""
     from onnx import helper, numpy_helper
 
     constants = {
@@ -483,8 +484,6 @@ def per_row_activations(graph: "onnx.ModelProto") -> int:
         graph.graph.initializer.extend(
             numpy_helper.from_array(value, shared[key]) for key, value in constants.items()
         )
-        if not any(o.domain == "com.microsoft" for o in graph.opset_import):
-            graph.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     del graph.graph.node[:]
     # a product of scales may come before its MatMulInteger: dropped once all are seen
     graph.graph.node.extend(n for n in nodes if n.output[0] not in products)
