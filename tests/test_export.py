@@ -815,24 +815,26 @@ def quantized_matmuls(
 
 
 def row_quantized(message: np.ndarray) -> np.ndarray:
-    """numpy's per-row quantization of `message`, dequantized: symmetric, 127 levels a side of
-    0 for each row's largest magnitude, codes shifted by 128 into uint8."""
-    largest = np.abs(message).max(axis=-1, keepdims=True)
-    scale = np.maximum(largest / 127, np.finfo(np.float32).tiny)
-    return (np.clip(np.round(message / scale) + 128, 0, 255) - 128) * scale
+    """numpy's per-row quantization of `message`, dequantized: 255 levels over each row's
+    range, 0 included."""
+    low = np.minimum(message.min(axis=-1, keepdims=True), 0)
+    high = np.maximum(message.max(axis=-1, keepdims=True), 0)
+    scale = np.maximum(high - low, np.finfo(np.float32).tiny) / 255
+    zero = np.round(-low / scale)
+    return (np.clip(np.round(message / scale) + zero, 0, 255) - zero) * scale
 
 
 @pytest.mark.parametrize(("weight_type", "opset"), [("QInt8", 20), ("QUInt8", 20), ("QInt8", 18)])
 def test_per_row_activations_quantizes_each_row_by_its_own_range(
     tmp_path: Path, weight_type: str, opset: int
 ) -> None:
-    """Each row (a token) is rounded to 127 levels a side of 0 for its own largest magnitude,
-    whatever its batch-mates: the planted batch-mate of values 1000 times larger moved the
-    row's output under dynamic quantization's one scale per tensor, not after the rewrite.
+    """Each row (a token) is rounded to 255 levels over its own range (0 included), whatever
+    its batch-mates: the planted batch-mate of values 1000 times larger moved the row's
+    output under dynamic quantization's one scale per tensor, not after the rewrite.
     Checked against numpy on the graph's own int8 weights, zero points and scales: a row of
-    both signs, one all positive, one all negative whose largest magnitude is its minimum,
-    one all zero (0, not NaN); each of two MatMuls, the nodes around them passed by, the
-    nodes that rescaled each MatMulInteger's output gone with it."""
+    both signs, one all positive (zero point 0), one all negative (255), one all zero (0,
+    not NaN); each of two MatMuls, the nodes around them passed by, the nodes that rescaled
+    each MatMulInteger's output gone with it."""
     import onnx
     import onnxruntime
 
@@ -845,9 +847,11 @@ def test_per_row_activations_quantizes_each_row_by_its_own_range(
     names = [n.name for n in graph.graph.node]
     assert all(names) and len(set(names)) == len(names)
     kinds = Counter(n.op_type for n in graph.graph.node)
-    assert (kinds["DynamicQuantizeLinear"], kinds["MatMulInteger"], kinds["Cast"]) == (0, 0, 1)
-    # each output times its rows' scales, and nothing else: the product of scales is gone
-    assert (kinds["MatMulIntegerToFloat"], kinds["Mul"]) == (2, 2)
+    # Casts: the graph's own and each row quantization's zero points to uint8
+    assert (kinds["DynamicQuantizeLinear"], kinds["MatMulInteger"], kinds["Cast"]) == (0, 0, 3)
+    # each output less its rows' zero points, times its rows' scales: 2 Muls a MatMul, the
+    # product of the scales gone
+    assert (kinds["MatMulIntegerToFloat"], kinds["Mul"]) == (2, 4)
     rows = onnxruntime.InferenceSession(graph.SerializeToString())
     arrays = {t.name: onnx.numpy_helper.to_array(t) for t in graph.graph.initializer}
 
@@ -863,7 +867,7 @@ def test_per_row_activations_quantizes_each_row_by_its_own_range(
         node = next(n for n in graph.graph.node if n.op_type == "MatMulIntegerToFloat" and
                     n.output[0].startswith(f"y{i}"))  # fmt: skip
         codes, scales, zeros = (arrays[node.input[j]] for j in (1, 3, 5))
-        assert arrays[node.input[2]] == 1 and arrays[node.input[4]] == 128
+        assert arrays[node.input[2]] == 1 and arrays[node.input[4]] == 0
         assert (np.any(zeros != 0)) == (weight_type == "QUInt8")
         dequantized = (codes.astype(np.float32) - zeros) * scales
         assert np.array_equal(batched[i][:1], alone[i])

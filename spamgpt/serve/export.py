@@ -408,27 +408,28 @@ def quantize_int8(
 
 
 # Per-row activation quantization, as DynamicQuantizeLinear quantizes a whole tensor but for
-# each row on its own, symmetric: scale = max(|row|) / 127 (an all-zero row: the smallest
-# normal float32, not 0), codes uint8 round(x / scale) + 128. One zero point, 128, for every
-# row is what lets ONNX Runtime's MatMulIntegerToFloat (com.microsoft) take the codes: it
-# subtracts one zero point for its input, not one a row, and scales its output by each weight
-# column's scale in the same pass; the rows' own scales are one Mul after it. Asymmetric rows
-# (a zero point each) took 6 passes over each MatMul's output where this takes 1, and cost
-# 1.2 to 1.45x the CPU of one scale per batch (docs/serving.md, "Per-row int8").
-ROW_LEVELS = 127.0
-ROW_ZERO = 128
+# each row on its own: scale = (max(row, 0) - min(row, 0)) / 255 (an all-zero row: the
+# smallest normal float32, not 0), zero = round(-min(row, 0) / scale), codes uint8
+# round(x / scale) + zero. ONNX Runtime's MatMulIntegerToFloat (com.microsoft) takes one zero
+# point for its input, not one a row, so it multiplies the codes as they are (zero point 0),
+# scaling its output by each weight column's scale in the same pass; the rows' zero points
+# come off that output (zero x the column sums of the weight's codes less their zero points,
+# scaled), then the rows' scales. ONNX Runtime fuses no such chain after a MatMulInteger:
+# written as MatMulInteger, Cast and Muls, it took 6 passes over each MatMul's output, 3 now.
+ROW_LEVELS = 255.0
 ROW_CONSTANTS = "per_row_quantization"
 
 
 def per_row_activations(graph: "onnx.ModelProto") -> int:
     """Make each DynamicQuantizeLinear of `graph` (dynamic quantization's: one scale and zero
     point for its whole input, that is for a whole batch) quantize each row of its input on
-    its own: one scale per row of the last axis (a token of a message), zero point 128. The
+    its own: one scale and zero point per row of the last axis (a token of a message). The
     node's scale output becomes (..., rows, 1); each MatMulInteger reading its codes, with
     the Cast and the Muls that rescaled its output, becomes a MatMulIntegerToFloat scaled by
-    the weight's columns, times the rows' scales (the graph imports com.microsoft already:
-    quantize_dynamic's own ops are there). So a message's activations get the same codes
-    whatever else is in its batch. Returns how many nodes it rewrote."""
+    the weight's columns, less the rows' zero points, times the rows' scales (the graph
+    imports com.microsoft already: quantize_dynamic's own ops are there). So a message's
+    activations get the same codes whatever else is in its batch. Returns how many nodes it
+    rewrote."""
     from onnx import helper, numpy_helper
 
     constants = {
@@ -436,17 +437,18 @@ def per_row_activations(graph: "onnx.ModelProto") -> int:
         "one": np.array([1], dtype=np.int64),
         "levels": np.array(ROW_LEVELS, dtype=np.float32),
         "floor": np.array(np.finfo(np.float32).tiny, dtype=np.float32),
-        "zero": np.array([ROW_ZERO], dtype=np.uint8),
+        "nought": np.array(0.0, dtype=np.float32),
         "unscaled": np.array(1.0, dtype=np.float32),
     }
     shared = {key: f"{ROW_CONSTANTS}_{key}" for key in constants}
     opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+    weights = {t.name: t for t in graph.graph.initializer}
     producer = {out: node for node in graph.graph.node for out in node.output}
     consumers: dict[str, list] = {}
     for node in graph.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    row_scales = {}  # the codes' name -> their rows' scales
+    rows_of = {}  # the codes' name -> their rows' (scales, zero points)
     replaced, products = set(), set()  # outputs of the nodes dropped; of the scales' products
     nodes, rewritten = [], 0
     for node in graph.graph.node:
@@ -455,29 +457,40 @@ def per_row_activations(graph: "onnx.ModelProto") -> int:
         if node.op_type == "DynamicQuantizeLinear":
             (x,), (codes, scale, zero) = node.input, node.output
             nodes.extend(_row_quantization(x, codes, scale, shared, opset))
-            row_scales[codes] = scale
+            rows_of[codes] = (scale, f"{codes}_zero")
             graph.graph.initializer.append(
-                numpy_helper.from_array(np.array(ROW_ZERO, dtype=np.uint8), zero)
+                numpy_helper.from_array(np.array(0, dtype=np.uint8), zero)
             )
             rewritten += 1
             continue
-        if node.op_type == "MatMulInteger" and node.input[0] in row_scales:
+        if node.op_type == "MatMulInteger" and node.input[0] in rows_of:
             # quantize_dynamic's pattern: Cast(MatMulInteger) * Mul(input's, weight's scale)
             codes, weight, zero, weight_zero = node.input
+            row_scales, row_zeros = rows_of[codes]
             (cast,) = consumers[node.output[0]]
             (rescale,) = consumers[cast.output[0]]
             (both,) = [producer[n] for n in rescale.input if n != cast.output[0]]
-            (weight_scale,) = [n for n in both.input if n != row_scales[codes]]
+            (weight_scale,) = [n for n in both.input if n != row_scales]
             replaced.update((cast.output[0], rescale.output[0]))
             products.add(both.output[0])
-            columns = f"{node.output[0]}_columns_scaled"
-            nodes.append(helper.make_node(
-                "MatMulIntegerToFloat",
-                [codes, weight, shared["unscaled"], weight_scale, zero, weight_zero],
-                [columns], name=node.name or columns, domain="com.microsoft",
+            b, b_zero, b_scale = (numpy_helper.to_array(weights[n])
+                                  for n in (weight, weight_zero, weight_scale))  # fmt: skip
+            out = node.output[0]
+            sums = f"{out}_column_sums"
+            graph.graph.initializer.append(numpy_helper.from_array(
+                ((b.astype(np.int64) - b_zero).sum(axis=0) * b_scale).astype(np.float32), sums
             ))  # fmt: skip
-            nodes.append(helper.make_node("Mul", [columns, row_scales[codes]], rescale.output,
-                                          name=f"{columns}_rows"))  # fmt: skip
+            steps = [  # (op, inputs, output, domain)
+                ("MatMulIntegerToFloat",
+                 [codes, weight, shared["unscaled"], weight_scale, zero, weight_zero],
+                 f"{out}_columns_scaled", "com.microsoft"),
+                ("Mul", [row_zeros, sums], f"{out}_row_zeros", ""),
+                ("Sub", [f"{out}_columns_scaled", f"{out}_row_zeros"], f"{out}_unscaled", ""),
+                ("Mul", [f"{out}_unscaled", row_scales], rescale.output[0], ""),
+            ]  # fmt: skip
+            names = [node.name or steps[0][2]] + [o for *_, o, _ in steps[1:]]  # the node's own
+            nodes.extend(helper.make_node(op, i, [o], name=n, domain=d)
+                         for (op, i, o, d), n in zip(steps, names, strict=True))  # fmt: skip
             continue
         nodes.append(node)
     if rewritten:
@@ -491,10 +504,10 @@ def per_row_activations(graph: "onnx.ModelProto") -> int:
 
 
 def _row_quantization(x: str, codes: str, scale: str, shared: dict[str, str], opset: int) -> list:
-    """The nodes computing `codes` (uint8, x's shape) and `scale` (float, x's shape but 1 on
-    the last axis) of the float tensor `x`, on its rows flattened to 2-D so that one
-    QuantizeLinear (per axis 0) rounds, shifts and saturates every row at once."""
-    from onnx import helper
+    """The nodes computing `codes` (uint8, x's shape), `scale` and `codes`_zero (float, x's
+    shape but 1 on the last axis) of the float tensor `x`, on its rows flattened to 2-D so
+    that one QuantizeLinear (per axis 0) rounds, shifts and saturates every row at once."""
+    from onnx import TensorProto, helper
 
     rows = f"{codes}_rows"
     # ReduceMin/Max take their axes as an input from opset 18, an attribute before it
@@ -503,20 +516,24 @@ def _row_quantization(x: str, codes: str, scale: str, shared: dict[str, str], op
         ("Flatten", [x], rows, {"axis": -1}),
         ("ReduceMin", [rows, *axes], f"{codes}_min", {"keepdims": 0, **axis}),
         ("ReduceMax", [rows, *axes], f"{codes}_max", {"keepdims": 0, **axis}),
-        ("Neg", [f"{codes}_min"], f"{codes}_min_negated", {}),
-        ("Max", [f"{codes}_max", f"{codes}_min_negated"], f"{codes}_largest", {}),
-        ("Div", [f"{codes}_largest", shared["levels"]], f"{codes}_unfloored", {}),
-        ("Max", [f"{codes}_unfloored", shared["floor"]], f"{codes}_row_scale", {}),
-        ("Shape", [f"{codes}_row_scale"], f"{codes}_count", {}),
-        ("Expand", [shared["zero"], f"{codes}_count"], f"{codes}_row_zero", {}),
-        ("QuantizeLinear", [rows, f"{codes}_row_scale", f"{codes}_row_zero"],
+        ("Min", [f"{codes}_min", shared["nought"]], f"{codes}_low", {}),
+        ("Max", [f"{codes}_max", shared["nought"]], f"{codes}_high", {}),
+        ("Sub", [f"{codes}_high", f"{codes}_low"], f"{codes}_span", {}),
+        ("Max", [f"{codes}_span", shared["floor"]], f"{codes}_range", {}),
+        ("Div", [f"{codes}_range", shared["levels"]], f"{codes}_row_scale", {}),
+        ("Div", [f"{codes}_low", f"{codes}_row_scale"], f"{codes}_low_codes", {}),
+        ("Neg", [f"{codes}_low_codes"], f"{codes}_zero_unrounded", {}),
+        ("Round", [f"{codes}_zero_unrounded"], f"{codes}_row_zero", {}),
+        ("Cast", [f"{codes}_row_zero"], f"{codes}_row_zero_point", {"to": TensorProto.UINT8}),
+        ("QuantizeLinear", [rows, f"{codes}_row_scale", f"{codes}_row_zero_point"],
          f"{codes}_row_codes", {"axis": 0}),
         ("Shape", [x], f"{codes}_shape", {}),
         ("Reshape", [f"{codes}_row_codes", f"{codes}_shape"], codes, {}),
-        # x's shape with 1 for its last axis: a row's scale broadcasts over it
+        # x's shape with 1 for its last axis: a row's scale and zero point broadcast over it
         ("Shape", [x], f"{codes}_leading", {"end": -1}),
         ("Concat", [f"{codes}_leading", shared["one"]], f"{codes}_per_row", {"axis": 0}),
         ("Reshape", [f"{codes}_row_scale", f"{codes}_per_row"], scale, {}),
+        ("Reshape", [f"{codes}_row_zero", f"{codes}_per_row"], f"{codes}_zero", {}),
     ]  # fmt: skip
     return [helper.make_node(op, i, [out], name=out, **attrs) for op, i, out, attrs in steps]
 
