@@ -480,17 +480,17 @@ def per_row_activations(graph: "onnx.ModelProto") -> int:
             graph.graph.initializer.append(numpy_helper.from_array(
                 ((b.astype(np.int64) - b_zero).sum(axis=0) * b_scale).astype(np.float32), sums
             ))  # fmt: skip
-            steps = [  # (op, inputs, output, domain)
-                ("MatMulIntegerToFloat",
-                 [codes, weight, shared["unscaled"], weight_scale, zero, weight_zero],
-                 f"{out}_columns_scaled", "com.microsoft"),
-                ("Mul", [row_zeros, sums], f"{out}_row_zeros", ""),
-                ("Sub", [f"{out}_columns_scaled", f"{out}_row_zeros"], f"{out}_unscaled", ""),
-                ("Mul", [f"{out}_unscaled", row_scales], rescale.output[0], ""),
+            scaled, zeros, centred = (f"{out}_{k}" for k in ("scaled", "zeros", "centred"))
+            nodes += [  # named after the nodes they replace: quantize_dynamic names every node
+                helper.make_node(
+                    "MatMulIntegerToFloat",
+                    [codes, weight, shared["unscaled"], weight_scale, zero, weight_zero],
+                    [scaled], name=node.name, domain="com.microsoft",
+                ),
+                helper.make_node("Mul", [row_zeros, sums], [zeros], name=zeros),
+                helper.make_node("Sub", [scaled, zeros], [centred], name=centred),
+                helper.make_node("Mul", [centred, row_scales], rescale.output, name=rescale.name),
             ]  # fmt: skip
-            names = [node.name or steps[0][2]] + [o for *_, o, _ in steps[1:]]  # the node's own
-            nodes.extend(helper.make_node(op, i, [o], name=n, domain=d)
-                         for (op, i, o, d), n in zip(steps, names, strict=True))  # fmt: skip
             continue
         nodes.append(node)
     if rewritten:
