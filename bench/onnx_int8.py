@@ -5,18 +5,17 @@ per call, on random weights.
 
 A self-contained model folder of random weights at GPT-2 124M shapes (`--tiny`: the tests'
 2-block, width-32 GPT-2), exported to ONNX and quantized to int8 as `spamgpt export` does
-(spamgpt.serve.export.to_onnx, quantize_int8). Each variant scores the same N synthetic SMS-like
-messages one at a time, text in, probabilities out, as a server answers one request:
-PyTorch fp32 and bf16 through classifier.classify_texts (`spamgpt classify`'s path), ONNX
-fp32 and two int8 graphs through the served ONNX model's path (tokenized.encode, pack_ids,
-serving.onnx_probabilities): the export's (one weight scale per output channel, block 0's
-attention projections in float32) and the export's before (one scale per weight tensor,
-every MatMul in int8). The variants take turns, R rounds of N messages each, so that a
-shared machine's drift falls on all of them; each prints its median messages/s over the
-rounds, then each int8 graph's speed-up over PyTorch fp32 (the median of the rounds'
-ratios), the graphs' sizes, and the largest difference between each int8 graph's
-probabilities and PyTorch fp32's.
-"""
+(spamgpt.serve.export.to_onnx, quantize_int8). Each variant scores the same N synthetic SMS-
+like messages one at a time, text in, probabilities out, as a server answers one request:
+PyTorch fp32 and bf16 through classifier.classify_texts (`spamgpt classify`'s path), ONNX fp32
+and two int8 graphs through the served ONNX model's path (tokenized.encode, pack_ids,
+serving.onnx_probabilities, sessions with the server's options: spinning off): the export's
+(one weight scale per output channel, block 0's attention projections in float32) and the
+export's before (one scale per weight tensor, every MatMul in int8). The variants take turns, R
+rounds of N messages each, so that a shared machine's drift falls on all of them; each prints
+its median messages/s over the rounds, then each int8 graph's speed-up over PyTorch fp32 (the
+median of the rounds' ratios), the graphs' sizes, and the largest difference between each int8
+graph's probabilities and PyTorch fp32's."""
 
 import argparse
 import dataclasses
@@ -39,6 +38,7 @@ from spamgpt.model import classifier
 from spamgpt.model.gpt2 import GPT2, GPT2Classifier
 from spamgpt.random_hub import make_hub
 from spamgpt.serve import export, serving
+from spamgpt.serve.serve_batched import ORT_NO_SPINNING
 from spamgpt.texts import Truncation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +86,12 @@ def main(argv: list[str] | None = None) -> None:
         export.quantize_int8(
             files["onnx fp32"], files[PER_TENSOR], per_channel=False, float_modules=()
         )
-        sessions = {name: onnxruntime.InferenceSession(str(file)) for name, file in files.items()}
+        options = onnxruntime.SessionOptions()  # the server's: its threads sleep when idle
+        for key, value in ORT_NO_SPINNING.items():
+            options.add_session_config_entry(key, value)
+        sessions = {
+            name: onnxruntime.InferenceSession(str(file), options) for name, file in files.items()
+        }
 
         def pytorch(precision: str):
             def score(text: str) -> np.ndarray:

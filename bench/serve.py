@@ -17,7 +17,9 @@ scoring the messages in one call (serving.onnx_probabilities, the served ONNX mo
 the label, and each probability within TOLERANCE. A request that fails or an answer that
 differs is counted and makes the script exit non-zero. spamgpt serve's rows also give its
 messages a call and its worker's CPU ms a message (from its `batch:` log lines): the engine's
-cost, which other jobs on a shared machine change less than the wall time. The int8 graph is
+cost, which other jobs on a shared machine change less than the wall time. Every row gives
+the CPU ms a message of the server's whole process tree (HTTP processes, queues, worker) and
+of the client (this process's threads): with the worker's, where the cores went. The int8 graph is
 export.quantize_int8's (dynamic), ungated: random weights have no accuracy to keep.
 The client's threads run on the same cores as the server (2 on the dev machine): its own
 cost is in the figures. `--tiny`: the tests' tiny GPT-2, few requests (tests/test_bench.py).
@@ -42,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from predict import model_folder
 from workload import ROOT, sms_like
@@ -141,9 +144,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user and system) of process `pid` and its descendants now alive."""
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return total
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 @contextmanager
-def started(args: tuple[str, ...], env: dict, log: Path) -> Iterator[int]:
-    """The server on a free port, in its own process group; its port once /ping answers."""
+def started(args: tuple[str, ...], env: dict, log: Path) -> Iterator[tuple[int, int]]:
+    """The server on a free port, in its own process group; (its port, its pid) once /ping
+    answers."""
     port = free_port()
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -160,7 +179,7 @@ def started(args: tuple[str, ...], env: dict, log: Path) -> Iterator[int]:
                     break
             except OSError:
                 time.sleep(0.2)
-        yield port
+        yield port, proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):  # it may have died on its own
             os.killpg(proc.pid, signal.SIGTERM)
@@ -341,15 +360,18 @@ def main() -> None:
             elif server.precision not in expected:
                 expected[server.precision] = classify_answers(folder, pool, server.precision, env)
             log = root / "server.log"
-            with started(server.args, {**env, **dict(server.env)}, log) as port:
+            with started(server.args, {**env, **dict(server.env)}, log) as (port, pid):
                 run_load(port, pool, 64, 2, 2, 60)  # warm-up: first calls, both shapes
                 run_load(port, pool, 1, 2, 2, 60)
                 for load, per_request, threads in loads:
                     _, _, seen = batch_sizes(log, 0)
                     began_load = load_average()
+                    server_cpu, client_cpu = tree_cpu(pid), time.process_time()
                     latencies, answered, wall = run_load(
                         port, pool, per_request, threads, requests, seconds
                     )
+                    server_cpu = tree_cpu(pid) - server_cpu
+                    client_cpu = time.process_time() - client_cpu
                     sizes, cpu, _ = batch_sizes(log, seen)
                     tolerance = TOLERANCE[server.precision]
                     lost, wrong, largest = checked(answered, expected[server.precision], tolerance)
@@ -364,21 +386,24 @@ def main() -> None:
                         "messages_per_call": round(np.mean(sizes), 1) if sizes else None,
                         # the worker's CPU a message: what the load of other jobs leaves alone
                         "cpu_ms_per_message": round(1000 * cpu / sum(sizes), 1) if sizes else None,
+                        "server_cpu_ms_per_message": round(1000 * server_cpu / max(messages, 1), 1),
+                        "client_cpu_ms_per_message": round(1000 * client_cpu / max(messages, 1), 1),
                         "load_average": f"{began_load} to {load_average()}",
                     }  # fmt: skip
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     print(f"\n{args.shapes} shapes, random weights, {os.cpu_count()} CPUs\n")
     print("| server | load | requests | p50 ms | p95 ms | p99 ms | messages/s | messages a "
-          "call | worker CPU ms a message | lost | largest prob. diff "
-          "| load average |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "call | worker CPU ms a message | server CPU ms a message | client CPU ms a message "
+          "| lost | largest prob. diff | load average |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['server']} | {r['load']} | {r['requests']} | {r['p50_ms']} | {r['p95_ms']} "
             f"| {r['p99_ms']} | {r['messages_per_s']} | {r['messages_per_call'] or ''} "
-            f"| {r['cpu_ms_per_message'] or ''} "
-            f"| {r['lost']} | {r['max_prob_diff']} | {r['load_average']} |"
+            f"| {r['cpu_ms_per_message'] or ''} | {r['server_cpu_ms_per_message']} "
+            f"| {r['client_cpu_ms_per_message']} | {r['lost']} | {r['max_prob_diff']} "
+            f"| {r['load_average']} |"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

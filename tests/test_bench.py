@@ -135,6 +135,10 @@ def test_serve(bench_output: dict[str, Future]) -> None:
         assert (r["cpu_ms_per_message"] is not None) == ours
         if ours:
             assert r["cpu_ms_per_message"] > 0
+        # the server's process tree and the client: every server parses and answers HTTP
+        assert r["server_cpu_ms_per_message"] > 0 and r["client_cpu_ms_per_message"] >= 0
+        if r["load"] != "64 msg x 4":  # a request a message: the client's JSON and HTTP
+            assert r["client_cpu_ms_per_message"] > 0
     assert (
         out.splitlines()[-1]
         == "no request lost, every answer as classify's (int8: as the graph's in one call): yes"

@@ -12,6 +12,7 @@ import runpy
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -528,7 +529,7 @@ def test_the_logged_model_serves_the_gated_int8_graph(pipeline: Pipeline) -> Non
         local = mlflow.artifacts.download_artifacts(f"runs:/{pipeline.run_id}/model")
     assert loaded.unwrap_python_model().session is not None  # onnxruntime scores
     (graph,) = Path(local).rglob("*.onnx")
-    assert "MatMulInteger" in {node.op_type for node in onnx.load(str(graph)).graph.node}
+    assert "MatMulIntegerToFloat" in {node.op_type for node in onnx.load(str(graph)).graph.node}
     got = np.array([list(a.probabilities.values()) for a in answers])
     np.testing.assert_allclose(got, spamgpt_probabilities(pipeline.path), rtol=0, atol=0.03)
 
@@ -581,7 +582,7 @@ def test_the_int8_export_passes_the_gate_and_reports_beside_pytorch(gated: Path)
     dest = gated / "exports" / "int8.onnx"
     export_int8(gated, str(dest))
     graph = onnx.load(str(dest))
-    assert "MatMulInteger" in {node.op_type for node in graph.graph.node}  # int8 weights
+    assert "MatMulIntegerToFloat" in {node.op_type for node in graph.graph.node}  # int8 weights
     report = json.loads((gated / paths.EXPORT_ONNX_INT8_REPORT).read_text())
     evaluated = json.loads((gated / paths.EVAL_METRICS).read_text())
     assert report["metric"] == "spam_f1" and report["max_drop"] == export.MAX_DROP
@@ -654,13 +655,13 @@ def test_int8_keeps_exactly_the_first_blocks_attention_projections_in_float(
     assert len(float_matmuls) == 2 and set(float_matmuls) <= set(how["float_nodes"])
     for weight in float_matmuls.values():
         assert sum(w.shape == weight.shape and np.array_equal(w, weight) for w in kept) == 1
-    integer = {n.name: n for n in graph.graph.node if n.op_type == "MatMulInteger"}
+    integer = {n.name: n for n in graph.graph.node if n.op_type == "MatMulIntegerToFloat"}
     for node in integer.values():  # b's zero point: one per output channel
-        assert weights[node.input[3]].shape == (weights[node.input[1]].shape[1],)
+        assert weights[node.input[5]].shape == (weights[node.input[1]].shape[1],)
     # Without the named modules kept, exactly those two MatMuls more are int8.
     export.quantize_int8(tmp_path / "fp32.onnx", tmp_path / "all.onnx", float_modules=())
     every = onnx.load(str(tmp_path / "all.onnx")).graph.node
-    all_integer = {n.name for n in every if n.op_type == "MatMulInteger"}
+    all_integer = {n.name for n in every if n.op_type == "MatMulIntegerToFloat"}
     assert all_integer - set(integer) == {f"{name}_quant" for name in float_matmuls}
     assert set(integer) < all_integer
     assert how == {
@@ -832,7 +833,8 @@ def test_per_row_activations_quantizes_each_row_by_its_own_range(
     output under dynamic quantization's one scale per tensor, not after the rewrite.
     Checked against numpy on the graph's own int8 weights, zero points and scales: a row of
     both signs, one all positive (zero point 0), one all negative (255), one all zero (0,
-    not NaN); each of two MatMuls, the nodes around them passed by."""
+    not NaN); each of two MatMuls, the nodes around them passed by, the nodes that rescaled
+    each MatMulInteger's output gone with it."""
     import onnx
     import onnxruntime
 
@@ -844,7 +846,12 @@ def test_per_row_activations_quantizes_each_row_by_its_own_range(
     assert export.per_row_activations(graph) == 2
     names = [n.name for n in graph.graph.node]
     assert all(names) and len(set(names)) == len(names)
-    assert [n for n in graph.graph.node if n.op_type == "DynamicQuantizeLinear"] == []
+    kinds = Counter(n.op_type for n in graph.graph.node)
+    # Casts: the graph's own and each row quantization's zero points to uint8
+    assert (kinds["DynamicQuantizeLinear"], kinds["MatMulInteger"], kinds["Cast"]) == (0, 0, 3)
+    # each output less its rows' zero points, times its rows' scales: 2 Muls a MatMul, the
+    # product of the scales gone
+    assert (kinds["MatMulIntegerToFloat"], kinds["Mul"]) == (2, 4)
     rows = onnxruntime.InferenceSession(graph.SerializeToString())
     arrays = {t.name: onnx.numpy_helper.to_array(t) for t in graph.graph.initializer}
 
@@ -857,11 +864,10 @@ def test_per_row_activations_quantizes_each_row_by_its_own_range(
     alone = rows.run(None, feed)
     batched = rows.run(None, {x: np.concatenate([m, mate]) for x, m in feed.items()})
     for i, (x, w) in enumerate(zip(feed.values(), weights, strict=True)):
-        node = next(n for n in graph.graph.node if n.op_type == "MatMulInteger" and
+        node = next(n for n in graph.graph.node if n.op_type == "MatMulIntegerToFloat" and
                     n.output[0].startswith(f"y{i}"))  # fmt: skip
-        codes, zeros = arrays[node.input[1]], arrays[node.input[3]]
-        scales = next(a for n, a in arrays.items() if n == node.input[1].replace(
-            "_quantized", "_scale"))  # fmt: skip
+        codes, scales, zeros = (arrays[node.input[j]] for j in (1, 3, 5))
+        assert arrays[node.input[2]] == 1 and arrays[node.input[4]] == 0
         assert (np.any(zeros != 0)) == (weight_type == "QUInt8")
         dequantized = (codes.astype(np.float32) - zeros) * scales
         assert np.array_equal(batched[i][:1], alone[i])
@@ -1312,8 +1318,8 @@ def test_int8_quantizes_every_matmul_but_the_named_modules_ones(tmp_path: Path) 
         "float_modules": list(export.FLOAT_MODULES), "float_nodes": ["m1"],
     }  # fmt: skip
     assert nodes["m1"][0] == "MatMul" and np.array_equal(nodes["m1"][1][1], w1)
-    op, (_, weight, _, zero_point) = nodes["m2_quant"]
-    assert (op, weight.dtype, zero_point.shape) == ("MatMulInteger", np.int8, (4,))  # per channel
+    op, (_, weight, _, _, _, zero_point) = nodes["m2_quant"]
+    assert (op, weight.dtype, zero_point.shape) == ("MatMulIntegerToFloat", np.int8, (4,))
     np.testing.assert_allclose(y, x @ w1 @ w2, rtol=0, atol=0.1)
     assert not np.allclose(y, x @ w1 @ w2, rtol=0, atol=1e-6)  # int8: near, not equal
 
@@ -1323,11 +1329,11 @@ def test_int8_quantizes_every_matmul_but_the_named_modules_ones(tmp_path: Path) 
         [],
         [],
     )
-    assert {n: op for n, (op, _) in nodes.items() if op == "MatMulInteger"} == {
-        "m1_quant": "MatMulInteger",
-        "m2_quant": "MatMulInteger",
+    assert {n: op for n, (op, _) in nodes.items() if op.startswith("MatMulInteger")} == {
+        "m1_quant": "MatMulIntegerToFloat",
+        "m2_quant": "MatMulIntegerToFloat",
     }
-    assert nodes["m2_quant"][1][3].shape == ()  # one zero point for the tensor
+    assert nodes["m2_quant"][1][5].shape == ()  # one zero point for the tensor
 
 
 def test_the_gate_compares_the_selected_metric(tiny) -> None:

@@ -410,9 +410,12 @@ def quantize_int8(
 # Per-row activation quantization, as DynamicQuantizeLinear quantizes a whole tensor but for
 # each row on its own: scale = (max(row, 0) - min(row, 0)) / 255 (an all-zero row: the
 # smallest normal float32, not 0), zero = round(-min(row, 0) / scale), codes uint8
-# round(x / scale) + zero. ONNX Runtime's MatMulInteger takes one zero point for its input,
-# not one a row, so it multiplies the codes as they are and the rows' zero points are taken
-# off its output: zero x (the column sums of the weight's codes less their zero points).
+# round(x / scale) + zero. ONNX Runtime's MatMulIntegerToFloat (com.microsoft) takes one zero
+# point for its input, not one a row, so it multiplies the codes as they are (zero point 0),
+# scaling its output by each weight column's scale in the same pass; the rows' zero points
+# come off that output (zero x the column sums of the weight's codes less their zero points,
+# scaled), then the rows' scales. ONNX Runtime fuses no such chain after a MatMulInteger:
+# written as MatMulInteger, Cast and Muls, it took 6 passes over each MatMul's output, 3 now.
 ROW_LEVELS = 255.0
 ROW_CONSTANTS = "per_row_quantization"
 
@@ -421,12 +424,13 @@ def per_row_activations(graph: "onnx.ModelProto") -> int:
     """Make each DynamicQuantizeLinear of `graph` (dynamic quantization's: one scale and zero
     point for its whole input, that is for a whole batch) quantize each row of its input on
     its own: one scale and zero point per row of the last axis (a token of a message). The
-    node's scale output becomes (..., rows, 1), which broadcasts in the Mul that rescales
-    the MatMulInteger's output; the zero point each MatMulInteger reads becomes 0, and the
-    rows' own come off its output (after its Cast to float). So a message's activations get
-    the same codes whatever else is in its batch. Returns how many nodes it rewrote."""
-    import onnx
-    from onnx import numpy_helper
+    node's scale output becomes (..., rows, 1); each MatMulInteger reading its codes, with
+    the Cast and the Muls that rescaled its output, becomes a MatMulIntegerToFloat scaled by
+    the weight's columns, less the rows' zero points, times the rows' scales (the graph
+    imports com.microsoft already: quantize_dynamic's own ops are there). So a message's
+    activations get the same codes whatever else is in its batch. Returns how many nodes it
+    rewrote."""
+    from onnx import helper, numpy_helper
 
     constants = {
         "axes": np.array([1], dtype=np.int64),
@@ -434,50 +438,68 @@ def per_row_activations(graph: "onnx.ModelProto") -> int:
         "levels": np.array(ROW_LEVELS, dtype=np.float32),
         "floor": np.array(np.finfo(np.float32).tiny, dtype=np.float32),
         "nought": np.array(0.0, dtype=np.float32),
+        "unscaled": np.array(1.0, dtype=np.float32),
     }
     shared = {key: f"{ROW_CONSTANTS}_{key}" for key in constants}
     opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
     weights = {t.name: t for t in graph.graph.initializer}
+    producer = {out: node for node in graph.graph.node for out in node.output}
     consumers: dict[str, list] = {}
     for node in graph.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    rows_of, corrections = {}, {}  # the codes' name -> the rows' zero points (float)
+    rows_of = {}  # the codes' name -> their rows' (scales, zero points)
+    replaced, products = set(), set()  # outputs of the nodes dropped; of the scales' products
     nodes, rewritten = [], 0
     for node in graph.graph.node:
+        if node.output[0] in replaced:
+            continue
         if node.op_type == "DynamicQuantizeLinear":
             (x,), (codes, scale, zero) = node.input, node.output
             nodes.extend(_row_quantization(x, codes, scale, shared, opset))
-            rows_of[codes] = f"{codes}_zero"
+            rows_of[codes] = (scale, f"{codes}_zero")
             graph.graph.initializer.append(
                 numpy_helper.from_array(np.array(0, dtype=np.uint8), zero)
             )
             rewritten += 1
             continue
-        nodes.append(node)
         if node.op_type == "MatMulInteger" and node.input[0] in rows_of:
-            (cast,) = consumers[node.output[0]]  # its int32 output to float32
-            b, b_zero = (
-                numpy_helper.to_array(weights[n]).astype(np.int64) for n in node.input[1::2]
-            )
-            sums = f"{node.output[0]}_column_sums"
-            graph.graph.initializer.append(
-                numpy_helper.from_array((b - b_zero).sum(axis=0).astype(np.float32), sums)
-            )
-            corrections[cast.output[0]] = (rows_of[node.input[0]], sums)
-        if node.op_type == "Cast" and node.output[0] in corrections:
-            zeros, sums = corrections[node.output[0]]
+            # quantize_dynamic's pattern: Cast(MatMulInteger) * Mul(input's, weight's scale)
+            codes, weight, zero, weight_zero = node.input
+            row_scales, row_zeros = rows_of[codes]
+            (cast,) = consumers[node.output[0]]
+            (rescale,) = consumers[cast.output[0]]
+            (both,) = [producer[n] for n in rescale.input if n != cast.output[0]]
+            (weight_scale,) = [n for n in both.input if n != row_scales]
+            replaced.update((cast.output[0], rescale.output[0]))
+            products.add(both.output[0])
+            b, b_zero, b_scale = (numpy_helper.to_array(weights[n])
+                                  for n in (weight, weight_zero, weight_scale))  # fmt: skip
             out = node.output[0]
-            node.output[0] = f"{out}_with_row_zeros"
-            taken = f"{out}_row_zeros"
-            nodes.append(onnx.helper.make_node("Mul", [zeros, sums], [taken], name=taken))
-            nodes.append(onnx.helper.make_node("Sub", [node.output[0], taken], [out], name=out))
+            sums = f"{out}_column_sums"
+            graph.graph.initializer.append(numpy_helper.from_array(
+                ((b.astype(np.int64) - b_zero).sum(axis=0) * b_scale).astype(np.float32), sums
+            ))  # fmt: skip
+            scaled, zeros, centred = (f"{out}_{k}" for k in ("scaled", "zeros", "centred"))
+            nodes += [  # named after the nodes they replace: quantize_dynamic names every node
+                helper.make_node(
+                    "MatMulIntegerToFloat",
+                    [codes, weight, shared["unscaled"], weight_scale, zero, weight_zero],
+                    [scaled], name=node.name, domain="com.microsoft",
+                ),
+                helper.make_node("Mul", [row_zeros, sums], [zeros], name=zeros),
+                helper.make_node("Sub", [scaled, zeros], [centred], name=centred),
+                helper.make_node("Mul", [centred, row_scales], rescale.output, name=rescale.name),
+            ]  # fmt: skip
+            continue
+        nodes.append(node)
     if rewritten:
         graph.graph.initializer.extend(
             numpy_helper.from_array(value, shared[key]) for key, value in constants.items()
         )
     del graph.graph.node[:]
-    graph.graph.node.extend(nodes)
+    # a product of scales may come before its MatMulInteger: dropped once all are seen
+    graph.graph.node.extend(n for n in nodes if n.output[0] not in products)
     return rewritten
 
 
