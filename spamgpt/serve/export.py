@@ -415,7 +415,7 @@ def quantize_int8(
 # scaling its output by each weight column's scale in the same pass; the rows' zero points
 # come off that output (zero x the column sums of the weight's codes less their zero points,
 # scaled), then the rows' scales. ONNX Runtime fuses no such chain after a MatMulInteger:
-# written as MatMulInteger, Cast and Muls, it took 6 passes over each MatMul's output, 3 now.
+# written as MatMulInteger, Cast and Muls, it took 5 passes over each MatMul's output, 3 now.
 ROW_LEVELS = 255.0
 ROW_CONSTANTS = "per_row_quantization"
 
