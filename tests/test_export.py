@@ -1002,6 +1002,27 @@ def test_a_dependent_head_is_refused_with_its_residual(tiny) -> None:
 
 
 @torch.no_grad()
+def test_a_residual_at_the_fold_tolerance_is_taken_and_one_over_refused(
+    tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound is inclusive: the head's own residual (its least-norm fold's, in float64, as
+    the docstring defines it) set as the tolerance is folded, the next float below it refused.
+    (A full-rank head: LAPACK's least squares of a singular system may not give the same
+    solution twice.)"""
+    model = tiny[0]
+    w, b = model.head.weight.double(), model.head.bias.double()
+    d = w.T @ torch.linalg.lstsq(w @ w.T, b[:, None]).solution[:, 0]
+    residual = float((w @ d - b).abs().max())
+    assert residual < 1e-12
+    monkeypatch.setattr(export, "FOLD_TOLERANCE", residual)
+    _, beta = export.folded_head(model)
+    assert torch.equal(beta, (model.gpt.ln_f.bias.double() + d).float())
+    monkeypatch.setattr(export, "FOLD_TOLERANCE", float(np.nextafter(residual, -1)))
+    with pytest.raises(SpamGPTError, match="linearly dependent"):
+        export.folded_head(model)
+
+
+@torch.no_grad()
 def test_the_transformers_folder_answers_as_the_model_does(tiny, tmp_path: Path) -> None:
     from safetensors import safe_open
     from transformers import GPT2ForSequenceClassification
@@ -1537,3 +1558,78 @@ def test_export_to_transformers_says_what_it_wrote(
     from safetensors.torch import load_file
 
     assert torch.equal(load_file(tmp_path / "hf" / "model.safetensors")["score.weight"], weights)
+
+
+@pytest.mark.parametrize(
+    ("recorded_run", "line"),
+    [
+        (None, ""),  # models/finetuned of no run: nothing to log, nothing said
+        ("0123456789abcdef", "spamgpt: not logged to MLflow run 0123456789abcdef: "
+                             "Run with id=0123456789abcdef not found\n"),
+    ],
+    ids=["no run", "a run the store lacks"],
+)  # fmt: skip
+def test_the_int8_gate_logs_only_to_the_run_the_model_has(
+    local_store: MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture, recorded_run: str | None, line: str,
+) -> None:  # fmt: skip
+    """The int8 export of a model with no run logs nothing; of one whose run the store lacks,
+    says so in one line on stderr: the export itself is written and reported all the same."""
+    _, _, project, _ = gate_project(tmp_path)
+    monkeypatch.chdir(project)
+    if recorded_run is not None:
+        contracts.write_mlflow_run(recorded_run)
+    cli.main(["export", "--to", "onnx", "--quantize", "int8", "int8.onnx", "--model",
+              str(paths.FINETUNED_DIR), "--max-drop", "1"])  # fmt: skip
+    printed = capsys.readouterr()
+    assert printed.err == line
+    report = json.loads(paths.EXPORT_ONNX_INT8_REPORT.read_text())
+    assert printed.out == (
+        f"int8.onnx: int8 onnx export of models/finetuned; test spam_f1 "
+        f"{report['onnx_int8']['spam_f1']:.4f} (PyTorch fp32 1.0000), "
+        f"{paths.EXPORT_ONNX_INT8_REPORT}\n"
+    )
+    assert Path("int8.onnx").is_file()
+    experiments = [e.experiment_id for e in local_store.search_experiments()]
+    assert local_store.search_runs(experiments) == []  # nothing logged, no run made
+
+
+def test_a_max_drop_of_0_is_taken(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """--max-drop 0 (int8 must score as well as PyTorch) passes the arguments' check: the
+    export goes on to the gate, which here finds no test split."""
+    model, meta, hub = tiny
+    folder = saved(model, meta, hub, tmp_path / "finetuned")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["export", "--to", "onnx", "--quantize", "int8", "int8.onnx", "--model",
+                  str(folder), "--max-drop", "0"])  # fmt: skip
+    assert info.value.code == 1
+    assert capsys.readouterr().err == (
+        "spamgpt: error: export --quantize int8 scores the model on the test split: "
+        "data/tokens/test.safetensors not found; run the pipeline (dvc repro) in this folder "
+        "first\n"
+    )
+
+
+@torch.no_grad()
+def test_export_builds_a_partly_saved_model_on_the_base_in_pretrained(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder of only the trained tensors (pretrained base) is completed from the base under
+    --pretrained, not under the working folder's models/pretrained."""
+    from safetensors.torch import load_file
+
+    model, meta, hub = tiny
+    partial = {**meta, "pretrained": True, "repo_id": "someone/unit",
+               "trained": ["gpt.ln_f.bias", "head.weight", "head.bias"]}  # fmt: skip
+    classifier.save(model, tmp_path / "finetuned", partial, hub, full=False)
+    shutil.copytree(hub, tmp_path / "bases" / "someone" / "unit")
+    monkeypatch.chdir(tmp_path)  # no models/pretrained here
+    cli.main(["export", "--to", "transformers", "hf", "--model", "finetuned",
+              "--pretrained", "bases"])  # fmt: skip
+    written = load_file(tmp_path / "hf" / "model.safetensors")
+    want = export.transformers_state(model)
+    assert set(written) == set(want)
+    assert all(torch.equal(written[name], want[name]) for name in want)
