@@ -1404,7 +1404,7 @@ def gate_project(
 
 def test_the_int8_gate_reports_both_models_on_the_test_split_and_logs_them(
     local_store: MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture,
+    capsys: pytest.CaptureFixture, request: pytest.FixtureRequest,
 ) -> None:  # fmt: skip
     """`spamgpt export --quantize int8` of models/finetuned, the project's run recorded: the
     report holds both models' figures at evaluate's threshold, the same figures go to the
@@ -1417,7 +1417,11 @@ def test_the_int8_gate_reports_both_models_on_the_test_split_and_logs_them(
     if shm.is_dir() and shm.stat().st_dev != project.stat().st_dev:
         # the int8 graph is made in a temporary folder beside its destination, not in the
         # system's: it is moved into place, which cannot cross file systems
-        monkeypatch.setattr(tempfile, "tempdir", str(shm))
+        system_tmp = tempfile.mkdtemp(dir=shm)
+        request.addfinalizer(lambda: shutil.rmtree(system_tmp))
+        monkeypatch.setattr(tempfile, "tempdir", system_tmp)
+        # torch's cache folder, else made in system_tmp and kept in the environment
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     run_id = local_store.create_run(tracking.experiment_id("gate")).info.run_id
     contracts.write_mlflow_run(run_id)
     dest = Path("exports") / "int8.onnx"
