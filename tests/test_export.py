@@ -1380,7 +1380,7 @@ def gate_project(
     models/finetuned, evaluate's threshold, and a test split of 60 random messages labelled
     with the model's own answers at it (PyTorch scores 1.0: a drop is int8's); only those
     whose spam probability is more than `margin` from the threshold (0.2: further than
-    int8 moves any of them, 0.05 at most here, so that int8 scores 1.0 too)."""
+    int8 moves any of them, about 0.05 here, so that int8 scores 1.0 too)."""
     model, meta, hub = tiny_classifier(root, SMS_CLASSES)
     saved(model, meta, hub, root / paths.FINETUNED_DIR)
     (root / paths.EVAL_REPORT).parent.mkdir(parents=True)
@@ -1468,8 +1468,8 @@ def test_the_gate_refuses_a_drop_over_max_drop_and_leaves_nothing(
     model, meta, project, _ = gate_project(tmp_path)
     monkeypatch.chdir(project)
     before = sorted(project.rglob("*"))
-    # relative: were the folder it removes the first that exists, not the first it made, that
-    # would be this project (".") rather than the file system's root
+    # relative: code that removed the first existing folder instead of the first one it made
+    # would empty this project (".") rather than the file system's root
     with pytest.raises(SpamGPTError) as refused:
         export.gated_int8(model, meta, Path("new") / "deeper" / "int8.onnx", -0.5, "m")
     assert re.fullmatch(
