@@ -1,6 +1,7 @@
 """Serving latency and throughput on 127.0.0.1: `mlflow models serve` against `spamgpt serve`
 (LitServe, batching across requests; PyTorch, or onnxruntime on the model's ONNX export in
-fp32 and int8), on random weights and generated messages.
+fp32 and int8; the int8 graph also with a worker a core, on one thread each), on random
+weights and generated messages.
 
     python bench/serve.py [--shapes tiny|124M] [--tiny] [--requests N] [--seconds S] [--json OUT]
                           [--only WORDS...]
@@ -109,6 +110,13 @@ def servers(model_uri: str, batch_timeout: float, graphs: dict[str, Path]) -> li
             Server(f"spamgpt serve --onnx, batch 16 ({precision})", precision,
                    (*onnx, "--max-batch-size", "16", *timeout))
         )  # fmt: skip
+    # a worker a core, each on one thread: no waiting for each other at every operator
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    found.append(
+        Server(f"spamgpt serve --onnx, batch 16, {cores} workers (int8)", "int8",
+               (*serve, "--onnx", str(graphs["int8"]), "--max-batch-size", "16", *timeout,
+                "--workers", str(cores)))
+    )  # fmt: skip
     return found
 
 
@@ -279,7 +287,7 @@ def checked(answered: list, expected: dict, tolerance: float) -> tuple[int, int,
 
 
 # The servers that issue 34's serving targets compare (--targets).
-TARGET_SERVERS = ("mlflow models serve", "batch 1 (int8)", "batch 16 (int8)")
+TARGET_SERVERS = ("mlflow models serve", "batch 1 (int8)", "batch 16 (int8)", "workers (int8)")
 
 
 def targets(rows: list[dict]) -> list[str]:

@@ -562,6 +562,12 @@ def test_bad_batching_settings_are_refused(size: int, timeout: float, error: str
     assert str(refused_.value) == error
 
 
+def test_no_workers_is_refused() -> None:
+    with pytest.raises(SpamGPTError) as refused_:
+        serve(Settings("nowhere", "nowhere", workers=0), 0)
+    assert str(refused_.value) == "--workers must be at least 1, got 0"
+
+
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model folder, without an ONNX export."""
@@ -603,6 +609,7 @@ def test_serve_builds_one_cpu_worker_batching_behind_the_middleware(
     assert server.healthcheck_path == "/ping"
     assert (RefuseBadRequests, {"fields": ONE_TEXT}) in server.middlewares
     assert (server._connector.accelerator, server.devices) == ("cpu", ["cpu"])
+    assert server.workers_per_device == 1
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # read by the worker LitServe starts
     assert signal.getsignal(signal.SIGTERM) is _interrupted
     with pytest.raises(KeyboardInterrupt):
@@ -622,12 +629,13 @@ def test_serve_takes_the_flags_as_given(
 ) -> None:
     spamgpt(["serve", "--model", str(model_folder), "--pretrained", "nowhere", "--threshold",
              "0.7", "--device", "cpu", "--precision", "fp32", "--max-tokens", "512", "-p", "5125",
-             "--host", "127.0.0.3", "--max-batch-size", "4", "--batch-timeout", "0.5"],
-            model_folder)  # fmt: skip
+             "--host", "127.0.0.3", "--max-batch-size", "4", "--batch-timeout", "0.5",
+             "--workers", "3"], model_folder)  # fmt: skip
     ((server, how),) = runs
     assert server.lit_api.settings == Settings(
-        str(model_folder), "nowhere", "cpu", "fp32", 0.7, 512, None
+        str(model_folder), "nowhere", "cpu", "fp32", 0.7, 512, None, 3
     )
+    assert server.workers_per_device == 3
     assert (how["host"], how["port"]) == ("127.0.0.3", 5125)
     assert (server.lit_api.max_batch_size, server.lit_api.batch_timeout) == (4, 0.5)
     with pytest.raises(SystemExit):
@@ -883,3 +891,19 @@ def test_the_middleware_replays_the_body_once_then_hands_on_the_client() -> None
     other = {"type": "http", "path": "/ping", "method": "GET"}
     asyncio.run(RefuseBadRequests(app, ONE_TEXT)(other, receive, send))
     assert got[0] is other
+
+
+def test_several_workers_share_the_cores_out(folder: Path, model_folder: Path) -> None:
+    """Each of N workers computes on cores / N threads (at least 1), onnxruntime's and
+    torch's; one worker leaves onnxruntime its own default (0: the physical cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    one = OnnxEngine(settings_of(folder, onnx=True)).session.get_session_options()
+    assert one.intra_op_num_threads == 0
+    for workers in (2, 3 * cores):
+        share = max(1, cores // workers)
+        settings = dataclasses.replace(settings_of(folder, onnx=True), workers=workers)
+        onnx = OnnxEngine(settings).session.get_session_options()
+        assert onnx.intra_op_num_threads == share
+        torch.set_num_threads(cores)
+        TorchEngine(dataclasses.replace(settings_of(model_folder), workers=workers))
+        assert torch.get_num_threads() == share

@@ -264,6 +264,10 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     s.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     s.add_argument("--max-batch-size", type=positive_int, default=16, help="requests a batch")
     s.add_argument(
+        "--workers", type=positive_int, default=1,
+        help="worker processes, each scoring its own batches on its share of the cores",
+    )  # fmt: skip
+    s.add_argument(
         "--batch-timeout", type=float, default=0.01, help="seconds a batch waits to fill"
     )
     s.add_argument(
