@@ -522,14 +522,15 @@ RUNTIME = {"device": "auto", "precision": "auto", "max_tokens": None}
             ["serve"],
             {"command": "serve", "model": MODEL, "pretrained": paths.PRETRAINED_DIR,
              "port": 5001, "host": "127.0.0.1", "max_batch_size": 16, "batch_timeout": 0.01,
-             "onnx": None, "threshold": None, **RUNTIME, "run": cli.serve},
+             "workers": 1, "onnx": None, "threshold": None, **RUNTIME, "run": cli.serve},
         ),
         (
             ["serve", "-p", "8000", "--host", "0.0.0.0", "--max-batch-size", "4",
              "--batch-timeout", "0.5", "--onnx", "m.onnx", "--threshold", "0.2",
-             "--max-tokens", "9"],
+             "--max-tokens", "9", "--workers", "2"],
             {"command": "serve", "model": MODEL, "pretrained": paths.PRETRAINED_DIR,
              "port": 8000, "host": "0.0.0.0", "max_batch_size": 4, "batch_timeout": 0.5,
+             "workers": 2,
              "onnx": Path("m.onnx"), "threshold": 0.2, "device": "auto", "precision": "auto",
              "max_tokens": 9, "run": cli.serve},
         ),
@@ -554,6 +555,7 @@ def test_each_commands_arguments_and_defaults(argv: list[str], parsed: dict) -> 
          "a positive integer, got -1"),
         (["serve", "--max-batch-size", "x"], "argument --max-batch-size: invalid positive_int "
          "value: 'x'"),
+        (["serve", "--workers", "0"], "argument --workers: must be a positive integer, got 0"),
         (["classify", "--device", "tpu"], "argument --device: invalid choice: 'tpu' (choose "
          "from 'auto', 'cpu', 'cuda', 'mps')"),
         (["predict", "i", "-o", "o", "--bad-lines", "drop"], "argument --bad-lines: invalid "
@@ -632,6 +634,7 @@ HELP = {
         "--port/-p": "the port to listen on",
         "--host": "the address to listen on",
         "--max-batch-size": "requests a batch",
+        "--workers": "worker processes, each scoring its own batches on its share of the cores",
         "--batch-timeout": "seconds a batch waits to fill",
         "--onnx": "score with onnxruntime on this ONNX export of --model (spamgpt export --to "
         "onnx [--quantize int8]; int8: the fast path on a CPU) instead of PyTorch; --device, "

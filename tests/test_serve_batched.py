@@ -907,3 +907,15 @@ def test_several_workers_share_the_cores_out(folder: Path, model_folder: Path) -
         torch.set_num_threads(cores)
         TorchEngine(dataclasses.replace(settings_of(model_folder), workers=workers))
         assert torch.get_num_threads() == share
+
+
+def test_the_torch_engine_tells_runtime_how_many_workers_share_the_cores(
+    model_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runtime.setup shares the cores out among `processes` (tools/mutate.py's runs have one
+    core, where every share is 1: the argument itself is pinned)."""
+    calls: list[dict] = []
+    setup = runtime.setup
+    monkeypatch.setattr(runtime, "setup", lambda *a, **kw: calls.append(kw) or setup(*a, **kw))
+    TorchEngine(dataclasses.replace(settings_of(model_folder), workers=3))
+    assert calls[0]["processes"] == 3
