@@ -367,9 +367,9 @@ def serve(
         api,
         accelerator="cpu",  # the engine puts the model on settings.device
         devices=1,
-        # On cores of their own, two single-threaded workers scored int8 batches 1.4x faster
-        # than one on two threads, whose threads wait for each other at every operator; on
-        # a machine loaded by other jobs, one was faster (docs/serving.md).
+        # On cores of their own, two single-threaded workers gave 1.1 to 1.4x the int8
+        # messages/s of one on two threads, whose threads wait for each other at every
+        # operator; on a machine loaded by other jobs, one was faster (docs/serving.md).
         workers_per_device=settings.workers,
         healthcheck_path=PING,
         middlewares=[(RefuseBadRequests, {"fields": fields})],
