@@ -175,6 +175,33 @@ def restored_tracking_uri() -> Iterator[None]:
         mlflow.set_tracking_uri(previous)
 
 
+def as_ranks_0_and_1(rank0: Callable[[], object], rank1: Callable[[], None]) -> object:
+    """rank1() in a fork of this process and rank0() here, as torchrun's ranks 1 and 0 of a
+    gloo group (each joins it in its function): the fork never returns into pytest, an alarm
+    ends it if a collective waits for ever (a bug), the group is torn down here after rank 0,
+    and the fork must have exited 0. Returns rank0()'s value."""
+    import torch.distributed as dist
+
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(60)
+            rank1()
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        mine = rank0()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return mine
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,7 @@ import safetensors.torch
 import torch
 import torch.distributed as dist
 import yaml
-from conftest import free_port, run
+from conftest import as_ranks_0_and_1, free_port, run
 
 from spamgpt import distributed
 from spamgpt.errors import SpamGPTError
@@ -309,24 +308,12 @@ def test_two_processes_share_the_batches_sums_and_one_output(
     monkeypatch.setenv("LOCAL_RANK", "0")
     dest, report = tmp_path / "out" / "trunk", tmp_path / "rank1.json"
     dest.parent.mkdir()
-    child = os.fork()
-    if child == 0:  # rank 1: reports what it saw, and never returns into pytest
-        code = 1
-        try:
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
-            signal.alarm(60)  # a collective that waits for ever (a bug) ends this process
-            os.environ.update(RANK="1", LOCAL_RANK="1")
-            report.write_text(json.dumps(roles(1, dest)))
-            code = 0
-        finally:
-            os._exit(code)
-    try:
-        rank0 = roles(0, dest)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        _, status = os.waitpid(child, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def report_rank1() -> None:
+        os.environ.update(RANK="1", LOCAL_RANK="1")
+        report.write_text(json.dumps(roles(1, dest)))
+
+    rank0 = as_ranks_0_and_1(lambda: roles(0, dest), report_rank1)
     rank1 = json.loads(report.read_text())
 
     assert rank0["log"] == ["rank 0 of 2"] and rank1["log"] == ["rank 1 of 2"]

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from conftest import as_ranks_0_and_1
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -1082,26 +1083,16 @@ def in_two_processes(
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
     store, report = str(tmp_path / "store"), tmp_path / "rank1.pt"
-    child = os.fork()
-    if child == 0:  # rank 1: saves what it returned, and never returns into pytest
-        code = 1
-        try:
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
-            signal.alarm(60)  # a collective that waits for ever (a bug) ends this process
-            os.environ["RANK"] = "1"
-            dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=1, world_size=2)
-            torch.save(work(1), report)
-            code = 0
-        finally:
-            os._exit(code)
-    try:
-        dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=0, world_size=2)
-        mine = work(0)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        _, status = os.waitpid(child, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def joined_then_work(rank: int) -> object:
+        dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
+        return work(rank)
+
+    def save_rank1() -> None:
+        os.environ["RANK"] = "1"
+        torch.save(joined_then_work(1), report)
+
+    mine = as_ranks_0_and_1(lambda: joined_then_work(0), save_rank1)
     return [mine, torch.load(report)]
 
 
