@@ -111,7 +111,7 @@ def servers(model_uri: str, batch_timeout: float, graphs: dict[str, Path]) -> li
                    (*onnx, "--max-batch-size", "16", *timeout))
         )  # fmt: skip
     # a worker a core, each on one thread: no waiting for each other at every operator
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = runtime.available_cores()
     found.append(
         Server(f"spamgpt serve --onnx, batch 16, {cores} workers (int8)", "int8",
                (*serve, "--onnx", str(graphs["int8"]), "--max-batch-size", "16", *timeout,

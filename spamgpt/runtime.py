@@ -147,11 +147,17 @@ def grad_scaler(compute: Compute) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(compute.device.type, enabled=compute.precision == "fp16")
 
 
+def available_cores() -> int:
+    """The cores this process may run on: its affinity where the system tells it (a
+    container's or taskset's share), else the machine's."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
 def use_all_cores(processes: int = 1) -> int:
     """Intra-op threads = the cores this process may run on (torch may default to fewer),
     shared out when `processes` train side by side on the same machine."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(max(1, (cores or 1) // processes))
+    torch.set_num_threads(max(1, available_cores() // processes))
     return torch.get_num_threads()
 
 
